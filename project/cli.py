@@ -1,0 +1,86 @@
+"""Bare `key=value` Hydra overrides after an invoke task name: `invoke local trainer.gpus=2`.
+
+Invoke has no variadic positional arguments, and rejects such tokens ("No idea what ... is!").
+`accept_bare_overrides()` gives every task that declares an `overrides` list argument a parser
+context whose flag table also recognises Hydra override tokens; each one is appended to that
+task's `overrides` list. Flags still work anywhere (`invoke train --yes key=value`), and
+`--overrides key=value` remains available. Imports only invoke: `invoke --list` stays instant.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, List
+
+from invoke import Collection
+from invoke.parser import Argument, ParserContext
+from invoke.vendor.lexicon import Lexicon
+
+OVERRIDES_ARG = "overrides"
+OVERRIDES_FLAG = "--overrides"
+# Hydra override grammar, the parts users type: key=value, +key=value, ++key=value, ~key[=value].
+OVERRIDE_TOKEN = re.compile(r"^(?:(?:\+\+|\+|~)?[A-Za-z_][\w.@/-]*=.*|~[A-Za-z_][\w.@/-]*)$", re.S)
+
+OVERRIDES_HELP = "Hydra overrides as bare key=value tokens, e.g. trainer.max_epochs=1 model=mlp"
+
+
+def is_override(token: str) -> bool:
+    return bool(OVERRIDE_TOKEN.match(token))
+
+
+class _OverrideToken(Argument):
+    """A one-off boolean 'flag' standing for one override token; setting it records the token."""
+
+    def __init__(self, token: str, sink: Argument):
+        super().__init__(name="override", kind=bool)
+        self._token, self._sink = token, sink
+
+    @property
+    def value(self) -> Any:
+        return True
+
+    @value.setter
+    def value(self, _: Any) -> None:
+        self._sink.set_value(self._token)
+
+
+class _OverrideFlags(Lexicon):
+    def __contains__(self, key: object) -> bool:
+        return super().__contains__(key) or (isinstance(key, str) and is_override(key))
+
+    def __getitem__(self, key: str) -> Argument:
+        if not super().__contains__(key) and is_override(key):
+            return _OverrideToken(key, super().__getitem__(OVERRIDES_FLAG))
+        return super().__getitem__(key)
+
+
+class _OverridesContext(ParserContext):
+    def __init__(self, name=None, aliases=(), args=()):
+        super().__init__(name=name, aliases=aliases)
+        self.flags = _OverrideFlags()
+        for arg in args:
+            self.add_arg(arg)
+
+
+def _upgrade(context: ParserContext) -> ParserContext:
+    if OVERRIDES_ARG not in context.args or isinstance(context, _OverridesContext):
+        return context
+    return _OverridesContext(context.name, context.aliases, list(context.args.values()))
+
+
+def accept_bare_overrides() -> None:
+    """Teach invoke's parser bare override tokens, for tasks with an `overrides` argument.
+
+    invoke builds its parser from `Collection.to_contexts` of the collection it loaded from
+    tasks.py (always a plain Collection: `Collection.from_module` does not keep subclasses), so
+    this is the one place to hook. Idempotent; tasks without `overrides` are untouched.
+    """
+    if getattr(Collection.to_contexts, "accepts_bare_overrides", False):
+        return
+    plain = Collection.to_contexts
+
+    def to_contexts(self: Collection, ignore_unknown_help: Any = None) -> List[ParserContext]:
+        return [_upgrade(context) for context in plain(self, ignore_unknown_help=ignore_unknown_help)]
+
+    to_contexts.accepts_bare_overrides = True  # type: ignore[attr-defined]
+    Collection.to_contexts = to_contexts  # type: ignore[method-assign]

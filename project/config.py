@@ -1,0 +1,257 @@
+"""Typed configuration: the schema Hydra validates every run against, and the pure helpers
+that turn a composed config into Trainer settings.
+
+Only the standard library is imported at module level; Hydra and OmegaConf are imported inside
+the functions that need them so that `invoke --list` stays instant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+RESOLVED_CONFIG_NAME = "config.yaml"  # the resolved config file that travels with a job
+
+MISSING = "???"  # OmegaConf's marker for a value that must be supplied
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    # Where the raw files come from: an http(s) URL prefix, a local directory or an s3:// prefix.
+    source: str = MISSING
+    # Raw file stem -> SHA256 of its *decompressed* bytes. Mirrors re-compress the .gz files,
+    # so only the content hash identifies the data.
+    files: Dict[str, str] = field(default_factory=dict)
+    num_classes: int = 10
+    image_shape: List[int] = field(default_factory=lambda: [1, 28, 28])
+    mean: float = 0.0  # pixel statistics in [0, 1] units, used for normalisation
+    std: float = 1.0
+    val_size: int = 5000  # held out of the training files, chosen by a seeded permutation
+    s3_prefix: str = MISSING  # key prefix under the data bucket (`invoke upload`)
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    # The network, built with hydra.utils.instantiate: any nn.Module importable by path.
+    net: Dict[str, Any] = field(default_factory=dict)
+    lr: float = 1e-3  # peak learning rate of the one-cycle schedule
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class TrainerConfig:
+    # GPUs per node. None: all GPUs of the instance (SageMaker) or all GPUs present (local).
+    gpus: Optional[int] = None
+    max_epochs: int = 3
+    # Global batch size: split evenly over all processes, so the optimisation (and the learning
+    # rate that suits it) does not change with the number of GPUs or nodes.
+    batch_size: int = 256
+    precision: str = "32-true"
+    seed: int = 42
+    deterministic: bool = False
+    num_workers: int = 0  # batches are sliced from in-memory tensors: workers only add overhead
+    log_every_n_steps: int = 50
+    limit_train_batches: Optional[float] = None  # for smoke tests: fraction or number of batches
+    limit_val_batches: Optional[float] = None
+    limit_test_batches: Optional[float] = None
+    # Periodic checkpoints (besides end of epoch and SIGTERM); 0 disables them.
+    checkpoint_every_n_steps: int = 200
+    resume: bool = True  # resume from the newest valid checkpoint of the same run identity
+
+
+@dataclass
+class InstanceConfig:
+    type: str = MISSING  # SageMaker instance type, e.g. ml.p3.8xlarge
+    gpus: int = 0
+    gpu_model: Optional[str] = None
+    gpu_memory_gib: int = 0  # per GPU
+    vcpus: int = MISSING
+    memory_gib: int = MISSING
+    price_per_hour: float = MISSING  # on-demand USD per hour, us-east-1
+    count: int = 1  # number of instances (nodes)
+    volume_size_gb: int = 30
+
+
+@dataclass
+class PathsConfig:
+    runs_dir: str = "runs"  # runs/<run-name>/ holds model/, output/, checkpoints/, metrics.json
+    data_dir: str = "data"  # cache of raw dataset files for local runs
+
+
+@dataclass
+class AwsConfig:
+    region: Optional[str] = None  # None: Terraform output, else the AWS profile's region
+    endpoint_url: Optional[str] = None  # a local AWS endpoint (LocalStack/moto), else real AWS
+    terraform_dir: str = "terraform"
+    # Existing resources instead of the Terraform outputs (all optional).
+    data_bucket: Optional[str] = None
+    artifacts_bucket: Optional[str] = None
+    repository_url: Optional[str] = None
+    role_arn: Optional[str] = None
+
+
+@dataclass
+class JobConfig:
+    base_name: str = "lightning"  # SageMaker job name prefix
+    image_tag: Optional[str] = None  # None: the git short sha of the working tree
+    max_run_minutes: int = 120
+    spot: bool = False
+    max_wait_minutes: Optional[int] = None  # spot only; None: twice max_run
+    spot_discount: float = 0.7  # typical managed-spot saving, for the cost estimate only
+    keep_alive_minutes: int = 0  # warm pool; 0 disables it
+    environment: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    dataset: DatasetConfig = MISSING
+    model: ModelConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    instance: InstanceConfig = MISSING
+    paths: PathsConfig = MISSING
+    aws: AwsConfig = MISSING
+    job: JobConfig = MISSING
+    run_name: Optional[str] = None  # None: <model>-<timestamp> locally, the job name on SageMaker
+
+
+class ConfigError(ValueError):
+    """A config that cannot be composed; its message is one actionable line."""
+
+
+def _register_schema() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="config_schema", node=Config)
+
+
+def _valid_keys(full_key: str) -> List[str]:
+    """The keys the schema allows next to `full_key` (for 'did you mean' style errors)."""
+    from dataclasses import fields, is_dataclass
+
+    node: Any = Config
+    for part in full_key.split(".")[:-1]:
+        match = [f.type for f in fields(node) if f.name == part] if is_dataclass(node) else []
+        node = globals().get(str(match[0])) if match else None
+    return sorted(f.name for f in fields(node)) if is_dataclass(node) else []
+
+
+def _one_line(exc: BaseException) -> str:
+    """Hydra and OmegaConf errors span several lines and a chained cause; keep what names the problem."""
+    text = str(exc).strip()
+    if "Could not find '" in text and "Available options" in text:
+        missing = text.split("Could not find '", 1)[1].split("'", 1)[0]
+        group, option = missing.rsplit("/", 1) if "/" in missing else ("config", missing)
+        listing = text.split("Available options", 1)[1].split("Config search path", 1)[0]
+        options = [line.strip() for line in listing.splitlines()[1:] if line.strip()]
+        return f"unknown {group} '{option}'; choose one of: {', '.join(options)}"
+    cause = exc.__cause__ or exc
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    key = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("full_key:")), None)
+    if key and re.match(r"Key '.*' not in", lines[0]):
+        return f"unknown key '{key}'; valid keys there: {', '.join(_valid_keys(key))}"
+    head = lines[0] if lines else type(exc).__name__
+    return f"{key}: {head}" if key else head
+
+
+def compose(overrides: List[str] | tuple = ()) -> Any:
+    """Compose conf/ with Hydra overrides into a validated DictConfig (no side effects)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    _register_schema()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = hydra_compose(config_name="config", overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(f"bad config override: {_one_line(exc)}") from None
+    validate(cfg)
+    return cfg
+
+
+def load_resolved(path: Path) -> Any:
+    """Load a resolved config file (as written by save_resolved) and validate it against the schema."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(path))
+    except (OmegaConfBaseException, OSError) as exc:
+        raise ConfigError(f"cannot load config {path}: {_one_line(exc)}") from None
+    OmegaConf.set_struct(cfg, True)
+    validate(cfg)
+    return cfg
+
+
+def to_yaml(cfg: Any) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def config_hash(cfg: Any, length: int = 12) -> str:
+    """A short, stable identity of everything that shapes the training result."""
+    from omegaconf import OmegaConf
+
+    shaping = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("dataset", "model", "trainer")}
+    shaping["trainer"].pop("resume", None)  # resuming or not yields the same run
+    shaping["dataset"].pop("source", None)  # the same bytes, whichever mirror they came from
+    blob = json.dumps(shaping, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def validate(cfg: Any) -> None:
+    """Checks that span several keys, so they cannot live in the schema's types."""
+    t = cfg.trainer
+    if t.max_epochs < 1:
+        raise ConfigError(f"trainer.max_epochs must be >= 1, got {t.max_epochs}")
+    if t.batch_size < 1:
+        raise ConfigError(f"trainer.batch_size must be >= 1, got {t.batch_size}")
+    if t.gpus is not None and t.gpus < 0:
+        raise ConfigError(f"trainer.gpus must be >= 0 (0 = CPU), got {t.gpus}")
+    if cfg.instance.count < 1:
+        raise ConfigError(f"instance.count must be >= 1, got {cfg.instance.count}")
+    if not str(cfg.model.net.get("_target_", "")):
+        raise ConfigError("model.net._target_ is empty: name the nn.Module class to build")
+
+
+def resolve_gpus(requested: Optional[int], available: int) -> int:
+    """trainer.gpus=None means every GPU there is; asking for more than there are is an error."""
+    if requested is None:
+        return available
+    if requested > available:
+        raise ConfigError(
+            f"trainer.gpus={requested} but only {available} GPU(s) available here; "
+            f"use trainer.gpus={available} or fewer"
+        )
+    return requested
+
+
+def trainer_device_kwargs(gpus: int, num_nodes: int = 1, launched_processes: int = 1) -> Dict[str, Any]:
+    """Map the user-facing `trainer.gpus` onto Lightning 2.x accelerator/devices/strategy.
+
+    `launched_processes` > 1 means an external launcher (torchrun) already started one process
+    per device; on CPU that is how DDP runs (gloo), one process per launched slot.
+    """
+    if gpus == 0:
+        devices = launched_processes
+        accelerator = "cpu"
+    else:
+        devices = gpus
+        accelerator = "gpu"
+    distributed = devices * num_nodes > 1
+    return {
+        "accelerator": accelerator,
+        "devices": devices,
+        "num_nodes": num_nodes,
+        "strategy": "ddp" if distributed else "auto",
+    }

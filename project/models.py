@@ -1,0 +1,136 @@
+"""Networks and the LightningModule that trains any of them.
+
+The network is injected: `LitClassifier(net=...)` trains whatever nn.Module maps a batch of
+images to class logits, so a user's own model needs only a `model/<name>.yaml` naming it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+import torchmetrics
+from torch import nn
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class SmallCNN(nn.Module):
+    """Three conv blocks (28 -> 14 -> 7), global average pool, linear head."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 16):
+        super().__init__()
+        self.features = nn.Sequential(
+            _block(in_channels, width),
+            nn.MaxPool2d(2),
+            _block(width, 2 * width),
+            nn.MaxPool2d(2),
+            _block(2 * width, 4 * width),
+            _block(4 * width, 4 * width),
+        )
+        self.head = nn.Linear(4 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+class MLP(nn.Module):
+    def __init__(self, in_features: int = 784, num_classes: int = 10, hidden: int = 256, dropout: float = 0.1):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(in_features, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Exported(nn.Module):
+    """What ships: raw pixels in [0, 255], N x C x H x W, to class probabilities.
+
+    Normalisation is baked in so a consumer needs nothing but this file.
+    """
+
+    def __init__(self, net: nn.Module, mean: float, std: float):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean))
+        self.register_buffer("std", torch.tensor(std))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = (pixels.float() / 255.0 - self.mean) / self.std
+        return torch.softmax(self.net(x), dim=1)
+
+
+class LitClassifier(pl.LightningModule):
+    def __init__(
+        self,
+        net: nn.Module,
+        num_classes: int = 10,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        label_smoothing: float = 0.0,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["net"])
+        self.net = net
+        # Epoch metrics are torchmetrics states, reduced over all ranks: over an unpadded sharded
+        # split they count each sample exactly once, whatever the world size.
+        self.metrics = nn.ModuleDict(
+            {
+                f"{split}_{kind}": (
+                    torchmetrics.MeanMetric()
+                    if kind == "loss"
+                    else torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)
+                )
+                for split in ("train", "val", "test")
+                for kind in ("loss", "acc")
+            }
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def _step(self, batch, split: str) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing if split == "train" else 0.0)
+        self.metrics[f"{split}_loss"].update(loss.detach(), weight=len(y))
+        self.metrics[f"{split}_acc"].update(logits.detach(), y)
+        for kind in ("loss", "acc"):
+            name = f"{split}_{kind}"
+            self.log(name, self.metrics[name], on_step=False, on_epoch=True, prog_bar=split != "test")
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def configure_optimizers(self) -> Dict[str, Any]:
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        # One-cycle: warm up then anneal; reaches high accuracy in few epochs at a high peak lr.
+        total = self.trainer.estimated_stepping_batches
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.hparams.lr, total_steps=max(1, total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def build_net(spec: Dict[str, Any], overrides: Optional[Dict[str, Any]] = None) -> nn.Module:
+    """Instantiate the `model.net` config (a `_target_` class path and its arguments)."""
+    from hydra.utils import instantiate
+
+    return instantiate({**spec, **(overrides or {})})

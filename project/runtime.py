@@ -1,0 +1,108 @@
+"""Where a run reads and writes: a laptop/bare-metal layout or the SageMaker container's.
+
+Pure functions of the environment mapping, so both are unit-tested without a container.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional
+
+SM_CHECKPOINT_DIR = "/opt/ml/checkpoints"  # synced to the job's CheckpointConfig.S3Uri
+DATA_CHANNEL = "train"  # the input channel that carries the raw dataset files
+
+
+@dataclass(frozen=True)
+class SageMakerEnv:
+    model_dir: Path
+    output_data_dir: Path
+    channels: Dict[str, Path]
+    num_gpus: int
+    hosts: List[str]
+    current_host: str
+    job_name: Optional[str]
+    checkpoint_dir: Path
+    network_interface: Optional[str] = None
+
+    @property
+    def node_rank(self) -> int:
+        return self.hosts.index(self.current_host)
+
+
+def sagemaker_env(environ: Mapping[str, str] = os.environ) -> Optional[SageMakerEnv]:
+    """The SageMaker training environment, or None when not running in a training container."""
+    if "SM_MODEL_DIR" not in environ:
+        return None
+    channels = {
+        key[len("SM_CHANNEL_") :].lower(): Path(value)
+        for key, value in environ.items()
+        if key.startswith("SM_CHANNEL_")
+    }
+    hosts = json.loads(environ.get("SM_HOSTS", '["algo-1"]'))
+    return SageMakerEnv(
+        model_dir=Path(environ["SM_MODEL_DIR"]),
+        output_data_dir=Path(environ.get("SM_OUTPUT_DATA_DIR", "/opt/ml/output/data")),
+        channels=channels,
+        num_gpus=int(environ.get("SM_NUM_GPUS", "0")),
+        hosts=hosts,
+        current_host=environ.get("SM_CURRENT_HOST", hosts[0]),
+        job_name=environ.get("TRAINING_JOB_NAME") or environ.get("SM_TRAINING_JOB_NAME"),
+        checkpoint_dir=Path(environ.get("SM_CHECKPOINT_DIR", SM_CHECKPOINT_DIR)),
+        network_interface=environ.get("SM_NETWORK_INTERFACE_NAME"),
+    )
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """The artifact layout; `invoke fetch` recreates exactly this under runs/<job-name>/."""
+
+    model_dir: Path  # weights, TorchScript export, resolved config
+    output_dir: Path  # TensorBoard logs, metrics CSV, plots, metrics.json
+    checkpoint_dir: Path
+    metrics_files: List[Path] = field(default_factory=list)  # where metrics.json is written
+
+    def create(self) -> None:
+        for path in (self.model_dir, self.output_dir, self.checkpoint_dir):
+            path.mkdir(parents=True, exist_ok=True)
+
+
+def local_layout(run_dir: Path) -> RunLayout:
+    return RunLayout(
+        model_dir=run_dir / "model",
+        output_dir=run_dir / "output",
+        checkpoint_dir=run_dir / "checkpoints",
+        metrics_files=[run_dir / "metrics.json", run_dir / "output" / "metrics.json"],
+    )
+
+
+def container_layout(sm: SageMakerEnv) -> RunLayout:
+    # SageMaker tars model_dir to model.tar.gz and output_data_dir to output.tar.gz; fetch puts
+    # output/metrics.json back at the run root.
+    return RunLayout(
+        model_dir=sm.model_dir,
+        output_dir=sm.output_data_dir,
+        checkpoint_dir=sm.checkpoint_dir,
+        metrics_files=[sm.output_data_dir / "metrics.json"],
+    )
+
+
+def launched_processes(environ: Mapping[str, str] = os.environ) -> int:
+    """Processes per node started by an external launcher (torchrun sets LOCAL_WORLD_SIZE)."""
+    return int(environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+def wire_distributed(sm: SageMakerEnv, environ: Dict[str, str]) -> None:
+    """Fill torch.distributed's rendezvous variables from SM_HOSTS when no launcher did.
+
+    The SDK's torchrun driver sets them already; this covers a plain `python -m project.train`
+    on several hosts. The first host is the master; the node rank is this host's position.
+    """
+    environ.setdefault("MASTER_ADDR", sm.hosts[0])
+    environ.setdefault("MASTER_PORT", "7777")
+    environ.setdefault("NODE_RANK", str(sm.node_rank))
+    if sm.network_interface:
+        environ.setdefault("NCCL_SOCKET_IFNAME", sm.network_interface)
+        environ.setdefault("GLOO_SOCKET_IFNAME", sm.network_interface)

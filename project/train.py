@@ -1,0 +1,230 @@
+"""Train a Lightning model from a Hydra config, on a laptop, a bare-metal GPU box or SageMaker.
+
+Run it:
+    python -m project.train trainer.max_epochs=1 dataset.source=../shared/data/mnist
+    python -m project.train --config runs/<run>/model/config.yaml      # rebuild a composed run
+
+Inside a SageMaker training container (SM_* variables set) it reads the resolved config that
+travelled with the job, the data channel, SM_MODEL_DIR, SM_OUTPUT_DATA_DIR and
+/opt/ml/checkpoints; everything else is identical.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import pytorch_lightning as pl
+import torch
+
+from . import config as config_lib
+from .data import DataError
+from .runtime import DATA_CHANNEL, RunLayout, SageMakerEnv, container_layout, local_layout, sagemaker_env
+
+log = logging.getLogger(__name__)
+
+# TensorBoard's folder sits beside metrics.csv in output/; the CSV logger's warning about a
+# non-empty directory is expected there and would only alarm users.
+warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+
+
+def default_run_name(cfg: Any) -> str:
+    return f"{cfg.model.name}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
+
+
+class MetricLines(pl.Callback):
+    """Prints each epoch's metrics as `name=value` lines (scraped by SageMaker's regexes)."""
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero and not trainer.sanity_checking:
+            _print_metrics({"epoch": trainer.current_epoch + 1, **_scalars(trainer.callback_metrics)})
+
+
+def _scalars(metrics: Dict[str, Any]) -> Dict[str, float]:
+    return {name: float(value) for name, value in sorted(metrics.items())}
+
+
+def _print_metrics(metrics: Dict[str, Any]) -> None:
+    from .artifacts import format_metrics
+
+    print(format_metrics(metrics), flush=True)
+
+
+def _build(cfg: Any, layout: RunLayout, data_source: str, cache_dir: Path, num_nodes: int, gpus: int):
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+    from .checkpoints import RunCheckpoints
+    from .data import IdxDataModule
+    from .models import LitClassifier, build_net
+    from .runtime import launched_processes
+
+    d, t = cfg.dataset, cfg.trainer
+    datamodule = IdxDataModule(
+        source=data_source,
+        files=dict(d.files),
+        cache_dir=str(cache_dir),
+        batch_size=t.batch_size,
+        val_size=d.val_size,
+        mean=d.mean,
+        std=d.std,
+        seed=t.seed,
+        num_workers=t.num_workers,
+    )
+    module = LitClassifier(
+        net=build_net(dict(cfg.model.net)),
+        num_classes=d.num_classes,
+        lr=cfg.model.lr,
+        weight_decay=cfg.model.weight_decay,
+        label_smoothing=cfg.model.label_smoothing,
+    )
+    devices = config_lib.trainer_device_kwargs(gpus, num_nodes, launched_processes())
+    trainer = pl.Trainer(
+        **devices,
+        max_epochs=t.max_epochs,
+        precision=t.precision,
+        deterministic=t.deterministic,
+        log_every_n_steps=t.log_every_n_steps,
+        limit_train_batches=t.limit_train_batches,
+        limit_val_batches=t.limit_val_batches,
+        limit_test_batches=t.limit_test_batches,
+        use_distributed_sampler=False,  # IndexBatches shards by rank itself, without padding eval sets
+        enable_progress_bar=sys.stderr.isatty(),  # no bar spam in logs and CloudWatch
+        enable_checkpointing=False,  # RunCheckpoints below, keyed by run identity
+        default_root_dir=str(layout.output_dir),
+        logger=[
+            TensorBoardLogger(save_dir=str(layout.output_dir), name="tensorboard", version=""),
+            CSVLogger(save_dir=str(layout.output_dir), name="", version=""),
+        ],
+        callbacks=[
+            MetricLines(),
+            RunCheckpoints(layout.checkpoint_dir, config_lib.config_hash(cfg), t.checkpoint_every_n_steps),
+        ],
+    )
+    return trainer, module, datamodule
+
+
+def train(
+    cfg: Any,
+    layout: RunLayout,
+    run_name: str,
+    data_source: Optional[str] = None,
+    num_nodes: int = 1,
+    available_gpus: Optional[int] = None,
+) -> Dict[str, Any]:
+    """Fit, test and export one run; returns the metrics also written to metrics.json."""
+    from . import artifacts
+    from .checkpoints import newest_valid
+
+    gpus = config_lib.resolve_gpus(
+        cfg.trainer.gpus, torch.cuda.device_count() if available_gpus is None else available_gpus
+    )
+    pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    layout.create()
+    source = data_source or cfg.dataset.source
+    cache_dir = Path(cfg.paths.data_dir) / cfg.dataset.name
+    trainer, module, datamodule = _build(cfg, layout, source, cache_dir, num_nodes, gpus)
+    if trainer.is_global_zero:
+        artifacts.write_atomically(layout.model_dir / config_lib.RESOLVED_CONFIG_NAME, config_lib.to_yaml(cfg))
+
+    resume_from = newest_valid(layout.checkpoint_dir, config_lib.config_hash(cfg)) if cfg.trainer.resume else None
+    if resume_from is not None and trainer.is_global_zero:
+        print(f"resuming from checkpoint {resume_from.name}", flush=True)
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
+    fit_seconds = time.perf_counter() - started
+    (test_results,) = trainer.test(module, datamodule=datamodule, verbose=False)
+
+    metrics = {
+        "run_name": run_name,
+        "config_hash": config_lib.config_hash(cfg),
+        "epochs": trainer.current_epoch,
+        "global_steps": trainer.global_step,
+        "world_size": trainer.world_size,
+        "fit_seconds": round(fit_seconds, 3),
+        "resumed_from": resume_from.name if resume_from else None,
+        **{k: v for k, v in _scalars(trainer.callback_metrics).items() if k.startswith(("train_", "val_"))},
+        **_scalars(test_results),
+    }
+    if trainer.is_global_zero:
+        _print_metrics({k: metrics[k] for k in ("test_loss", "test_acc")})
+        _write_artifacts(cfg, layout, module, datamodule, metrics)
+    return metrics
+
+
+def _write_artifacts(cfg: Any, layout: RunLayout, module, datamodule, metrics: Dict[str, Any]) -> None:
+    from . import artifacts
+
+    d = cfg.dataset
+    artifacts.export_model(module.net, layout.model_dir, list(d.image_shape), d.mean, d.std)
+    test = datamodule.splits["test"]
+    matrix = artifacts.confusion_matrix(module.net, test.images, test.labels, d.num_classes)
+    artifacts.plot_confusion(matrix, layout.output_dir / artifacts.CONFUSION_FILE)
+    artifacts.plot_learning_curves(layout.output_dir / "metrics.csv", layout.output_dir / artifacts.CURVES_FILE)
+    artifacts.write_metrics(metrics, layout.metrics_files)
+
+
+def run_local(overrides: List[str]) -> Dict[str, Any]:
+    """What `invoke local` runs: compose, then train under runs/<run-name>/."""
+    cfg = config_lib.compose(overrides)
+    return run_composed(cfg)
+
+
+def run_composed(cfg: Any) -> Dict[str, Any]:
+    run_name = cfg.run_name or default_run_name(cfg)
+    run_dir = Path(cfg.paths.runs_dir) / run_name
+    metrics = train(cfg, local_layout(run_dir), run_name)
+    print(f"run_dir={run_dir}", flush=True)
+    return metrics
+
+
+def run_in_container(sm: SageMakerEnv, config_path: Path) -> Dict[str, Any]:
+    """What the SageMaker job runs: the resolved config, channels and /opt/ml paths."""
+    from .runtime import wire_distributed
+
+    cfg = config_lib.load_resolved(config_path)
+    if len(sm.hosts) > 1:
+        wire_distributed(sm, os.environ)
+    channel = sm.channels.get(DATA_CHANNEL)
+    cfg.paths.data_dir = str(sm.output_data_dir.parent / "cache")  # only if the channel lacks a file
+    return train(
+        cfg,
+        container_layout(sm),
+        run_name=sm.job_name or cfg.run_name or default_run_name(cfg),
+        data_source=str(channel) if channel else None,
+        num_nodes=len(sm.hosts),
+        available_gpus=sm.num_gpus,
+    )
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    config_path = None
+    if argv[:1] == ["--config"] and len(argv) > 1:
+        config_path, argv = Path(argv[1]), argv[2:]
+    try:
+        sm = sagemaker_env()
+        if sm is not None:
+            path = config_path or Path(__file__).resolve().parent.parent / config_lib.RESOLVED_CONFIG_NAME
+            run_in_container(sm, path)
+        elif config_path is not None:
+            cfg = config_lib.load_resolved(config_path)
+            from omegaconf import OmegaConf
+
+            run_composed(OmegaConf.merge(cfg, OmegaConf.from_dotlist(argv)) if argv else cfg)
+        else:
+            run_local(argv)
+    except (config_lib.ConfigError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
