@@ -36,10 +36,11 @@ def local(c, overrides=None):
 @task(help={"run_dir": "A run directory (runs/<run-name>)", "images": "PNG file(s): a path, a folder or a,b,c"})
 def predict(c, run_dir, images):
     """Classify images with a run's exported model (model/model.ts) and print the digits."""
-    from project.predict import PredictError, expand_images
+    from project.predict import PredictError, expand_images, find_model
     from project.predict import predict as classify
 
     try:
+        find_model(run_dir)
         for path, label, confidence in classify(run_dir, expand_images(images)):
             print(f"{path}: {label} (p={confidence:.3f})")
     except PredictError as exc:

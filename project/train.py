@@ -138,6 +138,7 @@ def train(
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
     fit_seconds = time.perf_counter() - started
+    fit_metrics = _scalars(trainer.callback_metrics)  # trainer.test replaces callback_metrics
     (test_results,) = trainer.test(module, datamodule=datamodule, verbose=False)
 
     metrics = {
@@ -148,7 +149,7 @@ def train(
         "world_size": trainer.world_size,
         "fit_seconds": round(fit_seconds, 3),
         "resumed_from": resume_from.name if resume_from else None,
-        **{k: v for k, v in _scalars(trainer.callback_metrics).items() if k.startswith(("train_", "val_"))},
+        **{k: v for k, v in fit_metrics.items() if k.startswith(("train_", "val_"))},
         **_scalars(test_results),
     }
     if trainer.is_global_zero:

@@ -1,0 +1,143 @@
+import gzip
+import http.server
+import threading
+from functools import partial
+
+import numpy as np
+import pytest
+
+from project.data import (
+    DataError,
+    EvalBatches,
+    IndexBatches,
+    fetch_raw,
+    load_verified,
+    parse_idx,
+    read_bytes,
+    split_indices,
+)
+from tests.synthetic import idx_bytes, write_dataset
+
+
+def test_parse_idx_reads_images_and_labels():
+    images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    assert np.array_equal(parse_idx(idx_bytes(images)), images)
+    labels = np.array([7, 1, 9], dtype=np.uint8)
+    assert np.array_equal(parse_idx(idx_bytes(labels)), labels)
+
+
+def test_parse_idx_big_endian_int32():
+    content = bytes([0, 0, 0x0C, 1]) + (2).to_bytes(4, "big") + (1).to_bytes(4, "big") + (-2).to_bytes(4, "big", signed=True)
+    assert parse_idx(content).tolist() == [1, -2]
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"\x01\x02\x08\x01\x00\x00\x00\x01x", "bad magic"),
+        (bytes([0, 0, 8, 3, 0, 0]), "header truncated"),
+        (idx_bytes(np.zeros((2, 2), np.uint8))[:-1], "IDX body has 3 bytes, header promises 4"),
+    ],
+)
+def test_parse_idx_rejects_garbage(content, message):
+    with pytest.raises(DataError, match=message):
+        parse_idx(content)
+
+
+def test_gzip_detected_by_content_not_name(tmp_path):
+    raw = idx_bytes(np.ones((3,), np.uint8))
+    (tmp_path / "plain.gz").write_bytes(raw)
+    (tmp_path / "zipped").write_bytes(gzip.compress(raw))
+    assert read_bytes(tmp_path / "plain.gz") == raw == read_bytes(tmp_path / "zipped")
+
+
+def test_truncated_gzip_is_a_clear_error(tmp_path):
+    path = tmp_path / "x.gz"
+    path.write_bytes(gzip.compress(idx_bytes(np.ones((500,), np.uint8)))[:-10])
+    with pytest.raises(DataError, match="truncated or corrupt gzip"):
+        read_bytes(path)
+
+
+def test_checksum_mismatch_is_refused(tmp_path):
+    files = write_dataset(tmp_path, n_train=20, n_test=10)
+    stem = "train-labels-idx1-ubyte"
+    load_verified(tmp_path / f"{stem}.gz", files[stem])
+    with pytest.raises(DataError, match="checksum mismatch"):
+        load_verified(tmp_path / f"{stem}.gz", "0" * 64)
+
+
+def test_fetch_from_local_dir_uses_files_in_place(tmp_path):
+    src = tmp_path / "src"
+    files = write_dataset(src, n_train=20, n_test=10, gz=False)
+    paths = fetch_raw(str(src), tmp_path / "cache", files)
+    assert all(path.parent == src for path in paths.values())
+    assert not (tmp_path / "cache").exists()
+
+
+def test_fetch_corrupt_local_source_fails_without_leaving_files(tmp_path):
+    src = tmp_path / "src"
+    files = write_dataset(src, n_train=20, n_test=10)
+    (src / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x01garbage"))
+    with pytest.raises(DataError, match="checksum mismatch"):
+        fetch_raw(str(src), tmp_path / "cache", files)
+    assert not any(p.name.endswith(".part") for p in (tmp_path / "cache").glob("*"))
+
+
+@pytest.fixture
+def http_mirror(tmp_path):
+    """A real HTTP server on loopback serving a folder, like the public MNIST mirrors."""
+    root = tmp_path / "mirror"
+    files = write_dataset(root, n_train=30, n_test=10)
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}", root, files
+    server.shutdown()
+
+
+def test_fetch_over_http_downloads_verifies_and_caches(http_mirror, tmp_path):
+    url, root, files = http_mirror
+    cache = tmp_path / "cache"
+    paths = fetch_raw(url, cache, files)
+    assert sorted(p.name for p in cache.iterdir()) == sorted(f"{stem}.gz" for stem in files)
+    for stem, path in paths.items():
+        assert path.read_bytes() == (root / f"{stem}.gz").read_bytes()
+    for path in root.iterdir():
+        path.unlink()  # the mirror is gone: the verified cache is enough
+    assert fetch_raw(url, cache, files) == paths
+
+
+def test_fetch_over_http_missing_file_names_it(http_mirror, tmp_path):
+    url, root, files = http_mirror
+    (root / "train-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError, match="cannot fetch train-labels-idx1-ubyte from http://127.0.0.1"):
+        fetch_raw(url, tmp_path / "cache", files)
+
+
+def test_split_is_deterministic_and_disjoint():
+    train, val = split_indices(100, 10, seed=3)
+    again_train, again_val = split_indices(100, 10, seed=3)
+    assert np.array_equal(train, again_train) and np.array_equal(val, again_val)
+    assert len(val) == 10 and not set(train) & set(val) and len(train) + len(val) == 100
+    assert not np.array_equal(split_indices(100, 10, seed=4)[1], val)
+
+
+def test_train_batches_reshuffle_per_epoch_and_cover_all():
+    batches = IndexBatches(10, batch_size=4, shuffle=True, seed=0)
+    first = np.concatenate(list(batches))
+    batches.set_epoch(1)
+    second = np.concatenate(list(batches))
+    assert sorted(first) == sorted(second) == list(range(10))
+    assert not np.array_equal(first, second)
+    assert len(batches) == 3
+
+
+def test_eval_shards_count_every_sample_exactly_once():
+    shards = [np.concatenate(list(EvalBatches(11, 3, False, 0, rank, 2))) for rank in range(2)]
+    assert sorted(np.concatenate(shards).tolist()) == list(range(11))
+
+
+def test_train_shards_are_equal_length_across_ranks():
+    lengths = {len(np.concatenate(list(IndexBatches(11, 3, True, 0, rank, 2)))) for rank in range(2)}
+    assert lengths == {6}

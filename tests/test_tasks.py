@@ -1,0 +1,106 @@
+"""The invoke CLI as a user types it: bare overrides, cheap import, clean errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from invoke import Collection, Program
+from invoke.parser import Parser
+
+ROOT = Path(__file__).resolve().parent.parent
+HEAVY = ("torch", "pytorch_lightning", "lightning", "sagemaker", "hydra", "boto3", "matplotlib")
+
+
+def invoke(*args, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_importing_tasks_is_cheap():
+    code = "import sys, tasks; print(','.join(m for m in %r if m in sys.modules))" % (HEAVY,)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
+
+
+def test_list_and_help_explain_themselves():
+    listing = invoke("--list")
+    assert listing.returncode == 0
+    for name in ("local", "predict"):
+        assert f"  {name} " in listing.stdout
+    helptext = invoke("local", "--help").stdout
+    assert "Train on this machine" in helptext and "key=value" in helptext
+
+
+def parse(*argv):
+    import tasks
+
+    parser = Parser(contexts=tasks.ns.to_contexts())
+    return {ctx.name: ctx.as_kwargs for ctx in parser.parse_argv(list(argv))}
+
+
+def test_bare_overrides_are_collected_in_order():
+    parsed = parse("local", "trainer.max_epochs=1", "+trainer.extra=x", "dataset.source=../d", "model=mlp")
+    assert parsed["local"]["overrides"] == ["trainer.max_epochs=1", "+trainer.extra=x", "dataset.source=../d", "model=mlp"]
+
+
+def test_flags_and_tasks_still_parse_around_overrides():
+    parsed = parse("local", "a.b=1", "--overrides", "c=2", "d=3", "predict", "runs/x", "img.png")
+    assert parsed["local"]["overrides"] == ["a.b=1", "c=2", "d=3"]
+    assert parsed["predict"] == {"run_dir": "runs/x", "images": "img.png"}
+    assert parse("local")["local"]["overrides"] == []
+
+
+def test_bad_override_exits_nonzero_with_one_line():
+    result = invoke("local", "trainer.epochs=3")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: bad config override: unknown key 'trainer.epochs'; valid keys there: batch_size, "
+        "checkpoint_every_n_steps, deterministic, gpus, limit_test_batches, limit_train_batches, "
+        "limit_val_batches, log_every_n_steps, max_epochs, num_workers, precision, resume, seed"
+    ]
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_invoke_local_trains_with_bare_overrides(tiny_run, tmp_path):
+    result = invoke("local", *tiny_run(run_name="cli"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((tmp_path / "runs" / "cli" / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and metrics["test_acc"] > 0.5
+    assert "run_dir=" in result.stdout
+
+    png = tmp_path / "digit.png"
+    from PIL import Image
+
+    from tests.synthetic import make_images
+
+    images, labels = make_images(1, seed=5)
+    Image.fromarray(images[0]).save(png)
+    predicted = invoke("predict", str(tmp_path / "runs" / "cli"), str(png))
+    assert predicted.returncode == 0, predicted.stderr
+    assert predicted.stdout.startswith(f"{png}: ")
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (
+            ("predict", "runs/does-not-exist", "x.png"),
+            "error: no exported model at runs/does-not-exist/model/model.ts: "
+            "train with `invoke local` or fetch a job with `invoke fetch`",
+        ),
+        (("predict", "tests", "no-such.png"), None),
+    ],
+)
+def test_predict_errors_are_clean(args, message, tmp_path):
+    if message is None:  # a real run directory, a missing image
+        (tmp_path / "model").mkdir()
+        (tmp_path / "model" / "model.ts").write_bytes(b"")
+        args = ("predict", str(tmp_path), "no-such.png")
+        message = "error: image not found: no-such.png"
+    result = invoke(*args)
+    assert result.returncode == 2
+    assert result.stderr.strip() == message
