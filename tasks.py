@@ -9,18 +9,18 @@ import sys
 
 from invoke import Collection, Exit, task
 
-from project.cli import OVERRIDES_HELP, accept_bare_overrides
+from project.cli import OVERRIDES_HELP, accept_bare_overrides, user_errors
 
 accept_bare_overrides()
 
+JOB_HELP = "Training job name (default: the latest job)"
+
 
 def _compose(overrides):
-    from project.config import ConfigError, compose
+    from project.config import compose
 
-    try:
+    with user_errors():
         return compose(overrides or [])
-    except ConfigError as exc:
-        raise Exit(f"error: {exc}", code=2) from None
 
 
 @task(iterable=["overrides"], help={"overrides": OVERRIDES_HELP})
@@ -36,16 +36,106 @@ def local(c, overrides=None):
 @task(help={"run_dir": "A run directory (runs/<run-name>)", "images": "PNG file(s): a path, a folder or a,b,c"})
 def predict(c, run_dir, images):
     """Classify images with a run's exported model (model/model.ts) and print the digits."""
-    from project.predict import PredictError, expand_images, find_model
+    from project.predict import expand_images, find_model
     from project.predict import predict as classify
 
-    try:
+    with user_errors():
         find_model(run_dir)
         for path, label, confidence in classify(run_dir, expand_images(images)):
             print(f"{path}: {label} (p={confidence:.3f})")
-    except PredictError as exc:
-        raise Exit(f"error: {exc}", code=2) from None
 
 
-ns = Collection(local, predict)
+@task(iterable=["overrides"], help={"overrides": OVERRIDES_HELP, "dry_run": "List what would move; move nothing"})
+def upload(c, overrides=None, dry_run=False):
+    """Upload the dataset's raw files to the data bucket (incremental: unchanged files are skipped)."""
+    from project.aws import workflow
+
+    with user_errors():
+        workflow.upload(overrides or [], dry_run=dry_run)
+
+
+@task(
+    iterable=["overrides"],
+    help={
+        "overrides": OVERRIDES_HELP,
+        "base_image": "Base image (default: the AWS PyTorch training DLC of the Terraform region)",
+        "allow_dirty": "Build from a dirty tree; the tag is marked <sha>-dirty-<hash>",
+        "dry_run": "Print the docker command; run nothing",
+    },
+)
+def build(c, overrides=None, base_image=None, allow_dirty=False, dry_run=False):
+    """Build the training image, tagged with the git short sha, for the Terraform ECR repository."""
+    from project.aws import workflow
+
+    with user_errors():
+        workflow.build(overrides or [], base_image, allow_dirty, dry_run, workflow.run_command)
+
+
+@task(
+    iterable=["overrides"],
+    help={"overrides": OVERRIDES_HELP, "allow_dirty": "Push a <sha>-dirty-<hash> image", "dry_run": "Print the commands"},
+)
+def push(c, overrides=None, allow_dirty=False, dry_run=False):
+    """Log Docker in to ECR (token from boto3) and push the image's immutable tag."""
+    from project.aws import workflow
+
+    with user_errors():
+        workflow.push(overrides or [], allow_dirty, dry_run, workflow.run_command)
+
+
+@task(
+    iterable=["overrides"],
+    help={
+        "overrides": OVERRIDES_HELP + "; e.g. trainer.gpus=4 instance=ml.p3.8xlarge job.spot=true",
+        "yes": "Launch without asking (the cost summary is still printed)",
+        "dry_run": "Validate and print the full CreateTrainingJob request; launch nothing",
+        "wait": "Stream the logs until the job ends (default); --no-wait detaches",
+        "allow_dirty": "Use the <sha>-dirty-<hash> image of a dirty tree",
+    },
+)
+def train(c, overrides=None, yes=False, dry_run=False, wait=True, allow_dirty=False):
+    """Launch a SageMaker training job: validate, show the cost, confirm, launch, stream logs."""
+    from project.aws import workflow
+
+    with user_errors():
+        workflow.train(overrides or [], yes=yes, dry_run=dry_run, wait=wait, allow_dirty=allow_dirty)
+
+
+@task(help={"job": JOB_HELP, "follow": "Keep streaming until the job ends"})
+def logs(c, job=None, follow=False):
+    """Print a training job's CloudWatch log."""
+    from project.aws import workflow
+
+    with user_errors():
+        workflow.logs([], job, follow)
+
+
+@task(help={"job": "One job (default: the recent ones)", "limit": "How many recent jobs"})
+def status(c, job=None, limit=10):
+    """Recent training jobs: status, instance, duration, billable time, cost, final metrics."""
+    from project.aws import workflow
+
+    with user_errors():
+        workflow.status([], job, limit)
+
+
+@task(help={"job": "The job to stop"})
+def stop(c, job):
+    """Stop a training job (it gets SIGTERM, checkpoints, and ends as Stopped)."""
+    from project.aws import workflow
+
+    with user_errors():
+        workflow.stop([], job)
+
+
+@task(help={"job": JOB_HELP})
+def fetch(c, job=None):
+    """Download a job's model, output and checkpoints into runs/<job>/ and print its metrics."""
+    from project.aws import workflow
+
+    with user_errors():
+        workflow.fetch([], job)
+
+
+ns = Collection(local, predict, upload, build, push, train, logs, status, stop, fetch)
 ns.configure({"run": {"echo": False}})

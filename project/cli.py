@@ -10,9 +10,10 @@ task's `overrides` list. Flags still work anywhere (`invoke train --yes key=valu
 from __future__ import annotations
 
 import re
-from typing import Any, List
+from contextlib import contextmanager
+from typing import Any, Iterator, List
 
-from invoke import Collection
+from invoke import Collection, Exit
 from invoke.parser import Argument, ParserContext
 from invoke.vendor.lexicon import Lexicon
 
@@ -84,3 +85,16 @@ def accept_bare_overrides() -> None:
 
     to_contexts.accepts_bare_overrides = True  # type: ignore[attr-defined]
     Collection.to_contexts = to_contexts  # type: ignore[method-assign]
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn a UserError into `error: <one line>` on stderr and exit code 2, without a traceback."""
+    from .errors import UserError
+
+    try:
+        yield
+    except UserError as exc:
+        raise Exit(f"error: {exc}", code=2) from None
+    except KeyboardInterrupt:
+        raise Exit("interrupted: nothing half-written was kept; run the task again to resume", code=130) from None

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from .errors import UserError
+
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 RESOLVED_CONFIG_NAME = "config.yaml"  # the resolved config file that travels with a job
 
@@ -122,7 +124,7 @@ class Config:
     run_name: Optional[str] = None  # None: <model>-<timestamp> locally, the job name on SageMaker
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config that cannot be composed; its message is one actionable line."""
 
 

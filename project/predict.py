@@ -9,9 +9,10 @@ import numpy as np
 import torch
 
 from .artifacts import TORCHSCRIPT_FILE
+from .errors import UserError
 
 
-class PredictError(RuntimeError):
+class PredictError(UserError):
     pass
 
 

@@ -1,0 +1,188 @@
+"""Watch SageMaker jobs: status tables, CloudWatch log streaming, final report, stop."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterator, List, Optional
+
+from ..config import CONF_DIR
+from ..errors import UserError
+from .jobs import LOG_GROUP
+
+TERMINAL = {"Completed", "Failed", "Stopped"}
+
+
+class JobError(UserError):
+    pass
+
+
+def instance_price(instance_type: str) -> Optional[float]:
+    """On-demand USD/hour from the instance catalog in conf/instance/."""
+    import yaml
+
+    path = CONF_DIR / "instance" / f"{instance_type}.yaml"
+    return float(yaml.safe_load(path.read_text())["price_per_hour"]) if path.is_file() else None
+
+
+def job_cost(desc: Dict[str, Any]) -> Optional[float]:
+    """Billable seconds (after any spot saving) x instances x price."""
+    resources = desc.get("ResourceConfig", {})
+    price = instance_price(resources.get("InstanceType", ""))
+    billable = desc.get("BillableTimeInSeconds")
+    if price is None or billable is None:
+        return None
+    # SageMaker reports BillableTimeInSeconds summed over instances.
+    return price * billable / 3600
+
+
+def describe(sm, job_name: str) -> Dict[str, Any]:
+    try:
+        return sm.describe_training_job(TrainingJobName=job_name)
+    except sm.exceptions.ResourceNotFound:
+        raise JobError(f"no training job named {job_name!r}: `invoke status` lists recent jobs") from None
+    except sm.exceptions.ClientError as exc:
+        if "not found" in str(exc).lower() or "ValidationException" in str(exc):
+            raise JobError(f"no training job named {job_name!r}: `invoke status` lists recent jobs") from None
+        raise
+
+
+def recent_jobs(sm, name_prefix: str, limit: int = 10) -> List[str]:
+    response = sm.list_training_jobs(
+        NameContains=name_prefix, SortBy="CreationTime", SortOrder="Descending", MaxResults=limit
+    )
+    return [job["TrainingJobName"] for job in response.get("TrainingJobSummaries", [])]
+
+
+def latest_job(sm, name_prefix: str) -> str:
+    jobs = recent_jobs(sm, name_prefix, limit=1)
+    if not jobs:
+        raise JobError(f"no training jobs named {name_prefix}-*: launch one with `invoke train`")
+    return jobs[0]
+
+
+def final_metrics(desc: Dict[str, Any]) -> Dict[str, float]:
+    return {m["MetricName"]: m["Value"] for m in desc.get("FinalMetricDataList", [])}
+
+
+def _duration(desc: Dict[str, Any]) -> Optional[float]:
+    start, end = desc.get("TrainingStartTime"), desc.get("TrainingEndTime")
+    return (end - start).total_seconds() if start and end else None
+
+
+@dataclass(frozen=True)
+class StatusRow:
+    name: str
+    status: str
+    instance: str
+    duration_s: Optional[float]
+    billable_s: Optional[int]
+    cost_usd: Optional[float]
+    metrics: Dict[str, float]
+
+    @classmethod
+    def of(cls, desc: Dict[str, Any]) -> "StatusRow":
+        rc = desc.get("ResourceConfig", {})
+        return cls(
+            name=desc["TrainingJobName"],
+            status=desc["TrainingJobStatus"] + ("/spot" if desc.get("EnableManagedSpotTraining") else ""),
+            instance=f"{rc.get('InstanceCount', 1)}x{rc.get('InstanceType', '?')}",
+            duration_s=_duration(desc),
+            billable_s=desc.get("BillableTimeInSeconds"),
+            cost_usd=job_cost(desc),
+            metrics=final_metrics(desc),
+        )
+
+
+def status_table(rows: List[StatusRow]) -> str:
+    def fmt(value, spec):
+        return "-" if value is None else format(value, spec)
+
+    header = ("job", "status", "instance", "duration", "billable", "cost", "test_acc", "val_acc")
+    lines = [header] + [
+        (
+            r.name, r.status, r.instance, fmt(r.duration_s, ".0f") + "s", fmt(r.billable_s, "d") + "s",
+            "$" + fmt(r.cost_usd, ".2f"), fmt(r.metrics.get("test_acc"), ".4f"), fmt(r.metrics.get("val_acc"), ".4f"),
+        )
+        for r in rows
+    ]
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(line, widths)).rstrip() for line in lines)
+
+
+class LogTail:
+    """New CloudWatch log lines of one job, across its streams (one per instance)."""
+
+    def __init__(self, logs, job_name: str):
+        self.logs, self.job_name = logs, job_name
+        self.tokens: Dict[str, Optional[str]] = {}
+
+    def _streams(self) -> List[str]:
+        try:
+            response = self.logs.describe_log_streams(logGroupName=LOG_GROUP, logStreamNamePrefix=f"{self.job_name}/")
+        except self.logs.exceptions.ResourceNotFoundException:
+            return []
+        return sorted(s["logStreamName"] for s in response.get("logStreams", []))
+
+    def poll(self) -> Iterator[str]:
+        for stream in self._streams():
+            kwargs = {"logGroupName": LOG_GROUP, "logStreamName": stream, "startFromHead": True}
+            if self.tokens.get(stream):
+                kwargs["nextToken"] = self.tokens[stream]
+            while True:
+                response = self.logs.get_log_events(**kwargs)
+                for event in response.get("events", []):
+                    yield event["message"].rstrip("\n")
+                token = response.get("nextForwardToken")
+                if not response.get("events") or token == kwargs.get("nextToken"):
+                    self.tokens[stream] = token
+                    break
+                kwargs["nextToken"] = self.tokens[stream] = token
+
+
+def wait(sm, logs, job_name: str, poll_seconds: float = 10.0, echo: Callable[[str], None] = print, keep_last: int = 20) -> tuple:
+    """Stream the job's log until it ends; return (description, last log lines)."""
+    tail = LogTail(logs, job_name)
+    last: List[str] = []
+    previous = None
+    while True:
+        desc = describe(sm, job_name)
+        for line in tail.poll():
+            echo(line)
+            last = (last + [line])[-keep_last:]
+        status = (desc["TrainingJobStatus"], desc.get("SecondaryStatus"))
+        if status != previous:
+            echo(f"[{job_name}] {status[0]} / {status[1]}")
+            previous = status
+        if desc["TrainingJobStatus"] in TERMINAL:
+            for line in tail.poll():
+                echo(line)
+                last = (last + [line])[-keep_last:]
+            return desc, last
+        time.sleep(poll_seconds)
+
+
+def final_report(desc: Dict[str, Any]) -> str:
+    row = StatusRow.of(desc)
+    parts = [f"{row.name}: {desc['TrainingJobStatus']}"]
+    if row.metrics:
+        parts.append(" ".join(f"{k}={v:.6g}" for k, v in sorted(row.metrics.items())))
+    if row.billable_s is not None:
+        parts.append(f"billable={row.billable_s}s")
+    if row.cost_usd is not None:
+        parts.append(f"cost=${row.cost_usd:.2f}")
+    return "  ".join(parts)
+
+
+def failure_report(desc: Dict[str, Any], last_lines: List[str]) -> str:
+    reason = desc.get("FailureReason") or desc.get("TrainingJobStatus")
+    tail = "\n".join(f"  | {line}" for line in last_lines[-10:])
+    return f"job {desc['TrainingJobName']} {desc['TrainingJobStatus']}: {reason}" + (f"\nlast log lines:\n{tail}" if tail else "")
+
+
+def stop(sm, job_name: str) -> str:
+    desc = describe(sm, job_name)
+    if desc["TrainingJobStatus"] in TERMINAL:
+        return f"{job_name} already {desc['TrainingJobStatus']}; nothing to stop"
+    sm.stop_training_job(TrainingJobName=job_name)
+    return f"stop requested for {job_name}: SageMaker sends SIGTERM, the job checkpoints and ends as Stopped"

@@ -1,0 +1,201 @@
+"""The SageMaker workflow behind the invoke tasks: upload, build/push, train, logs, status, stop, fetch.
+
+Each function composes the config, reads the Terraform outputs, makes its AWS clients (real AWS
+or the endpoint in aws.endpoint_url / AWS_ENDPOINT_URL) and does one thing. Mistakes raise
+UserError subclasses with one actionable line; tasks.py turns them into exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, List, Optional
+
+from ..config import compose
+from ..infra import Infra, load_infra
+from . import jobs, monitor
+from .session import aws_clients
+
+INFRA_KEYS = ("data_bucket", "artifacts_bucket", "repository_url", "role_arn", "region")
+
+
+@dataclass
+class Context:
+    cfg: Any
+    infra: Infra
+    clients: Any
+
+
+def setup(overrides: List[str]) -> Context:
+    cfg = compose(overrides)
+    given = {key: cfg.aws.get(key) for key in INFRA_KEYS}
+    infra = load_infra(Path(cfg.aws.terraform_dir), given)
+    clients = aws_clients(cfg.aws.region or infra.region, cfg.aws.endpoint_url)
+    return Context(cfg, infra, clients)
+
+
+def upload(overrides: List[str], dry_run: bool = False, echo: Callable[[str], None] = print) -> None:
+    from ..data import fetch_raw
+    from . import transfer
+
+    ctx = setup(overrides)
+    d = ctx.cfg.dataset
+    # Verified raw files: the source folder itself, or the local cache filled from a mirror.
+    paths = fetch_raw(d.source, Path(ctx.cfg.paths.data_dir) / d.name, dict(d.files))
+    folder = next(iter(paths.values())).parent
+    items = transfer.plan_upload(folder, dict(d.files), ctx.infra.data_bucket, d.s3_prefix, ctx.clients.s3)
+    transfer.upload(items, ctx.clients.s3, dry_run=dry_run)
+
+
+def image_ref(ctx: Context, allow_dirty: bool):
+    from .image import ImageRef, image_tag
+
+    return ImageRef(ctx.infra.repository_url, ctx.cfg.job.image_tag or image_tag(allow_dirty))
+
+
+def build(overrides: List[str], base_image: Optional[str], allow_dirty: bool, dry_run: bool, run) -> None:
+    from .image import DEFAULT_BASE_IMAGE, build_command
+
+    ctx = setup(overrides)
+    ref = image_ref(ctx, allow_dirty)
+    base = base_image or DEFAULT_BASE_IMAGE.format(region=ctx.infra.region)
+    run(build_command(ref, base), dry_run=dry_run)
+
+
+def push(overrides: List[str], allow_dirty: bool, dry_run: bool, run) -> None:
+    from .image import ecr_password, push_commands, tag_exists
+
+    ctx = setup(overrides)
+    ref = image_ref(ctx, allow_dirty)
+    repository = ref.repository_url.split("/", 1)[1]
+    if tag_exists(ctx.clients.ecr, repository, ref.tag):
+        print(f"{ref.uri} is already in ECR (tags are immutable): nothing to push")
+        return
+    login, push_image = push_commands(ref)
+    password = "<from ecr:GetAuthorizationToken>" if dry_run else ecr_password(ctx.clients.ecr)
+    run(login, dry_run=dry_run, stdin=password)
+    run(push_image, dry_run=dry_run)
+
+
+def train(
+    overrides: List[str],
+    yes: bool = False,
+    dry_run: bool = False,
+    wait: bool = True,
+    allow_dirty: bool = False,
+    confirm: Callable[[str], str] = input,
+    echo: Callable[[str], None] = print,
+    poll_seconds: float = 10.0,
+) -> Optional[str]:
+    ctx = setup(overrides)
+    cfg = ctx.cfg
+    ref = image_ref(ctx, allow_dirty)
+    plan = jobs.plan_job(cfg, ctx.infra, ref.tag)
+    jobs.validate_plan(plan, cfg)
+    try:
+        jobs.check_remote(plan, cfg, ctx.clients.ecr, ctx.clients.s3)
+    except jobs.LaunchError as problem:
+        if not dry_run:
+            raise
+        echo(f"warning: {problem}")
+    echo(f"SageMaker training job\n{plan.summary()}")
+    with tempfile.TemporaryDirectory(prefix="sm-source-") as tmp:
+        source = jobs.stage_source(cfg, Path(tmp) / "source")
+        trainer = jobs.model_trainer(plan, source, ctx.clients.session)
+        if dry_run:
+            echo("CreateTrainingJob request (dry run: nothing launched):")
+            echo(json.dumps(jobs.create_request(trainer), indent=2, sort_keys=True, default=str))
+            return None
+        if not yes:
+            if not sys.stdin.isatty():
+                raise jobs.LaunchError("not a terminal, so no one to confirm the cost: pass --yes to launch")
+            if confirm("Launch this job? [y/N] ").strip().lower() not in ("y", "yes"):
+                echo("not launched")
+                return None
+        job_name = jobs.launch(trainer)
+    echo(f"launched {job_name}")
+    if not wait:
+        echo(f"follow it with `invoke logs {job_name}`; `invoke status`; `invoke fetch {job_name}` when done")
+        return job_name
+    return finish(ctx, job_name, echo, poll_seconds)
+
+
+def finish(ctx: Context, job_name: str, echo: Callable[[str], None], poll_seconds: float) -> str:
+    desc, last_lines = monitor.wait(ctx.clients.sagemaker, ctx.clients.logs, job_name, poll_seconds, echo)
+    if desc["TrainingJobStatus"] != "Completed":
+        raise monitor.JobError(monitor.failure_report(desc, last_lines))
+    echo(monitor.final_report(desc))
+    echo(f"bring the artifacts home with `invoke fetch {job_name}`")
+    return job_name
+
+
+def _job(ctx: Context, job_name: Optional[str]) -> str:
+    return job_name or monitor.latest_job(ctx.clients.sagemaker, ctx.cfg.job.base_name)
+
+
+def logs(overrides: List[str], job_name: Optional[str], follow: bool, echo=print) -> None:
+    ctx = setup(overrides)
+    name = _job(ctx, job_name)
+    monitor.describe(ctx.clients.sagemaker, name)
+    if follow:
+        finish(ctx, name, echo, poll_seconds=10.0)
+        return
+    for line in monitor.LogTail(ctx.clients.logs, name).poll():
+        echo(line)
+
+
+def status(overrides: List[str], job_name: Optional[str], limit: int, echo=print) -> None:
+    ctx = setup(overrides)
+    sm = ctx.clients.sagemaker
+    names = [job_name] if job_name else monitor.recent_jobs(sm, ctx.cfg.job.base_name, limit)
+    if not names:
+        echo(f"no training jobs named {ctx.cfg.job.base_name}-* yet")
+        return
+    echo(monitor.status_table([monitor.StatusRow.of(monitor.describe(sm, name)) for name in names]))
+
+
+def stop(overrides: List[str], job_name: str, echo=print) -> None:
+    ctx = setup(overrides)
+    echo(monitor.stop(ctx.clients.sagemaker, job_name))
+
+
+def fetch(overrides: List[str], job_name: Optional[str], echo=print) -> Path:
+    from . import transfer
+
+    ctx = setup(overrides)
+    name = _job(ctx, job_name)
+    desc = monitor.describe(ctx.clients.sagemaker, name)
+    if desc["TrainingJobStatus"] != "Completed":
+        raise monitor.JobError(f"{name} is {desc['TrainingJobStatus']}, not Completed: nothing to fetch yet")
+    model_uri = desc["ModelArtifacts"]["S3ModelArtifacts"]
+    output_uri = model_uri.rsplit("/", 1)[0] + "/output.tar.gz"
+    checkpoints = desc.get("CheckpointConfig", {}).get("S3Uri")
+    dest = Path(ctx.cfg.paths.runs_dir) / name
+    transfer.fetch_job(ctx.clients.s3, model_uri, output_uri, checkpoints, dest)
+    metrics = json.loads((dest / "metrics.json").read_text())
+    echo(" ".join(f"{k}={metrics[k]:.6g}" for k in ("test_loss", "test_acc") if k in metrics))
+    echo(f"run_dir={dest}")
+    return dest
+
+
+def run_command(argv: List[str], dry_run: bool = False, stdin: Optional[str] = None) -> None:
+    """Run (or, dry, print) one external command; a missing docker is a clear error."""
+    import shlex
+
+    print("$ " + shlex.join(argv))
+    if dry_run:
+        return
+    try:
+        subprocess.run(argv, input=stdin, text=True, check=True)
+    except FileNotFoundError:
+        from .image import ImageError
+
+        raise ImageError(f"{argv[0]} is not installed or not on PATH: install Docker to build and push images") from None
+    except subprocess.CalledProcessError as exc:
+        from .image import ImageError
+
+        raise ImageError(f"`{shlex.join(argv[:2])}` failed with exit code {exc.returncode}; see its output above") from None
