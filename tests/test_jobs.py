@@ -1,0 +1,145 @@
+"""Job planning, validation, cost and image commands: pure functions, plain asserts."""
+
+import base64
+
+import pytest
+
+from project.aws import image, jobs
+from project.config import compose
+from project.infra import Infra
+
+INFRA = Infra(
+    data_bucket="data-b",
+    artifacts_bucket="art-b",
+    repository_url="123456789012.dkr.ecr.us-east-1.amazonaws.com/proj",
+    role_arn="arn:aws:iam::123456789012:role/proj-sagemaker",
+    region="us-east-1",
+)
+
+
+def plan(*overrides):
+    cfg = compose(list(overrides))
+    return jobs.plan_job(cfg, INFRA, "abc1234"), cfg
+
+
+def test_design_card_job_plan():
+    p, cfg = plan("trainer.gpus=4", "instance=ml.p3.8xlarge")
+    jobs.validate_plan(p, cfg)
+    assert (p.instance_type, p.instance_count, p.processes_per_node, p.world_size) == ("ml.p3.8xlarge", 1, 4, 4)
+    assert p.per_device_batch * p.world_size == cfg.trainer.batch_size
+    assert p.image_uri == f"{INFRA.repository_url}:abc1234"
+    assert p.data_uri == "s3://data-b/datasets/mnist/"
+    assert p.checkpoint_uri.startswith("s3://art-b/checkpoints/lightning-") and p.config_hash in p.checkpoint_uri
+    assert p.tags == {"project": "lightning-sagemaker", "git-sha": "abc1234", "config-hash": p.config_hash}
+    assert p.cost.on_demand_usd == pytest.approx(14.688 * 2)
+    assert "$29.38 on-demand" in p.summary()
+
+
+def test_gpus_default_to_the_instance_and_nodes_multiply():
+    p, _ = plan("instance=ml.g5.12xlarge", "instance.count=2")
+    assert (p.gpus_per_node, p.world_size) == (4, 8)
+    assert p.cost.on_demand_usd == pytest.approx(7.09 * 2 * 2)
+
+
+def test_spot_cost_and_wait():
+    p, cfg = plan("instance=ml.p3.2xlarge", "job.spot=true", "job.max_run_minutes=60")
+    jobs.validate_plan(p, cfg)
+    assert p.max_wait_seconds == 7200
+    assert p.cost.on_demand_usd == pytest.approx(3.825 * 2)
+    assert p.cost.spot_usd == pytest.approx(3.825 * 2 * 0.3)
+    assert "managed spot about $2.30" in p.summary()
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["trainer.gpus=8", "instance=ml.p3.8xlarge"], "trainer.gpus=8 but ml.p3.8xlarge has 4 GPU(s)"),
+        (["instance=ml.p3.8xlarge", "trainer.batch_size=250"], "does not split evenly over world size 4"),
+        (["job.spot=true", "job.max_run_minutes=60", "job.max_wait_minutes=30"], "spot needs job.max_wait_minutes >= job.max_run_minutes (60)"),
+        (["job.max_wait_minutes=30"], "job.max_wait_minutes applies to spot only"),
+        (["job.max_run_minutes=0"], "job.max_run_minutes must be between 1 and 40320"),
+        (["job.max_run_minutes=50000"], "job.max_run_minutes must be between 1 and 40320"),
+        (["job.keep_alive_minutes=120"], "job.keep_alive_minutes must be between 0 and 60"),
+        (["job.spot=true", "job.keep_alive_minutes=5"], "warm pools"),
+        (["job.base_name=bad_name"], "job.base_name='bad_name'"),
+        (["instance.type=ml.x9.huge"], "unknown instance type 'ml.x9.huge'"),
+        (["trainer.gpus=0", "instance=ml.g5.xlarge"], "pays for 1 idle GPU(s)"),
+    ],
+)
+def test_invalid_launches_are_refused_with_one_line(overrides, message):
+    with pytest.raises(jobs.LaunchError) as info:
+        p, cfg = plan(*overrides)
+        jobs.validate_plan(p, cfg)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_hyperparameter_limits():
+    p, cfg = plan()
+    from dataclasses import replace
+
+    with pytest.raises(jobs.LaunchError, match="length limits"):
+        jobs.validate_plan(replace(p, hyperparameters={"k": "v" * 2501}), cfg)
+    with pytest.raises(jobs.LaunchError, match="SageMaker allows 100"):
+        jobs.validate_plan(replace(p, hyperparameters={str(i): "v" for i in range(101)}), cfg)
+
+
+def test_metric_regexes_match_the_lines_training_prints():
+    import re
+
+    from project.artifacts import format_metrics
+
+    line = format_metrics({"epoch": 2, "train_acc": 0.98, "train_loss": 0.05, "val_acc": 0.9916, "val_loss": 0.0291})
+    found = {d["Name"]: re.search(d["Regex"], line) for d in jobs.METRIC_DEFINITIONS}
+    assert float(found["val_acc"].group(1)) == 0.9916
+    assert float(found["train_loss"].group(1)) == 0.05
+    assert found["test_acc"] is None
+
+
+def test_staged_source_carries_the_resolved_config(tmp_path):
+    from project.config import load_resolved
+
+    _, cfg = plan("model=mlp", "trainer.max_epochs=5")
+    source = jobs.stage_source(cfg, tmp_path / "src")
+    assert (source / "project" / "train.py").is_file() and (source / "sm_entry.py").is_file()
+    assert not list(source.rglob("__pycache__"))
+    again = load_resolved(source / "config.yaml")
+    assert again.model.name == "mlp" and again.trainer.max_epochs == 5
+
+
+def test_docker_commands():
+    ref = image.ImageRef(INFRA.repository_url, "abc1234")
+    assert image.build_command(ref, "base:1") == [
+        "docker", "build", "--platform", "linux/amd64", "--build-arg", "BASE_IMAGE=base:1",
+        "--tag", f"{INFRA.repository_url}:abc1234", "--file", "Dockerfile", ".",
+    ]
+    login, push = image.push_commands(ref)
+    assert login == ["docker", "login", "--username", "AWS", "--password-stdin", "123456789012.dkr.ecr.us-east-1.amazonaws.com"]
+    assert push == ["docker", "push", f"{INFRA.repository_url}:abc1234"]
+
+
+def test_image_tag_is_the_git_sha_and_refuses_a_dirty_tree(tmp_path, monkeypatch):
+    import subprocess
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = lambda *a: subprocess.run(["git", *a], cwd=repo, check=True, capture_output=True, text=True).stdout
+    git("init", "-q")
+    (repo / "f.txt").write_text("1")
+    git("add", "f.txt")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
+    monkeypatch.setattr(image, "ROOT", repo)
+    sha = git("rev-parse", "--short=7", "HEAD").strip()
+    assert image.image_tag() == sha
+    (repo / "f.txt").write_text("2")
+    with pytest.raises(image.ImageError, match="uncommitted changes"):
+        image.image_tag()
+    assert image.image_tag(allow_dirty=True).startswith(f"{sha}-dirty-")
+
+
+def test_ecr_password_decodes_the_token():
+    class FakeEcr:  # the token's shape, as ECR returns it
+        def get_authorization_token(self):
+            return {"authorizationData": [{"authorizationToken": base64.b64encode(b"AWS:s3cret").decode()}]}
+
+    assert image.ecr_password(FakeEcr()) == "s3cret"
