@@ -1,19 +1,33 @@
 """Checkpoints keyed by run identity: periodic saves, a save on SIGTERM, and safe resume.
 
-SageMaker sends SIGTERM before reclaiming a spot instance (and on StopTrainingJob); Lightning
-turns it into SIGTERMException after the current batch, and `SaveOnSigterm` writes a checkpoint
-to the checkpoint directory, which SageMaker syncs to S3. On the next start, `newest_valid`
-picks the newest checkpoint of the same identity that loads; a truncated one is skipped.
+SageMaker sends SIGTERM before reclaiming a spot instance, on StopTrainingJob and at the
+max-runtime limit, then SIGKILL 120 s later (torchrun, when it launched the job, forwards it to
+its workers and waits 30 s). `RunCheckpoints` records the signal; at the end of the current
+training batch all ranks agree on it, write a checkpoint to the checkpoint directory (which
+SageMaker syncs to S3), print `sigterm_checkpoint_step=N` and raise Lightning's
+SIGTERMException. That is a SystemExit with no code, so the process exits 0: a stop is not a
+failure (SageMaker marks the job Stopped or, for spot, restarts it; a non-zero exit would make
+the SDK's driver write a failure reason). The exported model and metrics.json are written only
+by a run that finishes.
+
+On the next start, `newest_valid` picks the newest checkpoint of the same identity (config hash)
+that loads; a truncated or corrupt one is skipped with a warning. A checkpoint holds the loop
+progress, optimizer and lr-schedule state, the training loader's position within the epoch
+(data.ResumableLoader) and the global RNG state, so a resumed run takes the same optimizer
+steps on the same batches as one that was never stopped.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import random
 import re
+import signal
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
@@ -40,7 +54,8 @@ def candidates(checkpoint_dir: Path, identity: str) -> list[Path]:
 def newest_valid(checkpoint_dir: Path, identity: str) -> Optional[Path]:
     for path in candidates(checkpoint_dir, identity):
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            # weights_only, as Lightning loads it: a file it would refuse is skipped here too.
+            state = torch.load(path, map_location="cpu", weights_only=True)
             if "state_dict" in state and "loops" in state:
                 return path
             log.warning("checkpoint %s is incomplete; trying an older one", path.name)
@@ -52,17 +67,46 @@ def newest_valid(checkpoint_dir: Path, identity: str) -> Optional[Path]:
 def save_atomically(trainer: pl.Trainer, path: Path) -> None:
     """Save under a temporary name, then rename, so a kill mid-write leaves no bad newest file."""
     tmp = path.with_name(f".{path.name}.part")
-    trainer.save_checkpoint(tmp)
+    trainer.save_checkpoint(tmp, weights_only=False)  # the full training state, not just weights
     if trainer.is_global_zero:
         os.replace(tmp, path)
 
 
+def rng_state() -> dict:
+    """The global RNG states in types `torch.load(weights_only=True)` accepts."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()  # this rank's own device
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
 class RunCheckpoints(pl.Callback):
-    """Every `every_n_steps` optimizer steps and at each epoch end, keep the newest `keep` files."""
+    """Every `every_n_steps` optimizer steps and at each epoch end, keep the newest `keep` files.
+
+    Only global rank 0 writes (Lightning's save is rank-zero-only); every rank takes part in the
+    save, which is a collective call.
+    """
 
     def __init__(self, checkpoint_dir: Path, identity: str, every_n_steps: int = 0, keep: int = 2):
         self.dir, self.identity, self.every, self.keep = Path(checkpoint_dir), identity, every_n_steps, keep
         self._saved_step = -1  # decided identically on every rank: saving is a collective call
+        self._rng_to_restore: Optional[dict] = None
+        self._sigterm = False
 
     def _save(self, trainer: pl.Trainer) -> None:
         if trainer.global_step == self._saved_step:
@@ -73,15 +117,58 @@ class RunCheckpoints(pl.Callback):
             for old in candidates(self.dir, self.identity)[self.keep :]:
                 old.unlink(missing_ok=True)
 
+    def state_dict(self) -> dict:
+        # Dropout draws from the global RNG; data loaders use private generators (data.py), so
+        # this state at a save is the state the next training batch starts from.
+        return {"rng": rng_state()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._rng_to_restore = state_dict.get("rng")
+
+    def _record_sigterm(self, signum, frame) -> None:
+        self._sigterm = True  # nothing else: a signal handler runs between any two bytecodes
+
+    def _stop_requested(self, trainer: pl.Trainer) -> bool:
+        """Whether any rank got SIGTERM; a collective under DDP, so all ranks stop at one step."""
+        if trainer.world_size == 1:
+            return self._sigterm
+        return trainer.strategy.reduce_boolean_decision(self._sigterm, all=False)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # Replaces Lightning's SIGTERM handler (it restores the original one at teardown). Under
+        # DDP Lightning's broadcasts from inside the handler, which pairs with whatever collective
+        # the other rank is in at that moment: training hangs or exchanges the wrong tensors.
+        signal.signal(signal.SIGTERM, self._record_sigterm)
+        # All ranks must have resumed from the same checkpoint (every host sees the same synced
+        # checkpoint directory); replicas that start from different steps would diverge or hang.
+        if trainer.world_size > 1:
+            rank0_step = trainer.strategy.broadcast(trainer.global_step, src=0)
+            if not trainer.strategy.reduce_boolean_decision(rank0_step == trainer.global_step, all=True):
+                raise RuntimeError(
+                    f"rank {trainer.global_rank} starts at step {trainer.global_step}, rank 0 at step {rank0_step}: "
+                    f"every host must see the same checkpoint files in {self.dir}"
+                )
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._rng_to_restore is not None:  # the first batch after a resume
+            set_rng_state(self._rng_to_restore)
+            self._rng_to_restore = None
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.every and trainer.global_step % self.every == 0 and not trainer.received_sigterm:
+        if self._stop_requested(trainer):
+            raise SIGTERMException  # on_exception saves this step
+        if self.every and trainer.global_step % self.every == 0:
             self._save(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._save(trainer)
+        if self._stop_requested(trainer):  # SIGTERM during this epoch's validation
+            raise SIGTERMException
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException):
             self._save(trainer)
             if trainer.is_global_zero:
+                path = self.dir / checkpoint_name(self.identity, trainer.global_step)
                 print(f"sigterm_checkpoint_step={trainer.global_step}", flush=True)
+                print(f"stopped by SIGTERM; saved {path}; run again with the same config to resume", flush=True)

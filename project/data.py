@@ -4,6 +4,9 @@
 into a cache directory, verifying each file's content hash; nothing half-written is ever left
 under a final name. The DataModule holds the whole dataset as tensors and slices batches with
 one indexing op, so there is no per-sample Python work and no 70,000 image files.
+
+The training loader is resumable: its position within the epoch travels in every checkpoint, so a
+run stopped mid-epoch (spot reclaim, SIGTERM) continues with the first batch it had not trained on.
 """
 
 from __future__ import annotations
@@ -16,10 +19,13 @@ import sys
 import tempfile
 import urllib.request
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
+import torch
+
+from .config import ConfigError
 
 GZIP_MAGIC = b"\x1f\x8b"
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -181,19 +187,20 @@ class IndexBatches:
     """Yields index batches; reshuffled per epoch by (seed, epoch), sharded over ranks for DDP.
 
     Training shards are padded by wrap-around to equal length, as DistributedSampler does, so all
-    ranks take the same number of optimizer steps.
+    ranks take the same number of optimizer steps. Rank r's j-th batch is a slice of the j-th
+    batch of a single-process run, so the global batch (the union over ranks) is the same
+    samples whatever the world size.
     """
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1):
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
         self.rank, self.world_size, self.epoch = rank, world_size, 0
+        self.skip = 0  # batches of this epoch already trained on: the next pass starts after them
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def _indices(self) -> np.ndarray:
-        import torch
-
         if self.shuffle:
             gen = torch.Generator().manual_seed(self.seed + self.epoch)
             order = torch.randperm(self.n, generator=gen).numpy()
@@ -204,8 +211,10 @@ class IndexBatches:
         return order[self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[np.ndarray]:
+        # A generator: the order is drawn at the first batch, after Lightning's set_epoch().
         order = self._indices()
-        for start in range(0, len(order), self.batch_size):
+        first, self.skip = self.skip, 0
+        for start in range(first * self.batch_size, len(order), self.batch_size):
             yield order[start : start + self.batch_size]
 
     def __len__(self) -> int:
@@ -221,6 +230,40 @@ class EvalBatches(IndexBatches):
         return -(-len(self._indices()) // self.batch_size)
 
 
+class ResumableLoader(torch.utils.data.DataLoader):
+    """A DataLoader over IndexBatches whose position survives a restart.
+
+    `state_dict()` goes into every checkpoint (IdxDataModule.state_dict) and `load_state_dict()`
+    is applied before the resumed run's first batch. The position counts batches handed to the
+    training loop (after any worker prefetch), so it is exact at every checkpoint; it applies
+    only to the epoch it was taken in (a checkpoint from an epoch's end starts the next epoch
+    from its first batch). `len()` stays the full epoch: Lightning counts the batches already
+    done itself.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._epoch, self._delivered = 0, 0
+        self._resume: Dict[str, int] = {}
+
+    def __iter__(self):
+        batches: IndexBatches = self.sampler
+        if self._resume.get("epoch") == batches.epoch:
+            batches.skip = min(self._resume["batches"], len(batches))
+        self._resume = {}
+        self._epoch, self._delivered = batches.epoch, batches.skip
+        for batch in super().__iter__():
+            self._delivered += 1
+            yield batch
+
+    def state_dict(self) -> Dict[str, int]:
+        return {"epoch": self._epoch, "batches": self._delivered}
+
+    def load_state_dict(self, state: Dict[str, int]) -> None:
+        self._resume = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
+        self.sampler.set_epoch(self._resume["epoch"])  # Lightning sets it again, to the same value
+
+
 class TensorSplit:
     """Images and labels as tensors; `split[idx_array]` is one batch, sliced in one op."""
 
@@ -231,8 +274,6 @@ class TensorSplit:
         return len(self.labels)
 
     def __getitem__(self, idx):
-        import torch
-
         idx = torch.as_tensor(idx)
         return self.images[idx], self.labels[idx]
 
@@ -258,6 +299,8 @@ class IdxDataModule(pl.LightningDataModule):
         self.mean, self.std, self.num_workers = mean, std, num_workers
         self.splits: Dict[str, TensorSplit] = {}
         self._loaders: Dict[str, IndexBatches] = {}
+        self._train_loader: Optional[ResumableLoader] = None
+        self._train_position: Optional[Dict[str, int]] = None  # from a checkpoint, until applied
 
     def _stem(self, kind: str, split: str) -> str:
         prefix = "train" if split == "train" else "t10k"
@@ -270,8 +313,6 @@ class IdxDataModule(pl.LightningDataModule):
         fetch_raw(self.source, self.cache_dir, self.files)
 
     def _tensors(self, split: str):
-        import torch
-
         paths = fetch_raw(self.source, self.cache_dir, self.files)  # cached: only verifies
         images = load_verified(paths[self._stem("images", split)], self.files[self._stem("images", split)])
         labels = load_verified(paths[self._stem("labels", split)], self.files[self._stem("labels", split)])
@@ -290,6 +331,12 @@ class IdxDataModule(pl.LightningDataModule):
             self.splits["val"] = TensorSplit(x[val_idx], y[val_idx])
         if stage in (None, "test", "predict") and "test" not in self.splits:
             self.splits["test"] = TensorSplit(*self._tensors("test"))
+        _, world = self._rank_world()
+        if stage == "fit" and self.batch_size % world:
+            raise ConfigError(
+                f"trainer.batch_size={self.batch_size} (global) does not split evenly over {world} processes; "
+                f"use a multiple of {world}"
+            )
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
@@ -298,22 +345,43 @@ class IdxDataModule(pl.LightningDataModule):
         return trainer.global_rank, trainer.world_size
 
     def _per_device_batch(self, world_size: int) -> int:
+        # trainer.batch_size is global: the optimizer sees the same batch, so the same lr suits it.
         return max(1, self.batch_size // world_size)
 
     def _loader(self, split: str, shuffle: bool):
-        import torch
-
         rank, world = self._rank_world()
         batches_cls = IndexBatches if shuffle else EvalBatches
         batches = batches_cls(len(self.splits[split]), self._per_device_batch(world), shuffle, self.seed, rank, world)
         self._loaders[split] = batches
+        loader_cls = ResumableLoader if shuffle else torch.utils.data.DataLoader
         # batch_size=None: the sampler yields whole index arrays, the dataset slices them at once.
-        return torch.utils.data.DataLoader(
-            self.splits[split], sampler=batches, batch_size=None, num_workers=self.num_workers
+        # A private generator: iterating a loader draws no number from the global RNG, so a
+        # resumed run's dropout sees the same random stream as an uninterrupted one.
+        return loader_cls(
+            self.splits[split],
+            sampler=batches,
+            batch_size=None,
+            num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self):
-        return self._loader("train", shuffle=True)
+        self._train_loader = self._loader("train", shuffle=True)
+        if self._train_position is not None:
+            self._train_loader.load_state_dict(self._train_position)
+        return self._train_loader
+
+    # The training loader's position travels in each checkpoint through these two hooks. Lightning
+    # also saves a stateful loader's state itself, but restores it only into a loader built after
+    # the checkpoint was loaded; the one-cycle schedule's `estimated_stepping_batches` builds it
+    # before, so that copy would be ignored.
+    def state_dict(self) -> Dict[str, Any]:
+        return {"train_position": self._train_loader.state_dict()} if self._train_loader is not None else {}
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        self._train_position = state_dict.get("train_position")
+        if self._train_loader is not None and self._train_position is not None:
+            self._train_loader.load_state_dict(self._train_position)
 
     def val_dataloader(self):
         return self._loader("val", shuffle=False)

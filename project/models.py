@@ -6,6 +6,7 @@ images to class logits, so a user's own model needs only a `model/<name>.yaml` n
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Dict, Optional
 
 import pytorch_lightning as pl
@@ -112,6 +113,30 @@ class LitClassifier(pl.LightningModule):
             self.log(name, self.metrics[name], on_step=False, on_epoch=True, prog_bar=split != "test")
         return loss
 
+    def _share_rank0_buffers(self) -> None:
+        """Give every rank rank 0's BatchNorm running statistics (the ones that get exported).
+
+        Each rank updates its own during a training forward. DDP broadcasts rank 0's before the
+        next forward through its wrapper, so evaluation after training usually sees them already;
+        doing it here does not depend on that, so the sharded val/test metrics describe exactly
+        the shipped model and, with validation off too, all ranks end fit with identical state.
+        Training is unchanged: DDP broadcasts them before the next training forward anyway.
+        """
+        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            for buffer in self.net.buffers():
+                torch.distributed.broadcast(buffer, src=0)
+
+    def on_validation_start(self) -> None:
+        self._share_rank0_buffers()
+
+    def on_test_start(self) -> None:
+        self._share_rank0_buffers()
+
+    def on_fit_end(self) -> None:
+        # One line per rank: under DDP all ranks must end with identical weights.
+        self._share_rank0_buffers()
+        print(f"rank={self.global_rank} weights_sha256={state_digest(self.net.state_dict())}", flush=True)
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
 
@@ -127,6 +152,15 @@ class LitClassifier(pl.LightningModule):
         total = self.trainer.estimated_stepping_batches
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.hparams.lr, total_steps=max(1, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def state_digest(state_dict: Dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the names and bytes of a state_dict (parameters and buffers)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(state_dict.items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def build_net(spec: Dict[str, Any], overrides: Optional[Dict[str, Any]] = None) -> nn.Module:

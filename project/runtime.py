@@ -13,6 +13,7 @@ from typing import Dict, List, Mapping, Optional
 
 SM_CHECKPOINT_DIR = "/opt/ml/checkpoints"  # synced to the job's CheckpointConfig.S3Uri
 DATA_CHANNEL = "train"  # the input channel that carries the raw dataset files
+MASTER_PORT = "7777"  # the SageMaker SDK's SM_MASTER_PORT, which its torchrun driver passes on
 
 
 @dataclass(frozen=True)
@@ -26,10 +27,18 @@ class SageMakerEnv:
     job_name: Optional[str]
     checkpoint_dir: Path
     network_interface: Optional[str] = None
+    master_addr: Optional[str] = None  # SM_MASTER_ADDR where the SDK sets it, else the first host
+    master_port: str = MASTER_PORT
 
     @property
     def node_rank(self) -> int:
-        return self.hosts.index(self.current_host)
+        # The SDK ranks hosts in sorted order (SM_CURRENT_HOST_RANK); so does this, whatever
+        # order SM_HOSTS lists them in, so both launch paths agree on who is node 0.
+        return sorted(self.hosts).index(self.current_host)
+
+    @property
+    def master(self) -> str:
+        return self.master_addr or sorted(self.hosts)[0]
 
 
 def sagemaker_env(environ: Mapping[str, str] = os.environ) -> Optional[SageMakerEnv]:
@@ -52,6 +61,8 @@ def sagemaker_env(environ: Mapping[str, str] = os.environ) -> Optional[SageMaker
         job_name=environ.get("TRAINING_JOB_NAME") or environ.get("SM_TRAINING_JOB_NAME"),
         checkpoint_dir=Path(environ.get("SM_CHECKPOINT_DIR", SM_CHECKPOINT_DIR)),
         network_interface=environ.get("SM_NETWORK_INTERFACE_NAME"),
+        master_addr=environ.get("SM_MASTER_ADDR"),
+        master_port=environ.get("SM_MASTER_PORT", MASTER_PORT),
     )
 
 
@@ -95,13 +106,17 @@ def launched_processes(environ: Mapping[str, str] = os.environ) -> int:
 
 
 def wire_distributed(sm: SageMakerEnv, environ: Dict[str, str]) -> None:
-    """Fill torch.distributed's rendezvous variables from SM_HOSTS when no launcher did.
+    """Fill torch.distributed's rendezvous variables from the SageMaker hosts when no launcher did.
 
-    The SDK's torchrun driver sets them already; this covers a plain `python -m project.train`
-    on several hosts. The first host is the master; the node rank is this host's position.
+    The SDK's torchrun driver runs `torchrun --nnodes=N --nproc_per_node=G --master_addr=algo-1
+    --master_port=7777 --node_rank=R` and torchrun sets MASTER_ADDR/PORT, RANK and GROUP_RANK
+    (Lightning's TorchElasticEnvironment reads those); setdefault keeps them. A plain
+    `python -m project.train` on each host gets them here: the first host (sorted) is the
+    master, the node rank is this host's position, and Lightning starts the local processes.
+    The socket interface is SageMaker's (eth0), for NCCL between GPUs and gloo on CPU.
     """
-    environ.setdefault("MASTER_ADDR", sm.hosts[0])
-    environ.setdefault("MASTER_PORT", "7777")
+    environ.setdefault("MASTER_ADDR", sm.master)
+    environ.setdefault("MASTER_PORT", sm.master_port)
     environ.setdefault("NODE_RANK", str(sm.node_rank))
     if sm.network_interface:
         environ.setdefault("NCCL_SOCKET_IFNAME", sm.network_interface)

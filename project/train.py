@@ -42,8 +42,9 @@ class MetricLines(pl.Callback):
     """Prints each epoch's metrics as `name=value` lines (scraped by SageMaker's regexes)."""
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        metrics = _scalars(trainer.callback_metrics)  # under DDP a collective (metric sync): all ranks
         if trainer.is_global_zero and not trainer.sanity_checking:
-            _print_metrics({"epoch": trainer.current_epoch + 1, **_scalars(trainer.callback_metrics)})
+            _print_metrics({"epoch": trainer.current_epoch + 1, **metrics})
 
 
 def _scalars(metrics: Dict[str, Any]) -> Dict[str, float]:

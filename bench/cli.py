@@ -1,0 +1,108 @@
+"""CLI latency: what a user waits for before anything happens.
+
+1. `invoke --list` against `python -c pass`: the floor of any Python command. tasks.py must not
+   import torch or the SageMaker SDK, so listing the tasks should cost little above the floor.
+2. `invoke train --dry-run` (compose, validate, check ECR and S3, stage the code, print the
+   CreateTrainingJob request) against bench/dry_run_baseline.py, a bare script that builds the same
+   job with ModelTrainer and calls the SDK's request builder. Both talk to a moto server set up
+   here with boto3 (buckets, ECR image tag, IAM role, data objects); the infra reaches the product
+   as overrides and the endpoint as AWS_ENDPOINT_URL, as a user of existing resources would pass them.
+
+Both are wall times of fresh subprocesses; executables are called directly (not through pyenv
+shims), so the interpreter start-up is the same on both sides.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from .common import ROOT, interleaved, local_aws, row, run_timed
+
+BIN = Path(sys.executable).parent
+
+
+def _invoke() -> str:
+    path = BIN / "invoke"
+    return str(path) if path.exists() else "invoke"
+
+
+def _job_spec(aws, overrides) -> dict:
+    """The settings the product derives for this job, for the baseline script to use as given."""
+    from project.aws import jobs
+    from project.config import compose, to_yaml
+    from project.infra import Infra
+
+    cfg = compose(overrides)
+    infra = Infra(aws.data_bucket, aws.artifacts_bucket, aws.repository_url, aws.role_arn, "us-east-1")
+    plan = jobs.plan_job(cfg, infra, aws.image_tag)
+    keys = (
+        "base_name", "image_uri", "role_arn", "region", "instance_type", "instance_count", "processes_per_node",
+        "volume_size_gb", "max_run_seconds", "output_uri", "checkpoint_uri", "data_uri", "environment",
+        "hyperparameters", "tags",
+    )
+    spec = {key: getattr(plan, key) for key in keys}
+    spec.update(
+        artifacts_bucket=aws.artifacts_bucket,
+        project_dir=str(jobs.PROJECT_DIR),
+        config_yaml=to_yaml(cfg),
+        entry_source=jobs.ENTRY_SOURCE,
+        metric_definitions=jobs.METRIC_DEFINITIONS,
+    )
+    return spec
+
+
+def _request(stdout: str) -> dict:
+    """The JSON request printed after the summary (the product) or alone (the baseline), with the
+    generated job name (a timestamp, also in the code channel's S3 prefix) replaced by <job>."""
+    text = stdout if stdout.startswith("{") else stdout[stdout.index("\n{") + 1 :]
+    name = json.loads(text)["TrainingJobName"]
+    return json.loads(text.replace(name, "<job>"))
+
+
+def _same_request(aws, product_argv, baseline_argv) -> dict:
+    """Both sides must describe the same job: the requests, job names aside, must be equal."""
+    import subprocess
+
+    outs = [subprocess.run(argv, env=aws.env, cwd=ROOT, capture_output=True, text=True, check=True).stdout for argv in (product_argv, baseline_argv)]
+    product, baseline = (_request(out) for out in outs)
+    differing = sorted(k for k in set(product) | set(baseline) if product.get(k) != baseline.get(k))
+    if differing:
+        raise RuntimeError(f"the baseline builds a different job: {differing} differ")
+    return {"request_keys": sorted(product), "identical": True}
+
+
+def run(reps: int) -> dict:
+    python = sys.executable
+    plain_env = dict(os.environ)
+    listing = interleaved(
+        {
+            "invoke_list": lambda: run_timed([_invoke(), "--list"], plain_env),
+            "python_pass": lambda: run_timed([python, "-c", "pass"], plain_env),
+        },
+        reps,
+    )
+    with local_aws() as aws, tempfile.TemporaryDirectory(prefix="bench-cli-") as tmp:
+        overrides = aws.overrides()
+        spec_path = Path(tmp) / "job.json"
+        spec_path.write_text(json.dumps(_job_spec(aws, overrides)))
+        product = [_invoke(), "train", "--dry-run", *overrides]
+        baseline = [python, str(ROOT / "bench" / "dry_run_baseline.py"), str(spec_path)]
+        check = _same_request(aws, product, baseline)
+        dry = interleaved(
+            {
+                "invoke_dry_run": lambda: run_timed(product, aws.env),
+                "baseline": lambda: run_timed(baseline, aws.env),
+            },
+            reps,
+        )
+    return {
+        "dry_run_request_check": check,
+        "rows": [
+            row("cli: invoke --list", "invoke --list", listing["invoke_list"], "python -c pass", listing["python_pass"], 12.0),
+            row("cli: train --dry-run (moto)", "invoke train --dry-run", dry["invoke_dry_run"], "ModelTrainer script", dry["baseline"], 1.2),
+        ],
+    }

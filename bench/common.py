@@ -1,0 +1,268 @@
+"""What every benchmark shares: interleaved paired timing, the machine description, MNIST on disk,
+and a local AWS (moto server over real HTTP) with the resources the workflow needs.
+
+Timing rule (the machine is shared and noisy): the two things compared run alternately in the
+same process (A, B, A, B, ...); the first repetition of each is a warm-up and is dropped; a
+ratio is the median of the per-repetition ratios A_i / B_i, so a slow phase of the machine hits
+both sides of a pair instead of one side of the comparison.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence
+
+ROOT = Path(__file__).resolve().parent.parent
+MNIST_DIR = (ROOT / ".." / "shared" / "data" / "mnist").resolve()
+MNIST_STEMS = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+REGION = "us-east-1"
+
+
+class Skip(Exception):
+    """A benchmark that cannot run on this machine; the message says why."""
+
+
+# --- timing -----------------------------------------------------------------------------------
+
+
+def interleaved(contenders: Mapping[str, Callable[[], Optional[float]]], reps: int) -> Dict[str, List[float]]:
+    """Run each contender once per repetition, in order, `reps + 1` times; drop the first round.
+
+    A contender returns its own measured seconds, or None to be timed here as a whole call.
+    """
+    times: Dict[str, List[float]] = {name: [] for name in contenders}
+    for round_ in range(reps + 1):
+        for name, run in contenders.items():
+            started = time.perf_counter()
+            measured = run()
+            elapsed = time.perf_counter() - started if measured is None else measured
+            if round_ > 0:
+                times[name].append(elapsed)
+    return times
+
+
+def paired_ratio(a: Sequence[float], b: Sequence[float]) -> float:
+    return statistics.median(x / y for x, y in zip(a, b))
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def row(benchmark: str, a_label: str, a: Sequence[float], b_label: str, b: Sequence[float], target: Optional[float], unit: str = "s") -> dict:
+    """One line of the results table: medians of both sides and the paired ratio against its target."""
+    ratio = paired_ratio(a, b)
+    return {
+        "benchmark": benchmark,
+        "a_label": a_label,
+        "a": median(a),
+        "b_label": b_label,
+        "b": median(b),
+        "unit": unit,
+        "ratio": ratio,
+        "target": target,  # ratio must be <= target; None: reported only
+        "met": None if target is None else ratio <= target,
+        "a_samples": list(a),
+        "b_samples": list(b),
+    }
+
+
+def run_timed(argv: Sequence[str], env: Mapping[str, str], cwd: Path = ROOT) -> float:
+    """Wall time of one subprocess; a failure is an error, not a fast sample."""
+    started = time.perf_counter()
+    result = subprocess.run(list(argv), env=dict(env), cwd=cwd, capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        raise RuntimeError(f"`{' '.join(argv)}` exited {result.returncode}:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    return elapsed
+
+
+# --- machine ----------------------------------------------------------------------------------
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ram_gib = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                ram_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    import pytorch_lightning
+    import torch
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "ram_gib": ram_gib,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "lightning": pytorch_lightning.__version__,
+        "platform": platform.platform(),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+def mnist_dir() -> Optional[Path]:
+    """The real MNIST .gz files (../shared/data/mnist from the repository root), or None."""
+    present = all((MNIST_DIR / f"{stem}.gz").is_file() for stem in MNIST_STEMS)
+    return MNIST_DIR if present else None
+
+
+def train_arrays(n: Optional[int] = None):
+    """(images uint8 N x 28 x 28, labels uint8 N, source description): real MNIST, else synthetic."""
+    from project.data import parse_idx, read_bytes
+
+    folder = mnist_dir()
+    if folder is not None:
+        images = parse_idx(read_bytes(folder / "train-images-idx3-ubyte.gz"))
+        labels = parse_idx(read_bytes(folder / "train-labels-idx1-ubyte.gz"))
+        source = f"real MNIST ({folder})"
+    else:
+        sys.path.insert(0, str(ROOT))
+        from tests.synthetic import make_images
+
+        images, labels = make_images(60000, seed=0)
+        source = "synthetic MNIST-shaped data (real MNIST not found at ../shared/data/mnist)"
+    if n is not None:
+        images, labels = images[:n], labels[:n]
+    return images, labels, source
+
+
+# --- local AWS --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LocalAws:
+    endpoint: str
+    env: Dict[str, str]  # the environment for subprocesses: credentials, region, endpoint
+    data_bucket: str
+    artifacts_bucket: str
+    repository_url: str
+    role_arn: str
+    image_tag: str
+
+    def overrides(self) -> List[str]:
+        """The infra as config overrides, so no Terraform state is read."""
+        return [
+            f"aws.data_bucket={self.data_bucket}",
+            f"aws.artifacts_bucket={self.artifacts_bucket}",
+            f"aws.repository_url={self.repository_url}",
+            f"aws.role_arn={self.role_arn}",
+            f"aws.region={REGION}",
+            f"job.image_tag={self.image_tag}",
+        ]
+
+    def client(self, service: str):
+        return _client(self.endpoint, service)
+
+
+def _client(endpoint: str, service: str):
+    import boto3
+
+    session = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION)
+    return session.client(service, endpoint_url=endpoint)
+
+
+def _aws_env(endpoint: str, empty: Path) -> Dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")}
+    env.update(
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION=REGION,
+        AWS_REGION=REGION,
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_CONFIG_FILE=str(empty / "config"),  # the user's profiles never leak into a benchmark
+        AWS_SHARED_CREDENTIALS_FILE=str(empty / "credentials"),
+        SAGEMAKER_VALIDATE_ROLE="false",
+        PYTHONPATH=str(ROOT),
+    )
+    return env
+
+
+@contextmanager
+def local_aws() -> Iterator[LocalAws]:
+    """A moto server on a free loopback port with buckets, an ECR image tag, a role and data."""
+    from moto.server import ThreadedMotoServer
+
+    # The server's access log and the tracebacks of APIs moto lacks (the SDK probes IAM's
+    # SimulatePrincipalPolicy, on both sides alike) would bury the results.
+    logging.getLogger("werkzeug").setLevel(logging.CRITICAL)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    scratch = Path(tempfile.mkdtemp(prefix="bench-aws-"))
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        # moto keeps its state per process, not per server: start from empty, whatever ran before.
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=30).close()
+        aws = _create_resources(endpoint, _aws_env(endpoint, scratch))
+        yield aws
+    finally:
+        server.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _create_resources(endpoint: str, env: Dict[str, str]) -> LocalAws:
+    s3, ecr, iam, sts = (_client(endpoint, service) for service in ("s3", "ecr", "iam", "sts"))
+    account = sts.get_caller_identity()["Account"]
+    buckets = {name: f"bench-{name}-{account}" for name in ("data", "artifacts")}
+    for bucket in buckets.values():
+        s3.create_bucket(Bucket=bucket)
+    repository = ecr.create_repository(repositoryName="bench-training")["repository"]
+    tag = "bench0001"
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 2, "digest": "sha256:" + "0" * 64},
+        "layers": [],
+    }
+    ecr.put_image(repositoryName="bench-training", imageManifest=json.dumps(manifest), imageTag=tag)
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Principal": {"Service": "sagemaker.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+    }
+    role = iam.create_role(RoleName="bench-sagemaker", AssumeRolePolicyDocument=json.dumps(trust))["Role"]
+    # The dataset prefix `invoke train` checks for: the four file names (their bytes are not read).
+    for stem in MNIST_STEMS:
+        s3.put_object(Bucket=buckets["data"], Key=f"datasets/mnist/{stem}.gz", Body=b"placeholder")
+    return LocalAws(
+        endpoint=endpoint,
+        env=env,
+        data_bucket=buckets["data"],
+        artifacts_bucket=buckets["artifacts"],
+        repository_url=repository["repositoryUri"],
+        role_arn=role["Arn"],
+        image_tag=tag,
+    )

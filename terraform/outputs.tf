@@ -1,0 +1,24 @@
+output "data_bucket" {
+  description = "Name of the S3 bucket holding training data (read-only to training jobs)."
+  value       = aws_s3_bucket.this["data"].bucket
+}
+
+output "artifacts_bucket" {
+  description = "Name of the S3 bucket for model output, checkpoints and code uploads."
+  value       = aws_s3_bucket.this["artifacts"].bucket
+}
+
+output "repository_url" {
+  description = "URL of the ECR repository for the training image, without a tag."
+  value       = aws_ecr_repository.this.repository_url
+}
+
+output "role_arn" {
+  description = "ARN of the IAM role SageMaker training jobs run as."
+  value       = aws_iam_role.this.arn
+}
+
+output "region" {
+  description = "AWS region every resource lives in."
+  value       = var.region
+}

@@ -1,0 +1,113 @@
+variable "region" {
+  description = "AWS region for every resource; SageMaker training jobs run here."
+  type        = string
+  default     = "us-east-1"
+
+  validation {
+    condition     = can(regex("^[a-z]{2}(-[a-z]+)+-[0-9]$", var.region))
+    error_message = "region must be an AWS region name such as us-east-1."
+  }
+}
+
+variable "project" {
+  description = "Prefix of every resource name; bucket names add the account ID and region."
+  type        = string
+  default     = "lightning-sagemaker"
+
+  validation {
+    # 24 characters keep "<project>-artifacts-<account>-<region>" within S3's 63.
+    condition     = can(regex("^[a-z][a-z0-9-]{1,22}[a-z0-9]$", var.project))
+    error_message = "project must be 3-24 lowercase letters, digits or hyphens, starting with a letter."
+  }
+}
+
+variable "tags" {
+  description = "Extra tags for every resource (merged over Project and ManagedBy)."
+  type        = map(string)
+  default     = {}
+}
+
+variable "data_bucket_name" {
+  description = "Name of the data bucket; null derives <project>-data-<account>-<region>."
+  type        = string
+  default     = null
+}
+
+variable "artifacts_bucket_name" {
+  description = "Name of the artifacts bucket (model output, checkpoints, code); null derives <project>-artifacts-<account>-<region>."
+  type        = string
+  default     = null
+}
+
+variable "repository_name" {
+  description = "Name of the ECR repository for the training image; null uses project."
+  type        = string
+  default     = null
+}
+
+variable "role_name" {
+  description = "Name of the SageMaker execution role; null derives <project>-sagemaker-<region>."
+  type        = string
+  default     = null
+}
+
+variable "kms_key_arn" {
+  description = "ARN of a customer-managed KMS key for SSE-KMS on the buckets and the repository; null uses SSE-S3 (AES256)."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.kms_key_arn == null || can(regex("^arn:aws[a-z-]*:kms:", var.kms_key_arn))
+    error_message = "kms_key_arn must be a KMS key ARN (arn:aws:kms:...)."
+  }
+}
+
+variable "image_retention_count" {
+  description = "Number of most recent images the ECR lifecycle policy keeps."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.image_retention_count >= 1 && floor(var.image_retention_count) == var.image_retention_count
+    error_message = "image_retention_count must be a whole number of at least 1."
+  }
+}
+
+variable "untagged_image_expiry_days" {
+  description = "Days after which untagged images (left behind by failed pushes) are expired."
+  type        = number
+  default     = 7
+
+  validation {
+    condition     = var.untagged_image_expiry_days >= 1 && floor(var.untagged_image_expiry_days) == var.untagged_image_expiry_days
+    error_message = "untagged_image_expiry_days must be a whole number of at least 1."
+  }
+}
+
+variable "noncurrent_version_expiration_days" {
+  description = "Days after which overwritten or deleted object versions are removed from both buckets."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.noncurrent_version_expiration_days >= 1 && floor(var.noncurrent_version_expiration_days) == var.noncurrent_version_expiration_days
+    error_message = "noncurrent_version_expiration_days must be a whole number of at least 1."
+  }
+}
+
+variable "abort_incomplete_multipart_upload_days" {
+  description = "Days after which unfinished multipart uploads are aborted and their parts deleted."
+  type        = number
+  default     = 7
+
+  validation {
+    condition     = var.abort_incomplete_multipart_upload_days >= 1 && floor(var.abort_incomplete_multipart_upload_days) == var.abort_incomplete_multipart_upload_days
+    error_message = "abort_incomplete_multipart_upload_days must be a whole number of at least 1."
+  }
+}
+
+variable "force_destroy" {
+  description = "Let `terraform destroy` delete non-empty buckets and a repository with images (tests, throwaway accounts)."
+  type        = bool
+  default     = false
+}

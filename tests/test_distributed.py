@@ -1,0 +1,262 @@
+"""Multi-node data-parallel training on CPU (gloo): two fake SageMaker hosts on this machine.
+
+Each host gets the environment SageMaker gives it (SM_HOSTS, SM_CURRENT_HOST, its own
+SM_MODEL_DIR, output and checkpoint directories) and the code channel `invoke train` uploads
+(jobs.stage_source: the package, the resolved config and sm_entry.py). The hosts are launched the
+two ways a container can be: plainly (the entry script on each host) and as the SDK's torchrun
+driver does, the latter stopped by SIGTERM mid-training and restarted. Only the master address
+differs from a real cluster: algo-1 does not resolve here, so it is 127.0.0.1.
+"""
+
+import gzip
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from project import config as C
+from project.aws.jobs import ENTRY_SCRIPT, stage_source
+from project.data import IdxDataModule, parse_idx, read_bytes
+from project.models import state_digest
+from project.runtime import launched_processes, sagemaker_env, wire_distributed
+from tests.synthetic import STEMS, idx_bytes, write_dataset
+
+HOSTS = ["algo-1", "algo-2"]
+N_TEST = 203  # odd: the two ranks' shards (102/101) and their last batches are uneven
+TOTAL_STEPS = 64  # 500 training samples in global batches of 16 (8 per rank), 2 epochs
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def code_channel(tmp_path_factory):
+    """(code dir, data channel, test images, test labels): a job staged for two CPU hosts.
+
+    A fifth of the test labels are wrong on purpose, so accuracy is below 1 and a duplicated or
+    dropped test sample would show in test_acc and test_loss.
+    """
+    root = tmp_path_factory.mktemp("ddp")
+    channel = root / "data" / "train"
+    files = write_dataset(channel, n_train=600, n_test=N_TEST)
+    images = parse_idx(read_bytes(channel / f"{STEMS['test', 'images']}.gz"))
+    labels = parse_idx(read_bytes(channel / f"{STEMS['test', 'labels']}.gz")).copy()
+    noisy = np.random.default_rng(1).choice(N_TEST, N_TEST // 5, replace=False)
+    labels[noisy] = (labels[noisy] + 1) % 10
+    content = idx_bytes(labels)
+    (channel / f"{STEMS['test', 'labels']}.gz").write_bytes(gzip.compress(content))
+    files[STEMS["test", "labels"]] = hashlib.sha256(content).hexdigest()
+    overrides = [
+        "dataset.source=s3://not-used-in-the-container/mnist",
+        "dataset.val_size=100",
+        "trainer.max_epochs=2",
+        "trainer.batch_size=16",  # global: 8 per rank
+        "trainer.gpus=0",
+        "trainer.deterministic=true",
+        "trainer.checkpoint_every_n_steps=5",
+        "model.net.width=8",
+        "model.lr=0.03",
+    ] + [f"dataset.files.{stem}={sha}" for stem, sha in files.items()]
+    code = stage_source(C.compose(overrides), root / "code")
+    return code, channel, images[:, None], labels
+
+
+def host_env(root: Path, channel: Path, host: str, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "MASTER_", "LOCAL_", "RANK", "WORLD_"))}
+    return {
+        **env,
+        "SM_MODEL_DIR": str(root / host / "model"),
+        "SM_OUTPUT_DATA_DIR": str(root / host / "output" / "data"),
+        "SM_CHECKPOINT_DIR": str(root / host / "checkpoints"),
+        "SM_CHANNEL_TRAIN": str(channel),
+        "SM_NUM_GPUS": "0",
+        "SM_HOSTS": json.dumps(HOSTS),
+        "SM_CURRENT_HOST": host,
+        "SM_MASTER_ADDR": "algo-1",  # as the SDK sets it; the launcher's MASTER_ADDR wins
+        "SM_NETWORK_INTERFACE_NAME": "lo",
+        "TRAINING_JOB_NAME": "job-ddp",
+        "OMP_NUM_THREADS": "1",  # two ranks share this machine's cores
+        **extra,
+    }
+
+
+def start_hosts(commands_and_envs, cwd: Path):
+    return [
+        subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for cmd, env in commands_and_envs
+    ]
+
+
+def finish(procs, check: bool = True) -> list:
+    outputs = []
+    for proc in procs:
+        try:
+            outputs.append(proc.communicate(timeout=240)[0])
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            raise
+    if check:
+        for proc, out in zip(procs, outputs):
+            assert proc.returncode == 0, out[-3000:]
+    return outputs
+
+
+def torchrun_hosts(root: Path, channel: Path) -> list:
+    """What the SDK's torchrun driver runs on each host (--master_addr=algo-1 there)."""
+    port = str(free_port())
+    return [
+        (
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+             "--master_addr=127.0.0.1", f"--master_port={port}", f"--node_rank={node_rank}", ENTRY_SCRIPT],
+            host_env(root, channel, host),
+        )
+        for node_rank, host in enumerate(HOSTS)
+    ]
+
+
+def single_process_eval(model_ts: Path, images: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of the exported model, alone, over the whole test set."""
+    model = torch.jit.load(str(model_ts))
+    with torch.no_grad():
+        probs = model(torch.from_numpy(images.copy()).float()).double()
+    y = torch.from_numpy(labels.astype(np.int64))
+    correct = int((probs.argmax(1) == y).sum())
+    loss = float(-probs[torch.arange(len(y)), y].log().mean())
+    return correct / len(y), loss
+
+
+def newest_step(checkpoint_dir: Path) -> int:
+    steps = [int(m.group(1)) for p in checkpoint_dir.glob("*.ckpt") if (m := re.search(r"step=(\d+)", p.name))]
+    return max(steps, default=-1)
+
+
+def files_in(folder: Path) -> set:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} if folder.exists() else set()
+
+
+def assert_one_run_over_two_ranks(root: Path, outputs, images, labels, worker_checkpoints=frozenset()) -> str:
+    """Checks a finished two-host run; returns the weights' digest."""
+    master, worker = (root / host for host in HOSTS)
+    # Rank 0 alone wrote the model, the exports, plots, metrics and checkpoints.
+    assert {"model.pt", "model.ts", "config.yaml"} <= files_in(master / "model")
+    assert {"metrics.json", "confusion_matrix.png", "learning_curves.png"} <= files_in(master / "output" / "data")
+    assert list((master / "checkpoints").glob("*.ckpt"))
+    assert files_in(worker / "model") == files_in(worker / "output") == set()
+    assert files_in(worker / "checkpoints") == set(worker_checkpoints)
+    # Both ranks ended with the same weights, and those are the exported ones.
+    digests = sorted(re.findall(r"rank=(\d) weights_sha256=(\w+)", "".join(outputs)))
+    assert [rank for rank, _ in digests] == ["0", "1"]
+    exported = state_digest(torch.load(master / "model" / "model.pt"))
+    assert {digest for _, digest in digests} == {exported}
+    # The sharded test metrics count each of the 203 samples exactly once: they equal a
+    # single-process evaluation of the exported TorchScript model.
+    metrics = json.loads((master / "output" / "data" / "metrics.json").read_text())
+    assert (metrics["world_size"], metrics["global_steps"]) == (2, TOTAL_STEPS)
+    accuracy, loss = single_process_eval(master / "model" / "model.ts", images, labels)
+    assert 0.3 < accuracy < 0.95  # learned, but not perfect (noisy labels)
+    assert round(metrics["test_acc"] * N_TEST) == round(accuracy * N_TEST)
+    assert metrics["test_loss"] == pytest.approx(loss, rel=1e-4)
+    return exported
+
+
+@pytest.fixture(scope="module")
+def plain_run(code_channel, tmp_path_factory):
+    """No launcher: each host runs the entry script; SM_HOSTS gives master, node rank and world."""
+    code, channel, _, _ = code_channel
+    root = tmp_path_factory.mktemp("plain")
+    port = str(free_port())
+    runs = [
+        ([sys.executable, ENTRY_SCRIPT], host_env(root, channel, host, MASTER_ADDR="127.0.0.1", SM_MASTER_PORT=port))
+        for host in reversed(HOSTS)  # start order does not matter
+    ]
+    return root, finish(start_hosts(runs, cwd=code))
+
+
+@pytest.mark.slow
+def test_two_hosts_launched_plainly_from_sm_hosts(plain_run, code_channel):
+    root, outputs = plain_run
+    _, _, images, labels = code_channel
+    assert_one_run_over_two_ranks(root, outputs, images, labels)
+
+
+@pytest.mark.slow
+def test_two_hosts_under_torchrun_stop_on_sigterm_and_resume(plain_run, code_channel, tmp_path):
+    code, channel, images, labels = code_channel
+    master_checkpoints, worker_checkpoints = (tmp_path / host / "checkpoints" for host in HOSTS)
+    procs = start_hosts(torchrun_hosts(tmp_path, channel), cwd=code)
+    deadline = time.monotonic() + 180
+    while newest_step(master_checkpoints) < 10:  # periodic checkpoints: training is under way
+        assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, "no periodic checkpoint"
+        time.sleep(0.02)
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)  # SageMaker stops every instance; torchrun forwards it
+    outputs = finish(procs, check=False)
+    stopped = re.search(r"sigterm_checkpoint_step=(\d+)", outputs[0])
+    assert stopped, outputs[0][-3000:]
+    step = int(stopped.group(1))
+    assert 10 <= step < TOTAL_STEPS
+    checkpoint = f"{C.config_hash(C.load_resolved(code / 'config.yaml'))}-step={step:08d}.ckpt"
+    assert (master_checkpoints / checkpoint).exists()
+    assert files_in(worker_checkpoints) == set()  # only rank 0 writes checkpoints
+    assert files_in(tmp_path / "algo-1" / "model") == {"config.yaml"}  # no model from an unfinished run
+    assert files_in(tmp_path / "algo-2" / "model") == set()
+
+    # Before a restart SageMaker downloads the job's checkpoint prefix (rank 0's uploads) to every host.
+    shutil.copytree(master_checkpoints, worker_checkpoints, dirs_exist_ok=True)
+    synced = files_in(worker_checkpoints)
+    outputs = finish(start_hosts(torchrun_hosts(tmp_path, channel), cwd=code))
+    assert f"resuming from checkpoint {checkpoint}" in outputs[0]
+    digest = assert_one_run_over_two_ranks(tmp_path, outputs, images, labels, worker_checkpoints=synced)
+    # Interrupted and resumed, it ends with the very weights of the uninterrupted plain launch.
+    assert digest == assert_one_run_over_two_ranks(*plain_run, images, labels)
+
+
+def test_sagemaker_env_ranks_hosts_like_the_sdk():
+    env = {"SM_MODEL_DIR": "/opt/ml/model", "SM_HOSTS": '["algo-2", "algo-1"]', "SM_CURRENT_HOST": "algo-2"}
+    sm = sagemaker_env(env)
+    assert (sm.node_rank, sm.master, sm.master_port) == (1, "algo-1", "7777")
+    sm = sagemaker_env({**env, "SM_MASTER_ADDR": "10.0.0.5", "SM_MASTER_PORT": "29500", "SM_CURRENT_HOST": "algo-1"})
+    assert (sm.node_rank, sm.master, sm.master_port) == (0, "10.0.0.5", "29500")
+
+
+def test_wire_distributed_fills_a_plain_launch_and_keeps_torchrun_values():
+    sm = sagemaker_env({"SM_MODEL_DIR": "/m", "SM_HOSTS": '["algo-1","algo-2"]', "SM_CURRENT_HOST": "algo-2",
+                        "SM_NETWORK_INTERFACE_NAME": "eth0"})
+    plain: dict = {}
+    wire_distributed(sm, plain)
+    assert plain == {"MASTER_ADDR": "algo-1", "MASTER_PORT": "7777", "NODE_RANK": "1",
+                     "NCCL_SOCKET_IFNAME": "eth0", "GLOO_SOCKET_IFNAME": "eth0"}
+    torchrun = {"MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29400", "LOCAL_WORLD_SIZE": "4"}
+    wire_distributed(sm, torchrun)
+    assert (torchrun["MASTER_ADDR"], torchrun["MASTER_PORT"]) == ("10.0.0.1", "29400")
+    assert launched_processes(torchrun) == 4 and launched_processes({}) == 1
+    # torchrun on CPU hosts: one Lightning device per launched process, one node per host.
+    assert C.trainer_device_kwargs(0, 2, launched_processes(torchrun)) == {
+        "accelerator": "cpu", "devices": 4, "num_nodes": 2, "strategy": "ddp"}
+
+
+def test_global_batch_must_split_evenly_over_processes(tiny_data, tmp_path):
+    folder, files = tiny_data
+    datamodule = IdxDataModule(str(folder), files, str(tmp_path), batch_size=64, val_size=100)
+    datamodule.trainer = types.SimpleNamespace(global_rank=0, world_size=3)
+    with pytest.raises(C.ConfigError, match=r"trainer.batch_size=64 \(global\) does not split evenly over 3"):
+        datamodule.setup("fit")
+    datamodule.trainer = types.SimpleNamespace(global_rank=1, world_size=4)
+    datamodule.setup("fit")
+    assert len(next(iter(datamodule.train_dataloader()))[0]) == 16  # 64 global / 4 processes

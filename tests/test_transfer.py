@@ -1,0 +1,240 @@
+"""S3 transfers and AWS sessions against moto over real HTTP: nothing is mocked."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import tarfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+from project.aws import transfer
+from project.aws.session import AwsError, aws_clients, check_credentials, explain, resolve_endpoint
+from project.aws.transfer import SKIP, UPLOAD, TransferError
+from tests.synthetic import write_dataset
+
+
+@pytest.fixture(scope="module")
+def s3(moto_endpoint):
+    return aws_clients("us-east-1", moto_endpoint).s3
+
+
+@pytest.fixture
+def bucket(s3):
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    folder = tmp_path / "raw"
+    return folder, write_dataset(folder, n_train=50, n_test=20)
+
+
+def keys(s3, bucket, prefix=""):
+    return sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", []))
+
+
+# --- upload -------------------------------------------------------------------------------------
+
+
+def test_upload_sends_new_files_with_their_checksum_then_skips_them(s3, bucket, dataset):
+    folder, files = dataset
+    items = transfer.plan_upload(folder, files, bucket, "datasets/tiny/", s3)
+    assert [i.action for i in items] == [UPLOAD] * 4
+    assert {i.key for i in items} == {f"datasets/tiny/{stem}.gz" for stem in files}
+
+    lines = []
+    summary = transfer.upload(items, s3, progress=False, echo=lines.append)
+    assert len(summary.uploaded) == 4 and not summary.skipped and not summary.dry_run
+    assert sum(" -> s3://" in line for line in lines) == 4  # one line per file, no TTY
+    assert lines[-1].startswith("uploaded 4 file(s)")
+    for item in items:
+        head = s3.head_object(Bucket=bucket, Key=item.key)
+        assert head["Metadata"]["sha256"] == transfer.file_sha256(item.path) == item.sha256
+
+    again = transfer.plan_upload(folder, files, bucket, "datasets/tiny", s3)
+    assert [i.action for i in again] == [SKIP] * 4
+    assert transfer.upload(again, s3, progress=False, echo=lambda _: None).uploaded == []
+
+
+def test_changed_file_is_uploaded_again(s3, bucket, dataset):
+    folder, files = dataset
+    transfer.upload(transfer.plan_upload(folder, files, bucket, "d", s3), s3, progress=False, echo=lambda _: None)
+    changed = folder / "t10k-labels-idx1-ubyte.gz"
+    changed.write_bytes(gzip.compress(b"different labels"))
+
+    items = {i.path.name: i for i in transfer.plan_upload(folder, files, bucket, "d", s3)}
+    assert items[changed.name].action == UPLOAD
+    assert items[changed.name].remote_sha256 not in (None, items[changed.name].sha256)
+    assert sum(i.action == SKIP for i in items.values()) == 3
+    transfer.upload(list(items.values()), s3, progress=False, echo=lambda _: None)
+    body = s3.get_object(Bucket=bucket, Key=f"d/{changed.name}")["Body"].read()
+    assert gzip.decompress(body) == b"different labels"
+
+
+def test_dry_run_moves_nothing(s3, bucket, dataset):
+    folder, files = dataset
+    lines = []
+    summary = transfer.upload(transfer.plan_upload(folder, files, bucket, "d", s3), s3, dry_run=True, echo=lines.append)
+    assert summary.dry_run and len(summary.uploaded) == 4
+    assert keys(s3, bucket) == []
+    assert sum(line.startswith("would upload ") for line in lines) == 4
+    assert "nothing moved" in lines[-1]
+
+
+def test_large_file_goes_multipart_and_keeps_its_checksum(s3, bucket, tmp_path):
+    big = tmp_path / "big"
+    big.write_bytes(bytes(range(256)) * (9 * 4096))  # 9 MiB: above the 8 MiB multipart threshold
+    items = transfer.plan_upload(tmp_path, {"big": "unused"}, bucket, "", s3)
+    transfer.upload(items, s3, progress=False, echo=lambda _: None)
+    assert s3.head_object(Bucket=bucket, Key="big")["Metadata"]["sha256"] == transfer.file_sha256(big)
+    assert transfer.plan_upload(tmp_path, {"big": "unused"}, bucket, "", s3)[0].action == SKIP
+
+
+def test_missing_file_is_one_line_naming_file_and_folder(s3, bucket, dataset):
+    folder, files = dataset
+    (folder / "train-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(TransferError) as error:
+        transfer.plan_upload(folder, files, bucket, "d", s3)
+    message = str(error.value)
+    assert "train-labels-idx1-ubyte" in message and str(folder) in message and "\n" not in message
+
+
+def test_missing_bucket_says_to_apply_terraform(s3, dataset):
+    folder, files = dataset
+    with pytest.raises(TransferError, match="does not exist: run `terraform apply`"):
+        transfer.plan_upload(folder, files, f"absent-{uuid.uuid4().hex[:8]}", "d", s3)
+
+
+# --- fetch --------------------------------------------------------------------------------------
+
+
+def tar_gz(members: dict) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def job_artifacts(s3, bucket):
+    """A finished job's S3 layout: output/model.tar.gz, output/output.tar.gz and checkpoints."""
+    base = "jobs/job-1/output"
+    s3.put_object(Bucket=bucket, Key=f"{base}/model.tar.gz", Body=tar_gz({"model.pt": b"weights", "config.yaml": b"a: 1\n"}))
+    s3.put_object(Bucket=bucket, Key=f"{base}/output.tar.gz", Body=tar_gz({"metrics.json": b'{"test_acc": 0.5}', "tb/events": b"e"}))
+    s3.put_object(Bucket=bucket, Key="ckpt/run/last.ckpt", Body=b"ckpt")
+    s3.put_object(Bucket=bucket, Key="ckpt/run/sub/step-1.ckpt", Body=b"ckpt1")
+    s3.put_object(Bucket=bucket, Key="ckpt/run-other/not-mine.ckpt", Body=b"x")  # a sibling prefix
+    uri = f"s3://{bucket}/{base}"
+    return f"{uri}/model.tar.gz", f"{uri}/output.tar.gz", f"s3://{bucket}/ckpt/run"
+
+
+def leftovers(folder: Path):
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_fetch_recreates_the_local_run_layout(s3, job_artifacts, tmp_path):
+    dest = tmp_path / "runs" / "job-1"
+    lines = []
+    assert transfer.fetch_job(s3, *job_artifacts, dest, progress=False, echo=lines.append) == dest
+    assert (dest / "model" / "model.pt").read_bytes() == b"weights"
+    assert (dest / "output" / "tb" / "events").read_bytes() == b"e"
+    assert (dest / "metrics.json").read_text() == (dest / "output" / "metrics.json").read_text()
+    assert sorted(p.relative_to(dest / "checkpoints").as_posix() for p in (dest / "checkpoints").rglob("*.ckpt")) == [
+        "last.ckpt", "sub/step-1.ckpt",
+    ]
+    assert leftovers(dest.parent) == []
+    assert lines[-1] == f"unpacked into {dest}/"
+
+
+def test_fetch_replaces_an_existing_run_and_tolerates_no_output(s3, job_artifacts, tmp_path):
+    model_uri, _, _ = job_artifacts
+    dest = tmp_path / "job-1"
+    (dest / "model").mkdir(parents=True)
+    (dest / "stale.txt").write_text("old")
+    transfer.fetch_job(s3, model_uri, model_uri.replace("model.tar.gz", "absent.tar.gz"), None, dest, progress=False, echo=lambda _: None)
+    assert not (dest / "stale.txt").exists()
+    assert (dest / "model" / "config.yaml").read_text() == "a: 1\n"
+    assert sorted(p.name for p in dest.iterdir()) == ["checkpoints", "model", "output"]
+    assert leftovers(tmp_path) == []
+
+
+def test_corrupt_tarball_is_refused_and_dest_left_alone(s3, bucket, job_artifacts, tmp_path):
+    model_uri, output_uri, checkpoint_uri = job_artifacts
+    good = s3.get_object(Bucket=bucket, Key="jobs/job-1/output/output.tar.gz")["Body"].read()
+    s3.put_object(Bucket=bucket, Key="jobs/job-1/output/output.tar.gz", Body=good[: len(good) // 2])  # truncated
+    dest = tmp_path / "job-1"
+    dest.mkdir()
+    (dest / "keep.txt").write_text("previous fetch")
+    with pytest.raises(TransferError, match="not a valid tar archive"):
+        transfer.fetch_job(s3, model_uri, output_uri, checkpoint_uri, dest, progress=False, echo=lambda _: None)
+    assert sorted(p.name for p in dest.iterdir()) == ["keep.txt"]
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("member", ["../escaped.txt", "/tmp/absolute-escape.txt", "model/../../escaped.txt"])
+def test_member_outside_the_folder_is_refused(s3, bucket, tmp_path, member):
+    s3.put_object(Bucket=bucket, Key="evil/model.tar.gz", Body=tar_gz({"ok.txt": b"ok", member: b"pwned"}))
+    dest = tmp_path / "runs" / "evil"
+    with pytest.raises(TransferError, match="outside the folder"):
+        transfer.fetch_job(s3, f"s3://{bucket}/evil/model.tar.gz", None, None, dest, progress=False, echo=lambda _: None)
+    assert not dest.exists() and not (tmp_path / "escaped.txt").exists() and not (tmp_path / "runs" / "escaped.txt").exists()
+    assert leftovers(dest.parent) == []
+
+
+def test_missing_model_artifacts_is_one_line(s3, bucket, tmp_path):
+    with pytest.raises(TransferError, match="does not exist: the job has no model artifacts"):
+        transfer.fetch_job(s3, f"s3://{bucket}/nope/model.tar.gz", None, None, tmp_path / "x", progress=False)
+
+
+# --- session ------------------------------------------------------------------------------------
+
+
+def test_endpoint_explicit_beats_environment(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://from-env:1")
+    assert resolve_endpoint("http://explicit:2") == "http://explicit:2"
+    assert resolve_endpoint(None) == "http://from-env:1"
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    assert resolve_endpoint(None) is None
+
+
+def test_explicit_endpoint_reaches_clients_the_sdk_makes_from_the_session(moto_endpoint, monkeypatch):
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    clients = aws_clients("us-east-1", moto_endpoint)
+    assert clients.s3 is clients.s3  # made once
+    assert clients.session.client("sagemaker").meta.endpoint_url == moto_endpoint  # as the SageMaker SDK does
+    assert clients.session.resource("s3").meta.client.meta.endpoint_url == moto_endpoint
+    assert check_credentials(clients)["account"] == "123456789012"
+
+
+def test_no_credentials_is_one_actionable_line(moto_endpoint, monkeypatch, tmp_path):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance-metadata probe (slow)
+    with pytest.raises(AwsError, match=r"^no AWS credentials found: run `aws configure` or set AWS_PROFILE$"):
+        check_credentials(aws_clients("us-east-1", moto_endpoint))
+
+
+def test_unreachable_endpoint_names_it():
+    with pytest.raises(AwsError, match=r"cannot reach AWS endpoint http://127\.0\.0\.1:9"):
+        check_credentials(aws_clients("us-east-1", "http://127.0.0.1:9", max_attempts=1))
+
+
+def test_expired_and_rejected_credentials_are_explained():
+    from botocore.exceptions import ClientError
+
+    def client_error(code):
+        return ClientError({"Error": {"Code": code, "Message": "m"}}, "GetCallerIdentity")
+
+    assert "expired" in str(explain(client_error("ExpiredToken")))
+    assert "rejected" in str(explain(client_error("InvalidClientTokenId")))
+    assert explain(client_error("AccessDenied")) is None  # not ours to reword
