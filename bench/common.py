@@ -148,7 +148,7 @@ def train_arrays(n: Optional[int] = None):
     if folder is not None:
         images = parse_idx(read_bytes(folder / "train-images-idx3-ubyte.gz"))
         labels = parse_idx(read_bytes(folder / "train-labels-idx1-ubyte.gz"))
-        source = f"real MNIST ({folder})"
+        source = "real MNIST (../shared/data/mnist)"
     else:
         sys.path.insert(0, str(ROOT))
         from tests.synthetic import make_images

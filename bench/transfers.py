@@ -74,7 +74,7 @@ def run(reps: int) -> dict:
         }
     assert sent["invoke"] == sent["awscli"] and len(sent["invoke"]) == 4, f"the two sides sent different files: {sent}"
     return {
-        "data": f"real MNIST ({folder}): {', '.join(sent['invoke'])}",
+        "data": f"real MNIST (../shared/data/mnist): {', '.join(sent['invoke'])}",
         "awscli": version,
         "rows": [
             row("transfers: upload 4 files (moto S3)", "invoke upload", first, "aws s3 sync", sync, 1.0),
