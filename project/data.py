@@ -1,9 +1,9 @@
 """Raw IDX files -> verified in-memory tensors -> batches sliced by index.
 
-`fetch_raw` brings the raw files from an http(s) prefix, a local directory or an s3:// prefix
-into a cache directory, verifying each file's content hash; nothing half-written is ever left
-under a final name. The DataModule holds the whole dataset as tensors and slices batches with
-one indexing op, so there is no per-sample Python work and no 70,000 image files.
+Fetching and verifying the raw files is project.raw's job (torch-free, shared with `invoke
+upload`); its names are re-exported here. The DataModule holds the whole dataset as tensors and
+slices batches with one indexing op, so there is no per-sample Python work and no 70,000 image
+files.
 
 The training loader is resumable: its position within the epoch travels in every checkpoint, so a
 run stopped mid-epoch (spot reclaim, SIGTERM) continues with the first batch it had not trained on.
@@ -11,39 +11,18 @@ run stopped mid-epoch (spot reclaim, SIGTERM) continues with the first batch it 
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import os
 import struct
-import sys
-import tempfile
-import urllib.request
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, Optional, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 
 from .config import ConfigError
+from .raw import DataError, fetch_raw, read_bytes, read_verified, sha256  # noqa: F401 (re-exported)
 
-GZIP_MAGIC = b"\x1f\x8b"
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-class DataError(RuntimeError):
-    """Missing, corrupt or unreadable data; the message says which file and what to do."""
-
-
-def read_bytes(path: Path) -> bytes:
-    """The file's content, decompressed when it is gzipped (detected by magic, not by name)."""
-    raw = Path(path).read_bytes()
-    if raw[:2] == GZIP_MAGIC:
-        try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise DataError(f"{path}: truncated or corrupt gzip ({exc}); delete it and fetch again") from None
-    return raw
 
 
 def parse_idx(content: bytes, name: str = "<bytes>") -> np.ndarray:
@@ -62,112 +41,9 @@ def parse_idx(content: bytes, name: str = "<bytes>") -> np.ndarray:
     return np.frombuffer(content, dtype=dtype, offset=header).reshape(dims)
 
 
-def sha256(content: bytes) -> str:
-    return hashlib.sha256(content).hexdigest()
-
-
 def load_verified(path: Path, expected_sha256: str) -> np.ndarray:
-    content = read_bytes(path)
-    actual = sha256(content)
-    if actual != expected_sha256:
-        raise DataError(
-            f"{path}: checksum mismatch (sha256 {actual[:12]}…, expected {expected_sha256[:12]}…); "
-            "the file is corrupt or not this dataset: delete it and fetch again"
-        )
-    return parse_idx(content, str(path))
-
-
-def _is_valid(path: Path, expected_sha256: str) -> bool:
-    try:
-        return path.is_file() and sha256(read_bytes(path)) == expected_sha256
-    except DataError:
-        return False
-
-
-def _copy_atomically(fill, dest: Path) -> None:
-    """Write via a temp file in the same directory, then rename: no half-written final file."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            fill(out)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _download(url: str, out) -> None:
-    with urllib.request.urlopen(url, timeout=60) as response:
-        total = int(response.headers.get("Content-Length") or 0)
-        done = 0
-        show = sys.stderr.isatty()
-        while chunk := response.read(1 << 20):
-            out.write(chunk)
-            done += len(chunk)
-            if show and total:
-                print(f"\r  {url.rsplit('/', 1)[-1]} {100 * done // total:3d}%", end="", file=sys.stderr)
-        if show:
-            print(file=sys.stderr)
-
-
-def _candidates(stem: str) -> List[str]:
-    return [f"{stem}.gz", stem]
-
-
-def _fetch_one(source: str, stem: str, dest: Path, s3_client=None) -> None:
-    errors = []
-    for name in _candidates(stem):
-        try:
-            if source.startswith(("http://", "https://")):
-                _copy_atomically(lambda out: _download(f"{source.rstrip('/')}/{name}", out), dest)
-            elif source.startswith("s3://"):
-                bucket, _, prefix = source[len("s3://") :].partition("/")
-                key = f"{prefix.strip('/')}/{name}" if prefix.strip("/") else name
-                client = s3_client or _s3_client()
-                _copy_atomically(lambda out: client.download_fileobj(bucket, key, out), dest)
-            else:
-                path = Path(source).expanduser() / name
-                if not path.is_file():
-                    raise FileNotFoundError(path)
-                _copy_atomically(lambda out: out.write(path.read_bytes()), dest)
-            return
-        except Exception as exc:  # try the next candidate name, report all if none works
-            errors.append(f"{name}: {exc}")
-    raise DataError(f"cannot fetch {stem} from {source} ({'; '.join(errors)}); check dataset.source")
-
-
-def _s3_client():
-    import boto3
-
-    return boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
-
-
-def fetch_raw(source: str, dest_dir: Path, files: Dict[str, str], s3_client=None) -> Dict[str, Path]:
-    """Make every raw file present and verified in dest_dir; return stem -> path.
-
-    A file already there with the right content is kept (no download). A local source directory
-    holding valid files is used in place, without copying.
-    """
-    dest_dir = Path(dest_dir)
-    paths: Dict[str, Path] = {}
-    for stem, digest in files.items():
-        if not source.startswith(("http://", "https://", "s3://")):
-            in_place = next(
-                (Path(source) / n for n in _candidates(stem) if _is_valid(Path(source) / n, digest)), None
-            )
-            if in_place is not None:
-                paths[stem] = in_place
-                continue
-        cached = next((dest_dir / n for n in _candidates(stem) if _is_valid(dest_dir / n, digest)), None)
-        if cached is None:
-            cached = dest_dir / f"{stem}.gz"
-            cached.unlink(missing_ok=True)
-            _fetch_one(source, stem, cached, s3_client)
-        paths[stem] = cached
-    for stem, path in paths.items():
-        load_verified(path, files[stem])  # a corrupt source file is an error, never trained on
-    return paths
+    """The file as an array, after checking its content against the expected SHA256."""
+    return parse_idx(read_verified(path, expected_sha256), str(path))
 
 
 def split_indices(n: int, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -309,11 +185,13 @@ class IdxDataModule(pl.LightningDataModule):
             raise DataError(f"dataset.files must name exactly one {prefix}*{kind}* file, found {matches}")
         return matches[0]
 
+    # remember=False: every file is decompressed to be parsed anyway, and in a SageMaker job the
+    # cache dir must stay empty when the data channel holds every file.
     def prepare_data(self) -> None:
-        fetch_raw(self.source, self.cache_dir, self.files)
+        fetch_raw(self.source, self.cache_dir, self.files, remember=False)
 
     def _tensors(self, split: str):
-        paths = fetch_raw(self.source, self.cache_dir, self.files)  # cached: only verifies
+        paths = fetch_raw(self.source, self.cache_dir, self.files, remember=False)  # verified in this process: only hashes
         images = load_verified(paths[self._stem("images", split)], self.files[self._stem("images", split)])
         labels = load_verified(paths[self._stem("labels", split)], self.files[self._stem("labels", split)])
         if len(images) != len(labels):

@@ -16,6 +16,7 @@ from project.data import (
     read_bytes,
     split_indices,
 )
+from project.raw import VERIFIED_DIR, file_sha256
 from tests.synthetic import idx_bytes, write_dataset
 
 
@@ -81,6 +82,44 @@ def test_fetch_corrupt_local_source_fails_without_leaving_files(tmp_path):
     with pytest.raises(DataError, match="checksum mismatch"):
         fetch_raw(str(src), tmp_path / "cache", files)
     assert not any(p.name.endswith(".part") for p in (tmp_path / "cache").glob("*"))
+    assert not (tmp_path / "cache" / "t10k-images-idx3-ubyte.gz").exists()  # checked before it took the name
+
+
+def test_verified_files_are_remembered_by_their_stored_bytes(tmp_path):
+    src = tmp_path / "src"
+    files = write_dataset(src, n_train=20, n_test=10)
+    cache = tmp_path / "cache"
+    paths = fetch_raw(str(src), cache, files)
+    assert all(path.parent == src for path in paths.values())  # used in place: only the record is in the cache
+    records = {p.name: p.read_text() for p in (cache / VERIFIED_DIR).iterdir()}
+    assert records == {file_sha256(paths[stem]): digest for stem, digest in files.items()}
+    assert fetch_raw(str(src), cache, files) == paths
+
+    # Same size, one byte changed: the record no longer applies and the content check fails.
+    stem = "train-labels-idx1-ubyte"
+    raw = bytearray((src / f"{stem}.gz").read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    (src / f"{stem}.gz").write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=f"{stem}.*(checksum mismatch|corrupt gzip)"):
+        fetch_raw(str(src), cache, files)
+
+
+def test_a_record_for_other_content_does_not_verify(tmp_path):
+    src = tmp_path / "src"
+    files = write_dataset(src, n_train=20, n_test=10)
+    stem = "t10k-labels-idx1-ubyte"
+    (src / f"{stem}.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x01not labels"))
+    memo = tmp_path / "cache" / VERIFIED_DIR
+    memo.mkdir(parents=True)
+    (memo / file_sha256(src / f"{stem}.gz")).write_text("0" * 64)  # says: verified, as other content
+    with pytest.raises(DataError, match="checksum mismatch"):
+        fetch_raw(str(src), tmp_path / "cache", files)
+
+
+def test_data_error_is_a_user_error():
+    from project.errors import UserError
+
+    assert issubclass(DataError, UserError)
 
 
 @pytest.fixture
@@ -100,7 +139,7 @@ def test_fetch_over_http_downloads_verifies_and_caches(http_mirror, tmp_path):
     url, root, files = http_mirror
     cache = tmp_path / "cache"
     paths = fetch_raw(url, cache, files)
-    assert sorted(p.name for p in cache.iterdir()) == sorted(f"{stem}.gz" for stem in files)
+    assert sorted(p.name for p in cache.iterdir() if p.is_file()) == sorted(f"{stem}.gz" for stem in files)
     for stem, path in paths.items():
         assert path.read_bytes() == (root / f"{stem}.gz").read_bytes()
     for path in root.iterdir():

@@ -14,7 +14,6 @@ Every function takes the boto3 S3 client it uses; nothing talks to AWS at import
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import shutil
 import sys
@@ -29,6 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from ..errors import UserError
+from ..raw import file_sha256  # noqa: F401 (hashed once per process, shared with fetch_raw)
 from .session import aws_errors
 
 MIB = 1024 * 1024
@@ -96,14 +96,6 @@ def split_s3_uri(uri: str) -> Tuple[str, str]:
     if not bucket:
         raise TransferError(f"not an S3 URI: {uri!r} (expected s3://bucket/key)")
     return bucket, key
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(MIB), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _client_error_code(exc: Exception) -> str:
