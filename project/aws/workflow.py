@@ -39,7 +39,7 @@ def setup(overrides: List[str]) -> Context:
 
 
 def upload(overrides: List[str], dry_run: bool = False, echo: Callable[[str], None] = print) -> None:
-    from ..data import fetch_raw
+    from ..raw import fetch_raw
     from . import transfer
 
     ctx = setup(overrides)
