@@ -98,9 +98,17 @@ class LitClassifier(pl.LightningModule):
                 for kind in ("loss", "acc")
             }
         )
+        self._unlogged = {"train", "val", "test"}  # splits whose metrics this epoch has not passed to self.log
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def setup(self, stage: str) -> None:
+        # Flush subnormal floats to zero on the CPU (every rank calls setup). In the first epochs
+        # tiny gradients and Adam moments go subnormal, and every CPU kernel that meets them runs
+        # several times slower: the default `invoke local` took 103 s without this, 62 s with it,
+        # with the same metrics. GPUs handle subnormals at full speed; the flag is CPU-only.
+        torch.set_flush_denormal(True)
 
     def _step(self, batch, split: str) -> torch.Tensor:
         x, y = batch
@@ -108,10 +116,25 @@ class LitClassifier(pl.LightningModule):
         loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing if split == "train" else 0.0)
         self.metrics[f"{split}_loss"].update(loss.detach(), weight=len(y))
         self.metrics[f"{split}_acc"].update(logits.detach(), y)
-        for kind in ("loss", "acc"):
-            name = f"{split}_{kind}"
-            self.log(name, self.metrics[name], on_step=False, on_epoch=True, prog_bar=split != "test")
+        if split in self._unlogged:
+            # Logged once per epoch: Lightning keeps the Metric objects, and computes, logs and
+            # resets them at the epoch's end. `self.log` on every step only repeated that
+            # bookkeeping (~0.9 ms a step, ~2% of a CPU epoch of the default CNN).
+            self._unlogged.discard(split)
+            for kind in ("loss", "acc"):
+                name = f"{split}_{kind}"
+                self.log(name, self.metrics[name], on_step=False, on_epoch=True, prog_bar=split != "test")
         return loss
+
+    # A new epoch of a loop (a resumed one too) registers its metrics again at its first step.
+    def on_train_epoch_start(self) -> None:
+        self._unlogged.add("train")
+
+    def on_validation_epoch_start(self) -> None:
+        self._unlogged.add("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._unlogged.add("test")
 
     def _share_rank0_buffers(self) -> None:
         """Give every rank rank 0's BatchNorm running statistics (the ones that get exported).

@@ -110,3 +110,13 @@ def test_entry_point_bad_config_is_one_line_and_nonzero(tmp_path):
     assert result.stderr.strip().splitlines() == [
         "error: bad config override: trainer.gpus: Value 'lots' of type 'str' could not be converted to Integer"
     ]
+
+
+def test_training_flushes_subnormal_floats_to_zero():
+    from project.models import LitClassifier, SmallCNN
+
+    try:
+        LitClassifier(SmallCNN()).setup("fit")
+        assert (torch.full((4,), 1e-38) * 1e-2).eq(0).all()  # 1e-40 would be subnormal
+    finally:
+        torch.set_flush_denormal(False)
