@@ -18,7 +18,7 @@ import time
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import pytorch_lightning as pl
 import torch
@@ -224,8 +224,28 @@ def main(argv: Optional[List[str]] = None) -> int:
             run_local(argv)
     except (config_lib.ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        record_failure(str(exc))
         return 2
+    except Exception as exc:
+        record_failure(f"{type(exc).__name__}: {exc}")
+        raise
     return 0
+
+
+def record_failure(reason: str, environ: Mapping[str, str] = os.environ) -> None:
+    """In a SageMaker container: the job's FailureReason, in /opt/ml/output/failure.
+
+    The first rank to fail writes it (the others' errors are usually consequences). Outside a
+    container this does nothing.
+    """
+    if "SM_MODEL_DIR" not in environ:
+        return
+    failure = Path(environ.get("SM_OUTPUT_DIR", "/opt/ml/output")) / "failure"
+    try:
+        with open(failure, "x") as out:
+            out.write(reason[:1024])
+    except OSError:
+        pass  # already written by another rank, or no output dir: the exit code still fails the job
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ refuses anything SageMaker would reject or that wastes money, before any call is
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -33,13 +34,25 @@ METRIC_DEFINITIONS = [
     {"Name": name, "Regex": rf"(?:^|\s){name}=([-+0-9.eE]+)"} for name in METRIC_NAMES
 ]
 
-ENTRY_SOURCE = '''"""SageMaker entry point: torchrun runs this file; it trains from the resolved config beside it."""
+ENTRY_SOURCE = '''"""SageMaker entry point, staged beside the project package and the resolved config.
+
+The job runs `exec python3 sm_entry.py --launch N`: this process is the container's PID 1 and
+becomes torchrun with N processes per node (project/launch.py says why). torchrun runs this file
+again in each worker, which trains from config.yaml. `python3 sm_entry.py` trains in-process.
+"""
 import sys
 from pathlib import Path
 
-from project.train import main
+HERE = Path(__file__).resolve().parent
 
-sys.exit(main(["--config", str(Path(__file__).resolve().parent / "config.yaml")]))
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--launch"]:
+        from project.launch import launch
+
+        launch(int(sys.argv[2]), str(HERE / "sm_entry.py"))
+    from project.train import main
+
+    sys.exit(main(["--config", str(HERE / "config.yaml")]))
 '''
 
 
@@ -163,7 +176,8 @@ def plan_job(cfg: Any, infra: Infra, image_tag: str) -> JobPlan:
         config_hash=digest,
         tags={"project": "lightning-sagemaker", "git-sha": image_tag, "config-hash": digest},
         environment={"PYTHONUNBUFFERED": "1", **{str(k): str(v) for k, v in job.environment.items()}},
-        hyperparameters={"config_hash": digest},
+        # For the record (console, DescribeTrainingJob): the container reads config.yaml, not these.
+        hyperparameters={"config_hash": digest, "processes_per_node": str(processes), "nodes": str(inst.count)},
         cost=estimate_cost(inst.price_per_hour, inst.count, max_wait or max_run, job.spot_discount),
     )
 
@@ -236,15 +250,33 @@ def stage_source(cfg: Any, dest: Path) -> Path:
     return dest
 
 
+def entry_command(plan: JobPlan) -> str:
+    """The job's command: torchrun with one process per GPU (one on CPU), one node per instance."""
+    return f"exec python3 {ENTRY_SCRIPT} --launch {plan.processes_per_node}"
+
+
+class _HyperparametersAreARecord(logging.Filter):
+    """The SDK warns that a `command` gets no hyperparameters as arguments: ours are a record only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Hyperparameters are set but are not passed" not in record.getMessage()
+
+
 def model_trainer(plan: JobPlan, source_dir: Path, boto_session):
-    """The SDK v3 ModelTrainer for this plan: torchrun, one process per GPU, one node per instance."""
+    """The SDK v3 ModelTrainer for this plan: torchrun, one process per GPU, one node per instance.
+
+    The command (entry_command) does what the SDK's Torchrun driver would, but as PID 1, so a
+    stop or spot reclaim reaches the training processes; see project/launch.py.
+    """
     from sagemaker.core.helper.session_helper import Session
     from sagemaker.core.shapes import StoppingCondition
     from sagemaker.core.training.configs import CheckpointConfig, Compute, OutputDataConfig, SourceCode
     from sagemaker.train import ModelTrainer
     from sagemaker.train.configs import InputData
-    from sagemaker.train.distributed import Torchrun
 
+    sdk_logger = logging.getLogger("sagemaker.core.utils.utils")
+    if not any(isinstance(f, _HyperparametersAreARecord) for f in sdk_logger.filters):
+        sdk_logger.addFilter(_HyperparametersAreARecord())
     bucket = plan.output_uri[len("s3://") :].split("/", 1)[0]
     session = Session(
         boto_session=boto_session,
@@ -269,8 +301,8 @@ def model_trainer(plan: JobPlan, source_dir: Path, boto_session):
         role=plan.role_arn,
         base_job_name=plan.base_name,
         training_image=plan.image_uri,
-        source_code=SourceCode(source_dir=str(source_dir), entry_script=ENTRY_SCRIPT),
-        distributed=Torchrun(process_count_per_node=plan.processes_per_node),
+        # `exec`: PID 1 becomes torchrun, which forwards SIGTERM to the workers (project/launch.py).
+        source_code=SourceCode(source_dir=str(source_dir), command=entry_command(plan)),
         compute=compute,
         stopping_condition=stopping,
         output_data_config=OutputDataConfig(s3_output_path=plan.output_uri),
@@ -297,8 +329,16 @@ def create_request(trainer) -> Dict[str, Any]:
 
 
 def launch(trainer) -> str:
-    """Create the job without waiting; return its name."""
-    trainer.train(wait=False, logs=False)
+    """Create the job without waiting; return its name. A request SageMaker refuses is one line."""
+    from botocore.exceptions import ClientError
+
+    try:
+        trainer.train(wait=False, logs=False)
+    except ClientError as exc:  # credentials and connection errors: workflow.aws_task explains them
+        error = exc.response.get("Error", {})
+        if error.get("Code") in ("ValidationException", "ResourceLimitExceeded", "AccessDeniedException"):
+            raise LaunchError(f"SageMaker refused the job ({error['Code']}): {error.get('Message', '')}") from None
+        raise
     return trainer._latest_training_job.training_job_name
 
 
