@@ -91,50 +91,65 @@ def push(c, overrides=None, allow_dirty=False, dry_run=False):
         "dry_run": "Validate and print the full CreateTrainingJob request; launch nothing",
         "wait": "Stream the logs until the job ends (default); --no-wait detaches",
         "allow_dirty": "Use the <sha>-dirty-<hash> image of a dirty tree",
+        "poll": "Seconds between status checks while waiting (default 10)",
     },
 )
-def train(c, overrides=None, yes=False, dry_run=False, wait=True, allow_dirty=False):
+def train(c, overrides=None, yes=False, dry_run=False, wait=True, allow_dirty=False, poll=10):
     """Launch a SageMaker training job: validate, show the cost, confirm, launch, stream logs."""
     from project.aws import workflow
 
     with user_errors():
-        workflow.train(overrides or [], yes=yes, dry_run=dry_run, wait=wait, allow_dirty=allow_dirty)
+        workflow.train(overrides or [], yes=yes, dry_run=dry_run, wait=wait, allow_dirty=allow_dirty, poll_seconds=float(poll))
 
 
-@task(help={"job": JOB_HELP, "follow": "Keep streaming until the job ends"})
-def logs(c, job=None, follow=False):
+@task(
+    iterable=["overrides"],
+    help={
+        "job": JOB_HELP,
+        "follow": "Keep streaming until the job ends",
+        "overrides": OVERRIDES_HELP + " (aws.*, job.base_name)",
+    },
+)
+def logs(c, job=None, follow=False, overrides=None):
     """Print a training job's CloudWatch log."""
     from project.aws import workflow
 
     with user_errors():
-        workflow.logs([], job, follow)
+        workflow.logs(overrides or [], job, follow)
 
 
-@task(help={"job": "One job (default: the recent ones)", "limit": "How many recent jobs"})
-def status(c, job=None, limit=10):
+@task(
+    iterable=["overrides"],
+    help={
+        "job": "One job (default: the recent ones)",
+        "limit": "How many recent jobs",
+        "overrides": OVERRIDES_HELP + " (aws.*, job.base_name)",
+    },
+)
+def status(c, job=None, limit=10, overrides=None):
     """Recent training jobs: status, instance, duration, billable time, cost, final metrics."""
     from project.aws import workflow
 
     with user_errors():
-        workflow.status([], job, limit)
+        workflow.status(overrides or [], job, limit)
 
 
-@task(help={"job": "The job to stop"})
-def stop(c, job):
+@task(iterable=["overrides"], help={"job": "The job to stop", "overrides": OVERRIDES_HELP + " (aws.*)"})
+def stop(c, job, overrides=None):
     """Stop a training job (it gets SIGTERM, checkpoints, and ends as Stopped)."""
     from project.aws import workflow
 
     with user_errors():
-        workflow.stop([], job)
+        workflow.stop(overrides or [], job)
 
 
-@task(help={"job": JOB_HELP})
-def fetch(c, job=None):
+@task(iterable=["overrides"], help={"job": JOB_HELP, "overrides": OVERRIDES_HELP + " (aws.*, paths.runs_dir)"})
+def fetch(c, job=None, overrides=None):
     """Download a job's model, output and checkpoints into runs/<job>/ and print its metrics."""
     from project.aws import workflow
 
     with user_errors():
-        workflow.fetch([], job)
+        workflow.fetch(overrides or [], job)
 
 
 ns = Collection(local, predict, upload, build, push, train, logs, status, stop, fetch)

@@ -22,6 +22,10 @@ OVERRIDES_FLAG = "--overrides"
 # Hydra override grammar, the parts users type: key=value, +key=value, ++key=value, ~key[=value].
 OVERRIDE_TOKEN = re.compile(r"^(?:(?:\+\+|\+|~)?[A-Za-z_][\w.@/-]*=.*|~[A-Za-z_][\w.@/-]*)$", re.S)
 
+# A SageMaker job name, given bare after tasks with an optional `job` argument.
+JOB_ARG = "job"
+JOB_TOKEN = re.compile(r"^[A-Za-z0-9](-*[A-Za-z0-9]){0,62}$")
+
 OVERRIDES_HELP = "Hydra overrides as bare key=value tokens, e.g. trainer.max_epochs=1 model=mlp"
 
 
@@ -46,27 +50,63 @@ class _OverrideToken(Argument):
 
 
 class _OverrideFlags(Lexicon):
+    # Set by _OverridesContext: task names (never a job name) and the optional `job` argument.
+    task_names: frozenset = frozenset()
+    job_arg: Any = None
+
+    job_flag_seen: bool = False  # `--job`/`-j` given: its value is not a bare job name
+
+    def _is_job(self, key: object) -> bool:
+        return (
+            self.job_arg is not None and self.job_arg.value is None and not self.job_flag_seen and isinstance(key, str)
+            and bool(JOB_TOKEN.match(key)) and key not in self.task_names
+        )
+
     def __contains__(self, key: object) -> bool:
-        return super().__contains__(key) or (isinstance(key, str) and is_override(key))
+        return super().__contains__(key) or (isinstance(key, str) and is_override(key)) or self._is_job(key)
 
     def __getitem__(self, key: str) -> Argument:
         if not super().__contains__(key) and is_override(key):
             return _OverrideToken(key, super().__getitem__(OVERRIDES_FLAG))
-        return super().__getitem__(key)
+        if not super().__contains__(key) and self._is_job(key):
+            return _JobToken(key, self.job_arg)
+        argument = super().__getitem__(key)
+        if argument is self.job_arg:
+            object.__setattr__(self, "job_flag_seen", True)
+        return argument
+
+
+class _JobToken(_OverrideToken):
+    """`invoke fetch my-job`: an optional positional job name (invoke only has required ones)."""
+
+    @property
+    def value(self) -> Any:
+        return True
+
+    @value.setter
+    def value(self, _: Any) -> None:
+        self._sink.value = self._token
 
 
 class _OverridesContext(ParserContext):
-    def __init__(self, name=None, aliases=(), args=()):
+    def __init__(self, name=None, aliases=(), args=(), task_names=frozenset()):
         super().__init__(name=name, aliases=aliases)
         self.flags = _OverrideFlags()
         for arg in args:
             self.add_arg(arg)
+        # Lexicon turns attribute assignment into keys: set plain attributes directly.
+        object.__setattr__(self.flags, "task_names", frozenset(task_names))
+        if JOB_ARG in self.args and JOB_ARG not in self.positional_args_names():
+            object.__setattr__(self.flags, "job_arg", self.args[JOB_ARG])
+
+    def positional_args_names(self) -> List[str]:
+        return [arg.name for arg in self.positional_args]
 
 
-def _upgrade(context: ParserContext) -> ParserContext:
+def _upgrade(context: ParserContext, task_names: frozenset) -> ParserContext:
     if OVERRIDES_ARG not in context.args or isinstance(context, _OverridesContext):
         return context
-    return _OverridesContext(context.name, context.aliases, list(context.args.values()))
+    return _OverridesContext(context.name, context.aliases, list(context.args.values()), task_names)
 
 
 def accept_bare_overrides() -> None:
@@ -81,7 +121,9 @@ def accept_bare_overrides() -> None:
     plain = Collection.to_contexts
 
     def to_contexts(self: Collection, ignore_unknown_help: Any = None) -> List[ParserContext]:
-        return [_upgrade(context) for context in plain(self, ignore_unknown_help=ignore_unknown_help)]
+        contexts = plain(self, ignore_unknown_help=ignore_unknown_help)
+        names = frozenset(name for context in contexts for name in (context.name, *context.aliases))
+        return [_upgrade(context, names) for context in contexts]
 
     to_contexts.accepts_bare_overrides = True  # type: ignore[attr-defined]
     Collection.to_contexts = to_contexts  # type: ignore[method-assign]

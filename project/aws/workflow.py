@@ -7,6 +7,7 @@ UserError subclasses with one actionable line; tasks.py turns them into exit cod
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -18,9 +19,20 @@ from typing import Any, Callable, List, Optional
 from ..config import compose
 from ..infra import Infra, load_infra
 from . import jobs, monitor
-from .session import aws_clients
+from .session import aws_clients, aws_errors
 
 INFRA_KEYS = ("data_bucket", "artifacts_bucket", "repository_url", "role_arn", "region")
+
+
+def aws_task(function):
+    """Missing or expired credentials, no region, an unreachable endpoint: one line, not a traceback."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with aws_errors():
+            return function(*args, **kwargs)
+
+    return wrapper
 
 
 @dataclass
@@ -38,6 +50,7 @@ def setup(overrides: List[str]) -> Context:
     return Context(cfg, infra, clients)
 
 
+@aws_task
 def upload(overrides: List[str], dry_run: bool = False, echo: Callable[[str], None] = print) -> None:
     from ..raw import fetch_raw
     from . import transfer
@@ -57,6 +70,7 @@ def image_ref(ctx: Context, allow_dirty: bool):
     return ImageRef(ctx.infra.repository_url, ctx.cfg.job.image_tag or image_tag(allow_dirty))
 
 
+@aws_task
 def build(overrides: List[str], base_image: Optional[str], allow_dirty: bool, dry_run: bool, run) -> None:
     from .image import DEFAULT_BASE_IMAGE, build_command
 
@@ -66,6 +80,7 @@ def build(overrides: List[str], base_image: Optional[str], allow_dirty: bool, dr
     run(build_command(ref, base), dry_run=dry_run)
 
 
+@aws_task
 def push(overrides: List[str], allow_dirty: bool, dry_run: bool, run) -> None:
     from .image import ecr_password, push_commands, tag_exists
 
@@ -81,6 +96,7 @@ def push(overrides: List[str], allow_dirty: bool, dry_run: bool, run) -> None:
     run(push_image, dry_run=dry_run)
 
 
+@aws_task
 def train(
     overrides: List[str],
     yes: bool = False,
@@ -119,7 +135,7 @@ def train(
         job_name = jobs.launch(trainer)
     echo(f"launched {job_name}")
     if not wait:
-        echo(f"follow it with `invoke logs {job_name}`; `invoke status`; `invoke fetch {job_name}` when done")
+        echo(f"follow it with `invoke logs {job_name} --follow`; `invoke status`; `invoke fetch {job_name}` when done")
         return job_name
     return finish(ctx, job_name, echo, poll_seconds)
 
@@ -137,6 +153,7 @@ def _job(ctx: Context, job_name: Optional[str]) -> str:
     return job_name or monitor.latest_job(ctx.clients.sagemaker, ctx.cfg.job.base_name)
 
 
+@aws_task
 def logs(overrides: List[str], job_name: Optional[str], follow: bool, echo=print) -> None:
     ctx = setup(overrides)
     name = _job(ctx, job_name)
@@ -148,6 +165,7 @@ def logs(overrides: List[str], job_name: Optional[str], follow: bool, echo=print
         echo(line)
 
 
+@aws_task
 def status(overrides: List[str], job_name: Optional[str], limit: int, echo=print) -> None:
     ctx = setup(overrides)
     sm = ctx.clients.sagemaker
@@ -158,11 +176,13 @@ def status(overrides: List[str], job_name: Optional[str], limit: int, echo=print
     echo(monitor.status_table([monitor.StatusRow.of(monitor.describe(sm, name)) for name in names]))
 
 
+@aws_task
 def stop(overrides: List[str], job_name: str, echo=print) -> None:
     ctx = setup(overrides)
     echo(monitor.stop(ctx.clients.sagemaker, job_name))
 
 
+@aws_task
 def fetch(overrides: List[str], job_name: Optional[str], echo=print) -> Path:
     from . import transfer
 
