@@ -150,9 +150,40 @@ def require_terraform() -> None:
         pytest.skip(INSTALL_HINT)
 
 
+def _tls_only_statement(statement: dict) -> bool:
+    """A `Deny ... when aws:SecureTransport is false` statement (terraform/s3.tf has one)."""
+    value = (statement.get("Condition") or {}).get("Bool", {}).get("aws:SecureTransport")
+    only_condition = list(statement.get("Condition") or {}) == ["Bool"] and len(statement["Condition"]["Bool"]) == 1
+    return statement.get("Effect") == "Deny" and only_condition and value in ("false", ["false"])
+
+
+def _bucket_permission_over_tls(self, action: str, resource: str):
+    """moto's FakeBucket.get_permission, evaluated as for a request that came over TLS.
+
+    moto ignores policy Conditions, so the buckets' TLS-only Deny would refuse every object read
+    here; boto3 talks to real S3 over HTTPS, where that statement never matches. Only such
+    statements are dropped; every other statement is moto's to evaluate.
+    """
+    from moto.iam.access_control import IAMPolicy, PermissionResult
+
+    if self.policy is None:
+        return PermissionResult.NEUTRAL
+    document = json.loads(self.policy.decode())
+    statements = document.get("Statement", [])
+    statements = [statements] if isinstance(statements, dict) else statements
+    kept = [statement for statement in statements if not _tls_only_statement(statement)]
+    if not kept:
+        return PermissionResult.NEUTRAL
+    return IAMPolicy(json.dumps({**document, "Statement": kept})).is_action_permitted(action, resource)
+
+
 @pytest.fixture(scope="session")
 def moto_endpoint(tmp_path_factory) -> Iterator[str]:
-    """A moto server on a free loopback port; for the session every AWS SDK call goes there."""
+    """A moto server on a free loopback port; for the session every AWS SDK call goes there.
+
+    Bucket policies are evaluated as for requests over TLS (see _bucket_permission_over_tls).
+    """
+    from moto.s3.models import FakeBucket
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -171,6 +202,7 @@ def moto_endpoint(tmp_path_factory) -> Iterator[str]:
         patch.setenv("AWS_CONFIG_FILE", str(empty / "config"))
         patch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty / "credentials"))
         patch.setenv("SAGEMAKER_VALIDATE_ROLE", "false")
+        patch.setattr(FakeBucket, "get_permission", _bucket_permission_over_tls)
         try:
             yield endpoint
         finally:

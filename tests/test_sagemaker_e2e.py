@@ -1,0 +1,288 @@
+"""The user's day on SageMaker, end to end and offline, through the real `invoke` command lines.
+
+AWS is a moto server over HTTP with the resources `terraform apply` made (tests/aws_fixtures.py).
+moto records training jobs but runs nothing: tests/sagemaker_emulator.py plays the service, so
+each job `invoke train` creates really runs here, from the SDK's own driver scripts in an /opt/ml
+tree, and its artifacts land in S3 as SageMaker leaves them. The tasks run as subprocesses
+(`python -m invoke ...`); the moto server and the emulator live in this test process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from project.aws.session import aws_clients
+from tests import sagemaker_emulator as emulator
+from tests.synthetic import make_images, tiny_overrides, write_dataset
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def invoke(*args, timeout=600, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        env=env or dict(os.environ),
+    )
+
+
+def one_error_line(result) -> str:
+    """The task failed cleanly: exit 2, no traceback, one `error: ...` line on stderr."""
+    assert result.returncode == 2, (result.returncode, result.stdout[-2000:], result.stderr[-2000:])
+    assert "Traceback" not in result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def world(request, aws_infra, tmp_path_factory):
+    """Clients, the Terraform working dir (or the boto3 fallback's names) and a pushed image tag."""
+    problem = emulator.container_problem()
+    if problem:
+        pytest.skip(f"cannot emulate a SageMaker container here: {problem}")
+    clients = aws_clients(aws_infra.region, os.environ["AWS_ENDPOINT_URL"])
+    if _has_terraform():
+        workdir = request.getfixturevalue("terraform_applied")[0]
+        infra_overrides = [f"aws.terraform_dir={workdir}"]
+    else:  # resources made by boto3 (no terraform here): name them in the config
+        infra_overrides = [f"aws.{k}={getattr(aws_infra, k)}" for k in ("data_bucket", "artifacts_bucket", "repository_url", "role_arn", "region")]
+    tag = f"e2e{uuid.uuid4().hex[:7]}"
+    repository = aws_infra.repository_url.split("/", 1)[1]
+    # What `invoke push` leaves in ECR (no Docker engine here): the tag, on an image manifest.
+    clients.ecr.put_image(repositoryName=repository, imageTag=tag, imageManifest=json.dumps(
+        {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+         "config": {"digest": "sha256:" + "0" * 64, "size": 1, "mediaType": "application/vnd.docker.container.image.v1+json"},
+         "layers": []}))
+    return {"clients": clients, "infra": aws_infra, "infra_overrides": infra_overrides, "tag": tag,
+            "root": tmp_path_factory.mktemp("e2e")}
+
+
+def _has_terraform() -> bool:
+    import shutil
+
+    return shutil.which("terraform") is not None
+
+
+def job_overrides(world, data, name: str, **extra) -> list:
+    """A seconds-long CPU job on the tiny dataset, its own S3 prefix and job names."""
+    folder, files = data
+    return tiny_overrides(folder, files, world["root"] / "runs", **{
+        "instance": "ml.m5.xlarge",
+        "dataset.s3_prefix": f"datasets/{name}",
+        "job.base_name": name,
+        "job.image_tag": world["tag"],
+        "job.max_run_minutes": 30,
+        **extra,
+    }) + world["infra_overrides"]
+
+
+@pytest.fixture(scope="module")
+def data(world):
+    folder = world["root"] / "raw"
+    return folder, write_dataset(folder, n_train=600, n_test=200)
+
+
+def test_upload_train_fetch_predict(world, data, tmp_path):
+    name = f"e2e-{uuid.uuid4().hex[:6]}"
+    overrides = job_overrides(world, data, name)
+    s3, infra = world["clients"].s3, world["infra"]
+
+    dry = invoke("upload", *overrides, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert s3.list_objects_v2(Bucket=infra.data_bucket, Prefix=f"datasets/{name}/").get("KeyCount", 0) == 0
+
+    up = invoke("upload", *overrides)
+    assert up.returncode == 0, up.stderr
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=infra.data_bucket, Prefix=f"datasets/{name}/")["Contents"])
+    assert keys == sorted(f"datasets/{name}/{stem}.gz" for stem in data[1])
+
+    with emulator.sagemaker_service(run_jobs=True, workdir=tmp_path / "jobs") as service:
+        train = invoke("train", *overrides, "--yes", "--poll", "1")
+        assert train.returncode == 0, train.stdout[-4000:] + train.stderr[-3000:]
+        job = re.search(r"launched (\S+)", train.stdout).group(1)
+        run = service.result(job)
+    run.check()
+
+    out = train.stdout
+    assert "cost" in out and "$0.230/h x 1 instance(s)" in out  # the estimate came before the launch
+    assert out.index("cost") < out.index("launched")
+    # The container ran the staged entry point as PID 1 and turned into torchrun.
+    assert "launching: " in run.stdout and "torch.distributed.run --nnodes=1 --nproc_per_node=1" in run.stdout
+    assert re.search(r"test_acc=0\.\d+", out)  # log lines streamed from CloudWatch
+    assert f"{job}: Completed" in out and "billable=" in out and "cost=$" in out
+
+    desc = world["clients"].sagemaker.describe_training_job(TrainingJobName=job)
+    assert desc["ResourceConfig"]["InstanceType"] == "ml.m5.xlarge"
+    assert desc["AlgorithmSpecification"]["TrainingImage"] == f"{infra.repository_url}:{world['tag']}"
+    assert desc["RoleArn"] == infra.role_arn
+    assert desc["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] == f"s3://{infra.data_bucket}/datasets/{name}/"
+    assert desc["OutputDataConfig"]["S3OutputPath"].startswith(f"s3://{infra.artifacts_bucket}/")
+    assert desc["CheckpointConfig"]["S3Uri"].startswith(f"s3://{infra.artifacts_bucket}/checkpoints/{name}-")
+    tags = {t["Key"]: t["Value"] for t in world["clients"].sagemaker.list_tags(ResourceArn=desc["TrainingJobArn"])["Tags"]}
+    assert tags["git-sha"] == world["tag"] and tags["project"] and len(tags["config-hash"]) >= 8
+    final = {m["MetricName"]: m["Value"] for m in desc["FinalMetricDataList"]}
+    assert final["test_acc"] > 0.5 and final["epoch"] >= 1
+
+    status = invoke("status", *world["infra_overrides"], f"job.base_name={name}")
+    assert status.returncode == 0, status.stderr
+    assert job in status.stdout and "Completed" in status.stdout and "1xml.m5.xlarge" in status.stdout
+
+    logs = invoke("logs", job, *world["infra_overrides"])
+    assert logs.returncode == 0 and "test_acc=" in logs.stdout
+
+    runs = tmp_path / "runs"
+    fetched = invoke("fetch", *world["infra_overrides"], f"job.base_name={name}", f"paths.runs_dir={runs}")  # latest job
+    assert fetched.returncode == 0, fetched.stderr
+    run_dir = runs / job
+    assert f"run_dir={run_dir}" in fetched.stdout
+    # Exactly the layout `invoke local` writes.
+    for path in ("metrics.json", "model/model.ts", "model/model.pt", "model/config.yaml", "output/metrics.json",
+                 "output/metrics.csv", "output/confusion_matrix.png", "output/learning_curves.png"):
+        assert (run_dir / path).is_file(), path
+    assert list((run_dir / "checkpoints").glob("*.ckpt"))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["test_acc"] == pytest.approx(final["test_acc"], abs=1e-4)
+
+    from PIL import Image
+
+    images, labels = make_images(40, seed=11)
+    pngs = tmp_path / "pngs"
+    pngs.mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(pngs / f"digit{i:02d}_label{labels[i]}.png")
+    predicted = invoke("predict", str(run_dir), str(pngs))
+    assert predicted.returncode == 0, predicted.stderr
+    pairs = re.findall(r"label(\d)\.png: (\d)", predicted.stdout)
+    assert len(pairs) == 40
+    accuracy = sum(truth == guess for truth, guess in pairs) / len(pairs)
+    assert accuracy > 0.5 and abs(accuracy - final["test_acc"]) < 0.25, (accuracy, final)  # it really classifies
+
+    again = invoke("upload", *overrides)  # nothing changed: nothing moves
+    assert again.returncode == 0 and "uploaded 0 file(s)" in again.stdout, again.stdout + again.stderr
+
+
+def test_failing_job_surfaces_its_reason(world, data, tmp_path):
+    name = f"e2e-bad-{uuid.uuid4().hex[:6]}"
+    overrides = job_overrides(world, data, name)
+    assert invoke("upload", *overrides).returncode == 0
+    # Someone replaced a data file in the bucket: the container's checksum check refuses it.
+    s3, bucket = world["clients"].s3, world["infra"].data_bucket
+    s3.put_object(Bucket=bucket, Key=f"datasets/{name}/t10k-labels-idx1-ubyte.gz", Body=b"not the labels")
+    with emulator.sagemaker_service(run_jobs=True, workdir=tmp_path / "jobs") as service:
+        train = invoke("train", *overrides, "--yes", "--poll", "1")
+        job = re.search(r"launched (\S+)", train.stdout).group(1)
+        service.result(job)
+    assert train.returncode == 2, train.stdout[-3000:]
+    assert "Traceback" not in train.stderr.splitlines()[0]
+    first = train.stderr.strip().splitlines()[0]
+    assert first.startswith(f"error: job {job} Failed: AlgorithmError: ")
+    assert "t10k-labels-idx1-ubyte" in first  # the reason the container wrote, not just an exit code
+    assert "last log lines:" in train.stderr
+    desc = world["clients"].sagemaker.describe_training_job(TrainingJobName=job)
+    assert desc["TrainingJobStatus"] == "Failed" and "t10k-labels-idx1-ubyte" in desc["FailureReason"]
+
+    fetched = invoke("fetch", job, *world["infra_overrides"], f"paths.runs_dir={tmp_path / 'runs'}")
+    assert one_error_line(fetched) == f"error: {job} is Failed, not Completed: nothing to fetch yet"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_stopped_job_rerun_resumes_from_its_checkpoints(world, tmp_path):
+    """StopTrainingJob mid-training: the job checkpoints on SIGTERM; the same config resumes."""
+    name = f"e2e-spot-{uuid.uuid4().hex[:6]}"
+    folder = tmp_path / "long"
+    long_data = (folder, write_dataset(folder, n_train=1100, n_test=200))
+    overrides = job_overrides(world, long_data, name, **{
+        "trainer.batch_size": 16, "trainer.max_epochs": 3, "trainer.deterministic": "true",
+        "trainer.checkpoint_every_n_steps": 10, "+job.environment.OMP_NUM_THREADS": 1,
+    })  # 63 steps per epoch: seconds of training, room to stop it mid-way
+    assert invoke("upload", *overrides).returncode == 0
+    sm = world["clients"].sagemaker
+    with emulator.sagemaker_service(run_jobs=True, workdir=tmp_path / "jobs") as service:
+        first = invoke("train", *overrides, "--yes", "--no-wait")
+        assert first.returncode == 0, first.stderr
+        job = re.search(r"launched (\S+)", first.stdout).group(1)
+        checkpoints = tmp_path / "jobs" / job / "opt_ml" / "checkpoints"
+        deadline = time.monotonic() + 300
+        while not any(re.search(r"step=0*([1-9]\d+)", p.name) for p in checkpoints.glob("*.ckpt")):
+            assert time.monotonic() < deadline and not service.runs[job].done(), "no periodic checkpoint"
+            time.sleep(0.05)
+        stop = invoke("stop", job, *world["infra_overrides"])
+        assert stop.returncode == 0 and "stop requested" in stop.stdout, stop.stderr
+        stopped = service.result(job)
+        assert stopped.status == "Stopped", stopped.stdout[-3000:]
+        saved = re.search(r"sigterm_checkpoint_step=(\d+)", stopped.stdout)
+        assert saved, stopped.stdout[-3000:]  # SIGTERM reached the training process through torchrun
+        step = int(saved.group(1))
+        assert 10 <= step < 3 * 63
+        assert sm.describe_training_job(TrainingJobName=job)["TrainingJobStatus"] == "Stopped"
+
+        second = invoke("train", *overrides, "--yes", "--poll", "1")
+        assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-2000:]
+        rerun = service.result(re.search(r"launched (\S+)", second.stdout).group(1))
+    rerun.check()
+    assert re.search(rf"resuming from checkpoint \w+-step={step:08d}\.ckpt", rerun.stdout), rerun.stdout[-3000:]
+    metrics = json.loads((rerun.tree / "output" / "data" / "metrics.json").read_text())
+    assert metrics["global_steps"] == 3 * 63 and metrics["resumed_from"].endswith(f"step={step:08d}.ckpt")
+
+
+def test_invalid_launches_and_missing_things_are_one_clean_line(world, data, tmp_path):
+    sm = world["clients"].sagemaker
+    before = len(sm.list_training_jobs(MaxResults=100)["TrainingJobSummaries"])
+    name = f"e2e-err-{uuid.uuid4().hex[:6]}"
+    overrides = job_overrides(world, data, name)
+    cases = [
+        (["trainer.gpus=8", "instance=ml.p3.8xlarge"], "trainer.gpus=8 but ml.p3.8xlarge has 4 GPU(s)"),
+        (["job.spot=true", "job.max_wait_minutes=10"], "spot needs job.max_wait_minutes >= job.max_run_minutes"),
+        (["trainer.batch_size=30", "instance=ml.p3.8xlarge", "trainer.gpus=4"], "does not split evenly over world size 4"),
+        (["instance=ml.x9.huge"], "unknown instance 'ml.x9.huge'; choose one of: "),
+        (["job.image_tag=never-pushed"], "image tag never-pushed is not in ECR"),
+        ([], f"no data under s3://{world['infra'].data_bucket}/datasets/{name}/: run `invoke upload` first"),
+    ]
+    for extra, message in cases:
+        line = one_error_line(invoke("train", *overrides, *extra, "--yes"))
+        assert message in line, (extra, line)
+    assert len(sm.list_training_jobs(MaxResults=100)["TrainingJobSummaries"]) == before  # nothing launched
+
+    empty = tmp_path / "not-applied"
+    empty.mkdir()
+    line = one_error_line(invoke("train", *overrides[:-len(world["infra_overrides"])], f"aws.terraform_dir={empty}", "--yes"))
+    assert "Terraform has not been applied" in line and "terraform" in line and "apply" in line
+
+    for task in ("fetch", "logs", "status"):
+        line = one_error_line(invoke(task, "no-such-job", *world["infra_overrides"]))
+        assert line == "error: no training job named 'no-such-job': `invoke status` lists recent jobs", (task, line)
+    line = one_error_line(invoke("stop", "no-such-job", *world["infra_overrides"]))
+    assert "no training job named 'no-such-job'" in line
+
+    nobody = {k: v for k, v in os.environ.items() if not k.startswith("AWS_ACCESS_KEY") and not k.startswith("AWS_SECRET")}
+    nobody.update(AWS_EC2_METADATA_DISABLED="true", AWS_SHARED_CREDENTIALS_FILE=str(empty / "none"), AWS_CONFIG_FILE=str(empty / "none"))
+    line = one_error_line(invoke("status", *world["infra_overrides"], env=nobody))
+    assert line == "error: no AWS credentials found: run `aws configure` or set AWS_PROFILE"
+
+
+def test_dry_run_prints_the_create_training_job_request(world, data):
+    sm = world["clients"].sagemaker
+    before = len(sm.list_training_jobs(MaxResults=100)["TrainingJobSummaries"])
+    overrides = [*world["infra_overrides"], f"job.image_tag={world['tag']}", "trainer.gpus=4", "instance=ml.p3.8xlarge"]
+    result = invoke("train", *overrides, "--dry-run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    request = json.loads(result.stdout[result.stdout.index("{"):])
+    assert request["ResourceConfig"]["InstanceType"] == "ml.p3.8xlarge" and request["ResourceConfig"]["InstanceCount"] == 1
+    assert request["HyperParameters"]["processes_per_node"] == "4" and request["HyperParameters"]["nodes"] == "1"
+    assert request["AlgorithmSpecification"]["ContainerEntrypoint"] == ["/bin/bash"]
+    names = {d["Name"] for d in request["AlgorithmSpecification"]["MetricDefinitions"]}
+    assert {"train_loss", "val_loss", "val_acc", "test_acc"} <= names
+    assert request["StoppingCondition"]["MaxRuntimeInSeconds"] == 120 * 60
+    assert "$14.688/h x 1 instance(s) x 2.00 h max = $29.38 on-demand at most" in result.stdout
+    assert "4 per node, world size 4" in result.stdout
+    assert len(sm.list_training_jobs(MaxResults=100)["TrainingJobSummaries"]) == before  # nothing launched
