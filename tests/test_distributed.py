@@ -3,8 +3,9 @@
 Each host gets the environment SageMaker gives it (SM_HOSTS, SM_CURRENT_HOST, its own
 SM_MODEL_DIR, output and checkpoint directories) and the code channel `invoke train` uploads
 (jobs.stage_source: the package, the resolved config and sm_entry.py). The hosts are launched the
-two ways a container can be: plainly (the entry script on each host) and as the SDK's torchrun
-driver does, the latter stopped by SIGTERM mid-training and restarted. Only the master address
+two ways a container can be: plainly (the entry script on each host) and as a job's command does
+(`sm_entry.py --launch N` replaces itself with torchrun), the latter stopped by SIGTERM
+mid-training and restarted. Only the master address
 differs from a real cluster: algo-1 does not resolve here, so it is 127.0.0.1.
 """
 
@@ -118,15 +119,16 @@ def finish(procs, check: bool = True) -> list:
 
 
 def torchrun_hosts(root: Path, channel: Path) -> list:
-    """What the SDK's torchrun driver runs on each host (--master_addr=algo-1 there)."""
+    """What each host's container runs: `python3 sm_entry.py --launch 1`, which execs torchrun.
+
+    The launcher takes master address and port from SM_MASTER_ADDR/PORT as on SageMaker; here
+    they name loopback and a free port.
+    """
     port = str(free_port())
     return [
-        (
-            [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
-             "--master_addr=127.0.0.1", f"--master_port={port}", f"--node_rank={node_rank}", ENTRY_SCRIPT],
-            host_env(root, channel, host),
-        )
-        for node_rank, host in enumerate(HOSTS)
+        ([sys.executable, ENTRY_SCRIPT, "--launch", "1"],
+         host_env(root, channel, host, SM_MASTER_ADDR="127.0.0.1", SM_MASTER_PORT=port))
+        for host in HOSTS
     ]
 
 
@@ -205,7 +207,7 @@ def test_two_hosts_under_torchrun_stop_on_sigterm_and_resume(plain_run, code_cha
         assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, "no periodic checkpoint"
         time.sleep(0.02)
     for proc in procs:
-        proc.send_signal(signal.SIGTERM)  # SageMaker stops every instance; torchrun forwards it
+        proc.send_signal(signal.SIGTERM)  # SageMaker stops every instance; the launcher is torchrun now, which forwards it
     outputs = finish(procs, check=False)
     stopped = re.search(r"sigterm_checkpoint_step=(\d+)", outputs[0])
     assert stopped, outputs[0][-3000:]
@@ -260,3 +262,18 @@ def test_global_batch_must_split_evenly_over_processes(tiny_data, tmp_path):
     datamodule.trainer = types.SimpleNamespace(global_rank=1, world_size=4)
     datamodule.setup("fit")
     assert len(next(iter(datamodule.train_dataloader()))[0]) == 16  # 64 global / 4 processes
+
+
+def test_launcher_builds_the_sdk_drivers_torchrun_command(monkeypatch):
+    from project.launch import network_env, torchrun_argv
+
+    one = {"SM_MODEL_DIR": "/opt/ml/model", "SM_HOSTS": '["algo-1"]', "SM_CURRENT_HOST": "algo-1"}
+    assert torchrun_argv(one, 4, "sm_entry.py")[1:] == [
+        "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=4", "sm_entry.py"]
+    two = {"SM_MODEL_DIR": "/opt/ml/model", "SM_HOSTS": '["algo-2", "algo-1"]', "SM_CURRENT_HOST": "algo-2",
+           "SM_MASTER_ADDR": "algo-1", "SM_MASTER_PORT": "7777"}
+    assert torchrun_argv(two, 8, "sm_entry.py")[3:] == [
+        "--nnodes=2", "--nproc_per_node=8", "--master_addr=algo-1", "--master_port=7777", "--node_rank=1", "sm_entry.py"]
+    env = {"SM_NETWORK_INTERFACE_NAME": "eth0", "SM_CURRENT_INSTANCE_TYPE": "ml.p4d.24xlarge"}
+    network_env(env)
+    assert (env["NCCL_SOCKET_IFNAME"], env["GLOO_SOCKET_IFNAME"], env["FI_PROVIDER"]) == ("eth0", "eth0", "efa")
