@@ -205,6 +205,12 @@ def test_endpoint_explicit_beats_environment(monkeypatch):
     assert resolve_endpoint(None) is None
 
 
+def test_localstack_names_the_edge_endpoint_through_localstack_client():
+    assert resolve_endpoint("localstack", {}) == "http://localhost:4566"
+    environ = {"AWS_ENDPOINT_URL": "localstack", "LOCALSTACK_HOST": "127.0.0.1:4599"}
+    assert resolve_endpoint(None, environ) == "http://127.0.0.1:4599"
+
+
 def test_explicit_endpoint_reaches_clients_the_sdk_makes_from_the_session(moto_endpoint, monkeypatch):
     monkeypatch.delenv("AWS_ENDPOINT_URL")
     clients = aws_clients("us-east-1", moto_endpoint)

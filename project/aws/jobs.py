@@ -113,6 +113,7 @@ class JobPlan:
         rows = [
             ("job", f"{self.base_name}-<timestamp>"),
             ("image", self.image_uri),
+            ("command", f"{entry_command(self)}  (torchrun as PID 1: SIGTERM reaches training)"),
             ("instance", f"{self.instance_count} x {self.instance_type}"),
             ("processes", f"{self.processes_per_node} per node, world size {self.world_size}"),
             ("batch", f"{self.per_device_batch} per device, {self.per_device_batch * self.world_size} global"),

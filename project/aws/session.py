@@ -26,8 +26,21 @@ class AwsError(UserError, RuntimeError):
     """AWS could not be used; the message is one line saying what to do."""
 
 
+LOCALSTACK = "localstack"
+
+
 def resolve_endpoint(endpoint_url: Optional[str], environ=os.environ) -> Optional[str]:
-    return endpoint_url or environ.get(ENDPOINT_ENV) or None
+    """The endpoint URL to use, or None for real AWS.
+
+    `localstack` (as aws.endpoint_url or AWS_ENDPOINT_URL) is LocalStack's edge endpoint as
+    localstack-client finds it: http://localhost:4566, or LOCALSTACK_HOST where that is set.
+    """
+    endpoint = endpoint_url or environ.get(ENDPOINT_ENV) or None
+    if endpoint == LOCALSTACK:
+        from localstack_client.config import get_service_endpoint
+
+        endpoint = get_service_endpoint("edge", localstack_host=environ.get("LOCALSTACK_HOST"))
+    return endpoint
 
 
 def _session(region: Optional[str], endpoint_url: Optional[str]):
