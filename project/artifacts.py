@@ -92,8 +92,8 @@ def confusion_matrix(net: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     device = next(net.parameters()).device
     preds = []
     with torch.no_grad():
-        for start in range(0, len(images), 2048):
-            preds.append(net(images[start : start + 2048].to(device)).argmax(1).cpu())
+        for start in range(0, len(images), 256):  # CPU: 10k images take ~1.4 s in 256s, ~2.5 s in 2048s
+            preds.append(net(images[start : start + 256].to(device)).argmax(1).cpu())
     pred = torch.cat(preds)
     return torch.bincount(labels * num_classes + pred, minlength=num_classes**2).reshape(num_classes, num_classes)
 

@@ -99,6 +99,10 @@ class LitClassifier(pl.LightningModule):
             }
         )
         self._unlogged = {"train", "val", "test"}  # splits whose metrics this epoch has not passed to self.log
+        # Counted during the test pass and summed over ranks like the metrics above, so the
+        # exported confusion matrix costs no second pass over the test set.
+        self.test_confusion_counts = torchmetrics.ConfusionMatrix(task="multiclass", num_classes=num_classes)
+        self.test_confusion: Optional[torch.Tensor] = None  # [true, predicted] counts of the last test run
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -116,6 +120,8 @@ class LitClassifier(pl.LightningModule):
         loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing if split == "train" else 0.0)
         self.metrics[f"{split}_loss"].update(loss.detach(), weight=len(y))
         self.metrics[f"{split}_acc"].update(logits.detach(), y)
+        if split == "test":
+            self.test_confusion_counts.update(logits.detach(), y)
         if split in self._unlogged:
             # Logged once per epoch: Lightning keeps the Metric objects, and computes, logs and
             # resets them at the epoch's end. `self.log` on every step only repeated that
@@ -135,6 +141,10 @@ class LitClassifier(pl.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._unlogged.add("test")
+
+    def on_test_epoch_end(self) -> None:
+        self.test_confusion = self.test_confusion_counts.compute().cpu()  # under DDP a collective: all ranks
+        self.test_confusion_counts.reset()
 
     def _share_rank0_buffers(self) -> None:
         """Give every rank rank 0's BatchNorm running statistics (the ones that get exported).

@@ -120,3 +120,25 @@ def test_training_flushes_subnormal_floats_to_zero():
         assert (torch.full((4,), 1e-38) * 1e-2).eq(0).all()  # 1e-40 would be subnormal
     finally:
         torch.set_flush_denormal(False)
+
+
+def test_test_pass_counts_the_confusion_matrix(tiny_data, tmp_path):
+    """The matrix counted during trainer.test is the one a separate pass over the test set gives."""
+    import pytorch_lightning as pl
+
+    from project.artifacts import confusion_matrix
+    from project.data import IdxDataModule
+    from project.models import LitClassifier, SmallCNN
+
+    folder, files = tiny_data
+    datamodule = IdxDataModule(str(folder), files, str(tmp_path / "cache"), batch_size=16, val_size=10)
+    module = LitClassifier(SmallCNN(width=4))
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    try:
+        (results,) = trainer.test(module, datamodule=datamodule, verbose=False)
+    finally:
+        torch.set_flush_denormal(False)
+    test = datamodule.splits["test"]
+    expected = confusion_matrix(module.net, test.images, test.labels, 10)
+    assert torch.equal(module.test_confusion, expected)
+    assert module.test_confusion.diag().sum().item() / len(test) == pytest.approx(results["test_acc"])
