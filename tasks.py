@@ -4,6 +4,8 @@ Tasks that take Hydra overrides accept them as bare tokens: `invoke local traine
 Heavy imports (torch, Lightning, the SageMaker SDK) happen inside the tasks that need them.
 """
 
+import atexit
+import gc
 import shlex
 import sys
 
@@ -12,6 +14,12 @@ from invoke import Collection, Exit, task
 from project.cli import OVERRIDES_HELP, accept_bare_overrides, user_errors
 
 accept_bare_overrides()
+# A task builds large, long-lived object graphs as it starts (Hydra's config tree, botocore's
+# service models); the cyclic GC walks them over and over while they grow, and again at exit,
+# freeing next to nothing: ~0.3 s of a 1 s `invoke upload`. Collect young objects rarely, and
+# skip everything at exit (frozen objects are not collected).
+gc.set_threshold(50_000, 20, 20)
+atexit.register(gc.freeze)
 
 JOB_HELP = "Training job name (default: the latest job)"
 
