@@ -1,0 +1,116 @@
+"""Time to accuracy: the default `invoke local` on the real MNIST files, as a user runs it (the
+whole command, a fresh process: compose, train, validate, checkpoint, test, export, plots),
+against bench/plain_mnist.py, a plain-PyTorch script training the same network the same way
+(same split, epochs, batch size, batch order, AdamW + one-cycle schedule, initial weights) and
+then testing it. Both must reach TARGET_ACC test accuracy; the figure is the ratio of their wall
+times. One pair per seed, the order inside a pair alternating from seed to seed; no warm-up
+pair (each run takes a minute or more, and a fresh process per run is the point). The real
+MNIST files are needed: skipped without them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List
+
+from .common import ROOT, Skip, mnist_dir, row
+from .transfers import _invoke
+
+SEEDS = (42, 43, 44)
+TARGET_ACC = 0.99
+PLAIN = Path(__file__).resolve().parent / "plain_mnist.py"
+
+
+def _run(argv: List[str], env: Dict[str, str]) -> tuple[float, str]:
+    """Wall time and stdout of one fresh process; a failure is an error, not a fast sample."""
+    started = time.perf_counter()
+    result = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        raise RuntimeError(f"`{' '.join(argv)}` exited {result.returncode}:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    return elapsed, result.stdout
+
+
+def _check_same_network(cfg) -> None:
+    """The plain script's SmallCNN is the product's: same parameters, same initial weights per seed."""
+    import importlib.util
+
+    import torch
+
+    from project.models import build_net
+
+    spec = importlib.util.spec_from_file_location("plain_mnist", PLAIN)
+    plain = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plain)
+    net_cfg = dict(cfg.model.net)
+    torch.manual_seed(0)
+    ours = build_net(net_cfg).state_dict()
+    torch.manual_seed(0)
+    theirs = plain.SmallCNN(net_cfg["in_channels"], net_cfg["num_classes"], net_cfg["width"]).state_dict()
+    same = ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    if net_cfg["_target_"] != "project.models.SmallCNN" or not same:
+        raise RuntimeError("bench/plain_mnist.py's SmallCNN no longer matches the default model (conf/model/cnn.yaml)")
+
+
+def run(reps: int) -> dict:
+    folder = mnist_dir()
+    if folder is None:
+        raise Skip("real MNIST not found at ../shared/data/mnist: this benchmark trains on it to a test accuracy")
+    from project.config import compose
+
+    cfg = compose([])
+    _check_same_network(cfg)
+    source = os.path.relpath(folder, ROOT)  # run from the repository root: ../shared/data/mnist
+    t, m, d = cfg.trainer, cfg.model, cfg.dataset
+    plain_args = [
+        f"--epochs={t.max_epochs}", f"--batch-size={t.batch_size}", f"--lr={m.lr}", f"--weight-decay={m.weight_decay}",
+        f"--width={m.net.width}", f"--val-size={d.val_size}", f"--mean={d.mean}", f"--std={d.std}",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    seeds = SEEDS if reps >= 3 else SEEDS[:1]  # --quick: one pair
+    per_seed = []
+    with tempfile.TemporaryDirectory(prefix="bench-tta-") as runs:
+        for i, seed in enumerate(seeds):
+            def product() -> dict:
+                name = f"tta-seed{seed}"
+                seconds, _ = _run(
+                    [_invoke(), "local", f"dataset.source={source}", f"paths.runs_dir={runs}", f"run_name={name}", f"trainer.seed={seed}"],
+                    env,
+                )
+                metrics = json.loads((Path(runs) / name / "metrics.json").read_text())
+                return {"epochs": metrics["epochs"], "seconds": round(seconds, 2), "fit_seconds": metrics["fit_seconds"], "test_acc": metrics["test_acc"]}
+
+            def plain() -> dict:
+                seconds, out = _run([sys.executable, str(PLAIN), f"--data={source}", f"--seed={seed}", *plain_args], env)
+                result = json.loads(out.strip().splitlines()[-1])
+                return {"epochs": result["epochs"], "seconds": round(seconds, 2), "train_seconds": result["train_seconds"], "test_acc": result["test_acc"]}
+
+            sides = {}
+            for side in (("product", "plain") if i % 2 == 0 else ("plain", "product")):
+                sides[side] = product() if side == "product" else plain()
+                print(f"seed {seed} {side}: {sides[side]}", flush=True)
+            per_seed.append({"seed": seed, "invoke_local": sides["product"], "plain": sides["plain"]})
+    reached = all(s[side]["test_acc"] >= TARGET_ACC for s in per_seed for side in ("invoke_local", "plain"))
+    result = row(
+        f"time_to_accuracy: {t.max_epochs} epochs to >= {TARGET_ACC:.1%} test acc, fresh process",
+        "invoke local",
+        [s["invoke_local"]["seconds"] for s in per_seed],
+        "plain PyTorch script",
+        [s["plain"]["seconds"] for s in per_seed],
+        1.3,
+    )
+    if not reached:
+        result["met"] = False  # a ratio of runs that missed the accuracy measures nothing
+    return {
+        "data": f"real MNIST ({source}): 55,000 training images (5,000 held out), 10,000 test images",
+        "seeds": list(seeds),
+        "accuracy_reached": reached,
+        "per_seed": per_seed,
+        "rows": [result],
+    }
