@@ -104,3 +104,12 @@ def test_predict_errors_are_clean(args, message, tmp_path):
     result = invoke(*args)
     assert result.returncode == 2
     assert result.stderr.strip() == message
+
+
+def test_upload_of_missing_data_is_one_line_and_exit_code_2(tmp_path):
+    """DataError is a UserError: no traceback, and nothing is asked of AWS before the files are found."""
+    infra = ["aws.data_bucket=b", "aws.artifacts_bucket=a", "aws.repository_url=r", "aws.role_arn=x", "aws.region=us-east-1"]
+    result = invoke("upload", f"dataset.source={tmp_path}", *infra)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot fetch train-images-idx3-ubyte from ")
