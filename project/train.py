@@ -164,8 +164,7 @@ def _write_artifacts(cfg: Any, layout: RunLayout, module, datamodule, metrics: D
 
     d = cfg.dataset
     artifacts.export_model(module.net, layout.model_dir, list(d.image_shape), d.mean, d.std)
-    test = datamodule.splits["test"]
-    matrix = artifacts.confusion_matrix(module.net, test.images, test.labels, d.num_classes)
+    matrix = module.test_confusion  # counted during trainer.test: no second pass over the test set
     artifacts.plot_confusion(matrix, layout.output_dir / artifacts.CONFUSION_FILE)
     artifacts.plot_learning_curves(layout.output_dir / "metrics.csv", layout.output_dir / artifacts.CURVES_FILE)
     artifacts.write_metrics(metrics, layout.metrics_files)

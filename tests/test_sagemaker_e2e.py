@@ -111,47 +111,47 @@ def test_upload_train_fetch_predict(world, data, tmp_path):
         assert train.returncode == 0, train.stdout[-4000:] + train.stderr[-3000:]
         job = re.search(r"launched (\S+)", train.stdout).group(1)
         run = service.result(job)
-    run.check()
+        run.check()
 
-    out = train.stdout
-    assert "cost" in out and "$0.230/h x 1 instance(s)" in out  # the estimate came before the launch
-    assert out.index("cost") < out.index("launched")
-    # The container ran the staged entry point as PID 1 and turned into torchrun.
-    assert "launching: " in run.stdout and "torch.distributed.run --nnodes=1 --nproc_per_node=1" in run.stdout
-    assert re.search(r"test_acc=0\.\d+", out)  # log lines streamed from CloudWatch
-    assert f"{job}: Completed" in out and "billable=" in out and "cost=$" in out
+        out = train.stdout
+        assert "cost" in out and "$0.230/h x 1 instance(s)" in out  # the estimate came before the launch
+        assert out.index("cost") < out.index("launched")
+        # The container ran the staged entry point as PID 1 and turned into torchrun.
+        assert "launching: " in run.stdout and "torch.distributed.run --nnodes=1 --nproc_per_node=1" in run.stdout
+        assert re.search(r"test_acc=0\.\d+", out)  # log lines streamed from CloudWatch
+        assert f"{job}: Completed" in out and "billable=" in out and "cost=$" in out
 
-    desc = world["clients"].sagemaker.describe_training_job(TrainingJobName=job)
-    assert desc["ResourceConfig"]["InstanceType"] == "ml.m5.xlarge"
-    assert desc["AlgorithmSpecification"]["TrainingImage"] == f"{infra.repository_url}:{world['tag']}"
-    assert desc["RoleArn"] == infra.role_arn
-    assert desc["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] == f"s3://{infra.data_bucket}/datasets/{name}/"
-    assert desc["OutputDataConfig"]["S3OutputPath"].startswith(f"s3://{infra.artifacts_bucket}/")
-    assert desc["CheckpointConfig"]["S3Uri"].startswith(f"s3://{infra.artifacts_bucket}/checkpoints/{name}-")
-    tags = {t["Key"]: t["Value"] for t in world["clients"].sagemaker.list_tags(ResourceArn=desc["TrainingJobArn"])["Tags"]}
-    assert tags["git-sha"] == world["tag"] and tags["project"] and len(tags["config-hash"]) >= 8
-    final = {m["MetricName"]: m["Value"] for m in desc["FinalMetricDataList"]}
-    assert final["test_acc"] > 0.5 and final["epoch"] >= 1
+        desc = world["clients"].sagemaker.describe_training_job(TrainingJobName=job)
+        assert desc["ResourceConfig"]["InstanceType"] == "ml.m5.xlarge"
+        assert desc["AlgorithmSpecification"]["TrainingImage"] == f"{infra.repository_url}:{world['tag']}"
+        assert desc["RoleArn"] == infra.role_arn
+        assert desc["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] == f"s3://{infra.data_bucket}/datasets/{name}/"
+        assert desc["OutputDataConfig"]["S3OutputPath"].startswith(f"s3://{infra.artifacts_bucket}/")
+        assert desc["CheckpointConfig"]["S3Uri"].startswith(f"s3://{infra.artifacts_bucket}/checkpoints/{name}-")
+        tags = {t["Key"]: t["Value"] for t in world["clients"].sagemaker.list_tags(ResourceArn=desc["TrainingJobArn"])["Tags"]}
+        assert tags["git-sha"] == world["tag"] and tags["project"] and len(tags["config-hash"]) >= 8
+        final = {m["MetricName"]: m["Value"] for m in desc["FinalMetricDataList"]}
+        assert final["test_acc"] > 0.5 and final["epoch"] >= 1
 
-    status = invoke("status", *world["infra_overrides"], f"job.base_name={name}")
-    assert status.returncode == 0, status.stderr
-    assert job in status.stdout and "Completed" in status.stdout and "1xml.m5.xlarge" in status.stdout
+        status = invoke("status", *world["infra_overrides"], f"job.base_name={name}")
+        assert status.returncode == 0, status.stderr
+        assert job in status.stdout and "Completed" in status.stdout and "1xml.m5.xlarge" in status.stdout
 
-    logs = invoke("logs", job, *world["infra_overrides"])
-    assert logs.returncode == 0 and "test_acc=" in logs.stdout
+        logs = invoke("logs", job, *world["infra_overrides"])
+        assert logs.returncode == 0 and "test_acc=" in logs.stdout
 
-    runs = tmp_path / "runs"
-    fetched = invoke("fetch", *world["infra_overrides"], f"job.base_name={name}", f"paths.runs_dir={runs}")  # latest job
-    assert fetched.returncode == 0, fetched.stderr
-    run_dir = runs / job
-    assert f"run_dir={run_dir}" in fetched.stdout
-    # Exactly the layout `invoke local` writes.
-    for path in ("metrics.json", "model/model.ts", "model/model.pt", "model/config.yaml", "output/metrics.json",
-                 "output/metrics.csv", "output/confusion_matrix.png", "output/learning_curves.png"):
-        assert (run_dir / path).is_file(), path
-    assert list((run_dir / "checkpoints").glob("*.ckpt"))
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["test_acc"] == pytest.approx(final["test_acc"], abs=1e-4)
+        runs = tmp_path / "runs"
+        fetched = invoke("fetch", *world["infra_overrides"], f"job.base_name={name}", f"paths.runs_dir={runs}")  # latest job
+        assert fetched.returncode == 0, fetched.stderr
+        run_dir = runs / job
+        assert f"run_dir={run_dir}" in fetched.stdout
+        # Exactly the layout `invoke local` writes.
+        for path in ("metrics.json", "model/model.ts", "model/model.pt", "model/config.yaml", "output/metrics.json",
+                     "output/metrics.csv", "output/confusion_matrix.png", "output/learning_curves.png"):
+            assert (run_dir / path).is_file(), path
+        assert list((run_dir / "checkpoints").glob("*.ckpt"))
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert metrics["test_acc"] == pytest.approx(final["test_acc"], abs=1e-4)
 
     from PIL import Image
 

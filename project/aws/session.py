@@ -37,9 +37,12 @@ def resolve_endpoint(endpoint_url: Optional[str], environ=os.environ) -> Optiona
     """
     endpoint = endpoint_url or environ.get(ENDPOINT_ENV) or None
     if endpoint == LOCALSTACK:
-        from localstack_client.config import get_service_endpoint
+        # localstack-client's own parsing and default edge port; not its get_service_endpoint(),
+        # which returns $AWS_ENDPOINT_URL itself when that is set (here: the word "localstack").
+        from localstack_client.config import DEFAULT_EDGE_PORT, parse_localstack_host
 
-        endpoint = get_service_endpoint("edge", localstack_host=environ.get("LOCALSTACK_HOST"))
+        host, port = parse_localstack_host(environ.get("LOCALSTACK_HOST") or f"localhost:{DEFAULT_EDGE_PORT}")
+        endpoint = f"{'https' if environ.get('USE_SSL') in ('1', 'true') else 'http'}://{host}:{port}"
     return endpoint
 
 
