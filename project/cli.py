@@ -96,11 +96,8 @@ class _OverridesContext(ParserContext):
             self.add_arg(arg)
         # Lexicon turns attribute assignment into keys: set plain attributes directly.
         object.__setattr__(self.flags, "task_names", frozenset(task_names))
-        if JOB_ARG in self.args and JOB_ARG not in self.positional_args_names():
+        if JOB_ARG in self.args and self.args[JOB_ARG] not in self.positional_args:
             object.__setattr__(self.flags, "job_arg", self.args[JOB_ARG])
-
-    def positional_args_names(self) -> List[str]:
-        return [arg.name for arg in self.positional_args]
 
 
 def _upgrade(context: ParserContext, task_names: frozenset) -> ParserContext:

@@ -19,16 +19,9 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import List, Mapping, MutableMapping, Sequence
+from typing import List, Mapping, Sequence
 
-from .runtime import sagemaker_env
-
-# Instance types with EFA for NCCL, as the SDK's driver lists them (common/utils.py).
-EFA_NCCL_INSTANCES = (
-    "ml.g4dn.8xlarge", "ml.g4dn.12xlarge", "ml.g5.48xlarge", "ml.p3dn.24xlarge", "ml.p4d.24xlarge",
-    "ml.p4de.24xlarge", "ml.p5.48xlarge", "ml.p5e.48xlarge", "ml.trn1.32xlarge",
-)
-
+from .runtime import network_env, sagemaker_env
 
 def torchrun_argv(environ: Mapping[str, str], nproc_per_node: int, script: str, script_args: Sequence[str] = ()) -> List[str]:
     """`python -m torch.distributed.run ...` for this host of the job (SM_HOSTS, SM_CURRENT_HOST)."""
@@ -40,19 +33,9 @@ def torchrun_argv(environ: Mapping[str, str], nproc_per_node: int, script: str, 
     return argv + [script, *script_args]
 
 
-def network_env(environ: MutableMapping[str, str]) -> None:
-    """What the SDK's driver sets before torchrun: the NCCL socket interface, EFA where present."""
-    interface = environ.get("SM_NETWORK_INTERFACE_NAME")
-    if interface:
-        environ.setdefault("NCCL_SOCKET_IFNAME", interface)
-        environ.setdefault("GLOO_SOCKET_IFNAME", interface)
-    if environ.get("SM_CURRENT_INSTANCE_TYPE") in EFA_NCCL_INSTANCES:
-        environ.setdefault("FI_PROVIDER", "efa")
-
-
 def launch(nproc_per_node: int, script: str) -> None:
     """Replace this process (PID 1 in the container) with torchrun running `script`."""
-    network_env(os.environ)
+    network_env(os.environ, os.environ.get("SM_NETWORK_INTERFACE_NAME"), os.environ.get("SM_CURRENT_INSTANCE_TYPE"))
     argv = torchrun_argv(os.environ, nproc_per_node, script)
     print("launching: " + " ".join(argv), flush=True)
     os.execv(argv[0], argv)

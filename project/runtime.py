@@ -118,6 +118,20 @@ def wire_distributed(sm: SageMakerEnv, environ: Dict[str, str]) -> None:
     environ.setdefault("MASTER_ADDR", sm.master)
     environ.setdefault("MASTER_PORT", sm.master_port)
     environ.setdefault("NODE_RANK", str(sm.node_rank))
-    if sm.network_interface:
-        environ.setdefault("NCCL_SOCKET_IFNAME", sm.network_interface)
-        environ.setdefault("GLOO_SOCKET_IFNAME", sm.network_interface)
+    network_env(environ, sm.network_interface)
+
+
+# Instance types with EFA for NCCL, as the SageMaker SDK's torchrun driver lists them.
+EFA_NCCL_INSTANCES = (
+    "ml.g4dn.8xlarge", "ml.g4dn.12xlarge", "ml.g5.48xlarge", "ml.p3dn.24xlarge", "ml.p4d.24xlarge",
+    "ml.p4de.24xlarge", "ml.p5.48xlarge", "ml.p5e.48xlarge", "ml.trn1.32xlarge",
+)
+
+
+def network_env(environ: Dict[str, str], interface: Optional[str], instance_type: Optional[str] = None) -> None:
+    """The collectives' socket interface (SageMaker's, e.g. eth0) and EFA where the instance has it."""
+    if interface:
+        environ.setdefault("NCCL_SOCKET_IFNAME", interface)
+        environ.setdefault("GLOO_SOCKET_IFNAME", interface)
+    if instance_type in EFA_NCCL_INSTANCES:
+        environ.setdefault("FI_PROVIDER", "efa")

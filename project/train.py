@@ -155,11 +155,11 @@ def train(
     }
     if trainer.is_global_zero:
         _print_metrics({k: metrics[k] for k in ("test_loss", "test_acc")})
-        _write_artifacts(cfg, layout, module, datamodule, metrics)
+        _write_artifacts(cfg, layout, module, metrics)
     return metrics
 
 
-def _write_artifacts(cfg: Any, layout: RunLayout, module, datamodule, metrics: Dict[str, Any]) -> None:
+def _write_artifacts(cfg: Any, layout: RunLayout, module, metrics: Dict[str, Any]) -> None:
     from . import artifacts
 
     d = cfg.dataset

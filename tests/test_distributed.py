@@ -264,8 +264,9 @@ def test_global_batch_must_split_evenly_over_processes(tiny_data, tmp_path):
     assert len(next(iter(datamodule.train_dataloader()))[0]) == 16  # 64 global / 4 processes
 
 
-def test_launcher_builds_the_sdk_drivers_torchrun_command(monkeypatch):
-    from project.launch import network_env, torchrun_argv
+def test_launcher_builds_the_sdk_drivers_torchrun_command():
+    from project.launch import torchrun_argv
+    from project.runtime import network_env
 
     one = {"SM_MODEL_DIR": "/opt/ml/model", "SM_HOSTS": '["algo-1"]', "SM_CURRENT_HOST": "algo-1"}
     assert torchrun_argv(one, 4, "sm_entry.py")[1:] == [
@@ -274,6 +275,6 @@ def test_launcher_builds_the_sdk_drivers_torchrun_command(monkeypatch):
            "SM_MASTER_ADDR": "algo-1", "SM_MASTER_PORT": "7777"}
     assert torchrun_argv(two, 8, "sm_entry.py")[3:] == [
         "--nnodes=2", "--nproc_per_node=8", "--master_addr=algo-1", "--master_port=7777", "--node_rank=1", "sm_entry.py"]
-    env = {"SM_NETWORK_INTERFACE_NAME": "eth0", "SM_CURRENT_INSTANCE_TYPE": "ml.p4d.24xlarge"}
-    network_env(env)
+    env: dict = {}
+    network_env(env, "eth0", "ml.p4d.24xlarge")
     assert (env["NCCL_SOCKET_IFNAME"], env["GLOO_SOCKET_IFNAME"], env["FI_PROVIDER"]) == ("eth0", "eth0", "efa")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -51,7 +52,7 @@ def world(request, aws_infra, tmp_path_factory):
     if problem:
         pytest.skip(f"cannot emulate a SageMaker container here: {problem}")
     clients = aws_clients(aws_infra.region, os.environ["AWS_ENDPOINT_URL"])
-    if _has_terraform():
+    if shutil.which("terraform") is not None:  # as aws_infra decides
         workdir = request.getfixturevalue("terraform_applied")[0]
         infra_overrides = [f"aws.terraform_dir={workdir}"]
     else:  # resources made by boto3 (no terraform here): name them in the config
@@ -65,12 +66,6 @@ def world(request, aws_infra, tmp_path_factory):
          "layers": []}))
     return {"clients": clients, "infra": aws_infra, "infra_overrides": infra_overrides, "tag": tag,
             "root": tmp_path_factory.mktemp("e2e")}
-
-
-def _has_terraform() -> bool:
-    import shutil
-
-    return shutil.which("terraform") is not None
 
 
 def job_overrides(world, data, name: str, **extra) -> list:
@@ -270,7 +265,7 @@ def test_invalid_launches_and_missing_things_are_one_clean_line(world, data, tmp
     assert line == "error: no AWS credentials found: run `aws configure` or set AWS_PROFILE"
 
 
-def test_dry_run_prints_the_create_training_job_request(world, data):
+def test_dry_run_prints_the_create_training_job_request(world):
     sm = world["clients"].sagemaker
     before = len(sm.list_training_jobs(MaxResults=100)["TrainingJobSummaries"])
     overrides = [*world["infra_overrides"], f"job.image_tag={world['tag']}", "trainer.gpus=4", "instance=ml.p3.8xlarge"]
