@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,8 +164,27 @@ def _one_line(exc: BaseException) -> str:
     return f"{key}: {head}" if key else head
 
 
-def compose(overrides: List[str] | tuple = ()) -> Any:
-    """Compose conf/ with Hydra overrides into a validated DictConfig (no side effects)."""
+def compose(overrides: List[str] | tuple = (), conf_dir: Optional[Path] = None) -> Any:
+    """Compose conf/ with Hydra overrides into a validated DictConfig.
+
+    The composed (unresolved) config is cached per command line, keyed by the overrides and the
+    bytes of every file that shapes it (see _compose_key): a repeated `invoke ...` skips Hydra's
+    import and composition (~0.4 s), and changing any of those files composes afresh.
+    """
+    conf_dir = Path(conf_dir or CONF_DIR)
+    cache = _compose_cache_file(conf_dir, list(overrides))
+    cfg = _load_cached(cache) if cache else None
+    if cfg is not None:
+        validate(cfg)
+        return cfg
+    cfg = _hydra_compose(conf_dir, list(overrides))
+    validate(cfg)
+    if cache:
+        _store_cached(cache, cfg)  # only configs that passed every check
+    return cfg
+
+
+def _hydra_compose(conf_dir: Path, overrides: List[str]) -> Any:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
@@ -172,12 +192,91 @@ def compose(overrides: List[str] | tuple = ()) -> Any:
 
     _register_schema()
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = hydra_compose(config_name="config", overrides=list(overrides))
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            return hydra_compose(config_name="config", overrides=overrides)
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(f"bad config override: {_one_line(exc)}") from None
-    validate(cfg)
+
+
+COMPOSE_CACHE_ENV = "LIGHTNING_SAGEMAKER_CACHE"  # a folder, or "off"
+COMPOSE_CACHE_KEEP = 256  # newest entries kept; an entry is a few KiB
+
+
+def compose_cache_dir() -> Optional[Path]:
+    """Where composed configs are cached: $LIGHTNING_SAGEMAKER_CACHE, else the user cache dir."""
+    chosen = os.environ.get(COMPOSE_CACHE_ENV)
+    if chosen == "off":
+        return None
+    if chosen:
+        return Path(chosen) / "compose"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "lightning-sagemaker" / "compose"
+
+
+def _package_stamp(name: str) -> str:
+    """Hydra's or OmegaConf's installed files (an upgrade rewrites them) without importing them."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.origin:
+        return "-"
+    st = os.stat(spec.origin)
+    return f"{spec.origin}:{st.st_mtime_ns}:{st.st_size}"
+
+
+def _compose_key(conf_dir: Path, overrides: List[str]) -> str:
+    """Everything composition depends on: overrides, conf/ files, the schema, Hydra, OmegaConf."""
+    h = hashlib.sha256()
+    h.update(json.dumps(overrides).encode())
+    for path in sorted(p for p in conf_dir.rglob("*") if p.is_file()):
+        h.update(f"\0{path.relative_to(conf_dir).as_posix()}\0".encode())
+        h.update(path.read_bytes())
+    h.update(Path(__file__).read_bytes())  # the schema's dataclasses
+    h.update(f"{conf_dir.resolve()}|{_package_stamp('hydra')}|{_package_stamp('omegaconf')}".encode())
+    return h.hexdigest()
+
+
+def _compose_cache_file(conf_dir: Path, overrides: List[str]) -> Optional[Path]:
+    folder = compose_cache_dir()
+    if folder is None:
+        return None
+    try:
+        return folder / f"{_compose_key(conf_dir, overrides)}.json"
+    except OSError:
+        return None  # an unreadable conf file: let Hydra report it
+
+
+def _load_cached(path: Path) -> Any:
+    """The cached config, typed by the schema as Hydra's would be; None when absent or unusable."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), data)
+    except OmegaConfBaseException:
+        return None
+    OmegaConf.set_struct(cfg, True)
     return cfg
+
+
+def _store_cached(path: Path, cfg: Any) -> None:
+    """Write atomically (a reader never sees half a file); a cache that cannot be written is skipped."""
+    from omegaconf import OmegaConf
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        partial.write_text(json.dumps(OmegaConf.to_container(cfg, resolve=False)))
+        os.replace(partial, path)
+        entries = sorted(path.parent.glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
+        for old in entries[:-COMPOSE_CACHE_KEEP]:
+            old.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def load_resolved(path: Path) -> Any:

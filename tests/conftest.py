@@ -9,6 +9,13 @@ ROOT = Path(__file__).resolve().parent.parent
 pytest_plugins = ["tests.aws_fixtures"] if (ROOT / "tests" / "aws_fixtures.py").exists() else []
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _compose_cache(tmp_path_factory):
+    """Composed configs are cached in a folder of this test session, never in the user's home
+    (subprocesses inherit the variable)."""
+    os.environ["LIGHTNING_SAGEMAKER_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture(autouse=True)
 def _repo_cwd(monkeypatch):
     """Tasks and relative config paths (terraform/, runs/) resolve from the repository root."""

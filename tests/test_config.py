@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,91 @@ def test_config_hash_tracks_what_shapes_the_result():
     assert C.config_hash(C.compose(["dataset.source=/elsewhere"])) == base
     assert C.config_hash(C.compose(["trainer.seed=1"])) != base
     assert C.config_hash(C.compose(["instance=ml.p3.2xlarge"])) == base
+
+
+# --- the composed-config cache ------------------------------------------------------------------
+
+
+def _shape(cfg):
+    """Every node's class and schema metadata, so a cached config must be typed like Hydra's."""
+    from omegaconf import ListConfig, OmegaConf
+
+    out = {}
+
+    def walk(node, path):
+        keys = range(len(node)) if isinstance(node, ListConfig) else list(node.keys())
+        for key in keys:
+            child = node._get_node(key)
+            meta = child._metadata
+            out[f"{path}{key}"] = (type(child).__name__, str(meta.ref_type), str(meta.object_type), meta.optional)
+            if OmegaConf.is_config(child) and not child._is_missing() and not child._is_none():
+                walk(child, f"{path}{key}.")
+
+    walk(cfg, "")
+    return out
+
+
+@pytest.mark.parametrize("overrides", [[], ["model=mlp", "trainer.gpus=4", "instance=ml.p3.8xlarge"], ["run_name=x", "aws.region=eu-west-1"]])
+def test_a_cached_config_is_the_one_hydra_composes(overrides, monkeypatch, tmp_path):
+    from omegaconf import OmegaConf
+
+    monkeypatch.setenv(C.COMPOSE_CACHE_ENV, "off")
+    fresh = C.compose(overrides)
+    monkeypatch.setenv(C.COMPOSE_CACHE_ENV, str(tmp_path))
+    C.compose(overrides)
+    assert len(list((tmp_path / "compose").glob("*.json"))) == 1
+    cached = C.compose(overrides)
+    assert OmegaConf.to_yaml(cached) == OmegaConf.to_yaml(fresh)
+    assert _shape(cached) == _shape(fresh)
+    assert OmegaConf.is_struct(cached)
+    with pytest.raises(Exception, match="Key 'bogus' not in 'TrainerConfig'"):
+        cached.trainer.bogus = 1
+
+
+def test_a_repeated_command_line_skips_hydra(tmp_path):
+    import subprocess
+    import sys
+
+    code = "import sys; from project.config import compose; c = compose(['trainer.seed=7']); print(c.trainer.seed, 'hydra' in sys.modules)"
+    env = {**os.environ, C.COMPOSE_CACHE_ENV: str(tmp_path), "PYTHONPATH": str(C.CONF_DIR.parent)}
+    runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split() for _ in range(2)]
+    assert runs == [["7", "True"], ["7", "False"]]
+
+
+def test_editing_a_config_file_composes_afresh(monkeypatch, tmp_path):
+    import shutil
+
+    conf = tmp_path / "conf"
+    shutil.copytree(C.CONF_DIR, conf)
+    monkeypatch.setenv(C.COMPOSE_CACHE_ENV, str(tmp_path / "cache"))
+    assert C.compose([], conf_dir=conf).trainer.max_epochs == 3
+    yaml = conf / "trainer" / "default.yaml"
+    yaml.write_text(yaml.read_text().replace("max_epochs: 3", "max_epochs: 5"))
+    assert C.compose([], conf_dir=conf).trainer.max_epochs == 5
+    (conf / "model" / "extra.yaml").write_text((conf / "model" / "mlp.yaml").read_text())
+    assert C.compose(["model=extra"], conf_dir=conf).model.name == "mlp"
+    assert len(list((tmp_path / "cache" / "compose").glob("*.json"))) == 3
+
+
+def test_bad_configs_are_never_cached_and_a_broken_entry_is_recomposed(monkeypatch, tmp_path):
+    monkeypatch.setenv(C.COMPOSE_CACHE_ENV, str(tmp_path))
+    for _ in range(2):
+        with pytest.raises(C.ConfigError, match="unknown key 'trainer.foo'"):
+            C.compose(["trainer.foo=1"])
+        with pytest.raises(C.ConfigError, match="trainer.max_epochs must be >= 1"):
+            C.compose(["trainer.max_epochs=0"])
+    assert not (tmp_path / "compose").exists()
+    C.compose(["trainer.seed=3"])
+    (entry,) = (tmp_path / "compose").glob("*.json")
+    entry.write_text('{"trainer": {"seed": "not a number"')  # half written by a crash
+    assert C.compose(["trainer.seed=3"]).trainer.seed == 3
+    entry.write_text('{"trainer": {"seed": "not a number"}}')  # valid JSON the schema refuses
+    assert C.compose(["trainer.seed=3"]).trainer.seed == 3
+
+
+def test_the_cache_can_be_turned_off(monkeypatch, tmp_path):
+    monkeypatch.setenv(C.COMPOSE_CACHE_ENV, "off")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert C.compose_cache_dir() is None
+    C.compose(["trainer.seed=4"])
+    assert not any(tmp_path.iterdir())
