@@ -207,6 +207,7 @@ def _aws_env(endpoint: str, empty: Path) -> Dict[str, str]:
         AWS_SHARED_CREDENTIALS_FILE=str(empty / "credentials"),
         SAGEMAKER_VALIDATE_ROLE="false",
         PYTHONPATH=str(ROOT),
+        LIGHTNING_SAGEMAKER_CACHE=str(empty / "cache"),  # composed configs: starts empty, never the user's
     )
     return env
 
