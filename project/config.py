@@ -68,6 +68,10 @@ class TrainerConfig:
     # Periodic checkpoints (besides end of epoch and SIGTERM); 0 disables them.
     checkpoint_every_n_steps: int = 200
     resume: bool = True  # resume from the newest valid checkpoint of the same run identity
+    # GPU levers; on the CPU only channels_last and compile apply (and rarely pay there).
+    data_on_device: bool = True  # GPU: the whole dataset sits in GPU memory, batches are sliced there
+    channels_last: bool = False  # NHWC network and inputs (tensor cores under bf16/fp16)
+    compile: bool = False  # torch.compile the network: seconds of compiling, pays on long runs only
 
 
 @dataclass
@@ -304,7 +308,8 @@ def config_hash(cfg: Any, length: int = 12) -> str:
     from omegaconf import OmegaConf
 
     shaping = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("dataset", "model", "trainer")}
-    shaping["trainer"].pop("resume", None)  # resuming or not yields the same run
+    for lever in ("resume", "data_on_device", "channels_last", "compile"):
+        shaping["trainer"].pop(lever, None)  # how the run executes, not what it computes
     shaping["dataset"].pop("source", None)  # the same bytes, whichever mirror they came from
     blob = json.dumps(shaping, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:length]

@@ -47,6 +47,43 @@ class MetricLines(pl.Callback):
             _print_metrics({"epoch": trainer.current_epoch + 1, **metrics})
 
 
+class LoopTimer(pl.Callback):
+    """Seconds of the training loop proper and the samples it trained on (this process's epochs).
+
+    An epoch's clock runs from its start to its validation (or its end): the optimizer steps,
+    batch slicing and periodic checkpoints, not start-up, the sanity check, validation or the
+    end-of-epoch checkpoint. On a GPU the clock waits for the device's queued work.
+    """
+
+    def __init__(self):
+        self.seconds, self.samples = 0.0, 0
+        self._started: Optional[float] = None
+
+    @staticmethod
+    def _now(trainer) -> float:
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.synchronize(trainer.strategy.root_device)
+        return time.perf_counter()
+
+    def _stop(self, trainer) -> None:
+        if self._started is not None:
+            self.seconds += self._now(trainer) - self._started
+            self._started = None
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._started = self._now(trainer)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.samples += len(batch[1]) * trainer.world_size
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._stop(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._stop(trainer)
+
+
 def _scalars(metrics: Dict[str, Any]) -> Dict[str, float]:
     return {name: float(value) for name, value in sorted(metrics.items())}
 
@@ -76,6 +113,8 @@ def _build(cfg: Any, layout: RunLayout, data_source: str, cache_dir: Path, num_n
         std=d.std,
         seed=t.seed,
         num_workers=t.num_workers,
+        on_device=t.data_on_device,
+        num_classes=d.num_classes,
     )
     module = LitClassifier(
         net=build_net(dict(cfg.model.net)),
@@ -83,6 +122,8 @@ def _build(cfg: Any, layout: RunLayout, data_source: str, cache_dir: Path, num_n
         lr=cfg.model.lr,
         weight_decay=cfg.model.weight_decay,
         label_smoothing=cfg.model.label_smoothing,
+        channels_last=t.channels_last,
+        compile=t.compile,
     )
     devices = config_lib.trainer_device_kwargs(gpus, num_nodes, launched_processes())
     trainer = pl.Trainer(
@@ -103,6 +144,7 @@ def _build(cfg: Any, layout: RunLayout, data_source: str, cache_dir: Path, num_n
             CSVLogger(save_dir=str(layout.output_dir), name="", version=""),
         ],
         callbacks=[
+            LoopTimer(),
             MetricLines(),
             RunCheckpoints(layout.checkpoint_dir, config_lib.config_hash(cfg), t.checkpoint_every_n_steps),
         ],
@@ -139,6 +181,7 @@ def train(
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
     fit_seconds = time.perf_counter() - started
+    loop = next(c for c in trainer.callbacks if isinstance(c, LoopTimer))
     fit_metrics = _scalars(trainer.callback_metrics)  # trainer.test replaces callback_metrics
     (test_results,) = trainer.test(module, datamodule=datamodule, verbose=False)
 
@@ -149,6 +192,8 @@ def train(
         "global_steps": trainer.global_step,
         "world_size": trainer.world_size,
         "fit_seconds": round(fit_seconds, 3),
+        "train_loop_seconds": round(loop.seconds, 4),
+        "train_samples_per_second": round(loop.samples / loop.seconds, 1) if loop.seconds else None,
         "resumed_from": resume_from.name if resume_from else None,
         **{k: v for k, v in fit_metrics.items() if k.startswith(("train_", "val_"))},
         **_scalars(test_results),

@@ -176,3 +176,12 @@ def test_the_cache_can_be_turned_off(monkeypatch, tmp_path):
     assert C.compose_cache_dir() is None
     C.compose(["trainer.seed=4"])
     assert not any(tmp_path.iterdir())
+
+
+def test_an_experiment_presets_several_groups_and_overrides_still_win():
+    cfg = C.compose(["experiment=gpu_fast"])
+    assert (cfg.trainer.batch_size, cfg.trainer.precision, cfg.trainer.channels_last, cfg.model.lr) == (1024, "bf16-mixed", True, 0.03)
+    assert C.compose(["experiment=gpu_fast", "trainer.batch_size=512"]).trainer.batch_size == 512
+    assert C.compose([]).trainer.batch_size == 256  # no preset unless asked
+    with pytest.raises(C.ConfigError, match="unknown experiment 'fastest'; choose one of: gpu_fast"):
+        C.compose(["experiment=fastest"])

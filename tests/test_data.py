@@ -180,3 +180,36 @@ def test_eval_shards_count_every_sample_exactly_once():
 def test_train_shards_are_equal_length_across_ranks():
     lengths = {len(np.concatenate(list(IndexBatches(11, 3, True, 0, rank, 2)))) for rank in range(2)}
     assert lengths == {6}
+
+
+def test_batches_on_a_device_are_slices_of_one_order_copied_per_epoch():
+    """With the data resident on a device, batches are device tensors with the same indices
+    (CPU stands in for the GPU here; the dtype and values are what a CUDA run slices with)."""
+    import torch
+
+    from project.data import TensorSplit
+
+    host = IndexBatches(10, batch_size=4, shuffle=True, seed=0)
+    resident = IndexBatches(10, batch_size=4, shuffle=True, seed=0)
+    resident.device = torch.device("cpu")
+    for epoch in (0, 1):
+        host.set_epoch(epoch), resident.set_epoch(epoch)
+        on_device = list(resident)
+        assert all(isinstance(b, torch.Tensor) and b.dtype == torch.int64 for b in on_device)
+        assert [b.tolist() for b in on_device] == [b.tolist() for b in host]
+    split = TensorSplit(torch.arange(20.0).reshape(10, 2), torch.arange(10) * 10)
+    images, labels = split[on_device[0]]
+    assert labels.tolist() == [i * 10 for i in on_device[0].tolist()] and images.shape == (len(on_device[0]), 2)
+
+
+def test_labels_outside_num_classes_are_one_clear_error(tmp_path):
+    import torch  # noqa: F401 (project.data needs it)
+
+    from project.data import IdxDataModule
+
+    files = write_dataset(tmp_path / "raw")
+    labels = parse_idx(gzip.decompress((tmp_path / "raw" / "train-labels-idx1-ubyte.gz").read_bytes()))
+    module = IdxDataModule(str(tmp_path / "raw"), files, str(tmp_path / "cache"), val_size=50, num_classes=int(labels.max()))
+    with pytest.raises(DataError, match=rf"train labels run from 0 to {labels.max()}, outside 0..{labels.max() - 1}: set dataset.num_classes"):
+        module.setup("fit")
+    IdxDataModule(str(tmp_path / "raw"), files, str(tmp_path / "cache"), val_size=50, num_classes=10).setup("fit")

@@ -256,10 +256,11 @@ def test_wire_distributed_fills_a_plain_launch_and_keeps_torchrun_values():
 def test_global_batch_must_split_evenly_over_processes(tiny_data, tmp_path):
     folder, files = tiny_data
     datamodule = IdxDataModule(str(folder), files, str(tmp_path), batch_size=64, val_size=100)
-    datamodule.trainer = types.SimpleNamespace(global_rank=0, world_size=3)
+    cpu = types.SimpleNamespace(root_device=torch.device("cpu"))
+    datamodule.trainer = types.SimpleNamespace(global_rank=0, world_size=3, strategy=cpu)
     with pytest.raises(C.ConfigError, match=r"trainer.batch_size=64 \(global\) does not split evenly over 3"):
         datamodule.setup("fit")
-    datamodule.trainer = types.SimpleNamespace(global_rank=1, world_size=4)
+    datamodule.trainer = types.SimpleNamespace(global_rank=1, world_size=4, strategy=cpu)
     datamodule.setup("fit")
     assert len(next(iter(datamodule.train_dataloader()))[0]) == 16  # 64 global / 4 processes
 

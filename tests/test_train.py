@@ -41,6 +41,9 @@ def test_local_run_trains_and_writes_the_full_layout(tiny_run, tmp_path, capsys)
     assert saved["test_acc"] > 0.5  # chance is 0.1: the model really learned
     assert {"test_loss", "val_acc", "val_loss", "train_loss", "epochs", "config_hash"} <= set(saved)
     assert saved["epochs"] == 2
+    # The training loop's own clock: inside fit, and 2 epochs of the 500 training images.
+    assert 0 < saved["train_loop_seconds"] < saved["fit_seconds"]
+    assert saved["train_samples_per_second"] == pytest.approx(2 * 500 / saved["train_loop_seconds"], rel=0.01)
     out = capsys.readouterr().out
     assert "epoch=1 " in out and "val_acc=" in out and f"test_acc={saved['test_acc']:.6g}" in out
     # The resolved config rebuilds exactly this run.
@@ -148,3 +151,54 @@ def test_test_pass_counts_the_confusion_matrix(tiny_data, tmp_path):
     expected = confusion_matrix(module.net, test.images, test.labels, 10)
     assert torch.equal(module.test_confusion, expected)
     assert module.test_confusion.diag().sum().item() / len(test) == pytest.approx(results["test_acc"])
+
+
+def test_the_gpu_preset_runs_on_cpu_with_bf16_and_channels_last(tiny_run, tmp_path):
+    """experiment=gpu_fast through the same code path (bf16 autocast and NHWC exist on CPU too);
+    the tiny run's own overrides (batch, epochs) come after the preset and win."""
+    cfg = C.compose(["experiment=gpu_fast", *tiny_run(run_name="fast")])
+    assert (cfg.trainer.precision, cfg.trainer.channels_last, cfg.model.lr) == ("bf16-mixed", True, 0.03)
+    metrics = run_composed(cfg)
+    run_dir = tmp_path / "runs" / "fast"
+    assert_layout(run_dir)
+    assert metrics["test_acc"] > 0.5
+    # The export is the plain network: NCHW pixels in, probabilities out.
+    model = torch.jit.load(str(run_dir / "model" / "model.ts"))
+    images, _ = make_images(4, seed=5)
+    assert torch.allclose(model(torch.from_numpy(images).float()[:, None]).sum(1), torch.ones(4), atol=1e-4)
+
+
+def test_levers_leave_the_run_identity_and_the_state_dict_alone():
+    from project.models import LitClassifier, SmallCNN
+
+    base = C.config_hash(C.compose([]))
+    levers = ["trainer.channels_last=true", "trainer.compile=true", "trainer.data_on_device=false"]
+    assert C.config_hash(C.compose(levers)) == base  # a checkpoint resumes whichever way it runs
+    plain, fast = LitClassifier(SmallCNN(width=4)), LitClassifier(SmallCNN(width=4), channels_last=True, compile=True)
+    fast.load_state_dict(plain.state_dict())
+    try:
+        fast.setup("fit")
+    finally:
+        torch.set_flush_denormal(False)
+    assert fast.state_dict().keys() == plain.state_dict().keys()  # no torch.compile wrapper inside
+    assert fast.net.features[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(3, 1, 28, 28)
+    plain.eval(), fast.eval()
+    assert torch.allclose(fast(x), plain(x), atol=1e-5)  # compiled, NHWC: the same function
+
+
+def test_the_dataset_stays_on_the_cpu_for_a_cpu_run(tiny_data, tmp_path):
+    """data_on_device moves the splits only onto a CUDA root device (GPU runs: see bench/gpu.py)."""
+    import pytorch_lightning as pl
+
+    from project.data import IdxDataModule, TensorSplit
+
+    folder, files = tiny_data
+    datamodule = IdxDataModule(str(folder), files, str(tmp_path / "cache"), batch_size=16, val_size=10)
+    datamodule.trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    datamodule.setup("fit")
+    assert datamodule._resident_device() is None
+    assert datamodule.splits["train"].images.device.type == "cpu"
+    split = TensorSplit(torch.arange(12.0).reshape(6, 2), torch.arange(6)).to(torch.device("cpu"))
+    images, labels = split[np.array([4, 1])]
+    assert labels.tolist() == [4, 1] and images[0].tolist() == [8.0, 9.0]
