@@ -31,8 +31,8 @@ CONFIGS = {"gpu_fast": ["experiment=gpu_fast"], "default": []}
 
 def _one(config: str, seed: int, source: str, runs: Path, gpus: int, extra: Sequence[str]) -> dict:
     name = f"{config}-seed{seed}"
-    argv = [_invoke(), "local", *CONFIGS[config], f"trainer.gpus={gpus}", f"trainer.seed={seed}",
-            f"dataset.source={source}", f"paths.runs_dir={runs}", f"run_name={name}", *extra]
+    command = ["local", *CONFIGS[config], f"trainer.gpus={gpus}", f"trainer.seed={seed}", f"dataset.source={source}"]
+    argv = [_invoke(), *command, f"paths.runs_dir={runs}", f"run_name={name}", *extra]
     started = time.perf_counter()
     result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     seconds = time.perf_counter() - started
@@ -40,7 +40,7 @@ def _one(config: str, seed: int, source: str, runs: Path, gpus: int, extra: Sequ
         raise RuntimeError(f"`{' '.join(argv)}` exited {result.returncode}:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
     metrics = json.loads((runs / name / "metrics.json").read_text())
     return {
-        "command": " ".join(argv[1:]),
+        "command": " ".join(["invoke", *command]),  # without the temporary runs folder
         "seconds": round(seconds, 2),
         **{k: metrics[k] for k in ("epochs", "test_acc", "fit_seconds", "train_loop_seconds", "train_samples_per_second")},
     }
