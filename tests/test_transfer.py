@@ -154,6 +154,21 @@ def test_fetch_recreates_the_local_run_layout(s3, job_artifacts, tmp_path):
     assert lines[-1] == f"unpacked into {dest}/"
 
 
+def test_fetch_downloads_small_files_in_one_get_and_large_ones_in_ranged_parts(s3, bucket, job_artifacts, tmp_path):
+    """Both paths give the exact bytes: a 9 MiB checkpoint goes through ranged GETs, the rest whole."""
+    import os
+
+    model_uri, output_uri, _ = job_artifacts
+    big = os.urandom(transfer.MULTIPART_THRESHOLD + transfer.MIB)
+    s3.put_object(Bucket=bucket, Key="ckpt/big/last.ckpt", Body=big)
+    s3.put_object(Bucket=bucket, Key="ckpt/big/small.ckpt", Body=b"small")
+    dest = tmp_path / "job-1"
+    transfer.fetch_job(s3, model_uri, output_uri, f"s3://{bucket}/ckpt/big", dest, progress=False, echo=lambda _: None)
+    assert (dest / "checkpoints" / "last.ckpt").read_bytes() == big
+    assert (dest / "checkpoints" / "small.ckpt").read_bytes() == b"small"
+    assert (dest / "model" / "model.pt").read_bytes() == b"weights"
+
+
 def test_fetch_replaces_an_existing_run_and_tolerates_no_output(s3, job_artifacts, tmp_path):
     model_uri, _, _ = job_artifacts
     dest = tmp_path / "job-1"

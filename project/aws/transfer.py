@@ -291,13 +291,30 @@ def _checkpoint_downloads(s3, checkpoint_uri: str) -> List[_Download]:
     return downloads
 
 
+def _sizes_in_folder(s3, uri: str) -> Dict[str, int]:
+    """Key -> size of the objects directly in the folder holding `uri`: one request for both tarballs."""
+    bucket, key = split_s3_uri(uri)
+    folder = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
+    with aws_errors(s3.meta.endpoint_url):
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=folder, Delimiter="/")
+        return {obj["Key"]: int(obj["Size"]) for page in pages for obj in page.get("Contents", [])}
+
+
 def _plan_fetch(s3, model_uri: str, output_uri: Optional[str], checkpoint_uri: Optional[str]) -> List[_Download]:
-    size = _head_size(s3, model_uri)
+    if output_uri and split_s3_uri(output_uri)[0] == split_s3_uri(model_uri)[0] and (
+        output_uri.rsplit("/", 1)[0] == model_uri.rsplit("/", 1)[0]
+    ):
+        # SageMaker writes both tarballs into <output path>/<job>/output/: list it once.
+        sizes = _sizes_in_folder(s3, model_uri)
+        lookup: Callable[[str], Optional[int]] = lambda uri: sizes.get(split_s3_uri(uri)[1])
+    else:
+        lookup = lambda uri: _head_size(s3, uri)
+    size = lookup(model_uri)
     if size is None:
         raise TransferError(f"{model_uri} does not exist: the job has no model artifacts (did it complete?)")
     downloads = [_Download(model_uri, *split_s3_uri(model_uri), size, "model.tar.gz")]
     if output_uri:
-        size = _head_size(s3, output_uri)
+        size = lookup(output_uri)
         if size is not None:  # a job that wrote nothing to /opt/ml/output/data has no output.tar.gz
             downloads.append(_Download(output_uri, *split_s3_uri(output_uri), size, "output.tar.gz"))
     if checkpoint_uri:
@@ -313,7 +330,15 @@ def _download_all(s3, downloads: List[_Download], scratch: Path, progress: bool)
         target = scratch / d.target
         target.parent.mkdir(parents=True, exist_ok=True)
         with aws_errors(s3.meta.endpoint_url):
-            s3.download_file(d.bucket, d.key, str(target), Callback=advance, Config=config)
+            if d.size >= MULTIPART_THRESHOLD:  # ranged GETs in parallel
+                s3.download_file(d.bucket, d.key, str(target), Callback=advance, Config=config)
+                return
+            # A small file: one GET (download_file would HEAD it first), streamed to disk.
+            body = s3.get_object(Bucket=d.bucket, Key=d.key)["Body"]
+            with target.open("wb") as handle:
+                for chunk in body.iter_chunks(MIB):
+                    handle.write(chunk)
+                    advance(len(chunk))
 
     pool = ThreadPoolExecutor(max_workers=FILE_WORKERS, thread_name_prefix="fetch")
     try:
