@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
-MNIST_DIR = (ROOT / ".." / "shared" / "data" / "mnist").resolve()
+# The real MNIST files: ../shared/data/mnist from the repository root, or $BENCH_MNIST_DIR (a GPU
+# host that gets only a copy of the repository: copy the 4 .gz files into an ignored folder).
+MNIST_DIR = Path(os.environ.get("BENCH_MNIST_DIR") or ROOT.parent / "shared" / "data" / "mnist").resolve()
 MNIST_STEMS = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
