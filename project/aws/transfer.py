@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from ..errors import UserError
-from ..raw import file_sha256  # noqa: F401 (hashed once per process, shared with fetch_raw)
+from ..raw import file_sha256  # memoised per process: fetch_raw's verification hashed these files already
 from .session import aws_errors
 
 MIB = 1024 * 1024
@@ -301,9 +301,7 @@ def _sizes_in_folder(s3, uri: str) -> Dict[str, int]:
 
 
 def _plan_fetch(s3, model_uri: str, output_uri: Optional[str], checkpoint_uri: Optional[str]) -> List[_Download]:
-    if output_uri and split_s3_uri(output_uri)[0] == split_s3_uri(model_uri)[0] and (
-        output_uri.rsplit("/", 1)[0] == model_uri.rsplit("/", 1)[0]
-    ):
+    if output_uri and output_uri.rsplit("/", 1)[0] == model_uri.rsplit("/", 1)[0]:
         # SageMaker writes both tarballs into <output path>/<job>/output/: list it once.
         sizes = _sizes_in_folder(s3, model_uri)
         lookup: Callable[[str], Optional[int]] = lambda uri: sizes.get(split_s3_uri(uri)[1])
