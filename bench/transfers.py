@@ -13,6 +13,8 @@ upload`s only hash the files as stored. Uses the real MNIST files; skipped witho
 
 A reported row times the upload's own work in this process with start-up left out
 (plan_upload + upload with one warm client): to a fresh prefix, then again with nothing to send.
+Another times the floor under any task: `invoke` loading the project's tasks.py and running a
+task that does nothing (bench/floor/tasks.py), against the same first upload.
 """
 
 from __future__ import annotations
@@ -73,8 +75,9 @@ def run(reps: int) -> dict:
         upload = [_invoke(), "upload", f"dataset.source={folder}", "dataset.s3_prefix=bench/invoke", *aws.overrides()]
         cold = [_invoke(), "upload", f"dataset.source={folder}", "dataset.s3_prefix=bench/cold", *aws.overrides()]
         no_cache = {**aws.env, "LIGHTNING_SAGEMAKER_CACHE": "off"}
+        noop = [_invoke(), "--search-root", str(ROOT / "bench" / "floor"), "noop"]
         sync = [aws_cli, "s3", "sync", str(folder), f"s3://{aws.data_bucket}/bench/awscli/", "--exclude", "*", "--include", "*.gz", "--only-show-errors"]
-        times: Dict[str, list] = {"first": [], "sync": [], "again": [], "cold": []}
+        times: Dict[str, list] = {"first": [], "sync": [], "again": [], "cold": [], "noop": []}
         for i in range(reps + 1):  # interleaved; round 0 is the warm-up and is dropped
             for prefix in ("bench/invoke/", "bench/awscli/", "bench/cold/"):
                 _empty(s3, aws.data_bucket, prefix)
@@ -85,6 +88,7 @@ def run(reps: int) -> dict:
                 "sync": run_timed(sync, aws.env),
                 "again": run_timed(upload, aws.env),
                 "cold": run_timed(cold, no_cache),
+                "noop": run_timed(noop, aws.env),
             }
             if i > 0:
                 for key, value in sample.items():
@@ -104,6 +108,7 @@ def run(reps: int) -> dict:
             row("transfers: upload 4 files (moto S3)", "invoke upload", times["first"], "aws s3 sync", times["sync"], 1.0),
             row("transfers: upload, config cache off", "invoke upload (Hydra composes)", times["cold"], "aws s3 sync", times["sync"], None),
             row("transfers: re-run, nothing changed", "invoke upload again", times["again"], "invoke upload first", times["first"], 0.25),
+            row("transfers: floor, a task that does nothing", "invoke noop (tasks.py loaded)", times["noop"], "invoke upload first", times["first"], None),
             row("transfers: re-run vs first, in-process (start-up excluded)", "plan+upload again", work["again"], "plan+upload first", work["first"], None),
             row("transfers: fetch a job's artifacts", "invoke fetch", fetched["invoke"], "aws s3 cp --recursive", fetched["awscli"], 1.0),
         ],
