@@ -103,15 +103,26 @@ def start_hosts(commands_and_envs, cwd: Path):
     ]
 
 
-def finish(procs, check: bool = True) -> list:
+def _output_after_kill(proc) -> str:
+    try:  # a killed torchrun's workers may still hold the pipe: do not wait for them long
+        return proc.communicate(timeout=10)[0] or ""
+    except subprocess.TimeoutExpired:
+        return "(no output: the pipe stayed open)"
+
+
+def finish(procs, check: bool = True, timeout: float = 240) -> list:
+    """Each host's output once all have exited; on a hang, every host is killed and the failure
+    shows what each one printed (a stuck rendezvous reads differently from a slow epoch)."""
     outputs = []
+    deadline = time.monotonic() + timeout
     for proc in procs:
         try:
-            outputs.append(proc.communicate(timeout=240)[0])
+            outputs.append(proc.communicate(timeout=max(1.0, deadline - time.monotonic()))[0])
         except subprocess.TimeoutExpired:
             for p in procs:
                 p.kill()
-            raise
+            tails = [_output_after_kill(p)[-1500:] for p in procs]
+            pytest.fail(f"hosts still running after {timeout:.0f} s:\n" + "\n---\n".join(tails))
     if check:
         for proc, out in zip(procs, outputs):
             assert proc.returncode == 0, out[-3000:]
