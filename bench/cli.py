@@ -15,12 +15,11 @@ shims), so the interpreter start-up is the same on both sides.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
 
-from .common import ROOT, interleaved, local_aws, row, run_timed
+from .common import ROOT, interleaved, local_aws, row, run_timed, user_environ
 
 BIN = Path(sys.executable).parent
 
@@ -77,7 +76,7 @@ def _same_request(aws, product_argv, baseline_argv) -> dict:
 
 def run(reps: int) -> dict:
     python = sys.executable
-    plain_env = dict(os.environ)
+    plain_env = user_environ()
     listing = interleaved(
         {
             "invoke_list": lambda: run_timed([_invoke(), "--list"], plain_env),

@@ -43,6 +43,22 @@ class Skip(Exception):
     """A benchmark that cannot run on this machine; the message says why."""
 
 
+# --- environment ------------------------------------------------------------------------------
+
+
+def user_environ(**extra: str) -> Dict[str, str]:
+    """This process's environment as a user's shell has it, plus `extra`, for the commands timed.
+
+    PYTHONDONTWRITEBYTECODE is dropped: a development sandbox may set it, a user's shell does
+    not, and with it every run of a command would recompile the project's modules (pip already
+    compiled the installed packages, the baselines' code included). Bytecode goes to the usual
+    __pycache__ folders (git-ignored); the dropped warm-up round writes it.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env.update(extra)
+    return env
+
+
 # --- timing -----------------------------------------------------------------------------------
 
 
@@ -198,7 +214,7 @@ def _client(endpoint: str, service: str):
 
 
 def _aws_env(endpoint: str, empty: Path) -> Dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")}
+    env = {k: v for k, v in user_environ().items() if k not in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")}
     env.update(
         AWS_ACCESS_KEY_ID="testing",
         AWS_SECRET_ACCESS_KEY="testing",

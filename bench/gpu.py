@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-from .common import ROOT, Skip, mnist_dir, row
+from .common import ROOT, Skip, mnist_dir, row, user_environ
 from .transfers import _invoke
 
 SEEDS = (42, 43, 44)
@@ -34,7 +34,7 @@ def _one(config: str, seed: int, source: str, runs: Path, gpus: int, extra: Sequ
     command = ["local", *CONFIGS[config], f"trainer.gpus={gpus}", f"trainer.seed={seed}", f"dataset.source={source}"]
     argv = [_invoke(), *command, f"paths.runs_dir={runs}", f"run_name={name}", *extra]
     started = time.perf_counter()
-    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env=user_environ(PYTHONPATH=str(ROOT)))
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         raise RuntimeError(f"`{' '.join(argv)}` exited {result.returncode}:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")

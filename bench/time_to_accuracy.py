@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-from .common import ROOT, Skip, mnist_dir, row
+from .common import ROOT, Skip, mnist_dir, row, user_environ
 from .transfers import _invoke
 
 SEEDS = (42, 43, 44)
@@ -80,7 +80,7 @@ def run(reps: int) -> dict:
         f"--epochs={t.max_epochs}", f"--batch-size={t.batch_size}", f"--lr={m.lr}", f"--weight-decay={m.weight_decay}",
         f"--width={m.net.width}", f"--val-size={d.val_size}", f"--mean={d.mean}", f"--std={d.std}",
     ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = user_environ(PYTHONPATH=str(ROOT))
     seeds = SEEDS if reps >= 3 else SEEDS[:1]  # --quick: one pair
     for imports in ("import project.train", "import torch, numpy"):  # untimed: disk caches warm for both sides
         _run([sys.executable, "-c", imports], env)
