@@ -194,6 +194,41 @@ def test_corrupt_tarball_is_refused_and_dest_left_alone(s3, bucket, job_artifact
     assert leftovers(tmp_path) == []
 
 
+def _with_bad_crc(gz: bytes) -> bytes:
+    """The same gzip stream with its CRC32 trailer changed: every deflate block still decodes."""
+    crc = int.from_bytes(gz[-8:-4], "little") ^ 1
+    return gz[:-8] + crc.to_bytes(4, "little") + gz[-4:]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [lambda gz: gz[: len(gz) // 2], _with_bad_crc, lambda gz: gz[:-4] + (int.from_bytes(gz[-4:], "little") + 1).to_bytes(4, "little")],
+    ids=["truncated", "crc", "length"],
+)
+def test_a_damaged_gzip_stream_is_refused_though_its_tar_reads(s3, bucket, tmp_path, damage):
+    """The tar members come out whole in each case; only the gzip trailer (or the missing end) tells."""
+    good = tar_gz({"model.pt": b"weights" * 1000, "config.yaml": b"a: 1\n"})
+    s3.put_object(Bucket=bucket, Key="bad/model.tar.gz", Body=damage(good))
+    dest = tmp_path / "runs" / "bad"
+    with pytest.raises(TransferError, match="not a valid tar archive .*truncated or corrupt"):
+        transfer.fetch_job(s3, f"s3://{bucket}/bad/model.tar.gz", None, None, dest, progress=False, echo=lambda _: None)
+    assert not dest.exists() and leftovers(dest.parent) == []
+
+
+def test_a_link_out_of_the_folder_is_refused(s3, bucket, tmp_path):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.addfile(tarfile.TarInfo("ok.txt"), io.BytesIO(b""))
+        link = tarfile.TarInfo("model/passwd")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    s3.put_object(Bucket=bucket, Key="evil/model.tar.gz", Body=buffer.getvalue())
+    dest = tmp_path / "runs" / "evil"
+    with pytest.raises(TransferError, match="refusing s3://.*/evil/model.tar.gz: .*passwd"):
+        transfer.fetch_job(s3, f"s3://{bucket}/evil/model.tar.gz", None, None, dest, progress=False, echo=lambda _: None)
+    assert not dest.exists() and leftovers(dest.parent) == []
+
+
 @pytest.mark.parametrize("member", ["../escaped.txt", "/tmp/absolute-escape.txt", "model/../../escaped.txt"])
 def test_member_outside_the_folder_is_refused(s3, bucket, tmp_path, member):
     s3.put_object(Bucket=bucket, Key="evil/model.tar.gz", Body=tar_gz({"ok.txt": b"ok", member: b"pwned"}))

@@ -353,32 +353,34 @@ def _download_all(s3, downloads: List[_Download], scratch: Path, progress: bool)
         bar.close()
 
 
-def verify_tarball(path: Path, uri: str) -> List[tarfile.TarInfo]:
-    """Read the whole archive (gzip CRC included) and refuse member names that leave the folder."""
-    try:
-        with path.open("rb") as handle:
-            gzipped = handle.read(2) == b"\x1f\x8b"
-        if gzipped:
-            with gzip.open(path, "rb") as stream:
-                while stream.read(MIB):
-                    pass  # the CRC and length at the end are checked on reaching it
-        with tarfile.open(path, "r:*") as tar:
-            members = tar.getmembers()
-    except (OSError, EOFError, zlib.error, tarfile.TarError) as exc:
-        raise TransferError(f"{uri} is not a valid tar archive ({exc}): it may be truncated or corrupt") from None
-    for member in members:
-        if safe_relative(member.name) is None:
-            raise TransferError(f"refusing {uri}: member {member.name!r} would be written outside the folder (absolute path or '..')")
-    return members
-
-
 def unpack_tarball(path: Path, dest: Path, uri: str) -> None:
-    verify_tarball(path, uri)
+    """Unpack a job's tarball into dest in one pass over its bytes (decompressed once).
+
+    Each member's name is checked before it is written (none may leave the folder), links and
+    device files out of dest are refused by tarfile's "data" filter, and a gzip stream's CRC and
+    length are checked on reaching its end, so a truncated or corrupt download fails. dest is
+    a partial folder: on failure the caller discards it with whatever was written.
+    """
     dest.mkdir(parents=True, exist_ok=True)
     try:
-        with tarfile.open(path, "r:*") as tar:
-            tar.extractall(dest, filter="data")  # also refuses links out of dest and device files
-    except (OSError, tarfile.TarError) as exc:
+        with path.open("rb") as raw:
+            gzipped = raw.read(2) == b"\x1f\x8b"
+            raw.seek(0)
+            stream = gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                for member in tar:
+                    if safe_relative(member.name) is None:
+                        raise TransferError(
+                            f"refusing {uri}: member {member.name!r} would be written outside the folder (absolute path or '..')"
+                        )
+                    tar.extract(member, dest, filter="data")
+            while stream.read(MIB):
+                pass  # the archive's padding and the gzip trailer: its CRC and length are checked here
+    except tarfile.FilterError as exc:
+        raise TransferError(f"refusing {uri}: {exc}") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error, tarfile.TarError) as exc:
+        raise TransferError(f"{uri} is not a valid tar archive ({exc}): it may be truncated or corrupt") from None
+    except OSError as exc:
         raise TransferError(f"cannot unpack {uri}: {exc}") from None
 
 
