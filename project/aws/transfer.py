@@ -25,7 +25,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from ..errors import UserError
 from ..raw import file_sha256  # memoised per process: fetch_raw's verification hashed these files already
@@ -353,6 +353,14 @@ def _download_all(s3, downloads: List[_Download], scratch: Path, progress: bool)
         bar.close()
 
 
+def _checked_members(tar: tarfile.TarFile, uri: str) -> Iterator[tarfile.TarInfo]:
+    """The archive's members as it is read, each refused before it is written if it would leave the folder."""
+    for member in tar:
+        if safe_relative(member.name) is None:
+            raise TransferError(f"refusing {uri}: member {member.name!r} would be written outside the folder (absolute path or '..')")
+        yield member
+
+
 def unpack_tarball(path: Path, dest: Path, uri: str) -> None:
     """Unpack a job's tarball into dest in one pass over its bytes (decompressed once).
 
@@ -368,12 +376,8 @@ def unpack_tarball(path: Path, dest: Path, uri: str) -> None:
             raw.seek(0)
             stream = gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw
             with tarfile.open(fileobj=stream, mode="r|") as tar:
-                for member in tar:
-                    if safe_relative(member.name) is None:
-                        raise TransferError(
-                            f"refusing {uri}: member {member.name!r} would be written outside the folder (absolute path or '..')"
-                        )
-                    tar.extract(member, dest, filter="data")
+                # extractall, not extract per member: it sets directories' modes after their files
+                tar.extractall(dest, members=_checked_members(tar, uri), filter="data")
             while stream.read(MIB):
                 pass  # the archive's padding and the gzip trailer: its CRC and length are checked here
     except tarfile.FilterError as exc:
