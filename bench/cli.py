@@ -19,15 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .common import ROOT, interleaved, local_aws, row, run_timed, user_environ
-
-BIN = Path(sys.executable).parent
-
-
-def _invoke() -> str:
-    path = BIN / "invoke"
-    return str(path) if path.exists() else "invoke"
-
+from .common import ROOT, interleaved, invoke_script, local_aws, row, run_timed, user_environ
 
 def _job_spec(aws, overrides) -> dict:
     """The settings the product derives for this job, for the baseline script to use as given."""
@@ -79,7 +71,7 @@ def run(reps: int) -> dict:
     plain_env = user_environ()
     listing = interleaved(
         {
-            "invoke_list": lambda: run_timed([_invoke(), "--list"], plain_env),
+            "invoke_list": lambda: run_timed([invoke_script(), "--list"], plain_env),
             "python_pass": lambda: run_timed([python, "-c", "pass"], plain_env),
         },
         reps,
@@ -88,7 +80,7 @@ def run(reps: int) -> dict:
         overrides = aws.overrides()
         spec_path = Path(tmp) / "job.json"
         spec_path.write_text(json.dumps(_job_spec(aws, overrides)))
-        product = [_invoke(), "train", "--dry-run", *overrides]
+        product = [invoke_script(), "train", "--dry-run", *overrides]
         baseline = [python, str(ROOT / "bench" / "dry_run_baseline.py"), str(spec_path)]
         check = _same_request(aws, product, baseline)
         dry = interleaved(

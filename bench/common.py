@@ -104,6 +104,12 @@ def row(benchmark: str, a_label: str, a: Sequence[float], b_label: str, b: Seque
     }
 
 
+def invoke_script() -> str:
+    """The `invoke` beside this interpreter (not a pyenv shim: start-up alike on both sides)."""
+    path = Path(sys.executable).parent / "invoke"
+    return str(path) if path.exists() else "invoke"
+
+
 def run_timed(argv: Sequence[str], env: Mapping[str, str], cwd: Path = ROOT) -> float:
     """Wall time of one subprocess; a failure is an error, not a fast sample."""
     started = time.perf_counter()

@@ -20,8 +20,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-from .common import ROOT, Skip, mnist_dir, row, user_environ
-from .transfers import _invoke
+from .common import ROOT, Skip, invoke_script, mnist_dir, row, user_environ
 
 SEEDS = (42, 43, 44)
 TARGET_ACC = 0.99
@@ -32,7 +31,7 @@ CONFIGS = {"gpu_fast": ["experiment=gpu_fast"], "default": []}
 def _one(config: str, seed: int, source: str, runs: Path, gpus: int, extra: Sequence[str]) -> dict:
     name = f"{config}-seed{seed}"
     command = ["local", *CONFIGS[config], f"trainer.gpus={gpus}", f"trainer.seed={seed}", f"dataset.source={source}"]
-    argv = [_invoke(), *command, f"paths.runs_dir={runs}", f"run_name={name}", *extra]
+    argv = [invoke_script(), *command, f"paths.runs_dir={runs}", f"run_name={name}", *extra]
     started = time.perf_counter()
     result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env=user_environ(PYTHONPATH=str(ROOT)))
     seconds = time.perf_counter() - started

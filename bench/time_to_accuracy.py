@@ -21,8 +21,7 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-from .common import ROOT, Skip, mnist_dir, row, user_environ
-from .transfers import _invoke
+from .common import ROOT, Skip, invoke_script, mnist_dir, row, user_environ
 
 SEEDS = (42, 43, 44)
 TARGET_ACC = 0.99
@@ -90,7 +89,7 @@ def run(reps: int) -> dict:
             def product() -> dict:
                 name = f"tta-seed{seed}"
                 seconds, cpu, _ = _run(
-                    [_invoke(), "local", f"dataset.source={source}", f"paths.runs_dir={runs}", f"run_name={name}", f"trainer.seed={seed}"],
+                    [invoke_script(), "local", f"dataset.source={source}", f"paths.runs_dir={runs}", f"run_name={name}", f"trainer.seed={seed}"],
                     env,
                 )
                 metrics = json.loads((Path(runs) / name / "metrics.json").read_text())

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Dict, Optional
 
-from .common import ROOT, Skip, local_aws, mnist_dir, row, run_timed
+from .common import ROOT, Skip, invoke_script, local_aws, mnist_dir, row, run_timed
 
 BIN = Path(sys.executable).parent
 AWSCLI_VENV = ROOT / "bench" / ".venv-awscli"  # only made when no working `aws` is installed
@@ -52,11 +52,6 @@ def awscli() -> str:
     return aws
 
 
-def _invoke() -> str:
-    path = BIN / "invoke"
-    return str(path) if path.exists() else "invoke"
-
-
 def _empty(s3, bucket: str, prefix: str) -> None:
     """Delete everything under prefix (untimed), so the next upload is a first upload again."""
     listing = s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
@@ -72,10 +67,10 @@ def run(reps: int) -> dict:
     version = subprocess.run([aws_cli, "--version"], capture_output=True, text=True).stdout.strip() or "?"
     with local_aws() as aws:
         s3 = aws.client("s3")
-        upload = [_invoke(), "upload", f"dataset.source={folder}", "dataset.s3_prefix=bench/invoke", *aws.overrides()]
-        cold = [_invoke(), "upload", f"dataset.source={folder}", "dataset.s3_prefix=bench/cold", *aws.overrides()]
+        upload = [invoke_script(), "upload", f"dataset.source={folder}", "dataset.s3_prefix=bench/invoke", *aws.overrides()]
+        cold = [invoke_script(), "upload", f"dataset.source={folder}", "dataset.s3_prefix=bench/cold", *aws.overrides()]
         no_cache = {**aws.env, "LIGHTNING_SAGEMAKER_CACHE": "off"}
-        noop = [_invoke(), "--search-root", str(ROOT / "bench" / "floor"), "noop"]
+        noop = [invoke_script(), "--search-root", str(ROOT / "bench" / "floor"), "noop"]
         sync = [aws_cli, "s3", "sync", str(folder), f"s3://{aws.data_bucket}/bench/awscli/", "--exclude", "*", "--include", "*.gz", "--only-show-errors"]
         times: Dict[str, list] = {"first": [], "sync": [], "again": [], "cold": [], "noop": []}
         for i in range(reps + 1):  # interleaved; round 0 is the warm-up and is dropped
@@ -158,7 +153,7 @@ def _fetch(aws, aws_cli: str, folder: Path, reps: int) -> dict:
         prefix = f"jobs/{job}/output/"
         for name, path in tarballs.items():
             s3.upload_file(str(path), aws.artifacts_bucket, f"{prefix}{name}.tar.gz")
-        fetch = [_invoke(), "fetch", job, f"paths.runs_dir={scratch / 'fetched'}", *aws.overrides()]
+        fetch = [invoke_script(), "fetch", job, f"paths.runs_dir={scratch / 'fetched'}", *aws.overrides()]
         copy = [aws_cli, "s3", "cp", "--recursive", f"s3://{aws.artifacts_bucket}/{prefix}", str(scratch / "copied"), "--only-show-errors"]
         times: Dict[str, list] = {"invoke": [], "awscli": []}
         for i in range(reps + 1):

@@ -23,6 +23,7 @@ from typing import List, Mapping, Sequence
 
 from .runtime import network_env, sagemaker_env
 
+
 def torchrun_argv(environ: Mapping[str, str], nproc_per_node: int, script: str, script_args: Sequence[str] = ()) -> List[str]:
     """`python -m torch.distributed.run ...` for this host of the job (SM_HOSTS, SM_CURRENT_HOST)."""
     sm = sagemaker_env(environ)
