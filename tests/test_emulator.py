@@ -177,7 +177,8 @@ def test_command_job_runs_with_the_sdk_drivers_and_comes_home(clients, infra, tm
 
 TORCHRUN_SCRIPT = """
     import os, pathlib, sys
-    print("argv", sys.argv[1:], "world", os.environ["LOCAL_WORLD_SIZE"], "rank", os.environ["RANK"])
+    # One write per line: the two ranks share the job's unbuffered stdout.
+    sys.stdout.write(f"argv {sys.argv[1:]} world {os.environ['LOCAL_WORLD_SIZE']} rank {os.environ['RANK']}\\n")
     pathlib.Path(os.environ["SM_MODEL_DIR"], f"rank{os.environ['RANK']}.txt").write_text("ok")
     print("test_acc=0.75")
 """
@@ -194,7 +195,7 @@ def test_torchrun_entry_script_job(clients, infra, tmp_path):
         run = emulator.run_training_job(clients.sagemaker, clients.s3, name, tmp_path / "job", logs_client=clients.logs)
     run.check()
     assert "torchrun --nnodes=1 --nproc_per_node=2 train.py --config_hash abc123 --epochs 2" in run.stdout
-    assert "argv ['--config_hash', 'abc123', '--epochs', '2'] world 2 rank 1" in run.stdout
+    assert "argv ['--config_hash', 'abc123', '--epochs', '2'] world 2 rank 1" in run.stdout, run.stdout
     assert sorted(p.name for p in (run.tree / "model").iterdir()) == ["rank0.txt", "rank1.txt"]
 
 
