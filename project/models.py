@@ -7,7 +7,6 @@ images to class logits, so a user's own model needs only a `model/<name>.yaml` n
 from __future__ import annotations
 
 import hashlib
-import sys
 from typing import Any, Dict, Optional
 
 import pytorch_lightning as pl
@@ -182,12 +181,9 @@ class LitClassifier(pl.LightningModule):
         self._share_rank0_buffers()
 
     def on_fit_end(self) -> None:
-        # One line per rank: under DDP all ranks must end with identical weights. Written in one
-        # call: print() writes the text and the newline separately, and unbuffered ranks sharing
-        # one log interleave between the two.
+        # One line per rank: under DDP all ranks must end with identical weights.
         self._share_rank0_buffers()
-        sys.stdout.write(f"rank={self.global_rank} weights_sha256={state_digest(self.net.state_dict())}\n")
-        sys.stdout.flush()
+        print(f"rank={self.global_rank} weights_sha256={state_digest(self.net.state_dict())}", flush=True)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")

@@ -5,8 +5,10 @@ Pure functions of the environment mapping, so both are unit-tested without a con
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
@@ -135,3 +137,15 @@ def network_env(environ: Dict[str, str], interface: Optional[str], instance_type
         environ.setdefault("GLOO_SOCKET_IFNAME", interface)
     if instance_type in EFA_NCCL_INSTANCES:
         environ.setdefault("FI_PROVIDER", "efa")
+
+
+def whole_lines() -> None:
+    """Each line of stdout and stderr leaves this process in one write, as soon as it ends.
+
+    Jobs run with PYTHONUNBUFFERED=1 so their logs reach CloudWatch at once, and then print()
+    sends its text, separators and newline as separate writes: the ranks of a job share one log
+    and their lines interleaved mid-line. Line buffering keeps the promptness.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(line_buffering=True, write_through=False)

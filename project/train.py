@@ -25,7 +25,7 @@ import torch
 
 from . import config as config_lib
 from .data import DataError
-from .runtime import DATA_CHANNEL, RunLayout, SageMakerEnv, container_layout, local_layout, sagemaker_env
+from .runtime import DATA_CHANNEL, RunLayout, SageMakerEnv, container_layout, local_layout, sagemaker_env, whole_lines
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +250,7 @@ def run_in_container(sm: SageMakerEnv, config_path: Path) -> Dict[str, Any]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    whole_lines()  # every rank of a run enters here
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config_path = None
     if argv[:1] == ["--config"] and len(argv) > 1:

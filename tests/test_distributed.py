@@ -290,3 +290,20 @@ def test_launcher_builds_the_sdk_drivers_torchrun_command():
     env: dict = {}
     network_env(env, "eth0", "ml.p4d.24xlarge")
     assert (env["NCCL_SOCKET_IFNAME"], env["GLOO_SOCKET_IFNAME"], env["FI_PROVIDER"]) == ("eth0", "eth0", "efa")
+
+
+def test_ranks_sharing_one_unbuffered_log_write_whole_lines():
+    """Two processes under PYTHONUNBUFFERED=1 (as in a job) print many lines into one pipe."""
+    script = (
+        "import sys; from project.runtime import whole_lines; whole_lines()\n"
+        "for i in range(3000): print('rank', sys.argv[1], 'line', i)\n"
+    )
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    read, write = os.pipe()
+    ranks = [subprocess.Popen([sys.executable, "-c", script, str(rank)], stdout=write, env=env) for rank in (0, 1)]
+    os.close(write)
+    with os.fdopen(read) as log:
+        lines = log.read().splitlines()
+    assert [rank.wait() for rank in ranks] == [0, 0]
+    broken = [line for line in lines if not re.fullmatch(r"rank [01] line \d+", line)]
+    assert not broken and len(lines) == 6000, broken[:5]
