@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .common import ROOT, interleaved, invoke_script, local_aws, row, run_timed, user_environ
 
+
 def _job_spec(aws, overrides) -> dict:
     """The settings the product derives for this job, for the baseline script to use as given."""
     from project.aws import jobs
