@@ -20,11 +20,11 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 # The real MNIST files: ../shared/data/mnist from the repository root, or $BENCH_MNIST_DIR (a GPU
@@ -46,7 +46,7 @@ class Skip(Exception):
 # --- environment ------------------------------------------------------------------------------
 
 
-def user_environ(**extra: str) -> Dict[str, str]:
+def user_environ(**extra: str) -> dict[str, str]:
     """This process's environment as a user's shell has it, plus `extra`, for the commands timed.
 
     PYTHONDONTWRITEBYTECODE is dropped: a development sandbox may set it, a user's shell does
@@ -62,12 +62,12 @@ def user_environ(**extra: str) -> Dict[str, str]:
 # --- timing -----------------------------------------------------------------------------------
 
 
-def interleaved(contenders: Mapping[str, Callable[[], Optional[float]]], reps: int) -> Dict[str, List[float]]:
+def interleaved(contenders: Mapping[str, Callable[[], float | None]], reps: int) -> dict[str, list[float]]:
     """Run each contender once per repetition, in order, `reps + 1` times; drop the first round.
 
     A contender returns its own measured seconds, or None to be timed here as a whole call.
     """
-    times: Dict[str, List[float]] = {name: [] for name in contenders}
+    times: dict[str, list[float]] = {name: [] for name in contenders}
     for round_ in range(reps + 1):
         for name, run in contenders.items():
             started = time.perf_counter()
@@ -79,14 +79,14 @@ def interleaved(contenders: Mapping[str, Callable[[], Optional[float]]], reps: i
 
 
 def paired_ratio(a: Sequence[float], b: Sequence[float]) -> float:
-    return statistics.median(x / y for x, y in zip(a, b))
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
 
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
-def row(benchmark: str, a_label: str, a: Sequence[float], b_label: str, b: Sequence[float], target: Optional[float], unit: str = "s") -> dict:
+def row(benchmark: str, a_label: str, a: Sequence[float], b_label: str, b: Sequence[float], target: float | None, unit: str = "s") -> dict:
     """One line of the results table: medians of both sides and the paired ratio against its target."""
     ratio = paired_ratio(a, b)
     return {
@@ -151,20 +151,20 @@ def machine() -> dict:
         "torch_threads": torch.get_num_threads(),
         "lightning": pytorch_lightning.__version__,
         "platform": platform.platform(),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
 
 # --- data -------------------------------------------------------------------------------------
 
 
-def mnist_dir() -> Optional[Path]:
+def mnist_dir() -> Path | None:
     """The real MNIST .gz files (../shared/data/mnist from the repository root), or None."""
     present = all((MNIST_DIR / f"{stem}.gz").is_file() for stem in MNIST_STEMS)
     return MNIST_DIR if present else None
 
 
-def train_arrays(n: Optional[int] = None):
+def train_arrays(n: int | None = None):
     """(images uint8 N x 28 x 28, labels uint8 N, source description): real MNIST, else synthetic."""
     from project.data import parse_idx, read_bytes
 
@@ -190,14 +190,14 @@ def train_arrays(n: Optional[int] = None):
 @dataclass(frozen=True)
 class LocalAws:
     endpoint: str
-    env: Dict[str, str]  # the environment for subprocesses: credentials, region, endpoint
+    env: dict[str, str]  # the environment for subprocesses: credentials, region, endpoint
     data_bucket: str
     artifacts_bucket: str
     repository_url: str
     role_arn: str
     image_tag: str
 
-    def overrides(self) -> List[str]:
+    def overrides(self) -> list[str]:
         """The infra as config overrides, so no Terraform state is read."""
         return [
             f"aws.data_bucket={self.data_bucket}",
@@ -219,7 +219,7 @@ def _client(endpoint: str, service: str):
     return session.client(service, endpoint_url=endpoint)
 
 
-def _aws_env(endpoint: str, empty: Path) -> Dict[str, str]:
+def _aws_env(endpoint: str, empty: Path) -> dict[str, str]:
     env = {k: v for k, v in user_environ().items() if k not in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")}
     env.update(
         AWS_ACCESS_KEY_ID="testing",
@@ -259,7 +259,7 @@ def local_aws() -> Iterator[LocalAws]:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _create_resources(endpoint: str, env: Dict[str, str]) -> LocalAws:
+def _create_resources(endpoint: str, env: dict[str, str]) -> LocalAws:
     s3, ecr, iam, sts = (_client(endpoint, service) for service in ("s3", "ecr", "iam", "sts"))
     account = sts.get_caller_identity()["Account"]
     buckets = {name: f"bench-{name}-{account}" for name in ("data", "artifacts")}

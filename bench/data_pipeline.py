@@ -15,7 +15,6 @@ import struct
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict
 
 import numpy as np
 import torch
@@ -40,21 +39,21 @@ class PerSampleDataset(torch.utils.data.Dataset):
         return x.unsqueeze(0), int(self.labels[index])
 
 
-def _write_idx(folder: Path, images: np.ndarray, labels: np.ndarray) -> Dict[str, str]:
+def _write_idx(folder: Path, images: np.ndarray, labels: np.ndarray) -> dict[str, str]:
     """The 60,000 images as IDX files (test files: a token 10 images); stem -> sha256."""
 
     def idx(array: np.ndarray) -> bytes:
         return bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
 
     files = {}
-    for stem, array in zip(MNIST_STEMS, (images, labels, images[:10], labels[:10])):
+    for stem, array in zip(MNIST_STEMS, (images, labels, images[:10], labels[:10]), strict=True):
         content = idx(np.ascontiguousarray(array))
         (folder / stem).write_bytes(content)
         files[stem] = hashlib.sha256(content).hexdigest()
     return files
 
 
-def _ours(folder: Path, files: Dict[str, str]):
+def _ours(folder: Path, files: dict[str, str]):
     from project.data import IdxDataModule
 
     started = time.perf_counter()

@@ -17,8 +17,8 @@ import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Sequence
 
 from .common import ROOT, Skip, invoke_script, mnist_dir, row, user_environ
 
@@ -55,7 +55,7 @@ def run(reps: int, gpus: int = 1, extra: Sequence[str] = ()) -> dict:
     if folder is None:
         raise Skip("real MNIST not found at ../shared/data/mnist: this benchmark trains on it to a test accuracy")
     source = os.path.relpath(folder, ROOT)
-    per_seed: List[Dict[str, dict]] = []
+    per_seed: list[dict[str, dict]] = []
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp:
         for i, seed in enumerate(SEEDS):
             order = list(CONFIGS) if i % 2 == 0 else list(reversed(CONFIGS))

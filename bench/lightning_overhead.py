@@ -32,7 +32,6 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
 
 from .common import MNIST_STEMS, median, row, train_arrays
 
@@ -41,7 +40,7 @@ N_VAL = 1_000
 N_TEST = 1_000  # only verified by prepare_data, never evaluated here
 
 
-def _subset_dataset(folder: Path) -> tuple[Dict[str, str], str]:
+def _subset_dataset(folder: Path) -> tuple[dict[str, str], str]:
     """Write an IDX dataset of N_TRAIN + N_VAL training and N_TEST test images; stem -> sha256."""
     import hashlib
     import struct
@@ -54,7 +53,7 @@ def _subset_dataset(folder: Path) -> tuple[Dict[str, str], str]:
         return bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
 
     split = N_TRAIN + N_VAL
-    parts = dict(zip(MNIST_STEMS, (images[:split], labels[:split], images[split:], labels[split:])))
+    parts = dict(zip(MNIST_STEMS, (images[:split], labels[:split], images[split:], labels[split:]), strict=True))
     files = {}
     for stem, array in parts.items():
         content = idx(np.ascontiguousarray(array))
@@ -63,7 +62,7 @@ def _subset_dataset(folder: Path) -> tuple[Dict[str, str], str]:
     return files, source
 
 
-def _compose(folder: Path, files: Dict[str, str], runs: Path, epochs: int):
+def _compose(folder: Path, files: dict[str, str], runs: Path, epochs: int):
     from project.config import compose
 
     overrides = [
@@ -170,7 +169,7 @@ class PlainLoop:
         return spent
 
 
-def _alternating_fit(cfg, folder: Path, runs: Path, plain: PlainLoop, variant: str = "product") -> Dict[str, object]:
+def _alternating_fit(cfg, folder: Path, runs: Path, plain: PlainLoop, variant: str = "product") -> dict[str, object]:
     """One product fit with the plain loop driven in lockstep from a callback.
 
     At each Lightning batch start, the plain loop takes one step; at each epoch start it validates
@@ -181,8 +180,8 @@ def _alternating_fit(cfg, folder: Path, runs: Path, plain: PlainLoop, variant: s
     from project.runtime import local_layout
     from project.train import _build
 
-    pairs: List[Dict[str, float]] = []
-    clock: Dict[str, object] = {"epoch_start": None, "plain_inside": 0.0, "step_start": None, "steps": []}
+    pairs: list[dict[str, float]] = []
+    clock: dict[str, object] = {"epoch_start": None, "plain_inside": 0.0, "step_start": None, "steps": []}
 
     def close_plain_epoch() -> None:
         if plain.epoch >= 0:
@@ -260,7 +259,7 @@ def _bare(trainer, module) -> None:
 VARIANTS = {"product": _count_logs, "no_loggers": _no_loggers, "bare": _bare}
 
 
-def _framework_cost(cfg, folder: Path, runs: Path, train_split, val_split) -> Dict[str, float]:
+def _framework_cost(cfg, folder: Path, runs: Path, train_split, val_split) -> dict[str, float]:
     """Lightning's cost per training step in ms (its step minus the plain step, medians), with a
     model so small (an MLP with 8 hidden units) that the framework is most of each step."""
     import copy

@@ -17,7 +17,6 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Dict, List
 
 from .common import Skip, machine
 
@@ -46,7 +45,7 @@ def markdown(results: dict) -> str:
         "| benchmark | A | B | ratio A/B | target | met? |",
         "|---|---|---|---|---|---|",
     ]
-    notes: List[str] = []
+    notes: list[str] = []
     for name, result in results["benchmarks"].items():
         if "skipped" in result or "error" in result:
             reason = result.get("skipped") or f"error: {result['error'].splitlines()[-1]}"
@@ -65,13 +64,13 @@ def markdown(results: dict) -> str:
     return "\n".join(lines + ["", "## Details", "", *notes, ""])
 
 
-def main(argv: List[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_REPS} repetitions instead of {FULL_REPS}")
     parser.add_argument("--only", choices=BENCHMARKS, action="append", help="run just this benchmark (repeatable)")
     args = parser.parse_args(argv)
     reps = QUICK_REPS if args.quick else FULL_REPS
-    results: Dict[str, object] = {"machine": machine(), "reps": reps, "quick": args.quick, "benchmarks": {}}
+    results: dict[str, object] = {"machine": machine(), "reps": reps, "quick": args.quick, "benchmarks": {}}
     for name in args.only or BENCHMARKS:
         print(f"\n=== {name} ({reps} reps + 1 warm-up) ===", flush=True)
         started = time.perf_counter()
@@ -80,7 +79,7 @@ def main(argv: List[str] | None = None) -> int:
         except Skip as reason:
             print(f"skipped: {reason}", flush=True)
             result = {"skipped": str(reason)}
-        except Exception:
+        except Exception:  # noqa: BLE001 - one broken benchmark is recorded; the others still run
             traceback.print_exc()
             result = {"error": traceback.format_exc()}
         result["seconds"] = round(time.perf_counter() - started, 1)

@@ -19,7 +19,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
 
 from .common import ROOT, Skip, invoke_script, mnist_dir, row, user_environ
 
@@ -34,7 +33,7 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _run(argv: List[str], env: Dict[str, str]) -> tuple[float, float, str]:
+def _run(argv: list[str], env: dict[str, str]) -> tuple[float, float, str]:
     """Wall time, CPU time and stdout of one fresh process; a failure is an error, not a fast sample."""
     cpu, started = _cpu_seconds(), time.perf_counter()
     result = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True)
@@ -86,7 +85,7 @@ def run(reps: int) -> dict:
     per_seed = []
     with tempfile.TemporaryDirectory(prefix="bench-tta-") as runs:
         for i, seed in enumerate(seeds):
-            def product() -> dict:
+            def product(seed: int = seed) -> dict:
                 name = f"tta-seed{seed}"
                 seconds, cpu, _ = _run(
                     [invoke_script(), "local", f"dataset.source={source}", f"paths.runs_dir={runs}", f"run_name={name}", f"trainer.seed={seed}"],
@@ -98,7 +97,7 @@ def run(reps: int) -> dict:
                     "fit_seconds": metrics["fit_seconds"], "test_acc": metrics["test_acc"],
                 }
 
-            def plain() -> dict:
+            def plain(seed: int = seed) -> dict:
                 seconds, cpu, out = _run([sys.executable, str(PLAIN), f"--data={source}", f"--seed={seed}", *plain_args], env)
                 result = json.loads(out.strip().splitlines()[-1])
                 return {

@@ -23,7 +23,6 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, Optional
 
 from .common import ROOT, Skip, invoke_script, local_aws, mnist_dir, row, run_timed
 
@@ -60,7 +59,7 @@ def _empty(s3, bucket: str, prefix: str) -> None:
 
 
 def run(reps: int) -> dict:
-    folder: Optional[Path] = mnist_dir()
+    folder: Path | None = mnist_dir()
     if folder is None:
         raise Skip("real MNIST not found at ../shared/data/mnist: this benchmark uploads those files")
     aws_cli = awscli()
@@ -72,7 +71,7 @@ def run(reps: int) -> dict:
         no_cache = {**aws.env, "LIGHTNING_SAGEMAKER_CACHE": "off"}
         noop = [invoke_script(), "--search-root", str(ROOT / "bench" / "floor"), "noop"]
         sync = [aws_cli, "s3", "sync", str(folder), f"s3://{aws.data_bucket}/bench/awscli/", "--exclude", "*", "--include", "*.gz", "--only-show-errors"]
-        times: Dict[str, list] = {"first": [], "sync": [], "again": [], "cold": [], "noop": []}
+        times: dict[str, list] = {"first": [], "sync": [], "again": [], "cold": [], "noop": []}
         for i in range(reps + 1):  # interleaved; round 0 is the warm-up and is dropped
             for prefix in ("bench/invoke/", "bench/awscli/", "bench/cold/"):
                 _empty(s3, aws.data_bucket, prefix)
@@ -110,7 +109,7 @@ def run(reps: int) -> dict:
     }
 
 
-def _job_artifacts(folder: Path, scratch: Path) -> Dict[str, Path]:
+def _job_artifacts(folder: Path, scratch: Path) -> dict[str, Path]:
     """model.tar.gz and output.tar.gz of a real (short) training run, packed as SageMaker packs
     /opt/ml/model and /opt/ml/output/data: the default model on real MNIST, 20 steps."""
     import tarfile
@@ -155,7 +154,7 @@ def _fetch(aws, aws_cli: str, folder: Path, reps: int) -> dict:
             s3.upload_file(str(path), aws.artifacts_bucket, f"{prefix}{name}.tar.gz")
         fetch = [invoke_script(), "fetch", job, f"paths.runs_dir={scratch / 'fetched'}", *aws.overrides()]
         copy = [aws_cli, "s3", "cp", "--recursive", f"s3://{aws.artifacts_bucket}/{prefix}", str(scratch / "copied"), "--only-show-errors"]
-        times: Dict[str, list] = {"invoke": [], "awscli": []}
+        times: dict[str, list] = {"invoke": [], "awscli": []}
         for i in range(reps + 1):
             shutil.rmtree(scratch / "fetched", ignore_errors=True)  # each fetch starts with nothing local
             shutil.rmtree(scratch / "copied", ignore_errors=True)

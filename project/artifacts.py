@@ -6,8 +6,9 @@ import copy
 import csv
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Dict, Iterable, List
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,7 +29,7 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def export_model(net: nn.Module, model_dir: Path, image_shape: List[int], mean: float, std: float) -> Path:
+def export_model(net: nn.Module, model_dir: Path, image_shape: list[int], mean: float, std: float) -> Path:
     """Save weights and a TorchScript module that needs neither this code nor the config."""
     net = copy.deepcopy(net).cpu().eval()
     torch.save(net.state_dict(), model_dir / WEIGHTS_FILE)
@@ -40,20 +41,20 @@ def export_model(net: nn.Module, model_dir: Path, image_shape: List[int], mean: 
     return path
 
 
-def write_metrics(metrics: Dict[str, Any], paths: Iterable[Path]) -> None:
+def write_metrics(metrics: dict[str, Any], paths: Iterable[Path]) -> None:
     text = json.dumps(metrics, indent=2, sort_keys=True) + "\n"
     for path in paths:
         write_atomically(path, text)
 
 
-def format_metrics(metrics: Dict[str, Any]) -> str:
+def format_metrics(metrics: dict[str, Any]) -> str:
     """`name=value` pairs: what SageMaker's metric regexes scrape from the log."""
     return " ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
 
 
-def read_epoch_curves(metrics_csv: Path) -> Dict[str, List[tuple]]:
+def read_epoch_curves(metrics_csv: Path) -> dict[str, list[tuple]]:
     """(epoch, value) series per metric from Lightning's CSVLogger file."""
-    curves: Dict[str, List[tuple]] = {}
+    curves: dict[str, list[tuple]] = {}
     if not metrics_csv.is_file():
         return curves
     with metrics_csv.open() as handle:
@@ -74,7 +75,7 @@ def plot_learning_curves(metrics_csv: Path, out: Path) -> Path:
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for name, points in curves.items():
         ax = ax_loss if name.endswith("loss") else ax_acc
-        xs, ys = zip(*points)
+        xs, ys = zip(*points, strict=True)
         ax.plot(xs, ys, marker="o", label=name)
     for ax, title in ((ax_loss, "loss"), (ax_acc, "accuracy")):
         ax.set_xlabel("epoch")

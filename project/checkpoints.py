@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import random
 import re
 import signal
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pytorch_lightning as pl
@@ -51,7 +51,7 @@ def candidates(checkpoint_dir: Path, identity: str) -> list[Path]:
     return [path for _, _, path in sorted(found, reverse=True)]
 
 
-def newest_valid(checkpoint_dir: Path, identity: str) -> Optional[Path]:
+def newest_valid(checkpoint_dir: Path, identity: str) -> Path | None:
     for path in candidates(checkpoint_dir, identity):
         try:
             # weights_only, as Lightning loads it: a file it would refuse is skipped here too.
@@ -59,7 +59,8 @@ def newest_valid(checkpoint_dir: Path, identity: str) -> Optional[Path]:
             if "state_dict" in state and "loops" in state:
                 return path
             log.warning("checkpoint %s is incomplete; trying an older one", path.name)
-        except Exception as exc:  # truncated zip, bad pickle, partial sync from S3
+        except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError) as exc:
+            # a truncated zip (RuntimeError from the stream reader), a bad pickle, a partial sync from S3
             log.warning("checkpoint %s is unreadable (%s); trying an older one", path.name, type(exc).__name__)
     return None
 
@@ -105,7 +106,7 @@ class RunCheckpoints(pl.Callback):
     def __init__(self, checkpoint_dir: Path, identity: str, every_n_steps: int = 0, keep: int = 2):
         self.dir, self.identity, self.every, self.keep = Path(checkpoint_dir), identity, every_n_steps, keep
         self._saved_step = -1  # decided identically on every rank: saving is a collective call
-        self._rng_to_restore: Optional[dict] = None
+        self._rng_to_restore: dict | None = None
         self._sigterm = False
 
     def _save(self, trainer: pl.Trainer) -> None:

@@ -10,8 +10,9 @@ task's `overrides` list. Flags still work anywhere (`invoke train --yes key=valu
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator, List
+from typing import Any
 
 from invoke import Collection, Exit
 from invoke.parser import Argument, ParserContext
@@ -117,7 +118,7 @@ def accept_bare_overrides() -> None:
         return
     plain = Collection.to_contexts
 
-    def to_contexts(self: Collection, ignore_unknown_help: Any = None) -> List[ParserContext]:
+    def to_contexts(self: Collection, ignore_unknown_help: Any = None) -> list[ParserContext]:
         contexts = plain(self, ignore_unknown_help=ignore_unknown_help)
         names = frozenset(name for context in contexts for name in (context.name, *context.aliases))
         return [_upgrade(context, names) for context in contexts]

@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from .errors import UserError
 
@@ -30,9 +30,9 @@ class DatasetConfig:
     source: str = MISSING
     # Raw file stem -> SHA256 of its *decompressed* bytes. Mirrors re-compress the .gz files,
     # so only the content hash identifies the data.
-    files: Dict[str, str] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
     num_classes: int = 10
-    image_shape: List[int] = field(default_factory=lambda: [1, 28, 28])
+    image_shape: list[int] = field(default_factory=lambda: [1, 28, 28])
     mean: float = 0.0  # pixel statistics in [0, 1] units, used for normalisation
     std: float = 1.0
     val_size: int = 5000  # held out of the training files, chosen by a seeded permutation
@@ -43,7 +43,7 @@ class DatasetConfig:
 class ModelConfig:
     name: str = MISSING
     # The network, built with hydra.utils.instantiate: any nn.Module importable by path.
-    net: Dict[str, Any] = field(default_factory=dict)
+    net: dict[str, Any] = field(default_factory=dict)
     lr: float = 1e-3  # peak learning rate of the one-cycle schedule
     weight_decay: float = 0.0
     label_smoothing: float = 0.0
@@ -52,7 +52,7 @@ class ModelConfig:
 @dataclass
 class TrainerConfig:
     # GPUs per node. None: all GPUs of the instance (SageMaker) or all GPUs present (local).
-    gpus: Optional[int] = None
+    gpus: int | None = None
     max_epochs: int = 3
     # Global batch size: split evenly over all processes, so the optimisation (and the learning
     # rate that suits it) does not change with the number of GPUs or nodes.
@@ -62,9 +62,9 @@ class TrainerConfig:
     deterministic: bool = False
     num_workers: int = 0  # batches are sliced from in-memory tensors: workers only add overhead
     log_every_n_steps: int = 50
-    limit_train_batches: Optional[float] = None  # for smoke tests: fraction or number of batches
-    limit_val_batches: Optional[float] = None
-    limit_test_batches: Optional[float] = None
+    limit_train_batches: float | None = None  # for smoke tests: fraction or number of batches
+    limit_val_batches: float | None = None
+    limit_test_batches: float | None = None
     # Periodic checkpoints (besides end of epoch and SIGTERM); 0 disables them.
     checkpoint_every_n_steps: int = 200
     resume: bool = True  # resume from the newest valid checkpoint of the same run identity
@@ -78,7 +78,7 @@ class TrainerConfig:
 class InstanceConfig:
     type: str = MISSING  # SageMaker instance type, e.g. ml.p3.8xlarge
     gpus: int = 0
-    gpu_model: Optional[str] = None
+    gpu_model: str | None = None
     gpu_memory_gib: int = 0  # per GPU
     vcpus: int = MISSING
     memory_gib: int = MISSING
@@ -95,26 +95,26 @@ class PathsConfig:
 
 @dataclass
 class AwsConfig:
-    region: Optional[str] = None  # None: Terraform output, else the AWS profile's region
-    endpoint_url: Optional[str] = None  # a local AWS endpoint (LocalStack/moto), else real AWS
+    region: str | None = None  # None: Terraform output, else the AWS profile's region
+    endpoint_url: str | None = None  # a local AWS endpoint (LocalStack/moto), else real AWS
     terraform_dir: str = "terraform"
     # Existing resources instead of the Terraform outputs (all optional).
-    data_bucket: Optional[str] = None
-    artifacts_bucket: Optional[str] = None
-    repository_url: Optional[str] = None
-    role_arn: Optional[str] = None
+    data_bucket: str | None = None
+    artifacts_bucket: str | None = None
+    repository_url: str | None = None
+    role_arn: str | None = None
 
 
 @dataclass
 class JobConfig:
     base_name: str = "lightning"  # SageMaker job name prefix
-    image_tag: Optional[str] = None  # None: the git short sha of the working tree
+    image_tag: str | None = None  # None: the git short sha of the working tree
     max_run_minutes: int = 120
     spot: bool = False
-    max_wait_minutes: Optional[int] = None  # spot only; None: twice max_run
+    max_wait_minutes: int | None = None  # spot only; None: twice max_run
     spot_discount: float = 0.7  # typical managed-spot saving, for the cost estimate only
     keep_alive_minutes: int = 0  # warm pool; 0 disables it
-    environment: Dict[str, str] = field(default_factory=dict)
+    environment: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -126,7 +126,7 @@ class Config:
     paths: PathsConfig = MISSING
     aws: AwsConfig = MISSING
     job: JobConfig = MISSING
-    run_name: Optional[str] = None  # None: <model>-<timestamp> locally, the job name on SageMaker
+    run_name: str | None = None  # None: <model>-<timestamp> locally, the job name on SageMaker
 
 
 class ConfigError(UserError, ValueError):
@@ -139,7 +139,7 @@ def _register_schema() -> None:
     ConfigStore.instance().store(name="config_schema", node=Config)
 
 
-def _valid_keys(full_key: str) -> List[str]:
+def _valid_keys(full_key: str) -> list[str]:
     """The keys the schema allows next to `full_key` (for 'did you mean' style errors)."""
     from dataclasses import fields, is_dataclass
 
@@ -168,7 +168,7 @@ def _one_line(exc: BaseException) -> str:
     return f"{key}: {head}" if key else head
 
 
-def compose(overrides: List[str] | tuple = (), conf_dir: Optional[Path] = None) -> Any:
+def compose(overrides: list[str] | tuple = (), conf_dir: Path | None = None) -> Any:
     """Compose conf/ with Hydra overrides into a validated DictConfig.
 
     The composed (unresolved) config is cached per command line, keyed by the overrides and the
@@ -189,7 +189,7 @@ def compose(overrides: List[str] | tuple = (), conf_dir: Optional[Path] = None) 
     return cfg
 
 
-def _hydra_compose(conf_dir: Path, overrides: List[str]) -> Any:
+def _hydra_compose(conf_dir: Path, overrides: list[str]) -> Any:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
@@ -207,7 +207,7 @@ COMPOSE_CACHE_ENV = "LIGHTNING_SAGEMAKER_CACHE"  # a folder, or "off"
 COMPOSE_CACHE_KEEP = 256  # newest entries kept; an entry is a few KiB
 
 
-def compose_cache_dir() -> Optional[Path]:
+def compose_cache_dir() -> Path | None:
     """Where composed configs are cached: $LIGHTNING_SAGEMAKER_CACHE, else the user cache dir."""
     chosen = os.environ.get(COMPOSE_CACHE_ENV)
     if chosen == "off":
@@ -229,7 +229,7 @@ def _package_stamp(name: str) -> str:
     return f"{spec.origin}:{st.st_mtime_ns}:{st.st_size}"
 
 
-def _compose_key(conf_dir: Path, overrides: List[str]) -> str:
+def _compose_key(conf_dir: Path, overrides: list[str]) -> str:
     """Everything composition depends on: overrides, conf/ files, the schema, Hydra, OmegaConf."""
     h = hashlib.sha256()
     h.update(json.dumps(overrides).encode())
@@ -241,7 +241,7 @@ def _compose_key(conf_dir: Path, overrides: List[str]) -> str:
     return h.hexdigest()
 
 
-def _compose_cache_file(conf_dir: Path, overrides: List[str]) -> Optional[Path]:
+def _compose_cache_file(conf_dir: Path, overrides: list[str]) -> Path | None:
     folder = compose_cache_dir()
     if folder is None:
         return None
@@ -331,7 +331,7 @@ def validate(cfg: Any) -> None:
         raise ConfigError("model.net._target_ is empty: name the nn.Module class to build")
 
 
-def resolve_gpus(requested: Optional[int], available: int) -> int:
+def resolve_gpus(requested: int | None, available: int) -> int:
     """trainer.gpus=None means every GPU there is; asking for more than there are is an error."""
     if requested is None:
         return available
@@ -343,7 +343,7 @@ def resolve_gpus(requested: Optional[int], available: int) -> int:
     return requested
 
 
-def trainer_device_kwargs(gpus: int, num_nodes: int = 1, launched_processes: int = 1) -> Dict[str, Any]:
+def trainer_device_kwargs(gpus: int, num_nodes: int = 1, launched_processes: int = 1) -> dict[str, Any]:
     """Map the user-facing `trainer.gpus` onto Lightning 2.x accelerator/devices/strategy.
 
     `launched_processes` > 1 means an external launcher (torchrun) already started one process

@@ -12,8 +12,9 @@ run stopped mid-epoch (spot reclaim, SIGTERM) continues with the first batch it 
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -74,7 +75,7 @@ class IndexBatches:
         self.skip = 0  # batches of this epoch already trained on: the next pass starts after them
         # Where the data lives when it is resident on a GPU: the epoch's order is copied there
         # once and each batch is a slice of it, so no step waits on a host-to-device copy.
-        self.device: Optional[torch.device] = None
+        self.device: torch.device | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -125,7 +126,7 @@ class ResumableLoader(torch.utils.data.DataLoader):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._epoch, self._delivered = 0, 0
-        self._resume: Dict[str, int] = {}
+        self._resume: dict[str, int] = {}
 
     def __iter__(self):
         batches: IndexBatches = self.sampler
@@ -137,10 +138,10 @@ class ResumableLoader(torch.utils.data.DataLoader):
             self._delivered += 1
             yield batch
 
-    def state_dict(self) -> Dict[str, int]:
+    def state_dict(self) -> dict[str, int]:
         return {"epoch": self._epoch, "batches": self._delivered}
 
-    def load_state_dict(self, state: Dict[str, int]) -> None:
+    def load_state_dict(self, state: dict[str, int]) -> None:
         self._resume = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
         self.sampler.set_epoch(self._resume["epoch"])  # Lightning sets it again, to the same value
 
@@ -158,7 +159,7 @@ class TensorSplit:
         idx = torch.as_tensor(idx, device=self.labels.device)
         return self.images[idx], self.labels[idx]
 
-    def to(self, device: torch.device) -> "TensorSplit":
+    def to(self, device: torch.device) -> TensorSplit:
         return TensorSplit(self.images.to(device), self.labels.to(device))
 
 
@@ -168,7 +169,7 @@ class IdxDataModule(pl.LightningDataModule):
     def __init__(
         self,
         source: str,
-        files: Dict[str, str],
+        files: dict[str, str],
         cache_dir: str,
         batch_size: int = 256,
         val_size: int = 5000,
@@ -177,7 +178,7 @@ class IdxDataModule(pl.LightningDataModule):
         seed: int = 42,
         num_workers: int = 0,
         on_device: bool = True,
-        num_classes: Optional[int] = None,
+        num_classes: int | None = None,
     ):
         super().__init__()
         self.source, self.files, self.cache_dir = source, dict(files), Path(cache_dir)
@@ -185,10 +186,10 @@ class IdxDataModule(pl.LightningDataModule):
         self.mean, self.std, self.num_workers = mean, std, num_workers
         self.on_device = on_device  # on a GPU run: keep the splits in GPU memory
         self.num_classes = num_classes  # labels must lie in [0, num_classes): checked once here
-        self.splits: Dict[str, TensorSplit] = {}
-        self._loaders: Dict[str, IndexBatches] = {}
-        self._train_loader: Optional[ResumableLoader] = None
-        self._train_position: Optional[Dict[str, int]] = None  # from a checkpoint, until applied
+        self.splits: dict[str, TensorSplit] = {}
+        self._loaders: dict[str, IndexBatches] = {}
+        self._train_loader: ResumableLoader | None = None
+        self._train_position: dict[str, int] | None = None  # from a checkpoint, until applied
 
     def _stem(self, kind: str, split: str) -> str:
         prefix = "train" if split == "train" else "t10k"
@@ -218,7 +219,7 @@ class IdxDataModule(pl.LightningDataModule):
             x = x.unsqueeze(1)  # N x H x W -> N x 1 x H x W
         return x.contiguous(), torch.from_numpy(labels.astype(np.int64))
 
-    def setup(self, stage: Optional[str] = None) -> None:
+    def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit", "validate") and "train" not in self.splits:
             x, y = self._tensors("train")
             train_idx, val_idx = split_indices(len(y), self.val_size, self.seed)
@@ -238,7 +239,7 @@ class IdxDataModule(pl.LightningDataModule):
                 f"use a multiple of {world}"
             )
 
-    def _resident_device(self) -> Optional[torch.device]:
+    def _resident_device(self) -> torch.device | None:
         trainer = getattr(self, "trainer", None)
         if not self.on_device or self.num_workers or trainer is None:
             return None
@@ -283,10 +284,10 @@ class IdxDataModule(pl.LightningDataModule):
     # also saves a stateful loader's state itself, but restores it only into a loader built after
     # the checkpoint was loaded; the one-cycle schedule's `estimated_stepping_batches` builds it
     # before, so that copy would be ignored.
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         return {"train_position": self._train_loader.state_dict()} if self._train_loader is not None else {}
 
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._train_position = state_dict.get("train_position")
         if self._train_loader is not None and self._train_position is not None:
             self._train_loader.load_state_dict(self._train_position)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Mapping, Optional
 
 from .errors import UserError
 
@@ -76,7 +76,7 @@ def read_terraform_outputs(terraform_dir: Path) -> dict[str, object]:
     return {name: item.get("value") if isinstance(item, dict) else item for name, item in outputs.items()}
 
 
-def load_infra(terraform_dir: Path, overrides: Optional[Mapping[str, Optional[str]]] = None) -> Infra:
+def load_infra(terraform_dir: Path, overrides: Mapping[str, str | None] | None = None) -> Infra:
     """Infra from the Terraform outputs, each field replaced by a non-empty override of the same name.
 
     Terraform is not run at all when the overrides give every field.

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import List, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from .runtime import network_env, sagemaker_env
 
 
-def torchrun_argv(environ: Mapping[str, str], nproc_per_node: int, script: str, script_args: Sequence[str] = ()) -> List[str]:
+def torchrun_argv(environ: Mapping[str, str], nproc_per_node: int, script: str, script_args: Sequence[str] = ()) -> list[str]:
     """`python -m torch.distributed.run ...` for this host of the job (SM_HOSTS, SM_CURRENT_HOST)."""
     sm = sagemaker_env(environ)
     hosts = sm.hosts if sm is not None else ["algo-1"]

@@ -7,7 +7,7 @@ images to class logits, so a user's own model needs only a `model/<name>.yaml` n
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Dict, Optional
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -109,7 +109,7 @@ class LitClassifier(pl.LightningModule):
         # Counted during the test pass and summed over ranks like the metrics above, so the
         # exported confusion matrix costs no second pass over the test set.
         self.test_confusion_counts = torchmetrics.ConfusionMatrix(task="multiclass", num_classes=num_classes, validate_args=False)
-        self.test_confusion: Optional[torch.Tensor] = None  # [true, predicted] counts of the last test run
+        self.test_confusion: torch.Tensor | None = None  # [true, predicted] counts of the last test run
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last and x.dim() == 4:
@@ -194,7 +194,7 @@ class LitClassifier(pl.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "test")
 
-    def configure_optimizers(self) -> Dict[str, Any]:
+    def configure_optimizers(self) -> dict[str, Any]:
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         # One-cycle: warm up then anneal; reaches high accuracy in few epochs at a high peak lr.
         total = self.trainer.estimated_stepping_batches
@@ -202,7 +202,7 @@ class LitClassifier(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
-def state_digest(state_dict: Dict[str, torch.Tensor]) -> str:
+def state_digest(state_dict: dict[str, torch.Tensor]) -> str:
     """SHA-256 over the names and bytes of a state_dict (parameters and buffers)."""
     digest = hashlib.sha256()
     for name, tensor in sorted(state_dict.items()):
@@ -211,7 +211,7 @@ def state_digest(state_dict: Dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def build_net(spec: Dict[str, Any], overrides: Optional[Dict[str, Any]] = None) -> nn.Module:
+def build_net(spec: dict[str, Any], overrides: dict[str, Any] | None = None) -> nn.Module:
     """Instantiate the `model.net` config (a `_target_` class path and its arguments)."""
     from hydra.utils import instantiate
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -23,9 +23,9 @@ def find_model(run_dir: Path) -> Path:
     return path
 
 
-def expand_images(spec: str) -> List[Path]:
+def expand_images(spec: str) -> list[Path]:
     """A file, a directory of PNGs, or a comma-separated list of either."""
-    paths: List[Path] = []
+    paths: list[Path] = []
     for part in filter(None, (p.strip() for p in spec.split(","))):
         path = Path(part)
         if path.is_dir():
@@ -55,10 +55,10 @@ def load_pixels(path: Path, height: int, width: int) -> np.ndarray:
     return pixels
 
 
-def predict(run_dir: Path, images: Sequence[Path], height: int = 28, width: int = 28) -> List[Tuple[Path, int, float]]:
+def predict(run_dir: Path, images: Sequence[Path], height: int = 28, width: int = 28) -> list[tuple[Path, int, float]]:
     model = torch.jit.load(str(find_model(run_dir)), map_location="cpu").eval()
     batch = torch.from_numpy(np.stack([load_pixels(p, height, width) for p in images]))[:, None]
     with torch.no_grad():
         probs = model(batch)
     confidence, label = probs.max(dim=1)
-    return [(path, int(lab), float(conf)) for path, lab, conf in zip(images, label, confidence)]
+    return [(path, int(lab), float(conf)) for path, lab, conf in zip(images, label, confidence, strict=True)]

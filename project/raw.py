@@ -13,6 +13,7 @@ file and finds it there, and any change to its bytes makes it a stranger again.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import os
@@ -20,8 +21,9 @@ import sys
 import tempfile
 import urllib.request
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import BinaryIO
 
 from .errors import UserError
 
@@ -54,8 +56,8 @@ def sha256(content: bytes) -> str:
     return hashlib.sha256(content).hexdigest()
 
 
-_FILE_DIGESTS: Dict[Tuple, str] = {}  # (path, size, mtime, ctime, inode) -> sha256, this process only
-_VERIFIED: Dict[str, str] = {}  # sha256 of stored bytes -> sha256 of their content, this process only
+_FILE_DIGESTS: dict[tuple, str] = {}  # (path, size, mtime, ctime, inode) -> sha256, this process only
+_VERIFIED: dict[str, str] = {}  # sha256 of stored bytes -> sha256 of their content, this process only
 
 
 def file_sha256(path: Path) -> str:
@@ -105,7 +107,7 @@ def _content_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify(path: Path, expected_sha256: str, memo_dir: Optional[Path] = None, name=None) -> None:
+def verify(path: Path, expected_sha256: str, memo_dir: Path | None = None, name=None) -> None:
     """Raise DataError unless the file's content has the expected SHA256.
 
     Stored bytes verified before (in this process, or recorded in `memo_dir`) are recognised by
@@ -125,7 +127,7 @@ def verify(path: Path, expected_sha256: str, memo_dir: Optional[Path] = None, na
         _write_memo(memo, expected_sha256)
 
 
-def _read_memo(memo: Path) -> Optional[str]:
+def _read_memo(memo: Path) -> str | None:
     try:
         return memo.read_text().strip()
     except OSError:
@@ -139,7 +141,7 @@ def _write_memo(memo: Path, content_sha256: str) -> None:
         pass  # a read-only cache only means verifying again next time
 
 
-def is_valid(path: Path, expected_sha256: str, memo_dir: Optional[Path] = None) -> bool:
+def is_valid(path: Path, expected_sha256: str, memo_dir: Path | None = None) -> bool:
     if not path.is_file():
         return False
     try:
@@ -149,7 +151,7 @@ def is_valid(path: Path, expected_sha256: str, memo_dir: Optional[Path] = None) 
     return True
 
 
-def _write_atomically(fill: Callable, dest: Path, check: Optional[Callable[[Path], None]] = None) -> None:
+def _write_atomically(fill: Callable, dest: Path, check: Callable[[Path], None] | None = None) -> None:
     """Write via a temp file in the same directory, check it, then rename: no bad final file."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
@@ -178,31 +180,48 @@ def _download(url: str, out) -> None:
             print(file=sys.stderr)
 
 
-def candidates(stem: str) -> List[str]:
+def candidates(stem: str) -> list[str]:
     """The names a raw file may have: compressed first (fewer bytes to move)."""
     return [f"{stem}.gz", stem]
+
+
+def _filler(source: str, name: str, s3_client=None) -> Callable[[BinaryIO], None]:
+    """What writes the file `name` of `source` into an open file."""
+    if source.startswith(("http://", "https://")):
+        return functools.partial(_download, f"{source.rstrip('/')}/{name}")
+    if source.startswith("s3://"):
+        bucket, _, prefix = source[len("s3://") :].partition("/")
+        key = f"{prefix.strip('/')}/{name}" if prefix.strip("/") else name
+        client = s3_client or _s3_client()
+        return functools.partial(client.download_fileobj, bucket, key)
+    path = Path(source).expanduser() / name
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    return functools.partial(_copy, path)
+
+
+def _fetch_failures() -> tuple[type[BaseException], ...]:
+    """What a missing or unreachable file raises; anything else is a bug and propagates.
+
+    OSError covers urllib's URLError and HTTPError, timeouts and missing paths; ValueError a
+    malformed URL; botocore's errors an s3:// source (botocore is loaded only by then).
+    """
+    failures: tuple[type[BaseException], ...] = (OSError, ValueError)
+    botocore = sys.modules.get("botocore.exceptions")
+    if botocore is not None:
+        failures += (botocore.ClientError, botocore.BotoCoreError)
+    return failures
 
 
 def _fetch_one(source: str, stem: str, dest: Path, check: Callable[[Path], None], s3_client=None) -> None:
     errors = []
     for name in candidates(stem):
         try:
-            if source.startswith(("http://", "https://")):
-                _write_atomically(lambda out: _download(f"{source.rstrip('/')}/{name}", out), dest, check)
-            elif source.startswith("s3://"):
-                bucket, _, prefix = source[len("s3://") :].partition("/")
-                key = f"{prefix.strip('/')}/{name}" if prefix.strip("/") else name
-                client = s3_client or _s3_client()
-                _write_atomically(lambda out: client.download_fileobj(bucket, key, out), dest, check)
-            else:
-                path = Path(source).expanduser() / name
-                if not path.is_file():
-                    raise FileNotFoundError(path)
-                _write_atomically(lambda out: _copy(path, out), dest, check)
+            _write_atomically(_filler(source, name, s3_client), dest, check)
             return
         except DataError:
             raise  # the file is there but wrong: trying another name would hide that
-        except Exception as exc:  # try the next candidate name, report all if none works
+        except _fetch_failures() as exc:  # try the next candidate name, report all if none works
             errors.append(f"{name}: {exc}")
     raise DataError(f"cannot fetch {stem} from {source} ({'; '.join(errors)}); check dataset.source")
 
@@ -220,8 +239,8 @@ def _s3_client():
 
 
 def fetch_raw(
-    source: str, dest_dir: Path, files: Dict[str, str], s3_client=None, remember: bool = True
-) -> Dict[str, Path]:
+    source: str, dest_dir: Path, files: dict[str, str], s3_client=None, remember: bool = True
+) -> dict[str, Path]:
     """Make every raw file present and verified; return stem -> path.
 
     A local source directory holding valid files is used in place, without copying. Otherwise a
@@ -232,7 +251,7 @@ def fetch_raw(
     """
     dest_dir = Path(dest_dir)
     memo_dir = dest_dir if remember else None
-    paths: Dict[str, Path] = {}
+    paths: dict[str, Path] = {}
     for stem, digest in files.items():
         if not source.startswith(REMOTE):
             local = Path(source).expanduser()
@@ -244,7 +263,7 @@ def fetch_raw(
         if cached is None:
             cached = dest_dir / f"{stem}.gz"
             cached.unlink(missing_ok=True)
-            origin = f"{stem} from {source}"
-            _fetch_one(source, stem, cached, lambda tmp: verify(tmp, digest, memo_dir, origin), s3_client)
+            check = functools.partial(verify, expected_sha256=digest, memo_dir=memo_dir, name=f"{stem} from {source}")
+            _fetch_one(source, stem, cached, check, s3_client)
         paths[stem] = cached
     return paths

@@ -9,9 +9,9 @@ import io
 import json
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional
 
 SM_CHECKPOINT_DIR = "/opt/ml/checkpoints"  # synced to the job's CheckpointConfig.S3Uri
 DATA_CHANNEL = "train"  # the input channel that carries the raw dataset files
@@ -22,14 +22,14 @@ MASTER_PORT = "7777"  # the SageMaker SDK's SM_MASTER_PORT, which its torchrun d
 class SageMakerEnv:
     model_dir: Path
     output_data_dir: Path
-    channels: Dict[str, Path]
+    channels: dict[str, Path]
     num_gpus: int
-    hosts: List[str]
+    hosts: list[str]
     current_host: str
-    job_name: Optional[str]
+    job_name: str | None
     checkpoint_dir: Path
-    network_interface: Optional[str] = None
-    master_addr: Optional[str] = None  # SM_MASTER_ADDR where the SDK sets it, else the first host
+    network_interface: str | None = None
+    master_addr: str | None = None  # SM_MASTER_ADDR where the SDK sets it, else the first host
     master_port: str = MASTER_PORT
 
     @property
@@ -43,7 +43,7 @@ class SageMakerEnv:
         return self.master_addr or sorted(self.hosts)[0]
 
 
-def sagemaker_env(environ: Mapping[str, str] = os.environ) -> Optional[SageMakerEnv]:
+def sagemaker_env(environ: Mapping[str, str] = os.environ) -> SageMakerEnv | None:
     """The SageMaker training environment, or None when not running in a training container."""
     if "SM_MODEL_DIR" not in environ:
         return None
@@ -75,7 +75,7 @@ class RunLayout:
     model_dir: Path  # weights, TorchScript export, resolved config
     output_dir: Path  # TensorBoard logs, metrics CSV, plots, metrics.json
     checkpoint_dir: Path
-    metrics_files: List[Path] = field(default_factory=list)  # where metrics.json is written
+    metrics_files: list[Path] = field(default_factory=list)  # where metrics.json is written
 
     def create(self) -> None:
         for path in (self.model_dir, self.output_dir, self.checkpoint_dir):
@@ -107,7 +107,7 @@ def launched_processes(environ: Mapping[str, str] = os.environ) -> int:
     return int(environ.get("LOCAL_WORLD_SIZE", "1"))
 
 
-def wire_distributed(sm: SageMakerEnv, environ: Dict[str, str]) -> None:
+def wire_distributed(sm: SageMakerEnv, environ: dict[str, str]) -> None:
     """Fill torch.distributed's rendezvous variables from the SageMaker hosts when no launcher did.
 
     The SDK's torchrun driver runs `torchrun --nnodes=N --nproc_per_node=G --master_addr=algo-1
@@ -130,7 +130,7 @@ EFA_NCCL_INSTANCES = (
 )
 
 
-def network_env(environ: Dict[str, str], interface: Optional[str], instance_type: Optional[str] = None) -> None:
+def network_env(environ: dict[str, str], interface: str | None, instance_type: str | None = None) -> None:
     """The collectives' socket interface (SageMaker's, e.g. eth0) and EFA where the instance has it."""
     if interface:
         environ.setdefault("NCCL_SOCKET_IFNAME", interface)

@@ -16,9 +16,10 @@ import os
 import sys
 import time
 import warnings
-from datetime import datetime, timezone
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -35,7 +36,7 @@ warnings.filterwarnings("ignore", message="Experiment logs directory .* exists a
 
 
 def default_run_name(cfg: Any) -> str:
-    return f"{cfg.model.name}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
+    return f"{cfg.model.name}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
 
 
 class MetricLines(pl.Callback):
@@ -57,7 +58,7 @@ class LoopTimer(pl.Callback):
 
     def __init__(self):
         self.seconds, self.samples = 0.0, 0
-        self._started: Optional[float] = None
+        self._started: float | None = None
 
     @staticmethod
     def _now(trainer) -> float:
@@ -84,11 +85,11 @@ class LoopTimer(pl.Callback):
         self._stop(trainer)
 
 
-def _scalars(metrics: Dict[str, Any]) -> Dict[str, float]:
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return {name: float(value) for name, value in sorted(metrics.items())}
 
 
-def _print_metrics(metrics: Dict[str, Any]) -> None:
+def _print_metrics(metrics: dict[str, Any]) -> None:
     from .artifacts import format_metrics
 
     print(format_metrics(metrics), flush=True)
@@ -156,10 +157,10 @@ def train(
     cfg: Any,
     layout: RunLayout,
     run_name: str,
-    data_source: Optional[str] = None,
+    data_source: str | None = None,
     num_nodes: int = 1,
-    available_gpus: Optional[int] = None,
-) -> Dict[str, Any]:
+    available_gpus: int | None = None,
+) -> dict[str, Any]:
     """Fit, test and export one run; returns the metrics also written to metrics.json."""
     from . import artifacts
     from .checkpoints import newest_valid
@@ -204,7 +205,7 @@ def train(
     return metrics
 
 
-def _write_artifacts(cfg: Any, layout: RunLayout, module, metrics: Dict[str, Any]) -> None:
+def _write_artifacts(cfg: Any, layout: RunLayout, module, metrics: dict[str, Any]) -> None:
     from . import artifacts
 
     d = cfg.dataset
@@ -215,13 +216,13 @@ def _write_artifacts(cfg: Any, layout: RunLayout, module, metrics: Dict[str, Any
     artifacts.write_metrics(metrics, layout.metrics_files)
 
 
-def run_local(overrides: List[str]) -> Dict[str, Any]:
+def run_local(overrides: list[str]) -> dict[str, Any]:
     """What `invoke local` runs: compose, then train under runs/<run-name>/."""
     cfg = config_lib.compose(overrides)
     return run_composed(cfg)
 
 
-def run_composed(cfg: Any) -> Dict[str, Any]:
+def run_composed(cfg: Any) -> dict[str, Any]:
     run_name = cfg.run_name or default_run_name(cfg)
     run_dir = Path(cfg.paths.runs_dir) / run_name
     metrics = train(cfg, local_layout(run_dir), run_name)
@@ -229,7 +230,7 @@ def run_composed(cfg: Any) -> Dict[str, Any]:
     return metrics
 
 
-def run_in_container(sm: SageMakerEnv, config_path: Path) -> Dict[str, Any]:
+def run_in_container(sm: SageMakerEnv, config_path: Path) -> dict[str, Any]:
     """What the SageMaker job runs: the resolved config, channels and /opt/ml paths."""
     from .runtime import wire_distributed
 
@@ -248,7 +249,7 @@ def run_in_container(sm: SageMakerEnv, config_path: Path) -> Dict[str, Any]:
     )
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     whole_lines()  # every rank of a run enters here
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -19,8 +19,8 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Iterator, Mapping, Optional
 from urllib.parse import urlparse
 
 import pytest
@@ -49,7 +49,7 @@ TEST_VARS = ("-var", "force_destroy=true")
 TERRAFORM_TIMEOUT_S = 600
 
 
-def find_plugin_mirror() -> Optional[Path]:
+def find_plugin_mirror() -> Path | None:
     """A filesystem mirror holding hashicorp/aws, or None (Terraform then uses the registry)."""
     configured = os.environ.get("TF_PLUGIN_MIRROR")
     candidates = ([Path(configured)] if configured else []) + list(MIRROR_CANDIDATES)

@@ -36,11 +36,12 @@ import tarfile
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any
 
 CONTAINER_ROOT = "/opt/ml"
 HOST = "algo-1"
@@ -60,7 +61,7 @@ class EmulatorError(RuntimeError):
 # --- can this machine be the container? -----------------------------------------------------
 
 
-def container_problem() -> Optional[str]:
+def container_problem() -> str | None:
     """None if a job can run here; else why not (tests skip with it)."""
     if shutil.which("unshare") is None:
         return "`unshare` (util-linux) is not installed"
@@ -79,7 +80,7 @@ def container_problem() -> Optional[str]:
     return None
 
 
-def _namespace_argv(tree: Path, command: List[str]) -> List[str]:
+def _namespace_argv(tree: Path, command: list[str]) -> list[str]:
     # --fork makes `command` PID 1 of a new PID namespace, as a container's entry point is.
     script = 'mount --bind "$1" ' + CONTAINER_ROOT + ' && shift && cd / && exec "$@"'
     return ["unshare", "--mount", "--pid", "--fork", "--mount-proc", "--propagation", "private",
@@ -125,12 +126,12 @@ def finish_job(
     sagemaker_client,
     job_name: str,
     status: str,
-    secondary_status: Optional[str] = None,
-    model_uri: Optional[str] = None,
-    failure_reason: Optional[str] = None,
-    billable_seconds: Optional[int] = None,
-    metrics: Optional[Dict[str, float]] = None,
-) -> Dict[str, Any]:
+    secondary_status: str | None = None,
+    model_uri: str | None = None,
+    failure_reason: str | None = None,
+    billable_seconds: int | None = None,
+    metrics: dict[str, float] | None = None,
+) -> dict[str, Any]:
     """End the job on moto's record as SageMaker would (test-side: the API has no such call)."""
     if status not in TERMINAL:
         raise ValueError(f"status must be one of {TERMINAL}, got {status!r}")
@@ -154,8 +155,8 @@ def finish_job(
 
 
 _SERVED: set = set()  # ARNs of jobs created inside sagemaker_service(): their Environment is kept
-_RUNNING: Dict[str, "_Container"] = {}  # ARN -> the container running it
-_ON_CREATE: List[Callable[[str, str], None]] = []  # (job name, ARN) callbacks of run_jobs services
+_RUNNING: dict[str, _Container] = {}  # ARN -> the container running it
+_ON_CREATE: list[Callable[[str, str], None]] = []  # (job name, ARN) callbacks of run_jobs services
 
 
 def _created(response, job) -> None:
@@ -227,14 +228,14 @@ def _list_training_jobs(response):
 class Service:
     """What sagemaker_service() yields: the background runs of created jobs (run_jobs=True)."""
 
-    runs: Dict[str, "Future[JobRun]"] = field(default_factory=dict)
+    runs: dict[str, Future[JobRun]] = field(default_factory=dict)
 
-    def result(self, job_name: str, timeout: float = 600) -> "JobRun":
+    def result(self, job_name: str, timeout: float = 600) -> JobRun:
         return self.runs[job_name].result(timeout=timeout)
 
 
 @contextmanager
-def sagemaker_service(run_jobs: bool = False, workdir: Optional[Path] = None, **run_kwargs) -> Iterator[Service]:
+def sagemaker_service(run_jobs: bool = False, workdir: Path | None = None, **run_kwargs) -> Iterator[Service]:
     """Inside the block, moto's SageMaker behaves like the service (see the module docstring).
 
     run_jobs=True runs every job created in the block in a background thread under `workdir`
@@ -284,7 +285,7 @@ def sagemaker_service(run_jobs: bool = False, workdir: Optional[Path] = None, **
                 setattr(SageMakerResponse, name, value)
 
 
-def _run_created(name: str, arn: str, workdir: Path, run_kwargs: Dict[str, Any]) -> "JobRun":
+def _run_created(name: str, arn: str, workdir: Path, run_kwargs: dict[str, Any]) -> JobRun:
     import boto3
 
     region = arn.split(":")[3]
@@ -304,14 +305,14 @@ class JobRun:
     status: str  # Completed, Failed or Stopped
     returncode: int
     stdout: str  # the container's stdout and stderr, as CloudWatch has them
-    model_uri: Optional[str]
-    output_uri: Optional[str]
-    failure_reason: Optional[str]
+    model_uri: str | None
+    output_uri: str | None
+    failure_reason: str | None
     log_stream: str
     seconds: float
     tree: Path  # what was mounted at /opt/ml, kept for inspection
 
-    def check(self) -> "JobRun":
+    def check(self) -> JobRun:
         """Raise with the log's tail unless the job completed."""
         if self.status != "Completed":
             tail = "\n".join(self.stdout.splitlines()[-40:])
@@ -356,7 +357,7 @@ def _network_interface() -> str:
     return "eth0" if Path("/sys/class/net/eth0").exists() else "lo"
 
 
-def config_files(desc: Dict[str, Any]) -> Dict[str, Any]:
+def config_files(desc: dict[str, Any]) -> dict[str, Any]:
     """/opt/ml/input/config/*.json as SageMaker writes them for one instance."""
     instance_type = desc["ResourceConfig"]["InstanceType"]
     files = {
@@ -384,11 +385,11 @@ def config_files(desc: Dict[str, Any]) -> Dict[str, Any]:
     return files
 
 
-def uses_sdk_drivers(desc: Dict[str, Any]) -> bool:
+def uses_sdk_drivers(desc: dict[str, Any]) -> bool:
     return any(c["ChannelName"] == "sm_drivers" for c in desc.get("InputDataConfig", []))
 
 
-def toolkit_env(desc: Dict[str, Any]) -> Dict[str, str]:
+def toolkit_env(desc: dict[str, Any]) -> dict[str, str]:
     """The SM_* variables the sagemaker-training toolkit exports before it runs a user script."""
     channels = sorted(c["ChannelName"] for c in desc.get("InputDataConfig", []))
     files = config_files(desc)
@@ -442,7 +443,7 @@ def _num_gpus() -> int:
     return sum(line.startswith("GPU ") for line in listing.splitlines())
 
 
-def container_env(desc: Dict[str, Any], env_extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+def container_env(desc: dict[str, Any], env_extra: dict[str, str] | None = None) -> dict[str, str]:
     """The container's environment: the platform's variables and the job's Environment.
 
     With the SDK's drivers the SM_* variables are not the platform's: sm_train.sh sets them
@@ -464,7 +465,7 @@ def container_env(desc: Dict[str, Any], env_extra: Optional[Dict[str, str]] = No
     return env
 
 
-def prepare_tree(tree: Path, desc: Dict[str, Any], s3) -> Path:
+def prepare_tree(tree: Path, desc: dict[str, Any], s3) -> Path:
     """The /opt/ml tree of the job: config files, channels, existing checkpoints; returns the checkpoint dir."""
     if tree.exists():
         shutil.rmtree(tree)
@@ -490,15 +491,15 @@ def prepare_tree(tree: Path, desc: Dict[str, Any], s3) -> Path:
 class _Container:
     """The running entry point; stop() is docker-stop: SIGTERM to PID 1, SIGKILL after the grace."""
 
-    def __init__(self, argv: List[str], env: Dict[str, str], grace: float):
+    def __init__(self, argv: list[str], env: dict[str, str], grace: float):
         self.grace = grace
-        self.stop_reason: Optional[str] = None
-        self.killer: Optional[threading.Timer] = None
+        self.stop_reason: str | None = None
+        self.killer: threading.Timer | None = None
         self.process = subprocess.Popen(
             argv, env=env, cwd="/", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
         )
 
-    def _pid1(self) -> Optional[int]:
+    def _pid1(self) -> int | None:
         """The entry point's host PID: unshare's only child."""
         for _ in range(50):
             try:
@@ -538,7 +539,7 @@ class _LogStream:
 
     def __init__(self, logs, job_name: str, started: float):
         self.logs, self.name = logs, f"{job_name}/{HOST}-{int(started)}"
-        self.pending: List[Dict[str, Any]] = []
+        self.pending: list[dict[str, Any]] = []
         self.lock = threading.Lock()
         self.closed = threading.Event()
         if logs is not None:
@@ -571,9 +572,9 @@ class _LogStream:
         self.flush()
 
 
-def final_metrics(lines: List[str], definitions: List[Dict[str, str]]) -> Dict[str, float]:
+def final_metrics(lines: list[str], definitions: list[dict[str, str]]) -> dict[str, float]:
     """The last value each metric regex captured in the log, as FinalMetricDataList reports."""
-    metrics: Dict[str, float] = {}
+    metrics: dict[str, float] = {}
     for definition in definitions:
         pattern = re.compile(definition["Regex"])
         for line in lines:
@@ -591,10 +592,10 @@ def _tar_folder(folder: Path, archive: Path) -> None:
             tar.add(entry, arcname=entry.name)
 
 
-def _upload_results(s3, desc: Dict[str, Any], tree: Path, checkpoints: Path, status: str) -> Dict[str, Optional[str]]:
+def _upload_results(s3, desc: dict[str, Any], tree: Path, checkpoints: Path, status: str) -> dict[str, str | None]:
     """model.tar.gz, output.tar.gz and the checkpoints to S3, as the service does at the end."""
     base = desc["OutputDataConfig"]["S3OutputPath"].rstrip("/") + f"/{desc['TrainingJobName']}/output"
-    uris: Dict[str, Optional[str]] = {"model": None, "output": None}
+    uris: dict[str, str | None] = {"model": None, "output": None}
     with tempfile.TemporaryDirectory() as scratch:
         for name, folder in (("model", tree / "model"), ("output", tree / "output/data")):
             if name == "model" and status == "Failed":
@@ -626,11 +627,11 @@ def run_training_job(
     s3_client,
     job_name: str,
     workdir: Path,
-    env_extra: Optional[Dict[str, str]] = None,
+    env_extra: dict[str, str] | None = None,
     timeout: float = 600,
     logs_client=None,
     stop_grace: float = STOP_GRACE_SECONDS,
-    echo: Optional[Callable[[str], None]] = None,
+    echo: Callable[[str], None] | None = None,
 ) -> JobRun:
     """Run the recorded job on this machine as one SageMaker instance; end it on moto's record.
 
@@ -672,7 +673,7 @@ def run_training_job(
     watchdog.daemon = True
     watchdog.start()
     log = _LogStream(logs_client, job_name, started)
-    lines: List[str] = []
+    lines: list[str] = []
     try:
         for raw in container.process.stdout:
             line = raw.decode("utf-8", errors="replace").rstrip("\n")

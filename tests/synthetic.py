@@ -10,7 +10,6 @@ import gzip
 import hashlib
 import struct
 from pathlib import Path
-from typing import Dict, List
 
 import numpy as np
 
@@ -38,10 +37,10 @@ def make_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def write_dataset(folder: Path, n_train: int = 600, n_test: int = 200, gz: bool = True, seed: int = 0) -> Dict[str, str]:
+def write_dataset(folder: Path, n_train: int = 600, n_test: int = 200, gz: bool = True, seed: int = 0) -> dict[str, str]:
     """Write the four IDX files; return stem -> sha256 of the decompressed content."""
     folder.mkdir(parents=True, exist_ok=True)
-    files: Dict[str, str] = {}
+    files: dict[str, str] = {}
     for split, n, s in (("train", n_train, seed), ("test", n_test, seed + 1)):
         images, labels = make_images(n, s)
         for kind, array in (("images", images), ("labels", labels)):
@@ -55,7 +54,7 @@ def write_dataset(folder: Path, n_train: int = 600, n_test: int = 200, gz: bool 
     return files
 
 
-def tiny_overrides(data_dir: Path, files: Dict[str, str], runs_dir: Path, **extra) -> List[str]:
+def tiny_overrides(data_dir: Path, files: dict[str, str], runs_dir: Path, **extra) -> list[str]:
     """Overrides that shrink the default run to seconds on CPU, on the synthetic data."""
     overrides = [
         f"dataset.source={data_dir}",

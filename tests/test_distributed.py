@@ -124,7 +124,7 @@ def finish(procs, check: bool = True, timeout: float = 240) -> list:
             tails = [_output_after_kill(p)[-1500:] for p in procs]
             pytest.fail(f"hosts still running after {timeout:.0f} s:\n" + "\n---\n".join(tails))
     if check:
-        for proc, out in zip(procs, outputs):
+        for proc, out in zip(procs, outputs, strict=True):
             assert proc.returncode == 0, out[-3000:]
     return outputs
 

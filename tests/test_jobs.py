@@ -123,7 +123,10 @@ def test_image_tag_is_the_git_sha_and_refuses_a_dirty_tree(tmp_path, monkeypatch
 
     repo = tmp_path / "repo"
     repo.mkdir()
-    git = lambda *a: subprocess.run(["git", *a], cwd=repo, check=True, capture_output=True, text=True).stdout
+
+    def git(*a):
+        return subprocess.run(["git", *a], cwd=repo, check=True, capture_output=True, text=True).stdout
+
     git("init", "-q")
     (repo / "f.txt").write_text("1")
     git("add", "f.txt")

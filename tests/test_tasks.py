@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from invoke import Collection, Program
 from invoke.parser import Parser
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,7 +19,7 @@ def invoke(*args, timeout=300):
 
 
 def test_importing_tasks_is_cheap():
-    code = "import sys, tasks; print(','.join(m for m in %r if m in sys.modules))" % (HEAVY,)
+    code = f"import sys, tasks; print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""

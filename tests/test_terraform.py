@@ -12,7 +12,6 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Optional
 
 import boto3
 import pytest
@@ -73,7 +72,7 @@ def test_lock_file_pins_the_aws_provider_for_every_platform():
     assert len(re.findall(r'"zh:[0-9a-f]{64}"', lock)) >= 10
 
 
-def find_checkov() -> Optional[str]:
+def find_checkov() -> str | None:
     """CHECKOV_BIN, else the repository's .venv-tools, else checkov on PATH."""
     configured = os.environ.get("CHECKOV_BIN")
     if configured:

@@ -23,8 +23,8 @@ OUTPUT_FILES = {"metrics.csv", "learning_curves.png", "confusion_matrix.png", "m
 
 
 def assert_layout(run_dir: Path):
-    assert MODEL_FILES <= {p.name for p in (run_dir / "model").iterdir()}
-    assert OUTPUT_FILES <= {p.name for p in (run_dir / "output").iterdir()}
+    assert {p.name for p in (run_dir / "model").iterdir()} >= MODEL_FILES
+    assert {p.name for p in (run_dir / "output").iterdir()} >= OUTPUT_FILES
     assert list((run_dir / "checkpoints").glob("*.ckpt"))
     for png in ("learning_curves.png", "confusion_matrix.png"):
         assert (run_dir / "output" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -96,7 +96,7 @@ def test_entry_point_under_a_faked_sagemaker_environment(tiny_run, tmp_path):
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert MODEL_FILES <= {p.name for p in (opt_ml / "model").iterdir()}
+    assert {p.name for p in (opt_ml / "model").iterdir()} >= MODEL_FILES
     metrics = json.loads((opt_ml / "output" / "data" / "metrics.json").read_text())
     assert metrics["run_name"] == "job-123"
     assert metrics["test_acc"] > 0.5

@@ -8,8 +8,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for tasks.py
 
-import tasks as project_tasks  # noqa: E402,F401  (loaded for its start-up cost, as `invoke upload` loads it)
 from invoke import task  # noqa: E402
+
+import tasks as project_tasks  # noqa: E402,F401  (loaded for its start-up cost, as `invoke upload` loads it)
 
 
 @task

@@ -11,7 +11,6 @@ import hashlib
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List
 
 from ..errors import UserError
 
@@ -61,7 +60,7 @@ class ImageRef:
         return self.repository_url.split("/", 1)[0]
 
 
-def build_command(ref: ImageRef, base_image: str, dockerfile: str = "Dockerfile") -> List[str]:
+def build_command(ref: ImageRef, base_image: str, dockerfile: str = "Dockerfile") -> list[str]:
     return [
         "docker", "build",
         "--platform", "linux/amd64",  # SageMaker training instances are x86-64
@@ -72,7 +71,7 @@ def build_command(ref: ImageRef, base_image: str, dockerfile: str = "Dockerfile"
     ]
 
 
-def push_commands(ref: ImageRef) -> List[List[str]]:
+def push_commands(ref: ImageRef) -> list[list[str]]:
     """docker login (password on stdin, from `ecr_password`), then push the one immutable tag."""
     return [
         ["docker", "login", "--username", "AWS", "--password-stdin", ref.registry],

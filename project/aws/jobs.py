@@ -13,9 +13,9 @@ import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
-from ..config import CONF_DIR, RESOLVED_CONFIG_NAME, config_hash, resolve_gpus, to_yaml, ConfigError
+from ..config import CONF_DIR, RESOLVED_CONFIG_NAME, ConfigError, config_hash, resolve_gpus, to_yaml
 from ..errors import UserError
 from ..infra import Infra
 
@@ -97,17 +97,17 @@ class JobPlan:
     per_device_batch: int
     volume_size_gb: int
     max_run_seconds: int
-    max_wait_seconds: Optional[int]
+    max_wait_seconds: int | None
     spot: bool
     keep_alive_seconds: int
     data_uri: str
     output_uri: str
     checkpoint_uri: str
     config_hash: str
-    tags: Dict[str, str]
-    environment: Dict[str, str]
-    hyperparameters: Dict[str, str] = field(default_factory=dict)
-    cost: Optional[Cost] = None
+    tags: dict[str, str]
+    environment: dict[str, str]
+    hyperparameters: dict[str, str] = field(default_factory=dict)
+    cost: Cost | None = None
 
     def summary(self) -> str:
         rows = [
@@ -128,7 +128,7 @@ class JobPlan:
         return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
 
 
-def known_instance_types() -> List[str]:
+def known_instance_types() -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / "instance").glob("*.yaml"))
 
 
@@ -322,7 +322,7 @@ def _metric_definitions():
     return [MetricDefinition(name=d["Name"], regex=d["Regex"]) for d in METRIC_DEFINITIONS]
 
 
-def create_request(trainer) -> Dict[str, Any]:
+def create_request(trainer) -> dict[str, Any]:
     """The CreateTrainingJob request the SDK would send (it stages the code to S3 to know it)."""
     # ModelTrainer.train(dry_run=True) validates but returns nothing; this is the SDK's own
     # request builder, the one train() calls, asked for the boto3 form.
@@ -343,5 +343,5 @@ def launch(trainer) -> str:
     return trainer._latest_training_job.training_job_name
 
 
-def plan_as_dict(plan: JobPlan) -> Dict[str, Any]:
+def plan_as_dict(plan: JobPlan) -> dict[str, Any]:
     return json.loads(json.dumps(asdict(plan), default=str))

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any
 
 from ..config import CONF_DIR
 from ..errors import UserError
@@ -17,7 +18,7 @@ class JobError(UserError):
     pass
 
 
-def instance_price(instance_type: str) -> Optional[float]:
+def instance_price(instance_type: str) -> float | None:
     """On-demand USD/hour from the instance catalog in conf/instance/."""
     import yaml
 
@@ -25,7 +26,7 @@ def instance_price(instance_type: str) -> Optional[float]:
     return float(yaml.safe_load(path.read_text())["price_per_hour"]) if path.is_file() else None
 
 
-def job_cost(desc: Dict[str, Any]) -> Optional[float]:
+def job_cost(desc: dict[str, Any]) -> float | None:
     """Billable seconds (after any spot saving) x instances x price."""
     resources = desc.get("ResourceConfig", {})
     price = instance_price(resources.get("InstanceType", ""))
@@ -36,7 +37,7 @@ def job_cost(desc: Dict[str, Any]) -> Optional[float]:
     return price * billable / 3600
 
 
-def describe(sm, job_name: str) -> Dict[str, Any]:
+def describe(sm, job_name: str) -> dict[str, Any]:
     try:
         return sm.describe_training_job(TrainingJobName=job_name)
     except sm.exceptions.ResourceNotFound:
@@ -47,7 +48,7 @@ def describe(sm, job_name: str) -> Dict[str, Any]:
         raise
 
 
-def recent_jobs(sm, name_prefix: str, limit: int = 10) -> List[str]:
+def recent_jobs(sm, name_prefix: str, limit: int = 10) -> list[str]:
     response = sm.list_training_jobs(
         NameContains=name_prefix, SortBy="CreationTime", SortOrder="Descending", MaxResults=limit
     )
@@ -61,11 +62,11 @@ def latest_job(sm, name_prefix: str) -> str:
     return jobs[0]
 
 
-def final_metrics(desc: Dict[str, Any]) -> Dict[str, float]:
+def final_metrics(desc: dict[str, Any]) -> dict[str, float]:
     return {m["MetricName"]: m["Value"] for m in desc.get("FinalMetricDataList", [])}
 
 
-def _duration(desc: Dict[str, Any]) -> Optional[float]:
+def _duration(desc: dict[str, Any]) -> float | None:
     start, end = desc.get("TrainingStartTime"), desc.get("TrainingEndTime")
     return (end - start).total_seconds() if start and end else None
 
@@ -75,13 +76,13 @@ class StatusRow:
     name: str
     status: str
     instance: str
-    duration_s: Optional[float]
-    billable_s: Optional[int]
-    cost_usd: Optional[float]
-    metrics: Dict[str, float]
+    duration_s: float | None
+    billable_s: int | None
+    cost_usd: float | None
+    metrics: dict[str, float]
 
     @classmethod
-    def of(cls, desc: Dict[str, Any]) -> "StatusRow":
+    def of(cls, desc: dict[str, Any]) -> StatusRow:
         rc = desc.get("ResourceConfig", {})
         return cls(
             name=desc["TrainingJobName"],
@@ -94,7 +95,7 @@ class StatusRow:
         )
 
 
-def status_table(rows: List[StatusRow]) -> str:
+def status_table(rows: list[StatusRow]) -> str:
     def fmt(value, spec):
         return "-" if value is None else format(value, spec)
 
@@ -107,7 +108,7 @@ def status_table(rows: List[StatusRow]) -> str:
         for r in rows
     ]
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(line, widths)).rstrip() for line in lines)
+    return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(line, widths, strict=True)).rstrip() for line in lines)
 
 
 class LogTail:
@@ -115,9 +116,9 @@ class LogTail:
 
     def __init__(self, logs, job_name: str):
         self.logs, self.job_name = logs, job_name
-        self.tokens: Dict[str, Optional[str]] = {}
+        self.tokens: dict[str, str | None] = {}
 
-    def _streams(self) -> List[str]:
+    def _streams(self) -> list[str]:
         try:
             response = self.logs.describe_log_streams(logGroupName=LOG_GROUP, logStreamNamePrefix=f"{self.job_name}/")
         except self.logs.exceptions.ResourceNotFoundException:
@@ -143,7 +144,7 @@ class LogTail:
 def wait(sm, logs, job_name: str, poll_seconds: float = 10.0, echo: Callable[[str], None] = print, keep_last: int = 20) -> tuple:
     """Stream the job's log until it ends; return (description, last log lines)."""
     tail = LogTail(logs, job_name)
-    last: List[str] = []
+    last: list[str] = []
     previous = None
     while True:
         desc = describe(sm, job_name)
@@ -162,7 +163,7 @@ def wait(sm, logs, job_name: str, poll_seconds: float = 10.0, echo: Callable[[st
         time.sleep(poll_seconds)
 
 
-def final_report(desc: Dict[str, Any]) -> str:
+def final_report(desc: dict[str, Any]) -> str:
     row = StatusRow.of(desc)
     parts = [f"{row.name}: {desc['TrainingJobStatus']}"]
     if row.metrics:
@@ -174,7 +175,7 @@ def final_report(desc: Dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
-def failure_report(desc: Dict[str, Any], last_lines: List[str]) -> str:
+def failure_report(desc: dict[str, Any], last_lines: list[str]) -> str:
     reason = desc.get("FailureReason") or desc.get("TrainingJobStatus")
     tail = "\n".join(f"  | {line}" for line in last_lines[-10:])
     return f"job {desc['TrainingJobName']} {desc['TrainingJobStatus']}: {reason}" + (f"\nlast log lines:\n{tail}" if tail else "")

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, Optional
+from typing import Any
 
 from ..errors import UserError
 
@@ -29,7 +30,7 @@ class AwsError(UserError, RuntimeError):
 LOCALSTACK = "localstack"
 
 
-def resolve_endpoint(endpoint_url: Optional[str], environ=os.environ) -> Optional[str]:
+def resolve_endpoint(endpoint_url: str | None, environ=os.environ) -> str | None:
     """The endpoint URL to use, or None for real AWS.
 
     `localstack` (as aws.endpoint_url or AWS_ENDPOINT_URL) is LocalStack's edge endpoint as
@@ -46,7 +47,7 @@ def resolve_endpoint(endpoint_url: Optional[str], environ=os.environ) -> Optiona
     return endpoint
 
 
-def _session(region: Optional[str], endpoint_url: Optional[str]):
+def _session(region: str | None, endpoint_url: str | None):
     import boto3
 
     if endpoint_url is None:
@@ -72,11 +73,11 @@ def _session(region: Optional[str], endpoint_url: Optional[str]):
 class AwsClients:
     """boto3 clients sharing one session; `session` is what the SageMaker SDK is given."""
 
-    region: Optional[str]
-    endpoint_url: Optional[str]
+    region: str | None
+    endpoint_url: str | None
     max_attempts: int = MAX_ATTEMPTS
     _session: Any = field(default=None, repr=False)
-    _clients: Dict[str, Any] = field(default_factory=dict, repr=False)
+    _clients: dict[str, Any] = field(default_factory=dict, repr=False)
     # boto3 sessions are not thread-safe; clients are, once made.
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -119,7 +120,7 @@ class AwsClients:
         return self.client("sts")
 
 
-def aws_clients(region: Optional[str], endpoint_url: Optional[str], max_attempts: int = MAX_ATTEMPTS) -> AwsClients:
+def aws_clients(region: str | None, endpoint_url: str | None, max_attempts: int = MAX_ATTEMPTS) -> AwsClients:
     """Clients for `region` (None: the profile's) at the resolved endpoint; nothing is called yet."""
     return AwsClients(region=region, endpoint_url=resolve_endpoint(endpoint_url), max_attempts=max_attempts)
 
@@ -128,7 +129,7 @@ EXPIRED_CODES = {"ExpiredToken", "ExpiredTokenException", "RequestExpired", "Tok
 REJECTED_CODES = {"InvalidClientTokenId", "SignatureDoesNotMatch", "UnrecognizedClientException", "InvalidAccessKeyId"}
 
 
-def explain(exc: BaseException, endpoint_url: Optional[str] = None) -> Optional[AwsError]:
+def explain(exc: BaseException, endpoint_url: str | None = None) -> AwsError | None:
     """The AwsError for a credentials, region or connection failure; None for anything else."""
     from botocore import exceptions as bx
 
@@ -153,7 +154,7 @@ def explain(exc: BaseException, endpoint_url: Optional[str] = None) -> Optional[
 
 
 @contextmanager
-def aws_errors(endpoint_url: Optional[str] = None) -> Iterator[None]:
+def aws_errors(endpoint_url: str | None = None) -> Iterator[None]:
     """Turn credential, region and connection failures inside the block into AwsError."""
     try:
         yield
@@ -164,7 +165,7 @@ def aws_errors(endpoint_url: Optional[str] = None) -> Iterator[None]:
         raise problem from None
 
 
-def check_credentials(clients: AwsClients) -> Dict[str, str]:
+def check_credentials(clients: AwsClients) -> dict[str, str]:
     """Ask STS who we are: the cheapest call that proves credentials, region and endpoint work."""
     with aws_errors(clients.endpoint_url):
         identity = clients.sts.get_caller_identity()

@@ -22,10 +22,10 @@ import tempfile
 import threading
 import time
 import zlib
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from ..errors import UserError
 from ..raw import file_sha256  # memoised per process: fetch_raw's verification hashed these files already
@@ -56,7 +56,7 @@ class UploadItem:
     size: int
     sha256: str  # of the bytes sent (the .gz file itself, not its content)
     action: str  # UPLOAD or SKIP
-    remote_sha256: Optional[str] = None  # what the bucket holds; None: no object or no checksum
+    remote_sha256: str | None = None  # what the bucket holds; None: no object or no checksum
 
     @property
     def uri(self) -> str:
@@ -65,8 +65,8 @@ class UploadItem:
 
 @dataclass(frozen=True)
 class UploadSummary:
-    uploaded: List[UploadItem]  # sent; in a dry run, what would be sent
-    skipped: List[UploadItem]
+    uploaded: list[UploadItem]  # sent; in a dry run, what would be sent
+    skipped: list[UploadItem]
     bytes: int
     seconds: float
     dry_run: bool
@@ -91,7 +91,7 @@ def human_size(n: int) -> str:
     return f"{n:.1f} GiB"
 
 
-def split_s3_uri(uri: str) -> Tuple[str, str]:
+def split_s3_uri(uri: str) -> tuple[str, str]:
     bucket, _, key = uri[len("s3://") :].partition("/") if uri.startswith("s3://") else ("", "", "")
     if not bucket:
         raise TransferError(f"not an S3 URI: {uri!r} (expected s3://bucket/key)")
@@ -100,6 +100,14 @@ def split_s3_uri(uri: str) -> Tuple[str, str]:
 
 def _client_error_code(exc: Exception) -> str:
     return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+
+
+def _transfer_failures() -> tuple[type[BaseException], ...]:
+    """What a failed transfer raises (boto3's wrapper, botocore's errors, the local file); a bug propagates."""
+    from boto3.exceptions import S3TransferFailedError, S3UploadFailedError
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return (S3UploadFailedError, S3TransferFailedError, ClientError, BotoCoreError, OSError)
 
 
 def _progress_bar(total: int, desc: str, enabled: bool):
@@ -152,7 +160,7 @@ def _check_bucket(s3, bucket: str) -> None:
         raise
 
 
-def remote_sha256(s3, bucket: str, key: str) -> Optional[str]:
+def remote_sha256(s3, bucket: str, key: str) -> str | None:
     """The sha256 metadata of s3://bucket/key; None when there is no such object (or no checksum)."""
     from botocore.exceptions import ClientError
 
@@ -166,7 +174,7 @@ def remote_sha256(s3, bucket: str, key: str) -> Optional[str]:
     return head.get("Metadata", {}).get(SHA256_META)
 
 
-def plan_upload(local_dir: Path, files: Dict[str, str], bucket: str, prefix: str, s3) -> List[UploadItem]:
+def plan_upload(local_dir: Path, files: dict[str, str], bucket: str, prefix: str, s3) -> list[UploadItem]:
     """What `upload` would do with each dataset file: send it, or skip it as already there.
 
     `files` maps stem -> sha256 of the decompressed content (the dataset config); the bytes
@@ -194,7 +202,7 @@ def _upload_one(s3, item: UploadItem, config, callback) -> None:
         s3.upload_file(str(item.path), item.bucket, item.key, ExtraArgs=extra, Callback=callback, Config=config)
 
 
-def upload(items: List[UploadItem], s3, progress: bool = True, dry_run: bool = False, echo: Echo = print) -> UploadSummary:
+def upload(items: list[UploadItem], s3, progress: bool = True, dry_run: bool = False, echo: Echo = print) -> UploadSummary:
     """Send the items planned for upload, several files at once; print one line per file."""
     todo = [item for item in items if item.action == UPLOAD]
     skipped = [item for item in items if item.action != UPLOAD]
@@ -215,7 +223,7 @@ def upload(items: List[UploadItem], s3, progress: bool = True, dry_run: bool = F
     return summary
 
 
-def _upload_all(todo: List[UploadItem], s3, progress: bool, echo: Echo, total: int) -> None:
+def _upload_all(todo: list[UploadItem], s3, progress: bool, echo: Echo, total: int) -> None:
     config = _transfer_config()
     bar, advance = _progress_bar(total, "upload", progress)
     pool = ThreadPoolExecutor(max_workers=min(FILE_WORKERS, len(todo)), thread_name_prefix="upload")
@@ -227,7 +235,7 @@ def _upload_all(todo: List[UploadItem], s3, progress: bool, echo: Echo, total: i
                 future.result()
             except UserError:
                 raise
-            except Exception as exc:
+            except _transfer_failures() as exc:
                 raise TransferError(
                     f"upload of {item.path.name} to {item.uri} failed ({exc}); run the upload again: "
                     "files that arrived are skipped"
@@ -251,7 +259,7 @@ class _Download:
     target: str  # path relative to the scratch folder
 
 
-def _head_size(s3, uri: str) -> Optional[int]:
+def _head_size(s3, uri: str) -> int | None:
     from botocore.exceptions import ClientError
 
     bucket, key = split_s3_uri(uri)
@@ -264,7 +272,7 @@ def _head_size(s3, uri: str) -> Optional[int]:
         raise
 
 
-def safe_relative(name: str) -> Optional[PurePosixPath]:
+def safe_relative(name: str) -> PurePosixPath | None:
     """`name` as a path inside a folder; None if it is absolute or climbs out with '..'."""
     path = PurePosixPath(name)
     if path.is_absolute() or ".." in path.parts:
@@ -273,7 +281,7 @@ def safe_relative(name: str) -> Optional[PurePosixPath]:
     return PurePosixPath(*parts) if parts else PurePosixPath(".")
 
 
-def _checkpoint_downloads(s3, checkpoint_uri: str) -> List[_Download]:
+def _checkpoint_downloads(s3, checkpoint_uri: str) -> list[_Download]:
     bucket, prefix = split_s3_uri(checkpoint_uri)
     prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""  # a folder: not its siblings
     downloads = []
@@ -291,7 +299,7 @@ def _checkpoint_downloads(s3, checkpoint_uri: str) -> List[_Download]:
     return downloads
 
 
-def _sizes_in_folder(s3, uri: str) -> Dict[str, int]:
+def _sizes_in_folder(s3, uri: str) -> dict[str, int]:
     """Key -> size of the objects directly in the folder holding `uri`: one request for both tarballs."""
     bucket, key = split_s3_uri(uri)
     folder = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
@@ -300,13 +308,17 @@ def _sizes_in_folder(s3, uri: str) -> Dict[str, int]:
         return {obj["Key"]: int(obj["Size"]) for page in pages for obj in page.get("Contents", [])}
 
 
-def _plan_fetch(s3, model_uri: str, output_uri: Optional[str], checkpoint_uri: Optional[str]) -> List[_Download]:
+def _plan_fetch(s3, model_uri: str, output_uri: str | None, checkpoint_uri: str | None) -> list[_Download]:
     if output_uri and output_uri.rsplit("/", 1)[0] == model_uri.rsplit("/", 1)[0]:
         # SageMaker writes both tarballs into <output path>/<job>/output/: list it once.
         sizes = _sizes_in_folder(s3, model_uri)
-        lookup: Callable[[str], Optional[int]] = lambda uri: sizes.get(split_s3_uri(uri)[1])
+
+        def lookup(uri: str) -> int | None:
+            return sizes.get(split_s3_uri(uri)[1])
     else:
-        lookup = lambda uri: _head_size(s3, uri)
+
+        def lookup(uri: str) -> int | None:
+            return _head_size(s3, uri)
     size = lookup(model_uri)
     if size is None:
         raise TransferError(f"{model_uri} does not exist: the job has no model artifacts (did it complete?)")
@@ -320,7 +332,7 @@ def _plan_fetch(s3, model_uri: str, output_uri: Optional[str], checkpoint_uri: O
     return downloads
 
 
-def _download_all(s3, downloads: List[_Download], scratch: Path, progress: bool) -> None:
+def _download_all(s3, downloads: list[_Download], scratch: Path, progress: bool) -> None:
     config = _transfer_config()
     bar, advance = _progress_bar(sum(d.size for d in downloads), "fetch", progress)
 
@@ -346,7 +358,7 @@ def _download_all(s3, downloads: List[_Download], scratch: Path, progress: bool)
                 future.result()
             except UserError:
                 raise
-            except Exception as exc:
+            except _transfer_failures() as exc:
                 raise TransferError(f"download of {futures[future].uri} failed ({exc}); run the fetch again") from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -404,8 +416,8 @@ def _replace(partial: Path, dest: Path) -> None:
 def fetch_job(
     s3,
     model_artifacts_uri: str,
-    output_uri: Optional[str],
-    checkpoint_uri: Optional[str],
+    output_uri: str | None,
+    checkpoint_uri: str | None,
     dest: Path,
     progress: bool = True,
     echo: Echo = print,

@@ -12,9 +12,10 @@ import json
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Any
 
 from ..config import compose
 from ..infra import Infra, load_infra
@@ -42,7 +43,7 @@ class Context:
     clients: Any
 
 
-def setup(overrides: List[str]) -> Context:
+def setup(overrides: list[str]) -> Context:
     cfg = compose(overrides)
     given = {key: cfg.aws.get(key) for key in INFRA_KEYS}
     infra = load_infra(Path(cfg.aws.terraform_dir), given)
@@ -51,7 +52,7 @@ def setup(overrides: List[str]) -> Context:
 
 
 @aws_task
-def upload(overrides: List[str], dry_run: bool = False, echo: Callable[[str], None] = print) -> None:
+def upload(overrides: list[str], dry_run: bool = False, echo: Callable[[str], None] = print) -> None:
     from ..raw import fetch_raw
     from . import transfer
 
@@ -71,7 +72,7 @@ def image_ref(ctx: Context, allow_dirty: bool):
 
 
 @aws_task
-def build(overrides: List[str], base_image: Optional[str], allow_dirty: bool, dry_run: bool, run) -> None:
+def build(overrides: list[str], base_image: str | None, allow_dirty: bool, dry_run: bool, run) -> None:
     from .image import DEFAULT_BASE_IMAGE, build_command
 
     ctx = setup(overrides)
@@ -81,7 +82,7 @@ def build(overrides: List[str], base_image: Optional[str], allow_dirty: bool, dr
 
 
 @aws_task
-def push(overrides: List[str], allow_dirty: bool, dry_run: bool, run) -> None:
+def push(overrides: list[str], allow_dirty: bool, dry_run: bool, run) -> None:
     from .image import ecr_password, push_commands, tag_exists
 
     ctx = setup(overrides)
@@ -98,7 +99,7 @@ def push(overrides: List[str], allow_dirty: bool, dry_run: bool, run) -> None:
 
 @aws_task
 def train(
-    overrides: List[str],
+    overrides: list[str],
     yes: bool = False,
     dry_run: bool = False,
     wait: bool = True,
@@ -106,7 +107,7 @@ def train(
     confirm: Callable[[str], str] = input,
     echo: Callable[[str], None] = print,
     poll_seconds: float = 10.0,
-) -> Optional[str]:
+) -> str | None:
     ctx = setup(overrides)
     cfg = ctx.cfg
     ref = image_ref(ctx, allow_dirty)
@@ -149,12 +150,12 @@ def finish(ctx: Context, job_name: str, echo: Callable[[str], None], poll_second
     return job_name
 
 
-def _job(ctx: Context, job_name: Optional[str]) -> str:
+def _job(ctx: Context, job_name: str | None) -> str:
     return job_name or monitor.latest_job(ctx.clients.sagemaker, ctx.cfg.job.base_name)
 
 
 @aws_task
-def logs(overrides: List[str], job_name: Optional[str], follow: bool, echo=print) -> None:
+def logs(overrides: list[str], job_name: str | None, follow: bool, echo=print) -> None:
     ctx = setup(overrides)
     name = _job(ctx, job_name)
     monitor.describe(ctx.clients.sagemaker, name)
@@ -166,7 +167,7 @@ def logs(overrides: List[str], job_name: Optional[str], follow: bool, echo=print
 
 
 @aws_task
-def status(overrides: List[str], job_name: Optional[str], limit: int, echo=print) -> None:
+def status(overrides: list[str], job_name: str | None, limit: int, echo=print) -> None:
     ctx = setup(overrides)
     sm = ctx.clients.sagemaker
     names = [job_name] if job_name else monitor.recent_jobs(sm, ctx.cfg.job.base_name, limit)
@@ -177,13 +178,13 @@ def status(overrides: List[str], job_name: Optional[str], limit: int, echo=print
 
 
 @aws_task
-def stop(overrides: List[str], job_name: str, echo=print) -> None:
+def stop(overrides: list[str], job_name: str, echo=print) -> None:
     ctx = setup(overrides)
     echo(monitor.stop(ctx.clients.sagemaker, job_name))
 
 
 @aws_task
-def fetch(overrides: List[str], job_name: Optional[str], echo=print) -> Path:
+def fetch(overrides: list[str], job_name: str | None, echo=print) -> Path:
     from . import transfer
 
     ctx = setup(overrides)
@@ -202,7 +203,7 @@ def fetch(overrides: List[str], job_name: Optional[str], echo=print) -> Path:
     return dest
 
 
-def run_command(argv: List[str], dry_run: bool = False, stdin: Optional[str] = None) -> None:
+def run_command(argv: list[str], dry_run: bool = False, stdin: str | None = None) -> None:
     """Run (or, dry, print) one external command; a missing docker is a clear error."""
     import shlex
 
