@@ -81,7 +81,11 @@ def build(c, overrides=None, base_image=None, allow_dirty=False, dry_run=False):
 
 @task(
     iterable=["overrides"],
-    help={"overrides": OVERRIDES_HELP, "allow_dirty": "Push a <sha>-dirty-<hash> image", "dry_run": "Print the commands"},
+    help={
+        "overrides": OVERRIDES_HELP,
+        "allow_dirty": "Push a <sha>-dirty-<hash> image",
+        "dry_run": "Print the commands",
+    },
 )
 def push(c, overrides=None, allow_dirty=False, dry_run=False):
     """Log Docker in to ECR (token from boto3) and push the image's immutable tag."""
@@ -107,7 +111,9 @@ def train(c, overrides=None, yes=False, dry_run=False, wait=True, allow_dirty=Fa
     from project.aws import workflow
 
     with user_errors():
-        workflow.train(overrides or [], yes=yes, dry_run=dry_run, wait=wait, allow_dirty=allow_dirty, poll_seconds=float(poll))
+        workflow.train(
+            overrides or [], yes=yes, dry_run=dry_run, wait=wait, allow_dirty=allow_dirty, poll_seconds=float(poll)
+        )
 
 
 @task(

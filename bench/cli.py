@@ -32,9 +32,21 @@ def _job_spec(aws, overrides) -> dict:
     infra = Infra(aws.data_bucket, aws.artifacts_bucket, aws.repository_url, aws.role_arn, "us-east-1")
     plan = jobs.plan_job(cfg, infra, aws.image_tag)
     keys = (
-        "base_name", "image_uri", "role_arn", "region", "instance_type", "instance_count", "processes_per_node",
-        "volume_size_gb", "max_run_seconds", "output_uri", "checkpoint_uri", "data_uri", "environment",
-        "hyperparameters", "tags",
+        "base_name",
+        "image_uri",
+        "role_arn",
+        "region",
+        "instance_type",
+        "instance_count",
+        "processes_per_node",
+        "volume_size_gb",
+        "max_run_seconds",
+        "output_uri",
+        "checkpoint_uri",
+        "data_uri",
+        "environment",
+        "hyperparameters",
+        "tags",
     )
     spec = {key: getattr(plan, key) for key in keys}
     spec.update(
@@ -59,7 +71,10 @@ def _same_request(aws, product_argv, baseline_argv) -> dict:
     """Both sides must describe the same job: the requests, job names aside, must be equal."""
     import subprocess
 
-    outs = [subprocess.run(argv, env=aws.env, cwd=ROOT, capture_output=True, text=True, check=True).stdout for argv in (product_argv, baseline_argv)]
+    outs = [
+        subprocess.run(argv, env=aws.env, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        for argv in (product_argv, baseline_argv)
+    ]
     product, baseline = (_request(out) for out in outs)
     differing = sorted(k for k in set(product) | set(baseline) if product.get(k) != baseline.get(k))
     if differing:
@@ -94,7 +109,21 @@ def run(reps: int) -> dict:
     return {
         "dry_run_request_check": check,
         "rows": [
-            row("cli: invoke --list", "invoke --list", listing["invoke_list"], "python -c pass", listing["python_pass"], 12.0),
-            row("cli: train --dry-run (moto)", "invoke train --dry-run", dry["invoke_dry_run"], "ModelTrainer script", dry["baseline"], 1.2),
+            row(
+                "cli: invoke --list",
+                "invoke --list",
+                listing["invoke_list"],
+                "python -c pass",
+                listing["python_pass"],
+                12.0,
+            ),
+            row(
+                "cli: train --dry-run (moto)",
+                "invoke train --dry-run",
+                dry["invoke_dry_run"],
+                "ModelTrainer script",
+                dry["baseline"],
+                1.2,
+            ),
         ],
     }

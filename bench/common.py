@@ -86,7 +86,15 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
-def row(benchmark: str, a_label: str, a: Sequence[float], b_label: str, b: Sequence[float], target: float | None, unit: str = "s") -> dict:
+def row(
+    benchmark: str,
+    a_label: str,
+    a: Sequence[float],
+    b_label: str,
+    b: Sequence[float],
+    target: float | None,
+    unit: str = "s",
+) -> dict:
     """One line of the results table: medians of both sides and the paired ratio against its target."""
     ratio = paired_ratio(a, b)
     return {
@@ -116,7 +124,9 @@ def run_timed(argv: Sequence[str], env: Mapping[str, str], cwd: Path = ROOT) -> 
     result = subprocess.run(list(argv), env=dict(env), cwd=cwd, capture_output=True, text=True)
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
-        raise RuntimeError(f"`{' '.join(argv)}` exited {result.returncode}:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+        raise RuntimeError(
+            f"`{' '.join(argv)}` exited {result.returncode}:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+        )
     return elapsed
 
 
@@ -220,7 +230,9 @@ def _client(endpoint: str, service: str):
 
 
 def _aws_env(endpoint: str, empty: Path) -> dict[str, str]:
-    env = {k: v for k, v in user_environ().items() if k not in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")}
+    env = {
+        k: v for k, v in user_environ().items() if k not in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+    }
     env.update(
         AWS_ACCESS_KEY_ID="testing",
         AWS_SECRET_ACCESS_KEY="testing",
@@ -270,13 +282,19 @@ def _create_resources(endpoint: str, env: dict[str, str]) -> LocalAws:
     manifest = {
         "schemaVersion": 2,
         "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 2, "digest": "sha256:" + "0" * 64},
+        "config": {
+            "mediaType": "application/vnd.docker.container.image.v1+json",
+            "size": 2,
+            "digest": "sha256:" + "0" * 64,
+        },
         "layers": [],
     }
     ecr.put_image(repositoryName="bench-training", imageManifest=json.dumps(manifest), imageTag=tag)
     trust = {
         "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Principal": {"Service": "sagemaker.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+        "Statement": [
+            {"Effect": "Allow", "Principal": {"Service": "sagemaker.amazonaws.com"}, "Action": "sts:AssumeRole"}
+        ],
     }
     role = iam.create_role(RoleName="bench-sagemaker", AssumeRolePolicyDocument=json.dumps(trust))["Role"]
     # The dataset prefix `invoke train` checks for: the four file names (their bytes are not read).

@@ -90,8 +90,14 @@ def run(reps: int) -> dict:
         times = interleaved(
             {
                 "ours": counted("ours", dm.train_dataloader),
-                "per_sample_w0": counted("per_sample_w0", lambda: torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=0)),
-                "per_sample_w2": counted("per_sample_w2", lambda: torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=2)),
+                "per_sample_w0": counted(
+                    "per_sample_w0",
+                    lambda: torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=0),
+                ),
+                "per_sample_w2": counted(
+                    "per_sample_w2",
+                    lambda: torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=2),
+                ),
             },
             reps,
         )
@@ -101,7 +107,21 @@ def run(reps: int) -> dict:
         "samples_per_pass": counts["ours"],
         "ours_setup_s": round(median(setups), 3),  # read + verify + normalise all 60,000 once, before any pass
         "rows": [
-            row("data_pipeline: 1 pass, 60k images", "ours (IndexBatches)", times["ours"], "per-sample, 0 workers", times["per_sample_w0"], None),
-            row("data_pipeline: 1 pass, 60k images", "ours (IndexBatches)", times["ours"], "per-sample, 2 workers", times["per_sample_w2"], None),
+            row(
+                "data_pipeline: 1 pass, 60k images",
+                "ours (IndexBatches)",
+                times["ours"],
+                "per-sample, 0 workers",
+                times["per_sample_w0"],
+                None,
+            ),
+            row(
+                "data_pipeline: 1 pass, 60k images",
+                "ours (IndexBatches)",
+                times["ours"],
+                "per-sample, 2 workers",
+                times["per_sample_w2"],
+                None,
+            ),
         ],
     }

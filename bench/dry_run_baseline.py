@@ -50,7 +50,11 @@ def main(spec_path: str) -> None:
             training_image=job["image_uri"],
             source_code=SourceCode(source_dir=str(source), entry_script="sm_entry.py"),
             distributed=Torchrun(process_count_per_node=job["processes_per_node"]),
-            compute=Compute(instance_type=job["instance_type"], instance_count=job["instance_count"], volume_size_in_gb=job["volume_size_gb"]),
+            compute=Compute(
+                instance_type=job["instance_type"],
+                instance_count=job["instance_count"],
+                volume_size_in_gb=job["volume_size_gb"],
+            ),
             stopping_condition=StoppingCondition(max_runtime_in_seconds=job["max_run_seconds"]),
             output_data_config=OutputDataConfig(s3_output_path=job["output_uri"]),
             checkpoint_config=CheckpointConfig(s3_uri=job["checkpoint_uri"], local_path="/opt/ml/checkpoints"),
@@ -58,7 +62,9 @@ def main(spec_path: str) -> None:
             environment=job["environment"],
             hyperparameters=job["hyperparameters"],
             tags=[{"key": k, "value": v} for k, v in job["tags"].items()],
-        ).with_metric_definitions([MetricDefinition(name=m["Name"], regex=m["Regex"]) for m in job["metric_definitions"]])
+        ).with_metric_definitions(
+            [MetricDefinition(name=m["Name"], regex=m["Regex"]) for m in job["metric_definitions"]]
+        )
         print(json.dumps(trainer._create_training_job_args(boto3=True), indent=2, sort_keys=True, default=str))
 
 

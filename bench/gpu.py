@@ -36,12 +36,17 @@ def _one(config: str, seed: int, source: str, runs: Path, gpus: int, extra: Sequ
     result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env=user_environ(PYTHONPATH=str(ROOT)))
     seconds = time.perf_counter() - started
     if result.returncode != 0:
-        raise RuntimeError(f"`{' '.join(argv)}` exited {result.returncode}:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+        raise RuntimeError(
+            f"`{' '.join(argv)}` exited {result.returncode}:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+        )
     metrics = json.loads((runs / name / "metrics.json").read_text())
     return {
         "command": " ".join(["invoke", *command]),  # without the temporary runs folder
         "seconds": round(seconds, 2),
-        **{k: metrics[k] for k in ("epochs", "test_acc", "fit_seconds", "train_loop_seconds", "train_samples_per_second")},
+        **{
+            k: metrics[k]
+            for k in ("epochs", "test_acc", "fit_seconds", "train_loop_seconds", "train_samples_per_second")
+        },
     }
 
 
@@ -70,14 +75,38 @@ def run(reps: int, gpus: int = 1, extra: Sequence[str] = ()) -> dict:
         "per_seed": per_seed,
         "rows": [
             # An absolute target as a ratio to it; missing the accuracy fails the row whatever the time.
-            row("gpu: training loop to >= 99.0%, vs the 0.5 s target", "experiment=gpu_fast",
-                [r["train_loop_seconds"] for r in fast], "target", [TARGET_LOOP_SECONDS] * len(fast),
-                1.0 if reached else 0.0),
-            row("gpu: training loop seconds, same GPU", "experiment=gpu_fast", [r["train_loop_seconds"] for r in fast],
-                "default config", [r["train_loop_seconds"] for r in base], None),
-            row("gpu: training samples/s, same GPU", "experiment=gpu_fast", [r["train_samples_per_second"] for r in fast],
-                "default config", [r["train_samples_per_second"] for r in base], None, unit="samples/s"),
-            row("gpu: whole `invoke local` command", "experiment=gpu_fast", [r["seconds"] for r in fast],
-                "default config", [r["seconds"] for r in base], None),
+            row(
+                "gpu: training loop to >= 99.0%, vs the 0.5 s target",
+                "experiment=gpu_fast",
+                [r["train_loop_seconds"] for r in fast],
+                "target",
+                [TARGET_LOOP_SECONDS] * len(fast),
+                1.0 if reached else 0.0,
+            ),
+            row(
+                "gpu: training loop seconds, same GPU",
+                "experiment=gpu_fast",
+                [r["train_loop_seconds"] for r in fast],
+                "default config",
+                [r["train_loop_seconds"] for r in base],
+                None,
+            ),
+            row(
+                "gpu: training samples/s, same GPU",
+                "experiment=gpu_fast",
+                [r["train_samples_per_second"] for r in fast],
+                "default config",
+                [r["train_samples_per_second"] for r in base],
+                None,
+                unit="samples/s",
+            ),
+            row(
+                "gpu: whole `invoke local` command",
+                "experiment=gpu_fast",
+                [r["seconds"] for r in fast],
+                "default config",
+                [r["seconds"] for r in base],
+                None,
+            ),
         ],
     }

@@ -82,7 +82,16 @@ def _tensors(cfg, folder: Path, runs: Path):
     from project.data import IdxDataModule
 
     d = cfg.dataset
-    dm = IdxDataModule(str(folder), dict(d.files), str(runs / "cache"), cfg.trainer.batch_size, d.val_size, d.mean, d.std, cfg.trainer.seed)
+    dm = IdxDataModule(
+        str(folder),
+        dict(d.files),
+        str(runs / "cache"),
+        cfg.trainer.batch_size,
+        d.val_size,
+        d.mean,
+        d.std,
+        cfg.trainer.seed,
+    )
     dm.setup("fit")
     return dm.splits["train"], dm.splits["val"]
 
@@ -196,7 +205,14 @@ def _alternating_fit(cfg, folder: Path, runs: Path, plain: PlainLoop, variant: s
                 lightning = now - clock["epoch_start"] - clock["plain_inside"]
                 plain_steps = plain.steps
                 close_plain_epoch()
-                pairs.append({"lightning": lightning, "plain": plain.seconds, "lightning_step": median(clock["steps"]), "plain_step": median(plain_steps)})
+                pairs.append(
+                    {
+                        "lightning": lightning,
+                        "plain": plain.seconds,
+                        "lightning_step": median(clock["steps"]),
+                        "plain_step": median(plain_steps),
+                    }
+                )
             plain.begin_epoch()
             clock.update(plain_inside=0.0, step_start=None, steps=[], epoch_start=time.perf_counter())
 
@@ -225,7 +241,10 @@ def _alternating_fit(cfg, folder: Path, runs: Path, plain: PlainLoop, variant: s
         "plain": [{"epoch": p["plain"], "step": p["plain_step"]} for p in pairs],
         "startup": clock["startup"],
         "log_calls": getattr(module, "log_calls", 0),
-        "val_acc": {"lightning": round(float(trainer.callback_metrics.get("val_acc", float("nan"))), 4), "plain": round(plain.val_acc, 4)},
+        "val_acc": {
+            "lightning": round(float(trainer.callback_metrics.get("val_acc", float("nan"))), 4),
+            "plain": round(plain.val_acc, 4),
+        },
     }
 
 
@@ -265,7 +284,13 @@ def _framework_cost(cfg, folder: Path, runs: Path, train_split, val_split) -> di
     import copy
 
     tiny = copy.deepcopy(cfg)
-    tiny.model.net = {"_target_": "project.models.MLP", "in_features": 784, "num_classes": 10, "hidden": 8, "dropout": 0.0}
+    tiny.model.net = {
+        "_target_": "project.models.MLP",
+        "in_features": 784,
+        "num_classes": 10,
+        "hidden": 8,
+        "dropout": 0.0,
+    }
     cost = {}
     for variant in VARIANTS:
         result = _alternating_fit(tiny, folder, runs, PlainLoop(tiny, train_split, val_split), variant)
@@ -311,8 +336,29 @@ def run(reps: int) -> dict:
         # Diagnostic, not a ratio: where Lightning's per-step cost goes (see _framework_cost).
         "framework_ms_per_step_tiny_model": framework_ms,
         "rows": [
-            row("lightning_overhead: s/epoch, product config", "Lightning (invoke local)", epoch[0], "plain loop", epoch[1], 1.03),
-            row("lightning_overhead: median step, product config", "Lightning (invoke local)", step[0], "plain loop", step[1], None),
-            row("lightning_overhead: s/epoch, loggers off", "Lightning, no loggers", epoch_quiet[0], "plain loop", epoch_quiet[1], None),
+            row(
+                "lightning_overhead: s/epoch, product config",
+                "Lightning (invoke local)",
+                epoch[0],
+                "plain loop",
+                epoch[1],
+                1.03,
+            ),
+            row(
+                "lightning_overhead: median step, product config",
+                "Lightning (invoke local)",
+                step[0],
+                "plain loop",
+                step[1],
+                None,
+            ),
+            row(
+                "lightning_overhead: s/epoch, loggers off",
+                "Lightning, no loggers",
+                epoch_quiet[0],
+                "plain loop",
+                epoch_quiet[1],
+                None,
+            ),
         ],
     }

@@ -105,7 +105,10 @@ def main() -> None:
     test_y = labels(args.data, "t10k-labels-idx1-ubyte")
     net.eval()
     with torch.no_grad():
-        correct = sum(int((net(test_x[i : i + 1000]).argmax(1) == test_y[i : i + 1000]).sum()) for i in range(0, len(test_y), 1000))
+        correct = sum(
+            int((net(test_x[i : i + 1000]).argmax(1) == test_y[i : i + 1000]).sum())
+            for i in range(0, len(test_y), 1000)
+        )
     result = {
         "epochs": args.epochs,
         "seconds": round(time.perf_counter() - started, 3),

@@ -85,7 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         result["seconds"] = round(time.perf_counter() - started, 1)
         results["benchmarks"][name] = result
         for r in result.get("rows", []):
-            print(f"{r['benchmark']}: {r['a_label']} {r['a']:.4f} s / {r['b_label']} {r['b']:.4f} s = {r['ratio']:.3f}x", flush=True)
+            print(
+                f"{r['benchmark']}: {r['a_label']} {r['a']:.4f} s / {r['b_label']} {r['b']:.4f} s = {r['ratio']:.3f}x",
+                flush=True,
+            )
     (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (HERE / "results.md").write_text(markdown(results))
     print("\n" + (HERE / "results.md").read_text())

@@ -39,7 +39,9 @@ def _run(argv: list[str], env: dict[str, str]) -> tuple[float, float, str]:
     result = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True)
     elapsed, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
     if result.returncode != 0:
-        raise RuntimeError(f"`{' '.join(argv)}` exited {result.returncode}:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+        raise RuntimeError(
+            f"`{' '.join(argv)}` exited {result.returncode}:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+        )
     return elapsed, cpu, result.stdout
 
 
@@ -75,8 +77,14 @@ def run(reps: int) -> dict:
     source = os.path.relpath(folder, ROOT)  # run from the repository root: ../shared/data/mnist
     t, m, d = cfg.trainer, cfg.model, cfg.dataset
     plain_args = [
-        f"--epochs={t.max_epochs}", f"--batch-size={t.batch_size}", f"--lr={m.lr}", f"--weight-decay={m.weight_decay}",
-        f"--width={m.net.width}", f"--val-size={d.val_size}", f"--mean={d.mean}", f"--std={d.std}",
+        f"--epochs={t.max_epochs}",
+        f"--batch-size={t.batch_size}",
+        f"--lr={m.lr}",
+        f"--weight-decay={m.weight_decay}",
+        f"--width={m.net.width}",
+        f"--val-size={d.val_size}",
+        f"--mean={d.mean}",
+        f"--std={d.std}",
     ]
     env = user_environ(PYTHONPATH=str(ROOT))
     seeds = SEEDS if reps >= 3 else SEEDS[:1]  # --quick: one pair
@@ -85,28 +93,44 @@ def run(reps: int) -> dict:
     per_seed = []
     with tempfile.TemporaryDirectory(prefix="bench-tta-") as runs:
         for i, seed in enumerate(seeds):
+
             def product(seed: int = seed) -> dict:
                 name = f"tta-seed{seed}"
                 seconds, cpu, _ = _run(
-                    [invoke_script(), "local", f"dataset.source={source}", f"paths.runs_dir={runs}", f"run_name={name}", f"trainer.seed={seed}"],
+                    [
+                        invoke_script(),
+                        "local",
+                        f"dataset.source={source}",
+                        f"paths.runs_dir={runs}",
+                        f"run_name={name}",
+                        f"trainer.seed={seed}",
+                    ],
                     env,
                 )
                 metrics = json.loads((Path(runs) / name / "metrics.json").read_text())
                 return {
-                    "epochs": metrics["epochs"], "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 1),
-                    "fit_seconds": metrics["fit_seconds"], "test_acc": metrics["test_acc"],
+                    "epochs": metrics["epochs"],
+                    "seconds": round(seconds, 2),
+                    "cpu_seconds": round(cpu, 1),
+                    "fit_seconds": metrics["fit_seconds"],
+                    "test_acc": metrics["test_acc"],
                 }
 
             def plain(seed: int = seed) -> dict:
-                seconds, cpu, out = _run([sys.executable, str(PLAIN), f"--data={source}", f"--seed={seed}", *plain_args], env)
+                seconds, cpu, out = _run(
+                    [sys.executable, str(PLAIN), f"--data={source}", f"--seed={seed}", *plain_args], env
+                )
                 result = json.loads(out.strip().splitlines()[-1])
                 return {
-                    "epochs": result["epochs"], "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 1),
-                    "train_seconds": result["train_seconds"], "test_acc": result["test_acc"],
+                    "epochs": result["epochs"],
+                    "seconds": round(seconds, 2),
+                    "cpu_seconds": round(cpu, 1),
+                    "train_seconds": result["train_seconds"],
+                    "test_acc": result["test_acc"],
                 }
 
             sides = {}
-            for side in (("product", "plain") if i % 2 == 0 else ("plain", "product")):
+            for side in ("product", "plain") if i % 2 == 0 else ("plain", "product"):
                 sides[side] = product() if side == "product" else plain()
                 print(f"seed {seed} {side}: {sides[side]}", flush=True)
             per_seed.append({"seed": seed, "invoke_local": sides["product"], "plain": sides["plain"]})

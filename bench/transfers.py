@@ -66,11 +66,28 @@ def run(reps: int) -> dict:
     version = subprocess.run([aws_cli, "--version"], capture_output=True, text=True).stdout.strip() or "?"
     with local_aws() as aws:
         s3 = aws.client("s3")
-        upload = [invoke_script(), "upload", f"dataset.source={folder}", "dataset.s3_prefix=bench/invoke", *aws.overrides()]
+        upload = [
+            invoke_script(),
+            "upload",
+            f"dataset.source={folder}",
+            "dataset.s3_prefix=bench/invoke",
+            *aws.overrides(),
+        ]
         cold = [invoke_script(), "upload", f"dataset.source={folder}", "dataset.s3_prefix=bench/cold", *aws.overrides()]
         no_cache = {**aws.env, "LIGHTNING_SAGEMAKER_CACHE": "off"}
         noop = [invoke_script(), "--search-root", str(ROOT / "bench" / "floor"), "noop"]
-        sync = [aws_cli, "s3", "sync", str(folder), f"s3://{aws.data_bucket}/bench/awscli/", "--exclude", "*", "--include", "*.gz", "--only-show-errors"]
+        sync = [
+            aws_cli,
+            "s3",
+            "sync",
+            str(folder),
+            f"s3://{aws.data_bucket}/bench/awscli/",
+            "--exclude",
+            "*",
+            "--include",
+            "*.gz",
+            "--only-show-errors",
+        ]
         times: dict[str, list] = {"first": [], "sync": [], "again": [], "cold": [], "noop": []}
         for i in range(reps + 1):  # interleaved; round 0 is the warm-up and is dropped
             for prefix in ("bench/invoke/", "bench/awscli/", "bench/cold/"):
@@ -88,10 +105,15 @@ def run(reps: int) -> dict:
                 for key, value in sample.items():
                     times[key].append(value)
         sent = {
-            side: sorted(o["Key"].rsplit("/", 1)[1] for o in s3.list_objects_v2(Bucket=aws.data_bucket, Prefix=f"bench/{side}/")["Contents"])
+            side: sorted(
+                o["Key"].rsplit("/", 1)[1]
+                for o in s3.list_objects_v2(Bucket=aws.data_bucket, Prefix=f"bench/{side}/")["Contents"]
+            )
             for side in ("invoke", "awscli", "cold")
         }
-        assert sent["invoke"] == sent["awscli"] == sent["cold"] and len(sent["invoke"]) == 4, f"the sides sent different files: {sent}"
+        assert sent["invoke"] == sent["awscli"] == sent["cold"] and len(sent["invoke"]) == 4, (
+            f"the sides sent different files: {sent}"
+        )
         work = _in_process(aws, folder, reps)
         fetched = _fetch(aws, aws_cli, folder, reps)
     return {
@@ -99,12 +121,54 @@ def run(reps: int) -> dict:
         "awscli": version,
         "fetch_artifacts": fetched["artifacts"],
         "rows": [
-            row("transfers: upload 4 files (moto S3)", "invoke upload", times["first"], "aws s3 sync", times["sync"], 1.0),
-            row("transfers: upload, config cache off", "invoke upload (Hydra composes)", times["cold"], "aws s3 sync", times["sync"], None),
-            row("transfers: re-run, nothing changed", "invoke upload again", times["again"], "invoke upload first", times["first"], 0.25),
-            row("transfers: floor, a task that does nothing", "invoke noop (tasks.py loaded)", times["noop"], "invoke upload first", times["first"], None),
-            row("transfers: re-run vs first, in-process (start-up excluded)", "plan+upload again", work["again"], "plan+upload first", work["first"], None),
-            row("transfers: fetch a job's artifacts", "invoke fetch", fetched["invoke"], "aws s3 cp --recursive", fetched["awscli"], 1.0),
+            row(
+                "transfers: upload 4 files (moto S3)",
+                "invoke upload",
+                times["first"],
+                "aws s3 sync",
+                times["sync"],
+                1.0,
+            ),
+            row(
+                "transfers: upload, config cache off",
+                "invoke upload (Hydra composes)",
+                times["cold"],
+                "aws s3 sync",
+                times["sync"],
+                None,
+            ),
+            row(
+                "transfers: re-run, nothing changed",
+                "invoke upload again",
+                times["again"],
+                "invoke upload first",
+                times["first"],
+                0.25,
+            ),
+            row(
+                "transfers: floor, a task that does nothing",
+                "invoke noop (tasks.py loaded)",
+                times["noop"],
+                "invoke upload first",
+                times["first"],
+                None,
+            ),
+            row(
+                "transfers: re-run vs first, in-process (start-up excluded)",
+                "plan+upload again",
+                work["again"],
+                "plan+upload first",
+                work["first"],
+                None,
+            ),
+            row(
+                "transfers: fetch a job's artifacts",
+                "invoke fetch",
+                fetched["invoke"],
+                "aws s3 cp --recursive",
+                fetched["awscli"],
+                1.0,
+            ),
         ],
     }
 
@@ -116,8 +180,14 @@ def _job_artifacts(folder: Path, scratch: Path) -> dict[str, Path]:
 
     runs = scratch / "runs"
     overrides = [
-        f"dataset.source={folder}", f"paths.runs_dir={runs}", f"paths.data_dir={scratch / 'data'}", "run_name=bench-fetch",
-        "trainer.gpus=0", "trainer.max_epochs=1", "trainer.limit_train_batches=20", "trainer.limit_val_batches=2",
+        f"dataset.source={folder}",
+        f"paths.runs_dir={runs}",
+        f"paths.data_dir={scratch / 'data'}",
+        "run_name=bench-fetch",
+        "trainer.gpus=0",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=20",
+        "trainer.limit_val_batches=2",
         "trainer.limit_test_batches=4",
     ]
     subprocess.run([sys.executable, "-m", "project.train", *overrides], cwd=ROOT, check=True, capture_output=True)
@@ -142,7 +212,10 @@ def _fetch(aws, aws_cli: str, folder: Path, reps: int) -> dict:
         job = "bench-fetch-job"
         aws.client("sagemaker").create_training_job(
             TrainingJobName=job,
-            AlgorithmSpecification={"TrainingImage": f"{aws.repository_url}:{aws.image_tag}", "TrainingInputMode": "File"},
+            AlgorithmSpecification={
+                "TrainingImage": f"{aws.repository_url}:{aws.image_tag}",
+                "TrainingInputMode": "File",
+            },
             RoleArn=aws.role_arn,
             OutputDataConfig={"S3OutputPath": f"s3://{aws.artifacts_bucket}/jobs"},
             ResourceConfig={"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30},
@@ -153,7 +226,15 @@ def _fetch(aws, aws_cli: str, folder: Path, reps: int) -> dict:
         for name, path in tarballs.items():
             s3.upload_file(str(path), aws.artifacts_bucket, f"{prefix}{name}.tar.gz")
         fetch = [invoke_script(), "fetch", job, f"paths.runs_dir={scratch / 'fetched'}", *aws.overrides()]
-        copy = [aws_cli, "s3", "cp", "--recursive", f"s3://{aws.artifacts_bucket}/{prefix}", str(scratch / "copied"), "--only-show-errors"]
+        copy = [
+            aws_cli,
+            "s3",
+            "cp",
+            "--recursive",
+            f"s3://{aws.artifacts_bucket}/{prefix}",
+            str(scratch / "copied"),
+            "--only-show-errors",
+        ]
         times: dict[str, list] = {"invoke": [], "awscli": []}
         for i in range(reps + 1):
             shutil.rmtree(scratch / "fetched", ignore_errors=True)  # each fetch starts with nothing local

@@ -59,8 +59,12 @@ class _OverrideFlags(Lexicon):
 
     def _is_job(self, key: object) -> bool:
         return (
-            self.job_arg is not None and self.job_arg.value is None and not self.job_flag_seen and isinstance(key, str)
-            and bool(JOB_TOKEN.match(key)) and key not in self.task_names
+            self.job_arg is not None
+            and self.job_arg.value is None
+            and not self.job_flag_seen
+            and isinstance(key, str)
+            and bool(JOB_TOKEN.match(key))
+            and key not in self.task_names
         )
 
     def __contains__(self, key: object) -> bool:

@@ -204,7 +204,9 @@ class IdxDataModule(pl.LightningDataModule):
         fetch_raw(self.source, self.cache_dir, self.files, remember=False)
 
     def _tensors(self, split: str):
-        paths = fetch_raw(self.source, self.cache_dir, self.files, remember=False)  # verified in this process: only hashes
+        paths = fetch_raw(
+            self.source, self.cache_dir, self.files, remember=False
+        )  # verified in this process: only hashes
         images = load_verified(paths[self._stem("images", split)], self.files[self._stem("images", split)])
         labels = load_verified(paths[self._stem("labels", split)], self.files[self._stem("labels", split)])
         if len(images) != len(labels):

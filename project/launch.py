@@ -24,11 +24,19 @@ from collections.abc import Mapping, Sequence
 from .runtime import network_env, sagemaker_env
 
 
-def torchrun_argv(environ: Mapping[str, str], nproc_per_node: int, script: str, script_args: Sequence[str] = ()) -> list[str]:
+def torchrun_argv(
+    environ: Mapping[str, str], nproc_per_node: int, script: str, script_args: Sequence[str] = ()
+) -> list[str]:
     """`python -m torch.distributed.run ...` for this host of the job (SM_HOSTS, SM_CURRENT_HOST)."""
     sm = sagemaker_env(environ)
     hosts = sm.hosts if sm is not None else ["algo-1"]
-    argv = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={len(hosts)}", f"--nproc_per_node={nproc_per_node}"]
+    argv = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nnodes={len(hosts)}",
+        f"--nproc_per_node={nproc_per_node}",
+    ]
     if len(hosts) > 1:
         argv += [f"--master_addr={sm.master}", f"--master_port={sm.master_port}", f"--node_rank={sm.node_rank}"]
     return argv + [script, *script_args]

@@ -108,7 +108,9 @@ class LitClassifier(pl.LightningModule):
         self._unlogged = {"train", "val", "test"}  # splits whose metrics this epoch has not passed to self.log
         # Counted during the test pass and summed over ranks like the metrics above, so the
         # exported confusion matrix costs no second pass over the test set.
-        self.test_confusion_counts = torchmetrics.ConfusionMatrix(task="multiclass", num_classes=num_classes, validate_args=False)
+        self.test_confusion_counts = torchmetrics.ConfusionMatrix(
+            task="multiclass", num_classes=num_classes, validate_args=False
+        )
         self.test_confusion: torch.Tensor | None = None  # [true, predicted] counts of the last test run
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -141,7 +141,9 @@ def run_terraform(workdir: Path, env: Mapping[str, str], *args: str) -> subproce
         command, env=dict(env), capture_output=True, text=True, timeout=TERRAFORM_TIMEOUT_S, check=False
     )
     if result.returncode != 0:
-        pytest.fail(f"{' '.join(command)} exited {result.returncode}:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+        pytest.fail(
+            f"{' '.join(command)} exited {result.returncode}:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+        )
     return result
 
 
@@ -268,7 +270,9 @@ def create_with_boto3(prefix: str = "lightning-boto3-fallback") -> Infra:
         s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
         s3.put_bucket_encryption(
             Bucket=bucket,
-            ServerSideEncryptionConfiguration={"Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]},
+            ServerSideEncryptionConfiguration={
+                "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+            },
         )
     repository = ecr.create_repository(
         repositoryName=prefix, imageTagMutability="IMMUTABLE", imageScanningConfiguration={"scanOnPush": True}

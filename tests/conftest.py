@@ -38,4 +38,3 @@ def tiny_run(tiny_data, tmp_path):
         return tiny_overrides(folder, files, tmp_path / "runs", **extra)
 
     return make
-

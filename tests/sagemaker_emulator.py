@@ -73,18 +73,35 @@ def container_problem() -> str | None:
         (Path(probe) / "probe").touch()
         result = subprocess.run(
             _namespace_argv(Path(probe), ["test", "-f", f"{CONTAINER_ROOT}/probe"]),
-            capture_output=True, text=True, timeout=30,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
     if result.returncode != 0:
-        return f"cannot bind-mount {CONTAINER_ROOT} in a private mount/PID namespace (needs root): {result.stderr.strip()}"
+        return (
+            f"cannot bind-mount {CONTAINER_ROOT} in a private mount/PID namespace (needs root): {result.stderr.strip()}"
+        )
     return None
 
 
 def _namespace_argv(tree: Path, command: list[str]) -> list[str]:
     # --fork makes `command` PID 1 of a new PID namespace, as a container's entry point is.
     script = 'mount --bind "$1" ' + CONTAINER_ROOT + ' && shift && cd / && exec "$@"'
-    return ["unshare", "--mount", "--pid", "--fork", "--mount-proc", "--propagation", "private",
-            "sh", "-c", script, "sh", str(tree), *command]
+    return [
+        "unshare",
+        "--mount",
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        script,
+        "sh",
+        str(tree),
+        *command,
+    ]
 
 
 # --- moto's record of a job ---------------------------------------------------------------------
@@ -187,7 +204,9 @@ def _stop_training_job(response):
     if job is None:
         raise ValidationError(message=f"Requested resource not found: training job {name}")
     if job.training_job_status in TERMINAL + ("Stopping",):
-        raise ValidationError(message=f"The request was rejected because the training job is in status {job.training_job_status}.")
+        raise ValidationError(
+            message=f"The request was rejected because the training job is in status {job.training_job_status}."
+        )
     _set_status(job, "Stopping", "Stopping", "Stopping the training job")
     container = _RUNNING.get(job.arn)
     if container is not None:
@@ -204,18 +223,27 @@ def _list_training_jobs(response):
 
     jobs = list(response.sagemaker_backend.training_jobs.values())
     name, status = response._get_param("NameContains"), response._get_param("StatusEquals")
-    jobs = [j for j in jobs if (not name or name in j.training_job_name) and (not status or j.training_job_status == status)]
+    jobs = [
+        j for j in jobs if (not name or name in j.training_job_name) and (not status or j.training_job_status == status)
+    ]
     sort_by = response._get_param("SortBy") or "CreationTime"
     attribute = {"Name": "training_job_name", "Status": "training_job_status"}.get(sort_by, "creation_time")
     jobs.sort(key=lambda j: getattr(j, attribute), reverse=response._get_param("SortOrder") == "Descending")
     start = int(response._get_param("NextToken") or 0)
     end = start + int(response._get_param("MaxResults") or 100)
     summaries = [
-        {k: v for k, v in {
-            "TrainingJobName": j.training_job_name, "TrainingJobArn": j.arn, "CreationTime": j.creation_time,
-            "TrainingEndTime": j.training_end_time, "LastModifiedTime": j.last_modified_time,
-            "TrainingJobStatus": j.training_job_status,
-        }.items() if v is not None}
+        {
+            k: v
+            for k, v in {
+                "TrainingJobName": j.training_job_name,
+                "TrainingJobArn": j.arn,
+                "CreationTime": j.creation_time,
+                "TrainingEndTime": j.training_end_time,
+                "LastModifiedTime": j.last_modified_time,
+                "TrainingJobStatus": j.training_job_status,
+            }.items()
+            if v is not None
+        }
         for j in jobs[start:end]
     ]
     result = {"TrainingJobSummaries": summaries}
@@ -244,7 +272,10 @@ def sagemaker_service(run_jobs: bool = False, workdir: Path | None = None, **run
     from moto.sagemaker.responses import SageMakerResponse
 
     service = Service()
-    saved = {name: SageMakerResponse.__dict__.get(name) for name in ("create_training_job", "stop_training_job", "list_training_jobs")}
+    saved = {
+        name: SageMakerResponse.__dict__.get(name)
+        for name in ("create_training_job", "stop_training_job", "list_training_jobs")
+    }
     original_create = SageMakerResponse.create_training_job
 
     def create_training_job(self):
@@ -293,7 +324,9 @@ def _run_created(name: str, arn: str, workdir: Path, run_kwargs: dict[str, Any])
     endpoint = run_kwargs.pop("endpoint_url", None) or os.environ.get("AWS_ENDPOINT_URL")
     session = boto3.Session(region_name=region)
     sm, s3 = (session.client(s, endpoint_url=endpoint) for s in ("sagemaker", "s3"))
-    return run_training_job(sm, s3, name, workdir, logs_client=session.client("logs", endpoint_url=endpoint), **run_kwargs)
+    return run_training_job(
+        sm, s3, name, workdir, logs_client=session.client("logs", endpoint_url=endpoint), **run_kwargs
+    )
 
 
 # --- one instance running the job ---------------------------------------------------------------
@@ -316,7 +349,9 @@ class JobRun:
         """Raise with the log's tail unless the job completed."""
         if self.status != "Completed":
             tail = "\n".join(self.stdout.splitlines()[-40:])
-            raise AssertionError(f"job {self.job_name} {self.status} (exit {self.returncode}): {self.failure_reason}\n{tail}")
+            raise AssertionError(
+                f"job {self.job_name} {self.status} (exit {self.returncode}): {self.failure_reason}\n{tail}"
+            )
         return self
 
 
@@ -367,12 +402,16 @@ def config_files(desc: dict[str, Any]) -> dict[str, Any]:
             "current_instance_type": instance_type,
             "current_group_name": "homogeneousCluster",
             "hosts": [HOST],
-            "instance_groups": [{"instance_group_name": "homogeneousCluster", "instance_type": instance_type, "hosts": [HOST]}],
+            "instance_groups": [
+                {"instance_group_name": "homogeneousCluster", "instance_type": instance_type, "hosts": [HOST]}
+            ],
             "network_interface_name": _network_interface(),
         },
         "inputdataconfig.json": {
             c["ChannelName"]: {
-                "TrainingInputMode": c.get("InputMode", desc["AlgorithmSpecification"].get("TrainingInputMode", "File")),
+                "TrainingInputMode": c.get(
+                    "InputMode", desc["AlgorithmSpecification"].get("TrainingInputMode", "File")
+                ),
                 "S3DistributionType": c["DataSource"]["S3DataSource"].get("S3DataDistributionType", "FullyReplicated"),
                 "RecordWrapperType": c.get("RecordWrapperType", "None"),
                 **({"ContentType": c["ContentType"]} if c.get("ContentType") else {}),
@@ -411,20 +450,30 @@ def toolkit_env(desc: dict[str, Any]) -> dict[str, str]:
         "SM_NUM_GPUS": str(_num_gpus()),
         "SM_LOG_LEVEL": "20",
         "SM_HPS": json.dumps(hps),
-        "SM_USER_ARGS": json.dumps([a for k, v in hps.items() for a in (f"--{k}", v if isinstance(v, str) else json.dumps(v))]),
+        "SM_USER_ARGS": json.dumps(
+            [a for k, v in hps.items() for a in (f"--{k}", v if isinstance(v, str) else json.dumps(v))]
+        ),
         "SM_RESOURCE_CONFIG": json.dumps(resource),
         "SM_INPUT_DATA_CONFIG": json.dumps(files["inputdataconfig.json"]),
     }
     env.update({f"SM_CHANNEL_{c.upper()}": f"{CONTAINER_ROOT}/input/data/{c}" for c in channels})
     env.update({f"SM_HP_{k.upper()}": v if isinstance(v, str) else json.dumps(v) for k, v in hps.items()})
-    env["SM_TRAINING_ENV"] = json.dumps({
-        "channel_input_dirs": {c: env[f"SM_CHANNEL_{c.upper()}"] for c in channels},
-        "current_host": resource["current_host"], "hosts": resource["hosts"], "hyperparameters": hps,
-        "input_data_config": files["inputdataconfig.json"], "job_name": desc["TrainingJobName"],
-        "model_dir": env["SM_MODEL_DIR"], "num_cpus": int(env["SM_NUM_CPUS"]), "num_gpus": int(env["SM_NUM_GPUS"]),
-        "output_data_dir": env["SM_OUTPUT_DATA_DIR"], "resource_config": resource,
-        "network_interface_name": resource["network_interface_name"],
-    })
+    env["SM_TRAINING_ENV"] = json.dumps(
+        {
+            "channel_input_dirs": {c: env[f"SM_CHANNEL_{c.upper()}"] for c in channels},
+            "current_host": resource["current_host"],
+            "hosts": resource["hosts"],
+            "hyperparameters": hps,
+            "input_data_config": files["inputdataconfig.json"],
+            "job_name": desc["TrainingJobName"],
+            "model_dir": env["SM_MODEL_DIR"],
+            "num_cpus": int(env["SM_NUM_CPUS"]),
+            "num_gpus": int(env["SM_NUM_GPUS"]),
+            "output_data_dir": env["SM_OUTPUT_DATA_DIR"],
+            "resource_config": resource,
+            "network_interface_name": resource["network_interface_name"],
+        }
+    )
     return env
 
 
@@ -454,12 +503,14 @@ def container_env(desc: dict[str, Any], env_extra: dict[str, str] | None = None)
     env = {k: os.environ[k] for k in PASSTHROUGH_ENV + AWS_ENV if k in os.environ}
     if not uses_sdk_drivers(desc):
         env.update(toolkit_env(desc))
-    env.update({
-        "TRAINING_JOB_NAME": desc["TrainingJobName"],
-        "TRAINING_JOB_ARN": desc["TrainingJobArn"],
-        "AWS_REGION": region,
-        "AWS_DEFAULT_REGION": region,
-    })
+    env.update(
+        {
+            "TRAINING_JOB_NAME": desc["TrainingJobName"],
+            "TRAINING_JOB_ARN": desc["TrainingJobArn"],
+            "AWS_REGION": region,
+            "AWS_DEFAULT_REGION": region,
+        }
+    )
     env.update(desc.get("Environment") or {})
     env.update(env_extra or {})
     return env
@@ -646,11 +697,15 @@ def run_training_job(
     if desc["TrainingJobArn"] not in _SERVED:
         raise EmulatorError(f"{job_name} was created outside sagemaker_service(): moto dropped its Environment")
     if desc["ResourceConfig"].get("InstanceCount", 1) != 1:
-        raise EmulatorError(f"{job_name} asks for {desc['ResourceConfig']['InstanceCount']} instances; the emulator runs one")
+        raise EmulatorError(
+            f"{job_name} asks for {desc['ResourceConfig']['InstanceCount']} instances; the emulator runs one"
+        )
     if logs_client is None:
         import boto3
 
-        logs_client = boto3.client("logs", region_name=sagemaker_client.meta.region_name, endpoint_url=sagemaker_client.meta.endpoint_url)
+        logs_client = boto3.client(
+            "logs", region_name=sagemaker_client.meta.region_name, endpoint_url=sagemaker_client.meta.endpoint_url
+        )
     job = moto_job(sagemaker_client, job_name)
     started = time.time()
     _set_status(job, "InProgress", "Downloading", "Downloading input data")
@@ -696,12 +751,23 @@ def run_training_job(
         status, secondary = "Stopped", container.stop_reason
     else:
         status, secondary = ("Completed", "Completed") if returncode == 0 else ("Failed", "Failed")
-    _set_status(job, "Stopping" if status == "Stopped" else "InProgress", "Uploading", "Uploading generated training model")
+    _set_status(
+        job, "Stopping" if status == "Stopped" else "InProgress", "Uploading", "Uploading generated training model"
+    )
     uris = _upload_results(s3_client, desc, tree, checkpoints, status)
     reason = _failure_reason(tree, returncode) if status == "Failed" else None
     metrics = final_metrics(lines, spec.get("MetricDefinitions") or [])
     billable = max(1, int(round(time.time() - started)))
     finish_job(sagemaker_client, job_name, status, secondary, uris["model"], reason, billable, metrics)
-    return JobRun(job_name, status, returncode, "\n".join(lines), uris["model"], uris["output"], reason, log.name,
-                  time.time() - started, tree)
-
+    return JobRun(
+        job_name,
+        status,
+        returncode,
+        "\n".join(lines),
+        uris["model"],
+        uris["output"],
+        reason,
+        log.name,
+        time.time() - started,
+        tree,
+    )

@@ -37,7 +37,9 @@ def make_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def write_dataset(folder: Path, n_train: int = 600, n_test: int = 200, gz: bool = True, seed: int = 0) -> dict[str, str]:
+def write_dataset(
+    folder: Path, n_train: int = 600, n_test: int = 200, gz: bool = True, seed: int = 0
+) -> dict[str, str]:
     """Write the four IDX files; return stem -> sha256 of the decompressed content."""
     folder.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}

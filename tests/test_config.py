@@ -22,8 +22,15 @@ def test_every_config_group_option_composes(group, option):
 
 def test_instance_catalog_covers_the_design_card():
     required = {
-        "ml.m5.xlarge", "ml.g4dn.xlarge", "ml.g4dn.12xlarge", "ml.g5.xlarge", "ml.g5.12xlarge",
-        "ml.p3.2xlarge", "ml.p3.8xlarge", "ml.p3.16xlarge", "ml.p4d.24xlarge",
+        "ml.m5.xlarge",
+        "ml.g4dn.xlarge",
+        "ml.g4dn.12xlarge",
+        "ml.g5.xlarge",
+        "ml.g5.12xlarge",
+        "ml.p3.2xlarge",
+        "ml.p3.8xlarge",
+        "ml.p3.16xlarge",
+        "ml.p4d.24xlarge",
     }
     assert required <= set(options("instance"))
     cfg = C.compose(["trainer.gpus=4", "instance=ml.p3.8xlarge"])
@@ -57,7 +64,10 @@ def test_gpus_mapping_to_lightning():
     assert (four["accelerator"], four["devices"], four["strategy"]) == ("gpu", 4, "ddp")
     assert C.trainer_device_kwargs(1, num_nodes=2)["strategy"] == "ddp"
     assert C.trainer_device_kwargs(0, launched_processes=2) == {
-        "accelerator": "cpu", "devices": 2, "num_nodes": 1, "strategy": "ddp",
+        "accelerator": "cpu",
+        "devices": 2,
+        "num_nodes": 1,
+        "strategy": "ddp",
     }
 
 
@@ -111,7 +121,9 @@ def _shape(cfg):
     return out
 
 
-@pytest.mark.parametrize("overrides", [[], ["model=mlp", "trainer.gpus=4", "instance=ml.p3.8xlarge"], ["run_name=x", "aws.region=eu-west-1"]])
+@pytest.mark.parametrize(
+    "overrides", [[], ["model=mlp", "trainer.gpus=4", "instance=ml.p3.8xlarge"], ["run_name=x", "aws.region=eu-west-1"]]
+)
 def test_a_cached_config_is_the_one_hydra_composes(overrides, monkeypatch, tmp_path):
     from omegaconf import OmegaConf
 
@@ -134,7 +146,10 @@ def test_a_repeated_command_line_skips_hydra(tmp_path):
 
     code = "import sys; from project.config import compose; c = compose(['trainer.seed=7']); print(c.trainer.seed, 'hydra' in sys.modules)"
     env = {**os.environ, C.COMPOSE_CACHE_ENV: str(tmp_path), "PYTHONPATH": str(C.CONF_DIR.parent)}
-    runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split() for _ in range(2)]
+    runs = [
+        subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
+        for _ in range(2)
+    ]
     assert runs == [["7", "True"], ["7", "False"]]
 
 
@@ -179,7 +194,12 @@ def test_the_cache_can_be_turned_off(monkeypatch, tmp_path):
 
 def test_an_experiment_presets_several_groups_and_overrides_still_win():
     cfg = C.compose(["experiment=gpu_fast"])
-    assert (cfg.trainer.batch_size, cfg.trainer.precision, cfg.trainer.channels_last, cfg.model.lr) == (1024, "bf16-mixed", True, 0.03)
+    assert (cfg.trainer.batch_size, cfg.trainer.precision, cfg.trainer.channels_last, cfg.model.lr) == (
+        1024,
+        "bf16-mixed",
+        True,
+        0.03,
+    )
     assert C.compose(["experiment=gpu_fast", "trainer.batch_size=512"]).trainer.batch_size == 512
     assert C.compose([]).trainer.batch_size == 256  # no preset unless asked
     with pytest.raises(C.ConfigError, match="unknown experiment 'fastest'; choose one of: gpu_fast"):

@@ -28,7 +28,9 @@ def test_parse_idx_reads_images_and_labels():
 
 
 def test_parse_idx_big_endian_int32():
-    content = bytes([0, 0, 0x0C, 1]) + (2).to_bytes(4, "big") + (1).to_bytes(4, "big") + (-2).to_bytes(4, "big", signed=True)
+    content = (
+        bytes([0, 0, 0x0C, 1]) + (2).to_bytes(4, "big") + (1).to_bytes(4, "big") + (-2).to_bytes(4, "big", signed=True)
+    )
     assert parse_idx(content).tolist() == [1, -2]
 
 
@@ -209,7 +211,12 @@ def test_labels_outside_num_classes_are_one_clear_error(tmp_path):
 
     files = write_dataset(tmp_path / "raw")
     labels = parse_idx(gzip.decompress((tmp_path / "raw" / "train-labels-idx1-ubyte.gz").read_bytes()))
-    module = IdxDataModule(str(tmp_path / "raw"), files, str(tmp_path / "cache"), val_size=50, num_classes=int(labels.max()))
-    with pytest.raises(DataError, match=rf"train labels run from 0 to {labels.max()}, outside 0..{labels.max() - 1}: set dataset.num_classes"):
+    module = IdxDataModule(
+        str(tmp_path / "raw"), files, str(tmp_path / "cache"), val_size=50, num_classes=int(labels.max())
+    )
+    with pytest.raises(
+        DataError,
+        match=rf"train labels run from 0 to {labels.max()}, outside 0..{labels.max() - 1}: set dataset.num_classes",
+    ):
         module.setup("fit")
     IdxDataModule(str(tmp_path / "raw"), files, str(tmp_path / "cache"), val_size=50, num_classes=10).setup("fit")

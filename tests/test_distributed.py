@@ -137,8 +137,10 @@ def torchrun_hosts(root: Path, channel: Path) -> list:
     """
     port = str(free_port())
     return [
-        ([sys.executable, ENTRY_SCRIPT, "--launch", "1"],
-         host_env(root, channel, host, SM_MASTER_ADDR="127.0.0.1", SM_MASTER_PORT=port))
+        (
+            [sys.executable, ENTRY_SCRIPT, "--launch", "1"],
+            host_env(root, channel, host, SM_MASTER_ADDR="127.0.0.1", SM_MASTER_PORT=port),
+        )
         for host in HOSTS
     ]
 
@@ -218,7 +220,9 @@ def test_two_hosts_under_torchrun_stop_on_sigterm_and_resume(plain_run, code_cha
         assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, "no periodic checkpoint"
         time.sleep(0.02)
     for proc in procs:
-        proc.send_signal(signal.SIGTERM)  # SageMaker stops every instance; the launcher is torchrun now, which forwards it
+        proc.send_signal(
+            signal.SIGTERM
+        )  # SageMaker stops every instance; the launcher is torchrun now, which forwards it
     outputs = finish(procs, check=False)
     stopped = re.search(r"sigterm_checkpoint_step=(\d+)", outputs[0])
     assert stopped, outputs[0][-3000:]
@@ -249,19 +253,34 @@ def test_sagemaker_env_ranks_hosts_like_the_sdk():
 
 
 def test_wire_distributed_fills_a_plain_launch_and_keeps_torchrun_values():
-    sm = sagemaker_env({"SM_MODEL_DIR": "/m", "SM_HOSTS": '["algo-1","algo-2"]', "SM_CURRENT_HOST": "algo-2",
-                        "SM_NETWORK_INTERFACE_NAME": "eth0"})
+    sm = sagemaker_env(
+        {
+            "SM_MODEL_DIR": "/m",
+            "SM_HOSTS": '["algo-1","algo-2"]',
+            "SM_CURRENT_HOST": "algo-2",
+            "SM_NETWORK_INTERFACE_NAME": "eth0",
+        }
+    )
     plain: dict = {}
     wire_distributed(sm, plain)
-    assert plain == {"MASTER_ADDR": "algo-1", "MASTER_PORT": "7777", "NODE_RANK": "1",
-                     "NCCL_SOCKET_IFNAME": "eth0", "GLOO_SOCKET_IFNAME": "eth0"}
+    assert plain == {
+        "MASTER_ADDR": "algo-1",
+        "MASTER_PORT": "7777",
+        "NODE_RANK": "1",
+        "NCCL_SOCKET_IFNAME": "eth0",
+        "GLOO_SOCKET_IFNAME": "eth0",
+    }
     torchrun = {"MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29400", "LOCAL_WORLD_SIZE": "4"}
     wire_distributed(sm, torchrun)
     assert (torchrun["MASTER_ADDR"], torchrun["MASTER_PORT"]) == ("10.0.0.1", "29400")
     assert launched_processes(torchrun) == 4 and launched_processes({}) == 1
     # torchrun on CPU hosts: one Lightning device per launched process, one node per host.
     assert C.trainer_device_kwargs(0, 2, launched_processes(torchrun)) == {
-        "accelerator": "cpu", "devices": 4, "num_nodes": 2, "strategy": "ddp"}
+        "accelerator": "cpu",
+        "devices": 4,
+        "num_nodes": 2,
+        "strategy": "ddp",
+    }
 
 
 def test_global_batch_must_split_evenly_over_processes(tiny_data, tmp_path):
@@ -282,11 +301,27 @@ def test_launcher_builds_the_sdk_drivers_torchrun_command():
 
     one = {"SM_MODEL_DIR": "/opt/ml/model", "SM_HOSTS": '["algo-1"]', "SM_CURRENT_HOST": "algo-1"}
     assert torchrun_argv(one, 4, "sm_entry.py")[1:] == [
-        "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=4", "sm_entry.py"]
-    two = {"SM_MODEL_DIR": "/opt/ml/model", "SM_HOSTS": '["algo-2", "algo-1"]', "SM_CURRENT_HOST": "algo-2",
-           "SM_MASTER_ADDR": "algo-1", "SM_MASTER_PORT": "7777"}
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=1",
+        "--nproc_per_node=4",
+        "sm_entry.py",
+    ]
+    two = {
+        "SM_MODEL_DIR": "/opt/ml/model",
+        "SM_HOSTS": '["algo-2", "algo-1"]',
+        "SM_CURRENT_HOST": "algo-2",
+        "SM_MASTER_ADDR": "algo-1",
+        "SM_MASTER_PORT": "7777",
+    }
     assert torchrun_argv(two, 8, "sm_entry.py")[3:] == [
-        "--nnodes=2", "--nproc_per_node=8", "--master_addr=algo-1", "--master_port=7777", "--node_rank=1", "sm_entry.py"]
+        "--nnodes=2",
+        "--nproc_per_node=8",
+        "--master_addr=algo-1",
+        "--master_port=7777",
+        "--node_rank=1",
+        "sm_entry.py",
+    ]
     env: dict = {}
     network_env(env, "eth0", "ml.p4d.24xlarge")
     assert (env["NCCL_SOCKET_IFNAME"], env["GLOO_SOCKET_IFNAME"], env["FI_PROVIDER"]) == ("eth0", "eth0", "efa")

@@ -18,9 +18,14 @@ from project.aws import transfer
 from project.aws.session import aws_clients
 from tests import sagemaker_emulator as emulator
 
-ROLE_POLICY = json.dumps({"Version": "2012-10-17", "Statement": [
-    {"Effect": "Allow", "Principal": {"Service": "sagemaker.amazonaws.com"}, "Action": "sts:AssumeRole"}
-]})
+ROLE_POLICY = json.dumps(
+    {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Principal": {"Service": "sagemaker.amazonaws.com"}, "Action": "sts:AssumeRole"}
+        ],
+    }
+)
 METRICS = [{"Name": "test_acc", "Regex": r"test_acc=([0-9.]+)"}, {"Name": "epoch", "Regex": r"epoch=([0-9]+)"}]
 
 
@@ -58,7 +63,9 @@ def model_trainer(clients, infra, source_dir: Path, command=None, entry_script=N
     from sagemaker.train.configs import InputData
 
     session = Session(
-        boto_session=clients.session, default_bucket=infra["artifacts"], default_bucket_prefix="code",
+        boto_session=clients.session,
+        default_bucket=infra["artifacts"],
+        default_bucket_prefix="code",
         sagemaker_config={"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}},
     )
     trainer = ModelTrainer(
@@ -70,7 +77,9 @@ def model_trainer(clients, infra, source_dir: Path, command=None, entry_script=N
         distributed=distributed,
         compute=Compute(instance_type="ml.m5.xlarge", instance_count=1),
         output_data_config=OutputDataConfig(s3_output_path=f"s3://{infra['artifacts']}/jobs/"),
-        checkpoint_config=CheckpointConfig(s3_uri=f"s3://{infra['artifacts']}/checkpoints/emu/", local_path="/opt/ml/checkpoints"),
+        checkpoint_config=CheckpointConfig(
+            s3_uri=f"s3://{infra['artifacts']}/checkpoints/emu/", local_path="/opt/ml/checkpoints"
+        ),
         input_data_config=[InputData(channel_name="train", data_source=f"s3://{infra['data']}/datasets/tiny/")],
         environment={"PYTHONUNBUFFERED": "1", "RUN_MARK": "from-the-job"},
         **extra,
@@ -84,13 +93,20 @@ def create_plain_job(clients, infra, command, **request) -> str:
     clients.sagemaker.create_training_job(
         TrainingJobName=name,
         AlgorithmSpecification={
-            "TrainingImage": "123456789012.dkr.ecr.us-east-1.amazonaws.com/project:test", "TrainingInputMode": "File",
+            "TrainingImage": "123456789012.dkr.ecr.us-east-1.amazonaws.com/project:test",
+            "TrainingInputMode": "File",
             "ContainerEntrypoint": command[:1],
             **({"ContainerArguments": command[1:]} if command[1:] else {}),  # the API refuses an empty list
         },
         RoleArn=infra["role"],
-        InputDataConfig=[{"ChannelName": "train", "DataSource": {"S3DataSource": {
-            "S3DataType": "S3Prefix", "S3Uri": f"s3://{infra['data']}/datasets/tiny"}}}],
+        InputDataConfig=[
+            {
+                "ChannelName": "train",
+                "DataSource": {
+                    "S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": f"s3://{infra['data']}/datasets/tiny"}
+                },
+            }
+        ],
         OutputDataConfig={"S3OutputPath": f"s3://{infra['artifacts']}/plain"},
         ResourceConfig={"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 10},
         StoppingCondition={"MaxRuntimeInSeconds": 3600},
@@ -157,18 +173,29 @@ def test_command_job_runs_with_the_sdk_drivers_and_comes_home(clients, infra, tm
 
     desc = clients.sagemaker.describe_training_job(TrainingJobName=name)
     assert desc["TrainingJobStatus"] == "Completed" and desc["SecondaryStatus"] == "Completed"
-    assert desc["ModelArtifacts"]["S3ModelArtifacts"] == run.model_uri == f"s3://{infra['artifacts']}/jobs/{name}/output/model.tar.gz"
+    assert (
+        desc["ModelArtifacts"]["S3ModelArtifacts"]
+        == run.model_uri
+        == f"s3://{infra['artifacts']}/jobs/{name}/output/model.tar.gz"
+    )
     assert {m["MetricName"]: m["Value"] for m in desc["FinalMetricDataList"]} == {"test_acc": 0.5, "epoch": 2.0}
     assert desc["BillableTimeInSeconds"] >= 1 and desc["TrainingEndTime"] >= desc["TrainingStartTime"]
 
     streams = clients.logs.describe_log_streams(logGroupName=emulator.LOG_GROUP, logStreamNamePrefix=f"{name}/")
     assert [s["logStreamName"] for s in streams["logStreams"]] == [run.log_stream]
-    events = clients.logs.get_log_events(logGroupName=emulator.LOG_GROUP, logStreamName=run.log_stream, startFromHead=True)
+    events = clients.logs.get_log_events(
+        logGroupName=emulator.LOG_GROUP, logStreamName=run.log_stream, startFromHead=True
+    )
     assert "epoch=2 test_acc=0.5" in [e["message"] for e in events["events"]]
 
     dest = transfer.fetch_job(
-        clients.s3, run.model_uri, run.output_uri, desc["CheckpointConfig"]["S3Uri"], tmp_path / "runs" / name,
-        progress=False, echo=lambda _: None,
+        clients.s3,
+        run.model_uri,
+        run.output_uri,
+        desc["CheckpointConfig"]["S3Uri"],
+        tmp_path / "runs" / name,
+        progress=False,
+        echo=lambda _: None,
     )
     assert (dest / "model" / "model.txt").read_text() == "weights"
     assert json.loads((dest / "metrics.json").read_text()) == {"test_acc": 0.5}
@@ -188,8 +215,14 @@ def test_torchrun_entry_script_job(clients, infra, tmp_path):
     from sagemaker.train.distributed import Torchrun
 
     source = write_source(tmp_path / "src", TORCHRUN_SCRIPT)
-    trainer = model_trainer(clients, infra, source, entry_script="train.py", distributed=Torchrun(process_count_per_node=2),
-                            hyperparameters={"config_hash": "abc123", "epochs": 2})
+    trainer = model_trainer(
+        clients,
+        infra,
+        source,
+        entry_script="train.py",
+        distributed=Torchrun(process_count_per_node=2),
+        hyperparameters={"config_hash": "abc123", "epochs": 2},
+    )
     with emulator.sagemaker_service():
         name = launch(trainer)
         run = emulator.run_training_job(clients.sagemaker, clients.s3, name, tmp_path / "job", logs_client=clients.logs)
@@ -240,12 +273,16 @@ def test_stop_is_docker_stop_sigterm_reaches_pid1_only(clients, infra, tmp_path)
 
 def _log(clients, name):
     try:
-        streams = clients.logs.describe_log_streams(logGroupName=emulator.LOG_GROUP, logStreamNamePrefix=f"{name}/")["logStreams"]
+        streams = clients.logs.describe_log_streams(logGroupName=emulator.LOG_GROUP, logStreamNamePrefix=f"{name}/")[
+            "logStreams"
+        ]
     except clients.logs.exceptions.ResourceNotFoundException:
         return ""  # no job has logged yet
     if not streams:
         return ""
-    events = clients.logs.get_log_events(logGroupName=emulator.LOG_GROUP, logStreamName=streams[0]["logStreamName"], startFromHead=True)
+    events = clients.logs.get_log_events(
+        logGroupName=emulator.LOG_GROUP, logStreamName=streams[0]["logStreamName"], startFromHead=True
+    )
     return "\n".join(e["message"] for e in events["events"])
 
 
@@ -259,9 +296,15 @@ def test_plain_entrypoint_gets_the_toolkit_environment_and_max_runtime_stops_it(
     """)
     with emulator.sagemaker_service():
         name = create_plain_job(clients, infra, ["python3", "-c", script], HyperParameters={"epochs": "2"})
-        run = emulator.run_training_job(clients.sagemaker, clients.s3, name, tmp_path / "job", timeout=3, logs_client=clients.logs)
+        run = emulator.run_training_job(
+            clients.sagemaker, clients.s3, name, tmp_path / "job", timeout=3, logs_client=clients.logs
+        )
     desc = clients.sagemaker.describe_training_job(TrainingJobName=name)
     assert 'hps {"epochs": 2} channel /opt/ml/input/data/train pid 1' in run.stdout
     assert "got SIGTERM" in run.stdout
     assert (desc["TrainingJobStatus"], desc["SecondaryStatus"]) == ("Stopped", "MaxRuntimeExceeded")
-    assert desc["ModelArtifacts"]["S3ModelArtifacts"] == run.model_uri == f"s3://{infra['artifacts']}/plain/{name}/output/model.tar.gz"
+    assert (
+        desc["ModelArtifacts"]["S3ModelArtifacts"]
+        == run.model_uri
+        == f"s3://{infra['artifacts']}/plain/{name}/output/model.tar.gz"
+    )

@@ -129,7 +129,7 @@ def test_non_json_output_is_reported(fake_terraform, tmp_path):
 
 
 def test_terraform_failure_shows_its_error_line(fake_terraform, tmp_path):
-    stderr = "\n\u2577\n\u2502 Error: Backend initialization required, please run \"terraform init\"\n\u2502\n\u2575\n"
+    stderr = '\n\u2577\n\u2502 Error: Backend initialization required, please run "terraform init"\n\u2502\n\u2575\n'
     fake_terraform(stderr=stderr, code=1)
     with pytest.raises(InfraError) as error:
         read_terraform_outputs(tmp_path)

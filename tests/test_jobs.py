@@ -55,7 +55,10 @@ def test_spot_cost_and_wait():
     [
         (["trainer.gpus=8", "instance=ml.p3.8xlarge"], "trainer.gpus=8 but ml.p3.8xlarge has 4 GPU(s)"),
         (["instance=ml.p3.8xlarge", "trainer.batch_size=250"], "does not split evenly over world size 4"),
-        (["job.spot=true", "job.max_run_minutes=60", "job.max_wait_minutes=30"], "spot needs job.max_wait_minutes >= job.max_run_minutes (60)"),
+        (
+            ["job.spot=true", "job.max_run_minutes=60", "job.max_wait_minutes=30"],
+            "spot needs job.max_wait_minutes >= job.max_run_minutes (60)",
+        ),
         (["job.max_wait_minutes=30"], "job.max_wait_minutes applies to spot only"),
         (["job.max_run_minutes=0"], "job.max_run_minutes must be between 1 and 40320"),
         (["job.max_run_minutes=50000"], "job.max_run_minutes must be between 1 and 40320"),
@@ -110,11 +113,27 @@ def test_staged_source_carries_the_resolved_config(tmp_path):
 def test_docker_commands():
     ref = image.ImageRef(INFRA.repository_url, "abc1234")
     assert image.build_command(ref, "base:1") == [
-        "docker", "build", "--platform", "linux/amd64", "--build-arg", "BASE_IMAGE=base:1",
-        "--tag", f"{INFRA.repository_url}:abc1234", "--file", "Dockerfile", ".",
+        "docker",
+        "build",
+        "--platform",
+        "linux/amd64",
+        "--build-arg",
+        "BASE_IMAGE=base:1",
+        "--tag",
+        f"{INFRA.repository_url}:abc1234",
+        "--file",
+        "Dockerfile",
+        ".",
     ]
     login, push = image.push_commands(ref)
-    assert login == ["docker", "login", "--username", "AWS", "--password-stdin", "123456789012.dkr.ecr.us-east-1.amazonaws.com"]
+    assert login == [
+        "docker",
+        "login",
+        "--username",
+        "AWS",
+        "--password-stdin",
+        "123456789012.dkr.ecr.us-east-1.amazonaws.com",
+    ]
     assert push == ["docker", "push", f"{INFRA.repository_url}:abc1234"]
 
 

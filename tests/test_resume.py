@@ -158,8 +158,9 @@ def test_loader_position_resumes_the_same_epoch_only():
     split = TensorSplit(torch.arange(10).float()[:, None], torch.arange(10))
 
     def loader():
-        return ResumableLoader(split, sampler=IndexBatches(10, 3, True, seed=0), batch_size=None,
-                               generator=torch.Generator())
+        return ResumableLoader(
+            split, sampler=IndexBatches(10, 3, True, seed=0), batch_size=None, generator=torch.Generator()
+        )
 
     full = loader()
     full.sampler.set_epoch(2)

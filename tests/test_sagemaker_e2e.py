@@ -31,7 +31,11 @@ pytestmark = pytest.mark.slow
 
 def invoke(*args, timeout=600, env=None):
     return subprocess.run(
-        [sys.executable, "-m", "invoke", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "invoke", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env=env or dict(os.environ),
     )
 
@@ -56,29 +60,57 @@ def world(request, aws_infra, tmp_path_factory):
         workdir = request.getfixturevalue("terraform_applied")[0]
         infra_overrides = [f"aws.terraform_dir={workdir}"]
     else:  # resources made by boto3 (no terraform here): name them in the config
-        infra_overrides = [f"aws.{k}={getattr(aws_infra, k)}" for k in ("data_bucket", "artifacts_bucket", "repository_url", "role_arn", "region")]
+        infra_overrides = [
+            f"aws.{k}={getattr(aws_infra, k)}"
+            for k in ("data_bucket", "artifacts_bucket", "repository_url", "role_arn", "region")
+        ]
     tag = f"e2e{uuid.uuid4().hex[:7]}"
     repository = aws_infra.repository_url.split("/", 1)[1]
     # What `invoke push` leaves in ECR (no Docker engine here): the tag, on an image manifest.
-    clients.ecr.put_image(repositoryName=repository, imageTag=tag, imageManifest=json.dumps(
-        {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-         "config": {"digest": "sha256:" + "0" * 64, "size": 1, "mediaType": "application/vnd.docker.container.image.v1+json"},
-         "layers": []}))
-    return {"clients": clients, "infra": aws_infra, "infra_overrides": infra_overrides, "tag": tag,
-            "root": tmp_path_factory.mktemp("e2e")}
+    clients.ecr.put_image(
+        repositoryName=repository,
+        imageTag=tag,
+        imageManifest=json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                "config": {
+                    "digest": "sha256:" + "0" * 64,
+                    "size": 1,
+                    "mediaType": "application/vnd.docker.container.image.v1+json",
+                },
+                "layers": [],
+            }
+        ),
+    )
+    return {
+        "clients": clients,
+        "infra": aws_infra,
+        "infra_overrides": infra_overrides,
+        "tag": tag,
+        "root": tmp_path_factory.mktemp("e2e"),
+    }
 
 
 def job_overrides(world, data, name: str, **extra) -> list:
     """A seconds-long CPU job on the tiny dataset, its own S3 prefix and job names."""
     folder, files = data
-    return tiny_overrides(folder, files, world["root"] / "runs", **{
-        "instance": "ml.m5.xlarge",
-        "dataset.s3_prefix": f"datasets/{name}",
-        "job.base_name": name,
-        "job.image_tag": world["tag"],
-        "job.max_run_minutes": 30,
-        **extra,
-    }) + world["infra_overrides"]
+    return (
+        tiny_overrides(
+            folder,
+            files,
+            world["root"] / "runs",
+            **{
+                "instance": "ml.m5.xlarge",
+                "dataset.s3_prefix": f"datasets/{name}",
+                "job.base_name": name,
+                "job.image_tag": world["tag"],
+                "job.max_run_minutes": 30,
+                **extra,
+            },
+        )
+        + world["infra_overrides"]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +130,9 @@ def test_upload_train_fetch_predict(world, data, tmp_path):
 
     up = invoke("upload", *overrides)
     assert up.returncode == 0, up.stderr
-    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=infra.data_bucket, Prefix=f"datasets/{name}/")["Contents"])
+    keys = sorted(
+        o["Key"] for o in s3.list_objects_v2(Bucket=infra.data_bucket, Prefix=f"datasets/{name}/")["Contents"]
+    )
     assert keys == sorted(f"datasets/{name}/{stem}.gz" for stem in data[1])
 
     with emulator.sagemaker_service(run_jobs=True, workdir=tmp_path / "jobs") as service:
@@ -120,10 +154,16 @@ def test_upload_train_fetch_predict(world, data, tmp_path):
         assert desc["ResourceConfig"]["InstanceType"] == "ml.m5.xlarge"
         assert desc["AlgorithmSpecification"]["TrainingImage"] == f"{infra.repository_url}:{world['tag']}"
         assert desc["RoleArn"] == infra.role_arn
-        assert desc["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] == f"s3://{infra.data_bucket}/datasets/{name}/"
+        assert (
+            desc["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"]
+            == f"s3://{infra.data_bucket}/datasets/{name}/"
+        )
         assert desc["OutputDataConfig"]["S3OutputPath"].startswith(f"s3://{infra.artifacts_bucket}/")
         assert desc["CheckpointConfig"]["S3Uri"].startswith(f"s3://{infra.artifacts_bucket}/checkpoints/{name}-")
-        tags = {t["Key"]: t["Value"] for t in world["clients"].sagemaker.list_tags(ResourceArn=desc["TrainingJobArn"])["Tags"]}
+        tags = {
+            t["Key"]: t["Value"]
+            for t in world["clients"].sagemaker.list_tags(ResourceArn=desc["TrainingJobArn"])["Tags"]
+        }
         assert tags["git-sha"] == world["tag"] and tags["project"] and len(tags["config-hash"]) >= 8
         final = {m["MetricName"]: m["Value"] for m in desc["FinalMetricDataList"]}
         assert final["test_acc"] > 0.5 and final["epoch"] >= 1
@@ -136,13 +176,23 @@ def test_upload_train_fetch_predict(world, data, tmp_path):
         assert logs.returncode == 0 and "test_acc=" in logs.stdout
 
         runs = tmp_path / "runs"
-        fetched = invoke("fetch", *world["infra_overrides"], f"job.base_name={name}", f"paths.runs_dir={runs}")  # latest job
+        fetched = invoke(
+            "fetch", *world["infra_overrides"], f"job.base_name={name}", f"paths.runs_dir={runs}"
+        )  # latest job
         assert fetched.returncode == 0, fetched.stderr
         run_dir = runs / job
         assert f"run_dir={run_dir}" in fetched.stdout
         # Exactly the layout `invoke local` writes.
-        for path in ("metrics.json", "model/model.ts", "model/model.pt", "model/config.yaml", "output/metrics.json",
-                     "output/metrics.csv", "output/confusion_matrix.png", "output/learning_curves.png"):
+        for path in (
+            "metrics.json",
+            "model/model.ts",
+            "model/model.pt",
+            "model/config.yaml",
+            "output/metrics.json",
+            "output/metrics.csv",
+            "output/confusion_matrix.png",
+            "output/learning_curves.png",
+        ):
             assert (run_dir / path).is_file(), path
         assert list((run_dir / "checkpoints").glob("*.ckpt"))
         metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -196,10 +246,18 @@ def test_stopped_job_rerun_resumes_from_its_checkpoints(world, tmp_path):
     name = f"e2e-spot-{uuid.uuid4().hex[:6]}"
     folder = tmp_path / "long"
     long_data = (folder, write_dataset(folder, n_train=1100, n_test=200))
-    overrides = job_overrides(world, long_data, name, **{
-        "trainer.batch_size": 16, "trainer.max_epochs": 3, "trainer.deterministic": "true",
-        "trainer.checkpoint_every_n_steps": 10, "+job.environment.OMP_NUM_THREADS": 1,
-    })  # 63 steps per epoch: seconds of training, room to stop it mid-way
+    overrides = job_overrides(
+        world,
+        long_data,
+        name,
+        **{
+            "trainer.batch_size": 16,
+            "trainer.max_epochs": 3,
+            "trainer.deterministic": "true",
+            "trainer.checkpoint_every_n_steps": 10,
+            "+job.environment.OMP_NUM_THREADS": 1,
+        },
+    )  # 63 steps per epoch: seconds of training, room to stop it mid-way
     assert invoke("upload", *overrides).returncode == 0
     sm = world["clients"].sagemaker
     with emulator.sagemaker_service(run_jobs=True, workdir=tmp_path / "jobs") as service:
@@ -238,7 +296,10 @@ def test_invalid_launches_and_missing_things_are_one_clean_line(world, data, tmp
     cases = [
         (["trainer.gpus=8", "instance=ml.p3.8xlarge"], "trainer.gpus=8 but ml.p3.8xlarge has 4 GPU(s)"),
         (["job.spot=true", "job.max_wait_minutes=10"], "spot needs job.max_wait_minutes >= job.max_run_minutes"),
-        (["trainer.batch_size=30", "instance=ml.p3.8xlarge", "trainer.gpus=4"], "does not split evenly over world size 4"),
+        (
+            ["trainer.batch_size=30", "instance=ml.p3.8xlarge", "trainer.gpus=4"],
+            "does not split evenly over world size 4",
+        ),
         (["instance=ml.x9.huge"], "unknown instance 'ml.x9.huge'; choose one of: "),
         (["job.image_tag=never-pushed"], "image tag never-pushed is not in ECR"),
         ([], f"no data under s3://{world['infra'].data_bucket}/datasets/{name}/: run `invoke upload` first"),
@@ -250,7 +311,9 @@ def test_invalid_launches_and_missing_things_are_one_clean_line(world, data, tmp
 
     empty = tmp_path / "not-applied"
     empty.mkdir()
-    line = one_error_line(invoke("train", *overrides[:-len(world["infra_overrides"])], f"aws.terraform_dir={empty}", "--yes"))
+    line = one_error_line(
+        invoke("train", *overrides[: -len(world["infra_overrides"])], f"aws.terraform_dir={empty}", "--yes")
+    )
     assert "Terraform has not been applied" in line and "terraform" in line and "apply" in line
 
     for task in ("fetch", "logs", "status"):
@@ -259,8 +322,14 @@ def test_invalid_launches_and_missing_things_are_one_clean_line(world, data, tmp
     line = one_error_line(invoke("stop", "no-such-job", *world["infra_overrides"]))
     assert "no training job named 'no-such-job'" in line
 
-    nobody = {k: v for k, v in os.environ.items() if not k.startswith("AWS_ACCESS_KEY") and not k.startswith("AWS_SECRET")}
-    nobody.update(AWS_EC2_METADATA_DISABLED="true", AWS_SHARED_CREDENTIALS_FILE=str(empty / "none"), AWS_CONFIG_FILE=str(empty / "none"))
+    nobody = {
+        k: v for k, v in os.environ.items() if not k.startswith("AWS_ACCESS_KEY") and not k.startswith("AWS_SECRET")
+    }
+    nobody.update(
+        AWS_EC2_METADATA_DISABLED="true",
+        AWS_SHARED_CREDENTIALS_FILE=str(empty / "none"),
+        AWS_CONFIG_FILE=str(empty / "none"),
+    )
     line = one_error_line(invoke("status", *world["infra_overrides"], env=nobody))
     assert line == "error: no AWS credentials found: run `aws configure` or set AWS_PROFILE"
 
@@ -271,8 +340,10 @@ def test_dry_run_prints_the_create_training_job_request(world):
     overrides = [*world["infra_overrides"], f"job.image_tag={world['tag']}", "trainer.gpus=4", "instance=ml.p3.8xlarge"]
     result = invoke("train", *overrides, "--dry-run")
     assert result.returncode == 0, result.stderr[-3000:]
-    request = json.loads(result.stdout[result.stdout.index("{"):])
-    assert request["ResourceConfig"]["InstanceType"] == "ml.p3.8xlarge" and request["ResourceConfig"]["InstanceCount"] == 1
+    request = json.loads(result.stdout[result.stdout.index("{") :])
+    assert (
+        request["ResourceConfig"]["InstanceType"] == "ml.p3.8xlarge" and request["ResourceConfig"]["InstanceCount"] == 1
+    )
     assert request["HyperParameters"]["processes_per_node"] == "4" and request["HyperParameters"]["nodes"] == "1"
     assert request["AlgorithmSpecification"]["ContainerEntrypoint"] == ["/bin/bash"]
     names = {d["Name"] for d in request["AlgorithmSpecification"]["MetricDefinitions"]}

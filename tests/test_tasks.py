@@ -43,7 +43,12 @@ def parse(*argv):
 
 def test_bare_overrides_are_collected_in_order():
     parsed = parse("local", "trainer.max_epochs=1", "+trainer.extra=x", "dataset.source=../d", "model=mlp")
-    assert parsed["local"]["overrides"] == ["trainer.max_epochs=1", "+trainer.extra=x", "dataset.source=../d", "model=mlp"]
+    assert parsed["local"]["overrides"] == [
+        "trainer.max_epochs=1",
+        "+trainer.extra=x",
+        "dataset.source=../d",
+        "model=mlp",
+    ]
 
 
 def test_flags_and_tasks_still_parse_around_overrides():
@@ -108,7 +113,13 @@ def test_predict_errors_are_clean(args, message, tmp_path):
 
 def test_upload_of_missing_data_is_one_line_and_exit_code_2(tmp_path):
     """DataError is a UserError: no traceback, and nothing is asked of AWS before the files are found."""
-    infra = ["aws.data_bucket=b", "aws.artifacts_bucket=a", "aws.repository_url=r", "aws.role_arn=x", "aws.region=us-east-1"]
+    infra = [
+        "aws.data_bucket=b",
+        "aws.artifacts_bucket=a",
+        "aws.repository_url=r",
+        "aws.role_arn=x",
+        "aws.region=us-east-1",
+    ]
     result = invoke("upload", f"dataset.source={tmp_path}", *infra)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

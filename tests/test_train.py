@@ -93,7 +93,11 @@ def test_entry_point_under_a_faked_sagemaker_environment(tiny_run, tmp_path):
     }
     result = subprocess.run(
         [sys.executable, "-m", "project.train", "--config", str(config_file)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert {p.name for p in (opt_ml / "model").iterdir()} >= MODEL_FILES
@@ -107,7 +111,10 @@ def test_entry_point_under_a_faked_sagemaker_environment(tiny_run, tmp_path):
 def test_entry_point_bad_config_is_one_line_and_nonzero(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "project.train", "trainer.gpus=lots"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
@@ -142,7 +149,9 @@ def test_test_pass_counts_the_confusion_matrix(tiny_data, tmp_path):
     folder, files = tiny_data
     datamodule = IdxDataModule(str(folder), files, str(tmp_path / "cache"), batch_size=16, val_size=10)
     module = LitClassifier(SmallCNN(width=4))
-    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
     try:
         (results,) = trainer.test(module, datamodule=datamodule, verbose=False)
     finally:

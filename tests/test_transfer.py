@@ -127,8 +127,14 @@ def tar_gz(members: dict) -> bytes:
 def job_artifacts(s3, bucket):
     """A finished job's S3 layout: output/model.tar.gz, output/output.tar.gz and checkpoints."""
     base = "jobs/job-1/output"
-    s3.put_object(Bucket=bucket, Key=f"{base}/model.tar.gz", Body=tar_gz({"model.pt": b"weights", "config.yaml": b"a: 1\n"}))
-    s3.put_object(Bucket=bucket, Key=f"{base}/output.tar.gz", Body=tar_gz({"metrics.json": b'{"test_acc": 0.5}', "tb/events": b"e"}))
+    s3.put_object(
+        Bucket=bucket, Key=f"{base}/model.tar.gz", Body=tar_gz({"model.pt": b"weights", "config.yaml": b"a: 1\n"})
+    )
+    s3.put_object(
+        Bucket=bucket,
+        Key=f"{base}/output.tar.gz",
+        Body=tar_gz({"metrics.json": b'{"test_acc": 0.5}', "tb/events": b"e"}),
+    )
     s3.put_object(Bucket=bucket, Key="ckpt/run/last.ckpt", Body=b"ckpt")
     s3.put_object(Bucket=bucket, Key="ckpt/run/sub/step-1.ckpt", Body=b"ckpt1")
     s3.put_object(Bucket=bucket, Key="ckpt/run-other/not-mine.ckpt", Body=b"x")  # a sibling prefix
@@ -148,7 +154,8 @@ def test_fetch_recreates_the_local_run_layout(s3, job_artifacts, tmp_path):
     assert (dest / "output" / "tb" / "events").read_bytes() == b"e"
     assert (dest / "metrics.json").read_text() == (dest / "output" / "metrics.json").read_text()
     assert sorted(p.relative_to(dest / "checkpoints").as_posix() for p in (dest / "checkpoints").rglob("*.ckpt")) == [
-        "last.ckpt", "sub/step-1.ckpt",
+        "last.ckpt",
+        "sub/step-1.ckpt",
     ]
     assert leftovers(dest.parent) == []
     assert lines[-1] == f"unpacked into {dest}/"
@@ -174,7 +181,15 @@ def test_fetch_replaces_an_existing_run_and_tolerates_no_output(s3, job_artifact
     dest = tmp_path / "job-1"
     (dest / "model").mkdir(parents=True)
     (dest / "stale.txt").write_text("old")
-    transfer.fetch_job(s3, model_uri, model_uri.replace("model.tar.gz", "absent.tar.gz"), None, dest, progress=False, echo=lambda _: None)
+    transfer.fetch_job(
+        s3,
+        model_uri,
+        model_uri.replace("model.tar.gz", "absent.tar.gz"),
+        None,
+        dest,
+        progress=False,
+        echo=lambda _: None,
+    )
     assert not (dest / "stale.txt").exists()
     assert (dest / "model" / "config.yaml").read_text() == "a: 1\n"
     assert sorted(p.name for p in dest.iterdir()) == ["checkpoints", "model", "output"]
@@ -202,7 +217,11 @@ def _with_bad_crc(gz: bytes) -> bytes:
 
 @pytest.mark.parametrize(
     "damage",
-    [lambda gz: gz[: len(gz) // 2], _with_bad_crc, lambda gz: gz[:-4] + (int.from_bytes(gz[-4:], "little") + 1).to_bytes(4, "little")],
+    [
+        lambda gz: gz[: len(gz) // 2],
+        _with_bad_crc,
+        lambda gz: gz[:-4] + (int.from_bytes(gz[-4:], "little") + 1).to_bytes(4, "little"),
+    ],
     ids=["truncated", "crc", "length"],
 )
 def test_a_damaged_gzip_stream_is_refused_though_its_tar_reads(s3, bucket, tmp_path, damage):
@@ -225,7 +244,9 @@ def test_a_link_out_of_the_folder_is_refused(s3, bucket, tmp_path):
     s3.put_object(Bucket=bucket, Key="evil/model.tar.gz", Body=buffer.getvalue())
     dest = tmp_path / "runs" / "evil"
     with pytest.raises(TransferError, match="refusing s3://.*/evil/model.tar.gz: .*passwd"):
-        transfer.fetch_job(s3, f"s3://{bucket}/evil/model.tar.gz", None, None, dest, progress=False, echo=lambda _: None)
+        transfer.fetch_job(
+            s3, f"s3://{bucket}/evil/model.tar.gz", None, None, dest, progress=False, echo=lambda _: None
+        )
     assert not dest.exists() and leftovers(dest.parent) == []
 
 
@@ -234,8 +255,14 @@ def test_member_outside_the_folder_is_refused(s3, bucket, tmp_path, member):
     s3.put_object(Bucket=bucket, Key="evil/model.tar.gz", Body=tar_gz({"ok.txt": b"ok", member: b"pwned"}))
     dest = tmp_path / "runs" / "evil"
     with pytest.raises(TransferError, match="outside the folder"):
-        transfer.fetch_job(s3, f"s3://{bucket}/evil/model.tar.gz", None, None, dest, progress=False, echo=lambda _: None)
-    assert not dest.exists() and not (tmp_path / "escaped.txt").exists() and not (tmp_path / "runs" / "escaped.txt").exists()
+        transfer.fetch_job(
+            s3, f"s3://{bucket}/evil/model.tar.gz", None, None, dest, progress=False, echo=lambda _: None
+        )
+    assert (
+        not dest.exists()
+        and not (tmp_path / "escaped.txt").exists()
+        and not (tmp_path / "runs" / "escaped.txt").exists()
+    )
     assert leftovers(dest.parent) == []
 
 

@@ -17,7 +17,9 @@ from ..errors import UserError
 ROOT = Path(__file__).resolve().parent.parent.parent
 # AWS Deep Learning Container for PyTorch training on SageMaker (GPU, CUDA 12, Python 3.12);
 # the account 763104351884 hosts the DLCs in most regions. Override with --base-image.
-DEFAULT_BASE_IMAGE = "763104351884.dkr.ecr.{region}.amazonaws.com/pytorch-training:2.8.0-gpu-py312-cu129-ubuntu22.04-sagemaker"
+DEFAULT_BASE_IMAGE = (
+    "763104351884.dkr.ecr.{region}.amazonaws.com/pytorch-training:2.8.0-gpu-py312-cu129-ubuntu22.04-sagemaker"
+)
 
 
 class ImageError(UserError):
@@ -28,7 +30,9 @@ def _git(*args: str) -> str:
     try:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError) as exc:
-        raise ImageError(f"git {' '.join(args)} failed ({exc}); the image tag comes from git: commit your work") from None
+        raise ImageError(
+            f"git {' '.join(args)} failed ({exc}); the image tag comes from git: commit your work"
+        ) from None
 
 
 def image_tag(allow_dirty: bool = False) -> str:
@@ -62,11 +66,16 @@ class ImageRef:
 
 def build_command(ref: ImageRef, base_image: str, dockerfile: str = "Dockerfile") -> list[str]:
     return [
-        "docker", "build",
-        "--platform", "linux/amd64",  # SageMaker training instances are x86-64
-        "--build-arg", f"BASE_IMAGE={base_image}",
-        "--tag", ref.uri,
-        "--file", dockerfile,
+        "docker",
+        "build",
+        "--platform",
+        "linux/amd64",  # SageMaker training instances are x86-64
+        "--build-arg",
+        f"BASE_IMAGE={base_image}",
+        "--tag",
+        ref.uri,
+        "--file",
+        dockerfile,
         ".",
     ]
 

@@ -30,9 +30,7 @@ LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 
 # `name=value` lines printed by project.train, scraped by SageMaker into CloudWatch metrics.
 METRIC_NAMES = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "epoch")
-METRIC_DEFINITIONS = [
-    {"Name": name, "Regex": rf"(?:^|\s){name}=([-+0-9.eE]+)"} for name in METRIC_NAMES
-]
+METRIC_DEFINITIONS = [{"Name": name, "Regex": rf"(?:^|\s){name}=([-+0-9.eE]+)"} for name in METRIC_NAMES]
 
 ENTRY_SOURCE = '''"""SageMaker entry point, staged beside the project package and the resolved config.
 
@@ -73,7 +71,9 @@ class Cost:
             f"${self.price_per_hour:.3f}/h x {self.instances} instance(s) x {self.max_hours:.2f} h max = "
             f"${self.on_demand_usd:.2f} on-demand at most"
         )
-        return text + (f"; managed spot about ${self.spot_usd:.2f}" if spot else f" (spot would be about ${self.spot_usd:.2f})")
+        return text + (
+            f"; managed spot about ${self.spot_usd:.2f}" if spot else f" (spot would be about ${self.spot_usd:.2f})"
+        )
 
 
 def estimate_cost(price_per_hour: float, instances: int, seconds: float, spot_discount: float) -> Cost:
@@ -120,7 +120,11 @@ class JobPlan:
             ("data", self.data_uri),
             ("output", self.output_uri),
             ("checkpoints", self.checkpoint_uri),
-            ("max runtime", f"{self.max_run_seconds // 60} min" + (f", max wait {self.max_wait_seconds // 60} min (spot)" if self.spot else "")),
+            (
+                "max runtime",
+                f"{self.max_run_seconds // 60} min"
+                + (f", max wait {self.max_wait_seconds // 60} min (spot)" if self.spot else ""),
+            ),
             ("warm pool", f"{self.keep_alive_seconds // 60} min" if self.keep_alive_seconds else "off"),
             ("cost", self.cost.line(self.spot) if self.cost else "?"),
         ]
@@ -217,7 +221,9 @@ def validate_plan(plan: JobPlan, cfg: Any) -> None:
         if len(key) > limits["key"] or len(value) > limits["value"]:
             raise LaunchError(f"hyperparameter {key!r} exceeds SageMaker's length limits")
     if plan.gpus_per_node == 0 and cfg.instance.gpus > 0:
-        raise LaunchError(f"trainer.gpus=0 on {plan.instance_type} pays for {cfg.instance.gpus} idle GPU(s); pick a CPU instance")
+        raise LaunchError(
+            f"trainer.gpus=0 on {plan.instance_type} pays for {cfg.instance.gpus} idle GPU(s); pick a CPU instance"
+        )
 
 
 def check_remote(plan: JobPlan, cfg: Any, ecr, s3) -> None:

@@ -102,8 +102,14 @@ def status_table(rows: list[StatusRow]) -> str:
     header = ("job", "status", "instance", "duration", "billable", "cost", "test_acc", "val_acc")
     lines = [header] + [
         (
-            r.name, r.status, r.instance, fmt(r.duration_s, ".0f") + "s", fmt(r.billable_s, "d") + "s",
-            "$" + fmt(r.cost_usd, ".2f"), fmt(r.metrics.get("test_acc"), ".4f"), fmt(r.metrics.get("val_acc"), ".4f"),
+            r.name,
+            r.status,
+            r.instance,
+            fmt(r.duration_s, ".0f") + "s",
+            fmt(r.billable_s, "d") + "s",
+            "$" + fmt(r.cost_usd, ".2f"),
+            fmt(r.metrics.get("test_acc"), ".4f"),
+            fmt(r.metrics.get("val_acc"), ".4f"),
         )
         for r in rows
     ]
@@ -141,7 +147,9 @@ class LogTail:
                 kwargs["nextToken"] = self.tokens[stream] = token
 
 
-def wait(sm, logs, job_name: str, poll_seconds: float = 10.0, echo: Callable[[str], None] = print, keep_last: int = 20) -> tuple:
+def wait(
+    sm, logs, job_name: str, poll_seconds: float = 10.0, echo: Callable[[str], None] = print, keep_last: int = 20
+) -> tuple:
     """Stream the job's log until it ends; return (description, last log lines)."""
     tail = LogTail(logs, job_name)
     last: list[str] = []
@@ -178,7 +186,9 @@ def final_report(desc: dict[str, Any]) -> str:
 def failure_report(desc: dict[str, Any], last_lines: list[str]) -> str:
     reason = desc.get("FailureReason") or desc.get("TrainingJobStatus")
     tail = "\n".join(f"  | {line}" for line in last_lines[-10:])
-    return f"job {desc['TrainingJobName']} {desc['TrainingJobStatus']}: {reason}" + (f"\nlast log lines:\n{tail}" if tail else "")
+    return f"job {desc['TrainingJobName']} {desc['TrainingJobStatus']}: {reason}" + (
+        f"\nlast log lines:\n{tail}" if tail else ""
+    )
 
 
 def stop(sm, job_name: str) -> str:

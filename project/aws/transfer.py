@@ -114,7 +114,12 @@ def _progress_bar(total: int, desc: str, enabled: bool):
     from tqdm import tqdm
 
     bar = tqdm(
-        total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+        total=total,
+        desc=desc,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        file=sys.stderr,
         disable=not (enabled and sys.stderr.isatty()),  # logs and CI get one line per file instead
     )
     lock = threading.Lock()
@@ -142,7 +147,9 @@ def local_file(local_dir: Path, stem: str) -> Path:
     for name in (f"{stem}.gz", stem):
         if (local_dir / name).is_file():
             return local_dir / name
-    raise TransferError(f"dataset file {stem}(.gz) not found in {local_dir}: fetch the dataset first or fix dataset.source")
+    raise TransferError(
+        f"dataset file {stem}(.gz) not found in {local_dir}: fetch the dataset first or fix dataset.source"
+    )
 
 
 def _check_bucket(s3, bucket: str) -> None:
@@ -154,7 +161,9 @@ def _check_bucket(s3, bucket: str) -> None:
     except ClientError as exc:
         code = _client_error_code(exc)
         if code in ("404", "NoSuchBucket", "NotFound"):
-            raise TransferError(f"bucket {bucket} does not exist: run `terraform apply` in terraform/ or fix aws.data_bucket") from None
+            raise TransferError(
+                f"bucket {bucket} does not exist: run `terraform apply` in terraform/ or fix aws.data_bucket"
+            ) from None
         if code in ("403", "AccessDenied"):
             raise TransferError(f"no access to bucket {bucket} with these credentials: check AWS_PROFILE") from None
         raise
@@ -202,7 +211,9 @@ def _upload_one(s3, item: UploadItem, config, callback) -> None:
         s3.upload_file(str(item.path), item.bucket, item.key, ExtraArgs=extra, Callback=callback, Config=config)
 
 
-def upload(items: list[UploadItem], s3, progress: bool = True, dry_run: bool = False, echo: Echo = print) -> UploadSummary:
+def upload(
+    items: list[UploadItem], s3, progress: bool = True, dry_run: bool = False, echo: Echo = print
+) -> UploadSummary:
     """Send the items planned for upload, several files at once; print one line per file."""
     todo = [item for item in items if item.action == UPLOAD]
     skipped = [item for item in items if item.action != UPLOAD]
@@ -295,7 +306,9 @@ def _checkpoint_downloads(s3, checkpoint_uri: str) -> list[_Download]:
         safe = safe_relative(relative)
         if safe is None or safe == PurePosixPath("."):
             raise TransferError(f"refusing checkpoint s3://{bucket}/{obj['Key']}: its name climbs out of the folder")
-        downloads.append(_Download(f"s3://{bucket}/{obj['Key']}", bucket, obj["Key"], int(obj["Size"]), f"checkpoints/{safe}"))
+        downloads.append(
+            _Download(f"s3://{bucket}/{obj['Key']}", bucket, obj["Key"], int(obj["Size"]), f"checkpoints/{safe}")
+        )
     return downloads
 
 
@@ -319,6 +332,7 @@ def _plan_fetch(s3, model_uri: str, output_uri: str | None, checkpoint_uri: str 
 
         def lookup(uri: str) -> int | None:
             return _head_size(s3, uri)
+
     size = lookup(model_uri)
     if size is None:
         raise TransferError(f"{model_uri} does not exist: the job has no model artifacts (did it complete?)")
@@ -369,7 +383,9 @@ def _checked_members(tar: tarfile.TarFile, uri: str) -> Iterator[tarfile.TarInfo
     """The archive's members as it is read, each refused before it is written if it would leave the folder."""
     for member in tar:
         if safe_relative(member.name) is None:
-            raise TransferError(f"refusing {uri}: member {member.name!r} would be written outside the folder (absolute path or '..')")
+            raise TransferError(
+                f"refusing {uri}: member {member.name!r} would be written outside the folder (absolute path or '..')"
+            )
         yield member
 
 

@@ -215,8 +215,12 @@ def run_command(argv: list[str], dry_run: bool = False, stdin: str | None = None
     except FileNotFoundError:
         from .image import ImageError
 
-        raise ImageError(f"{argv[0]} is not installed or not on PATH: install Docker to build and push images") from None
+        raise ImageError(
+            f"{argv[0]} is not installed or not on PATH: install Docker to build and push images"
+        ) from None
     except subprocess.CalledProcessError as exc:
         from .image import ImageError
 
-        raise ImageError(f"`{shlex.join(argv[:2])}` failed with exit code {exc.returncode}; see its output above") from None
+        raise ImageError(
+            f"`{shlex.join(argv[:2])}` failed with exit code {exc.returncode}; see its output above"
+        ) from None
