@@ -166,7 +166,8 @@ class PlainLoop:
         self.val_acc = float(val_correct) / len(vy)
         n = len(self.y)
         print(
-            f"plain epoch={self.epoch + 1} train_acc={float(self.correct) / n:.4f} train_loss={float(self.loss_sum) / n:.6g} "
+            f"plain epoch={self.epoch + 1} train_acc={float(self.correct) / n:.4f} "
+            f"train_loss={float(self.loss_sum) / n:.6g} "
             f"val_acc={self.val_acc:.4g} val_loss={float(val_loss) / len(vy):.6g}",
             flush=True,
         )
@@ -324,7 +325,9 @@ def run(reps: int) -> dict:
     epoch, step = sides(product, "epoch"), sides(product, "step")
     epoch_quiet = sides(quiet, "epoch")
     return {
-        "data": f"{source}: {N_TRAIN} train / {N_VAL} val images, batch {cfg.trainer.batch_size}, {epochs} epochs per fit",
+        "data": (
+            f"{source}: {N_TRAIN} train / {N_VAL} val images, batch {cfg.trainer.batch_size}, {epochs} epochs per fit"
+        ),
         "torch_threads": threads,
         "flush_denormal": flushed,
         "lightning_startup_s": round(product["startup"], 3),  # fit() start -> first epoch start, paid once per run

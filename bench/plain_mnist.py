@@ -2,7 +2,8 @@
 
     python bench/plain_mnist.py --data ../shared/data/mnist --seed 42
 
-No framework, no config system (only torch and numpy are imported), no validation pass, checkpoints, loggers or exported model:
+No framework, no config system (only torch and numpy are imported), no validation pass,
+checkpoints, loggers or exported model:
 read the four IDX files, train the product's default network the way the product does (same
 55,000 training images of the seeded split, batch 256 in the same per-epoch order, AdamW with a
 one-cycle schedule stepped per batch), then measure accuracy on the 10,000 test images. The

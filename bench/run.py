@@ -55,7 +55,8 @@ def markdown(results: dict) -> str:
             target = "-" if r["target"] is None else f"<= {r['target']:g}x"
             met = "-" if r["met"] is None else ("yes" if r["met"] else "**no**")
             lines.append(
-                f"| {r['benchmark']} | {r['a_label']}: {_fmt(r['a'], r['unit'])} | {r['b_label']}: {_fmt(r['b'], r['unit'])} "
+                f"| {r['benchmark']} | {r['a_label']}: {_fmt(r['a'], r['unit'])} "
+                f"| {r['b_label']}: {_fmt(r['b'], r['unit'])} "
                 f"| {r['ratio']:.3f}x | {target} | {met} |"
             )
         for key, value in result.items():

@@ -144,7 +144,10 @@ def test_a_repeated_command_line_skips_hydra(tmp_path):
     import subprocess
     import sys
 
-    code = "import sys; from project.config import compose; c = compose(['trainer.seed=7']); print(c.trainer.seed, 'hydra' in sys.modules)"
+    code = (
+        "import sys; from project.config import compose; c = compose(['trainer.seed=7']); "
+        "print(c.trainer.seed, 'hydra' in sys.modules)"
+    )
     env = {**os.environ, C.COMPOSE_CACHE_ENV: str(tmp_path), "PYTHONPATH": str(C.CONF_DIR.parent)}
     runs = [
         subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
