@@ -75,7 +75,8 @@ def save_atomically(trainer: pl.Trainer, path: Path) -> None:
 
 def rng_state() -> dict:
     """The global RNG states in types `torch.load(weights_only=True)` accepts."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    legacy: tuple[str, np.ndarray, int, int, float] = np.random.get_state()  # type: ignore[assignment]  # legacy=True: a tuple
+    kind, keys, pos, has_gauss, gauss = legacy
     state = {
         "torch": torch.get_rng_state(),
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],

@@ -10,7 +10,7 @@ task's `overrides` list. Flags still work anywhere (`invoke train --yes key=valu
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -52,7 +52,7 @@ class _OverrideToken(Argument):
 
 class _OverrideFlags(Lexicon):
     # Set by _OverridesContext: task names (never a job name) and the optional `job` argument.
-    task_names: frozenset = frozenset()
+    task_names: frozenset[str] = frozenset()
     job_arg: Any = None
 
     job_flag_seen: bool = False  # `--job`/`-j` given: its value is not a bare job name
@@ -75,7 +75,7 @@ class _OverrideFlags(Lexicon):
             return _OverrideToken(key, super().__getitem__(OVERRIDES_FLAG))
         if not super().__contains__(key) and self._is_job(key):
             return _JobToken(key, self.job_arg)
-        argument = super().__getitem__(key)
+        argument: Argument = super().__getitem__(key)
         if argument is self.job_arg:
             object.__setattr__(self, "job_flag_seen", True)
         return argument
@@ -94,7 +94,13 @@ class _JobToken(_OverrideToken):
 
 
 class _OverridesContext(ParserContext):
-    def __init__(self, name=None, aliases=(), args=(), task_names=frozenset()):
+    def __init__(
+        self,
+        name: str | None = None,
+        aliases: Iterable[str] = (),
+        args: Sequence[Argument] = (),
+        task_names: frozenset[str] = frozenset(),
+    ) -> None:
         super().__init__(name=name, aliases=aliases)
         self.flags = _OverrideFlags()
         for arg in args:
@@ -105,7 +111,7 @@ class _OverridesContext(ParserContext):
             object.__setattr__(self.flags, "job_arg", self.args[JOB_ARG])
 
 
-def _upgrade(context: ParserContext, task_names: frozenset) -> ParserContext:
+def _upgrade(context: ParserContext, task_names: frozenset[str]) -> ParserContext:
     if OVERRIDES_ARG not in context.args or isinstance(context, _OverridesContext):
         return context
     return _OverridesContext(context.name, context.aliases, list(context.args.values()), task_names)
@@ -124,7 +130,7 @@ def accept_bare_overrides() -> None:
 
     def to_contexts(self: Collection, ignore_unknown_help: Any = None) -> list[ParserContext]:
         contexts = plain(self, ignore_unknown_help=ignore_unknown_help)
-        names = frozenset(name for context in contexts for name in (context.name, *context.aliases))
+        names = frozenset(name for context in contexts for name in (context.name, *context.aliases) if name)
         return [_upgrade(context, names) for context in contexts]
 
     to_contexts.accepts_bare_overrides = True  # type: ignore[attr-defined]

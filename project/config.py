@@ -20,7 +20,7 @@ from .errors import UserError
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 RESOLVED_CONFIG_NAME = "config.yaml"  # the resolved config file that travels with a job
 
-MISSING = "???"  # OmegaConf's marker for a value that must be supplied
+MISSING: Any = "???"  # OmegaConf's marker for a value that must be supplied (typed Any, as OmegaConf does)
 
 
 @dataclass
@@ -168,7 +168,7 @@ def _one_line(exc: BaseException) -> str:
     return f"{key}: {head}" if key else head
 
 
-def compose(overrides: list[str] | tuple = (), conf_dir: Path | None = None) -> Any:
+def compose(overrides: list[str] | tuple[str, ...] = (), conf_dir: Path | None = None) -> Any:
     """Compose conf/ with Hydra overrides into a validated DictConfig.
 
     The composed (unresolved) config is cached per command line, keyed by the overrides and the
@@ -308,7 +308,10 @@ def config_hash(cfg: Any, length: int = 12) -> str:
     """A short, stable identity of everything that shapes the training result."""
     from omegaconf import OmegaConf
 
-    shaping = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("dataset", "model", "trainer")}
+    shaping: dict[str, dict[str, Any]] = {
+        k: OmegaConf.to_container(cfg[k], resolve=True)  # type: ignore[misc]  # a config node is a dict
+        for k in ("dataset", "model", "trainer")
+    }
     for lever in ("resume", "data_on_device", "channels_last", "compile"):
         shaping["trainer"].pop(lever, None)  # how the run executes, not what it computes
     shaping["dataset"].pop("source", None)  # the same bytes, whichever mirror they came from

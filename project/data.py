@@ -14,7 +14,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytorch_lightning as pl
@@ -23,7 +23,7 @@ import torch
 from .config import ConfigError
 from .raw import DataError, fetch_raw, read_bytes, read_verified, sha256  # noqa: F401 (re-exported)
 
-IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}  # IDX codes: big-endian
 
 
 def parse_idx(content: bytes, name: str = "<bytes>") -> np.ndarray:
@@ -55,7 +55,7 @@ def split_indices(n: int, val_size: int, seed: int) -> tuple[np.ndarray, np.ndar
     return np.sort(order[val_size:]), np.sort(order[:val_size])
 
 
-def shard(indices: Sequence[int], rank: int, world_size: int) -> np.ndarray:
+def shard(indices: Sequence[int] | np.ndarray, rank: int, world_size: int) -> np.ndarray:
     """Contiguous, unpadded share of an evaluation split: every sample counted exactly once."""
     return np.array_split(np.asarray(indices), world_size)[rank]
 
@@ -92,7 +92,7 @@ class IndexBatches:
 
     def __iter__(self) -> Iterator[Any]:  # numpy index arrays, or device tensors (see device)
         # A generator: the order is drawn at the first batch, after Lightning's set_epoch().
-        order = self._indices()
+        order: np.ndarray | torch.Tensor = self._indices()
         if self.device is not None:
             order = torch.as_tensor(order, device=self.device)
         first, self.skip = self.skip, 0
@@ -143,10 +143,10 @@ class ResumableLoader(torch.utils.data.DataLoader):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self._resume = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
-        self.sampler.set_epoch(self._resume["epoch"])  # Lightning sets it again, to the same value
+        cast(IndexBatches, self.sampler).set_epoch(self._resume["epoch"])  # Lightning sets it again, to the same value
 
 
-class TensorSplit:
+class TensorSplit(torch.utils.data.Dataset):
     """Images and labels as tensors; `split[idx_array]` is one batch, sliced in one op."""
 
     def __init__(self, images, labels):

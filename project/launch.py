@@ -37,7 +37,7 @@ def torchrun_argv(
         f"--nnodes={len(hosts)}",
         f"--nproc_per_node={nproc_per_node}",
     ]
-    if len(hosts) > 1:
+    if sm is not None and len(hosts) > 1:
         argv += [f"--master_addr={sm.master}", f"--master_port={sm.master_port}", f"--node_rank={sm.node_rank}"]
     return argv + [script, *script_args]
 

@@ -7,12 +7,14 @@ images to class logits, so a user's own model needs only a `model/<name>.yaml` n
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 import torchmetrics
+from pytorch_lightning.utilities.types import OptimizerLRSchedulerConfig
 from torch import nn
 
 
@@ -62,6 +64,9 @@ class Exported(nn.Module):
     Normalisation is baked in so a consumer needs nothing but this file.
     """
 
+    mean: torch.Tensor  # buffers, registered below
+    std: torch.Tensor
+
     def __init__(self, net: nn.Module, mean: float, std: float):
         super().__init__()
         self.net = net
@@ -74,6 +79,8 @@ class Exported(nn.Module):
 
 
 class LitClassifier(pl.LightningModule):
+    _compiled: Callable[[torch.Tensor], torch.Tensor] | None  # set with object.__setattr__ (below)
+
     def __init__(
         self,
         net: nn.Module,
@@ -85,8 +92,10 @@ class LitClassifier(pl.LightningModule):
         compile: bool = False,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["net"])
+        self.save_hyperparameters(ignore=["net"])  # recorded in checkpoints and TensorBoard
         self.net = net
+        self.lr, self.weight_decay, self.label_smoothing = lr, weight_decay, label_smoothing
+        self.channels_last, self.compile_net = channels_last, compile
         # torch.compile's wrapper, kept off the module tree so state_dict keys, checkpoints and
         # the export are the plain network's.
         object.__setattr__(self, "_compiled", None)
@@ -114,7 +123,7 @@ class LitClassifier(pl.LightningModule):
         self.test_confusion: torch.Tensor | None = None  # [true, predicted] counts of the last test run
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.hparams.channels_last and x.dim() == 4:
+        if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return (self.net if self._compiled is None else self._compiled)(x)
 
@@ -124,19 +133,24 @@ class LitClassifier(pl.LightningModule):
         # several times slower: the default `invoke local` took 103 s without this, 62 s with it,
         # with the same metrics. GPUs handle subnormals at full speed; the flag is CPU-only.
         torch.set_flush_denormal(True)
-        if self.hparams.channels_last:
-            self.net.to(memory_format=torch.channels_last)  # kept when Lightning moves it to the GPU
-        if self.hparams.compile and self._compiled is None:
+        if self.channels_last:
+            # torch's stub of Module.to lists no memory_format, which it accepts
+            self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # kept when Lightning moves it to the GPU
+        if self.compile_net and self._compiled is None:
             object.__setattr__(self, "_compiled", torch.compile(self.net))
+
+    def _metric(self, name: str) -> torchmetrics.Metric:
+        metric: torchmetrics.Metric = self.metrics[name]  # type: ignore[assignment]  # a ModuleDict of Metrics
+        return metric
 
     def _step(self, batch, split: str) -> torch.Tensor:
         x, y = batch
         logits = self(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing if split == "train" else 0.0)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing if split == "train" else 0.0)
         # One value per sample (a view, no copy): the epoch mean weights each batch by its size.
         # Not `weight=`: with nan_strategy="disable" MeanMetric replaces weights by ones.
-        self.metrics[f"{split}_loss"].update(loss.detach().expand(len(y)))
-        self.metrics[f"{split}_acc"].update(logits.detach(), y)
+        self._metric(f"{split}_loss").update(loss.detach().expand(len(y)))
+        self._metric(f"{split}_acc").update(logits.detach(), y)
         if split == "test":
             self.test_confusion_counts.update(logits.detach(), y)
         if split in self._unlogged:
@@ -146,7 +160,7 @@ class LitClassifier(pl.LightningModule):
             self._unlogged.discard(split)
             for kind in ("loss", "acc"):
                 name = f"{split}_{kind}"
-                self.log(name, self.metrics[name], on_step=False, on_epoch=True, prog_bar=split != "test")
+                self.log(name, self._metric(name), on_step=False, on_epoch=True, prog_bar=split != "test")
         return loss
 
     # A new epoch of a loop (a resumed one too) registers its metrics again at its first step.
@@ -196,11 +210,11 @@ class LitClassifier(pl.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "test")
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         # One-cycle: warm up then anneal; reaches high accuracy in few epochs at a high peak lr.
-        total = self.trainer.estimated_stepping_batches
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.hparams.lr, total_steps=max(1, total))
+        total = int(self.trainer.estimated_stepping_batches)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.lr, total_steps=max(1, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 

@@ -48,7 +48,7 @@ def load_pixels(path: Path, height: int, width: int) -> np.ndarray:
     except (UnidentifiedImageError, OSError) as exc:
         raise PredictError(f"{path}: not a readable image ({exc})") from None
     if image.size != (width, height):
-        image = image.resize((width, height), Image.BILINEAR)
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
     pixels = np.asarray(image, dtype=np.float32)
     if pixels.mean() > 127:  # dark digit on a light page: invert to match MNIST
         pixels = 255.0 - pixels

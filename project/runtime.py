@@ -9,7 +9,7 @@ import io
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,7 +107,7 @@ def launched_processes(environ: Mapping[str, str] = os.environ) -> int:
     return int(environ.get("LOCAL_WORLD_SIZE", "1"))
 
 
-def wire_distributed(sm: SageMakerEnv, environ: dict[str, str]) -> None:
+def wire_distributed(sm: SageMakerEnv, environ: MutableMapping[str, str]) -> None:
     """Fill torch.distributed's rendezvous variables from the SageMaker hosts when no launcher did.
 
     The SDK's torchrun driver runs `torchrun --nnodes=N --nproc_per_node=G --master_addr=algo-1
@@ -137,7 +137,7 @@ EFA_NCCL_INSTANCES = (
 )
 
 
-def network_env(environ: dict[str, str], interface: str | None, instance_type: str | None = None) -> None:
+def network_env(environ: MutableMapping[str, str], interface: str | None, instance_type: str | None = None) -> None:
     """The collectives' socket interface (SageMaker's, e.g. eth0) and EFA where the instance has it."""
     if interface:
         environ.setdefault("NCCL_SOCKET_IFNAME", interface)

@@ -123,7 +123,7 @@ class JobPlan:
             (
                 "max runtime",
                 f"{self.max_run_seconds // 60} min"
-                + (f", max wait {self.max_wait_seconds // 60} min (spot)" if self.spot else ""),
+                + (f", max wait {self.max_wait_seconds // 60} min (spot)" if self.max_wait_seconds else ""),
             ),
             ("warm pool", f"{self.keep_alive_seconds // 60} min" if self.keep_alive_seconds else "off"),
             ("cost", self.cost.line(self.spot) if self.cost else "?"),
@@ -226,7 +226,7 @@ def validate_plan(plan: JobPlan, cfg: Any) -> None:
         )
 
 
-def check_remote(plan: JobPlan, cfg: Any, ecr, s3) -> None:
+def check_remote(plan: JobPlan, cfg: Any, ecr: Any, s3: Any) -> None:
     """What only AWS can tell: the image tag is pushed and the data prefix holds the dataset."""
     repository = plan.image_uri.split("/", 1)[1].rsplit(":", 1)[0]
     try:
@@ -269,7 +269,7 @@ class _HyperparametersAreARecord(logging.Filter):
         return "Hyperparameters are set but are not passed" not in record.getMessage()
 
 
-def model_trainer(plan: JobPlan, source_dir: Path, boto_session):
+def model_trainer(plan: JobPlan, source_dir: Path, boto_session: Any) -> Any:
     """The SDK v3 ModelTrainer for this plan: torchrun, one process per GPU, one node per instance.
 
     The command (entry_command) does what the SDK's Torchrun driver would, but as PID 1, so a
@@ -322,20 +322,21 @@ def model_trainer(plan: JobPlan, source_dir: Path, boto_session):
     return trainer.with_metric_definitions(_metric_definitions())
 
 
-def _metric_definitions():
+def _metric_definitions() -> list[Any]:
     from sagemaker.core.shapes import MetricDefinition
 
     return [MetricDefinition(name=d["Name"], regex=d["Regex"]) for d in METRIC_DEFINITIONS]
 
 
-def create_request(trainer) -> dict[str, Any]:
+def create_request(trainer: Any) -> dict[str, Any]:
     """The CreateTrainingJob request the SDK would send (it stages the code to S3 to know it)."""
     # ModelTrainer.train(dry_run=True) validates but returns nothing; this is the SDK's own
     # request builder, the one train() calls, asked for the boto3 form.
-    return trainer._create_training_job_args(boto3=True)
+    request: dict[str, Any] = trainer._create_training_job_args(boto3=True)
+    return request
 
 
-def launch(trainer) -> str:
+def launch(trainer: Any) -> str:
     """Create the job without waiting; return its name. A request SageMaker refuses is one line."""
     from botocore.exceptions import ClientError
 
@@ -346,8 +347,9 @@ def launch(trainer) -> str:
         if error.get("Code") in ("ValidationException", "ResourceLimitExceeded", "AccessDeniedException"):
             raise LaunchError(f"SageMaker refused the job ({error['Code']}): {error.get('Message', '')}") from None
         raise
-    return trainer._latest_training_job.training_job_name
+    return str(trainer._latest_training_job.training_job_name)
 
 
 def plan_as_dict(plan: JobPlan) -> dict[str, Any]:
-    return json.loads(json.dumps(asdict(plan), default=str))
+    as_dict: dict[str, Any] = json.loads(json.dumps(asdict(plan), default=str))
+    return as_dict
