@@ -332,6 +332,18 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"instance.count must be >= 1, got {cfg.instance.count}")
     if not str(cfg.model.net.get("_target_", "")):
         raise ConfigError("model.net._target_ is empty: name the nn.Module class to build")
+    _validate_resource_names(cfg.aws)
+
+
+def _validate_resource_names(aws: Any) -> None:
+    """Bucket, repository, role and region names given in the config, by AWS's naming rules."""
+    from .aws.names import FIELDS, name_problem
+
+    for key in FIELDS:
+        value = aws.get(key)
+        rule = name_problem(key, str(value)) if value else None
+        if rule:
+            raise ConfigError(f"aws.{key}={str(value)!r}: {rule}")
 
 
 def resolve_gpus(requested: int | None, available: int) -> int:

@@ -2,7 +2,8 @@
 
 Every task that touches AWS calls load_infra(); nothing else knows a bucket name, repository URI
 or role ARN. Users with existing resources set them in the config (aws.data_bucket, ...) instead.
-Imports only the stdlib (and project.errors): tasks.py imports this and `invoke --list` must stay instant.
+Imports only the stdlib (and project.errors, project.aws.names): tasks.py imports this and `invoke --list`
+must stay instant.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from .aws.names import name_problem
 from .errors import UserError
 
 
@@ -95,4 +97,10 @@ def load_infra(terraform_dir: Path, overrides: Mapping[str, str | None] | None =
                 f"run {_apply_command(Path(terraform_dir))} (or {_config_hint((name,))})"
             )
         values[name] = value
+        rule = name_problem(name, value)
+        if rule:
+            raise InfraError(
+                f"Terraform output `{name}`={value!r} in {terraform_dir}/: {rule}; fix the Terraform configuration "
+                f"or {_config_hint((name,))}"
+            )
     return Infra(**{name: str(values[name]) for name in OUTPUT_NAMES})

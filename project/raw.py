@@ -232,14 +232,20 @@ def _copy(path: Path, out) -> None:
             out.write(block)
 
 
-def _s3_client():
-    import boto3
+def _s3_client(endpoint_url: str | None = None):
+    """A client made as the AWS tasks make theirs: aws.endpoint_url, else AWS_ENDPOINT_URL, else AWS."""
+    from .aws.session import aws_clients  # boto3 is imported only now: this module stays stdlib-only
 
-    return boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
+    return aws_clients(None, endpoint_url).s3
 
 
 def fetch_raw(
-    source: str, dest_dir: Path, files: dict[str, str], s3_client=None, remember: bool = True
+    source: str,
+    dest_dir: Path,
+    files: dict[str, str],
+    s3_client=None,
+    remember: bool = True,
+    endpoint_url: str | None = None,
 ) -> dict[str, Path]:
     """Make every raw file present and verified; return stem -> path.
 
@@ -247,7 +253,8 @@ def fetch_raw(
     file already in dest_dir with the right content is kept, and a missing or wrong one is
     fetched and verified before it takes its final name. A source file with the wrong content
     is an error, never trained on. `remember`: record verified files in dest_dir/.verified/
-    (then dest_dir is written even when every file is used in place).
+    (then dest_dir is written even when every file is used in place). An s3:// source is read
+    with `s3_client`, else with a client for `endpoint_url` (aws.endpoint_url), made when needed.
     """
     dest_dir = Path(dest_dir)
     memo_dir = dest_dir if remember else None
@@ -264,6 +271,8 @@ def fetch_raw(
             cached = dest_dir / f"{stem}.gz"
             cached.unlink(missing_ok=True)
             check = functools.partial(verify, expected_sha256=digest, memo_dir=memo_dir, name=f"{stem} from {source}")
+            if s3_client is None and source.startswith("s3://"):
+                s3_client = _s3_client(endpoint_url)
             _fetch_one(source, stem, cached, check, s3_client)
         paths[stem] = cached
     return paths

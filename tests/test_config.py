@@ -57,6 +57,49 @@ def test_bad_override_is_one_clear_line(override, expected):
     assert "\n" not in message
 
 
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        (
+            "aws.repository_url=123456789012.dkr.ecr.us-east-1.amazonaws.com",
+            "aws.repository_url='123456789012.dkr.ecr.us-east-1.amazonaws.com': "
+            "expected <account>.dkr.ecr.<region>.amazonaws.com/<repository>, repository names are 2-256",
+        ),
+        ("aws.repository_url=123456789012.dkr.ecr.us-east-1.amazonaws.com/Proj", "aws.repository_url='"),
+        ("aws.repository_url=123456789012.dkr.ecr.us-east-1.amazonaws.com/p", "repository names are 2-256"),
+        ("aws.repository_url=1234.dkr.ecr.us-east-1.amazonaws.com/proj", "aws.repository_url='1234.dkr"),
+        ("aws.role_arn=arn:aws:iam::123456789012:user/me", "aws.role_arn='arn:aws:iam::123456789012:user/me': "),
+        ("aws.role_arn=proj-sagemaker", "expected arn:aws:iam::<12-digit account>:role/"),
+        ("aws.data_bucket=Data_Bucket", "aws.data_bucket='Data_Bucket': bucket names are 3-63"),
+        ("aws.artifacts_bucket=ab", "aws.artifacts_bucket='ab': bucket names are 3-63"),
+        ("aws.artifacts_bucket=192.168.0.1", "not an IP address"),
+        ("aws.data_bucket=-data", "start and end with a letter or digit"),
+        ("aws.region=us-east1", "aws.region='us-east1': expected a region like us-east-1"),
+        ("aws.region=US-EAST-1", "aws.region='US-EAST-1'"),
+    ],
+)
+def test_malformed_resource_names_are_refused_at_compose_time(override, expected):
+    with pytest.raises(C.ConfigError) as info:
+        C.compose([override])
+    assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "aws.repository_url=123456789012.dkr.ecr.us-east-1.amazonaws.com/team/proj-1.x",
+        "aws.repository_url=000000000000.dkr.ecr.us-east-1.localhost.localstack.cloud:4566/proj",
+        "aws.repository_url=123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn/proj",
+        "aws.role_arn=arn:aws-us-gov:iam::123456789012:role/service-role/proj+sm@x",
+        "aws.data_bucket=proj.data-123456789012-us-east-1",
+        "aws.region=us-gov-west-1",
+        "aws.region=ap-southeast-2",
+    ],
+)
+def test_well_formed_resource_names_compose(override):
+    C.compose([override])
+
+
 def test_gpus_mapping_to_lightning():
     assert C.trainer_device_kwargs(0) == {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "strategy": "auto"}
     assert C.trainer_device_kwargs(1)["strategy"] == "auto"

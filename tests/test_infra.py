@@ -146,6 +146,17 @@ def test_non_string_output_counts_as_missing(fake_terraform, tmp_path):
     assert "`region` is missing" in message(error)
 
 
+def test_malformed_output_is_named_with_the_rule(fake_terraform, tmp_path):
+    outputs = {name: {"value": value, "type": "string"} for name, value in VALUES.items()}
+    outputs["repository_url"]["value"] = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
+    fake_terraform(stdout=json.dumps(outputs))
+    with pytest.raises(InfraError) as error:
+        load_infra(tmp_path)
+    text = message(error)
+    assert "Terraform output `repository_url`='123456789012.dkr.ecr.us-east-1.amazonaws.com'" in text
+    assert "expected <account>.dkr.ecr.<region>.amazonaws.com/<repository>" in text and "aws.repository_url" in text
+
+
 def test_output_names_are_the_infra_fields():
     assert OUTPUT_NAMES == ("data_bucket", "artifacts_bucket", "repository_url", "role_arn", "region")
 

@@ -45,9 +45,53 @@ def test_spot_cost_and_wait():
     p, cfg = plan("instance=ml.p3.2xlarge", "job.spot=true", "job.max_run_minutes=60")
     jobs.validate_plan(p, cfg)
     assert p.max_wait_seconds == 7200
-    assert p.cost.on_demand_usd == pytest.approx(3.825 * 2)
-    assert p.cost.spot_usd == pytest.approx(3.825 * 2 * 0.3)
-    assert "managed spot about $2.30" in p.summary()
+    # MaxRuntime caps the billable time, spot or not; the wait for capacity is not billed.
+    assert p.cost.on_demand_usd == pytest.approx(3.825 * 1)
+    assert p.cost.spot_usd == pytest.approx(3.825 * 1 * 0.3)
+    assert (
+        "$3.825/h x 1 instance(s) x 1.00 h max = $3.83 on-demand at most; managed spot about $1.15 "
+        "(saves ~$2.68, 70% typical; waits up to 2.00 h for capacity, unbilled)"
+    ) in p.summary()
+
+
+def test_spot_and_on_demand_price_the_same_billable_hours():
+    spot, _ = plan("instance=ml.p3.2xlarge", "job.spot=true")
+    on_demand, _ = plan("instance=ml.p3.2xlarge")
+    assert spot.cost.max_hours == on_demand.cost.max_hours == 2.0  # job.max_run_minutes=120, not the 4 h MaxWait
+    assert spot.cost.on_demand_usd == on_demand.cost.on_demand_usd == pytest.approx(3.825 * 2)
+    assert spot.cost.spot_usd == on_demand.cost.spot_usd
+    assert f"(spot would be about ${on_demand.cost.spot_usd:.2f})" in on_demand.summary()
+
+
+def test_job_names_planned_in_the_same_second_differ_and_fit_sagemaker():
+    import re
+    from datetime import datetime
+
+    sagemaker_pattern = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+    cfg = compose([])
+    now = datetime(2026, 3, 1, 12, 0, 0, 123456)
+    names = {jobs.plan_job(cfg, INFRA, "abc1234", now=now).job_name for _ in range(20)}
+    assert len(names) == 20
+    assert all(sagemaker_pattern.match(n) and n.startswith("lightning-20260301-120000-123-") for n in names)
+    longest = "b" * jobs.MAX_BASE_NAME_LENGTH
+    p, cfg = plan(f"job.base_name={longest}")
+    jobs.validate_plan(p, cfg)
+    assert len(p.job_name) == 63 and p.job_name in p.summary()
+    with pytest.raises(jobs.LaunchError, match=f"at most {jobs.MAX_BASE_NAME_LENGTH} characters"):
+        p, cfg = plan(f"job.base_name={longest}b")
+        jobs.validate_plan(p, cfg)
+
+
+def test_status_table_shows_missing_values_as_a_dash():
+    from project.aws import monitor
+
+    rows = [
+        monitor.StatusRow("starting", "InProgress", "1xml.m5.xlarge", None, None, None, {}),
+        monitor.StatusRow("done", "Completed", "1xml.m5.xlarge", 61.4, 60, 0.0123, {"test_acc": 0.98}),
+    ]
+    lines = monitor.status_table(rows).splitlines()
+    assert lines[1].split() == ["starting", "InProgress", "1xml.m5.xlarge", "-", "-", "-", "-", "-"]
+    assert lines[2].split() == ["done", "Completed", "1xml.m5.xlarge", "61s", "60s", "$0.01", "0.9800", "-"]
 
 
 @pytest.mark.parametrize(

@@ -114,10 +114,10 @@ def test_predict_errors_are_clean(args, message, tmp_path):
 def test_upload_of_missing_data_is_one_line_and_exit_code_2(tmp_path):
     """DataError is a UserError: no traceback, and nothing is asked of AWS before the files are found."""
     infra = [
-        "aws.data_bucket=b",
-        "aws.artifacts_bucket=a",
-        "aws.repository_url=r",
-        "aws.role_arn=x",
+        "aws.data_bucket=never-called-data",
+        "aws.artifacts_bucket=never-called-artifacts",
+        "aws.repository_url=123456789012.dkr.ecr.us-east-1.amazonaws.com/never-called",
+        "aws.role_arn=arn:aws:iam::123456789012:role/never-called",
         "aws.region=us-east-1",
     ]
     result = invoke("upload", f"dataset.source={tmp_path}", *infra)

@@ -34,6 +34,11 @@ def dataset(tmp_path):
     return folder, write_dataset(folder, n_train=50, n_test=20)
 
 
+def paths_in(folder: Path, files) -> dict[str, Path]:
+    """stem -> file, as fetch_raw returns them for a folder of .gz files."""
+    return {stem: folder / f"{stem}.gz" for stem in files}
+
+
 def keys(s3, bucket, prefix=""):
     return sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", []))
 
@@ -43,7 +48,7 @@ def keys(s3, bucket, prefix=""):
 
 def test_upload_sends_new_files_with_their_checksum_then_skips_them(s3, bucket, dataset):
     folder, files = dataset
-    items = transfer.plan_upload(folder, files, bucket, "datasets/tiny/", s3)
+    items = transfer.plan_upload(paths_in(folder, files), bucket, "datasets/tiny/", s3)
     assert [i.action for i in items] == [UPLOAD] * 4
     assert {i.key for i in items} == {f"datasets/tiny/{stem}.gz" for stem in files}
 
@@ -56,18 +61,20 @@ def test_upload_sends_new_files_with_their_checksum_then_skips_them(s3, bucket, 
         head = s3.head_object(Bucket=bucket, Key=item.key)
         assert head["Metadata"]["sha256"] == transfer.file_sha256(item.path) == item.sha256
 
-    again = transfer.plan_upload(folder, files, bucket, "datasets/tiny", s3)
+    again = transfer.plan_upload(paths_in(folder, files), bucket, "datasets/tiny", s3)
     assert [i.action for i in again] == [SKIP] * 4
     assert transfer.upload(again, s3, progress=False, echo=lambda _: None).uploaded == []
 
 
 def test_changed_file_is_uploaded_again(s3, bucket, dataset):
     folder, files = dataset
-    transfer.upload(transfer.plan_upload(folder, files, bucket, "d", s3), s3, progress=False, echo=lambda _: None)
+    transfer.upload(
+        transfer.plan_upload(paths_in(folder, files), bucket, "d", s3), s3, progress=False, echo=lambda _: None
+    )
     changed = folder / "t10k-labels-idx1-ubyte.gz"
     changed.write_bytes(gzip.compress(b"different labels"))
 
-    items = {i.path.name: i for i in transfer.plan_upload(folder, files, bucket, "d", s3)}
+    items = {i.path.name: i for i in transfer.plan_upload(paths_in(folder, files), bucket, "d", s3)}
     assert items[changed.name].action == UPLOAD
     assert items[changed.name].remote_sha256 not in (None, items[changed.name].sha256)
     assert sum(i.action == SKIP for i in items.values()) == 3
@@ -79,7 +86,9 @@ def test_changed_file_is_uploaded_again(s3, bucket, dataset):
 def test_dry_run_moves_nothing(s3, bucket, dataset):
     folder, files = dataset
     lines = []
-    summary = transfer.upload(transfer.plan_upload(folder, files, bucket, "d", s3), s3, dry_run=True, echo=lines.append)
+    summary = transfer.upload(
+        transfer.plan_upload(paths_in(folder, files), bucket, "d", s3), s3, dry_run=True, echo=lines.append
+    )
     assert summary.dry_run and len(summary.uploaded) == 4
     assert keys(s3, bucket) == []
     assert sum(line.startswith("would upload ") for line in lines) == 4
@@ -89,17 +98,17 @@ def test_dry_run_moves_nothing(s3, bucket, dataset):
 def test_large_file_goes_multipart_and_keeps_its_checksum(s3, bucket, tmp_path):
     big = tmp_path / "big"
     big.write_bytes(bytes(range(256)) * (9 * 4096))  # 9 MiB: above the 8 MiB multipart threshold
-    items = transfer.plan_upload(tmp_path, {"big": "unused"}, bucket, "", s3)
+    items = transfer.plan_upload({"big": big}, bucket, "", s3)
     transfer.upload(items, s3, progress=False, echo=lambda _: None)
     assert s3.head_object(Bucket=bucket, Key="big")["Metadata"]["sha256"] == transfer.file_sha256(big)
-    assert transfer.plan_upload(tmp_path, {"big": "unused"}, bucket, "", s3)[0].action == SKIP
+    assert transfer.plan_upload({"big": big}, bucket, "", s3)[0].action == SKIP
 
 
 def test_missing_file_is_one_line_naming_file_and_folder(s3, bucket, dataset):
     folder, files = dataset
     (folder / "train-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(TransferError) as error:
-        transfer.plan_upload(folder, files, bucket, "d", s3)
+        transfer.plan_upload(paths_in(folder, files), bucket, "d", s3)
     message = str(error.value)
     assert "train-labels-idx1-ubyte" in message and str(folder) in message and "\n" not in message
 
@@ -107,7 +116,7 @@ def test_missing_file_is_one_line_naming_file_and_folder(s3, bucket, dataset):
 def test_missing_bucket_says_to_apply_terraform(s3, dataset):
     folder, files = dataset
     with pytest.raises(TransferError, match="does not exist: run `terraform apply`"):
-        transfer.plan_upload(folder, files, f"absent-{uuid.uuid4().hex[:8]}", "d", s3)
+        transfer.plan_upload(paths_in(folder, files), f"absent-{uuid.uuid4().hex[:8]}", "d", s3)
 
 
 # --- fetch --------------------------------------------------------------------------------------
@@ -320,4 +329,36 @@ def test_expired_and_rejected_credentials_are_explained():
 
     assert "expired" in str(explain(client_error("ExpiredToken")))
     assert "rejected" in str(explain(client_error("InvalidClientTokenId")))
-    assert explain(client_error("AccessDenied")) is None  # not ours to reword
+    assert explain(ValueError("not AWS")) is None
+
+
+def test_any_other_client_error_names_operation_resource_code_and_cause():
+    from botocore.exceptions import ClientError
+
+    def line(code, operation, message="m", resource=None):
+        return str(explain(ClientError({"Error": {"Code": code, "Message": message}}, operation), resource=resource))
+
+    denied = line("AccessDenied", "PutObject", "Access Denied", "s3://b/k")
+    assert denied.startswith("S3 PutObject on s3://b/k refused: AccessDenied (Access Denied): ")
+    assert "lacks s3:PutObject there" in denied and "bucket policy" in denied and "get-caller-identity" in denied
+    assert "kms:Decrypt" in line("AccessDenied", "GetObject", "User is not authorized to perform kms:Decrypt")
+    assert "kms:Decrypt" in line("KMS.DisabledException", "GetObject")
+    assert "sagemaker:CreateTrainingJob" in line("AccessDeniedException", "CreateTrainingJob")
+    assert "throttling" in line("ThrottlingException", "ListTrainingJobs")
+    assert "Service Quotas" in line("ResourceLimitExceeded", "CreateTrainingJob")
+    assert "terraform apply" in line("NoSuchBucket", "ListObjectsV2")
+    assert line("Weird", "SomeCall").startswith("AWS SomeCall refused: Weird (m): check the resource name")
+
+
+def test_s3_dataset_source_uses_the_endpoint_it_is_given(s3, bucket, dataset, moto_endpoint, monkeypatch, tmp_path):
+    from project.raw import fetch_raw
+
+    folder, files = dataset
+    for stem in files:
+        s3.upload_file(str(folder / f"{stem}.gz"), bucket, f"mirror/{stem}.gz")
+    monkeypatch.delenv("AWS_ENDPOINT_URL")  # only the argument (aws.endpoint_url in train.py) names moto
+    paths = fetch_raw(f"s3://{bucket}/mirror", tmp_path / "cache", files, endpoint_url=moto_endpoint)
+    assert sorted(paths) == sorted(files)
+    assert all(
+        p.parent == tmp_path / "cache" and p.read_bytes() == (folder / p.name).read_bytes() for p in paths.values()
+    )

@@ -10,21 +10,29 @@ from __future__ import annotations
 import json
 import logging
 import re
+import secrets
 import shutil
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from ..config import CONF_DIR, RESOLVED_CONFIG_NAME, ConfigError, config_hash, resolve_gpus, to_yaml
 from ..errors import UserError
 from ..infra import Infra
+from .cost import Cost, estimate
+from .session import aws_errors
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DATA_CHANNEL = "train"
 ENTRY_SCRIPT = "sm_entry.py"
 MAX_RUNTIME_SECONDS = 28 * 24 * 3600  # SageMaker's limit on MaxRuntimeInSeconds/MaxWaitTimeInSeconds
 MAX_KEEP_ALIVE_SECONDS = 3600  # warm pools keep instances at most an hour
-JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")  # SageMaker's TrainingJobName pattern
+# <base>-YYYYmmdd-HHMMSS-mmm-xxxx: milliseconds and a random suffix, so launches in the same
+# second (two terminals, a script) never collide as the SDK's seconds-only names do.
+JOB_NAME_SUFFIX_LENGTH = len("-20260101-000000-000-0000")
+MAX_BASE_NAME_LENGTH = 63 - JOB_NAME_SUFFIX_LENGTH
 HYPERPARAMETER_LIMITS = {"count": 100, "key": 256, "value": 2500}
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 
@@ -59,32 +67,9 @@ class LaunchError(UserError):
 
 
 @dataclass(frozen=True)
-class Cost:
-    price_per_hour: float
-    instances: int
-    max_hours: float
-    on_demand_usd: float
-    spot_usd: float
-
-    def line(self, spot: bool) -> str:
-        text = (
-            f"${self.price_per_hour:.3f}/h x {self.instances} instance(s) x {self.max_hours:.2f} h max = "
-            f"${self.on_demand_usd:.2f} on-demand at most"
-        )
-        return text + (
-            f"; managed spot about ${self.spot_usd:.2f}" if spot else f" (spot would be about ${self.spot_usd:.2f})"
-        )
-
-
-def estimate_cost(price_per_hour: float, instances: int, seconds: float, spot_discount: float) -> Cost:
-    hours = seconds / 3600
-    on_demand = price_per_hour * instances * hours
-    return Cost(price_per_hour, instances, hours, on_demand, on_demand * (1 - spot_discount))
-
-
-@dataclass(frozen=True)
 class JobPlan:
     base_name: str
+    job_name: str  # the TrainingJobName, chosen when planning so the summary names the job launched
     image_uri: str
     image_tag: str
     role_arn: str
@@ -111,7 +96,7 @@ class JobPlan:
 
     def summary(self) -> str:
         rows = [
-            ("job", f"{self.base_name}-<timestamp>"),
+            ("job", self.job_name),
             ("image", self.image_uri),
             ("command", f"{entry_command(self)}  (torchrun as PID 1: SIGTERM reaches training)"),
             ("instance", f"{self.instance_count} x {self.instance_type}"),
@@ -136,8 +121,14 @@ def known_instance_types() -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / "instance").glob("*.yaml"))
 
 
-def plan_job(cfg: Any, infra: Infra, image_tag: str) -> JobPlan:
-    """Everything the job will be, derived from the config and the Terraform outputs (pure)."""
+def job_name(base_name: str, now: datetime | None = None) -> str:
+    """A training job name no other launch gets, even in the same second: see JOB_NAME_SUFFIX_LENGTH."""
+    now = now or datetime.now()
+    return f"{base_name}-{now:%Y%m%d-%H%M%S}-{now.microsecond // 1000:03d}-{secrets.token_hex(2)}"
+
+
+def plan_job(cfg: Any, infra: Infra, image_tag: str, now: datetime | None = None) -> JobPlan:
+    """Everything the job will be, derived from the config and the Terraform outputs (pure but for its name)."""
     inst, job = cfg.instance, cfg.job
     if inst.type not in known_instance_types():
         raise LaunchError(
@@ -159,6 +150,7 @@ def plan_job(cfg: Any, infra: Infra, image_tag: str) -> JobPlan:
     data_bucket, artifacts = infra.data_bucket, infra.artifacts_bucket
     return JobPlan(
         base_name=job.base_name,
+        job_name=job_name(job.base_name, now),
         image_uri=f"{infra.repository_url}:{image_tag}",
         image_tag=image_tag,
         role_arn=infra.role_arn,
@@ -183,7 +175,7 @@ def plan_job(cfg: Any, infra: Infra, image_tag: str) -> JobPlan:
         environment={"PYTHONUNBUFFERED": "1", **{str(k): str(v) for k, v in job.environment.items()}},
         # For the record (console, DescribeTrainingJob): the container reads config.yaml, not these.
         hyperparameters={"config_hash": digest, "processes_per_node": str(processes), "nodes": str(inst.count)},
-        cost=estimate_cost(inst.price_per_hour, inst.count, max_wait or max_run, job.spot_discount),
+        cost=estimate(inst.price_per_hour, inst.count, max_run, job.spot_discount, max_wait),
     )
 
 
@@ -196,8 +188,11 @@ def validate_plan(plan: JobPlan, cfg: Any) -> None:
             f"({plan.instance_count} node(s) x {plan.processes_per_node} process(es)); "
             f"use a multiple of {plan.world_size}"
         )
-    if not JOB_NAME.match(f"{plan.base_name}-2026-01-01-00-00-00-000"):
-        raise LaunchError(f"job.base_name={plan.base_name!r}: letters, digits and '-', at most 39 characters")
+    if not JOB_NAME.match(plan.job_name) or len(plan.base_name) > MAX_BASE_NAME_LENGTH:
+        raise LaunchError(
+            f"job.base_name={plan.base_name!r}: letters, digits and '-', at most {MAX_BASE_NAME_LENGTH} characters "
+            "(SageMaker adds the launch time and a random suffix, 63 in all)"
+        )
     if not 60 <= plan.max_run_seconds <= MAX_RUNTIME_SECONDS:
         raise LaunchError(f"job.max_run_minutes must be between 1 and {MAX_RUNTIME_SECONDS // 60}")
     if plan.spot:
@@ -228,17 +223,22 @@ def validate_plan(plan: JobPlan, cfg: Any) -> None:
 
 def check_remote(plan: JobPlan, cfg: Any, ecr: Any, s3: Any) -> None:
     """What only AWS can tell: the image tag is pushed and the data prefix holds the dataset."""
-    repository = plan.image_uri.split("/", 1)[1].rsplit(":", 1)[0]
-    try:
-        ecr.describe_images(repositoryName=repository, imageIds=[{"imageTag": plan.image_tag}])
-    except ecr.exceptions.ImageNotFoundException:
-        raise LaunchError(
-            f"image tag {plan.image_tag} is not in ECR repository {repository}: run `invoke build` and `invoke push`"
-        ) from None
-    except ecr.exceptions.RepositoryNotFoundException:
-        raise LaunchError(f"ECR repository {repository} does not exist: run `terraform apply` in terraform/") from None
+    repository = plan.image_uri.split("/", 1)[1].rsplit(":", 1)[0]  # the URL's form is checked at compose time
+    with aws_errors(resource=f"ECR repository {repository}"):
+        try:
+            ecr.describe_images(repositoryName=repository, imageIds=[{"imageTag": plan.image_tag}])
+        except ecr.exceptions.ImageNotFoundException:
+            raise LaunchError(
+                f"image tag {plan.image_tag} is not in ECR repository {repository}: "
+                "run `invoke build` and `invoke push`"
+            ) from None
+        except ecr.exceptions.RepositoryNotFoundException:
+            raise LaunchError(
+                f"ECR repository {repository} does not exist: run `terraform apply` in terraform/"
+            ) from None
     bucket, _, prefix = plan.data_uri[len("s3://") :].partition("/")
-    listing = s3.list_objects_v2(Bucket=bucket, Prefix=prefix)
+    with aws_errors(resource=plan.data_uri):
+        listing = s3.list_objects_v2(Bucket=bucket, Prefix=prefix)
     names = {obj["Key"][len(prefix) :] for obj in listing.get("Contents", [])}
     if not names:
         raise LaunchError(f"no data under {plan.data_uri}: run `invoke upload` first")
@@ -307,6 +307,8 @@ def model_trainer(plan: JobPlan, source_dir: Path, boto_session: Any) -> Any:
         sagemaker_session=session,
         role=plan.role_arn,
         base_job_name=plan.base_name,
+        # The code is staged under the job's own name: the SDK's seconds-only names can collide.
+        input_s3_key_prefix=plan.job_name,
         training_image=plan.image_uri,
         # `exec`: PID 1 becomes torchrun, which forwards SIGTERM to the workers (project/launch.py).
         source_code=SourceCode(source_dir=str(source_dir), command=entry_command(plan)),
@@ -328,26 +330,40 @@ def _metric_definitions() -> list[Any]:
     return [MetricDefinition(name=d["Name"], regex=d["Regex"]) for d in METRIC_DEFINITIONS]
 
 
-def create_request(trainer: Any) -> dict[str, Any]:
-    """The CreateTrainingJob request the SDK would send (it stages the code to S3 to know it)."""
-    # ModelTrainer.train(dry_run=True) validates but returns nothing; this is the SDK's own
-    # request builder, the one train() calls, asked for the boto3 form.
-    request: dict[str, Any] = trainer._create_training_job_args(boto3=True)
+def _training_request(trainer: Any, job_name: str, boto3: bool) -> dict[str, Any]:
+    """The SDK's own CreateTrainingJob request (it stages the code to S3 to know it), under our job name."""
+    request: dict[str, Any] = trainer._create_training_job_args(boto3=boto3)
+    request["TrainingJobName" if boto3 else "training_job_name"] = job_name
     return request
 
 
-def launch(trainer: Any) -> str:
-    """Create the job without waiting; return its name. A request SageMaker refuses is one line."""
-    from botocore.exceptions import ClientError
+def create_request(trainer: Any, job_name: str) -> dict[str, Any]:
+    """The CreateTrainingJob request `launch` would send, in its boto3 form."""
+    # ModelTrainer.train(dry_run=True) validates but returns nothing; this is the request builder
+    # train() calls, asked for the boto3 form.
+    return _training_request(trainer, job_name, boto3=True)
 
-    try:
-        trainer.train(wait=False, logs=False)
-    except ClientError as exc:  # credentials and connection errors: workflow.aws_task explains them
-        error = exc.response.get("Error", {})
-        if error.get("Code") in ("ValidationException", "ResourceLimitExceeded", "AccessDeniedException"):
-            raise LaunchError(f"SageMaker refused the job ({error['Code']}): {error.get('Message', '')}") from None
-        raise
-    return str(trainer._latest_training_job.training_job_name)
+
+def launch(trainer: Any, job_name: str) -> str:
+    """Create the job named `job_name` without waiting. A request SageMaker refuses is one line.
+
+    What ModelTrainer.train(wait=False) does, but under our name: the SDK names jobs
+    <base>-<seconds> and takes no name of ours.
+    """
+    from botocore.exceptions import ClientError
+    from sagemaker.core.resources import TrainingJob
+
+    with aws_errors(resource=f"training job {job_name}"):
+        try:
+            job = TrainingJob.create(
+                session=trainer.sagemaker_session.boto_session, **_training_request(trainer, job_name, boto3=False)
+            )
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            if error.get("Code") in ("ValidationException", "ResourceLimitExceeded", "AccessDeniedException"):
+                raise LaunchError(f"SageMaker refused the job ({error['Code']}): {error.get('Message', '')}") from None
+            raise
+    return str(job.training_job_name)
 
 
 def plan_as_dict(plan: JobPlan) -> dict[str, Any]:

@@ -7,9 +7,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import CONF_DIR
 from ..errors import UserError
+from .cost import job_cost
 from .jobs import LOG_GROUP
+from .session import aws_errors
 
 TERMINAL = {"Completed", "Failed", "Stopped"}
 
@@ -18,34 +19,16 @@ class JobError(UserError):
     pass
 
 
-def instance_price(instance_type: str) -> float | None:
-    """On-demand USD/hour from the instance catalog in conf/instance/."""
-    import yaml
-
-    path = CONF_DIR / "instance" / f"{instance_type}.yaml"
-    return float(yaml.safe_load(path.read_text())["price_per_hour"]) if path.is_file() else None
-
-
-def job_cost(desc: dict[str, Any]) -> float | None:
-    """Billable seconds (after any spot saving) x instances x price."""
-    resources = desc.get("ResourceConfig", {})
-    price = instance_price(resources.get("InstanceType", ""))
-    billable = desc.get("BillableTimeInSeconds")
-    if price is None or billable is None:
-        return None
-    # SageMaker reports BillableTimeInSeconds summed over instances.
-    return price * billable / 3600
-
-
 def describe(sm, job_name: str) -> dict[str, Any]:
-    try:
-        return sm.describe_training_job(TrainingJobName=job_name)
-    except sm.exceptions.ResourceNotFound:
-        raise JobError(f"no training job named {job_name!r}: `invoke status` lists recent jobs") from None
-    except sm.exceptions.ClientError as exc:
-        if "not found" in str(exc).lower() or "ValidationException" in str(exc):
+    with aws_errors(resource=f"training job {job_name}"):
+        try:
+            return sm.describe_training_job(TrainingJobName=job_name)
+        except sm.exceptions.ResourceNotFound:
             raise JobError(f"no training job named {job_name!r}: `invoke status` lists recent jobs") from None
-        raise
+        except sm.exceptions.ClientError as exc:
+            if "not found" in str(exc).lower() or "ValidationException" in str(exc):
+                raise JobError(f"no training job named {job_name!r}: `invoke status` lists recent jobs") from None
+            raise
 
 
 def recent_jobs(sm, name_prefix: str, limit: int = 10) -> list[str]:
@@ -96,8 +79,9 @@ class StatusRow:
 
 
 def status_table(rows: list[StatusRow]) -> str:
-    def fmt(value, spec):
-        return "-" if value is None else format(value, spec)
+    def fmt(value, spec, before="", after=""):
+        """A missing value is a bare '-', never '-s' or '$-'."""
+        return "-" if value is None else f"{before}{value:{spec}}{after}"
 
     header = ("job", "status", "instance", "duration", "billable", "cost", "test_acc", "val_acc")
     lines = [header] + [
@@ -105,9 +89,9 @@ def status_table(rows: list[StatusRow]) -> str:
             r.name,
             r.status,
             r.instance,
-            fmt(r.duration_s, ".0f") + "s",
-            fmt(r.billable_s, "d") + "s",
-            "$" + fmt(r.cost_usd, ".2f"),
+            fmt(r.duration_s, ".0f", after="s"),
+            fmt(r.billable_s, "d", after="s"),
+            fmt(r.cost_usd, ".2f", before="$"),
             fmt(r.metrics.get("test_acc"), ".4f"),
             fmt(r.metrics.get("val_acc"), ".4f"),
         )
@@ -169,6 +153,18 @@ def wait(
                 last = (last + [line])[-keep_last:]
             return desc, last
         time.sleep(poll_seconds)
+
+
+def no_log_stream(desc: dict[str, Any]) -> str:
+    """What `invoke logs` says when the job has written no log yet (or never will)."""
+    name, status = desc["TrainingJobName"], f"{desc['TrainingJobStatus']} / {desc.get('SecondaryStatus', '-')}"
+    if desc["TrainingJobStatus"] not in TERMINAL:
+        return (
+            f"no log stream yet for {name} (status {status}): the instance is still starting; "
+            f"try again in a minute or use --follow"
+        )
+    reason = f": {desc['FailureReason']}" if desc.get("FailureReason") else ""
+    return f"no log stream for {name} (status {status}): the job ended before its container wrote a line{reason}"
 
 
 def final_report(desc: dict[str, Any]) -> str:

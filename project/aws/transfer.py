@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -142,59 +142,54 @@ def _transfer_config():
 # --- upload -----------------------------------------------------------------------------------
 
 
-def local_file(local_dir: Path, stem: str) -> Path:
-    """`<stem>.gz` or `<stem>` in local_dir (the compressed file wins: fewer bytes to send)."""
-    for name in (f"{stem}.gz", stem):
-        if (local_dir / name).is_file():
-            return local_dir / name
-    raise TransferError(
-        f"dataset file {stem}(.gz) not found in {local_dir}: fetch the dataset first or fix dataset.source"
-    )
-
-
 def _check_bucket(s3, bucket: str) -> None:
     from botocore.exceptions import ClientError
 
-    try:
-        with aws_errors(s3.meta.endpoint_url):
+    with aws_errors(s3.meta.endpoint_url, resource=f"s3://{bucket}"):
+        try:
             s3.head_bucket(Bucket=bucket)
-    except ClientError as exc:
-        code = _client_error_code(exc)
-        if code in ("404", "NoSuchBucket", "NotFound"):
-            raise TransferError(
-                f"bucket {bucket} does not exist: run `terraform apply` in terraform/ or fix aws.data_bucket"
-            ) from None
-        if code in ("403", "AccessDenied"):
-            raise TransferError(f"no access to bucket {bucket} with these credentials: check AWS_PROFILE") from None
-        raise
+        except ClientError as exc:
+            code = _client_error_code(exc)
+            if code in ("404", "NoSuchBucket", "NotFound"):
+                raise TransferError(
+                    f"bucket {bucket} does not exist: run `terraform apply` in terraform/ or fix aws.data_bucket"
+                ) from None
+            if code in ("403", "AccessDenied"):
+                raise TransferError(f"no access to bucket {bucket} with these credentials: check AWS_PROFILE") from None
+            raise
 
 
 def remote_sha256(s3, bucket: str, key: str) -> str | None:
     """The sha256 metadata of s3://bucket/key; None when there is no such object (or no checksum)."""
     from botocore.exceptions import ClientError
 
-    try:
-        with aws_errors(s3.meta.endpoint_url):
+    with aws_errors(s3.meta.endpoint_url, resource=f"s3://{bucket}/{key}"):
+        try:
             head = s3.head_object(Bucket=bucket, Key=key)
-    except ClientError as exc:
-        if _client_error_code(exc) in ("404", "NoSuchKey", "NotFound"):
-            return None
-        raise
+        except ClientError as exc:
+            if _client_error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
     return head.get("Metadata", {}).get(SHA256_META)
 
 
-def plan_upload(local_dir: Path, files: dict[str, str], bucket: str, prefix: str, s3) -> list[UploadItem]:
+def plan_upload(paths: Mapping[str, Path], bucket: str, prefix: str, s3) -> list[UploadItem]:
     """What `upload` would do with each dataset file: send it, or skip it as already there.
 
-    `files` maps stem -> sha256 of the decompressed content (the dataset config); the bytes
-    compared with the bucket are the file's own, since that is what is stored.
+    `paths` maps stem -> the file to send, exactly as fetch_raw verified it (a source file, or
+    its good copy in the cache); the bytes compared with the bucket are the file's own, since
+    that is what is stored.
     """
-    local_dir = Path(local_dir)
-    paths = [local_file(local_dir, stem) for stem in files]  # every file must exist before any call
+    files = [Path(path) for path in paths.values()]
+    for path in files:  # every file must exist before any call
+        if not path.is_file():
+            raise TransferError(
+                f"dataset file {path.name} not found in {path.parent}: fetch the dataset first or fix dataset.source"
+            )
     _check_bucket(s3, bucket)
     prefix = prefix.strip("/")
     items = []
-    for path in paths:
+    for path in files:
         key = f"{prefix}/{path.name}" if prefix else path.name
         digest, remote = file_sha256(path), remote_sha256(s3, bucket, key)
         action = SKIP if remote == digest else UPLOAD
@@ -207,7 +202,7 @@ def _upload_one(s3, item: UploadItem, config, callback) -> None:
         "Metadata": {SHA256_META: item.sha256},  # sent with the object: never marked done if the PUT fails
         "ChecksumAlgorithm": "SHA256",  # S3 verifies each request's bytes on arrival
     }
-    with aws_errors(s3.meta.endpoint_url):
+    with aws_errors(s3.meta.endpoint_url, resource=item.uri):
         s3.upload_file(str(item.path), item.bucket, item.key, ExtraArgs=extra, Callback=callback, Config=config)
 
 
@@ -274,13 +269,13 @@ def _head_size(s3, uri: str) -> int | None:
     from botocore.exceptions import ClientError
 
     bucket, key = split_s3_uri(uri)
-    try:
-        with aws_errors(s3.meta.endpoint_url):
+    with aws_errors(s3.meta.endpoint_url, resource=uri):
+        try:
             return int(s3.head_object(Bucket=bucket, Key=key)["ContentLength"])
-    except ClientError as exc:
-        if _client_error_code(exc) in ("404", "NoSuchKey", "NotFound", "NoSuchBucket"):
-            return None
-        raise
+        except ClientError as exc:
+            if _client_error_code(exc) in ("404", "NoSuchKey", "NotFound", "NoSuchBucket"):
+                return None
+            raise
 
 
 def safe_relative(name: str) -> PurePosixPath | None:
@@ -296,7 +291,7 @@ def _checkpoint_downloads(s3, checkpoint_uri: str) -> list[_Download]:
     bucket, prefix = split_s3_uri(checkpoint_uri)
     prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""  # a folder: not its siblings
     downloads = []
-    with aws_errors(s3.meta.endpoint_url):
+    with aws_errors(s3.meta.endpoint_url, resource=f"s3://{bucket}/{prefix}"):
         pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         objects = [obj for page in pages for obj in page.get("Contents", [])]
     for obj in objects:
@@ -316,7 +311,7 @@ def _sizes_in_folder(s3, uri: str) -> dict[str, int]:
     """Key -> size of the objects directly in the folder holding `uri`: one request for both tarballs."""
     bucket, key = split_s3_uri(uri)
     folder = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
-    with aws_errors(s3.meta.endpoint_url):
+    with aws_errors(s3.meta.endpoint_url, resource=f"s3://{bucket}/{folder}"):
         pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=folder, Delimiter="/")
         return {obj["Key"]: int(obj["Size"]) for page in pages for obj in page.get("Contents", [])}
 
@@ -353,7 +348,7 @@ def _download_all(s3, downloads: list[_Download], scratch: Path, progress: bool)
     def one(d: _Download) -> None:
         target = scratch / d.target
         target.parent.mkdir(parents=True, exist_ok=True)
-        with aws_errors(s3.meta.endpoint_url):
+        with aws_errors(s3.meta.endpoint_url, resource=d.uri):
             if d.size >= MULTIPART_THRESHOLD:  # ranged GETs in parallel
                 s3.download_file(d.bucket, d.key, str(target), Callback=advance, Config=config)
                 return

@@ -58,10 +58,9 @@ def upload(overrides: list[str], dry_run: bool = False, echo: Callable[[str], No
 
     ctx = setup(overrides)
     d = ctx.cfg.dataset
-    # Verified raw files: the source folder itself, or the local cache filled from a mirror.
-    paths = fetch_raw(d.source, Path(ctx.cfg.paths.data_dir) / d.name, dict(d.files))
-    folder = next(iter(paths.values())).parent
-    items = transfer.plan_upload(folder, dict(d.files), ctx.infra.data_bucket, d.s3_prefix, ctx.clients.s3)
+    # Verified raw files, each where it was verified: the source folder or the local cache.
+    paths = fetch_raw(d.source, Path(ctx.cfg.paths.data_dir) / d.name, dict(d.files), s3_client=ctx.clients.s3)
+    items = transfer.plan_upload(paths, ctx.infra.data_bucket, d.s3_prefix, ctx.clients.s3)
     transfer.upload(items, ctx.clients.s3, dry_run=dry_run)
 
 
@@ -125,7 +124,7 @@ def train(
         trainer = jobs.model_trainer(plan, source, ctx.clients.session)
         if dry_run:
             echo("CreateTrainingJob request (dry run: nothing launched):")
-            echo(json.dumps(jobs.create_request(trainer), indent=2, sort_keys=True, default=str))
+            echo(json.dumps(jobs.create_request(trainer, plan.job_name), indent=2, sort_keys=True, default=str))
             return None
         if not yes:
             if not sys.stdin.isatty():
@@ -133,7 +132,7 @@ def train(
             if confirm("Launch this job? [y/N] ").strip().lower() not in ("y", "yes"):
                 echo("not launched")
                 return None
-        job_name = jobs.launch(trainer)
+        job_name = jobs.launch(trainer, plan.job_name)
     echo(f"launched {job_name}")
     if not wait:
         echo(f"follow it with `invoke logs {job_name} --follow`; `invoke status`; `invoke fetch {job_name}` when done")
@@ -158,12 +157,16 @@ def _job(ctx: Context, job_name: str | None) -> str:
 def logs(overrides: list[str], job_name: str | None, follow: bool, echo=print) -> None:
     ctx = setup(overrides)
     name = _job(ctx, job_name)
-    monitor.describe(ctx.clients.sagemaker, name)
+    desc = monitor.describe(ctx.clients.sagemaker, name)
     if follow:
         finish(ctx, name, echo, poll_seconds=10.0)
         return
+    printed = 0
     for line in monitor.LogTail(ctx.clients.logs, name).poll():
         echo(line)
+        printed += 1
+    if not printed:
+        echo(monitor.no_log_stream(desc))
 
 
 @aws_task
