@@ -23,7 +23,7 @@ import urllib.request
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from .errors import UserError
 
@@ -340,3 +340,18 @@ def fetch_raw(
             _fetch_one(source, stem, cached, digest, memo_dir, s3_client)
         paths[stem] = cached
     return paths
+
+
+def fetch_dataset(cfg: Any, source: str | None = None, remember: bool = True) -> dict[str, Path]:
+    """The composed config's raw files, present and verified: fetch_raw with the config's places.
+
+    `source`: where the files are instead of dataset.source (a SageMaker job's data channel).
+    Every run resolves its data through here before anything else is built or written.
+    """
+    d = cfg.dataset
+    return fetch_raw(source or d.source, dataset_cache_dir(cfg), dict(d.files), remember=remember)
+
+
+def dataset_cache_dir(cfg: Any) -> Path:
+    """Where a run keeps the dataset's downloaded files and verification records."""
+    return Path(cfg.paths.data_dir) / cfg.dataset.name

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import sys
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
@@ -80,6 +81,12 @@ class RunLayout:
     def create(self) -> None:
         for path in (self.model_dir, self.output_dir, self.checkpoint_dir):
             path.mkdir(parents=True, exist_ok=True)
+
+
+def discard_unless_resumable(run_dir: Path) -> None:
+    """Remove a run folder that holds no checkpoint: a failed run leaves nothing a re-run could use."""
+    if not any((run_dir / "checkpoints").glob("*.ckpt")):
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def local_layout(run_dir: Path) -> RunLayout:
