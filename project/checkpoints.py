@@ -36,6 +36,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from .runtime import CLEAN_STOP_ENV
+
 log = logging.getLogger(__name__)
 
 STEP_PATTERN = re.compile(r"-step=(\d+)\.ckpt$")
@@ -99,9 +101,6 @@ def set_rng_state(state: dict) -> None:
     random.setstate((version, tuple(internal), gauss_next))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
-
-
-CLEAN_STOP_ENV = "LIGHTNING_SAGEMAKER_CLEAN_STOP_DIR"  # set by project/launch.py for its workers
 
 
 class Interrupted(SIGTERMException):

@@ -16,6 +16,9 @@ from pathlib import Path
 
 SM_CHECKPOINT_DIR = "/opt/ml/checkpoints"  # synced to the job's CheckpointConfig.S3Uri
 DATA_CHANNEL = "train"  # the input channel that carries the raw dataset files
+# A folder where each worker marks that it checkpointed after SIGTERM: the launcher (PID 1) then
+# exits 0 (project/launch.py, project/checkpoints.py).
+CLEAN_STOP_ENV = "LIGHTNING_SAGEMAKER_CLEAN_STOP_DIR"
 MASTER_PORT = "7777"  # the SageMaker SDK's SM_MASTER_PORT, which its torchrun driver passes on
 
 

@@ -273,6 +273,7 @@ def test_stopped_job_rerun_resumes_from_its_checkpoints(world, tmp_path):
         assert stop.returncode == 0 and "stop requested" in stop.stdout, stop.stderr
         stopped = service.result(job)
         assert stopped.status == "Stopped", stopped.stdout[-3000:]
+        assert stopped.returncode == 0, stopped.stdout[-3000:]  # a clean stop: the container exits 0
         saved = re.search(r"sigterm_checkpoint_step=(\d+)", stopped.stdout)
         assert saved, stopped.stdout[-3000:]  # SIGTERM reached the training process through torchrun
         step = int(saved.group(1))
