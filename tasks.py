@@ -6,8 +6,6 @@ Heavy imports (torch, Lightning, the SageMaker SDK) happen inside the tasks that
 
 import atexit
 import gc
-import shlex
-import sys
 
 from invoke import Collection, Exit, task
 
@@ -24,21 +22,21 @@ atexit.register(gc.freeze)
 JOB_HELP = "Training job name (default: the latest job)"
 
 
-def _compose(overrides):
-    from project.config import compose
-
-    with user_errors():
-        return compose(overrides or [])
-
-
 @task(iterable=["overrides"], help={"overrides": OVERRIDES_HELP})
 def local(c, overrides=None):
-    """Train on this machine (CPU or its GPUs) with Hydra overrides; artifacts go to runs/<run>/."""
-    _compose(overrides)  # fail fast, with one clear line, before starting Python again
-    command = [sys.executable, "-m", "project.train", *(overrides or [])]
-    result = c.run(shlex.join(command), pty=sys.stdout.isatty(), warn=True)
-    if not result.ok:
-        raise Exit(f"error: training failed (exit code {result.exited}); see the log above", code=result.exited or 1)
+    """Train on this machine (CPU or its GPUs) with Hydra overrides; artifacts go to runs/<run>/.
+
+    Ctrl-C stops at the next step with a checkpoint; the same command resumes.
+    """
+    from project import local as run
+
+    with user_errors():
+        run.check(overrides or [])  # one clear line in a second, before training starts Python again
+    code = run.train_in_child(overrides or [])
+    if code in run.SELF_REPORTED_EXITS:
+        raise Exit(code=code)  # the training process printed what happened
+    if code:
+        raise Exit(f"error: training failed (exit code {code}); see the log above", code=code)
 
 
 @task(help={"run_dir": "A run directory (runs/<run-name>)", "images": "PNG file(s): a path, a folder or a,b,c"})

@@ -25,12 +25,18 @@ import pickle
 import random
 import re
 import signal
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from .runtime import CLEAN_STOP_ENV
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +103,55 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+class Interrupted(SIGTERMException):
+    """The run was stopped by Ctrl-C (SIGINT); the entry point exits 130.
+
+    A SIGTERMException, so Lightning tears the run down without its KeyboardInterrupt handling
+    (which exits 1 and saves nothing) and callbacks see it in on_exception. `forced`: a second
+    Ctrl-C while the first was waiting for a step boundary. `reported`: a line was printed.
+    """
+
+    def __init__(self, forced: bool = False) -> None:
+        super().__init__()
+        self.forced, self.reported = forced, False
+
+
+class Interrupts:
+    """Ctrl-C during a run. Inside the training loop the first one is recorded and the run stops
+    at the next step boundary with a checkpoint (RunCheckpoints); anywhere else, and a second one,
+    stop the run at once by raising Interrupted."""
+
+    active: ClassVar[Interrupts | None] = None  # the one whose handler is installed: SIGINT is per process
+
+    def __init__(self) -> None:
+        self.pending = False  # a Ctrl-C waits for the step boundary
+        self.deferring = False  # inside the training loop: RunCheckpoints stops it cleanly
+
+    def handler(self, signum: int, frame: Any) -> None:
+        if self.deferring and not self.pending:
+            self.pending = True
+            print(
+                "\ninterrupted: stopping at the next step, with a checkpoint (Ctrl-C again to quit now)",
+                file=sys.stderr,
+                flush=True,
+            )
+            return
+        raise Interrupted(forced=self.pending)
+
+    @contextmanager
+    def installed(self) -> Iterator[Interrupts]:
+        """Handle SIGINT for the block. A SIGINT that arrived while it was blocked (invoke local
+        starts training with it blocked, so start-up is never cut by a traceback) lands now."""
+        previous = signal.signal(signal.SIGINT, self.handler)
+        Interrupts.active = self
+        try:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+            yield self
+        finally:
+            Interrupts.active = None
+            signal.signal(signal.SIGINT, previous)
+
+
 class RunCheckpoints(pl.Callback):
     """Every `every_n_steps` optimizer steps and at each epoch end, keep the newest `keep` files.
 
@@ -109,6 +164,7 @@ class RunCheckpoints(pl.Callback):
         self._saved_step = -1  # decided identically on every rank: saving is a collective call
         self._rng_to_restore: dict | None = None
         self._sigterm = False
+        self._training = False  # inside the training loop, where a stop waits for a step boundary
 
     def _save(self, trainer: pl.Trainer) -> None:
         if trainer.global_step == self._saved_step:
@@ -130,17 +186,30 @@ class RunCheckpoints(pl.Callback):
     def _record_sigterm(self, signum, frame) -> None:
         self._sigterm = True  # nothing else: a signal handler runs between any two bytecodes
 
+    @property
+    def interrupts(self) -> Interrupts | None:
+        """The run's Ctrl-C handling (project.train.main installs it); None leaves SIGINT alone."""
+        return Interrupts.active
+
     def _stop_requested(self, trainer: pl.Trainer) -> bool:
-        """Whether any rank got SIGTERM; a collective under DDP, so all ranks stop at one step."""
+        """Whether any rank got SIGTERM or Ctrl-C; a collective under DDP, so all ranks stop at one step."""
+        stop = self._sigterm or (self.interrupts is not None and self.interrupts.pending)
         if trainer.world_size == 1:
-            return self._sigterm
-        return trainer.strategy.reduce_boolean_decision(self._sigterm, all=False)
+            return stop
+        return trainer.strategy.reduce_boolean_decision(stop, all=False)
+
+    def _stop(self) -> SIGTERMException:
+        interrupted = self.interrupts is not None and self.interrupts.pending and not self._sigterm
+        return Interrupted() if interrupted else SIGTERMException()
 
     def on_train_start(self, trainer, pl_module) -> None:
         # Replaces Lightning's SIGTERM handler (it restores the original one at teardown). Under
         # DDP Lightning's broadcasts from inside the handler, which pairs with whatever collective
         # the other rank is in at that moment: training hangs or exchanges the wrong tensors.
         signal.signal(signal.SIGTERM, self._record_sigterm)
+        self._training = True
+        if self.interrupts is not None:
+            self.interrupts.deferring = True
         # All ranks must have resumed from the same checkpoint (every host sees the same synced
         # checkpoint directory); replicas that start from different steps would diverge or hang.
         if trainer.world_size > 1:
@@ -156,21 +225,51 @@ class RunCheckpoints(pl.Callback):
             set_rng_state(self._rng_to_restore)
             self._rng_to_restore = None
 
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._training = False  # the test pass and the export are not resumable: a Ctrl-C there stops at once
+        if self.interrupts is not None:
+            self.interrupts.deferring = False
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._stop_requested(trainer):
-            raise SIGTERMException  # on_exception saves this step
+            raise self._stop()  # on_exception saves this step
         if self.every and trainer.global_step % self.every == 0:
             self._save(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._save(trainer)
         if self._stop_requested(trainer):  # SIGTERM during this epoch's validation
-            raise SIGTERMException
+            raise self._stop()
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if isinstance(exception, SIGTERMException):
+        if isinstance(exception, Interrupted):
+            self._interrupted(trainer, exception)
+        elif isinstance(exception, SIGTERMException):
             self._save(trainer)
             if trainer.is_global_zero:
                 path = self.dir / checkpoint_name(self.identity, trainer.global_step)
                 print(f"sigterm_checkpoint_step={trainer.global_step}", flush=True)
                 print(f"stopped by SIGTERM; saved {path}; run again with the same config to resume", flush=True)
+            _mark_clean_stop(trainer.global_rank)
+
+    def _interrupted(self, trainer: pl.Trainer, exception: Interrupted) -> None:
+        """Ctrl-C: a checkpoint at a step boundary of the training loop, else nothing new."""
+        exception.reported = True
+        if self._training and not exception.forced:
+            self._save(trainer)
+            line = f"interrupted at step {trainer.global_step}; checkpoint saved; run the same command to resume"
+        else:
+            newest = next(iter(candidates(self.dir, self.identity)), None)
+            kept = f"the newest checkpoint is {newest.name}" if newest else "there is no checkpoint yet"
+            line = (
+                f"interrupted at step {trainer.global_step}; no new checkpoint ({kept}); run the same command to resume"
+            )
+        if trainer.is_global_zero:
+            print(line, file=sys.stderr, flush=True)
+
+
+def _mark_clean_stop(rank: int, environ: Mapping[str, str] = os.environ) -> None:
+    """Tell the container's launcher that this worker checkpointed after SIGTERM (project/launch.py)."""
+    folder = environ.get(CLEAN_STOP_ENV)
+    if folder:
+        Path(folder, f"rank-{rank}").touch()

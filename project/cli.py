@@ -140,11 +140,13 @@ def accept_bare_overrides() -> None:
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn a UserError into `error: <one line>` on stderr and exit code 2, without a traceback."""
-    from .errors import UserError
+    from .errors import INTERRUPTED_EXIT, USER_ERROR_EXIT, UserError
 
     try:
         yield
     except UserError as exc:
-        raise Exit(f"error: {exc}", code=2) from None
+        raise Exit(f"error: {exc}", code=USER_ERROR_EXIT) from None
     except KeyboardInterrupt:
-        raise Exit("interrupted: nothing half-written was kept; run the task again to resume", code=130) from None
+        raise Exit(
+            "interrupted: nothing half-written was kept; run the task again to resume", code=INTERRUPTED_EXIT
+        ) from None

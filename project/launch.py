@@ -1,27 +1,33 @@
-"""The container's launcher: become torchrun, so that SIGTERM reaches the training processes.
+"""The container's launcher: run torchrun as PID 1, so that SIGTERM reaches the training processes.
 
 A SageMaker job's entry point is the SDK's driver, `/bin/bash sm_train.sh`, and it is PID 1 of
 the container. StopTrainingJob and a spot reclaim send SIGTERM to PID 1 alone; bash as PID 1
 ignores it, and the SDK's own torchrun driver (a Python process below bash that starts torchrun
 as a child) would never see it either: the job would be SIGKILLed two minutes later with no
 checkpoint. So the job's command is `exec python3 sm_entry.py --launch N`: `exec` makes this
-Python PID 1, and `launch()` replaces it in turn (execv, same PID) with torchrun. torchrun
-handles SIGTERM by forwarding it to every worker and waiting for them; each worker saves a
-checkpoint and exits (project/checkpoints.py).
+Python PID 1, and `launch()` runs torchrun's own main in it. torchrun handles SIGTERM by
+forwarding it to every worker and waiting for them; each worker saves a checkpoint, marks its
+clean stop (project/checkpoints.py) and exits 0.
+
+torchrun itself then raises SignalException and would exit 1, failing a job that was only
+stopped or reclaimed. In-process, launch() catches it: when every worker of this node marked a
+clean stop, the container exits 0; a worker that failed or never checkpointed still fails it.
 
 The torchrun command is the SDK torchrun driver's (sagemaker/train/container_drivers/
 distributed_drivers/torchrun_driver.py): one node per host, `--nproc_per_node` processes per
-node, and for several hosts the master address, port and node rank from SM_HOSTS. No torch
-import here: this runs before anything else in the container.
+node, and for several hosts the master address, port and node rank from SM_HOSTS. torch is
+imported only to run torchrun: building the command stays importable anywhere.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 
-from .runtime import network_env, sagemaker_env
+from .runtime import CLEAN_STOP_ENV, network_env, sagemaker_env
 
 
 def torchrun_argv(
@@ -43,8 +49,27 @@ def torchrun_argv(
 
 
 def launch(nproc_per_node: int, script: str) -> None:
-    """Replace this process (PID 1 in the container) with torchrun running `script`."""
+    """Run torchrun with `script` in this process (PID 1 in the container); exit with its outcome."""
     network_env(os.environ, os.environ.get("SM_NETWORK_INTERFACE_NAME"), os.environ.get("SM_CURRENT_INSTANCE_TYPE"))
     argv = torchrun_argv(os.environ, nproc_per_node, script)
     print("launching: " + " ".join(argv), flush=True)
-    os.execv(argv[0], argv)
+    sys.exit(run_torchrun(argv[3:], nproc_per_node))
+
+
+def run_torchrun(args: Sequence[str], workers: int) -> int:
+    """torchrun's main with `args`; 0 also after a SIGTERM that every worker answered with a checkpoint."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.run import main as torchrun
+
+    with tempfile.TemporaryDirectory(prefix="clean-stops-") as marks:
+        os.environ[CLEAN_STOP_ENV] = marks  # the workers inherit it
+        try:
+            torchrun(list(args))
+        except SignalException as stop:
+            clean = len(os.listdir(marks))
+            if stop.sigval == signal.SIGTERM and clean == workers:
+                print(f"stopped by SIGTERM: all {workers} worker(s) saved a checkpoint; exiting 0", flush=True)
+                return 0
+            print(f"stopped by {stop.sigval.name}: {clean} of {workers} worker(s) saved a checkpoint", flush=True)
+            return 128 + int(stop.sigval)
+    return 0

@@ -23,7 +23,7 @@ import urllib.request
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from .errors import UserError
 
@@ -37,8 +37,24 @@ class DataError(UserError, RuntimeError):
     """Missing, corrupt or unreadable data; the message says which file and what to do."""
 
 
-def _corrupt_gzip(path: Path, exc: Exception) -> DataError:
-    return DataError(f"{path}: truncated or corrupt gzip ({exc}); delete it and fetch again")
+def _gzip_check(exc: BaseException) -> str:
+    """Which of gzip's checks failed, in words."""
+    text = str(exc)
+    if isinstance(exc, EOFError):
+        return "gzip stream check failed: the file is truncated (it ends before gzip's end marker)"
+    if "CRC" in text:
+        return "gzip CRC check failed: the bytes changed after compression"
+    if "length" in text.lower():
+        return "gzip size check failed: the data's length differs from the one in its trailer"
+    return f"gzip stream check failed: not a valid gzip stream ({text})"
+
+
+def _corrupt_gzip(origin: object, exc: BaseException) -> DataError:
+    """`origin` names the user's file (a path, URL or S3 key), never a temporary copy of it."""
+    return DataError(f"{origin}: {_gzip_check(exc)}; the file is damaged: {_REPLACE}")
+
+
+_REPLACE = "replace it with a good copy (download it again), or point dataset.source at a good one"
 
 
 def read_bytes(path: Path) -> bytes:
@@ -77,10 +93,10 @@ def file_sha256(path: Path) -> str:
     return _FILE_DIGESTS[key]
 
 
-def _mismatch(name, actual: str, expected: str) -> DataError:
+def _mismatch(name: object, actual: str, expected: str) -> DataError:
     return DataError(
-        f"{name}: checksum mismatch (sha256 {actual[:12]}…, expected {expected[:12]}…); "
-        "the file is corrupt or not this dataset: delete it and fetch again"
+        f"{name}: SHA256 check failed (content sha256 {actual[:12]}…, dataset.files expects {expected[:12]}…): "
+        f"the file is corrupt or from another dataset; {_REPLACE}, or fix dataset.files if the dataset changed"
     )
 
 
@@ -93,7 +109,7 @@ def read_verified(path: Path, expected_sha256: str) -> bytes:
     return content
 
 
-def _content_sha256(path: Path) -> str:
+def _content_sha256(path: Path, origin: object = None) -> str:
     """SHA256 of the decompressed content, hashed block by block (the content is never held whole)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -103,11 +119,11 @@ def _content_sha256(path: Path) -> str:
             while block := stream.read(BLOCK):
                 digest.update(block)
     except (OSError, EOFError, zlib.error) as exc:
-        raise _corrupt_gzip(path, exc) from None
+        raise _corrupt_gzip(origin or path, exc) from None
     return digest.hexdigest()
 
 
-def verify(path: Path, expected_sha256: str, memo_dir: Path | None = None, name=None) -> None:
+def verify(path: Path, expected_sha256: str, memo_dir: Path | None = None, name: object = None) -> None:
     """Raise DataError unless the file's content has the expected SHA256.
 
     Stored bytes verified before (in this process, or recorded in `memo_dir`) are recognised by
@@ -119,7 +135,7 @@ def verify(path: Path, expected_sha256: str, memo_dir: Path | None = None, name=
     memo = Path(memo_dir) / VERIFIED_DIR / stored if memo_dir is not None else None
     recorded = memo is not None and _read_memo(memo) == expected_sha256
     if not recorded and _VERIFIED.get(stored) != expected_sha256:
-        actual = _content_sha256(path)
+        actual = _content_sha256(path, name)
         if actual != expected_sha256:
             raise _mismatch(name or path, actual, expected_sha256)
     _VERIFIED[stored] = expected_sha256
@@ -142,13 +158,16 @@ def _write_memo(memo: Path, content_sha256: str) -> None:
 
 
 def is_valid(path: Path, expected_sha256: str, memo_dir: Path | None = None) -> bool:
-    if not path.is_file():
-        return False
+    return path.is_file() and _problem(path, expected_sha256, memo_dir) is None
+
+
+def _problem(path: Path, expected_sha256: str, memo_dir: Path | None) -> DataError | None:
+    """Why the file fails verification (naming it), or None when it passes."""
     try:
         verify(path, expected_sha256, memo_dir)
-    except DataError:
-        return False
-    return True
+    except DataError as problem:
+        return problem
+    return None
 
 
 def _write_atomically(fill: Callable, dest: Path, check: Callable[[Path], None] | None = None) -> None:
@@ -189,15 +208,10 @@ def _filler(source: str, name: str, s3_client=None) -> Callable[[BinaryIO], None
     """What writes the file `name` of `source` into an open file."""
     if source.startswith(("http://", "https://")):
         return functools.partial(_download, f"{source.rstrip('/')}/{name}")
-    if source.startswith("s3://"):
-        bucket, _, prefix = source[len("s3://") :].partition("/")
-        key = f"{prefix.strip('/')}/{name}" if prefix.strip("/") else name
-        client = s3_client or _s3_client()
-        return functools.partial(client.download_fileobj, bucket, key)
-    path = Path(source).expanduser() / name
-    if not path.is_file():
-        raise FileNotFoundError(path)
-    return functools.partial(_copy, path)
+    bucket, _, prefix = source[len("s3://") :].partition("/")
+    key = f"{prefix.strip('/')}/{name}" if prefix.strip("/") else name
+    client = s3_client or _s3_client()
+    return functools.partial(client.download_fileobj, bucket, key)
 
 
 def _fetch_failures() -> tuple[type[BaseException], ...]:
@@ -213,23 +227,48 @@ def _fetch_failures() -> tuple[type[BaseException], ...]:
     return failures
 
 
-def _fetch_one(source: str, stem: str, dest: Path, check: Callable[[Path], None], s3_client=None) -> None:
-    errors = []
+def _fetch_one(source: str, stem: str, dest: Path, digest: str, memo_dir: Path | None, s3_client=None) -> None:
+    """Download one file of a remote source to dest, verified (errors name the remote file) first."""
+    errors, offline = [], False
     for name in candidates(stem):
+        origin = f"{source.rstrip('/')}/{name}"
+        check = functools.partial(verify, expected_sha256=digest, memo_dir=memo_dir, name=origin)
         try:
             _write_atomically(_filler(source, name, s3_client), dest, check)
             return
         except DataError:
             raise  # the file is there but wrong: trying another name would hide that
         except _fetch_failures() as exc:  # try the next candidate name, report all if none works
+            setup = _aws_setup_problem(exc)
+            if setup is not None:
+                raise setup from None  # no credentials, no region, no endpoint: the same for every name
+            offline = offline or _unreachable(exc)
             errors.append(f"{name}: {exc}")
-    raise DataError(f"cannot fetch {stem} from {source} ({'; '.join(errors)}); check dataset.source")
+    advice = (
+        "no network? To train from a local copy, point dataset.source at the folder holding the files "
+        "(e.g. dataset.source=../shared/data/mnist)"
+        if offline
+        else "check dataset.source"
+    )
+    raise DataError(f"cannot fetch {stem} from {source} ({'; '.join(errors)}); {advice}")
 
 
-def _copy(path: Path, out) -> None:
-    with open(path, "rb") as handle:
-        while block := handle.read(BLOCK):
-            out.write(block)
+def _unreachable(exc: BaseException) -> bool:
+    """A network failure (no route, DNS, refused, timeout), not an answer such as HTTP 404."""
+    import urllib.error
+
+    if isinstance(exc, urllib.error.HTTPError):
+        return False
+    return isinstance(exc, (urllib.error.URLError, TimeoutError, ConnectionError))
+
+
+def _aws_setup_problem(exc: BaseException) -> UserError | None:
+    """botocore's credential, region and connection failures as one line; None for an S3 answer."""
+    if hasattr(exc, "response") or "botocore.exceptions" not in sys.modules:
+        return None  # a ClientError answers for one key: the next name may exist
+    from .aws.session import explain
+
+    return explain(exc)
 
 
 def _s3_client(endpoint_url: str | None = None):
@@ -237,6 +276,34 @@ def _s3_client(endpoint_url: str | None = None):
     from .aws.session import aws_clients  # boto3 is imported only now: this module stays stdlib-only
 
     return aws_clients(None, endpoint_url).s3
+
+
+def _listing(files: dict[str, str]) -> str:
+    return ", ".join(f"{stem}(.gz)" for stem in files)
+
+
+def _local_file(folder: Path, stem: str, digest: str, dest_dir: Path, memo_dir: Path | None) -> Path:
+    """The verified copy of one file of a local source folder: the folder's own, else the cache's.
+
+    A damaged file in the folder is never trained on: with a verified copy in the cache that one
+    serves (and a warning names the damaged file), without one the error names the damaged file
+    and the check it failed.
+    """
+    found = [folder / name for name in candidates(stem) if (folder / name).is_file()]
+    problems = []
+    for path in found:
+        problem = _problem(path, digest, memo_dir)
+        if problem is None:
+            return path
+        problems.append(problem)
+    cached = next((dest_dir / n for n in candidates(stem) if is_valid(dest_dir / n, digest, memo_dir)), None)
+    if problems and cached is not None:
+        print(f"warning: {problems[0]}; using the verified copy {cached}", file=sys.stderr, flush=True)
+    if cached is not None:
+        return cached
+    if problems:
+        raise problems[0]
+    raise DataError(f"dataset.source {folder} has no {stem}.gz or {stem}: copy the file there or fix dataset.source")
 
 
 def fetch_raw(
@@ -258,21 +325,46 @@ def fetch_raw(
     """
     dest_dir = Path(dest_dir)
     memo_dir = dest_dir if remember else None
+    local = None if source.startswith(REMOTE) else Path(source).expanduser()
+    if local is not None and not local.is_dir():
+        kind = "is a file, not a folder" if local.exists() else "does not exist"
+        raise DataError(
+            f"dataset.source {source} {kind}: point it at the folder holding {_listing(files)} "
+            "(e.g. dataset.source=../shared/data/mnist), or at an https:// or s3:// prefix"
+        )
     paths: dict[str, Path] = {}
     for stem, digest in files.items():
-        if not source.startswith(REMOTE):
-            local = Path(source).expanduser()
-            in_place = next((local / n for n in candidates(stem) if is_valid(local / n, digest, memo_dir)), None)
-            if in_place is not None:
-                paths[stem] = in_place
-                continue
+        if local is not None:
+            paths[stem] = _local_file(local, stem, digest, dest_dir, memo_dir)
+            continue
         cached = next((dest_dir / n for n in candidates(stem) if is_valid(dest_dir / n, digest, memo_dir)), None)
         if cached is None:
             cached = dest_dir / f"{stem}.gz"
             cached.unlink(missing_ok=True)
-            check = functools.partial(verify, expected_sha256=digest, memo_dir=memo_dir, name=f"{stem} from {source}")
             if s3_client is None and source.startswith("s3://"):
                 s3_client = _s3_client(endpoint_url)
-            _fetch_one(source, stem, cached, check, s3_client)
+            _fetch_one(source, stem, cached, digest, memo_dir, s3_client)
         paths[stem] = cached
     return paths
+
+
+def fetch_dataset(cfg: Any, source: str | None = None, remember: bool = True, s3_client=None) -> dict[str, Path]:
+    """The composed config's raw files, present and verified: fetch_raw with the config's places.
+
+    `source`: where the files are instead of dataset.source (a SageMaker job's data channel).
+    Every run resolves its data through here before anything else is built or written.
+    """
+    d = cfg.dataset
+    return fetch_raw(
+        source or d.source,
+        dataset_cache_dir(cfg),
+        dict(d.files),
+        s3_client=s3_client,
+        remember=remember,
+        endpoint_url=cfg.aws.endpoint_url,
+    )
+
+
+def dataset_cache_dir(cfg: Any) -> Path:
+    """Where a run keeps the dataset's downloaded files and verification records."""
+    return Path(cfg.paths.data_dir) / cfg.dataset.name

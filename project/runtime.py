@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import sys
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
@@ -15,6 +16,9 @@ from pathlib import Path
 
 SM_CHECKPOINT_DIR = "/opt/ml/checkpoints"  # synced to the job's CheckpointConfig.S3Uri
 DATA_CHANNEL = "train"  # the input channel that carries the raw dataset files
+# A folder where each worker marks that it checkpointed after SIGTERM: the launcher (PID 1) then
+# exits 0 (project/launch.py, project/checkpoints.py).
+CLEAN_STOP_ENV = "LIGHTNING_SAGEMAKER_CLEAN_STOP_DIR"
 MASTER_PORT = "7777"  # the SageMaker SDK's SM_MASTER_PORT, which its torchrun driver passes on
 
 
@@ -80,6 +84,12 @@ class RunLayout:
     def create(self) -> None:
         for path in (self.model_dir, self.output_dir, self.checkpoint_dir):
             path.mkdir(parents=True, exist_ok=True)
+
+
+def discard_unless_resumable(run_dir: Path) -> None:
+    """Remove a run folder that holds no checkpoint: a failed run leaves nothing a re-run could use."""
+    if not any((run_dir / "checkpoints").glob("*.ckpt")):
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def local_layout(run_dir: Path) -> RunLayout:

@@ -25,8 +25,19 @@ import pytorch_lightning as pl
 import torch
 
 from . import config as config_lib
-from .data import DataError
-from .runtime import DATA_CHANNEL, RunLayout, SageMakerEnv, container_layout, local_layout, sagemaker_env, whole_lines
+from .checkpoints import Interrupted, Interrupts
+from .errors import INTERRUPTED_EXIT, USER_ERROR_EXIT, UserError
+from .raw import dataset_cache_dir, fetch_dataset
+from .runtime import (
+    DATA_CHANNEL,
+    RunLayout,
+    SageMakerEnv,
+    container_layout,
+    discard_unless_resumable,
+    local_layout,
+    sagemaker_env,
+    whole_lines,
+)
 
 log = logging.getLogger(__name__)
 
@@ -168,11 +179,13 @@ def train(
     gpus = config_lib.resolve_gpus(
         cfg.trainer.gpus, torch.cuda.device_count() if available_gpus is None else available_gpus
     )
+    # The data first: a missing folder or a damaged file is one line before anything is built or
+    # written. A SageMaker job's cache must stay empty when its channel holds every file.
+    fetch_dataset(cfg, data_source, remember=sagemaker_env() is None)
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     layout.create()
     source = data_source or cfg.dataset.source
-    cache_dir = Path(cfg.paths.data_dir) / cfg.dataset.name
-    trainer, module, datamodule = _build(cfg, layout, source, cache_dir, num_nodes, gpus)
+    trainer, module, datamodule = _build(cfg, layout, source, dataset_cache_dir(cfg), num_nodes, gpus)
     if trainer.is_global_zero:
         artifacts.write_atomically(layout.model_dir / config_lib.RESOLVED_CONFIG_NAME, config_lib.to_yaml(cfg))
 
@@ -225,7 +238,13 @@ def run_local(overrides: list[str]) -> dict[str, Any]:
 def run_composed(cfg: Any) -> dict[str, Any]:
     run_name = cfg.run_name or default_run_name(cfg)
     run_dir = Path(cfg.paths.runs_dir) / run_name
-    metrics = train(cfg, local_layout(run_dir), run_name)
+    new = not run_dir.exists()
+    try:
+        metrics = train(cfg, local_layout(run_dir), run_name)
+    except BaseException:
+        if new:
+            discard_unless_resumable(run_dir)  # a failed run leaves nothing but its checkpoints
+        raise
     print(f"run_dir={run_dir}", flush=True)
     return metrics
 
@@ -257,25 +276,35 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--config"] and len(argv) > 1:
         config_path, argv = Path(argv[1]), argv[2:]
     try:
-        sm = sagemaker_env()
-        if sm is not None:
-            path = config_path or Path(__file__).resolve().parent.parent / config_lib.RESOLVED_CONFIG_NAME
-            run_in_container(sm, path)
-        elif config_path is not None:
-            cfg = config_lib.load_resolved(config_path)
-            from omegaconf import OmegaConf
-
-            run_composed(OmegaConf.merge(cfg, OmegaConf.from_dotlist(argv)) if argv else cfg)
-        else:
-            run_local(argv)
-    except (config_lib.ConfigError, DataError) as exc:
+        with Interrupts().installed():
+            _dispatch(argv, config_path)
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         record_failure(str(exc))
-        return 2
+        return USER_ERROR_EXIT
+    except Interrupted as stop:
+        if not stop.reported:
+            print("interrupted before training began; nothing was saved", file=sys.stderr, flush=True)
+        return INTERRUPTED_EXIT
     except Exception as exc:
         record_failure(f"{type(exc).__name__}: {exc}")
         raise
     return 0
+
+
+def _dispatch(argv: list[str], config_path: Path | None) -> None:
+    """The run this process was started for: a SageMaker job's, a saved config's, or overrides'."""
+    sm = sagemaker_env()
+    if sm is not None:
+        path = config_path or Path(__file__).resolve().parent.parent / config_lib.RESOLVED_CONFIG_NAME
+        run_in_container(sm, path)
+    elif config_path is not None:
+        cfg = config_lib.load_resolved(config_path)
+        from omegaconf import OmegaConf
+
+        run_composed(OmegaConf.merge(cfg, OmegaConf.from_dotlist(argv)) if argv else cfg)
+    else:
+        run_local(argv)
 
 
 def record_failure(reason: str, environ: Mapping[str, str] = os.environ) -> None:

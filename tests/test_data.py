@@ -1,7 +1,9 @@
 import gzip
 import http.server
+import socket
 import threading
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -57,7 +59,7 @@ def test_gzip_detected_by_content_not_name(tmp_path):
 def test_truncated_gzip_is_a_clear_error(tmp_path):
     path = tmp_path / "x.gz"
     path.write_bytes(gzip.compress(idx_bytes(np.ones((500,), np.uint8)))[:-10])
-    with pytest.raises(DataError, match="truncated or corrupt gzip"):
+    with pytest.raises(DataError, match="gzip stream check failed: the file is truncated"):
         read_bytes(path)
 
 
@@ -65,7 +67,7 @@ def test_checksum_mismatch_is_refused(tmp_path):
     files = write_dataset(tmp_path, n_train=20, n_test=10)
     stem = "train-labels-idx1-ubyte"
     load_verified(tmp_path / f"{stem}.gz", files[stem])
-    with pytest.raises(DataError, match="checksum mismatch"):
+    with pytest.raises(DataError, match="SHA256 check failed"):
         load_verified(tmp_path / f"{stem}.gz", "0" * 64)
 
 
@@ -81,10 +83,67 @@ def test_fetch_corrupt_local_source_fails_without_leaving_files(tmp_path):
     src = tmp_path / "src"
     files = write_dataset(src, n_train=20, n_test=10)
     (src / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x01garbage"))
-    with pytest.raises(DataError, match="checksum mismatch"):
+    with pytest.raises(DataError, match="SHA256 check failed"):
         fetch_raw(str(src), tmp_path / "cache", files)
     assert not any(p.name.endswith(".part") for p in (tmp_path / "cache").glob("*"))
     assert not (tmp_path / "cache" / "t10k-images-idx3-ubyte.gz").exists()  # checked before it took the name
+
+
+def test_missing_source_folder_says_it_does_not_exist(tmp_path):
+    with pytest.raises(DataError, match=r"dataset.source .*/nowhere does not exist: point it at the folder holding"):
+        fetch_raw(str(tmp_path / "nowhere"), tmp_path / "cache", {"train-images-idx3-ubyte": "0" * 64})
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_file_missing_from_the_source_folder_is_named(tmp_path):
+    files = write_dataset(tmp_path / "src", n_train=20, n_test=10)
+    (tmp_path / "src" / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError, match=r"src has no t10k-labels-idx1-ubyte.gz or t10k-labels-idx1-ubyte"):
+        fetch_raw(str(tmp_path / "src"), tmp_path / "cache", files)
+
+
+def _damage(path: Path, how: str) -> None:
+    raw = bytearray(path.read_bytes())
+    if how == "truncated":
+        raw = raw[: len(raw) // 2]
+    elif how == "crc":
+        raw[-8] ^= 0xFF  # the trailer's CRC32
+    elif how == "size":
+        raw[-1] ^= 0x01  # the trailer's length (mod 2**32), high byte
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize(
+    "how, check",
+    [
+        ("truncated", "gzip stream check failed: the file is truncated"),
+        ("crc", "gzip CRC check failed"),
+        ("size", "gzip size check failed"),
+    ],
+)
+def test_a_damaged_source_file_is_named_with_the_check_it_failed(tmp_path, how, check):
+    """The user's own file, never a temporary copy of it, and which check failed."""
+    files = write_dataset(tmp_path / "src", n_train=20, n_test=10)
+    damaged = tmp_path / "src" / "train-images-idx3-ubyte.gz"
+    _damage(damaged, how)
+    with pytest.raises(DataError) as caught:
+        fetch_raw(str(tmp_path / "src"), tmp_path / "cache", files)
+    message = str(caught.value)
+    assert message.startswith(f"{damaged}: {check}"), message
+    assert ".part" not in message and "replace it with a good copy" in message
+
+
+def test_a_damaged_source_file_with_a_verified_cached_copy_uses_the_copy(tmp_path, capsys):
+    files = write_dataset(tmp_path / "src", n_train=20, n_test=10)
+    cache = tmp_path / "cache"
+    stem = "train-labels-idx1-ubyte"
+    cache.mkdir()
+    (cache / f"{stem}.gz").write_bytes((tmp_path / "src" / f"{stem}.gz").read_bytes())
+    _damage(tmp_path / "src" / f"{stem}.gz", "truncated")
+    paths = fetch_raw(str(tmp_path / "src"), cache, files)
+    assert paths[stem] == cache / f"{stem}.gz"
+    warning = capsys.readouterr().err
+    assert f"src/{stem}.gz: gzip stream check failed" in warning and "using the verified copy" in warning
 
 
 def test_verified_files_are_remembered_by_their_stored_bytes(tmp_path):
@@ -102,7 +161,7 @@ def test_verified_files_are_remembered_by_their_stored_bytes(tmp_path):
     raw = bytearray((src / f"{stem}.gz").read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     (src / f"{stem}.gz").write_bytes(bytes(raw))
-    with pytest.raises(DataError, match=f"{stem}.*(checksum mismatch|corrupt gzip)"):
+    with pytest.raises(DataError, match=f"{stem}.*(SHA256 check failed|gzip .*check failed)"):
         fetch_raw(str(src), cache, files)
 
 
@@ -114,7 +173,7 @@ def test_a_record_for_other_content_does_not_verify(tmp_path):
     memo = tmp_path / "cache" / VERIFIED_DIR
     memo.mkdir(parents=True)
     (memo / file_sha256(src / f"{stem}.gz")).write_text("0" * 64)  # says: verified, as other content
-    with pytest.raises(DataError, match="checksum mismatch"):
+    with pytest.raises(DataError, match="SHA256 check failed"):
         fetch_raw(str(src), tmp_path / "cache", files)
 
 
@@ -154,6 +213,25 @@ def test_fetch_over_http_missing_file_names_it(http_mirror, tmp_path):
     (root / "train-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(DataError, match="cannot fetch train-labels-idx1-ubyte from http://127.0.0.1"):
         fetch_raw(url, tmp_path / "cache", files)
+
+
+def test_a_damaged_download_names_the_remote_file(http_mirror, tmp_path):
+    url, root, files = http_mirror
+    _damage(root / "t10k-images-idx3-ubyte.gz", "truncated")
+    with pytest.raises(DataError) as caught:
+        fetch_raw(url, tmp_path / "cache", files)
+    assert str(caught.value).startswith(f"{url}/t10k-images-idx3-ubyte.gz: gzip stream check failed"), caught.value
+    kept = {p.name for p in (tmp_path / "cache").iterdir() if p.is_file()}
+    assert "t10k-images-idx3-ubyte.gz" not in kept and not any(".part" in name for name in kept)  # nothing unverified
+
+
+def test_no_network_says_how_to_train_from_a_local_copy(tmp_path):
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there: the connection is refused, as with no network
+    with pytest.raises(DataError, match="no network[?] To train from a local copy, point dataset.source at the folder"):
+        fetch_raw(f"http://127.0.0.1:{port}/mnist", tmp_path / "cache", {"train-images-idx3-ubyte": "0" * 64})
 
 
 def test_split_is_deterministic_and_disjoint():

@@ -123,4 +123,7 @@ def test_upload_of_missing_data_is_one_line_and_exit_code_2(tmp_path):
     result = invoke("upload", f"dataset.source={tmp_path}", *infra)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: cannot fetch train-images-idx3-ubyte from ")
+    assert lines == [
+        f"error: dataset.source {tmp_path} has no train-images-idx3-ubyte.gz or train-images-idx3-ubyte: "
+        "copy the file there or fix dataset.source"
+    ]

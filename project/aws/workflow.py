@@ -53,13 +53,13 @@ def setup(overrides: list[str]) -> Context:
 
 @aws_task
 def upload(overrides: list[str], dry_run: bool = False, echo: Callable[[str], None] = print) -> None:
-    from ..raw import fetch_raw
+    from ..raw import fetch_dataset
     from . import transfer
 
     ctx = setup(overrides)
     d = ctx.cfg.dataset
     # Verified raw files, each where it was verified: the source folder or the local cache.
-    paths = fetch_raw(d.source, Path(ctx.cfg.paths.data_dir) / d.name, dict(d.files), s3_client=ctx.clients.s3)
+    paths = fetch_dataset(ctx.cfg, s3_client=ctx.clients.s3)
     items = transfer.plan_upload(paths, ctx.infra.data_bucket, d.s3_prefix, ctx.clients.s3)
     transfer.upload(items, ctx.clients.s3, dry_run=dry_run)
 

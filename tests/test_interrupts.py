@@ -1,0 +1,141 @@
+"""`invoke local` as a user runs it: early one-line errors, Ctrl-C keeps the work, exit codes.
+
+Each test runs the real command line in a subprocess, in a session of its own so a test can
+signal its whole process group as a terminal's Ctrl-C does, with stdin closed as under nohup or
+CI, and SIGINT at its default (a shell's background jobs would inherit it ignored).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.synthetic import tiny_overrides
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_invoke(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "invoke", *args],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
+def run_invoke(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def wait_until(condition, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            out, err = proc.communicate(timeout=30)
+            pytest.fail(f"condition not reached (exit {proc.returncode}):\n{out[-2000:]}\n{err[-2000:]}")
+        time.sleep(0.05)
+
+
+def ctrl_c(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str, str]:
+    """SIGINT to the process group, as a terminal sends Ctrl-C; the exit code and both outputs."""
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "checkpoints").glob("*.ckpt"))
+
+
+def children_named(pid: int, needle: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and needle in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.slow
+def test_ctrl_c_checkpoints_at_a_step_and_the_same_command_resumes(tiny_data, tmp_path):
+    overrides = tiny_overrides(*tiny_data, tmp_path / "runs", run_name="long", **{"trainer.max_epochs": 12})
+    run_dir = tmp_path / "runs" / "long"
+    proc = start_invoke("local", *overrides)
+    wait_until(lambda: bool(checkpoints(run_dir)), proc)  # the first epoch's end: training is under way
+    code, out, err = ctrl_c(proc)
+    assert code == 130, (out[-2000:], err[-2000:])
+    assert "Traceback" not in out + err
+    lines = [line for line in err.splitlines() if line.startswith("interrupted at step")]
+    assert len(lines) == 1 and lines[0].endswith("; checkpoint saved; run the same command to resume"), err[-2000:]
+    step = int(lines[0].split()[3].rstrip(";"))
+    assert checkpoints(run_dir)[-1].name.endswith(f"step={step:08d}.ckpt")
+    assert "training failed" not in err and not (run_dir / "metrics.json").exists()
+
+    resumed = run_invoke("local", *overrides)  # the same command
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"step={step:08d}.ckpt" in resumed.stdout.split("resuming from checkpoint", 1)[1].splitlines()[0]
+    assert (run_dir / "metrics.json").exists()
+
+
+def test_ctrl_c_during_start_up_leaves_nothing_and_no_traceback(tiny_data, tmp_path):
+    overrides = tiny_overrides(*tiny_data, tmp_path / "runs", run_name="early")
+    proc = start_invoke("local", *overrides)
+    wait_until(lambda: bool(children_named(proc.pid, "project.train")), proc)  # training's Python is starting
+    code, out, err = ctrl_c(proc)
+    assert code == 130, (out[-2000:], err[-2000:])
+    assert "Traceback" not in out + err
+    assert err.strip().splitlines()[-1] == "interrupted before training began; nothing was saved"
+    assert not (tmp_path / "runs" / "early").exists()
+
+
+def test_a_data_error_is_one_line_before_training_and_leaves_no_run_folder(tiny_data, tmp_path):
+    folder, files = tiny_data
+    runs = tmp_path / "runs"
+    missing = run_invoke("local", *tiny_overrides(tmp_path / "nowhere", files, runs))
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines() == [
+        f"error: dataset.source {tmp_path / 'nowhere'} does not exist: point it at the folder holding "
+        + ", ".join(f"{stem}(.gz)" for stem in files)
+        + " (e.g. dataset.source=../shared/data/mnist), or at an https:// or s3:// prefix"
+    ]
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for path in folder.iterdir():
+        (damaged / path.name).write_bytes(path.read_bytes())
+    stem = "t10k-images-idx3-ubyte"
+    raw = (damaged / f"{stem}.gz").read_bytes()
+    (damaged / f"{stem}.gz").write_bytes(raw[: len(raw) // 2])
+    result = run_invoke("local", *tiny_overrides(damaged, files, runs))
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {damaged / stem}.gz: gzip stream check failed: the file is truncated"), line
+    assert "training failed" not in result.stderr and "Traceback" not in result.stderr
+    assert not runs.exists()  # no stub: the data was checked before any run folder
+
+
+def test_an_error_the_training_process_reports_is_not_repeated(tiny_data, tmp_path):
+    """trainer.gpus=1 on a machine without one: only the training process can tell; one line."""
+    result = run_invoke("local", *tiny_overrides(*tiny_data, tmp_path / "runs"), "trainer.gpus=1")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: trainer.gpus=1 but only 0 GPU(s) available here; use trainer.gpus=0 or fewer"
+    ]
+    assert not (tmp_path / "runs").exists()
