@@ -13,7 +13,7 @@ import re
 import secrets
 import shutil
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +123,7 @@ def known_instance_types() -> list[str]:
 
 def job_name(base_name: str, now: datetime | None = None) -> str:
     """A training job name no other launch gets, even in the same second: see JOB_NAME_SUFFIX_LENGTH."""
-    now = now or datetime.now()
+    now = now or datetime.now(UTC)  # UTC: one clock for every launcher, whatever its time zone
     return f"{base_name}-{now:%Y%m%d-%H%M%S}-{now.microsecond // 1000:03d}-{secrets.token_hex(2)}"
 
 
