@@ -1,5 +1,5 @@
 """Lightning overhead: our LightningModule + IdxDataModule, built by project.train._build exactly as
-`invoke local` builds them (TensorBoard + CSV loggers, MetricLines, RunCheckpoints, torchmetrics),
+`invoke local` builds them (TensorBoard + CSV loggers, the reporting callbacks, RunCheckpoints, torchmetrics),
 against a hand-written PyTorch loop over the same tensors: same SmallCNN, batch size, AdamW +
 one-cycle schedule, validation pass and torch thread count. Both train the same model the same
 way; their final validation accuracies are reported and agree.
@@ -268,11 +268,18 @@ def _bare(trainer, module) -> None:
     """Lightning's own loop alone: no loggers, none of our callbacks, no metrics or self.log."""
     import torch.nn.functional as F
 
+    from project import reporting
     from project.checkpoints import RunCheckpoints
-    from project.train import MetricLines
 
+    ours = (
+        reporting.MetricLines,
+        reporting.StepSeries,
+        reporting.EpochNumbers,
+        reporting.ProgressLines,
+        RunCheckpoints,
+    )
     trainer.loggers = []
-    trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, (MetricLines, RunCheckpoints))]
+    trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, ours)]
     module._step = lambda batch, split: F.cross_entropy(module(batch[0]), batch[1])
 
 

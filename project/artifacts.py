@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .models import Exported
+from .reporting import LEARNING_RATE, STEP_LOSS
 
 WEIGHTS_FILE = "model.pt"  # the network's state_dict
 TORCHSCRIPT_FILE = "model.ts"  # pixels -> probabilities, normalisation included
@@ -52,40 +53,89 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     return " ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
 
 
-def read_epoch_curves(metrics_csv: Path) -> dict[str, list[tuple]]:
-    """(epoch, value) series per metric from Lightning's CSVLogger file."""
-    curves: dict[str, list[tuple]] = {}
+EPOCH_SERIES = ("train_loss", "train_acc", "val_loss", "val_acc")  # one value per epoch, at its end
+STEP_SERIES = (STEP_LOSS, LEARNING_RATE)  # every trainer.log_every_n_steps steps
+
+
+def read_curves(metrics_csv: Path) -> tuple[dict[str, list[tuple[float, float]]], str]:
+    """(x, value) series per metric from Lightning's CSVLogger file, and the unit of x.
+
+    x is in epochs: an epoch's value sits at its 1-based number, the end of that epoch; a step's at
+    its fractional epoch, (step + 1) / steps per epoch (a row of step k comes after k + 1 optimizer
+    steps, and epoch E's rows are at step E * steps_per_epoch - 1). Without a finished epoch to
+    measure an epoch by, x is the step count.
+    """
     if not metrics_csv.is_file():
-        return curves
+        return {}, "epoch"
     with metrics_csv.open() as handle:
-        for row in csv.DictReader(handle):
-            for name in ("train_loss", "val_loss", "train_acc", "val_acc"):
-                if row.get(name):
-                    curves.setdefault(name, []).append((int(row["epoch"]) + 1, float(row[name])))
-    return curves
+        rows = list(csv.DictReader(handle))
+    per_epoch = [row for row in rows if any(row.get(name) for name in EPOCH_SERIES) and float(row["epoch"]) > 0]
+    steps_per_epoch = (int(per_epoch[0]["step"]) + 1) / float(per_epoch[0]["epoch"]) if per_epoch else None
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for row in rows:
+        for name in EPOCH_SERIES:
+            if row.get(name):
+                curves.setdefault(name, []).append((float(row["epoch"]), float(row[name])))
+        for name in STEP_SERIES:
+            if row.get(name):
+                steps = int(row["step"]) + 1
+                x = steps / steps_per_epoch if steps_per_epoch else steps
+                curves.setdefault(name, []).append((x, float(row[name])))
+    return curves, "epoch" if steps_per_epoch else "step"
+
+
+def _series(ax, curves: dict[str, list[tuple[float, float]]], name: str, label: str, style: str, **kwargs) -> None:
+    if curves.get(name):
+        xs, ys = zip(*curves[name], strict=True)
+        ax.plot(xs, ys, style, label=label, **kwargs)
 
 
 def plot_learning_curves(metrics_csv: Path, out: Path) -> Path:
+    fig = learning_curves_figure(metrics_csv)  # selects the Agg backend before pyplot loads
+    import matplotlib.pyplot as plt
+
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def learning_curves_figure(metrics_csv: Path):
+    """Loss (per step, with the epochs' train and validation values on top), accuracy, learning rate."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-    curves = read_epoch_curves(metrics_csv)
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    for name, points in curves.items():
-        ax = ax_loss if name.endswith("loss") else ax_acc
-        xs, ys = zip(*points, strict=True)
-        ax.plot(xs, ys, marker="o", label=name)
-    for ax, title in ((ax_loss, "loss"), (ax_acc, "accuracy")):
-        ax.set_xlabel("epoch")
-        ax.set_title(title)
+    curves, unit = read_curves(metrics_csv)
+    fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(
+        3, 1, figsize=(8, 8), sharex=True, gridspec_kw={"height_ratios": [3, 2, 1.2]}
+    )
+    _series(ax_loss, curves, STEP_LOSS, "train (mean per log interval)", "-", color="C0", lw=1, alpha=0.5)
+    _series(ax_loss, curves, "train_loss", "train, epoch mean", "o", color="C0", mfc="white")
+    _series(ax_loss, curves, "val_loss", "validation", "o-", color="C1")
+    losses = [value for name in (STEP_LOSS, "train_loss", "val_loss") for _, value in curves.get(name, [])]
+    if losses and min(losses) > 0 and max(losses) / min(losses) > 10:
+        ax_loss.set_yscale("log")  # a loss falls by orders of magnitude: each one gets the same room
+    ax_loss.set_ylabel("loss (cross-entropy)")
+    _series(ax_acc, curves, "train_acc", "train, epoch mean", "o--", color="C0", mfc="white")
+    val_acc = curves.get("val_acc")
+    _series(ax_acc, curves, "val_acc", f"validation (last {val_acc[-1][1]:.2%})" if val_acc else "", "o-", color="C1")
+    ax_acc.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax_acc.set_ylabel("accuracy")
+    _series(ax_lr, curves, LEARNING_RATE, "learning rate", "-", color="C2")
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    ax_lr.set_xlabel(unit)
+    ax_lr.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_lr.set_xlim(left=0)
+    for ax in (ax_loss, ax_acc, ax_lr):
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0] and ax is not ax_lr:
+            ax.legend(loc="best", fontsize=9)
+    ax_loss.set_title("learning curves")
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return fig
 
 
 def plot_confusion(matrix: torch.Tensor, out: Path) -> Path:

@@ -17,6 +17,8 @@ import torchmetrics
 from pytorch_lightning.utilities.types import OptimizerLRSchedulerConfig
 from torch import nn
 
+from .runtime import debug_enabled
+
 
 def _block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
@@ -197,9 +199,10 @@ class LitClassifier(pl.LightningModule):
         self._share_rank0_buffers()
 
     def on_fit_end(self) -> None:
-        # One line per rank: under DDP all ranks must end with identical weights.
         self._share_rank0_buffers()
-        print(f"rank={self.global_rank} weights_sha256={state_digest(self.net.state_dict())}", flush=True)
+        if debug_enabled():
+            # One line per rank: under DDP all ranks must end with identical weights (tests compare them).
+            print(f"rank={self.global_rank} weights_sha256={state_digest(self.net.state_dict())}", flush=True)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")

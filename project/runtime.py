@@ -20,6 +20,10 @@ DATA_CHANNEL = "train"  # the input channel that carries the raw dataset files
 # exits 0 (project/launch.py, project/checkpoints.py).
 CLEAN_STOP_ENV = "LIGHTNING_SAGEMAKER_CLEAN_STOP_DIR"
 MASTER_PORT = "7777"  # the SageMaker SDK's SM_MASTER_PORT, which its torchrun driver passes on
+# Set to 1: Lightning's own info messages and model summary, and each rank's weights digest at the
+# end of fit (tests compare them across ranks). An environment variable reaches every rank a
+# launcher (torchrun, Lightning) starts.
+DEBUG_ENV = "LIGHTNING_SAGEMAKER_DEBUG"
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,10 @@ def container_layout(sm: SageMakerEnv) -> RunLayout:
         checkpoint_dir=sm.checkpoint_dir,
         metrics_files=[sm.output_data_dir / "metrics.json"],
     )
+
+
+def debug_enabled(environ: Mapping[str, str] = os.environ) -> bool:
+    return environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
 def launched_processes(environ: Mapping[str, str] = os.environ) -> int:

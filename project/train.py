@@ -15,7 +15,6 @@ import logging
 import os
 import sys
 import time
-import warnings
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,9 +24,11 @@ import pytorch_lightning as pl
 import torch
 
 from . import config as config_lib
+from . import reporting
 from .checkpoints import Interrupted, Interrupts
 from .errors import INTERRUPTED_EXIT, USER_ERROR_EXIT, UserError
 from .raw import dataset_cache_dir, fetch_dataset
+from .reporting import scalars as _scalars
 from .runtime import (
     DATA_CHANNEL,
     RunLayout,
@@ -41,22 +42,9 @@ from .runtime import (
 
 log = logging.getLogger(__name__)
 
-# TensorBoard's folder sits beside metrics.csv in output/; the CSV logger's warning about a
-# non-empty directory is expected there and would only alarm users.
-warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
-
 
 def default_run_name(cfg: Any) -> str:
     return f"{cfg.model.name}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
-
-
-class MetricLines(pl.Callback):
-    """Prints each epoch's metrics as `name=value` lines (scraped by SageMaker's regexes)."""
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        metrics = _scalars(trainer.callback_metrics)  # under DDP a collective (metric sync): all ranks
-        if trainer.is_global_zero and not trainer.sanity_checking:
-            _print_metrics({"epoch": trainer.current_epoch + 1, **metrics})
 
 
 class LoopTimer(pl.Callback):
@@ -96,23 +84,15 @@ class LoopTimer(pl.Callback):
         self._stop(trainer)
 
 
-def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
-    return {name: float(value) for name, value in sorted(metrics.items())}
-
-
-def _print_metrics(metrics: dict[str, Any]) -> None:
-    from .artifacts import format_metrics
-
-    print(format_metrics(metrics), flush=True)
-
-
-def _build(cfg: Any, layout: RunLayout, data_source: str, cache_dir: Path, num_nodes: int, gpus: int):
+def _build(
+    cfg: Any, layout: RunLayout, data_source: str, cache_dir: Path, num_nodes: int, gpus: int, run_name: str = ""
+):
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
     from .checkpoints import RunCheckpoints
     from .data import IdxDataModule
     from .models import LitClassifier, build_net
-    from .runtime import launched_processes
+    from .runtime import debug_enabled, launched_processes
 
     d, t = cfg.dataset, cfg.trainer
     datamodule = IdxDataModule(
@@ -138,6 +118,9 @@ def _build(cfg: Any, layout: RunLayout, data_source: str, cache_dir: Path, num_n
         compile=t.compile,
     )
     devices = config_lib.trainer_device_kwargs(gpus, num_nodes, launched_processes())
+    debug = debug_enabled()
+    reporting.quiet_lightning(debug)
+    terminal = sys.stderr.isatty()  # a bar in a terminal; in logs and CloudWatch, a line every ~30 s
     trainer = pl.Trainer(
         **devices,
         max_epochs=t.max_epochs,
@@ -148,16 +131,18 @@ def _build(cfg: Any, layout: RunLayout, data_source: str, cache_dir: Path, num_n
         limit_val_batches=t.limit_val_batches,
         limit_test_batches=t.limit_test_batches,
         use_distributed_sampler=False,  # IndexBatches shards by rank itself, without padding eval sets
-        enable_progress_bar=sys.stderr.isatty(),  # no bar spam in logs and CloudWatch
+        enable_progress_bar=terminal,
+        enable_model_summary=debug,  # the start line gives the parameter count
         enable_checkpointing=False,  # RunCheckpoints below, keyed by run identity
         default_root_dir=str(layout.output_dir),
         logger=[
-            TensorBoardLogger(save_dir=str(layout.output_dir), name="tensorboard", version=""),
+            # hparams go in with the final metrics (reporting.log_final_hparams), not with a -1 placeholder
+            TensorBoardLogger(save_dir=str(layout.output_dir), name="tensorboard", version="", default_hp_metric=False),
             CSVLogger(save_dir=str(layout.output_dir), name="", version=""),
         ],
         callbacks=[
             LoopTimer(),
-            MetricLines(),
+            *reporting.callbacks(run_name or cfg.run_name or cfg.model.name, terminal, t.log_every_n_steps),
             RunCheckpoints(layout.checkpoint_dir, config_lib.config_hash(cfg), t.checkpoint_every_n_steps),
         ],
     )
@@ -185,7 +170,7 @@ def train(
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     layout.create()
     source = data_source or cfg.dataset.source
-    trainer, module, datamodule = _build(cfg, layout, source, dataset_cache_dir(cfg), num_nodes, gpus)
+    trainer, module, datamodule = _build(cfg, layout, source, dataset_cache_dir(cfg), num_nodes, gpus, run_name)
     if trainer.is_global_zero:
         artifacts.write_atomically(layout.model_dir / config_lib.RESOLVED_CONFIG_NAME, config_lib.to_yaml(cfg))
 
@@ -213,7 +198,8 @@ def train(
         **_scalars(test_results),
     }
     if trainer.is_global_zero:
-        _print_metrics({k: metrics[k] for k in ("test_loss", "test_acc")})
+        reporting.print_line(reporting.final_line(metrics))
+        reporting.log_final_hparams(trainer, cfg, metrics)
         _write_artifacts(cfg, layout, module, metrics)
     return metrics
 

@@ -31,7 +31,7 @@ from project import config as C
 from project.aws.jobs import ENTRY_SCRIPT, stage_source
 from project.data import IdxDataModule, parse_idx, read_bytes
 from project.models import state_digest
-from project.runtime import launched_processes, sagemaker_env, wire_distributed
+from project.runtime import DEBUG_ENV, launched_processes, sagemaker_env, wire_distributed
 from tests.synthetic import STEMS, idx_bytes, write_dataset
 
 HOSTS = ["algo-1", "algo-2"]
@@ -92,6 +92,7 @@ def host_env(root: Path, channel: Path, host: str, **extra) -> dict:
         "SM_NETWORK_INTERFACE_NAME": "lo",
         "TRAINING_JOB_NAME": "job-ddp",
         "OMP_NUM_THREADS": "1",  # two ranks share this machine's cores
+        DEBUG_ENV: "1",  # each rank prints its weights digest (assert_one_run_over_two_ranks)
         **extra,
     }
 

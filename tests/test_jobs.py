@@ -136,8 +136,10 @@ def test_metric_regexes_match_the_lines_training_prints():
 
     from project.artifacts import format_metrics
 
-    line = format_metrics({"epoch": 2, "train_acc": 0.98, "train_loss": 0.05, "val_acc": 0.9916, "val_loss": 0.0291})
+    metrics = {"train_acc": 0.98, "train_loss": 0.05, "val_acc": 0.9916, "val_loss": 0.0291, "seconds": 3.2}
+    line = format_metrics({"epoch": "2/3", **metrics})  # as reporting.MetricLines prints it
     found = {d["Name"]: re.search(d["Regex"], line) for d in jobs.METRIC_DEFINITIONS}
+    assert float(found["epoch"].group(1)) == 2
     assert float(found["val_acc"].group(1)) == 0.9916
     assert float(found["train_loss"].group(1)) == 0.05
     assert found["test_acc"] is None
