@@ -1,5 +1,5 @@
-# The role SageMaker training jobs run as: read data, read/write artifacts, pull the one image,
-# write training logs and metrics. Nothing else.
+# The role SageMaker training jobs run as: read the datasets and the staged code, write job output
+# and checkpoints, pull the one image, write training logs and metrics. Nothing else.
 
 data "aws_iam_policy_document" "assume_role" {
   statement {
@@ -11,11 +11,17 @@ data "aws_iam_policy_document" "assume_role" {
       identifiers = ["sagemaker.amazonaws.com"]
     }
 
-    # Confused-deputy guard: SageMaker may assume the role only on behalf of this account.
+    # Confused-deputy guard: SageMaker may assume the role only for a training job of this account.
     condition {
       test     = "StringEquals"
       variable = "aws:SourceAccount"
       values   = [local.account_id]
+    }
+
+    condition {
+      test     = "ArnLike"
+      variable = "aws:SourceArn"
+      values   = [local.training_jobs_arn]
     }
   }
 }
@@ -29,32 +35,49 @@ resource "aws_iam_role" "this" {
 
 data "aws_iam_policy_document" "training" {
   statement {
-    sid       = "ListDataBucket"
-    actions   = ["s3:ListBucket", "s3:GetBucketLocation"]
-    resources = [aws_s3_bucket.this["data"].arn]
+    # Key names only; objects are scoped by prefix below. SageMaker lists the data channel's and
+    # the checkpoint prefix, and AWS documents no s3:prefix for those calls: a prefix condition
+    # could break real jobs in a way no local test would catch.
+    sid     = "ListBuckets"
+    actions = ["s3:ListBucket", "s3:GetBucketLocation"]
+    resources = [
+      aws_s3_bucket.this["data"].arn,
+      aws_s3_bucket.this["artifacts"].arn,
+    ]
   }
 
   statement {
-    sid       = "ReadData"
+    sid       = "ReadDatasets"
     actions   = ["s3:GetObject"]
-    resources = ["${aws_s3_bucket.this["data"].arn}/*"]
+    resources = ["${aws_s3_bucket.this["data"].arn}/${var.dataset_prefix}/*"]
   }
 
   statement {
-    sid       = "ListArtifactsBucket"
-    actions   = ["s3:ListBucket", "s3:GetBucketLocation", "s3:ListBucketMultipartUploads"]
-    resources = [aws_s3_bucket.this["artifacts"].arn]
+    # code/: the job's own bundle, read-only so no job can change another's code. jobs/: the SDK
+    # stages the bundle under jobs/code/ instead when the launcher may run
+    # iam:SimulatePrincipalPolicy (it then finds this role cannot write code/*). checkpoints/:
+    # restored before training when a run resumes.
+    sid     = "ReadArtifacts"
+    actions = ["s3:GetObject"]
+    resources = [
+      "${aws_s3_bucket.this["artifacts"].arn}/${local.code_prefix}/*",
+      "${aws_s3_bucket.this["artifacts"].arn}/${local.job_output_prefix}/*",
+      "${aws_s3_bucket.this["artifacts"].arn}/${local.checkpoint_prefix}/*",
+    ]
   }
 
   statement {
-    sid = "ReadWriteArtifacts"
+    # Model and output archives, and the checkpoint sync; multipart for large files.
+    sid = "WriteOutputAndCheckpoints"
     actions = [
-      "s3:GetObject",
       "s3:PutObject",
       "s3:AbortMultipartUpload",
       "s3:ListMultipartUploadParts",
     ]
-    resources = ["${aws_s3_bucket.this["artifacts"].arn}/*"]
+    resources = [
+      "${aws_s3_bucket.this["artifacts"].arn}/${local.job_output_prefix}/*",
+      "${aws_s3_bucket.this["artifacts"].arn}/${local.checkpoint_prefix}/*",
+    ]
   }
 
   statement {
@@ -83,9 +106,9 @@ data "aws_iam_policy_document" "training" {
       "logs:PutLogEvents",
     ]
     resources = [
-      "arn:${local.partition}:logs:${var.region}:${local.account_id}:log-group:${local.training_log_group}",
+      local.training_log_group_arn,
       # ":*" covers the group's log streams (one per job and host).
-      "arn:${local.partition}:logs:${var.region}:${local.account_id}:log-group:${local.training_log_group}:*",
+      "${local.training_log_group_arn}:*",
     ]
   }
 
@@ -118,4 +141,151 @@ resource "aws_iam_role_policy" "this" {
   name   = "training"
   role   = aws_iam_role.this.id
   policy = data.aws_iam_policy_document.training.json
+}
+
+# For whoever launches jobs (a person or CI): upload datasets, push the image, stage code, create,
+# watch and stop training jobs, fetch their artifacts. Output launcher_policy_json; created as an
+# IAM policy only with create_launcher_policy. terraform/README.md says what each statement is for.
+
+data "aws_iam_policy_document" "launcher" {
+  statement {
+    # AddTags: CreateTrainingJob with tags needs it too (tag on create).
+    sid = "ManageTrainingJobs"
+    actions = [
+      "sagemaker:CreateTrainingJob",
+      "sagemaker:DescribeTrainingJob",
+      "sagemaker:StopTrainingJob",
+      "sagemaker:AddTags",
+      "sagemaker:ListTags",
+    ]
+    resources = [local.training_jobs_arn]
+  }
+
+  statement {
+    # ListTrainingJobs has no resource-level permissions: "*" is the only valid resource.
+    sid       = "ListTrainingJobs"
+    actions   = ["sagemaker:ListTrainingJobs"]
+    resources = ["*"]
+  }
+
+  statement {
+    # CreateTrainingJob hands the execution role to SageMaker; this role only, to SageMaker only.
+    sid       = "PassExecutionRole"
+    actions   = ["iam:PassRole"]
+    resources = [aws_iam_role.this.arn]
+
+    condition {
+      test     = "StringEquals"
+      variable = "iam:PassedToService"
+      values   = ["sagemaker.amazonaws.com"]
+    }
+  }
+
+  statement {
+    # No prefix condition: `invoke upload` first checks the bucket with HeadBucket, which IAM
+    # authorizes as s3:ListBucket without a prefix. Key names only; objects are scoped below.
+    sid       = "FindDataBucket"
+    actions   = ["s3:ListBucket", "s3:GetBucketLocation"]
+    resources = [aws_s3_bucket.this["data"].arn]
+  }
+
+  statement {
+    # GetObject: `invoke upload` reads the stored checksum (HeadObject) to skip unchanged files.
+    sid = "UploadDatasets"
+    actions = [
+      "s3:GetObject",
+      "s3:PutObject",
+      "s3:AbortMultipartUpload",
+      "s3:ListMultipartUploadParts",
+    ]
+    resources = ["${aws_s3_bucket.this["data"].arn}/${var.dataset_prefix}/*"]
+  }
+
+  statement {
+    # "code" as such: the SDK checks the bucket with list_objects_v2(Prefix="code"). jobs/ and
+    # checkpoints/: `invoke fetch` lists a job's output folder and its checkpoints.
+    sid       = "ListArtifacts"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.this["artifacts"].arn]
+
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values = [
+        local.code_prefix,
+        "${local.code_prefix}/*",
+        "${local.job_output_prefix}/*",
+        "${local.checkpoint_prefix}/*",
+      ]
+    }
+  }
+
+  statement {
+    # The SDK uploads the job's code bundle (project package, resolved config, entry script).
+    sid = "StageCode"
+    actions = [
+      "s3:PutObject",
+      "s3:AbortMultipartUpload",
+      "s3:ListMultipartUploadParts",
+    ]
+    resources = ["${aws_s3_bucket.this["artifacts"].arn}/${local.code_prefix}/*"]
+  }
+
+  statement {
+    # `invoke fetch`: model, output and checkpoints; written by jobs only.
+    sid     = "FetchArtifacts"
+    actions = ["s3:GetObject"]
+    resources = [
+      "${aws_s3_bucket.this["artifacts"].arn}/${local.job_output_prefix}/*",
+      "${aws_s3_bucket.this["artifacts"].arn}/${local.checkpoint_prefix}/*",
+    ]
+  }
+
+  statement {
+    # GetAuthorizationToken has no resource-level permissions: "*" is the only valid resource.
+    sid       = "EcrLogin"
+    actions   = ["ecr:GetAuthorizationToken"]
+    resources = ["*"]
+  }
+
+  statement {
+    # docker push of one tag, and the tag lookups of `invoke push` and `invoke train`.
+    sid = "PushTrainingImage"
+    actions = [
+      "ecr:BatchCheckLayerAvailability",
+      "ecr:BatchGetImage",
+      "ecr:CompleteLayerUpload",
+      "ecr:DescribeImages",
+      "ecr:InitiateLayerUpload",
+      "ecr:PutImage",
+      "ecr:UploadLayerPart",
+    ]
+    resources = [aws_ecr_repository.this.arn]
+  }
+
+  statement {
+    # `invoke train` and `invoke logs` stream the job's log streams.
+    sid       = "ReadTrainingLogs"
+    actions   = ["logs:DescribeLogStreams", "logs:GetLogEvents"]
+    resources = [local.training_log_group_arn, "${local.training_log_group_arn}:*"]
+  }
+
+  dynamic "statement" {
+    # SSE-KMS only: uploading to and fetching from the buckets, and pushing, need the key.
+    for_each = var.kms_key_arn == null ? [] : [var.kms_key_arn]
+
+    content {
+      sid       = "UseBucketKey"
+      actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+      resources = [statement.value]
+    }
+  }
+}
+
+resource "aws_iam_policy" "launcher" {
+  count = var.create_launcher_policy ? 1 : 0
+
+  name        = "${var.project}-launcher-${var.region}"
+  description = "Launch and fetch SageMaker training jobs of ${var.project}: upload data, push the image, pass the execution role"
+  policy      = data.aws_iam_policy_document.launcher.json
 }

@@ -2,7 +2,9 @@ provider "aws" {
   region = var.region
 
   default_tags {
-    tags = merge({ Project = var.project, ManagedBy = "terraform" }, var.tags)
+    # Spelled as the job tags are (project/aws/jobs.py plan_job: project, git-sha, config-hash):
+    # cost-allocation tag keys are case-sensitive, so `Project` and `project` would be two tags.
+    tags = merge({ project = var.project, managed-by = "terraform" }, var.tags)
   }
 }
 
@@ -22,7 +24,16 @@ locals {
   repository_name = coalesce(var.repository_name, var.project)
   role_name       = coalesce(var.role_name, "${var.project}-sagemaker-${var.region}")
 
+  # Key prefixes of the artifacts bucket, as project/aws/jobs.py uses them: the SDK stages each
+  # job's code under code/ (default_bucket_prefix), SageMaker writes model and output under jobs/
+  # and syncs checkpoints under checkpoints/.
+  code_prefix       = "code"
+  job_output_prefix = "jobs"
+  checkpoint_prefix = "checkpoints"
+
   # SageMaker writes training job logs and metrics under these fixed names.
-  training_log_group = "/aws/sagemaker/TrainingJobs"
-  metric_namespace   = "/aws/sagemaker/*"
+  training_log_group     = "/aws/sagemaker/TrainingJobs"
+  metric_namespace       = "/aws/sagemaker/*"
+  training_log_group_arn = "arn:${local.partition}:logs:${var.region}:${local.account_id}:log-group:${local.training_log_group}"
+  training_jobs_arn      = "arn:${local.partition}:sagemaker:${var.region}:${local.account_id}:training-job/*"
 }

@@ -22,3 +22,13 @@ output "region" {
   description = "AWS region every resource lives in."
   value       = var.region
 }
+
+output "launcher_policy_json" {
+  description = "IAM policy JSON for whoever launches jobs (a person or CI); attach it as terraform/README.md shows."
+  value       = data.aws_iam_policy_document.launcher.json
+}
+
+output "launcher_policy_arn" {
+  description = "ARN of the launcher policy when create_launcher_policy is true, else null."
+  value       = one(aws_iam_policy.launcher[*].arn)
+}

@@ -83,6 +83,37 @@ resource "aws_s3_bucket_lifecycle_configuration" "this" {
     }
   }
 
+  rule {
+    # An object deleted in a versioned bucket leaves a delete marker; once the versions beneath it
+    # have expired, the marker alone would stay (and be listed) forever.
+    id     = "remove-expired-delete-markers"
+    status = "Enabled"
+
+    filter {}
+
+    expiration {
+      expired_object_delete_marker = true
+    }
+  }
+
+  dynamic "rule" {
+    # Each launch stages a fresh code bundle; old ones are never read again once their job is over.
+    for_each = each.key == "artifacts" ? [local.code_prefix] : []
+
+    content {
+      id     = "expire-staged-code"
+      status = "Enabled"
+
+      filter {
+        prefix = "${rule.value}/"
+      }
+
+      expiration {
+        days = var.code_retention_days
+      }
+    }
+  }
+
   # A lifecycle rule on a versioned bucket must follow the versioning configuration.
   depends_on = [aws_s3_bucket_versioning.this]
 }

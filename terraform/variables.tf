@@ -22,9 +22,32 @@ variable "project" {
 }
 
 variable "tags" {
-  description = "Extra tags for every resource (merged over Project and ManagedBy)."
+  description = "Extra tags for every resource (merged over project and managed-by)."
   type        = map(string)
   default     = {}
+
+  validation {
+    # Tag keys are case-sensitive: `Project` beside `project` would split the cost report.
+    condition     = alltrue([for key in keys(var.tags) : !contains(["project", "managed-by"], lower(key)) || contains(["project", "managed-by"], key)])
+    error_message = "tags: spell the keys project and managed-by in lowercase, as the default tags and the job tags do."
+  }
+}
+
+variable "dataset_prefix" {
+  description = "Key prefix of the data bucket that holds datasets; every conf/dataset/*.yaml s3_prefix lies under it. Jobs read and the launcher writes only there."
+  type        = string
+  default     = "datasets"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)*$", var.dataset_prefix))
+    error_message = "dataset_prefix must be a key prefix without leading or trailing slash, such as datasets."
+  }
+}
+
+variable "create_launcher_policy" {
+  description = "Create the launcher policy (output launcher_policy_json) as a customer-managed IAM policy, to attach to a user, group or CI role."
+  type        = bool
+  default     = false
 }
 
 variable "data_bucket_name" {
@@ -92,6 +115,17 @@ variable "noncurrent_version_expiration_days" {
   validation {
     condition     = var.noncurrent_version_expiration_days >= 1 && floor(var.noncurrent_version_expiration_days) == var.noncurrent_version_expiration_days
     error_message = "noncurrent_version_expiration_days must be a whole number of at least 1."
+  }
+}
+
+variable "code_retention_days" {
+  description = "Days after which the code bundles staged under code/ in the artifacts bucket expire. Keep it above the longest job (28 days at most): a spot job downloads its bundle again when it restarts."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.code_retention_days >= 1 && floor(var.code_retention_days) == var.code_retention_days
+    error_message = "code_retention_days must be a whole number of at least 1."
   }
 }
 

@@ -45,7 +45,8 @@ MIRROR_CANDIDATES = (
 # Every AWS API the configuration calls; each is sent to the local endpoint.
 SERVICES = ("cloudwatch", "ecr", "iam", "kms", "logs", "s3", "sts")
 # Tests leave objects and images behind; destroy must still remove the buckets and repository.
-TEST_VARS = ("-var", "force_destroy=true")
+# The launcher policy is made so that tests read it back from IAM.
+TEST_VARS = ("-var", "force_destroy=true", "-var", "create_launcher_policy=true")
 TERRAFORM_TIMEOUT_S = 600
 
 
@@ -284,7 +285,10 @@ def create_with_boto3(prefix: str = "lightning-boto3-fallback") -> Infra:
                 "Effect": "Allow",
                 "Principal": {"Service": "sagemaker.amazonaws.com"},
                 "Action": "sts:AssumeRole",
-                "Condition": {"StringEquals": {"aws:SourceAccount": account}},
+                "Condition": {
+                    "StringEquals": {"aws:SourceAccount": account},
+                    "ArnLike": {"aws:SourceArn": f"arn:aws:sagemaker:{REGION}:{account}:training-job/*"},
+                },
             }
         ],
     }

@@ -15,7 +15,10 @@ from pathlib import Path
 
 import boto3
 import pytest
+import yaml
 
+from project.aws.jobs import plan_job
+from project.config import compose
 from project.infra import OUTPUT_NAMES, load_infra
 from tests.aws_fixtures import (
     INSTALL_HINT,
@@ -25,16 +28,44 @@ from tests.aws_fixtures import (
     copy_configuration,
     create_with_boto3,
     run_terraform,
+    terraform_env,
 )
 
 needs_terraform = pytest.mark.skipif(shutil.which("terraform") is None, reason=INSTALL_HINT)
-CHECKOV_INSTALL = "python -m venv .venv-tools && .venv-tools/bin/pip install -r requirements-tools.txt"
+TOOLS_INSTALL = "python -m venv .venv-tools && .venv-tools/bin/pip install -r requirements-tools.txt"
 ACCOUNT = "123456789012"  # moto's account
 TRAINING_LOG_GROUP = "/aws/sagemaker/TrainingJobs"
+TRAINING_JOBS = f"arn:aws:sagemaker:us-east-1:{ACCOUNT}:training-job/*"
+DATASET_CONFIGS = sorted((ROOT / "conf" / "dataset").glob("*.yaml"))
 
 
 def as_list(value) -> list:
     return [value] if isinstance(value, str) else list(value)
+
+
+def _wildcard(pattern: str) -> re.Pattern[str]:
+    """An IAM Action/Resource pattern ("*" any run of characters, "?" one) as a regex."""
+    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern), re.IGNORECASE)
+
+
+def allows(document: dict, action: str, resource: str) -> bool:
+    """Whether some Allow statement of document names action on resource (conditions not evaluated).
+
+    Enough for these policies: they have no Deny and no NotAction/NotResource (asserted here).
+    """
+    statements = document["Statement"]
+    for statement in [statements] if isinstance(statements, dict) else statements:
+        assert statement["Effect"] == "Allow" and not {"NotAction", "NotResource"} & set(statement), statement
+        actions, resources = as_list(statement["Action"]), as_list(statement["Resource"])
+        if any(_wildcard(a).fullmatch(action) for a in actions) and any(
+            _wildcard(r).fullmatch(resource) for r in resources
+        ):
+            return True
+    return False
+
+
+def statements_with(document: dict, action: str) -> list[dict]:
+    return [s for s in document["Statement"] if action in as_list(s["Action"])]
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +76,33 @@ def outputs(terraform_applied) -> dict[str, object]:
 @pytest.fixture(scope="module")
 def role(outputs) -> dict:
     return boto3.client("iam").get_role(RoleName=str(outputs["role_arn"]).rsplit("/", 1)[1])["Role"]
+
+
+@pytest.fixture(scope="module")
+def training_policy(role) -> dict:
+    return boto3.client("iam").get_role_policy(RoleName=role["RoleName"], PolicyName="training")["PolicyDocument"]
+
+
+@pytest.fixture(scope="module")
+def launcher_policy(outputs) -> dict:
+    """The launcher policy as IAM holds it (the tests apply with create_launcher_policy=true)."""
+    iam = boto3.client("iam")
+    policy = iam.get_policy(PolicyArn=str(outputs["launcher_policy_arn"]))["Policy"]
+    version = iam.get_policy_version(PolicyArn=policy["Arn"], VersionId=policy["DefaultVersionId"])["PolicyVersion"]
+    document = version["Document"]
+    return json.loads(document) if isinstance(document, str) else document
+
+
+@pytest.fixture(scope="module")
+def arns(outputs) -> dict[str, str]:
+    repository = boto3.client("ecr").describe_repositories()["repositories"][0]["repositoryArn"]
+    return {
+        "data": f"arn:aws:s3:::{outputs['data_bucket']}",
+        "artifacts": f"arn:aws:s3:::{outputs['artifacts_bucket']}",
+        "repository": repository,
+        "role": str(outputs["role_arn"]),
+        "log_group": f"arn:aws:logs:us-east-1:{ACCOUNT}:log-group:{TRAINING_LOG_GROUP}",
+    }
 
 
 # --- static checks ---------------------------------------------------------------------------
@@ -72,21 +130,22 @@ def test_lock_file_pins_the_aws_provider_for_every_platform():
     assert len(re.findall(r'"zh:[0-9a-f]{64}"', lock)) >= 10
 
 
-def find_checkov() -> str | None:
-    """CHECKOV_BIN, else the repository's .venv-tools, else checkov on PATH."""
-    configured = os.environ.get("CHECKOV_BIN")
+def find_tool(name: str) -> str | None:
+    """<NAME>_BIN, else the repository's .venv-tools, else name on PATH."""
+    variable = f"{name.upper()}_BIN"
+    configured = os.environ.get(variable)
     if configured:
         if shutil.which(configured) is None:
-            pytest.fail(f"CHECKOV_BIN={configured} is not an executable")
+            pytest.fail(f"{variable}={configured} is not an executable")
         return configured
-    venv = ROOT / ".venv-tools" / "bin" / "checkov"
-    return str(venv) if venv.exists() else shutil.which("checkov")
+    venv = ROOT / ".venv-tools" / "bin" / name
+    return str(venv) if venv.exists() else shutil.which(name)
 
 
 def test_checkov_finds_nothing_and_every_skip_is_justified():
-    checkov = find_checkov()
+    checkov = find_tool("checkov")
     if checkov is None:
-        pytest.skip(f"checkov not found: run `{CHECKOV_INSTALL}` (or set CHECKOV_BIN)")
+        pytest.skip(f"checkov not found: run `{TOOLS_INSTALL}` (or set CHECKOV_BIN)")
     command = [checkov, "--directory", "terraform", "--framework", "terraform", "--skip-download", "--output", "json"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     report = json.loads(result.stdout)
@@ -94,6 +153,10 @@ def test_checkov_finds_nothing_and_every_skip_is_justified():
     failed = [f"{c['check_id']} {c['resource']}" for c in report["results"]["failed_checks"]]
     assert (summary["failed"], failed, result.returncode) == (0, [], 0)
     assert summary["parsing_errors"] == 0 and summary["passed"] > 0
+    # checkov silently skips its IAM checks on a document it cannot resolve (a `for` expression in
+    # resources did that): each identity policy must really have been checked.
+    checked = {c["resource"] for c in report["results"]["passed_checks"] if c["check_id"] == "CKV_AWS_111"}
+    assert {"aws_iam_policy_document.training", "aws_iam_policy_document.launcher"} <= checked
     for check in report["results"]["skipped_checks"]:
         reason = check["check_result"].get("suppress_comment", "")
         assert reason and reason != "No comment provided", f"{check['check_id']} skipped without a reason"
@@ -131,13 +194,51 @@ def test_bucket_policy_denies_insecure_transport(outputs, name):
 
 @needs_terraform
 @pytest.mark.parametrize("name", ["data_bucket", "artifacts_bucket"])
-def test_bucket_lifecycle_aborts_uploads_and_expires_old_versions(outputs, name):
+def test_bucket_lifecycle_aborts_uploads_and_expires_old_versions_and_delete_markers(outputs, name):
     rules = boto3.client("s3").get_bucket_lifecycle_configuration(Bucket=str(outputs[name]))["Rules"]
     by_id = {rule["ID"]: rule for rule in rules}
     assert all(rule["Status"] == "Enabled" for rule in rules)
     # The variables.tf defaults.
     assert by_id["abort-incomplete-multipart-uploads"]["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 7}
     assert by_id["expire-noncurrent-versions"]["NoncurrentVersionExpiration"]["NoncurrentDays"] == 30
+    # Once its noncurrent versions are gone, a delete marker is all that is left of an object: remove it too.
+    assert by_id["remove-expired-delete-markers"]["Expiration"] == {"ExpiredObjectDeleteMarker": True}
+    assert by_id["remove-expired-delete-markers"]["Filter"] in ({}, {"Prefix": ""})
+
+
+@needs_terraform
+def test_staged_code_expires_in_the_artifacts_bucket_only(outputs):
+    s3 = boto3.client("s3")
+    artifacts = {
+        r["ID"]: r for r in s3.get_bucket_lifecycle_configuration(Bucket=str(outputs["artifacts_bucket"]))["Rules"]
+    }
+    assert artifacts["expire-staged-code"]["Filter"] == {"Prefix": "code/"}
+    assert artifacts["expire-staged-code"]["Expiration"] == {"Days": 30}  # code_retention_days
+    data = s3.get_bucket_lifecycle_configuration(Bucket=str(outputs["data_bucket"]))["Rules"]
+    assert "expire-staged-code" not in {rule["ID"] for rule in data}
+
+
+@needs_terraform
+def test_terraform_tags_are_spelled_like_the_job_tags(terraform_applied):
+    """Cost-allocation tags are case-sensitive: `Project` on the buckets and `project` on the jobs are two tags."""
+    bucket_tags = {
+        t["Key"]: t["Value"]
+        for t in boto3.client("s3").get_bucket_tagging(Bucket=str(terraform_applied[1]["data_bucket"]))["TagSet"]
+    }
+    job_tags = plan_job(compose([]), terraform_applied[2], "abc1234").tags
+    assert bucket_tags["project"] == job_tags["project"]
+    # Every key in the job tags' spelling (lowercase, hyphens), so no key differs from another by case only.
+    assert all(re.fullmatch(r"[a-z][a-z0-9-]*", key) for key in (*bucket_tags, *job_tags)), (bucket_tags, job_tags)
+
+
+@needs_terraform
+def test_a_capitalised_default_tag_key_is_refused(terraform_applied, moto_endpoint):
+    workdir = terraform_applied[0]
+    command = ["terraform", f"-chdir={workdir}", "plan", "-input=false", "-no-color", "-var", 'tags={Project="x"}']
+    env = terraform_env(moto_endpoint, workdir)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode != 0
+    assert "spell the keys project and managed-by in lowercase" in " ".join(result.stderr.split())
 
 
 @needs_terraform
@@ -156,29 +257,51 @@ def test_repository_is_immutable_scanned_encrypted_and_pruned(outputs):
 
 
 @needs_terraform
-def test_role_trusts_only_sagemaker_of_this_account(role):
+def test_role_trusts_only_training_jobs_of_this_account(role):
     (statement,) = role["AssumeRolePolicyDocument"]["Statement"]
     assert statement["Effect"] == "Allow" and as_list(statement["Action"]) == ["sts:AssumeRole"]
     assert statement["Principal"] == {"Service": "sagemaker.amazonaws.com"}
-    assert statement["Condition"] == {"StringEquals": {"aws:SourceAccount": ACCOUNT}}
+    # Confused deputy: SageMaker assumes the role only for a training job of this account.
+    assert statement["Condition"] == {
+        "StringEquals": {"aws:SourceAccount": ACCOUNT},
+        "ArnLike": {"aws:SourceArn": TRAINING_JOBS},
+    }
 
 
 @needs_terraform
-def test_role_policy_is_least_privilege(outputs, role):
+def test_role_has_only_the_training_policy(role):
     iam = boto3.client("iam")
     assert iam.list_attached_role_policies(RoleName=role["RoleName"])["AttachedPolicies"] == []
     assert iam.list_role_policies(RoleName=role["RoleName"])["PolicyNames"] == ["training"]
-    document = iam.get_role_policy(RoleName=role["RoleName"], PolicyName="training")["PolicyDocument"]
-    statements = document["Statement"]
-    data, artifacts = (f"arn:aws:s3:::{outputs[name]}" for name in ("data_bucket", "artifacts_bucket"))
-    repository = boto3.client("ecr").describe_repositories()["repositories"][0]["repositoryArn"]
-    log_group = f"arn:aws:logs:us-east-1:{ACCOUNT}:log-group:{TRAINING_LOG_GROUP}"
-    allowed_resources = {data, f"{data}/*", artifacts, f"{artifacts}/*", repository, log_group, f"{log_group}:*", "*"}
+
+
+@needs_terraform
+@pytest.mark.parametrize(
+    ("action", "bucket", "key", "allowed"),
+    [
+        ("s3:GetObject", "data", "datasets/mnist/train-images-idx3-ubyte.gz", True),
+        ("s3:GetObject", "data", "elsewhere/file", False),
+        ("s3:PutObject", "data", "datasets/mnist/train-images-idx3-ubyte.gz", False),
+        ("s3:GetObject", "artifacts", "code/lightning/lightning-2026/input/code/sm_entry.py", True),
+        ("s3:PutObject", "artifacts", "code/lightning/lightning-2026/input/code/sm_entry.py", False),
+        ("s3:PutObject", "artifacts", "jobs/lightning-2026/output/model.tar.gz", True),
+        ("s3:PutObject", "artifacts", "checkpoints/lightning-0123abcd/last.ckpt", True),
+        ("s3:GetObject", "artifacts", "checkpoints/lightning-0123abcd/last.ckpt", True),  # resume
+        ("s3:PutObject", "artifacts", "elsewhere/file", False),
+        ("s3:DeleteObject", "artifacts", "checkpoints/lightning-0123abcd/last.ckpt", False),
+        ("s3:PutObjectAcl", "artifacts", "jobs/lightning-2026/output/model.tar.gz", False),
+    ],
+)
+def test_role_writes_only_job_output_and_checkpoints(training_policy, arns, action, bucket, key, allowed):
+    assert allows(training_policy, action, f"{arns[bucket]}/{key}") is allowed
+
+
+@needs_terraform
+def test_role_policy_is_least_privilege(training_policy, arns):
+    data, artifacts, repository, log_group = (arns[k] for k in ("data", "artifacts", "repository", "log_group"))
     granted: dict[str, set[str]] = {}
-    for statement in statements:
-        assert statement["Effect"] == "Allow"
+    for statement in training_policy["Statement"]:
         resources = set(as_list(statement["Resource"]))
-        assert resources <= allowed_resources, statement
         for action in as_list(statement["Action"]):
             assert "*" not in action and action != "iam:PassRole", statement
             granted.setdefault(action, set()).update(resources)
@@ -186,11 +309,162 @@ def test_role_policy_is_least_privilege(outputs, role):
             assert set(as_list(statement["Action"])) <= {"ecr:GetAuthorizationToken", "cloudwatch:PutMetricData"}
         if "cloudwatch:PutMetricData" in as_list(statement["Action"]):
             assert statement["Condition"] == {"StringLike": {"cloudwatch:namespace": "/aws/sagemaker/*"}}
-    data_actions = {action for action, resources in granted.items() if resources & {data, f"{data}/*"}}
-    assert data_actions == {"s3:GetObject", "s3:ListBucket", "s3:GetBucketLocation"}  # read only
-    assert {"s3:GetObject", "s3:PutObject"} <= {a for a, r in granted.items() if f"{artifacts}/*" in r}
+    assert granted["s3:ListBucket"] == {data, artifacts}  # names only; objects are scoped by prefix below
+    assert granted["s3:GetObject"] == {
+        f"{data}/datasets/*",
+        *(f"{artifacts}/{p}/*" for p in ("code", "jobs", "checkpoints")),
+    }
+    assert granted["s3:PutObject"] == {f"{artifacts}/jobs/*", f"{artifacts}/checkpoints/*"}
     assert granted["ecr:BatchGetImage"] == granted["ecr:GetDownloadUrlForLayer"] == {repository}
     assert granted["logs:PutLogEvents"] == {log_group, f"{log_group}:*"}
+
+
+@needs_terraform
+@pytest.mark.parametrize("dataset", DATASET_CONFIGS, ids=lambda path: path.stem)
+def test_every_dataset_prefix_is_readable_by_jobs_and_writable_by_the_launcher(
+    training_policy, launcher_policy, arns, dataset
+):
+    prefix = yaml.safe_load(dataset.read_text())["s3_prefix"].strip("/")
+    key = f"{arns['data']}/{prefix}/file.gz"
+    assert allows(training_policy, "s3:GetObject", key), f"{dataset.name}: s3_prefix outside the dataset_prefix"
+    assert allows(launcher_policy, "s3:PutObject", key)
+
+
+# --- the launcher's policy (a person or CI) ---------------------------------------------------
+
+
+@needs_terraform
+def test_launcher_policy_output_is_the_policy_iam_holds(outputs, launcher_policy):
+    assert json.loads(str(outputs["launcher_policy_json"])) == launcher_policy
+
+
+@needs_terraform
+def test_launcher_passes_only_the_execution_role_and_only_to_sagemaker(launcher_policy, arns):
+    (statement,) = statements_with(launcher_policy, "iam:PassRole")
+    assert as_list(statement["Action"]) == ["iam:PassRole"] and as_list(statement["Resource"]) == [arns["role"]]
+    assert statement["Condition"] == {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}
+    assert not any(
+        a.startswith("iam:") for s in launcher_policy["Statement"] for a in as_list(s["Action"]) if s is not statement
+    )
+
+
+@needs_terraform
+def test_launcher_manages_training_jobs_and_their_tags_only(launcher_policy):
+    granted = {
+        action: set(as_list(s["Resource"]))
+        for s in launcher_policy["Statement"]
+        for action in as_list(s["Action"])
+        if action.startswith("sagemaker:")
+    }
+    on_jobs = {"CreateTrainingJob", "DescribeTrainingJob", "StopTrainingJob", "AddTags", "ListTags"}
+    assert granted == {f"sagemaker:{a}": {TRAINING_JOBS} for a in on_jobs} | {"sagemaker:ListTrainingJobs": {"*"}}
+
+
+@needs_terraform
+@pytest.mark.parametrize(
+    ("action", "bucket", "key", "allowed"),
+    [
+        ("s3:PutObject", "data", "datasets/mnist/train-images-idx3-ubyte.gz", True),  # invoke upload
+        ("s3:GetObject", "data", "datasets/mnist/train-images-idx3-ubyte.gz", True),  # its checksum check
+        ("s3:PutObject", "data", "elsewhere/file", False),
+        ("s3:PutObject", "artifacts", "code/lightning/lightning-2026/input/code/sm_entry.py", True),  # the SDK stages
+        ("s3:GetObject", "artifacts", "jobs/lightning-2026/output/model.tar.gz", True),  # invoke fetch
+        ("s3:GetObject", "artifacts", "checkpoints/lightning-0123abcd/last.ckpt", True),
+        ("s3:PutObject", "artifacts", "jobs/lightning-2026/output/model.tar.gz", False),
+        ("s3:PutObject", "artifacts", "checkpoints/lightning-0123abcd/last.ckpt", False),
+        ("s3:DeleteObject", "artifacts", "code/lightning/lightning-2026/input/code/sm_entry.py", False),
+    ],
+)
+def test_launcher_s3_access_follows_the_prefixes(launcher_policy, arns, action, bucket, key, allowed):
+    assert allows(launcher_policy, action, f"{arns[bucket]}/{key}") is allowed
+
+
+@needs_terraform
+def test_launcher_lists_only_the_artifact_prefixes_it_reads(launcher_policy, arns):
+    (statement,) = [
+        s for s in statements_with(launcher_policy, "s3:ListBucket") if arns["artifacts"] in as_list(s["Resource"])
+    ]
+    # "code" without a slash: the SDK checks the bucket with list_objects_v2(Prefix="code").
+    prefixes = as_list(statement["Condition"]["StringLike"]["s3:prefix"])
+    assert sorted(prefixes) == ["checkpoints/*", "code", "code/*", "jobs/*"]
+
+
+@needs_terraform
+def test_launcher_pushes_to_this_repository_and_reads_the_training_logs(launcher_policy, arns):
+    push = ["InitiateLayerUpload", "UploadLayerPart", "CompleteLayerUpload", "PutImage", "BatchCheckLayerAvailability"]
+    assert all(allows(launcher_policy, f"ecr:{a}", arns["repository"]) for a in push)
+    other = arns["repository"].rsplit("/", 1)[0] + "/another-repository"
+    assert not allows(launcher_policy, "ecr:PutImage", other)
+    assert allows(launcher_policy, "ecr:GetAuthorizationToken", "*")
+    stream = f"{arns['log_group']}:log-stream:lightning-2026/algo-1-1700000000"
+    assert allows(launcher_policy, "logs:GetLogEvents", stream)
+    assert allows(launcher_policy, "logs:DescribeLogStreams", f"{arns['log_group']}:*")
+    assert not allows(
+        launcher_policy, "logs:GetLogEvents", f"arn:aws:logs:us-east-1:{ACCOUNT}:log-group:other:log-stream:x"
+    )
+    assert not any(
+        a.startswith("logs:") and not a.startswith(("logs:Get", "logs:Describe"))
+        for s in launcher_policy["Statement"]
+        for a in as_list(s["Action"])
+    )
+    wildcard = {a for s in launcher_policy["Statement"] if "*" in as_list(s["Resource"]) for a in as_list(s["Action"])}
+    assert wildcard == {"ecr:GetAuthorizationToken", "sagemaker:ListTrainingJobs"}  # no resource-level permissions
+
+
+# --- parliament: every policy document linted --------------------------------------------------
+
+# Findings accepted, each with its reason: (document, issue, detail). Any other finding fails.
+PARLIAMENT_ALLOWED = {
+    # parliament reads every document as an identity policy; a role's trust policy is a resource
+    # policy of the role, whose statements never carry Resource (IAM rejects one that does).
+    ("trust", "MALFORMED", "Statement contains neither Resource nor NotResource"),
+}
+
+
+def parliament_findings(parliament: str, document: dict) -> list[dict]:
+    """parliament's findings for one policy document (given on stdin: with --file it refuses a non-tty stdin)."""
+    result = subprocess.run(
+        [parliament, "--json"], input=json.dumps(document), capture_output=True, text=True, timeout=120, check=False
+    )
+    assert not result.stderr.strip(), result.stderr
+    findings = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    assert result.returncode == (1 if findings else 0), result  # a crash is not a clean bill
+    return findings
+
+
+@needs_terraform
+def test_parliament_finds_nothing_in_any_policy_document(role, training_policy, launcher_policy, outputs):
+    parliament = find_tool("parliament")
+    if parliament is None:
+        pytest.skip(f"parliament not found: run `{TOOLS_INSTALL}` (or set PARLIAMENT_BIN)")
+    s3 = boto3.client("s3")
+    buckets = ("data_bucket", "artifacts_bucket")
+    documents = {
+        "trust": role["AssumeRolePolicyDocument"],
+        "training": training_policy,
+        "launcher": launcher_policy,
+        **{name: json.loads(s3.get_bucket_policy(Bucket=str(outputs[name]))["Policy"]) for name in buckets},
+    }
+    found = {name: parliament_findings(parliament, document) for name, document in documents.items()}
+    unexpected = [
+        f"{name}: {f['issue']} {f['detail']} at {f['location']}"
+        for name, findings in found.items()
+        for f in findings
+        if (name, f["issue"], str(f["detail"])) not in PARLIAMENT_ALLOWED
+    ]
+    assert unexpected == []
+
+
+def test_parliament_reports_what_it_is_asked_to_find():
+    """The linter runs and reports: an object action on a bucket ARN is a finding."""
+    parliament = find_tool("parliament")
+    if parliament is None:
+        pytest.skip(f"parliament not found: run `{TOOLS_INSTALL}` (or set PARLIAMENT_BIN)")
+    bad = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::b"}],
+    }
+    assert [f["issue"] for f in parliament_findings(parliament, bad)] == ["RESOURCE_MISMATCH"]
 
 
 @needs_terraform
