@@ -14,9 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from project import config as C
+from project.artifacts import CONTRACT_FILE, TORCHSCRIPT_FILE
 from project.predict import MIN_CONFIDENCE, Prediction, predict
 from project.train import run_composed
 from tests.photos import blank_paper, colour_gradient, digit_photo, random_noise
@@ -169,3 +171,18 @@ def test_invoke_predict_of_a_non_image_is_one_error_line(trained, tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: {fake}: not an image (expected a PNG or JPEG file)"]
     assert result.stdout == ""
+
+
+def test_the_model_folder_states_its_contract_and_its_example_runs(trained, monkeypatch):
+    model_dir = trained[0] / "model"
+    contract = (model_dir / CONTRACT_FILE).read_text()
+    assert "`torch.float32`" in contract and "`N x 1 x 28 x 28`" in contract and "`N x 10`" in contract
+    assert "0-255, a light digit on a dark background" in contract and "project/predict.py" in contract
+    (example,) = re.findall(r"```python\n(.*?)```", contract, flags=re.S)
+    assert "torch.jit.load" in example and TORCHSCRIPT_FILE in example
+    monkeypatch.chdir(model_dir)
+    scope = {"pixels": torch.from_numpy(trained[1][:5].astype(np.float32))[:, None]}
+    exec(example, scope)
+    assert scope["probs"].shape == (5, 10)
+    assert torch.allclose(scope["probs"].sum(1), torch.ones(5), atol=1e-5)
+    assert (scope["probs"].argmax(1).numpy() == trained[2][:5]).mean() >= 0.8
