@@ -39,16 +39,22 @@ def local(c, overrides=None):
         raise Exit(f"error: training failed (exit code {code}); see the log above", code=code)
 
 
-@task(help={"run_dir": "A run directory (runs/<run-name>)", "images": "PNG file(s): a path, a folder or a,b,c"})
-def predict(c, run_dir, images):
-    """Classify images with a run's exported model (model/model.ts) and print the digits."""
+@task(
+    help={
+        "run_dir": "A run directory (runs/<run-name>)",
+        "images": "Photos or scans of a digit, PNG or JPEG: a file, a folder or a,b,c",
+        "raw": "The images already are 28x28 light-on-dark model input (e.g. MNIST's own): no preprocessing",
+    }
+)
+def predict(c, run_dir, images, raw=False):
+    """Read handwritten digits in photos with a run's exported model: the top two classes, or why unsure."""
     from project.predict import expand_images, find_model
     from project.predict import predict as classify
 
     with user_errors():
         find_model(run_dir)
-        for path, label, confidence in classify(run_dir, expand_images(images)):
-            print(f"{path}: {label} (p={confidence:.3f})")
+        for prediction in classify(run_dir, expand_images(images), raw=raw):
+            print(prediction)
 
 
 @task(iterable=["overrides"], help={"overrides": OVERRIDES_HELP, "dry_run": "List what would move; move nothing"})

@@ -18,6 +18,7 @@ from .reporting import LEARNING_RATE, STEP_LOSS
 
 WEIGHTS_FILE = "model.pt"  # the network's state_dict
 TORCHSCRIPT_FILE = "model.ts"  # pixels -> probabilities, normalisation included
+CONTRACT_FILE = "README.md"  # beside model.ts: what goes in and what comes out, for callers without this code
 METRICS_FILE = "metrics.json"
 CURVES_FILE = "learning_curves.png"
 CONFUSION_FILE = "confusion_matrix.png"
@@ -31,15 +32,40 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 def export_model(net: nn.Module, model_dir: Path, image_shape: list[int], mean: float, std: float) -> Path:
-    """Save weights and a TorchScript module that needs neither this code nor the config."""
+    """Save weights, a TorchScript module that needs neither this code nor the config, and its contract."""
     net = copy.deepcopy(net).cpu().eval()
     torch.save(net.state_dict(), model_dir / WEIGHTS_FILE)
     example = torch.zeros(2, *image_shape)
     with torch.no_grad():
         scripted = torch.jit.trace(Exported(net, mean, std).eval(), example)
+        num_classes = scripted(example).shape[1]
     path = model_dir / TORCHSCRIPT_FILE
     scripted.save(str(path))
+    write_atomically(model_dir / CONTRACT_FILE, model_contract(image_shape, num_classes, mean, std))
     return path
+
+
+def model_contract(image_shape: list[int], num_classes: int, mean: float, std: float) -> str:
+    channels, height, width = image_shape
+    return f"""# {TORCHSCRIPT_FILE}: the exported model
+
+A TorchScript module: it needs PyTorch only, neither this project's code nor its config.
+
+- **Input**: a `torch.float32` tensor of shape `N x {channels} x {height} x {width}` (N x C x H x W), pixel values
+  in 0-255, a light digit on a dark background (MNIST's convention: ink 255, paper 0). The
+  normalisation (mean {mean}, std {std} of pixels / 255) is inside the model: do not normalise.
+- **Output**: class probabilities (softmax, each row sums to 1), shape `N x {num_classes}`; column i is class i.
+- **Photos and scans** must first be brought into MNIST's format: grey-scale, background removed,
+  inverted when the digit is dark on light, cropped to the digit, scaled into a 20x20 box and
+  centred by centre of mass in {height}x{width}. `project/predict.py` does this (`mnist_pixels`), and
+  `invoke predict <run> <images>` runs it all.
+
+```python
+import torch
+model = torch.jit.load("{TORCHSCRIPT_FILE}").eval()
+probs = model(pixels)  # pixels: float32 N x {channels} x {height} x {width}, 0-255; probs: N x {num_classes}
+```
+"""
 
 
 def write_metrics(metrics: dict[str, Any], paths: Iterable[Path]) -> None:

@@ -59,8 +59,8 @@ def test_exported_model_predicts_pngs(tiny_run, tmp_path):
     for i, image in enumerate(images):
         paths.append(tmp_path / f"{i}.png")
         Image.fromarray(image).save(paths[-1])
-    results = predict(tmp_path / "runs" / "p", paths)
-    predicted = np.array([label for _, label, _ in results])
+    results = predict(tmp_path / "runs" / "p", paths, raw=True)  # patches, not digits: no MNIST preprocessing
+    predicted = np.array([result.label for result in results])
     assert (predicted == labels).mean() > 0.5
     # Also the TorchScript file alone, without this code, on raw pixels.
     model = torch.jit.load(str(tmp_path / "runs" / "p" / "model" / "model.ts"))
