@@ -185,6 +185,15 @@ def test_every_image_tag_is_this_machine(aws):
         ecr.describe_images(repositoryName="no-such-repo", imageIds=[{"imageTag": "abc1234"}])
 
 
+def test_role_simulation_is_refused_not_a_server_error(aws):
+    """moto has no SimulatePrincipalPolicy (a 500): the SageMaker SDK's role check crashed `invoke train`."""
+    iam = aws["iam"]
+    role = iam.create_role(RoleName=f"sim-{uuid.uuid4().hex[:6]}", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    with pytest.raises(iam.exceptions.ClientError) as refused:
+        iam.simulate_principal_policy(PolicySourceArn=role, ActionNames=["s3:ListBucket"])
+    assert refused.value.response["Error"]["Code"] == "AccessDenied"  # the SDK's "verdict unknown"
+
+
 def test_ctrl_c_stops_it_cleanly(sandbox):
     process = sandbox["process"]
     process.send_signal(signal.SIGINT)
@@ -216,3 +225,16 @@ def test_background_pid_file_and_stop(tmp_path):
         time.sleep(0.1)  # reaped by init once it has exited
     gone = invoke("sandbox", "--stop", env=env)
     assert gone.returncode == 2 and gone.stderr.startswith("error: no sandbox runs from this checkout")
+
+
+def test_the_sandbox_imports_nothing_of_what_it_runs():
+    """It plays the platform: serving a job must not import the training code or torch."""
+    heavy = ("torch", "pytorch_lightning", "lightning", "project.train", "sagemaker", "hydra")
+    code = (
+        "import sys\nfrom project.sandbox import daemon\n"
+        "with daemon.serving(daemon.Settings(port=0, run_jobs=False)):\n    pass\n"
+        f"print(','.join(m for m in {heavy!r} if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""

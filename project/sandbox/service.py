@@ -12,7 +12,9 @@ completes it where users would notice:
 
 With run_jobs=True every created job runs in the background (`run`), as on SageMaker;
 `service.result(name)` waits for one. `LocalImages` makes every ECR image tag exist: a sandbox
-job runs in this machine's Python environment, whatever image it names.
+job runs in this machine's Python environment, whatever image it names. `NoPolicySimulation`
+answers IAM SimulatePrincipalPolicy (moto: 500, so the SageMaker SDK's role check crashed) with
+AccessDenied, which the SDK takes as "permissions unknown" and goes on: moto cannot simulate IAM.
 """
 
 from __future__ import annotations
@@ -34,7 +36,15 @@ from .optml import SandboxError
 from .patches import Patches
 from .run import JobClients, JobRun, RunOptions, run_training_job
 
-__all__ = ["LOG_GROUP", "JobRun", "LocalImages", "SageMakerService", "container_problem", "sagemaker_service"]
+__all__ = [
+    "LOG_GROUP",
+    "JobRun",
+    "LocalImages",
+    "NoPolicySimulation",
+    "SageMakerService",
+    "container_problem",
+    "sagemaker_service",
+]
 
 # Request fields moto does not store on the job; DescribeTrainingJob returns them again.
 KEPT_FIELDS = ("Environment", "RetryStrategy", "RemoteDebugConfig", "InfraCheckConfig", "SessionChainingConfig")
@@ -251,3 +261,25 @@ def placeholder_manifest(tag: str) -> str:
             "layers": [],
         }
     )
+
+
+class NoPolicySimulation:
+    """While entered, IAM SimulatePrincipalPolicy is refused (AccessDenied) instead of a 500."""
+
+    def __init__(self) -> None:
+        self._patches = Patches()
+
+    def __enter__(self) -> NoPolicySimulation:
+        from moto.iam.responses import IamResponse
+
+        self._patches.set(IamResponse, "simulate_principal_policy", _refuse_simulation)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._patches.restore()
+
+
+def _refuse_simulation(response: Any) -> Any:
+    from moto.core.exceptions import AccessDeniedError
+
+    raise AccessDeniedError(user_arn=response._get_param("PolicySourceArn"), action="iam:SimulatePrincipalPolicy")
