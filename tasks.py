@@ -10,6 +10,7 @@ import gc
 from invoke import Collection, Exit, task
 
 from project.cli import OVERRIDES_HELP, accept_bare_overrides, user_errors
+from project.sandbox import DEFAULT_PORT as SANDBOX_PORT
 
 accept_bare_overrides()
 # A task builds large, long-lived object graphs as it starts (Hydra's config tree, botocore's
@@ -170,5 +171,22 @@ def fetch(c, job=None, overrides=None):
         workflow.fetch(overrides or [], job)
 
 
-ns = Collection(local, predict, upload, build, push, train, logs, status, stop, fetch)
+@task(
+    help={
+        "port": f"Port on 127.0.0.1 (default {SANDBOX_PORT}, LocalStack's)",
+        "background": "Run detached, with a pid file in .sandbox/; `invoke sandbox --stop` ends it",
+        "stop": "Stop the background sandbox of this checkout",
+        "jobs": "Run each SageMaker job it records on this machine (default where namespaces allow); "
+        "--no-jobs only records them",
+    }
+)
+def sandbox(c, port=SANDBOX_PORT, background=False, stop=False, jobs=True):
+    """Local AWS endpoint (moto) that plays SageMaker too: `invoke train` jobs run here, no Docker."""
+    from project.sandbox.daemon import main
+
+    with user_errors():
+        main(port=int(port), background=background, stop=stop, run_jobs=jobs)
+
+
+ns = Collection(local, predict, upload, build, push, train, logs, status, stop, fetch, sandbox)
 ns.configure({"run": {"echo": False}})

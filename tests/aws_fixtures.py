@@ -2,7 +2,8 @@
 
 A pytest plugin (tests/conftest.py: `pytest_plugins = ["tests.aws_fixtures"]`). Session fixtures:
 
-- moto_endpoint: "http://127.0.0.1:PORT"; the session's AWS environment points at it.
+- moto_endpoint: "http://127.0.0.1:PORT", project.sandbox's endpoint (moto with S3 bucket-policy
+  conditions evaluated); the session's AWS environment points at it.
 - terraform_applied: (working copy of terraform/, outputs, Infra) after `terraform apply`
   against moto; `terraform destroy` runs at the end of the session.
 - aws_infra: the Infra that SageMaker tests use: terraform_applied where terraform is
@@ -153,63 +154,27 @@ def require_terraform() -> None:
         pytest.skip(INSTALL_HINT)
 
 
-def _tls_only_statement(statement: dict) -> bool:
-    """A `Deny ... when aws:SecureTransport is false` statement (terraform/s3.tf has one)."""
-    value = (statement.get("Condition") or {}).get("Bool", {}).get("aws:SecureTransport")
-    only_condition = list(statement.get("Condition") or {}) == ["Bool"] and len(statement["Condition"]["Bool"]) == 1
-    return statement.get("Effect") == "Deny" and only_condition and value in ("false", ["false"])
-
-
-def _bucket_permission_over_tls(self, action: str, resource: str):
-    """moto's FakeBucket.get_permission, evaluated as for a request that came over TLS.
-
-    moto ignores policy Conditions, so the buckets' TLS-only Deny would refuse every object read
-    here; boto3 talks to real S3 over HTTPS, where that statement never matches. Only such
-    statements are dropped; every other statement is moto's to evaluate.
-    """
-    from moto.iam.access_control import IAMPolicy, PermissionResult
-
-    if self.policy is None:
-        return PermissionResult.NEUTRAL
-    document = json.loads(self.policy.decode())
-    statements = document.get("Statement", [])
-    statements = [statements] if isinstance(statements, dict) else statements
-    kept = [statement for statement in statements if not _tls_only_statement(statement)]
-    if not kept:
-        return PermissionResult.NEUTRAL
-    return IAMPolicy(json.dumps({**document, "Statement": kept})).is_action_permitted(action, resource)
-
-
 @pytest.fixture(scope="session")
 def moto_endpoint(tmp_path_factory) -> Iterator[str]:
-    """A moto server on a free loopback port; for the session every AWS SDK call goes there.
-
-    Bucket policies are evaluated as for requests over TLS (see _bucket_permission_over_tls).
+    """The sandbox's endpoint (`invoke sandbox` serves the same one) on a free loopback port; for
+    the session every AWS SDK call goes there. SageMaker is played only inside a test's
+    `sagemaker_service()` block; outside it moto's SageMaker is as moto has it.
     """
-    from moto.s3.models import FakeBucket
-    from moto.server import ThreadedMotoServer
+    from project.sandbox.endpoint import Endpoint
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
     empty = tmp_path_factory.mktemp("no-aws-config")
-    with pytest.MonkeyPatch.context() as patch:
+    with pytest.MonkeyPatch.context() as patch, Endpoint("127.0.0.1", 0) as endpoint:
         for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
             patch.delenv(name, raising=False)
         patch.setenv("AWS_ACCESS_KEY_ID", "testing")
         patch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
         patch.setenv("AWS_DEFAULT_REGION", REGION)
         patch.setenv("AWS_REGION", REGION)
-        patch.setenv("AWS_ENDPOINT_URL", endpoint)
+        patch.setenv("AWS_ENDPOINT_URL", endpoint.url)
         patch.setenv("AWS_CONFIG_FILE", str(empty / "config"))
         patch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty / "credentials"))
         patch.setenv("SAGEMAKER_VALIDATE_ROLE", "false")
-        patch.setattr(FakeBucket, "get_permission", _bucket_permission_over_tls)
-        try:
-            yield endpoint
-        finally:
-            server.stop()
+        yield endpoint.url
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
-"""The SageMaker emulator runs ModelTrainer (SDK v3) jobs recorded by moto, end to end.
+"""The sandbox's SageMaker runs ModelTrainer (SDK v3) jobs recorded by moto, end to end.
 
-Each job is created by the real SDK against moto over HTTP, run by tests/sagemaker_emulator.py
-with the SDK's own driver scripts, and its artifacts brought home by project.aws.transfer.
+Each job is created by the real SDK against moto over HTTP, run by project.sandbox (what
+`invoke sandbox` serves) with the SDK's own driver scripts, and its artifacts brought home by
+project.aws.transfer.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 
 from project.aws import transfer
 from project.aws.session import aws_clients
-from tests import sagemaker_emulator as emulator
+from project.sandbox import service as emulator
 
 ROLE_POLICY = json.dumps(
     {
@@ -161,9 +162,9 @@ def test_created_job_is_recorded_like_the_service_does(clients, infra, tmp_path)
 def test_command_job_runs_with_the_sdk_drivers_and_comes_home(clients, infra, tmp_path):
     clients.s3.put_object(Bucket=infra["artifacts"], Key="checkpoints/emu/step-0.ckpt", Body=b"earlier")
     source = write_source(tmp_path / "src", COMMAND_SCRIPT)
-    with emulator.sagemaker_service():
+    with emulator.sagemaker_service() as service:
         name = launch(model_trainer(clients, infra, source, command="python3 train.py --lr 0.1"))
-        run = emulator.run_training_job(clients.sagemaker, clients.s3, name, tmp_path / "job", logs_client=clients.logs)
+        run = service.run_job(name, tmp_path / "job")
     run.check()
     assert "channels ['code', 'sm_drivers', 'train']" in run.stdout
     assert "data 1 2 3 4" in run.stdout
@@ -223,9 +224,9 @@ def test_torchrun_entry_script_job(clients, infra, tmp_path):
         distributed=Torchrun(process_count_per_node=2),
         hyperparameters={"config_hash": "abc123", "epochs": 2},
     )
-    with emulator.sagemaker_service():
+    with emulator.sagemaker_service() as service:
         name = launch(trainer)
-        run = emulator.run_training_job(clients.sagemaker, clients.s3, name, tmp_path / "job", logs_client=clients.logs)
+        run = service.run_job(name, tmp_path / "job")
     run.check()
     assert "torchrun --nnodes=1 --nproc_per_node=2 train.py --config_hash abc123 --epochs 2" in run.stdout
     assert "argv ['--config_hash', 'abc123', '--epochs', '2'] world 2 rank 1" in run.stdout, run.stdout
@@ -240,9 +241,9 @@ def test_failing_job_ends_failed_with_the_failure_file(clients, infra, tmp_path)
         sys.exit(3)
     """
     source = write_source(tmp_path / "src", script)
-    with emulator.sagemaker_service():
+    with emulator.sagemaker_service() as service:
         name = launch(model_trainer(clients, infra, source, command="python3 train.py"))
-        run = emulator.run_training_job(clients.sagemaker, clients.s3, name, tmp_path / "job", logs_client=clients.logs)
+        run = service.run_job(name, tmp_path / "job")
     desc = clients.sagemaker.describe_training_job(TrainingJobName=name)
     assert run.status == desc["TrainingJobStatus"] == "Failed" and run.returncode == 3
     assert desc["FailureReason"] == "AlgorithmError: ValueError: bad batch size, exit code: 3"
@@ -294,11 +295,9 @@ def test_plain_entrypoint_gets_the_toolkit_environment_and_max_runtime_stops_it(
         print("hps", os.environ["SM_HPS"], "channel", os.environ["SM_CHANNEL_TRAIN"], "pid", os.getpid(), flush=True)
         time.sleep(30)
     """)
-    with emulator.sagemaker_service():
+    with emulator.sagemaker_service() as service:
         name = create_plain_job(clients, infra, ["python3", "-c", script], HyperParameters={"epochs": "2"})
-        run = emulator.run_training_job(
-            clients.sagemaker, clients.s3, name, tmp_path / "job", timeout=3, logs_client=clients.logs
-        )
+        run = service.run_job(name, tmp_path / "job", timeout=3)
     desc = clients.sagemaker.describe_training_job(TrainingJobName=name)
     assert 'hps {"epochs": 2} channel /opt/ml/input/data/train pid 1' in run.stdout
     assert "got SIGTERM" in run.stdout

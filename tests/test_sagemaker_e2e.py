@@ -1,7 +1,7 @@
 """The user's day on SageMaker, end to end and offline, through the real `invoke` command lines.
 
 AWS is a moto server over HTTP with the resources `terraform apply` made (tests/aws_fixtures.py).
-moto records training jobs but runs nothing: tests/sagemaker_emulator.py plays the service, so
+moto records training jobs but runs nothing: project.sandbox (what `invoke sandbox` runs) plays the service, so
 each job `invoke train` creates really runs here, from the SDK's own driver scripts in an /opt/ml
 tree, and its artifacts land in S3 as SageMaker leaves them. The tasks run as subprocesses
 (`python -m invoke ...`); the moto server and the emulator live in this test process.
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from project.aws.session import aws_clients
-from tests import sagemaker_emulator as emulator
+from project.sandbox import service as emulator
 from tests.synthetic import make_images, tiny_overrides, write_dataset
 
 ROOT = Path(__file__).resolve().parent.parent

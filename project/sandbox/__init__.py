@@ -1,0 +1,22 @@
+"""The sandbox: a local AWS endpoint that also plays SageMaker, so jobs run without Docker or AWS.
+
+`invoke sandbox` serves a moto server with the gaps users would hit filled in (S3 bucket-policy
+conditions, SageMaker's job lifecycle and listing, any image tag as "this machine"), and runs each
+training job it records on this machine, as one SageMaker instance would. One module per concern:
+
+- endpoint: the moto server over HTTP, with S3 policy conditions evaluated (policy);
+- service: SageMaker's API where moto falls short, and the background runs of created jobs;
+- record: moto's in-process record of a job and the status changes the service makes to it;
+- optml: the job's /opt/ml tree and the container's environment;
+- container: the entry point as PID 1 in private namespaces, its logs into CloudWatch;
+- results: model.tar.gz / output.tar.gz, checkpoints, metrics and the failure reason;
+- run: one instance running a recorded job, from the tree to the end state;
+- daemon: the foreground / background server behind `invoke sandbox`.
+
+Nothing here imports the code a job runs (project.train, torch): the sandbox is the platform.
+This module stays import-cheap: tasks.py reads the defaults below.
+"""
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 4566  # LocalStack's edge port: tflocal and localstack-client expect it
+STATE_DIR = ".sandbox"  # under the checkout: pid file, log and the jobs' /opt/ml trees

@@ -1,0 +1,154 @@
+"""The container run: the job's entry point as PID 1 of private mount and PID namespaces.
+
+As in a container, a stop (or MaxRuntime) sends SIGTERM to PID 1 alone, then SIGKILL after the
+grace period (120 s on SageMaker). The mount point /opt/ml is created on this machine if missing
+and stays empty: each job's tree is mounted there only inside its own namespace. The container's
+lines go to CloudWatch Logs as the SageMaker agent sends them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from .optml import CONTAINER_ROOT
+
+LOG_GROUP = "/aws/sagemaker/TrainingJobs"
+STOP_GRACE_SECONDS = 120.0  # SageMaker's delay between SIGTERM and SIGKILL
+LOG_FLUSH_SECONDS = 0.5
+PROBE_TIMEOUT_SECONDS = 30
+
+
+def namespace_argv(tree: Path, command: list[str]) -> list[str]:
+    """`command` as PID 1 of new mount and PID namespaces, with `tree` bind-mounted at /opt/ml."""
+    # Without root, a user namespace (mapping this user to root) grants the mount and PID namespaces.
+    user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
+    script = 'mount --bind "$1" ' + CONTAINER_ROOT + ' && shift && cd / && exec "$@"'
+    # --fork makes `command` PID 1 of the new PID namespace, as a container's entry point is.
+    namespaces = ["--mount", "--pid", "--fork", "--mount-proc", "--propagation", "private"]
+    return ["unshare", *user, *namespaces, "sh", "-c", script, "sh", str(tree), *command]
+
+
+def container_problem() -> str | None:
+    """None if a job can run on this machine; else why not (tried for real, once per call)."""
+    if os.uname().sysname != "Linux":
+        return f"jobs need Linux namespaces; this is {os.uname().sysname}"
+    if shutil.which("unshare") is None:
+        return "`unshare` (util-linux) is not installed"
+    try:
+        Path(CONTAINER_ROOT).mkdir(parents=True, exist_ok=True)  # the bind-mount target, left empty
+    except OSError as exc:
+        return f"cannot create the mount point {CONTAINER_ROOT} ({exc.strerror}): create it once with sudo"
+    with tempfile.TemporaryDirectory() as probe:
+        (Path(probe) / "probe").touch()
+        argv = namespace_argv(Path(probe), ["test", "-f", f"{CONTAINER_ROOT}/probe"])
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=PROBE_TIMEOUT_SECONDS)
+    if result.returncode != 0:
+        reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit {result.returncode}"
+        return f"cannot bind-mount {CONTAINER_ROOT} in private namespaces (needs root or user namespaces): {reason}"
+    return None
+
+
+class Container:
+    """The running entry point; stop() is `docker stop`: SIGTERM to PID 1, SIGKILL after the grace."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], grace: float):
+        self.grace = grace
+        self.stop_reason: str | None = None
+        self.killer: threading.Timer | None = None
+        self.process = subprocess.Popen(
+            argv, env=env, cwd="/", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    @property
+    def stdout(self) -> IO[bytes]:
+        assert self.process.stdout is not None  # Popen was given stdout=PIPE
+        return self.process.stdout
+
+    def _pid1(self) -> int | None:
+        """The entry point's host PID: unshare's only child."""
+        for _ in range(50):
+            try:
+                children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
+            except OSError:
+                return None
+            if children:
+                return int(children[0])
+            time.sleep(0.05)
+        return None
+
+    def _signal_pid1(self, signum: int) -> bool:
+        pid1 = self._pid1()
+        if pid1 is None:
+            return False
+        try:
+            os.kill(pid1, signum)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def stop(self, reason: str) -> None:
+        if self.stop_reason is not None or self.process.poll() is not None:
+            return
+        self.stop_reason = reason
+        if not self._signal_pid1(signal.SIGTERM):  # ignored unless PID 1 handles it, as in a container
+            return
+        self.killer = threading.Timer(self.grace, self.kill)
+        self.killer.daemon = True  # never keeps the process alive
+        self.killer.start()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self._signal_pid1(signal.SIGKILL)  # PID 1 gone: the kernel kills the whole namespace
+
+    def reap(self) -> None:
+        """Leave nothing running: kill what is left (the sandbox failed, not the job) and wait."""
+        if self.process.poll() is None:
+            self.kill()
+            self.process.wait()
+        if self.killer is not None:
+            self.killer.cancel()
+
+
+class LogStream:
+    """The container's lines into CloudWatch Logs every half second, as the SageMaker agent sends them."""
+
+    def __init__(self, logs: Any, job_name: str, host: str, started: float):
+        self.logs, self.name = logs, f"{job_name}/{host}-{int(started)}"
+        self.pending: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        self.closed = threading.Event()
+        try:
+            logs.create_log_group(logGroupName=LOG_GROUP)
+        except logs.exceptions.ResourceAlreadyExistsException:
+            pass
+        logs.create_log_stream(logGroupName=LOG_GROUP, logStreamName=self.name)
+        self.flusher = threading.Thread(target=self._flush_periodically, daemon=True)
+        self.flusher.start()
+
+    def add(self, line: str) -> None:
+        if line:  # CloudWatch holds no empty events
+            with self.lock:
+                self.pending.append({"timestamp": int(time.time() * 1000), "message": line})
+
+    def _flush_periodically(self) -> None:
+        while not self.closed.wait(LOG_FLUSH_SECONDS):
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:
+            batch, self.pending = self.pending, []
+            if batch:
+                self.logs.put_log_events(logGroupName=LOG_GROUP, logStreamName=self.name, logEvents=batch)
+
+    def close(self) -> None:
+        self.closed.set()
+        self.flusher.join()
+        self.flush()

@@ -1,0 +1,71 @@
+"""The sandbox's AWS endpoint: every service moto has, over HTTP in this process.
+
+In this process, because the SageMaker side (service.py) works on moto's in-process record of
+each job. S3 bucket-policy conditions are evaluated while it serves (policy.py).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import threading
+from typing import Any
+
+from .optml import SandboxError
+from .policy import BucketPolicyConditions
+
+
+class PortInUse(SandboxError):
+    pass
+
+
+class Endpoint:
+    """A threaded moto server on host:port (0: a free port); `url` once entered."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self._conditions = BucketPolicyConditions()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def __enter__(self) -> Endpoint:
+        from moto.server import DomainDispatcherApplication, create_backend_app
+        from werkzeug.serving import make_server
+
+        listening = self._listen()
+        with listening:  # werkzeug serves a duplicate of it; its own bind would sys.exit() on a busy port
+            self._server = make_server(
+                self.host, self.port, DomainDispatcherApplication(create_backend_app), True, fd=listening.fileno()
+            )
+        self.port = self._server.server_address[1]
+        self._conditions.__enter__()
+        self._thread = threading.Thread(target=self._server.serve_forever, name="sandbox-endpoint", daemon=True)
+        self._thread.start()
+        return self
+
+    def _listen(self) -> socket.socket:
+        listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as werkzeug does: no TIME_WAIT wait
+        try:
+            listening.bind((self.host, self.port))
+        except OSError as exc:
+            listening.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(
+                    f"port {self.port} on {self.host} is already in use (another sandbox, LocalStack or moto?): "
+                    "stop it, or pick another port with --port"
+                ) from None
+            raise SandboxError(f"cannot listen on {self.host}:{self.port}: {exc.strerror}") from None
+        listening.listen(socket.SOMAXCONN)
+        return listening
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._server.shutdown()
+        assert self._thread is not None
+        self._thread.join()
+        self._server.server_close()
+        self._conditions.__exit__()

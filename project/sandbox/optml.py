@@ -1,0 +1,229 @@
+"""The job's /opt/ml tree and the container's environment, as SageMaker lays them out for one instance.
+
+The tree is built on this machine (channels and existing checkpoints downloaded from S3, the
+input/config/*.json files written); the container sees it at /opt/ml through a bind mount.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from ..aws.transfer import split_s3_uri
+from ..errors import UserError
+
+CONTAINER_ROOT = "/opt/ml"
+HOST = "algo-1"  # SageMaker's name for the first (here: only) instance
+# What a container inherits from this machine: enough to find python3 and the AWS endpoint.
+PASSTHROUGH_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "PYENV_ROOT", "PYENV_VERSION")
+AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL")
+DOWNLOAD_THREADS = 4
+
+Desc = dict[str, Any]  # a DescribeTrainingJob response
+
+
+class SandboxError(UserError):
+    """The sandbox cannot run this job (or serve) here; the message says why."""
+
+
+def container_path(path: str, tree: Path) -> Path:
+    """Where a path inside the container's /opt/ml lies in the job's tree on this machine."""
+    if path != CONTAINER_ROOT and not path.startswith(CONTAINER_ROOT + "/"):
+        raise SandboxError(f"{path} is outside {CONTAINER_ROOT}: the sandbox mounts only {CONTAINER_ROOT}")
+    return tree / path[len(CONTAINER_ROOT) :].lstrip("/")
+
+
+def download_prefix(s3: Any, uri: str, dest: Path, folder: bool = False) -> int:
+    """Every object under the S3 prefix into dest, keeping the key's path below the prefix."""
+    bucket, prefix = split_s3_uri(uri)
+    if folder and prefix and not prefix.endswith("/"):
+        prefix += "/"
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    keys = [obj["Key"] for page in pages for obj in page.get("Contents", []) if not obj["Key"].endswith("/")]
+    dest.mkdir(parents=True, exist_ok=True)
+
+    def one(key: str) -> None:
+        relative = key[len(prefix) :].lstrip("/") or key.rsplit("/", 1)[-1]  # the URI named one object
+        if ".." in Path(relative).parts:
+            raise SandboxError(f"s3://{bucket}/{key} would land outside {dest}")
+        target = dest / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        s3.download_file(bucket, key, str(target))
+
+    with ThreadPoolExecutor(max_workers=DOWNLOAD_THREADS) as pool:
+        list(pool.map(one, keys))
+    return len(keys)
+
+
+def _network_interface() -> str:
+    return "eth0" if Path("/sys/class/net/eth0").exists() else "lo"
+
+
+def _resource_config(instance_type: str) -> dict[str, Any]:
+    return {
+        "current_host": HOST,
+        "current_instance_type": instance_type,
+        "current_group_name": "homogeneousCluster",
+        "hosts": [HOST],
+        "instance_groups": [
+            {"instance_group_name": "homogeneousCluster", "instance_type": instance_type, "hosts": [HOST]}
+        ],
+        "network_interface_name": _network_interface(),
+    }
+
+
+def _input_data_config(desc: Desc) -> dict[str, Any]:
+    default_mode = desc["AlgorithmSpecification"].get("TrainingInputMode", "File")
+    return {
+        c["ChannelName"]: {
+            "TrainingInputMode": c.get("InputMode", default_mode),
+            "S3DistributionType": c["DataSource"]["S3DataSource"].get("S3DataDistributionType", "FullyReplicated"),
+            "RecordWrapperType": c.get("RecordWrapperType", "None"),
+            **({"ContentType": c["ContentType"]} if c.get("ContentType") else {}),
+        }
+        for c in desc.get("InputDataConfig", [])
+    }
+
+
+def config_files(desc: Desc) -> dict[str, Any]:
+    """/opt/ml/input/config/*.json as SageMaker writes them for one instance."""
+    files = {
+        "hyperparameters.json": desc.get("HyperParameters", {}),
+        "resourceconfig.json": _resource_config(desc["ResourceConfig"]["InstanceType"]),
+        "inputdataconfig.json": _input_data_config(desc),
+    }
+    if desc.get("CheckpointConfig"):
+        files["checkpointconfig.json"] = desc["CheckpointConfig"]
+    return files
+
+
+def uses_sdk_drivers(desc: Desc) -> bool:
+    return any(c["ChannelName"] == "sm_drivers" for c in desc.get("InputDataConfig", []))
+
+
+def _maybe_json(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def _as_arg(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _num_gpus() -> int:
+    try:
+        listing = subprocess.run(["nvidia-smi", "--list-gpus"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(line.startswith("GPU ") for line in listing.splitlines())
+
+
+def _path_env() -> dict[str, str]:
+    return {
+        "SM_MODEL_DIR": f"{CONTAINER_ROOT}/model",
+        "SM_INPUT_DIR": f"{CONTAINER_ROOT}/input",
+        "SM_INPUT_CONFIG_DIR": f"{CONTAINER_ROOT}/input/config",
+        "SM_OUTPUT_DIR": f"{CONTAINER_ROOT}/output",
+        "SM_OUTPUT_DATA_DIR": f"{CONTAINER_ROOT}/output/data",
+        "SM_OUTPUT_INTERMEDIATE_DIR": f"{CONTAINER_ROOT}/output/intermediate",
+    }
+
+
+def _training_env(desc: Desc, env: dict[str, str], channels: list[str], hps: dict[str, Any]) -> dict[str, Any]:
+    resource = json.loads(env["SM_RESOURCE_CONFIG"])
+    return {
+        "channel_input_dirs": {c: env[f"SM_CHANNEL_{c.upper()}"] for c in channels},
+        "current_host": resource["current_host"],
+        "hosts": resource["hosts"],
+        "hyperparameters": hps,
+        "input_data_config": json.loads(env["SM_INPUT_DATA_CONFIG"]),
+        "job_name": desc["TrainingJobName"],
+        "model_dir": env["SM_MODEL_DIR"],
+        "num_cpus": int(env["SM_NUM_CPUS"]),
+        "num_gpus": int(env["SM_NUM_GPUS"]),
+        "output_data_dir": env["SM_OUTPUT_DATA_DIR"],
+        "resource_config": resource,
+        "network_interface_name": resource["network_interface_name"],
+    }
+
+
+def toolkit_env(desc: Desc) -> dict[str, str]:
+    """The SM_* variables the sagemaker-training toolkit exports before it runs a user script."""
+    channels = sorted(c["ChannelName"] for c in desc.get("InputDataConfig", []))
+    files = config_files(desc)
+    resource = files["resourceconfig.json"]
+    hps = {k: _maybe_json(v) for k, v in desc.get("HyperParameters", {}).items()}
+    env = _path_env() | {
+        "SM_CHANNELS": json.dumps(channels),
+        "SM_HOSTS": json.dumps(resource["hosts"]),
+        "SM_CURRENT_HOST": resource["current_host"],
+        "SM_CURRENT_INSTANCE_TYPE": resource["current_instance_type"],
+        "SM_NETWORK_INTERFACE_NAME": resource["network_interface_name"],
+        "SM_NUM_CPUS": str(os.cpu_count() or 1),
+        "SM_NUM_GPUS": str(_num_gpus()),
+        "SM_LOG_LEVEL": "20",
+        "SM_HPS": json.dumps(hps),
+        "SM_USER_ARGS": json.dumps([a for k, v in hps.items() for a in (f"--{k}", _as_arg(v))]),
+        "SM_RESOURCE_CONFIG": json.dumps(resource),
+        "SM_INPUT_DATA_CONFIG": json.dumps(files["inputdataconfig.json"]),
+    }
+    env |= {f"SM_CHANNEL_{c.upper()}": f"{CONTAINER_ROOT}/input/data/{c}" for c in channels}
+    env |= {f"SM_HP_{k.upper()}": _as_arg(v) for k, v in hps.items()}
+    env["SM_TRAINING_ENV"] = json.dumps(_training_env(desc, env, channels, hps))
+    return env
+
+
+def container_env(desc: Desc, env_extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The container's environment: the platform's variables and the job's Environment.
+
+    With the SDK's drivers the SM_* variables are not the platform's: sm_train.sh sets them
+    (sm_drivers/scripts/environment.py), exactly as it must on SageMaker. Other jobs get them
+    as the sagemaker-training toolkit of a framework image would set them.
+    """
+    region = desc["TrainingJobArn"].split(":")[3]
+    env = {k: os.environ[k] for k in PASSTHROUGH_ENV + AWS_ENV if k in os.environ}
+    if not uses_sdk_drivers(desc):
+        env.update(toolkit_env(desc))
+    env.update(
+        TRAINING_JOB_NAME=desc["TrainingJobName"],
+        TRAINING_JOB_ARN=desc["TrainingJobArn"],
+        AWS_REGION=region,
+        AWS_DEFAULT_REGION=region,
+    )
+    env.update(desc.get("Environment") or {})
+    env.update(env_extra or {})  # last: the container must reach the AWS that recorded the job
+    return env
+
+
+def _download_channel(s3: Any, channel: dict[str, Any], tree: Path) -> None:
+    source = channel["DataSource"].get("S3DataSource")
+    if source is None or source.get("S3DataType", "S3Prefix") != "S3Prefix":
+        raise SandboxError(f"channel {channel['ChannelName']}: only S3Prefix data sources are emulated")
+    if channel.get("InputMode", "File") == "Pipe":
+        raise SandboxError(f"channel {channel['ChannelName']}: Pipe mode is not emulated")
+    download_prefix(s3, source["S3Uri"], tree / "input/data" / channel["ChannelName"])
+
+
+def prepare_tree(tree: Path, desc: Desc, s3: Any) -> Path:
+    """The /opt/ml tree of the job: config files, channels, existing checkpoints; returns the checkpoint dir."""
+    if tree.exists():
+        shutil.rmtree(tree)
+    for sub in ("input/config", "input/data", "model", "output/data"):
+        (tree / sub).mkdir(parents=True)
+    for name, content in config_files(desc).items():
+        (tree / "input/config" / name).write_text(json.dumps(content))
+    for channel in desc.get("InputDataConfig", []):
+        _download_channel(s3, channel, tree)
+    checkpoint = desc.get("CheckpointConfig") or {}
+    local = container_path(checkpoint.get("LocalPath") or f"{CONTAINER_ROOT}/checkpoints", tree)
+    local.mkdir(parents=True, exist_ok=True)
+    if checkpoint.get("S3Uri"):
+        download_prefix(s3, checkpoint["S3Uri"], local, folder=True)  # SageMaker restores them first
+    return local

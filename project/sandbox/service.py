@@ -1,0 +1,285 @@
+"""SageMaker's API where moto falls short, and the runs of the jobs it records.
+
+moto stores CreateTrainingJob requests but runs nothing. A `SageMakerService`, while entered,
+completes it where users would notice:
+
+* jobs start InProgress (moto marks them Completed at once) and keep their Environment and
+  MetricDefinitions (moto drops the first and replaces the second with a made-up one);
+* StopTrainingJob works (moto answers 500): the running container gets SIGTERM, a job that never
+  ran is Stopped at once;
+* ListTrainingJobs filters and sorts (SortBy, SortOrder) before it pages (moto pages first and
+  never sorts, so "the latest job" is whichever came first).
+
+With run_jobs=True every created job runs in the background (`run`), as on SageMaker;
+`service.result(name)` waits for one. `LocalImages` makes every ECR image tag exist: a sandbox
+job runs in this machine's Python environment, whatever image it names. `NoPolicySimulation`
+answers IAM SimulatePrincipalPolicy (moto: 500, so the SageMaker SDK's role check crashed) with
+AccessDenied, which the SDK takes as "permissions unknown" and goes on: moto cannot simulate IAM.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from . import record
+from .container import LOG_GROUP, Container, container_problem
+from .optml import SandboxError
+from .patches import Patches
+from .run import JobClients, JobRun, RunOptions, run_training_job
+
+__all__ = [
+    "LOG_GROUP",
+    "JobRun",
+    "LocalImages",
+    "NoPolicySimulation",
+    "SageMakerService",
+    "container_problem",
+    "sagemaker_service",
+]
+
+# Request fields moto does not store on the job; DescribeTrainingJob returns them again.
+KEPT_FIELDS = ("Environment", "RetryStrategy", "RemoteDebugConfig", "InfraCheckConfig", "SessionChainingConfig")
+PARALLEL_JOBS = 2  # jobs running at once; more wait their turn (SageMaker queues nothing, but a laptop must)
+RESULT_TIMEOUT_SECONDS = 600.0
+SORT_ATTRIBUTES = {"Name": "training_job_name", "Status": "training_job_status", "CreationTime": "creation_time"}
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _keep_request_fields(response: Any, job: Any) -> None:
+    for name in KEPT_FIELDS:
+        value = response._get_param(name)
+        if value is not None:
+            setattr(job, _snake(name), value)
+    # moto overwrites MetricDefinitions with a made-up one, in the parsed request too: reparse.
+    spec = json.loads(response.body).get("AlgorithmSpecification", {})
+    job.algorithm_specification.pop("MetricDefinitions", None)
+    if spec.get("MetricDefinitions"):
+        job.algorithm_specification["MetricDefinitions"] = spec["MetricDefinitions"]
+
+
+def _summary(job: Any) -> dict[str, Any]:
+    fields = {
+        "TrainingJobName": job.training_job_name,
+        "TrainingJobArn": job.arn,
+        "CreationTime": job.creation_time,
+        "TrainingEndTime": job.training_end_time,
+        "LastModifiedTime": job.last_modified_time,
+        "TrainingJobStatus": job.training_job_status,
+    }
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def list_training_jobs(response: Any) -> Any:
+    """ListTrainingJobs as the API does it: filter, sort, then page."""
+    from moto.core.responses import ActionResult
+
+    name, status = response._get_param("NameContains"), response._get_param("StatusEquals")
+    jobs = [
+        j
+        for j in response.sagemaker_backend.training_jobs.values()
+        if (not name or name in j.training_job_name) and (not status or j.training_job_status == status)
+    ]
+    attribute = SORT_ATTRIBUTES.get(response._get_param("SortBy") or "CreationTime", "creation_time")
+    jobs.sort(key=lambda j: getattr(j, attribute), reverse=response._get_param("SortOrder") == "Descending")
+    start = int(response._get_param("NextToken") or 0)
+    end = start + int(response._get_param("MaxResults") or 100)
+    result: dict[str, Any] = {"TrainingJobSummaries": [_summary(j) for j in jobs[start:end]]}
+    if end < len(jobs):
+        result["NextToken"] = str(end)
+    return ActionResult(result)
+
+
+class SageMakerService:
+    """moto's SageMaker completed as the module docstring says, for as long as it is entered."""
+
+    def __init__(
+        self,
+        run_jobs: bool = False,
+        workdir: Path | None = None,
+        endpoint_url: str | None = None,
+        options: RunOptions | None = None,
+    ) -> None:
+        if run_jobs and workdir is None:
+            raise ValueError("run_jobs=True needs a workdir for the jobs' /opt/ml trees")
+        self.run_jobs, self.workdir, self.endpoint_url = run_jobs, workdir, endpoint_url
+        self.options = options or RunOptions()
+        self.served: set[str] = set()  # ARNs of jobs created while entered: their Environment is kept
+        self.running: dict[str, Container] = {}  # ARN -> the container running it
+        self.runs: dict[str, Future[JobRun]] = {}  # job name -> its background run
+        self._patches = Patches()
+        self._pool: ThreadPoolExecutor | None = None
+
+    # --- life ----------------------------------------------------------------------------------
+
+    def __enter__(self) -> SageMakerService:
+        from moto.sagemaker.responses import SageMakerResponse
+
+        if self.run_jobs:
+            problem = container_problem()
+            if problem:
+                raise SandboxError(problem)
+            self._pool = ThreadPoolExecutor(max_workers=PARALLEL_JOBS, thread_name_prefix="sagemaker-job")
+        original_create = SageMakerResponse.create_training_job
+        self._patches.set(SageMakerResponse, "create_training_job", lambda r: self._create(r, original_create))
+        self._patches.set(SageMakerResponse, "stop_training_job", self._stop)
+        self._patches.set(SageMakerResponse, "list_training_jobs", list_training_jobs)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self, stop_running: bool = False) -> None:
+        """Restore moto; wait for the runs (stop_running: SIGKILL their containers first)."""
+        self._patches.restore()
+        if stop_running:
+            for container in list(self.running.values()):
+                container.stop("Stopped")
+                container.kill()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=stop_running)
+
+    # --- the API -------------------------------------------------------------------------------
+
+    def _create(self, response: Any, original: Any) -> Any:
+        result = original(response)
+        name = response._get_param("TrainingJobName")
+        job = response.sagemaker_backend.training_jobs[name]
+        _keep_request_fields(response, job)
+        record.start_recorded(job)
+        self.served.add(job.arn)
+        if self._pool is not None:
+            self.runs[name] = self._pool.submit(self.run_job, name, Path(str(self.workdir)) / name)
+        return result
+
+    def _stop(self, response: Any) -> Any:
+        from moto.core.responses import EmptyResult
+        from moto.sagemaker.exceptions import ValidationError
+
+        name = response._get_param("TrainingJobName")
+        job = response.sagemaker_backend.training_jobs.get(name)
+        if job is None:
+            raise ValidationError(message=f"Requested resource not found: training job {name}")
+        if job.training_job_status in (*record.TERMINAL, "Stopping"):
+            raise ValidationError(
+                message=f"The request was rejected because the training job is in status {job.training_job_status}."
+            )
+        record.set_status(job, "Stopping", "Stopping", "Stopping the training job")
+        container = self.running.get(job.arn)
+        if container is not None:
+            container.stop("Stopped")  # the run ends the job when the container is gone
+        elif name not in self.runs:  # created but never run: nothing to wait for
+            record.finish(job, record.Outcome("Stopped"))
+        return EmptyResult()
+
+    # --- the runs ------------------------------------------------------------------------------
+
+    def clients(self, region: str) -> JobClients:
+        import boto3
+
+        credentials = {
+            "aws_access_key_id": self.options.env_extra.get("AWS_ACCESS_KEY_ID"),
+            "aws_secret_access_key": self.options.env_extra.get("AWS_SECRET_ACCESS_KEY"),
+        }
+        session = boto3.Session(region_name=region, **credentials)
+        endpoint = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+        return JobClients(*(session.client(s, endpoint_url=endpoint) for s in ("sagemaker", "s3", "logs")))
+
+    def run_job(self, job_name: str, workdir: Path, **options: Any) -> JobRun:
+        """Run one job created while this service was entered; options override RunOptions fields."""
+        job = next((j for arn in self.served if (j := record.backend(arn).training_jobs.get(job_name))), None)
+        if job is None:
+            raise SandboxError(f"{job_name} was not created through this service: moto dropped its Environment")
+        clients = self.clients(job.arn.split(":")[3])
+        return run_training_job(clients, job_name, workdir, self.running, replace(self.options, **options))
+
+    def result(self, job_name: str, timeout: float = RESULT_TIMEOUT_SECONDS) -> JobRun:
+        return self.runs[job_name].result(timeout=timeout)
+
+
+@contextmanager
+def sagemaker_service(
+    run_jobs: bool = False, workdir: Path | None = None, endpoint_url: str | None = None, **options: Any
+) -> Iterator[SageMakerService]:
+    """A SageMakerService for the block; options are RunOptions fields (stop_grace, timeout, ...)."""
+    with SageMakerService(run_jobs, workdir, endpoint_url, RunOptions(**options)) as service:
+        yield service
+
+
+class LocalImages:
+    """While entered, ECR DescribeImages finds every tag asked for, registering it on first sight."""
+
+    def __init__(self) -> None:
+        self._patches = Patches()
+
+    def __enter__(self) -> LocalImages:
+        from moto.ecr.responses import ECRResponse
+
+        original = ECRResponse.describe_images
+
+        def describe_images(response: Any) -> Any:
+            self._register(response)
+            return original(response)
+
+        self._patches.set(ECRResponse, "describe_images", describe_images)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._patches.restore()
+
+    @staticmethod
+    def _register(response: Any) -> None:
+        repository = response._get_param("repositoryName")
+        tags = [i["imageTag"] for i in response._get_param("imageIds") or [] if "imageTag" in i]
+        backend = response.ecr_backend
+        if repository not in backend.repositories:
+            return  # moto answers RepositoryNotFoundException, as ECR does
+        known = {tag for image in backend.repositories[repository].images for tag in image.image_tags}
+        for tag in set(tags) - known:
+            backend.put_image(repository, placeholder_manifest(tag), tag)
+
+
+def placeholder_manifest(tag: str) -> str:
+    """An image manifest naming no layers, its config digest unique per tag (tags are immutable)."""
+    digest = "sha256:" + hashlib.sha256(tag.encode()).hexdigest()
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {"digest": digest, "size": 1, "mediaType": "application/vnd.docker.container.image.v1+json"},
+            "layers": [],
+        }
+    )
+
+
+class NoPolicySimulation:
+    """While entered, IAM SimulatePrincipalPolicy is refused (AccessDenied) instead of a 500."""
+
+    def __init__(self) -> None:
+        self._patches = Patches()
+
+    def __enter__(self) -> NoPolicySimulation:
+        from moto.iam.responses import IamResponse
+
+        self._patches.set(IamResponse, "simulate_principal_policy", _refuse_simulation)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._patches.restore()
+
+
+def _refuse_simulation(response: Any) -> Any:
+    from moto.core.exceptions import AccessDeniedError
+
+    raise AccessDeniedError(user_arn=response._get_param("PolicySourceArn"), action="iam:SimulatePrincipalPolicy")

@@ -1,0 +1,88 @@
+"""README.md's "Offline" block runs as written, as a bash script in a fresh clone of this repository.
+
+The clone is of the committed HEAD (`git clone <this checkout>`): commit before running this.
+The test adds only what a test must: the provider mirror (TF_CLI_CONFIG_FILE, as the Terraform
+tests do), DATASET pointing at a tiny synthetic dataset (the README documents the variable), and
+no shared AWS config. The block serves the sandbox on 4566, LocalStack's port, as a user would.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from project.sandbox import DEFAULT_PORT
+from project.sandbox.container import container_problem
+from tests.aws_fixtures import INSTALL_HINT, cli_env
+from tests.synthetic import write_dataset
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+SCRIPT_TIMEOUT_S = 900
+
+
+def offline_block(readme: str) -> str:
+    """The first ```bash block of the "Offline" section."""
+    section = readme[readme.index("## Offline") :]
+    match = re.search(r"```bash\n(.*?)```", section, re.S)
+    assert match, "README.md's Offline section has no bash block"
+    return match.group(1)
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def dataset_overrides(folder: Path) -> str:
+    files = write_dataset(folder, n_train=600, n_test=200)
+    return " ".join(
+        [f"dataset.source={folder}", "dataset.val_size=100"] + [f"dataset.files.{k}={v}" for k, v in files.items()]
+    )
+
+
+def script_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in cli_env(tmp_path).items() if not k.startswith("AWS_")}
+    env.update(
+        DATASET=dataset_overrides(tmp_path / "tiny"),
+        AWS_CONFIG_FILE=str(tmp_path / "no-aws-config"),  # nothing can point at a real account
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "no-aws-credentials"),
+    )
+    return env
+
+
+def test_the_offline_block_runs_as_written_in_a_fresh_clone(tmp_path):
+    for tool in ("terraform", "tflocal", "git"):
+        if shutil.which(tool) is None:
+            pytest.skip(INSTALL_HINT if tool == "terraform" else f"{tool} is not installed")
+    problem = container_problem()
+    if problem:
+        pytest.skip(f"the sandbox cannot run jobs here: {problem}")
+    if not port_is_free(DEFAULT_PORT):
+        pytest.skip(f"port {DEFAULT_PORT} is in use; the README's block serves on it")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True, timeout=120)
+    script = clone / "offline.sh"
+    script.write_text("set -euo pipefail\n" + offline_block((clone / "README.md").read_text()))
+    env = script_env(tmp_path)
+    try:
+        result = subprocess.run(
+            ["bash", str(script)], cwd=clone, env=env, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S
+        )
+    finally:
+        if (clone / ".sandbox" / "sandbox.pid").exists():  # the block failed before its last line
+            subprocess.run(["python3", "-m", "invoke", "sandbox", "--stop"], cwd=clone, env=env, timeout=120)
+    out = result.stdout
+    assert result.returncode == 0, out[-5000:] + result.stderr[-5000:]
+    assert "sandbox: AWS at http://127.0.0.1:4566" in out and "SageMaker jobs run on this machine" in out
+    job = re.search(r"launched (\S+)", out).group(1)
+    assert re.search(r"test_acc=0\.\d+", out) and f"{job}: Completed" in out  # logs streamed, the job ran
+    assert (clone / "runs" / job / "model" / "model.ts").is_file()  # fetched, same layout as invoke local
+    predicted = re.findall(r"mnist-test-\d-label\d\.png: (\d) \(p=", out)
+    assert len(predicted) == 3, out[-3000:]
+    assert out.strip().splitlines()[-1].startswith("sandbox: stopped (pid ")  # the last line stopped it
