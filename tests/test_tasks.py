@@ -54,7 +54,7 @@ def test_bare_overrides_are_collected_in_order():
 def test_flags_and_tasks_still_parse_around_overrides():
     parsed = parse("local", "a.b=1", "--overrides", "c=2", "d=3", "predict", "runs/x", "img.png")
     assert parsed["local"]["overrides"] == ["a.b=1", "c=2", "d=3"]
-    assert parsed["predict"] == {"run_dir": "runs/x", "images": "img.png"}
+    assert parsed["predict"] == {"run_dir": "runs/x", "images": "img.png", "raw": False}
     assert parse("local")["local"]["overrides"] == []
 
 

@@ -95,7 +95,8 @@ def launcher_policy(outputs) -> dict:
 
 @pytest.fixture(scope="module")
 def arns(outputs) -> dict[str, str]:
-    repository = boto3.client("ecr").describe_repositories()["repositories"][0]["repositoryArn"]
+    name = str(outputs["repository_url"]).split("/", 1)[1]  # the moto server also holds other tests' repositories
+    repository = boto3.client("ecr").describe_repositories(repositoryNames=[name])["repositories"][0]["repositoryArn"]
     return {
         "data": f"arn:aws:s3:::{outputs['data_bucket']}",
         "artifacts": f"arn:aws:s3:::{outputs['artifacts_bucket']}",
