@@ -360,21 +360,49 @@ def resolve_gpus(requested: int | None, available: int) -> int:
     return requested
 
 
-def trainer_device_kwargs(gpus: int, num_nodes: int = 1, launched_processes: int = 1) -> dict[str, Any]:
-    """Map the user-facing `trainer.gpus` onto Lightning 2.x accelerator/devices/strategy.
+def with_gpus(cfg: Any, gpus: int) -> Any:
+    """A copy of the config with trainer.gpus resolved: what a job stages and its identity is hashed from."""
+    import copy
 
-    `launched_processes` > 1 means an external launcher (torchrun) already started one process
-    per device; on CPU that is how DDP runs (gloo), one process per launched slot.
+    resolved = copy.deepcopy(cfg)
+    resolved.trainer.gpus = gpus
+    return resolved
+
+
+def per_device_batch(global_batch: int, nodes: int, processes_per_node: int) -> int:
+    """Each process's share of trainer.batch_size, which is global; it must split evenly.
+
+    The optimizer sees the same batch whatever the world size, so the learning rate that suits it
+    stays right; an uneven split would silently train with a different global batch.
     """
-    if gpus == 0:
-        devices = launched_processes
-        accelerator = "cpu"
+    world = nodes * processes_per_node
+    if global_batch % world:
+        raise ConfigError(
+            f"trainer.batch_size={global_batch} (global) does not split evenly over world size {world} "
+            f"({nodes} node(s) x {processes_per_node} process(es)); use a multiple of {world}"
+        )
+    return global_batch // world
+
+
+def trainer_device_kwargs(gpus: int, num_nodes: int = 1, launched_processes: int | None = None) -> dict[str, Any]:
+    """Map the resolved `trainer.gpus` onto Lightning 2.x accelerator/devices/strategy.
+
+    `launched_processes`: the processes per node an external launcher (torchrun, in every
+    SageMaker job) started; they are the devices, one each. Without a launcher Lightning starts
+    one process per GPU itself, or runs one on the CPU.
+    """
+    if launched_processes is None:
+        devices = gpus or 1
+    elif gpus and launched_processes != gpus:
+        raise ConfigError(
+            f"trainer.gpus={gpus} but the launcher started {launched_processes} process(es) per node; "
+            "launch one process per GPU"
+        )
     else:
-        devices = gpus
-        accelerator = "gpu"
+        devices = launched_processes
     distributed = devices * num_nodes > 1
     return {
-        "accelerator": accelerator,
+        "accelerator": "gpu" if gpus else "cpu",
         "devices": devices,
         "num_nodes": num_nodes,
         "strategy": "ddp" if distributed else "auto",

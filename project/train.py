@@ -155,15 +155,14 @@ def train(
     run_name: str,
     data_source: str | None = None,
     num_nodes: int = 1,
-    available_gpus: int | None = None,
 ) -> dict[str, Any]:
     """Fit, test and export one run; returns the metrics also written to metrics.json."""
     from . import artifacts
     from .checkpoints import newest_valid
 
-    gpus = config_lib.resolve_gpus(
-        cfg.trainer.gpus, torch.cuda.device_count() if available_gpus is None else available_gpus
-    )
+    # A job's staged config holds the number resolved when it was planned: here it is only checked
+    # against the GPUs present; the processes using them are the launcher's (_build).
+    gpus = config_lib.resolve_gpus(cfg.trainer.gpus, torch.cuda.device_count())
     # The data first: a missing folder or a damaged file is one line before anything is built or
     # written. A SageMaker job's cache must stay empty when its channel holds every file.
     fetch_dataset(cfg, data_source, remember=sagemaker_env() is None)
@@ -237,11 +236,7 @@ def run_composed(cfg: Any) -> dict[str, Any]:
 
 def run_in_container(sm: SageMakerEnv, config_path: Path) -> dict[str, Any]:
     """What the SageMaker job runs: the resolved config, channels and /opt/ml paths."""
-    from .runtime import wire_distributed
-
     cfg = config_lib.load_resolved(config_path)
-    if len(sm.hosts) > 1:
-        wire_distributed(sm, os.environ)
     channel = sm.channels.get(DATA_CHANNEL)
     cfg.paths.data_dir = str(sm.output_data_dir.parent / "cache")  # only if the channel lacks a file
     return train(
@@ -250,7 +245,6 @@ def run_in_container(sm: SageMakerEnv, config_path: Path) -> dict[str, Any]:
         run_name=sm.job_name or cfg.run_name or default_run_name(cfg),
         data_source=str(channel) if channel else None,
         num_nodes=len(sm.hosts),
-        available_gpus=sm.num_gpus,
     )
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from project.aws import image, jobs
 from project.config import compose
+from project.errors import UserError
 from project.infra import Infra
 
 INFRA = Infra(
@@ -114,7 +115,7 @@ def test_status_table_shows_missing_values_as_a_dash():
     ],
 )
 def test_invalid_launches_are_refused_with_one_line(overrides, message):
-    with pytest.raises(jobs.LaunchError) as info:
+    with pytest.raises(UserError) as info:
         p, cfg = plan(*overrides)
         jobs.validate_plan(p, cfg)
     assert message in str(info.value)
@@ -148,12 +149,25 @@ def test_metric_regexes_match_the_lines_training_prints():
 def test_staged_source_carries_the_resolved_config(tmp_path):
     from project.config import load_resolved
 
-    _, cfg = plan("model=mlp", "trainer.max_epochs=5")
-    source = jobs.stage_source(cfg, tmp_path / "src")
+    p, cfg = plan("model=mlp", "trainer.max_epochs=5")
+    source = jobs.stage_source(cfg, tmp_path / "src", p)
     assert (source / "project" / "train.py").is_file() and (source / "sm_entry.py").is_file()
     assert not list(source.rglob("__pycache__"))
     again = load_resolved(source / "config.yaml")
     assert again.model.name == "mlp" and again.trainer.max_epochs == 5
+
+
+@pytest.mark.parametrize("gpus", [[], ["trainer.gpus=4"]])
+def test_staged_config_holds_the_gpus_resolved_when_planning(gpus, tmp_path):
+    """trainer.gpus=null would be resolved a second time in the container; the plan's number travels."""
+    from project.config import config_hash, load_resolved
+
+    p, cfg = plan("instance=ml.p3.8xlarge", *gpus)
+    staged = load_resolved(jobs.stage_source(cfg, tmp_path / "src", p) / "config.yaml")
+    assert staged.trainer.gpus == p.gpus_per_node == p.processes_per_node == 4
+    assert jobs.entry_command(p).endswith("--launch 4")
+    # The job's tags and checkpoint prefix name the identity the container computes from the staged file.
+    assert config_hash(staged) == p.config_hash
 
 
 def test_docker_commands():

@@ -17,7 +17,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..config import CONF_DIR, RESOLVED_CONFIG_NAME, ConfigError, config_hash, resolve_gpus, to_yaml
+from ..config import (
+    CONF_DIR,
+    RESOLVED_CONFIG_NAME,
+    ConfigError,
+    config_hash,
+    per_device_batch,
+    resolve_gpus,
+    to_yaml,
+    with_gpus,
+)
 from ..errors import UserError
 from ..infra import Infra
 from .cost import Cost, estimate
@@ -143,10 +152,9 @@ def plan_job(cfg: Any, infra: Infra, image_tag: str, now: datetime | None = None
             f"use trainer.gpus<={inst.gpus} or a larger instance"
         ) from None
     processes = max(gpus, 1)
-    world_size = processes * inst.count
     max_run = job.max_run_minutes * 60
     max_wait = (job.max_wait_minutes * 60 if job.max_wait_minutes else 2 * max_run) if job.spot else None
-    digest = config_hash(cfg)
+    digest = config_hash(with_gpus(cfg, gpus))  # the staged config's identity, as the container computes it
     data_bucket, artifacts = infra.data_bucket, infra.artifacts_bucket
     return JobPlan(
         base_name=job.base_name,
@@ -159,8 +167,8 @@ def plan_job(cfg: Any, infra: Infra, image_tag: str, now: datetime | None = None
         instance_count=inst.count,
         gpus_per_node=gpus,
         processes_per_node=processes,
-        world_size=world_size,
-        per_device_batch=cfg.trainer.batch_size // world_size,
+        world_size=processes * inst.count,
+        per_device_batch=per_device_batch(cfg.trainer.batch_size, inst.count, processes),
         volume_size_gb=inst.volume_size_gb,
         max_run_seconds=max_run,
         max_wait_seconds=max_wait,
@@ -181,13 +189,6 @@ def plan_job(cfg: Any, infra: Infra, image_tag: str, now: datetime | None = None
 
 def validate_plan(plan: JobPlan, cfg: Any) -> None:
     """Refuse what SageMaker would reject, or what would silently train something else (pure)."""
-    batch = cfg.trainer.batch_size
-    if batch % plan.world_size:
-        raise LaunchError(
-            f"trainer.batch_size={batch} (global) does not split evenly over world size {plan.world_size} "
-            f"({plan.instance_count} node(s) x {plan.processes_per_node} process(es)); "
-            f"use a multiple of {plan.world_size}"
-        )
     if not JOB_NAME.match(plan.job_name) or len(plan.base_name) > MAX_BASE_NAME_LENGTH:
         raise LaunchError(
             f"job.base_name={plan.base_name!r}: letters, digits and '-', at most {MAX_BASE_NAME_LENGTH} characters "
@@ -247,12 +248,16 @@ def check_remote(plan: JobPlan, cfg: Any, ecr: Any, s3: Any) -> None:
         raise LaunchError(f"{plan.data_uri} lacks {', '.join(missing)}: run `invoke upload` again")
 
 
-def stage_source(cfg: Any, dest: Path) -> Path:
-    """The code channel: the project package, the resolved config and the torchrun entry script."""
+def stage_source(cfg: Any, dest: Path, plan: JobPlan) -> Path:
+    """The code channel: the project package, the resolved config and the torchrun entry script.
+
+    Its trainer.gpus is the plan's gpus_per_node, resolved when the job was planned: the container
+    does not resolve it again.
+    """
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(PROJECT_DIR, dest / "project", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    (dest / RESOLVED_CONFIG_NAME).write_text(to_yaml(cfg))
+    (dest / RESOLVED_CONFIG_NAME).write_text(to_yaml(with_gpus(cfg, plan.gpus_per_node)))
     (dest / ENTRY_SCRIPT).write_text(ENTRY_SOURCE)
     return dest
 

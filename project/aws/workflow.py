@@ -120,7 +120,7 @@ def train(
         echo(f"warning: {problem}")
     echo(f"SageMaker training job\n{plan.summary()}")
     with tempfile.TemporaryDirectory(prefix="sm-source-") as tmp:
-        source = jobs.stage_source(cfg, Path(tmp) / "source")
+        source = jobs.stage_source(cfg, Path(tmp) / "source", plan)
         trainer = jobs.model_trainer(plan, source, ctx.clients.session)
         if dry_run:
             echo("CreateTrainingJob request (dry run: nothing launched):")
