@@ -2,7 +2,7 @@
 
 Each host gets the environment SageMaker gives it (SM_HOSTS, SM_CURRENT_HOST, its own
 SM_MODEL_DIR, output and checkpoint directories) and the code channel `invoke train` uploads
-(jobs.stage_source: the package, the resolved config and sm_entry.py). Each host runs what a job's
+(project.aws.staging: the package, the resolved config and sm_entry.py). Each host runs what a job's
 command runs (`sm_entry.py --launch N`: torchrun as PID 1), once straight through and once stopped
 by SIGTERM mid-training and restarted. Only the master address differs from a real cluster: algo-1
 does not resolve here, so it is 127.0.0.1.
@@ -27,7 +27,8 @@ import pytest
 import torch
 
 from project import config as C
-from project.aws.jobs import ENTRY_SCRIPT, plan_job, stage_source
+from project.aws.plan import ENTRY_SCRIPT, plan_job
+from project.aws.staging import stage_source
 from project.data import IdxDataModule, parse_idx, read_bytes
 from project.infra import Infra
 from project.models import state_digest

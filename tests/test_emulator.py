@@ -1,7 +1,7 @@
 """The SageMaker emulator runs ModelTrainer (SDK v3) jobs recorded by moto, end to end.
 
 Each job is created by the real SDK against moto over HTTP, run by tests/sagemaker_emulator.py
-with the SDK's own driver scripts, and its artifacts brought home by project.aws.transfer.
+with the SDK's own driver scripts, and its artifacts brought home by project.aws.fetch.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from project.aws import transfer
+from project.aws.fetch import fetch_job
 from project.aws.session import aws_clients
 from tests import sagemaker_emulator as emulator
 
@@ -188,7 +188,7 @@ def test_command_job_runs_with_the_sdk_drivers_and_comes_home(clients, infra, tm
     )
     assert "epoch=2 test_acc=0.5" in [e["message"] for e in events["events"]]
 
-    dest = transfer.fetch_job(
+    dest = fetch_job(
         clients.s3,
         run.model_uri,
         run.output_uri,

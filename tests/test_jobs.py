@@ -4,7 +4,9 @@ import base64
 
 import pytest
 
-from project.aws import image, jobs
+from project.aws import image, sdk
+from project.aws import plan as jobs
+from project.aws.staging import stage_source
 from project.config import compose
 from project.errors import UserError
 from project.infra import Infra
@@ -139,7 +141,7 @@ def test_metric_regexes_match_the_lines_training_prints():
 
     metrics = {"train_acc": 0.98, "train_loss": 0.05, "val_acc": 0.9916, "val_loss": 0.0291, "seconds": 3.2}
     line = format_metrics({"epoch": "2/3", **metrics})  # as reporting.MetricLines prints it
-    found = {d["Name"]: re.search(d["Regex"], line) for d in jobs.METRIC_DEFINITIONS}
+    found = {d["Name"]: re.search(d["Regex"], line) for d in sdk.METRIC_DEFINITIONS}
     assert float(found["epoch"].group(1)) == 2
     assert float(found["val_acc"].group(1)) == 0.9916
     assert float(found["train_loss"].group(1)) == 0.05
@@ -150,7 +152,7 @@ def test_staged_source_carries_the_resolved_config(tmp_path):
     from project.config import load_resolved
 
     p, cfg = plan("model=mlp", "trainer.max_epochs=5")
-    source = jobs.stage_source(cfg, tmp_path / "src", p)
+    source = stage_source(cfg, tmp_path / "src", p)
     assert (source / "project" / "train.py").is_file() and (source / "sm_entry.py").is_file()
     assert not list(source.rglob("__pycache__"))
     again = load_resolved(source / "config.yaml")
@@ -163,7 +165,7 @@ def test_staged_config_holds_the_gpus_resolved_when_planning(gpus, tmp_path):
     from project.config import config_hash, load_resolved
 
     p, cfg = plan("instance=ml.p3.8xlarge", *gpus)
-    staged = load_resolved(jobs.stage_source(cfg, tmp_path / "src", p) / "config.yaml")
+    staged = load_resolved(stage_source(cfg, tmp_path / "src", p) / "config.yaml")
     assert staged.trainer.gpus == p.gpus_per_node == p.processes_per_node == 4
     assert jobs.entry_command(p).endswith("--launch 4")
     # The job's tags and checkpoint prefix name the identity the container computes from the staged file.

@@ -17,7 +17,7 @@ import boto3
 import pytest
 import yaml
 
-from project.aws.jobs import plan_job
+from project.aws.plan import plan_job
 from project.config import compose
 from project.infra import OUTPUT_NAMES, load_infra
 from tests.aws_fixtures import (

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import UserError
 from .cost import job_cost
-from .jobs import LOG_GROUP
+from .sdk import LOG_GROUP
 from .session import aws_errors
 
 TERMINAL = {"Completed", "Failed", "Stopped"}

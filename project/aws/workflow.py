@@ -19,8 +19,14 @@ from typing import Any
 
 from ..config import compose
 from ..infra import Infra, load_infra
-from . import jobs, monitor
+from ..raw import fetch_dataset
+from . import monitor, sdk
+from .fetch import fetch_job
+from .plan import LaunchError, plan_job, validate_plan
 from .session import aws_clients, aws_errors
+from .staging import stage_source
+from .upload import plan_upload
+from .upload import upload as upload_items
 
 INFRA_KEYS = ("data_bucket", "artifacts_bucket", "repository_url", "role_arn", "region")
 
@@ -53,15 +59,12 @@ def setup(overrides: list[str]) -> Context:
 
 @aws_task
 def upload(overrides: list[str], dry_run: bool = False, echo: Callable[[str], None] = print) -> None:
-    from ..raw import fetch_dataset
-    from . import transfer
-
     ctx = setup(overrides)
     d = ctx.cfg.dataset
     # Verified raw files, each where it was verified: the source folder or the local cache.
     paths = fetch_dataset(ctx.cfg, s3_client=ctx.clients.s3)
-    items = transfer.plan_upload(paths, ctx.infra.data_bucket, d.s3_prefix, ctx.clients.s3)
-    transfer.upload(items, ctx.clients.s3, dry_run=dry_run)
+    items = plan_upload(paths, ctx.infra.data_bucket, d.s3_prefix, ctx.clients.s3)
+    upload_items(items, ctx.clients.s3, dry_run=dry_run)
 
 
 def image_ref(ctx: Context, allow_dirty: bool):
@@ -110,29 +113,29 @@ def train(
     ctx = setup(overrides)
     cfg = ctx.cfg
     ref = image_ref(ctx, allow_dirty)
-    plan = jobs.plan_job(cfg, ctx.infra, ref.tag)
-    jobs.validate_plan(plan, cfg)
+    plan = plan_job(cfg, ctx.infra, ref.tag)
+    validate_plan(plan, cfg)
     try:
-        jobs.check_remote(plan, cfg, ctx.clients.ecr, ctx.clients.s3)
-    except jobs.LaunchError as problem:
+        sdk.check_remote(plan, cfg, ctx.clients.ecr, ctx.clients.s3)
+    except LaunchError as problem:
         if not dry_run:
             raise
         echo(f"warning: {problem}")
     echo(f"SageMaker training job\n{plan.summary()}")
     with tempfile.TemporaryDirectory(prefix="sm-source-") as tmp:
-        source = jobs.stage_source(cfg, Path(tmp) / "source", plan)
-        trainer = jobs.model_trainer(plan, source, ctx.clients.session)
+        source = stage_source(cfg, Path(tmp) / "source", plan)
+        trainer = sdk.model_trainer(plan, source, ctx.clients.session)
         if dry_run:
             echo("CreateTrainingJob request (dry run: nothing launched):")
-            echo(json.dumps(jobs.create_request(trainer, plan.job_name), indent=2, sort_keys=True, default=str))
+            echo(json.dumps(sdk.create_request(trainer, plan.job_name), indent=2, sort_keys=True, default=str))
             return None
         if not yes:
             if not sys.stdin.isatty():
-                raise jobs.LaunchError("not a terminal, so no one to confirm the cost: pass --yes to launch")
+                raise LaunchError("not a terminal, so no one to confirm the cost: pass --yes to launch")
             if confirm("Launch this job? [y/N] ").strip().lower() not in ("y", "yes"):
                 echo("not launched")
                 return None
-        job_name = jobs.launch(trainer, plan.job_name)
+        job_name = sdk.launch(trainer, plan.job_name)
     echo(f"launched {job_name}")
     if not wait:
         echo(f"follow it with `invoke logs {job_name} --follow`; `invoke status`; `invoke fetch {job_name}` when done")
@@ -188,8 +191,6 @@ def stop(overrides: list[str], job_name: str, echo=print) -> None:
 
 @aws_task
 def fetch(overrides: list[str], job_name: str | None, echo=print) -> Path:
-    from . import transfer
-
     ctx = setup(overrides)
     name = _job(ctx, job_name)
     desc = monitor.describe(ctx.clients.sagemaker, name)
@@ -199,7 +200,7 @@ def fetch(overrides: list[str], job_name: str | None, echo=print) -> Path:
     output_uri = model_uri.rsplit("/", 1)[0] + "/output.tar.gz"
     checkpoints = desc.get("CheckpointConfig", {}).get("S3Uri")
     dest = Path(ctx.cfg.paths.runs_dir) / name
-    transfer.fetch_job(ctx.clients.s3, model_uri, output_uri, checkpoints, dest)
+    fetch_job(ctx.clients.s3, model_uri, output_uri, checkpoints, dest)
     metrics = json.loads((dest / "metrics.json").read_text())
     echo(" ".join(f"{k}={metrics[k]:.6g}" for k in ("test_loss", "test_acc") if k in metrics))
     echo(f"run_dir={dest}")
