@@ -29,6 +29,7 @@ def _job_spec(aws, overrides) -> dict:
     from project.aws.staging import PROJECT_DIR
     from project.config import compose, to_yaml, with_gpus
     from project.infra import Infra
+    from project.sagemaker_names import CHECKPOINT_DIR, DATA_CHANNEL
 
     cfg = compose(overrides)
     infra = Infra(aws.data_bucket, aws.artifacts_bucket, aws.repository_url, aws.role_arn, "us-east-1")
@@ -57,6 +58,8 @@ def _job_spec(aws, overrides) -> dict:
         config_yaml=to_yaml(with_gpus(cfg, plan.gpus_per_node)),  # as the product stages it
         entry_source=(PROJECT_DIR / ENTRY_SCRIPT).read_text(),
         metric_definitions=sdk.METRIC_DEFINITIONS,
+        data_channel=DATA_CHANNEL,
+        checkpoint_dir=CHECKPOINT_DIR,
     )
     return spec
 

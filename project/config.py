@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_atomically
 from .errors import UserError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -275,10 +276,7 @@ def _store_cached(path: Path, cfg: Any) -> None:
     from omegaconf import OmegaConf
 
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        partial.write_text(json.dumps(OmegaConf.to_container(cfg, resolve=False)))
-        os.replace(partial, path)
+        write_atomically(path, json.dumps(OmegaConf.to_container(cfg, resolve=False)))
         entries = sorted(path.parent.glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
         for old in entries[:-COMPOSE_CACHE_KEEP]:
             old.unlink(missing_ok=True)

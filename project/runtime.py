@@ -14,8 +14,8 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SM_CHECKPOINT_DIR = "/opt/ml/checkpoints"  # synced to the job's CheckpointConfig.S3Uri
-DATA_CHANNEL = "train"  # the input channel that carries the raw dataset files
+from .sagemaker_names import CHECKPOINT_DIR, METRICS_FILE
+
 # A folder where each worker marks that it checkpointed after SIGTERM: the launcher (PID 1) then
 # exits 0 (project/launch.py, project/checkpoints.py).
 CLEAN_STOP_ENV = "LIGHTNING_SAGEMAKER_CLEAN_STOP_DIR"
@@ -66,7 +66,7 @@ def sagemaker_env(environ: Mapping[str, str] = os.environ) -> SageMakerEnv | Non
         hosts=hosts,
         current_host=environ.get("SM_CURRENT_HOST", hosts[0]),
         job_name=environ.get("TRAINING_JOB_NAME") or environ.get("SM_TRAINING_JOB_NAME"),
-        checkpoint_dir=Path(environ.get("SM_CHECKPOINT_DIR", SM_CHECKPOINT_DIR)),
+        checkpoint_dir=Path(environ.get("SM_CHECKPOINT_DIR", CHECKPOINT_DIR)),
         master_addr=environ.get("SM_MASTER_ADDR"),
         master_port=environ.get("SM_MASTER_PORT", MASTER_PORT),
     )
@@ -97,7 +97,7 @@ def local_layout(run_dir: Path) -> RunLayout:
         model_dir=run_dir / "model",
         output_dir=run_dir / "output",
         checkpoint_dir=run_dir / "checkpoints",
-        metrics_files=[run_dir / "metrics.json", run_dir / "output" / "metrics.json"],
+        metrics_files=[run_dir / METRICS_FILE, run_dir / "output" / METRICS_FILE],
     )
 
 
@@ -108,7 +108,7 @@ def container_layout(sm: SageMakerEnv) -> RunLayout:
         model_dir=sm.model_dir,
         output_dir=sm.output_data_dir,
         checkpoint_dir=sm.checkpoint_dir,
-        metrics_files=[sm.output_data_dir / "metrics.json"],
+        metrics_files=[sm.output_data_dir / METRICS_FILE],
     )
 
 

@@ -25,12 +25,12 @@ import torch
 
 from . import config as config_lib
 from . import reporting
+from .atomic import write_atomically
 from .checkpoints import Interrupted, Interrupts
 from .errors import INTERRUPTED_EXIT, USER_ERROR_EXIT, UserError
 from .raw import dataset_cache_dir, fetch_dataset
 from .reporting import scalars as _scalars
 from .runtime import (
-    DATA_CHANNEL,
     RunLayout,
     SageMakerEnv,
     container_layout,
@@ -39,6 +39,7 @@ from .runtime import (
     sagemaker_env,
     whole_lines,
 )
+from .sagemaker_names import DATA_CHANNEL
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,6 @@ def train(
     num_nodes: int = 1,
 ) -> dict[str, Any]:
     """Fit, test and export one run; returns the metrics also written to metrics.json."""
-    from . import artifacts
     from .checkpoints import newest_valid
 
     # A job's staged config holds the number resolved when it was planned: here it is only checked
@@ -171,7 +171,7 @@ def train(
     source = data_source or cfg.dataset.source
     trainer, module, datamodule = _build(cfg, layout, source, dataset_cache_dir(cfg), num_nodes, gpus, run_name)
     if trainer.is_global_zero:
-        artifacts.write_atomically(layout.model_dir / config_lib.RESOLVED_CONFIG_NAME, config_lib.to_yaml(cfg))
+        write_atomically(layout.model_dir / config_lib.RESOLVED_CONFIG_NAME, config_lib.to_yaml(cfg))
 
     resume_from = newest_valid(layout.checkpoint_dir, config_lib.config_hash(cfg)) if cfg.trainer.resume else None
     if resume_from is not None and trainer.is_global_zero:

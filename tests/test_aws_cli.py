@@ -20,13 +20,13 @@ from pathlib import Path
 import pytest
 
 from project.aws.session import aws_clients
+from project.sagemaker_names import JOB_NAME
 from tests import sagemaker_emulator as emulator
 from tests.synthetic import write_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCOUNT = "123456789012"  # moto's default account
 REGION = "us-east-1"
-SAGEMAKER_JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")  # the API's TrainingJobName pattern
 
 
 def invoke(*args, env=None, timeout=300):
@@ -231,7 +231,7 @@ def test_launch_records_the_unique_job_name(clients, dataset, repository, tmp_pa
         )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     name = re.search(r"launched (\S+)", result.stdout).group(1)
-    assert SAGEMAKER_JOB_NAME.match(name) and name.startswith(f"{base}-")
+    assert JOB_NAME.match(name) and name.startswith(f"{base}-")
     assert re.search(rf"^  job +{name}$", result.stdout, re.M)  # the summary names the job that was launched
     desc = clients.sagemaker.describe_training_job(TrainingJobName=name)
     assert desc["TrainingJobName"] == name

@@ -16,6 +16,7 @@ import pytest
 
 from project.aws.fetch import fetch_job
 from project.aws.session import aws_clients
+from project.sagemaker_names import CHECKPOINT_DIR, DATA_CHANNEL
 from tests import sagemaker_emulator as emulator
 
 ROLE_POLICY = json.dumps(
@@ -78,9 +79,9 @@ def model_trainer(clients, infra, source_dir: Path, command=None, entry_script=N
         compute=Compute(instance_type="ml.m5.xlarge", instance_count=1),
         output_data_config=OutputDataConfig(s3_output_path=f"s3://{infra['artifacts']}/jobs/"),
         checkpoint_config=CheckpointConfig(
-            s3_uri=f"s3://{infra['artifacts']}/checkpoints/emu/", local_path="/opt/ml/checkpoints"
+            s3_uri=f"s3://{infra['artifacts']}/checkpoints/emu/", local_path=CHECKPOINT_DIR
         ),
-        input_data_config=[InputData(channel_name="train", data_source=f"s3://{infra['data']}/datasets/tiny/")],
+        input_data_config=[InputData(channel_name=DATA_CHANNEL, data_source=f"s3://{infra['data']}/datasets/tiny/")],
         environment={"PYTHONUNBUFFERED": "1", "RUN_MARK": "from-the-job"},
         **extra,
     )

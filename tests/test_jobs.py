@@ -10,6 +10,7 @@ from project.aws.staging import stage_source
 from project.config import compose
 from project.errors import UserError
 from project.infra import Infra
+from project.sagemaker_names import JOB_NAME
 
 INFRA = Infra(
     data_bucket="data-b",
@@ -67,15 +68,13 @@ def test_spot_and_on_demand_price_the_same_billable_hours():
 
 
 def test_job_names_planned_in_the_same_second_differ_and_fit_sagemaker():
-    import re
     from datetime import datetime
 
-    sagemaker_pattern = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
     cfg = compose([])
     now = datetime(2026, 3, 1, 12, 0, 0, 123456)
     names = {jobs.plan_job(cfg, INFRA, "abc1234", now=now).job_name for _ in range(20)}
     assert len(names) == 20
-    assert all(sagemaker_pattern.match(n) and n.startswith("lightning-20260301-120000-123-") for n in names)
+    assert all(JOB_NAME.match(n) and n.startswith("lightning-20260301-120000-123-") for n in names)
     longest = "b" * jobs.MAX_BASE_NAME_LENGTH
     p, cfg = plan(f"job.base_name={longest}")
     jobs.validate_plan(p, cfg)

@@ -358,3 +358,13 @@ def test_s3_dataset_source_uses_the_endpoint_it_is_given(s3, bucket, dataset, mo
     assert all(
         p.parent == tmp_path / "cache" and p.read_bytes() == (folder / p.name).read_bytes() for p in paths.values()
     )
+
+
+def test_s3_uris_have_one_parser():
+    from project.aws.names import S3UriError, split_s3_uri
+
+    assert split_s3_uri("s3://bucket/datasets/mnist/") == ("bucket", "datasets/mnist/")
+    assert split_s3_uri("s3://bucket") == ("bucket", "")
+    for bad in ("https://bucket/key", "s3:///key", "bucket/key"):
+        with pytest.raises(S3UriError, match="not an S3 URI"):
+            split_s3_uri(bad)

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..errors import UserError
+from ..sagemaker_names import METRICS_FILE
+from .names import split_s3_uri
 from .session import aws_errors
 from .transfer import (
     FILE_WORKERS,
@@ -29,12 +31,9 @@ from .transfer import (
     client_error_code,
     human_size,
     progress_bar,
-    split_s3_uri,
     transfer_config,
     transfer_failures,
 )
-
-METRICS_FILE = "metrics.json"
 
 
 @dataclass(frozen=True)

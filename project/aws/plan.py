@@ -7,7 +7,6 @@ launch itself is project.aws.sdk's, the code channel project.aws.staging's.
 
 from __future__ import annotations
 
-import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -16,12 +15,12 @@ from typing import Any
 from ..config import CONF_DIR, ConfigError, config_hash, per_device_batch, resolve_gpus, with_gpus
 from ..errors import UserError
 from ..infra import Infra
+from ..sagemaker_names import JOB_NAME
 from .cost import Cost, estimate
 
 ENTRY_SCRIPT = "sm_entry.py"  # project/sm_entry.py, staged at the top of the code channel
 MAX_RUNTIME_SECONDS = 28 * 24 * 3600  # SageMaker's limit on MaxRuntimeInSeconds/MaxWaitTimeInSeconds
 MAX_KEEP_ALIVE_SECONDS = 3600  # warm pools keep instances at most an hour
-JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")  # SageMaker's TrainingJobName pattern
 # <base>-YYYYmmdd-HHMMSS-mmm-xxxx: milliseconds and a random suffix, so launches in the same
 # second (two terminals, a script) never collide as the SDK's seconds-only names do.
 JOB_NAME_SUFFIX_LENGTH = len("-20260101-000000-000-0000")

@@ -10,11 +10,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ..sagemaker_names import CHECKPOINT_DIR, DATA_CHANNEL
+from .names import split_s3_uri
 from .plan import JobPlan, LaunchError, entry_command
 from .session import aws_errors
-
-DATA_CHANNEL = "train"
-LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 
 # `name=value` lines printed by project.train, scraped by SageMaker into CloudWatch metrics.
 METRIC_NAMES = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "epoch")
@@ -36,7 +35,7 @@ def check_remote(plan: JobPlan, cfg: Any, ecr: Any, s3: Any) -> None:
             raise LaunchError(
                 f"ECR repository {repository} does not exist: run `terraform apply` in terraform/"
             ) from None
-    bucket, _, prefix = plan.data_uri[len("s3://") :].partition("/")
+    bucket, prefix = split_s3_uri(plan.data_uri)
     with aws_errors(resource=plan.data_uri):
         listing = s3.list_objects_v2(Bucket=bucket, Prefix=prefix)
     names = {obj["Key"][len(prefix) :] for obj in listing.get("Contents", [])}
@@ -69,7 +68,7 @@ def model_trainer(plan: JobPlan, source_dir: Path, boto_session: Any) -> Any:
     sdk_logger = logging.getLogger("sagemaker.core.utils.utils")
     if not any(isinstance(f, _HyperparametersAreARecord) for f in sdk_logger.filters):
         sdk_logger.addFilter(_HyperparametersAreARecord())
-    bucket = plan.output_uri[len("s3://") :].split("/", 1)[0]
+    bucket, _ = split_s3_uri(plan.output_uri)
     session = Session(
         boto_session=boto_session,
         default_bucket=bucket,  # code uploads go to the artifacts bucket, never a new default bucket
@@ -100,7 +99,7 @@ def model_trainer(plan: JobPlan, source_dir: Path, boto_session: Any) -> Any:
         compute=compute,
         stopping_condition=stopping,
         output_data_config=OutputDataConfig(s3_output_path=plan.output_uri),
-        checkpoint_config=CheckpointConfig(s3_uri=plan.checkpoint_uri, local_path="/opt/ml/checkpoints"),
+        checkpoint_config=CheckpointConfig(s3_uri=plan.checkpoint_uri, local_path=CHECKPOINT_DIR),
         input_data_config=[InputData(channel_name=DATA_CHANNEL, data_source=plan.data_uri)],
         environment=plan.environment,
         hyperparameters=plan.hyperparameters,

@@ -34,13 +34,6 @@ def human_size(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
-def split_s3_uri(uri: str) -> tuple[str, str]:
-    bucket, _, key = uri[len("s3://") :].partition("/") if uri.startswith("s3://") else ("", "", "")
-    if not bucket:
-        raise TransferError(f"not an S3 URI: {uri!r} (expected s3://bucket/key)")
-    return bucket, key
-
-
 def client_error_code(exc: Exception) -> str:
     return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
 

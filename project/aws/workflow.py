@@ -20,6 +20,7 @@ from typing import Any
 from ..config import compose
 from ..infra import Infra, load_infra
 from ..raw import fetch_dataset
+from ..sagemaker_names import METRICS_FILE
 from . import monitor, sdk
 from .fetch import fetch_job
 from .plan import LaunchError, plan_job, validate_plan
@@ -201,7 +202,7 @@ def fetch(overrides: list[str], job_name: str | None, echo=print) -> Path:
     checkpoints = desc.get("CheckpointConfig", {}).get("S3Uri")
     dest = Path(ctx.cfg.paths.runs_dir) / name
     fetch_job(ctx.clients.s3, model_uri, output_uri, checkpoints, dest)
-    metrics = json.loads((dest / "metrics.json").read_text())
+    metrics = json.loads((dest / METRICS_FILE).read_text())
     echo(" ".join(f"{k}={metrics[k]:.6g}" for k in ("test_loss", "test_acc") if k in metrics))
     echo(f"run_dir={dest}")
     return dest
