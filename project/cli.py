@@ -18,6 +18,7 @@ from invoke import Collection, Exit
 from invoke.parser import Argument, ParserContext
 from invoke.vendor.lexicon import Lexicon
 
+from .errors import INTERRUPTED_EXIT, USER_ERROR_EXIT, UserError
 from .sagemaker_names import JOB_NAME
 
 OVERRIDES_ARG = "overrides"
@@ -141,8 +142,6 @@ def accept_bare_overrides() -> None:
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn a UserError into `error: <one line>` on stderr and exit code 2, without a traceback."""
-    from .errors import INTERRUPTED_EXIT, USER_ERROR_EXIT, UserError
-
     try:
         yield
     except UserError as exc:

@@ -7,15 +7,18 @@ the functions that need them so that `invoke --list` stays instant.
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import importlib.util
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from .atomic import write_atomically
+from .aws.names import FIELDS, name_problem
 from .errors import UserError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -144,8 +147,6 @@ def _register_schema() -> None:
 
 def _valid_keys(full_key: str) -> list[str]:
     """The keys the schema allows next to `full_key` (for 'did you mean' style errors)."""
-    from dataclasses import fields, is_dataclass
-
     node: Any = Config
     for part in full_key.split(".")[:-1]:
         match = [f.type for f in fields(node) if f.name == part] if is_dataclass(node) else []
@@ -223,8 +224,6 @@ def compose_cache_dir() -> Path | None:
 
 def _package_stamp(name: str) -> str:
     """Hydra's or OmegaConf's installed files (an upgrade rewrites them) without importing them."""
-    import importlib.util
-
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.origin:
         return "-"
@@ -337,8 +336,6 @@ def validate(cfg: Any) -> None:
 
 def _validate_resource_names(aws: Any) -> None:
     """Bucket, repository, role and region names given in the config, by AWS's naming rules."""
-    from .aws.names import FIELDS, name_problem
-
     for key in FIELDS:
         value = aws.get(key)
         rule = name_problem(key, str(value)) if value else None
@@ -360,8 +357,6 @@ def resolve_gpus(requested: int | None, available: int) -> int:
 
 def with_gpus(cfg: Any, gpus: int) -> Any:
     """A copy of the config with trainer.gpus resolved: what a job stages and its identity is hashed from."""
-    import copy
-
     resolved = copy.deepcopy(cfg)
     resolved.trainer.gpus = gpus
     return resolved

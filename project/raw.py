@@ -18,6 +18,7 @@ import gzip
 import hashlib
 import os
 import sys
+import urllib.error
 import urllib.request
 import zlib
 from collections.abc import Callable
@@ -244,8 +245,6 @@ def _fetch_one(source: str, stem: str, dest: Path, digest: str, memo_dir: Path |
 
 def _unreachable(exc: BaseException) -> bool:
     """A network failure (no route, DNS, refused, timeout), not an answer such as HTTP 404."""
-    import urllib.error
-
     if isinstance(exc, urllib.error.HTTPError):
         return False
     return isinstance(exc, (urllib.error.URLError, TimeoutError, ConnectionError))

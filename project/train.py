@@ -22,19 +22,24 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
+from . import artifacts, reporting
 from . import config as config_lib
-from . import reporting
 from .atomic import write_atomically
-from .checkpoints import Interrupted, Interrupts
+from .checkpoints import Interrupted, Interrupts, RunCheckpoints, newest_valid
+from .data import IdxDataModule
 from .errors import INTERRUPTED_EXIT, USER_ERROR_EXIT, UserError
+from .models import LitClassifier, build_net
 from .raw import dataset_cache_dir, fetch_dataset
 from .reporting import scalars as _scalars
 from .runtime import (
     RunLayout,
     SageMakerEnv,
     container_layout,
+    debug_enabled,
     discard_unless_resumable,
+    launched_processes,
     local_layout,
     sagemaker_env,
     whole_lines,
@@ -85,16 +90,14 @@ class LoopTimer(pl.Callback):
         self._stop(trainer)
 
 
-def _build(
+def build_run(
     cfg: Any, layout: RunLayout, data_source: str, cache_dir: Path, num_nodes: int, gpus: int, run_name: str = ""
 ):
-    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+    """The Trainer, LightningModule and DataModule of one run, as train() builds them before fitting.
 
-    from .checkpoints import RunCheckpoints
-    from .data import IdxDataModule
-    from .models import LitClassifier, build_net
-    from .runtime import debug_enabled, launched_processes
-
+    `gpus` is trainer.gpus resolved (resolve_gpus); `num_nodes` the hosts of the run. Public for the
+    benchmarks, which drive the very objects a run trains with.
+    """
     d, t = cfg.dataset, cfg.trainer
     datamodule = IdxDataModule(
         source=data_source,
@@ -158,10 +161,8 @@ def train(
     num_nodes: int = 1,
 ) -> dict[str, Any]:
     """Fit, test and export one run; returns the metrics also written to metrics.json."""
-    from .checkpoints import newest_valid
-
     # A job's staged config holds the number resolved when it was planned: here it is only checked
-    # against the GPUs present; the processes using them are the launcher's (_build).
+    # against the GPUs present; the processes using them are the launcher's (build_run).
     gpus = config_lib.resolve_gpus(cfg.trainer.gpus, torch.cuda.device_count())
     # The data first: a missing folder or a damaged file is one line before anything is built or
     # written. A SageMaker job's cache must stay empty when its channel holds every file.
@@ -169,7 +170,7 @@ def train(
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     layout.create()
     source = data_source or cfg.dataset.source
-    trainer, module, datamodule = _build(cfg, layout, source, dataset_cache_dir(cfg), num_nodes, gpus, run_name)
+    trainer, module, datamodule = build_run(cfg, layout, source, dataset_cache_dir(cfg), num_nodes, gpus, run_name)
     if trainer.is_global_zero:
         write_atomically(layout.model_dir / config_lib.RESOLVED_CONFIG_NAME, config_lib.to_yaml(cfg))
 
@@ -204,8 +205,6 @@ def train(
 
 
 def _write_artifacts(cfg: Any, layout: RunLayout, module, metrics: dict[str, Any]) -> None:
-    from . import artifacts
-
     d = cfg.dataset
     artifacts.export_model(module.net, layout.model_dir, list(d.image_shape), d.mean, d.std)
     matrix = module.test_confusion  # counted during trainer.test: no second pass over the test set

@@ -92,7 +92,7 @@ def host_env(root: Path, channel: Path, host: str, **extra) -> dict:
         "SM_NUM_GPUS": "0",
         "SM_HOSTS": json.dumps(HOSTS),
         "SM_CURRENT_HOST": host,
-        "SM_MASTER_ADDR": "algo-1",  # as the SDK sets it; the launcher's MASTER_ADDR wins
+        "SM_MASTER_ADDR": "algo-1",  # as the SDK sets it; torchrun_hosts points it at loopback
         "SM_NETWORK_INTERFACE_NAME": "lo",
         "TRAINING_JOB_NAME": "job-ddp",
         "OMP_NUM_THREADS": "1",  # two ranks share this machine's cores

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from project.aws import fetch, transfer, upload
-from project.aws.session import AwsError, aws_clients, check_credentials, explain, resolve_endpoint
+from project.aws.session import AwsError, aws_clients, aws_errors, explain, resolve_endpoint
 from project.aws.transfer import TransferError
 from project.aws.upload import SKIP, UPLOAD
 from project.raw import file_sha256
@@ -299,7 +299,13 @@ def test_explicit_endpoint_reaches_clients_the_sdk_makes_from_the_session(moto_e
     assert clients.s3 is clients.s3  # made once
     assert clients.session.client("sagemaker").meta.endpoint_url == moto_endpoint  # as the SageMaker SDK does
     assert clients.session.resource("s3").meta.client.meta.endpoint_url == moto_endpoint
-    assert check_credentials(clients)["account"] == "123456789012"
+    assert isinstance(list_buckets(clients), list)  # a real call through the endpoint
+
+
+def list_buckets(clients) -> list:
+    """The cheapest S3 call, under the error translation every AWS task runs in."""
+    with aws_errors(clients.endpoint_url):
+        return clients.s3.list_buckets()["Buckets"]
 
 
 def test_no_credentials_is_one_actionable_line(moto_endpoint, monkeypatch, tmp_path):
@@ -309,12 +315,12 @@ def test_no_credentials_is_one_actionable_line(moto_endpoint, monkeypatch, tmp_p
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance-metadata probe (slow)
     with pytest.raises(AwsError, match=r"^no AWS credentials found: run `aws configure` or set AWS_PROFILE$"):
-        check_credentials(aws_clients("us-east-1", moto_endpoint))
+        list_buckets(aws_clients("us-east-1", moto_endpoint))
 
 
 def test_unreachable_endpoint_names_it():
     with pytest.raises(AwsError, match=r"cannot reach AWS endpoint http://127\.0\.0\.1:9"):
-        check_credentials(aws_clients("us-east-1", "http://127.0.0.1:9", max_attempts=1))
+        list_buckets(aws_clients("us-east-1", "http://127.0.0.1:9", max_attempts=1))
 
 
 def test_expired_and_rejected_credentials_are_explained():

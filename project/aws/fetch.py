@@ -20,20 +20,10 @@ from pathlib import Path, PurePosixPath
 
 from ..errors import UserError
 from ..sagemaker_names import METRICS_FILE
+from . import transfer
 from .names import split_s3_uri
 from .session import aws_errors
-from .transfer import (
-    FILE_WORKERS,
-    MIB,
-    MULTIPART_THRESHOLD,
-    Echo,
-    TransferError,
-    client_error_code,
-    human_size,
-    progress_bar,
-    transfer_config,
-    transfer_failures,
-)
+from .transfer import Echo, TransferError
 
 
 @dataclass(frozen=True)
@@ -53,7 +43,7 @@ def _head_size(s3, uri: str) -> int | None:
         try:
             return int(s3.head_object(Bucket=bucket, Key=key)["ContentLength"])
         except ClientError as exc:
-            if client_error_code(exc) in ("404", "NoSuchKey", "NotFound", "NoSuchBucket"):
+            if transfer.client_error_code(exc) in ("404", "NoSuchKey", "NotFound", "NoSuchBucket"):
                 return None
             raise
 
@@ -122,24 +112,24 @@ def _plan_fetch(s3, model_uri: str, output_uri: str | None, checkpoint_uri: str 
 
 
 def _download_all(s3, downloads: list[_Download], scratch: Path, progress: bool) -> None:
-    config = transfer_config()
-    bar, advance = progress_bar(sum(d.size for d in downloads), "fetch", progress)
+    config = transfer.config()
+    bar, advance = transfer.progress_bar(sum(d.size for d in downloads), "fetch", progress)
 
     def one(d: _Download) -> None:
         target = scratch / d.target
         target.parent.mkdir(parents=True, exist_ok=True)
         with aws_errors(s3.meta.endpoint_url, resource=d.uri):
-            if d.size >= MULTIPART_THRESHOLD:  # ranged GETs in parallel
+            if d.size >= transfer.MULTIPART_THRESHOLD:  # ranged GETs in parallel
                 s3.download_file(d.bucket, d.key, str(target), Callback=advance, Config=config)
                 return
             # A small file: one GET (download_file would HEAD it first), streamed to disk.
             body = s3.get_object(Bucket=d.bucket, Key=d.key)["Body"]
             with target.open("wb") as handle:
-                for chunk in body.iter_chunks(MIB):
+                for chunk in body.iter_chunks(transfer.MIB):
                     handle.write(chunk)
                     advance(len(chunk))
 
-    pool = ThreadPoolExecutor(max_workers=FILE_WORKERS, thread_name_prefix="fetch")
+    pool = ThreadPoolExecutor(max_workers=transfer.FILE_WORKERS, thread_name_prefix="fetch")
     try:
         futures = {pool.submit(one, d): d for d in downloads}
         for future in as_completed(futures):
@@ -147,7 +137,7 @@ def _download_all(s3, downloads: list[_Download], scratch: Path, progress: bool)
                 future.result()
             except UserError:
                 raise
-            except transfer_failures() as exc:
+            except transfer.failures() as exc:
                 raise TransferError(f"download of {futures[future].uri} failed ({exc}); run the fetch again") from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -181,7 +171,7 @@ def unpack_tarball(path: Path, dest: Path, uri: str) -> None:
             with tarfile.open(fileobj=stream, mode="r|") as tar:
                 # extractall, not extract per member: it sets directories' modes after their files
                 tar.extractall(dest, members=_checked_members(tar, uri), filter="data")
-            while stream.read(MIB):
+            while stream.read(transfer.MIB):
                 pass  # the archive's padding and the gzip trailer: its CRC and length are checked here
     except tarfile.FilterError as exc:
         raise TransferError(f"refusing {uri}: {exc}") from None
@@ -253,7 +243,7 @@ def _report_fetch(downloads: Iterable[_Download], dest: Path, echo: Echo) -> Non
     checkpoints = [d for d in downloads if d.target.startswith("checkpoints/")]
     for d in downloads:
         if d not in checkpoints:
-            echo(f"fetched {d.uri} ({human_size(d.size)})")
+            echo(f"fetched {d.uri} ({transfer.human_size(d.size)})")
     if checkpoints:
-        echo(f"fetched {len(checkpoints)} checkpoint file(s) ({human_size(sum(d.size for d in checkpoints))})")
+        echo(f"fetched {len(checkpoints)} checkpoint file(s) ({transfer.human_size(sum(d.size for d in checkpoints))})")
     echo(f"unpacked into {dest}/")

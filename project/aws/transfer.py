@@ -38,7 +38,7 @@ def client_error_code(exc: Exception) -> str:
     return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
 
 
-def transfer_failures() -> tuple[type[BaseException], ...]:
+def failures() -> tuple[type[BaseException], ...]:
     """What a failed transfer raises (boto3's wrapper, botocore's errors, the local file); a bug propagates."""
     from boto3.exceptions import S3TransferFailedError, S3UploadFailedError
     from botocore.exceptions import BotoCoreError, ClientError
@@ -67,7 +67,7 @@ def progress_bar(total: int, desc: str, enabled: bool):
     return bar, advance
 
 
-def transfer_config():
+def config():
     from boto3.s3.transfer import TransferConfig
 
     return TransferConfig(

@@ -15,17 +15,9 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..raw import file_sha256  # memoised per process: fetch_raw's verification hashed these files already
+from . import transfer
 from .session import aws_errors
-from .transfer import (
-    FILE_WORKERS,
-    Echo,
-    TransferError,
-    client_error_code,
-    human_size,
-    progress_bar,
-    transfer_config,
-    transfer_failures,
-)
+from .transfer import Echo, TransferError
 
 SHA256_META = "sha256"  # stored by S3 as the x-amz-meta-sha256 header
 UPLOAD = "upload"
@@ -58,11 +50,11 @@ class UploadSummary:
     def line(self) -> str:
         if self.dry_run:
             return (
-                f"dry run: would upload {len(self.uploaded)} file(s) ({human_size(self.bytes)}), "
+                f"dry run: would upload {len(self.uploaded)} file(s) ({transfer.human_size(self.bytes)}), "
                 f"{len(self.skipped)} unchanged; nothing moved"
             )
         return (
-            f"uploaded {len(self.uploaded)} file(s) ({human_size(self.bytes)}) in {self.seconds:.1f} s, "
+            f"uploaded {len(self.uploaded)} file(s) ({transfer.human_size(self.bytes)}) in {self.seconds:.1f} s, "
             f"{len(self.skipped)} unchanged"
         )
 
@@ -74,7 +66,7 @@ def _check_bucket(s3, bucket: str) -> None:
         try:
             s3.head_bucket(Bucket=bucket)
         except ClientError as exc:
-            code = client_error_code(exc)
+            code = transfer.client_error_code(exc)
             if code in ("404", "NoSuchBucket", "NotFound"):
                 raise TransferError(
                     f"bucket {bucket} does not exist: run `terraform apply` in terraform/ or fix aws.data_bucket"
@@ -92,7 +84,7 @@ def remote_sha256(s3, bucket: str, key: str) -> str | None:
         try:
             head = s3.head_object(Bucket=bucket, Key=key)
         except ClientError as exc:
-            if client_error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+            if transfer.client_error_code(exc) in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise
     return head.get("Metadata", {}).get(SHA256_META)
@@ -142,7 +134,7 @@ def upload(
         echo(f"unchanged {item.uri}")
     if dry_run:
         for item in todo:
-            echo(f"would upload {item.path} ({human_size(item.size)}) -> {item.uri}")
+            echo(f"would upload {item.path} ({transfer.human_size(item.size)}) -> {item.uri}")
         summary = UploadSummary(todo, skipped, total, 0.0, dry_run=True)
         echo(summary.line())
         return summary
@@ -155,9 +147,9 @@ def upload(
 
 
 def _upload_all(todo: list[UploadItem], s3, progress: bool, echo: Echo, total: int) -> None:
-    config = transfer_config()
-    bar, advance = progress_bar(total, "upload", progress)
-    pool = ThreadPoolExecutor(max_workers=min(FILE_WORKERS, len(todo)), thread_name_prefix="upload")
+    config = transfer.config()
+    bar, advance = transfer.progress_bar(total, "upload", progress)
+    pool = ThreadPoolExecutor(max_workers=min(transfer.FILE_WORKERS, len(todo)), thread_name_prefix="upload")
     try:
         futures = {pool.submit(_upload_one, s3, item, config, advance): item for item in todo}
         for future in as_completed(futures):
@@ -166,13 +158,13 @@ def _upload_all(todo: list[UploadItem], s3, progress: bool, echo: Echo, total: i
                 future.result()
             except UserError:
                 raise
-            except transfer_failures() as exc:
+            except transfer.failures() as exc:
                 raise TransferError(
                     f"upload of {item.path.name} to {item.uri} failed ({exc}); run the upload again: "
                     "files that arrived are skipped"
                 ) from None
             with bar.external_write_mode():  # the line goes above the bar, not through it
-                echo(f"uploaded {item.path.name} ({human_size(item.size)}) -> {item.uri}")
+                echo(f"uploaded {item.path.name} ({transfer.human_size(item.size)}) -> {item.uri}")
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # files not started are dropped; started ones end whole
         bar.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -23,6 +24,16 @@ from ..raw import fetch_dataset
 from ..sagemaker_names import METRICS_FILE
 from . import monitor, sdk
 from .fetch import fetch_job
+from .image import (
+    DEFAULT_BASE_IMAGE,
+    ImageError,
+    ImageRef,
+    build_command,
+    ecr_password,
+    image_tag,
+    push_commands,
+    tag_exists,
+)
 from .plan import LaunchError, plan_job, validate_plan
 from .session import aws_clients, aws_errors
 from .staging import stage_source
@@ -65,19 +76,15 @@ def upload(overrides: list[str], dry_run: bool = False, echo: Callable[[str], No
     # Verified raw files, each where it was verified: the source folder or the local cache.
     paths = fetch_dataset(ctx.cfg, s3_client=ctx.clients.s3)
     items = plan_upload(paths, ctx.infra.data_bucket, d.s3_prefix, ctx.clients.s3)
-    upload_items(items, ctx.clients.s3, dry_run=dry_run)
+    upload_items(items, ctx.clients.s3, dry_run=dry_run, echo=echo)
 
 
 def image_ref(ctx: Context, allow_dirty: bool):
-    from .image import ImageRef, image_tag
-
     return ImageRef(ctx.infra.repository_url, ctx.cfg.job.image_tag or image_tag(allow_dirty))
 
 
 @aws_task
 def build(overrides: list[str], base_image: str | None, allow_dirty: bool, dry_run: bool, run) -> None:
-    from .image import DEFAULT_BASE_IMAGE, build_command
-
     ctx = setup(overrides)
     ref = image_ref(ctx, allow_dirty)
     base = base_image or DEFAULT_BASE_IMAGE.format(region=ctx.infra.region)
@@ -86,8 +93,6 @@ def build(overrides: list[str], base_image: str | None, allow_dirty: bool, dry_r
 
 @aws_task
 def push(overrides: list[str], allow_dirty: bool, dry_run: bool, run) -> None:
-    from .image import ecr_password, push_commands, tag_exists
-
     ctx = setup(overrides)
     ref = image_ref(ctx, allow_dirty)
     repository = ref.repository_url.split("/", 1)[1]
@@ -201,7 +206,7 @@ def fetch(overrides: list[str], job_name: str | None, echo=print) -> Path:
     output_uri = model_uri.rsplit("/", 1)[0] + "/output.tar.gz"
     checkpoints = desc.get("CheckpointConfig", {}).get("S3Uri")
     dest = Path(ctx.cfg.paths.runs_dir) / name
-    fetch_job(ctx.clients.s3, model_uri, output_uri, checkpoints, dest)
+    fetch_job(ctx.clients.s3, model_uri, output_uri, checkpoints, dest, echo=echo)
     metrics = json.loads((dest / METRICS_FILE).read_text())
     echo(" ".join(f"{k}={metrics[k]:.6g}" for k in ("test_loss", "test_acc") if k in metrics))
     echo(f"run_dir={dest}")
@@ -210,22 +215,16 @@ def fetch(overrides: list[str], job_name: str | None, echo=print) -> Path:
 
 def run_command(argv: list[str], dry_run: bool = False, stdin: str | None = None) -> None:
     """Run (or, dry, print) one external command; a missing docker is a clear error."""
-    import shlex
-
     print("$ " + shlex.join(argv))
     if dry_run:
         return
     try:
         subprocess.run(argv, input=stdin, text=True, check=True)
     except FileNotFoundError:
-        from .image import ImageError
-
         raise ImageError(
             f"{argv[0]} is not installed or not on PATH: install Docker to build and push images"
         ) from None
     except subprocess.CalledProcessError as exc:
-        from .image import ImageError
-
         raise ImageError(
             f"`{shlex.join(argv[:2])}` failed with exit code {exc.returncode}; see its output above"
         ) from None
