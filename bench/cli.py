@@ -24,13 +24,16 @@ from .common import ROOT, interleaved, invoke_script, local_aws, row, run_timed,
 
 def _job_spec(aws, overrides) -> dict:
     """The settings the product derives for this job, for the baseline script to use as given."""
-    from project.aws import jobs
-    from project.config import compose, to_yaml
+    from project.aws import sdk
+    from project.aws.plan import ENTRY_SCRIPT, plan_job
+    from project.aws.staging import PROJECT_DIR
+    from project.config import compose, to_yaml, with_gpus
     from project.infra import Infra
+    from project.sagemaker_names import CHECKPOINT_DIR, DATA_CHANNEL
 
     cfg = compose(overrides)
     infra = Infra(aws.data_bucket, aws.artifacts_bucket, aws.repository_url, aws.role_arn, "us-east-1")
-    plan = jobs.plan_job(cfg, infra, aws.image_tag)
+    plan = plan_job(cfg, infra, aws.image_tag)
     keys = (
         "base_name",
         "image_uri",
@@ -51,10 +54,12 @@ def _job_spec(aws, overrides) -> dict:
     spec = {key: getattr(plan, key) for key in keys}
     spec.update(
         artifacts_bucket=aws.artifacts_bucket,
-        project_dir=str(jobs.PROJECT_DIR),
-        config_yaml=to_yaml(cfg),
-        entry_source=jobs.ENTRY_SOURCE,
-        metric_definitions=jobs.METRIC_DEFINITIONS,
+        project_dir=str(PROJECT_DIR),
+        config_yaml=to_yaml(with_gpus(cfg, plan.gpus_per_node)),  # as the product stages it
+        entry_source=(PROJECT_DIR / ENTRY_SCRIPT).read_text(),
+        metric_definitions=sdk.METRIC_DEFINITIONS,
+        data_channel=DATA_CHANNEL,
+        checkpoint_dir=CHECKPOINT_DIR,
     )
     return spec
 

@@ -51,7 +51,10 @@ def _one(config: str, seed: int, source: str, runs: Path, gpus: int, extra: Sequ
 
 
 def run(reps: int, gpus: int = 1, extra: Sequence[str] = ()) -> dict:
-    """`gpus=0` with shrinking `extra` overrides is a CPU smoke run of this script, not a figure."""
+    """`gpus=0` with shrinking `extra` overrides is a CPU smoke run of this script, not a figure.
+
+    `reps` is the runner's, as every benchmark takes it; this figure repeats over SEEDS instead.
+    """
     import torch
 
     if gpus and not torch.cuda.is_available():

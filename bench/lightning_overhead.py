@@ -1,4 +1,4 @@
-"""Lightning overhead: our LightningModule + IdxDataModule, built by project.train._build exactly as
+"""Lightning overhead: our LightningModule + IdxDataModule, built by project.train.build_run exactly as
 `invoke local` builds them (TensorBoard + CSV loggers, the reporting callbacks, RunCheckpoints, torchmetrics),
 against a hand-written PyTorch loop over the same tensors: same SmallCNN, batch size, AdamW +
 one-cycle schedule, validation pass and torch thread count. Both train the same model the same
@@ -188,7 +188,7 @@ def _alternating_fit(cfg, folder: Path, runs: Path, plain: PlainLoop, variant: s
     import pytorch_lightning as pl
 
     from project.runtime import local_layout
-    from project.train import _build
+    from project.train import build_run
 
     pairs: list[dict[str, float]] = []
     clock: dict[str, object] = {"epoch_start": None, "plain_inside": 0.0, "step_start": None, "steps": []}
@@ -231,7 +231,7 @@ def _alternating_fit(cfg, folder: Path, runs: Path, plain: PlainLoop, variant: s
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)  # as project.train.train does
     layout = local_layout(Path(tempfile.mkdtemp(dir=runs)))
     layout.create()
-    trainer, module, datamodule = _build(cfg, layout, str(folder), runs / "cache", num_nodes=1, gpus=0)
+    trainer, module, datamodule = build_run(cfg, layout, str(folder), runs / "cache", num_nodes=1, gpus=0)
     VARIANTS[variant](trainer, module)
     trainer.callbacks.append(Lockstep())  # last: the product's own hooks run before it
     clock["fit_start"] = time.perf_counter()
@@ -280,7 +280,11 @@ def _bare(trainer, module) -> None:
     )
     trainer.loggers = []
     trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, ours)]
-    module._step = lambda batch, split: F.cross_entropy(module(batch[0]), batch[1])
+
+    def loss_only(batch, batch_idx: int):
+        return F.cross_entropy(module(batch[0]), batch[1])
+
+    module.training_step = module.validation_step = module.test_step = loss_only
 
 
 VARIANTS = {"product": _count_logs, "no_loggers": _no_loggers, "bare": _bare}

@@ -257,7 +257,7 @@ def _in_process(aws, folder: Path, reps: int) -> dict:
     send the 4 files to a fresh prefix, then plan again with nothing to send, one shared client."""
     import time
 
-    from project.aws import transfer
+    from project.aws import upload
     from project.config import compose
     from project.raw import candidates
 
@@ -268,8 +268,8 @@ def _in_process(aws, folder: Path, reps: int) -> dict:
     for i in range(reps + 1):
         for side in ("first", "again"):
             started = time.perf_counter()
-            items = transfer.plan_upload(paths, aws.data_bucket, f"bench/in-process-{i}", s3)
-            transfer.upload(items, s3, progress=False, echo=lambda _: None)
+            items = upload.plan_upload(paths, aws.data_bucket, f"bench/in-process-{i}", s3)
+            upload.upload(items, s3, progress=False, echo=lambda _: None)
             if i > 0:
                 times[side].append(time.perf_counter() - started)
     return times

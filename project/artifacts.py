@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import csv
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -13,22 +12,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from .atomic import write_atomically
 from .models import Exported
 from .reporting import LEARNING_RATE, STEP_LOSS
 
 WEIGHTS_FILE = "model.pt"  # the network's state_dict
 TORCHSCRIPT_FILE = "model.ts"  # pixels -> probabilities, normalisation included
 CONTRACT_FILE = "README.md"  # beside model.ts: what goes in and what comes out, for callers without this code
-METRICS_FILE = "metrics.json"
 CURVES_FILE = "learning_curves.png"
 CONFUSION_FILE = "confusion_matrix.png"
-
-
-def write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def export_model(net: nn.Module, model_dir: Path, image_shape: list[int], mean: float, std: float) -> Path:

@@ -18,6 +18,9 @@ from invoke import Collection, Exit
 from invoke.parser import Argument, ParserContext
 from invoke.vendor.lexicon import Lexicon
 
+from .errors import INTERRUPTED_EXIT, USER_ERROR_EXIT, UserError
+from .sagemaker_names import JOB_NAME
+
 OVERRIDES_ARG = "overrides"
 OVERRIDES_FLAG = "--overrides"
 # Hydra override grammar, the parts users type: key=value, +key=value, ++key=value, ~key[=value].
@@ -25,7 +28,6 @@ OVERRIDE_TOKEN = re.compile(r"^(?:(?:\+\+|\+|~)?[A-Za-z_][\w.@/-]*=.*|~[A-Za-z_]
 
 # A SageMaker job name, given bare after tasks with an optional `job` argument.
 JOB_ARG = "job"
-JOB_TOKEN = re.compile(r"^[A-Za-z0-9](-*[A-Za-z0-9]){0,62}$")
 
 OVERRIDES_HELP = "Hydra overrides as bare key=value tokens, e.g. trainer.max_epochs=1 model=mlp"
 
@@ -63,7 +65,7 @@ class _OverrideFlags(Lexicon):
             and self.job_arg.value is None
             and not self.job_flag_seen
             and isinstance(key, str)
-            and bool(JOB_TOKEN.match(key))
+            and bool(JOB_NAME.match(key))
             and key not in self.task_names
         )
 
@@ -140,8 +142,6 @@ def accept_bare_overrides() -> None:
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn a UserError into `error: <one line>` on stderr and exit code 2, without a traceback."""
-    from .errors import INTERRUPTED_EXIT, USER_ERROR_EXIT, UserError
-
     try:
         yield
     except UserError as exc:

@@ -7,14 +7,18 @@ the functions that need them so that `invoke --list` stays instant.
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import importlib.util
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_atomically
+from .aws.names import FIELDS, name_problem
 from .errors import UserError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -143,8 +147,6 @@ def _register_schema() -> None:
 
 def _valid_keys(full_key: str) -> list[str]:
     """The keys the schema allows next to `full_key` (for 'did you mean' style errors)."""
-    from dataclasses import fields, is_dataclass
-
     node: Any = Config
     for part in full_key.split(".")[:-1]:
         match = [f.type for f in fields(node) if f.name == part] if is_dataclass(node) else []
@@ -222,8 +224,6 @@ def compose_cache_dir() -> Path | None:
 
 def _package_stamp(name: str) -> str:
     """Hydra's or OmegaConf's installed files (an upgrade rewrites them) without importing them."""
-    import importlib.util
-
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.origin:
         return "-"
@@ -275,10 +275,7 @@ def _store_cached(path: Path, cfg: Any) -> None:
     from omegaconf import OmegaConf
 
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        partial.write_text(json.dumps(OmegaConf.to_container(cfg, resolve=False)))
-        os.replace(partial, path)
+        write_atomically(path, json.dumps(OmegaConf.to_container(cfg, resolve=False)))
         entries = sorted(path.parent.glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
         for old in entries[:-COMPOSE_CACHE_KEEP]:
             old.unlink(missing_ok=True)
@@ -339,8 +336,6 @@ def validate(cfg: Any) -> None:
 
 def _validate_resource_names(aws: Any) -> None:
     """Bucket, repository, role and region names given in the config, by AWS's naming rules."""
-    from .aws.names import FIELDS, name_problem
-
     for key in FIELDS:
         value = aws.get(key)
         rule = name_problem(key, str(value)) if value else None
@@ -360,21 +355,47 @@ def resolve_gpus(requested: int | None, available: int) -> int:
     return requested
 
 
-def trainer_device_kwargs(gpus: int, num_nodes: int = 1, launched_processes: int = 1) -> dict[str, Any]:
-    """Map the user-facing `trainer.gpus` onto Lightning 2.x accelerator/devices/strategy.
+def with_gpus(cfg: Any, gpus: int) -> Any:
+    """A copy of the config with trainer.gpus resolved: what a job stages and its identity is hashed from."""
+    resolved = copy.deepcopy(cfg)
+    resolved.trainer.gpus = gpus
+    return resolved
 
-    `launched_processes` > 1 means an external launcher (torchrun) already started one process
-    per device; on CPU that is how DDP runs (gloo), one process per launched slot.
+
+def per_device_batch(global_batch: int, nodes: int, processes_per_node: int) -> int:
+    """Each process's share of trainer.batch_size, which is global; it must split evenly.
+
+    The optimizer sees the same batch whatever the world size, so the learning rate that suits it
+    stays right; an uneven split would silently train with a different global batch.
     """
-    if gpus == 0:
-        devices = launched_processes
-        accelerator = "cpu"
+    world = nodes * processes_per_node
+    if global_batch % world:
+        raise ConfigError(
+            f"trainer.batch_size={global_batch} (global) does not split evenly over world size {world} "
+            f"({nodes} node(s) x {processes_per_node} process(es)); use a multiple of {world}"
+        )
+    return global_batch // world
+
+
+def trainer_device_kwargs(gpus: int, num_nodes: int = 1, launched_processes: int | None = None) -> dict[str, Any]:
+    """Map the resolved `trainer.gpus` onto Lightning 2.x accelerator/devices/strategy.
+
+    `launched_processes`: the processes per node an external launcher (torchrun, in every
+    SageMaker job) started; they are the devices, one each. Without a launcher Lightning starts
+    one process per GPU itself, or runs one on the CPU.
+    """
+    if launched_processes is None:
+        devices = gpus or 1
+    elif gpus and launched_processes != gpus:
+        raise ConfigError(
+            f"trainer.gpus={gpus} but the launcher started {launched_processes} process(es) per node; "
+            "launch one process per GPU"
+        )
     else:
-        devices = gpus
-        accelerator = "gpu"
+        devices = launched_processes
     distributed = devices * num_nodes > 1
     return {
-        "accelerator": accelerator,
+        "accelerator": "gpu" if gpus else "cpu",
         "devices": devices,
         "num_nodes": num_nodes,
         "strategy": "ddp" if distributed else "auto",

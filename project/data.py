@@ -20,7 +20,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from .config import ConfigError
+from .config import per_device_batch
 from .raw import DataError, fetch_raw, read_bytes, read_verified, sha256  # noqa: F401 (re-exported)
 
 IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}  # IDX codes: big-endian
@@ -234,12 +234,8 @@ class IdxDataModule(pl.LightningDataModule):
             # Copied once; then each batch is one indexing op on the GPU and nothing crosses PCIe
             # (MNIST: 220 MB as float32). Loader workers would have to share CUDA tensors: not then.
             self.splits = {name: split.to(device) for name, split in self.splits.items()}
-        _, world = self._rank_world()
-        if stage == "fit" and self.batch_size % world:
-            raise ConfigError(
-                f"trainer.batch_size={self.batch_size} (global) does not split evenly over {world} processes; "
-                f"use a multiple of {world}"
-            )
+        if stage == "fit":
+            self._per_device_batch()  # an uneven split is refused before the first step
 
     def _resident_device(self) -> torch.device | None:
         trainer = getattr(self, "trainer", None)
@@ -254,14 +250,15 @@ class IdxDataModule(pl.LightningDataModule):
             return 0, 1
         return trainer.global_rank, trainer.world_size
 
-    def _per_device_batch(self, world_size: int) -> int:
-        # trainer.batch_size is global: the optimizer sees the same batch, so the same lr suits it.
-        return max(1, self.batch_size // world_size)
+    def _per_device_batch(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        nodes = trainer.num_nodes if trainer is not None else 1
+        return per_device_batch(self.batch_size, nodes, self._rank_world()[1] // nodes)
 
     def _loader(self, split: str, shuffle: bool):
         rank, world = self._rank_world()
         batches_cls = IndexBatches if shuffle else EvalBatches
-        batches = batches_cls(len(self.splits[split]), self._per_device_batch(world), shuffle, self.seed, rank, world)
+        batches = batches_cls(len(self.splits[split]), self._per_device_batch(), shuffle, self.seed, rank, world)
         batches.device = self._resident_device()
         self._loaders[split] = batches
         loader_cls = ResumableLoader if shuffle else torch.utils.data.DataLoader

@@ -4,8 +4,9 @@ A SageMaker job's entry point is the SDK's driver, `/bin/bash sm_train.sh`, and 
 the container. StopTrainingJob and a spot reclaim send SIGTERM to PID 1 alone; bash as PID 1
 ignores it, and the SDK's own torchrun driver (a Python process below bash that starts torchrun
 as a child) would never see it either: the job would be SIGKILLed two minutes later with no
-checkpoint. So the job's command is `exec python3 sm_entry.py --launch N`: `exec` makes this
-Python PID 1, and `launch()` runs torchrun's own main in it. torchrun handles SIGTERM by
+checkpoint. So the job's command is `exec python3 sm_entry.py --launch N` (project/sm_entry.py,
+staged at the top of the code channel): `exec` makes that Python PID 1, and `launch()` runs
+torchrun's own main in it, with sm_entry.py as every worker's script. torchrun handles SIGTERM by
 forwarding it to every worker and waiting for them; each worker saves a checkpoint, marks its
 clean stop (project/checkpoints.py) and exits 0.
 

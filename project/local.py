@@ -16,7 +16,9 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
+from .config import compose
 from .errors import INTERRUPTED_EXIT, USER_ERROR_EXIT
+from .raw import fetch_dataset
 
 # Exit codes of `python -m project.train` that need no further word: it said what happened.
 SELF_REPORTED_EXITS = (USER_ERROR_EXIT, INTERRUPTED_EXIT)
@@ -25,9 +27,6 @@ FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 def check(overrides: Sequence[str]) -> None:
     """Compose and validate the config, and make its dataset present and verified."""
-    from .config import compose
-    from .raw import fetch_dataset
-
     fetch_dataset(compose(list(overrides)))
 
 

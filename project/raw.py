@@ -18,13 +18,15 @@ import gzip
 import hashlib
 import os
 import sys
-import tempfile
+import urllib.error
 import urllib.request
 import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from .atomic import replacing, write_atomically
+from .aws.names import split_s3_uri  # standard library only, like this module
 from .errors import UserError
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -152,7 +154,7 @@ def _read_memo(memo: Path) -> str | None:
 
 def _write_memo(memo: Path, content_sha256: str) -> None:
     try:
-        _write_atomically(lambda out: out.write(content_sha256.encode()), memo)
+        write_atomically(memo, content_sha256)
     except OSError:
         pass  # a read-only cache only means verifying again next time
 
@@ -168,21 +170,6 @@ def _problem(path: Path, expected_sha256: str, memo_dir: Path | None) -> DataErr
     except DataError as problem:
         return problem
     return None
-
-
-def _write_atomically(fill: Callable, dest: Path, check: Callable[[Path], None] | None = None) -> None:
-    """Write via a temp file in the same directory, check it, then rename: no bad final file."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            fill(out)
-        if check is not None:
-            check(Path(tmp))
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _download(url: str, out) -> None:
@@ -208,7 +195,7 @@ def _filler(source: str, name: str, s3_client=None) -> Callable[[BinaryIO], None
     """What writes the file `name` of `source` into an open file."""
     if source.startswith(("http://", "https://")):
         return functools.partial(_download, f"{source.rstrip('/')}/{name}")
-    bucket, _, prefix = source[len("s3://") :].partition("/")
+    bucket, prefix = split_s3_uri(source)
     key = f"{prefix.strip('/')}/{name}" if prefix.strip("/") else name
     client = s3_client or _s3_client()
     return functools.partial(client.download_fileobj, bucket, key)
@@ -234,7 +221,10 @@ def _fetch_one(source: str, stem: str, dest: Path, digest: str, memo_dir: Path |
         origin = f"{source.rstrip('/')}/{name}"
         check = functools.partial(verify, expected_sha256=digest, memo_dir=memo_dir, name=origin)
         try:
-            _write_atomically(_filler(source, name, s3_client), dest, check)
+            with replacing(dest) as tmp:  # verified before it takes its final name
+                with tmp.open("wb") as out:
+                    _filler(source, name, s3_client)(out)
+                check(tmp)
             return
         except DataError:
             raise  # the file is there but wrong: trying another name would hide that
@@ -255,8 +245,6 @@ def _fetch_one(source: str, stem: str, dest: Path, digest: str, memo_dir: Path |
 
 def _unreachable(exc: BaseException) -> bool:
     """A network failure (no route, DNS, refused, timeout), not an answer such as HTTP 404."""
-    import urllib.error
-
     if isinstance(exc, urllib.error.HTTPError):
         return False
     return isinstance(exc, (urllib.error.URLError, TimeoutError, ConnectionError))

@@ -14,8 +14,8 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SM_CHECKPOINT_DIR = "/opt/ml/checkpoints"  # synced to the job's CheckpointConfig.S3Uri
-DATA_CHANNEL = "train"  # the input channel that carries the raw dataset files
+from .sagemaker_names import CHECKPOINT_DIR, METRICS_FILE
+
 # A folder where each worker marks that it checkpointed after SIGTERM: the launcher (PID 1) then
 # exits 0 (project/launch.py, project/checkpoints.py).
 CLEAN_STOP_ENV = "LIGHTNING_SAGEMAKER_CLEAN_STOP_DIR"
@@ -31,19 +31,17 @@ class SageMakerEnv:
     model_dir: Path
     output_data_dir: Path
     channels: dict[str, Path]
-    num_gpus: int
     hosts: list[str]
     current_host: str
     job_name: str | None
     checkpoint_dir: Path
-    network_interface: str | None = None
     master_addr: str | None = None  # SM_MASTER_ADDR where the SDK sets it, else the first host
     master_port: str = MASTER_PORT
 
     @property
     def node_rank(self) -> int:
         # The SDK ranks hosts in sorted order (SM_CURRENT_HOST_RANK); so does this, whatever
-        # order SM_HOSTS lists them in, so both launch paths agree on who is node 0.
+        # order SM_HOSTS lists them in, so torchrun's node 0 is the SDK's rank 0.
         return sorted(self.hosts).index(self.current_host)
 
     @property
@@ -65,12 +63,10 @@ def sagemaker_env(environ: Mapping[str, str] = os.environ) -> SageMakerEnv | Non
         model_dir=Path(environ["SM_MODEL_DIR"]),
         output_data_dir=Path(environ.get("SM_OUTPUT_DATA_DIR", "/opt/ml/output/data")),
         channels=channels,
-        num_gpus=int(environ.get("SM_NUM_GPUS", "0")),
         hosts=hosts,
         current_host=environ.get("SM_CURRENT_HOST", hosts[0]),
         job_name=environ.get("TRAINING_JOB_NAME") or environ.get("SM_TRAINING_JOB_NAME"),
-        checkpoint_dir=Path(environ.get("SM_CHECKPOINT_DIR", SM_CHECKPOINT_DIR)),
-        network_interface=environ.get("SM_NETWORK_INTERFACE_NAME"),
+        checkpoint_dir=Path(environ.get("SM_CHECKPOINT_DIR", CHECKPOINT_DIR)),
         master_addr=environ.get("SM_MASTER_ADDR"),
         master_port=environ.get("SM_MASTER_PORT", MASTER_PORT),
     )
@@ -101,7 +97,7 @@ def local_layout(run_dir: Path) -> RunLayout:
         model_dir=run_dir / "model",
         output_dir=run_dir / "output",
         checkpoint_dir=run_dir / "checkpoints",
-        metrics_files=[run_dir / "metrics.json", run_dir / "output" / "metrics.json"],
+        metrics_files=[run_dir / METRICS_FILE, run_dir / "output" / METRICS_FILE],
     )
 
 
@@ -112,7 +108,7 @@ def container_layout(sm: SageMakerEnv) -> RunLayout:
         model_dir=sm.model_dir,
         output_dir=sm.output_data_dir,
         checkpoint_dir=sm.checkpoint_dir,
-        metrics_files=[sm.output_data_dir / "metrics.json"],
+        metrics_files=[sm.output_data_dir / METRICS_FILE],
     )
 
 
@@ -120,25 +116,14 @@ def debug_enabled(environ: Mapping[str, str] = os.environ) -> bool:
     return environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
-def launched_processes(environ: Mapping[str, str] = os.environ) -> int:
-    """Processes per node started by an external launcher (torchrun sets LOCAL_WORLD_SIZE)."""
-    return int(environ.get("LOCAL_WORLD_SIZE", "1"))
+def launched_processes(environ: Mapping[str, str] = os.environ) -> int | None:
+    """Processes per node started by an external launcher (torchrun sets LOCAL_WORLD_SIZE); None without one.
 
-
-def wire_distributed(sm: SageMakerEnv, environ: MutableMapping[str, str]) -> None:
-    """Fill torch.distributed's rendezvous variables from the SageMaker hosts when no launcher did.
-
-    The SDK's torchrun driver runs `torchrun --nnodes=N --nproc_per_node=G --master_addr=algo-1
-    --master_port=7777 --node_rank=R` and torchrun sets MASTER_ADDR/PORT, RANK and GROUP_RANK
-    (Lightning's TorchElasticEnvironment reads those); setdefault keeps them. A plain
-    `python -m project.train` on each host gets them here: the first host (sorted) is the
-    master, the node rank is this host's position, and Lightning starts the local processes.
-    The socket interface is SageMaker's (eth0), for NCCL between GPUs and gloo on CPU.
+    Every SageMaker job runs under torchrun (project/launch.py), so in a container this is where
+    the Trainer's devices come from.
     """
-    environ.setdefault("MASTER_ADDR", sm.master)
-    environ.setdefault("MASTER_PORT", sm.master_port)
-    environ.setdefault("NODE_RANK", str(sm.node_rank))
-    network_env(environ, sm.network_interface)
+    launched = environ.get("LOCAL_WORLD_SIZE")
+    return int(launched) if launched else None
 
 
 # Instance types with EFA for NCCL, as the SageMaker SDK's torchrun driver lists them.

@@ -22,23 +22,29 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
+from . import artifacts, reporting
 from . import config as config_lib
-from . import reporting
-from .checkpoints import Interrupted, Interrupts
+from .atomic import write_atomically
+from .checkpoints import Interrupted, Interrupts, RunCheckpoints, newest_valid
+from .data import IdxDataModule
 from .errors import INTERRUPTED_EXIT, USER_ERROR_EXIT, UserError
+from .models import LitClassifier, build_net
 from .raw import dataset_cache_dir, fetch_dataset
 from .reporting import scalars as _scalars
 from .runtime import (
-    DATA_CHANNEL,
     RunLayout,
     SageMakerEnv,
     container_layout,
+    debug_enabled,
     discard_unless_resumable,
+    launched_processes,
     local_layout,
     sagemaker_env,
     whole_lines,
 )
+from .sagemaker_names import DATA_CHANNEL
 
 log = logging.getLogger(__name__)
 
@@ -84,16 +90,14 @@ class LoopTimer(pl.Callback):
         self._stop(trainer)
 
 
-def _build(
+def build_run(
     cfg: Any, layout: RunLayout, data_source: str, cache_dir: Path, num_nodes: int, gpus: int, run_name: str = ""
 ):
-    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+    """The Trainer, LightningModule and DataModule of one run, as train() builds them before fitting.
 
-    from .checkpoints import RunCheckpoints
-    from .data import IdxDataModule
-    from .models import LitClassifier, build_net
-    from .runtime import debug_enabled, launched_processes
-
+    `gpus` is trainer.gpus resolved (resolve_gpus); `num_nodes` the hosts of the run. Public for the
+    benchmarks, which drive the very objects a run trains with.
+    """
     d, t = cfg.dataset, cfg.trainer
     datamodule = IdxDataModule(
         source=data_source,
@@ -155,24 +159,20 @@ def train(
     run_name: str,
     data_source: str | None = None,
     num_nodes: int = 1,
-    available_gpus: int | None = None,
 ) -> dict[str, Any]:
     """Fit, test and export one run; returns the metrics also written to metrics.json."""
-    from . import artifacts
-    from .checkpoints import newest_valid
-
-    gpus = config_lib.resolve_gpus(
-        cfg.trainer.gpus, torch.cuda.device_count() if available_gpus is None else available_gpus
-    )
+    # A job's staged config holds the number resolved when it was planned: here it is only checked
+    # against the GPUs present; the processes using them are the launcher's (build_run).
+    gpus = config_lib.resolve_gpus(cfg.trainer.gpus, torch.cuda.device_count())
     # The data first: a missing folder or a damaged file is one line before anything is built or
     # written. A SageMaker job's cache must stay empty when its channel holds every file.
     fetch_dataset(cfg, data_source, remember=sagemaker_env() is None)
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     layout.create()
     source = data_source or cfg.dataset.source
-    trainer, module, datamodule = _build(cfg, layout, source, dataset_cache_dir(cfg), num_nodes, gpus, run_name)
+    trainer, module, datamodule = build_run(cfg, layout, source, dataset_cache_dir(cfg), num_nodes, gpus, run_name)
     if trainer.is_global_zero:
-        artifacts.write_atomically(layout.model_dir / config_lib.RESOLVED_CONFIG_NAME, config_lib.to_yaml(cfg))
+        write_atomically(layout.model_dir / config_lib.RESOLVED_CONFIG_NAME, config_lib.to_yaml(cfg))
 
     resume_from = newest_valid(layout.checkpoint_dir, config_lib.config_hash(cfg)) if cfg.trainer.resume else None
     if resume_from is not None and trainer.is_global_zero:
@@ -205,8 +205,6 @@ def train(
 
 
 def _write_artifacts(cfg: Any, layout: RunLayout, module, metrics: dict[str, Any]) -> None:
-    from . import artifacts
-
     d = cfg.dataset
     artifacts.export_model(module.net, layout.model_dir, list(d.image_shape), d.mean, d.std)
     matrix = module.test_confusion  # counted during trainer.test: no second pass over the test set
@@ -237,11 +235,7 @@ def run_composed(cfg: Any) -> dict[str, Any]:
 
 def run_in_container(sm: SageMakerEnv, config_path: Path) -> dict[str, Any]:
     """What the SageMaker job runs: the resolved config, channels and /opt/ml paths."""
-    from .runtime import wire_distributed
-
     cfg = config_lib.load_resolved(config_path)
-    if len(sm.hosts) > 1:
-        wire_distributed(sm, os.environ)
     channel = sm.channels.get(DATA_CHANNEL)
     cfg.paths.data_dir = str(sm.output_data_dir.parent / "cache")  # only if the channel lacks a file
     return train(
@@ -250,7 +244,6 @@ def run_in_container(sm: SageMakerEnv, config_path: Path) -> dict[str, Any]:
         run_name=sm.job_name or cfg.run_name or default_run_name(cfg),
         data_source=str(channel) if channel else None,
         num_nodes=len(sm.hosts),
-        available_gpus=sm.num_gpus,
     )
 
 

@@ -20,13 +20,14 @@ from pathlib import Path
 import pytest
 
 from project.aws.session import aws_clients
-from tests import sagemaker_emulator as emulator
+from project.sagemaker_names import JOB_NAME
+from project.sandbox import record
+from project.sandbox import service as emulator
 from tests.synthetic import write_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCOUNT = "123456789012"  # moto's default account
 REGION = "us-east-1"
-SAGEMAKER_JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")  # the API's TrainingJobName pattern
 
 
 def invoke(*args, env=None, timeout=300):
@@ -150,7 +151,7 @@ def test_fetch_refused_by_a_bucket_policy_is_one_line(clients, dataset, reposito
     create_job(clients, name, artifacts)
     model_uri = f"s3://{artifacts}/jobs/{name}/output/model.tar.gz"
     clients.s3.put_object(Bucket=artifacts, Key=f"jobs/{name}/output/model.tar.gz", Body=b"not read")
-    emulator.finish_job(clients.sagemaker, name, "Completed", model_uri=model_uri)
+    record.finish_job(clients.sagemaker, name, record.Outcome("Completed", model_uri=model_uri))
     deny_objects(clients, artifacts, "s3:GetObject")
     result = invoke("fetch", name, *overrides(tmp_path, dataset, repository, artifacts, artifacts))
     line = one_error_line(result)
@@ -231,7 +232,7 @@ def test_launch_records_the_unique_job_name(clients, dataset, repository, tmp_pa
         )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     name = re.search(r"launched (\S+)", result.stdout).group(1)
-    assert SAGEMAKER_JOB_NAME.match(name) and name.startswith(f"{base}-")
+    assert JOB_NAME.match(name) and name.startswith(f"{base}-")
     assert re.search(rf"^  job +{name}$", result.stdout, re.M)  # the summary names the job that was launched
     desc = clients.sagemaker.describe_training_job(TrainingJobName=name)
     assert desc["TrainingJobName"] == name

@@ -250,3 +250,19 @@ def test_an_experiment_presets_several_groups_and_overrides_still_win():
     assert C.compose([]).trainer.batch_size == 256  # no preset unless asked
     with pytest.raises(C.ConfigError, match="unknown experiment 'fastest'; choose one of: gpu_fast"):
         C.compose(["experiment=fastest"])
+
+
+def test_atomic_writes_leave_the_old_file_or_the_new_never_a_part(tmp_path):
+    from project.atomic import replacing, write_atomically
+
+    dest = tmp_path / "deep" / "file.json"
+    write_atomically(dest, "old")
+    with pytest.raises(RuntimeError), replacing(dest) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed mid-write")
+    assert dest.read_text() == "old" and sorted(p.name for p in dest.parent.iterdir()) == ["file.json"]
+    with replacing(dest) as one, replacing(dest) as two:  # two writers at once: each has its own file
+        assert one != two
+        one.write_text("one")
+        two.write_text("two")
+    assert dest.read_text() == "one" and sorted(p.name for p in dest.parent.iterdir()) == ["file.json"]

@@ -2,11 +2,10 @@
 
 Each host gets the environment SageMaker gives it (SM_HOSTS, SM_CURRENT_HOST, its own
 SM_MODEL_DIR, output and checkpoint directories) and the code channel `invoke train` uploads
-(jobs.stage_source: the package, the resolved config and sm_entry.py). The hosts are launched the
-two ways a container can be: plainly (the entry script on each host) and as a job's command does
-(`sm_entry.py --launch N` runs torchrun as PID 1), the latter stopped by SIGTERM
-mid-training and restarted. Only the master address
-differs from a real cluster: algo-1 does not resolve here, so it is 127.0.0.1.
+(project.aws.staging: the package, the resolved config and sm_entry.py). Each host runs what a job's
+command runs (`sm_entry.py --launch N`: torchrun as PID 1), once straight through and once stopped
+by SIGTERM mid-training and restarted. Only the master address differs from a real cluster: algo-1
+does not resolve here, so it is 127.0.0.1.
 """
 
 import gzip
@@ -28,10 +27,12 @@ import pytest
 import torch
 
 from project import config as C
-from project.aws.jobs import ENTRY_SCRIPT, stage_source
+from project.aws.plan import ENTRY_SCRIPT, plan_job
+from project.aws.staging import stage_source
 from project.data import IdxDataModule, parse_idx, read_bytes
+from project.infra import Infra
 from project.models import state_digest
-from project.runtime import DEBUG_ENV, launched_processes, sagemaker_env, wire_distributed
+from project.runtime import DEBUG_ENV, launched_processes, sagemaker_env
 from tests.synthetic import STEMS, idx_bytes, write_dataset
 
 HOSTS = ["algo-1", "algo-2"]
@@ -67,13 +68,16 @@ def code_channel(tmp_path_factory):
         "dataset.val_size=100",
         "trainer.max_epochs=2",
         "trainer.batch_size=16",  # global: 8 per rank
-        "trainer.gpus=0",
         "trainer.deterministic=true",
         "trainer.checkpoint_every_n_steps=5",
         "model.net.width=8",
         "model.lr=0.03",
+        "instance=ml.m5.xlarge",  # no GPU: trainer.gpus resolves to 0, one process per host
+        f"instance.count={len(HOSTS)}",
     ] + [f"dataset.files.{stem}={sha}" for stem, sha in files.items()]
-    code = stage_source(C.compose(overrides), root / "code")
+    cfg = C.compose(overrides)
+    infra = Infra("data", "artifacts", "123456789012.dkr.ecr.us-east-1.amazonaws.com/repo", "arn:aws:iam::1:role/r", "")
+    code = stage_source(cfg, root / "code", plan_job(cfg, infra, "test"))
     return code, channel, images[:, None], labels
 
 
@@ -88,7 +92,7 @@ def host_env(root: Path, channel: Path, host: str, **extra) -> dict:
         "SM_NUM_GPUS": "0",
         "SM_HOSTS": json.dumps(HOSTS),
         "SM_CURRENT_HOST": host,
-        "SM_MASTER_ADDR": "algo-1",  # as the SDK sets it; the launcher's MASTER_ADDR wins
+        "SM_MASTER_ADDR": "algo-1",  # as the SDK sets it; torchrun_hosts points it at loopback
         "SM_NETWORK_INTERFACE_NAME": "lo",
         "TRAINING_JOB_NAME": "job-ddp",
         "OMP_NUM_THREADS": "1",  # two ranks share this machine's cores
@@ -192,27 +196,22 @@ def assert_one_run_over_two_ranks(root: Path, outputs, images, labels, worker_ch
 
 
 @pytest.fixture(scope="module")
-def plain_run(code_channel, tmp_path_factory):
-    """No launcher: each host runs the entry script; SM_HOSTS gives master, node rank and world."""
+def uninterrupted_run(code_channel, tmp_path_factory):
+    """The reference run: both hosts under the launcher, as a job runs them, straight through."""
     code, channel, _, _ = code_channel
-    root = tmp_path_factory.mktemp("plain")
-    port = str(free_port())
-    runs = [
-        ([sys.executable, ENTRY_SCRIPT], host_env(root, channel, host, MASTER_ADDR="127.0.0.1", SM_MASTER_PORT=port))
-        for host in reversed(HOSTS)  # start order does not matter
-    ]
-    return root, finish(start_hosts(runs, cwd=code))
+    root = tmp_path_factory.mktemp("uninterrupted")
+    return root, finish(start_hosts(torchrun_hosts(root, channel), cwd=code))
 
 
 @pytest.mark.slow
-def test_two_hosts_launched_plainly_from_sm_hosts(plain_run, code_channel):
-    root, outputs = plain_run
+def test_two_hosts_under_torchrun_train_one_run(uninterrupted_run, code_channel):
+    root, outputs = uninterrupted_run
     _, _, images, labels = code_channel
     assert_one_run_over_two_ranks(root, outputs, images, labels)
 
 
 @pytest.mark.slow
-def test_two_hosts_under_torchrun_stop_on_sigterm_and_resume(plain_run, code_channel, tmp_path):
+def test_two_hosts_under_torchrun_stop_on_sigterm_and_resume(uninterrupted_run, code_channel, tmp_path):
     code, channel, images, labels = code_channel
     master_checkpoints, worker_checkpoints = (tmp_path / host / "checkpoints" for host in HOSTS)
     procs = start_hosts(torchrun_hosts(tmp_path, channel), cwd=code)
@@ -245,8 +244,8 @@ def test_two_hosts_under_torchrun_stop_on_sigterm_and_resume(plain_run, code_cha
     outputs = finish(start_hosts(torchrun_hosts(tmp_path, channel), cwd=code))
     assert f"resuming from checkpoint {checkpoint}" in outputs[0]
     digest = assert_one_run_over_two_ranks(tmp_path, outputs, images, labels, worker_checkpoints=synced)
-    # Interrupted and resumed, it ends with the very weights of the uninterrupted plain launch.
-    assert digest == assert_one_run_over_two_ranks(*plain_run, images, labels)
+    # Interrupted and resumed, it ends with the very weights of the uninterrupted run.
+    assert digest == assert_one_run_over_two_ranks(*uninterrupted_run, images, labels)
 
 
 def test_sagemaker_env_ranks_hosts_like_the_sdk():
@@ -257,28 +256,9 @@ def test_sagemaker_env_ranks_hosts_like_the_sdk():
     assert (sm.node_rank, sm.master, sm.master_port) == (0, "10.0.0.5", "29500")
 
 
-def test_wire_distributed_fills_a_plain_launch_and_keeps_torchrun_values():
-    sm = sagemaker_env(
-        {
-            "SM_MODEL_DIR": "/m",
-            "SM_HOSTS": '["algo-1","algo-2"]',
-            "SM_CURRENT_HOST": "algo-2",
-            "SM_NETWORK_INTERFACE_NAME": "eth0",
-        }
-    )
-    plain: dict = {}
-    wire_distributed(sm, plain)
-    assert plain == {
-        "MASTER_ADDR": "algo-1",
-        "MASTER_PORT": "7777",
-        "NODE_RANK": "1",
-        "NCCL_SOCKET_IFNAME": "eth0",
-        "GLOO_SOCKET_IFNAME": "eth0",
-    }
-    torchrun = {"MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29400", "LOCAL_WORLD_SIZE": "4"}
-    wire_distributed(sm, torchrun)
-    assert (torchrun["MASTER_ADDR"], torchrun["MASTER_PORT"]) == ("10.0.0.1", "29400")
-    assert launched_processes(torchrun) == 4 and launched_processes({}) == 1
+def test_devices_come_from_the_launcher():
+    torchrun = {"LOCAL_WORLD_SIZE": "4"}
+    assert launched_processes(torchrun) == 4 and launched_processes({}) is None
     # torchrun on CPU hosts: one Lightning device per launched process, one node per host.
     assert C.trainer_device_kwargs(0, 2, launched_processes(torchrun)) == {
         "accelerator": "cpu",
@@ -286,16 +266,19 @@ def test_wire_distributed_fills_a_plain_launch_and_keeps_torchrun_values():
         "num_nodes": 2,
         "strategy": "ddp",
     }
+    assert C.trainer_device_kwargs(4, 1, 4)["devices"] == 4
+    with pytest.raises(C.ConfigError, match="trainer.gpus=4 but the launcher started 2 process"):
+        C.trainer_device_kwargs(4, 1, 2)
 
 
 def test_global_batch_must_split_evenly_over_processes(tiny_data, tmp_path):
     folder, files = tiny_data
     datamodule = IdxDataModule(str(folder), files, str(tmp_path), batch_size=64, val_size=100)
     cpu = types.SimpleNamespace(root_device=torch.device("cpu"))
-    datamodule.trainer = types.SimpleNamespace(global_rank=0, world_size=3, strategy=cpu)
-    with pytest.raises(C.ConfigError, match=r"trainer.batch_size=64 \(global\) does not split evenly over 3"):
+    datamodule.trainer = types.SimpleNamespace(global_rank=0, world_size=3, num_nodes=1, strategy=cpu)
+    with pytest.raises(C.ConfigError, match=r"batch_size=64 \(global\) does not split evenly over world size 3"):
         datamodule.setup("fit")
-    datamodule.trainer = types.SimpleNamespace(global_rank=1, world_size=4, strategy=cpu)
+    datamodule.trainer = types.SimpleNamespace(global_rank=1, world_size=4, num_nodes=2, strategy=cpu)
     datamodule.setup("fit")
     assert len(next(iter(datamodule.train_dataloader()))[0]) == 16  # 64 global / 4 processes
 

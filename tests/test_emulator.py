@@ -2,7 +2,7 @@
 
 Each job is created by the real SDK against moto over HTTP, run by project.sandbox (what
 `invoke sandbox` serves) with the SDK's own driver scripts, and its artifacts brought home by
-project.aws.transfer.
+project.aws.fetch.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from project.aws import transfer
+from project.aws.fetch import fetch_job
 from project.aws.session import aws_clients
+from project.sagemaker_names import CHECKPOINT_DIR, DATA_CHANNEL
 from project.sandbox import service as emulator
 
 ROLE_POLICY = json.dumps(
@@ -79,9 +80,9 @@ def model_trainer(clients, infra, source_dir: Path, command=None, entry_script=N
         compute=Compute(instance_type="ml.m5.xlarge", instance_count=1),
         output_data_config=OutputDataConfig(s3_output_path=f"s3://{infra['artifacts']}/jobs/"),
         checkpoint_config=CheckpointConfig(
-            s3_uri=f"s3://{infra['artifacts']}/checkpoints/emu/", local_path="/opt/ml/checkpoints"
+            s3_uri=f"s3://{infra['artifacts']}/checkpoints/emu/", local_path=CHECKPOINT_DIR
         ),
-        input_data_config=[InputData(channel_name="train", data_source=f"s3://{infra['data']}/datasets/tiny/")],
+        input_data_config=[InputData(channel_name=DATA_CHANNEL, data_source=f"s3://{infra['data']}/datasets/tiny/")],
         environment={"PYTHONUNBUFFERED": "1", "RUN_MARK": "from-the-job"},
         **extra,
     )
@@ -189,7 +190,7 @@ def test_command_job_runs_with_the_sdk_drivers_and_comes_home(clients, infra, tm
     )
     assert "epoch=2 test_acc=0.5" in [e["message"] for e in events["events"]]
 
-    dest = transfer.fetch_job(
+    dest = fetch_job(
         clients.s3,
         run.model_uri,
         run.output_uri,

@@ -4,9 +4,13 @@ import base64
 
 import pytest
 
-from project.aws import image, jobs
+from project.aws import image, sdk
+from project.aws import plan as jobs
+from project.aws.staging import stage_source
 from project.config import compose
+from project.errors import UserError
 from project.infra import Infra
+from project.sagemaker_names import JOB_NAME
 
 INFRA = Infra(
     data_bucket="data-b",
@@ -64,15 +68,13 @@ def test_spot_and_on_demand_price_the_same_billable_hours():
 
 
 def test_job_names_planned_in_the_same_second_differ_and_fit_sagemaker():
-    import re
     from datetime import datetime
 
-    sagemaker_pattern = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
     cfg = compose([])
     now = datetime(2026, 3, 1, 12, 0, 0, 123456)
     names = {jobs.plan_job(cfg, INFRA, "abc1234", now=now).job_name for _ in range(20)}
     assert len(names) == 20
-    assert all(sagemaker_pattern.match(n) and n.startswith("lightning-20260301-120000-123-") for n in names)
+    assert all(JOB_NAME.match(n) and n.startswith("lightning-20260301-120000-123-") for n in names)
     longest = "b" * jobs.MAX_BASE_NAME_LENGTH
     p, cfg = plan(f"job.base_name={longest}")
     jobs.validate_plan(p, cfg)
@@ -114,7 +116,7 @@ def test_status_table_shows_missing_values_as_a_dash():
     ],
 )
 def test_invalid_launches_are_refused_with_one_line(overrides, message):
-    with pytest.raises(jobs.LaunchError) as info:
+    with pytest.raises(UserError) as info:
         p, cfg = plan(*overrides)
         jobs.validate_plan(p, cfg)
     assert message in str(info.value)
@@ -138,7 +140,7 @@ def test_metric_regexes_match_the_lines_training_prints():
 
     metrics = {"train_acc": 0.98, "train_loss": 0.05, "val_acc": 0.9916, "val_loss": 0.0291, "seconds": 3.2}
     line = format_metrics({"epoch": "2/3", **metrics})  # as reporting.MetricLines prints it
-    found = {d["Name"]: re.search(d["Regex"], line) for d in jobs.METRIC_DEFINITIONS}
+    found = {d["Name"]: re.search(d["Regex"], line) for d in sdk.METRIC_DEFINITIONS}
     assert float(found["epoch"].group(1)) == 2
     assert float(found["val_acc"].group(1)) == 0.9916
     assert float(found["train_loss"].group(1)) == 0.05
@@ -148,12 +150,25 @@ def test_metric_regexes_match_the_lines_training_prints():
 def test_staged_source_carries_the_resolved_config(tmp_path):
     from project.config import load_resolved
 
-    _, cfg = plan("model=mlp", "trainer.max_epochs=5")
-    source = jobs.stage_source(cfg, tmp_path / "src")
+    p, cfg = plan("model=mlp", "trainer.max_epochs=5")
+    source = stage_source(cfg, tmp_path / "src", p)
     assert (source / "project" / "train.py").is_file() and (source / "sm_entry.py").is_file()
     assert not list(source.rglob("__pycache__"))
     again = load_resolved(source / "config.yaml")
     assert again.model.name == "mlp" and again.trainer.max_epochs == 5
+
+
+@pytest.mark.parametrize("gpus", [[], ["trainer.gpus=4"]])
+def test_staged_config_holds_the_gpus_resolved_when_planning(gpus, tmp_path):
+    """trainer.gpus=null would be resolved a second time in the container; the plan's number travels."""
+    from project.config import config_hash, load_resolved
+
+    p, cfg = plan("instance=ml.p3.8xlarge", *gpus)
+    staged = load_resolved(stage_source(cfg, tmp_path / "src", p) / "config.yaml")
+    assert staged.trainer.gpus == p.gpus_per_node == p.processes_per_node == 4
+    assert jobs.entry_command(p).endswith("--launch 4")
+    # The job's tags and checkpoint prefix name the identity the container computes from the staged file.
+    assert config_hash(staged) == p.config_hash
 
 
 def test_docker_commands():

@@ -17,9 +17,10 @@ import boto3
 import pytest
 import yaml
 
-from project.aws.jobs import plan_job
+from project.aws.plan import plan_job
 from project.config import compose
 from project.infra import OUTPUT_NAMES, load_infra
+from project.sagemaker_names import LOG_GROUP  # the group the Terraform grants must name
 from tests.aws_fixtures import (
     INSTALL_HINT,
     ROOT,
@@ -34,7 +35,6 @@ from tests.aws_fixtures import (
 needs_terraform = pytest.mark.skipif(shutil.which("terraform") is None, reason=INSTALL_HINT)
 TOOLS_INSTALL = "python -m venv .venv-tools && .venv-tools/bin/pip install -r requirements-tools.txt"
 ACCOUNT = "123456789012"  # moto's account
-TRAINING_LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 TRAINING_JOBS = f"arn:aws:sagemaker:us-east-1:{ACCOUNT}:training-job/*"
 DATASET_CONFIGS = sorted((ROOT / "conf" / "dataset").glob("*.yaml"))
 
@@ -102,7 +102,7 @@ def arns(outputs) -> dict[str, str]:
         "artifacts": f"arn:aws:s3:::{outputs['artifacts_bucket']}",
         "repository": repository,
         "role": str(outputs["role_arn"]),
-        "log_group": f"arn:aws:logs:us-east-1:{ACCOUNT}:log-group:{TRAINING_LOG_GROUP}",
+        "log_group": f"arn:aws:logs:us-east-1:{ACCOUNT}:log-group:{LOG_GROUP}",
     }
 
 

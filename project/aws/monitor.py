@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UserError
+from ..sagemaker_names import LOG_GROUP
 from .cost import job_cost
-from .jobs import LOG_GROUP
 from .session import aws_errors
 
 TERMINAL = {"Completed", "Failed", "Stopped"}

@@ -1,4 +1,4 @@
-"""AWS's naming rules for the resources a job uses, checked before any call is made (pure, stdlib only).
+"""AWS's naming rules for the resources a job uses, checked before any call is made, and S3 URIs (pure).
 
 The config (aws.* keys) and the Terraform outputs (project/infra.py) are checked by the same
 rules, so a malformed name is one line naming the key and the rule, never an IndexError or a
@@ -10,6 +10,8 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable
+
+from ..errors import UserError
 
 REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}$")  # us-east-1, us-gov-west-1, us-isob-east-1
 BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -80,3 +82,15 @@ def name_problem(field: str, value: str) -> str | None:
     if kind is None or CHECKS[kind](value):
         return None
     return RULES[kind]
+
+
+class S3UriError(UserError, ValueError):
+    """A string that should be an s3://bucket/key URI and is not."""
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """`s3://bucket/some/key` -> ("bucket", "some/key"); the key may be empty or a prefix."""
+    bucket, _, key = uri[len("s3://") :].partition("/") if uri.startswith("s3://") else ("", "", "")
+    if not bucket:
+        raise S3UriError(f"not an S3 URI: {uri!r} (expected s3://bucket/key)")
+    return bucket, key

@@ -116,10 +116,6 @@ class AwsClients:
     def logs(self):
         return self.client("logs")
 
-    @property
-    def sts(self):
-        return self.client("sts")
-
 
 def aws_clients(region: str | None, endpoint_url: str | None, max_attempts: int = MAX_ATTEMPTS) -> AwsClients:
     """Clients for `region` (None: the profile's) at the resolved endpoint; nothing is called yet."""
@@ -276,10 +272,3 @@ def aws_errors(endpoint_url: str | None = None, resource: str | None = None) -> 
         if problem is None:
             raise
         raise problem from None
-
-
-def check_credentials(clients: AwsClients) -> dict[str, str]:
-    """Ask STS who we are: the cheapest call that proves credentials, region and endpoint work."""
-    with aws_errors(clients.endpoint_url):
-        identity = clients.sts.get_caller_identity()
-    return {"account": identity["Account"], "arn": identity["Arn"]}

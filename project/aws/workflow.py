@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -19,8 +20,25 @@ from typing import Any
 
 from ..config import compose
 from ..infra import Infra, load_infra
-from . import jobs, monitor
+from ..raw import fetch_dataset
+from ..sagemaker_names import METRICS_FILE
+from . import monitor, sdk
+from .fetch import fetch_job
+from .image import (
+    DEFAULT_BASE_IMAGE,
+    ImageError,
+    ImageRef,
+    build_command,
+    ecr_password,
+    image_tag,
+    push_commands,
+    tag_exists,
+)
+from .plan import LaunchError, plan_job, validate_plan
 from .session import aws_clients, aws_errors
+from .staging import stage_source
+from .upload import plan_upload
+from .upload import upload as upload_items
 
 INFRA_KEYS = ("data_bucket", "artifacts_bucket", "repository_url", "role_arn", "region")
 
@@ -53,27 +71,20 @@ def setup(overrides: list[str]) -> Context:
 
 @aws_task
 def upload(overrides: list[str], dry_run: bool = False, echo: Callable[[str], None] = print) -> None:
-    from ..raw import fetch_dataset
-    from . import transfer
-
     ctx = setup(overrides)
     d = ctx.cfg.dataset
     # Verified raw files, each where it was verified: the source folder or the local cache.
     paths = fetch_dataset(ctx.cfg, s3_client=ctx.clients.s3)
-    items = transfer.plan_upload(paths, ctx.infra.data_bucket, d.s3_prefix, ctx.clients.s3)
-    transfer.upload(items, ctx.clients.s3, dry_run=dry_run)
+    items = plan_upload(paths, ctx.infra.data_bucket, d.s3_prefix, ctx.clients.s3)
+    upload_items(items, ctx.clients.s3, dry_run=dry_run, echo=echo)
 
 
 def image_ref(ctx: Context, allow_dirty: bool):
-    from .image import ImageRef, image_tag
-
     return ImageRef(ctx.infra.repository_url, ctx.cfg.job.image_tag or image_tag(allow_dirty))
 
 
 @aws_task
 def build(overrides: list[str], base_image: str | None, allow_dirty: bool, dry_run: bool, run) -> None:
-    from .image import DEFAULT_BASE_IMAGE, build_command
-
     ctx = setup(overrides)
     ref = image_ref(ctx, allow_dirty)
     base = base_image or DEFAULT_BASE_IMAGE.format(region=ctx.infra.region)
@@ -82,8 +93,6 @@ def build(overrides: list[str], base_image: str | None, allow_dirty: bool, dry_r
 
 @aws_task
 def push(overrides: list[str], allow_dirty: bool, dry_run: bool, run) -> None:
-    from .image import ecr_password, push_commands, tag_exists
-
     ctx = setup(overrides)
     ref = image_ref(ctx, allow_dirty)
     repository = ref.repository_url.split("/", 1)[1]
@@ -110,29 +119,29 @@ def train(
     ctx = setup(overrides)
     cfg = ctx.cfg
     ref = image_ref(ctx, allow_dirty)
-    plan = jobs.plan_job(cfg, ctx.infra, ref.tag)
-    jobs.validate_plan(plan, cfg)
+    plan = plan_job(cfg, ctx.infra, ref.tag)
+    validate_plan(plan, cfg)
     try:
-        jobs.check_remote(plan, cfg, ctx.clients.ecr, ctx.clients.s3)
-    except jobs.LaunchError as problem:
+        sdk.check_remote(plan, cfg, ctx.clients.ecr, ctx.clients.s3)
+    except LaunchError as problem:
         if not dry_run:
             raise
         echo(f"warning: {problem}")
     echo(f"SageMaker training job\n{plan.summary()}")
     with tempfile.TemporaryDirectory(prefix="sm-source-") as tmp:
-        source = jobs.stage_source(cfg, Path(tmp) / "source")
-        trainer = jobs.model_trainer(plan, source, ctx.clients.session)
+        source = stage_source(cfg, Path(tmp) / "source", plan)
+        trainer = sdk.model_trainer(plan, source, ctx.clients.session)
         if dry_run:
             echo("CreateTrainingJob request (dry run: nothing launched):")
-            echo(json.dumps(jobs.create_request(trainer, plan.job_name), indent=2, sort_keys=True, default=str))
+            echo(json.dumps(sdk.create_request(trainer, plan.job_name), indent=2, sort_keys=True, default=str))
             return None
         if not yes:
             if not sys.stdin.isatty():
-                raise jobs.LaunchError("not a terminal, so no one to confirm the cost: pass --yes to launch")
+                raise LaunchError("not a terminal, so no one to confirm the cost: pass --yes to launch")
             if confirm("Launch this job? [y/N] ").strip().lower() not in ("y", "yes"):
                 echo("not launched")
                 return None
-        job_name = jobs.launch(trainer, plan.job_name)
+        job_name = sdk.launch(trainer, plan.job_name)
     echo(f"launched {job_name}")
     if not wait:
         echo(f"follow it with `invoke logs {job_name} --follow`; `invoke status`; `invoke fetch {job_name}` when done")
@@ -188,8 +197,6 @@ def stop(overrides: list[str], job_name: str, echo=print) -> None:
 
 @aws_task
 def fetch(overrides: list[str], job_name: str | None, echo=print) -> Path:
-    from . import transfer
-
     ctx = setup(overrides)
     name = _job(ctx, job_name)
     desc = monitor.describe(ctx.clients.sagemaker, name)
@@ -199,8 +206,8 @@ def fetch(overrides: list[str], job_name: str | None, echo=print) -> Path:
     output_uri = model_uri.rsplit("/", 1)[0] + "/output.tar.gz"
     checkpoints = desc.get("CheckpointConfig", {}).get("S3Uri")
     dest = Path(ctx.cfg.paths.runs_dir) / name
-    transfer.fetch_job(ctx.clients.s3, model_uri, output_uri, checkpoints, dest)
-    metrics = json.loads((dest / "metrics.json").read_text())
+    fetch_job(ctx.clients.s3, model_uri, output_uri, checkpoints, dest, echo=echo)
+    metrics = json.loads((dest / METRICS_FILE).read_text())
     echo(" ".join(f"{k}={metrics[k]:.6g}" for k in ("test_loss", "test_acc") if k in metrics))
     echo(f"run_dir={dest}")
     return dest
@@ -208,22 +215,16 @@ def fetch(overrides: list[str], job_name: str | None, echo=print) -> Path:
 
 def run_command(argv: list[str], dry_run: bool = False, stdin: str | None = None) -> None:
     """Run (or, dry, print) one external command; a missing docker is a clear error."""
-    import shlex
-
     print("$ " + shlex.join(argv))
     if dry_run:
         return
     try:
         subprocess.run(argv, input=stdin, text=True, check=True)
     except FileNotFoundError:
-        from .image import ImageError
-
         raise ImageError(
             f"{argv[0]} is not installed or not on PATH: install Docker to build and push images"
         ) from None
     except subprocess.CalledProcessError as exc:
-        from .image import ImageError
-
         raise ImageError(
             f"`{shlex.join(argv[:2])}` failed with exit code {exc.returncode}; see its output above"
         ) from None

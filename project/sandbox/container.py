@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from ..sagemaker_names import LOG_GROUP
 from .optml import CONTAINER_ROOT
 
-LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 STOP_GRACE_SECONDS = 120.0  # SageMaker's delay between SIGTERM and SIGKILL
 LOG_FLUSH_SECONDS = 0.5
 PROBE_TIMEOUT_SECONDS = 30

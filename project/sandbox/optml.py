@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ..aws.transfer import split_s3_uri
+from ..aws.names import split_s3_uri
 from ..errors import UserError
 
 CONTAINER_ROOT = "/opt/ml"

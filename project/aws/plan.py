@@ -1,0 +1,184 @@
+"""A SageMaker training job as a plan: derived from the config (pure), validated before any call.
+
+`plan_job` turns a composed config and the Terraform outputs into a `JobPlan`; `validate_plan`
+refuses anything SageMaker would reject or that wastes money. Nothing here talks to AWS: the
+launch itself is project.aws.sdk's, the code channel project.aws.staging's.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from ..config import CONF_DIR, ConfigError, config_hash, per_device_batch, resolve_gpus, with_gpus
+from ..errors import UserError
+from ..infra import Infra
+from ..sagemaker_names import JOB_NAME
+from .cost import Cost, estimate
+
+ENTRY_SCRIPT = "sm_entry.py"  # project/sm_entry.py, staged at the top of the code channel
+MAX_RUNTIME_SECONDS = 28 * 24 * 3600  # SageMaker's limit on MaxRuntimeInSeconds/MaxWaitTimeInSeconds
+MAX_KEEP_ALIVE_SECONDS = 3600  # warm pools keep instances at most an hour
+# <base>-YYYYmmdd-HHMMSS-mmm-xxxx: milliseconds and a random suffix, so launches in the same
+# second (two terminals, a script) never collide as the SDK's seconds-only names do.
+JOB_NAME_SUFFIX_LENGTH = len("-20260101-000000-000-0000")
+MAX_BASE_NAME_LENGTH = 63 - JOB_NAME_SUFFIX_LENGTH
+HYPERPARAMETER_LIMITS = {"count": 100, "key": 256, "value": 2500}
+
+
+class LaunchError(UserError):
+    """Refused before anything was launched; the message is one actionable line."""
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    base_name: str
+    job_name: str  # the TrainingJobName, chosen when planning so the summary names the job launched
+    image_uri: str
+    image_tag: str
+    role_arn: str
+    region: str
+    instance_type: str
+    instance_count: int
+    gpus_per_node: int
+    processes_per_node: int
+    world_size: int
+    per_device_batch: int
+    volume_size_gb: int
+    max_run_seconds: int
+    max_wait_seconds: int | None
+    spot: bool
+    keep_alive_seconds: int
+    data_uri: str
+    output_uri: str
+    checkpoint_uri: str
+    config_hash: str
+    tags: dict[str, str]
+    environment: dict[str, str]
+    hyperparameters: dict[str, str] = field(default_factory=dict)
+    cost: Cost | None = None
+
+    def summary(self) -> str:
+        rows = [
+            ("job", self.job_name),
+            ("image", self.image_uri),
+            ("command", f"{entry_command(self)}  (torchrun as PID 1: SIGTERM reaches training)"),
+            ("instance", f"{self.instance_count} x {self.instance_type}"),
+            ("processes", f"{self.processes_per_node} per node, world size {self.world_size}"),
+            ("batch", f"{self.per_device_batch} per device, {self.per_device_batch * self.world_size} global"),
+            ("data", self.data_uri),
+            ("output", self.output_uri),
+            ("checkpoints", self.checkpoint_uri),
+            (
+                "max runtime",
+                f"{self.max_run_seconds // 60} min"
+                + (f", max wait {self.max_wait_seconds // 60} min (spot)" if self.max_wait_seconds else ""),
+            ),
+            ("warm pool", f"{self.keep_alive_seconds // 60} min" if self.keep_alive_seconds else "off"),
+            ("cost", self.cost.line(self.spot) if self.cost else "?"),
+        ]
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+def known_instance_types() -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / "instance").glob("*.yaml"))
+
+
+def job_name(base_name: str, now: datetime | None = None) -> str:
+    """A training job name no other launch gets, even in the same second: see JOB_NAME_SUFFIX_LENGTH."""
+    now = now or datetime.now(UTC)  # UTC: one clock for every launcher, whatever its time zone
+    return f"{base_name}-{now:%Y%m%d-%H%M%S}-{now.microsecond // 1000:03d}-{secrets.token_hex(2)}"
+
+
+def plan_job(cfg: Any, infra: Infra, image_tag: str, now: datetime | None = None) -> JobPlan:
+    """Everything the job will be, derived from the config and the Terraform outputs (pure but for its name)."""
+    inst, job = cfg.instance, cfg.job
+    if inst.type not in known_instance_types():
+        raise LaunchError(
+            f"unknown instance type {inst.type!r}; choose one of: {', '.join(known_instance_types())} "
+            "(or add conf/instance/<type>.yaml)"
+        )
+    try:
+        gpus = resolve_gpus(cfg.trainer.gpus, inst.gpus)
+    except ConfigError:
+        raise LaunchError(
+            f"trainer.gpus={cfg.trainer.gpus} but {inst.type} has {inst.gpus} GPU(s); "
+            f"use trainer.gpus<={inst.gpus} or a larger instance"
+        ) from None
+    processes = max(gpus, 1)
+    max_run = job.max_run_minutes * 60
+    max_wait = (job.max_wait_minutes * 60 if job.max_wait_minutes else 2 * max_run) if job.spot else None
+    digest = config_hash(with_gpus(cfg, gpus))  # the staged config's identity, as the container computes it
+    data_bucket, artifacts = infra.data_bucket, infra.artifacts_bucket
+    return JobPlan(
+        base_name=job.base_name,
+        job_name=job_name(job.base_name, now),
+        image_uri=f"{infra.repository_url}:{image_tag}",
+        image_tag=image_tag,
+        role_arn=infra.role_arn,
+        region=infra.region,
+        instance_type=inst.type,
+        instance_count=inst.count,
+        gpus_per_node=gpus,
+        processes_per_node=processes,
+        world_size=processes * inst.count,
+        per_device_batch=per_device_batch(cfg.trainer.batch_size, inst.count, processes),
+        volume_size_gb=inst.volume_size_gb,
+        max_run_seconds=max_run,
+        max_wait_seconds=max_wait,
+        spot=job.spot,
+        keep_alive_seconds=job.keep_alive_minutes * 60,
+        data_uri=f"s3://{data_bucket}/{cfg.dataset.s3_prefix.strip('/')}/",
+        output_uri=f"s3://{artifacts}/jobs/",
+        # Keyed by config hash: a re-run of the same config resumes from these checkpoints.
+        checkpoint_uri=f"s3://{artifacts}/checkpoints/{job.base_name}-{digest}/",
+        config_hash=digest,
+        tags={"project": "lightning-sagemaker", "git-sha": image_tag, "config-hash": digest},
+        environment={"PYTHONUNBUFFERED": "1", **{str(k): str(v) for k, v in job.environment.items()}},
+        # For the record (console, DescribeTrainingJob): the container reads config.yaml, not these.
+        hyperparameters={"config_hash": digest, "processes_per_node": str(processes), "nodes": str(inst.count)},
+        cost=estimate(inst.price_per_hour, inst.count, max_run, job.spot_discount, max_wait),
+    )
+
+
+def validate_plan(plan: JobPlan, cfg: Any) -> None:
+    """Refuse what SageMaker would reject, or what would silently train something else (pure)."""
+    if not JOB_NAME.match(plan.job_name) or len(plan.base_name) > MAX_BASE_NAME_LENGTH:
+        raise LaunchError(
+            f"job.base_name={plan.base_name!r}: letters, digits and '-', at most {MAX_BASE_NAME_LENGTH} characters "
+            "(SageMaker adds the launch time and a random suffix, 63 in all)"
+        )
+    if not 60 <= plan.max_run_seconds <= MAX_RUNTIME_SECONDS:
+        raise LaunchError(f"job.max_run_minutes must be between 1 and {MAX_RUNTIME_SECONDS // 60}")
+    if plan.spot:
+        if plan.max_wait_seconds is None or plan.max_wait_seconds < plan.max_run_seconds:
+            raise LaunchError(
+                f"spot needs job.max_wait_minutes >= job.max_run_minutes ({plan.max_run_seconds // 60}); "
+                f"got {cfg.job.max_wait_minutes}"
+            )
+        if plan.max_wait_seconds > MAX_RUNTIME_SECONDS:
+            raise LaunchError(f"job.max_wait_minutes must be at most {MAX_RUNTIME_SECONDS // 60}")
+    elif cfg.job.max_wait_minutes is not None:
+        raise LaunchError("job.max_wait_minutes applies to spot only: add job.spot=true or drop it")
+    if not 0 <= plan.keep_alive_seconds <= MAX_KEEP_ALIVE_SECONDS:
+        raise LaunchError(f"job.keep_alive_minutes must be between 0 and {MAX_KEEP_ALIVE_SECONDS // 60}")
+    if plan.spot and plan.keep_alive_seconds:
+        raise LaunchError("warm pools (job.keep_alive_minutes) cannot be used with managed spot")
+    limits = HYPERPARAMETER_LIMITS
+    if len(plan.hyperparameters) > limits["count"]:
+        raise LaunchError(f"{len(plan.hyperparameters)} hyperparameters; SageMaker allows {limits['count']}")
+    for key, value in plan.hyperparameters.items():
+        if len(key) > limits["key"] or len(value) > limits["value"]:
+            raise LaunchError(f"hyperparameter {key!r} exceeds SageMaker's length limits")
+    if plan.gpus_per_node == 0 and cfg.instance.gpus > 0:
+        raise LaunchError(
+            f"trainer.gpus=0 on {plan.instance_type} pays for {cfg.instance.gpus} idle GPU(s); pick a CPU instance"
+        )
+
+
+def entry_command(plan: JobPlan) -> str:
+    """The job's command: torchrun with one process per GPU (one on CPU), one node per instance."""
+    return f"exec python3 {ENTRY_SCRIPT} --launch {plan.processes_per_node}"

@@ -1,0 +1,27 @@
+"""The code channel of a job: the project package, the resolved config and the entry script."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ..config import RESOLVED_CONFIG_NAME, to_yaml, with_gpus
+from .plan import ENTRY_SCRIPT, JobPlan
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent  # the package folder, project/
+
+
+def stage_source(cfg: Any, dest: Path, plan: JobPlan) -> Path:
+    """The code channel: the project package, the resolved config and the torchrun entry script.
+
+    Its trainer.gpus is the plan's gpus_per_node, resolved when the job was planned: the container
+    does not resolve it again.
+    """
+    if dest.exists():
+        shutil.rmtree(dest)
+    skipped = shutil.ignore_patterns("__pycache__", "*.pyc", ENTRY_SCRIPT)  # the entry script goes on top
+    shutil.copytree(PROJECT_DIR, dest / "project", ignore=skipped)
+    (dest / RESOLVED_CONFIG_NAME).write_text(to_yaml(with_gpus(cfg, plan.gpus_per_node)))
+    shutil.copy2(PROJECT_DIR / ENTRY_SCRIPT, dest / ENTRY_SCRIPT)
+    return dest
