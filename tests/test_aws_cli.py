@@ -12,8 +12,6 @@ import hashlib
 import json
 import os
 import re
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -23,31 +21,13 @@ from project.aws.session import aws_clients
 from project.sagemaker_names import JOB_NAME
 from project.sandbox import record
 from project.sandbox import service as emulator
+from project.sandbox.service import placeholder_manifest
+from tests.cli import invoke, one_error_line
 from tests.synthetic import write_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCOUNT = "123456789012"  # moto's default account
 REGION = "us-east-1"
-
-
-def invoke(*args, env=None, timeout=300):
-    return subprocess.run(
-        [sys.executable, "-m", "invoke", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env or dict(os.environ),
-    )
-
-
-def one_error_line(result) -> str:
-    """The task failed cleanly: exit 2, no traceback, one `error: ...` line on stderr."""
-    assert result.returncode == 2, (result.returncode, result.stdout[-2000:], result.stderr[-3000:])
-    assert "Traceback" not in result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -77,17 +57,7 @@ def repository(clients):
     """An ECR repository holding one pushed tag, as `invoke push` leaves it."""
     name = f"cli-{uuid.uuid4().hex[:8]}"
     url = clients.ecr.create_repository(repositoryName=name)["repository"]["repositoryUri"]
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-        "config": {
-            "digest": "sha256:" + "0" * 64,
-            "size": 1,
-            "mediaType": "application/vnd.docker.container.image.v1+json",
-        },
-        "layers": [],
-    }
-    clients.ecr.put_image(repositoryName=name, imageTag="clitag1", imageManifest=json.dumps(manifest))
+    clients.ecr.put_image(repositoryName=name, imageTag="clitag1", imageManifest=placeholder_manifest("clitag1"))
     return url, "clitag1"
 
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import gzip
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ from project import config as C
 from project.artifacts import CONTRACT_FILE, TORCHSCRIPT_FILE
 from project.predict import MIN_CONFIDENCE, Prediction, predict
 from project.train import run_composed
+from tests.cli import invoke
 from tests.photos import blank_paper, colour_gradient, digit_photo, random_noise
 from tests.synthetic import make_glyphs, write_dataset
 
@@ -142,10 +141,6 @@ def test_unsure_answers_name_both_candidates():
     assert str(Prediction(Path("a.png"), ((7, 0.981), (1, 0.012)))) == "a.png: 7 (p=0.981), next 1 (p=0.012)"
     assert Prediction(Path("a.png"), ((7, MIN_CONFIDENCE), (1, 0.1))).unsure is False
     assert str(Prediction(Path("b.png"), (), "flat image")) == "b.png: no digit found (flat image)"
-
-
-def invoke(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, capture_output=True, text=True)
 
 
 def test_invoke_predict_reads_a_folder_of_png_and_jpeg(trained, tmp_path):

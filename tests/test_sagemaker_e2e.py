@@ -9,12 +9,11 @@ tree, and its artifacts land in S3 as SageMaker leaves them. The tasks run as su
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -23,30 +22,13 @@ import pytest
 
 from project.aws.session import aws_clients
 from project.sandbox import service as emulator
+from tests import cli
+from tests.cli import one_error_line
 from tests.synthetic import make_images, tiny_overrides, write_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
-
-
-def invoke(*args, timeout=600, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "invoke", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env or dict(os.environ),
-    )
-
-
-def one_error_line(result) -> str:
-    """The task failed cleanly: exit 2, no traceback, one `error: ...` line on stderr."""
-    assert result.returncode == 2, (result.returncode, result.stdout[-2000:], result.stderr[-2000:])
-    assert "Traceback" not in result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
+invoke = functools.partial(cli.invoke, timeout=600)  # a job's whole run
 
 
 @pytest.fixture(scope="module")
@@ -70,18 +52,7 @@ def world(request, aws_infra, tmp_path_factory):
     clients.ecr.put_image(
         repositoryName=repository,
         imageTag=tag,
-        imageManifest=json.dumps(
-            {
-                "schemaVersion": 2,
-                "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-                "config": {
-                    "digest": "sha256:" + "0" * 64,
-                    "size": 1,
-                    "mediaType": "application/vnd.docker.container.image.v1+json",
-                },
-                "layers": [],
-            }
-        ),
+        imageManifest=emulator.placeholder_manifest(tag),
     )
     return {
         "clients": clients,

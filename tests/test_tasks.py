@@ -8,14 +8,10 @@ from pathlib import Path
 import pytest
 from invoke.parser import Parser
 
+from tests.cli import invoke
+
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "pytorch_lightning", "lightning", "sagemaker", "hydra", "boto3", "matplotlib")
-
-
-def invoke(*args, timeout=300):
-    return subprocess.run(
-        [sys.executable, "-m", "invoke", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
-    )
 
 
 def test_importing_tasks_is_cheap():

@@ -1,0 +1,32 @@
+"""The project's command lines as a user runs them: `python -m invoke ...` in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def invoke(*args: str, env: Mapping[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `invoke <args>` from the repository root; its exit code and both outputs, as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(env if env is not None else os.environ),
+    )
+
+
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    """The task failed cleanly: exit 2, no traceback, one `error: ...` line on stderr."""
+    assert result.returncode == 2, (result.returncode, result.stdout[-2000:], result.stderr[-3000:])
+    assert "Traceback" not in result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
