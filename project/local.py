@@ -37,16 +37,23 @@ def _block_sigint() -> None:
 def train_in_child(overrides: Sequence[str]) -> int:
     """Run `python -m project.train <overrides>`; its exit code (128 + N when signal N killed it)."""
     argv = [sys.executable, "-m", "project.train", *overrides]
-    # Its own process group, not the terminal's: each Ctrl-C reaches it once, forwarded by us. SIGINT
-    # blocked until project.train.main handles it: one during the imports waits instead of a traceback.
-    child = subprocess.Popen(argv, process_group=0, preexec_fn=_block_sigint)
+    child: subprocess.Popen[bytes] | None = None
+    early: list[int] = []  # signals that came before the child existed: it gets them on starting
 
     def forward(signum: int, _frame: object) -> None:
+        if child is None:
+            early.append(signum)
+            return
         with contextlib.suppress(ProcessLookupError):
             child.send_signal(signum)
 
-    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}  # before the child: no gap
     try:
+        # Its own process group, not the terminal's: each Ctrl-C reaches it once, forwarded by us. SIGINT
+        # blocked until project.train.main handles it: one during the imports waits instead of a traceback.
+        child = subprocess.Popen(argv, process_group=0, preexec_fn=_block_sigint)
+        for signum in early:
+            child.send_signal(signum)
         code = child.wait()
     finally:
         for sig, handler in previous.items():

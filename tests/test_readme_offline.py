@@ -83,6 +83,7 @@ def test_the_offline_block_runs_as_written_in_a_fresh_clone(tmp_path):
     job = re.search(r"launched (\S+)", out).group(1)
     assert re.search(r"test_acc=0\.\d+", out) and f"{job}: Completed" in out  # logs streamed, the job ran
     assert (clone / "runs" / job / "model" / "model.ts").is_file()  # fetched, same layout as invoke local
-    predicted = re.findall(r"mnist-test-\d-label\d\.png: (\d) \(p=", out)
+    # One answer per sample digit; a model trained on the tiny synthetic data may well be unsure.
+    predicted = re.findall(r"mnist-test-\d-label\d\.png: (?:unsure: )?(\d) \(p=", out)
     assert len(predicted) == 3, out[-3000:]
     assert out.strip().splitlines()[-1].startswith("sandbox: stopped (pid ")  # the last line stopped it
