@@ -33,3 +33,20 @@ class Patches:
                 delattr(cls, name)
             else:
                 setattr(cls, name, original)
+
+
+class MethodPatch:
+    """While entered, one moto method is replaced: `target()` says which and with what."""
+
+    def __init__(self) -> None:
+        self._patches = Patches()
+
+    def target(self) -> tuple[type, str, Any]:
+        raise NotImplementedError
+
+    def __enter__(self) -> MethodPatch:
+        self._patches.set(*self.target())
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._patches.restore()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .patches import Patches
+from .patches import MethodPatch
 
 # The request context of a boto3 call to S3 (the keys the sandbox knows how to answer).
 REQUEST_CONTEXT = {"aws:securetransport": "true"}
@@ -64,17 +64,10 @@ def bucket_permission(bucket: Any, action: str, resource: str) -> Any:
     return IAMPolicy(json.dumps({**document, "Statement": kept})).is_action_permitted(action, resource)
 
 
-class BucketPolicyConditions:
+class BucketPolicyConditions(MethodPatch):
     """While entered, moto's S3 evaluates bucket-policy conditions as bucket_permission does."""
 
-    def __init__(self) -> None:
-        self._patches = Patches()
-
-    def __enter__(self) -> BucketPolicyConditions:
+    def target(self) -> tuple[type, str, Any]:
         from moto.s3.models import FakeBucket
 
-        self._patches.set(FakeBucket, "get_permission", bucket_permission)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._patches.restore()
+        return FakeBucket, "get_permission", bucket_permission

@@ -33,7 +33,7 @@ from typing import Any
 from . import record
 from .container import LOG_GROUP, Container, container_problem
 from .optml import SandboxError
-from .patches import Patches
+from .patches import MethodPatch, Patches
 from .run import JobClients, JobRun, RunOptions, run_training_job
 
 __all__ = [
@@ -217,13 +217,10 @@ def sagemaker_service(
         yield service
 
 
-class LocalImages:
+class LocalImages(MethodPatch):
     """While entered, ECR DescribeImages finds every tag asked for, registering it on first sight."""
 
-    def __init__(self) -> None:
-        self._patches = Patches()
-
-    def __enter__(self) -> LocalImages:
+    def target(self) -> tuple[type, str, Any]:
         from moto.ecr.responses import ECRResponse
 
         original = ECRResponse.describe_images
@@ -232,11 +229,7 @@ class LocalImages:
             self._register(response)
             return original(response)
 
-        self._patches.set(ECRResponse, "describe_images", describe_images)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._patches.restore()
+        return ECRResponse, "describe_images", describe_images
 
     @staticmethod
     def _register(response: Any) -> None:
@@ -263,20 +256,13 @@ def placeholder_manifest(tag: str) -> str:
     )
 
 
-class NoPolicySimulation:
+class NoPolicySimulation(MethodPatch):
     """While entered, IAM SimulatePrincipalPolicy is refused (AccessDenied) instead of a 500."""
 
-    def __init__(self) -> None:
-        self._patches = Patches()
-
-    def __enter__(self) -> NoPolicySimulation:
+    def target(self) -> tuple[type, str, Any]:
         from moto.iam.responses import IamResponse
 
-        self._patches.set(IamResponse, "simulate_principal_policy", _refuse_simulation)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._patches.restore()
+        return IamResponse, "simulate_principal_policy", _refuse_simulation
 
 
 def _refuse_simulation(response: Any) -> Any:
