@@ -270,6 +270,11 @@ def _listing(files: dict[str, str]) -> str:
     return ", ".join(f"{stem}(.gz)" for stem in files)
 
 
+def _verified_copy(folder: Path, stem: str, digest: str, memo_dir: Path | None) -> Path | None:
+    """The file of `stem` in `folder` that passes verification, if any."""
+    return next((folder / n for n in candidates(stem) if is_valid(folder / n, digest, memo_dir)), None)
+
+
 def _local_file(folder: Path, stem: str, digest: str, dest_dir: Path, memo_dir: Path | None) -> Path:
     """The verified copy of one file of a local source folder: the folder's own, else the cache's.
 
@@ -284,7 +289,7 @@ def _local_file(folder: Path, stem: str, digest: str, dest_dir: Path, memo_dir: 
         if problem is None:
             return path
         problems.append(problem)
-    cached = next((dest_dir / n for n in candidates(stem) if is_valid(dest_dir / n, digest, memo_dir)), None)
+    cached = _verified_copy(dest_dir, stem, digest, memo_dir)
     if problems and cached is not None:
         print(f"warning: {problems[0]}; using the verified copy {cached}", file=sys.stderr, flush=True)
     if cached is not None:
@@ -325,7 +330,7 @@ def fetch_raw(
         if local is not None:
             paths[stem] = _local_file(local, stem, digest, dest_dir, memo_dir)
             continue
-        cached = next((dest_dir / n for n in candidates(stem) if is_valid(dest_dir / n, digest, memo_dir)), None)
+        cached = _verified_copy(dest_dir, stem, digest, memo_dir)
         if cached is None:
             cached = dest_dir / f"{stem}.gz"
             cached.unlink(missing_ok=True)
