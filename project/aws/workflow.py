@@ -24,6 +24,7 @@ from ..raw import fetch_dataset
 from ..sagemaker_names import METRICS_FILE
 from . import monitor, sdk
 from .fetch import fetch_job
+from .fit import InstanceFitError, check_memory, estimate_memory
 from .image import (
     DEFAULT_BASE_IMAGE,
     ImageError,
@@ -35,6 +36,7 @@ from .image import (
     tag_exists,
 )
 from .plan import LaunchError, plan_job, validate_plan
+from .quotas import QuotaError
 from .session import aws_clients, aws_errors
 from .staging import stage_source
 from .upload import plan_upload
@@ -121,9 +123,12 @@ def train(
     ref = image_ref(ctx, allow_dirty)
     plan = plan_job(cfg, ctx.infra, ref.tag)
     validate_plan(plan, cfg)
+    check_memory(estimate_memory(cfg, plan.per_device_batch), cfg.instance, plan.gpus_per_node, echo)
     try:
         sdk.check_remote(plan, cfg, ctx.clients.ecr, ctx.clients.s3)
-    except LaunchError as problem:
+        clients = ctx.clients
+        sdk.check_account(plan, clients.client("service-quotas"), clients.sagemaker, clients.client("iam"), echo)
+    except (LaunchError, QuotaError, InstanceFitError) as problem:
         if not dry_run:
             raise
         echo(f"warning: {problem}")
