@@ -179,6 +179,7 @@ OPERATIONS = {
     "DescribeLogStreams": ("CloudWatch Logs", "logs:DescribeLogStreams"),
     "GetLogEvents": ("CloudWatch Logs", "logs:GetLogEvents"),
     "GetCallerIdentity": ("STS", "sts:GetCallerIdentity"),
+    "GetProducts": ("Price List", "pricing:GetProducts"),
 }
 DENIED_CODES = {"AccessDenied", "AccessDeniedException", "403", "Forbidden", "UnauthorizedOperation"}
 THROTTLED_CODES = {
