@@ -2,13 +2,17 @@
 instance, price-list parsing, capacity messages. Pure functions on composed configs, plain asserts.
 """
 
+import threading
 from datetime import date
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs
 
 import pytest
 import yaml
 
 from project.aws import cost, fit, monitor, prices
 from project.aws import plan as jobs
+from project.aws.session import aws_clients
 from project.config import CONF_DIR, compose
 from tests.price_list import fixture_products
 from tests.test_jobs import INFRA, plan
@@ -149,3 +153,55 @@ def test_capacity_messages_are_said_once():
     }
     assert monitor.capacity_messages(desc, seen) == ["Starting: Insufficient capacity error from EC2, retrying!"]
     assert monitor.capacity_messages(desc, seen) == []
+
+
+class PolicySimulator(BaseHTTPRequestHandler):
+    """IAM's SimulatePrincipalPolicy (query protocol, XML) allowing only ALLOWED (moto cannot simulate)."""
+
+    ALLOWED: set[str] = set()
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        form = parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode())
+        actions = [v[0] for k, v in sorted(form.items()) if k.startswith("ActionNames.member.")]
+        members = "".join(
+            f"<member><EvalActionName>{a}</EvalActionName><EvalResourceName>{form['ResourceArns.member.1'][0]}"
+            f"</EvalResourceName><EvalDecision>{'allowed' if a in self.ALLOWED else 'implicitDeny'}</EvalDecision>"
+            "<MatchedStatements/><MissingContextValues/></member>"
+            for a in actions
+        )
+        body = (
+            '<SimulatePrincipalPolicyResponse xmlns="https://iam.amazonaws.com/doc/2010-05-08/">'
+            f"<SimulatePrincipalPolicyResult><IsTruncated>false</IsTruncated><EvaluationResults>{members}"
+            "</EvaluationResults></SimulatePrincipalPolicyResult>"
+            "<ResponseMetadata><RequestId>1</RequestId></ResponseMetadata></SimulatePrincipalPolicyResponse>"
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_role_that_may_not_pull_the_image_is_refused(monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), PolicySimulator)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        iam = aws_clients("us-east-1", f"http://127.0.0.1:{server.server_address[1]}").client("iam")
+        image = f"{INFRA.repository_url}:abc1234"
+        PolicySimulator.ALLOWED = set(fit.PULL_ACTIONS)
+        fit.check_image_pull(iam, INFRA.role_arn, image)
+        PolicySimulator.ALLOWED = {"ecr:BatchGetImage"}
+        with pytest.raises(fit.InstanceFitError) as refused:
+            fit.check_image_pull(iam, INFRA.role_arn, image)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (
+        f"the execution role {INFRA.role_arn} may not pull {image} "
+        "(ecr:GetDownloadUrlForLayer, ecr:BatchCheckLayerAvailability denied)"
+    ) in str(refused.value)

@@ -21,7 +21,6 @@ QUOTA_NAMES = {
     "spot": "{type} for spot training job usage",
     "warm pool": "{type} for training warm pool usage",
 }
-UNREADABLE_CODES = {"AccessDenied", "AccessDeniedException", "NoSuchResourceException", "UnknownOperationException"}
 
 
 class QuotaError(UserError):
@@ -98,8 +97,14 @@ def quotas_for(service_quotas: Any, sagemaker: Any, instance_type: str, usages: 
     Raises QuotasUnreadable where quotas cannot be read.
     """
     names = {usage: QUOTA_NAMES[usage].format(type=instance_type) for usage in usages}
+    from botocore.exceptions import ClientError
+
     values = quota_values(service_quotas, set(names.values()))
-    used = instances_in_use(sagemaker, instance_type)
+    try:
+        used = instances_in_use(sagemaker, instance_type)
+    except ClientError as exc:  # e.g. no sagemaker:ListTrainingJobs: what is in use is unknown
+        code = exc.response.get("Error", {}).get("Code", "?")
+        raise QuotasUnreadable(f"SageMaker {exc.operation_name} refused: {code}") from None
     return [
         Quota(name, values[name][0], values[name][1], used[usage]) for usage, name in names.items() if name in values
     ]

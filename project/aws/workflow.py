@@ -126,7 +126,8 @@ def train(
     ref = image_ref(ctx, allow_dirty)
     plan = plan_job(cfg, ctx.infra, ref.tag)
     validate_plan(plan, cfg)
-    check_memory(estimate_memory(cfg, plan.per_device_batch), cfg.instance, plan.gpus_per_node, echo)
+    if plan.gpus_per_node:  # the estimate imports torch: only where there is GPU memory to compare with
+        check_memory(estimate_memory(cfg, plan.per_device_batch), cfg.instance, plan.gpus_per_node, echo)
     try:
         sdk.check_remote(plan, cfg, ctx.clients.ecr, ctx.clients.s3)
         clients = ctx.clients
