@@ -336,6 +336,8 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"trainer.gpus must be >= 0 (0 = CPU), got {t.gpus}")
     if cfg.instance.count < 1:
         raise ConfigError(f"instance.count must be >= 1, got {cfg.instance.count}")
+    if cfg.job.max_cost_usd is not None and cfg.job.max_cost_usd <= 0:
+        raise ConfigError(f"job.max_cost_usd must be a positive number (null: no budget), got {cfg.job.max_cost_usd}")
     if not str(cfg.model.net.get("_target_", "")):
         raise ConfigError("model.net._target_ is empty: name the nn.Module class to build")
     _validate_resource_names(cfg.aws)

@@ -58,6 +58,13 @@ def test_a_launch_over_budget_is_refused_with_both_figures():
     assert "\n" not in str(refused.value)
 
 
+def test_a_budget_must_be_positive():
+    from project.config import ConfigError
+
+    with pytest.raises(ConfigError, match="job.max_cost_usd must be a positive number"):
+        compose(["job.max_cost_usd=0"])
+
+
 def test_a_sweep_checks_its_summed_worst_case():
     plans = [plan("instance=ml.g5.xlarge", f"trainer.seed={seed}")[0] for seed in range(3)]
     total = sum(p.cost.worst_case_usd for p in plans)  # 3 x $2.816
