@@ -2,7 +2,8 @@
 role against the image. Refusals are one line; nothing here launches anything.
 
 The memory estimate builds the network on PyTorch's meta device: shapes only, no memory, no data,
-well under a second, so it runs before every launch. torch is imported inside the function.
+so it can run before every launch on a GPU instance. torch (and the network's module) is imported
+inside the function, only then.
 """
 
 from __future__ import annotations
