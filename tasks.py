@@ -172,6 +172,22 @@ def fetch(c, job=None, overrides=None):
 
 
 @task(
+    iterable=["overrides"],
+    help={
+        "region": "Region whose prices to read (default: aws.region, else the AWS profile's, else us-east-1)",
+        "catalog": "Folder of instance files to rewrite (default: conf/instance)",
+        "overrides": OVERRIDES_HELP + " (aws.*)",
+    },
+)
+def prices(c, region=None, catalog=None, overrides=None):
+    """Refresh conf/instance/*.yaml training prices from the AWS Price List API (writes date and source)."""
+    from project.aws import workflow
+
+    with user_errors():
+        workflow.prices(overrides or [], region=region, catalog=catalog)
+
+
+@task(
     help={
         "port": f"Port on 127.0.0.1 (default {SANDBOX_PORT}, LocalStack's)",
         "background": "Run detached, with a pid file in .sandbox/; `invoke sandbox --stop` ends it",
@@ -188,5 +204,5 @@ def sandbox(c, port=SANDBOX_PORT, background=False, stop=False, jobs=True):
         main(port=int(port), background=background, stop=stop, run_jobs=jobs)
 
 
-ns = Collection(local, predict, upload, build, push, train, logs, status, stop, fetch, sandbox)
+ns = Collection(local, predict, upload, build, push, train, logs, status, stop, fetch, prices, sandbox)
 ns.configure({"run": {"echo": False}})

@@ -86,11 +86,17 @@ class InstanceConfig:
     gpus: int = 0
     gpu_model: str | None = None
     gpu_memory_gib: int = 0  # per GPU
+    # CUDA compute capability (V100 7.0, T4 7.5, A100 8.0, A10G 8.6, L4/L40S 8.9, H100 9.0):
+    # bf16 needs 8.0 (Ampere) or newer. None on CPU instances.
+    gpu_compute_capability: float | None = None
     vcpus: int = MISSING
     memory_gib: int = MISSING
-    price_per_hour: float = MISSING  # on-demand USD per hour, us-east-1
     count: int = 1  # number of instances (nodes)
     volume_size_gb: int = 30
+    price_per_hour: float = MISSING  # on-demand training USD per instance-hour in price_region
+    price_region: str = "us-east-1"
+    price_date: str | None = None  # YYYY-MM-DD the price was read (`invoke prices`); None: hand-typed, date unknown
+    price_source: str | None = None  # where the price came from
 
 
 @dataclass
@@ -120,6 +126,7 @@ class JobConfig:
     max_wait_minutes: int | None = None  # spot only; None: twice max_run
     spot_discount: float = 0.7  # typical managed-spot saving, for the cost estimate only
     keep_alive_minutes: int = 0  # warm pool; 0 disables it
+    max_cost_usd: float | None = None  # refuse a launch whose worst-case cost exceeds this; None: no budget
     environment: dict[str, str] = field(default_factory=dict)
 
 
@@ -329,6 +336,8 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"trainer.gpus must be >= 0 (0 = CPU), got {t.gpus}")
     if cfg.instance.count < 1:
         raise ConfigError(f"instance.count must be >= 1, got {cfg.instance.count}")
+    if cfg.job.max_cost_usd is not None and cfg.job.max_cost_usd <= 0:
+        raise ConfigError(f"job.max_cost_usd must be a positive number (null: no budget), got {cfg.job.max_cost_usd}")
     if not str(cfg.model.net.get("_target_", "")):
         raise ConfigError("model.net._target_ is empty: name the nn.Module class to build")
     _validate_resource_names(cfg.aws)

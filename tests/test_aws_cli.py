@@ -12,17 +12,24 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import uuid
+from datetime import date
 from pathlib import Path
 
 import pytest
 
+from project.aws import prices
+from project.aws.quotas import free_instances
 from project.aws.session import aws_clients
+from project.config import compose
 from project.sagemaker_names import JOB_NAME
+from project.sandbox import quotas as sandbox_quotas
 from project.sandbox import record
 from project.sandbox import service as emulator
 from project.sandbox.service import placeholder_manifest
 from tests.cli import invoke, one_error_line
+from tests.price_list import PriceListServer, fixture_products
 from tests.synthetic import write_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -206,6 +213,7 @@ def test_launch_records_the_unique_job_name(clients, dataset, repository, tmp_pa
     assert re.search(rf"^  job +{name}$", result.stdout, re.M)  # the summary names the job that was launched
     desc = clients.sagemaker.describe_training_job(TrainingJobName=name)
     assert desc["TrainingJobName"] == name
+    assert desc["RetryStrategy"] == {"MaximumRetryAttempts": 3}  # SageMaker relaunches after a capacity error
 
 
 # --- upload sends what was verified; an s3:// source uses the configured endpoint ---------------
@@ -237,3 +245,143 @@ def test_s3_source_is_read_at_the_configured_endpoint(clients, dataset, reposito
     result = invoke("upload", *overrides(tmp_path, dataset, repository, data, data, **extra), env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert len(clients.s3.list_objects_v2(Bucket=data, Prefix="datasets/tiny/")["Contents"]) == len(dataset[1])
+
+
+# --- before money is spent: quotas, budget, the instance, prices, retries -------------------------
+
+
+def job_count(clients) -> int:
+    pages = clients.sagemaker.get_paginator("list_training_jobs").paginate()
+    return sum(len(page["TrainingJobSummaries"]) for page in pages)
+
+
+def refused_launch(clients, tmp_path, dataset, repository, *extra: str) -> str:
+    """`invoke train --yes` refused with one line, and no job created."""
+    data, artifacts = new_bucket(clients, "data"), new_bucket(clients, "art")
+    upload_dataset(clients, dataset, data)
+    before = job_count(clients)
+    with emulator.sagemaker_service():
+        result = invoke(
+            "train", "--yes", "--no-wait", *overrides(tmp_path, dataset, repository, data, artifacts), *extra
+        )
+    line = one_error_line(result)
+    assert job_count(clients) == before
+    return line
+
+
+def test_a_launch_over_the_quota_is_refused_with_the_increase_command(clients, dataset, repository, tmp_path):
+    name = "ml.m5.xlarge for training job usage"
+    with sandbox_quotas.set_quota(name, 0):
+        line = refused_launch(clients, tmp_path, dataset, repository)
+    in_use = int(re.search(rf"quota '{name}' is 0, (\d+) in use, 1 requested", line).group(1))
+    code = sandbox_quotas.quota_code(name)
+    assert (
+        f"`aws service-quotas request-service-quota-increase --service-code sagemaker --quota-code {code} "
+        f"--desired-value {in_use + 1} --region {REGION}`"
+    ) in line
+    # Jobs in progress count against the quota: one more InProgress job of the type, one more in use.
+    with emulator.sagemaker_service():
+        create_job(clients, f"cli-quota-{uuid.uuid4().hex[:6]}", "cli-never-art")
+    with sandbox_quotas.set_quota(name, in_use + 1):
+        line = refused_launch(clients, tmp_path, dataset, repository)
+    assert f"is {in_use + 1}, {in_use + 1} in use, 1 requested" in line, line
+
+
+def test_spot_and_warm_pool_quotas_are_checked(clients, dataset, repository, tmp_path):
+    with sandbox_quotas.set_quota("ml.m5.xlarge for spot training job usage", 0):
+        line = refused_launch(clients, tmp_path, dataset, repository, "job.spot=true")
+    assert "quota 'ml.m5.xlarge for spot training job usage' is 0" in line
+    with sandbox_quotas.set_quota("ml.m5.xlarge for training warm pool usage", 0):
+        line = refused_launch(clients, tmp_path, dataset, repository, "job.keep_alive_minutes=10")
+    assert "quota 'ml.m5.xlarge for training warm pool usage' is 0, 0 in use, 1 requested" in line
+
+
+def test_unreadable_quotas_warn_once_and_the_launch_goes_on(clients, dataset, repository, tmp_path):
+    data, artifacts = new_bucket(clients, "data"), new_bucket(clients, "art")
+    upload_dataset(clients, dataset, data)
+    with sandbox_quotas.deny_quotas(), emulator.sagemaker_service():
+        result = invoke("train", "--yes", "--no-wait", *overrides(tmp_path, dataset, repository, data, artifacts))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("warning: cannot read")]
+    assert warnings == [
+        "warning: cannot read the SageMaker quotas for ml.m5.xlarge (Service Quotas refused: AccessDeniedException); "
+        "launching without the check"
+    ]
+    assert "launched " in result.stdout
+
+
+def test_free_instances_of_a_type(clients):
+    service_quotas = clients.client("service-quotas")
+    with sandbox_quotas.set_quota("ml.p5.48xlarge for training job usage", 2):
+        assert free_instances(service_quotas, clients.sagemaker, "ml.p5.48xlarge") == 2
+    with sandbox_quotas.deny_quotas():
+        assert free_instances(service_quotas, clients.sagemaker, "ml.p5.48xlarge") is None
+
+
+@pytest.mark.parametrize(
+    "extra,expected",
+    [
+        (
+            ("job.max_cost_usd=0.1",),
+            "this job can cost up to $0.46, over job.max_cost_usd=$0.10",
+        ),
+        (
+            ("instance=ml.g4dn.xlarge", "trainer.gpus=1", "trainer.precision=bf16-mixed"),
+            "trainer.precision=bf16-mixed needs an Ampere or newer GPU",
+        ),
+        (
+            ("instance=ml.g4dn.xlarge", "trainer.gpus=1", "model.net.width=512", "trainer.batch_size=4096"),
+            "the model needs ~4",
+        ),
+    ],
+)
+def test_launches_the_instance_cannot_afford_or_run_are_refused(
+    extra, expected, clients, dataset, repository, tmp_path
+):
+    line = refused_launch(clients, tmp_path, dataset, repository, *extra)
+    assert expected in line, line
+
+
+def test_prices_refresh_the_catalog_from_the_price_list(tmp_path):
+    conf = tmp_path / "conf"
+    shutil.copytree(ROOT / "conf", conf)
+    env = dict(os.environ)
+    with PriceListServer(fixture_products(), throttle=1) as server:
+        env["AWS_ENDPOINT_URL"] = server.url
+        result = invoke("prices", "--region", "us-east-1", "--catalog", str(conf / "instance"), env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "retrying GetProducts (attempt 2 of 5) after ThrottlingException" in result.stderr
+    assert server.requests[-1]["Filters"] == prices.training_filters("us-east-1")
+    assert len(server.requests) >= 3  # the throttled one, then every page
+    assert "ml.p5.48xlarge: $113.07/h -> $63.3/h (us-east-1, " in result.stdout
+    assert "warning: ml.p3.2xlarge has no on-demand training price in us-east-1; its file is unchanged" in result.stdout
+    today = date.today().isoformat()
+    p5 = compose(["instance=ml.p5.48xlarge"], conf_dir=conf).instance
+    assert (p5.price_per_hour, p5.price_region, p5.price_date) == (63.3, "us-east-1", today)
+    assert "AmazonSageMaker USE1-Train:ml.p5.48xlarge on-demand" in p5.price_source
+    assert (conf / "instance" / "ml.p3.2xlarge.yaml").read_text() == (
+        ROOT / "conf/instance/ml.p3.2xlarge.yaml"
+    ).read_text()
+    with PriceListServer(fixture_products()) as server:
+        env["AWS_ENDPOINT_URL"] = server.url
+        result = invoke("prices", "--region", "us-west-2", "--catalog", str(conf / "instance"), env=env)
+    assert result.returncode == 0, result.stderr
+    g5 = compose(["instance=ml.g5.xlarge"], conf_dir=conf).instance
+    assert (g5.price_per_hour, g5.price_region) == (1.5, "us-west-2")
+
+
+def test_prices_refused_change_nothing(tmp_path):
+    catalog = tmp_path / "instance"
+    shutil.copytree(ROOT / "conf" / "instance", catalog)
+    before = {p.name: p.read_text() for p in catalog.iterdir()}
+    env = dict(os.environ)
+    with PriceListServer(fixture_products(), refuse=True) as server:
+        env["AWS_ENDPOINT_URL"] = server.url
+        line = one_error_line(invoke("prices", "--catalog", str(catalog), env=env))
+    assert "Price List GetProducts on the AWS Price List API in us-east-1 refused: AccessDeniedException" in line
+    assert "pricing:GetProducts" in line
+    with PriceListServer(fixture_products()) as server:
+        env["AWS_ENDPOINT_URL"] = server.url
+        line = one_error_line(invoke("prices", "--region", "eu-central-1", "--catalog", str(catalog), env=env))
+    assert "lists no SageMaker training prices for region 'eu-central-1'" in line
+    assert {p.name: p.read_text() for p in catalog.iterdir()} == before

@@ -324,4 +324,6 @@ def test_dry_run_prints_the_create_training_job_request(world):
     assert request["StoppingCondition"]["MaxRuntimeInSeconds"] == 120 * 60
     assert "$14.688/h x 1 instance(s) x 2.00 h max = $29.38 on-demand at most" in result.stdout
     assert "4 per node, world size 4" in result.stdout
+    assert request["RetryStrategy"] == {"MaximumRetryAttempts": 3}  # capacity errors are retried by SageMaker
+    assert "worst case $29.38; no budget (job.max_cost_usd)" in result.stdout
     assert len(sm.list_training_jobs(MaxResults=100)["TrainingJobSummaries"]) == before  # nothing launched

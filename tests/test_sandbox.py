@@ -75,7 +75,8 @@ def sandbox(tmp_path_factory):
 @pytest.fixture(scope="module")
 def aws(sandbox):
     session = boto3.Session(aws_access_key_id="test", aws_secret_access_key="test", region_name=REGION)
-    return {name: session.client(name, endpoint_url=sandbox["url"]) for name in ("sagemaker", "s3", "ecr", "iam")}
+    services = ("sagemaker", "s3", "ecr", "iam", "service-quotas")
+    return {name: session.client(name, endpoint_url=sandbox["url"]) for name in services}
 
 
 def create_job(aws, prefix: str, **request) -> str:
@@ -192,6 +193,22 @@ def test_role_simulation_is_refused_not_a_server_error(aws):
     with pytest.raises(iam.exceptions.ClientError) as refused:
         iam.simulate_principal_policy(PolicySourceArn=role, ActionNames=["s3:ListBucket"])
     assert refused.value.response["Error"]["Code"] == "AccessDenied"  # the SDK's "verdict unknown"
+
+
+def test_it_answers_sagemaker_quotas_generously(aws):
+    """moto serves the VPC's quotas only: `invoke train`'s quota check would always warn against it."""
+    from project.aws.plan import known_instance_types
+    from project.aws.quotas import free_instances
+    from project.sandbox.quotas import SANDBOX_DEFAULT
+
+    assert free_instances(aws["service-quotas"], aws["sagemaker"], "ml.p5.48xlarge") == SANDBOX_DEFAULT
+    names = [
+        q["QuotaName"]
+        for page in aws["service-quotas"].get_paginator("list_service_quotas").paginate(ServiceCode="sagemaker")
+        for q in page["Quotas"]
+    ]
+    assert "ml.g6e.xlarge for spot training job usage" in names
+    assert len(names) == len(set(names)) == 3 * len(known_instance_types())  # every page, each quota once
 
 
 def test_ctrl_c_stops_it_cleanly(sandbox):

@@ -8,11 +8,18 @@ capacity) bounds how long it may take, not what it costs: the waiting is not bil
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 from ..config import CONF_DIR
+from ..errors import UserError
 
 SECONDS_PER_HOUR = 3600
+STALE_PRICE_DAYS = 90  # older catalog prices are flagged in the summary: AWS changes GPU prices a few times a year
+
+
+class BudgetError(UserError):
+    """The worst case exceeds job.max_cost_usd; nothing was launched."""
 
 
 @dataclass(frozen=True)
@@ -24,12 +31,26 @@ class Cost:
     spot_usd: float  # the on-demand bound less the typical spot saving
     spot_discount: float
     max_wait_hours: float | None = None  # spot: MaxWait, the wall-clock bound including waiting
+    warm_pool_hours: float = 0.0  # KeepAlivePeriod: the instances stay billed this long after the job
+
+    @property
+    def warm_pool_usd(self) -> float:
+        return self.price_per_hour * self.instances * self.warm_pool_hours
+
+    @property
+    def worst_case_usd(self) -> float:
+        """The most the job can be billed: every instance for all of MaxRuntime, then the warm pool."""
+        return self.on_demand_usd + self.warm_pool_usd
 
     def line(self, spot: bool) -> str:
         text = (
             f"${self.price_per_hour:.3f}/h x {self.instances} instance(s) x {self.max_hours:.2f} h max = "
             f"${self.on_demand_usd:.2f} on-demand at most"
         )
+        if self.warm_pool_hours:
+            text += (
+                f", + ${self.warm_pool_usd:.2f} warm pool ({self.warm_pool_hours:.2f} h) = ${self.worst_case_usd:.2f}"
+            )
         if not spot:
             return text + f" (spot would be about ${self.spot_usd:.2f})"
         saving = self.on_demand_usd - self.spot_usd
@@ -46,12 +67,52 @@ def estimate(
     max_run_seconds: float,
     spot_discount: float,
     max_wait_seconds: float | None = None,
+    keep_alive_seconds: float = 0,
 ) -> Cost:
-    """The most a job can cost: every instance billed for the whole MaxRuntime."""
+    """The most a job can cost: every instance billed for the whole MaxRuntime (and its warm pool)."""
     hours = max_run_seconds / SECONDS_PER_HOUR
     on_demand = price_per_hour * instances * hours
     wait_hours = max_wait_seconds / SECONDS_PER_HOUR if max_wait_seconds else None
-    return Cost(price_per_hour, instances, hours, on_demand, on_demand * (1 - spot_discount), spot_discount, wait_hours)
+    return Cost(
+        price_per_hour,
+        instances,
+        hours,
+        on_demand,
+        on_demand * (1 - spot_discount),
+        spot_discount,
+        wait_hours,
+        keep_alive_seconds / SECONDS_PER_HOUR,
+    )
+
+
+def check_budget(worst_case_usd: float, max_cost_usd: float | None, what: str = "this job") -> None:
+    """Refuse when the worst case exceeds the budget (None: no budget). A sweep passes the sum over its jobs."""
+    if max_cost_usd is not None and worst_case_usd > max_cost_usd:
+        raise BudgetError(
+            f"{what} can cost up to ${worst_case_usd:.2f}, over job.max_cost_usd=${max_cost_usd:.2f}: "
+            "lower job.max_run_minutes, instance.count or job.keep_alive_minutes, pick a cheaper instance, "
+            "or raise job.max_cost_usd"
+        )
+
+
+def budget_line(worst_case_usd: float, max_cost_usd: float | None) -> str:
+    if max_cost_usd is None:
+        return f"worst case ${worst_case_usd:.2f}; no budget (job.max_cost_usd)"
+    return f"worst case ${worst_case_usd:.2f} of job.max_cost_usd=${max_cost_usd:.2f}"
+
+
+def price_age_note(price_date: str | None, price_region: str, job_region: str, today: date | None = None) -> str:
+    """What the summary says about the catalog price: stale, never read from AWS, or another region's."""
+    notes = []
+    if price_date is None:
+        notes.append("price not read from AWS: `invoke prices` refreshes it")
+    else:
+        age = ((today or date.today()) - date.fromisoformat(price_date)).days
+        if age > STALE_PRICE_DAYS:
+            notes.append(f"price of {price_date}, {age} days old: `invoke prices` refreshes it")
+    if price_region != job_region:
+        notes.append(f"price is {price_region}'s, the job runs in {job_region}: `invoke prices` reads that region's")
+    return "; ".join(notes)
 
 
 def instance_price(instance_type: str) -> float | None:

@@ -138,6 +138,7 @@ def wait(
     tail = LogTail(logs, job_name)
     last: list[str] = []
     previous = None
+    seen: set[tuple[str, str]] = set()
     while True:
         desc = describe(sm, job_name)
         for line in tail.poll():
@@ -147,12 +148,28 @@ def wait(
         if status != previous:
             echo(f"[{job_name}] {status[0]} / {status[1]}")
             previous = status
+        for message in capacity_messages(desc, seen):
+            echo(f"[{job_name}] {message}")
         if desc["TrainingJobStatus"] in TERMINAL:
             for line in tail.poll():
                 echo(line)
                 last = (last + [line])[-keep_last:]
             return desc, last
         time.sleep(poll_seconds)
+
+
+CAPACITY_WORDS = ("capacity", "retry", "retrying")  # SageMaker's words while RetryStrategy waits for instances
+
+
+def capacity_messages(desc: dict[str, Any], seen: set[tuple[str, str]]) -> list[str]:
+    """New SecondaryStatusTransitions messages about capacity or retries (each said once)."""
+    new = []
+    for transition in desc.get("SecondaryStatusTransitions", []):
+        key = (str(transition.get("StartTime")), str(transition.get("StatusMessage", "")))
+        if key not in seen and any(word in key[1].lower() for word in CAPACITY_WORDS):
+            new.append(f"{transition.get('Status', '?')}: {key[1]}")
+        seen.add(key)
+    return new
 
 
 def no_log_stream(desc: dict[str, Any]) -> str:

@@ -16,7 +16,8 @@ from ..config import CONF_DIR, ConfigError, config_hash, per_device_batch, resol
 from ..errors import UserError
 from ..infra import Infra
 from ..sagemaker_names import JOB_NAME
-from .cost import Cost, estimate
+from .cost import Cost, budget_line, check_budget, estimate, price_age_note
+from .fit import check_precision
 
 ENTRY_SCRIPT = "sm_entry.py"  # project/sm_entry.py, staged at the top of the code channel
 MAX_RUNTIME_SECONDS = 28 * 24 * 3600  # SageMaker's limit on MaxRuntimeInSeconds/MaxWaitTimeInSeconds
@@ -59,6 +60,8 @@ class JobPlan:
     environment: dict[str, str]
     hyperparameters: dict[str, str] = field(default_factory=dict)
     cost: Cost | None = None
+    max_cost_usd: float | None = None  # job.max_cost_usd: the budget of this launch
+    price_note: str = ""  # the catalog price is stale, hand-typed or another region's
 
     def summary(self) -> str:
         rows = [
@@ -78,7 +81,10 @@ class JobPlan:
             ),
             ("warm pool", f"{self.keep_alive_seconds // 60} min" if self.keep_alive_seconds else "off"),
             ("cost", self.cost.line(self.spot) if self.cost else "?"),
+            ("budget", budget_line(self.cost.worst_case_usd, self.max_cost_usd) if self.cost else "?"),
         ]
+        if self.price_note:
+            rows.insert(-1, ("price", self.price_note))
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
 
@@ -140,7 +146,11 @@ def plan_job(cfg: Any, infra: Infra, image_tag: str, now: datetime | None = None
         environment={"PYTHONUNBUFFERED": "1", **{str(k): str(v) for k, v in job.environment.items()}},
         # For the record (console, DescribeTrainingJob): the container reads config.yaml, not these.
         hyperparameters={"config_hash": digest, "processes_per_node": str(processes), "nodes": str(inst.count)},
-        cost=estimate(inst.price_per_hour, inst.count, max_run, job.spot_discount, max_wait),
+        cost=estimate(
+            inst.price_per_hour, inst.count, max_run, job.spot_discount, max_wait, job.keep_alive_minutes * 60
+        ),
+        max_cost_usd=job.max_cost_usd,
+        price_note=price_age_note(inst.price_date, inst.price_region, infra.region),
     )
 
 
@@ -177,6 +187,9 @@ def validate_plan(plan: JobPlan, cfg: Any) -> None:
         raise LaunchError(
             f"trainer.gpus=0 on {plan.instance_type} pays for {cfg.instance.gpus} idle GPU(s); pick a CPU instance"
         )
+    check_precision(cfg.trainer.precision, cfg.instance, plan.gpus_per_node)
+    if plan.cost is not None:
+        check_budget(plan.cost.worst_case_usd, plan.max_cost_usd)
 
 
 def entry_command(plan: JobPlan) -> str:

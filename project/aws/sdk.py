@@ -11,13 +11,32 @@ from pathlib import Path
 from typing import Any
 
 from ..sagemaker_names import CHECKPOINT_DIR, DATA_CHANNEL
+from .fit import check_image_pull
 from .names import split_s3_uri
 from .plan import JobPlan, LaunchError, entry_command
+from .quotas import check_quotas, usages
 from .session import aws_errors
 
 # `name=value` lines printed by project.train, scraped by SageMaker into CloudWatch metrics.
 METRIC_NAMES = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "epoch")
 METRIC_DEFINITIONS = [{"Name": name, "Regex": rf"(?:^|\s){name}=([-+0-9.eE]+)"} for name in METRIC_NAMES]
+# RetryStrategy: SageMaker launches the job again after InsufficientCapacityError (or an internal
+# error), up to this many times, all within the one MaxRuntime: the worst-case cost does not grow.
+CAPACITY_RETRY_ATTEMPTS = 3
+
+
+def check_account(plan: JobPlan, service_quotas: Any, sagemaker: Any, iam: Any, warn: Any) -> None:
+    """What the account allows: free quota for the instances, and the role's right to pull the image."""
+    check_quotas(
+        service_quotas,
+        sagemaker,
+        plan.instance_type,
+        plan.instance_count,
+        plan.region,
+        usages(plan.spot, plan.keep_alive_seconds),
+        warn,
+    )
+    check_image_pull(iam, plan.role_arn, plan.image_uri)
 
 
 def check_remote(plan: JobPlan, cfg: Any, ecr: Any, s3: Any) -> None:
@@ -63,7 +82,7 @@ def model_trainer(plan: JobPlan, source_dir: Path, boto_session: Any) -> Any:
     from sagemaker.core.shapes import StoppingCondition
     from sagemaker.core.training.configs import CheckpointConfig, Compute, OutputDataConfig, SourceCode
     from sagemaker.train import ModelTrainer
-    from sagemaker.train.configs import InputData
+    from sagemaker.train.configs import InputData, RetryStrategy
 
     sdk_logger = logging.getLogger("sagemaker.core.utils.utils")
     if not any(isinstance(f, _HyperparametersAreARecord) for f in sdk_logger.filters):
@@ -105,6 +124,7 @@ def model_trainer(plan: JobPlan, source_dir: Path, boto_session: Any) -> Any:
         hyperparameters=plan.hyperparameters,
         tags=[{"key": k, "value": v} for k, v in plan.tags.items()],
     )
+    trainer = trainer.with_retry_strategy(RetryStrategy(maximum_retry_attempts=CAPACITY_RETRY_ATTEMPTS))
     return trainer.with_metric_definitions(_metric_definitions())
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,8 +21,36 @@ from typing import Any
 from ..errors import UserError
 
 ENDPOINT_ENV = "AWS_ENDPOINT_URL"
-# Standard retry mode backs off on throttling and dropped connections; 5 attempts ride them out.
+# Adaptive retry mode: standard's backoff on throttling and dropped connections, plus a client-side
+# rate limit that slows down once AWS throttles (status polls, log tails, quota look-ups); 5 attempts.
+RETRY_MODE = "adaptive"
 MAX_ATTEMPTS = 5
+
+
+def _remember_retry_cause(
+    request_dict: Any = None, response: Any = None, caught_exception: Any = None, **_: Any
+) -> None:
+    """needs-retry: keep why this attempt failed, for the line the next attempt prints."""
+    if request_dict is None:
+        return
+    error = (response[1].get("Error", {}).get("Code") if response else None) or type(caught_exception).__name__
+    request_dict["context"]["last_failure"] = error
+
+
+def _say_retry(echo: Any) -> Any:
+    def on_request_created(request: Any = None, operation_name: str = "", **_: Any) -> None:
+        """request-created: botocore builds a new request for each attempt; say so from the second on."""
+        context = getattr(request, "context", None) or {}
+        attempt = context.get("retries", {}).get("attempt", 1)
+        if attempt > 1:
+            cause = context.get("last_failure", "?")
+            echo(f"retrying {operation_name} (attempt {attempt} of {MAX_ATTEMPTS}) after {cause}")
+
+    return on_request_created
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 class AwsError(UserError, RuntimeError):
@@ -77,6 +106,7 @@ class AwsClients:
     region: str | None
     endpoint_url: str | None
     max_attempts: int = MAX_ATTEMPTS
+    echo_retry: Any = field(default=_stderr, repr=False)  # one line per retried request
     _session: Any = field(default=None, repr=False)
     _clients: dict[str, Any] = field(default_factory=dict, repr=False)
     # boto3 sessions are not thread-safe; clients are, once made.
@@ -87,6 +117,10 @@ class AwsClients:
         with self._lock:
             if self._session is None:
                 self._session = _session(self.region, self.endpoint_url)
+                # On the session's event system: the SageMaker SDK's clients from this session say it too.
+                events = self._session._session.get_component("event_emitter")
+                events.register("needs-retry", _remember_retry_cause)
+                events.register("request-created", _say_retry(self.echo_retry))
             return self._session
 
     def client(self, service: str):
@@ -96,7 +130,7 @@ class AwsClients:
         with self._lock:
             if service not in self._clients:
                 self._clients[service] = session.client(
-                    service, config=Config(retries={"mode": "standard", "max_attempts": self.max_attempts})
+                    service, config=Config(retries={"mode": RETRY_MODE, "max_attempts": self.max_attempts})
                 )
             return self._clients[service]
 
@@ -145,6 +179,7 @@ OPERATIONS = {
     "DescribeLogStreams": ("CloudWatch Logs", "logs:DescribeLogStreams"),
     "GetLogEvents": ("CloudWatch Logs", "logs:GetLogEvents"),
     "GetCallerIdentity": ("STS", "sts:GetCallerIdentity"),
+    "GetProducts": ("Price List", "pricing:GetProducts"),
 }
 DENIED_CODES = {"AccessDenied", "AccessDeniedException", "403", "Forbidden", "UnauthorizedOperation"}
 THROTTLED_CODES = {

@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import compose
+from ..config import CONF_DIR, compose
 from ..infra import Infra, load_infra
 from ..raw import fetch_dataset
 from ..sagemaker_names import METRICS_FILE
 from . import monitor, sdk
 from .fetch import fetch_job
+from .fit import InstanceFitError, check_memory, estimate_memory
 from .image import (
     DEFAULT_BASE_IMAGE,
     ImageError,
@@ -34,7 +35,11 @@ from .image import (
     push_commands,
     tag_exists,
 )
+from .names import name_problem
 from .plan import LaunchError, plan_job, validate_plan
+from .prices import PRICING_REGION, PriceError
+from .prices import refresh as refresh_prices
+from .quotas import QuotaError
 from .session import aws_clients, aws_errors
 from .staging import stage_source
 from .upload import plan_upload
@@ -121,9 +126,13 @@ def train(
     ref = image_ref(ctx, allow_dirty)
     plan = plan_job(cfg, ctx.infra, ref.tag)
     validate_plan(plan, cfg)
+    if plan.gpus_per_node:  # the estimate imports torch: only where there is GPU memory to compare with
+        check_memory(estimate_memory(cfg, plan.per_device_batch), cfg.instance, plan.gpus_per_node, echo)
     try:
         sdk.check_remote(plan, cfg, ctx.clients.ecr, ctx.clients.s3)
-    except LaunchError as problem:
+        clients = ctx.clients
+        sdk.check_account(plan, clients.client("service-quotas"), clients.sagemaker, clients.client("iam"), echo)
+    except (LaunchError, QuotaError, InstanceFitError) as problem:
         if not dry_run:
             raise
         echo(f"warning: {problem}")
@@ -147,6 +156,26 @@ def train(
         echo(f"follow it with `invoke logs {job_name} --follow`; `invoke status`; `invoke fetch {job_name}` when done")
         return job_name
     return finish(ctx, job_name, echo, poll_seconds)
+
+
+@aws_task
+def prices(
+    overrides: list[str], region: str | None = None, catalog: str | None = None, echo: Callable[[str], None] = print
+) -> None:
+    """Refresh the catalog's training prices for `region` (default: aws.region, else the profile's, else us-east-1)."""
+    import boto3
+
+    cfg = compose(overrides)
+    region = region or cfg.aws.region or boto3.Session().region_name or "us-east-1"
+    rule = name_problem("region", region)
+    if rule:
+        raise PriceError(f"--region {region!r}: {rule}")
+    folder = Path(catalog) if catalog else CONF_DIR / "instance"
+    if not any(folder.glob("*.yaml")):
+        raise PriceError(f"no instance files (*.yaml) in {folder}: point --catalog at conf/instance")
+    pricing = aws_clients(PRICING_REGION, cfg.aws.endpoint_url).client("pricing")
+    with aws_errors(resource=f"the AWS Price List API in {PRICING_REGION}"):
+        refresh_prices(pricing, folder, region, echo=echo)
 
 
 def finish(ctx: Context, job_name: str, echo: Callable[[str], None], poll_seconds: float) -> str:

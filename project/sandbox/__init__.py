@@ -1,10 +1,12 @@
 """The sandbox: a local AWS endpoint that also plays SageMaker, so jobs run without Docker or AWS.
 
 `invoke sandbox` serves a moto server with the gaps users would hit filled in (S3 bucket-policy
-conditions, SageMaker's job lifecycle and listing, any image tag as "this machine"), and runs each
+conditions, SageMaker's job lifecycle and listing, any image tag as "this machine", SageMaker's
+Service Quotas, IAM's policy simulator refused rather than a 500), and runs each
 training job it records on this machine, as one SageMaker instance would. One module per concern:
 
-- endpoint: the moto server over HTTP, with S3 policy conditions evaluated (policy);
+- endpoint: the moto server over HTTP, with S3 policy conditions evaluated (policy) and
+  SageMaker's Service Quotas served (quotas);
 - service: SageMaker's API where moto falls short, and the background runs of created jobs;
 - record: moto's in-process record of a job and the status changes the service makes to it;
 - optml: the job's /opt/ml tree and the container's environment;

@@ -26,7 +26,7 @@ from .container import container_problem
 from .endpoint import Endpoint
 from .optml import SandboxError
 from .run import RunOptions
-from .service import LocalImages, NoPolicySimulation, SageMakerService
+from .service import LocalImages, SageMakerService
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 PID_FILE, LOG_FILE, JOBS_DIR = "sandbox.pid", "sandbox.log", "jobs"
@@ -99,7 +99,6 @@ def serving(settings: Settings) -> Iterator[tuple[str, str | None]]:
         service.__enter__()
         stack.callback(service.close, stop_running=True)  # before the endpoint goes: runs upload their results
         stack.enter_context(LocalImages())
-        stack.enter_context(NoPolicySimulation())
         yield endpoint.url, recorded_only
 
 

@@ -1,7 +1,9 @@
 """The sandbox's AWS endpoint: every service moto has, over HTTP in this process.
 
 In this process, because the SageMaker side (service.py) works on moto's in-process record of
-each job. S3 bucket-policy conditions are evaluated while it serves (policy.py).
+each job. While it serves, S3 bucket-policy conditions are evaluated (policy.py), Service Quotas
+answers for SageMaker (quotas.py), and IAM SimulatePrincipalPolicy is refused rather than a 500
+(service.NoPolicySimulation): the tests' endpoint is the one `invoke sandbox` serves.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Any
 
 from .optml import SandboxError
 from .policy import BucketPolicyConditions
+from .quotas import SageMakerQuotas
+from .service import NoPolicySimulation
 
 
 class PortInUse(SandboxError):
@@ -27,6 +31,8 @@ class Endpoint:
         self._server: Any = None
         self._thread: threading.Thread | None = None
         self._conditions = BucketPolicyConditions()
+        self._quotas = SageMakerQuotas()
+        self._no_simulation = NoPolicySimulation()
 
     @property
     def url(self) -> str:
@@ -43,6 +49,8 @@ class Endpoint:
             )
         self.port = self._server.server_address[1]
         self._conditions.__enter__()
+        self._quotas.__enter__()
+        self._no_simulation.__enter__()
         self._thread = threading.Thread(target=self._server.serve_forever, name="sandbox-endpoint", daemon=True)
         self._thread.start()
         return self
@@ -69,3 +77,5 @@ class Endpoint:
         self._thread.join()
         self._server.server_close()
         self._conditions.__exit__()
+        self._quotas.__exit__()
+        self._no_simulation.__exit__()

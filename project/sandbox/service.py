@@ -86,10 +86,13 @@ def list_training_jobs(response: Any) -> Any:
     from moto.core.responses import ActionResult
 
     name, status = response._get_param("NameContains"), response._get_param("StatusEquals")
+    warm_pool = response._get_param("WarmPoolStatusEquals")  # moto keeps no warm pools: none match
     jobs = [
         j
         for j in response.sagemaker_backend.training_jobs.values()
-        if (not name or name in j.training_job_name) and (not status or j.training_job_status == status)
+        if (not name or name in j.training_job_name)
+        and (not status or j.training_job_status == status)
+        and (not warm_pool or (getattr(j, "warm_pool_status", None) or {}).get("Status") == warm_pool)
     ]
     attribute = SORT_ATTRIBUTES.get(response._get_param("SortBy") or "CreationTime", "creation_time")
     jobs.sort(key=lambda j: getattr(j, attribute), reverse=response._get_param("SortOrder") == "Descending")

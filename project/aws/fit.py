@@ -1,0 +1,146 @@
+"""Can the chosen instance run this config? Precision against the GPU, memory against the model, the
+role against the image. Refusals are one line; nothing here launches anything.
+
+The memory estimate builds the network on PyTorch's meta device: shapes only, no memory, no data,
+so it can run before every launch on a GPU instance. torch (and the network's module) is imported
+inside the function, only then.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import UserError
+
+BF16_MIN_COMPUTE_CAPABILITY = 8.0  # bf16 tensor cores arrived with Ampere (A100, A10G); V100 is 7.0, T4 7.5
+GIB = 1024**3
+# Bytes per parameter while training with AdamW: fp32 weights (4) + fp32 gradients (4) + two fp32
+# moment estimates (8). Lightning's mixed precision keeps fp32 master weights, so it is 16 either way.
+TRAINING_BYTES_PER_PARAMETER = 16
+# What CUDA, cuDNN workspaces and PyTorch's caching allocator take before the first tensor: ~0.5-1 GiB.
+CUDA_OVERHEAD_GIB = 0.75
+CLOSE_FRACTION = 0.8  # warn above this share of the GPU's memory: the estimate is rough
+
+
+class InstanceFitError(UserError):
+    """The instance cannot run the config as given; nothing was launched."""
+
+
+def check_precision(precision: str, instance: Any, gpus_per_node: int) -> None:
+    """bf16 on a GPU older than Ampere: refused (it would emulate bf16 slowly, or fail)."""
+    capability = instance.gpu_compute_capability
+    old_gpu = capability is not None and capability < BF16_MIN_COMPUTE_CAPABILITY
+    if gpus_per_node and str(precision).startswith("bf16") and old_gpu:
+        raise InstanceFitError(
+            f"trainer.precision={precision} needs an Ampere or newer GPU (compute capability >= 8.0); "
+            f"{instance.type} has {instance.gpu_model} ({capability}): use trainer.precision=16-mixed, "
+            "or an Ampere+ instance (g5, g6, g6e, p4d, p4de, p5)"
+        )
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    parameters: int
+    activation_elements_per_sample: int
+    per_device_batch: int
+    activation_bytes_per_element: int
+
+    @property
+    def gib(self) -> float:
+        """Weights, gradients and optimizer state, plus the activations kept for backward, plus CUDA's own.
+
+        Activations: every module's output is counted once per sample (what autograd keeps for the
+        backward pass, roughly; in-place ops and recomputation make it less, some ops' saved inputs
+        more). The dataset on the GPU (trainer.data_on_device) is not counted: MNIST is ~50 MB.
+        """
+        states = self.parameters * TRAINING_BYTES_PER_PARAMETER
+        activations = self.activation_elements_per_sample * self.per_device_batch * self.activation_bytes_per_element
+        return (states + activations) / GIB + CUDA_OVERHEAD_GIB
+
+
+def estimate_memory(cfg: Any, per_device_batch: int) -> MemoryEstimate | None:
+    """The estimate for the config's network, or None where the network cannot be built on the meta device."""
+    import torch
+
+    from ..models import build_net
+
+    try:
+        with torch.device("meta"):
+            net = build_net(dict(cfg.model.net))
+            sample = torch.empty(1, *cfg.dataset.image_shape)
+            outputs: list[int] = []
+            hooks = [
+                m.register_forward_hook(lambda _m, _i, out: outputs.append(out.numel()))
+                for m in net.modules()
+                if not list(m.children())  # leaf modules: containers would count their children twice
+            ]
+            net(sample)
+            for hook in hooks:
+                hook.remove()
+    except Exception:  # noqa: BLE001  (a user's network that the meta device cannot run: no estimate, no refusal)
+        return None
+    half = str(cfg.trainer.precision).startswith(("16", "bf16"))
+    return MemoryEstimate(sum(p.numel() for p in net.parameters()), sum(outputs), per_device_batch, 2 if half else 4)
+
+
+def check_memory(
+    estimate: MemoryEstimate | None, instance: Any, gpus_per_node: int, warn: Callable[[str], None]
+) -> None:
+    """Refuse only when clearly over the GPU's memory; warn when close (the estimate is rough)."""
+    if estimate is None or not gpus_per_node or not instance.gpu_memory_gib:
+        return
+    need, have = estimate.gib, float(instance.gpu_memory_gib)
+    text = (
+        f"~{need:.1f} GiB per GPU ({estimate.parameters:,} parameters, batch {estimate.per_device_batch} "
+        f"per device) on {instance.type}'s {have:.0f} GiB {instance.gpu_model}"
+    )
+    if need > have:
+        raise InstanceFitError(
+            f"the model needs {text}: lower trainer.batch_size, use trainer.precision=16-mixed "
+            "(or bf16-mixed on Ampere+), or pick an instance with more GPU memory"
+        )
+    if need > CLOSE_FRACTION * have:
+        warn(f"warning: the model needs {text}: close to the limit, a CUDA out-of-memory is possible")
+
+
+# What pulling an ECR image takes (the SageMaker execution role does the pull).
+PULL_ACTIONS = ("ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability")
+
+
+def repository_arn(image_uri: str) -> str | None:
+    """arn:aws:ecr:<region>:<account>:repository/<name> for an ECR image URI, else None."""
+    host, _, rest = image_uri.partition("/")
+    parts = host.split(".")
+    if len(parts) < 6 or parts[1:3] != ["dkr", "ecr"] or not rest:
+        return None
+    name = rest.split("@", 1)[0].rsplit(":", 1)[0]
+    return f"arn:aws:ecr:{parts[3]}:{parts[0]}:repository/{name}"
+
+
+def check_image_pull(iam: Any, role_arn: str, image_uri: str) -> None:
+    """Refuse when IAM's policy simulator says the role may not pull the image; skip quietly where it cannot say.
+
+    Works for our ECR repository and for the AWS Deep Learning Containers' registries alike: the
+    URI names the registry. The simulator sees the role's identity policies, not the repository
+    policy, so only an explicit answer of "denied" for all of them refuses.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.parsers import ResponseParserError
+
+    arn = repository_arn(image_uri)
+    if arn is None:
+        return
+    try:
+        results = iam.simulate_principal_policy(
+            PolicySourceArn=role_arn, ActionNames=list(PULL_ACTIONS), ResourceArns=[arn]
+        )["EvaluationResults"]
+    except (ClientError, BotoCoreError, ResponseParserError):  # not allowed to simulate, or no simulator: unknown
+        return
+    denied = [r["EvalActionName"] for r in results if r.get("EvalDecision") != "allowed"]
+    if denied:
+        raise InstanceFitError(
+            f"the execution role {role_arn} may not pull {image_uri} ({', '.join(denied)} denied): "
+            f"allow those actions on {arn} in the role's policy (terraform/iam.tf)"
+        )
