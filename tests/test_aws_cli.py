@@ -286,7 +286,7 @@ def test_why_of_a_capacity_failure_without_logs_links_the_jobs_streams(clients, 
     with emulator.sagemaker_service():  # ListTrainingJobs as the service answers it
         result = invoke("why", *args)  # no job named: the latest of job.base_name
     assert result.returncode == 0, result.stderr
-    assert f"cause: SageMaker had no 1xml.m5.xlarge capacity in {REGION} when the job started" in result.stdout
+    assert f"cause: SageMaker had no ml.m5.xlarge capacity in {REGION} when the job started" in result.stdout
     assert f"$3FlogStreamNameFilter$3D{name}\n" in result.stdout
 
 

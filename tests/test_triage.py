@@ -33,7 +33,7 @@ def facts(status="Failed", reason="", hosts=None, history=(), **extra) -> JobFac
         failure_reason=reason,
         status_history=tuple(history),
         region="eu-west-1",
-        instance="2xml.g5.12xlarge",
+        instance="ml.g5.12xlarge",
         checkpoints=f"s3://artifacts/checkpoints/{JOB}",
         hosts=hosts or {},
         **extra,
@@ -89,6 +89,7 @@ def test_a_corrupt_data_file_is_a_data_error(real_failures):
     triage = real(run)
     assert triage.kind == "data", triage.report()
     assert "t10k-labels-idx1-ubyte.gz: SHA256 check failed" in triage.cause
+    assert not triage.cause.endswith("exit code: 1")  # SageMaker's suffix is not part of the cause
     assert "invoke upload" in triage.fix
     assert triage.reason.startswith("AlgorithmError: DataError:")
 
@@ -118,7 +119,7 @@ def test_a_worker_killed_by_the_kernel_for_memory_is_a_host_oom(real_failures):
     assert run.failure_reason == "AlgorithmError: exit code: 1"  # the worker had no chance to say why
     triage = real(run)
     assert triage.kind == "host-oom-kill", triage.report()
-    assert "2xml.g5.12xlarge ran out of host memory" in triage.cause
+    assert "ml.g5.12xlarge ran out of host memory" in triage.cause
     assert "instance" in triage.fix and "trainer.batch_size" in triage.fix and "trainer.num_workers" in triage.fix
     assert triage.link == log_link("eu-west-1", STREAM1)
 
@@ -182,7 +183,7 @@ def test_nccl_timeout_and_missing_rank():
 
 def test_platform_failures_capacity_quota_spot():
     capacity = classify(facts(reason=CAPACITY))
-    assert capacity.kind == "capacity" and "no 2xml.g5.12xlarge capacity in eu-west-1" in capacity.cause
+    assert capacity.kind == "capacity" and "no ml.g5.12xlarge capacity in eu-west-1" in capacity.cause
     assert "instance=" in capacity.fix
     assert capacity.link == log_link("eu-west-1", job=JOB)  # no stream: the job's streams, filtered
     quota = classify(facts(reason=QUOTA))
@@ -254,7 +255,7 @@ def test_job_facts_from_a_description():
     got = JobFacts.of(desc, {STREAM1: ["a"]})
     assert (got.region, got.instance, got.status_history) == (
         "eu-west-1",
-        "2xml.p3.8xlarge",
+        "ml.p3.8xlarge",
         ("Failed", "Interrupted: spot reclaimed"),
     )
     assert classify(got).reason == "AlgorithmError: DataError: x"  # the first line

@@ -106,7 +106,7 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "data",
-        r"\bDataError: (?P<detail>.+)",
+        r"\bDataError: (?P<detail>.+?)(?:, exit code: \d+)?$",  # the detail without SageMaker's suffix
         "the dataset failed its checks in the job: {detail}",
         "upload good files with `invoke upload` (it sends verified copies) or fix dataset.files / dataset.s3_prefix",
     ),
@@ -148,7 +148,8 @@ RULES: tuple[Rule, ...] = (
         "host-oom-kill",
         r"exit code: 137\b|exitcode\s*:\s*-9\b|Signal 9 \(SIGKILL\)|Please use an instance type with more memory|"
         r"^Killed$",
-        "the kernel killed a training process (SIGKILL, exit 137): {instance} ran out of host memory",
+        "the kernel's out-of-memory killer ended a training process (SIGKILL; exit 137): {instance} ran out of "
+        "host memory",
         "use an instance type with more memory (instance=...), or lower trainer.batch_size or "
         "trainer.num_workers (each data-loading worker holds its own copy of a batch)",
     ),
@@ -164,7 +165,7 @@ class JobFacts:
     failure_reason: str = ""
     status_history: tuple[str, ...] = ()  # SecondaryStatus and "Status: StatusMessage" of each transition
     region: str = ""
-    instance: str = ""
+    instance: str = ""  # InstanceType
     checkpoints: str = ""  # CheckpointConfig.S3Uri
     hosts: Mapping[str, Sequence[str]] = field(default_factory=dict)  # log stream -> its last lines
 
@@ -180,7 +181,7 @@ class JobFacts:
             failure_reason=desc.get("FailureReason") or "",
             status_history=(desc.get("SecondaryStatus") or "", *transitions),
             region=region_of(desc.get("TrainingJobArn", "")),
-            instance=f"{rc.get('InstanceCount', 1)}x{rc.get('InstanceType', '?')}",
+            instance=rc.get("InstanceType", ""),
             checkpoints=(desc.get("CheckpointConfig") or {}).get("S3Uri", ""),
             hosts=hosts,
         )
@@ -254,7 +255,7 @@ def _values(facts: JobFacts, stream: str | None, match: re.Match[str]) -> dict[s
     saved = [line for lines in facts.hosts.values() for line in lines if "sigterm_checkpoint_step=" in line]
     return {
         "job": facts.name,
-        "instance": facts.instance or "the instance",
+        "instance": facts.instance or "the instance type",
         "region": facts.region or "this region",
         "checkpoints": facts.checkpoints or "the job's checkpoint folder",
         "host": host_of(stream) if stream else "a host",
