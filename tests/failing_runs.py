@@ -1,10 +1,11 @@
 """Real failing training runs, as a SageMaker container has them, for the triage tests.
 
-`container_run` runs what one instance of a job runs, minus the namespaces (those are the sandbox's,
-tests/test_sagemaker_e2e.py): torchrun (`python -m torch.distributed.run -m project.train`) over
-the resolved config, with the SM_* variables of a container pointing into a tmp /opt/ml tree, its
-output (stdout and stderr together) as CloudWatch has it, and the FailureReason SageMaker makes of
-it (project.sandbox.results.failure_reason, from the `output/failure` file the run wrote).
+`container_run` runs what one instance of a job runs, minus the namespaces and PID 1 (those are the
+sandbox's, tests/test_sagemaker_e2e.py): our launcher's torchrun command (project.launch.torchrun_argv)
+over the staged sm_entry.py and the resolved config, with the SM_* variables of a container
+pointing into a tmp /opt/ml tree; its output (stdout and stderr together) as CloudWatch has it,
+and the FailureReason SageMaker makes of it (project.sandbox.results.failure_reason, from the
+`output/failure` file the run wrote).
 
 `memory_limit` puts the run in a memory cgroup of its own (v2 or v1), so that the kernel's OOM
 killer ends it with SIGKILL as it does on an instance whose memory is exhausted.
@@ -13,15 +14,18 @@ killer ends it with SIGKILL as it does on an instance whose memory is exhausted.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
+import socket
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from project.config import compose, to_yaml
+from project.launch import torchrun_argv
 from project.sagemaker_names import DATA_CHANNEL
 from project.sandbox.results import failure_reason
 
@@ -36,19 +40,31 @@ class FailedRun:
     failure_reason: str  # FailureReason as SageMaker reports it
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def resolved(overrides: list[str]) -> str:
     """The config.yaml a job carries (compose is not thread-safe: compose first, then run in parallel)."""
     return to_yaml(compose(overrides))
 
 
 def container_run(
-    tree: Path, config_yaml: str, channel: Path, env: dict[str, str] | None = None, cgroup: Path | None = None
+    tree: Path,
+    config_yaml: str,
+    channel: Path,
+    env: dict[str, str] | None = None,
+    cgroup: Path | None = None,
+    hosts: tuple[str, ...] = ("algo-1",),
+    torchrun_options: tuple[str, ...] = (),
 ) -> FailedRun:
-    """Run one container's training (torchrun, one worker) on `channel` as the data channel."""
+    """Run host `hosts[0]` of a job (one worker) on `channel` as the data channel."""
     for folder in ("model", "output/data", "checkpoints", "code"):
         (tree / folder).mkdir(parents=True, exist_ok=True)
-    config = tree / "code" / "config.yaml"
-    config.write_text(config_yaml)
+    (tree / "code" / "config.yaml").write_text(config_yaml)
+    entry = shutil.copy(ROOT / "project" / "sm_entry.py", tree / "code" / "sm_entry.py")  # as staging puts it
     environ = {
         **os.environ,
         "SM_MODEL_DIR": str(tree / "model"),
@@ -56,13 +72,16 @@ def container_run(
         "SM_OUTPUT_DATA_DIR": str(tree / "output/data"),
         "SM_CHECKPOINT_DIR": str(tree / "checkpoints"),
         f"SM_CHANNEL_{DATA_CHANNEL.upper()}": str(channel),
-        "SM_HOSTS": '["algo-1"]',
-        "SM_CURRENT_HOST": "algo-1",
+        "SM_HOSTS": json.dumps(list(hosts)),
+        "SM_CURRENT_HOST": hosts[0],
+        "SM_MASTER_ADDR": "127.0.0.1",  # the first host is this machine
+        "SM_MASTER_PORT": str(free_port()),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), (env or {}).get("PYTHONPATH", "")])),
         "OMP_NUM_THREADS": "1",
     }
     environ.update({k: v for k, v in (env or {}).items() if k != "PYTHONPATH"})
-    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "-m", "project.train"]
+    argv = torchrun_argv(environ, 1, str(entry))
+    argv[-1:-1] = torchrun_options  # before the script
     procs = str(cgroup / "cgroup.procs") if cgroup else None
 
     def enter_cgroup() -> None:  # in the child, before exec: the run and all it starts are limited
@@ -70,7 +89,7 @@ def container_run(
             Path(procs).write_text(str(os.getpid()))
 
     result = subprocess.run(
-        [*argv, "--config", str(config)],
+        argv,
         cwd=tree,
         env=environ,
         stdout=subprocess.PIPE,

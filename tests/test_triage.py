@@ -1,10 +1,11 @@
 """`invoke why`'s classifier (project/aws/triage.py) over the text real failures leave.
 
 The failures we can cause here are caused for real (tests/failing_runs.py: a job's container
-run, torchrun and all): a corrupt data file, a model whose module raises ImportError, a model too
-big for a memory-limited cgroup (the kernel's OOM killer sends SIGKILL). A stop on SIGTERM is the
-sandbox's (tests/test_sagemaker_e2e.py). What needs a GPU, several hosts or AWS's capacity is
-recorded text, each with where it was seen.
+run, our launcher's torchrun and all): a corrupt data file, a model whose module raises
+ImportError, a two-host job whose second host never starts, a model too big for a memory-limited
+cgroup (the kernel's OOM killer sends SIGKILL). A stop on SIGTERM is the sandbox's
+(tests/test_sagemaker_e2e.py). What needs a GPU, several GPU hosts or AWS's capacity is recorded
+text, each with where it was seen.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def facts(status="Failed", reason="", hosts=None, history=(), **extra) -> JobFac
 
 @pytest.fixture(scope="module")
 def real_failures(tmp_path_factory) -> dict[str, FailedRun]:
-    """The three failing container runs, side by side (each is seconds of torch start-up)."""
+    """The failing container runs, side by side (each is seconds of torch start-up)."""
     root = tmp_path_factory.mktemp("failures")
     files = write_dataset(root / "raw", n_train=300, n_test=100)
     overrides = tiny_overrides(root / "raw", files, root / "runs")
@@ -67,13 +68,23 @@ def real_failures(tmp_path_factory) -> dict[str, FailedRun]:
         with memory_limit(OOM_LIMIT_BYTES) as cgroup:
             return None if cgroup is None else container_run(root / "oom", configs["oom"], root / "raw", cgroup=cgroup)
 
-    with ThreadPoolExecutor(3) as pool:
+    with ThreadPoolExecutor(4) as pool:
         runs = {
             "data": pool.submit(container_run, root / "data", configs["data"], corrupt),
             "import": pool.submit(
                 container_run, root / "import", configs["import"], root / "raw", {"PYTHONPATH": str(user)}
             ),
             "oom": pool.submit(oom),
+            # Host algo-2 of a two-host job never started: algo-1's rendezvous gives up (after 5 s here;
+            # torchrun's default is 15 min).
+            "missing-rank": pool.submit(
+                container_run,
+                root / "rank",
+                configs["data"],
+                root / "raw",
+                hosts=("algo-1", "algo-2"),
+                torchrun_options=("--rdzv-conf=timeout=5",),
+            ),
         }
         return {name: run.result() for name, run in runs.items()}
 
@@ -122,6 +133,16 @@ def test_a_worker_killed_by_the_kernel_for_memory_is_a_host_oom(real_failures):
     assert "ml.g5.12xlarge ran out of host memory" in triage.cause
     assert "instance" in triage.fix and "trainer.batch_size" in triage.fix and "trainer.num_workers" in triage.fix
     assert triage.link == log_link("eu-west-1", STREAM1)
+
+
+@pytest.mark.slow
+def test_a_host_that_never_joins_is_a_missing_rank(real_failures):
+    run = real_failures["missing-rank"]
+    assert run.returncode == 1 and any("1/2 clients joined" in line for line in run.lines), run.lines[-20:]
+    triage = real(run)
+    assert triage.kind == "missing-rank", triage.report()
+    assert triage.cause.startswith("a rank never joined the process group on algo-1")
+    assert "torch.distributed.DistStoreError: Timed out after" in triage.evidence
 
 
 # --- recorded text of what needs a GPU, several hosts or AWS -------------------------------------
