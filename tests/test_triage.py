@@ -213,6 +213,11 @@ def test_platform_failures_capacity_quota_spot():
     spot = classify(facts(status="Stopped", history=SPOT_HISTORY, hosts={STREAM1: ["sigterm_checkpoint_step=40"]}))
     assert spot.kind == "spot-interruption", spot.report()
     assert "resumes from the newest checkpoint" in spot.fix and "job.max_wait_minutes" in spot.fix
+    assert spot.cause == "EC2 reclaimed the managed spot instance (Interrupted)"
+    waited = classify(facts(status="Failed", history=("MaxWaitTimeExceeded",)))
+    assert waited.kind == "spot-interruption" and "waited longer than job.max_wait_minutes" in waited.cause
+    unnamed = classify(facts(reason="ResourceLimitExceeded: the account-level service limit was reached"))
+    assert unnamed.kind == "quota" and "'ml.g5.12xlarge for training job usage'" in unnamed.fix
 
 
 def test_stopped_says_whether_a_checkpoint_was_saved_and_how_to_resume():

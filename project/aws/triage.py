@@ -51,9 +51,16 @@ CLOSER_HOST = "read the first error of the other hosts' logs (links below): that
 RULES: tuple[Rule, ...] = (
     Rule(
         "spot-interruption",
-        r"\bInterrupted\b|\bMaxWaitTimeExceeded\b|[Ss]pot (?:instance )?(?:interruption|was interrupted)",
-        "the managed spot instance was reclaimed by EC2 ({match})",
+        r"\bInterrupted\b|[Ss]pot (?:instance )?(?:interruption|was interrupted)",
+        "EC2 reclaimed the managed spot instance ({match})",
         f"{RESUME}; raise job.max_wait_minutes to wait longer for spot capacity, or set job.spot=false",
+        where=(STATUS, REASON),
+    ),
+    Rule(
+        "spot-interruption",
+        r"\bMaxWaitTimeExceeded\b",
+        "the job waited longer than job.max_wait_minutes for spot capacity ({match})",
+        f"raise job.max_wait_minutes or set job.spot=false, then {RESUME}",
         where=(STATUS, REASON),
     ),
     Rule(
@@ -260,7 +267,7 @@ def _values(facts: JobFacts, stream: str | None, match: re.Match[str]) -> dict[s
         "checkpoints": facts.checkpoints or "the job's checkpoint folder",
         "host": host_of(stream) if stream else "a host",
         "match": match.group(0),
-        "quota": "<instance type> for training job usage",
+        "quota": f"{facts.instance or '<instance type>'} for training job usage",
         "quota_named": f" ('{groups['quota']}')" if "quota" in groups else "",
         "saved": "; it saved a checkpoint on the way out" if saved else "",
         **groups,
