@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from project.aws.triage import RULES, JobFacts, Triage, classify, host_of, log_link, region_of
+from project.aws.triage import LOG_TAIL_LINES, RULES, JobFacts, Triage, classify, host_of, log_link, region_of
 from project.train import failure_text
 from tests.failing_runs import FailedRun, container_run, memory_limit, resolved
 from tests.synthetic import tiny_overrides, write_dataset
@@ -90,7 +90,7 @@ def real_failures(tmp_path_factory) -> dict[str, FailedRun]:
 
 
 def real(run: FailedRun) -> Triage:
-    return classify(facts(reason=run.failure_reason, hosts={STREAM1: run.lines[-100:]}))
+    return classify(facts(reason=run.failure_reason, hosts={STREAM1: run.lines[-LOG_TAIL_LINES:]}))
 
 
 @pytest.mark.slow

@@ -28,7 +28,7 @@ from urllib.parse import quote
 
 from ..sagemaker_names import LOG_GROUP
 
-LOG_TAIL_LINES = 100  # per host: a Python traceback plus torchrun's failure summary fit in it
+LOG_TAIL_LINES = 200  # per host: the tracebacks of several ranks plus torchrun's failure summary
 SHOWN_LINES = 15  # last lines shown when no rule matched
 EVIDENCE_CHARS = 300
 
