@@ -153,6 +153,15 @@ def status(c, job=None, limit=10, overrides=None):
         workflow.status(overrides or [], job, limit)
 
 
+@task(iterable=["overrides"], help={"job": JOB_HELP, "overrides": OVERRIDES_HELP + " (aws.*, job.base_name)"})
+def why(c, job=None, overrides=None):
+    """Why a training job failed or stopped: the cause, the fix and its CloudWatch log link."""
+    from project.aws import workflow
+
+    with user_errors():
+        workflow.why(overrides or [], job)
+
+
 @task(iterable=["overrides"], help={"job": "The job to stop", "overrides": OVERRIDES_HELP + " (aws.*)"})
 def stop(c, job, overrides=None):
     """Stop a training job (it gets SIGTERM, checkpoints, and ends as Stopped)."""
@@ -204,5 +213,5 @@ def sandbox(c, port=SANDBOX_PORT, background=False, stop=False, jobs=True):
         main(port=int(port), background=background, stop=stop, run_jobs=jobs)
 
 
-ns = Collection(local, predict, upload, build, push, train, logs, status, stop, fetch, prices, sandbox)
+ns = Collection(local, predict, upload, build, push, train, logs, status, why, stop, fetch, prices, sandbox)
 ns.configure({"run": {"echo": False}})

@@ -259,14 +259,14 @@ def main(argv: list[str] | None = None) -> int:
             _dispatch(argv, config_path)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        record_failure(str(exc))
+        record_failure(failure_text(exc))
         return USER_ERROR_EXIT
     except Interrupted as stop:
         if not stop.reported:
             print("interrupted before training began; nothing was saved", file=sys.stderr, flush=True)
         return INTERRUPTED_EXIT
     except Exception as exc:
-        record_failure(f"{type(exc).__name__}: {exc}")
+        record_failure(failure_text(exc))
         raise
     return 0
 
@@ -284,6 +284,21 @@ def _dispatch(argv: list[str], config_path: Path | None) -> None:
         run_composed(OmegaConf.merge(cfg, OmegaConf.from_dotlist(argv)) if argv else cfg)
     else:
         run_local(argv)
+
+
+def failure_text(exc: BaseException) -> str:
+    """`Type: message` on one line, with the root of its chain of causes (Hydra wraps import errors).
+
+    The type names the class of failure for `invoke why` (project/aws/triage.py): DataError,
+    ModuleNotFoundError, torch.OutOfMemoryError's CUDA message.
+    """
+    text = f"{type(exc).__name__}: {exc}"
+    root = exc
+    while root.__cause__ is not None:
+        root = root.__cause__
+    if root is not exc:
+        text += f" (caused by {type(root).__name__}: {root})"
+    return " ".join(text.split())
 
 
 def record_failure(reason: str, environ: Mapping[str, str] = os.environ) -> None:

@@ -200,12 +200,23 @@ def test_failing_job_surfaces_its_reason(world, data, tmp_path):
         service.result(job)
     assert train.returncode == 2, train.stdout[-3000:]
     assert "Traceback" not in train.stderr.splitlines()[0]
-    first = train.stderr.strip().splitlines()[0]
-    assert first.startswith(f"error: job {job} Failed: AlgorithmError: ")
-    assert "t10k-labels-idx1-ubyte" in first  # the reason the container wrote, not just an exit code
-    assert "last log lines:" in train.stderr
+    report = train.stderr.strip().splitlines()
+    assert report[0].startswith(f"error: job {job} Failed: AlgorithmError: DataError: ")
+    assert "t10k-labels-idx1-ubyte" in report[0]  # the reason the container wrote, not just an exit code
+    # The triage (project/aws/triage.py): the class of failure, what to do, where the log is.
+    assert report[1].startswith("cause: the dataset failed its checks in the job: ") and "SHA256" in report[1]
+    assert report[2].startswith("fix: upload good files with `invoke upload`")
+    region = world["infra"].region
+    assert report[3].startswith(
+        f"log: https://{region}.console.aws.amazon.com/cloudwatch/home?region={region}#logsV2:log-groups/log-group/"
+        f"$252Faws$252Fsagemaker$252FTrainingJobs$3FlogStreamNameFilter$3D{job}"
+    )  # the reason came from FailureReason, so the link is to the job's streams
     desc = world["clients"].sagemaker.describe_training_job(TrainingJobName=job)
     assert desc["TrainingJobStatus"] == "Failed" and "t10k-labels-idx1-ubyte" in desc["FailureReason"]
+
+    why = invoke("why", job, *world["infra_overrides"])  # the same report, later
+    assert why.returncode == 0, why.stderr
+    assert why.stdout.strip() == train.stderr.strip().removeprefix("error: ")
 
     fetched = invoke("fetch", job, *world["infra_overrides"], f"paths.runs_dir={tmp_path / 'runs'}")
     assert one_error_line(fetched) == f"error: {job} is Failed, not Completed: nothing to fetch yet"
@@ -251,6 +262,11 @@ def test_stopped_job_rerun_resumes_from_its_checkpoints(world, tmp_path):
         step = int(saved.group(1))
         assert 10 <= step < 10 * 63
         assert sm.describe_training_job(TrainingJobName=job)["TrainingJobStatus"] == "Stopped"
+        why = invoke("why", job, *world["infra_overrides"])
+        assert why.returncode == 0, why.stderr
+        assert f"cause: stopped by StopTrainingJob; the training saved a checkpoint at step {step} (s3://" in why.stdout
+        assert f"it resumes from step {step}" in why.stdout, why.stdout
+        assert f"log-events/{job}$252Falgo-1-" in why.stdout  # the host whose log said so
 
         second = invoke("train", *overrides, "--yes", "--poll", "1")
         assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-2000:]
@@ -289,7 +305,7 @@ def test_invalid_launches_and_missing_things_are_one_clean_line(world, data, tmp
     )
     assert "Terraform has not been applied" in line and "terraform" in line and "apply" in line
 
-    for task in ("fetch", "logs", "status"):
+    for task in ("fetch", "logs", "status", "why"):
         line = one_error_line(invoke(task, "no-such-job", *world["infra_overrides"]))
         assert line == "error: no training job named 'no-such-job': `invoke status` lists recent jobs", (task, line)
     line = one_error_line(invoke("stop", "no-such-job", *world["infra_overrides"]))

@@ -101,6 +101,24 @@ def status_table(rows: list[StatusRow]) -> str:
     return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(line, widths, strict=True)).rstrip() for line in lines)
 
 
+def log_streams(logs, job_name: str) -> list[str]:
+    """The job's CloudWatch log streams, `<job>/algo-N-<epoch>`: one per instance."""
+    try:
+        response = logs.describe_log_streams(logGroupName=LOG_GROUP, logStreamNamePrefix=f"{job_name}/")
+    except logs.exceptions.ResourceNotFoundException:
+        return []
+    return sorted(s["logStreamName"] for s in response.get("logStreams", []))
+
+
+def last_lines(logs, job_name: str, limit: int) -> dict[str, list[str]]:
+    """The last `limit` lines of each of the job's log streams (stream name -> lines, oldest first)."""
+    tails = {}
+    for stream in log_streams(logs, job_name):
+        response = logs.get_log_events(logGroupName=LOG_GROUP, logStreamName=stream, startFromHead=False, limit=limit)
+        tails[stream] = [event["message"].rstrip("\n") for event in response.get("events", [])]
+    return tails
+
+
 class LogTail:
     """New CloudWatch log lines of one job, across its streams (one per instance)."""
 
@@ -108,15 +126,8 @@ class LogTail:
         self.logs, self.job_name = logs, job_name
         self.tokens: dict[str, str | None] = {}
 
-    def _streams(self) -> list[str]:
-        try:
-            response = self.logs.describe_log_streams(logGroupName=LOG_GROUP, logStreamNamePrefix=f"{self.job_name}/")
-        except self.logs.exceptions.ResourceNotFoundException:
-            return []
-        return sorted(s["logStreamName"] for s in response.get("logStreams", []))
-
     def poll(self) -> Iterator[str]:
-        for stream in self._streams():
+        for stream in log_streams(self.logs, self.job_name):
             kwargs = {"logGroupName": LOG_GROUP, "logStreamName": stream, "startFromHead": True}
             if self.tokens.get(stream):
                 kwargs["nextToken"] = self.tokens[stream]
@@ -194,14 +205,6 @@ def final_report(desc: dict[str, Any]) -> str:
     if row.cost_usd is not None:
         parts.append(f"cost=${row.cost_usd:.2f}")
     return "  ".join(parts)
-
-
-def failure_report(desc: dict[str, Any], last_lines: list[str]) -> str:
-    reason = desc.get("FailureReason") or desc.get("TrainingJobStatus")
-    tail = "\n".join(f"  | {line}" for line in last_lines[-10:])
-    return f"job {desc['TrainingJobName']} {desc['TrainingJobStatus']}: {reason}" + (
-        f"\nlast log lines:\n{tail}" if tail else ""
-    )
 
 
 def stop(sm, job_name: str) -> str:

@@ -22,7 +22,7 @@ from ..config import CONF_DIR, compose
 from ..infra import Infra, load_infra
 from ..raw import fetch_dataset
 from ..sagemaker_names import METRICS_FILE
-from . import monitor, sdk
+from . import monitor, sdk, triage
 from .fetch import fetch_job
 from .fit import InstanceFitError, check_memory, estimate_memory
 from .image import (
@@ -179,9 +179,9 @@ def prices(
 
 
 def finish(ctx: Context, job_name: str, echo: Callable[[str], None], poll_seconds: float) -> str:
-    desc, last_lines = monitor.wait(ctx.clients.sagemaker, ctx.clients.logs, job_name, poll_seconds, echo)
+    desc, _ = monitor.wait(ctx.clients.sagemaker, ctx.clients.logs, job_name, poll_seconds, echo)
     if desc["TrainingJobStatus"] != "Completed":
-        raise monitor.JobError(monitor.failure_report(desc, last_lines))
+        raise monitor.JobError(diagnose(ctx, desc).report())
     echo(monitor.final_report(desc))
     echo(f"bring the artifacts home with `invoke fetch {job_name}`")
     return job_name
@@ -205,6 +205,20 @@ def logs(overrides: list[str], job_name: str | None, follow: bool, echo=print) -
         printed += 1
     if not printed:
         echo(monitor.no_log_stream(desc))
+
+
+def diagnose(ctx: Context, desc: dict[str, Any]) -> triage.Triage:
+    """The job's triage from its description and the last lines of each host's log."""
+    hosts = monitor.last_lines(ctx.clients.logs, desc["TrainingJobName"], triage.LOG_TAIL_LINES)
+    return triage.classify(triage.JobFacts.of(desc, hosts))
+
+
+@aws_task
+def why(overrides: list[str], job_name: str | None, echo=print) -> triage.Triage:
+    ctx = setup(overrides)
+    result = diagnose(ctx, monitor.describe(ctx.clients.sagemaker, _job(ctx, job_name)))
+    echo(result.report())
+    return result
 
 
 @aws_task
