@@ -23,14 +23,24 @@ atexit.register(gc.freeze)
 JOB_HELP = "Training job name (default: the latest job)"
 
 
-@task(iterable=["overrides"], help={"overrides": OVERRIDES_HELP})
-def local(c, overrides=None):
+MULTIRUN_HELP = "Sweep (Hydra multirun): a,b / choice() / range() / interval() values make one job per combination"
+
+
+@task(iterable=["overrides"], help={"overrides": OVERRIDES_HELP, "multirun": MULTIRUN_HELP})
+def local(c, overrides=None, multirun=False):
     """Train on this machine (CPU or its GPUs) with Hydra overrides; artifacts go to runs/<run>/.
 
-    Ctrl-C stops at the next step with a checkpoint; the same command resumes.
+    Ctrl-C stops at the next step with a checkpoint; the same command resumes. With -m, a sweep:
+    the jobs one after another, in runs/<sweep>/<n>/, with a results table.
     """
     from project import local as run
 
+    if multirun:
+        from project import sweep
+
+        with user_errors():
+            sweep.local_sweep(overrides or [])
+        return
     with user_errors():
         run.check(overrides or [])  # one clear line in a second, before training starts Python again
     code = run.train_in_child(overrides or [])

@@ -123,6 +123,17 @@ class JobConfig:
     environment: dict[str, str] = field(default_factory=dict)
 
 
+SWEEP_DIRECTIONS = ("maximize", "minimize")
+
+
+@dataclass
+class SweepConfig:
+    # The metric a sweep ranks its jobs by (results table, Optuna's objective): a final metric
+    # every job reports (val_acc, val_loss, test_acc, ...).
+    objective: str = "val_acc"
+    direction: str = "maximize"  # or minimize
+
+
 @dataclass
 class Config:
     dataset: DatasetConfig = MISSING
@@ -132,6 +143,7 @@ class Config:
     paths: PathsConfig = MISSING
     aws: AwsConfig = MISSING
     job: JobConfig = MISSING
+    sweep: SweepConfig = field(default_factory=SweepConfig)  # only `-m` sweeps read it
     run_name: str | None = None  # None: <model>-<timestamp> locally, the job name on SageMaker
 
 
@@ -329,6 +341,8 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"trainer.gpus must be >= 0 (0 = CPU), got {t.gpus}")
     if cfg.instance.count < 1:
         raise ConfigError(f"instance.count must be >= 1, got {cfg.instance.count}")
+    if cfg.sweep.direction not in SWEEP_DIRECTIONS:
+        raise ConfigError(f"sweep.direction must be one of {', '.join(SWEEP_DIRECTIONS)}, got {cfg.sweep.direction!r}")
     if not str(cfg.model.net.get("_target_", "")):
         raise ConfigError("model.net._target_ is empty: name the nn.Module class to build")
     _validate_resource_names(cfg.aws)

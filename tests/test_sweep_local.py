@@ -1,0 +1,69 @@
+"""`invoke local -m`: Hydra's sweeper through our local launcher, and the sweep's results table."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from project.sweep import FinalMetrics, JobResult
+from project.sweep_results import ranked, swept_values
+from tests.cli import invoke, one_error_line
+
+
+@pytest.mark.slow
+def test_local_sweep_runs_each_job_in_its_own_folder_and_ranks_them(tiny_run, tmp_path):
+    result = invoke("local", "-m", *tiny_run(**{"trainer.max_epochs": 1}), "model.lr=0.01,0.05")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (sweep_dir,) = (tmp_path / "runs").iterdir()
+    for n, lr in ((0, 0.01), (1, 0.05)):
+        run = sweep_dir / str(n)
+        for path in ("metrics.json", "model/model.ts", "model/config.yaml", "output/learning_curves.png"):
+            assert (run / path).is_file(), (n, path)
+        assert f"lr: {lr}" in (run / "model" / "config.yaml").read_text()
+        assert f"run_dir={run}" in result.stdout
+    rows = list(csv.DictReader((sweep_dir / "results.csv").open()))
+    assert {r["overrides"] for r in rows} == {"model.lr=0.01", "model.lr=0.05"}  # only the swept key
+    accuracies = [float(r["val_acc"]) for r in rows]
+    assert accuracies == sorted(accuracies, reverse=True)  # best first (sweep.direction=maximize)
+    for r in rows:
+        metrics = json.loads((sweep_dir / r["job"] / "metrics.json").read_text())
+        assert float(r["val_acc"]) == pytest.approx(metrics["val_acc"], rel=1e-3) and r["status"] == "Completed"
+    assert (sweep_dir / "results.md").read_text().startswith("| job | overrides | status | val_acc |")
+    assert (sweep_dir / "objective.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "2 job(s), best first" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["model.lr=0.01"], "error: -m (multirun) needs at least one swept key"),
+        (["model.lrr=0.01,0.2"], "error: bad config override: unknown key 'model.lrr'; valid keys there: "),
+        (
+            ["model.lr=0.01,0.2", "trainer.max_epochs=range(0,2)"],
+            "error: sweep job 0 (trainer.max_epochs=0 model.lr=0.01): trainer.max_epochs must be >= 1, got 0; "
+            "nothing was launched",
+        ),
+        (["model.lr=0.01,0.2", "sweep.direction=up"], "sweep.direction must be one of maximize, minimize"),
+    ],
+)
+def test_bad_sweeps_are_one_line_and_run_nothing(tiny_run, tmp_path, extra, message):
+    line = one_error_line(invoke("local", "-m", *tiny_run(), *extra))
+    assert line.startswith(message) or message in line, line
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_results_rank_best_first_and_name_the_swept_keys():
+    results = [
+        JobResult(0, ["model.lr=0.1", "trainer.batch_size=64"], "Completed", "a", {"val_loss": 0.5}),
+        JobResult(1, ["model.lr=0.3", "trainer.batch_size=64"], "Failed", "b", {}, reason="boom"),
+        JobResult(2, ["model.lr=0.3", "trainer.batch_size=64"], "Completed", "c", {"val_loss": 0.2}),
+    ]
+    assert [r.num for r in ranked(results, "val_loss", "minimize")] == [2, 0, 1]
+    assert [r.num for r in ranked(results, "val_loss", "maximize")] == [0, 2, 1]
+    assert swept_values(results) == {"model.lr": ["0.1", "0.3", "0.3"]}
+    metrics = FinalMetrics({"val_acc": 0.9, "test_acc": 0.8}, "val_acc")
+    assert float(metrics) == 0.9 and metrics["test_acc"] == 0.8  # the sweeper's objective and the whole record
+    with pytest.raises(ValueError, match="no 'val_loss'"):
+        float(FinalMetrics({"val_acc": 0.9}, "val_loss"))
