@@ -119,12 +119,24 @@ def push(c, overrides=None, allow_dirty=False, dry_run=False):
         "wait": "Stream the logs until the job ends (default); --no-wait detaches",
         "allow_dirty": "Use the <sha>-dirty-<hash> image of a dirty tree",
         "poll": "Seconds between status checks while waiting (default 10)",
+        "multirun": MULTIRUN_HELP + "; each a SageMaker job, hydra.launcher.max_parallel=N at a time (default 4)",
     },
 )
-def train(c, overrides=None, yes=False, dry_run=False, wait=True, allow_dirty=False, poll=10):
-    """Launch a SageMaker training job: validate, show the cost, confirm, launch, stream logs."""
+def train(c, overrides=None, yes=False, dry_run=False, wait=True, allow_dirty=False, poll=10, multirun=False):
+    """Launch a SageMaker training job: validate, show the cost, confirm, launch, stream logs.
+
+    With -m, a sweep: every job validated first, one summary and question, then launched and followed.
+    """
     from project.aws import workflow
 
+    if multirun:
+        from project import sweep
+
+        if dry_run or not wait:
+            raise Exit("error: -m sweeps launch and follow their jobs: drop --dry-run/--no-wait", code=2)
+        with user_errors():
+            sweep.sagemaker_sweep(overrides or [], yes=yes, poll_seconds=float(poll), allow_dirty=allow_dirty)
+        return
     with user_errors():
         workflow.train(
             overrides or [], yes=yes, dry_run=dry_run, wait=wait, allow_dirty=allow_dirty, poll_seconds=float(poll)

@@ -271,6 +271,19 @@ def local_sweep(overrides: Sequence[str], echo: Echo = print) -> list[Any]:
     return returns
 
 
+def sagemaker_sweep(
+    overrides: Sequence[str], yes: bool = False, poll_seconds: float = 10.0, allow_dirty: bool = False
+) -> list[Any]:
+    """`invoke train -m ...`: every job a SageMaker training job, through hydra/launcher=sagemaker."""
+    settings = {"sweep_id": new_sweep_id(), "yes": yes, "poll_seconds": poll_seconds, "allow_dirty": allow_dirty}
+    try:
+        return multirun(overrides, SAGEMAKER_LAUNCHER, settings)
+    except UserError:
+        for runs_dir in _runs_dirs(overrides):
+            discard_if_empty(runs_dir / str(settings["sweep_id"]))
+        raise
+
+
 def _runs_dirs(overrides: Sequence[str]) -> list[Path]:
     given = [o.split("=", 1)[1] for o in overrides if o.startswith("paths.runs_dir=")]
     return [Path(given[-1])] if given else [Path("runs")]

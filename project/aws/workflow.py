@@ -62,7 +62,11 @@ class Context:
 
 
 def setup(overrides: list[str]) -> Context:
-    cfg = compose(overrides)
+    return context(compose(overrides))
+
+
+def context(cfg: Any) -> Context:
+    """The Terraform outputs and AWS clients for a composed config."""
     given = {key: cfg.aws.get(key) for key in INFRA_KEYS}
     infra = load_infra(Path(cfg.aws.terraform_dir), given)
     clients = aws_clients(cfg.aws.region or infra.region, cfg.aws.endpoint_url)
