@@ -184,13 +184,58 @@ def stop(c, job, overrides=None):
         workflow.stop(overrides or [], job)
 
 
-@task(iterable=["overrides"], help={"job": JOB_HELP, "overrides": OVERRIDES_HELP + " (aws.*, paths.runs_dir)"})
-def fetch(c, job=None, overrides=None):
+@task(
+    iterable=["overrides"],
+    help={
+        "job": JOB_HELP,
+        "sweep": "A sweep id: every completed job of it, into runs/<sweep>/<n>/",
+        "overrides": OVERRIDES_HELP + " (aws.*, paths.runs_dir)",
+    },
+)
+def fetch(c, job=None, sweep=None, overrides=None):
     """Download a job's model, output and checkpoints into runs/<job>/ and print its metrics."""
     from project.aws import workflow
 
     with user_errors():
-        workflow.fetch(overrides or [], job)
+        if sweep:
+            from project.aws.sweep import fetch_sweep
+
+            fetch_sweep(overrides or [], sweep)
+        else:
+            workflow.fetch(overrides or [], job)
+
+
+@task(
+    iterable=["overrides"],
+    help={
+        "sweep": "Only the runs of this sweep",
+        "since": "Only runs since 30m, 12h, 3d or an ISO date",
+        "metric": "Only runs whose final metric passes, e.g. val_acc>=0.9",
+        "overrides": OVERRIDES_HELP + " (aws.*, paths.runs_dir)",
+    },
+)
+def runs(c, sweep=None, since=None, metric=None, overrides=None):
+    """Every run, local and SageMaker, newest first: status, config hash, git sha, overrides, metrics, cost."""
+    from project import catalog
+
+    with user_errors():
+        catalog.list_runs(overrides or [], sweep, since, metric)
+
+
+@task(
+    iterable=["overrides"],
+    help={
+        "a": "A run folder, a run name under runs/ or a SageMaker job",
+        "b": "The other run",
+        "overrides": OVERRIDES_HELP + " (aws.*, paths.runs_dir)",
+    },
+)
+def compare(c, a, b, overrides=None):
+    """Two runs side by side: config diff, final metrics, one PNG of both learning curves."""
+    from project import catalog
+
+    with user_errors():
+        catalog.compare(a, b, overrides or [])
 
 
 @task(
@@ -210,5 +255,5 @@ def sandbox(c, port=SANDBOX_PORT, background=False, stop=False, jobs=True):
         main(port=int(port), background=background, stop=stop, run_jobs=jobs)
 
 
-ns = Collection(local, predict, upload, build, push, train, logs, status, stop, fetch, sandbox)
+ns = Collection(local, predict, upload, build, push, train, logs, status, stop, fetch, runs, compare, sandbox)
 ns.configure({"run": {"echo": False}})

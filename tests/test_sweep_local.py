@@ -34,6 +34,26 @@ def test_local_sweep_runs_each_job_in_its_own_folder_and_ranks_them(tiny_run, tm
     assert (sweep_dir / "objective.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "2 job(s), best first" in result.stdout
 
+    # The catalog: both runs, newest first, with what differs from the defaults; a metric filter.
+    runs_dir = f"paths.runs_dir={tmp_path / 'runs'}"
+    listing = invoke("runs", runs_dir, "--sweep", sweep_dir.name)
+    assert listing.returncode == 0, listing.stderr
+    lines = [line for line in listing.stdout.splitlines() if line.startswith(sweep_dir.name)]
+    assert [line.split()[0] for line in lines] == [f"{sweep_dir.name}/1", f"{sweep_dir.name}/0"]  # newest first
+    assert "model.lr=0.05" in lines[0] and "local" in lines[0] and "Completed" in lines[0]
+    (lo, hi) = sorted(float(r["val_acc"]) for r in rows)
+    threshold = (lo + hi) / 2 if hi > lo else lo - 1e-3  # between the two: only the better one passes
+    chosen = invoke("runs", runs_dir, "--metric", f"val_acc>{threshold}")
+    passing = [f"{sweep_dir.name}/{r['job']}" for r in rows if float(r["val_acc"]) > threshold]
+    assert [line.split()[0] for line in chosen.stdout.splitlines() if " local " in line] == passing
+    assert one_error_line(invoke("runs", runs_dir, "--since", "yesterday")).startswith("error: --since 'yesterday'")
+
+    compared = invoke("compare", str(sweep_dir / "0"), str(sweep_dir / "1"))
+    assert compared.returncode == 0, compared.stderr
+    assert "model.lr: 0.01 | 0.05" in compared.stdout and "val_acc: " in compared.stdout
+    png = sweep_dir / "compare-0-vs-1.png"
+    assert f"learning curves: {png}" in compared.stdout and png.read_bytes()[:4] == b"\x89PNG"
+
 
 @pytest.mark.parametrize(
     ("extra", "message"),
@@ -67,3 +87,15 @@ def test_results_rank_best_first_and_name_the_swept_keys():
     assert float(metrics) == 0.9 and metrics["test_acc"] == 0.8  # the sweeper's objective and the whole record
     with pytest.raises(ValueError, match="no 'val_loss'"):
         float(FinalMetrics({"val_acc": 0.9}, "val_loss"))
+
+
+def test_a_sweep_id_after_its_flag_is_the_flags_value_not_a_job_name():
+    from invoke.parser import Parser
+
+    import tasks
+
+    parser = Parser(contexts=tasks.ns.to_contexts())
+    parsed = {c.name: c.as_kwargs for c in parser.parse_argv(["fetch", "--sweep", "261203-064821-b3c1", "a.b=1"])}
+    assert parsed["fetch"]["sweep"] == "261203-064821-b3c1" and parsed["fetch"]["job"] is None
+    parsed = {c.name: c.as_kwargs for c in parser.parse_argv(["train", "-m", "model.lr=1,2", "--yes"])}
+    assert parsed["train"]["multirun"] and parsed["train"]["overrides"] == ["model.lr=1,2"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import json
 import re
 import uuid
 from datetime import timedelta
@@ -101,6 +102,22 @@ def test_grid_sweep_runs_two_at_a_time_from_one_code_bundle_and_a_rerun_skips_th
     final = {j["TrainingJobName"]: {m["MetricName"]: m["Value"] for m in j["FinalMetricDataList"]} for j in jobs}
     assert all(float(r["val_acc"]) == pytest.approx(final[r["run"]]["val_acc"], abs=1e-3) for r in rows)
     assert (folder / "objective.png").read_bytes()[:4] == b"\x89PNG" and (folder / "results.md").is_file()
+
+    fetched = invoke(
+        "fetch", "--sweep", sweep_id, *world["infra_overrides"], f"paths.runs_dir={world['root'] / 'runs'}"
+    )
+    assert fetched.returncode == 0, fetched.stderr[-2000:]
+    assert f"fetched 4 of 4 job(s) of sweep {sweep_id}" in fetched.stdout
+    for r in rows:
+        metrics = json.loads((folder / r["job"] / "metrics.json").read_text())
+        assert metrics["val_acc"] == pytest.approx(float(r["val_acc"]), abs=1e-3)
+        assert (folder / r["job"] / "model" / "model.ts").is_file()
+
+    listing = invoke("runs", "--sweep", sweep_id, *world["infra_overrides"], f"paths.runs_dir={tmp_path}")
+    assert listing.returncode == 0, listing.stderr[-2000:]
+    listed = [line.split() for line in listing.stdout.splitlines() if line.startswith(name)]
+    assert len(listed) == 4 and all(line[1:3] == ["sagemaker", "Completed"] for line in listed)
+    assert {line[5] for line in listed} == {t["config-hash"] for t in tags}  # config hash from the tags
 
     rerun = invoke("train", "-m", *overrides, "hydra.launcher.max_parallel=2", "--yes", "--poll", "1")
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-2000:]

@@ -28,7 +28,7 @@ from .names import split_s3_uri
 from .plan import JobPlan, LaunchError, plan_job, validate_plan
 from .session import aws_errors
 from .staging import stage_code, staged_config
-from .workflow import Context, context, image_ref
+from .workflow import Context, context, fetch_completed, image_ref, setup
 
 DEFAULT_MAX_PARALLEL = 4  # jobs at once when launcher.max_parallel is not set
 SWEEP_TAG, JOB_TAG, OVERRIDES_TAG, HASH_TAG = "sweep-id", "sweep-job", "sweep-overrides", "config-hash"
@@ -64,7 +64,12 @@ def parallel_limit(max_parallel: int | None, plans: list[JobPlan], ctx: Context)
 class Running:
     job: Job
     plan: JobPlan
+    tail: monitor.LogTail
     last: tuple[str, str | None] = ("", None)  # (status, secondary status) last printed
+
+    def progress(self) -> Iterator[str]:
+        """The job's new per-epoch metric lines (`epoch=1/3 ... val_acc=...`) from its log."""
+        return (line for line in self.tail.poll() if line.startswith("epoch="))
 
 
 class SweepSession:
@@ -196,7 +201,7 @@ class SweepSession:
                         self.echo(f"[job {job.num}] Failed: {exc}")
                         results.append(JobResult(job.num, job.overrides, "Failed", plan.job_name, {}, reason=str(exc)))
                         continue
-                    running[plan.job_name] = Running(job, plan)
+                    running[plan.job_name] = Running(job, plan, monitor.LogTail(self.ctx.clients.logs, plan.job_name))
                 time.sleep(self.poll_seconds)
                 for name, state in list(running.items()):
                     desc = monitor.describe(sm, name)
@@ -204,9 +209,12 @@ class SweepSession:
                     if desc["TrainingJobStatus"] in monitor.TERMINAL:
                         results.append(self.ended(state.job, desc))
                         del running[name]
-                    elif status != state.last:
+                        continue
+                    if status != state.last:
                         self.echo(f"[job {state.job.num}] {status[0]} / {status[1]}")
                         state.last = status
+                    for line in state.progress():
+                        self.echo(f"[job {state.job.num}] {line}")
         except KeyboardInterrupt:
             self.interrupted(list(running), len(queue))
             raise
@@ -275,6 +283,32 @@ class SweepSession:
                 if p.config_hash in done
             ]
             return skipped + self.follow(todo, limit)
+
+
+def fetch_sweep(overrides: list[str], sweep_id: str, echo: Callable[[str], None] = print) -> Path:
+    """`invoke fetch --sweep <id>`: every completed job of the sweep into runs/<id>/<n>/."""
+    with aws_errors():
+        ctx = setup(overrides)
+        sm = ctx.clients.sagemaker
+        jobs = sorted(search_jobs(sm, SWEEP_TAG, sweep_id), key=lambda j: j["TrainingJobName"])
+        if not jobs:
+            raise monitor.JobError(f"no training jobs of sweep {sweep_id!r}: `invoke runs` lists the sweeps")
+        sweep_dir = Path(ctx.cfg.paths.runs_dir) / sweep_id
+        fetched = 0
+        for job in jobs:
+            tags = {t["Key"]: t["Value"] for t in job.get("Tags", [])}
+            name, status = job["TrainingJobName"], job["TrainingJobStatus"]
+            if tags.get(SWEEP_TAG) != sweep_id:
+                continue
+            if status != "Completed":
+                echo(f"{name}: {status}, nothing to fetch")
+                continue
+            dest = sweep_dir / tags.get(JOB_TAG, name)
+            fetch_completed(ctx, monitor.describe(sm, name), dest, echo)
+            echo(f"{name} -> {dest}")
+            fetched += 1
+    echo(f"fetched {fetched} of {len(jobs)} job(s) of sweep {sweep_id} into {sweep_dir}")
+    return sweep_dir
 
 
 def search_jobs(sm: Any, tag: str, value: str) -> Iterator[dict[str, Any]]:
