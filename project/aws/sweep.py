@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -186,21 +187,38 @@ class SweepSession:
             self.ctx.clients.s3.put_object(Bucket=bucket, Key=key, Body=staged_config(job.cfg, plan).encode())
         trainer = sdk.model_trainer(plan, code, self.ctx.clients.session, {CONFIG_CHANNEL: config_uri})
         sdk.launch(trainer, plan.job_name)
-        self.echo(f"[job {job.num}] launched {plan.job_name}: {' '.join(job.overrides)}")
+
+    def launch_many(self, starting: list[tuple[Job, JobPlan]]) -> list[str | None]:
+        """Launch these jobs at once (each launch waits on AWS round trips); per job, why SageMaker refused it.
+
+        The threads print nothing: lines written from several threads interleave mid-line.
+        """
+        if not starting:
+            return []
+        self.upload_code(starting[0][1])  # once, before the threads
+
+        def launch(pair: tuple[Job, JobPlan]) -> str | None:
+            try:
+                self.launch_one(*pair)
+            except LaunchError as exc:
+                return str(exc)
+            return None
+
+        with ThreadPoolExecutor(max_workers=len(starting), thread_name_prefix="sweep-launch") as pool:
+            return list(pool.map(launch, starting))
 
     def follow(self, queue: deque[tuple[Job, JobPlan]], limit: int) -> list[JobResult]:
         """Launch up to `limit` at a time, poll them, one line per change; a failed job does not stop the rest."""
         sm, running, results = self.ctx.clients.sagemaker, dict[str, Running](), []
         try:
             while queue or running:
-                while queue and len(running) < limit:
-                    job, plan = queue.popleft()
-                    try:
-                        self.launch_one(job, plan)
-                    except LaunchError as exc:  # SageMaker refused this one: a failed job, the sweep goes on
-                        self.echo(f"[job {job.num}] Failed: {exc}")
-                        results.append(JobResult(job.num, job.overrides, "Failed", plan.job_name, {}, reason=str(exc)))
+                starting = [queue.popleft() for _ in range(min(len(queue), limit - len(running)))]
+                for (job, plan), refused in zip(starting, self.launch_many(starting), strict=True):
+                    if refused is not None:  # SageMaker refused this one: a failed job, the sweep goes on
+                        self.echo(f"[job {job.num}] Failed: {refused}")
+                        results.append(JobResult(job.num, job.overrides, "Failed", plan.job_name, {}, reason=refused))
                         continue
+                    self.echo(f"[job {job.num}] launched {plan.job_name}: {' '.join(job.overrides)}")
                     running[plan.job_name] = Running(job, plan, monitor.LogTail(self.ctx.clients.logs, plan.job_name))
                 time.sleep(self.poll_seconds)
                 for name, state in list(running.items()):
