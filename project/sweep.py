@@ -67,7 +67,7 @@ def check_multirun(overrides: Sequence[str]) -> None:
 def multirun(
     overrides: Sequence[str], launcher: str, settings: dict[str, Any], conf_dir: Path | None = None
 ) -> list[Any]:
-    """Run Hydra's multirun over conf/ with our launcher; the sweeper's results (JobReturns)."""
+    """Run Hydra's multirun over conf/ with our launcher; the basic sweeper's JobReturns (batches of them)."""
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
@@ -87,14 +87,13 @@ def multirun(
         with initialize_config_dir(config_dir=str(conf_dir or CONF_DIR), version_base="1.3"):
             hydra = GlobalHydra.instance().hydra
             assert hydra is not None
-            return list(
-                hydra.multirun(
-                    config_name="config",
-                    task_function=_never_called,
-                    overrides=[*hydra_overrides, *overrides],
-                    with_log_configuration=False,
-                )
+            returns = hydra.multirun(
+                config_name="config",
+                task_function=_never_called,
+                overrides=[*hydra_overrides, *overrides],
+                with_log_configuration=False,
             )
+            return list(returns or [])  # Optuna's sweeper returns nothing (its results are in the sweep dir)
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(f"bad config override: {_one_line(exc)}") from None
 
