@@ -23,14 +23,24 @@ atexit.register(gc.freeze)
 JOB_HELP = "Training job name (default: the latest job)"
 
 
-@task(iterable=["overrides"], help={"overrides": OVERRIDES_HELP})
-def local(c, overrides=None):
+MULTIRUN_HELP = "Sweep (Hydra multirun): a,b / choice() / range() / interval() values make one job per combination"
+
+
+@task(iterable=["overrides"], help={"overrides": OVERRIDES_HELP, "multirun": MULTIRUN_HELP})
+def local(c, overrides=None, multirun=False):
     """Train on this machine (CPU or its GPUs) with Hydra overrides; artifacts go to runs/<run>/.
 
-    Ctrl-C stops at the next step with a checkpoint; the same command resumes.
+    Ctrl-C stops at the next step with a checkpoint; the same command resumes. With -m, a sweep:
+    the jobs one after another, in runs/<sweep>/<n>/, with a results table.
     """
     from project import local as run
 
+    if multirun:
+        from project import sweep
+
+        with user_errors():
+            sweep.local_sweep(overrides or [])
+        return
     with user_errors():
         run.check(overrides or [])  # one clear line in a second, before training starts Python again
     code = run.train_in_child(overrides or [])
@@ -109,12 +119,24 @@ def push(c, overrides=None, allow_dirty=False, dry_run=False):
         "wait": "Stream the logs until the job ends (default); --no-wait detaches",
         "allow_dirty": "Use the <sha>-dirty-<hash> image of a dirty tree",
         "poll": "Seconds between status checks while waiting (default 10)",
+        "multirun": MULTIRUN_HELP + "; each a SageMaker job, hydra.launcher.max_parallel=N at a time (default 4)",
     },
 )
-def train(c, overrides=None, yes=False, dry_run=False, wait=True, allow_dirty=False, poll=10):
-    """Launch a SageMaker training job: validate, show the cost, confirm, launch, stream logs."""
+def train(c, overrides=None, yes=False, dry_run=False, wait=True, allow_dirty=False, poll=10, multirun=False):
+    """Launch a SageMaker training job: validate, show the cost, confirm, launch, stream logs.
+
+    With -m, a sweep: every job validated first, one summary and question, then launched and followed.
+    """
     from project.aws import workflow
 
+    if multirun:
+        from project import sweep
+
+        if dry_run or not wait:
+            raise Exit("error: -m sweeps launch and follow their jobs: drop --dry-run/--no-wait", code=2)
+        with user_errors():
+            sweep.sagemaker_sweep(overrides or [], yes=yes, poll_seconds=float(poll), allow_dirty=allow_dirty)
+        return
     with user_errors():
         workflow.train(
             overrides or [], yes=yes, dry_run=dry_run, wait=wait, allow_dirty=allow_dirty, poll_seconds=float(poll)
@@ -171,13 +193,58 @@ def stop(c, job, overrides=None):
         workflow.stop(overrides or [], job)
 
 
-@task(iterable=["overrides"], help={"job": JOB_HELP, "overrides": OVERRIDES_HELP + " (aws.*, paths.runs_dir)"})
-def fetch(c, job=None, overrides=None):
+@task(
+    iterable=["overrides"],
+    help={
+        "job": JOB_HELP,
+        "sweep": "A sweep id: every completed job of it, into runs/<sweep>/<n>/",
+        "overrides": OVERRIDES_HELP + " (aws.*, paths.runs_dir)",
+    },
+)
+def fetch(c, job=None, sweep=None, overrides=None):
     """Download a job's model, output and checkpoints into runs/<job>/ and print its metrics."""
     from project.aws import workflow
 
     with user_errors():
-        workflow.fetch(overrides or [], job)
+        if sweep:
+            from project.aws.sweep import fetch_sweep
+
+            fetch_sweep(overrides or [], sweep)
+        else:
+            workflow.fetch(overrides or [], job)
+
+
+@task(
+    iterable=["overrides"],
+    help={
+        "sweep": "Only the runs of this sweep",
+        "since": "Only runs since 30m, 12h, 3d or an ISO date",
+        "metric": "Only runs whose final metric passes, e.g. val_acc>=0.9",
+        "overrides": OVERRIDES_HELP + " (aws.*, paths.runs_dir)",
+    },
+)
+def runs(c, sweep=None, since=None, metric=None, overrides=None):
+    """Every run, local and SageMaker, newest first: status, config hash, git sha, overrides, metrics, cost."""
+    from project import catalog
+
+    with user_errors():
+        catalog.list_runs(overrides or [], sweep, since, metric)
+
+
+@task(
+    iterable=["overrides"],
+    help={
+        "a": "A run folder, a run name under runs/ or a SageMaker job",
+        "b": "The other run",
+        "overrides": OVERRIDES_HELP + " (aws.*, paths.runs_dir)",
+    },
+)
+def compare(c, a, b, overrides=None):
+    """Two runs side by side: config diff, final metrics, one PNG of both learning curves."""
+    from project import catalog
+
+    with user_errors():
+        catalog.compare(a, b, overrides or [])
 
 
 @task(
@@ -213,5 +280,7 @@ def sandbox(c, port=SANDBOX_PORT, background=False, stop=False, jobs=True):
         main(port=int(port), background=background, stop=stop, run_jobs=jobs)
 
 
-ns = Collection(local, predict, upload, build, push, train, logs, status, why, stop, fetch, prices, sandbox)
+ns = Collection(
+    local, predict, upload, build, push, train, logs, status, why, stop, fetch, runs, compare, prices, sandbox
+)
 ns.configure({"run": {"echo": False}})

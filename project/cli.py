@@ -58,12 +58,18 @@ class _OverrideFlags(Lexicon):
     job_arg: Any = None
 
     job_flag_seen: bool = False  # `--job`/`-j` given: its value is not a bare job name
+    last_flag: Any = None  # the flag seen last: while it waits for its value, a token is that value
+
+    def _awaits_value(self) -> bool:
+        flag = self.last_flag
+        return flag is not None and flag.takes_value and flag.raw_value is None
 
     def _is_job(self, key: object) -> bool:
         return (
             self.job_arg is not None
             and self.job_arg.value is None
             and not self.job_flag_seen
+            and not self._awaits_value()  # `--sweep 261203-064821-b3c1`: the flag's value
             and isinstance(key, str)
             and bool(JOB_NAME.match(key))
             and key not in self.task_names
@@ -80,6 +86,7 @@ class _OverrideFlags(Lexicon):
         argument: Argument = super().__getitem__(key)
         if argument is self.job_arg:
             object.__setattr__(self, "job_flag_seen", True)
+        object.__setattr__(self, "last_flag", argument)
         return argument
 
 

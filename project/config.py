@@ -130,6 +130,17 @@ class JobConfig:
     environment: dict[str, str] = field(default_factory=dict)
 
 
+SWEEP_DIRECTIONS = ("maximize", "minimize")
+
+
+@dataclass
+class SweepConfig:
+    # The metric a sweep ranks its jobs by (results table, Optuna's objective): a final metric
+    # every job reports (val_acc, val_loss, test_acc, ...).
+    objective: str = "val_acc"
+    direction: str = "maximize"  # or minimize
+
+
 @dataclass
 class Config:
     dataset: DatasetConfig = MISSING
@@ -139,6 +150,7 @@ class Config:
     paths: PathsConfig = MISSING
     aws: AwsConfig = MISSING
     job: JobConfig = MISSING
+    sweep: SweepConfig = field(default_factory=SweepConfig)  # only `-m` sweeps read it
     run_name: str | None = None  # None: <model>-<timestamp> locally, the job name on SageMaker
 
 
@@ -338,6 +350,8 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"instance.count must be >= 1, got {cfg.instance.count}")
     if cfg.job.max_cost_usd is not None and cfg.job.max_cost_usd <= 0:
         raise ConfigError(f"job.max_cost_usd must be a positive number (null: no budget), got {cfg.job.max_cost_usd}")
+    if cfg.sweep.direction not in SWEEP_DIRECTIONS:
+        raise ConfigError(f"sweep.direction must be one of {', '.join(SWEEP_DIRECTIONS)}, got {cfg.sweep.direction!r}")
     if not str(cfg.model.net.get("_target_", "")):
         raise ConfigError("model.net._target_ is empty: name the nn.Module class to build")
     _validate_resource_names(cfg.aws)

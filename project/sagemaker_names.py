@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 
 DATA_CHANNEL = "train"  # the input channel that carries the raw dataset files (SM_CHANNEL_TRAIN)
+# A sweep job's own resolved config.yaml (SM_CHANNEL_CONFIG): its code channel is the sweep's shared one.
+CONFIG_CHANNEL = "config"
 CHECKPOINT_DIR = "/opt/ml/checkpoints"  # CheckpointConfig.LocalPath: synced to the job's S3 checkpoint URI
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"  # where SageMaker sends every training job's log streams
 JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")  # the API's TrainingJobName pattern

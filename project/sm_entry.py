@@ -8,6 +8,7 @@ in each worker, which trains from config.yaml. `python3 sm_entry.py` trains in t
 Imports stay inside main(): the launcher (PID 1) loads only torchrun, the workers the training code.
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -19,9 +20,12 @@ def main(argv: list[str]) -> int:
         from project.launch import launch
 
         launch(int(argv[1]), str(Path(__file__).resolve()))  # exits with torchrun's outcome
+    from project.sagemaker_names import CONFIG_CHANNEL
     from project.train import main as train
 
-    return train(["--config", str(HERE / "config.yaml")])
+    # A sweep job's config comes in its own channel; a single job's travels with the code.
+    channel = os.environ.get(f"SM_CHANNEL_{CONFIG_CHANNEL.upper()}")
+    return train(["--config", str(Path(channel) / "config.yaml" if channel else HERE / "config.yaml")])
 
 
 if __name__ == "__main__":

@@ -72,8 +72,13 @@ class _HyperparametersAreARecord(logging.Filter):
         return "Hyperparameters are set but are not passed" not in record.getMessage()
 
 
-def model_trainer(plan: JobPlan, source_dir: Path, boto_session: Any) -> Any:
+def model_trainer(
+    plan: JobPlan, source_dir: Path | str, boto_session: Any, channels: dict[str, str] | None = None
+) -> Any:
     """The SDK v3 ModelTrainer for this plan: torchrun, one process per GPU, one node per instance.
+
+    `source_dir`: a local folder (uploaded under the job's name) or an s3:// prefix ending in "/"
+    (a sweep's code, uploaded once); `channels`: more input channels, name -> s3:// prefix.
 
     The command (entry_command) does what the SDK's Torchrun driver would, but as PID 1, so a
     stop or spot reclaim reaches the training processes; see project/launch.py.
@@ -119,7 +124,10 @@ def model_trainer(plan: JobPlan, source_dir: Path, boto_session: Any) -> Any:
         stopping_condition=stopping,
         output_data_config=OutputDataConfig(s3_output_path=plan.output_uri),
         checkpoint_config=CheckpointConfig(s3_uri=plan.checkpoint_uri, local_path=CHECKPOINT_DIR),
-        input_data_config=[InputData(channel_name=DATA_CHANNEL, data_source=plan.data_uri)],
+        input_data_config=[
+            InputData(channel_name=DATA_CHANNEL, data_source=plan.data_uri),
+            *(InputData(channel_name=name, data_source=uri) for name, uri in (channels or {}).items()),
+        ],
         environment=plan.environment,
         hyperparameters=plan.hyperparameters,
         tags=[{"key": k, "value": v} for k, v in plan.tags.items()],

@@ -1,4 +1,7 @@
-"""The code channel of a job: the project package, the resolved config and the entry script."""
+"""The code channel of a job: the project package, the resolved config and the entry script.
+
+A sweep stages the code once (stage_code) and gives each job its config in a channel of its own.
+"""
 
 from __future__ import annotations
 
@@ -18,10 +21,21 @@ def stage_source(cfg: Any, dest: Path, plan: JobPlan) -> Path:
     Its trainer.gpus is the plan's gpus_per_node, resolved when the job was planned: the container
     does not resolve it again.
     """
+    stage_code(dest)
+    (dest / RESOLVED_CONFIG_NAME).write_text(staged_config(cfg, plan))
+    return dest
+
+
+def stage_code(dest: Path) -> Path:
+    """The project package and the torchrun entry script on top: the code of any job."""
     if dest.exists():
         shutil.rmtree(dest)
     skipped = shutil.ignore_patterns("__pycache__", "*.pyc", ENTRY_SCRIPT)  # the entry script goes on top
     shutil.copytree(PROJECT_DIR, dest / "project", ignore=skipped)
-    (dest / RESOLVED_CONFIG_NAME).write_text(to_yaml(with_gpus(cfg, plan.gpus_per_node)))
     shutil.copy2(PROJECT_DIR / ENTRY_SCRIPT, dest / ENTRY_SCRIPT)
     return dest
+
+
+def staged_config(cfg: Any, plan: JobPlan) -> str:
+    """The config.yaml a job trains from: resolved, with trainer.gpus as planned."""
+    return to_yaml(with_gpus(cfg, plan.gpus_per_node))

@@ -67,7 +67,11 @@ class Context:
 
 
 def setup(overrides: list[str]) -> Context:
-    cfg = compose(overrides)
+    return context(compose(overrides))
+
+
+def context(cfg: Any) -> Context:
+    """The Terraform outputs and AWS clients for a composed config."""
     given = {key: cfg.aws.get(key) for key in INFRA_KEYS}
     infra = load_infra(Path(cfg.aws.terraform_dir), given)
     clients = aws_clients(cfg.aws.region or infra.region, cfg.aws.endpoint_url)
@@ -245,15 +249,20 @@ def fetch(overrides: list[str], job_name: str | None, echo=print) -> Path:
     desc = monitor.describe(ctx.clients.sagemaker, name)
     if desc["TrainingJobStatus"] != "Completed":
         raise monitor.JobError(f"{name} is {desc['TrainingJobStatus']}, not Completed: nothing to fetch yet")
-    model_uri = desc["ModelArtifacts"]["S3ModelArtifacts"]
-    output_uri = model_uri.rsplit("/", 1)[0] + "/output.tar.gz"
-    checkpoints = desc.get("CheckpointConfig", {}).get("S3Uri")
     dest = Path(ctx.cfg.paths.runs_dir) / name
-    fetch_job(ctx.clients.s3, model_uri, output_uri, checkpoints, dest, echo=echo)
+    fetch_completed(ctx, desc, dest, echo)
     metrics = json.loads((dest / METRICS_FILE).read_text())
     echo(" ".join(f"{k}={metrics[k]:.6g}" for k in ("test_loss", "test_acc") if k in metrics))
     echo(f"run_dir={dest}")
     return dest
+
+
+def fetch_completed(ctx: Context, desc: dict[str, Any], dest: Path, echo: Callable[[str], None]) -> Path:
+    """A completed job's model, output and checkpoints into dest/, in the layout `invoke local` writes."""
+    model_uri = desc["ModelArtifacts"]["S3ModelArtifacts"]
+    output_uri = model_uri.rsplit("/", 1)[0] + "/output.tar.gz"
+    checkpoints = desc.get("CheckpointConfig", {}).get("S3Uri")
+    return fetch_job(ctx.clients.s3, model_uri, output_uri, checkpoints, dest, echo=echo)
 
 
 def run_command(argv: list[str], dry_run: bool = False, stdin: str | None = None) -> None:

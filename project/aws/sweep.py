@@ -1,0 +1,359 @@
+"""A sweep's jobs on SageMaker: what hydra/launcher=sagemaker does with each batch Hydra hands it.
+
+For a batch: plan and validate every job (one bad combination refuses all, by name), check the
+image and the data once, look up jobs that already completed with the same config hash (Search
+API, tag `config-hash`: a re-run skips them; a stopped one is launched again and resumes from
+its checkpoints, which are keyed by config hash), print one summary with the worst-case cost,
+ask once, upload the code bundle once, then launch at most `max_parallel` jobs at a time and
+follow them. Each job gets its own resolved config as a small channel (`config`), its name
+`<base>-<sweep id>-<n>` and tags naming the sweep, the job number and its overrides.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ..sagemaker_names import CONFIG_CHANNEL
+from ..sweep import Job, JobResult, refusal, scalar_metrics
+from . import monitor, sdk
+from .cost import check_budget
+from .names import split_s3_uri
+from .plan import JobPlan, LaunchError, plan_job, validate_plan
+from .quotas import check_quotas, free_instances, usages
+from .session import aws_errors
+from .staging import stage_code, staged_config
+from .workflow import Context, context, fetch_completed, image_ref, setup
+
+DEFAULT_MAX_PARALLEL = 4  # jobs at once when launcher.max_parallel is not set
+SWEEP_TAG, JOB_TAG, OVERRIDES_TAG, HASH_TAG = "sweep-id", "sweep-job", "sweep-overrides", "config-hash"
+TAG_VALUE_LIMIT = 256
+TAG_VALUE_BAD = re.compile(r"[^\w\s.:/=+\-@]")  # what SageMaker tag values may not hold
+
+
+def sweep_job_name(base_name: str, sweep_id: str, num: int) -> str:
+    return f"{base_name}-{sweep_id}-{num}"
+
+
+def tag_value(text: str) -> str:
+    return TAG_VALUE_BAD.sub("_", text)[:TAG_VALUE_LIMIT]
+
+
+def sweep_prefix(ctx: Context, plan: JobPlan, sweep_id: str) -> str:
+    """Where a sweep's code and configs go: s3://<artifacts>/code/<base>-<sweep id>/."""
+    return f"s3://{ctx.infra.artifacts_bucket}/code/{plan.base_name}-{sweep_id}/"
+
+
+def parallel_limit(max_parallel: int | None, plans: list[JobPlan], ctx: Context) -> int:
+    """How many jobs run at once, after the checks that concern the sweep as a whole (before any launch).
+
+    The budget (job.max_cost_usd) bounds the sum of every job's worst case. Each instance type's
+    quota must fit one job (the refusal names the increase command); without `max_parallel` the
+    sweep runs as many jobs at once as the free quota allows, else DEFAULT_MAX_PARALLEL where
+    quotas cannot be read.
+    """
+    worst = sum(p.cost.worst_case_usd for p in plans if p.cost)
+    check_budget(worst, plans[0].max_cost_usd, what=f"this sweep of {len(plans)} jobs")
+    service_quotas = ctx.clients.client("service-quotas")
+    fits: list[int] = []
+    for plan in {p.instance_type: p for p in plans}.values():
+        check_quotas(
+            service_quotas,
+            ctx.clients.sagemaker,
+            plan.instance_type,
+            plan.instance_count,
+            plan.region,
+            usages(plan.spot, plan.keep_alive_seconds),
+            print,
+        )
+        free = free_instances(service_quotas, ctx.clients.sagemaker, plan.instance_type, usages(plan.spot, 0)[0])
+        if free is not None:
+            fits.append(max(1, free // plan.instance_count))
+    if max_parallel:
+        return max_parallel
+    return min(fits) if fits else DEFAULT_MAX_PARALLEL
+
+
+@dataclass
+class Running:
+    job: Job
+    plan: JobPlan
+    tail: monitor.LogTail
+    last: tuple[str, str | None] = ("", None)  # (status, secondary status) last printed
+
+    def progress(self) -> Iterator[str]:
+        """The job's new per-epoch metric lines (`epoch=1/3 ... val_acc=...`) from its log."""
+        return (line for line in self.tail.poll() if line.startswith("epoch="))
+
+
+class SweepSession:
+    """One sweep's SageMaker side, across the batches Hydra's sweeper hands the launcher."""
+
+    def __init__(
+        self,
+        sweep_id: str,
+        sweep_dir: Path,
+        cfg: Any,
+        max_parallel: int | None = None,
+        yes: bool = False,
+        poll_seconds: float = 10.0,
+        allow_dirty: bool = False,
+        echo: Callable[[str], None] = print,
+        confirm: Callable[[str], str] = input,
+    ) -> None:
+        self.sweep_id, self.sweep_dir = sweep_id, sweep_dir
+        self.max_parallel, self.yes, self.poll_seconds = max_parallel, yes, poll_seconds
+        self.echo, self.confirm = echo, confirm
+        with aws_errors():
+            self.ctx = context(cfg)
+        self.tag = image_ref(self.ctx, allow_dirty).tag
+        self.code_uri: str | None = None  # the shared code bundle, once uploaded
+        self.checked: set[tuple[str, str]] = set()  # (image, data) pairs already checked
+        self.asked = False
+
+    # --- before any launch -----------------------------------------------------------------------
+
+    def plan(self, job: Job) -> JobPlan:
+        try:
+            plan = plan_job(job.cfg, self.ctx.infra, self.tag)
+            plan = replace(
+                plan,
+                job_name=sweep_job_name(plan.base_name, self.sweep_id, job.num),
+                tags={
+                    **plan.tags,
+                    SWEEP_TAG: self.sweep_id,
+                    JOB_TAG: str(job.num),
+                    OVERRIDES_TAG: tag_value(" ".join(job.overrides)),
+                },
+            )
+            validate_plan(plan, job.cfg)
+        except LaunchError as exc:
+            raise refusal(job.num, job.overrides, str(exc)) from None
+        return plan
+
+    def check_remote(self, jobs: list[Job], plans: list[JobPlan]) -> None:
+        for job, plan in zip(jobs, plans, strict=True):
+            if (plan.image_uri, plan.data_uri) not in self.checked:
+                sdk.check_remote(plan, job.cfg, self.ctx.clients.ecr, self.ctx.clients.s3)
+                self.checked.add((plan.image_uri, plan.data_uri))
+
+    def completed_before(self, plans: list[JobPlan]) -> dict[str, dict[str, Any]]:
+        """config hash -> the description of a job that completed with it (Search API, by tag)."""
+        sm, found = self.ctx.clients.sagemaker, {}
+        for digest in {p.config_hash for p in plans}:
+            for job in search_jobs(sm, HASH_TAG, digest):
+                tags = {t["Key"]: t["Value"] for t in job.get("Tags", [])}
+                if job.get("TrainingJobStatus") == "Completed" and tags.get(HASH_TAG) == digest:
+                    found[digest] = monitor.describe(sm, job["TrainingJobName"])
+                    break
+        return found
+
+    def summary(self, jobs: list[Job], plans: list[JobPlan], done: dict[str, Any], limit: int) -> str:
+        launching = [p for p in plans if p.config_hash not in done]
+        total = sum(p.cost.on_demand_usd for p in launching if p.cost)
+        first = plans[0]
+        lines = [
+            f"SageMaker sweep {self.sweep_id}: {len(plans)} job(s), {len(launching)} to launch"
+            + (f", {len(plans) - len(launching)} already completed (skipped)" if done else "")
+            + f", at most {limit} at a time",
+            f"  image {first.image_uri}; data {first.data_uri}; one code bundle for all jobs",
+        ]
+        for job, plan in zip(jobs, plans, strict=True):
+            skip = done.get(plan.config_hash)
+            cost = f"${plan.cost.on_demand_usd:.2f} at most" if plan.cost else "?"
+            what = f"skip: completed as {skip['TrainingJobName']}" if skip else cost
+            lines.append(
+                f"  {job.num:>3}  {plan.job_name}  config {plan.config_hash}  "
+                f"{plan.instance_count} x {plan.instance_type}  {' '.join(job.overrides)}  {what}"
+            )
+        lines.append(f"  worst case in all: ${total:.2f} on-demand (every job billed for its whole max runtime)")
+        return "\n".join(lines)
+
+    def ask(self, count: int) -> None:
+        if self.yes or self.asked or not count:
+            return
+        if not sys.stdin.isatty():
+            raise LaunchError("not a terminal, so no one to confirm the cost: pass --yes to launch")
+        if self.confirm(f"Launch these {count} jobs? [y/N] ").strip().lower() not in ("y", "yes"):
+            raise LaunchError("not launched (answered no)")
+        self.asked = True
+
+    # --- launching -----------------------------------------------------------------------------
+
+    def upload_code(self, plan: JobPlan) -> str:
+        """The code bundle of the whole sweep, uploaded once: s3://.../code/<base>-<sweep>/code/."""
+        if self.code_uri is None:
+            uri = sweep_prefix(self.ctx, plan, self.sweep_id) + "code/"
+            bucket, prefix = split_s3_uri(uri)
+            with tempfile.TemporaryDirectory(prefix="sm-sweep-code-") as tmp, aws_errors(resource=uri):
+                root = stage_code(Path(tmp) / "code")
+                for path in sorted(p for p in root.rglob("*") if p.is_file()):
+                    self.ctx.clients.s3.upload_file(str(path), bucket, prefix + path.relative_to(root).as_posix())
+            self.code_uri = uri
+        return self.code_uri
+
+    def launch_one(self, job: Job, plan: JobPlan) -> None:
+        code = self.upload_code(plan)
+        config_uri = sweep_prefix(self.ctx, plan, self.sweep_id) + f"config/{job.num}/"
+        bucket, key = split_s3_uri(config_uri + "config.yaml")
+        with aws_errors(resource=config_uri):
+            self.ctx.clients.s3.put_object(Bucket=bucket, Key=key, Body=staged_config(job.cfg, plan).encode())
+        trainer = sdk.model_trainer(plan, code, self.ctx.clients.session, {CONFIG_CHANNEL: config_uri})
+        sdk.launch(trainer, plan.job_name)
+
+    def launch_many(self, starting: list[tuple[Job, JobPlan]]) -> list[str | None]:
+        """Launch these jobs at once (each launch waits on AWS round trips); per job, why SageMaker refused it.
+
+        The threads print nothing: lines written from several threads interleave mid-line.
+        """
+        if not starting:
+            return []
+        self.upload_code(starting[0][1])  # once, before the threads
+
+        def launch(pair: tuple[Job, JobPlan]) -> str | None:
+            try:
+                self.launch_one(*pair)
+            except LaunchError as exc:
+                return str(exc)
+            return None
+
+        with ThreadPoolExecutor(max_workers=len(starting), thread_name_prefix="sweep-launch") as pool:
+            return list(pool.map(launch, starting))
+
+    def follow(self, queue: deque[tuple[Job, JobPlan]], limit: int) -> list[JobResult]:
+        """Launch up to `limit` at a time, poll them, one line per change; a failed job does not stop the rest."""
+        sm, running, results = self.ctx.clients.sagemaker, dict[str, Running](), []
+        try:
+            while queue or running:
+                starting = [queue.popleft() for _ in range(min(len(queue), limit - len(running)))]
+                for (job, plan), refused in zip(starting, self.launch_many(starting), strict=True):
+                    if refused is not None:  # SageMaker refused this one: a failed job, the sweep goes on
+                        self.echo(f"[job {job.num}] Failed: {refused}")
+                        results.append(JobResult(job.num, job.overrides, "Failed", plan.job_name, {}, reason=refused))
+                        continue
+                    self.echo(f"[job {job.num}] launched {plan.job_name}: {' '.join(job.overrides)}")
+                    running[plan.job_name] = Running(job, plan, monitor.LogTail(self.ctx.clients.logs, plan.job_name))
+                time.sleep(self.poll_seconds)
+                for name, state in list(running.items()):
+                    desc = monitor.describe(sm, name)
+                    status = (desc["TrainingJobStatus"], desc.get("SecondaryStatus"))
+                    if desc["TrainingJobStatus"] in monitor.TERMINAL:
+                        results.append(self.ended(state.job, desc))
+                        del running[name]
+                        continue
+                    if status != state.last:
+                        self.echo(f"[job {state.job.num}] {status[0]} / {status[1]}")
+                        state.last = status
+                    for line in state.progress():
+                        self.echo(f"[job {state.job.num}] {line}")
+        except KeyboardInterrupt:
+            self.interrupted(list(running), len(queue))
+            raise
+        return results
+
+    def ended(self, job: Job, desc: dict[str, Any]) -> JobResult:
+        row = monitor.StatusRow.of(desc)
+        reason = str(desc.get("FailureReason") or "").splitlines()[0] if desc.get("FailureReason") else ""
+        if desc["TrainingJobStatus"] == "Completed":
+            self.echo(f"[job {job.num}] {monitor.final_report(desc)}")
+        else:
+            self.echo(f"[job {job.num}] {row.name}: {desc['TrainingJobStatus']}: {reason or '-'}")
+        return JobResult(
+            job.num,
+            job.overrides,
+            desc["TrainingJobStatus"],
+            row.name,
+            scalar_metrics(row.metrics),
+            row.duration_s,
+            row.billable_s,
+            row.cost_usd,
+            reason,
+        )
+
+    def interrupted(self, running: list[str], queued: int) -> None:
+        self.echo(f"\ninterrupted: {len(running)} job(s) running, {queued} not launched")
+        stop = False
+        if running and sys.stdin.isatty():
+            try:
+                stop = self.confirm("Stop the running jobs (each checkpoints on SIGTERM)? [y/N] ").strip().lower() in (
+                    "y",
+                    "yes",
+                )
+            except (EOFError, KeyboardInterrupt):
+                stop = False
+        for name in running if stop else []:
+            self.echo(monitor.stop(self.ctx.clients.sagemaker, name))
+        if running and not stop:
+            self.echo(f"left running: {', '.join(running)} (`invoke stop <job>` stops one)")
+        self.echo(
+            "to resume, run the same command again: completed jobs are skipped (same config hash), "
+            "stopped ones resume from their checkpoints"
+        )
+
+    # --- one batch -----------------------------------------------------------------------------
+
+    def run(self, jobs: list[Job]) -> list[JobResult]:
+        with aws_errors():
+            plans = [self.plan(job) for job in jobs]
+            self.check_remote(jobs, plans)
+            done = self.completed_before(plans)
+            limit = parallel_limit(self.max_parallel, plans, self.ctx)
+            self.echo(self.summary(jobs, plans, done, limit))
+            todo = deque((j, p) for j, p in zip(jobs, plans, strict=True) if p.config_hash not in done)
+            self.ask(len(todo))
+            skipped = [
+                JobResult(
+                    j.num,
+                    j.overrides,
+                    "Skipped",
+                    done[p.config_hash]["TrainingJobName"],
+                    scalar_metrics(monitor.final_metrics(done[p.config_hash])),
+                    reason=f"completed before as {done[p.config_hash]['TrainingJobName']}",
+                )
+                for j, p in zip(jobs, plans, strict=True)
+                if p.config_hash in done
+            ]
+            return skipped + self.follow(todo, limit)
+
+
+def fetch_sweep(overrides: list[str], sweep_id: str, echo: Callable[[str], None] = print) -> Path:
+    """`invoke fetch --sweep <id>`: every completed job of the sweep into runs/<id>/<n>/."""
+    with aws_errors():
+        ctx = setup(overrides)
+        sm = ctx.clients.sagemaker
+        jobs = sorted(search_jobs(sm, SWEEP_TAG, sweep_id), key=lambda j: j["TrainingJobName"])
+        if not jobs:
+            raise monitor.JobError(f"no training jobs of sweep {sweep_id!r}: `invoke runs` lists the sweeps")
+        sweep_dir = Path(ctx.cfg.paths.runs_dir) / sweep_id
+        fetched = 0
+        for job in jobs:
+            tags = {t["Key"]: t["Value"] for t in job.get("Tags", [])}
+            name, status = job["TrainingJobName"], job["TrainingJobStatus"]
+            if tags.get(SWEEP_TAG) != sweep_id:
+                continue
+            if status != "Completed":
+                echo(f"{name}: {status}, nothing to fetch")
+                continue
+            dest = sweep_dir / tags.get(JOB_TAG, name)
+            fetch_completed(ctx, monitor.describe(sm, name), dest, echo)
+            echo(f"{name} -> {dest}")
+            fetched += 1
+    echo(f"fetched {fetched} of {len(jobs)} job(s) of sweep {sweep_id} into {sweep_dir}")
+    return sweep_dir
+
+
+def search_jobs(sm: Any, tag: str, value: str) -> Iterator[dict[str, Any]]:
+    """Training jobs tagged tag=value, every page of the Search API."""
+    expression = {"Filters": [{"Name": f"Tags.{tag}", "Operator": "Equals", "Value": value}]}
+    for page in sm.get_paginator("search").paginate(Resource="TrainingJob", SearchExpression=expression):
+        for result in page.get("Results", []):
+            if "TrainingJob" in result:
+                yield result["TrainingJob"]

@@ -1,0 +1,295 @@
+"""One catalog of every run: `invoke runs` (local runs and SageMaker jobs, newest first) and `invoke compare`.
+
+Local runs are the folders under paths.runs_dir that hold a metrics.json (a sweep's runs one
+level deeper, runs/<sweep>/<n>/); SageMaker jobs come from the Search API (every page), with
+their tags (config hash, git sha, sweep) and final metrics. The pure parts (rows, filters, the
+config diff) take plain values; only `sagemaker_entries` talks to AWS.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from .config import RESOLVED_CONFIG_NAME
+from .errors import UserError
+from .sagemaker_names import METRICS_FILE
+
+PROJECT_TAG = ("project", "lightning-sagemaker")  # every job plan_job tags
+SHOWN_METRICS = ("val_acc", "test_acc", "val_loss")
+# Where a run ran or its data's checksums (long, and the same data whatever the mirror), not what it trained.
+IGNORED_KEYS = ("paths.", "run_name", "aws.", "job.image_tag", "dataset.files.", "trainer.gpus")
+THRESHOLD = re.compile(r"^(\w+)\s*(>=|<=|>|<|=)\s*([-+0-9.eE]+)$")
+SINCE = re.compile(r"^(\d+)([mhd])$")
+COMPARE_PNG = "compare.png"
+
+
+class CatalogError(UserError):
+    pass
+
+
+@dataclass
+class Entry:
+    name: str
+    where: str  # "local" or "sagemaker"
+    status: str
+    created: datetime
+    config_hash: str = "-"
+    git_sha: str = "-"
+    sweep: str = "-"
+    overrides: str = "-"
+    metrics: dict[str, float] = field(default_factory=dict)
+    duration_s: float | None = None
+    cost_usd: float | None = None
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def config_diff(a: dict[str, Any], b: dict[str, Any], ignored: Sequence[str] = IGNORED_KEYS) -> dict[str, tuple]:
+    """key -> (value in a, value in b) for every flattened key whose values differ."""
+    fa, fb = flatten(a), flatten(b)
+    keys = sorted(k for k in set(fa) | set(fb) if not k.startswith(tuple(ignored)) and fa.get(k) != fb.get(k))
+    return {k: (fa.get(k, "-"), fb.get(k, "-")) for k in keys}
+
+
+def defaults() -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    from .config import compose
+
+    return OmegaConf.to_container(compose([]), resolve=True)  # type: ignore[return-value]
+
+
+def _load_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def local_entries(runs_dir: Path, base: dict[str, Any]) -> list[Entry]:
+    entries = []
+    for metrics_file in sorted([*runs_dir.glob(f"*/{METRICS_FILE}"), *runs_dir.glob(f"*/*/{METRICS_FILE}")]):
+        run = metrics_file.parent
+        try:
+            metrics = json.loads(metrics_file.read_text())
+        except (OSError, ValueError):
+            continue
+        config = run / "model" / RESOLVED_CONFIG_NAME
+        changed = config_diff(base, _load_yaml(config)) if config.is_file() else {}
+        sweep = run.parent.name if run.parent != runs_dir else "-"
+        entries.append(
+            Entry(
+                name=str(run.relative_to(runs_dir)),
+                where="local",
+                status="Completed",
+                created=datetime.fromtimestamp(metrics_file.stat().st_mtime, UTC),
+                config_hash=str(metrics.get("config_hash", "-")),
+                sweep=sweep,
+                overrides=" ".join(f"{k}={v[1]}" for k, v in changed.items()) or "-",
+                metrics={k: float(v) for k, v in metrics.items() if k in SHOWN_METRICS},
+                duration_s=metrics.get("fit_seconds"),
+            )
+        )
+    return entries
+
+
+def sagemaker_entries(sm: Any) -> list[Entry]:
+    """Every training job of this project (Search API, all pages), with its tags and final metrics."""
+    from .aws.cost import job_cost
+    from .aws.monitor import StatusRow
+    from .aws.sweep import search_jobs
+
+    entries = []
+    for job in search_jobs(sm, *PROJECT_TAG):
+        tags = {t["Key"]: t["Value"] for t in job.get("Tags", [])}
+        row = StatusRow.of(job)
+        entries.append(
+            Entry(
+                name=job["TrainingJobName"],
+                where="sagemaker",
+                status=job["TrainingJobStatus"],
+                created=job["CreationTime"],
+                config_hash=tags.get("config-hash", "-"),
+                git_sha=tags.get("git-sha", "-"),
+                sweep=tags.get("sweep-id", "-"),
+                overrides=tags.get("sweep-overrides", "-"),
+                metrics={k: v for k, v in row.metrics.items() if k in SHOWN_METRICS},
+                duration_s=row.duration_s,
+                cost_usd=job_cost(job),
+            )
+        )
+    return entries
+
+
+def since_cutoff(since: str, now: datetime | None = None) -> datetime:
+    """`3d`, `12h`, `30m` or an ISO date/time (UTC)."""
+    now = now or datetime.now(UTC)
+    match = SINCE.match(since)
+    if match:
+        unit = {"m": "minutes", "h": "hours", "d": "days"}[match.group(2)]
+        return now - timedelta(**{unit: int(match.group(1))})
+    try:
+        moment = datetime.fromisoformat(since)
+    except ValueError:
+        raise CatalogError(f"--since {since!r}: give 30m, 12h, 3d or an ISO date like 2026-12-01") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def metric_filter(threshold: str) -> Callable[[Entry], bool]:
+    """`val_acc>=0.9`: entries with that final metric passing the test."""
+    match = THRESHOLD.match(threshold.replace(" ", ""))
+    if not match:
+        raise CatalogError(f"--metric {threshold!r}: give name, comparison and number, e.g. val_acc>=0.9")
+    name, op, value = match.group(1), match.group(2), float(match.group(3))
+    tests = {
+        ">=": lambda x: x >= value,
+        "<=": lambda x: x <= value,
+        ">": lambda x: x > value,
+        "<": lambda x: x < value,
+        "=": lambda x: x == value,
+    }
+    return lambda e: name in e.metrics and tests[op](e.metrics[name])
+
+
+def select(
+    entries: Iterable[Entry], sweep: str | None = None, since: str | None = None, metric: str | None = None
+) -> list[Entry]:
+    chosen = list(entries)
+    if sweep:
+        chosen = [e for e in chosen if e.sweep == sweep]
+    if since:
+        cutoff = since_cutoff(since)
+        chosen = [e for e in chosen if e.created >= cutoff]
+    if metric:
+        passes = metric_filter(metric)
+        chosen = [e for e in chosen if passes(e)]
+    return sorted(chosen, key=lambda e: e.created, reverse=True)
+
+
+def table(entries: Sequence[Entry]) -> str:
+    def fmt(value: float | None, spec: str, before: str = "", after: str = "") -> str:
+        return "-" if value is None else f"{before}{value:{spec}}{after}"
+
+    header = ("run", "where", "status", "created", "config", "git", "overrides", *SHOWN_METRICS, "duration", "cost")
+    lines = [header] + [
+        (
+            e.name,
+            e.where,
+            e.status,
+            f"{e.created:%Y-%m-%d %H:%M}",
+            e.config_hash,
+            e.git_sha,
+            e.overrides,
+            *(fmt(e.metrics.get(m), ".4f") for m in SHOWN_METRICS),
+            fmt(e.duration_s, ".0f", after="s"),
+            fmt(e.cost_usd, ".2f", before="$"),
+        )
+        for e in entries
+    ]
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(line, widths, strict=True)).rstrip() for line in lines)
+
+
+def list_runs(
+    overrides: list[str], sweep: str | None, since: str | None, metric: str | None, echo: Callable[[str], None] = print
+) -> list[Entry]:
+    """`invoke runs`: local runs and SageMaker jobs, newest first, filtered."""
+    from .aws.session import aws_errors
+    from .aws.workflow import context
+    from .config import compose
+
+    cfg = compose(overrides)
+    entries = local_entries(Path(cfg.paths.runs_dir), defaults())
+    try:
+        with aws_errors():
+            entries += sagemaker_entries(context(cfg).clients.sagemaker)
+    except UserError as problem:  # no Terraform outputs or no credentials: the local runs still list
+        echo(f"(SageMaker jobs not listed: {problem})")
+    chosen = select(entries, sweep, since, metric)
+    echo(table(chosen) if chosen else "no runs match")
+    return chosen
+
+
+def resolve_run(name: str, overrides: list[str], echo: Callable[[str], None] = print) -> Path:
+    """A run folder, a run under paths.runs_dir, or a SageMaker job (fetched there first)."""
+    from .config import compose
+
+    runs_dir = Path(compose(overrides).paths.runs_dir)
+    for candidate in (Path(name), runs_dir / name):
+        if (candidate / METRICS_FILE).is_file():
+            return candidate
+    from .aws import workflow
+
+    return workflow.fetch(overrides, name, echo=echo)
+
+
+def compare(a: str, b: str, overrides: list[str], echo: Callable[[str], None] = print) -> Path:
+    """`invoke compare A B`: config diff, metrics side by side, one PNG of both learning curves."""
+    ra, rb = resolve_run(a, overrides, echo), resolve_run(b, overrides, echo)
+    echo(comparison(ra, rb))
+    out = ra.parent / f"compare-{ra.name}-vs-{rb.name}.png"
+    plot_compare(ra, rb, out)
+    echo(f"learning curves: {out}")
+    return out
+
+
+# --- compare ---------------------------------------------------------------------------------
+
+
+def comparison(a: Path, b: Path) -> str:
+    """The config diff and the final metrics of two run folders, side by side."""
+    ca, cb = (_load_yaml(p / "model" / RESOLVED_CONFIG_NAME) for p in (a, b))
+    ma, mb = (json.loads((p / METRICS_FILE).read_text()) for p in (a, b))
+    lines = [f"config: {a.name} vs {b.name}"]
+    diff = config_diff(ca, cb, ignored=("paths.", "run_name"))
+    lines += [f"  {k}: {va} | {vb}" for k, (va, vb) in diff.items()] or ["  (the same config)"]
+    lines.append("metrics:")
+    for key in sorted(k for k in set(ma) | set(mb) if isinstance(ma.get(k, mb.get(k)), int | float)):
+        va, vb = ma.get(key), mb.get(key)
+        lines.append(f"  {key}: {_num(va)} | {_num(vb)}")
+    return "\n".join(lines)
+
+
+def _num(value: Any) -> str:
+    return "-" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def plot_compare(a: Path, b: Path, out: Path) -> Path:
+    """Both runs' learning curves (loss and accuracy per epoch) on one figure."""
+    import matplotlib
+
+    from .artifacts import read_curves  # the one reader of Lightning's metrics.csv
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    for run, color in ((a, "C0"), (b, "C1")):
+        curves, unit = read_curves(run / "output" / "metrics.csv")
+        for ax, names in ((ax_loss, ("train_loss", "val_loss")), (ax_acc, ("train_acc", "val_acc"))):
+            for name, style in zip(names, ("--", "-"), strict=True):
+                if curves.get(name):
+                    xs, ys = zip(*curves[name], strict=True)
+                    ax.plot(xs, ys, style, color=color, marker="o", label=f"{run.name} {name}")
+            ax.set_xlabel(unit)
+    ax_loss.set_ylabel("loss")
+    ax_acc.set_ylabel("accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
