@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from project.config import compose
+from project.sandbox import quotas as sandbox_quotas
 from project.sandbox import service as emulator
 from tests import cli
 from tests.cli import one_error_line
@@ -23,6 +25,10 @@ from tests.test_sagemaker_e2e import data, job_overrides, world  # noqa: F401  (
 
 pytestmark = pytest.mark.slow
 invoke = functools.partial(cli.invoke, timeout=600)
+
+
+def price_per_hour(cfg) -> float:
+    return float(cfg.instance.price_per_hour)
 
 
 def sweep_overrides(world, data, name: str, **swept) -> list[str]:  # noqa: F811
@@ -155,4 +161,19 @@ def test_bad_sweeps_launch_nothing(world, data):  # noqa: F811
     for extra, message in cases:
         line = one_error_line(invoke("train", "-m", *sweep_overrides(world, data, name, **extra), "--yes"))
         assert message in line, (extra, line)
+    # Each job fits the budget; the two together do not.
+    uploaded = invoke("upload", *sweep_overrides(world, data, name))
+    assert uploaded.returncode == 0, uploaded.stderr
+    two = {"model.lr": "0.01,0.02", "instance": "ml.m5.xlarge", "job.max_run_minutes": "60"}
+    one_job = compose([f"{k}={v.split(',')[0]}" for k, v in two.items()])
+    worst = price_per_hour(one_job) * 1.0
+    budget = round(worst * 1.5, 2)
+    line = one_error_line(
+        invoke("train", "-m", *sweep_overrides(world, data, name, **two, **{"job.max_cost_usd": str(budget)}), "--yes")
+    )
+    assert f"this sweep of 2 jobs can cost up to ${2 * worst:.2f}, over job.max_cost_usd=${budget:.2f}" in line, line
+    # The instance type's quota must fit one job before anything is launched.
+    with sandbox_quotas.set_quota("ml.m5.xlarge for training job usage", 0):
+        line = one_error_line(invoke("train", "-m", *sweep_overrides(world, data, name, **two), "--yes"))
+    assert "quota 'ml.m5.xlarge for training job usage' is 0" in line, line
     assert len(sm.list_training_jobs(MaxResults=100)["TrainingJobSummaries"]) == before
