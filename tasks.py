@@ -71,33 +71,33 @@ def upload(c, overrides=None, dry_run=False):
     iterable=["overrides"],
     help={
         "overrides": OVERRIDES_HELP,
-        "base_image": "Base image (default: the AWS PyTorch training DLC of the Terraform region)",
-        "allow_dirty": "Build from a dirty tree; the tag is marked <sha>-dirty-<hash>",
         "dry_run": "Print the docker command; run nothing",
     },
 )
-def build(c, overrides=None, base_image=None, allow_dirty=False, dry_run=False):
-    """Build the training image, tagged with the git short sha, for the Terraform ECR repository."""
+def build(c, overrides=None, dry_run=False):
+    """Build the job.image=custom image (tag: hash of Dockerfile, requirements, base); skipped if in ECR.
+
+    The base image is job.base_image (an override, e.g. job.base_image=<uri>); the code is not in it.
+    """
     from project.aws import workflow
 
     with user_errors():
-        workflow.build(overrides or [], base_image, allow_dirty, dry_run, workflow.run_command)
+        workflow.build(overrides or [], dry_run, workflow.run_command)
 
 
 @task(
     iterable=["overrides"],
     help={
         "overrides": OVERRIDES_HELP,
-        "allow_dirty": "Push a <sha>-dirty-<hash> image",
         "dry_run": "Print the commands",
     },
 )
-def push(c, overrides=None, allow_dirty=False, dry_run=False):
-    """Log Docker in to ECR (token from boto3) and push the image's immutable tag."""
+def push(c, overrides=None, dry_run=False):
+    """Log Docker in to ECR (token from boto3) and push the custom image's tag; skipped if in ECR."""
     from project.aws import workflow
 
     with user_errors():
-        workflow.push(overrides or [], allow_dirty, dry_run, workflow.run_command)
+        workflow.push(overrides or [], dry_run, workflow.run_command)
 
 
 @task(
@@ -107,18 +107,15 @@ def push(c, overrides=None, allow_dirty=False, dry_run=False):
         "yes": "Launch without asking (the cost summary is still printed)",
         "dry_run": "Validate and print the full CreateTrainingJob request; launch nothing",
         "wait": "Stream the logs until the job ends (default); --no-wait detaches",
-        "allow_dirty": "Use the <sha>-dirty-<hash> image of a dirty tree",
         "poll": "Seconds between status checks while waiting (default 10)",
     },
 )
-def train(c, overrides=None, yes=False, dry_run=False, wait=True, allow_dirty=False, poll=10):
+def train(c, overrides=None, yes=False, dry_run=False, wait=True, poll=10):
     """Launch a SageMaker training job: validate, show the cost, confirm, launch, stream logs."""
     from project.aws import workflow
 
     with user_errors():
-        workflow.train(
-            overrides or [], yes=yes, dry_run=dry_run, wait=wait, allow_dirty=allow_dirty, poll_seconds=float(poll)
-        )
+        workflow.train(overrides or [], yes=yes, dry_run=dry_run, wait=wait, poll_seconds=float(poll))
 
 
 @task(

@@ -1,4 +1,5 @@
-"""The code channel of a job: the project package, the resolved config and the entry script."""
+"""The code channel of a job: the project package, the resolved config, the entry script and,
+for job.image=aws, the requirements the job installs at start."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RESOLVED_CONFIG_NAME, to_yaml, with_gpus
+from .image import JOB_REQUIREMENTS, job_requirements
 from .plan import ENTRY_SCRIPT, JobPlan
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent  # the package folder, project/
@@ -24,4 +26,6 @@ def stage_source(cfg: Any, dest: Path, plan: JobPlan) -> Path:
     shutil.copytree(PROJECT_DIR, dest / "project", ignore=skipped)
     (dest / RESOLVED_CONFIG_NAME).write_text(to_yaml(with_gpus(cfg, plan.gpus_per_node)))
     shutil.copy2(PROJECT_DIR / ENTRY_SCRIPT, dest / ENTRY_SCRIPT)
+    if plan.image.install:  # job.image=aws: what sm_train.sh pip-installs before the command
+        (dest / JOB_REQUIREMENTS).write_text(job_requirements())
     return dest
