@@ -216,18 +216,20 @@ def test_ecr_password_decodes_the_token():
 @pytest.fixture(scope="module")
 def aws_images():
     """The SDK's lookup (offline, its bundled tables) for a GPU and a CPU instance."""
-    return {t: image.aws_image("us-east-1", t, None) for t in ("ml.p3.8xlarge", "ml.m5.xlarge")}
+    return {t: image.aws_image("us-east-1", t, None) for t in ("ml.g5.xlarge", "ml.m5.xlarge", "ml.p3.8xlarge")}
 
 
 def test_aws_image_is_the_pytorch_dlc_of_the_instance_flavour(aws_images):
-    gpu, cpu = aws_images["ml.p3.8xlarge"], aws_images["ml.m5.xlarge"]
+    gpu, cpu, volta = aws_images["ml.g5.xlarge"], aws_images["ml.m5.xlarge"], aws_images["ml.p3.8xlarge"]
     newest = image.newest_pytorch()
     assert gpu.uri.startswith(f"763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:{newest}-gpu-py")
     assert cpu.uri.startswith(f"763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:{newest}-cpu-py")
     assert gpu.pytorch_version == newest and gpu.install and gpu.install.packages > 10
+    # V100s stop at the newest image whose CUDA still runs on Volta.
+    assert volta.uri == "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.8.0-gpu-py312"
     pinned = image.aws_image("eu-west-1", "ml.g5.xlarge", "2.8.0")
     assert pinned.uri == "763104351884.dkr.ecr.eu-west-1.amazonaws.com/pytorch-training:2.8.0-gpu-py312"
-    p, _ = plan("trainer.gpus=4", "instance=ml.p3.8xlarge", job_image=gpu)
+    p, _ = plan("instance=ml.g5.xlarge", job_image=gpu)
     summary = p.summary()
     assert f"{gpu.uri}  (PyTorch {newest}, AWS Deep Learning Container)" in summary
     assert f"pip installs {gpu.install.packages} packages (~{gpu.install.megabytes:.0f} MB)" in summary
@@ -241,6 +243,7 @@ def test_aws_image_is_the_pytorch_dlc_of_the_instance_flavour(aws_images):
         ("us-east-1", "ml.trn1.2xlarge", None, "ml.trn1.2xlarge has no AWS PyTorch training image for CPU or GPU"),
         ("xx-nowhere-1", "ml.m5.xlarge", None, "Unsupported region: xx-nowhere-1"),
         ("us-east-1", "ml.m5.xlarge", "9.9", "no AWS PyTorch 9.9 training image for ml.m5.xlarge"),
+        ("us-east-1", "ml.p3.2xlarge", "2.10.0", "CUDA does not run on ml.p3.2xlarge's GPUs (newest: 2.8.0)"),
     ],
 )
 def test_an_image_the_pins_cannot_use_is_refused_in_one_line(region, instance, version, message):

@@ -39,6 +39,10 @@ DEFAULT_BASE_IMAGE = (
 # (docs/source-pytorch/versioning.rst: "≥2.1"; its newest column is the last CI-tested version,
 # "informational, not a hard upper bound", so no upper bound here).
 MIN_TORCH = {"pytorch-lightning": ("2.6.6", (2, 1)), "torchmetrics": ("1.9.0", (2, 0))}
+# The newest DLC PyTorch whose CUDA build still runs on an instance family's GPU. The 2.9 training
+# DLCs are CUDA 13.0 builds (DLC release v1.0-hf-5.3.0-pt-2.9.0-tr-gpu-py312: tag 2.9.0-gpu-py312-cu130),
+# and CUDA 13.0 dropped Volta, the V100 of ml.p3*: those stop at 2.8 (cu129).
+NEWEST_PYTORCH_FOR_FAMILY = {"p3": "2.8.0", "p3dn": "2.8.0"}
 # pip's download-and-unpack rate on a training instance, for the start-up estimate. An assumption,
 # not a measurement (nothing here reaches PyPI): S3-class bandwidth, but pip unpacks one wheel at a time.
 PIP_INSTALL_MB_PER_SECOND = 25.0
@@ -171,8 +175,15 @@ def aws_image(region: str, instance_type: str, pytorch_version: str | None) -> J
     """The AWS PyTorch training container for this region and instance (CPU or GPU flavour)."""
     from sagemaker.core import image_uris
 
-    version = pytorch_version or newest_pytorch()
+    family = instance_type.split(".")[1] if instance_type.count(".") == 2 else ""
+    ceiling = NEWEST_PYTORCH_FOR_FAMILY.get(family)
+    version = pytorch_version or ceiling or newest_pytorch()
     check_pytorch(version, "aws")
+    if ceiling and _version_tuple(version) > _version_tuple(ceiling):
+        raise ImageError(
+            f"the AWS PyTorch {version} image's CUDA does not run on {instance_type}'s GPUs (newest: {ceiling}); "
+            f"use job.pytorch_version={ceiling} or a newer instance family"
+        )
     try:
         uri = image_uris.retrieve(
             DLC_FRAMEWORK, region=region, version=version, instance_type=instance_type, image_scope="training"
