@@ -81,33 +81,33 @@ def upload(c, overrides=None, dry_run=False):
     iterable=["overrides"],
     help={
         "overrides": OVERRIDES_HELP,
-        "base_image": "Base image (default: the AWS PyTorch training DLC of the Terraform region)",
-        "allow_dirty": "Build from a dirty tree; the tag is marked <sha>-dirty-<hash>",
         "dry_run": "Print the docker command; run nothing",
     },
 )
-def build(c, overrides=None, base_image=None, allow_dirty=False, dry_run=False):
-    """Build the training image, tagged with the git short sha, for the Terraform ECR repository."""
+def build(c, overrides=None, dry_run=False):
+    """Build the job.image=custom image (tag: hash of Dockerfile, requirements, base); skipped if in ECR.
+
+    The base image is job.base_image (an override, e.g. job.base_image=<uri>); the code is not in it.
+    """
     from project.aws import workflow
 
     with user_errors():
-        workflow.build(overrides or [], base_image, allow_dirty, dry_run, workflow.run_command)
+        workflow.build(overrides or [], dry_run, workflow.run_command)
 
 
 @task(
     iterable=["overrides"],
     help={
         "overrides": OVERRIDES_HELP,
-        "allow_dirty": "Push a <sha>-dirty-<hash> image",
         "dry_run": "Print the commands",
     },
 )
-def push(c, overrides=None, allow_dirty=False, dry_run=False):
-    """Log Docker in to ECR (token from boto3) and push the image's immutable tag."""
+def push(c, overrides=None, dry_run=False):
+    """Log Docker in to ECR (token from boto3) and push the custom image's tag; skipped if in ECR."""
     from project.aws import workflow
 
     with user_errors():
-        workflow.push(overrides or [], allow_dirty, dry_run, workflow.run_command)
+        workflow.push(overrides or [], dry_run, workflow.run_command)
 
 
 @task(
@@ -117,12 +117,12 @@ def push(c, overrides=None, allow_dirty=False, dry_run=False):
         "yes": "Launch without asking (the cost summary is still printed)",
         "dry_run": "Validate and print the full CreateTrainingJob request; launch nothing",
         "wait": "Stream the logs until the job ends (default); --no-wait detaches",
-        "allow_dirty": "Use the <sha>-dirty-<hash> image of a dirty tree",
         "poll": "Seconds between status checks while waiting (default 10)",
-        "multirun": MULTIRUN_HELP + "; each a SageMaker job, hydra.launcher.max_parallel=N at a time (default 4)",
+        "multirun": MULTIRUN_HELP
+        + "; each a SageMaker job, hydra.launcher.max_parallel=N at once (default: the free quota)",
     },
 )
-def train(c, overrides=None, yes=False, dry_run=False, wait=True, allow_dirty=False, poll=10, multirun=False):
+def train(c, overrides=None, yes=False, dry_run=False, wait=True, poll=10, multirun=False):
     """Launch a SageMaker training job: validate, show the cost, confirm, launch, stream logs.
 
     With -m, a sweep: every job validated first, one summary and question, then launched and followed.
@@ -135,12 +135,10 @@ def train(c, overrides=None, yes=False, dry_run=False, wait=True, allow_dirty=Fa
         if dry_run or not wait:
             raise Exit("error: -m sweeps launch and follow their jobs: drop --dry-run/--no-wait", code=2)
         with user_errors():
-            sweep.sagemaker_sweep(overrides or [], yes=yes, poll_seconds=float(poll), allow_dirty=allow_dirty)
+            sweep.sagemaker_sweep(overrides or [], yes=yes, poll_seconds=float(poll))
         return
     with user_errors():
-        workflow.train(
-            overrides or [], yes=yes, dry_run=dry_run, wait=wait, allow_dirty=allow_dirty, poll_seconds=float(poll)
-        )
+        workflow.train(overrides or [], yes=yes, dry_run=dry_run, wait=wait, poll_seconds=float(poll))
 
 
 @task(

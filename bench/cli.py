@@ -25,6 +25,7 @@ from .common import ROOT, interleaved, invoke_script, local_aws, row, run_timed,
 def _job_spec(aws, overrides) -> dict:
     """The settings the product derives for this job, for the baseline script to use as given."""
     from project.aws import sdk
+    from project.aws.image import JobImage
     from project.aws.plan import ENTRY_SCRIPT, plan_job
     from project.aws.staging import PROJECT_DIR
     from project.config import compose, to_yaml, with_gpus
@@ -33,7 +34,7 @@ def _job_spec(aws, overrides) -> dict:
 
     cfg = compose(overrides)
     infra = Infra(aws.data_bucket, aws.artifacts_bucket, aws.repository_url, aws.role_arn, "us-east-1")
-    plan = plan_job(cfg, infra, aws.image_tag)
+    plan = plan_job(cfg, infra, JobImage("custom", f"{aws.repository_url}:{aws.image_tag}", None))
     keys = (
         "base_name",
         "image_uri",

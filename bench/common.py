@@ -215,6 +215,7 @@ class LocalAws:
             f"aws.repository_url={self.repository_url}",
             f"aws.role_arn={self.role_arn}",
             f"aws.region={REGION}",
+            "job.image=custom",  # the pushed tag below: the same image (and no pip at start) in every run
             f"job.image_tag={self.image_tag}",
         ]
 

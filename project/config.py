@@ -120,7 +120,10 @@ class AwsConfig:
 @dataclass
 class JobConfig:
     base_name: str = "lightning"  # SageMaker job name prefix
-    image_tag: str | None = None  # None: the git short sha of the working tree
+    image: str = "aws"  # aws: the AWS PyTorch container, pip at start; custom: ours (invoke build/push)
+    pytorch_version: str | None = None  # image=aws; None: the newest the pinned SageMaker SDK lists
+    base_image: str | None = None  # image=custom: what the Dockerfile builds FROM; None: project.aws.image's
+    image_tag: str | None = None  # image=custom; None: the hash of what goes into the image
     max_run_minutes: int = 120
     spot: bool = False
     max_wait_minutes: int | None = None  # spot only; None: twice max_run

@@ -270,11 +270,9 @@ def local_sweep(overrides: Sequence[str], echo: Echo = print) -> list[Any]:
     return returns
 
 
-def sagemaker_sweep(
-    overrides: Sequence[str], yes: bool = False, poll_seconds: float = 10.0, allow_dirty: bool = False
-) -> list[Any]:
+def sagemaker_sweep(overrides: Sequence[str], yes: bool = False, poll_seconds: float = 10.0) -> list[Any]:
     """`invoke train -m ...`: every job a SageMaker training job, through hydra/launcher=sagemaker."""
-    settings = {"sweep_id": new_sweep_id(), "yes": yes, "poll_seconds": poll_seconds, "allow_dirty": allow_dirty}
+    settings = {"sweep_id": new_sweep_id(), "yes": yes, "poll_seconds": poll_seconds}
     try:
         return multirun(overrides, SAGEMAKER_LAUNCHER, settings)
     except UserError:

@@ -2,7 +2,7 @@ provider "aws" {
   region = var.region
 
   default_tags {
-    # Spelled as the job tags are (project/aws/jobs.py plan_job: project, git-sha, config-hash):
+    # Spelled as the job tags are (project/aws/plan.py plan_job: project, image, config-hash):
     # cost-allocation tag keys are case-sensitive, so `Project` and `project` would be two tags.
     tags = merge({ project = var.project, managed-by = "terraform" }, var.tags)
   }

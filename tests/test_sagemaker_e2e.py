@@ -63,7 +63,18 @@ def world(request, aws_infra, tmp_path_factory):
     }
 
 
-def job_overrides(world, data, name: str, **extra) -> list:
+def image_overrides(world, image: str) -> dict:
+    """custom: the tag pushed above. aws: the AWS PyTorch image, whose job pip-installs the
+    requirements at start, here from the test's own package folder and no index (no network):
+    this machine is the image and already holds the pins, so pip finds each one satisfied."""
+    if image == "custom":
+        return {"job.image": "custom", "job.image_tag": world["tag"]}
+    index = world["root"] / "pip-index"  # a --find-links folder; empty: nothing may be downloaded
+    index.mkdir(exist_ok=True)
+    return {"job.image": "aws", "+job.environment.PIP_NO_INDEX": 1, "+job.environment.PIP_FIND_LINKS": index}
+
+
+def job_overrides(world, data, name: str, image: str = "custom", **extra) -> list:
     """A seconds-long CPU job on the tiny dataset, its own S3 prefix and job names."""
     folder, files = data
     return (
@@ -75,7 +86,7 @@ def job_overrides(world, data, name: str, **extra) -> list:
                 "instance": "ml.m5.xlarge",
                 "dataset.s3_prefix": f"datasets/{name}",
                 "job.base_name": name,
-                "job.image_tag": world["tag"],
+                **image_overrides(world, image),
                 "job.max_run_minutes": 30,
                 **extra,
             },
@@ -91,8 +102,9 @@ def data(world):
 
 
 def test_upload_train_fetch_predict(world, data, tmp_path):
+    """The default job.image=aws; the other jobs of this module run job.image=custom."""
     name = f"e2e-{uuid.uuid4().hex[:6]}"
-    overrides = job_overrides(world, data, name)
+    overrides = job_overrides(world, data, name, image="aws")
     s3, infra = world["clients"].s3, world["infra"]
 
     dry = invoke("upload", *overrides, "--dry-run")
@@ -116,6 +128,12 @@ def test_upload_train_fetch_predict(world, data, tmp_path):
         out = train.stdout
         assert "cost" in out and "$0.230/h x 1 instance(s)" in out  # the estimate came before the launch
         assert out.index("cost") < out.index("launched")
+        # sm_train.sh pip-installed the staged requirements (all but torch) before the command.
+        assert "Installing requirements" in run.stdout and "install_requirements.py requirements.txt" in run.stdout
+        assert "Requirement already satisfied: pytorch-lightning==2.6.6" in run.stdout
+        assert not re.search(r"Requirement already satisfied: torch==", run.stdout)
+        assert run.stdout.index("Requirement already satisfied") < run.stdout.index("launching: ")
+        assert re.search(r"start-up +pip installs \d+ packages", out)
         # The container ran the staged entry point as PID 1 and turned into torchrun.
         assert "launching: " in run.stdout and "torch.distributed.run --nnodes=1 --nproc_per_node=1" in run.stdout
         assert re.search(r"test_acc=0\.\d+", out)  # log lines streamed from CloudWatch
@@ -123,7 +141,10 @@ def test_upload_train_fetch_predict(world, data, tmp_path):
 
         desc = world["clients"].sagemaker.describe_training_job(TrainingJobName=job)
         assert desc["ResourceConfig"]["InstanceType"] == "ml.m5.xlarge"
-        assert desc["AlgorithmSpecification"]["TrainingImage"] == f"{infra.repository_url}:{world['tag']}"
+        image = desc["AlgorithmSpecification"]["TrainingImage"]
+        assert re.fullmatch(
+            rf"763104351884\.dkr\.ecr\.{infra.region}\.amazonaws\.com/pytorch-training:\S+-cpu-\S+", image
+        )
         assert desc["RoleArn"] == infra.role_arn
         assert (
             desc["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"]
@@ -135,7 +156,7 @@ def test_upload_train_fetch_predict(world, data, tmp_path):
             t["Key"]: t["Value"]
             for t in world["clients"].sagemaker.list_tags(ResourceArn=desc["TrainingJobArn"])["Tags"]
         }
-        assert tags["git-sha"] == world["tag"] and tags["project"] and len(tags["config-hash"]) >= 8
+        assert tags["image"] == image.rsplit(":", 1)[1] and tags["project"] and len(tags["config-hash"]) >= 8
         final = {m["MetricName"]: m["Value"] for m in desc["FinalMetricDataList"]}
         assert final["test_acc"] > 0.5 and final["epoch"] >= 1
 
@@ -291,6 +312,7 @@ def test_invalid_launches_and_missing_things_are_one_clean_line(world, data, tmp
         ),
         (["instance=ml.x9.huge"], "unknown instance 'ml.x9.huge'; choose one of: "),
         (["job.image_tag=never-pushed"], "image tag never-pushed is not in ECR"),
+        (["job.image=aws", "job.pytorch_version=2.0"], "pytorch-lightning==2.6.6 needs PyTorch >= 2.1"),
         ([], f"no data under s3://{world['infra'].data_bucket}/datasets/{name}/: run `invoke upload` first"),
     ]
     for extra, message in cases:
@@ -326,10 +348,17 @@ def test_invalid_launches_and_missing_things_are_one_clean_line(world, data, tmp
 def test_dry_run_prints_the_create_training_job_request(world):
     sm = world["clients"].sagemaker
     before = len(sm.list_training_jobs(MaxResults=100)["TrainingJobSummaries"])
-    overrides = [*world["infra_overrides"], f"job.image_tag={world['tag']}", "trainer.gpus=4", "instance=ml.p3.8xlarge"]
+    overrides = [*world["infra_overrides"], "trainer.gpus=4", "instance=ml.p3.8xlarge"]  # job.image=aws
     result = invoke("train", *overrides, "--dry-run")
     assert result.returncode == 0, result.stderr[-3000:]
     request = json.loads(result.stdout[result.stdout.index("{") :])
+    image = request["AlgorithmSpecification"]["TrainingImage"]
+    assert re.fullmatch(
+        rf"763104351884\.dkr\.ecr\.{world['infra'].region}\.amazonaws\.com/pytorch-training:\S+-gpu-\S+", image
+    )
+    version = image.rsplit(":", 1)[1].split("-")[0]
+    assert f"{image}  (PyTorch {version}, AWS Deep Learning Container)" in result.stdout
+    assert re.search(r"start-up +pip installs \d+ packages \(~\d+ MB\) at job start: ~\d+ s", result.stdout)
     assert (
         request["ResourceConfig"]["InstanceType"] == "ml.p3.8xlarge" and request["ResourceConfig"]["InstanceCount"] == 1
     )

@@ -17,6 +17,7 @@ import boto3
 import pytest
 import yaml
 
+from project.aws.image import JobImage
 from project.aws.plan import plan_job
 from project.config import compose
 from project.infra import OUTPUT_NAMES, load_infra
@@ -226,7 +227,8 @@ def test_terraform_tags_are_spelled_like_the_job_tags(terraform_applied):
         t["Key"]: t["Value"]
         for t in boto3.client("s3").get_bucket_tagging(Bucket=str(terraform_applied[1]["data_bucket"]))["TagSet"]
     }
-    job_tags = plan_job(compose([]), terraform_applied[2], "abc1234").tags
+    image = JobImage("custom", f"{terraform_applied[2].repository_url}:abc1234", None)
+    job_tags = plan_job(compose([]), terraform_applied[2], image).tags
     assert bucket_tags["project"] == job_tags["project"]
     # Every key in the job tags' spelling (lowercase, hyphens), so no key differs from another by case only.
     assert all(re.fullmatch(r"[a-z][a-z0-9-]*", key) for key in (*bucket_tags, *job_tags)), (bucket_tags, job_tags)

@@ -39,7 +39,6 @@ class SageMakerLauncherConf:
     max_parallel: int | None = None
     yes: bool = False  # launch without asking (the summary is still printed)
     poll_seconds: float = 10.0  # between status checks of the running jobs
-    allow_dirty: bool = False  # use the <sha>-dirty-<hash> image of a dirty tree
 
 
 ConfigStore.instance().store(group="hydra/launcher", name=sweep.LOCAL_LAUNCHER, node=LocalLauncherConf)
@@ -92,15 +91,12 @@ class LocalLauncher(_SweepLauncher):
 class SageMakerLauncher(_SweepLauncher):
     """Each job a SageMaker training job: one code bundle, its own config, at most max_parallel at once."""
 
-    def __init__(
-        self, sweep_id: str, max_parallel: int | None, yes: bool, poll_seconds: float, allow_dirty: bool
-    ) -> None:
+    def __init__(self, sweep_id: str, max_parallel: int | None, yes: bool, poll_seconds: float) -> None:
         super().__init__(sweep_id)
         self.settings: dict[str, Any] = {
             "max_parallel": max_parallel,
             "yes": yes,
             "poll_seconds": float(poll_seconds),
-            "allow_dirty": allow_dirty,
         }
         self.session: Any = None  # project.aws.sweep.SweepSession, made at the first batch
 

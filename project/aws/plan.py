@@ -18,6 +18,7 @@ from ..infra import Infra
 from ..sagemaker_names import JOB_NAME
 from .cost import Cost, budget_line, check_budget, estimate, price_age_note
 from .fit import check_precision
+from .image import JobImage
 
 ENTRY_SCRIPT = "sm_entry.py"  # project/sm_entry.py, staged at the top of the code channel
 MAX_RUNTIME_SECONDS = 28 * 24 * 3600  # SageMaker's limit on MaxRuntimeInSeconds/MaxWaitTimeInSeconds
@@ -37,8 +38,7 @@ class LaunchError(UserError):
 class JobPlan:
     base_name: str
     job_name: str  # the TrainingJobName, chosen when planning so the summary names the job launched
-    image_uri: str
-    image_tag: str
+    image: JobImage
     role_arn: str
     region: str
     instance_type: str
@@ -63,10 +63,15 @@ class JobPlan:
     max_cost_usd: float | None = None  # job.max_cost_usd: the budget of this launch
     price_note: str = ""  # the catalog price is stale, hand-typed or another region's
 
+    @property
+    def image_uri(self) -> str:
+        return self.image.uri
+
     def summary(self) -> str:
         rows = [
             ("job", self.job_name),
-            ("image", self.image_uri),
+            ("image", self.image.line()),
+            *([("start-up", self.image.install.line())] if self.image.install else []),
             ("command", f"{entry_command(self)}  (torchrun as PID 1: SIGTERM reaches training)"),
             ("instance", f"{self.instance_count} x {self.instance_type}"),
             ("processes", f"{self.processes_per_node} per node, world size {self.world_size}"),
@@ -99,7 +104,7 @@ def job_name(base_name: str, now: datetime | None = None) -> str:
     return f"{base_name}-{now:%Y%m%d-%H%M%S}-{now.microsecond // 1000:03d}-{secrets.token_hex(2)}"
 
 
-def plan_job(cfg: Any, infra: Infra, image_tag: str, now: datetime | None = None) -> JobPlan:
+def plan_job(cfg: Any, infra: Infra, image: JobImage, now: datetime | None = None) -> JobPlan:
     """Everything the job will be, derived from the config and the Terraform outputs (pure but for its name)."""
     inst, job = cfg.instance, cfg.job
     if inst.type not in known_instance_types():
@@ -122,8 +127,7 @@ def plan_job(cfg: Any, infra: Infra, image_tag: str, now: datetime | None = None
     return JobPlan(
         base_name=job.base_name,
         job_name=job_name(job.base_name, now),
-        image_uri=f"{infra.repository_url}:{image_tag}",
-        image_tag=image_tag,
+        image=image,
         role_arn=infra.role_arn,
         region=infra.region,
         instance_type=inst.type,
@@ -142,7 +146,7 @@ def plan_job(cfg: Any, infra: Infra, image_tag: str, now: datetime | None = None
         # Keyed by config hash: a re-run of the same config resumes from these checkpoints.
         checkpoint_uri=f"s3://{artifacts}/checkpoints/{job.base_name}-{digest}/",
         config_hash=digest,
-        tags={"project": "lightning-sagemaker", "git-sha": image_tag, "config-hash": digest},
+        tags={"project": "lightning-sagemaker", "image": image.tag, "config-hash": digest},
         environment={"PYTHONUNBUFFERED": "1", **{str(k): str(v) for k, v in job.environment.items()}},
         # For the record (console, DescribeTrainingJob): the container reads config.yaml, not these.
         hyperparameters={"config_hash": digest, "processes_per_node": str(processes), "nodes": str(inst.count)},

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..sagemaker_names import CHECKPOINT_DIR, DATA_CHANNEL
 from .fit import check_image_pull
+from .image import JOB_REQUIREMENTS, JobImage
 from .names import split_s3_uri
 from .plan import JobPlan, LaunchError, entry_command
 from .quotas import check_quotas, usages
@@ -40,20 +41,9 @@ def check_account(plan: JobPlan, service_quotas: Any, sagemaker: Any, iam: Any, 
 
 
 def check_remote(plan: JobPlan, cfg: Any, ecr: Any, s3: Any) -> None:
-    """What only AWS can tell: the image tag is pushed and the data prefix holds the dataset."""
-    repository = plan.image_uri.split("/", 1)[1].rsplit(":", 1)[0]  # the URL's form is checked at compose time
-    with aws_errors(resource=f"ECR repository {repository}"):
-        try:
-            ecr.describe_images(repositoryName=repository, imageIds=[{"imageTag": plan.image_tag}])
-        except ecr.exceptions.ImageNotFoundException:
-            raise LaunchError(
-                f"image tag {plan.image_tag} is not in ECR repository {repository}: "
-                "run `invoke build` and `invoke push`"
-            ) from None
-        except ecr.exceptions.RepositoryNotFoundException:
-            raise LaunchError(
-                f"ECR repository {repository} does not exist: run `terraform apply` in terraform/"
-            ) from None
+    """What only AWS can tell: a custom image's tag is pushed and the data prefix holds the dataset."""
+    if plan.image.kind == "custom":
+        _check_pushed(plan.image, cfg, ecr)
     bucket, prefix = split_s3_uri(plan.data_uri)
     with aws_errors(resource=plan.data_uri):
         listing = s3.list_objects_v2(Bucket=bucket, Prefix=prefix)
@@ -63,6 +53,23 @@ def check_remote(plan: JobPlan, cfg: Any, ecr: Any, s3: Any) -> None:
     missing = [stem for stem in cfg.dataset.files if not ({stem, f"{stem}.gz"} & names)]
     if missing:
         raise LaunchError(f"{plan.data_uri} lacks {', '.join(missing)}: run `invoke upload` again")
+
+
+def _check_pushed(image: JobImage, cfg: Any, ecr: Any) -> None:
+    repository = image.uri.split("/", 1)[1].rsplit(":", 1)[0]  # the URL's form is checked at compose time
+    with aws_errors(resource=f"ECR repository {repository}"):
+        try:
+            ecr.describe_images(repositoryName=repository, imageIds=[{"imageTag": image.tag}])
+        except ecr.exceptions.ImageNotFoundException:
+            same = "".join(f" job.{k}={cfg.job[k]}" for k in ("base_image", "image_tag") if cfg.job[k])
+            raise LaunchError(
+                f"image tag {image.tag} is not in ECR repository {repository}: "
+                f"run `invoke build{same} && invoke push{same}` (or use job.image=aws: no Docker)"
+            ) from None
+        except ecr.exceptions.RepositoryNotFoundException:
+            raise LaunchError(
+                f"ECR repository {repository} does not exist: run `terraform apply` in terraform/"
+            ) from None
 
 
 class _HyperparametersAreARecord(logging.Filter):
@@ -119,7 +126,12 @@ def model_trainer(
         input_s3_key_prefix=plan.job_name,
         training_image=plan.image_uri,
         # `exec`: PID 1 becomes torchrun, which forwards SIGTERM to the workers (project/launch.py).
-        source_code=SourceCode(source_dir=str(source_dir), command=entry_command(plan)),
+        # job.image=aws: the SDK's sm_train.sh pip-installs the staged requirements before the command.
+        source_code=SourceCode(
+            source_dir=str(source_dir),
+            command=entry_command(plan),
+            requirements=JOB_REQUIREMENTS if plan.image.install else None,
+        ),
         compute=compute,
         stopping_condition=stopping,
         output_data_config=OutputDataConfig(s3_output_path=plan.output_uri),

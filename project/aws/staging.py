@@ -1,4 +1,5 @@
-"""The code channel of a job: the project package, the resolved config and the entry script.
+"""The code channel of a job: the project package, the resolved config, the entry script and,
+for job.image=aws, the requirements the job installs at start.
 
 A sweep stages the code once (stage_code) and gives each job its config in a channel of its own.
 """
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RESOLVED_CONFIG_NAME, to_yaml, with_gpus
+from .image import JOB_REQUIREMENTS, job_requirements
 from .plan import ENTRY_SCRIPT, JobPlan
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent  # the package folder, project/
@@ -21,18 +23,23 @@ def stage_source(cfg: Any, dest: Path, plan: JobPlan) -> Path:
     Its trainer.gpus is the plan's gpus_per_node, resolved when the job was planned: the container
     does not resolve it again.
     """
-    stage_code(dest)
+    stage_code(dest, install=plan.image.install is not None)
     (dest / RESOLVED_CONFIG_NAME).write_text(staged_config(cfg, plan))
     return dest
 
 
-def stage_code(dest: Path) -> Path:
-    """The project package and the torchrun entry script on top: the code of any job."""
+def stage_code(dest: Path, install: bool = False) -> Path:
+    """The project package and the torchrun entry script on top: the code of any job.
+
+    `install`: job.image=aws, whose sm_train.sh pip-installs the job's requirements before the command.
+    """
     if dest.exists():
         shutil.rmtree(dest)
     skipped = shutil.ignore_patterns("__pycache__", "*.pyc", ENTRY_SCRIPT)  # the entry script goes on top
     shutil.copytree(PROJECT_DIR, dest / "project", ignore=skipped)
     shutil.copy2(PROJECT_DIR / ENTRY_SCRIPT, dest / ENTRY_SCRIPT)
+    if install:
+        (dest / JOB_REQUIREMENTS).write_text(job_requirements())
     return dest
 
 

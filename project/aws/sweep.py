@@ -26,12 +26,13 @@ from ..sagemaker_names import CONFIG_CHANNEL
 from ..sweep import Job, JobResult, refusal, scalar_metrics
 from . import monitor, sdk
 from .cost import check_budget
+from .image import job_image
 from .names import split_s3_uri
 from .plan import JobPlan, LaunchError, plan_job, validate_plan
 from .quotas import check_quotas, free_instances, usages
 from .session import aws_errors
 from .staging import stage_code, staged_config
-from .workflow import Context, context, fetch_completed, image_ref, setup
+from .workflow import Context, context, fetch_completed, setup
 
 DEFAULT_MAX_PARALLEL = 4  # jobs at once when launcher.max_parallel is not set
 SWEEP_TAG, JOB_TAG, OVERRIDES_TAG, HASH_TAG = "sweep-id", "sweep-job", "sweep-overrides", "config-hash"
@@ -105,7 +106,6 @@ class SweepSession:
         max_parallel: int | None = None,
         yes: bool = False,
         poll_seconds: float = 10.0,
-        allow_dirty: bool = False,
         echo: Callable[[str], None] = print,
         confirm: Callable[[str], str] = input,
     ) -> None:
@@ -114,7 +114,6 @@ class SweepSession:
         self.echo, self.confirm = echo, confirm
         with aws_errors():
             self.ctx = context(cfg)
-        self.tag = image_ref(self.ctx, allow_dirty).tag
         self.code_uri: str | None = None  # the shared code bundle, once uploaded
         self.checked: set[tuple[str, str]] = set()  # (image, data) pairs already checked
         self.asked = False
@@ -123,7 +122,8 @@ class SweepSession:
 
     def plan(self, job: Job) -> JobPlan:
         try:
-            plan = plan_job(job.cfg, self.ctx.infra, self.tag)
+            infra = self.ctx.infra
+            plan = plan_job(job.cfg, infra, job_image(job.cfg, infra.repository_url, infra.region))
             plan = replace(
                 plan,
                 job_name=sweep_job_name(plan.base_name, self.sweep_id, job.num),
@@ -194,7 +194,7 @@ class SweepSession:
             uri = sweep_prefix(self.ctx, plan, self.sweep_id) + "code/"
             bucket, prefix = split_s3_uri(uri)
             with tempfile.TemporaryDirectory(prefix="sm-sweep-code-") as tmp, aws_errors(resource=uri):
-                root = stage_code(Path(tmp) / "code")
+                root = stage_code(Path(tmp) / "code", install=plan.image.install is not None)
                 for path in sorted(p for p in root.rglob("*") if p.is_file()):
                     self.ctx.clients.s3.upload_file(str(path), bucket, prefix + path.relative_to(root).as_posix())
             self.code_uri = uri

@@ -26,12 +26,13 @@ from . import monitor, sdk, triage
 from .fetch import fetch_job
 from .fit import InstanceFitError, check_memory, estimate_memory
 from .image import (
-    DEFAULT_BASE_IMAGE,
     ImageError,
     ImageRef,
+    base_image,
     build_command,
+    custom_image,
     ecr_password,
-    image_tag,
+    job_image,
     push_commands,
     tag_exists,
 )
@@ -88,25 +89,28 @@ def upload(overrides: list[str], dry_run: bool = False, echo: Callable[[str], No
     upload_items(items, ctx.clients.s3, dry_run=dry_run, echo=echo)
 
 
-def image_ref(ctx: Context, allow_dirty: bool):
-    return ImageRef(ctx.infra.repository_url, ctx.cfg.job.image_tag or image_tag(allow_dirty))
+def image_ref(ctx: Context) -> ImageRef:
+    """job.image=custom's tag in the Terraform repository: the hash of what goes into the image."""
+    image = custom_image(ctx.cfg, ctx.infra.repository_url, ctx.infra.region)
+    return ImageRef(ctx.infra.repository_url, image.tag)
 
 
 @aws_task
-def build(overrides: list[str], base_image: str | None, allow_dirty: bool, dry_run: bool, run) -> None:
+def build(overrides: list[str], dry_run: bool, run, echo: Callable[[str], None] = print) -> None:
     ctx = setup(overrides)
-    ref = image_ref(ctx, allow_dirty)
-    base = base_image or DEFAULT_BASE_IMAGE.format(region=ctx.infra.region)
-    run(build_command(ref, base), dry_run=dry_run)
+    ref = image_ref(ctx)
+    if tag_exists(ctx.clients.ecr, ref.repository, ref.tag):
+        echo(f"{ref.uri} is already in ECR (same Dockerfile, requirements and base image): nothing to build")
+        return
+    run(build_command(ref, base_image(ctx.cfg, ctx.infra.region)), dry_run=dry_run)
 
 
 @aws_task
-def push(overrides: list[str], allow_dirty: bool, dry_run: bool, run) -> None:
+def push(overrides: list[str], dry_run: bool, run, echo: Callable[[str], None] = print) -> None:
     ctx = setup(overrides)
-    ref = image_ref(ctx, allow_dirty)
-    repository = ref.repository_url.split("/", 1)[1]
-    if tag_exists(ctx.clients.ecr, repository, ref.tag):
-        print(f"{ref.uri} is already in ECR (tags are immutable): nothing to push")
+    ref = image_ref(ctx)
+    if tag_exists(ctx.clients.ecr, ref.repository, ref.tag):
+        echo(f"{ref.uri} is already in ECR (tags are immutable): nothing to push")
         return
     login, push_image = push_commands(ref)
     password = "<from ecr:GetAuthorizationToken>" if dry_run else ecr_password(ctx.clients.ecr)
@@ -120,15 +124,13 @@ def train(
     yes: bool = False,
     dry_run: bool = False,
     wait: bool = True,
-    allow_dirty: bool = False,
     confirm: Callable[[str], str] = input,
     echo: Callable[[str], None] = print,
     poll_seconds: float = 10.0,
 ) -> str | None:
     ctx = setup(overrides)
     cfg = ctx.cfg
-    ref = image_ref(ctx, allow_dirty)
-    plan = plan_job(cfg, ctx.infra, ref.tag)
+    plan = plan_job(cfg, ctx.infra, job_image(cfg, ctx.infra.repository_url, ctx.infra.region))
     validate_plan(plan, cfg)
     if plan.gpus_per_node:  # the estimate imports torch: only where there is GPU memory to compare with
         check_memory(estimate_memory(cfg, plan.per_device_batch), cfg.instance, plan.gpus_per_node, echo)

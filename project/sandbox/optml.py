@@ -196,6 +196,9 @@ def container_env(desc: Desc, env_extra: dict[str, str] | None = None) -> dict[s
         TRAINING_JOB_ARN=desc["TrainingJobArn"],
         AWS_REGION=region,
         AWS_DEFAULT_REGION=region,
+        # job.image=aws: the job's pip checks the requirements against this environment (the
+        # image here) and never downloads into it (a job's Environment may say PIP_NO_INDEX=0).
+        PIP_NO_INDEX="1",
     )
     env.update(desc.get("Environment") or {})
     env.update(env_extra or {})  # last: the container must reach the AWS that recorded the job
