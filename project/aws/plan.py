@@ -15,7 +15,7 @@ from typing import Any
 from ..config import CONF_DIR, ConfigError, config_hash, per_device_batch, resolve_gpus, with_gpus
 from ..errors import UserError
 from ..infra import Infra
-from ..sagemaker_names import JOB_NAME
+from ..sagemaker_names import JOB_NAME, PROJECT_TAG
 from .cost import Cost, estimate
 
 ENTRY_SCRIPT = "sm_entry.py"  # project/sm_entry.py, staged at the top of the code channel
@@ -136,7 +136,7 @@ def plan_job(cfg: Any, infra: Infra, image_tag: str, now: datetime | None = None
         # Keyed by config hash: a re-run of the same config resumes from these checkpoints.
         checkpoint_uri=f"s3://{artifacts}/checkpoints/{job.base_name}-{digest}/",
         config_hash=digest,
-        tags={"project": "lightning-sagemaker", "git-sha": image_tag, "config-hash": digest},
+        tags={PROJECT_TAG[0]: PROJECT_TAG[1], "git-sha": image_tag, "config-hash": digest},
         environment={"PYTHONUNBUFFERED": "1", **{str(k): str(v) for k, v in job.environment.items()}},
         # For the record (console, DescribeTrainingJob): the container reads config.yaml, not these.
         hyperparameters={"config_hash": digest, "processes_per_node": str(processes), "nodes": str(inst.count)},
