@@ -25,7 +25,7 @@ import torch
 
 from .common import ROOT, interleaved, row
 
-REQUESTS = {1: 200, 64: 40}  # calls per repetition: single images, batches of 64
+REQUESTS = {1: 60, 64: 12}  # calls per repetition: single images, batches of 64 (minutes on the shared machine)
 
 
 def _model_dir(folder: Path) -> Path:
