@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import http.client
 import io
+import os
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,9 @@ import torch
 
 from .common import ROOT, interleaved, row
 
+# One torch thread on both sides. With torch's default (2 here) the server's OpenMP workers, in a
+# second process on a loaded 2-core machine, were woken late: HTTP p50 70-290 ms for a 1 ms model.
+THREADS = 1
 REQUESTS = {1: 60, 64: 12}  # calls per repetition: single images, batches of 64 (minutes on the shared machine)
 
 
@@ -57,12 +61,20 @@ def run(reps: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         model_dir = _model_dir(Path(tmp))
         server = subprocess.Popen(
-            [sys.executable, "-m", "project.sandbox.model_server", str(model_dir)], cwd=ROOT, stdout=subprocess.PIPE
+            [sys.executable, "-m", "project.sandbox.model_server", str(model_dir)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            env={**os.environ, "OMP_NUM_THREADS": str(THREADS)},
         )
         try:
             assert server.stdout is not None
             port = int(server.stdout.readline().split()[1])
-            return _measure(model_dir, port, reps)
+            threads = torch.get_num_threads()
+            torch.set_num_threads(THREADS)
+            try:
+                return _measure(model_dir, port, reps)
+            finally:
+                torch.set_num_threads(threads)
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -119,4 +131,5 @@ def _measure(model_dir: Path, port: int, reps: int) -> dict:
                 f"p50 {_percentile(values, 50) * 1000:.2f} ms, p99 {_percentile(values, 99) * 1000:.2f} ms"
             )
     connection.close()
-    return {"transport": "npy pixels over a kept-alive HTTP/1.1 connection on 127.0.0.1", **details, "rows": rows}
+    transport = f"npy pixels over a kept-alive HTTP/1.1 connection on 127.0.0.1; {THREADS} torch thread each side"
+    return {"transport": transport, **details, "rows": rows}

@@ -194,3 +194,59 @@ def test_bad_input_is_one_line_and_creates_nothing(world, tmp_path):
     for args, message in cases.items():
         assert message in one_error_line(invoke(*args, *ovr)), args
     assert resources(sm) == before
+
+
+def finished_job(world, name: str, archive_members: dict[str, Path]) -> str:
+    """A training job that Completed with a model.tar.gz of these members (archive name -> file)."""
+    import io
+    import tarfile
+
+    from project.sandbox import record
+
+    sm, infra = world["clients"].sagemaker, world["infra"]
+    sm.create_training_job(
+        TrainingJobName=name,
+        AlgorithmSpecification={"TrainingImage": "image:tag", "TrainingInputMode": "File"},
+        RoleArn=infra.role_arn,
+        OutputDataConfig={"S3OutputPath": f"s3://{infra.artifacts_bucket}/jobs/"},
+        ResourceConfig={"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30},
+        StoppingCondition={"MaxRuntimeInSeconds": 600},
+        Tags=[{"Key": "config-hash", "Value": "0123abcd4567"}],
+    )
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for arcname, path in archive_members.items():
+            tar.add(path, arcname=arcname)
+    key = f"jobs/{name}/output/model.tar.gz"
+    world["clients"].s3.put_object(Bucket=infra.artifacts_bucket, Key=key, Body=buffer.getvalue())
+    uri = f"s3://{infra.artifacts_bucket}/{key}"
+    record.finish_job(sm, name, record.Outcome("Completed", model_uri=uri))
+    return uri
+
+
+@pytest.mark.slow
+def test_a_completed_job_serves_its_own_archive(world):
+    """A SageMaker job's model.tar.gz (model folder as training leaves it, code/ included) is deployed as it is."""
+    sm, ovr = world["clients"].sagemaker, world["overrides"]
+    model_dir = world["run_dir"] / "model"
+    before = resources(sm)
+    members = {p.relative_to(model_dir).as_posix(): p for p in sorted(model_dir.rglob("*")) if p.is_file()}
+    uri = finished_job(world, "deploy-done", members)
+    old = finished_job(world, "deploy-old", {"model.ts": model_dir / "model.ts"})
+
+    refused = one_error_line(invoke("deploy", "deploy-old", "--yes", *ovr))
+    assert f"training job deploy-old's {old} cannot be served: it holds no code/inference.py" in refused
+    assert resources(sm) == before
+
+    made = invoke("deploy", "deploy-done", "--yes", *ovr)
+    assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
+    assert "deploy deploy-done (config 0123abcd4567) as endpoint deploy-done" in made.stdout
+    config = sm.describe_endpoint_config(
+        EndpointConfigName=sm.describe_endpoint(EndpointName="deploy-done")["EndpointConfigName"]
+    )
+    model = sm.describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])
+    assert model["PrimaryContainer"]["ModelDataUrl"] == uri  # the job's own output, not re-packed
+    remote = invoke("predict", "--endpoint", "deploy-done", str(DIGITS), *ovr)
+    assert remote.stdout == invoke("predict", str(world["run_dir"]), str(DIGITS)).stdout, remote.stderr
+    assert invoke("undeploy", "deploy-done", *ovr).returncode == 0
+    assert resources(sm) == before
