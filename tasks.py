@@ -51,18 +51,26 @@ def local(c, overrides=None, multirun=False):
 
 
 @task(
+    iterable=["overrides"],
     help={
-        "run_dir": "A run directory (runs/<run-name>)",
+        "run_dir": "A run directory (runs/<run-name>); with --endpoint, the endpoint's name",
         "images": "Photos or scans of a digit, PNG or JPEG: a file, a folder or a,b,c",
         "raw": "The images already are 28x28 light-on-dark model input (e.g. MNIST's own): no preprocessing",
-    }
+        "endpoint": "Ask the SageMaker endpoint named first (`invoke deploy`) instead of a local run",
+        "overrides": OVERRIDES_HELP + " (aws.*, with --endpoint)",
+    },
 )
-def predict(c, run_dir, images, raw=False):
+def predict(c, run_dir, images, raw=False, endpoint=False, overrides=None):
     """Read handwritten digits in photos with a run's exported model: the top two classes, or why unsure."""
     from project.predict import expand_images, find_model
     from project.predict import predict as classify
 
     with user_errors():
+        if endpoint:
+            from project.aws import deploy
+
+            deploy.predict_task(overrides or [], run_dir, expand_images(images), raw)
+            return
         find_model(run_dir)
         for prediction in classify(run_dir, expand_images(images), raw=raw):
             print(prediction)
@@ -261,6 +269,69 @@ def prices(c, region=None, catalog=None, overrides=None):
         workflow.prices(overrides or [], region=region, catalog=catalog)
 
 
+RUN_HELP = "A run (its name under runs/, or --job runs/<run>) or a training job; default: the latest job"
+
+
+@task(
+    iterable=["overrides"],
+    help={
+        "job": RUN_HELP,
+        "serverless": "A serverless endpoint (pay per request, scales to zero) instead of instances",
+        "update": "Move an existing endpoint to this run (a new endpoint config; no downtime)",
+        "yes": "Deploy without asking (the cost is still printed)",
+        "overrides": OVERRIDES_HELP + "; e.g. deploy.instance=ml.g4dn.xlarge deploy.endpoint_name=digits",
+    },
+)
+def deploy(c, job=None, serverless=False, update=False, yes=False, overrides=None):
+    """Serve a run on a SageMaker endpoint: cost, confirm, create, wait; says how to remove it."""
+    from project.aws import deploy as serve
+
+    with user_errors():
+        serve.deploy_task(overrides or [], job, serverless, update, yes)
+
+
+@task(iterable=["overrides"], help={"overrides": OVERRIDES_HELP + " (aws.*)"})
+def endpoints(c, overrides=None):
+    """This project's live endpoints: status, instances or serverless, uptime, cost so far, EXPIRED/IDLE."""
+    from project.aws import deploy as serve
+
+    with user_errors():
+        serve.endpoints_task(overrides or [])
+
+
+@task(
+    iterable=["overrides"],
+    help={
+        "name": "The endpoint to remove",
+        "all_": "Every endpoint of this project",
+        "expired": "Every endpoint older than its deploy.ttl_hours",
+        "overrides": OVERRIDES_HELP + " (aws.*)",
+    },
+)
+def undeploy(c, name=None, all_=False, expired=False, overrides=None):
+    """Delete an endpoint with its endpoint config and model (idempotent); --all, --expired."""
+    from project.aws import deploy as serve
+
+    with user_errors():
+        serve.undeploy_task(overrides or [], [name] if name else [], all_, expired)
+
+
+@task(
+    iterable=["overrides"],
+    help={
+        "inputs": "An s3:// prefix or a local folder of PNG/JPEG images (uploaded first)",
+        "job": RUN_HELP,
+        "overrides": OVERRIDES_HELP + "; e.g. deploy.transform_instance=ml.c5.xlarge",
+    },
+)
+def batch_predict(c, inputs, job=None, overrides=None):
+    """A SageMaker batch transform of a prefix of images: runs/<run>/predictions/ and one CSV."""
+    from project.aws import deploy as serve
+
+    with user_errors():
+        serve.batch_predict_task(overrides or [], job, inputs)
+
+
 @task(
     help={
         "port": f"Port on 127.0.0.1 (default {SANDBOX_PORT}, LocalStack's)",
@@ -279,6 +350,24 @@ def sandbox(c, port=SANDBOX_PORT, background=False, stop=False, jobs=True):
 
 
 ns = Collection(
-    local, predict, upload, build, push, train, logs, status, why, stop, fetch, runs, compare, prices, sandbox
+    local,
+    predict,
+    upload,
+    build,
+    push,
+    train,
+    logs,
+    status,
+    why,
+    stop,
+    fetch,
+    runs,
+    compare,
+    prices,
+    deploy,
+    endpoints,
+    undeploy,
+    batch_predict,
+    sandbox,
 )
 ns.configure({"run": {"echo": False}})

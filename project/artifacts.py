@@ -15,9 +15,9 @@ from torch import nn
 from .atomic import write_atomically
 from .models import Exported
 from .reporting import LEARNING_RATE, STEP_LOSS
+from .serving import TORCHSCRIPT_FILE  # pixels -> probabilities, normalisation included
 
 WEIGHTS_FILE = "model.pt"  # the network's state_dict
-TORCHSCRIPT_FILE = "model.ts"  # pixels -> probabilities, normalisation included
 CONTRACT_FILE = "README.md"  # beside model.ts: what goes in and what comes out, for callers without this code
 CURVES_FILE = "learning_curves.png"
 CONFUSION_FILE = "confusion_matrix.png"

@@ -26,8 +26,10 @@ OVERRIDES_FLAG = "--overrides"
 # Hydra override grammar, the parts users type: key=value, +key=value, ++key=value, ~key[=value].
 OVERRIDE_TOKEN = re.compile(r"^(?:(?:\+\+|\+|~)?[A-Za-z_][\w.@/-]*=.*|~[A-Za-z_][\w.@/-]*)$", re.S)
 
-# A SageMaker job name, given bare after tasks with an optional `job` argument.
+# A SageMaker job name, given bare after tasks with an optional `job` argument (or an endpoint's,
+# after those with an optional `name`, e.g. `invoke undeploy NAME`).
 JOB_ARG = "job"
+NAME_ARGS = (JOB_ARG, "name")
 
 OVERRIDES_HELP = "Hydra overrides as bare key=value tokens, e.g. trainer.max_epochs=1 model=mlp"
 
@@ -116,8 +118,10 @@ class _OverridesContext(ParserContext):
             self.add_arg(arg)
         # Lexicon turns attribute assignment into keys: set plain attributes directly.
         object.__setattr__(self.flags, "task_names", frozenset(task_names))
-        if JOB_ARG in self.args and self.args[JOB_ARG] not in self.positional_args:
-            object.__setattr__(self.flags, "job_arg", self.args[JOB_ARG])
+        for name_arg in NAME_ARGS:
+            if name_arg in self.args and self.args[name_arg] not in self.positional_args:
+                object.__setattr__(self.flags, "job_arg", self.args[name_arg])
+                break
 
 
 def _upgrade(context: ParserContext, task_names: frozenset[str]) -> ParserContext:

@@ -145,6 +145,29 @@ class SweepConfig:
 
 
 @dataclass
+class DeployConfig:
+    """`invoke deploy` / `batch-predict`: where the model is served and what that costs."""
+
+    instance: str = "ml.m5.large"  # real-time endpoint instance type (a key of prices_per_hour)
+    instance_count: int = 1
+    serverless_memory_mb: int = 2048  # --serverless: 1024-6144 in steps of 1024
+    serverless_max_concurrency: int = 5  # --serverless: concurrent invocations before throttling
+    # Instance-backed endpoints older than this are marked EXPIRED by `invoke endpoints` and removed
+    # by `invoke undeploy --expired`: an endpoint bills every hour it is up, used or not.
+    ttl_hours: float = 8.0
+    endpoint_name: str | None = None  # None: the run's (or job's) name
+    framework_version: str = "2.6"  # PyTorch inference image (the newest the SageMaker SDK knows)
+    transform_instance: str = "ml.m5.large"  # batch-predict's instance type
+    transform_instance_count: int = 1
+    wait_minutes: int = 30  # give up waiting (the endpoint or job goes on; undeploy/stop it)
+    poll_seconds: float = 10.0
+    # USD, us-east-1 on-demand; the source and date are in conf/deploy/default.yaml.
+    prices_per_hour: dict[str, float] = field(default_factory=dict)
+    serverless_price_per_gb_second: float = 0.0
+    serverless_price_per_million_requests: float = 0.0
+
+
+@dataclass
 class Config:
     dataset: DatasetConfig = MISSING
     model: ModelConfig = MISSING
@@ -154,6 +177,7 @@ class Config:
     aws: AwsConfig = MISSING
     job: JobConfig = MISSING
     sweep: SweepConfig = field(default_factory=SweepConfig)  # only `-m` sweeps read it
+    deploy: DeployConfig = MISSING
     run_name: str | None = None  # None: <model>-<timestamp> locally, the job name on SageMaker
 
 

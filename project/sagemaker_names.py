@@ -20,3 +20,4 @@ LOG_GROUP = "/aws/sagemaker/TrainingJobs"  # where SageMaker sends every trainin
 JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")  # the API's TrainingJobName pattern
 # Written by the run into the output data dir (output.tar.gz); `invoke fetch` copies it to the run root.
 METRICS_FILE = "metrics.json"
+PROJECT_TAG = ("project", "lightning-sagemaker")  # on every job, model and endpoint: what `invoke endpoints` lists

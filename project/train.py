@@ -24,7 +24,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
-from . import artifacts, reporting
+from . import artifacts, reporting, serving
 from . import config as config_lib
 from .atomic import write_atomically
 from .checkpoints import Interrupted, Interrupts, RunCheckpoints, newest_valid
@@ -207,6 +207,7 @@ def train(
 def _write_artifacts(cfg: Any, layout: RunLayout, module, metrics: dict[str, Any]) -> None:
     d = cfg.dataset
     artifacts.export_model(module.net, layout.model_dir, list(d.image_shape), d.mean, d.std)
+    serving.write_serving_code(layout.model_dir, cfg)  # model.tar.gz serves as it is (SageMaker hosting)
     matrix = module.test_confusion  # counted during trainer.test: no second pass over the test set
     artifacts.plot_confusion(matrix, layout.output_dir / artifacts.CONFUSION_FILE)
     artifacts.plot_learning_curves(layout.output_dir / "metrics.csv", layout.output_dir / artifacts.CURVES_FILE)

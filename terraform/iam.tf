@@ -1,5 +1,7 @@
 # The role SageMaker training jobs run as: read the datasets and the staged code, write job output
-# and checkpoints, pull the one image, write training logs and metrics. Nothing else.
+# and checkpoints, pull the one image, write training logs and metrics. Served models (endpoints and
+# batch transform) run as it too: read the model archives, read and write batch/, pull the PyTorch
+# inference image, write their logs. Nothing else.
 
 data "aws_iam_policy_document" "assume_role" {
   statement {
@@ -11,7 +13,8 @@ data "aws_iam_policy_document" "assume_role" {
       identifiers = ["sagemaker.amazonaws.com"]
     }
 
-    # Confused-deputy guard: SageMaker may assume the role only for a training job of this account.
+    # Confused-deputy guard: SageMaker may assume the role only for a training job, or a model,
+    # endpoint or transform job (invoke deploy / batch-predict), of this account.
     condition {
       test     = "StringEquals"
       variable = "aws:SourceAccount"
@@ -21,7 +24,7 @@ data "aws_iam_policy_document" "assume_role" {
     condition {
       test     = "ArnLike"
       variable = "aws:SourceArn"
-      values   = [local.training_jobs_arn]
+      values   = local.role_source_arns
     }
   }
 }
@@ -56,14 +59,24 @@ data "aws_iam_policy_document" "training" {
     # code/: the job's own bundle, read-only so no job can change another's code. jobs/: the SDK
     # stages the bundle under jobs/code/ instead when the launcher may run
     # iam:SimulatePrincipalPolicy (it then finds this role cannot write code/*). checkpoints/:
-    # restored before training when a run resumes.
+    # restored before training when a run resumes. models/: a local run's model.tar.gz, which an
+    # endpoint or transform job loads (a job's own is under jobs/). batch/*/input/: transform input.
     sid     = "ReadArtifacts"
     actions = ["s3:GetObject"]
     resources = [
       "${aws_s3_bucket.this["artifacts"].arn}/${local.code_prefix}/*",
       "${aws_s3_bucket.this["artifacts"].arn}/${local.job_output_prefix}/*",
       "${aws_s3_bucket.this["artifacts"].arn}/${local.checkpoint_prefix}/*",
+      "${aws_s3_bucket.this["artifacts"].arn}/${local.model_prefix}/*",
+      "${aws_s3_bucket.this["artifacts"].arn}/${local.batch_prefix}/*/input/*",
     ]
+  }
+
+  statement {
+    # A transform job writes one <input key>.out per input object.
+    sid       = "WriteBatchOutput"
+    actions   = ["s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"]
+    resources = ["${aws_s3_bucket.this["artifacts"].arn}/${local.batch_prefix}/*/output/*"]
   }
 
   statement {
@@ -98,6 +111,17 @@ data "aws_iam_policy_document" "training" {
   }
 
   statement {
+    # Endpoints and transform jobs run AWS's PyTorch inference image (project/aws/deploy.py).
+    sid = "PullInferenceImage"
+    actions = [
+      "ecr:BatchCheckLayerAvailability",
+      "ecr:BatchGetImage",
+      "ecr:GetDownloadUrlForLayer",
+    ]
+    resources = [local.inference_repository_arn]
+  }
+
+  statement {
     sid = "WriteTrainingLogs"
     actions = [
       "logs:CreateLogGroup",
@@ -105,11 +129,15 @@ data "aws_iam_policy_document" "training" {
       "logs:DescribeLogStreams",
       "logs:PutLogEvents",
     ]
-    resources = [
-      local.training_log_group_arn,
-      # ":*" covers the group's log streams (one per job and host).
-      "${local.training_log_group_arn}:*",
-    ]
+    resources = concat(
+      [
+        local.training_log_group_arn,
+        # ":*" covers the group's log streams (one per job and host).
+        "${local.training_log_group_arn}:*",
+      ],
+      # /aws/sagemaker/Endpoints/<endpoint> and /aws/sagemaker/TransformJobs/<job>, streams included.
+      local.serving_log_group_arns,
+    )
   }
 
   statement {
@@ -169,6 +197,38 @@ data "aws_iam_policy_document" "launcher" {
   }
 
   statement {
+    # invoke deploy / undeploy / predict --endpoint / batch-predict: models, endpoint configs,
+    # endpoints (UpdateEndpoint moves one to a new config) and transform jobs, tagged on create.
+    sid = "ManageServing"
+    actions = [
+      "sagemaker:CreateModel",
+      "sagemaker:DescribeModel",
+      "sagemaker:DeleteModel",
+      "sagemaker:CreateEndpointConfig",
+      "sagemaker:DescribeEndpointConfig",
+      "sagemaker:DeleteEndpointConfig",
+      "sagemaker:CreateEndpoint",
+      "sagemaker:DescribeEndpoint",
+      "sagemaker:UpdateEndpoint",
+      "sagemaker:DeleteEndpoint",
+      "sagemaker:InvokeEndpoint",
+      "sagemaker:CreateTransformJob",
+      "sagemaker:DescribeTransformJob",
+      "sagemaker:AddTags",
+      "sagemaker:ListTags",
+    ]
+    resources = local.serving_arns
+  }
+
+  statement {
+    # invoke endpoints: ListEndpoints and GetMetricStatistics (the IDLE flag) have no
+    # resource-level permissions: "*" is the only valid resource.
+    sid       = "ListServing"
+    actions   = ["sagemaker:ListEndpoints", "cloudwatch:GetMetricStatistics"]
+    resources = ["*"]
+  }
+
+  statement {
     # CreateTrainingJob hands the execution role to SageMaker; this role only, to SageMaker only.
     sid       = "PassExecutionRole"
     actions   = ["iam:PassRole"]
@@ -216,8 +276,25 @@ data "aws_iam_policy_document" "launcher" {
         "${local.code_prefix}/*",
         "${local.job_output_prefix}/*",
         "${local.checkpoint_prefix}/*",
+        "${local.batch_prefix}/*",
       ]
     }
+  }
+
+  statement {
+    # invoke deploy of a local run uploads its model.tar.gz; batch-predict uploads a local folder
+    # and downloads the transform's output.
+    sid = "ServeModels"
+    actions = [
+      "s3:GetObject",
+      "s3:PutObject",
+      "s3:AbortMultipartUpload",
+      "s3:ListMultipartUploadParts",
+    ]
+    resources = [
+      "${aws_s3_bucket.this["artifacts"].arn}/${local.model_prefix}/*",
+      "${aws_s3_bucket.this["artifacts"].arn}/${local.batch_prefix}/*",
+    ]
   }
 
   statement {
@@ -286,6 +363,6 @@ resource "aws_iam_policy" "launcher" {
   count = var.create_launcher_policy ? 1 : 0
 
   name        = "${var.project}-launcher-${var.region}"
-  description = "Launch and fetch SageMaker training jobs of ${var.project}: upload data, push the image, pass the execution role"
+  description = "Launch and fetch SageMaker training jobs of ${var.project}, deploy their models: upload data, push the image, pass the execution role"
   policy      = data.aws_iam_policy_document.launcher.json
 }

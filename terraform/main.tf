@@ -30,10 +30,38 @@ locals {
   code_prefix       = "code"
   job_output_prefix = "jobs"
   checkpoint_prefix = "checkpoints"
+  # project/aws/deploy.py: a local run's model.tar.gz under models/<run>/; batch transform input
+  # (a local folder uploaded) and output under batch/<run>/<job>/input|output/.
+  model_prefix = "models"
+  batch_prefix = "batch"
 
   # SageMaker writes training job logs and metrics under these fixed names.
   training_log_group     = "/aws/sagemaker/TrainingJobs"
   metric_namespace       = "/aws/sagemaker/*"
   training_log_group_arn = "arn:${local.partition}:logs:${var.region}:${local.account_id}:log-group:${local.training_log_group}"
   training_jobs_arn      = "arn:${local.partition}:sagemaker:${var.region}:${local.account_id}:training-job/*"
+
+  # Serving (invoke deploy / batch-predict): models, endpoint configs, endpoints, transform jobs.
+  sagemaker_arn_prefix = "arn:${local.partition}:sagemaker:${var.region}:${local.account_id}"
+  # Written out, not a `for` expression: checkov silently skips the IAM checks of a document whose
+  # resources it cannot resolve.
+  serving_arns = [
+    "${local.sagemaker_arn_prefix}:model/*",
+    "${local.sagemaker_arn_prefix}:endpoint-config/*",
+    "${local.sagemaker_arn_prefix}:endpoint/*",
+    "${local.sagemaker_arn_prefix}:transform-job/*",
+  ]
+  # What SageMaker may assume the execution role for: training jobs, and the models it serves.
+  role_source_arns = [
+    local.training_jobs_arn,
+    "${local.sagemaker_arn_prefix}:model/*",
+    "${local.sagemaker_arn_prefix}:endpoint/*",
+    "${local.sagemaker_arn_prefix}:transform-job/*",
+  ]
+  # The AWS PyTorch inference image (Deep Learning Containers' registry account in most regions).
+  inference_repository_arn = "arn:${local.partition}:ecr:${var.region}:${var.inference_image_account}:repository/pytorch-inference"
+  serving_log_group_arns = [
+    "arn:${local.partition}:logs:${var.region}:${local.account_id}:log-group:/aws/sagemaker/Endpoints/*",
+    "arn:${local.partition}:logs:${var.region}:${local.account_id}:log-group:/aws/sagemaker/TransformJobs/*",
+  ]
 }

@@ -4,7 +4,7 @@ import pytest
 
 from project import config as C
 
-GROUPS = ["dataset", "model", "trainer", "instance", "paths", "aws", "job"]
+GROUPS = ["dataset", "model", "trainer", "instance", "paths", "aws", "job", "deploy"]
 
 
 def options(group):

@@ -180,6 +180,8 @@ def test_upload_train_fetch_predict(world, data, tmp_path):
             "model/model.ts",
             "model/model.pt",
             "model/config.yaml",
+            "model/code/inference.py",  # the job's model.tar.gz serves as it is (invoke deploy <job>)
+            "model/code/serving.json",
             "output/metrics.json",
             "output/metrics.csv",
             "output/confusion_matrix.png",

@@ -50,8 +50,30 @@ def test_bare_overrides_are_collected_in_order():
 def test_flags_and_tasks_still_parse_around_overrides():
     parsed = parse("local", "a.b=1", "--overrides", "c=2", "d=3", "predict", "runs/x", "img.png")
     assert parsed["local"]["overrides"] == ["a.b=1", "c=2", "d=3"]
-    assert parsed["predict"] == {"run_dir": "runs/x", "images": "img.png", "raw": False}
+    assert parsed["predict"] == {
+        "run_dir": "runs/x",
+        "images": "img.png",
+        "raw": False,
+        "endpoint": False,
+        "overrides": [],
+    }
     assert parse("local")["local"]["overrides"] == []
+
+
+def test_serving_tasks_take_a_bare_run_job_or_endpoint_name():
+    deploy = parse("deploy", "seed42", "--serverless", "deploy.instance=ml.c5.large")["deploy"]
+    assert (deploy["job"], deploy["serverless"], deploy["overrides"]) == (
+        "seed42",
+        True,
+        ["deploy.instance=ml.c5.large"],
+    )
+    batch = parse("batch-predict", "seed42", "photos/", "aws.region=eu-west-1")["batch-predict"]
+    assert (batch["job"], batch["inputs"], batch["overrides"]) == ("seed42", "photos/", ["aws.region=eu-west-1"])
+    assert parse("batch-predict", "s3://bucket/photos/")["batch-predict"]["job"] is None
+    assert parse("undeploy", "seed42")["undeploy"]["name"] == "seed42"
+    assert parse("undeploy", "--all")["undeploy"] == {"name": None, "all_": True, "expired": False, "overrides": []}
+    remote = parse("predict", "--endpoint", "seed42", "photos/")["predict"]
+    assert (remote["run_dir"], remote["images"], remote["endpoint"]) == ("seed42", "photos/", True)
 
 
 def test_bad_override_exits_nonzero_with_one_line():

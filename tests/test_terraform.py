@@ -36,7 +36,10 @@ from tests.aws_fixtures import (
 needs_terraform = pytest.mark.skipif(shutil.which("terraform") is None, reason=INSTALL_HINT)
 TOOLS_INSTALL = "python -m venv .venv-tools && .venv-tools/bin/pip install -r requirements-tools.txt"
 ACCOUNT = "123456789012"  # moto's account
-TRAINING_JOBS = f"arn:aws:sagemaker:us-east-1:{ACCOUNT}:training-job/*"
+SAGEMAKER = f"arn:aws:sagemaker:us-east-1:{ACCOUNT}"
+TRAINING_JOBS = f"{SAGEMAKER}:training-job/*"
+SERVING = {f"{SAGEMAKER}:{kind}/*" for kind in ("model", "endpoint-config", "endpoint", "transform-job")}
+INFERENCE_IMAGE = "arn:aws:ecr:us-east-1:763104351884:repository/pytorch-inference"
 DATASET_CONFIGS = sorted((ROOT / "conf" / "dataset").glob("*.yaml"))
 
 
@@ -260,14 +263,17 @@ def test_repository_is_immutable_scanned_encrypted_and_pruned(outputs):
 
 
 @needs_terraform
-def test_role_trusts_only_training_jobs_of_this_account(role):
+def test_role_trusts_only_training_jobs_and_served_models_of_this_account(role):
     (statement,) = role["AssumeRolePolicyDocument"]["Statement"]
     assert statement["Effect"] == "Allow" and as_list(statement["Action"]) == ["sts:AssumeRole"]
     assert statement["Principal"] == {"Service": "sagemaker.amazonaws.com"}
-    # Confused deputy: SageMaker assumes the role only for a training job of this account.
-    assert statement["Condition"] == {
-        "StringEquals": {"aws:SourceAccount": ACCOUNT},
-        "ArnLike": {"aws:SourceArn": TRAINING_JOBS},
+    # Confused deputy: SageMaker assumes the role only for a training job, model, endpoint or
+    # transform job of this account.
+    assert statement["Condition"]["StringEquals"] == {"aws:SourceAccount": ACCOUNT}
+    assert set(statement["Condition"]) == {"StringEquals", "ArnLike"}
+    assert set(as_list(statement["Condition"]["ArnLike"]["aws:SourceArn"])) == {
+        TRAINING_JOBS,
+        *(arn for arn in SERVING if ":endpoint-config/" not in arn),
     }
 
 
@@ -293,6 +299,11 @@ def test_role_has_only_the_training_policy(role):
         ("s3:PutObject", "artifacts", "elsewhere/file", False),
         ("s3:DeleteObject", "artifacts", "checkpoints/lightning-0123abcd/last.ckpt", False),
         ("s3:PutObjectAcl", "artifacts", "jobs/lightning-2026/output/model.tar.gz", False),
+        ("s3:GetObject", "artifacts", "models/seed42/model.tar.gz", True),  # a local run, deployed
+        ("s3:PutObject", "artifacts", "models/seed42/model.tar.gz", False),
+        ("s3:GetObject", "artifacts", "batch/seed42/seed42-2026/input/a.png", True),  # batch transform
+        ("s3:PutObject", "artifacts", "batch/seed42/seed42-2026/output/a.png.out", True),
+        ("s3:PutObject", "artifacts", "batch/seed42/seed42-2026/input/a.png", False),
     ],
 )
 def test_role_writes_only_job_output_and_checkpoints(training_policy, arns, action, bucket, key, allowed):
@@ -315,11 +326,19 @@ def test_role_policy_is_least_privilege(training_policy, arns):
     assert granted["s3:ListBucket"] == {data, artifacts}  # names only; objects are scoped by prefix below
     assert granted["s3:GetObject"] == {
         f"{data}/datasets/*",
-        *(f"{artifacts}/{p}/*" for p in ("code", "jobs", "checkpoints")),
+        *(f"{artifacts}/{p}/*" for p in ("code", "jobs", "checkpoints", "models")),
+        f"{artifacts}/batch/*/input/*",
     }
-    assert granted["s3:PutObject"] == {f"{artifacts}/jobs/*", f"{artifacts}/checkpoints/*"}
-    assert granted["ecr:BatchGetImage"] == granted["ecr:GetDownloadUrlForLayer"] == {repository}
-    assert granted["logs:PutLogEvents"] == {log_group, f"{log_group}:*"}
+    assert granted["s3:PutObject"] == {
+        f"{artifacts}/jobs/*",
+        f"{artifacts}/checkpoints/*",
+        f"{artifacts}/batch/*/output/*",
+    }
+    assert granted["ecr:BatchGetImage"] == granted["ecr:GetDownloadUrlForLayer"] == {repository, INFERENCE_IMAGE}
+    serving_logs = {
+        f"arn:aws:logs:us-east-1:{ACCOUNT}:log-group:/aws/sagemaker/{g}/*" for g in ("Endpoints", "TransformJobs")
+    }
+    assert granted["logs:PutLogEvents"] == {log_group, f"{log_group}:*", *serving_logs}
 
 
 @needs_terraform
@@ -352,15 +371,22 @@ def test_launcher_passes_only_the_execution_role_and_only_to_sagemaker(launcher_
 
 
 @needs_terraform
-def test_launcher_manages_training_jobs_and_their_tags_only(launcher_policy):
-    granted = {
-        action: set(as_list(s["Resource"]))
-        for s in launcher_policy["Statement"]
-        for action in as_list(s["Action"])
-        if action.startswith("sagemaker:")
-    }
-    on_jobs = {"CreateTrainingJob", "DescribeTrainingJob", "StopTrainingJob", "AddTags", "ListTags"}
-    assert granted == {f"sagemaker:{a}": {TRAINING_JOBS} for a in on_jobs} | {"sagemaker:ListTrainingJobs": {"*"}}
+def test_launcher_manages_training_jobs_serving_and_their_tags_only(launcher_policy):
+    granted: dict[str, set[str]] = {}
+    for statement in launcher_policy["Statement"]:
+        for action in as_list(statement["Action"]):
+            if action.startswith("sagemaker:"):
+                granted.setdefault(action, set()).update(as_list(statement["Resource"]))
+    on_jobs = {"CreateTrainingJob", "DescribeTrainingJob", "StopTrainingJob"}
+    serving = {"CreateModel", "DescribeModel", "DeleteModel", "CreateEndpointConfig", "DescribeEndpointConfig"}
+    serving |= {"DeleteEndpointConfig", "CreateEndpoint", "DescribeEndpoint", "UpdateEndpoint", "DeleteEndpoint"}
+    serving |= {"InvokeEndpoint", "CreateTransformJob", "DescribeTransformJob"}
+    assert granted == (
+        {f"sagemaker:{a}": {TRAINING_JOBS} for a in on_jobs}
+        | {f"sagemaker:{a}": SERVING for a in serving}
+        | {f"sagemaker:{a}": {TRAINING_JOBS, *SERVING} for a in ("AddTags", "ListTags")}
+        | {"sagemaker:ListTrainingJobs": {"*"}, "sagemaker:ListEndpoints": {"*"}}
+    )
 
 
 @needs_terraform
@@ -376,6 +402,10 @@ def test_launcher_manages_training_jobs_and_their_tags_only(launcher_policy):
         ("s3:PutObject", "artifacts", "jobs/lightning-2026/output/model.tar.gz", False),
         ("s3:PutObject", "artifacts", "checkpoints/lightning-0123abcd/last.ckpt", False),
         ("s3:DeleteObject", "artifacts", "code/lightning/lightning-2026/input/code/sm_entry.py", False),
+        ("s3:PutObject", "artifacts", "models/seed42/model.tar.gz", True),  # invoke deploy of a local run
+        ("s3:PutObject", "artifacts", "batch/seed42/seed42-2026/input/a.png", True),  # invoke batch-predict
+        ("s3:GetObject", "artifacts", "batch/seed42/seed42-2026/output/a.png.out", True),
+        ("s3:DeleteObject", "artifacts", "models/seed42/model.tar.gz", False),
     ],
 )
 def test_launcher_s3_access_follows_the_prefixes(launcher_policy, arns, action, bucket, key, allowed):
@@ -389,7 +419,7 @@ def test_launcher_lists_only_the_artifact_prefixes_it_reads(launcher_policy, arn
     ]
     # "code" without a slash: the SDK checks the bucket with list_objects_v2(Prefix="code").
     prefixes = as_list(statement["Condition"]["StringLike"]["s3:prefix"])
-    assert sorted(prefixes) == ["checkpoints/*", "code", "code/*", "jobs/*"]
+    assert sorted(prefixes) == ["batch/*", "checkpoints/*", "code", "code/*", "jobs/*"]
 
 
 @needs_terraform
@@ -411,7 +441,13 @@ def test_launcher_pushes_to_this_repository_and_reads_the_training_logs(launcher
         for a in as_list(s["Action"])
     )
     wildcard = {a for s in launcher_policy["Statement"] if "*" in as_list(s["Resource"]) for a in as_list(s["Action"])}
-    assert wildcard == {"ecr:GetAuthorizationToken", "sagemaker:ListTrainingJobs"}  # no resource-level permissions
+    # Actions without resource-level permissions.
+    assert wildcard == {
+        "ecr:GetAuthorizationToken",
+        "sagemaker:ListTrainingJobs",
+        "sagemaker:ListEndpoints",
+        "cloudwatch:GetMetricStatistics",
+    }
 
 
 # --- parliament: every policy document linted --------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 from ..config import CONF_DIR, ConfigError, config_hash, per_device_batch, resolve_gpus, with_gpus
 from ..errors import UserError
 from ..infra import Infra
-from ..sagemaker_names import JOB_NAME
+from ..sagemaker_names import JOB_NAME, PROJECT_TAG
 from .cost import Cost, budget_line, check_budget, estimate, price_age_note
 from .fit import check_precision
 from .image import JobImage
@@ -104,8 +104,11 @@ def job_name(base_name: str, now: datetime | None = None) -> str:
     return f"{base_name}-{now:%Y%m%d-%H%M%S}-{now.microsecond // 1000:03d}-{secrets.token_hex(2)}"
 
 
-def plan_job(cfg: Any, infra: Infra, image: JobImage, now: datetime | None = None) -> JobPlan:
-    """Everything the job will be, derived from the config and the Terraform outputs (pure but for its name)."""
+def plan_job(cfg: Any, infra: Infra, image: JobImage, now: datetime | None = None, revision: str = "-") -> JobPlan:
+    """Everything the job will be, derived from the config and the Terraform outputs (pure but for its name).
+
+    `revision`: the commit of the staged code (staging.source_revision), recorded as the `git-sha` tag.
+    """
     inst, job = cfg.instance, cfg.job
     if inst.type not in known_instance_types():
         raise LaunchError(
@@ -146,7 +149,7 @@ def plan_job(cfg: Any, infra: Infra, image: JobImage, now: datetime | None = Non
         # Keyed by config hash: a re-run of the same config resumes from these checkpoints.
         checkpoint_uri=f"s3://{artifacts}/checkpoints/{job.base_name}-{digest}/",
         config_hash=digest,
-        tags={"project": "lightning-sagemaker", "image": image.tag, "config-hash": digest},
+        tags={PROJECT_TAG[0]: PROJECT_TAG[1], "image": image.tag, "git-sha": revision, "config-hash": digest},
         environment={"PYTHONUNBUFFERED": "1", **{str(k): str(v) for k, v in job.environment.items()}},
         # For the record (console, DescribeTrainingJob): the container reads config.yaml, not these.
         hyperparameters={"config_hash": digest, "processes_per_node": str(processes), "nodes": str(inst.count)},

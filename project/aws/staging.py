@@ -7,6 +7,7 @@ A sweep stages the code once (stage_code) and gives each job its config in a cha
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -46,3 +47,21 @@ def stage_code(dest: Path, install: bool = False) -> Path:
 def staged_config(cfg: Any, plan: JobPlan) -> str:
     """The config.yaml a job trains from: resolved, with trainer.gpus as planned."""
     return to_yaml(with_gpus(cfg, plan.gpus_per_node))
+
+
+def source_revision() -> str:
+    """The commit the code bundle is staged from, for the job's `git-sha` tag (`invoke runs` shows it).
+
+    The short sha, with `-dirty` when tracked files differ from it; `-` outside a git checkout.
+    """
+    try:
+        sha, changes = (
+            subprocess.run(args, cwd=PROJECT_DIR, capture_output=True, text=True, check=True).stdout.strip()
+            for args in (
+                ["git", "rev-parse", "--short", "HEAD"],
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+            )
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "-"
+    return sha + ("-dirty" if changes else "")

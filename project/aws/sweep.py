@@ -31,7 +31,7 @@ from .names import split_s3_uri
 from .plan import JobPlan, LaunchError, plan_job, validate_plan
 from .quotas import check_quotas, free_instances, usages
 from .session import aws_errors
-from .staging import stage_code, staged_config
+from .staging import source_revision, stage_code, staged_config
 from .workflow import Context, context, fetch_completed, setup
 
 DEFAULT_MAX_PARALLEL = 4  # jobs at once when launcher.max_parallel is not set
@@ -114,6 +114,7 @@ class SweepSession:
         self.echo, self.confirm = echo, confirm
         with aws_errors():
             self.ctx = context(cfg)
+        self.revision = source_revision()  # one code bundle, one commit
         self.code_uri: str | None = None  # the shared code bundle, once uploaded
         self.checked: set[tuple[str, str]] = set()  # (image, data) pairs already checked
         self.asked = False
@@ -123,7 +124,8 @@ class SweepSession:
     def plan(self, job: Job) -> JobPlan:
         try:
             infra = self.ctx.infra
-            plan = plan_job(job.cfg, infra, job_image(job.cfg, infra.repository_url, infra.region))
+            image = job_image(job.cfg, infra.repository_url, infra.region)
+            plan = plan_job(job.cfg, infra, image, revision=self.revision)
             plan = replace(
                 plan,
                 job_name=sweep_job_name(plan.base_name, self.sweep_id, job.num),

@@ -42,7 +42,7 @@ from .prices import PRICING_REGION, PriceError
 from .prices import refresh as refresh_prices
 from .quotas import QuotaError
 from .session import aws_clients, aws_errors
-from .staging import stage_source
+from .staging import source_revision, stage_source
 from .upload import plan_upload
 from .upload import upload as upload_items
 
@@ -130,7 +130,8 @@ def train(
 ) -> str | None:
     ctx = setup(overrides)
     cfg = ctx.cfg
-    plan = plan_job(cfg, ctx.infra, job_image(cfg, ctx.infra.repository_url, ctx.infra.region))
+    image = job_image(cfg, ctx.infra.repository_url, ctx.infra.region)
+    plan = plan_job(cfg, ctx.infra, image, revision=source_revision())
     validate_plan(plan, cfg)
     if plan.gpus_per_node:  # the estimate imports torch: only where there is GPU memory to compare with
         check_memory(estimate_memory(cfg, plan.per_device_batch), cfg.instance, plan.gpus_per_node, echo)

@@ -8,6 +8,8 @@ training job it records on this machine, as one SageMaker instance would. One mo
 - endpoint: the moto server over HTTP, with S3 policy conditions evaluated (policy) and
   SageMaker's Service Quotas served (quotas);
 - service: SageMaker's API where moto falls short, and the background runs of created jobs;
+- serving: endpoints and transform jobs answered by their models (model_server: the inference
+  image's /ping and /invocations around the model's own code/inference.py, one process per model);
 - record: moto's in-process record of a job and the status changes the service makes to it;
 - optml: the job's /opt/ml tree and the container's environment;
 - container: the entry point as PID 1 in private namespaces, its logs into CloudWatch;
@@ -15,7 +17,8 @@ training job it records on this machine, as one SageMaker instance would. One mo
 - run: one instance running a recorded job, from the tree to the end state;
 - daemon: the foreground / background server behind `invoke sandbox`.
 
-Nothing here imports the code a job runs (project.train, torch): the sandbox is the platform.
+Nothing here imports the code a job runs (project.train, torch): the sandbox is the platform
+(a model server imports torch in its own process).
 This module stays import-cheap: tasks.py reads the defaults below.
 """
 

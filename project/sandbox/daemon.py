@@ -76,6 +76,7 @@ def banner(url: str, settings: Settings, recorded_only: str | None, stop_hint: s
         if recorded_only
         else f"SageMaker jobs run on this machine (their /opt/ml trees in {_shown(settings.jobs_dir)})"
     )
+    jobs += "; endpoints and transform jobs are served by their models"
     host = url.split("//", 1)[1].rsplit(":", 1)[0]
     return (
         f"sandbox: AWS at {url}; {jobs}; point the tasks and tflocal at it with "

@@ -10,6 +10,7 @@ completes it where users would notice:
 * ListTrainingJobs filters and sorts (SortBy, SortOrder) before it pages (moto pages first and
   never sorts, so "the latest job" is whichever came first).
 
+With a workdir, endpoints and batch transform jobs are served by the models they name (serving.py).
 With run_jobs=True every created job runs in the background (`run`), as on SageMaker;
 `service.result(name)` waits for one. `LocalImages` makes every ECR image tag exist: a sandbox
 job runs in this machine's Python environment, whatever image it names. `NoPolicySimulation`
@@ -35,6 +36,7 @@ from .container import LOG_GROUP, Container, container_problem
 from .optml import SandboxError
 from .patches import MethodPatch, Patches
 from .run import JobClients, JobRun, RunOptions, run_training_job
+from .serving import Hosting, boto3_s3
 
 __all__ = [
     "LOG_GROUP",
@@ -50,6 +52,7 @@ __all__ = [
 KEPT_FIELDS = ("Environment", "RetryStrategy", "RemoteDebugConfig", "InfraCheckConfig", "SessionChainingConfig")
 PARALLEL_JOBS = 2  # jobs running at once; more wait their turn (SageMaker queues nothing, but a laptop must)
 RESULT_TIMEOUT_SECONDS = 600.0
+HOSTING_DIR = "endpoints"  # under the workdir: each endpoint's and transform job's unpacked model
 SORT_ATTRIBUTES = {"Name": "training_job_name", "Status": "training_job_status", "CreationTime": "creation_time"}
 
 
@@ -123,6 +126,7 @@ class SageMakerService:
         self.runs: dict[str, Future[JobRun]] = {}  # job name -> its background run
         self._patches = Patches()
         self._pool: ThreadPoolExecutor | None = None
+        self.hosting: Hosting | None = None  # endpoints and transform jobs, served where there is a workdir
 
     # --- life ----------------------------------------------------------------------------------
 
@@ -138,6 +142,10 @@ class SageMakerService:
         self._patches.set(SageMakerResponse, "create_training_job", lambda r: self._create(r, original_create))
         self._patches.set(SageMakerResponse, "stop_training_job", self._stop)
         self._patches.set(SageMakerResponse, "list_training_jobs", list_training_jobs)
+        if self.workdir is not None:
+            credentials = {k: self.options.env_extra.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+            s3 = boto3_s3(self.endpoint_url, {k.lower(): v for k, v in credentials.items()})
+            self.hosting = Hosting(Path(self.workdir) / HOSTING_DIR, s3).__enter__()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -146,6 +154,9 @@ class SageMakerService:
     def close(self, stop_running: bool = False) -> None:
         """Restore moto; wait for the runs (stop_running: SIGKILL their containers first)."""
         self._patches.restore()
+        if self.hosting is not None:
+            self.hosting.__exit__()
+            self.hosting = None
         if stop_running:
             for container in list(self.running.values()):
                 container.stop("Stopped")

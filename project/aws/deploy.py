@@ -1,0 +1,667 @@
+"""Serving a run on SageMaker: deploy, predict --endpoint, endpoints, undeploy, batch-predict.
+
+A run is a local run folder (runs/<run>, packed into model.tar.gz and uploaded under
+s3://<artifacts>/models/<run>/) or a completed training job (its own model.tar.gz, which training
+wrote code/inference.py into). Every model, endpoint config and endpoint carries the tags run,
+config-hash and project; instance-backed endpoints also expires-at (deploy.ttl_hours), so that
+`invoke endpoints` can say which are expired or idle and `invoke undeploy --expired` can end them.
+The requests are built by pure functions (tested as plain values) and sent by a few lines each.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import sys
+import tarfile
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from .. import serving
+from ..config import RESOLVED_CONFIG_NAME, config_hash, load_resolved
+from ..errors import UserError
+from ..sagemaker_names import JOB_NAME, PROJECT_TAG
+from . import monitor
+from .names import split_s3_uri
+from .session import aws_errors
+from .workflow import aws_task, setup
+
+Echo = Callable[[str], None]
+NAME_LIMIT = 63  # SageMaker model, endpoint config and endpoint names
+EXPIRES_TAG = "expires-at"
+RUN_TAG = "run"
+HASH_TAG = "config-hash"
+PREDICTIONS_DIR = "predictions"
+PREDICTIONS_CSV = "predictions.csv"
+IMAGE_CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
+BATCH_CONTENT_TYPE = "application/x-image"  # one type for a whole prefix: the handler reads PNG and JPEG alike
+ENDPOINT_BUSY = ("Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting")
+TRANSFORM_BUSY = ("InProgress", "Stopping")
+
+
+class DeployError(UserError):
+    pass
+
+
+@dataclass(frozen=True)
+class Source:
+    """A run to serve: its name, config hash, and its model as a local folder or an S3 archive."""
+
+    name: str
+    config_hash: str
+    model_dir: Path | None = None  # a local run: packed on deploy
+    model_data: str | None = None  # a job: its model.tar.gz
+    cfg: Any = None
+
+
+# --- pure: names, requests, prices -------------------------------------------------------------
+
+
+def safe_name(text: str, limit: int = NAME_LIMIT) -> str:
+    """text as a SageMaker resource name: letters, digits and single hyphens, at most `limit`."""
+    name = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[:limit].strip("-")
+    if not name:
+        raise DeployError(f"cannot make a SageMaker name of {text!r}: set deploy.endpoint_name")
+    return name
+
+
+def versioned_name(base: str, now: datetime) -> str:
+    """base-YYYYmmdd-HHMMSS-mmm: each deploy's own model and endpoint config, so an update is a new config."""
+    stamp = now.strftime("%Y%m%d-%H%M%S-") + f"{now.microsecond // 1000:03d}"
+    return f"{safe_name(base, NAME_LIMIT - len(stamp) - 1)}-{stamp}"
+
+
+def tag_list(tags: dict[str, str]) -> list[dict[str, str]]:
+    return [{"Key": k, "Value": v} for k, v in tags.items()]
+
+
+def resource_tags(source: Source, dc: Any, serverless: bool, now: datetime) -> dict[str, str]:
+    tags = {PROJECT_TAG[0]: PROJECT_TAG[1], RUN_TAG: source.name, HASH_TAG: source.config_hash}
+    if not serverless:
+        tags[EXPIRES_TAG] = (now + timedelta(hours=float(dc.ttl_hours))).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return tags
+
+
+def model_request(name: str, image: str, model_data: str, role_arn: str, tags: dict[str, str]) -> dict[str, Any]:
+    return {
+        "ModelName": name,
+        "ExecutionRoleArn": role_arn,
+        "PrimaryContainer": {
+            "Image": image,
+            "ModelDataUrl": model_data,
+            # The PyTorch inference toolkit loads the handler from the unpacked archive's code/.
+            "Environment": {
+                "SAGEMAKER_PROGRAM": serving.HANDLER,
+                "SAGEMAKER_SUBMIT_DIRECTORY": f"/opt/ml/model/{serving.CODE_DIR}",
+                "SAGEMAKER_CONTAINER_LOG_LEVEL": "20",
+            },
+        },
+        "Tags": tag_list(tags),
+    }
+
+
+def endpoint_config_request(name: str, model: str, dc: Any, serverless: bool, tags: dict[str, str]) -> dict[str, Any]:
+    variant: dict[str, Any] = {"VariantName": "AllTraffic", "ModelName": model}
+    if serverless:
+        variant["ServerlessConfig"] = {
+            "MemorySizeInMB": int(dc.serverless_memory_mb),
+            "MaxConcurrency": int(dc.serverless_max_concurrency),
+        }
+    else:
+        variant.update(InstanceType=dc.instance, InitialInstanceCount=int(dc.instance_count), InitialVariantWeight=1.0)
+    return {"EndpointConfigName": name, "ProductionVariants": [variant], "Tags": tag_list(tags)}
+
+
+def check_instance(instance: str, dc: Any, key: str = "deploy.instance") -> float:
+    prices = dict(dc.prices_per_hour)
+    if instance not in prices:
+        raise DeployError(
+            f"unknown instance type {key}={instance}; known: {', '.join(sorted(prices))} "
+            "(add it with its price to conf/deploy/default.yaml)"
+        )
+    return float(prices[instance])
+
+
+def check_serverless(dc: Any) -> None:
+    memory = int(dc.serverless_memory_mb)
+    if memory not in range(1024, 6145, 1024):
+        raise DeployError(f"deploy.serverless_memory_mb={memory}: SageMaker takes 1024, 2048, ... 6144")
+    if not 1 <= int(dc.serverless_max_concurrency) <= 200:
+        raise DeployError("deploy.serverless_max_concurrency must be 1-200")
+
+
+def price_line(dc: Any, serverless: bool) -> str:
+    if serverless:
+        gb = int(dc.serverless_memory_mb) / 1024
+        return (
+            f"serverless, {gb:g} GB: ${float(dc.serverless_price_per_gb_second) * gb:.6f} per second of compute "
+            f"+ ${float(dc.serverless_price_per_million_requests):.2f} per million requests; nothing while idle"
+        )
+    price = check_instance(dc.instance, dc)
+    count = int(dc.instance_count)
+    return (
+        f"{dc.instance} x {count}: ${price * count:.3f}/hour (${price * count * 24:.2f}/day) while it is up, "
+        f"used or not; marked expired after {float(dc.ttl_hours):g} h"
+    )
+
+
+def image_uri(region: str, dc: Any, instance: str | None) -> str:
+    """The AWS PyTorch inference image for this region, as the SageMaker SDK looks it up."""
+    from sagemaker.core import image_uris
+
+    return image_uris.retrieve(
+        "pytorch",
+        region=region,
+        version=str(dc.framework_version),
+        instance_type=instance or "ml.m5.large",  # serverless runs on CPU
+        image_scope="inference",
+    )
+
+
+# --- where the model comes from ----------------------------------------------------------------
+
+
+def resolve_source(ctx: Any, spec: str | None) -> Source:
+    """A run folder (a path, or a name under paths.runs_dir) or a training job (default: the latest)."""
+    if spec:
+        folder = Path(spec) if Path(spec).is_dir() else Path(ctx.cfg.paths.runs_dir) / spec
+        if folder.is_dir():
+            return _local_source(folder)
+        if not JOB_NAME.match(spec):
+            raise DeployError(f"no run folder {spec} and not a training job name: give runs/<run> or a job name")
+    name = spec or monitor.latest_job(ctx.clients.sagemaker, ctx.cfg.job.base_name)
+    try:
+        desc = monitor.describe(ctx.clients.sagemaker, name)
+    except monitor.JobError:
+        raise DeployError(
+            f"no run folder {Path(ctx.cfg.paths.runs_dir) / name} and no training job {name!r}: "
+            "give a run folder or a job from `invoke status`"
+        ) from None
+    if desc["TrainingJobStatus"] != "Completed":
+        raise DeployError(
+            f"training job {name} is {desc['TrainingJobStatus']}, not Completed: it has no model to serve"
+        )
+    model_data = desc["ModelArtifacts"]["S3ModelArtifacts"]
+    _check_archive(ctx.clients.s3, model_data, name)
+    tags = {t["Key"]: t["Value"] for t in ctx.clients.sagemaker.list_tags(ResourceArn=desc["TrainingJobArn"])["Tags"]}
+    return Source(name, tags.get(HASH_TAG, "unknown"), model_data=model_data)
+
+
+def _local_source(folder: Path) -> Source:
+    model_dir = folder / "model"
+    if not (model_dir / serving.TORCHSCRIPT_FILE).is_file():
+        raise DeployError(
+            f"{folder} has no exported model ({model_dir / serving.TORCHSCRIPT_FILE}): "
+            "let its training finish, or deploy another run"
+        )
+    cfg = load_resolved(model_dir / RESOLVED_CONFIG_NAME)
+    return Source(folder.name, config_hash(cfg), model_dir=model_dir, cfg=cfg)
+
+
+def _check_archive(s3: Any, uri: str, job: str) -> None:
+    bucket, key = split_s3_uri(uri)
+    with tempfile.TemporaryDirectory() as tmp, aws_errors(resource=uri):
+        path = Path(tmp) / serving.MODEL_ARCHIVE
+        s3.download_file(bucket, key, str(path))
+        with tarfile.open(path) as tar:
+            problem = serving.archive_problem(tar.getnames())
+    if problem:
+        raise DeployError(f"training job {job}'s {uri} cannot be served: {problem}")
+
+
+def model_data_for(ctx: Any, source: Source, echo: Echo) -> str:
+    """The S3 model.tar.gz: a job's own, or a local run's packed and uploaded under models/<run>/."""
+    if source.model_data:
+        return source.model_data
+    assert source.model_dir is not None
+    key = f"models/{source.name}/{serving.MODEL_ARCHIVE}"
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = serving.pack_model(source.model_dir, source.cfg, Path(tmp) / serving.MODEL_ARCHIVE)
+        with aws_errors(resource=f"s3://{ctx.infra.artifacts_bucket}/{key}"):
+            ctx.clients.s3.upload_file(str(archive), ctx.infra.artifacts_bucket, key)
+    uri = f"s3://{ctx.infra.artifacts_bucket}/{key}"
+    echo(f"packed {source.model_dir} -> {uri}")
+    return uri
+
+
+# --- deploy ------------------------------------------------------------------------------------
+
+
+def _confirm(yes: bool, question: str, confirm: Callable[[str], str], echo: Echo) -> bool:
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        raise DeployError("not a terminal, so no one to confirm the cost: pass --yes")
+    if confirm(f"{question} [y/N] ").strip().lower() in ("y", "yes"):
+        return True
+    echo("nothing created")
+    return False
+
+
+def endpoint_status(sm: Any, name: str) -> dict[str, Any] | None:
+    try:
+        return sm.describe_endpoint(EndpointName=name)
+    except sm.exceptions.ClientError as exc:
+        if "Could not find" in str(exc):
+            return None
+        raise
+
+
+def deploy(
+    ctx: Any,
+    spec: str | None,
+    serverless: bool = False,
+    update: bool = False,
+    yes: bool = False,
+    confirm: Callable[[str], str] = input,
+    echo: Echo = print,
+) -> str | None:
+    dc, sm = ctx.cfg.deploy, ctx.clients.sagemaker
+    if serverless:
+        check_serverless(dc)
+    else:
+        check_instance(dc.instance, dc)
+    source = resolve_source(ctx, spec)
+    endpoint = safe_name(dc.endpoint_name or source.name)
+    existing = endpoint_status(sm, endpoint)
+    if existing and not update:
+        raise DeployError(
+            f"endpoint {endpoint} exists ({existing['EndpointStatus']}): pass --update to move it to {source.name} "
+            "with no downtime, or name a new one with deploy.endpoint_name=..."
+        )
+    if update and not existing:
+        raise DeployError(f"no endpoint {endpoint} to update: drop --update to create it")
+    echo(f"{'update' if existing else 'deploy'} {source.name} (config {source.config_hash}) as endpoint {endpoint}")
+    echo(f"cost: {price_line(dc, serverless)}")
+    if not _confirm(yes, "Deploy?", confirm, echo):
+        return None
+    now = datetime.now(UTC)
+    tags = resource_tags(source, dc, serverless, now)
+    image = image_uri(ctx.infra.region, dc, None if serverless else dc.instance)
+    model_data = model_data_for(ctx, source, echo)
+    name = versioned_name(endpoint, now)
+    created: list[tuple[str, str]] = []
+    try:
+        sm.create_model(**model_request(name, image, model_data, ctx.infra.role_arn, tags))
+        created.append(("model", name))
+        sm.create_endpoint_config(**endpoint_config_request(name, name, dc, serverless, tags))
+        created.append(("config", name))
+        if existing:
+            sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=name)
+        else:
+            sm.create_endpoint(EndpointName=endpoint, EndpointConfigName=name, Tags=tag_list(tags))
+            created.append(("endpoint", endpoint))
+    except BaseException:
+        _remove(sm, created)
+        raise
+    desc = wait_endpoint(sm, endpoint, dc, echo)
+    if desc["EndpointStatus"] != "InService":
+        _remove(sm, created)
+        raise DeployError(
+            f"endpoint {endpoint} is {desc['EndpointStatus']}: {desc.get('FailureReason', 'no reason given')}"
+        )
+    if existing:  # the old config and model serve nothing now
+        _remove_config(sm, existing["EndpointConfigName"])
+        sm.add_tags(ResourceArn=desc["EndpointArn"], Tags=tag_list(tags))
+    echo(f"endpoint {endpoint} is InService ({source.name})")
+    echo(f"cost: {price_line(dc, serverless)}")
+    echo(f"try it: invoke predict --endpoint {endpoint} examples/digits")
+    echo(f"remove it: invoke undeploy {endpoint}")
+    return endpoint
+
+
+def wait_endpoint(sm: Any, name: str, dc: Any, echo: Echo) -> dict[str, Any]:
+    start, last = time.monotonic(), None
+    while True:
+        desc = sm.describe_endpoint(EndpointName=name)
+        status = desc["EndpointStatus"]
+        elapsed = time.monotonic() - start
+        if status != last:
+            echo(f"endpoint {name}: {status} ({elapsed:.0f} s)")
+            last = status
+        if status not in ENDPOINT_BUSY:
+            return desc
+        if elapsed > float(dc.wait_minutes) * 60:
+            raise DeployError(
+                f"endpoint {name} still {status} after {dc.wait_minutes} min: see `invoke endpoints`; "
+                f"`invoke undeploy {name}` removes it"
+            )
+        time.sleep(float(dc.poll_seconds))
+
+
+# --- undeploy ----------------------------------------------------------------------------------
+
+
+def _gone(exc: Exception) -> bool:
+    return "Could not find" in str(exc) or "does not exist" in str(exc)
+
+
+def _remove(sm: Any, created: Iterable[tuple[str, str]]) -> None:
+    for kind, name in reversed(list(created)):
+        delete = {"model": sm.delete_model, "config": sm.delete_endpoint_config, "endpoint": sm.delete_endpoint}[kind]
+        key = {"model": "ModelName", "config": "EndpointConfigName", "endpoint": "EndpointName"}[kind]
+        try:
+            delete(**{key: name})
+        except sm.exceptions.ClientError as exc:
+            if not _gone(exc):
+                raise
+
+
+def _remove_config(sm: Any, config: str) -> None:
+    """An endpoint config and the models it names."""
+    try:
+        models = [v["ModelName"] for v in sm.describe_endpoint_config(EndpointConfigName=config)["ProductionVariants"]]
+    except sm.exceptions.ClientError as exc:
+        if not _gone(exc):
+            raise
+        return
+    _remove(sm, [*(("model", m) for m in models), ("config", config)])
+
+
+def undeploy_one(sm: Any, name: str, echo: Echo) -> None:
+    desc = endpoint_status(sm, name)
+    if desc is None:
+        echo(f"{name}: no such endpoint (nothing to remove)")
+        return
+    _remove(sm, [("endpoint", name)])
+    _remove_config(sm, desc["EndpointConfigName"])
+    echo(f"{name}: endpoint, endpoint config and model deleted")
+
+
+# --- endpoints ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EndpointRow:
+    name: str
+    status: str
+    kind: str  # "ml.m5.large x 1" or "serverless 2 GB"
+    run: str
+    uptime_hours: float
+    cost_so_far: float | None  # None: serverless, billed per request
+    expired: bool
+    idle: bool
+
+    def line(self) -> str:
+        cost = "per request" if self.cost_so_far is None else f"${self.cost_so_far:.2f}"
+        flags = " ".join(f for f, on in (("EXPIRED", self.expired), ("IDLE", self.idle)) if on)
+        return (
+            f"{self.name:<40} {self.status:<10} {self.kind:<18} {self.run:<30} "
+            f"{self.uptime_hours:>7.2f} h {cost:>11} {flags}".rstrip()
+        )
+
+
+HEADER = f"{'endpoint':<40} {'status':<10} {'serving on':<18} {'run':<30} {'uptime':>9} {'cost so far':>11} flags"
+
+
+def endpoint_row(ctx: Any, desc: dict[str, Any], tags: dict[str, str], now: datetime) -> EndpointRow:
+    sm, dc = ctx.clients.sagemaker, ctx.cfg.deploy
+    config = sm.describe_endpoint_config(EndpointConfigName=desc["EndpointConfigName"])
+    variant = config["ProductionVariants"][0]
+    hours = (now - desc["CreationTime"]).total_seconds() / 3600
+    if "ServerlessConfig" in variant:
+        kind, cost = f"serverless {variant['ServerlessConfig']['MemorySizeInMB'] / 1024:g} GB", None
+    else:
+        count = int(variant.get("InitialInstanceCount", 1))
+        kind = f"{variant['InstanceType']} x {count}"
+        cost = float(dict(dc.prices_per_hour).get(variant["InstanceType"], 0.0)) * count * hours
+    expires = tags.get(EXPIRES_TAG)
+    expired = expires is not None and now >= datetime.strptime(expires, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    return EndpointRow(
+        desc["EndpointName"],
+        desc["EndpointStatus"],
+        kind,
+        tags.get(RUN_TAG, "?"),
+        hours,
+        cost,
+        expired,
+        invocations_last_hour(ctx.clients.client("cloudwatch"), desc["EndpointName"], now) == 0,
+    )
+
+
+def invocations_last_hour(cloudwatch: Any, endpoint: str, now: datetime) -> float:
+    points = cloudwatch.get_metric_statistics(
+        Namespace="AWS/SageMaker",
+        MetricName="Invocations",
+        Dimensions=[{"Name": "EndpointName", "Value": endpoint}, {"Name": "VariantName", "Value": "AllTraffic"}],
+        StartTime=now - timedelta(hours=1),
+        EndTime=now,
+        Period=3600,
+        Statistics=["Sum"],
+    )["Datapoints"]
+    return sum(p["Sum"] for p in points)
+
+
+def project_endpoints(ctx: Any) -> list[tuple[dict[str, Any], dict[str, str]]]:
+    """(DescribeEndpoint, tags) of every endpoint tagged with this project."""
+    sm, found = ctx.clients.sagemaker, []
+    for page in sm.get_paginator("list_endpoints").paginate():
+        for summary in page["Endpoints"]:
+            tags = {t["Key"]: t["Value"] for t in sm.list_tags(ResourceArn=summary["EndpointArn"])["Tags"]}
+            if tags.get(PROJECT_TAG[0]) == PROJECT_TAG[1]:
+                desc = endpoint_status(sm, summary["EndpointName"])
+                if desc is not None:
+                    found.append((desc, tags))
+    return found
+
+
+def endpoint_rows(ctx: Any) -> list[EndpointRow]:
+    now = datetime.now(UTC)
+    return [endpoint_row(ctx, desc, tags, now) for desc, tags in project_endpoints(ctx)]
+
+
+# --- predict --endpoint ------------------------------------------------------------------------
+
+
+def invoke_endpoint(ctx: Any, endpoint: str, body: bytes, content_type: str, what: str) -> dict[str, Any]:
+    runtime = ctx.clients.client("sagemaker-runtime")
+    try:
+        response = runtime.invoke_endpoint(
+            EndpointName=endpoint, Body=body, ContentType=content_type, Accept="application/json"
+        )
+    except runtime.exceptions.ModelError as exc:
+        message = exc.response.get("OriginalMessage") or exc.response["Error"].get("Message", "")
+        raise DeployError(f"{what}: endpoint {endpoint} refused it: {message.splitlines()[0]}") from None
+    except runtime.exceptions.ClientError as exc:
+        if "Could not find" in str(exc) or "not found" in str(exc).lower():
+            raise DeployError(f"no endpoint {endpoint}: `invoke endpoints` lists them") from None
+        raise
+    return json.loads(response["Body"].read())
+
+
+def endpoint_predictions(ctx: Any, endpoint: str, images: list[Path], raw: bool) -> list[Any]:
+    """One Prediction per image (as `invoke predict` prints them), answered by the endpoint."""
+    import io
+
+    import numpy as np
+
+    from ..predict import Prediction, raw_pixels
+
+    results: list[Any] = []
+    for path in images:
+        if raw:
+            buffer = io.BytesIO()
+            np.save(buffer, raw_pixels(path)[0].astype(np.float32))
+            body, kind = buffer.getvalue(), "application/x-npy"
+        else:
+            body, kind = path.read_bytes(), IMAGE_CONTENT_TYPES.get(path.suffix.lower(), "image/png")
+        answer = invoke_endpoint(ctx, endpoint, body, kind, str(path))
+        if "predictions" not in answer:
+            results.append(f"{path}: {json.dumps(answer)}")  # not a classifier: its raw outputs
+            continue
+        (one,) = answer["predictions"]
+        ranked = tuple((a["class"], a["probability"]) for a in one["top_k"][:2])
+        results.append(Prediction(path, ranked, one.get("problem")))
+    return results
+
+
+# --- batch-predict -----------------------------------------------------------------------------
+
+
+def batch_input(ctx: Any, source: Source, spec: str, stamp: str, echo: Echo) -> str:
+    """The input prefix: an s3:// prefix as it is, or a local folder's images uploaded first."""
+    s3 = ctx.clients.s3
+    if spec.startswith("s3://"):
+        bucket, prefix = split_s3_uri(spec)
+        with aws_errors(resource=spec):
+            found = s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1).get("KeyCount", 0)
+        if not found:
+            raise DeployError(f"no objects under {spec}: nothing to predict")
+        return spec
+    folder = Path(spec)
+    if not folder.is_dir():
+        raise DeployError(f"{spec} is neither an s3:// prefix nor a folder")
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_CONTENT_TYPES and p.is_file())
+    if not images:
+        raise DeployError(f"no images ({', '.join(IMAGE_CONTENT_TYPES)}) in {folder}: nothing to predict")
+    prefix = f"batch/{source.name}/{stamp}/input/"
+    with aws_errors(resource=f"s3://{ctx.infra.artifacts_bucket}/{prefix}"):
+        for path in images:
+            s3.upload_file(str(path), ctx.infra.artifacts_bucket, prefix + path.name)
+    echo(f"uploaded {len(images)} images to s3://{ctx.infra.artifacts_bucket}/{prefix}")
+    return f"s3://{ctx.infra.artifacts_bucket}/{prefix}"
+
+
+def transform_request(name: str, model: str, input_uri: str, output_uri: str, dc: Any, tags: dict[str, str]) -> dict:
+    return {
+        "TransformJobName": name,
+        "ModelName": model,
+        "TransformInput": {
+            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": input_uri}},
+            "ContentType": BATCH_CONTENT_TYPE,
+            "SplitType": "None",
+        },
+        "TransformOutput": {"S3OutputPath": output_uri, "Accept": "application/json", "AssembleWith": "None"},
+        "TransformResources": {
+            "InstanceType": dc.transform_instance,
+            "InstanceCount": int(dc.transform_instance_count),
+        },
+        "BatchStrategy": "SingleRecord",
+        "Tags": tag_list(tags),
+    }
+
+
+def batch_predict(ctx: Any, spec: str | None, inputs: str, echo: Echo = print) -> Path:
+    dc, sm = ctx.cfg.deploy, ctx.clients.sagemaker
+    price = check_instance(dc.transform_instance, dc, "deploy.transform_instance")
+    source = resolve_source(ctx, spec)
+    now = datetime.now(UTC)
+    name = versioned_name(source.name, now)
+    input_uri = batch_input(ctx, source, inputs, name, echo)
+    output_uri = f"s3://{ctx.infra.artifacts_bucket}/batch/{source.name}/{name}/output/"
+    tags = resource_tags(source, dc, True, now)
+    image = image_uri(ctx.infra.region, dc, dc.transform_instance)
+    model_data = model_data_for(ctx, source, echo)
+    sm.create_model(**model_request(name, image, model_data, ctx.infra.role_arn, tags))
+    try:
+        sm.create_transform_job(**transform_request(name, name, input_uri, output_uri, dc, tags))
+        echo(f"transform job {name}: {input_uri} -> {output_uri}")
+        desc = wait_transform(sm, name, dc, echo)
+    finally:
+        _remove(sm, [("model", name)])  # the job is over (or failed to start): the model serves nothing
+    if desc["TransformJobStatus"] != "Completed":
+        raise DeployError(f"transform job {name} is {desc['TransformJobStatus']}: {desc.get('FailureReason', '')}")
+    dest = Path(ctx.cfg.paths.runs_dir) / source.name / PREDICTIONS_DIR
+    rows = download_predictions(ctx.clients.s3, input_uri, output_uri, dest)
+    seconds = (desc["TransformEndTime"] - desc["TransformStartTime"]).total_seconds()
+    cost = price * int(dc.transform_instance_count) * seconds / 3600
+    counts = Counter("no digit" if r[1] == "" else r[1] for r in rows)
+    summary = ", ".join(f"{label}: {n}" for label, n in sorted(counts.items()))
+    echo(f"{len(rows)} predictions ({summary}) in {dest / PREDICTIONS_CSV}")
+    echo(f"cost: {seconds:.0f} s of {dc.transform_instance} x {dc.transform_instance_count} = ${cost:.4f}")
+    return dest
+
+
+def wait_transform(sm: Any, name: str, dc: Any, echo: Echo) -> dict[str, Any]:
+    start, last = time.monotonic(), None
+    while True:
+        desc = sm.describe_transform_job(TransformJobName=name)
+        status, elapsed = desc["TransformJobStatus"], time.monotonic() - start
+        if status != last:
+            echo(f"transform job {name}: {status} ({elapsed:.0f} s)")
+            last = status
+        if status not in TRANSFORM_BUSY:
+            return desc
+        if elapsed > float(dc.wait_minutes) * 60:
+            raise DeployError(f"transform job {name} still {status} after {dc.wait_minutes} min")
+        time.sleep(float(dc.poll_seconds))
+
+
+def download_predictions(s3: Any, input_uri: str, output_uri: str, dest: Path) -> list[tuple[str, str, str]]:
+    """Each <key>.out into dest, and dest/predictions.csv: (input key, class, probability) per input."""
+    in_prefix = split_s3_uri(input_uri)[1]
+    bucket, prefix = split_s3_uri(output_uri)
+    dest.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            relative = item["Key"][len(prefix) :]
+            target = dest / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(bucket, item["Key"], str(target))
+            answer = json.loads(target.read_text())
+            for one in answer.get("predictions", [{}]):
+                klass = "" if one.get("class") is None else str(one["class"])
+                probability = "" if one.get("probability") is None else f"{one['probability']:.6f}"
+                rows.append((in_prefix + relative.removesuffix(".out"), klass, probability))
+    rows.sort()
+    with (dest / PREDICTIONS_CSV).open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["input_key", "class", "probability"])
+        writer.writerows(rows)
+    return rows
+
+
+# --- the tasks ---------------------------------------------------------------------------------
+
+
+@aws_task
+def deploy_task(overrides: list[str], spec: str | None, serverless: bool, update: bool, yes: bool) -> None:
+    deploy(setup(overrides), spec, serverless=serverless, update=update, yes=yes)
+
+
+@aws_task
+def predict_task(overrides: list[str], endpoint: str, images: list[Path], raw: bool) -> None:
+    for prediction in endpoint_predictions(setup(overrides), endpoint, images, raw):
+        print(prediction)
+
+
+@aws_task
+def endpoints_task(overrides: list[str]) -> None:
+    rows = endpoint_rows(setup(overrides))
+    if not rows:
+        print("no endpoints of this project are up")
+        return
+    print(HEADER)
+    for row in rows:
+        print(row.line())
+    if any(row.expired or row.idle for row in rows):
+        print(
+            "EXPIRED: older than deploy.ttl_hours (`invoke undeploy --expired`); IDLE: no invocations in the last hour"
+        )
+
+
+@aws_task
+def undeploy_task(overrides: list[str], names: list[str], everything: bool, expired: bool) -> None:
+    if not (names or everything or expired):
+        raise DeployError("name the endpoint(s) to remove, or pass --all or --expired; `invoke endpoints` lists them")
+    ctx = setup(overrides)
+    chosen = list(names)
+    if everything or expired:
+        chosen += [row.name for row in endpoint_rows(ctx) if everything or row.expired]
+        if not chosen:
+            print("no endpoints to remove")
+    for name in dict.fromkeys(chosen):
+        undeploy_one(ctx.clients.sagemaker, name, print)
+
+
+@aws_task
+def batch_predict_task(overrides: list[str], spec: str | None, inputs: str) -> None:
+    batch_predict(setup(overrides), spec, inputs)

@@ -1,0 +1,93 @@
+"""What the served model carries besides model.ts: the handler, the preprocessing and its facts.
+
+`model.tar.gz` for SageMaker hosting is the model folder (model.ts at the top) with `code/`:
+
+    code/inference.py   project/inference.py, the toolkit's model_fn/input_fn/predict_fn/output_fn
+    code/preprocess.py  project/preprocess.py, MNIST's preprocessing (the one `invoke predict` uses)
+    code/serving.json   {"classifier", "input_shape", "top_k"}, from the run's config
+
+Training writes `code/` into the model folder (so a SageMaker job's own model.tar.gz serves as it
+is); `invoke deploy` of a local run packs the folder afresh. Both copy the two files from here:
+one source of truth. Imports only the standard library.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+from pathlib import Path
+from typing import Any
+
+from .atomic import write_atomically
+
+PROJECT_DIR = Path(__file__).resolve().parent
+CODE_DIR = "code"
+HANDLER = "inference.py"  # SAGEMAKER_PROGRAM
+SHIPPED = (HANDLER, "preprocess.py")  # project/<name> -> code/<name>
+SERVING_FILE = "serving.json"  # the name project/inference.py reads
+TORCHSCRIPT_FILE = "model.ts"  # the exported model (project/artifacts.py writes it); inference.py names it too
+MODEL_ARCHIVE = "model.tar.gz"
+TOP_K = 3  # classes per answer: predict prints two, a third shows how far the rest are
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    node = cfg
+    for part in dotted.split("."):
+        try:
+            node = node[part]
+        except (KeyError, TypeError, AttributeError):
+            return None
+    return node
+
+
+def is_classifier(cfg: Any) -> bool:
+    """The one decision: a classifier has a network (`model.net`) and classes (`dataset.num_classes`).
+
+    Only a classifier's answers get classes, probabilities and the photo preprocessing; any
+    other exported model gets its raw outputs back.
+    """
+    return bool(_get(cfg, "model.net")) and bool(_get(cfg, "dataset.num_classes"))
+
+
+def serving_facts(cfg: Any) -> dict[str, Any]:
+    shape = _get(cfg, "dataset.image_shape")
+    return {
+        "classifier": is_classifier(cfg),
+        "input_shape": [int(n) for n in shape] if shape else None,
+        "top_k": min(TOP_K, int(_get(cfg, "dataset.num_classes") or TOP_K)),
+    }
+
+
+def write_serving_code(model_dir: Path, cfg: Any) -> Path:
+    """model_dir/code/ with the handler, the preprocessing and serving.json for this run."""
+    code = Path(model_dir) / CODE_DIR
+    code.mkdir(parents=True, exist_ok=True)
+    for name in SHIPPED:
+        shutil.copyfile(PROJECT_DIR / name, code / name)
+    write_atomically(code / SERVING_FILE, json.dumps(serving_facts(cfg), indent=2) + "\n")
+    return code
+
+
+def pack_model(model_dir: Path, cfg: Any, archive: Path) -> Path:
+    """model.tar.gz of model.ts and a fresh code/ (staged beside the archive; the run is not touched)."""
+    staging = archive.parent / "model-staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    shutil.copyfile(Path(model_dir) / TORCHSCRIPT_FILE, staging / TORCHSCRIPT_FILE)
+    write_serving_code(staging, cfg)
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in sorted(staging.rglob("*")):
+            tar.add(path, arcname=str(path.relative_to(staging)), recursive=False)
+    shutil.rmtree(staging)
+    return archive
+
+
+def archive_problem(names: list[str]) -> str | None:
+    """Why a model.tar.gz with these member names cannot be served, or None."""
+    members = {name.removeprefix("./") for name in names}
+    if TORCHSCRIPT_FILE not in members:
+        return f"it holds no {TORCHSCRIPT_FILE} (no exported model)"
+    if f"{CODE_DIR}/{HANDLER}" not in members:
+        return f"it holds no {CODE_DIR}/{HANDLER} (trained before serving existed): fetch it and deploy the run folder"
+    return None

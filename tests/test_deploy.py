@@ -1,0 +1,252 @@
+"""`invoke deploy`, `predict --endpoint`, `endpoints`, `undeploy`, `batch-predict` through the real CLI.
+
+AWS is the tests' moto server with the Terraform-made resources (tests/aws_fixtures.py); the
+sandbox's SageMaker service (what `invoke sandbox` serves) plays hosting: each endpoint and
+transform job is answered by the model it names, unpacked from its model.tar.gz and served by the
+inference image's contract (project/sandbox/model_server.py). One tiny run is trained per module.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import os
+import re
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from project import config as C
+from project.aws import deploy
+from project.aws.session import aws_clients
+from project.predict import predict
+from project.sandbox import service as emulator
+from project.train import run_composed
+from tests import cli
+from tests.cli import one_error_line
+from tests.synthetic import make_glyphs, tiny_overrides, write_dataset
+
+ROOT = Path(__file__).resolve().parent.parent
+DIGITS = ROOT / "examples" / "digits"
+invoke = functools.partial(cli.invoke, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def world(request, aws_infra, tmp_path_factory):
+    """Clients, overrides naming the resources and a tiny trained run, with hosting played."""
+    root = tmp_path_factory.mktemp("deploy")
+    if shutil.which("terraform") is not None:  # as aws_infra decides
+        infra_overrides = [f"aws.terraform_dir={request.getfixturevalue('terraform_applied')[0]}"]
+    else:
+        keys = ("data_bucket", "artifacts_bucket", "repository_url", "role_arn", "region")
+        infra_overrides = [f"aws.{k}={getattr(aws_infra, k)}" for k in keys]
+    files = write_dataset(root / "data", n_train=600, n_test=100, make=make_glyphs)
+    overrides = tiny_overrides(root / "data", files, root / "runs", **{"trainer.max_epochs": 1, "run_name": "tiny"})
+    run_composed(C.compose(overrides))
+    with emulator.sagemaker_service(workdir=root / "sandbox") as service:
+        yield {
+            "clients": aws_clients(aws_infra.region, os.environ["AWS_ENDPOINT_URL"]),
+            "infra": aws_infra,
+            "run_dir": root / "runs" / "tiny",
+            "service": service,
+            "overrides": [*infra_overrides, f"paths.runs_dir={root / 'runs'}", "deploy.poll_seconds=0.5"],
+        }
+
+
+def resources(sm) -> set[str]:
+    """Every model, endpoint config and endpoint in the stand-in."""
+    models = {f"model {m['ModelName']}" for m in sm.list_models()["Models"]}
+    configs = {f"config {c['EndpointConfigName']}" for c in sm.list_endpoint_configs()["EndpointConfigs"]}
+    return models | configs | {f"endpoint {e['EndpointName']}" for e in sm.list_endpoints()["Endpoints"]}
+
+
+def test_requests_are_built_from_the_config():
+    dc = C.compose(["deploy.instance=ml.c5.large", "deploy.ttl_hours=2"]).deploy
+    now = datetime(2026, 12, 3, 7, 0, 0, 123000, tzinfo=UTC)
+    name = deploy.versioned_name("a_run.with dots" + "x" * 80, now)
+    assert name.endswith("-20261203-070000-123") and len(name) <= 63 and re.match(r"^[A-Za-z0-9-]+$", name)
+    source = deploy.Source("run", "abc123")
+    tags = deploy.resource_tags(source, dc, serverless=False, now=now)
+    assert tags == {
+        "project": "lightning-sagemaker",
+        "run": "run",
+        "config-hash": "abc123",
+        "expires-at": "2026-12-03T09:00:00Z",
+    }
+    assert "expires-at" not in deploy.resource_tags(source, dc, serverless=True, now=now)
+    (variant,) = deploy.endpoint_config_request("c", "m", dc, False, tags)["ProductionVariants"]
+    assert (variant["InstanceType"], variant["InitialInstanceCount"]) == ("ml.c5.large", 1)
+    (variant,) = deploy.endpoint_config_request("c", "m", dc, True, tags)["ProductionVariants"]
+    assert variant["ServerlessConfig"] == {"MemorySizeInMB": 2048, "MaxConcurrency": 5}
+    model = deploy.model_request("m", "img", "s3://b/k", "arn:role", tags)
+    assert model["PrimaryContainer"]["Environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
+    assert "$0.102/hour" in deploy.price_line(dc, False) and "per million requests" in deploy.price_line(dc, True)
+    with pytest.raises(deploy.DeployError, match="unknown instance type deploy.instance=ml.x"):
+        deploy.check_instance("ml.x", dc)
+
+
+@pytest.mark.slow
+def test_deploy_predict_list_update_undeploy(world):
+    sm, ovr = world["clients"].sagemaker, world["overrides"]
+    before = resources(sm)
+
+    deployed = invoke("deploy", "tiny", "--yes", *ovr)
+    assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
+    out = deployed.stdout
+    assert "endpoint tiny: Creating" in out and "endpoint tiny: InService" in out  # progress as it went
+    assert "ml.m5.large x 1: $0.115/hour" in out and "remove it: invoke undeploy tiny" in out
+    model = sm.describe_model(
+        ModelName=sm.describe_endpoint_config(
+            EndpointConfigName=sm.describe_endpoint(EndpointName="tiny")["EndpointConfigName"]
+        )["ProductionVariants"][0]["ModelName"]
+    )
+    assert (
+        model["PrimaryContainer"]["ModelDataUrl"] == f"s3://{world['infra'].artifacts_bucket}/models/tiny/model.tar.gz"
+    )
+    assert model["PrimaryContainer"]["Image"].endswith("/pytorch-inference:2.6-cpu-py312")
+    assert model["ExecutionRoleArn"] == world["infra"].role_arn
+
+    listed = invoke("endpoints", *ovr)
+    assert listed.returncode == 0, listed.stderr
+    (row,) = [line for line in listed.stdout.splitlines() if line.startswith("tiny ")]
+    assert "InService" in row and "ml.m5.large x 1" in row and row.endswith("IDLE")
+
+    remote = invoke("predict", "--endpoint", "tiny", str(DIGITS), *ovr)
+    local = invoke("predict", str(world["run_dir"]), str(DIGITS))
+    assert remote.returncode == 0 and local.returncode == 0, remote.stderr + local.stderr
+    assert remote.stdout == local.stdout and len(remote.stdout.splitlines()) == 3
+    listed = invoke("endpoints", *ovr)
+    assert "IDLE" not in [line for line in listed.stdout.splitlines() if line.startswith("tiny ")][0]
+
+    exists = one_error_line(invoke("deploy", "tiny", "--yes", *ovr))
+    assert "endpoint tiny exists (InService): pass --update" in exists
+
+    updated = invoke("deploy", "tiny", "--update", "--yes", *ovr)
+    assert updated.returncode == 0, updated.stdout[-3000:] + updated.stderr[-3000:]
+    assert "endpoint tiny: Updating" in updated.stdout and "endpoint tiny: InService" in updated.stdout
+    now = resources(sm) - before
+    assert len([r for r in now if r.startswith("model ")]) == 1  # the old config and model are gone
+    assert invoke("predict", "--endpoint", "tiny", str(DIGITS), *ovr).stdout == local.stdout
+
+    gone = invoke("undeploy", "tiny", *ovr)
+    assert gone.returncode == 0 and "tiny: endpoint, endpoint config and model deleted" in gone.stdout, gone.stderr
+    assert resources(sm) == before and "tiny" not in world["service"].hosting.servers
+    again = invoke("undeploy", "tiny", *ovr)
+    assert again.returncode == 0 and "no such endpoint (nothing to remove)" in again.stdout
+    missing = one_error_line(invoke("predict", "--endpoint", "tiny", str(DIGITS), *ovr))
+    assert "no endpoint tiny" in missing or "not found" in missing
+
+
+@pytest.mark.slow
+def test_serverless_and_undeploy_all(world):
+    sm, ovr = world["clients"].sagemaker, world["overrides"]
+    before = resources(sm)
+    made = invoke("deploy", "tiny", "--serverless", "--yes", "deploy.endpoint_name=tiny-serverless", *ovr)
+    assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
+    assert "serverless, 2 GB: $0.000040 per second" in made.stdout
+    listed = invoke("endpoints", *ovr).stdout
+    assert "serverless 2 GB" in listed and "per request" in listed
+    removed = invoke("undeploy", "--all", *ovr)
+    assert removed.returncode == 0 and "tiny-serverless: endpoint" in removed.stdout, removed.stderr
+    assert resources(sm) == before
+
+
+@pytest.mark.slow
+def test_batch_predict_a_local_folder(world):
+    sm, ovr = world["clients"].sagemaker, world["overrides"]
+    before = resources(sm)
+    result = invoke("batch-predict", "tiny", str(DIGITS), *ovr)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert re.search(r"transform job tiny-\S+: Completed", result.stdout)
+    assert "3 predictions" in result.stdout and "cost: " in result.stdout
+    rows = list(csv.DictReader((world["run_dir"] / "predictions" / "predictions.csv").open()))
+    expected = {p.path.name: p.label for p in predict(world["run_dir"], sorted(DIGITS.glob("*.png")))}
+    assert {Path(r["input_key"]).name: int(r["class"]) for r in rows} == expected
+    assert all(0 < float(r["probability"]) <= 1 for r in rows)
+    assert resources(sm) == before  # the transform's model is removed once the job is over
+
+
+@pytest.mark.slow
+def test_bad_input_is_one_line_and_creates_nothing(world, tmp_path):
+    sm, ovr = world["clients"].sagemaker, world["overrides"]
+    before = resources(sm)
+    (tmp_path / "runs" / "unfinished" / "model").mkdir(parents=True)
+    sm.create_training_job(
+        TrainingJobName="deploy-running",
+        AlgorithmSpecification={"TrainingImage": "image:tag", "TrainingInputMode": "File"},
+        RoleArn=world["infra"].role_arn,
+        OutputDataConfig={"S3OutputPath": f"s3://{world['infra'].artifacts_bucket}/jobs/"},
+        ResourceConfig={"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30},
+        StoppingCondition={"MaxRuntimeInSeconds": 600},
+    )
+    cases = {
+        ("deploy", "no-such-run", "--yes"): "no run folder",
+        ("deploy", "deploy-running", "--yes"): "deploy-running is InProgress, not Completed",
+        ("deploy", "tiny", "--yes", "deploy.instance=ml.m5.huge"): "unknown instance type deploy.instance=ml.m5.huge",
+        ("deploy", "--job", str(tmp_path / "runs" / "unfinished"), "--yes"): "has no exported model",
+        ("deploy", "tiny"): "pass --yes",  # no terminal to confirm on
+        ("batch-predict", "tiny", f"s3://{world['infra'].artifacts_bucket}/empty/"): "no objects under",
+        ("batch-predict", "tiny", str(tmp_path)): "no images",
+        ("undeploy",): "name the endpoint(s) to remove",
+    }
+    for args, message in cases.items():
+        assert message in one_error_line(invoke(*args, *ovr)), args
+    assert resources(sm) == before
+
+
+def finished_job(world, name: str, archive_members: dict[str, Path]) -> str:
+    """A training job that Completed with a model.tar.gz of these members (archive name -> file)."""
+    import io
+    import tarfile
+
+    from project.sandbox import record
+
+    sm, infra = world["clients"].sagemaker, world["infra"]
+    sm.create_training_job(
+        TrainingJobName=name,
+        AlgorithmSpecification={"TrainingImage": "image:tag", "TrainingInputMode": "File"},
+        RoleArn=infra.role_arn,
+        OutputDataConfig={"S3OutputPath": f"s3://{infra.artifacts_bucket}/jobs/"},
+        ResourceConfig={"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30},
+        StoppingCondition={"MaxRuntimeInSeconds": 600},
+        Tags=[{"Key": "config-hash", "Value": "0123abcd4567"}],
+    )
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for arcname, path in archive_members.items():
+            tar.add(path, arcname=arcname)
+    key = f"jobs/{name}/output/model.tar.gz"
+    world["clients"].s3.put_object(Bucket=infra.artifacts_bucket, Key=key, Body=buffer.getvalue())
+    uri = f"s3://{infra.artifacts_bucket}/{key}"
+    record.finish_job(sm, name, record.Outcome("Completed", model_uri=uri))
+    return uri
+
+
+@pytest.mark.slow
+def test_a_completed_job_serves_its_own_archive(world):
+    """A SageMaker job's model.tar.gz (model folder as training leaves it, code/ included) is deployed as it is."""
+    sm, ovr = world["clients"].sagemaker, world["overrides"]
+    model_dir = world["run_dir"] / "model"
+    before = resources(sm)
+    members = {p.relative_to(model_dir).as_posix(): p for p in sorted(model_dir.rglob("*")) if p.is_file()}
+    uri = finished_job(world, "deploy-done", members)
+    old = finished_job(world, "deploy-old", {"model.ts": model_dir / "model.ts"})
+
+    refused = one_error_line(invoke("deploy", "deploy-old", "--yes", *ovr))
+    assert f"training job deploy-old's {old} cannot be served: it holds no code/inference.py" in refused
+    assert resources(sm) == before
+
+    made = invoke("deploy", "deploy-done", "--yes", *ovr)
+    assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
+    assert "deploy deploy-done (config 0123abcd4567) as endpoint deploy-done" in made.stdout
+    config = sm.describe_endpoint_config(
+        EndpointConfigName=sm.describe_endpoint(EndpointName="deploy-done")["EndpointConfigName"]
+    )
+    model = sm.describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])
+    assert model["PrimaryContainer"]["ModelDataUrl"] == uri  # the job's own output, not re-packed
+    remote = invoke("predict", "--endpoint", "deploy-done", str(DIGITS), *ovr)
+    assert remote.stdout == invoke("predict", str(world["run_dir"]), str(DIGITS)).stdout, remote.stderr
+    assert invoke("undeploy", "deploy-done", *ovr).returncode == 0
+    assert resources(sm) == before
