@@ -100,8 +100,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['benchmark']}: {r['a_label']} {r['a']:.4f} s / {r['b_label']} {r['b']:.4f} s = {r['ratio']:.3f}x",
                 flush=True,
             )
-    (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (HERE / "results.md").write_text(markdown(results))
+        # After each benchmark: a long run stopped part-way keeps what it measured.
+        (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        (HERE / "results.md").write_text(markdown(results))
     print("\n" + (HERE / "results.md").read_text())
     return 1 if any("error" in r for r in results["benchmarks"].values()) else 0
 
