@@ -2,8 +2,8 @@
 
     python bench/plain_mnist.py --data ../shared/data/mnist --seed 42
 
-No framework, no config system (only torch and numpy are imported), no validation pass,
-checkpoints, loggers or exported model:
+No framework, no config system (only torch, numpy and the standard library are imported), no
+validation pass, checkpoints, loggers or exported model:
 read the four IDX files, train the product's default network the way the product does (same
 55,000 training images of the seeded split, batch 256 in the same per-epoch order, AdamW with a
 one-cycle schedule stepped per batch), then measure accuracy on the 10,000 test images. The
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import time
 from pathlib import Path
 
@@ -23,6 +24,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+TRACE = os.environ.get("LIGHTNING_SAGEMAKER_STARTUP_TRACE")  # project/startup.py's trace, same format
+
+
+def mark(phase: str, **extra: object) -> None:
+    """Append `phase` reached now to the start-up trace (bench/time_to_first_step.py), when it is on."""
+    if TRACE:
+        with open(TRACE, "a") as trace:
+            trace.write(json.dumps({"phase": phase, "t": time.time(), "pid": os.getpid(), **extra}) + "\n")
 
 
 def block(cin: int, cout: int) -> nn.Sequential:
@@ -75,7 +85,9 @@ def main() -> None:
     parser.add_argument("--val-size", type=int, default=5000, help="held out of training, as the product does")
     parser.add_argument("--mean", type=float, default=0.1307)
     parser.add_argument("--std", type=float, default=0.3081)
+    parser.add_argument("--max-steps", type=int, default=0, help="stop training after this many steps (0: all)")
     args = parser.parse_args()
+    mark("imported")
     started = time.perf_counter()
     torch.set_flush_denormal(True)  # as the product does (see bench/README.md, "Denormals")
 
@@ -83,12 +95,14 @@ def main() -> None:
     y = labels(args.data, "train-labels-idx1-ubyte")
     keep = np.sort(np.random.default_rng(args.seed).permutation(len(y))[args.val_size :])  # the product's split
     x, y = x[keep], y[keep]
+    mark("data_loaded")
 
     torch.manual_seed(args.seed)  # the same initial weights as the product's run with this seed
     net = SmallCNN(in_channels=1, num_classes=10, width=args.width)
     steps = -(-len(y) // args.batch_size)
     optimizer = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=args.epochs * steps)
+    mark("built")
     train_started = time.perf_counter()
     for epoch in range(args.epochs):
         net.train()
@@ -100,6 +114,10 @@ def main() -> None:
             loss.backward()
             optimizer.step()
             schedule.step()
+            if epoch == 0 and start == 0:
+                mark("first_step", threads=torch.get_num_threads(), interop_threads=torch.get_num_interop_threads())
+            if args.max_steps and schedule.last_epoch >= args.max_steps:
+                break
     train_seconds = time.perf_counter() - train_started
 
     test_x = images(args.data, "t10k-images-idx3-ubyte", args.mean, args.std)

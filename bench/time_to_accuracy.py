@@ -113,6 +113,7 @@ def run(reps: int) -> dict:
                     "seconds": round(seconds, 2),
                     "cpu_seconds": round(cpu, 1),
                     "fit_seconds": metrics["fit_seconds"],
+                    "train_loop_seconds": metrics["train_loop_seconds"],
                     "test_acc": metrics["test_acc"],
                 }
 
@@ -141,7 +142,7 @@ def run(reps: int) -> dict:
         [s["invoke_local"]["seconds"] for s in per_seed],
         "plain PyTorch script",
         [s["plain"]["seconds"] for s in per_seed],
-        1.3,
+        1.1,
     )
     if not reached:
         result["met"] = False  # a ratio of runs that missed the accuracy measures nothing
@@ -154,10 +155,29 @@ def run(reps: int) -> dict:
         [s["plain"]["cpu_seconds"] for s in per_seed],
         None,
     )
+    # What the lockstep lightning_overhead row cannot see: each side in its own process, as users
+    # run them. The training loop proper (optimizer steps: LoopTimer's train_loop_seconds) against
+    # the plain script's epochs, and Lightning's whole fit (plus validation, sanity check, checkpoints).
+    loop = row(
+        "time_to_accuracy: training loop (steps only), separate processes",
+        "invoke local train_loop_seconds",
+        [s["invoke_local"]["train_loop_seconds"] for s in per_seed],
+        "plain train_seconds",
+        [s["plain"]["train_seconds"] for s in per_seed],
+        1.02,
+    )
+    fit = row(
+        "time_to_accuracy: fit (steps, validation, sanity, checkpoints), separate processes",
+        "invoke local fit_seconds",
+        [s["invoke_local"]["fit_seconds"] for s in per_seed],
+        "plain train_seconds",
+        [s["plain"]["train_seconds"] for s in per_seed],
+        None,
+    )
     return {
         "data": f"real MNIST ({source}): 55,000 training images (5,000 held out), 10,000 test images",
         "seeds": list(seeds),
         "accuracy_reached": reached,
         "per_seed": per_seed,
-        "rows": [result, cpu],
+        "rows": [result, cpu, loop, fit],
     }

@@ -28,6 +28,7 @@ import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 
+from . import startup
 from .runtime import CLEAN_STOP_ENV, network_env, sagemaker_env
 
 
@@ -51,6 +52,11 @@ def torchrun_argv(
 
 def launch(nproc_per_node: int, script: str) -> None:
     """Run torchrun with `script` in this process (PID 1 in the container); exit with its outcome."""
+    if startup.enabled():
+        started = startup.process_started()  # PID 1's: the SDK driver's bash, which exec'd this interpreter
+        if started is not None:
+            startup.mark("container_start", at=started)
+        startup.mark("launcher_ready")
     network_env(os.environ, os.environ.get("SM_NETWORK_INTERFACE_NAME"), os.environ.get("SM_CURRENT_INSTANCE_TYPE"))
     argv = torchrun_argv(os.environ, nproc_per_node, script)
     print("launching: " + " ".join(argv), flush=True)

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
+from . import startup
 from .config import compose
 from .errors import INTERRUPTED_EXIT, USER_ERROR_EXIT
 from .raw import fetch_dataset
@@ -27,7 +28,11 @@ FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 def check(overrides: Sequence[str]) -> None:
     """Compose and validate the config, and make its dataset present and verified."""
-    fetch_dataset(compose(list(overrides)))
+    startup.mark("invoke_ready")
+    cfg = compose(list(overrides))
+    startup.mark("invoke_config")
+    fetch_dataset(cfg)
+    startup.mark("invoke_checked")
 
 
 def _block_sigint() -> None:

@@ -26,6 +26,7 @@ import torch
 from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.callbacks.progress.tqdm_progress import convert_inf
 
+from . import startup
 from .runtime import debug_enabled
 
 PROGRESS_INTERVAL_SECONDS = 30.0  # without a terminal: often enough to show life, rare enough to read
@@ -243,10 +244,29 @@ class EpochBar(TQDMProgressBar):
         self.train_progress_bar.set_description(f"Epoch {_epochs(trainer)}")
 
 
+class StartupMarks(pl.Callback):
+    """The phases inside `trainer.fit` up to the first optimizer step, for project.startup's trace."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        startup.mark("data_loaded")  # Lightning calls the DataModule's setup first
+
+    def on_sanity_check_start(self, trainer, pl_module) -> None:
+        startup.mark("sanity_start")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        startup.mark("train_start")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == 1 and trainer.is_global_zero:  # after the first optimizer step
+            threads = {"threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads()}
+            startup.mark("first_step", **threads)
+
+
 def callbacks(run_name: str, terminal: bool, log_every_n_steps: int) -> list[pl.Callback]:
     """The reporting callbacks of a run; `terminal`: stderr is a TTY (the bar) or a log (lines)."""
     progress: pl.Callback = EpochBar() if terminal else ProgressLines()
-    return [StartLine(run_name), EpochNumbers(), StepSeries(log_every_n_steps), MetricLines(), progress]
+    marks = [StartupMarks()] if startup.enabled() else []
+    return [StartLine(run_name), EpochNumbers(), StepSeries(log_every_n_steps), MetricLines(), progress, *marks]
 
 
 def final_line(metrics: Mapping[str, Any]) -> str:

@@ -24,7 +24,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
-from . import artifacts, reporting, serving
+from . import artifacts, reporting, serving, startup
 from . import config as config_lib
 from .atomic import write_atomically
 from .checkpoints import Interrupted, Interrupts, RunCheckpoints, newest_valid
@@ -161,16 +161,19 @@ def train(
     num_nodes: int = 1,
 ) -> dict[str, Any]:
     """Fit, test and export one run; returns the metrics also written to metrics.json."""
+    startup.mark("config")  # composed, loaded or rebuilt: the run's config is known
     # A job's staged config holds the number resolved when it was planned: here it is only checked
     # against the GPUs present; the processes using them are the launcher's (build_run).
     gpus = config_lib.resolve_gpus(cfg.trainer.gpus, torch.cuda.device_count())
     # The data first: a missing folder or a damaged file is one line before anything is built or
     # written. A SageMaker job's cache must stay empty when its channel holds every file.
     fetch_dataset(cfg, data_source, remember=sagemaker_env() is None)
+    startup.mark("data_verified")
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     layout.create()
     source = data_source or cfg.dataset.source
     trainer, module, datamodule = build_run(cfg, layout, source, dataset_cache_dir(cfg), num_nodes, gpus, run_name)
+    startup.mark("built")
     if trainer.is_global_zero:
         write_atomically(layout.model_dir / config_lib.RESOLVED_CONFIG_NAME, config_lib.to_yaml(cfg))
 
@@ -250,6 +253,7 @@ def run_in_container(sm: SageMakerEnv, config_path: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    startup.mark_process_start()
     whole_lines()  # every rank of a run enters here
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config_path = None

@@ -71,6 +71,18 @@ def test_checksum_mismatch_is_refused(tmp_path):
         load_verified(tmp_path / f"{stem}.gz", "0" * 64)
 
 
+def test_reading_a_verified_file_checks_the_bytes_it_reads(tmp_path):
+    """After fetch_raw verified a file, reading it hashes only its stored bytes; a file replaced
+    in between is still refused (its bytes are not the ones verified)."""
+    files = write_dataset(tmp_path, n_train=20, n_test=10)
+    stem = "train-labels-idx1-ubyte"
+    path = fetch_raw(str(tmp_path), tmp_path / "cache", files, remember=False)[stem]
+    assert load_verified(path, files[stem]).shape == (20,)
+    path.write_bytes(gzip.compress(idx_bytes(np.zeros((20,), np.uint8))))
+    with pytest.raises(DataError, match="SHA256 check failed"):
+        load_verified(path, files[stem])
+
+
 def test_fetch_from_local_dir_uses_files_in_place(tmp_path):
     src = tmp_path / "src"
     files = write_dataset(src, n_train=20, n_test=10, gz=False)

@@ -27,7 +27,7 @@ CUSTOM = image.JobImage("custom", f"{INFRA.repository_url}:abc1234", "2.8.0")
 
 def plan(*overrides, job_image=CUSTOM):
     cfg = compose(list(overrides))
-    return jobs.plan_job(cfg, INFRA, job_image), cfg
+    return jobs.plan_job(cfg, INFRA, job_image, revision="9f8e7d6"), cfg
 
 
 def test_design_card_job_plan():
@@ -38,7 +38,12 @@ def test_design_card_job_plan():
     assert p.image_uri == f"{INFRA.repository_url}:abc1234"
     assert p.data_uri == "s3://data-b/datasets/mnist/"
     assert p.checkpoint_uri.startswith("s3://art-b/checkpoints/lightning-") and p.config_hash in p.checkpoint_uri
-    assert p.tags == {"project": "lightning-sagemaker", "image": "abc1234", "config-hash": p.config_hash}
+    assert p.tags == {
+        "project": "lightning-sagemaker",
+        "image": "abc1234",
+        "git-sha": "9f8e7d6",
+        "config-hash": p.config_hash,
+    }
     assert p.cost.on_demand_usd == pytest.approx(14.688 * 2)
     assert "$29.38 on-demand" in p.summary()
 
@@ -350,3 +355,12 @@ def test_code_bundle_holds_the_package_config_entry_and_nothing_else(job_image, 
     assert sum((source / f).stat().st_size for f in files) < MAX_CODE_BUNDLE_BYTES
     if job_image.install:
         assert (source / image.JOB_REQUIREMENTS).read_text() == image.job_requirements()
+
+
+def test_the_staged_codes_revision_is_the_checkouts_commit():
+    import subprocess
+
+    from project.aws.staging import source_revision
+
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+    assert source_revision().split("-dirty")[0] == head.stdout.strip()

@@ -1,0 +1,58 @@
+"""The start-up trace (project/startup.py) that bench/time_to_first_step.py reads."""
+
+import json
+import os
+import time
+
+import pytest
+
+from project import startup
+from tests.cli import invoke
+
+# The phases of `invoke local`, in the order a run reaches them: the invoke process, then its child.
+INVOKE_PHASES = ["invoke_ready", "invoke_config", "invoke_checked"]
+CHILD_PHASES = [
+    "process_start",
+    "imported",
+    "config",
+    "data_verified",
+    "built",
+    "data_loaded",
+    "sanity_start",
+    "train_start",
+    "first_step",
+]
+
+
+def test_mark_appends_nothing_when_the_trace_is_off(tmp_path, monkeypatch):
+    monkeypatch.delenv(startup.TRACE_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    startup.mark("anything")
+    assert not startup.enabled() and list(tmp_path.iterdir()) == []
+
+
+def test_process_started_is_this_process_start():
+    started = startup.process_started()
+    assert started is not None and 0 <= time.time() - started < 600
+
+
+@pytest.mark.slow
+def test_invoke_local_traces_every_phase_in_order(tiny_run, tmp_path):
+    trace = tmp_path / "trace.jsonl"
+    started = time.time()
+    result = invoke("local", *tiny_run(), env={**os.environ, startup.TRACE_ENV: str(trace)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in trace.read_text().splitlines()]
+    parent = [r for r in records if r["phase"].startswith("invoke_")]
+    child = [r for r in records if not r["phase"].startswith("invoke_")]
+    assert [r["phase"] for r in parent] == INVOKE_PHASES
+    first = {}
+    for r in child:
+        first.setdefault(r["phase"], r)
+    assert list(first) == CHILD_PHASES  # setup's mark repeats for the test pass, later
+    assert {r["pid"] for r in child} != {r["pid"] for r in parent}  # the training child, not invoke
+    # process_start comes from /proc in 10 ms ticks: it may read a tick before invoke's last mark
+    assert first["process_start"]["t"] >= parent[-1]["t"] - 0.05
+    times = [r["t"] for r in parent] + [first[p]["t"] for p in CHILD_PHASES if p != "process_start"]
+    assert started - 1 <= times[0] and times == sorted(times) and times[-1] <= time.time()
+    assert first["first_step"]["threads"] >= 1 and first["first_step"]["interop_threads"] >= 1
