@@ -32,7 +32,7 @@ def test_design_card_job_plan():
     assert (p.instance_type, p.instance_count, p.processes_per_node, p.world_size) == ("ml.p3.8xlarge", 1, 4, 4)
     assert p.per_device_batch * p.world_size == cfg.trainer.batch_size
     assert p.image_uri == f"{INFRA.repository_url}:abc1234"
-    assert p.data_uri == "s3://data-b/datasets/mnist/"
+    assert p.channels == {"train": "s3://data-b/datasets/mnist/train/"} and p.input_modes == {"train": "File"}
     assert p.checkpoint_uri.startswith("s3://art-b/checkpoints/lightning-") and p.config_hash in p.checkpoint_uri
     assert p.tags == {"project": "lightning-sagemaker", "git-sha": "abc1234", "config-hash": p.config_hash}
     assert p.cost.on_demand_usd == pytest.approx(14.688 * 2)
