@@ -172,6 +172,8 @@ class IdxDataModule(pl.LightningDataModule):
     takes its share (config.per_device_batch).
     """
 
+    shards_by_rank = True  # its loaders shard over DDP ranks themselves: no DistributedSampler (train.build_run)
+
     def __init__(
         self,
         data_dir: str,

@@ -18,7 +18,7 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Sized
 from typing import Any
 
 import pytorch_lightning as pl
@@ -50,6 +50,13 @@ def quiet_lightning(debug: bool | None = None) -> None:
 
 def scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {name: float(value) for name, value in sorted(metrics.items())}
+
+
+def batch_samples(batch: Any) -> int:
+    """Samples in a batch: the length of its first tensor (an (inputs, targets) pair, a dict or a tensor)."""
+    first = next(iter(batch.values()), None) if isinstance(batch, Mapping) else batch
+    first = first[0] if isinstance(first, (list, tuple)) and first else first
+    return len(first) if isinstance(first, Sized) else 0
 
 
 def print_line(text: str) -> None:
@@ -235,7 +242,7 @@ class ProgressLines(pl.Callback):
         if not trainer.is_global_zero:
             return
         self._batches += 1
-        self._samples += len(batch[1]) * trainer.world_size
+        self._samples += batch_samples(batch) * trainer.world_size
         now = self._clock()
         total = trainer.num_training_batches
         if now - self._last < self.interval or batch_idx + 1 >= total:

@@ -77,7 +77,7 @@ class LoopTimer(pl.Callback):
         self._started = self._now(trainer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.samples += len(batch[1]) * trainer.world_size
+        self.samples += reporting.batch_samples(batch) * trainer.world_size
 
     def on_validation_start(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
@@ -109,7 +109,9 @@ def build_run(cfg: Any, layout: RunLayout, folders: Mapping[str, Path], num_node
         limit_train_batches=t.limit_train_batches,
         limit_val_batches=t.limit_val_batches,
         limit_test_batches=t.limit_test_batches,
-        use_distributed_sampler=False,  # IndexBatches shards by rank itself, without padding eval sets
+        # IdxDataModule's IndexBatches shard by rank themselves, without padding eval sets; any other
+        # DataModule's loaders get Lightning's DistributedSampler under DDP.
+        use_distributed_sampler=not getattr(datamodule, "shards_by_rank", False),
         enable_progress_bar=terminal,
         enable_model_summary=debug,  # the start line gives the parameter count
         enable_checkpointing=False,  # RunCheckpoints below, keyed by run identity
