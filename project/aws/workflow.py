@@ -127,6 +127,9 @@ def train(
 ) -> str | None:
     ctx = setup(overrides)
     cfg = ctx.cfg
+    from .. import modules  # imports torch and the user's classes: only when a job is launched
+
+    modules.check(cfg)  # a _target_ or argument the job would fail on: one line, before anything is paid for
     ref = image_ref(ctx, allow_dirty)
     plan = plan_job(cfg, ctx.infra, ref.tag)
     validate_plan(plan, cfg)
