@@ -283,8 +283,9 @@ def final_line(metrics: Mapping[str, Any]) -> str:
     from .artifacts import format_metrics
 
     rate = metrics.get("train_samples_per_second")
+    tests = {k: v for k, v in metrics.items() if k.startswith("test_")}  # every test scalar, the loss first
     return (
-        f"done: {format_metrics({k: v for k, v in metrics.items() if k.startswith('test_')})} "
+        f"done: {format_metrics(dict(sorted(tests.items(), key=lambda item: item[0] != 'test_loss')))} "
         f"({metrics.get('epochs')} epochs, {metrics.get('global_steps')} steps, fit {metrics.get('fit_seconds')} s"
         + (f", {rate:,.0f} samples/s)" if rate else ")")
     )
