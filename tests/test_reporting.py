@@ -134,7 +134,7 @@ def test_progress_lines_come_at_most_every_interval(tiny_data, tmp_path, capsys)
 
     folder, files = tiny_data
     ticks = itertools.count(step=10.0)
-    data = {"source": str(folder), "files": files, "cache_dir": str(tmp_path / "cache"), "batch_size": 50}
+    data = {"data_dir": str(folder), "files": files, "cache_dir": str(tmp_path / "cache"), "batch_size": 50}
     tiny_fit({**data, "val_size": 100}, [ProgressLines(interval=25, clock=lambda: next(ticks))])
     assert capsys.readouterr().out.splitlines() == [  # 10 batches of 50 images, 30 s per 3 batches
         "epoch 1/1 step 3/10 (30%): 5 samples/s, epoch ETA 1:10",
