@@ -83,7 +83,7 @@ def run(reps: int) -> dict:
             "--search-root",
             str(ROOT),
             "local",
-            f"dataset.source={folder}",
+            f"dataset.channels.train={folder}",
             *SHORT_RUN,
         ]
         plain_argv = [sys.executable, str(PLAIN), f"--data={folder}", "--epochs=1", "--max-steps=2"]

@@ -164,13 +164,21 @@ class TensorSplit(torch.utils.data.Dataset):
 
 
 class IdxDataModule(pl.LightningDataModule):
-    """Any dataset shipped as four IDX files (MNIST, Fashion-MNIST, KMNIST, EMNIST splits)."""
+    """Any dataset shipped as four IDX files (MNIST, Fashion-MNIST, KMNIST, EMNIST splits).
+
+    `data_dir`: the folder holding the files (the tool injects the train channel's; see
+    project.modules). `cache_dir`: where a verified good copy may stand in for a damaged file of
+    `data_dir`; by default `data_dir` itself. `batch_size` is the global batch: each process
+    takes its share (config.per_device_batch).
+    """
+
+    shards_by_rank = True  # its loaders shard over DDP ranks themselves: no DistributedSampler (train.build_run)
 
     def __init__(
         self,
-        source: str,
+        data_dir: str,
         files: dict[str, str],
-        cache_dir: str,
+        cache_dir: str | None = None,
         batch_size: int = 256,
         val_size: int = 5000,
         mean: float = 0.0,
@@ -181,7 +189,8 @@ class IdxDataModule(pl.LightningDataModule):
         num_classes: int | None = None,
     ):
         super().__init__()
-        self.source, self.files, self.cache_dir = source, dict(files), Path(cache_dir)
+        self.source, self.files = data_dir, dict(files)  # `source`: what the start line names
+        self.cache_dir = Path(cache_dir if cache_dir is not None else data_dir)
         self.batch_size, self.val_size, self.seed = batch_size, val_size, seed
         self.mean, self.std, self.num_workers = mean, std, num_workers
         self.on_device = on_device  # on a GPU run: keep the splits in GPU memory

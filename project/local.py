@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from . import startup
 from .config import compose
 from .errors import INTERRUPTED_EXIT, USER_ERROR_EXIT
-from .raw import fetch_dataset
+from .raw import channel_folders
 
 # Exit codes of `python -m project.train` that need no further word: it said what happened.
 SELF_REPORTED_EXITS = (USER_ERROR_EXIT, INTERRUPTED_EXIT)
@@ -27,11 +27,11 @@ FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def check(overrides: Sequence[str]) -> None:
-    """Compose and validate the config, and make its dataset present and verified."""
+    """Compose and validate the config, and make every data channel present (and verified, with dataset.files)."""
     startup.mark("invoke_ready")
     cfg = compose(list(overrides))
     startup.mark("invoke_config")
-    fetch_dataset(cfg)
+    channel_folders(cfg)
     startup.mark("invoke_checked")
 
 

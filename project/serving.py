@@ -8,7 +8,7 @@
 
 Training writes `code/` into the model folder (so a SageMaker job's own model.tar.gz serves as it
 is); `invoke deploy` of a local run packs the folder afresh. Both copy the two files from here:
-one source of truth. Imports only the standard library.
+one source of truth. Imports only the standard library and the cheap project.modules (no torch).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_atomically
+from .modules import is_classifier
 
 PROJECT_DIR = Path(__file__).resolve().parent
 CODE_DIR = "code"
@@ -41,17 +42,9 @@ def _get(cfg: Any, dotted: str) -> Any:
     return node
 
 
-def is_classifier(cfg: Any) -> bool:
-    """The one decision: a classifier has a network (`model.net`) and classes (`dataset.num_classes`).
-
-    Only a classifier's answers get classes, probabilities and the photo preprocessing; any
-    other exported model gets its raw outputs back.
-    """
-    return bool(_get(cfg, "model.net")) and bool(_get(cfg, "dataset.num_classes"))
-
-
-def serving_facts(cfg: Any) -> dict[str, Any]:
-    shape = _get(cfg, "dataset.image_shape")
+def serving_facts(cfg: Any, input_shape: list[int] | None = None) -> dict[str, Any]:
+    """`input_shape`: one sample's shape as the export saw it (C x H x W); else dataset.image_shape."""
+    shape = input_shape or _get(cfg, "dataset.image_shape")
     return {
         "classifier": is_classifier(cfg),
         "input_shape": [int(n) for n in shape] if shape else None,
@@ -59,13 +52,13 @@ def serving_facts(cfg: Any) -> dict[str, Any]:
     }
 
 
-def write_serving_code(model_dir: Path, cfg: Any) -> Path:
+def write_serving_code(model_dir: Path, cfg: Any, input_shape: list[int] | None = None) -> Path:
     """model_dir/code/ with the handler, the preprocessing and serving.json for this run."""
     code = Path(model_dir) / CODE_DIR
     code.mkdir(parents=True, exist_ok=True)
     for name in SHIPPED:
         shutil.copyfile(PROJECT_DIR / name, code / name)
-    write_atomically(code / SERVING_FILE, json.dumps(serving_facts(cfg), indent=2) + "\n")
+    write_atomically(code / SERVING_FILE, json.dumps(serving_facts(cfg, input_shape), indent=2) + "\n")
     return code
 
 
@@ -75,7 +68,9 @@ def pack_model(model_dir: Path, cfg: Any, archive: Path) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     shutil.copyfile(Path(model_dir) / TORCHSCRIPT_FILE, staging / TORCHSCRIPT_FILE)
-    write_serving_code(staging, cfg)
+    written = Path(model_dir) / CODE_DIR / SERVING_FILE  # what training saw of the input, if it wrote it
+    shape = json.loads(written.read_text()).get("input_shape") if written.is_file() else None
+    write_serving_code(staging, cfg, shape)
     with tarfile.open(archive, "w:gz") as tar:
         for path in sorted(staging.rglob("*")):
             tar.add(path, arcname=str(path.relative_to(staging)), recursive=False)

@@ -134,7 +134,7 @@ def test_progress_lines_come_at_most_every_interval(tiny_data, tmp_path, capsys)
 
     folder, files = tiny_data
     ticks = itertools.count(step=10.0)
-    data = {"source": str(folder), "files": files, "cache_dir": str(tmp_path / "cache"), "batch_size": 50}
+    data = {"data_dir": str(folder), "files": files, "cache_dir": str(tmp_path / "cache"), "batch_size": 50}
     tiny_fit({**data, "val_size": 100}, [ProgressLines(interval=25, clock=lambda: next(ticks))])
     assert capsys.readouterr().out.splitlines() == [  # 10 batches of 50 images, 30 s per 3 batches
         "epoch 1/1 step 3/10 (30%): 5 samples/s, epoch ETA 1:10",
@@ -151,7 +151,7 @@ def test_a_run_without_a_terminal_gets_progress_lines_and_no_bar(tiny_run, tmp_p
     assert not sys.stderr.isatty()  # pytest captures it
     cfg = C.compose(tiny_run(run_name="wired"))
     layout = local_layout(tmp_path / "runs" / "wired")
-    trainer, _, _ = build_run(cfg, layout, cfg.dataset.source, tmp_path / "cache", num_nodes=1, gpus=0)
+    trainer, _, _ = build_run(cfg, layout, {"train": Path(cfg.dataset.channels.train)}, num_nodes=1, gpus=0)
     kinds = [type(callback) for callback in trainer.callbacks]
     assert ProgressLines in kinds and EpochBar not in kinds and trainer.progress_bar_callback is None
     assert [c.interval for c in trainer.callbacks if isinstance(c, ProgressLines)] == [30.0]

@@ -22,7 +22,7 @@ import pytest
 
 from project.aws.session import aws_clients
 from project.sandbox import service as emulator
-from tests import cli
+from tests import byo, cli
 from tests.cli import one_error_line
 from tests.synthetic import make_images, tiny_overrides, write_dataset
 
@@ -116,7 +116,7 @@ def test_upload_train_fetch_predict(world, data, tmp_path):
     keys = sorted(
         o["Key"] for o in s3.list_objects_v2(Bucket=infra.data_bucket, Prefix=f"datasets/{name}/")["Contents"]
     )
-    assert keys == sorted(f"datasets/{name}/{stem}.gz" for stem in data[1])
+    assert keys == sorted(f"datasets/{name}/train/{stem}.gz" for stem in data[1])  # the train channel
 
     with emulator.sagemaker_service(run_jobs=True, workdir=tmp_path / "jobs") as service:
         train = invoke("train", *overrides, "--yes", "--poll", "1")
@@ -148,7 +148,7 @@ def test_upload_train_fetch_predict(world, data, tmp_path):
         assert desc["RoleArn"] == infra.role_arn
         assert (
             desc["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"]
-            == f"s3://{infra.data_bucket}/datasets/{name}/"
+            == f"s3://{infra.data_bucket}/datasets/{name}/train/"
         )
         assert desc["OutputDataConfig"]["S3OutputPath"].startswith(f"s3://{infra.artifacts_bucket}/")
         assert desc["CheckpointConfig"]["S3Uri"].startswith(f"s3://{infra.artifacts_bucket}/checkpoints/{name}-")
@@ -216,7 +216,7 @@ def test_failing_job_surfaces_its_reason(world, data, tmp_path):
     assert invoke("upload", *overrides).returncode == 0
     # Someone replaced a data file in the bucket: the container's checksum check refuses it.
     s3, bucket = world["clients"].s3, world["infra"].data_bucket
-    s3.put_object(Bucket=bucket, Key=f"datasets/{name}/t10k-labels-idx1-ubyte.gz", Body=b"not the labels")
+    s3.put_object(Bucket=bucket, Key=f"datasets/{name}/train/t10k-labels-idx1-ubyte.gz", Body=b"not the labels")
     with emulator.sagemaker_service(run_jobs=True, workdir=tmp_path / "jobs") as service:
         train = invoke("train", *overrides, "--yes", "--poll", "1")
         job = re.search(r"launched (\S+)", train.stdout).group(1)
@@ -305,6 +305,7 @@ def test_invalid_launches_and_missing_things_are_one_clean_line(world, data, tmp
     before = len(sm.list_training_jobs(MaxResults=100)["TrainingJobSummaries"])
     name = f"e2e-err-{uuid.uuid4().hex[:6]}"
     overrides = job_overrides(world, data, name)
+    train_uri = f"s3://{world['infra'].data_bucket}/datasets/{name}/train/"
     cases = [
         (["trainer.gpus=8", "instance=ml.p3.8xlarge"], "trainer.gpus=8 but ml.p3.8xlarge has 4 GPU(s)"),
         (["job.spot=true", "job.max_wait_minutes=10"], "spot needs job.max_wait_minutes >= job.max_run_minutes"),
@@ -315,7 +316,7 @@ def test_invalid_launches_and_missing_things_are_one_clean_line(world, data, tmp
         (["instance=ml.x9.huge"], "unknown instance 'ml.x9.huge'; choose one of: "),
         (["job.image_tag=never-pushed"], "image tag never-pushed is not in ECR"),
         (["job.image=aws", "job.pytorch_version=2.0"], "pytorch-lightning==2.6.6 needs PyTorch >= 2.1"),
-        ([], f"no data under s3://{world['infra'].data_bucket}/datasets/{name}/: run `invoke upload` first"),
+        ([], f"no data under {train_uri} (channel train): run `invoke upload` first"),
     ]
     for extra, message in cases:
         line = one_error_line(invoke("train", *overrides, *extra, "--yes"))
@@ -374,3 +375,53 @@ def test_dry_run_prints_the_create_training_job_request(world):
     assert request["RetryStrategy"] == {"MaximumRetryAttempts": 3}  # capacity errors are retried by SageMaker
     assert "worst case $29.38; no budget (job.max_cost_usd)" in result.stdout
     assert len(sm.list_training_jobs(MaxResults=100)["TrainingJobSummaries"]) == before  # nothing launched
+
+
+def test_own_module_with_two_channels_matches_invoke_local(world, tmp_path):
+    """A user's package outside project/ (tests.byo): upload of both channels, the job on the
+    emulator carries the package, and the metrics equal those of `invoke local` for the same seed."""
+    root = tmp_path / "user"
+    byo.write_package(root)  # the job imports it from its code channel: staging carried it
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    name = f"e2e-byo-{uuid.uuid4().hex[:6]}"
+    base = byo.overrides(root, tmp_path / "runs", **{"dataset.s3_prefix": f"datasets/{name}"})
+    overrides = [
+        *base,
+        "instance=ml.m5.xlarge",
+        f"job.base_name={name}",
+        f"job.image_tag={world['tag']}",
+        *world["infra_overrides"],
+    ]
+    local = invoke("local", *base, "run_name=local", env=env)
+    assert local.returncode == 0, local.stderr[-3000:]
+    expected = json.loads((tmp_path / "runs" / "local" / "metrics.json").read_text())
+
+    up = invoke("upload", *overrides, env=env)
+    assert up.returncode == 0, up.stderr
+    s3, infra = world["clients"].s3, world["infra"]
+    keys = sorted(
+        o["Key"] for o in s3.list_objects_v2(Bucket=infra.data_bucket, Prefix=f"datasets/{name}/")["Contents"]
+    )
+    assert keys == [f"datasets/{name}/train/points.csv", f"datasets/{name}/validation/points.csv"]
+
+    with emulator.sagemaker_service(run_jobs=True, workdir=tmp_path / "jobs") as service:
+        train = invoke("train", *overrides, "--yes", "--poll", "1", env=env)
+        assert train.returncode == 0, train.stdout[-4000:] + train.stderr[-3000:]
+        job = re.search(r"launched (\S+)", train.stdout).group(1)
+        service.result(job).check()
+        desc = world["clients"].sagemaker.describe_training_job(TrainingJobName=job)
+        channels = {c["ChannelName"]: c for c in desc["InputDataConfig"]}
+        assert {"train", "validation"} <= set(channels) and channels["validation"]["InputMode"] == "FastFile"
+        assert channels["train"]["InputMode"] == "File"  # besides the SDK's code and sm_drivers channels
+        assert {d["Name"] for d in desc["AlgorithmSpecification"]["MetricDefinitions"]} == {
+            "train_loss",
+            "val_loss",
+            "test_loss",
+            "epoch",
+        }
+        fetched = invoke("fetch", job, *world["infra_overrides"], f"paths.runs_dir={tmp_path / 'fetched'}")
+        assert fetched.returncode == 0, fetched.stderr
+    remote = json.loads((tmp_path / "fetched" / job / "metrics.json").read_text())
+    for key in ("train_loss", "val_loss", "test_loss"):
+        assert remote[key] == pytest.approx(expected[key], rel=1e-5), key
+    assert (tmp_path / "fetched" / job / "model" / "model.ts").is_file()

@@ -1,36 +1,45 @@
-"""The code channel of a job: the project package, the resolved config, the entry script and,
-for job.image=aws, the requirements the job installs at start.
+"""The code channel of a job: the project package, the user's packages, the resolved config, the
+entry script and, for job.image=aws, the requirements the job installs at start.
 
-A sweep stages the code once (stage_code) and gives each job its config in a channel of its own.
+A job carries only code: `project/`, the top-level packages (or modules) the config's `_target_`s
+name (a user's own LightningModule or DataModule beside the repository, e.g. `mymodels/`), and
+those listed in `job.include`. Installed packages (site-packages) are the image's; tests, bench,
+runs and data never travel. A sweep stages the code once (stage_code) and gives each job its
+config in a channel of its own.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
+import sys
+import sysconfig
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ..config import RESOLVED_CONFIG_NAME, to_yaml, with_gpus
 from .image import JOB_REQUIREMENTS, job_requirements
-from .plan import ENTRY_SCRIPT, JobPlan
+from .plan import ENTRY_SCRIPT, JobPlan, LaunchError
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent  # the package folder, project/
+SKIPPED = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
 
 
 def stage_source(cfg: Any, dest: Path, plan: JobPlan) -> Path:
-    """The code channel: the project package, the resolved config and the torchrun entry script.
+    """The code channel: the project package, the user's packages, the resolved config and the entry script.
 
     Its trainer.gpus is the plan's gpus_per_node, resolved when the job was planned: the container
     does not resolve it again.
     """
-    stage_code(dest, install=plan.image.install is not None)
+    stage_code(dest, cfg, install=plan.image.install is not None)
     (dest / RESOLVED_CONFIG_NAME).write_text(staged_config(cfg, plan))
     return dest
 
 
-def stage_code(dest: Path, install: bool = False) -> Path:
-    """The project package and the torchrun entry script on top: the code of any job.
+def stage_code(dest: Path, cfg: Any, install: bool = False) -> Path:
+    """The project package, the user code the config names and the torchrun entry script on top.
 
     `install`: job.image=aws, whose sm_train.sh pip-installs the job's requirements before the command.
     """
@@ -38,6 +47,11 @@ def stage_code(dest: Path, install: bool = False) -> Path:
         shutil.rmtree(dest)
     skipped = shutil.ignore_patterns("__pycache__", "*.pyc", ENTRY_SCRIPT)  # the entry script goes on top
     shutil.copytree(PROJECT_DIR, dest / "project", ignore=skipped)
+    for name, origin in user_code(cfg).items():
+        if origin.is_dir():
+            shutil.copytree(origin, dest / name, ignore=SKIPPED)
+        else:
+            shutil.copy2(origin, dest / origin.name)
     shutil.copy2(PROJECT_DIR / ENTRY_SCRIPT, dest / ENTRY_SCRIPT)
     if install:
         (dest / JOB_REQUIREMENTS).write_text(job_requirements())
@@ -65,3 +79,45 @@ def source_revision() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "-"
     return sha + ("-dirty" if changes else "")
+
+
+def _targets(node: Any) -> Iterator[str]:
+    """Every `_target_` value in a config subtree."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "_target_" and isinstance(value, str):
+                yield value
+            else:
+                yield from _targets(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _targets(item)
+
+
+def _installed(origin: Path) -> bool:
+    """Part of Python or of an installed distribution: the image has it."""
+    roots = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    return any(origin.is_relative_to(root) for root in roots) or "site-packages" in origin.parts
+
+
+def user_code(cfg: Any) -> dict[str, Path]:
+    """Top-level package or module name -> its folder or file, for each one the job needs beyond `project`."""
+    from omegaconf import OmegaConf
+
+    tree = OmegaConf.to_container(cfg, resolve=True)
+    names = {target.split(".", 1)[0] for target in _targets(tree)} | {str(n) for n in cfg.job.include}
+    found: dict[str, Path] = {}
+    for name in sorted(names - {"project"}):
+        spec = importlib.util.find_spec(name) if name.isidentifier() else None
+        if spec is None or not (spec.submodule_search_locations or spec.origin):
+            raise LaunchError(
+                f"package {name} (named by a _target_ or job.include) is not importable here: "
+                "put it beside the repository (e.g. mymodels/ with an __init__.py) or fix the name"
+            )
+        if name in sys.builtin_module_names or spec.origin in ("built-in", "frozen"):
+            continue
+        locations = list(spec.submodule_search_locations or [])
+        origin = Path(locations[0]) if locations else Path(str(spec.origin))
+        if not _installed(origin.resolve()):
+            found[name] = origin
+    return found

@@ -116,7 +116,7 @@ class SweepSession:
             self.ctx = context(cfg)
         self.revision = source_revision()  # one code bundle, one commit
         self.code_uri: str | None = None  # the shared code bundle, once uploaded
-        self.checked: set[tuple[str, str]] = set()  # (image, data) pairs already checked
+        self.checked: set[tuple[str, tuple[tuple[str, str], ...]]] = set()  # (image, data channels) checked
         self.asked = False
 
     # --- before any launch -----------------------------------------------------------------------
@@ -143,9 +143,9 @@ class SweepSession:
 
     def check_remote(self, jobs: list[Job], plans: list[JobPlan]) -> None:
         for job, plan in zip(jobs, plans, strict=True):
-            if (plan.image_uri, plan.data_uri) not in self.checked:
+            if (plan.image_uri, tuple(sorted(plan.channels.items()))) not in self.checked:
                 sdk.check_remote(plan, job.cfg, self.ctx.clients.ecr, self.ctx.clients.s3)
-                self.checked.add((plan.image_uri, plan.data_uri))
+                self.checked.add((plan.image_uri, tuple(sorted(plan.channels.items()))))
 
     def completed_before(self, plans: list[JobPlan]) -> dict[str, dict[str, Any]]:
         """config hash -> the description of a job that completed with it (Search API, by tag)."""
@@ -166,7 +166,7 @@ class SweepSession:
             f"SageMaker sweep {self.sweep_id}: {len(plans)} job(s), {len(launching)} to launch"
             + (f", {len(plans) - len(launching)} already completed (skipped)" if done else "")
             + f", at most {limit} at a time",
-            f"  image {first.image_uri}; data {first.data_uri}; one code bundle for all jobs",
+            f"  image {first.image_uri}; data {', '.join(first.channels.values())}; one code bundle for all jobs",
         ]
         for job, plan in zip(jobs, plans, strict=True):
             skip = done.get(plan.config_hash)
@@ -190,20 +190,20 @@ class SweepSession:
 
     # --- launching -----------------------------------------------------------------------------
 
-    def upload_code(self, plan: JobPlan) -> str:
+    def upload_code(self, plan: JobPlan, cfg: Any) -> str:
         """The code bundle of the whole sweep, uploaded once: s3://.../code/<base>-<sweep>/code/."""
         if self.code_uri is None:
             uri = sweep_prefix(self.ctx, plan, self.sweep_id) + "code/"
             bucket, prefix = split_s3_uri(uri)
             with tempfile.TemporaryDirectory(prefix="sm-sweep-code-") as tmp, aws_errors(resource=uri):
-                root = stage_code(Path(tmp) / "code", install=plan.image.install is not None)
+                root = stage_code(Path(tmp) / "code", cfg, install=plan.image.install is not None)
                 for path in sorted(p for p in root.rglob("*") if p.is_file()):
                     self.ctx.clients.s3.upload_file(str(path), bucket, prefix + path.relative_to(root).as_posix())
             self.code_uri = uri
         return self.code_uri
 
     def launch_one(self, job: Job, plan: JobPlan) -> None:
-        code = self.upload_code(plan)
+        code = self.upload_code(plan, job.cfg)
         config_uri = sweep_prefix(self.ctx, plan, self.sweep_id) + f"config/{job.num}/"
         bucket, key = split_s3_uri(config_uri + "config.yaml")
         with aws_errors(resource=config_uri):
@@ -218,7 +218,7 @@ class SweepSession:
         """
         if not starting:
             return []
-        self.upload_code(starting[0][1])  # once, before the threads
+        self.upload_code(starting[0][1], starting[0][0].cfg)  # once, before the threads
 
         def launch(pair: tuple[Job, JobPlan]) -> str | None:
             try:

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..config import CONF_DIR, compose
 from ..infra import Infra, load_infra
-from ..raw import fetch_dataset
+from ..raw import channel_folders, fetch_dataset
 from ..sagemaker_names import METRICS_FILE
 from . import monitor, sdk, triage
 from .fetch import fetch_job
@@ -36,14 +36,14 @@ from .image import (
     push_commands,
     tag_exists,
 )
-from .names import name_problem
-from .plan import LaunchError, plan_job, validate_plan
+from .names import name_problem, split_s3_uri
+from .plan import LaunchError, channel_uris, plan_job, validate_plan
 from .prices import PRICING_REGION, PriceError
 from .prices import refresh as refresh_prices
 from .quotas import QuotaError
 from .session import aws_clients, aws_errors
 from .staging import source_revision, stage_source
-from .upload import plan_upload
+from .upload import folder_files, plan_upload
 from .upload import upload as upload_items
 
 INFRA_KEYS = ("data_bucket", "artifacts_bucket", "repository_url", "role_arn", "region")
@@ -81,12 +81,20 @@ def context(cfg: Any) -> Context:
 
 @aws_task
 def upload(overrides: list[str], dry_run: bool = False, echo: Callable[[str], None] = print) -> None:
+    """Each data channel to s3://<data bucket>/<s3_prefix>/<channel>/, where the job reads it."""
     ctx = setup(overrides)
-    d = ctx.cfg.dataset
-    # Verified raw files, each where it was verified: the source folder or the local cache.
-    paths = fetch_dataset(ctx.cfg, s3_client=ctx.clients.s3)
-    items = plan_upload(paths, ctx.infra.data_bucket, d.s3_prefix, ctx.clients.s3)
-    upload_items(items, ctx.clients.s3, dry_run=dry_run, echo=echo)
+    d, s3 = ctx.cfg.dataset, ctx.clients.s3
+    folders = channel_folders(ctx.cfg, s3_client=s3)  # every channel checked before anything moves
+    items = []
+    for channel, uri in channel_uris(ctx.infra.data_bucket, d.s3_prefix, list(folders)).items():
+        prefix = split_s3_uri(uri)[1]
+        if channel == "train" and d.get("files"):
+            # Verified raw files, each where it was verified: the source folder or the local cache.
+            items += plan_upload(fetch_dataset(ctx.cfg, s3_client=s3), ctx.infra.data_bucket, prefix, s3)
+        else:
+            folder = folders[channel]
+            items += plan_upload(folder_files(folder), ctx.infra.data_bucket, prefix, s3, root=folder)
+    upload_items(items, s3, dry_run=dry_run, echo=echo)
 
 
 def image_ref(ctx: Context) -> ImageRef:
@@ -130,6 +138,9 @@ def train(
 ) -> str | None:
     ctx = setup(overrides)
     cfg = ctx.cfg
+    from .. import modules  # imports torch and the user's classes: only when a job is launched
+
+    modules.check(cfg)  # a _target_ or argument the job would fail on: one line, before anything is paid for
     image = job_image(cfg, ctx.infra.repository_url, ctx.infra.region)
     plan = plan_job(cfg, ctx.infra, image, revision=source_revision())
     validate_plan(plan, cfg)
@@ -255,7 +266,7 @@ def fetch(overrides: list[str], job_name: str | None, echo=print) -> Path:
     dest = Path(ctx.cfg.paths.runs_dir) / name
     fetch_completed(ctx, desc, dest, echo)
     metrics = json.loads((dest / METRICS_FILE).read_text())
-    echo(" ".join(f"{k}={metrics[k]:.6g}" for k in ("test_loss", "test_acc") if k in metrics))
+    echo(" ".join(f"{k}={v:.6g}" for k, v in sorted(metrics.items()) if k.startswith("test_")))
     echo(f"run_dir={dest}")
     return dest
 
