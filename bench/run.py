@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .common import Skip, machine
 
-BENCHMARKS = ("lightning_overhead", "data_pipeline", "cli", "transfers", "time_to_accuracy", "gpu")
+BENCHMARKS = ("lightning_overhead", "data_pipeline", "cli", "transfers", "imagefolder", "time_to_accuracy", "gpu")
 HERE = Path(__file__).resolve().parent
 FULL_REPS = 5  # measured repetitions, after one dropped warm-up round
 QUICK_REPS = 2

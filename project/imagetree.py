@@ -26,9 +26,10 @@ import io
 import json
 import math
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, unquote
 
 from .atomic import write_atomically
@@ -183,6 +184,16 @@ def pack_tree(root: Path, out_dir: Path, shard_mb: float = SHARD_MB) -> Path:
     manifest = {"format": MANIFEST_FORMAT, "classes": classes, "samples": len(samples), "shards": entries}
     write_atomically(out_dir / MANIFEST, json.dumps(manifest, indent=1) + "\n")
     return out_dir / MANIFEST
+
+
+def pack_channel(dataset: Mapping[str, Any], channel: str, tree: Path, cache_dir: Path) -> Path | None:
+    """`invoke upload`'s hook: the folder of shards to send for this channel of an imagefolder
+    dataset (packed under cache_dir/shards/<dataset name>/<channel>), or None for any other dataset
+    (its channel folder is sent as it is). Send the result with upload.plan_packed_upload."""
+    if dataset.get("_target_") != IMAGEFOLDER_TARGET:
+        return None
+    out_dir = Path(cache_dir) / "shards" / str(dataset["name"]) / channel
+    return pack_tree(Path(tree), out_dir, float(dataset.get("shard_mb", SHARD_MB))).parent
 
 
 def is_packed(folder: Path) -> bool:

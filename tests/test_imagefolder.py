@@ -221,3 +221,28 @@ def test_a_packed_upload_plan_skips_unchanged_objects(moto_endpoint, tree, tmp_p
     folder = imagetree.pack_tree(tree, tmp_path / "p").parent
     shards, manifest = plan_packed_upload(folder, bucket, "x", s3)
     assert {item.action for item in shards + manifest} == {UPLOAD}
+
+
+# --- the config and the upload hook -------------------------------------------------------------
+
+
+def test_the_config_names_only_datamodule_arguments():
+    """conf/dataset/imagefolder.yaml: every key but the tool's own is an __init__ argument."""
+    import inspect
+
+    from omegaconf import OmegaConf
+
+    conf = OmegaConf.load(Path(__file__).resolve().parent.parent / "conf" / "dataset" / "imagefolder.yaml")
+    assert conf._target_ == imagetree.IMAGEFOLDER_TARGET == f"{ImageFolderDataModule.__module__}.ImageFolderDataModule"
+    accepted = set(inspect.signature(ImageFolderDataModule).parameters)
+    assert set(conf) - {"_target_", "name", "s3_prefix", "channels"} <= accepted
+    assert {f"{channel}_dir" for channel in ("train", "validation", "test")} <= accepted
+
+
+def test_pack_channel_packs_only_imagefolder_datasets(tree, tmp_path):
+    dataset = {"_target_": imagetree.IMAGEFOLDER_TARGET, "name": "shapes", "shard_mb": 0.01}
+    folder = imagetree.pack_channel(dataset, "train", tree, tmp_path)
+    assert folder == tmp_path / "shards" / "shapes" / "train" and imagetree.is_packed(folder)
+    other = {"_target_": "project.data.IdxDataModule", "name": "mnist"}
+    assert imagetree.pack_channel(other, "train", tree, tmp_path / "other") is None
+    assert not (tmp_path / "other").exists()
