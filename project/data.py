@@ -184,7 +184,9 @@ class ResidentDataModule(pl.LightningDataModule):
         if device is not None:
             # Copied once; then each batch is one indexing op on the GPU and nothing crosses PCIe
             # (MNIST: 220 MB as float32). Loader workers would have to share CUDA tensors: not then.
-            self.splits = {name: split.to(device) for name, split in self.splits.items()}
+            moved: dict[int, TensorSplit] = {}  # a split that serves twice (val as test) is copied once
+            for name, split in self.splits.items():
+                self.splits[name] = moved[id(split)] = moved.get(id(split)) or split.to(device)
         if stage == "fit":
             self._per_device_batch()  # an uneven split is refused before the first step
 
