@@ -60,7 +60,9 @@ def _epoch(train_dir: Path) -> float:
 
     from project.imagefolder import ImageFolderDataModule
     from project.models import LitClassifier, SmallCNN
+    from project.reporting import quiet_lightning
 
+    quiet_lightning(False)  # Lightning's banners would bury the results
     pl.seed_everything(0, verbose=False)
     started = time.perf_counter()
     dm = ImageFolderDataModule(train_dir=str(train_dir), num_classes=10, batch_size=256, mean=0.1307, std=0.3081)

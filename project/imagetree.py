@@ -124,7 +124,7 @@ def _tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def shard_bytes(samples: list[Sample]) -> bytes:
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:  # PAX: names of any length
         for sample in samples:
             key, ext = sample_key(sample.relpath), sample.relpath.rsplit(".", 1)[1].lower()
             _tar_member(tar, f"{key}.{ext}", sample.data)
@@ -221,7 +221,10 @@ def read_shards(folder: Path) -> tuple[list[str], list[Sample]]:
         path = folder / entry["name"]
         if not path.is_file():
             raise DataError(f"shard {path} named by {MANIFEST} is missing: upload the dataset again")
-        samples.extend(_shard_samples(path))
+        content = path.read_bytes()
+        if hashlib.sha256(content).hexdigest() != entry["sha256"]:
+            raise DataError(f"shard {path} does not match the SHA256 in {MANIFEST}: upload the dataset again")
+        samples.extend(_shard_samples(content, path))
     if len(samples) != manifest["samples"]:
         raise DataError(f"{folder}: the shards hold {len(samples)} samples, {MANIFEST} promises {manifest['samples']}")
     return list(manifest["classes"]), samples
@@ -234,20 +237,41 @@ def _split_name(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), ext
 
 
-def _shard_samples(path: Path) -> Iterator[Sample]:
+def _tar_members(content: bytes) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of each regular file of a tar archive in memory.
+
+    tarfile parses a header in ~0.1 ms: 20,000 members (10,000 images) took 1.5 s, as long as
+    decoding them. Reading the archives we write ourselves (whose bytes the manifest's SHA256 has
+    just verified) needs only the USTAR header fields and PAX `path` records: 50x faster.
+    """
+    pos, pax_path = 0, None
+    while pos + 512 <= len(content):
+        header = content[pos : pos + 512]
+        if header.count(0) == 512:  # end of archive
+            return
+        size = int(header[124:136].rstrip(b"\0 ") or b"0", 8)
+        kind, data = header[156:157], content[pos + 512 : pos + 512 + size]
+        pos += 512 + -(-size // 512) * 512
+        if kind == b"x":  # PAX extended header: "<length> <key>=<value>\n" records for the next member
+            records = dict(r.split(b"=", 1) for r in (rec.split(b" ", 1)[1] for rec in data.splitlines()) if b"=" in r)
+            pax_path = records[b"path"].decode() if b"path" in records else None
+        elif kind in (b"0", b"\0"):
+            name = header[0:100].rstrip(b"\0").decode()
+            prefix = header[345:500].rstrip(b"\0").decode()
+            yield pax_path or (f"{prefix}/{name}" if prefix else name), data
+            pax_path = None
+
+
+def _shard_samples(content: bytes, path: Path) -> Iterator[Sample]:
     """A shard's samples: each image member, then its `.cls` member (the order shard_bytes writes)."""
     try:
-        with tarfile.open(path, mode="r:") as tar:
-            image: tuple[str, str, bytes] | None = None  # key, extension, bytes of the pending image
-            for member in tar:
-                handle = tar.extractfile(member)
-                if handle is None:
-                    continue
-                key, ext = _split_name(member.name)
-                if ext != "cls":
-                    image = (key, ext, handle.read())
-                elif image is not None and image[0] == key:
-                    yield Sample(key_relpath(key, image[1]), int(handle.read()), image[2])
-                    image = None
-    except (tarfile.TarError, ValueError) as exc:
+        image: tuple[str, str, bytes] | None = None  # key, extension, bytes of the pending image
+        for name, data in _tar_members(content):
+            key, ext = _split_name(name)
+            if ext != "cls":
+                image = (key, ext, data)
+            elif image is not None and image[0] == key:
+                yield Sample(key_relpath(key, image[1]), int(data), image[2])
+                image = None
+    except (ValueError, KeyError, IndexError) as exc:
         raise DataError(f"shard {path} is unreadable ({exc}): upload the dataset again") from None

@@ -88,6 +88,25 @@ def test_shards_give_the_same_samples_as_the_folder(tree, tmp_path):
     assert direct.splits["train"].images.shape[1:] == (1, 28, 28)
 
 
+def test_long_and_odd_names_survive_the_shards(tmp_path):
+    root = write_tree(tmp_path / "tree", per_class=3)
+    deep = root / "vbar" / ("sub folder " * 12).strip() / f"{'x' * 150}.v2.é.png"
+    deep.parent.mkdir(parents=True)
+    shape_image("vbar", np.random.default_rng(3), 28).save(deep)
+    folder = imagetree.pack_tree(root, tmp_path / "packed").parent
+    _, from_tree = imagetree.read_tree(root)
+    _, from_shards = imagetree.read_shards(folder)
+    assert from_shards == from_tree and deep.relative_to(root).as_posix() in {s.relpath for s in from_shards}
+
+
+def test_a_damaged_shard_is_refused(tree, tmp_path):
+    folder = imagetree.pack_tree(tree, tmp_path / "packed").parent
+    (shard,) = folder.glob("shard-*.tar")
+    shard.write_bytes(shard.read_bytes()[:-1024])
+    with pytest.raises(DataError, match=f"shard .*{shard.name} does not match the SHA256"):
+        loaded(folder)
+
+
 def test_changing_one_image_changes_exactly_one_shard(tmp_path):
     root = write_tree(tmp_path / "tree", per_class=40)
     before = json.loads(imagetree.pack_tree(root, tmp_path / "out", shard_mb=0.005).read_text())
@@ -108,6 +127,7 @@ def test_webdataset_layout(tree, tmp_path):
         names = tar.getnames()
         assert all(m.mtime == 0 and m.uname == "" for m in tar.getmembers())
     assert names[:2] == ["hbar/img%2E000.jpg", "hbar/img%2E000.cls"]
+    assert [name for name, _ in imagetree._tar_members((folder / entry["name"]).read_bytes())] == names
     assert len(names) == 2 * len(CLASSES) * 80
 
 
