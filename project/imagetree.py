@@ -240,9 +240,10 @@ def _split_name(name: str) -> tuple[str, str]:
 def _tar_members(content: bytes) -> Iterator[tuple[str, bytes]]:
     """(name, bytes) of each regular file of a tar archive in memory.
 
-    tarfile parses a header in ~0.1 ms: 20,000 members (10,000 images) took 1.5 s, as long as
-    decoding them. Reading the archives we write ourselves (whose bytes the manifest's SHA256 has
-    just verified) needs only the USTAR header fields and PAX `path` records: 50x faster.
+    tarfile parses a header in ~0.1 ms: a shard of 4,500 images (9,000 members) took 1.5 s, longer
+    than reading the same images as files. The archives we write ourselves (whose bytes the
+    manifest's SHA256 has just verified) need only the USTAR name, size and type fields and PAX
+    `path` records: the same shard reads in 0.2 s, SHA256 included (measured on the loaded 2-core machine).
     """
     pos, pax_path = 0, None
     while pos + 512 <= len(content):
