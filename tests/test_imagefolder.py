@@ -255,7 +255,7 @@ def test_the_config_names_only_datamodule_arguments():
     conf = OmegaConf.load(Path(__file__).resolve().parent.parent / "conf" / "dataset" / "imagefolder.yaml")
     assert conf._target_ == imagetree.IMAGEFOLDER_TARGET == f"{ImageFolderDataModule.__module__}.ImageFolderDataModule"
     accepted = set(inspect.signature(ImageFolderDataModule).parameters)
-    assert set(conf) - {"_target_", "name", "s3_prefix", "channels"} <= accepted
+    assert set(conf) - {"_target_", "name", "s3_prefix", "channels", "input_modes"} <= accepted
     assert {f"{channel}_dir" for channel in ("train", "validation", "test")} <= accepted
 
 
