@@ -159,6 +159,18 @@ def test_augmentation_changes_batches_but_not_labels(tree):
     assert torch.equal(augmented.splits["val"][idx][0], plain.splits["val"][idx][0])  # never on val
 
 
+def test_the_training_position_resumes_mid_epoch(tree):
+    """ResidentDataModule's resumable loader, as for MNIST: the restarted run starts at batch 3."""
+    first = loaded(tree)
+    batches = iter(first.train_dataloader())
+    seen = [next(batches)[1] for _ in range(3)]
+    state = first.state_dict()
+    state["train_position"]["batches"] = 2  # as if stopped after two batches
+    resumed = loaded(tree)
+    resumed.load_state_dict(state)
+    assert torch.equal(next(iter(resumed.train_dataloader()))[1], seen[2])
+
+
 def test_rgb_size_and_validation_channel(tree):
     dm = ImageFolderDataModule(
         train_dir=str(tree), validation_dir=str(tree), color="rgb", image_size=[20, 24], mean=[0.5] * 3
