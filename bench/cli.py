@@ -46,18 +46,18 @@ def _job_spec(aws, overrides) -> dict:
         "max_run_seconds",
         "output_uri",
         "checkpoint_uri",
-        "data_uri",
         "environment",
         "hyperparameters",
         "tags",
     )
     spec = {key: getattr(plan, key) for key in keys}
+    spec["data_uri"] = plan.channels[DATA_CHANNEL]
     spec.update(
         artifacts_bucket=aws.artifacts_bucket,
         project_dir=str(PROJECT_DIR),
         config_yaml=to_yaml(with_gpus(cfg, plan.gpus_per_node)),  # as the product stages it
         entry_source=(PROJECT_DIR / ENTRY_SCRIPT).read_text(),
-        metric_definitions=sdk.METRIC_DEFINITIONS,
+        metric_definitions=sdk.metric_definitions(plan.metrics),
         data_channel=DATA_CHANNEL,
         checkpoint_dir=CHECKPOINT_DIR,
     )

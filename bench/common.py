@@ -299,7 +299,7 @@ def _create_resources(endpoint: str, env: dict[str, str]) -> LocalAws:
     role = iam.create_role(RoleName="bench-sagemaker", AssumeRolePolicyDocument=json.dumps(trust))["Role"]
     # The dataset prefix `invoke train` checks for: the four file names (their bytes are not read).
     for stem in MNIST_STEMS:
-        s3.put_object(Bucket=buckets["data"], Key=f"datasets/mnist/{stem}.gz", Body=b"placeholder")
+        s3.put_object(Bucket=buckets["data"], Key=f"datasets/mnist/train/{stem}.gz", Body=b"placeholder")
     return LocalAws(
         endpoint=endpoint,
         env=env,

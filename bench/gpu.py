@@ -30,7 +30,13 @@ CONFIGS = {"gpu_fast": ["experiment=gpu_fast"], "default": []}
 
 def _one(config: str, seed: int, source: str, runs: Path, gpus: int, extra: Sequence[str]) -> dict:
     name = f"{config}-seed{seed}"
-    command = ["local", *CONFIGS[config], f"trainer.gpus={gpus}", f"trainer.seed={seed}", f"dataset.source={source}"]
+    command = [
+        "local",
+        *CONFIGS[config],
+        f"trainer.gpus={gpus}",
+        f"trainer.seed={seed}",
+        f"dataset.channels.train={source}",
+    ]
     argv = [invoke_script(), *command, f"paths.runs_dir={runs}", f"run_name={name}", *extra]
     started = time.perf_counter()
     result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env=user_environ(PYTHONPATH=str(ROOT)))

@@ -66,7 +66,7 @@ def _compose(folder: Path, files: dict[str, str], runs: Path, epochs: int):
     from project.config import compose
 
     overrides = [
-        f"dataset.source={folder}",
+        f"dataset.channels.train={folder}",
         f"dataset.val_size={N_VAL}",
         f"paths.runs_dir={runs}",
         f"paths.data_dir={runs / 'cache'}",
@@ -231,7 +231,7 @@ def _alternating_fit(cfg, folder: Path, runs: Path, plain: PlainLoop, variant: s
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)  # as project.train.train does
     layout = local_layout(Path(tempfile.mkdtemp(dir=runs)))
     layout.create()
-    trainer, module, datamodule = build_run(cfg, layout, str(folder), runs / "cache", num_nodes=1, gpus=0)
+    trainer, module, datamodule = build_run(cfg, layout, {"train": folder}, num_nodes=1, gpus=0)
     VARIANTS[variant](trainer, module)
     trainer.callbacks.append(Lockstep())  # last: the product's own hooks run before it
     clock["fit_start"] = time.perf_counter()

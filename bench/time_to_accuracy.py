@@ -100,7 +100,7 @@ def run(reps: int) -> dict:
                     [
                         invoke_script(),
                         "local",
-                        f"dataset.source={source}",
+                        f"dataset.channels.train={source}",
                         f"paths.runs_dir={runs}",
                         f"run_name={name}",
                         f"trainer.seed={seed}",

@@ -69,11 +69,17 @@ def run(reps: int) -> dict:
         upload = [
             invoke_script(),
             "upload",
-            f"dataset.source={folder}",
+            f"dataset.channels.train={folder}",
             "dataset.s3_prefix=bench/invoke",
             *aws.overrides(),
         ]
-        cold = [invoke_script(), "upload", f"dataset.source={folder}", "dataset.s3_prefix=bench/cold", *aws.overrides()]
+        cold = [
+            invoke_script(),
+            "upload",
+            f"dataset.channels.train={folder}",
+            "dataset.s3_prefix=bench/cold",
+            *aws.overrides(),
+        ]
         no_cache = {**aws.env, "LIGHTNING_SAGEMAKER_CACHE": "off"}
         noop = [invoke_script(), "--search-root", str(ROOT / "bench" / "floor"), "noop"]
         sync = [
@@ -180,7 +186,7 @@ def _job_artifacts(folder: Path, scratch: Path) -> dict[str, Path]:
 
     runs = scratch / "runs"
     overrides = [
-        f"dataset.source={folder}",
+        f"dataset.channels.train={folder}",
         f"paths.runs_dir={runs}",
         f"paths.data_dir={scratch / 'data'}",
         "run_name=bench-fetch",

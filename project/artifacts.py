@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import sys
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -23,8 +25,60 @@ CURVES_FILE = "learning_curves.png"
 CONFUSION_FILE = "confusion_matrix.png"
 
 
+def example_input(datamodule: Any) -> Any:
+    """One batch's input (its first element), from the DataModule's validation or training loader, on the CPU.
+
+    None when neither loader yields a tensor input: then the model is scripted without an example.
+    """
+    for loader_name in ("val_dataloader", "train_dataloader"):
+        try:
+            batch = next(iter(getattr(datamodule, loader_name)()))
+        except Exception:  # noqa: BLE001  a DataModule without that loader, or not set up for it
+            continue
+        first = batch[0] if isinstance(batch, (list, tuple)) else batch
+        if isinstance(first, torch.Tensor):
+            return first.detach().cpu()
+    return None
+
+
+def export_module(module: Any, model_dir: Path, example: Any) -> Path | None:
+    """Any LightningModule: its weights (model.pt), and TorchScript (model.ts) when it can be had.
+
+    Scripted first (Lightning's to_torchscript), traced on `example` (one batch's input) else; a
+    module that allows neither still leaves its weights, and a one-line warning says why there is
+    no model.ts.
+    """
+    module = module.cpu()
+    torch.save(module.state_dict(), model_dir / WEIGHTS_FILE)
+    problems = []
+    for method in ("script", "trace"):
+        try:
+            if method == "trace" and example is None:
+                raise ValueError("no example input: neither the val nor the train loader gave a tensor")
+            inputs = example[:2] if method == "trace" else None
+            with (
+                warnings.catch_warnings()
+            ):  # Lightning 2.6 announces to_torchscript's deprecation: not the user's to act on
+                warnings.filterwarnings("ignore", message=r".*to_torchscript.* deprecated")
+                exported = module.to_torchscript(method=method, example_inputs=inputs)
+            path = model_dir / TORCHSCRIPT_FILE
+            exported.save(str(path))
+            return path
+        except Exception as exc:  # noqa: BLE001  TorchScript refuses many constructs, each with its own error
+            text = str(exc).strip()
+            problems.append(f"{method}: {text.splitlines()[0] if text else type(exc).__name__}")
+    print(
+        f"warning: no {TORCHSCRIPT_FILE}: the model can be neither scripted nor traced ({'; '.join(problems)}); "
+        f"{WEIGHTS_FILE} holds its weights",
+        file=sys.stderr,
+        flush=True,
+    )
+    return None
+
+
 def export_model(net: nn.Module, model_dir: Path, image_shape: list[int], mean: float, std: float) -> Path:
-    """Save weights, a TorchScript module that needs neither this code nor the config, and its contract."""
+    """A classifier's network: its weights, a TorchScript module (pixels in, probabilities out) that
+    needs neither this code nor the config, and its contract (what `invoke predict` relies on)."""
     net = copy.deepcopy(net).cpu().eval()
     torch.save(net.state_dict(), model_dir / WEIGHTS_FILE)
     example = torch.zeros(2, *image_shape)

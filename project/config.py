@@ -27,27 +27,55 @@ RESOLVED_CONFIG_NAME = "config.yaml"  # the resolved config file that travels wi
 MISSING: Any = "???"  # OmegaConf's marker for a value that must be supplied (typed Any, as OmegaConf does)
 
 
+# Input modes SageMaker offers per channel: File copies the channel to the instance before the
+# job starts; FastFile streams each object on its first read (large, sharded datasets).
+INPUT_MODES = ("File", "FastFile")
+CHANNELS = ("train", "validation", "test")  # the channel names a dataset may declare; train is required
+
+
 @dataclass
-class DatasetConfig:
-    name: str = MISSING
-    # Where the raw files come from: an http(s) URL prefix, a local directory or an s3:// prefix.
-    source: str = MISSING
-    # Raw file stem -> SHA256 of its *decompressed* bytes. Mirrors re-compress the .gz files,
-    # so only the content hash identifies the data.
+class DatasetKeys:
+    """The tool's keys of a `conf/dataset/<name>.yaml`; every other key is a DataModule argument.
+
+    `_target_` names the LightningDataModule class. The tool passes it the other keys and injects
+    only where the data is: `data_dir` (the train channel's folder) and `<channel>_dir` for each
+    declared channel, where its `__init__` accepts them (project.modules).
+    """
+
+    _target_: str = MISSING  # an importable LightningDataModule class, e.g. project.data.IdxDataModule
+    name: str = MISSING  # names the local cache folder, paths.data_dir/<name>
+    s3_prefix: str = MISSING  # key prefix under the data bucket: channel c is uploaded to <s3_prefix>/<c>/
+    # Channel name (train required; validation, test optional) -> where its data is: a local
+    # folder, or an s3:// or https:// prefix (fetched into paths.data_dir/<name> first; needs `files`).
+    channels: dict[str, str] = field(default_factory=dict)
+    input_modes: dict[str, str] = field(default_factory=dict)  # channel -> File (the default) or FastFile
+    # Optional, and passed on to the DataModule too: raw file stem -> SHA256 of its decompressed
+    # content (mirrors re-compress .gz files, so only the content hash identifies the data). With
+    # it the train channel's files are verified, and fetched when the channel is remote.
     files: dict[str, str] = field(default_factory=dict)
-    num_classes: int = 10
-    image_shape: list[int] = field(default_factory=lambda: [1, 28, 28])
-    mean: float = 0.0  # pixel statistics in [0, 1] units, used for normalisation
-    std: float = 1.0
-    val_size: int = 5000  # held out of the training files, chosen by a seeded permutation
-    s3_prefix: str = MISSING  # key prefix under the data bucket (`invoke upload`)
+
+
+TOOL_DATASET_KEYS = ("_target_", "name", "s3_prefix", "channels", "input_modes")  # never DataModule arguments
+# The scalars a SageMaker job scrapes from the `name=value` lines when a model config names none.
+DEFAULT_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "epoch")
+TOOL_MODEL_KEYS = ("_target_", "name", "metrics")  # never LightningModule arguments
 
 
 @dataclass
-class ModelConfig:
+class ClassifierKeys:
+    """A `conf/model/<name>.yaml` without `_target_`: an nn.Module (`net`) trained by LitClassifier.
+
+    With a `_target_` (any LightningModule) only `name` and `metrics` are the tool's; every other
+    key is an argument of that class, instantiated by hydra.utils.instantiate.
+    """
+
     name: str = MISSING
+    # What the module logs (self.log names) that SageMaker should scrape into job metrics; checked
+    # against the first epoch's logged names (a warning names any never logged). `epoch` is the tool's.
+    metrics: list[str] = field(default_factory=lambda: list(DEFAULT_METRICS))
     # The network, built with hydra.utils.instantiate: any nn.Module importable by path.
     net: dict[str, Any] = field(default_factory=dict)
+    num_classes: int = 10
     lr: float = 1e-3  # peak learning rate of the one-cycle schedule
     weight_decay: float = 0.0
     label_smoothing: float = 0.0
@@ -121,12 +149,17 @@ class JobConfig:
     spot_discount: float = 0.7  # typical managed-spot saving, for the cost estimate only
     keep_alive_minutes: int = 0  # warm pool; 0 disables it
     environment: dict[str, str] = field(default_factory=dict)
+    # Top-level packages or modules the job's code channel carries besides project/ and those the
+    # config's _target_s name (e.g. a helper package your module imports).
+    include: list[str] = field(default_factory=list)
 
 
 @dataclass
 class Config:
-    dataset: DatasetConfig = MISSING
-    model: ModelConfig = MISSING
+    # Open mappings checked by validate(): their tool-owned keys against DatasetKeys and
+    # ClassifierKeys, every other key against the target class's __init__ (project.modules).
+    dataset: Any = MISSING
+    model: Any = MISSING
     trainer: TrainerConfig = MISSING
     instance: InstanceConfig = MISSING
     paths: PathsConfig = MISSING
@@ -238,9 +271,23 @@ def _compose_key(conf_dir: Path, overrides: list[str]) -> str:
     for path in sorted(p for p in conf_dir.rglob("*") if p.is_file()):
         h.update(f"\0{path.relative_to(conf_dir).as_posix()}\0".encode())
         h.update(path.read_bytes())
+    for extra in _search_path_dirs(overrides):  # config folders added by hydra.searchpath=[file://...]
+        for path in sorted(p for p in extra.rglob("*") if p.is_file()):
+            h.update(f"\0{path.as_posix()}\0".encode())
+            h.update(path.read_bytes())
     h.update(Path(__file__).read_bytes())  # the schema's dataclasses
     h.update(f"{conf_dir.resolve()}|{_package_stamp('hydra')}|{_package_stamp('omegaconf')}".encode())
     return h.hexdigest()
+
+
+def _search_path_dirs(overrides: list[str]) -> list[Path]:
+    """The local folders an override `hydra.searchpath=[file://a,file://b]` adds to conf/."""
+    dirs: list[Path] = []
+    for override in overrides:
+        if override.startswith("hydra.searchpath="):
+            items = override.split("=", 1)[1].strip("[]").split(",")
+            dirs += [Path(item.strip()[len("file://") :]) for item in items if item.strip().startswith("file://")]
+    return [d for d in dirs if d.is_dir()]
 
 
 def _compose_cache_file(conf_dir: Path, overrides: list[str]) -> Path | None:
@@ -313,7 +360,10 @@ def config_hash(cfg: Any, length: int = 12) -> str:
     }
     for lever in ("resume", "data_on_device", "channels_last", "compile", "log_every_n_steps"):
         shaping["trainer"].pop(lever, None)  # how the run executes or reports, not what it computes
-    shaping["dataset"].pop("source", None)  # the same bytes, whichever mirror they came from
+    # The same bytes, whichever mirror or folder they came from; uploaded the same way either way.
+    for key in ("channels", "input_modes"):
+        shaping["dataset"].pop(key, None)
+    shaping["dataset"].pop("on_device", None)  # IdxDataModule's copy of trainer.data_on_device, a lever
     blob = json.dumps(shaping, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:length]
 
@@ -329,9 +379,52 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"trainer.gpus must be >= 0 (0 = CPU), got {t.gpus}")
     if cfg.instance.count < 1:
         raise ConfigError(f"instance.count must be >= 1, got {cfg.instance.count}")
-    if not str(cfg.model.net.get("_target_", "")):
-        raise ConfigError("model.net._target_ is empty: name the nn.Module class to build")
+    _validate_dataset(cfg.dataset)
+    _validate_model(cfg.model)
     _validate_resource_names(cfg.aws)
+
+
+def _typed(schema: type, group: str, node: Any, keys: tuple[str, ...]) -> Any:
+    """The tool-owned `keys` of a config group, typed by `schema`; a wrong type is one line."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    given = {k: node[k] for k in keys if k in node}
+    try:
+        return OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(given))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{group}.{_one_line(exc)}") from None
+
+
+def _validate_dataset(node: Any) -> None:
+    d = _typed(DatasetKeys, "dataset", node, tuple(f.name for f in fields(DatasetKeys)))
+    for key in ("_target_", "name", "s3_prefix"):
+        if d[key] in (MISSING, ""):
+            raise ConfigError(f"dataset.{key} is missing: every conf/dataset/*.yaml sets _target_, name, s3_prefix")
+    unknown = sorted(set(d.channels) - set(CHANNELS))
+    if "train" not in d.channels or unknown:
+        raise ConfigError(
+            f"dataset.channels must name a train channel and only {', '.join(CHANNELS)}; got {sorted(d.channels)}"
+        )
+    for channel, mode in d.input_modes.items():
+        if channel not in d.channels or mode not in INPUT_MODES:
+            raise ConfigError(
+                f"dataset.input_modes.{channel}={mode}: name a declared channel ({', '.join(d.channels)}) "
+                f"and one of {', '.join(INPUT_MODES)}"
+            )
+
+
+def _validate_model(node: Any) -> None:
+    if "_target_" in node:
+        if not str(node["_target_"] or "") or not str(node.get("name") or ""):
+            raise ConfigError("model._target_ and model.name must be set: name the LightningModule class and the model")
+        _typed(ClassifierKeys, "model", node, ("name", "metrics"))
+        return
+    model = _typed(ClassifierKeys, "model", node, tuple(f.name for f in fields(ClassifierKeys)))
+    if not str(model.net.get("_target_", "")):
+        raise ConfigError(
+            "model.net._target_ is empty: name the nn.Module class to build, or set model._target_ to a LightningModule"
+        )
 
 
 def _validate_resource_names(aws: Any) -> None:
@@ -400,3 +493,9 @@ def trainer_device_kwargs(gpus: int, num_nodes: int = 1, launched_processes: int
         "num_nodes": num_nodes,
         "strategy": "ddp" if distributed else "auto",
     }
+
+
+def metric_names(cfg: Any) -> list[str]:
+    """The scalars a job's metric definitions scrape: model.metrics, else the default list; always `epoch`."""
+    names = list(cfg.model.get("metrics") or DEFAULT_METRICS)
+    return names if "epoch" in names else [*names, "epoch"]

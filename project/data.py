@@ -170,6 +170,8 @@ class ResidentDataModule(pl.LightningDataModule):
     index, DDP sharding, GPU residency and the resumable training position are all here.
     """
 
+    shards_by_rank = True  # its loaders shard over DDP ranks themselves: no DistributedSampler (train.build_run)
+
     def __init__(self, batch_size: int, seed: int, num_workers: int, on_device: bool):
         super().__init__()
         self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
@@ -252,13 +254,19 @@ class ResidentDataModule(pl.LightningDataModule):
 
 
 class IdxDataModule(ResidentDataModule):
-    """Any dataset shipped as four IDX files (MNIST, Fashion-MNIST, KMNIST, EMNIST splits)."""
+    """Any dataset shipped as four IDX files (MNIST, Fashion-MNIST, KMNIST, EMNIST splits).
+
+    `data_dir`: the folder holding the files (the tool injects the train channel's; see
+    project.modules). `cache_dir`: where a verified good copy may stand in for a damaged file of
+    `data_dir`; by default `data_dir` itself. `batch_size` is the global batch: each process
+    takes its share (config.per_device_batch).
+    """
 
     def __init__(
         self,
-        source: str,
+        data_dir: str,
         files: dict[str, str],
-        cache_dir: str,
+        cache_dir: str | None = None,
         batch_size: int = 256,
         val_size: int = 5000,
         mean: float = 0.0,
@@ -269,7 +277,8 @@ class IdxDataModule(ResidentDataModule):
         num_classes: int | None = None,
     ):
         super().__init__(batch_size, seed, num_workers, on_device)
-        self.source, self.files, self.cache_dir = source, dict(files), Path(cache_dir)
+        self.source, self.files = data_dir, dict(files)  # `source`: what the start line names
+        self.cache_dir = Path(cache_dir if cache_dir is not None else data_dir)
         self.val_size, self.mean, self.std = val_size, mean, std
         self.num_classes = num_classes  # labels must lie in [0, num_classes): checked once here
 

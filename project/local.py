@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from .config import compose
 from .errors import INTERRUPTED_EXIT, USER_ERROR_EXIT
-from .raw import fetch_dataset
+from .raw import channel_folders
 
 # Exit codes of `python -m project.train` that need no further word: it said what happened.
 SELF_REPORTED_EXITS = (USER_ERROR_EXIT, INTERRUPTED_EXIT)
@@ -26,8 +26,8 @@ FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def check(overrides: Sequence[str]) -> None:
-    """Compose and validate the config, and make its dataset present and verified."""
-    fetch_dataset(compose(list(overrides)))
+    """Compose and validate the config, and make every data channel present (and verified, with dataset.files)."""
+    channel_folders(compose(list(overrides)))
 
 
 def _block_sigint() -> None:

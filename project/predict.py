@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import TORCHSCRIPT_FILE
+from .artifacts import CONTRACT_FILE, TORCHSCRIPT_FILE
 from .errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -78,6 +78,11 @@ def find_model(run_dir: Path) -> Path:
     path = Path(run_dir) / "model" / TORCHSCRIPT_FILE
     if not path.is_file():
         raise PredictError(f"no exported model at {path}: train with `invoke local` or fetch a job with `invoke fetch`")
+    if not (path.parent / CONTRACT_FILE).is_file():  # written for the built-in image classifier only
+        raise PredictError(
+            f"{path.parent} holds no image classifier's contract ({CONTRACT_FILE}): `invoke predict` runs "
+            "runs of the built-in classifier (model=cnn, mlp or your own net); load model.ts yourself for other models"
+        )
     return path
 
 

@@ -17,11 +17,12 @@ import functools
 import gzip
 import hashlib
 import os
+import shutil
 import sys
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -56,7 +57,7 @@ def _corrupt_gzip(origin: object, exc: BaseException) -> DataError:
     return DataError(f"{origin}: {_gzip_check(exc)}; the file is damaged: {_REPLACE}")
 
 
-_REPLACE = "replace it with a good copy (download it again), or point dataset.source at a good one"
+_REPLACE = "replace it with a good copy (download it again), or point dataset.channels.train at a good one"
 
 
 def read_bytes(path: Path) -> bytes:
@@ -103,10 +104,13 @@ def _mismatch(name: object, actual: str, expected: str) -> DataError:
 
 
 def read_verified(path: Path, expected_sha256: str) -> bytes:
-    """The file's (decompressed) content, after checking it against the expected SHA256."""
+    """The file's (decompressed) content, after checking it against the expected SHA256.
+
+    The SHA256 is the content's, or (as some datasets publish it) that of the stored .gz file.
+    """
     content = read_bytes(path)
     actual = sha256(content)
-    if actual != expected_sha256:
+    if actual != expected_sha256 and file_sha256(path) != expected_sha256:
         raise _mismatch(path, actual, expected_sha256)
     return content
 
@@ -235,10 +239,10 @@ def _fetch_one(source: str, stem: str, dest: Path, digest: str, memo_dir: Path |
             offline = offline or _unreachable(exc)
             errors.append(f"{name}: {exc}")
     advice = (
-        "no network? To train from a local copy, point dataset.source at the folder holding the files "
-        "(e.g. dataset.source=../shared/data/mnist)"
+        "no network? To train from a local copy, point dataset.channels.train at the folder holding the files "
+        "(e.g. dataset.channels.train=../shared/data/mnist)"
         if offline
-        else "check dataset.source"
+        else "check dataset.channels.train"
     )
     raise DataError(f"cannot fetch {stem} from {source} ({'; '.join(errors)}); {advice}")
 
@@ -296,7 +300,9 @@ def _local_file(folder: Path, stem: str, digest: str, dest_dir: Path, memo_dir: 
         return cached
     if problems:
         raise problems[0]
-    raise DataError(f"dataset.source {folder} has no {stem}.gz or {stem}: copy the file there or fix dataset.source")
+    raise DataError(
+        f"dataset.channels.train {folder} has no {stem}.gz or {stem}: copy the file there or fix dataset.channels.train"
+    )
 
 
 def fetch_raw(
@@ -322,8 +328,8 @@ def fetch_raw(
     if local is not None and not local.is_dir():
         kind = "is a file, not a folder" if local.exists() else "does not exist"
         raise DataError(
-            f"dataset.source {source} {kind}: point it at the folder holding {_listing(files)} "
-            "(e.g. dataset.source=../shared/data/mnist), or at an https:// or s3:// prefix"
+            f"dataset.channels.train {source} {kind}: point it at the folder holding {_listing(files)} "
+            "(e.g. dataset.channels.train=../shared/data/mnist), or at an https:// or s3:// prefix"
         )
     paths: dict[str, Path] = {}
     for stem, digest in files.items():
@@ -342,20 +348,73 @@ def fetch_raw(
 
 
 def fetch_dataset(cfg: Any, source: str | None = None, remember: bool = True, s3_client=None) -> dict[str, Path]:
-    """The composed config's raw files, present and verified: fetch_raw with the config's places.
+    """The train channel's raw files (dataset.files), present and verified: fetch_raw with the config's places.
 
-    `source`: where the files are instead of dataset.source (a SageMaker job's data channel).
-    Every run resolves its data through here before anything else is built or written.
+    `source`: where the files are instead of dataset.channels.train (a SageMaker job's channel).
     """
     d = cfg.dataset
     return fetch_raw(
-        source or d.source,
+        source or d.channels.train,
         dataset_cache_dir(cfg),
         dict(d.files),
         s3_client=s3_client,
         remember=remember,
         endpoint_url=cfg.aws.endpoint_url,
     )
+
+
+def channel_folders(
+    cfg: Any, sources: Mapping[str, Path] | None = None, remember: bool = True, s3_client=None
+) -> dict[str, Path]:
+    """Each declared channel's local folder, checked: what the DataModule is given (project.modules).
+
+    `sources`: the channels' folders instead of dataset.channels (a SageMaker job's SM_CHANNEL_*).
+    The train channel of a dataset that lists `files` is fetched (when remote) and verified, as
+    MNIST's is; every other channel must be a folder that exists and holds something. Every run
+    resolves its data through here before anything else is built or written.
+    """
+    d = cfg.dataset
+    folders: dict[str, Path] = {}
+    for channel, declared in d.channels.items():
+        where = str(sources[channel]) if sources and channel in sources else str(declared)
+        if channel == "train" and d.get("files"):
+            paths = fetch_dataset(cfg, where, remember=remember, s3_client=s3_client)
+            folders[channel] = _one_folder(paths, dataset_cache_dir(cfg))
+        elif where.startswith(REMOTE):
+            raise DataError(
+                f"dataset.channels.{channel}={where}: only a dataset that lists its files (dataset.files) is "
+                f"fetched from a remote source; download the data and point dataset.channels.{channel} at its folder"
+            )
+        else:
+            folders[channel] = _checked_folder(Path(where).expanduser(), channel)
+    return folders
+
+
+def _checked_folder(folder: Path, channel: str) -> Path:
+    if not folder.is_dir():
+        kind = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise DataError(
+            f"dataset.channels.{channel}={folder} {kind}: point it at the folder holding the {channel} data"
+        )
+    if not any(folder.iterdir()):
+        raise DataError(f"dataset.channels.{channel}={folder} is empty: put the {channel} data there or fix the path")
+    return folder
+
+
+def _one_folder(paths: Mapping[str, Path], cache: Path) -> Path:
+    """The one folder holding every verified file: their common folder, else the cache with all of them.
+
+    A damaged file of a source folder is served by its verified copy in the cache; then the good
+    files of the folder join it there, so the DataModule reads one folder.
+    """
+    parents = {Path(p).parent for p in paths.values()}
+    if len(parents) == 1:
+        return parents.pop()
+    for path in paths.values():
+        if Path(path).parent != cache:
+            with replacing(cache / Path(path).name) as tmp:
+                shutil.copyfile(path, tmp)
+    return cache
 
 
 def dataset_cache_dir(cfg: Any) -> Path:

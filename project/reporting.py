@@ -18,7 +18,7 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence, Sized
 from typing import Any
 
 import pytorch_lightning as pl
@@ -50,6 +50,13 @@ def quiet_lightning(debug: bool | None = None) -> None:
 
 def scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {name: float(value) for name, value in sorted(metrics.items())}
+
+
+def batch_samples(batch: Any) -> int:
+    """Samples in a batch: the length of its first tensor (an (inputs, targets) pair, a dict or a tensor)."""
+    first = next(iter(batch.values()), None) if isinstance(batch, Mapping) else batch
+    first = first[0] if isinstance(first, (list, tuple)) and first else first
+    return len(first) if isinstance(first, Sized) else 0
 
 
 def print_line(text: str) -> None:
@@ -109,7 +116,7 @@ class StartLine(pl.Callback):
         net = getattr(pl_module, "net", pl_module)
         params = sum(p.numel() for p in net.parameters())
         datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by fit(datamodule=...)
-        source = getattr(datamodule, "source", "?")
+        source = getattr(datamodule, "source", None) or getattr(datamodule, "data_dir", "?")
         print_line(
             f"run {self.run_name}: {type(net).__name__} ({_count(params)} parameters), {trainer.max_epochs} epochs "
             f"on {describe_devices(trainer)}; data {source}: {split_sizes(datamodule)}"
@@ -118,10 +125,16 @@ class StartLine(pl.Callback):
 
 class MetricLines(pl.Callback):
     """Each epoch's line: `epoch=N/M name=value ... seconds=S` (SageMaker's regexes scrape the values:
-    `epoch=2/3` reads as epoch 2). S is the epoch's wall time, validation included."""
+    `epoch=2/3` reads as epoch 2). S is the epoch's wall time, validation included.
 
-    def __init__(self) -> None:
+    `declared`: the names SageMaker's metric definitions scrape (config.metric_names); after the
+    first epoch a one-line warning names those it did not log (test_* ones are logged by the test
+    pass, later), since their job metrics would stay empty.
+    """
+
+    def __init__(self, declared: Sequence[str] = ()) -> None:
         self._started = time.perf_counter()
+        self.declared, self._checked = list(declared), False
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._started = time.perf_counter()
@@ -134,6 +147,21 @@ class MetricLines(pl.Callback):
             metrics.pop("epoch", None)  # EpochNumbers' value, already the first field
             seconds = round(time.perf_counter() - self._started, 1)
             print_line(format_metrics({"epoch": _epochs(trainer), **metrics, "seconds": seconds}))
+            if not self._checked:
+                self._checked = True
+                warn_unlogged(self.declared, [*metrics, "epoch"], skip_prefix="test_")
+
+
+def warn_unlogged(declared: Sequence[str], logged: Sequence[str], skip_prefix: str | None = None) -> None:
+    """One warning line naming the declared metric names that were not logged."""
+    never = [n for n in declared if n not in logged and not (skip_prefix and n.startswith(skip_prefix))]
+    if never:
+        print(
+            f"warning: model.metrics declares {', '.join(never)}, which the run did not log; it logged "
+            f"{', '.join(sorted(logged))} (SageMaker's job metrics scrape only declared names: fix model.metrics)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 class EpochNumbers(pl.Callback):
@@ -214,7 +242,7 @@ class ProgressLines(pl.Callback):
         if not trainer.is_global_zero:
             return
         self._batches += 1
-        self._samples += len(batch[1]) * trainer.world_size
+        self._samples += batch_samples(batch) * trainer.world_size
         now = self._clock()
         total = trainer.num_training_batches
         if now - self._last < self.interval or batch_idx + 1 >= total:
@@ -243,10 +271,11 @@ class EpochBar(TQDMProgressBar):
         self.train_progress_bar.set_description(f"Epoch {_epochs(trainer)}")
 
 
-def callbacks(run_name: str, terminal: bool, log_every_n_steps: int) -> list[pl.Callback]:
-    """The reporting callbacks of a run; `terminal`: stderr is a TTY (the bar) or a log (lines)."""
+def callbacks(run_name: str, terminal: bool, log_every_n_steps: int, declared: Sequence[str] = ()) -> list[pl.Callback]:
+    """The reporting callbacks of a run; `terminal`: stderr is a TTY (the bar) or a log (lines);
+    `declared`: the metric names a SageMaker job scrapes."""
     progress: pl.Callback = EpochBar() if terminal else ProgressLines()
-    return [StartLine(run_name), EpochNumbers(), StepSeries(log_every_n_steps), MetricLines(), progress]
+    return [StartLine(run_name), EpochNumbers(), StepSeries(log_every_n_steps), MetricLines(declared), progress]
 
 
 def final_line(metrics: Mapping[str, Any]) -> str:
@@ -255,7 +284,7 @@ def final_line(metrics: Mapping[str, Any]) -> str:
 
     rate = metrics.get("train_samples_per_second")
     return (
-        f"done: {format_metrics({k: metrics[k] for k in ('test_loss', 'test_acc') if k in metrics})} "
+        f"done: {format_metrics({k: v for k, v in metrics.items() if k.startswith('test_')})} "
         f"({metrics.get('epochs')} epochs, {metrics.get('global_steps')} steps, fit {metrics.get('fit_seconds')} s"
         + (f", {rate:,.0f} samples/s)" if rate else ")")
     )
@@ -268,7 +297,10 @@ def run_hparams(cfg: Any) -> dict[str, Any]:
     return {
         "model": OmegaConf.to_container(cfg.model, resolve=True),
         "trainer": OmegaConf.to_container(cfg.trainer, resolve=True),
-        "dataset": {"name": cfg.dataset.name, "val_size": cfg.dataset.val_size},
+        "dataset": {
+            "name": cfg.dataset.name,
+            **({"val_size": cfg.dataset.val_size} if "val_size" in cfg.dataset else {}),
+        },
     }
 
 

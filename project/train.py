@@ -1,7 +1,7 @@
 """Train a Lightning model from a Hydra config, on a laptop, a bare-metal GPU box or SageMaker.
 
 Run it:
-    python -m project.train trainer.max_epochs=1 dataset.source=../shared/data/mnist
+    python -m project.train trainer.max_epochs=1 dataset.channels.train=../shared/data/mnist
     python -m project.train --config runs/<run>/model/config.yaml      # rebuild a composed run
 
 Inside a SageMaker training container (SM_* variables set) it reads the resolved config that
@@ -24,14 +24,12 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
-from . import artifacts, reporting
+from . import artifacts, modules, reporting
 from . import config as config_lib
 from .atomic import write_atomically
 from .checkpoints import Interrupted, Interrupts, RunCheckpoints, newest_valid
-from .data import IdxDataModule
 from .errors import INTERRUPTED_EXIT, USER_ERROR_EXIT, UserError
-from .models import LitClassifier, build_net
-from .raw import dataset_cache_dir, fetch_dataset
+from .raw import channel_folders
 from .reporting import scalars as _scalars
 from .runtime import (
     RunLayout,
@@ -44,7 +42,6 @@ from .runtime import (
     sagemaker_env,
     whole_lines,
 )
-from .sagemaker_names import DATA_CHANNEL
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +77,7 @@ class LoopTimer(pl.Callback):
         self._started = self._now(trainer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.samples += len(batch[1]) * trainer.world_size
+        self.samples += reporting.batch_samples(batch) * trainer.world_size
 
     def on_validation_start(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
@@ -90,37 +87,15 @@ class LoopTimer(pl.Callback):
         self._stop(trainer)
 
 
-def build_run(
-    cfg: Any, layout: RunLayout, data_source: str, cache_dir: Path, num_nodes: int, gpus: int, run_name: str = ""
-):
+def build_run(cfg: Any, layout: RunLayout, folders: Mapping[str, Path], num_nodes: int, gpus: int, run_name: str = ""):
     """The Trainer, LightningModule and DataModule of one run, as train() builds them before fitting.
 
-    `gpus` is trainer.gpus resolved (resolve_gpus); `num_nodes` the hosts of the run. Public for the
-    benchmarks, which drive the very objects a run trains with.
+    `folders`: each data channel's folder (raw.channel_folders). `gpus` is trainer.gpus resolved
+    (resolve_gpus); `num_nodes` the hosts of the run. Public for the benchmarks, which drive the
+    very objects a run trains with.
     """
-    d, t = cfg.dataset, cfg.trainer
-    datamodule = IdxDataModule(
-        source=data_source,
-        files=dict(d.files),
-        cache_dir=str(cache_dir),
-        batch_size=t.batch_size,
-        val_size=d.val_size,
-        mean=d.mean,
-        std=d.std,
-        seed=t.seed,
-        num_workers=t.num_workers,
-        on_device=t.data_on_device,
-        num_classes=d.num_classes,
-    )
-    module = LitClassifier(
-        net=build_net(dict(cfg.model.net)),
-        num_classes=d.num_classes,
-        lr=cfg.model.lr,
-        weight_decay=cfg.model.weight_decay,
-        label_smoothing=cfg.model.label_smoothing,
-        channels_last=t.channels_last,
-        compile=t.compile,
-    )
+    t = cfg.trainer
+    module, datamodule = modules.build(cfg, folders)
     devices = config_lib.trainer_device_kwargs(gpus, num_nodes, launched_processes())
     debug = debug_enabled()
     reporting.quiet_lightning(debug)
@@ -134,7 +109,9 @@ def build_run(
         limit_train_batches=t.limit_train_batches,
         limit_val_batches=t.limit_val_batches,
         limit_test_batches=t.limit_test_batches,
-        use_distributed_sampler=False,  # IndexBatches shards by rank itself, without padding eval sets
+        # IdxDataModule's IndexBatches shard by rank themselves, without padding eval sets; any other
+        # DataModule's loaders get Lightning's DistributedSampler under DDP.
+        use_distributed_sampler=not getattr(datamodule, "shards_by_rank", False),
         enable_progress_bar=terminal,
         enable_model_summary=debug,  # the start line gives the parameter count
         enable_checkpointing=False,  # RunCheckpoints below, keyed by run identity
@@ -146,7 +123,9 @@ def build_run(
         ],
         callbacks=[
             LoopTimer(),
-            *reporting.callbacks(run_name or cfg.run_name or cfg.model.name, terminal, t.log_every_n_steps),
+            *reporting.callbacks(
+                run_name or cfg.run_name or cfg.model.name, terminal, t.log_every_n_steps, config_lib.metric_names(cfg)
+            ),
             RunCheckpoints(layout.checkpoint_dir, config_lib.config_hash(cfg), t.checkpoint_every_n_steps),
         ],
     )
@@ -157,7 +136,7 @@ def train(
     cfg: Any,
     layout: RunLayout,
     run_name: str,
-    data_source: str | None = None,
+    sources: Mapping[str, Path] | None = None,
     num_nodes: int = 1,
 ) -> dict[str, Any]:
     """Fit, test and export one run; returns the metrics also written to metrics.json."""
@@ -166,11 +145,11 @@ def train(
     gpus = config_lib.resolve_gpus(cfg.trainer.gpus, torch.cuda.device_count())
     # The data first: a missing folder or a damaged file is one line before anything is built or
     # written. A SageMaker job's cache must stay empty when its channel holds every file.
-    fetch_dataset(cfg, data_source, remember=sagemaker_env() is None)
+    folders = channel_folders(cfg, sources, remember=sagemaker_env() is None)
+    modules.check(cfg)  # a _target_ that does not import, or a wrong argument: one line, nothing written
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     layout.create()
-    source = data_source or cfg.dataset.source
-    trainer, module, datamodule = build_run(cfg, layout, source, dataset_cache_dir(cfg), num_nodes, gpus, run_name)
+    trainer, module, datamodule = build_run(cfg, layout, folders, num_nodes, gpus, run_name)
     if trainer.is_global_zero:
         write_atomically(layout.model_dir / config_lib.RESOLVED_CONFIG_NAME, config_lib.to_yaml(cfg))
 
@@ -194,21 +173,27 @@ def train(
         "train_loop_seconds": round(loop.seconds, 4),
         "train_samples_per_second": round(loop.samples / loop.seconds, 1) if loop.seconds else None,
         "resumed_from": resume_from.name if resume_from else None,
-        **{k: v for k, v in fit_metrics.items() if k.startswith(("train_", "val_"))},
+        **{k: v for k, v in fit_metrics.items() if k != "epoch"},  # whatever the module logged
         **_scalars(test_results),
     }
     if trainer.is_global_zero:
+        reporting.warn_unlogged([n for n in config_lib.metric_names(cfg) if n.startswith("test_")], list(metrics))
         reporting.print_line(reporting.final_line(metrics))
         reporting.log_final_hparams(trainer, cfg, metrics)
-        _write_artifacts(cfg, layout, module, metrics)
+        _write_artifacts(cfg, layout, module, datamodule, metrics)
     return metrics
 
 
-def _write_artifacts(cfg: Any, layout: RunLayout, module, metrics: dict[str, Any]) -> None:
-    d = cfg.dataset
-    artifacts.export_model(module.net, layout.model_dir, list(d.image_shape), d.mean, d.std)
-    matrix = module.test_confusion  # counted during trainer.test: no second pass over the test set
-    artifacts.plot_confusion(matrix, layout.output_dir / artifacts.CONFUSION_FILE)
+def _write_artifacts(cfg: Any, layout: RunLayout, module, datamodule, metrics: dict[str, Any]) -> None:
+    example = artifacts.example_input(datamodule)
+    if modules.is_classifier(module) and example is not None and example.dim() == 4:
+        # Pixels in, probabilities out, normalisation inside: what `invoke predict` runs.
+        mean, std = float(getattr(datamodule, "mean", 0.0)), float(getattr(datamodule, "std", 1.0))
+        artifacts.export_model(module.net, layout.model_dir, list(example.shape[1:]), mean, std)
+        matrix = module.test_confusion  # counted during trainer.test: no second pass over the test set
+        artifacts.plot_confusion(matrix, layout.output_dir / artifacts.CONFUSION_FILE)
+    else:
+        artifacts.export_module(module, layout.model_dir, example)
     artifacts.plot_learning_curves(layout.output_dir / "metrics.csv", layout.output_dir / artifacts.CURVES_FILE)
     artifacts.write_metrics(metrics, layout.metrics_files)
 
@@ -236,13 +221,12 @@ def run_composed(cfg: Any) -> dict[str, Any]:
 def run_in_container(sm: SageMakerEnv, config_path: Path) -> dict[str, Any]:
     """What the SageMaker job runs: the resolved config, channels and /opt/ml paths."""
     cfg = config_lib.load_resolved(config_path)
-    channel = sm.channels.get(DATA_CHANNEL)
     cfg.paths.data_dir = str(sm.output_data_dir.parent / "cache")  # only if the channel lacks a file
     return train(
         cfg,
         container_layout(sm),
         run_name=sm.job_name or cfg.run_name or default_run_name(cfg),
-        data_source=str(channel) if channel else None,
+        sources=sm.channels,
         num_nodes=len(sm.hosts),
     )
 

@@ -104,7 +104,7 @@ def write_dataset(
 def tiny_overrides(data_dir: Path, files: dict[str, str], runs_dir: Path, **extra) -> list[str]:
     """Overrides that shrink the default run to seconds on CPU, on the synthetic data."""
     overrides = [
-        f"dataset.source={data_dir}",
+        f"dataset.channels.train={data_dir}",
         f"paths.runs_dir={runs_dir}",
         f"paths.data_dir={runs_dir.parent / 'cache'}",
         "dataset.val_size=100",

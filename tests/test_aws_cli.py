@@ -70,7 +70,7 @@ def dataset(tmp_path_factory):
 def overrides(tmp_path, dataset, repository, data_bucket, artifacts_bucket, **extra) -> list[str]:
     folder, files = dataset
     values = {
-        "dataset.source": str(folder),
+        "dataset.channels.train": str(folder),
         "dataset.s3_prefix": "datasets/tiny",
         "paths.data_dir": str(tmp_path / "cache"),
         "paths.runs_dir": str(tmp_path / "runs"),
@@ -89,7 +89,7 @@ def overrides(tmp_path, dataset, repository, data_bucket, artifacts_bucket, **ex
     return [f"{k}={v}" for k, v in values.items()]
 
 
-def upload_dataset(clients, dataset, bucket: str, prefix: str = "datasets/tiny") -> None:
+def upload_dataset(clients, dataset, bucket: str, prefix: str = "datasets/tiny/train") -> None:
     folder, files = dataset
     for stem in files:
         clients.s3.upload_file(str(folder / f"{stem}.gz"), bucket, f"{prefix}/{stem}.gz")
@@ -103,7 +103,7 @@ def test_upload_refused_by_a_bucket_policy_is_one_line(clients, dataset, reposit
     deny_objects(clients, data, "s3:PutObject")
     result = invoke("upload", *overrides(tmp_path, dataset, repository, data, data))
     line = one_error_line(result)
-    assert re.search(rf"S3 PutObject on s3://{data}/datasets/tiny/\S+\.gz refused: 403", line), line
+    assert re.search(rf"S3 PutObject on s3://{data}/datasets/tiny/train/\S+\.gz refused: 403", line), line
     assert "s3:PutObject" in line and "bucket policy" in line and "aws sts get-caller-identity" in line
 
 
@@ -111,7 +111,7 @@ def test_upload_whose_checksum_lookup_is_refused_is_one_line(clients, dataset, r
     data = new_bucket(clients, "data")
     deny_objects(clients, data, "s3:*")  # HeadObject too: the checksum of what the bucket holds
     line = one_error_line(invoke("upload", *overrides(tmp_path, dataset, repository, data, data)))
-    assert re.search(rf"S3 HeadObject on s3://{data}/datasets/tiny/\S+\.gz refused: 403", line), line
+    assert re.search(rf"S3 HeadObject on s3://{data}/datasets/tiny/train/\S+\.gz refused: 403", line), line
     assert "s3:GetObject" in line and "aws sts get-caller-identity" in line
 
 
@@ -223,9 +223,11 @@ def test_upload_sends_the_verified_copy_not_the_corrupt_source(clients, dataset,
     (cache / f"{bad}.gz").write_bytes((folder / f"{bad}.gz").read_bytes())  # a good copy in the cache
     (source / f"{bad}.gz").write_bytes(b"\x1f\x8b corrupt")  # and a corrupt one in the source
     data = new_bucket(clients, "data")
-    result = invoke("upload", *overrides(tmp_path, dataset, repository, data, data, **{"dataset.source": source}))
+    result = invoke(
+        "upload", *overrides(tmp_path, dataset, repository, data, data, **{"dataset.channels.train": source})
+    )
     assert result.returncode == 0, result.stdout + result.stderr
-    body = clients.s3.get_object(Bucket=data, Key=f"datasets/tiny/{bad}.gz")["Body"].read()
+    body = clients.s3.get_object(Bucket=data, Key=f"datasets/tiny/train/{bad}.gz")["Body"].read()
     assert hashlib.sha256(body).hexdigest() == hashlib.sha256((cache / f"{bad}.gz").read_bytes()).hexdigest()
 
 
@@ -233,7 +235,7 @@ def test_s3_source_is_read_at_the_configured_endpoint(clients, dataset, reposito
     mirror, data = new_bucket(clients, "mirror"), new_bucket(clients, "data")
     upload_dataset(clients, dataset, mirror, prefix="mnist")
     env = {k: v for k, v in os.environ.items() if k != "AWS_ENDPOINT_URL"}  # only aws.endpoint_url names moto
-    extra = {"dataset.source": f"s3://{mirror}/mnist", "aws.endpoint_url": moto_endpoint}
+    extra = {"dataset.channels.train": f"s3://{mirror}/mnist", "aws.endpoint_url": moto_endpoint}
     result = invoke("upload", *overrides(tmp_path, dataset, repository, data, data, **extra), env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert len(clients.s3.list_objects_v2(Bucket=data, Prefix="datasets/tiny/")["Contents"]) == len(dataset[1])

@@ -137,7 +137,7 @@ def test_resolved_config_round_trips_and_is_validated(tmp_path):
 def test_config_hash_tracks_what_shapes_the_result():
     base = C.config_hash(C.compose([]))
     assert C.config_hash(C.compose(["trainer.resume=false"])) == base
-    assert C.config_hash(C.compose(["dataset.source=/elsewhere"])) == base
+    assert C.config_hash(C.compose(["dataset.channels.train=/elsewhere"])) == base
     assert C.config_hash(C.compose(["trainer.seed=1"])) != base
     assert C.config_hash(C.compose(["instance=ml.p3.2xlarge"])) == base
 

@@ -90,7 +90,9 @@ def test_fetch_corrupt_local_source_fails_without_leaving_files(tmp_path):
 
 
 def test_missing_source_folder_says_it_does_not_exist(tmp_path):
-    with pytest.raises(DataError, match=r"dataset.source .*/nowhere does not exist: point it at the folder holding"):
+    with pytest.raises(
+        DataError, match=r"dataset.channels.train .*/nowhere does not exist: point it at the folder holding"
+    ):
         fetch_raw(str(tmp_path / "nowhere"), tmp_path / "cache", {"train-images-idx3-ubyte": "0" * 64})
     assert not (tmp_path / "cache").exists()
 
@@ -230,7 +232,9 @@ def test_no_network_says_how_to_train_from_a_local_copy(tmp_path):
     closed.bind(("127.0.0.1", 0))
     port = closed.getsockname()[1]
     closed.close()  # nothing listens there: the connection is refused, as with no network
-    with pytest.raises(DataError, match="no network[?] To train from a local copy, point dataset.source at the folder"):
+    with pytest.raises(
+        DataError, match="no network[?] To train from a local copy, point dataset.channels.train at the folder"
+    ):
         fetch_raw(f"http://127.0.0.1:{port}/mnist", tmp_path / "cache", {"train-images-idx3-ubyte": "0" * 64})
 
 

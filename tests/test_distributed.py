@@ -64,7 +64,7 @@ def code_channel(tmp_path_factory):
     (channel / f"{STEMS['test', 'labels']}.gz").write_bytes(gzip.compress(content))
     files[STEMS["test", "labels"]] = hashlib.sha256(content).hexdigest()
     overrides = [
-        "dataset.source=s3://not-used-in-the-container/mnist",
+        "dataset.channels.train=s3://not-used-in-the-container/mnist",
         "dataset.val_size=100",
         "trainer.max_epochs=2",
         "trainer.batch_size=16",  # global: 8 per rank

@@ -112,9 +112,9 @@ def test_a_data_error_is_one_line_before_training_and_leaves_no_run_folder(tiny_
     missing = run_invoke("local", *tiny_overrides(tmp_path / "nowhere", files, runs))
     assert missing.returncode == 2
     assert missing.stderr.strip().splitlines() == [
-        f"error: dataset.source {tmp_path / 'nowhere'} does not exist: point it at the folder holding "
+        f"error: dataset.channels.train {tmp_path / 'nowhere'} does not exist: point it at the folder holding "
         + ", ".join(f"{stem}(.gz)" for stem in files)
-        + " (e.g. dataset.source=../shared/data/mnist), or at an https:// or s3:// prefix"
+        + " (e.g. dataset.channels.train=../shared/data/mnist), or at an https:// or s3:// prefix"
     ]
     damaged = tmp_path / "damaged"
     damaged.mkdir()

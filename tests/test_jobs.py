@@ -32,7 +32,7 @@ def test_design_card_job_plan():
     assert (p.instance_type, p.instance_count, p.processes_per_node, p.world_size) == ("ml.p3.8xlarge", 1, 4, 4)
     assert p.per_device_batch * p.world_size == cfg.trainer.batch_size
     assert p.image_uri == f"{INFRA.repository_url}:abc1234"
-    assert p.data_uri == "s3://data-b/datasets/mnist/"
+    assert p.channels == {"train": "s3://data-b/datasets/mnist/train/"} and p.input_modes == {"train": "File"}
     assert p.checkpoint_uri.startswith("s3://art-b/checkpoints/lightning-") and p.config_hash in p.checkpoint_uri
     assert p.tags == {"project": "lightning-sagemaker", "git-sha": "abc1234", "config-hash": p.config_hash}
     assert p.cost.on_demand_usd == pytest.approx(14.688 * 2)
@@ -226,3 +226,33 @@ def test_ecr_password_decodes_the_token():
             return {"authorizationData": [{"authorizationToken": base64.b64encode(b"AWS:s3cret").decode()}]}
 
     assert image.ecr_password(FakeEcr()) == "s3cret"
+
+
+def test_the_code_channel_carries_the_packages_the_targets_name_and_nothing_else(tmp_path):
+    p, cfg = plan("model=mlp_regressor", "dataset=csv_regression")
+    source = stage_source(cfg, tmp_path / "src", p)
+    assert sorted(path.name for path in source.iterdir()) == ["config.yaml", "mymodels", "project", "sm_entry.py"]
+    assert (source / "mymodels" / "csv_regression.py").is_file()
+    assert p.metrics == ["train_loss", "val_loss", "val_mae", "test_loss", "test_mae", "epoch"]
+    p, cfg = plan()
+    assert sorted(path.name for path in stage_source(cfg, tmp_path / "d", p).iterdir()) == [
+        "config.yaml",
+        "project",
+        "sm_entry.py",
+    ]
+    p, cfg = plan("job.include=[mymodels]")
+    assert (stage_source(cfg, tmp_path / "i", p) / "mymodels" / "__init__.py").is_file()
+
+
+def test_a_package_that_does_not_import_is_refused_before_launch(tmp_path):
+    p, cfg = plan("job.include=[no_such_package_here]")
+    with pytest.raises(jobs.LaunchError, match="package no_such_package_here .* is not importable here"):
+        stage_source(cfg, tmp_path / "src", p)
+
+
+def test_each_channel_is_one_input_channel_in_its_mode():
+    p, _ = plan("+dataset.input_modes.train=FastFile")
+    assert p.channels == {"train": "s3://data-b/datasets/mnist/train/"} and p.input_modes == {"train": "FastFile"}
+    (channel,) = sdk.input_channels(p)
+    assert (channel.channel_name, channel.input_mode) == ("train", "FastFile")
+    assert channel.data_source.s3_data_source.s3_uri == "s3://data-b/datasets/mnist/train/"

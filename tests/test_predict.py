@@ -46,12 +46,12 @@ def trained(tmp_path_factory):
     base = tmp_path_factory.mktemp("predict")
     overrides = [f"paths.runs_dir={base / 'runs'}", f"paths.data_dir={base / 'cache'}", "trainer.gpus=0"]
     if REAL_MNIST.is_dir():
-        overrides += [f"dataset.source={REAL_MNIST}", "trainer.max_epochs=1", "trainer.limit_val_batches=5"]
+        overrides += [f"dataset.channels.train={REAL_MNIST}", "trainer.max_epochs=1", "trainer.limit_val_batches=5"]
         images = read_idx(REAL_MNIST / "t10k-images-idx3-ubyte.gz")
         labels = read_idx(REAL_MNIST / "t10k-labels-idx1-ubyte.gz")
     else:
         files = write_dataset(base / "glyphs", n_train=3000, n_test=300, make=make_glyphs)
-        overrides += [f"dataset.source={base / 'glyphs'}", "dataset.val_size=300", "trainer.max_epochs=3"]
+        overrides += [f"dataset.channels.train={base / 'glyphs'}", "dataset.val_size=300", "trainer.max_epochs=3"]
         overrides += ["trainer.batch_size=64", *(f"dataset.files.{stem}={sha}" for stem, sha in files.items())]
         images, labels = make_glyphs(300, seed=1)  # write_dataset's test split
     metrics = run_composed(C.compose([*overrides, "run_name=digits"]))

@@ -42,7 +42,8 @@ def port_is_free(port: int) -> bool:
 def dataset_overrides(folder: Path) -> str:
     files = write_dataset(folder, n_train=600, n_test=200)
     return " ".join(
-        [f"dataset.source={folder}", "dataset.val_size=100"] + [f"dataset.files.{k}={v}" for k, v in files.items()]
+        [f"dataset.channels.train={folder}", "dataset.val_size=100"]
+        + [f"dataset.files.{k}={v}" for k, v in files.items()]
     )
 
 

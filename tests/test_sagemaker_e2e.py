@@ -104,7 +104,7 @@ def test_upload_train_fetch_predict(world, data, tmp_path):
     keys = sorted(
         o["Key"] for o in s3.list_objects_v2(Bucket=infra.data_bucket, Prefix=f"datasets/{name}/")["Contents"]
     )
-    assert keys == sorted(f"datasets/{name}/{stem}.gz" for stem in data[1])
+    assert keys == sorted(f"datasets/{name}/train/{stem}.gz" for stem in data[1])  # the train channel
 
     with emulator.sagemaker_service(run_jobs=True, workdir=tmp_path / "jobs") as service:
         train = invoke("train", *overrides, "--yes", "--poll", "1")
@@ -127,7 +127,7 @@ def test_upload_train_fetch_predict(world, data, tmp_path):
         assert desc["RoleArn"] == infra.role_arn
         assert (
             desc["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"]
-            == f"s3://{infra.data_bucket}/datasets/{name}/"
+            == f"s3://{infra.data_bucket}/datasets/{name}/train/"
         )
         assert desc["OutputDataConfig"]["S3OutputPath"].startswith(f"s3://{infra.artifacts_bucket}/")
         assert desc["CheckpointConfig"]["S3Uri"].startswith(f"s3://{infra.artifacts_bucket}/checkpoints/{name}-")

@@ -38,11 +38,11 @@ def parse(*argv):
 
 
 def test_bare_overrides_are_collected_in_order():
-    parsed = parse("local", "trainer.max_epochs=1", "+trainer.extra=x", "dataset.source=../d", "model=mlp")
+    parsed = parse("local", "trainer.max_epochs=1", "+trainer.extra=x", "dataset.channels.train=../d", "model=mlp")
     assert parsed["local"]["overrides"] == [
         "trainer.max_epochs=1",
         "+trainer.extra=x",
-        "dataset.source=../d",
+        "dataset.channels.train=../d",
         "model=mlp",
     ]
 
@@ -116,10 +116,10 @@ def test_upload_of_missing_data_is_one_line_and_exit_code_2(tmp_path):
         "aws.role_arn=arn:aws:iam::123456789012:role/never-called",
         "aws.region=us-east-1",
     ]
-    result = invoke("upload", f"dataset.source={tmp_path}", *infra)
+    result = invoke("upload", f"dataset.channels.train={tmp_path}", *infra)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert lines == [
-        f"error: dataset.source {tmp_path} has no train-images-idx3-ubyte.gz or train-images-idx3-ubyte: "
-        "copy the file there or fix dataset.source"
+        f"error: dataset.channels.train {tmp_path} has no train-images-idx3-ubyte.gz or train-images-idx3-ubyte: "
+        "copy the file there or fix dataset.channels.train"
     ]

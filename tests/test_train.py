@@ -75,7 +75,7 @@ def test_entry_point_under_a_faked_sagemaker_environment(tiny_run, tmp_path):
     channel = tmp_path / "opt_ml" / "input" / "data" / "train"
     files = write_dataset(channel)
     cfg = C.compose(tiny_run() + [f"dataset.files.{stem}={sha}" for stem, sha in files.items()])
-    cfg.dataset.source = "s3://not-used-in-the-container/mnist"
+    cfg.dataset.channels.train = "s3://not-used-in-the-container/mnist"
     config_file = tmp_path / "code" / "config.yaml"
     config_file.parent.mkdir()
     config_file.write_text(C.to_yaml(cfg))

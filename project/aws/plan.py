@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ..config import CONF_DIR, ConfigError, config_hash, per_device_batch, resolve_gpus, with_gpus
+from ..config import CONF_DIR, ConfigError, config_hash, metric_names, per_device_batch, resolve_gpus, with_gpus
 from ..errors import UserError
 from ..infra import Infra
 from ..sagemaker_names import JOB_NAME
@@ -51,13 +51,15 @@ class JobPlan:
     max_wait_seconds: int | None
     spot: bool
     keep_alive_seconds: int
-    data_uri: str
+    channels: dict[str, str]  # data channel -> its S3 prefix (one InputDataConfig channel each)
+    input_modes: dict[str, str]  # data channel -> File or FastFile
     output_uri: str
     checkpoint_uri: str
     config_hash: str
     tags: dict[str, str]
     environment: dict[str, str]
     hyperparameters: dict[str, str] = field(default_factory=dict)
+    metrics: list[str] = field(default_factory=list)  # the names the metric definitions scrape
     cost: Cost | None = None
 
     def summary(self) -> str:
@@ -68,7 +70,7 @@ class JobPlan:
             ("instance", f"{self.instance_count} x {self.instance_type}"),
             ("processes", f"{self.processes_per_node} per node, world size {self.world_size}"),
             ("batch", f"{self.per_device_batch} per device, {self.per_device_batch * self.world_size} global"),
-            ("data", self.data_uri),
+            *((f"data {name}", f"{uri}  ({self.input_modes[name]})") for name, uri in self.channels.items()),
             ("output", self.output_uri),
             ("checkpoints", self.checkpoint_uri),
             (
@@ -91,6 +93,11 @@ def job_name(base_name: str, now: datetime | None = None) -> str:
     """A training job name no other launch gets, even in the same second: see JOB_NAME_SUFFIX_LENGTH."""
     now = now or datetime.now(UTC)  # UTC: one clock for every launcher, whatever its time zone
     return f"{base_name}-{now:%Y%m%d-%H%M%S}-{now.microsecond // 1000:03d}-{secrets.token_hex(2)}"
+
+
+def channel_uris(bucket: str, s3_prefix: str, channels: list[str]) -> dict[str, str]:
+    """Where `invoke upload` puts each data channel and the job reads it: s3://<bucket>/<s3_prefix>/<channel>/."""
+    return {name: f"s3://{bucket}/{s3_prefix.strip('/')}/{name}/" for name in channels}
 
 
 def plan_job(cfg: Any, infra: Infra, image_tag: str, now: datetime | None = None) -> JobPlan:
@@ -131,7 +138,10 @@ def plan_job(cfg: Any, infra: Infra, image_tag: str, now: datetime | None = None
         max_wait_seconds=max_wait,
         spot=job.spot,
         keep_alive_seconds=job.keep_alive_minutes * 60,
-        data_uri=f"s3://{data_bucket}/{cfg.dataset.s3_prefix.strip('/')}/",
+        channels=channel_uris(data_bucket, cfg.dataset.s3_prefix, list(cfg.dataset.channels)),
+        input_modes={
+            name: str((cfg.dataset.get("input_modes") or {}).get(name, "File")) for name in cfg.dataset.channels
+        },
         output_uri=f"s3://{artifacts}/jobs/",
         # Keyed by config hash: a re-run of the same config resumes from these checkpoints.
         checkpoint_uri=f"s3://{artifacts}/checkpoints/{job.base_name}-{digest}/",
@@ -140,6 +150,7 @@ def plan_job(cfg: Any, infra: Infra, image_tag: str, now: datetime | None = None
         environment={"PYTHONUNBUFFERED": "1", **{str(k): str(v) for k, v in job.environment.items()}},
         # For the record (console, DescribeTrainingJob): the container reads config.yaml, not these.
         hyperparameters={"config_hash": digest, "processes_per_node": str(processes), "nodes": str(inst.count)},
+        metrics=metric_names(cfg),
         cost=estimate(inst.price_per_hour, inst.count, max_run, job.spot_discount, max_wait),
     )
 

@@ -7,17 +7,23 @@ cheap, and building a plan never needs them.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
-from ..sagemaker_names import CHECKPOINT_DIR, DATA_CHANNEL
+from ..config import DEFAULT_METRICS
+from ..sagemaker_names import CHECKPOINT_DIR
 from .names import split_s3_uri
 from .plan import JobPlan, LaunchError, entry_command
 from .session import aws_errors
 
-# `name=value` lines printed by project.train, scraped by SageMaker into CloudWatch metrics.
-METRIC_NAMES = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "epoch")
-METRIC_DEFINITIONS = [{"Name": name, "Regex": rf"(?:^|\s){name}=([-+0-9.eE]+)"} for name in METRIC_NAMES]
+
+def metric_definitions(names: list[str] | tuple[str, ...]) -> list[dict[str, str]]:
+    """Regexes over the `name=value` lines printed by project.train, scraped by SageMaker into metrics."""
+    return [{"Name": name, "Regex": rf"(?:^|\s){re.escape(name)}=([-+0-9.eE]+)"} for name in names]
+
+
+METRIC_DEFINITIONS = metric_definitions(DEFAULT_METRICS)  # what the built-in models log
 
 
 def check_remote(plan: JobPlan, cfg: Any, ecr: Any, s3: Any) -> None:
@@ -35,15 +41,17 @@ def check_remote(plan: JobPlan, cfg: Any, ecr: Any, s3: Any) -> None:
             raise LaunchError(
                 f"ECR repository {repository} does not exist: run `terraform apply` in terraform/"
             ) from None
-    bucket, prefix = split_s3_uri(plan.data_uri)
-    with aws_errors(resource=plan.data_uri):
-        listing = s3.list_objects_v2(Bucket=bucket, Prefix=prefix)
-    names = {obj["Key"][len(prefix) :] for obj in listing.get("Contents", [])}
-    if not names:
-        raise LaunchError(f"no data under {plan.data_uri}: run `invoke upload` first")
-    missing = [stem for stem in cfg.dataset.files if not ({stem, f"{stem}.gz"} & names)]
-    if missing:
-        raise LaunchError(f"{plan.data_uri} lacks {', '.join(missing)}: run `invoke upload` again")
+    for channel, uri in plan.channels.items():
+        bucket, prefix = split_s3_uri(uri)
+        with aws_errors(resource=uri):
+            listing = s3.list_objects_v2(Bucket=bucket, Prefix=prefix)
+        names = {obj["Key"][len(prefix) :] for obj in listing.get("Contents", [])}
+        if not names:
+            raise LaunchError(f"no data under {uri} (channel {channel}): run `invoke upload` first")
+        expected = (cfg.dataset.get("files") or {}) if channel == "train" else {}
+        missing = [stem for stem in expected if not ({stem, f"{stem}.gz"} & names)]
+        if missing:
+            raise LaunchError(f"{uri} lacks {', '.join(missing)}: run `invoke upload` again")
 
 
 class _HyperparametersAreARecord(logging.Filter):
@@ -63,7 +71,6 @@ def model_trainer(plan: JobPlan, source_dir: Path, boto_session: Any) -> Any:
     from sagemaker.core.shapes import StoppingCondition
     from sagemaker.core.training.configs import CheckpointConfig, Compute, OutputDataConfig, SourceCode
     from sagemaker.train import ModelTrainer
-    from sagemaker.train.configs import InputData
 
     sdk_logger = logging.getLogger("sagemaker.core.utils.utils")
     if not any(isinstance(f, _HyperparametersAreARecord) for f in sdk_logger.filters):
@@ -100,18 +107,36 @@ def model_trainer(plan: JobPlan, source_dir: Path, boto_session: Any) -> Any:
         stopping_condition=stopping,
         output_data_config=OutputDataConfig(s3_output_path=plan.output_uri),
         checkpoint_config=CheckpointConfig(s3_uri=plan.checkpoint_uri, local_path=CHECKPOINT_DIR),
-        input_data_config=[InputData(channel_name=DATA_CHANNEL, data_source=plan.data_uri)],
+        input_data_config=input_channels(plan),
         environment=plan.environment,
         hyperparameters=plan.hyperparameters,
         tags=[{"key": k, "value": v} for k, v in plan.tags.items()],
     )
-    return trainer.with_metric_definitions(_metric_definitions())
+    return trainer.with_metric_definitions(_metric_definitions(plan.metrics))
 
 
-def _metric_definitions() -> list[Any]:
+def input_channels(plan: JobPlan) -> list[Any]:
+    """One InputDataConfig channel per data channel (SM_CHANNEL_<NAME> in the job), in its input mode."""
+    from sagemaker.core.shapes import Channel, DataSource, S3DataSource
+
+    return [
+        Channel(
+            channel_name=name,
+            data_source=DataSource(
+                s3_data_source=S3DataSource(
+                    s3_data_type="S3Prefix", s3_uri=uri, s3_data_distribution_type="FullyReplicated"
+                )
+            ),
+            input_mode=plan.input_modes[name],
+        )
+        for name, uri in plan.channels.items()
+    ]
+
+
+def _metric_definitions(names: list[str]) -> list[Any]:
     from sagemaker.core.shapes import MetricDefinition
 
-    return [MetricDefinition(name=d["Name"], regex=d["Regex"]) for d in METRIC_DEFINITIONS]
+    return [MetricDefinition(name=d["Name"], regex=d["Regex"]) for d in metric_definitions(names)]
 
 
 def _training_request(trainer: Any, job_name: str, boto3: bool) -> dict[str, Any]:

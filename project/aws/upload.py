@@ -91,28 +91,40 @@ def remote_sha256(s3, bucket: str, key: str) -> str | None:
     return head.get("Metadata", {}).get(SHA256_META)
 
 
-def plan_upload(paths: Mapping[str, Path], bucket: str, prefix: str, s3) -> list[UploadItem]:
+def plan_upload(paths: Mapping[str, Path], bucket: str, prefix: str, s3, root: Path | None = None) -> list[UploadItem]:
     """What `upload` would do with each dataset file: send it, or skip it as already there.
 
     `paths` maps stem -> the file to send, exactly as fetch_raw verified it (a source file, or
     its good copy in the cache); the bytes compared with the bucket are the file's own, since
-    that is what is stored.
+    that is what is stored. Each file's key is its name under `prefix`, or with `root` (a
+    channel's folder) its path relative to `root`, so sub-folders keep their shape.
     """
     files = [Path(path) for path in paths.values()]
     for path in files:  # every file must exist before any call
         if not path.is_file():
             raise TransferError(
-                f"dataset file {path.name} not found in {path.parent}: fetch the dataset first or fix dataset.source"
+                f"dataset file {path.name} not found in {path.parent}: "
+                "fetch the dataset first or fix dataset.channels.train"
             )
     _check_bucket(s3, bucket)
     prefix = prefix.strip("/")
     items = []
     for path in files:
-        key = f"{prefix}/{path.name}" if prefix else path.name
+        name = path.relative_to(root).as_posix() if root is not None else path.name
+        key = f"{prefix}/{name}" if prefix else name
         digest, remote = file_sha256(path), remote_sha256(s3, bucket, key)
         action = SKIP if remote == digest else UPLOAD
         items.append(UploadItem(path, bucket, key, path.stat().st_size, digest, action, remote))
     return items
+
+
+def folder_files(folder: Path) -> dict[str, Path]:
+    """Every file under a channel's folder, by its path relative to it (hidden files left out)."""
+    return {
+        path.relative_to(folder).as_posix(): path
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    }
 
 
 def _upload_one(s3, item: UploadItem, config, callback) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..config import compose
 from ..infra import Infra, load_infra
-from ..raw import fetch_dataset
+from ..raw import channel_folders, fetch_dataset
 from ..sagemaker_names import METRICS_FILE
 from . import monitor, sdk
 from .fetch import fetch_job
@@ -34,10 +34,11 @@ from .image import (
     push_commands,
     tag_exists,
 )
-from .plan import LaunchError, plan_job, validate_plan
+from .names import split_s3_uri
+from .plan import LaunchError, channel_uris, plan_job, validate_plan
 from .session import aws_clients, aws_errors
 from .staging import stage_source
-from .upload import plan_upload
+from .upload import folder_files, plan_upload
 from .upload import upload as upload_items
 
 INFRA_KEYS = ("data_bucket", "artifacts_bucket", "repository_url", "role_arn", "region")
@@ -71,12 +72,20 @@ def setup(overrides: list[str]) -> Context:
 
 @aws_task
 def upload(overrides: list[str], dry_run: bool = False, echo: Callable[[str], None] = print) -> None:
+    """Each data channel to s3://<data bucket>/<s3_prefix>/<channel>/, where the job reads it."""
     ctx = setup(overrides)
-    d = ctx.cfg.dataset
-    # Verified raw files, each where it was verified: the source folder or the local cache.
-    paths = fetch_dataset(ctx.cfg, s3_client=ctx.clients.s3)
-    items = plan_upload(paths, ctx.infra.data_bucket, d.s3_prefix, ctx.clients.s3)
-    upload_items(items, ctx.clients.s3, dry_run=dry_run, echo=echo)
+    d, s3 = ctx.cfg.dataset, ctx.clients.s3
+    folders = channel_folders(ctx.cfg, s3_client=s3)  # every channel checked before anything moves
+    items = []
+    for channel, uri in channel_uris(ctx.infra.data_bucket, d.s3_prefix, list(folders)).items():
+        prefix = split_s3_uri(uri)[1]
+        if channel == "train" and d.get("files"):
+            # Verified raw files, each where it was verified: the source folder or the local cache.
+            items += plan_upload(fetch_dataset(ctx.cfg, s3_client=s3), ctx.infra.data_bucket, prefix, s3)
+        else:
+            folder = folders[channel]
+            items += plan_upload(folder_files(folder), ctx.infra.data_bucket, prefix, s3, root=folder)
+    upload_items(items, s3, dry_run=dry_run, echo=echo)
 
 
 def image_ref(ctx: Context, allow_dirty: bool):
@@ -208,7 +217,7 @@ def fetch(overrides: list[str], job_name: str | None, echo=print) -> Path:
     dest = Path(ctx.cfg.paths.runs_dir) / name
     fetch_job(ctx.clients.s3, model_uri, output_uri, checkpoints, dest, echo=echo)
     metrics = json.loads((dest / METRICS_FILE).read_text())
-    echo(" ".join(f"{k}={metrics[k]:.6g}" for k in ("test_loss", "test_acc") if k in metrics))
+    echo(" ".join(f"{k}={v:.6g}" for k, v in sorted(metrics.items()) if k.startswith("test_")))
     echo(f"run_dir={dest}")
     return dest
 

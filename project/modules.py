@@ -1,0 +1,162 @@
+"""The run's LightningModule and LightningDataModule, built from `model` and `dataset` configs.
+
+`dataset._target_` names any LightningDataModule: it receives every key of its config but the
+tool's (config.TOOL_DATASET_KEYS) and, injected, only where the data is: `data_dir` (the train
+channel's folder) and `<channel>_dir` for each declared channel, each where its `__init__`
+accepts it. `model._target_` names any LightningModule, built by hydra.utils.instantiate from
+the other keys (but `name`); a model config without `_target_` is an nn.Module (`net`) trained
+by project.models.LitClassifier, as the built-in cnn and mlp are.
+
+`check` imports both classes and matches the config against their signatures before anything is
+built or written, so a typo is one line naming the class and the arguments it takes, not a
+TypeError from deep inside a run. Importing this module is cheap: the classes are imported
+when checked.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .config import CHANNELS, TOOL_DATASET_KEYS, TOOL_MODEL_KEYS, ConfigError
+
+CLASSIFIER = "project.models.LitClassifier"  # trains a model config's `net` when it names no _target_
+# LitClassifier's execution levers, set from trainer.* (they do not change what is computed).
+CLASSIFIER_LEVERS = {"channels_last": "channels_last", "compile": "compile"}
+
+
+class ModuleError(ConfigError):
+    """A `_target_` that does not import, is not the right kind of class, or gets arguments it lacks."""
+
+
+def locate(path: str, key: str) -> type:
+    """The class at dotted `path`; an import failure names the module and the error."""
+    module_path, _, name = str(path).rpartition(".")
+    if not module_path:
+        raise ModuleError(f"{key}={path}: expected a dotted path such as mypackage.module.ClassName")
+    try:
+        module = importlib.import_module(module_path)
+    except Exception as exc:  # noqa: BLE001  a user's module may raise anything on import
+        raise ModuleError(
+            f"{key}={path}: cannot import module {module_path} ({type(exc).__name__}: {exc}); "
+            "check the name and that its package is importable from the repository root"
+        ) from None
+    found = getattr(module, name, None)
+    if not isinstance(found, type):
+        raise ModuleError(f"{key}={path}: module {module_path} has no class {name}")
+    return found
+
+
+def _require(cls: type, base: type, key: str, kind: str) -> None:
+    if not issubclass(cls, base):
+        raise ModuleError(
+            f"{key}={cls.__module__}.{cls.__qualname__} is not a {kind} (it derives from "
+            f"{', '.join(b.__name__ for b in cls.__mro__[1:-1]) or 'object'}); name a {kind} subclass"
+        )
+
+
+def accepted(cls: type) -> tuple[list[str], bool]:
+    """The keyword arguments `cls.__init__` names, and whether it takes **kwargs too."""
+    params = list(inspect.signature(cls).parameters.values())  # __init__'s, past self
+    named = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return named, any(p.kind == p.VAR_KEYWORD for p in params)
+
+
+def check_arguments(cls: type, given: Mapping[str, Any], key: str) -> None:
+    """Every given argument is one `cls` takes, and every argument it requires is given."""
+    named, var_kw = accepted(cls)
+    label = f"{cls.__module__}.{cls.__qualname__}"
+    unknown = [k for k in given if k not in named]
+    if unknown and not var_kw:
+        raise ModuleError(
+            f"{key}: {label} takes no argument {', '.join(sorted(unknown))}; it accepts: {', '.join(named) or 'none'}"
+        )
+    params = list(inspect.signature(cls).parameters.values())
+    required = [p.name for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    missing = [name for name in required if name not in given]
+    if missing:
+        raise ModuleError(f"{key}: {label} requires {', '.join(missing)}; add it to the config")
+
+
+def _container(node: Any) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    return dict(OmegaConf.to_container(node, resolve=True))  # type: ignore[arg-type]  # a config group is a mapping
+
+
+def injected_names(channels: Mapping[str, Any]) -> list[str]:
+    """The arguments the tool may inject: data_dir and one <channel>_dir per declared channel."""
+    return ["data_dir", *(f"{channel}_dir" for channel in CHANNELS if channel in channels)]
+
+
+def datamodule_arguments(cfg: Any, cls: type, folders: Mapping[str, Path] | None) -> dict[str, Any]:
+    """The DataModule's keyword arguments: its config without the tool's keys, plus the data's folders."""
+    from omegaconf import OmegaConf
+
+    node = cfg.dataset
+    given = {k: v for k, v in _container(node).items() if k not in TOOL_DATASET_KEYS}
+    clash = [name for name in given if name in ("data_dir", *(f"{c}_dir" for c in CHANNELS))]
+    if clash:
+        raise ModuleError(
+            f"dataset.{clash[0]} is set by the tool from dataset.channels: remove it and set "
+            f"dataset.channels.{'train' if clash[0] == 'data_dir' else clash[0][:-4]} instead"
+        )
+    named, _ = accepted(cls)
+    channels = dict(OmegaConf.to_container(node.channels, resolve=True))  # type: ignore[arg-type]
+    places = {name: str(Path(folders[name])) if folders else str(where) for name, where in channels.items()}
+    if "data_dir" in named:
+        given["data_dir"] = places["train"]
+    for channel, place in places.items():
+        if f"{channel}_dir" in named:
+            given[f"{channel}_dir"] = place
+    return given
+
+
+def module_arguments(cfg: Any) -> tuple[str, dict[str, Any]]:
+    """The LightningModule's class path and keyword arguments (a classifier's `net` still a config)."""
+    given = _container(cfg.model)
+    target = given.get("_target_")
+    for key in TOOL_MODEL_KEYS:
+        given.pop(key, None)
+    if target is None:  # an nn.Module trained by LitClassifier, with the trainer's execution levers
+        target = CLASSIFIER
+        given.update({arg: cfg.trainer[lever] for arg, lever in CLASSIFIER_LEVERS.items()})
+    return str(target), given
+
+
+def check(cfg: Any) -> tuple[type, type]:
+    """Import both classes and match the config against their signatures; nothing is built."""
+    import pytorch_lightning as pl
+
+    data_cls = locate(cfg.dataset._target_, "dataset._target_")
+    _require(data_cls, pl.LightningDataModule, "dataset._target_", "LightningDataModule")
+    check_arguments(data_cls, datamodule_arguments(cfg, data_cls, None), "dataset")
+    target, arguments = module_arguments(cfg)
+    key = "model._target_" if "_target_" in cfg.model else "model"
+    module_cls = locate(target, key)
+    _require(module_cls, pl.LightningModule, key, "LightningModule")
+    check_arguments(module_cls, {**arguments, **({"net": None} if target == CLASSIFIER else {})}, "model")
+    return data_cls, module_cls
+
+
+def build(cfg: Any, folders: Mapping[str, Path]) -> tuple[Any, Any]:
+    """The LightningModule and LightningDataModule of the run (check() first)."""
+    from hydra.utils import instantiate
+
+    data_cls, module_cls = check(cfg)
+    datamodule = data_cls(**datamodule_arguments(cfg, data_cls, folders))
+    target, arguments = module_arguments(cfg)
+    if target == CLASSIFIER:
+        net = instantiate(arguments.pop("net"))
+        return module_cls(net=net, **arguments), datamodule
+    return instantiate({"_target_": target, **arguments}, _convert_="all"), datamodule
+
+
+def is_classifier(module: Any) -> bool:
+    """Confusion matrix, pixel-space export and `invoke predict` apply to LitClassifier runs only."""
+    from .models import LitClassifier
+
+    return isinstance(module, LitClassifier)

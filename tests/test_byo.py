@@ -1,0 +1,124 @@
+"""Your own model and data: any LightningModule and DataModule, through the real CLI.
+
+A package outside project/ (written by tests.byo, importable with PYTHONPATH) and the worked
+example in mymodels/ train with `invoke local`; bad `_target_`s, arguments and channel folders are
+one line, exit 2, and leave no run folder. The MNIST family's configs build on synthetic IDX data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+import pytest
+
+from project import config as C
+from project import modules
+from project.raw import channel_folders
+from tests import byo
+from tests.cli import invoke, one_error_line
+
+
+@pytest.fixture
+def package(tmp_path):
+    root = tmp_path / "user"
+    name = byo.write_package(root)
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    return root, name, env
+
+
+def test_own_module_and_two_channels_train_with_invoke_local(package, tmp_path):
+    root, name, env = package
+    result = invoke("local", *byo.overrides(root, tmp_path / "runs", run_name="own"), env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "epoch=1/2 " in result.stdout and "val_loss=" in result.stdout
+    assert "warning" not in result.stderr  # every declared metric was logged
+    run = tmp_path / "runs" / "own"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test_loss"] < metrics["train_loss"] or metrics["test_loss"] < 1.0
+    assert {p.name for p in (run / "model").iterdir()} >= {"model.pt", "model.ts", "config.yaml"}
+    assert not (run / "output" / "confusion_matrix.png").exists()  # not a classifier
+    assert list((run / "checkpoints").glob("*.ckpt"))
+
+
+def test_declared_metric_never_logged_is_one_warning(package, tmp_path):
+    root, _, env = package
+    extra = {"model.metrics": "[train_loss,val_loss,val_r2]", "trainer.max_epochs": 1, "run_name": "warn"}
+    result = invoke("local", *byo.overrides(root, tmp_path / "runs", **extra), env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: model.metrics")]
+    assert len(warnings) == 1 and "val_r2" in warnings[0] and "val_loss" not in warnings[0].split(",")[0]
+
+
+def test_worked_example_trains_locally(tmp_path):
+    folder = tmp_path / "csv"
+    folder.mkdir()
+    rng = random.Random(1)
+    rows = ["a,b,c,y"]
+    for _ in range(200):
+        a, b, c = (rng.uniform(-1, 1) for _ in range(3))
+        rows.append(f"{a},{b},{c},{2 * a - b + 0.5 * c}")
+    (folder / "train.csv").write_text("\n".join(rows) + "\n")
+    result = invoke(
+        "local",
+        "model=mlp_regressor",
+        "dataset=csv_regression",
+        f"dataset.channels.train={folder}",
+        f"paths.runs_dir={tmp_path / 'runs'}",
+        "run_name=csv",
+        "trainer.max_epochs=2",
+        "trainer.batch_size=32",
+        "trainer.gpus=0",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "runs" / "csv" / "metrics.json").read_text())
+    assert {"train_loss", "val_loss", "val_mae", "test_loss", "test_mae"} <= set(metrics)
+    assert "test_mae=" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "extra,expected",
+    [
+        (
+            {"model._target_": "no_such_package.models.Net"},
+            "error: model._target_=no_such_package.models.Net: cannot import module no_such_package.models "
+            "(ModuleNotFoundError: No module named 'no_such_package')",
+        ),
+        ({"model._target_": "{pkg}.NotAModule"}, "error: model._target_={pkg}.NotAModule is not a LightningModule"),
+        ({"dataset._target_": "{pkg}.Linear"}, "error: dataset._target_={pkg}.Linear is not a LightningDataModule"),
+        ({"+model.dropout": 0.5}, "error: model: {pkg}.Linear takes no argument dropout; it accepts: features, lr"),
+        (
+            {"+dataset.shuffle": "true"},
+            "error: dataset: {pkg}.PointsData takes no argument shuffle; it accepts: train_dir, validation_dir, "
+            "batch_size",
+        ),
+        (
+            {"dataset.channels.validation": "{root}/nowhere"},
+            "error: dataset.channels.validation={root}/nowhere does not exist",
+        ),
+        ({"dataset.channels.validation": "{root}/empty"}, "error: dataset.channels.validation={root}/empty is empty"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(package, tmp_path, extra, expected):
+    root, name, env = package
+    (root / "empty").mkdir()
+    extra = {k: str(v).format(pkg=name, root=root) for k, v in extra.items()}
+    result = invoke("local", *byo.overrides(root, tmp_path / "runs", run_name="bad", **extra), env=env)
+    line = one_error_line(result)
+    assert line.startswith(expected.format(pkg=name, root=root)), line
+    assert not (tmp_path / "runs" / "bad").exists()
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist", "kmnist"])
+def test_mnist_family_builds_on_synthetic_idx(dataset, tiny_data, tmp_path):
+    folder, files = tiny_data
+    cfg = C.compose(
+        [f"dataset={dataset}", f"dataset.channels.train={folder}", f"paths.data_dir={tmp_path}", "dataset.val_size=50"]
+        + [f"dataset.files.{stem}={sha}" for stem, sha in files.items()]
+    )
+    assert cfg.dataset.name == dataset and cfg.dataset._target_ == "project.data.IdxDataModule"
+    assert set(cfg.dataset.files) == set(files)
+    module, datamodule = modules.build(cfg, channel_folders(cfg))
+    datamodule.setup("fit")
+    assert len(datamodule.splits["val"]) == 50 and modules.is_classifier(module)
