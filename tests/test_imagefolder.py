@@ -23,6 +23,7 @@ from project.aws.upload import UPLOAD, plan_packed_upload, upload
 from project.imagefolder import ImageFolderDataModule
 from project.models import LitClassifier, SmallCNN
 from project.raw import DataError
+from tests.cli import invoke, one_error_line
 
 CLASSES = ("hbar", "square", "vbar")
 
@@ -278,3 +279,79 @@ def test_pack_channel_packs_only_imagefolder_datasets(tree, tmp_path):
     other = {"_target_": "project.data.IdxDataModule", "name": "mnist"}
     assert imagetree.pack_channel(other, "train", tree, tmp_path / "other") is None
     assert not (tmp_path / "other").exists()
+
+
+# --- through the CLI: invoke local and invoke upload --------------------------------------------
+
+
+def local_args(tree: Path, tmp_path: Path, run_name: str, *extra: str) -> list[str]:
+    return [
+        "dataset=imagefolder",
+        f"dataset.channels.train={tree}",
+        "dataset.num_classes=3",
+        f"paths.runs_dir={tmp_path / 'runs'}",
+        f"run_name={run_name}",
+        "trainer.max_epochs=1",
+        "trainer.batch_size=32",
+        "trainer.gpus=0",
+        *extra,
+    ]
+
+
+@pytest.mark.slow
+def test_invoke_local_trains_on_an_image_folder(tree, tmp_path):
+    result = invoke("local", *local_args(tree, tmp_path, "shapes"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "runs" / "shapes" / "metrics.json").read_text())
+    assert {"train_loss", "val_acc", "test_acc"} <= set(metrics)
+
+
+@pytest.mark.parametrize(
+    "make,expected",
+    [
+        ("one_class", "has 1 class folder(s) (only): a classifier needs at least two"),
+        ("corrupt", "unreadable image vbar/img_002.png"),
+        ("three_classes", "dataset.num_classes=5 but"),
+    ],
+)
+def test_invoke_local_bad_trees_are_one_line(make, expected, tmp_path):
+    root = write_tree(tmp_path / "tree", per_class=3, classes=("only",) if make == "one_class" else CLASSES)
+    if make == "corrupt":
+        (root / "vbar" / "img_002.png").write_bytes(b"not an image")
+    extra = ["dataset.num_classes=5"] if make == "three_classes" else []
+    line = one_error_line(invoke("local", *local_args(root, tmp_path, "bad", *extra)))
+    assert line.startswith("error: ") and expected in line, line
+    assert not (tmp_path / "runs" / "bad").exists()
+
+
+def test_invoke_upload_sends_shards_incrementally(moto_endpoint, tmp_path):
+    s3 = aws_clients("us-east-1", moto_endpoint).s3
+    bucket = f"img-{uuid.uuid4().hex[:10]}"
+    s3.create_bucket(Bucket=bucket)
+    root = write_tree(tmp_path / "tree", per_class=40)
+    args = [
+        "dataset=imagefolder",
+        f"dataset.channels.train={root}",
+        "dataset.num_classes=3",
+        "dataset.shard_mb=0.005",
+        f"paths.data_dir={tmp_path / 'cache'}",
+        f"aws.data_bucket={bucket}",
+        f"aws.artifacts_bucket={bucket}",
+        "aws.repository_url=123456789012.dkr.ecr.us-east-1.amazonaws.com/img",
+        "aws.role_arn=arn:aws:iam::123456789012:role/img",
+        "aws.region=us-east-1",
+    ]
+
+    def sent() -> list[str]:
+        result = invoke("upload", *args)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return [line.split(" -> ")[1].rsplit("/", 1)[1] for line in result.stdout.splitlines() if " -> s3://" in line]
+
+    first = sent()
+    assert len(first) > 4 and first[-1] == imagetree.MANIFEST
+    assert sent() == []
+    shape_image("vbar", np.random.default_rng(5), 28).save(root / "vbar" / "img_020.png")
+    second = sent()
+    assert len(second) == 2 and second[0].startswith("shard-") and second[1] == imagetree.MANIFEST
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="datasets/imagefolder/train/")["Contents"]}
+    assert f"datasets/imagefolder/train/{imagetree.MANIFEST}" in keys
