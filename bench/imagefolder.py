@@ -1,10 +1,9 @@
 """dataset=imagefolder on the 10,000 MNIST test images written as PNGs (<digit>/<index>.png).
 
-(a) Upload: the tree packed into tar shards and sent with the manifest last (a fresh process:
-`python -m bench.imagefolder pack-upload`, i.e. project.imagetree.pack_tree + plan_packed_upload +
-upload, what `invoke upload` does for an imagefolder channel, without Hydra's compose) against
-`aws s3 sync` of the raw tree, both to the same moto S3 endpoint. Every round empties both
-prefixes and the pack folder first (untimed), so each side makes a first upload.
+(a) Upload: `invoke upload dataset=imagefolder dataset.channels.train=<tree>` (packs the tree into
+tar shards, sends them and the manifest last) against `aws s3 sync` of the raw tree, both to the
+same moto S3 endpoint. Every round empties both prefixes and the pack cache first (untimed), so
+each side makes a first upload.
 
 (b) One training epoch (data set-up included: reading, decoding, one epoch of SmallCNN with batch
 256 and validation on 10% held out) with ImageFolderDataModule reading the shards against the same
@@ -17,12 +16,11 @@ Uses the real MNIST files; skipped without them.
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from .common import REGION, Skip, local_aws, mnist_dir, row, run_timed
+from .common import Skip, invoke_script, local_aws, mnist_dir, row, run_timed
 from .transfers import _empty, awscli
 
 PREFIX = "bench/imagefolder"
@@ -41,18 +39,6 @@ def write_pngs(folder: Path, root: Path) -> int:
     for i, (image, label) in enumerate(zip(images, labels, strict=True)):
         Image.fromarray(image, mode="L").save(root / str(label) / f"{i:05d}.png")
     return len(labels)
-
-
-def pack_upload(tree: str, packed: str, endpoint: str, bucket: str, prefix: str) -> None:
-    """What `invoke upload` does for an imagefolder channel: pack, then send shards and manifest last."""
-    from project.aws.session import aws_clients
-    from project.aws.upload import plan_packed_upload, upload
-    from project.imagetree import pack_tree
-
-    s3 = aws_clients(REGION, endpoint).s3
-    folder = pack_tree(Path(tree), Path(packed)).parent
-    shards, manifest = plan_packed_upload(folder, bucket, prefix, s3)
-    upload(shards, s3, progress=False, then=manifest)
 
 
 def _epoch(train_dir: Path) -> float:
@@ -94,8 +80,8 @@ def run(reps: int) -> dict:
         count = write_pngs(folder, tree)
         with local_aws() as aws:
             s3 = aws.client("s3")
-            ours = [sys.executable, "-m", "bench.imagefolder", "pack-upload", str(tree), str(packed), aws.endpoint]
-            ours += [aws.data_bucket, f"{PREFIX}/shards/train"]
+            ours = [invoke_script(), "upload", "dataset=imagefolder", f"dataset.channels.train={tree}"]
+            ours += [f"dataset.s3_prefix={PREFIX}/shards", f"paths.data_dir={packed}", *aws.overrides()]
             sync = [aws_cli, "s3", "sync", str(tree), f"s3://{aws.data_bucket}/{PREFIX}/raw/", "--only-show-errors"]
             upload_times: dict[str, list[float]] = {"shards": [], "sync": []}
             for i in range(reps + 1):  # interleaved; round 0 is the warm-up and is dropped
@@ -108,7 +94,7 @@ def run(reps: int) -> dict:
                         upload_times[key].append(value)
             objects = {side: _count(s3, aws.data_bucket, f"{PREFIX}/{side}/") for side in ("shards", "raw")}
         assert objects["raw"] == count, f"aws s3 sync sent {objects['raw']} objects for {count} images"
-        manifest = pack_tree(tree, packed)
+        manifest = pack_tree(tree, scratch / "epoch-shards")
         epoch_times: dict[str, list[float]] = {"shards": [], "folder": []}
         for i in range(reps + 1):
             sample = {"shards": _epoch(manifest.parent), "folder": _epoch(tree)}
@@ -123,7 +109,7 @@ def run(reps: int) -> dict:
         "rows": [
             row(
                 "imagefolder: upload 10,000 PNGs (moto S3)",
-                "pack + upload shards",
+                "invoke upload (shards)",
                 upload_times["shards"],
                 "aws s3 sync raw tree",
                 upload_times["sync"],
@@ -150,7 +136,3 @@ def _empty_all(s3, bucket: str, prefix: str) -> None:
 def _count(s3, bucket: str, prefix: str) -> int:
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
     return sum(page.get("KeyCount", 0) for page in pages)
-
-
-if __name__ == "__main__" and sys.argv[1:2] == ["pack-upload"]:
-    pack_upload(*sys.argv[2:7])
