@@ -25,6 +25,7 @@ BENCHMARKS = (
     "data_pipeline",
     "cli",
     "transfers",
+    "imagefolder",
     "sweep",
     "serving",
     "time_to_first_step",

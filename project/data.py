@@ -163,86 +163,32 @@ class TensorSplit(torch.utils.data.Dataset):
         return TensorSplit(self.images.to(device), self.labels.to(device))
 
 
-class IdxDataModule(pl.LightningDataModule):
-    """Any dataset shipped as four IDX files (MNIST, Fashion-MNIST, KMNIST, EMNIST splits).
+class ResidentDataModule(pl.LightningDataModule):
+    """The loaders of a dataset held whole in memory as TensorSplits (`self.splits`: train, val, test).
 
-    `data_dir`: the folder holding the files (the tool injects the train channel's; see
-    project.modules). `cache_dir`: where a verified good copy may stand in for a damaged file of
-    `data_dir`; by default `data_dir` itself. `batch_size` is the global batch: each process
-    takes its share (config.per_device_batch).
+    A subclass fills `self.splits` in setup() and then calls `_place_splits(stage)`; batching by
+    index, DDP sharding, GPU residency and the resumable training position are all here.
     """
 
     shards_by_rank = True  # its loaders shard over DDP ranks themselves: no DistributedSampler (train.build_run)
 
-    def __init__(
-        self,
-        data_dir: str,
-        files: dict[str, str],
-        cache_dir: str | None = None,
-        batch_size: int = 256,
-        val_size: int = 5000,
-        mean: float = 0.0,
-        std: float = 1.0,
-        seed: int = 42,
-        num_workers: int = 0,
-        on_device: bool = True,
-        num_classes: int | None = None,
-    ):
+    def __init__(self, batch_size: int, seed: int, num_workers: int, on_device: bool):
         super().__init__()
-        self.source, self.files = data_dir, dict(files)  # `source`: what the start line names
-        self.cache_dir = Path(cache_dir if cache_dir is not None else data_dir)
-        self.batch_size, self.val_size, self.seed = batch_size, val_size, seed
-        self.mean, self.std, self.num_workers = mean, std, num_workers
+        self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
         self.on_device = on_device  # on a GPU run: keep the splits in GPU memory
-        self.num_classes = num_classes  # labels must lie in [0, num_classes): checked once here
         self.splits: dict[str, TensorSplit] = {}
         self._loaders: dict[str, IndexBatches] = {}
         self._train_loader: ResumableLoader | None = None
         self._train_position: dict[str, int] | None = None  # from a checkpoint, until applied
 
-    def _stem(self, kind: str, split: str) -> str:
-        prefix = "train" if split == "train" else "t10k"
-        matches = [s for s in self.files if s.startswith(prefix) and kind in s]
-        if len(matches) != 1:
-            raise DataError(f"dataset.files must name exactly one {prefix}*{kind}* file, found {matches}")
-        return matches[0]
-
-    # remember=False: every file is decompressed to be parsed anyway, and in a SageMaker job the
-    # cache dir must stay empty when the data channel holds every file.
-    def prepare_data(self) -> None:
-        fetch_raw(self.source, self.cache_dir, self.files, remember=False)
-
-    def _tensors(self, split: str):
-        paths = fetch_raw(
-            self.source, self.cache_dir, self.files, remember=False
-        )  # verified in this process: only hashes
-        images = load_verified(paths[self._stem("images", split)], self.files[self._stem("images", split)])
-        labels = load_verified(paths[self._stem("labels", split)], self.files[self._stem("labels", split)])
-        if len(images) != len(labels):
-            raise DataError(f"{split}: {len(images)} images but {len(labels)} labels")
-        if self.num_classes is not None and len(labels) and not 0 <= labels.min() <= labels.max() < self.num_classes:
-            raise DataError(
-                f"{split} labels run from {labels.min()} to {labels.max()}, outside 0..{self.num_classes - 1}: "
-                f"set dataset.num_classes to the number of classes"
-            )
-        x = torch.from_numpy(images.astype(np.float32)).div_(255.0).sub_(self.mean).div_(self.std)
-        if x.dim() == 3:
-            x = x.unsqueeze(1)  # N x H x W -> N x 1 x H x W
-        return x.contiguous(), torch.from_numpy(labels.astype(np.int64))
-
-    def setup(self, stage: str | None = None) -> None:
-        if stage in (None, "fit", "validate") and "train" not in self.splits:
-            x, y = self._tensors("train")
-            train_idx, val_idx = split_indices(len(y), self.val_size, self.seed)
-            self.splits["train"] = TensorSplit(x[train_idx], y[train_idx])
-            self.splits["val"] = TensorSplit(x[val_idx], y[val_idx])
-        if stage in (None, "test", "predict") and "test" not in self.splits:
-            self.splits["test"] = TensorSplit(*self._tensors("test"))
+    def _place_splits(self, stage: str | None) -> None:
         device = self._resident_device()
         if device is not None:
             # Copied once; then each batch is one indexing op on the GPU and nothing crosses PCIe
             # (MNIST: 220 MB as float32). Loader workers would have to share CUDA tensors: not then.
-            self.splits = {name: split.to(device) for name, split in self.splits.items()}
+            moved: dict[int, TensorSplit] = {}  # a split that serves twice (val as test) is copied once
+            for name, split in self.splits.items():
+                self.splits[name] = moved[id(split)] = moved.get(id(split)) or split.to(device)
         if stage == "fit":
             self._per_device_batch()  # an uneven split is refused before the first step
 
@@ -305,3 +251,73 @@ class IdxDataModule(pl.LightningDataModule):
 
     def test_dataloader(self):
         return self._loader("test", shuffle=False)
+
+
+class IdxDataModule(ResidentDataModule):
+    """Any dataset shipped as four IDX files (MNIST, Fashion-MNIST, KMNIST, EMNIST splits).
+
+    `data_dir`: the folder holding the files (the tool injects the train channel's; see
+    project.modules). `cache_dir`: where a verified good copy may stand in for a damaged file of
+    `data_dir`; by default `data_dir` itself. `batch_size` is the global batch: each process
+    takes its share (config.per_device_batch).
+    """
+
+    def __init__(
+        self,
+        data_dir: str,
+        files: dict[str, str],
+        cache_dir: str | None = None,
+        batch_size: int = 256,
+        val_size: int = 5000,
+        mean: float = 0.0,
+        std: float = 1.0,
+        seed: int = 42,
+        num_workers: int = 0,
+        on_device: bool = True,
+        num_classes: int | None = None,
+    ):
+        super().__init__(batch_size, seed, num_workers, on_device)
+        self.source, self.files = data_dir, dict(files)  # `source`: what the start line names
+        self.cache_dir = Path(cache_dir if cache_dir is not None else data_dir)
+        self.val_size, self.mean, self.std = val_size, mean, std
+        self.num_classes = num_classes  # labels must lie in [0, num_classes): checked once here
+
+    def _stem(self, kind: str, split: str) -> str:
+        prefix = "train" if split == "train" else "t10k"
+        matches = [s for s in self.files if s.startswith(prefix) and kind in s]
+        if len(matches) != 1:
+            raise DataError(f"dataset.files must name exactly one {prefix}*{kind}* file, found {matches}")
+        return matches[0]
+
+    # remember=False: every file is decompressed to be parsed anyway, and in a SageMaker job the
+    # cache dir must stay empty when the data channel holds every file.
+    def prepare_data(self) -> None:
+        fetch_raw(self.source, self.cache_dir, self.files, remember=False)
+
+    def _tensors(self, split: str):
+        paths = fetch_raw(
+            self.source, self.cache_dir, self.files, remember=False
+        )  # verified in this process: only hashes
+        images = load_verified(paths[self._stem("images", split)], self.files[self._stem("images", split)])
+        labels = load_verified(paths[self._stem("labels", split)], self.files[self._stem("labels", split)])
+        if len(images) != len(labels):
+            raise DataError(f"{split}: {len(images)} images but {len(labels)} labels")
+        if self.num_classes is not None and len(labels) and not 0 <= labels.min() <= labels.max() < self.num_classes:
+            raise DataError(
+                f"{split} labels run from {labels.min()} to {labels.max()}, outside 0..{self.num_classes - 1}: "
+                f"set dataset.num_classes to the number of classes"
+            )
+        x = torch.from_numpy(images.astype(np.float32)).div_(255.0).sub_(self.mean).div_(self.std)
+        if x.dim() == 3:
+            x = x.unsqueeze(1)  # N x H x W -> N x 1 x H x W
+        return x.contiguous(), torch.from_numpy(labels.astype(np.int64))
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit", "validate") and "train" not in self.splits:
+            x, y = self._tensors("train")
+            train_idx, val_idx = split_indices(len(y), self.val_size, self.seed)
+            self.splits["train"] = TensorSplit(x[train_idx], y[train_idx])
+            self.splits["val"] = TensorSplit(x[val_idx], y[val_idx])
+        if stage in (None, "test", "predict") and "test" not in self.splits:
+            self.splits["test"] = TensorSplit(*self._tensors("test"))
+        self._place_splits(stage)

@@ -20,10 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from project import imagetree
 from project.aws.session import aws_clients
 from project.sandbox import service as emulator
 from tests import byo, cli
 from tests.cli import one_error_line
+from tests.imagetrees import write_tree
 from tests.synthetic import make_images, tiny_overrides, write_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -389,6 +391,7 @@ def test_own_module_with_two_channels_matches_invoke_local(world, tmp_path):
         *base,
         "instance=ml.m5.xlarge",
         f"job.base_name={name}",
+        "job.image=custom",
         f"job.image_tag={world['tag']}",
         *world["infra_overrides"],
     ]
@@ -425,3 +428,41 @@ def test_own_module_with_two_channels_matches_invoke_local(world, tmp_path):
     for key in ("train_loss", "val_loss", "test_loss"):
         assert remote[key] == pytest.approx(expected[key], rel=1e-5), key
     assert (tmp_path / "fetched" / job / "model" / "model.ts").is_file()
+
+
+def test_an_image_folder_travels_as_shards_and_trains_on_the_emulator(world, tmp_path):
+    """dataset=imagefolder: `invoke upload` sends shards + manifest (no PNG object), the job reads them."""
+    name = f"img-{uuid.uuid4().hex[:6]}"
+    tree = write_tree(world["root"] / name, per_class=40)
+    overrides = [
+        "dataset=imagefolder",
+        f"dataset.channels.train={tree}",
+        "dataset.num_classes=3",
+        "dataset.shard_mb=0.01",
+        f"dataset.s3_prefix=datasets/{name}",
+        f"paths.runs_dir={world['root'] / 'runs'}",
+        f"paths.data_dir={world['root'] / 'cache'}",
+        "trainer.max_epochs=1",
+        "trainer.batch_size=32",
+        "trainer.gpus=0",
+        "instance=ml.m5.xlarge",
+        f"job.base_name={name}",
+        "job.image=custom",
+        f"job.image_tag={world['tag']}",
+        "job.max_run_minutes=30",
+        *world["infra_overrides"],
+    ]
+    up = invoke("upload", *overrides)
+    assert up.returncode == 0, up.stderr
+    s3, bucket = world["clients"].s3, world["infra"].data_bucket
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"datasets/{name}/train/")["Contents"]]
+    names = sorted(key.rsplit("/", 1)[1] for key in keys)
+    assert names[-1] == imagetree.MANIFEST and len(names) > 2
+    assert all(n.startswith("shard-") and n.endswith(".tar") for n in names[:-1])
+
+    with emulator.sagemaker_service(run_jobs=True, workdir=tmp_path / "jobs") as service:
+        train = invoke("train", *overrides, "--yes", "--poll", "1")
+        assert train.returncode == 0, train.stdout[-4000:] + train.stderr[-3000:]
+        job = re.search(r"launched (\S+)", train.stdout).group(1)
+        service.result(job).check()
+        assert re.search(r"test_acc=0\.\d+", train.stdout)

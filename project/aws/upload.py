@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from ..imagetree import MANIFEST, read_manifest
 from ..raw import file_sha256  # memoised per process: fetch_raw's verification hashed these files already
 from . import transfer
 from .session import aws_errors
@@ -136,24 +137,34 @@ def _upload_one(s3, item: UploadItem, config, callback) -> None:
 
 
 def upload(
-    items: list[UploadItem], s3, progress: bool = True, dry_run: bool = False, echo: Echo = print
+    items: list[UploadItem],
+    s3,
+    progress: bool = True,
+    dry_run: bool = False,
+    echo: Echo = print,
+    then: list[UploadItem] | None = None,
 ) -> UploadSummary:
-    """Send the items planned for upload, several files at once; print one line per file."""
-    todo = [item for item in items if item.action == UPLOAD]
-    skipped = [item for item in items if item.action != UPLOAD]
-    total = sum(item.size for item in todo)
-    for item in skipped:
-        echo(f"unchanged {item.uri}")
-    if dry_run:
-        for item in todo:
-            echo(f"would upload {item.path} ({transfer.human_size(item.size)}) -> {item.uri}")
-        summary = UploadSummary(todo, skipped, total, 0.0, dry_run=True)
-        echo(summary.line())
-        return summary
+    """Send the items planned for upload, several files at once; print one line per file.
+
+    `then`: items sent only once every one of `items` arrived (a manifest naming them); one summary.
+    """
     started = time.perf_counter()
-    if todo:
-        _upload_all(todo, s3, progress, echo, total)
-    summary = UploadSummary(todo, skipped, total, time.perf_counter() - started, dry_run=False)
+    sent: list[UploadItem] = []
+    skipped: list[UploadItem] = []
+    for batch in (items, then or []):
+        todo = [item for item in batch if item.action == UPLOAD]
+        skipped += [item for item in batch if item.action != UPLOAD]
+        for item in batch:
+            if item.action != UPLOAD:
+                echo(f"unchanged {item.uri}")
+        if dry_run:
+            for item in todo:
+                echo(f"would upload {item.path} ({transfer.human_size(item.size)}) -> {item.uri}")
+        elif todo:
+            _upload_all(todo, s3, progress, echo, sum(item.size for item in todo))
+        sent += todo
+    seconds = 0.0 if dry_run else time.perf_counter() - started
+    summary = UploadSummary(sent, skipped, sum(item.size for item in sent), seconds, dry_run=dry_run)
     echo(summary.line())
     return summary
 
@@ -180,3 +191,12 @@ def _upload_all(todo: list[UploadItem], s3, progress: bool, echo: Echo, total: i
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # files not started are dropped; started ones end whole
         bar.close()
+
+
+def plan_packed_upload(folder: Path, bucket: str, prefix: str, s3) -> tuple[list[UploadItem], list[UploadItem]]:
+    """A packed image channel (project.imagetree.pack_tree's folder) as (shards, manifest) to send:
+    `upload(shards, s3, then=manifest)` sends the manifest last, so a job never sees one naming a
+    shard that is not there yet. Shards no longer in the manifest are not sent (nor read by a job)."""
+    names = [entry["name"] for entry in read_manifest(folder)["shards"]]
+    items = plan_upload({name: folder / name for name in [*names, MANIFEST]}, bucket, prefix, s3)
+    return items[:-1], items[-1:]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import CONF_DIR, compose
+from ..imagetree import pack_channel
 from ..infra import Infra, load_infra
 from ..raw import channel_folders, fetch_dataset
 from ..sagemaker_names import METRICS_FILE
@@ -43,7 +44,7 @@ from .prices import refresh as refresh_prices
 from .quotas import QuotaError
 from .session import aws_clients, aws_errors
 from .staging import source_revision, stage_source
-from .upload import folder_files, plan_upload
+from .upload import UploadItem, folder_files, plan_packed_upload, plan_upload
 from .upload import upload as upload_items
 
 INFRA_KEYS = ("data_bucket", "artifacts_bucket", "repository_url", "role_arn", "region")
@@ -85,16 +86,25 @@ def upload(overrides: list[str], dry_run: bool = False, echo: Callable[[str], No
     ctx = setup(overrides)
     d, s3 = ctx.cfg.dataset, ctx.clients.s3
     folders = channel_folders(ctx.cfg, s3_client=s3)  # every channel checked before anything moves
-    items = []
+    # An image-folder channel goes as a few tar shards (project.imagetree); all are packed (every
+    # image checked) before anything moves.
+    packed = {
+        channel: pack_channel(d, channel, folder, Path(ctx.cfg.paths.data_dir)) for channel, folder in folders.items()
+    }
+    items: list[UploadItem] = []
+    manifests: list[UploadItem] = []
     for channel, uri in channel_uris(ctx.infra.data_bucket, d.s3_prefix, list(folders)).items():
         prefix = split_s3_uri(uri)[1]
         if channel == "train" and d.get("files"):
             # Verified raw files, each where it was verified: the source folder or the local cache.
             items += plan_upload(fetch_dataset(ctx.cfg, s3_client=s3), ctx.infra.data_bucket, prefix, s3)
+        elif (shards := packed[channel]) is not None:
+            channel_shards, manifest = plan_packed_upload(shards, ctx.infra.data_bucket, prefix, s3)
+            items, manifests = items + channel_shards, manifests + manifest
         else:
             folder = folders[channel]
             items += plan_upload(folder_files(folder), ctx.infra.data_bucket, prefix, s3, root=folder)
-    upload_items(items, s3, dry_run=dry_run, echo=echo)
+    upload_items(items, s3, dry_run=dry_run, echo=echo, then=manifests)  # manifests last: they name the shards
 
 
 def image_ref(ctx: Context) -> ImageRef:
