@@ -233,6 +233,10 @@ def _valid_keys(full_key: str) -> list[str]:
     return sorted(f.name for f in fields(node)) if is_dataclass(node) else []
 
 
+# Keys that moved, old -> new: an old command line gets one line naming the new spelling.
+RENAMED_KEYS = {"dataset.source": "dataset.channels.train"}
+
+
 def _one_line(exc: BaseException) -> str:
     """Hydra and OmegaConf errors span several lines and a chained cause; keep what names the problem."""
     text = str(exc).strip()
@@ -245,8 +249,13 @@ def _one_line(exc: BaseException) -> str:
     cause = exc.__cause__ or exc
     lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
     key = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("full_key:")), None)
+    if key in RENAMED_KEYS:
+        return f"{key} is now {RENAMED_KEYS[key]}: write {RENAMED_KEYS[key]}=..."
     if key and re.match(r"Key '.*' not in", lines[0]):
         return f"unknown key '{key}'; valid keys there: {', '.join(_valid_keys(key))}"
+    if key and re.match(r"Key '.*' is not in struct", lines[0]):
+        # An open mapping (dataset, model: their keys are the target class's arguments).
+        return f"unknown key '{key}'; to give the class a new argument, write +{key}=..."
     head = lines[0] if lines else type(exc).__name__
     return f"{key}: {head}" if key else head
 

@@ -45,6 +45,8 @@ def test_instance_catalog_covers_the_design_card():
         ("instance=ml.bogus", "unknown instance 'ml.bogus'; choose one of: ml.g4dn.12xlarge"),
         ("model=nope", "unknown model 'nope'; choose one of: cnn, mlp"),
         ("nonsense=1", "unknown key 'nonsense'"),
+        ("dataset.source=x", "dataset.source is now dataset.channels.train: write dataset.channels.train=..."),
+        ("dataset.sourc=x", "unknown key 'dataset.sourc'; to give the class a new argument, write +dataset.sourc=..."),
         ("trainer.gpus=-1", "trainer.gpus must be >= 0"),
         ("trainer.max_epochs=0", "trainer.max_epochs must be >= 1"),
     ],
