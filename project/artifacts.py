@@ -76,7 +76,15 @@ def export_module(module: Any, model_dir: Path, example: Any) -> Path | None:
     return None
 
 
-def export_model(net: nn.Module, model_dir: Path, image_shape: list[int], mean: float, std: float) -> Path:
+def plain_stat(value: Any) -> float | list[float]:
+    """A DataModule's pixel mean or std (a number, a sequence or a tensor) as one number or one per channel."""
+    values = [float(v) for v in torch.as_tensor(value, dtype=torch.float32).flatten()]
+    return values[0] if len(values) == 1 else values
+
+
+def export_model(
+    net: nn.Module, model_dir: Path, image_shape: list[int], mean: float | list[float], std: float | list[float]
+) -> Path:
     """A classifier's network: its weights, a TorchScript module (pixels in, probabilities out) that
     needs neither this code nor the config, and its contract (what `invoke predict` relies on)."""
     net = copy.deepcopy(net).cpu().eval()
@@ -91,7 +99,9 @@ def export_model(net: nn.Module, model_dir: Path, image_shape: list[int], mean: 
     return path
 
 
-def model_contract(image_shape: list[int], num_classes: int, mean: float, std: float) -> str:
+def model_contract(
+    image_shape: list[int], num_classes: int, mean: float | list[float], std: float | list[float]
+) -> str:
     channels, height, width = image_shape
     return f"""# {TORCHSCRIPT_FILE}: the exported model
 

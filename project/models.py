@@ -60,6 +60,11 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+def _channel_stat(value: float | list[float]) -> torch.Tensor:
+    values = torch.tensor(value, dtype=torch.float32)
+    return values.view(1, -1, 1, 1) if values.numel() > 1 else values.reshape(())
+
+
 class Exported(nn.Module):
     """What ships: raw pixels in [0, 255], N x C x H x W, to class probabilities.
 
@@ -69,11 +74,12 @@ class Exported(nn.Module):
     mean: torch.Tensor  # buffers, registered below
     std: torch.Tensor
 
-    def __init__(self, net: nn.Module, mean: float, std: float):
+    def __init__(self, net: nn.Module, mean: float | list[float], std: float | list[float]):
         super().__init__()
         self.net = net
-        self.register_buffer("mean", torch.tensor(mean))
-        self.register_buffer("std", torch.tensor(std))
+        # One value, or one per colour channel (broadcast over N x C x H x W).
+        self.register_buffer("mean", _channel_stat(mean))
+        self.register_buffer("std", _channel_stat(std))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = (pixels.float() / 255.0 - self.mean) / self.std

@@ -191,7 +191,10 @@ def _write_artifacts(cfg: Any, layout: RunLayout, module, datamodule, metrics: d
     example = artifacts.example_input(datamodule)
     if modules.is_classifier(cfg) and example is not None and example.dim() == 4:
         # Pixels in, probabilities out, normalisation inside: what `invoke predict` runs.
-        mean, std = float(getattr(datamodule, "mean", 0.0)), float(getattr(datamodule, "std", 1.0))
+        mean, std = (
+            artifacts.plain_stat(getattr(datamodule, "mean", 0.0)),
+            artifacts.plain_stat(getattr(datamodule, "std", 1.0)),
+        )
         artifacts.export_model(module.net, layout.model_dir, list(example.shape[1:]), mean, std)
         matrix = module.test_confusion  # counted during trainer.test: no second pass over the test set
         artifacts.plot_confusion(matrix, layout.output_dir / artifacts.CONFUSION_FILE)

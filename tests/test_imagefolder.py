@@ -277,6 +277,20 @@ def test_invoke_local_trains_on_an_image_folder(tree, tmp_path):
     assert {"train_loss", "val_acc", "test_acc"} <= set(metrics)
 
 
+@pytest.mark.slow
+def test_an_rgb_run_with_per_channel_statistics_exports_its_normalisation(tree, tmp_path):
+    import torch
+
+    rgb = ["dataset.color=rgb", "model.net.in_channels=3", "dataset.mean=[0.4,0.5,0.6]", "dataset.std=[0.2,0.25,0.3]"]
+    result = invoke("local", *local_args(tree, tmp_path, "rgb", *rgb))
+    assert result.returncode == 0, result.stderr[-3000:]
+    model = torch.jit.load(str(tmp_path / "runs" / "rgb" / "model" / "model.ts"))
+    assert model.mean.flatten().tolist() == pytest.approx([0.4, 0.5, 0.6])
+    assert model.std.flatten().tolist() == pytest.approx([0.2, 0.25, 0.3])
+    probs = model(torch.full((2, 3, 28, 28), 128.0))
+    assert probs.shape == (2, 3) and torch.allclose(probs.sum(dim=1), torch.ones(2))
+
+
 @pytest.mark.parametrize(
     "make,expected",
     [
