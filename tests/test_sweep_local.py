@@ -6,6 +6,7 @@ import csv
 import json
 
 import pytest
+import yaml
 
 from project.sweep import FinalMetrics, JobResult
 from project.sweep_results import ranked, swept_values
@@ -99,3 +100,22 @@ def test_a_sweep_id_after_its_flag_is_the_flags_value_not_a_job_name():
     assert parsed["fetch"]["sweep"] == "261203-064821-b3c1" and parsed["fetch"]["job"] is None
     parsed = {c.name: c.as_kwargs for c in parser.parse_argv(["train", "-m", "model.lr=1,2", "--yes"])}
     assert parsed["train"]["multirun"] and parsed["train"]["overrides"] == ["model.lr=1,2"]
+
+
+@pytest.mark.slow
+def test_an_optuna_sweep_runs_through_our_launcher_and_learns_from_the_jobs_metrics(tiny_run, tmp_path):
+    optuna = ["hydra/sweeper=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.direction=maximize"]
+    fixed = [o for o in tiny_run(**{"trainer.max_epochs": 1}) if not o.startswith("model.lr=")]
+    result = invoke("local", "-m", *fixed, *optuna, "model.lr=interval(0.01,0.1)")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep_dir,) = (tmp_path / "runs").iterdir()
+    runs = sorted(p for p in sweep_dir.iterdir() if p.is_dir())
+    assert [p.name for p in runs] == ["0", "1", "2"]
+    val_acc = {p.name: json.loads((p / "metrics.json").read_text())["val_acc"] for p in runs}
+    rows = csv.DictReader((sweep_dir / "results.csv").open())
+    lrs = {row["job"]: float(row["overrides"].removeprefix("model.lr=")) for row in rows}
+    assert all(0.01 <= lr <= 0.1 for lr in lrs.values()) and len(set(lrs.values())) == 3  # Optuna's own draws
+    best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert best["best_value"] == pytest.approx(max(val_acc.values()))  # the objective came from the jobs
+    winner = max(val_acc, key=lambda name: val_acc[name])
+    assert best["best_params"]["model.lr"] == pytest.approx(lrs[winner])
