@@ -53,9 +53,13 @@ class DatasetKeys:
     # content (mirrors re-compress .gz files, so only the content hash identifies the data). With
     # it the train channel's files are verified, and fetched when the channel is remote.
     files: dict[str, str] = field(default_factory=dict)
+    # Optional: one sample's shape (C x H x W) where it is known before the data is read; `invoke
+    # train` estimates a classifier's GPU memory from it, and a served model's input from it.
+    image_shape: list[int] | None = None
 
 
-TOOL_DATASET_KEYS = ("_target_", "name", "s3_prefix", "channels", "input_modes")  # never DataModule arguments
+# Never DataModule arguments.
+TOOL_DATASET_KEYS = ("_target_", "name", "s3_prefix", "channels", "input_modes", "image_shape")
 # The scalars a SageMaker job scrapes from the `name=value` lines when a model config names none.
 DEFAULT_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "epoch")
 TOOL_MODEL_KEYS = ("_target_", "name", "metrics")  # never LightningModule arguments
@@ -448,7 +452,13 @@ def _typed(schema: type, group: str, node: Any, keys: tuple[str, ...]) -> Any:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    given = {k: node[k] for k in keys if k in node}
+    try:
+        given = {k: node[k] for k in keys if k in node}
+    except OmegaConfBaseException as exc:  # an interpolation into another group that lacks the key
+        raise ConfigError(
+            f"{_one_line(exc)}: this {group} config does not fit the others (e.g. a classifier needs "
+            "dataset.num_classes); pick a matching pair, as in model=mlp_regressor dataset=csv_regression"
+        ) from None
     try:
         return OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(given))
     except OmegaConfBaseException as exc:

@@ -66,10 +66,13 @@ def estimate_memory(cfg: Any, per_device_batch: int) -> MemoryEstimate | None:
 
     from ..models import build_net
 
+    shape = cfg.dataset.get("image_shape")
+    if not shape or not cfg.model.get("net"):
+        return None  # no shape known before the data is read, or not a network we build: no estimate
     try:
         with torch.device("meta"):
             net = build_net(dict(cfg.model.net))
-            sample = torch.empty(1, *cfg.dataset.image_shape)
+            sample = torch.empty(1, *shape)
             outputs: list[int] = []
             hooks = [
                 m.register_forward_hook(lambda _m, _i, out: outputs.append(out.numel()))
