@@ -168,7 +168,10 @@ def test_bad_payloads_are_a_4xx_with_one_line(handler, body, content_type, accep
 
 def test_a_model_that_is_not_a_classifier_gets_its_raw_outputs(run_dir, tmp_path):
     cfg = C.load_resolved(run_dir / "model" / C.RESOLVED_CONFIG_NAME)
-    cfg.model["_target_"] = "mymodels.csv_regression.MLPRegressor"  # a LightningModule, not model.net
+    from omegaconf import open_dict
+
+    with open_dict(cfg.model):
+        cfg.model["_target_"] = "mymodels.csv_regression.MLPRegressor"  # a LightningModule, not model.net
     assert not serving.is_classifier(cfg)
     archive = serving.pack_model(run_dir / "model", cfg, tmp_path / serving.MODEL_ARCHIVE)
     script = (
