@@ -237,6 +237,11 @@ def _valid_keys(full_key: str) -> list[str]:
     return sorted(f.name for f in fields(node)) if is_dataclass(node) else []
 
 
+# A model config that interpolates a key its dataset lacks (a classifier with a regression dataset).
+MISMATCH_HINT = (
+    "this model config does not fit the others (e.g. a classifier needs dataset.num_classes); "
+    "pick a matching pair, as in model=mlp_regressor dataset=csv_regression"
+)
 # Keys that moved, old -> new: an old command line gets one line naming the new spelling.
 RENAMED_KEYS = {"dataset.source": "dataset.channels.train"}
 
@@ -261,6 +266,8 @@ def _one_line(exc: BaseException) -> str:
         # An open mapping (dataset, model: their keys are the target class's arguments).
         return f"unknown key '{key}'; to give the class a new argument, write +{key}=..."
     head = lines[0] if lines else type(exc).__name__
+    if head.startswith("Interpolation key") and "not found" in head:  # e.g. cnn's ${dataset.num_classes}
+        head += f": {MISMATCH_HINT}"
     return f"{key}: {head}" if key else head
 
 
@@ -455,10 +462,7 @@ def _typed(schema: type, group: str, node: Any, keys: tuple[str, ...]) -> Any:
     try:
         given = {k: node[k] for k in keys if k in node}
     except OmegaConfBaseException as exc:  # an interpolation into another group that lacks the key
-        raise ConfigError(
-            f"{_one_line(exc)}: this {group} config does not fit the others (e.g. a classifier needs "
-            "dataset.num_classes); pick a matching pair, as in model=mlp_regressor dataset=csv_regression"
-        ) from None
+        raise ConfigError(_one_line(exc)) from None
     try:
         return OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(given))
     except OmegaConfBaseException as exc:

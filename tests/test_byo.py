@@ -122,3 +122,14 @@ def test_mnist_family_builds_on_synthetic_idx(dataset, tiny_data, tmp_path):
     module, datamodule = modules.build(cfg, channel_folders(cfg))
     datamodule.setup("fit")
     assert len(datamodule.splits["val"]) == 50 and modules.is_classifier(cfg)
+
+
+def test_a_model_that_does_not_fit_the_dataset_is_one_line(tmp_path):
+    """The default classifier (cnn) needs dataset.num_classes, which the CSV regression data lacks."""
+    line = one_error_line(invoke("local", "dataset=csv_regression", f"paths.runs_dir={tmp_path / 'runs'}"))
+    assert line.startswith("error: ") and (
+        "model.num_classes: Interpolation key 'dataset.num_classes' not found: "
+        "this model config does not fit the others" in line
+    ), line
+    assert "model=mlp_regressor dataset=csv_regression" in line
+    assert not (tmp_path / "runs").exists()

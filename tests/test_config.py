@@ -46,7 +46,6 @@ def test_instance_catalog_covers_the_design_card():
         ("instance=ml.bogus", "unknown instance 'ml.bogus'; choose one of: ml.g4dn.12xlarge"),
         ("model=nope", "unknown model 'nope'; choose one of: cnn, mlp"),
         ("nonsense=1", "unknown key 'nonsense'"),
-        ("dataset=csv_regression", "model.num_classes: Interpolation key 'dataset.num_classes' not found: this model"),
         ("dataset.source=x", "dataset.source is now dataset.channels.train: write dataset.channels.train=..."),
         ("dataset.sourc=x", "unknown key 'dataset.sourc'; to give the class a new argument, write +dataset.sourc=..."),
         ("trainer.gpus=-1", "trainer.gpus must be >= 0"),
