@@ -60,7 +60,10 @@ def test_local_sweep_runs_each_job_in_its_own_folder_and_ranks_them(tiny_run, tm
     ("extra", "message"),
     [
         (["model.lr=0.01"], "error: -m (multirun) needs at least one swept key"),
-        (["model.lrr=0.01,0.2"], "error: bad config override: unknown key 'model.lrr'; valid keys there: "),
+        (
+            ["model.lrr=0.01,0.2"],
+            "error: bad config override: unknown key 'model.lrr'; to give the class a new argument, write +model.lrr=",
+        ),
         (
             ["model.lr=0.01,0.2", "trainer.max_epochs=range(0,2)"],
             "error: sweep job 0 (trainer.max_epochs=0 model.lr=0.01): trainer.max_epochs must be >= 1, got 0; "
