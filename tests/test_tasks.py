@@ -122,6 +122,7 @@ def test_predict_errors_are_clean(args, message, tmp_path):
     if message is None:  # a real run directory, a missing image
         (tmp_path / "model").mkdir()
         (tmp_path / "model" / "model.ts").write_bytes(b"")
+        (tmp_path / "model" / "README.md").write_text("the classifier's contract")  # artifacts.CONTRACT_FILE
         args = ("predict", str(tmp_path), "no-such.png")
         message = "error: image not found: no-such.png"
     result = invoke(*args)
