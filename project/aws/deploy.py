@@ -11,6 +11,7 @@ The requests are built by pure functions (tested as plain values) and sent by a 
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import re
 import sys
@@ -317,23 +318,29 @@ def deploy(
     return endpoint
 
 
-def wait_endpoint(sm: Any, name: str, dc: Any, echo: Echo) -> dict[str, Any]:
+def wait_until_settled(
+    describe: Callable[[], dict[str, Any]], status_key: str, busy: Any, what: str, dc: Any, echo: Echo, give_up: str
+) -> dict[str, Any]:
+    """Poll `describe` until its status leaves `busy`, printing each change; after deploy.wait_minutes
+    give up with `give_up` (the resource goes on)."""
     start, last = time.monotonic(), None
     while True:
-        desc = sm.describe_endpoint(EndpointName=name)
-        status = desc["EndpointStatus"]
-        elapsed = time.monotonic() - start
+        desc = describe()
+        status, elapsed = desc[status_key], time.monotonic() - start
         if status != last:
-            echo(f"endpoint {name}: {status} ({elapsed:.0f} s)")
+            echo(f"{what}: {status} ({elapsed:.0f} s)")
             last = status
-        if status not in ENDPOINT_BUSY:
+        if status not in busy:
             return desc
         if elapsed > float(dc.wait_minutes) * 60:
-            raise DeployError(
-                f"endpoint {name} still {status} after {dc.wait_minutes} min: see `invoke endpoints`; "
-                f"`invoke undeploy {name}` removes it"
-            )
+            raise DeployError(f"{what} still {status} after {dc.wait_minutes} min{give_up}")
         time.sleep(float(dc.poll_seconds))
+
+
+def wait_endpoint(sm: Any, name: str, dc: Any, echo: Echo) -> dict[str, Any]:
+    hint = f": see `invoke endpoints`; `invoke undeploy {name}` removes it"
+    describe = functools.partial(sm.describe_endpoint, EndpointName=name)
+    return wait_until_settled(describe, "EndpointStatus", ENDPOINT_BUSY, f"endpoint {name}", dc, echo, hint)
 
 
 # --- undeploy ----------------------------------------------------------------------------------
@@ -580,18 +587,8 @@ def batch_predict(ctx: Any, spec: str | None, inputs: str, echo: Echo = print) -
 
 
 def wait_transform(sm: Any, name: str, dc: Any, echo: Echo) -> dict[str, Any]:
-    start, last = time.monotonic(), None
-    while True:
-        desc = sm.describe_transform_job(TransformJobName=name)
-        status, elapsed = desc["TransformJobStatus"], time.monotonic() - start
-        if status != last:
-            echo(f"transform job {name}: {status} ({elapsed:.0f} s)")
-            last = status
-        if status not in TRANSFORM_BUSY:
-            return desc
-        if elapsed > float(dc.wait_minutes) * 60:
-            raise DeployError(f"transform job {name} still {status} after {dc.wait_minutes} min")
-        time.sleep(float(dc.poll_seconds))
+    describe = functools.partial(sm.describe_transform_job, TransformJobName=name)
+    return wait_until_settled(describe, "TransformJobStatus", TRANSFORM_BUSY, f"transform job {name}", dc, echo, "")
 
 
 def download_predictions(s3: Any, input_uri: str, output_uri: str, dest: Path) -> list[tuple[str, str, str]]:
