@@ -8,7 +8,7 @@ import pytest
 from project.aws import image, sdk
 from project.aws import plan as jobs
 from project.aws.staging import stage_source
-from project.config import compose
+from project.config import DEFAULT_METRICS, compose
 from project.errors import UserError
 from project.infra import Infra
 from project.sagemaker_names import JOB_NAME
@@ -149,7 +149,7 @@ def test_metric_regexes_match_the_lines_training_prints():
 
     metrics = {"train_acc": 0.98, "train_loss": 0.05, "val_acc": 0.9916, "val_loss": 0.0291, "seconds": 3.2}
     line = format_metrics({"epoch": "2/3", **metrics})  # as reporting.MetricLines prints it
-    found = {d["Name"]: re.search(d["Regex"], line) for d in sdk.METRIC_DEFINITIONS}
+    found = {d["Name"]: re.search(d["Regex"], line) for d in sdk.metric_definitions(DEFAULT_METRICS)}
     assert float(found["epoch"].group(1)) == 2
     assert float(found["val_acc"].group(1)) == 0.9916
     assert float(found["train_loss"].group(1)) == 0.05

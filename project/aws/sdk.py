@@ -11,7 +11,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..config import DEFAULT_METRICS
 from ..sagemaker_names import CHECKPOINT_DIR
 from .fit import check_image_pull
 from .image import JOB_REQUIREMENTS, JobImage
@@ -24,9 +23,6 @@ from .session import aws_errors
 def metric_definitions(names: list[str] | tuple[str, ...]) -> list[dict[str, str]]:
     """Regexes over the `name=value` lines printed by project.train, scraped by SageMaker into metrics."""
     return [{"Name": name, "Regex": rf"(?:^|\s){re.escape(name)}=([-+0-9.eE]+)"} for name in names]
-
-
-METRIC_DEFINITIONS = metric_definitions(DEFAULT_METRICS)  # what the built-in models log
 
 
 # RetryStrategy: SageMaker launches the job again after InsufficientCapacityError (or an internal
