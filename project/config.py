@@ -459,10 +459,15 @@ def _typed(schema: type, group: str, node: Any, keys: tuple[str, ...]) -> Any:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    try:
-        given = {k: node[k] for k in keys if k in node}
-    except OmegaConfBaseException as exc:  # an interpolation into another group that lacks the key
-        raise ConfigError(_one_line(exc)) from None
+    given = {}
+    for k in keys:
+        try:
+            if k in node:
+                given[k] = node[k]
+        except OmegaConfBaseException as exc:  # an interpolation into another group that lacks the key
+            line, where = _one_line(exc), f"{group}.{k}"
+            # OmegaConf names the key in some versions and not in others: name it once, always.
+            raise ConfigError(line if line.startswith(f"{where}: ") else f"{where}: {line}") from None
     try:
         return OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(given))
     except OmegaConfBaseException as exc:
