@@ -9,18 +9,27 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import os
+import pty
 import re
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from project.aws.sweep import SweepSession
 from project.config import compose
 from project.sandbox import quotas as sandbox_quotas
 from project.sandbox import service as emulator
+from project.sweep import Job
 from tests import cli
 from tests.cli import one_error_line
+from tests.synthetic import write_dataset
 from tests.test_sagemaker_e2e import data, job_overrides, world  # noqa: F401  (module fixtures)
 
 pytestmark = pytest.mark.slow
@@ -132,9 +141,13 @@ def test_grid_sweep_runs_two_at_a_time_from_one_code_bundle_and_a_rerun_skips_th
 
 
 def test_a_failing_job_fails_alone_and_the_sweep_goes_on(world, data, tmp_path):  # noqa: F811
+    """Job 1 reads a prefix whose files are corrupt (it passes every check before launch: the data is there)."""
     name = f"swf-{uuid.uuid4().hex[:6]}"
     assert invoke("upload", *sweep_overrides(world, data, name)).returncode == 0
-    overrides = sweep_overrides(world, data, name, **{"model.net._target_": "project.models.SmallCNN,no.such.Net"})
+    s3, bucket = world["clients"].s3, world["infra"].data_bucket
+    for stem in data[1]:
+        s3.put_object(Bucket=bucket, Key=f"datasets/{name}-bad/train/{stem}.gz", Body=b"not a gzip file")
+    overrides = sweep_overrides(world, data, name, **{"dataset.s3_prefix": f"datasets/{name},datasets/{name}-bad"})
     with emulator.sagemaker_service(run_jobs=True, workdir=tmp_path / "jobs"):
         result = invoke("train", "-m", *overrides, "--yes", "--poll", "1")
     assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
@@ -157,6 +170,10 @@ def test_bad_sweeps_launch_nothing(world, data):  # noqa: F811
             {"trainer.gpus": "4,8", "instance": "ml.p3.8xlarge"},
             "error: sweep job 1 (trainer.gpus=8): trainer.gpus=8 but ml.p3.8xlarge has 4 GPU(s)",
         ),
+        (  # the job would fail on it: refused before the first job is paid for, as `invoke train` does
+            {"model.net._target_": "project.models.SmallCNN,no.such.Net"},
+            "error: sweep job 1 (model.net._target_=no.such.Net): package no (named by a _target_",
+        ),
     ]
     for extra, message in cases:
         line = one_error_line(invoke("train", "-m", *sweep_overrides(world, data, name, **extra), "--yes"))
@@ -177,3 +194,132 @@ def test_bad_sweeps_launch_nothing(world, data):  # noqa: F811
         line = one_error_line(invoke("train", "-m", *sweep_overrides(world, data, name, **two), "--yes"))
     assert "quota 'ml.m5.xlarge for training job usage' is 0" in line, line
     assert len(sm.list_training_jobs(MaxResults=100)["TrainingJobSummaries"]) == before
+
+
+class Terminal:
+    """`invoke` as a user runs it in a terminal: stdin is a pty (so it may ask), Ctrl-C reaches its process group."""
+
+    def __init__(self, *args: str) -> None:
+        master, slave = pty.openpty()
+        self.master, self.out = master, b""
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "invoke", *args],
+            cwd=cli.ROOT,
+            stdin=slave,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, as a shell's foreground job
+        )
+        os.close(slave)
+        os.set_blocking(self.proc.stdout.fileno(), False)
+
+    def wait_for(self, pattern: str, timeout: float = 300) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while not (found := re.search(pattern, self.text)):
+            assert time.monotonic() < deadline and self.proc.poll() is None, (pattern, self.text[-4000:])
+            time.sleep(0.05)
+        return found
+
+    @property
+    def text(self) -> str:
+        try:
+            self.out += self.proc.stdout.read() or b""
+        except BlockingIOError:
+            pass
+        return self.out.decode(errors="replace")
+
+    def ctrl_c(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGINT)
+
+    def type(self, line: str) -> None:
+        os.write(self.master, line.encode() + b"\n")
+
+    def finish(self, timeout: float = 120) -> int:
+        code = self.proc.wait(timeout=timeout)
+        os.set_blocking(self.proc.stdout.fileno(), True)
+        self.out += self.proc.stdout.read()
+        os.close(self.master)
+        return code
+
+
+def test_ctrl_c_stops_the_running_jobs_and_the_same_command_resumes_them(world, tmp_path):  # noqa: F811
+    """Ctrl-C mid-sweep: asked, the running job stops and checkpoints; the re-run resumes it, then the rest."""
+    name = f"swc-{uuid.uuid4().hex[:6]}"
+    folder = tmp_path / "long"
+    long_data = (folder, write_dataset(folder, n_train=1100, n_test=200))
+    overrides = sweep_overrides(
+        world,
+        long_data,
+        name,
+        **{
+            "model.lr": "0.01,0.02",
+            "trainer.batch_size": 16,
+            "trainer.max_epochs": 4,  # 63 steps an epoch: room to interrupt it mid-way
+            "trainer.checkpoint_every_n_steps": 10,
+            "+job.environment.OMP_NUM_THREADS": 1,
+        },
+    )
+    assert invoke("upload", *[o for o in overrides if not o.startswith("model.lr=")]).returncode == 0
+    command = ("train", "-m", *overrides, "hydra.launcher.max_parallel=1", "--yes", "--poll", "1")
+    with emulator.sagemaker_service(run_jobs=True, workdir=tmp_path / "jobs") as service:
+        term = Terminal(*command)
+        job = term.wait_for(r"\[job 0\] launched ([\w-]+)").group(1)
+        checkpoints = tmp_path / "jobs" / job / "opt_ml" / "checkpoints"
+        deadline = time.monotonic() + 300
+        while not any(re.search(r"step=0*([1-9]\d+)", p.name) for p in checkpoints.glob("*.ckpt")):
+            assert time.monotonic() < deadline and not service.runs[job].done(), "no periodic checkpoint"
+            time.sleep(0.05)
+        term.ctrl_c()
+        term.wait_for(r"Stop the running jobs \(each checkpoints on SIGTERM\)\? \[y/N\] ")
+        term.type("y")
+        assert term.finish() == 130, term.text[-3000:]
+        out = term.text
+        assert "interrupted: 1 job(s) running, 1 not launched" in out, out[-3000:]
+        assert f"stop requested for {job}" in out and "to resume, run the same command again" in out
+        assert "Traceback" not in out
+        stopped = service.result(job)
+        assert stopped.status == "Stopped", stopped.stdout[-3000:]
+        step = int(re.search(r"sigterm_checkpoint_step=(\d+)", stopped.stdout).group(1))
+        assert len(described(world, name)) == 1  # job 1 was never launched
+
+        rerun = invoke(*command)
+        assert rerun.returncode == 0, rerun.stdout[-4000:] + rerun.stderr[-3000:]
+        assert "2 job(s), 2 to launch" in rerun.stdout
+        assert f"resumes from the checkpoints of {job}" in rerun.stdout  # said before the launch
+        resumed = service.result(re.search(r"\[job 0\] launched ([\w-]+)", rerun.stdout).group(1))
+    resumed.check()
+    assert re.search(rf"resuming from checkpoint \w+-step={step:08d}\.ckpt", resumed.stdout), resumed.stdout[-3000:]
+    metrics = json.loads((resumed.tree / "output" / "data" / "metrics.json").read_text())
+    assert metrics["global_steps"] == 4 * 63 and metrics["resumed_from"].endswith(f"step={step:08d}.ckpt")
+    rows = list(csv.DictReader((sweep_dir(world, rerun) / "results.csv").open()))
+    assert sorted(r["status"] for r in rows) == ["Completed", "Completed"]
+
+
+def test_jobs_that_name_different_packages_share_one_bundle_holding_them_all(world, data, tmp_path, monkeypatch):  # noqa: F811
+    """A sweep over nets from two user packages uploads one bundle with both; a later batch that needs a
+    third package (as Optuna's next trials may) gets a bundle of its own, and the first is not re-uploaded."""
+    for package in ("nets_a", "nets_b", "nets_c"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("from project.models import SmallCNN as Net\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    name = f"swp-{uuid.uuid4().hex[:6]}"
+    assert invoke("upload", *sweep_overrides(world, data, name)).returncode == 0
+
+    def job(num: int, package: str) -> Job:
+        cfg = compose([*sweep_overrides(world, data, name), f"model.net._target_={package}.Net"])
+        return Job(num, [f"model.net._target_={package}.Net"], cfg, None)
+
+    session = SweepSession("s1", tmp_path / "runs", job(0, "nets_a").cfg, yes=True, echo=lambda line: None)
+    first = [job(0, "nets_a"), job(1, "nets_b")]
+    session.upload_code([(j, session.plan(j)) for j in first])
+    later = [job(2, "nets_c"), job(3, "nets_a")]
+    session.upload_code([(j, session.plan(j)) for j in later])
+
+    s3, bucket = world["clients"].s3, world["infra"].artifacts_bucket
+    prefix = f"code/{name}-s1/"
+    keys = [v["Key"] for v in s3.list_object_versions(Bucket=bucket, Prefix=prefix)["Versions"]]
+    packages = {k.split("/")[3]: k.split("/")[2] for k in keys if k.endswith("/__init__.py") and "nets_" in k}
+    assert packages == {"nets_a": "code", "nets_b": "code", "nets_c": "code-1"}, keys
+    assert len(keys) == len(set(keys))  # nothing uploaded twice
+    bundles = [session.bundle(j, session.plan(j)) for j in first + later]
+    assert bundles == [f"s3://{bucket}/{prefix}code/"] * 2 + [f"s3://{bucket}/{prefix}code-1/", bundles[0]]

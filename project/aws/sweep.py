@@ -22,17 +22,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..errors import UserError
 from ..sagemaker_names import CONFIG_CHANNEL
 from ..sweep import Job, JobResult, refusal, scalar_metrics
 from . import monitor, sdk
 from .cost import check_budget
 from .image import job_image
 from .names import split_s3_uri
-from .plan import JobPlan, LaunchError, plan_job, validate_plan
+from .plan import JobPlan, LaunchError, plan_job
 from .quotas import check_quotas, free_instances, usages
 from .session import aws_errors
-from .staging import source_revision, stage_code, staged_config
-from .workflow import Context, context, fetch_completed, setup
+from .staging import source_revision, stage_code, staged_config, user_code
+from .workflow import Context, check_job, context, fetch_completed, setup
 
 DEFAULT_MAX_PARALLEL = 4  # jobs at once when launcher.max_parallel is not set
 SWEEP_TAG, JOB_TAG, OVERRIDES_TAG, HASH_TAG = "sweep-id", "sweep-job", "sweep-overrides", "config-hash"
@@ -115,9 +116,12 @@ class SweepSession:
         with aws_errors():
             self.ctx = context(cfg)
         self.revision = source_revision()  # one code bundle, one commit
-        self.code_uri: str | None = None  # the shared code bundle, once uploaded
+        # The code bundles uploaded so far, by (pip-installs requirements, the user packages they hold):
+        # one for the whole sweep, unless its jobs differ in image kind or need packages it lacks.
+        self.bundles: dict[tuple[bool, frozenset[str]], str] = {}
         self.checked: set[tuple[str, tuple[tuple[str, str], ...]]] = set()  # (image, data channels) checked
         self.asked = False
+        self.stopped: dict[str, str] = {}  # config hash -> a stopped job of it (its checkpoints resume)
 
     # --- before any launch -----------------------------------------------------------------------
 
@@ -136,8 +140,8 @@ class SweepSession:
                     OVERRIDES_TAG: tag_value(" ".join(job.overrides)),
                 },
             )
-            validate_plan(plan, job.cfg)
-        except LaunchError as exc:
+            check_job(job.cfg, plan, self.echo)
+        except UserError as exc:
             raise refusal(job.num, job.overrides, str(exc)) from None
         return plan
 
@@ -148,14 +152,22 @@ class SweepSession:
                 self.checked.add((plan.image_uri, tuple(sorted(plan.channels.items()))))
 
     def completed_before(self, plans: list[JobPlan]) -> dict[str, dict[str, Any]]:
-        """config hash -> the description of a job that completed with it (Search API, by tag)."""
+        """config hash -> the description of a job that completed with it (Search API, by tag).
+
+        Jobs that were stopped with the same config hash are noted in self.stopped: their
+        relaunch resumes from the checkpoints they left (the checkpoint prefix is keyed by it).
+        """
         sm, found = self.ctx.clients.sagemaker, {}
         for digest in {p.config_hash for p in plans}:
             for job in search_jobs(sm, HASH_TAG, digest):
                 tags = {t["Key"]: t["Value"] for t in job.get("Tags", [])}
-                if job.get("TrainingJobStatus") == "Completed" and tags.get(HASH_TAG) == digest:
+                if tags.get(HASH_TAG) != digest:
+                    continue
+                if job.get("TrainingJobStatus") == "Completed":
                     found[digest] = monitor.describe(sm, job["TrainingJobName"])
                     break
+                if job.get("TrainingJobStatus") == "Stopped":
+                    self.stopped.setdefault(digest, job["TrainingJobName"])
         return found
 
     def summary(self, jobs: list[Job], plans: list[JobPlan], done: dict[str, Any], limit: int) -> str:
@@ -172,6 +184,8 @@ class SweepSession:
             skip = done.get(plan.config_hash)
             cost = f"${plan.cost.on_demand_usd:.2f} at most" if plan.cost else "?"
             what = f"skip: completed as {skip['TrainingJobName']}" if skip else cost
+            if not skip and plan.config_hash in self.stopped:
+                what += f", resumes from the checkpoints of {self.stopped[plan.config_hash]}"
             lines.append(
                 f"  {job.num:>3}  {plan.job_name}  config {plan.config_hash}  "
                 f"{plan.instance_count} x {plan.instance_type}  {' '.join(job.overrides)}  {what}"
@@ -190,20 +204,35 @@ class SweepSession:
 
     # --- launching -----------------------------------------------------------------------------
 
-    def upload_code(self, plan: JobPlan, cfg: Any) -> str:
-        """The code bundle of the whole sweep, uploaded once: s3://.../code/<base>-<sweep>/code/."""
-        if self.code_uri is None:
-            uri = sweep_prefix(self.ctx, plan, self.sweep_id) + "code/"
+    def bundle(self, job: Job, plan: JobPlan) -> str | None:
+        """The uploaded code bundle this job can run from: its image kind, and every package it names."""
+        install, needs = plan.image.install is not None, frozenset(user_code(job.cfg))
+        return next((uri for (kind, has), uri in self.bundles.items() if kind == install and needs <= has), None)
+
+    def upload_code(self, pairs: list[tuple[Job, JobPlan]]) -> None:
+        """Upload the bundles these jobs lack, before any of them launches: s3://.../code/<base>-<sweep>/code/.
+
+        All the jobs that lack one share a new bundle holding the union of their packages (a sweep over
+        model= choices whose classes live in different packages), so a sweep uploads its code once.
+        """
+        lacking: dict[bool, list[tuple[Job, JobPlan]]] = {}
+        for job, plan in pairs:
+            if self.bundle(job, plan) is None:
+                lacking.setdefault(plan.image.install is not None, []).append((job, plan))
+        for install, group in lacking.items():
+            suffix = f"-{len(self.bundles)}" if self.bundles else ""
+            uri = sweep_prefix(self.ctx, group[0][1], self.sweep_id) + f"code{suffix}/"
             bucket, prefix = split_s3_uri(uri)
             with tempfile.TemporaryDirectory(prefix="sm-sweep-code-") as tmp, aws_errors(resource=uri):
-                root = stage_code(Path(tmp) / "code", cfg, install=plan.image.install is not None)
+                root = stage_code(Path(tmp) / "code", [job.cfg for job, _ in group], install=install)
                 for path in sorted(p for p in root.rglob("*") if p.is_file()):
                     self.ctx.clients.s3.upload_file(str(path), bucket, prefix + path.relative_to(root).as_posix())
-            self.code_uri = uri
-        return self.code_uri
+            packages = frozenset(name for job, _ in group for name in user_code(job.cfg))
+            self.bundles[(install, packages)] = uri
 
     def launch_one(self, job: Job, plan: JobPlan) -> None:
-        code = self.upload_code(plan, job.cfg)
+        code = self.bundle(job, plan)
+        assert code is not None, "upload_code runs before any launch"
         config_uri = sweep_prefix(self.ctx, plan, self.sweep_id) + f"config/{job.num}/"
         bucket, key = split_s3_uri(config_uri + "config.yaml")
         with aws_errors(resource=config_uri):
@@ -218,7 +247,7 @@ class SweepSession:
         """
         if not starting:
             return []
-        self.upload_code(starting[0][1], starting[0][0].cfg)  # once, before the threads
+        self.upload_code(starting)  # before the threads
 
         def launch(pair: tuple[Job, JobPlan]) -> str | None:
             try:

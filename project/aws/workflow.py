@@ -38,12 +38,12 @@ from .image import (
     tag_exists,
 )
 from .names import name_problem, split_s3_uri
-from .plan import LaunchError, channel_uris, plan_job, validate_plan
+from .plan import JobPlan, LaunchError, channel_uris, plan_job, validate_plan
 from .prices import PRICING_REGION, PriceError
 from .prices import refresh as refresh_prices
 from .quotas import QuotaError
 from .session import aws_clients, aws_errors
-from .staging import source_revision, stage_source
+from .staging import source_revision, stage_source, user_code
 from .upload import UploadItem, folder_files, plan_packed_upload, plan_upload
 from .upload import upload as upload_items
 
@@ -137,6 +137,19 @@ def push(overrides: list[str], dry_run: bool, run, echo: Callable[[str], None] =
 
 
 @aws_task
+def check_job(cfg: Any, plan: JobPlan, echo: Callable[[str], None] = print) -> None:
+    """What a job would fail on, checked before anything is paid for (one line each): the plan's
+    rules, the classes its `_target_`s name and their arguments, the packages it carries, and
+    whether its batch fits the GPUs' memory. `invoke train` checks its job; a sweep, every job."""
+    from .. import modules  # imports torch and the user's classes: only when a job is launched
+
+    validate_plan(plan, cfg)
+    modules.check(cfg)
+    user_code(cfg)  # every package a _target_ names must be importable here to be staged
+    if plan.gpus_per_node:  # the estimate imports torch: only where there is GPU memory to compare with
+        check_memory(estimate_memory(cfg, plan.per_device_batch), cfg.instance, plan.gpus_per_node, echo)
+
+
 def train(
     overrides: list[str],
     yes: bool = False,
@@ -148,14 +161,9 @@ def train(
 ) -> str | None:
     ctx = setup(overrides)
     cfg = ctx.cfg
-    from .. import modules  # imports torch and the user's classes: only when a job is launched
-
-    modules.check(cfg)  # a _target_ or argument the job would fail on: one line, before anything is paid for
     image = job_image(cfg, ctx.infra.repository_url, ctx.infra.region)
     plan = plan_job(cfg, ctx.infra, image, revision=source_revision())
-    validate_plan(plan, cfg)
-    if plan.gpus_per_node:  # the estimate imports torch: only where there is GPU memory to compare with
-        check_memory(estimate_memory(cfg, plan.per_device_batch), cfg.instance, plan.gpus_per_node, echo)
+    check_job(cfg, plan, echo)
     try:
         sdk.check_remote(plan, cfg, ctx.clients.ecr, ctx.clients.s3)
         clients = ctx.clients
