@@ -34,6 +34,7 @@ Echo = Callable[[str], None]
 LOCAL_LAUNCHER = "local"  # hydra/launcher=local: the jobs one after another on this machine
 SAGEMAKER_LAUNCHER = "sagemaker"  # hydra/launcher=sagemaker: each job a SageMaker training job
 # Overrides that give a sweep its search space without a swept value on the command line.
+OPTUNA_SWEEPER = "hydra/sweeper=optuna"
 SEARCH_SPACE_PREFIXES = ("hydra/sweeper=", "hydra.sweeper.", "+hydra.sweeper.")
 
 
@@ -64,6 +65,16 @@ def check_multirun(overrides: Sequence[str]) -> None:
     )
 
 
+def sweeper_direction(overrides: Sequence[str]) -> list[str]:
+    """Optuna's direction is sweep.direction, the one the results table ranks by (Optuna's own default,
+    minimize, would chase the worst val_acc). One setting, so hydra.sweeper.direction is refused."""
+    given = [o for o in overrides if o.lstrip("+").startswith("hydra.sweeper.direction=")]
+    if given:
+        value = given[-1].split("=", 1)[1]
+        raise SweepError(f"{given[-1]}: write sweep.direction={value} instead (Optuna and the results table use it)")
+    return ["hydra.sweeper.direction=${sweep.direction}"] if OPTUNA_SWEEPER in overrides else []
+
+
 def multirun(
     overrides: Sequence[str], launcher: str, settings: dict[str, Any], conf_dir: Path | None = None
 ) -> list[Any]:
@@ -81,6 +92,7 @@ def multirun(
         f"hydra.sweep.dir=${{paths.runs_dir}}/{sweep_id}",
         "hydra.sweep.subdir=${hydra.job.num}",
         "hydra.output_subdir=null",  # no .hydra/ in the run folders: each run has model/config.yaml
+        *sweeper_direction(overrides),
     ]
     _register_schema()
     try:

@@ -70,6 +70,10 @@ def test_local_sweep_runs_each_job_in_its_own_folder_and_ranks_them(tiny_run, tm
             "nothing was launched",
         ),
         (["model.lr=0.01,0.2", "sweep.direction=up"], "sweep.direction must be one of maximize, minimize"),
+        (
+            ["hydra/sweeper=optuna", "model.lr=interval(0.01,0.1)", "hydra.sweeper.direction=minimize"],
+            "error: hydra.sweeper.direction=minimize: write sweep.direction=minimize instead",
+        ),
     ],
 )
 def test_bad_sweeps_are_one_line_and_run_nothing(tiny_run, tmp_path, extra, message):
@@ -107,18 +111,21 @@ def test_a_sweep_id_after_its_flag_is_the_flags_value_not_a_job_name():
 
 @pytest.mark.slow
 def test_an_optuna_sweep_runs_through_our_launcher_and_learns_from_the_jobs_metrics(tiny_run, tmp_path):
-    optuna = ["hydra/sweeper=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.direction=maximize"]
+    """The objective and its direction are sweep.objective and sweep.direction: Optuna minimizes val_loss."""
+    optuna = ["hydra/sweeper=optuna", "hydra.sweeper.n_trials=3"]
+    optuna += ["sweep.objective=val_loss", "sweep.direction=minimize"]
     fixed = [o for o in tiny_run(**{"trainer.max_epochs": 1}) if not o.startswith("model.lr=")]
     result = invoke("local", "-m", *fixed, *optuna, "model.lr=interval(0.01,0.1)")
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep_dir,) = (tmp_path / "runs").iterdir()
     runs = sorted(p for p in sweep_dir.iterdir() if p.is_dir())
     assert [p.name for p in runs] == ["0", "1", "2"]
-    val_acc = {p.name: json.loads((p / "metrics.json").read_text())["val_acc"] for p in runs}
-    rows = csv.DictReader((sweep_dir / "results.csv").open())
+    val_loss = {p.name: json.loads((p / "metrics.json").read_text())["val_loss"] for p in runs}
+    rows = list(csv.DictReader((sweep_dir / "results.csv").open()))
     lrs = {row["job"]: float(row["overrides"].removeprefix("model.lr=")) for row in rows}
     assert all(0.01 <= lr <= 0.1 for lr in lrs.values()) and len(set(lrs.values())) == 3  # Optuna's own draws
     best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
-    assert best["best_value"] == pytest.approx(max(val_acc.values()))  # the objective came from the jobs
-    winner = max(val_acc, key=lambda name: val_acc[name])
+    assert best["best_value"] == pytest.approx(min(val_loss.values()))  # the objective came from the jobs
+    winner = min(val_loss, key=lambda name: val_loss[name])
     assert best["best_params"]["model.lr"] == pytest.approx(lrs[winner])
+    assert rows[0]["job"] == winner  # the table ranks as Optuna does

@@ -21,6 +21,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 
 from project.aws.sweep import SweepSession
 from project.config import compose
@@ -323,3 +324,44 @@ def test_jobs_that_name_different_packages_share_one_bundle_holding_them_all(wor
     assert len(keys) == len(set(keys))  # nothing uploaded twice
     bundles = [session.bundle(j, session.plan(j)) for j in first + later]
     assert bundles == [f"s3://{bucket}/{prefix}code/"] * 2 + [f"s3://{bucket}/{prefix}code-1/", bundles[0]]
+
+
+def test_an_optuna_sweep_on_sagemaker_learns_from_the_jobs_metrics_across_batches(world, data, tmp_path):  # noqa: F811
+    """3 Optuna trials in batches of 2 then 1: one question, one code bundle; the objective is each job's val_acc."""
+    name = f"swo-{uuid.uuid4().hex[:6]}"
+    assert invoke("upload", *sweep_overrides(world, data, name)).returncode == 0
+    fixed = [o for o in sweep_overrides(world, data, name) if not o.startswith("model.lr=")]
+    optuna = ["hydra/sweeper=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2"]
+    with emulator.sagemaker_service(run_jobs=True, workdir=tmp_path / "jobs"):
+        result = invoke("train", "-m", *fixed, *optuna, "model.lr=interval(0.01,0.1)", "--yes", "--poll", "1")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
+    assert result.stdout.count("SageMaker sweep ") == 2  # one summary per batch Optuna handed the launcher
+    jobs = described(world, name)
+    assert len(jobs) == 3 and all(j["TrainingJobStatus"] == "Completed" for j in jobs)
+    code = {
+        c["DataSource"]["S3DataSource"]["S3Uri"]
+        for j in jobs
+        for c in j["InputDataConfig"]
+        if c["ChannelName"] == "code"
+    }
+    assert len(code) == 1  # the second batch ran from the first batch's bundle
+    final = {j["TrainingJobName"]: {m["MetricName"]: m["Value"] for m in j["FinalMetricDataList"]} for j in jobs}
+    folder = sweep_dir(world, result)
+    rows = list(csv.DictReader((folder / "results.csv").open()))
+    lrs = {r["run"]: float(r["overrides"].removeprefix("model.lr=")) for r in rows}
+    assert len(rows) == 3 and all(0.01 <= lr <= 0.1 for lr in lrs.values()) and len(set(lrs.values())) == 3
+    best = yaml.safe_load((folder / "optimization_results.yaml").read_text())
+    winner = max(final, key=lambda job: final[job]["val_acc"])
+    assert best["best_value"] == pytest.approx(final[winner]["val_acc"], abs=1e-3)  # from the jobs' metrics
+    assert best["best_params"]["model.lr"] == pytest.approx(lrs[winner])
+
+
+def test_without_yes_the_sweep_asks_once_and_no_launches_nothing(world, data):  # noqa: F811
+    name = f"swq-{uuid.uuid4().hex[:6]}"
+    assert invoke("upload", *sweep_overrides(world, data, name)).returncode == 0
+    term = Terminal("train", "-m", *sweep_overrides(world, data, name, **{"model.lr": "0.01,0.02"}))
+    term.wait_for(r"worst case in all: \$[\d.]+ on-demand.*\n.*Launch these 2 jobs\? \[y/N\] ")
+    term.type("n")
+    assert term.finish() == 2
+    assert "error: not launched (answered no)" in term.text and term.text.count("Launch these") == 1
+    assert described(world, name) == []
