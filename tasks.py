@@ -33,7 +33,7 @@ def local(c, overrides=None, multirun=False):
     Ctrl-C stops at the next step with a checkpoint; the same command resumes. With -m, a sweep:
     the jobs one after another, in runs/<sweep>/<n>/, with a results table.
     """
-    from project import local as run
+    from project import local
 
     if multirun:
         from project import sweep
@@ -41,10 +41,9 @@ def local(c, overrides=None, multirun=False):
         with user_errors():
             sweep.local_sweep(overrides or [])
         return
-    with user_errors():
-        run.check(overrides or [])  # one clear line in a second, before training starts Python again
-    code = run.train_in_child(overrides or [])
-    if code in run.SELF_REPORTED_EXITS:
+    with user_errors():  # one clear line in a second; the training process imports meanwhile
+        code = local.run(overrides or [])
+    if code in local.SELF_REPORTED_EXITS:
         raise Exit(code=code)  # the training process printed what happened
     if code:
         raise Exit(f"error: training failed (exit code {code}); see the log above", code=code)

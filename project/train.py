@@ -24,7 +24,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
-from . import artifacts, modules, reporting, serving, startup
+from . import artifacts, local, modules, reporting, serving, startup
 from . import config as config_lib
 from .atomic import write_atomically
 from .checkpoints import Interrupted, Interrupts, RunCheckpoints, newest_valid
@@ -243,6 +243,8 @@ def run_in_container(sm: SageMakerEnv, config_path: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     startup.mark_process_start()
+    if not local.wait_for_go():  # `invoke local`'s check failed while this process imported: it said why
+        return 0
     whole_lines()  # every rank of a run enters here
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config_path = None

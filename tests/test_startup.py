@@ -9,11 +9,13 @@ import pytest
 from project import startup
 from tests.cli import invoke
 
-# The phases of `invoke local`, in the order a run reaches them: the invoke process, then its child.
+# The phases of `invoke local`: the invoke process checks while its child starts and imports;
+# the child goes on (`go`) once the check passed.
 INVOKE_PHASES = ["invoke_ready", "invoke_config", "invoke_checked"]
 CHILD_PHASES = [
     "process_start",
     "imported",
+    "go",
     "config",
     "data_verified",
     "built",
@@ -58,8 +60,10 @@ def test_invoke_local_traces_every_phase_in_order(tiny_run, tmp_path):
         first.setdefault(r["phase"], r)
     assert list(first) == CHILD_PHASES  # setup's mark repeats for the test pass, later
     assert {r["pid"] for r in child} != {r["pid"] for r in parent}  # the training child, not invoke
-    # process_start comes from /proc in 10 ms ticks: it may read a tick before invoke's last mark
-    assert first["process_start"]["t"] >= parent[-1]["t"] - 0.05
-    times = [r["t"] for r in parent] + [first[p]["t"] for p in CHILD_PHASES if p != "process_start"]
+    # Started right after invoke_ready (process_start is /proc's, in 10 ms ticks), before the check ends...
+    ready, checked = parent[0]["t"], parent[-1]["t"]
+    assert ready - 0.05 <= first["process_start"]["t"] < checked
+    # ... and it trains only after the check passed.
+    times = [r["t"] for r in parent] + [first[p]["t"] for p in CHILD_PHASES[CHILD_PHASES.index("go") :]]
     assert started - 1 <= times[0] and times == sorted(times) and times[-1] <= time.time()
     assert first["first_step"]["threads"] >= 1 and first["first_step"]["interop_threads"] >= 1
