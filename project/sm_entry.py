@@ -2,8 +2,9 @@
 
 project.aws.staging puts it beside the project package and the resolved config.yaml. The job
 runs `exec python3 sm_entry.py --launch N`: this process is the container's PID 1 and becomes
-torchrun with N processes per node (project/launch.py says why). torchrun runs this file again
-in each worker, which trains from config.yaml. `python3 sm_entry.py` trains in this process.
+torchrun with N processes per node (project/launch.py says why), or, for one process on one
+host, trains itself. torchrun runs this file again in each worker, which trains from
+config.yaml. `python3 sm_entry.py` trains in this process.
 
 Imports stay inside main(): the launcher (PID 1) loads only torchrun, the workers the training code.
 """
@@ -19,7 +20,7 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["--launch"]:
         from project.launch import launch
 
-        launch(int(argv[1]), str(Path(__file__).resolve()))  # exits with torchrun's outcome
+        launch(int(argv[1]), str(Path(__file__).resolve()), train_here=lambda: main([]))  # exits with the outcome
     from project.sagemaker_names import CONFIG_CHANNEL
     from project.train import main as train
 
