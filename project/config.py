@@ -263,8 +263,10 @@ def _one_line(exc: BaseException) -> str:
     if key and re.match(r"Key '.*' not in", lines[0]):
         return f"unknown key '{key}'; valid keys there: {', '.join(_valid_keys(key))}"
     if key and re.match(r"Key '.*' is not in struct", lines[0]):
-        # An open mapping (dataset, model: their keys are the target class's arguments).
-        return f"unknown key '{key}'; to give the class a new argument, write +{key}=..."
+        # An open mapping: dataset and model (their keys are the target class's arguments), job.environment.
+        if key.split(".", 1)[0] in ("dataset", "model"):
+            return f"unknown key '{key}'; to give the class a new argument, write +{key}=..."
+        return f"unknown key '{key}'; to add it, write +{key}=..."
     head = lines[0] if lines else type(exc).__name__
     if head.startswith("Interpolation key") and "not found" in head:  # e.g. cnn's ${dataset.num_classes}
         head += f": {MISMATCH_HINT}"

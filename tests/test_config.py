@@ -48,6 +48,7 @@ def test_instance_catalog_covers_the_design_card():
         ("nonsense=1", "unknown key 'nonsense'"),
         ("dataset.source=x", "dataset.source is now dataset.channels.train: write dataset.channels.train=..."),
         ("dataset.sourc=x", "unknown key 'dataset.sourc'; to give the class a new argument, write +dataset.sourc=..."),
+        ("job.environment.FOO=1", "unknown key 'job.environment.FOO'; to add it, write +job.environment.FOO=..."),
         ("trainer.gpus=-1", "trainer.gpus must be >= 0"),
         ("trainer.max_epochs=0", "trainer.max_epochs must be >= 1"),
     ],
