@@ -27,14 +27,16 @@ def _job_spec(aws, overrides) -> dict:
     from project.aws import sdk
     from project.aws.image import JobImage
     from project.aws.plan import ENTRY_SCRIPT, plan_job
-    from project.aws.staging import PROJECT_DIR
+    from project.aws.staging import PROJECT_DIR, source_revision
     from project.config import compose, to_yaml, with_gpus
     from project.infra import Infra
     from project.sagemaker_names import CHECKPOINT_DIR, DATA_CHANNEL
 
     cfg = compose(overrides)
     infra = Infra(aws.data_bucket, aws.artifacts_bucket, aws.repository_url, aws.role_arn, "us-east-1")
-    plan = plan_job(cfg, infra, JobImage("custom", f"{aws.repository_url}:{aws.image_tag}", None))
+    plan = plan_job(
+        cfg, infra, JobImage("custom", f"{aws.repository_url}:{aws.image_tag}", None), revision=source_revision()
+    )
     keys = (
         "base_name",
         "image_uri",
@@ -61,8 +63,12 @@ def _job_spec(aws, overrides) -> dict:
         metric_definitions=sdk.metric_definitions(plan.metrics),
         data_channel=DATA_CHANNEL,
         checkpoint_dir=CHECKPOINT_DIR,
+        retry_attempts=sdk.CAPACITY_RETRY_ATTEMPTS,
     )
     return spec
+
+
+STAGED_CHANNELS = ("code", "sm_drivers")  # uploaded by the SDK where each side's naming puts them
 
 
 def _request(stdout: str) -> dict:
@@ -70,7 +76,11 @@ def _request(stdout: str) -> dict:
     generated job name (a timestamp, also in the code channel's S3 prefix) replaced by <job>."""
     text = stdout if stdout.startswith("{") else stdout[stdout.index("\n{") + 1 :]
     name = json.loads(text)["TrainingJobName"]
-    return json.loads(text.replace(name, "<job>"))
+    request = json.loads(text.replace(name, "<job>"))
+    for channel in request.get("InputDataConfig", []):
+        if channel["ChannelName"] in STAGED_CHANNELS:  # the SDK stages them under a timestamped prefix
+            channel["DataSource"]["S3DataSource"]["S3Uri"] = "<staged>"
+    return request
 
 
 def _same_request(aws, product_argv, baseline_argv) -> dict:

@@ -251,24 +251,22 @@ def _aws_env(endpoint: str, empty: Path) -> dict[str, str]:
 
 @contextmanager
 def local_aws() -> Iterator[LocalAws]:
-    """A moto server on a free loopback port with buckets, an ECR image tag, a role and data."""
-    from moto.server import ThreadedMotoServer
+    """The sandbox's AWS endpoint (moto, plus Service Quotas for SageMaker, as `invoke sandbox`
+    serves it) on a free loopback port, with buckets, an ECR image tag, a role and data."""
+    from project.sandbox.endpoint import Endpoint
 
-    # The server's access log and the tracebacks of APIs moto lacks (the SDK probes IAM's
-    # SimulatePrincipalPolicy, on both sides alike) would bury the results.
+    # The server's access log would bury the results.
     logging.getLogger("werkzeug").setLevel(logging.CRITICAL)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
+    server = Endpoint("127.0.0.1", 0).__enter__()
     scratch = Path(tempfile.mkdtemp(prefix="bench-aws-"))
     try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
+        endpoint = server.url
         # moto keeps its state per process, not per server: start from empty, whatever ran before.
         urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=30).close()
         aws = _create_resources(endpoint, _aws_env(endpoint, scratch))
         yield aws
     finally:
-        server.stop()
+        server.__exit__(None, None, None)
         shutil.rmtree(scratch, ignore_errors=True)
 
 

@@ -19,7 +19,7 @@ from sagemaker.core.helper.session_helper import Session
 from sagemaker.core.shapes import MetricDefinition, StoppingCondition
 from sagemaker.core.training.configs import CheckpointConfig, Compute, OutputDataConfig, SourceCode
 from sagemaker.train import ModelTrainer
-from sagemaker.train.configs import InputData
+from sagemaker.train.configs import InputData, RetryStrategy
 from sagemaker.train.distributed import Torchrun
 
 
@@ -65,6 +65,7 @@ def main(spec_path: str) -> None:
         ).with_metric_definitions(
             [MetricDefinition(name=m["Name"], regex=m["Regex"]) for m in job["metric_definitions"]]
         )
+        trainer = trainer.with_retry_strategy(RetryStrategy(maximum_retry_attempts=job["retry_attempts"]))
         print(json.dumps(trainer._create_training_job_args(boto3=True), indent=2, sort_keys=True, default=str))
 
 

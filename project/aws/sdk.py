@@ -85,18 +85,38 @@ class _HyperparametersAreARecord(logging.Filter):
         return "Hyperparameters are set but are not passed" not in record.getMessage()
 
 
+def sagemaker_session(plan: JobPlan, boto_session: Any) -> Any:
+    """The SDK Session a plan's ModelTrainer uses: code uploads to the artifacts bucket, telemetry off.
+
+    A sweep builds it once for all its jobs (each build costs ~1 s of CPU in the SDK).
+    """
+    from sagemaker.core.helper.session_helper import Session
+
+    bucket, _ = split_s3_uri(plan.output_uri)
+    return Session(
+        boto_session=boto_session,
+        default_bucket=bucket,  # code uploads go to the artifacts bucket, never a new default bucket
+        default_bucket_prefix="code",
+        sagemaker_config={"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}},
+    )
+
+
 def model_trainer(
-    plan: JobPlan, source_dir: Path | str, boto_session: Any, channels: dict[str, str] | None = None
+    plan: JobPlan,
+    source_dir: Path | str,
+    boto_session: Any,
+    channels: dict[str, str] | None = None,
+    session: Any = None,
 ) -> Any:
     """The SDK v3 ModelTrainer for this plan: torchrun, one process per GPU, one node per instance.
 
     `source_dir`: a local folder (uploaded under the job's name) or an s3:// prefix ending in "/"
-    (a sweep's code, uploaded once); `channels`: more input channels, name -> s3:// prefix.
+    (a sweep's code, uploaded once); `channels`: more input channels, name -> s3:// prefix;
+    `session`: an SDK Session from sagemaker_session() to reuse, else one is built.
 
     The command (entry_command) does what the SDK's Torchrun driver would, but as PID 1, so a
     stop or spot reclaim reaches the training processes; see project/launch.py.
     """
-    from sagemaker.core.helper.session_helper import Session
     from sagemaker.core.shapes import StoppingCondition
     from sagemaker.core.training.configs import CheckpointConfig, Compute, OutputDataConfig, SourceCode
     from sagemaker.train import ModelTrainer
@@ -105,13 +125,7 @@ def model_trainer(
     sdk_logger = logging.getLogger("sagemaker.core.utils.utils")
     if not any(isinstance(f, _HyperparametersAreARecord) for f in sdk_logger.filters):
         sdk_logger.addFilter(_HyperparametersAreARecord())
-    bucket, _ = split_s3_uri(plan.output_uri)
-    session = Session(
-        boto_session=boto_session,
-        default_bucket=bucket,  # code uploads go to the artifacts bucket, never a new default bucket
-        default_bucket_prefix="code",
-        sagemaker_config={"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}},
-    )
+    session = session or sagemaker_session(plan, boto_session)
     compute = Compute(
         instance_type=plan.instance_type,
         instance_count=plan.instance_count,

@@ -121,6 +121,7 @@ class SweepSession:
         self.bundles: dict[tuple[bool, frozenset[str]], str] = {}
         self.checked: set[tuple[str, tuple[tuple[str, str], ...]]] = set()  # (image, data channels) checked
         self.asked = False
+        self.sessions: dict[str, Any] = {}  # artifacts bucket -> the SDK Session its jobs share
         self.stopped: dict[str, str] = {}  # config hash -> a stopped job of it (its checkpoints resume)
 
     # --- before any launch -----------------------------------------------------------------------
@@ -237,8 +238,17 @@ class SweepSession:
         bucket, key = split_s3_uri(config_uri + "config.yaml")
         with aws_errors(resource=config_uri):
             self.ctx.clients.s3.put_object(Bucket=bucket, Key=key, Body=staged_config(job.cfg, plan).encode())
-        trainer = sdk.model_trainer(plan, code, self.ctx.clients.session, {CONFIG_CHANNEL: config_uri})
+        trainer = sdk.model_trainer(
+            plan, code, self.ctx.clients.session, {CONFIG_CHANNEL: config_uri}, self.sdk_session(plan)
+        )
         sdk.launch(trainer, plan.job_name)
+
+    def sdk_session(self, plan: JobPlan) -> Any:
+        """One SDK Session per artifacts bucket for the whole sweep (built before the launch threads)."""
+        bucket = split_s3_uri(plan.output_uri)[0]
+        if bucket not in self.sessions:
+            self.sessions[bucket] = sdk.sagemaker_session(plan, self.ctx.clients.session)
+        return self.sessions[bucket]
 
     def launch_many(self, starting: list[tuple[Job, JobPlan]]) -> list[str | None]:
         """Launch these jobs at once (each launch waits on AWS round trips); per job, why SageMaker refused it.
@@ -247,7 +257,9 @@ class SweepSession:
         """
         if not starting:
             return []
-        self.upload_code(starting)  # before the threads
+        self.upload_code(starting)  # before the threads, as the SDK sessions
+        for _, plan in starting:
+            self.sdk_session(plan)
 
         def launch(pair: tuple[Job, JobPlan]) -> str | None:
             try:
