@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from project import imagetree
+from project import imagetree, startup
 from project.aws.session import aws_clients
 from project.sandbox import service as emulator
 from tests import byo, cli
@@ -106,7 +106,9 @@ def data(world):
 def test_upload_train_fetch_predict(world, data, tmp_path):
     """The default job.image=aws; the other jobs of this module run job.image=custom."""
     name = f"e2e-{uuid.uuid4().hex[:6]}"
-    overrides = job_overrides(world, data, name, image="aws")
+    # The start-up trace in the job's output (bench/README.md: PID 1 to the first step).
+    trace = f"+job.environment.{startup.TRACE_ENV}=/opt/ml/output/data/startup.jsonl"
+    overrides = [*job_overrides(world, data, name, image="aws"), trace]
     s3, infra = world["clients"].s3, world["infra"]
 
     dry = invoke("upload", *overrides, "--dry-run")
@@ -194,6 +196,16 @@ def test_upload_train_fetch_predict(world, data, tmp_path):
         assert list((run_dir / "checkpoints").glob("*.ckpt"))
         metrics = json.loads((run_dir / "metrics.json").read_text())
         assert metrics["test_acc"] == pytest.approx(final["test_acc"], abs=1e-4)
+        # Every phase from PID 1's start to the first step, in order, all in PID 1 (no torchrun).
+        marks = [json.loads(line) for line in (run_dir / "output" / "startup.jsonl").read_text().splitlines()]
+        first = {}
+        for mark in marks:
+            first.setdefault(mark["phase"], mark)
+        phases = ["container_start", "launcher_ready", "imported", "config", "data_verified", "built"]
+        phases += ["data_loaded", "sanity_start", "train_start", "first_step"]
+        assert [p for p in first if p in phases] == phases, list(first)
+        assert [first[p]["t"] for p in phases] == sorted(first[p]["t"] for p in phases)
+        assert {first[p]["pid"] for p in phases} == {1}
 
     from PIL import Image
 
