@@ -261,14 +261,26 @@ def test_failing_job_surfaces_its_reason(world, data, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def long_data(folder: Path) -> tuple[Path, dict[str, str]]:
+    """Enough training data (1,100 images: 63 steps an epoch at batch 16) to stop a job mid-way."""
+    return folder, write_dataset(folder, n_train=1100, n_test=200)
+
+
+def wait_for_periodic_checkpoint(service, jobs_dir: Path, job: str) -> None:
+    """Until the running job has saved a periodic checkpoint (step > 0) in its /opt/ml tree."""
+    checkpoints = jobs_dir / job / "opt_ml" / "checkpoints"
+    deadline = time.monotonic() + 300
+    while not any(re.search(r"step=0*([1-9]\d+)", p.name) for p in checkpoints.glob("*.ckpt")):
+        assert time.monotonic() < deadline and not service.runs[job].done(), "no periodic checkpoint"
+        time.sleep(0.05)
+
+
 def test_stopped_job_rerun_resumes_from_its_checkpoints(world, tmp_path):
     """StopTrainingJob mid-training: the job checkpoints on SIGTERM; the same config resumes."""
     name = f"e2e-spot-{uuid.uuid4().hex[:6]}"
-    folder = tmp_path / "long"
-    long_data = (folder, write_dataset(folder, n_train=1100, n_test=200))
     overrides = job_overrides(
         world,
-        long_data,
+        long_data(tmp_path / "long"),
         name,
         **{
             "trainer.batch_size": 16,
@@ -285,11 +297,7 @@ def test_stopped_job_rerun_resumes_from_its_checkpoints(world, tmp_path):
         first = invoke("train", *overrides, "--yes", "--no-wait")
         assert first.returncode == 0, first.stderr
         job = re.search(r"launched (\S+)", first.stdout).group(1)
-        checkpoints = tmp_path / "jobs" / job / "opt_ml" / "checkpoints"
-        deadline = time.monotonic() + 300
-        while not any(re.search(r"step=0*([1-9]\d+)", p.name) for p in checkpoints.glob("*.ckpt")):
-            assert time.monotonic() < deadline and not service.runs[job].done(), "no periodic checkpoint"
-            time.sleep(0.05)
+        wait_for_periodic_checkpoint(service, tmp_path / "jobs", job)
         stop = invoke("stop", job, *world["infra_overrides"])
         assert stop.returncode == 0 and "stop requested" in stop.stdout, stop.stderr
         stopped = service.result(job)

@@ -30,8 +30,7 @@ from project.sandbox import service as emulator
 from project.sweep import Job
 from tests import cli
 from tests.cli import one_error_line
-from tests.synthetic import write_dataset
-from tests.test_sagemaker_e2e import data, job_overrides, world  # noqa: F401  (module fixtures)
+from tests.test_sagemaker_e2e import data, job_overrides, long_data, wait_for_periodic_checkpoint, world  # noqa: F401
 
 pytestmark = pytest.mark.slow
 invoke = functools.partial(cli.invoke, timeout=600)
@@ -246,11 +245,9 @@ class Terminal:
 def test_ctrl_c_stops_the_running_jobs_and_the_same_command_resumes_them(world, tmp_path):  # noqa: F811
     """Ctrl-C mid-sweep: asked, the running job stops and checkpoints; the re-run resumes it, then the rest."""
     name = f"swc-{uuid.uuid4().hex[:6]}"
-    folder = tmp_path / "long"
-    long_data = (folder, write_dataset(folder, n_train=1100, n_test=200))
     overrides = sweep_overrides(
         world,
-        long_data,
+        long_data(tmp_path / "long"),
         name,
         **{
             "model.lr": "0.01,0.02",
@@ -265,11 +262,7 @@ def test_ctrl_c_stops_the_running_jobs_and_the_same_command_resumes_them(world, 
     with emulator.sagemaker_service(run_jobs=True, workdir=tmp_path / "jobs") as service:
         term = Terminal(*command)
         job = term.wait_for(r"\[job 0\] launched ([\w-]+)").group(1)
-        checkpoints = tmp_path / "jobs" / job / "opt_ml" / "checkpoints"
-        deadline = time.monotonic() + 300
-        while not any(re.search(r"step=0*([1-9]\d+)", p.name) for p in checkpoints.glob("*.ckpt")):
-            assert time.monotonic() < deadline and not service.runs[job].done(), "no periodic checkpoint"
-            time.sleep(0.05)
+        wait_for_periodic_checkpoint(service, tmp_path / "jobs", job)
         term.ctrl_c()
         term.wait_for(r"Stop the running jobs \(each checkpoints on SIGTERM\)\? \[y/N\] ")
         term.type("y")
