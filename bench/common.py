@@ -257,16 +257,15 @@ def local_aws() -> Iterator[LocalAws]:
 
     # The server's access log would bury the results.
     logging.getLogger("werkzeug").setLevel(logging.CRITICAL)
-    server = Endpoint("127.0.0.1", 0).__enter__()
     scratch = Path(tempfile.mkdtemp(prefix="bench-aws-"))
     try:
-        endpoint = server.url
-        # moto keeps its state per process, not per server: start from empty, whatever ran before.
-        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=30).close()
-        aws = _create_resources(endpoint, _aws_env(endpoint, scratch))
-        yield aws
+        with Endpoint("127.0.0.1", 0) as server:
+            endpoint = server.url
+            # moto keeps its state per process, not per server: start from empty, whatever ran before.
+            reset = urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")
+            urllib.request.urlopen(reset, timeout=30).close()
+            yield _create_resources(endpoint, _aws_env(endpoint, scratch))
     finally:
-        server.__exit__(None, None, None)
         shutil.rmtree(scratch, ignore_errors=True)
 
 

@@ -50,47 +50,41 @@ def _block_sigint() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
 
-def train_in_child(overrides: Sequence[str], check_first: Callable[[], None] | None = None) -> int:
+def train_in_child(overrides: Sequence[str], check_first: Callable[[], None] = lambda: None) -> int:
     """Run `python -m project.train <overrides>`; its exit code (128 + N when signal N killed it).
 
-    With `check_first`, the child starts at once and imports while `check_first()` runs here; it
-    trains only after the check passed. A check that raises kills the child (it has only
-    imported) and the error propagates.
+    The child starts at once and imports while `check_first()` runs here; it trains only after the
+    check passed. A check that raises (or a Ctrl-C during it: the child, in a process group of its
+    own, never sees that one) kills the child, which has only imported, and the error propagates.
     """
-    argv = [sys.executable, "-m", "project.train", *overrides]
-    child: subprocess.Popen[bytes] | None = None
-    early: list[int] = []  # signals that came before the child existed: it gets them on starting
+    go_read, go_write = os.pipe()
+    # Its own process group, not the terminal's: each Ctrl-C reaches it once, forwarded by us. SIGINT
+    # blocked until project.train.main handles it: one during the imports waits instead of a traceback.
+    child = subprocess.Popen(
+        [sys.executable, "-m", "project.train", *overrides],
+        process_group=0,
+        preexec_fn=_block_sigint,
+        env={**os.environ, GO_ENV: str(go_read)},
+        pass_fds=(go_read,),
+    )
+    os.close(go_read)
+    try:
+        check_first()
+    except BaseException:
+        os.close(go_write)
+        child.kill()  # it has only imported: nothing to save, and no reason to wait for it
+        child.wait()
+        raise
 
     def forward(signum: int, _frame: object) -> None:
-        if child is None:
-            early.append(signum)
-            return
         with contextlib.suppress(ProcessLookupError):
             child.send_signal(signum)
 
-    go_read, go_write = os.pipe() if check_first else (-1, -1)
-    if check_first:
-        # Started first, it imports while the check runs here. Until "go" a Ctrl-C is this process's
-        # (KeyboardInterrupt, the check stops); the child, in its own group, never sees it.
-        child = _start(argv, {**os.environ, GO_ENV: str(go_read)}, (go_read,))
-        os.close(go_read)
-        try:
-            check_first()
-        except BaseException:
-            os.close(go_write)
-            child.kill()  # it has only imported: nothing to save, and no reason to wait for it
-            child.wait()
-            raise
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}  # before "go": no gap
     try:
-        if child is None:
-            child = _start(argv, None, ())
-        for signum in early:
-            child.send_signal(signum)
-        if check_first:
-            with contextlib.suppress(BrokenPipeError):  # a child that died importing: its exit code says so
-                os.write(go_write, GO)
-            os.close(go_write)
+        with contextlib.suppress(BrokenPipeError):  # a child that died importing: its exit code says so
+            os.write(go_write, GO)
+        os.close(go_write)
         code = child.wait()
     finally:
         for sig, handler in previous.items():
@@ -98,15 +92,9 @@ def train_in_child(overrides: Sequence[str], check_first: Callable[[], None] | N
     return 128 - code if code < 0 else code
 
 
-def _start(argv: list[str], env: dict[str, str] | None, fds: tuple[int, ...]) -> subprocess.Popen[bytes]:
-    # Its own process group, not the terminal's: each Ctrl-C reaches it once, forwarded by us. SIGINT
-    # blocked until project.train.main handles it: one during the imports waits instead of a traceback.
-    return subprocess.Popen(argv, process_group=0, preexec_fn=_block_sigint, env=env, pass_fds=fds)
-
-
 def wait_for_go() -> bool:
-    """In the training child: whether to train. True unless started by train_in_child with a check,
-    whose pipe closed without "go". The pipe's end is not passed on (DDP ranks start from here)."""
+    """In the training child: whether to train. True unless started by train_in_child and its pipe
+    closed without "go". The pipe's end is not passed on (DDP ranks start from here)."""
     fd = os.environ.pop(GO_ENV, None)
     if fd is None:
         return True

@@ -85,14 +85,13 @@ class _HyperparametersAreARecord(logging.Filter):
         return "Hyperparameters are set but are not passed" not in record.getMessage()
 
 
-def sagemaker_session(plan: JobPlan, boto_session: Any) -> Any:
-    """The SDK Session a plan's ModelTrainer uses: code uploads to the artifacts bucket, telemetry off.
+def sagemaker_session(boto_session: Any, bucket: str) -> Any:
+    """The SDK Session a ModelTrainer uses: code uploads to the artifacts `bucket`, telemetry off.
 
     A sweep builds it once for all its jobs (each build costs ~1 s of CPU in the SDK).
     """
     from sagemaker.core.helper.session_helper import Session
 
-    bucket, _ = split_s3_uri(plan.output_uri)
     return Session(
         boto_session=boto_session,
         default_bucket=bucket,  # code uploads go to the artifacts bucket, never a new default bucket
@@ -125,7 +124,7 @@ def model_trainer(
     sdk_logger = logging.getLogger("sagemaker.core.utils.utils")
     if not any(isinstance(f, _HyperparametersAreARecord) for f in sdk_logger.filters):
         sdk_logger.addFilter(_HyperparametersAreARecord())
-    session = session or sagemaker_session(plan, boto_session)
+    session = session or sagemaker_session(boto_session, split_s3_uri(plan.output_uri)[0])
     compute = Compute(
         instance_type=plan.instance_type,
         instance_count=plan.instance_count,

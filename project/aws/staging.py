@@ -4,8 +4,8 @@ entry script and, for job.image=aws, the requirements the job installs at start.
 A job carries only code: `project/`, the top-level packages (or modules) the config's `_target_`s
 name (a user's own LightningModule or DataModule beside the repository, e.g. `mymodels/`), and
 those listed in `job.include`. Installed packages (site-packages) are the image's; tests, bench,
-runs and data never travel. A sweep stages the code once for all its jobs (stage_code with every
-job's config: the union of their packages) and gives each job its config in a channel of its own.
+runs and data never travel. A sweep stages the code once for all its jobs (stage_code with the
+union of their packages) and gives each job its config in a channel of its own.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +33,13 @@ def stage_source(cfg: Any, dest: Path, plan: JobPlan) -> Path:
     Its trainer.gpus is the plan's gpus_per_node, resolved when the job was planned: the container
     does not resolve it again.
     """
-    stage_code(dest, [cfg], install=plan.image.install is not None)
+    stage_code(dest, user_code(cfg), install=plan.image.install is not None)
     (dest / RESOLVED_CONFIG_NAME).write_text(staged_config(cfg, plan))
     return dest
 
 
-def stage_code(dest: Path, cfgs: Sequence[Any], install: bool = False) -> Path:
-    """The project package, the user code any of the configs names and the torchrun entry script on top.
+def stage_code(dest: Path, packages: Mapping[str, Path], install: bool = False) -> Path:
+    """The project package, the user's packages (user_code) and the torchrun entry script on top.
 
     `install`: job.image=aws, whose sm_train.sh pip-installs the job's requirements before the command.
     """
@@ -47,9 +47,6 @@ def stage_code(dest: Path, cfgs: Sequence[Any], install: bool = False) -> Path:
         shutil.rmtree(dest)
     skipped = shutil.ignore_patterns("__pycache__", "*.pyc", ENTRY_SCRIPT)  # the entry script goes on top
     shutil.copytree(PROJECT_DIR, dest / "project", ignore=skipped)
-    packages: dict[str, Path] = {}
-    for cfg in cfgs:
-        packages.update(user_code(cfg))
     for name, origin in sorted(packages.items()):
         if origin.is_dir():
             shutil.copytree(origin, dest / name, ignore=SKIPPED)

@@ -11,6 +11,7 @@ follow them. Each job gets its own resolved config as a small channel (`config`)
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 import tempfile
@@ -32,7 +33,7 @@ from .names import split_s3_uri
 from .plan import JobPlan, LaunchError, plan_job
 from .quotas import check_quotas, free_instances, usages
 from .session import aws_errors
-from .staging import source_revision, stage_code, staged_config, user_code
+from .staging import source_revision, stage_code, staged_config
 from .workflow import Context, check_job, context, fetch_completed, setup
 
 DEFAULT_MAX_PARALLEL = 4  # jobs at once when launcher.max_parallel is not set
@@ -121,8 +122,7 @@ class SweepSession:
         self.bundles: dict[tuple[bool, frozenset[str]], str] = {}
         self.checked: set[tuple[str, tuple[tuple[str, str], ...]]] = set()  # (image, data channels) checked
         self.asked = False
-        self.sessions: dict[str, Any] = {}  # artifacts bucket -> the SDK Session its jobs share
-        self.stopped: dict[str, str] = {}  # config hash -> a stopped job of it (its checkpoints resume)
+        self.packages: dict[int, dict[str, Path]] = {}  # job number -> the user packages it carries
 
     # --- before any launch -----------------------------------------------------------------------
 
@@ -141,7 +141,7 @@ class SweepSession:
                     OVERRIDES_TAG: tag_value(" ".join(job.overrides)),
                 },
             )
-            check_job(job.cfg, plan, self.echo)
+            self.packages[job.num] = check_job(job.cfg, plan, self.echo)
         except UserError as exc:
             raise refusal(job.num, job.overrides, str(exc)) from None
         return plan
@@ -152,13 +152,13 @@ class SweepSession:
                 sdk.check_remote(plan, job.cfg, self.ctx.clients.ecr, self.ctx.clients.s3)
                 self.checked.add((plan.image_uri, tuple(sorted(plan.channels.items()))))
 
-    def completed_before(self, plans: list[JobPlan]) -> dict[str, dict[str, Any]]:
-        """config hash -> the description of a job that completed with it (Search API, by tag).
-
-        Jobs that were stopped with the same config hash are noted in self.stopped: their
-        relaunch resumes from the checkpoints they left (the checkpoint prefix is keyed by it).
-        """
-        sm, found = self.ctx.clients.sagemaker, {}
+    def earlier_jobs(self, plans: list[JobPlan]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+        """Jobs of these config hashes launched before (Search API, by tag): hash -> the description
+        of one that completed, and hash -> the name of one that was stopped (a relaunch resumes from
+        the checkpoints it left: the checkpoint prefix is keyed by config hash)."""
+        sm = self.ctx.clients.sagemaker
+        found: dict[str, dict[str, Any]] = {}
+        stopped: dict[str, str] = {}
         for digest in {p.config_hash for p in plans}:
             for job in search_jobs(sm, HASH_TAG, digest):
                 tags = {t["Key"]: t["Value"] for t in job.get("Tags", [])}
@@ -168,10 +168,12 @@ class SweepSession:
                     found[digest] = monitor.describe(sm, job["TrainingJobName"])
                     break
                 if job.get("TrainingJobStatus") == "Stopped":
-                    self.stopped.setdefault(digest, job["TrainingJobName"])
-        return found
+                    stopped.setdefault(digest, job["TrainingJobName"])
+        return found, stopped
 
-    def summary(self, jobs: list[Job], plans: list[JobPlan], done: dict[str, Any], limit: int) -> str:
+    def summary(
+        self, jobs: list[Job], plans: list[JobPlan], done: dict[str, Any], stopped: dict[str, str], limit: int
+    ) -> str:
         launching = [p for p in plans if p.config_hash not in done]
         total = sum(p.cost.on_demand_usd for p in launching if p.cost)
         first = plans[0]
@@ -185,8 +187,8 @@ class SweepSession:
             skip = done.get(plan.config_hash)
             cost = f"${plan.cost.on_demand_usd:.2f} at most" if plan.cost else "?"
             what = f"skip: completed as {skip['TrainingJobName']}" if skip else cost
-            if not skip and plan.config_hash in self.stopped:
-                what += f", resumes from the checkpoints of {self.stopped[plan.config_hash]}"
+            if not skip and plan.config_hash in stopped:
+                what += f", resumes from the checkpoints of {stopped[plan.config_hash]}"
             lines.append(
                 f"  {job.num:>3}  {plan.job_name}  config {plan.config_hash}  "
                 f"{plan.instance_count} x {plan.instance_type}  {' '.join(job.overrides)}  {what}"
@@ -207,7 +209,7 @@ class SweepSession:
 
     def bundle(self, job: Job, plan: JobPlan) -> str | None:
         """The uploaded code bundle this job can run from: its image kind, and every package it names."""
-        install, needs = plan.image.install is not None, frozenset(user_code(job.cfg))
+        install, needs = plan.image.install is not None, frozenset(self.packages[job.num])
         return next((uri for (kind, has), uri in self.bundles.items() if kind == install and needs <= has), None)
 
     def upload_code(self, pairs: list[tuple[Job, JobPlan]]) -> None:
@@ -224,12 +226,12 @@ class SweepSession:
             suffix = f"-{len(self.bundles)}" if self.bundles else ""
             uri = sweep_prefix(self.ctx, group[0][1], self.sweep_id) + f"code{suffix}/"
             bucket, prefix = split_s3_uri(uri)
+            packages = {name: path for job, _ in group for name, path in self.packages[job.num].items()}
             with tempfile.TemporaryDirectory(prefix="sm-sweep-code-") as tmp, aws_errors(resource=uri):
-                root = stage_code(Path(tmp) / "code", [job.cfg for job, _ in group], install=install)
+                root = stage_code(Path(tmp) / "code", packages, install=install)
                 for path in sorted(p for p in root.rglob("*") if p.is_file()):
                     self.ctx.clients.s3.upload_file(str(path), bucket, prefix + path.relative_to(root).as_posix())
-            packages = frozenset(name for job, _ in group for name in user_code(job.cfg))
-            self.bundles[(install, packages)] = uri
+            self.bundles[(install, frozenset(packages))] = uri
 
     def launch_one(self, job: Job, plan: JobPlan) -> None:
         code = self.bundle(job, plan)
@@ -238,17 +240,14 @@ class SweepSession:
         bucket, key = split_s3_uri(config_uri + "config.yaml")
         with aws_errors(resource=config_uri):
             self.ctx.clients.s3.put_object(Bucket=bucket, Key=key, Body=staged_config(job.cfg, plan).encode())
-        trainer = sdk.model_trainer(
-            plan, code, self.ctx.clients.session, {CONFIG_CHANNEL: config_uri}, self.sdk_session(plan)
-        )
+        channels = {CONFIG_CHANNEL: config_uri}
+        trainer = sdk.model_trainer(plan, code, self.ctx.clients.session, channels, self.sdk_session)
         sdk.launch(trainer, plan.job_name)
 
-    def sdk_session(self, plan: JobPlan) -> Any:
-        """One SDK Session per artifacts bucket for the whole sweep (built before the launch threads)."""
-        bucket = split_s3_uri(plan.output_uri)[0]
-        if bucket not in self.sessions:
-            self.sessions[bucket] = sdk.sagemaker_session(plan, self.ctx.clients.session)
-        return self.sessions[bucket]
+    @functools.cached_property
+    def sdk_session(self) -> Any:
+        """The SDK Session every job of the sweep shares (built before the launch threads)."""
+        return sdk.sagemaker_session(self.ctx.clients.session, self.ctx.infra.artifacts_bucket)
 
     def launch_many(self, starting: list[tuple[Job, JobPlan]]) -> list[str | None]:
         """Launch these jobs at once (each launch waits on AWS round trips); per job, why SageMaker refused it.
@@ -257,9 +256,8 @@ class SweepSession:
         """
         if not starting:
             return []
-        self.upload_code(starting)  # before the threads, as the SDK sessions
-        for _, plan in starting:
-            self.sdk_session(plan)
+        self.upload_code(starting)  # before the threads
+        _ = self.sdk_session  # built here, once: the threads share it
 
         def launch(pair: tuple[Job, JobPlan]) -> str | None:
             try:
@@ -347,9 +345,9 @@ class SweepSession:
         with aws_errors():
             plans = [self.plan(job) for job in jobs]
             self.check_remote(jobs, plans)
-            done = self.completed_before(plans)
+            done, stopped = self.earlier_jobs(plans)
             limit = parallel_limit(self.max_parallel, plans, self.ctx)
-            self.echo(self.summary(jobs, plans, done, limit))
+            self.echo(self.summary(jobs, plans, done, stopped, limit))
             todo = deque((j, p) for j, p in zip(jobs, plans, strict=True) if p.config_hash not in done)
             self.ask(len(todo))
             skipped = [
