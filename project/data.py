@@ -289,14 +289,15 @@ class IdxDataModule(ResidentDataModule):
             raise DataError(f"dataset.files must name exactly one {prefix}*{kind}* file, found {matches}")
         return matches[0]
 
-    # remember=False: every file is decompressed to be parsed anyway, and in a SageMaker job the
-    # cache dir must stay empty when the data channel holds every file.
+    # remember=False: in a SageMaker job the cache dir must stay empty when the data channel holds
+    # every file (what invoke's check recorded there is still used). keep=True: a file verified
+    # here is decompressed once, for the check and the parse.
     def prepare_data(self) -> None:
-        fetch_raw(self.source, self.cache_dir, self.files, remember=False)
+        fetch_raw(self.source, self.cache_dir, self.files, remember=False, keep=True)
 
     def _tensors(self, split: str):
         paths = fetch_raw(
-            self.source, self.cache_dir, self.files, remember=False
+            self.source, self.cache_dir, self.files, remember=False, keep=True
         )  # verified in this process: only hashes
         images = load_verified(paths[self._stem("images", split)], self.files[self._stem("images", split)])
         labels = load_verified(paths[self._stem("labels", split)], self.files[self._stem("labels", split)])

@@ -7,8 +7,10 @@ final name. `invoke upload` needs only this module, so it imports neither torch 
 
 Verifying means decompressing, which costs far more than hashing the file as stored. So a
 verified file is remembered by the SHA256 of its stored bytes, for the rest of the process and
-(`remember=True`, what `invoke upload` uses) in `<cache>/.verified/`: a later check hashes the
-file and finds it there, and any change to its bytes makes it a stranger again.
+(`remember=True`, what `invoke upload` and `invoke local`'s check use) in `<cache>/.verified/`: a
+later check, in any process, hashes the file and finds it there, and any change to its bytes makes
+it a stranger again. The training process reads that record but never writes it, and a file it
+has to verify itself is decompressed once: the content is kept for `read_verified` to take.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import urllib.error
 import urllib.request
 import zlib
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -38,6 +41,34 @@ BLOCK = 1 << 20
 
 class DataError(UserError, RuntimeError):
     """Missing, corrupt or unreadable data; the message says which file and what to do."""
+
+
+@dataclass(frozen=True)
+class Memo:
+    """Where verified files are recorded (`<folder>/.verified/`), and what a verification leaves.
+
+    record: write newly verified files there (the training process does not: in a SageMaker job
+    its cache must stay empty). keep: hold a newly verified file's content until read_verified
+    takes it (a process that verifies in order to read decompresses once, not twice).
+    """
+
+    folder: Path
+    record: bool = True
+    keep: bool = False
+
+    def lookup(self, stored_sha256: str) -> str | None:
+        try:
+            return (self.folder / VERIFIED_DIR / stored_sha256).read_text().strip()
+        except OSError:
+            return None
+
+    def add(self, stored_sha256: str, content_sha256: str) -> None:
+        if not self.record:
+            return
+        try:
+            write_atomically(self.folder / VERIFIED_DIR / stored_sha256, content_sha256)
+        except OSError:
+            pass  # a read-only cache only means verifying again next time
 
 
 def _gzip_check(exc: BaseException) -> str:
@@ -66,7 +97,7 @@ def read_bytes(path: Path) -> bytes:
     return _decompress(raw, path) if raw[:2] == GZIP_MAGIC else raw
 
 
-def _decompress(raw: bytes, path: Path) -> bytes:
+def _decompress(raw: bytes, path: object) -> bytes:
     try:
         return gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as exc:
@@ -79,6 +110,7 @@ def sha256(content: bytes) -> str:
 
 _FILE_DIGESTS: dict[tuple, str] = {}  # (path, size, mtime, ctime, inode) -> sha256, this process only
 _VERIFIED: dict[str, str] = {}  # sha256 of stored bytes -> sha256 of their content, this process only
+_KEPT: dict[str, bytes] = {}  # sha256 of stored bytes -> their verified content, until read_verified takes it
 
 
 def file_sha256(path: Path) -> str:
@@ -114,8 +146,9 @@ def read_verified(path: Path, expected_sha256: str) -> bytes:
     content) stands for the content's; otherwise the content is hashed.
     """
     raw = Path(path).read_bytes()
-    if raw[:2] == GZIP_MAGIC and _VERIFIED.get(sha256(raw)) == expected_sha256:
-        return _decompress(raw, path)
+    if raw[:2] == GZIP_MAGIC and _VERIFIED.get(stored := sha256(raw)) == expected_sha256:
+        kept = _KEPT.pop(stored, None)
+        return kept if kept is not None else _decompress(raw, path)
     content = _decompress(raw, path) if raw[:2] == GZIP_MAGIC else raw
     actual = sha256(content)
     if actual != expected_sha256 and sha256(raw) != expected_sha256:
@@ -137,48 +170,40 @@ def _content_sha256(path: Path, origin: object = None) -> str:
     return digest.hexdigest()
 
 
-def verify(path: Path, expected_sha256: str, memo_dir: Path | None = None, name: object = None) -> None:
+def verify(path: Path, expected_sha256: str, memo: Memo | None = None, name: object = None) -> None:
     """Raise DataError unless the file's content has the expected SHA256.
 
-    Stored bytes verified before (in this process, or recorded in `memo_dir`) are recognised by
-    their hash alone, without decompressing; newly verified ones are recorded in `memo_dir`.
+    Stored bytes verified before (in this process, or recorded in the memo) are recognised by
+    their hash alone, without decompressing; newly verified ones are added to the memo.
     """
     stored = file_sha256(path)
     if stored == expected_sha256:
         return  # not compressed: the stored bytes are the content
-    memo = Path(memo_dir) / VERIFIED_DIR / stored if memo_dir is not None else None
-    recorded = memo is not None and _read_memo(memo) == expected_sha256
+    recorded = memo is not None and memo.lookup(stored) == expected_sha256
     if not recorded and _VERIFIED.get(stored) != expected_sha256:
-        actual = _content_sha256(path, name)
+        if memo is not None and memo.keep:
+            raw = Path(path).read_bytes()
+            stored, content = sha256(raw), _decompress(raw, name or path) if raw[:2] == GZIP_MAGIC else raw
+            actual = sha256(content)
+        else:
+            actual = _content_sha256(path, name)
         if actual != expected_sha256:
             raise _mismatch(name or path, actual, expected_sha256)
+        if memo is not None and memo.keep:
+            _KEPT[stored] = content  # the bytes just hashed, whatever the file holds by now
     _VERIFIED[stored] = expected_sha256
     if memo is not None and not recorded:
-        _write_memo(memo, expected_sha256)
+        memo.add(stored, expected_sha256)
 
 
-def _read_memo(memo: Path) -> str | None:
-    try:
-        return memo.read_text().strip()
-    except OSError:
-        return None
+def is_valid(path: Path, expected_sha256: str, memo: Memo | None = None) -> bool:
+    return path.is_file() and _problem(path, expected_sha256, memo) is None
 
 
-def _write_memo(memo: Path, content_sha256: str) -> None:
-    try:
-        write_atomically(memo, content_sha256)
-    except OSError:
-        pass  # a read-only cache only means verifying again next time
-
-
-def is_valid(path: Path, expected_sha256: str, memo_dir: Path | None = None) -> bool:
-    return path.is_file() and _problem(path, expected_sha256, memo_dir) is None
-
-
-def _problem(path: Path, expected_sha256: str, memo_dir: Path | None) -> DataError | None:
+def _problem(path: Path, expected_sha256: str, memo: Memo | None) -> DataError | None:
     """Why the file fails verification (naming it), or None when it passes."""
     try:
-        verify(path, expected_sha256, memo_dir)
+        verify(path, expected_sha256, memo)
     except DataError as problem:
         return problem
     return None
@@ -226,12 +251,12 @@ def _fetch_failures() -> tuple[type[BaseException], ...]:
     return failures
 
 
-def _fetch_one(source: str, stem: str, dest: Path, digest: str, memo_dir: Path | None, s3_client=None) -> None:
+def _fetch_one(source: str, stem: str, dest: Path, digest: str, memo: Memo | None, s3_client=None) -> None:
     """Download one file of a remote source to dest, verified (errors name the remote file) first."""
     errors, offline = [], False
     for name in candidates(stem):
         origin = f"{source.rstrip('/')}/{name}"
-        check = functools.partial(verify, expected_sha256=digest, memo_dir=memo_dir, name=origin)
+        check = functools.partial(verify, expected_sha256=digest, memo=memo, name=origin)
         try:
             with replacing(dest) as tmp:  # verified before it takes its final name
                 with tmp.open("wb") as out:
@@ -282,12 +307,12 @@ def _listing(files: dict[str, str]) -> str:
     return ", ".join(f"{stem}(.gz)" for stem in files)
 
 
-def _verified_copy(folder: Path, stem: str, digest: str, memo_dir: Path | None) -> Path | None:
+def _verified_copy(folder: Path, stem: str, digest: str, memo: Memo | None) -> Path | None:
     """The file of `stem` in `folder` that passes verification, if any."""
-    return next((folder / n for n in candidates(stem) if is_valid(folder / n, digest, memo_dir)), None)
+    return next((folder / n for n in candidates(stem) if is_valid(folder / n, digest, memo)), None)
 
 
-def _local_file(folder: Path, stem: str, digest: str, dest_dir: Path, memo_dir: Path | None) -> Path:
+def _local_file(folder: Path, stem: str, digest: str, dest_dir: Path, memo: Memo | None) -> Path:
     """The verified copy of one file of a local source folder: the folder's own, else the cache's.
 
     A damaged file in the folder is never trained on: with a verified copy in the cache that one
@@ -297,11 +322,11 @@ def _local_file(folder: Path, stem: str, digest: str, dest_dir: Path, memo_dir: 
     found = [folder / name for name in candidates(stem) if (folder / name).is_file()]
     problems = []
     for path in found:
-        problem = _problem(path, digest, memo_dir)
+        problem = _problem(path, digest, memo)
         if problem is None:
             return path
         problems.append(problem)
-    cached = _verified_copy(dest_dir, stem, digest, memo_dir)
+    cached = _verified_copy(dest_dir, stem, digest, memo)
     if problems and cached is not None:
         print(f"warning: {problems[0]}; using the verified copy {cached}", file=sys.stderr, flush=True)
     if cached is not None:
@@ -320,6 +345,7 @@ def fetch_raw(
     s3_client=None,
     remember: bool = True,
     endpoint_url: str | None = None,
+    keep: bool = False,
 ) -> dict[str, Path]:
     """Make every raw file present and verified; return stem -> path.
 
@@ -327,11 +353,13 @@ def fetch_raw(
     file already in dest_dir with the right content is kept, and a missing or wrong one is
     fetched and verified before it takes its final name. A source file with the wrong content
     is an error, never trained on. `remember`: record verified files in dest_dir/.verified/
-    (then dest_dir is written even when every file is used in place). An s3:// source is read
+    (then dest_dir is written even when every file is used in place); what is recorded there is
+    used either way. `keep`: the caller reads the files next (read_verified), so content
+    decompressed to verify it is kept for that read. An s3:// source is read
     with `s3_client`, else with a client for `endpoint_url` (aws.endpoint_url), made when needed.
     """
     dest_dir = Path(dest_dir)
-    memo_dir = dest_dir if remember else None
+    memo = Memo(dest_dir, record=remember, keep=keep)
     local = None if source.startswith(REMOTE) else Path(source).expanduser()
     if local is not None and not local.is_dir():
         kind = "is a file, not a folder" if local.exists() else "does not exist"
@@ -342,20 +370,22 @@ def fetch_raw(
     paths: dict[str, Path] = {}
     for stem, digest in files.items():
         if local is not None:
-            paths[stem] = _local_file(local, stem, digest, dest_dir, memo_dir)
+            paths[stem] = _local_file(local, stem, digest, dest_dir, memo)
             continue
-        cached = _verified_copy(dest_dir, stem, digest, memo_dir)
+        cached = _verified_copy(dest_dir, stem, digest, memo)
         if cached is None:
             cached = dest_dir / f"{stem}.gz"
             cached.unlink(missing_ok=True)
             if s3_client is None and source.startswith("s3://"):
                 s3_client = _s3_client(endpoint_url)
-            _fetch_one(source, stem, cached, digest, memo_dir, s3_client)
+            _fetch_one(source, stem, cached, digest, memo, s3_client)
         paths[stem] = cached
     return paths
 
 
-def fetch_dataset(cfg: Any, source: str | None = None, remember: bool = True, s3_client=None) -> dict[str, Path]:
+def fetch_dataset(
+    cfg: Any, source: str | None = None, remember: bool = True, s3_client=None, keep: bool = False
+) -> dict[str, Path]:
     """The train channel's raw files (dataset.files), present and verified: fetch_raw with the config's places.
 
     `source`: where the files are instead of dataset.channels.train (a SageMaker job's channel).
@@ -368,25 +398,27 @@ def fetch_dataset(cfg: Any, source: str | None = None, remember: bool = True, s3
         s3_client=s3_client,
         remember=remember,
         endpoint_url=cfg.aws.endpoint_url,
+        keep=keep,
     )
 
 
 def channel_folders(
-    cfg: Any, sources: Mapping[str, Path] | None = None, remember: bool = True, s3_client=None
+    cfg: Any, sources: Mapping[str, Path] | None = None, remember: bool = True, s3_client=None, keep: bool = False
 ) -> dict[str, Path]:
     """Each declared channel's local folder, checked: what the DataModule is given (project.modules).
 
     `sources`: the channels' folders instead of dataset.channels (a SageMaker job's SM_CHANNEL_*).
     The train channel of a dataset that lists `files` is fetched (when remote) and verified, as
     MNIST's is; every other channel must be a folder that exists and holds something. Every run
-    resolves its data through here before anything else is built or written.
+    resolves its data through here before anything else is built or written. `keep`: the caller
+    trains on the files next (fetch_raw).
     """
     d = cfg.dataset
     folders: dict[str, Path] = {}
     for channel, declared in d.channels.items():
         where = str(sources[channel]) if sources and channel in sources else str(declared)
         if channel == "train" and d.get("files"):
-            paths = fetch_dataset(cfg, where, remember=remember, s3_client=s3_client)
+            paths = fetch_dataset(cfg, where, remember=remember, s3_client=s3_client, keep=keep)
             folders[channel] = _one_folder(paths, dataset_cache_dir(cfg))
         elif where.startswith(REMOTE):
             raise DataError(

@@ -145,8 +145,9 @@ def train(
     # against the GPUs present; the processes using them are the launcher's (build_run).
     gpus = config_lib.resolve_gpus(cfg.trainer.gpus, torch.cuda.device_count())
     # The data first: a missing folder or a damaged file is one line before anything is built or
-    # written. A SageMaker job's cache must stay empty when its channel holds every file.
-    folders = channel_folders(cfg, sources, remember=sagemaker_env() is None)
+    # written. A SageMaker job's cache must stay empty when its channel holds every file. A file
+    # verified here (not recorded by an earlier check) is decompressed once, for the check and the parse.
+    folders = channel_folders(cfg, sources, remember=sagemaker_env() is None, keep=True)
     startup.mark("data_verified")
     modules.check(cfg)  # a _target_ that does not import, or a wrong argument: one line, nothing written
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)

@@ -179,6 +179,65 @@ def test_verified_files_are_remembered_by_their_stored_bytes(tmp_path):
         fetch_raw(str(src), cache, files)
 
 
+class _Decompressions:
+    """Counts decompressions of whole files and streamed reads of gzipped files (a spy: both still run)."""
+
+    def __init__(self, monkeypatch):
+        self.count = 0
+        for name in ("decompress", "open"):
+            real = getattr(gzip, name)
+
+            def counting(*args, _real=real, **kwargs):
+                self.count += 1
+                return _real(*args, **kwargs)
+
+            monkeypatch.setattr(gzip, name, counting)
+
+
+def _fresh_process_state(monkeypatch):
+    """What a new process knows: no file hashed or verified yet (the training child after invoke's check)."""
+    from project import raw
+
+    for name in ("_VERIFIED", "_KEPT", "_FILE_DIGESTS"):
+        monkeypatch.setattr(raw, name, {})
+
+
+def test_the_training_process_decompresses_each_file_once_and_reads_the_checks_record(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    files = write_dataset(src, n_train=20, n_test=10)
+    stem = "train-labels-idx1-ubyte"
+
+    # Nothing recorded (a SageMaker job): verifying and reading decompress the file once, not twice,
+    # and the training process writes no record.
+    _fresh_process_state(monkeypatch)
+    spy = _Decompressions(monkeypatch)
+    paths = fetch_raw(str(src), tmp_path / "cache", files, remember=False, keep=True)
+    assert spy.count == len(files)
+    assert load_verified(paths[stem], files[stem]).shape == (20,)
+    assert spy.count == len(files)
+    assert not (tmp_path / "cache").exists()
+
+    # invoke's check recorded the files: the training process hashes them as stored and decompresses
+    # only to read them.
+    fetch_raw(str(src), tmp_path / "cache", files)
+    _fresh_process_state(monkeypatch)
+    spy.count = 0
+    paths = fetch_raw(str(src), tmp_path / "cache", files, remember=False, keep=True)
+    assert spy.count == 0
+    assert load_verified(paths[stem], files[stem]).shape == (20,)
+    assert spy.count == 1
+
+
+def test_a_file_replaced_after_it_was_verified_and_kept_is_refused(tmp_path, monkeypatch):
+    files = write_dataset(tmp_path, n_train=20, n_test=10)
+    stem = "train-labels-idx1-ubyte"
+    _fresh_process_state(monkeypatch)
+    path = fetch_raw(str(tmp_path), tmp_path / "cache", files, remember=False, keep=True)[stem]
+    path.write_bytes(gzip.compress(idx_bytes(np.zeros((20,), np.uint8))))
+    with pytest.raises(DataError, match="SHA256 check failed"):
+        load_verified(path, files[stem])
+
+
 def test_a_record_for_other_content_does_not_verify(tmp_path):
     src = tmp_path / "src"
     files = write_dataset(src, n_train=20, n_test=10)
