@@ -54,7 +54,9 @@ class DatasetKeys:
     # it the train channel's files are verified, and fetched when the channel is remote.
     files: dict[str, str] = field(default_factory=dict)
     # Optional: one sample's shape (C x H x W) where it is known before the data is read; `invoke
-    # train` estimates a classifier's GPU memory from it, and a served model's input from it.
+    # train` estimates a classifier's GPU memory from it, and a served model's input from it; the
+    # default CNN takes its input channels from it; a DataModule whose __init__ takes `image_shape`
+    # gets it (imagefolder converts every image to it).
     image_shape: list[int] | None = None
 
 
