@@ -266,6 +266,10 @@ def _one_line(exc: BaseException) -> str:
         return f"unknown key '{key}'; valid keys there: {', '.join(_valid_keys(key))}"
     if key and re.match(r"Key '.*' is not in struct", lines[0]):
         # An open mapping: dataset and model (their keys are the target class's arguments), job.environment.
+        if key.startswith("dataset.channels."):
+            return f"unknown key '{key}'; a channel the dataset config does not declare is added with +{key}=<folder>"
+        if key == "dataset.input_modes" or key.startswith("dataset.input_modes."):
+            return f"unknown key '{key}'; set a channel's input mode with +dataset.input_modes.<channel>=FastFile"
         if key.split(".", 1)[0] in ("dataset", "model"):
             return f"unknown key '{key}'; to give the class a new argument, write +{key}=..."
         return f"unknown key '{key}'; to add it, write +{key}=..."
