@@ -14,6 +14,7 @@ normalised (and, for training, augmented) a whole batch at a time.
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -122,7 +123,7 @@ class ImageFolderDataModule(ResidentDataModule):
             samples = [imagetree.Sample(f.relpath, f.label, f.path.read_bytes()) for f in files]
         self._check_classes(classes, folder)
         with ThreadPoolExecutor(DECODE_WORKERS) as pool:
-            pixels = list(pool.map(self._decode, samples))
+            pixels = list(pool.map(lambda sample: self._decode(sample, folder), samples))
         images = torch.from_numpy(np.stack(pixels))
         images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)
         labels = torch.tensor([s.label for s in samples], dtype=torch.int64)
@@ -143,7 +144,7 @@ class ImageFolderDataModule(ResidentDataModule):
                 f"set dataset.num_classes={len(classes)}"
             )
 
-    def _decode(self, sample: imagetree.Sample) -> np.ndarray:
+    def _decode(self, sample: imagetree.Sample, folder: str) -> np.ndarray:
         from PIL import Image
 
         try:
@@ -153,7 +154,10 @@ class ImageFolderDataModule(ResidentDataModule):
                 image = image.resize(self.image_size[::-1], Image.Resampling.BILINEAR)
             return np.asarray(image, dtype=np.uint8)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:  # what Pillow raises
-            raise DataError(f"unreadable image {sample.relpath} ({exc}): replace or delete the file") from None
+            reason = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc))  # Pillow names its buffer
+            raise DataError(
+                f"unreadable image {sample.relpath} in {folder} ({reason}): replace or delete the file"
+            ) from None
 
     def _split(self, images: torch.Tensor, labels: torch.Tensor, idx: np.ndarray, augment: bool) -> ImageSplit:
         return ImageSplit(images[idx], labels[idx], self.mean, self.std, augment, self.seed)

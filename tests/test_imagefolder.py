@@ -190,8 +190,9 @@ def test_a_corrupt_image_is_named(tmp_path):
     with pytest.raises(DataError, match=r"unreadable image .*vbar/img_002\.png"):
         imagetree.pack_tree(root, tmp_path / "out")
     assert not (tmp_path / "out").exists()
-    with pytest.raises(DataError, match=r"unreadable image vbar/img_002\.png"):
+    with pytest.raises(DataError, match=r"unreadable image vbar/img_002\.png in ") as info:
         loaded(root)
+    assert str(root) in str(info.value) and "0x" not in str(info.value)  # the folder, not Pillow's buffer
 
 
 @pytest.mark.parametrize("make", ["missing", "empty"])
