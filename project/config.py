@@ -46,7 +46,8 @@ class DatasetKeys:
     name: str = MISSING  # names the local cache folder, paths.data_dir/<name>
     s3_prefix: str = MISSING  # key prefix under the data bucket: channel c is uploaded to <s3_prefix>/<c>/
     # Channel name (train required; validation, test optional) -> where its data is: a local
-    # folder, or an s3:// or https:// prefix (fetched into paths.data_dir/<name> first; needs `files`).
+    # folder, an s3:// prefix (copied into paths.data_dir/<name>/<channel> first), or an https://
+    # prefix (fetched into paths.data_dir/<name> first; needs `files`).
     channels: dict[str, str] = field(default_factory=dict)
     input_modes: dict[str, str] = field(default_factory=dict)  # channel -> File (the default) or FastFile
     # Optional, and passed on to the DataModule too: raw file stem -> SHA256 of its decompressed

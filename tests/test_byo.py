@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import os
 import random
+import uuid
 
 import pytest
 
 from project import config as C
 from project import modules
+from project.aws.session import aws_clients
 from project.raw import channel_folders
 from tests import byo
 from tests.cli import invoke, one_error_line
@@ -108,6 +110,29 @@ def test_bad_input_is_one_line_and_writes_nothing(package, tmp_path, extra, expe
     line = one_error_line(result)
     assert line.startswith(expected.format(pkg=name, root=root)), line
     assert not (tmp_path / "runs" / "bad").exists()
+
+
+def test_an_s3_channel_is_mirrored_for_a_local_run(moto_endpoint, package, tmp_path):
+    """A channel at an s3:// prefix (no dataset.files) is copied into paths.data_dir/<name>/<channel>/
+    by `invoke local`, over real HTTP to moto; an empty prefix is one line and no run folder."""
+    root, _, env = package
+    s3 = aws_clients("us-east-1", moto_endpoint).s3
+    bucket = f"byo-{uuid.uuid4().hex[:10]}"
+    s3.create_bucket(Bucket=bucket)
+    local = root / "data" / "validation" / "points.csv"
+    s3.upload_file(str(local), bucket, "byo/validation/points.csv")
+    channel = {"dataset.channels.validation": f"s3://{bucket}/byo/validation", "trainer.max_epochs": 1}
+    result = invoke("local", *byo.overrides(root, tmp_path / "runs", run_name="s3", **channel), env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "downloaded 1 of 1 file(s) (" in result.stdout and "val_loss=" in result.stdout
+    assert (tmp_path / "cache" / "byo" / "validation" / "points.csv").read_bytes() == local.read_bytes()
+    empty = {**channel, "dataset.channels.validation": f"s3://{bucket}/byo/nothing"}
+    line = one_error_line(invoke("local", *byo.overrides(root, tmp_path / "runs", run_name="none", **empty), env=env))
+    assert (
+        line
+        == f"error: s3://{bucket}/byo/nothing holds no objects: upload the data there (invoke upload) or fix the path"
+    )
+    assert not (tmp_path / "runs" / "none").exists()
 
 
 @pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist", "kmnist"])
