@@ -53,6 +53,19 @@ def test_declared_metric_never_logged_is_one_warning(package, tmp_path):
     assert len(warnings) == 1 and "val_r2" in warnings[0] and "val_loss" not in warnings[0].split(",")[0]
 
 
+def test_a_module_that_cannot_be_exported_still_succeeds_with_its_weights(package, tmp_path):
+    root, name, env = package
+    extra = {"model._target_": f"{name}.Unexportable", "trainer.max_epochs": 1, "run_name": "weights"}
+    result = invoke("local", *byo.overrides(root, tmp_path / "runs", **extra), env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: no model.ts")]
+    assert len(warnings) == 1 and "can be neither scripted nor traced (script: " in warnings[0], result.stderr
+    assert "; trace: " in warnings[0] and warnings[0].endswith("model.pt holds its weights")
+    model = tmp_path / "runs" / "weights" / "model"
+    assert {p.name for p in model.iterdir()} >= {"model.pt", "config.yaml"} and not (model / "model.ts").exists()
+    assert json.loads((tmp_path / "runs" / "weights" / "metrics.json").read_text())["test_loss"] > 0
+
+
 def test_worked_example_trains_locally(tmp_path):
     folder = tmp_path / "csv"
     folder.mkdir()
