@@ -42,6 +42,8 @@ def test_own_module_and_two_channels_train_with_invoke_local(package, tmp_path):
     assert {p.name for p in (run / "model").iterdir()} >= {"model.pt", "model.ts", "config.yaml"}
     assert not (run / "output" / "confusion_matrix.png").exists()  # not a classifier
     assert list((run / "checkpoints").glob("*.ckpt"))
+    line = one_error_line(invoke("predict", str(run), str(root / "data" / "train" / "points.csv"), env=env))
+    assert line.startswith(f"error: {run / 'model'} holds no image classifier's contract"), line  # predict: classifiers
 
 
 def test_declared_metric_never_logged_is_one_warning(package, tmp_path):
