@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import uuid
 
 import pytest
@@ -66,6 +67,42 @@ def test_a_module_that_cannot_be_exported_still_succeeds_with_its_weights(packag
     model = tmp_path / "runs" / "weights" / "model"
     assert {p.name for p in model.iterdir()} >= {"model.pt", "config.yaml"} and not (model / "model.ts").exists()
     assert json.loads((tmp_path / "runs" / "weights" / "metrics.json").read_text())["test_loss"] > 0
+
+
+def test_the_readme_skeleton_and_its_two_yaml_files_train_as_written(tmp_path):
+    """README "Your own model and data": its python block and both YAML files, copied as they are
+    (only the package renamed, so the test writes nothing into the repository), train with invoke local."""
+    import torch
+
+    section = (C.CONF_DIR.parent / "README.md").read_text().split("### Your own model and data", 1)[1]
+    blocks = re.findall(r"```(?:python|yaml)\n# (\S+)\n(.*?)```", section.split("**Image folders", 1)[0], re.S)
+    assert [path for path, _ in blocks] == ["mymodels/mine.py", "conf/model/mine.yaml", "conf/dataset/mine.yaml"]
+    package = f"readme_{uuid.uuid4().hex[:8]}"
+    for path, body in blocks:
+        dest = tmp_path / path.replace("mymodels/", f"{package}/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(body.replace("mymodels.mine", f"{package}.mine"))
+    (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / "data" / "mine").mkdir(parents=True)
+    x = torch.randn(128, 8, generator=torch.Generator().manual_seed(0))
+    torch.save((x, x.sum(1, keepdim=True)), tmp_path / "data" / "mine" / "data.pt")  # "whatever your files are"
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    result = invoke(
+        "local",
+        f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+        "model=mine",
+        "dataset=mine",
+        f"dataset.channels.train={tmp_path / 'data' / 'mine'}",  # the YAML's data/mine, from where invoke runs
+        f"paths.runs_dir={tmp_path / 'runs'}",
+        "run_name=mine",
+        "trainer.max_epochs=1",
+        "trainer.batch_size=32",
+        "trainer.gpus=0",
+        env=env,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "val_loss=" in result.stdout and "warning" not in result.stderr  # its metrics: all three logged
+    assert (tmp_path / "runs" / "mine" / "model" / "model.ts").is_file()
 
 
 def test_worked_example_trains_locally(tmp_path):
