@@ -46,7 +46,8 @@ class DatasetKeys:
     name: str = MISSING  # names the local cache folder, paths.data_dir/<name>
     s3_prefix: str = MISSING  # key prefix under the data bucket: channel c is uploaded to <s3_prefix>/<c>/
     # Channel name (train required; validation, test optional) -> where its data is: a local
-    # folder, or an s3:// or https:// prefix (fetched into paths.data_dir/<name> first; needs `files`).
+    # folder, an s3:// prefix (copied into paths.data_dir/<name>/<channel> first), or an https://
+    # prefix (fetched into paths.data_dir/<name> first; needs `files`).
     channels: dict[str, str] = field(default_factory=dict)
     input_modes: dict[str, str] = field(default_factory=dict)  # channel -> File (the default) or FastFile
     # Optional, and passed on to the DataModule too: raw file stem -> SHA256 of its decompressed
@@ -54,7 +55,9 @@ class DatasetKeys:
     # it the train channel's files are verified, and fetched when the channel is remote.
     files: dict[str, str] = field(default_factory=dict)
     # Optional: one sample's shape (C x H x W) where it is known before the data is read; `invoke
-    # train` estimates a classifier's GPU memory from it, and a served model's input from it.
+    # train` estimates a classifier's GPU memory from it, and a served model's input from it; the
+    # default CNN takes its input channels from it; a DataModule whose __init__ takes `image_shape`
+    # gets it (imagefolder converts every image to it).
     image_shape: list[int] | None = None
 
 
@@ -264,6 +267,10 @@ def _one_line(exc: BaseException) -> str:
         return f"unknown key '{key}'; valid keys there: {', '.join(_valid_keys(key))}"
     if key and re.match(r"Key '.*' is not in struct", lines[0]):
         # An open mapping: dataset and model (their keys are the target class's arguments), job.environment.
+        if key.startswith("dataset.channels."):
+            return f"unknown key '{key}'; a channel the dataset config does not declare is added with +{key}=<folder>"
+        if key == "dataset.input_modes" or key.startswith("dataset.input_modes."):
+            return f"unknown key '{key}'; set a channel's input mode with +dataset.input_modes.<channel>=FastFile"
         if key.split(".", 1)[0] in ("dataset", "model"):
             return f"unknown key '{key}'; to give the class a new argument, write +{key}=..."
         return f"unknown key '{key}'; to add it, write +{key}=..."

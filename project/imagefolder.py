@@ -4,7 +4,8 @@
 
 Each channel folder is either the tree itself (a local run) or the shards `invoke upload` packed it
 into (a SageMaker job: the folder holds project.imagetree's `shards.json`). Either way every image
-is decoded once, resized to `image_size`, converted to grey or RGB and held in memory as uint8
+is decoded once, converted to `image_shape` (C x H x W: C is 1 for grey, 3 for RGB; resized to
+H x W when it differs) and held in memory as uint8
 (N x C x H x W: 10,000 28x28 grey images are 7.8 MB); batches are sliced by index as for the IDX
 datasets (project.data.ResidentDataModule: DDP sharding, GPU residency, resumable position), and
 normalised (and, for training, augmented) a whole batch at a time.
@@ -13,6 +14,7 @@ normalised (and, for training, augmented) a whole batch at a time.
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,7 +26,7 @@ from . import imagetree
 from .data import ResidentDataModule, TensorSplit, split_indices
 from .raw import DataError
 
-COLOR_MODES = {"grey": "L", "rgb": "RGB"}  # dataset.color -> Pillow's mode
+COLOR_MODES = {1: "L", 3: "RGB"}  # dataset.image_shape[0] (colour channels) -> Pillow's mode
 DECODE_WORKERS = 4  # Pillow releases the GIL while decoding: a few threads decode in parallel
 
 
@@ -80,8 +82,7 @@ class ImageFolderDataModule(ResidentDataModule):
         validation_dir: str | None = None,
         test_dir: str | None = None,
         num_classes: int | None = None,
-        image_size: Sequence[int] = (28, 28),
-        color: str = "grey",
+        image_shape: Sequence[int] = (1, 28, 28),
         mean: float | Sequence[float] = 0.5,
         std: float | Sequence[float] = 0.5,
         val_size: float = 0.1,
@@ -93,16 +94,21 @@ class ImageFolderDataModule(ResidentDataModule):
         shard_mb: float = imagetree.SHARD_MB,
     ):
         super().__init__(batch_size, seed, num_workers, on_device)
-        if color not in COLOR_MODES:
-            raise DataError(f"dataset.color={color!r} is not one of {sorted(COLOR_MODES)}")
+        shape = [int(n) for n in image_shape]
+        if len(shape) != 3 or shape[0] not in COLOR_MODES or min(shape) < 1:
+            raise DataError(
+                f"dataset.image_shape={list(image_shape)} is not [channels, height, width] with 1 (grey) "
+                "or 3 (RGB) channels: write e.g. dataset.image_shape=[3,64,64]"
+            )
         self.dirs = {"train": train_dir, "val": validation_dir, "test": test_dir}
-        self.num_classes, self.color, self.augment = num_classes, color, augment
-        self.image_size = (int(image_size[0]), int(image_size[1]))  # height, width
-        channels = len(COLOR_MODES[color])
+        self.num_classes, self.augment = num_classes, augment
+        self.source = train_dir  # the start line names it
+        channels, *size = shape
+        self.mode, self.image_size = COLOR_MODES[channels], (size[0], size[1])  # Pillow's mode; height, width
         self.mean, self.std = _per_channel(mean, channels, "mean"), _per_channel(std, channels, "std")
         self.val_size = val_size  # held out of train when there is no validation channel: a fraction, or a count
         self.shard_mb = shard_mb  # `invoke upload` packs each channel into shards of about this size
-        self.image_shape = [channels, *self.image_size]  # one sample, for the model's example input
+        self.image_shape = shape  # one sample, for the model's example input
         self.classes: list[str] = []
 
     def _load(self, channel: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,7 +123,7 @@ class ImageFolderDataModule(ResidentDataModule):
             samples = [imagetree.Sample(f.relpath, f.label, f.path.read_bytes()) for f in files]
         self._check_classes(classes, folder)
         with ThreadPoolExecutor(DECODE_WORKERS) as pool:
-            pixels = list(pool.map(self._decode, samples))
+            pixels = list(pool.map(lambda sample: self._decode(sample, folder), samples))
         images = torch.from_numpy(np.stack(pixels))
         images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)
         labels = torch.tensor([s.label for s in samples], dtype=torch.int64)
@@ -138,17 +144,20 @@ class ImageFolderDataModule(ResidentDataModule):
                 f"set dataset.num_classes={len(classes)}"
             )
 
-    def _decode(self, sample: imagetree.Sample) -> np.ndarray:
+    def _decode(self, sample: imagetree.Sample, folder: str) -> np.ndarray:
         from PIL import Image
 
         try:
             with Image.open(io.BytesIO(sample.data)) as stored:
-                image = stored.convert(COLOR_MODES[self.color])
+                image = stored.convert(self.mode)
             if image.size != self.image_size[::-1]:
                 image = image.resize(self.image_size[::-1], Image.Resampling.BILINEAR)
             return np.asarray(image, dtype=np.uint8)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:  # what Pillow raises
-            raise DataError(f"unreadable image {sample.relpath} ({exc}): replace or delete the file") from None
+            reason = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc))  # Pillow names its buffer
+            raise DataError(
+                f"unreadable image {sample.relpath} in {folder} ({reason}): replace or delete the file"
+            ) from None
 
     def _split(self, images: torch.Tensor, labels: torch.Tensor, idx: np.ndarray, augment: bool) -> ImageSplit:
         return ImageSplit(images[idx], labels[idx], self.mean, self.std, augment, self.seed)

@@ -3,9 +3,12 @@
 `dataset._target_` names any LightningDataModule: it receives every key of its config but the
 tool's (config.TOOL_DATASET_KEYS) and, injected, only where the data is: `data_dir` (the train
 channel's folder) and `<channel>_dir` for each declared channel, each where its `__init__`
-accepts it. `model._target_` names any LightningModule, built by hydra.utils.instantiate from
-the other keys (but `name`); a model config without `_target_` is an nn.Module (`net`) trained
-by project.models.LitClassifier, as the built-in cnn and mlp are.
+accepts it. The tool's `image_shape` is passed on too where `__init__` takes it (imagefolder's
+DataModule converts every image to it, and the default CNN's input channels follow it).
+
+`model._target_` names any LightningModule, built by hydra.utils.instantiate from the other keys
+(but `name`); a model config without `_target_` is an nn.Module (`net`) trained by
+project.models.LitClassifier, as the built-in cnn and mlp are.
 
 `check` imports both classes and matches the config against their signatures before anything is
 built or written, so a typo is one line naming the class and the arguments it takes, not a
@@ -105,6 +108,8 @@ def datamodule_arguments(cfg: Any, cls: type, folders: Mapping[str, Path] | None
             f"dataset.channels.{'train' if clash[0] == 'data_dir' else clash[0][:-4]} instead"
         )
     named, _ = accepted(cls)
+    if "image_shape" in named and node.get("image_shape") is not None:  # the one home of a sample's shape
+        given["image_shape"] = list(node.image_shape)
     channels = dict(OmegaConf.to_container(node.channels, resolve=True))  # type: ignore[arg-type]
     places = {name: str(Path(folders[name])) if folders else str(where) for name, where in channels.items()}
     if "data_dir" in named:

@@ -409,9 +409,10 @@ def channel_folders(
 
     `sources`: the channels' folders instead of dataset.channels (a SageMaker job's SM_CHANNEL_*).
     The train channel of a dataset that lists `files` is fetched (when remote) and verified, as
-    MNIST's is; every other channel must be a folder that exists and holds something. Every run
-    resolves its data through here before anything else is built or written. `keep`: the caller
-    trains on the files next (fetch_raw).
+    MNIST's is; any other s3:// channel is mirrored into paths.data_dir/<name>/<channel>/; every
+    other channel must be a folder that exists and holds something. Every run resolves its data
+    through here before anything else is built or written. `keep`: the caller trains on the files
+    next (fetch_raw).
     """
     d = cfg.dataset
     folders: dict[str, Path] = {}
@@ -420,14 +421,27 @@ def channel_folders(
         if channel == "train" and d.get("files"):
             paths = fetch_dataset(cfg, where, remember=remember, s3_client=s3_client, keep=keep)
             folders[channel] = _one_folder(paths, dataset_cache_dir(cfg))
+        elif where.startswith("s3://"):
+            folders[channel] = _mirrored(cfg, channel, where, s3_client)
         elif where.startswith(REMOTE):
             raise DataError(
                 f"dataset.channels.{channel}={where}: only a dataset that lists its files (dataset.files) is "
-                f"fetched from a remote source; download the data and point dataset.channels.{channel} at its folder"
+                f"fetched from an http(s) source; download the data and point dataset.channels.{channel} at its "
+                "folder, or upload it and give its s3:// prefix"
             )
         else:
             folders[channel] = _checked_folder(Path(where).expanduser(), channel)
     return folders
+
+
+def _mirrored(cfg: Any, channel: str, uri: str, s3_client=None) -> Path:
+    """An s3:// channel without `files`: every object under it, copied (incrementally) into
+    paths.data_dir/<name>/<channel>/, which the DataModule reads as it reads a local folder."""
+    from .aws.fetch import mirror_folder  # boto3 only now: this module stays stdlib-only
+
+    folder = dataset_cache_dir(cfg) / channel
+    mirror_folder(s3_client or _s3_client(cfg.aws.endpoint_url), uri, folder, echo=lambda line: print(line, flush=True))
+    return folder
 
 
 def _checked_folder(folder: Path, channel: str) -> Path:

@@ -79,6 +79,19 @@ class Linear(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.lr)
 
 
+class Unexportable(Linear):
+    # Neither scripted (TorchScript refuses **kwargs) nor traced (a string is no tensor output).
+
+    def forward(self, x, **options):
+        return self.layer(x), "not a tensor"
+
+    def _step(self, batch, split):
+        x, y = batch
+        loss = torch.nn.functional.mse_loss(self.layer(x), y)
+        self.log(f"{split}_loss", loss, on_step=False, on_epoch=True)
+        return loss
+
+
 class NotAModule:
     def __init__(self, features: int = 2):
         self.features = features

@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
+import uuid
 
 import pytest
 
 from project import config as C
 from project import modules
+from project.aws.session import aws_clients
 from project.raw import channel_folders
 from tests import byo
 from tests.cli import invoke, one_error_line
@@ -40,6 +43,8 @@ def test_own_module_and_two_channels_train_with_invoke_local(package, tmp_path):
     assert {p.name for p in (run / "model").iterdir()} >= {"model.pt", "model.ts", "config.yaml"}
     assert not (run / "output" / "confusion_matrix.png").exists()  # not a classifier
     assert list((run / "checkpoints").glob("*.ckpt"))
+    line = one_error_line(invoke("predict", str(run), str(root / "data" / "train" / "points.csv"), env=env))
+    assert line.startswith(f"error: {run / 'model'} holds no image classifier's contract"), line  # predict: classifiers
 
 
 def test_declared_metric_never_logged_is_one_warning(package, tmp_path):
@@ -49,6 +54,55 @@ def test_declared_metric_never_logged_is_one_warning(package, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: model.metrics")]
     assert len(warnings) == 1 and "val_r2" in warnings[0] and "val_loss" not in warnings[0].split(",")[0]
+
+
+def test_a_module_that_cannot_be_exported_still_succeeds_with_its_weights(package, tmp_path):
+    root, name, env = package
+    extra = {"model._target_": f"{name}.Unexportable", "trainer.max_epochs": 1, "run_name": "weights"}
+    result = invoke("local", *byo.overrides(root, tmp_path / "runs", **extra), env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: no model.ts")]
+    assert len(warnings) == 1 and "can be neither scripted nor traced (script: " in warnings[0], result.stderr
+    assert "; trace: " in warnings[0] and warnings[0].endswith("model.pt holds its weights")
+    model = tmp_path / "runs" / "weights" / "model"
+    assert {p.name for p in model.iterdir()} >= {"model.pt", "config.yaml"} and not (model / "model.ts").exists()
+    assert json.loads((tmp_path / "runs" / "weights" / "metrics.json").read_text())["test_loss"] > 0
+
+
+def test_the_readme_skeleton_and_its_two_yaml_files_train_as_written(tmp_path):
+    """README "Your own model and data": its python block and both YAML files, copied as they are
+    (only the package renamed, so the test writes nothing into the repository), train with invoke local."""
+    import torch
+
+    section = (C.CONF_DIR.parent / "README.md").read_text().split("### Your own model and data", 1)[1]
+    blocks = re.findall(r"```(?:python|yaml)\n# (\S+)\n(.*?)```", section.split("**Image folders", 1)[0], re.S)
+    assert [path for path, _ in blocks] == ["mymodels/mine.py", "conf/model/mine.yaml", "conf/dataset/mine.yaml"]
+    package = f"readme_{uuid.uuid4().hex[:8]}"
+    for path, body in blocks:
+        dest = tmp_path / path.replace("mymodels/", f"{package}/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(body.replace("mymodels.mine", f"{package}.mine"))
+    (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / "data" / "mine").mkdir(parents=True)
+    x = torch.randn(128, 8, generator=torch.Generator().manual_seed(0))
+    torch.save((x, x.sum(1, keepdim=True)), tmp_path / "data" / "mine" / "data.pt")  # "whatever your files are"
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    result = invoke(
+        "local",
+        f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+        "model=mine",
+        "dataset=mine",
+        f"dataset.channels.train={tmp_path / 'data' / 'mine'}",  # the YAML's data/mine, from where invoke runs
+        f"paths.runs_dir={tmp_path / 'runs'}",
+        "run_name=mine",
+        "trainer.max_epochs=1",
+        "trainer.batch_size=32",
+        "trainer.gpus=0",
+        env=env,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "val_loss=" in result.stdout and "warning" not in result.stderr  # its metrics: all three logged
+    assert (tmp_path / "runs" / "mine" / "model" / "model.ts").is_file()
 
 
 def test_worked_example_trains_locally(tmp_path):
@@ -108,6 +162,29 @@ def test_bad_input_is_one_line_and_writes_nothing(package, tmp_path, extra, expe
     line = one_error_line(result)
     assert line.startswith(expected.format(pkg=name, root=root)), line
     assert not (tmp_path / "runs" / "bad").exists()
+
+
+def test_an_s3_channel_is_mirrored_for_a_local_run(moto_endpoint, package, tmp_path):
+    """A channel at an s3:// prefix (no dataset.files) is copied into paths.data_dir/<name>/<channel>/
+    by `invoke local`, over real HTTP to moto; an empty prefix is one line and no run folder."""
+    root, _, env = package
+    s3 = aws_clients("us-east-1", moto_endpoint).s3
+    bucket = f"byo-{uuid.uuid4().hex[:10]}"
+    s3.create_bucket(Bucket=bucket)
+    local = root / "data" / "validation" / "points.csv"
+    s3.upload_file(str(local), bucket, "byo/validation/points.csv")
+    channel = {"dataset.channels.validation": f"s3://{bucket}/byo/validation", "trainer.max_epochs": 1}
+    result = invoke("local", *byo.overrides(root, tmp_path / "runs", run_name="s3", **channel), env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "downloaded 1 of 1 file(s) (" in result.stdout and "val_loss=" in result.stdout
+    assert (tmp_path / "cache" / "byo" / "validation" / "points.csv").read_bytes() == local.read_bytes()
+    empty = {**channel, "dataset.channels.validation": f"s3://{bucket}/byo/nothing"}
+    line = one_error_line(invoke("local", *byo.overrides(root, tmp_path / "runs", run_name="none", **empty), env=env))
+    assert (
+        line
+        == f"error: s3://{bucket}/byo/nothing holds no objects: upload the data there (invoke upload) or fix the path"
+    )
+    assert not (tmp_path / "runs" / "none").exists()
 
 
 @pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist", "kmnist"])

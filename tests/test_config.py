@@ -48,6 +48,16 @@ def test_instance_catalog_covers_the_design_card():
         ("nonsense=1", "unknown key 'nonsense'"),
         ("dataset.source=x", "dataset.source is now dataset.channels.train: write dataset.channels.train=..."),
         ("dataset.sourc=x", "unknown key 'dataset.sourc'; to give the class a new argument, write +dataset.sourc=..."),
+        (
+            "dataset.channels.validation=x",
+            "unknown key 'dataset.channels.validation'; a channel the dataset config does not declare is added "
+            "with +dataset.channels.validation=<folder>",
+        ),
+        (
+            "dataset.input_modes.train=FastFile",
+            "unknown key 'dataset.input_modes'; set a channel's input mode with "
+            "+dataset.input_modes.<channel>=FastFile",
+        ),
         ("job.environment.FOO=1", "unknown key 'job.environment.FOO'; to add it, write +job.environment.FOO=..."),
         ("trainer.gpus=-1", "trainer.gpus must be >= 0"),
         ("trainer.max_epochs=0", "trainer.max_epochs must be >= 1"),

@@ -332,3 +332,46 @@ def test_ranks_sharing_one_unbuffered_log_write_whole_lines():
     assert [rank.wait() for rank in ranks] == [0, 0]
     broken = [line for line in lines if not re.fullmatch(r"rank [01] line \d+", line)]
     assert not broken and len(lines) == 6000, broken[:5]
+
+
+@pytest.mark.slow
+def test_two_hosts_train_on_image_folder_shards(tmp_path):
+    """dataset=imagefolder under multi-process DDP (gloo, two hosts under torchrun): each rank reads
+    the shards of the job's channel, and the sharded test metrics count every held-out image once."""
+    from project import imagetree, modules
+    from tests.imagetrees import write_tree
+
+    tree = write_tree(tmp_path / "tree", per_class=35)  # 105 images; 41 held out: uneven over two ranks
+    channel = imagetree.pack_tree(tree, tmp_path / "data" / "train", shard_mb=0.01).parent
+    overrides = [
+        "dataset=imagefolder",
+        "dataset.channels.train=s3://not-used-in-the-container/images",
+        "dataset.num_classes=3",
+        "dataset.val_size=41",
+        "trainer.max_epochs=2",
+        "trainer.batch_size=16",  # global: 8 per rank
+        "trainer.deterministic=true",
+        "model.net.width=8",
+        "instance=ml.m5.xlarge",
+        f"instance.count={len(HOSTS)}",
+    ]
+    cfg = C.compose(overrides)
+    infra = Infra("data", "artifacts", "123456789012.dkr.ecr.us-east-1.amazonaws.com/repo", "arn:aws:iam::1:role/r", "")
+    code = stage_source(
+        cfg, tmp_path / "code", plan_job(cfg, infra, JobImage("custom", f"{infra.repository_url}:t", None))
+    )
+    outputs = finish(start_hosts(torchrun_hosts(tmp_path, channel), cwd=code))
+
+    digests = sorted(re.findall(r"rank=(\d) weights_sha256=(\w+)", "".join(outputs)))
+    assert [rank for rank, _ in digests] == ["0", "1"] and len({d for _, d in digests}) == 1
+    _, datamodule = modules.build(cfg, {"train": channel})  # the held-out split the job made, in one process
+    datamodule.setup("test")
+    test = datamodule.splits["test"]
+    assert len(test) == 41
+    metrics = json.loads((tmp_path / "algo-1" / "output" / "data" / "metrics.json").read_text())
+    assert (metrics["world_size"], metrics["global_steps"]) == (2, 2 * 64 // 16)  # each rank took half of 64
+    accuracy, loss = single_process_eval(
+        tmp_path / "algo-1" / "model" / "model.ts", test.images.numpy(), test.labels.numpy()
+    )
+    assert round(metrics["test_acc"] * 41) == round(accuracy * 41)
+    assert metrics["test_loss"] == pytest.approx(loss, rel=1e-4)

@@ -144,13 +144,34 @@ def test_the_training_position_resumes_mid_epoch(tree):
 
 
 def test_rgb_size_and_validation_channel(tree):
-    dm = ImageFolderDataModule(
-        train_dir=str(tree), validation_dir=str(tree), color="rgb", image_size=[20, 24], mean=[0.5] * 3
-    )
+    dm = ImageFolderDataModule(train_dir=str(tree), validation_dir=str(tree), image_shape=[3, 20, 24], mean=[0.5] * 3)
     dm.setup("fit")
     assert len(dm.splits["train"]) == len(dm.splits["val"]) == 240
     assert dm.splits["train"][np.arange(4)][0].shape == (4, 3, 20, 24)
     assert dm.image_shape == [3, 20, 24]
+
+
+def test_the_default_cnn_takes_its_input_channels_from_the_image_shape(tree, tmp_path):
+    """dataset.image_shape is the one home of the colour channels: the DataModule converts every
+    image to it and conf/model/cnn.yaml's in_channels follows it, with no model override."""
+    from project import config as C
+    from project import modules
+
+    base = ["dataset=imagefolder", f"dataset.channels.train={tree}", "dataset.num_classes=3"]
+    cfg = C.compose([*base, "dataset.image_shape=[3,20,24]", "dataset.mean=[0.4,0.5,0.6]"])
+    assert cfg.model.net.in_channels == 3
+    module, datamodule = modules.build(cfg, {"train": tree})
+    datamodule.setup("fit")
+    x, _ = datamodule.splits["train"][np.arange(2)]
+    assert x.shape == (2, 3, 20, 24) and module(x).shape == (2, 3)
+    assert C.compose(base).model.net.in_channels == 1  # grey by default
+    assert C.compose([]).model.net.in_channels == 1  # MNIST
+
+
+@pytest.mark.parametrize("shape", [[2, 28, 28], [28, 28], [1, 0, 28]])
+def test_an_image_shape_that_is_not_grey_or_rgb_is_refused(tree, shape):
+    with pytest.raises(DataError, match=r"dataset.image_shape=.* is not \[channels, height, width\] with 1"):
+        ImageFolderDataModule(train_dir=str(tree), image_shape=shape)
 
 
 # --- bad input: one clear line, nothing written -------------------------------------------------
@@ -169,8 +190,9 @@ def test_a_corrupt_image_is_named(tmp_path):
     with pytest.raises(DataError, match=r"unreadable image .*vbar/img_002\.png"):
         imagetree.pack_tree(root, tmp_path / "out")
     assert not (tmp_path / "out").exists()
-    with pytest.raises(DataError, match=r"unreadable image vbar/img_002\.png"):
+    with pytest.raises(DataError, match=r"unreadable image vbar/img_002\.png in ") as info:
         loaded(root)
+    assert str(root) in str(info.value) and "0x" not in str(info.value)  # the folder, not Pillow's buffer
 
 
 @pytest.mark.parametrize("make", ["missing", "empty"])
@@ -281,7 +303,7 @@ def test_invoke_local_trains_on_an_image_folder(tree, tmp_path):
 def test_an_rgb_run_with_per_channel_statistics_exports_its_normalisation(tree, tmp_path):
     import torch
 
-    rgb = ["dataset.color=rgb", "model.net.in_channels=3", "dataset.mean=[0.4,0.5,0.6]", "dataset.std=[0.2,0.25,0.3]"]
+    rgb = ["dataset.image_shape=[3,28,28]", "dataset.mean=[0.4,0.5,0.6]", "dataset.std=[0.2,0.25,0.3]"]
     result = invoke("local", *local_args(tree, tmp_path, "rgb", *rgb))
     assert result.returncode == 0, result.stderr[-3000:]
     model = torch.jit.load(str(tmp_path / "runs" / "rgb" / "model" / "model.ts"))

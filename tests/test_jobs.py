@@ -393,4 +393,5 @@ def test_each_channel_is_one_input_channel_in_its_mode():
     assert p.channels == {"train": "s3://data-b/datasets/mnist/train/"} and p.input_modes == {"train": "FastFile"}
     (channel,) = sdk.input_channels(p)
     assert (channel.channel_name, channel.input_mode) == ("train", "FastFile")
+    assert "s3://data-b/datasets/mnist/train/  (FastFile)" in p.summary()  # what invoke train shows first
     assert channel.data_source.s3_data_source.s3_uri == "s3://data-b/datasets/mnist/train/"

@@ -374,3 +374,25 @@ def test_s3_uris_have_one_parser():
     for bad in ("https://bucket/key", "s3:///key", "bucket/key"):
         with pytest.raises(S3UriError, match="not an S3 URI"):
             split_s3_uri(bad)
+
+
+def test_an_s3_folder_is_mirrored_incrementally(s3, bucket, tmp_path):
+    """A local run's s3:// channel: only new or changed objects move; a file whose object is gone goes."""
+    for name, body in (("a.csv", b"1,2\n"), ("sub/b.csv", b"3,4\n"), ("c.csv", b"5,6\n")):
+        s3.put_object(Bucket=bucket, Key=f"data/train/{name}", Body=body)
+    s3.put_object(Bucket=bucket, Key="data/trainer/not-this.csv", Body=b"x")  # a sibling prefix, not the folder
+    dest, uri, lines = tmp_path / "cache" / "train", f"s3://{bucket}/data/train", []
+    assert sorted(fetch.mirror_folder(s3, uri, dest, echo=lines.append)) == ["a.csv", "c.csv", "sub/b.csv"]
+    assert (dest / "sub" / "b.csv").read_bytes() == b"3,4\n" and lines[0].startswith("downloaded 3 of 3 file(s)")
+    assert fetch.mirror_folder(s3, uri, dest) == []  # nothing changed: nothing moves
+    s3.put_object(Bucket=bucket, Key="data/train/a.csv", Body=b"9,9\n")
+    s3.delete_object(Bucket=bucket, Key="data/train/c.csv")
+    assert fetch.mirror_folder(s3, uri + "/", dest) == ["a.csv"]
+    assert (dest / "a.csv").read_bytes() == b"9,9\n" and not (dest / "c.csv").exists()
+    assert sorted(p.name for p in dest.parent.iterdir()) == [".train.s3-etags.json", "train"]  # no scratch left
+
+
+def test_an_empty_s3_folder_is_one_line(s3, bucket, tmp_path):
+    with pytest.raises(TransferError, match=f"s3://{bucket}/nothing holds no objects: upload the data there"):
+        fetch.mirror_folder(s3, f"s3://{bucket}/nothing", tmp_path / "train")
+    assert not (tmp_path / "train").exists()

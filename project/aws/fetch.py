@@ -8,6 +8,7 @@ destination only once all of it worked.
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import shutil
 import tarfile
@@ -18,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from ..atomic import write_atomically
 from ..errors import UserError
 from ..sagemaker_names import METRICS_FILE
 from . import transfer
@@ -33,6 +35,7 @@ class _Download:
     key: str
     size: int
     target: str  # path relative to the scratch folder
+    etag: str = ""  # the object's version as S3 lists it (a mirrored channel skips what it already holds)
 
 
 def _head_size(s3, uri: str) -> int | None:
@@ -57,8 +60,9 @@ def safe_relative(name: str) -> PurePosixPath | None:
     return PurePosixPath(*parts) if parts else PurePosixPath(".")
 
 
-def _checkpoint_downloads(s3, checkpoint_uri: str) -> list[_Download]:
-    bucket, prefix = split_s3_uri(checkpoint_uri)
+def _folder_downloads(s3, uri: str, under: str, what: str) -> list[_Download]:
+    """Every object under the S3 folder `uri`, each to `under/<its path below the folder>`."""
+    bucket, prefix = split_s3_uri(uri)
     prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""  # a folder: not its siblings
     downloads = []
     with aws_errors(s3.meta.endpoint_url, resource=f"s3://{bucket}/{prefix}"):
@@ -70,11 +74,16 @@ def _checkpoint_downloads(s3, checkpoint_uri: str) -> list[_Download]:
             continue  # folder markers
         safe = safe_relative(relative)
         if safe is None or safe == PurePosixPath("."):
-            raise TransferError(f"refusing checkpoint s3://{bucket}/{obj['Key']}: its name climbs out of the folder")
+            raise TransferError(f"refusing {what} s3://{bucket}/{obj['Key']}: its name climbs out of the folder")
+        target = f"{under}/{safe}" if under else str(safe)
         downloads.append(
-            _Download(f"s3://{bucket}/{obj['Key']}", bucket, obj["Key"], int(obj["Size"]), f"checkpoints/{safe}")
+            _Download(f"s3://{bucket}/{obj['Key']}", bucket, obj["Key"], int(obj["Size"]), target, obj.get("ETag", ""))
         )
     return downloads
+
+
+def _checkpoint_downloads(s3, checkpoint_uri: str) -> list[_Download]:
+    return _folder_downloads(s3, checkpoint_uri, "checkpoints", "checkpoint")
 
 
 def _sizes_in_folder(s3, uri: str) -> dict[str, int]:
@@ -247,3 +256,43 @@ def _report_fetch(downloads: Iterable[_Download], dest: Path, echo: Echo) -> Non
     if checkpoints:
         echo(f"fetched {len(checkpoints)} checkpoint file(s) ({transfer.human_size(sum(d.size for d in checkpoints))})")
     echo(f"unpacked into {dest}/")
+
+
+# Beside a mirrored folder (never in it, where the DataModule reads): file -> the ETag of its object.
+MIRROR_RECORD = ".{name}.s3-etags.json"
+
+
+def mirror_folder(s3, uri: str, dest: Path, progress: bool = True, echo: Echo = print) -> list[str]:
+    """Make `dest` a copy of the S3 folder `uri` (a local run's s3:// data channel); the files it downloaded.
+
+    Incremental: a file whose object has the ETag recorded for it stays; new and changed objects are
+    downloaded into a scratch folder first and moved into place only when all arrived, then files
+    whose object is gone are removed and the record is written last. An interrupted mirror leaves
+    every file whole, and the next one downloads what the record does not vouch for.
+    """
+    dest = Path(dest)
+    wanted = _folder_downloads(s3, uri, "", "object")
+    if not wanted:
+        raise TransferError(f"{uri} holds no objects: upload the data there (invoke upload) or fix the path")
+    record_path = dest.parent / MIRROR_RECORD.format(name=dest.name)
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    todo = [d for d in wanted if record.get(d.target) != d.etag or not (dest / d.target).is_file()]
+    dest.mkdir(parents=True, exist_ok=True)
+    if todo:
+        scratch = Path(tempfile.mkdtemp(prefix=f".{dest.name}.download-", dir=dest.parent))
+        try:
+            _download_all(s3, todo, scratch, progress)
+            for d in todo:
+                (dest / d.target).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(scratch / d.target, dest / d.target)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    kept = {d.target for d in wanted}
+    for path in [p for p in dest.rglob("*") if p.is_file()]:
+        if path.relative_to(dest).as_posix() not in kept:
+            path.unlink()  # its object is gone
+    write_atomically(record_path, json.dumps({d.target: d.etag for d in wanted}, indent=1, sort_keys=True))
+    if todo:
+        size = transfer.human_size(sum(d.size for d in todo))
+        echo(f"downloaded {len(todo)} of {len(wanted)} file(s) ({size}) from {uri} to {dest}/")
+    return [d.target for d in todo]
