@@ -147,6 +147,52 @@ def check(cfg: Any) -> tuple[type, type]:
     return data_cls, module_cls
 
 
+# What a layer says (on the meta device) when its input has the wrong shape: Linear, Conv, pooling, view.
+_SHAPE_WORDS = ("shape", "size", "channels", "dim")
+
+
+def sample_pass(cfg: Any) -> tuple[Any, list[int]] | None:
+    """The classifier's network built on PyTorch's meta device (shapes only: no memory, no data) and
+    run on one sample of `dataset.image_shape`: the network and each leaf module's output size.
+
+    None where no such pass can be made: no sample shape known before the data is read, a model
+    that is not a `net` we build, or a network the meta device cannot run. A network that cannot
+    take the dataset's samples (an MLP sized for 28x28 grey images given 64x64 RGB ones) is one
+    line, before a run folder is written or a job launched, not a traceback from the first step.
+    """
+    import torch
+
+    from .models import build_net
+
+    shape = cfg.dataset.get("image_shape")
+    if not shape or not is_classifier(cfg) or not cfg.model.get("net"):
+        return None
+    sizes: list[int] = []
+    try:
+        with torch.device("meta"):
+            net = build_net(dict(cfg.model.net))
+            hooks = [
+                m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel()))
+                for m in net.modules()
+                if not list(m.children())  # leaf modules: containers would count their children twice
+            ]
+            net(torch.empty(1, *shape))
+            for hook in hooks:
+                hook.remove()
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if any(word in reason for word in _SHAPE_WORDS):
+            raise ModuleError(
+                f"model.net={cfg.model.net._target_} cannot take dataset={cfg.dataset.name}'s samples "
+                f"(image_shape {list(shape)}): {reason}; pick a model that fits (model=cnn follows "
+                "dataset.image_shape), or size the network's input to it"
+            ) from None
+        return None
+    except Exception:  # noqa: BLE001  (a user's network that the meta device cannot run: no pass, no refusal)
+        return None
+    return net, sizes
+
+
 def build(cfg: Any, folders: Mapping[str, Path]) -> tuple[Any, Any]:
     """The LightningModule and LightningDataModule of the run (check() first)."""
     from hydra.utils import instantiate

@@ -150,6 +150,7 @@ def train(
     folders = channel_folders(cfg, sources, remember=sagemaker_env() is None, keep=True)
     startup.mark("data_verified")
     modules.check(cfg)  # a _target_ that does not import, or a wrong argument: one line, nothing written
+    modules.sample_pass(cfg)  # a network that cannot take the data's samples: the same
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     layout.create()
     trainer, module, datamodule = build_run(cfg, layout, folders, num_nodes, gpus, run_name)

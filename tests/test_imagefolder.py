@@ -319,13 +319,17 @@ def test_an_rgb_run_with_per_channel_statistics_exports_its_normalisation(tree, 
         ("one_class", "has 1 class folder(s) (only): a classifier needs at least two"),
         ("corrupt", "unreadable image vbar/img_002.png"),
         ("three_classes", "dataset.num_classes=5 but"),
+        ("mlp_rgb", "model.net=project.models.MLP cannot take dataset=imagefolder's samples (image_shape [3, 28, 28])"),
     ],
 )
 def test_invoke_local_bad_trees_are_one_line(make, expected, tmp_path):
     root = write_tree(tmp_path / "tree", per_class=3, classes=("only",) if make == "one_class" else CLASSES)
     if make == "corrupt":
         (root / "vbar" / "img_002.png").write_bytes(b"not an image")
-    extra = ["dataset.num_classes=5"] if make == "three_classes" else []
+    extra = {
+        "three_classes": ["dataset.num_classes=5"],
+        "mlp_rgb": ["model=mlp", "dataset.image_shape=[3,28,28]"],  # the MLP is sized for 1x28x28
+    }.get(make, [])
     line = one_error_line(invoke("local", *local_args(root, tmp_path, "bad", *extra)))
     assert line.startswith("error: ") and expected in line, line
     assert not (tmp_path / "runs" / "bad").exists()

@@ -212,3 +212,15 @@ def test_a_role_that_may_not_pull_the_image_is_refused(monkeypatch):
         f"the execution role {INFRA.role_arn} may not pull {image} "
         "(ecr:GetDownloadUrlForLayer, ecr:BatchCheckLayerAvailability denied)"
     ) in str(refused.value)
+
+
+def test_a_network_that_cannot_take_the_datas_samples_is_one_line_before_launch():
+    from project.modules import ModuleError, sample_pass
+
+    net, sizes = sample_pass(compose(["model=mlp"]))  # 784 inputs: MNIST's 1x28x28
+    assert sum(p.numel() for p in net.parameters()) > 0 and sizes[-1] == 10
+    with pytest.raises(ModuleError, match=r"model.net=project.models.MLP cannot take dataset=mnist's samples.*3072"):
+        sample_pass(compose(["model=mlp", "dataset.image_shape=[3,32,32]"]))
+    with pytest.raises(ModuleError, match="cannot take"):  # the launch's memory estimate makes the same pass
+        fit.estimate_memory(compose(["model=mlp", "dataset.image_shape=[3,32,32]"]), 256)
+    assert sample_pass(compose(["model=mlp", "dataset.image_shape=null"])) is None  # no shape known: no pass

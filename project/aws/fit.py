@@ -61,29 +61,13 @@ class MemoryEstimate:
 
 
 def estimate_memory(cfg: Any, per_device_batch: int) -> MemoryEstimate | None:
-    """The estimate for the config's network, or None where the network cannot be built on the meta device."""
-    import torch
+    """The estimate for the config's network (modules.sample_pass), or None where none can be made."""
+    from ..modules import sample_pass
 
-    from ..models import build_net
-
-    shape = cfg.dataset.get("image_shape")
-    if not shape or not cfg.model.get("net"):
-        return None  # no shape known before the data is read, or not a network we build: no estimate
-    try:
-        with torch.device("meta"):
-            net = build_net(dict(cfg.model.net))
-            sample = torch.empty(1, *shape)
-            outputs: list[int] = []
-            hooks = [
-                m.register_forward_hook(lambda _m, _i, out: outputs.append(out.numel()))
-                for m in net.modules()
-                if not list(m.children())  # leaf modules: containers would count their children twice
-            ]
-            net(sample)
-            for hook in hooks:
-                hook.remove()
-    except Exception:  # noqa: BLE001  (a user's network that the meta device cannot run: no estimate, no refusal)
+    sampled = sample_pass(cfg)
+    if sampled is None:
         return None
+    net, outputs = sampled
     half = str(cfg.trainer.precision).startswith(("16", "bf16"))
     return MemoryEstimate(sum(p.numel() for p in net.parameters()), sum(outputs), per_device_batch, 2 if half else 4)
 

@@ -138,16 +138,20 @@ def push(overrides: list[str], dry_run: bool, run, echo: Callable[[str], None] =
 
 def check_job(cfg: Any, plan: JobPlan, echo: Callable[[str], None] = print) -> dict[str, Path]:
     """What a job would fail on, checked before anything is paid for (one line each): the plan's
-    rules, the classes its `_target_`s name and their arguments, the packages it carries, and
-    whether its batch fits the GPUs' memory. `invoke train` checks its job; a sweep, every job.
-    Returns the user packages the job carries (staging.user_code)."""
+    rules, the classes its `_target_`s name and their arguments, the packages it carries, whether
+    the network takes the data's samples, and whether its batch fits the GPUs' memory. `invoke
+    train` checks its job; a sweep, every job. Returns the user packages the job carries (staging.user_code)."""
     from .. import modules  # imports torch and the user's classes: only when a job is launched
 
     validate_plan(plan, cfg)
     modules.check(cfg)
     packages = user_code(cfg)  # every package a _target_ names must be importable here to be staged
-    if plan.gpus_per_node:  # the estimate imports torch: only where there is GPU memory to compare with
+    # The network on one sample of the data's shape (meta device): a mismatch is one line; on GPUs,
+    # the memory estimate comes from the same pass.
+    if plan.gpus_per_node:
         check_memory(estimate_memory(cfg, plan.per_device_batch), cfg.instance, plan.gpus_per_node, echo)
+    else:
+        modules.sample_pass(cfg)
     return packages
 
 
