@@ -85,6 +85,12 @@ def test_a_sweeps_confirmation_shows_the_worst_case_with_warm_pools_and_the_budg
     )
     with pytest.raises(cost.BudgetError, match=r"this sweep of 4 jobs can cost up to \$11\.97"):
         sweep.parallel_limit(None, [*plans, plans[0]], ctx=None)
+    # An Optuna sweep hands its trials in batches: a later batch counts the jobs launched before.
+    with pytest.raises(cost.BudgetError, match=r"this sweep of 4 jobs can cost up to \$11\.97"):
+        sweep.parallel_limit(None, [plans[0]], ctx=None, earlier=plans)
+    assert sweep.cost_line(plans[:1], earlier=plans[1:2]).startswith(
+        "  budget: for the 1 job(s) to launch and the 1 launched before, worst case $5.63 of"
+    )
 
 
 @pytest.mark.parametrize(

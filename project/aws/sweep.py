@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -60,25 +60,31 @@ def launch_cost(plans: list[JobPlan]) -> float:
     return sum(p.cost.worst_case_usd for p in plans if p.cost)
 
 
-def cost_line(plans: list[JobPlan]) -> str:
-    """The confirmation's cost line for the jobs to launch: their summed worst case and the budget."""
+def cost_line(plans: list[JobPlan], earlier: Sequence[JobPlan] = ()) -> str:
+    """The confirmation's cost line: the summed worst case of the jobs to launch (and of those the
+    sweep's earlier batches launched), and the budget."""
+    before = f" and the {len(earlier)} launched before" if earlier else ""
     return (
-        f"  budget: for the {len(plans)} job(s) to launch, "
-        f"{budget_line(launch_cost(plans), plans[0].max_cost_usd if plans else None)} "
+        f"  budget: for the {len(plans)} job(s) to launch{before}, "
+        f"{budget_line(launch_cost([*earlier, *plans]), plans[0].max_cost_usd if plans else None)} "
         "(each billed for its whole max runtime, plus its warm pool)"
     )
 
 
-def parallel_limit(max_parallel: int | None, plans: list[JobPlan], ctx: Context) -> int:
+def parallel_limit(
+    max_parallel: int | None, plans: list[JobPlan], ctx: Context, earlier: Sequence[JobPlan] = ()
+) -> int:
     """How many of `plans` (the jobs to launch) run at once, after the checks that concern the sweep
     as a whole (before any launch).
 
-    The budget (job.max_cost_usd) bounds the sum of every job's worst case. Each instance type's
+    The budget (job.max_cost_usd) bounds the sum of every job's worst case, with the jobs `earlier`
+    batches of the sweep launched (Optuna hands its trials in batches). Each instance type's
     quota must fit one job (the refusal names the increase command); without `max_parallel` the
     sweep runs as many jobs at once as the free quota allows, else DEFAULT_MAX_PARALLEL where
     quotas cannot be read.
     """
-    check_budget(launch_cost(plans), plans[0].max_cost_usd, what=f"this sweep of {len(plans)} jobs")
+    every = [*earlier, *plans]
+    check_budget(launch_cost(every), plans[0].max_cost_usd, what=f"this sweep of {len(every)} jobs")
     service_quotas = ctx.clients.client("service-quotas")
     fits: list[int] = []
     for plan in {p.instance_type: p for p in plans}.values():
@@ -136,6 +142,7 @@ class SweepSession:
         self.bundles: dict[tuple[bool, frozenset[str]], str] = {}
         self.checked: set[tuple[str, tuple[tuple[str, str], ...]]] = set()  # (image, data channels) checked
         self.asked = False
+        self.launched: list[JobPlan] = []  # the jobs earlier batches launched: the budget counts them
         self.packages: dict[int, dict[str, Path]] = {}  # job number -> the user packages it carries
 
     # --- before any launch -----------------------------------------------------------------------
@@ -206,7 +213,7 @@ class SweepSession:
                 f"  {job.num:>3}  {plan.job_name}  config {plan.config_hash}  "
                 f"{plan.instance_count} x {plan.instance_type}  {' '.join(job.overrides)}  {what}"
             )
-        lines.append(cost_line(launching))
+        lines.append(cost_line(launching, self.launched))
         return "\n".join(lines)
 
     def ask(self, count: int) -> None:
@@ -360,7 +367,7 @@ class SweepSession:
             self.check_remote(jobs, plans)
             done, stopped = self.earlier_jobs(plans)
             launching = [p for p in plans if p.config_hash not in done]  # completed before: skipped, unbilled
-            limit = parallel_limit(self.max_parallel, launching, self.ctx) if launching else 1
+            limit = parallel_limit(self.max_parallel, launching, self.ctx, self.launched) if launching else 1
             self.echo(self.summary(jobs, plans, done, stopped, limit))
             todo = deque((j, p) for j, p in zip(jobs, plans, strict=True) if p.config_hash not in done)
             self.ask(len(todo))
@@ -376,6 +383,7 @@ class SweepSession:
                 for j, p in zip(jobs, plans, strict=True)
                 if p.config_hash in done
             ]
+            self.launched.extend(launching)
             return skipped + self.follow(todo, limit)
 
 
