@@ -172,7 +172,7 @@ def plan_job(cfg: Any, infra: Infra, image: JobImage, now: datetime | None = Non
     )
 
 
-def validate_plan(plan: JobPlan, cfg: Any) -> None:
+def validate_plan(plan: JobPlan, cfg: Any, budget: bool = True) -> None:
     """Refuse what SageMaker would reject, or what would silently train something else (pure)."""
     if not JOB_NAME.match(plan.job_name) or len(plan.base_name) > MAX_BASE_NAME_LENGTH:
         raise LaunchError(
@@ -206,7 +206,7 @@ def validate_plan(plan: JobPlan, cfg: Any) -> None:
             f"trainer.gpus=0 on {plan.instance_type} pays for {cfg.instance.gpus} idle GPU(s); pick a CPU instance"
         )
     check_precision(cfg.trainer.precision, cfg.instance, plan.gpus_per_node)
-    if plan.cost is not None:
+    if budget and plan.cost is not None:  # a sweep checks the sum of the jobs it launches instead
         check_budget(plan.cost.worst_case_usd, plan.max_cost_usd)
 
 

@@ -162,7 +162,8 @@ class SweepSession:
                     OVERRIDES_TAG: tag_value(" ".join(job.overrides)),
                 },
             )
-            self.packages[job.num] = check_job(job.cfg, plan, self.echo)
+            # No budget per job: parallel_limit checks the sum of the jobs launched, skipped ones left out.
+            self.packages[job.num] = check_job(job.cfg, plan, self.echo, budget=False)
         except UserError as exc:
             raise refusal(job.num, job.overrides, str(exc)) from None
         return plan
