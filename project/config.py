@@ -8,6 +8,7 @@ the functions that need them so that `invoke --list` stays instant.
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import importlib.util
 import json
@@ -257,7 +258,9 @@ def _one_line(exc: BaseException) -> str:
         group, option = missing.rsplit("/", 1) if "/" in missing else ("config", missing)
         listing = text.split("Available options", 1)[1].split("Config search path", 1)[0]
         options = [line.strip() for line in listing.splitlines()[1:] if line.strip()]
-        return f"unknown {group} '{option}'; choose one of: {', '.join(options)}"
+        close = difflib.get_close_matches(option, options, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        return f"unknown {group} '{option}'{hint}; choose one of: {', '.join(options)}"
     cause = exc.__cause__ or exc
     lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
     key = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("full_key:")), None)

@@ -177,7 +177,7 @@ def test_bad_resource_name_is_one_line_before_any_call(override, expected, datas
 # --- logs and names -----------------------------------------------------------------------------
 
 
-def create_job(clients, name: str, artifacts: str) -> None:
+def create_job(clients, name: str, artifacts: str, keep_alive_seconds: int = 0) -> None:
     clients.sagemaker.create_training_job(
         TrainingJobName=name,
         AlgorithmSpecification={
@@ -186,7 +186,12 @@ def create_job(clients, name: str, artifacts: str) -> None:
         },
         RoleArn=f"arn:aws:iam::{ACCOUNT}:role/cli-sagemaker",
         OutputDataConfig={"S3OutputPath": f"s3://{artifacts}/jobs"},
-        ResourceConfig={"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 10},
+        ResourceConfig={
+            "InstanceType": "ml.m5.xlarge",
+            "InstanceCount": 1,
+            "VolumeSizeInGB": 10,
+            **({"KeepAlivePeriodInSeconds": keep_alive_seconds} if keep_alive_seconds else {}),
+        },
         StoppingCondition={"MaxRuntimeInSeconds": 3600},
     )
 
@@ -350,6 +355,31 @@ def test_spot_and_warm_pool_quotas_are_checked(clients, dataset, repository, tmp
     with sandbox_quotas.set_quota("ml.m5.xlarge for training warm pool usage", 0):
         line = refused_launch(clients, tmp_path, dataset, repository, "job.keep_alive_minutes=10")
     assert "quota 'ml.m5.xlarge for training warm pool usage' is 0, 0 in use, 1 requested" in line
+
+
+def test_a_completed_jobs_warm_pool_holds_its_instances_until_it_expires(clients, dataset, repository, tmp_path):
+    name = "ml.m5.xlarge for training warm pool usage"
+    job = f"cli-warm-{uuid.uuid4().hex[:6]}"
+    with emulator.sagemaker_service():
+        create_job(clients, job, "cli-never-art", keep_alive_seconds=600)
+        record.finish_job(clients.sagemaker, job, record.Outcome("Completed"))
+        pool = clients.sagemaker.describe_training_job(TrainingJobName=job)["WarmPoolStatus"]
+    assert pool["Status"] == "Available"
+    try:  # the pool's instance is in use: a second warm-pool launch needs a quota of 2
+        with sandbox_quotas.set_quota(name, 1):
+            line = refused_launch(clients, tmp_path, dataset, repository, "job.keep_alive_minutes=10")
+    finally:
+        record.terminate_warm_pool(record.moto_job(clients.sagemaker, job))
+    assert f"quota '{name}' is 1, 1 in use, 1 requested" in line, line
+    # A pool whose KeepAlivePeriod has passed holds nothing.
+    short = f"cli-warm-{uuid.uuid4().hex[:6]}"
+    with emulator.sagemaker_service():
+        create_job(clients, short, "cli-never-art", keep_alive_seconds=1)
+        record.finish_job(clients.sagemaker, short, record.Outcome("Completed"))
+        time.sleep(1.1)
+        pool = clients.sagemaker.describe_training_job(TrainingJobName=short)["WarmPoolStatus"]
+        assert (pool["Status"], pool["ResourceRetainedBillableTimeInSeconds"]) == ("Terminated", 1)
+        assert free_instances(clients.client("service-quotas"), clients.sagemaker, "ml.m5.xlarge", "warm pool") == 100
 
 
 def test_unreadable_quotas_warn_once_and_the_launch_goes_on(clients, dataset, repository, tmp_path):

@@ -44,6 +44,8 @@ def test_instance_catalog_covers_the_design_card():
         ("trainer.foo=1", "unknown key 'trainer.foo'; valid keys there: batch_size"),
         ("trainer.max_epochs=abc", "trainer.max_epochs: Value 'abc'"),
         ("instance=ml.bogus", "unknown instance 'ml.bogus'; choose one of: ml.g4dn.12xlarge"),
+        ("instance=ml.p3.8xlargee", "unknown instance 'ml.p3.8xlargee' (did you mean ml.p3.8xlarge?); choose one"),
+        ("instance=p3.8xlarge", "unknown instance 'p3.8xlarge' (did you mean ml.p3.8xlarge?); choose one of: "),
         ("model=nope", "unknown model 'nope'; choose one of: cnn, mlp"),
         ("nonsense=1", "unknown key 'nonsense'"),
         ("dataset.source=x", "dataset.source is now dataset.channels.train: write dataset.channels.train=..."),

@@ -48,6 +48,18 @@ def test_design_card_job_plan():
     assert "$29.38 on-demand" in p.summary()
 
 
+def test_the_summary_says_who_is_pid_1():
+    """One process on one host trains in PID 1 itself (project/launch.py); more run under torchrun."""
+    command = {
+        overrides: next(line for line in plan(*overrides)[0].summary().splitlines() if "command" in line)
+        for overrides in (("instance=ml.m5.xlarge",), ("instance=ml.p3.8xlarge", "trainer.gpus=4"))
+    }
+    assert command[("instance=ml.m5.xlarge",)].endswith("--launch 1  (training in PID 1: SIGTERM reaches it)")
+    assert command[("instance=ml.p3.8xlarge", "trainer.gpus=4")].endswith(
+        "--launch 4  (torchrun as PID 1: SIGTERM reaches training)"
+    )
+
+
 def test_gpus_default_to_the_instance_and_nodes_multiply():
     p, _ = plan("instance=ml.g5.12xlarge", "instance.count=2")
     assert (p.gpus_per_node, p.world_size) == (4, 8)

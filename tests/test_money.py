@@ -73,6 +73,26 @@ def test_a_sweep_checks_its_summed_worst_case():
         cost.check_budget(total, 8.0, "this sweep of 3 jobs")
 
 
+def test_a_sweeps_confirmation_shows_the_worst_case_with_warm_pools_and_the_budget():
+    from project.aws import sweep
+
+    plans = [plan("instance=ml.g5.xlarge", "job.max_cost_usd=10", f"trainer.seed={s}")[0] for s in range(2)]
+    plans.append(plan("instance=ml.g5.xlarge", "job.max_cost_usd=10", "job.keep_alive_minutes=30")[0])
+    assert sweep.launch_cost(plans) == pytest.approx(1.408 * 2 * 3 + 1.408 * 0.5)  # $9.15
+    assert sweep.cost_line(plans) == (
+        "  budget: for the 3 job(s) to launch, worst case $9.15 of job.max_cost_usd=$10.00 "
+        "(each billed for its whole max runtime, plus its warm pool)"
+    )
+    with pytest.raises(cost.BudgetError, match=r"this sweep of 4 jobs can cost up to \$11\.97"):
+        sweep.parallel_limit(None, [*plans, plans[0]], ctx=None)
+    # An Optuna sweep hands its trials in batches: a later batch counts the jobs launched before.
+    with pytest.raises(cost.BudgetError, match=r"this sweep of 4 jobs can cost up to \$11\.97"):
+        sweep.parallel_limit(None, [plans[0]], ctx=None, earlier=plans)
+    assert sweep.cost_line(plans[:1], earlier=plans[1:2]).startswith(
+        "  budget: for the 1 job(s) to launch and the 1 launched before, worst case $5.63 of"
+    )
+
+
 @pytest.mark.parametrize(
     "price_date,expected",
     [

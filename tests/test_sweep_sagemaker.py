@@ -78,7 +78,8 @@ def test_grid_sweep_runs_two_at_a_time_from_one_code_bundle_and_a_rerun_skips_th
         result = invoke("train", "-m", *overrides, "hydra.launcher.max_parallel=2", "--yes", "--poll", "1")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
     out = result.stdout
-    assert "4 job(s), 4 to launch, at most 2 at a time" in out and "worst case in all: $" in out
+    assert "4 job(s), 4 to launch, at most 2 at a time" in out
+    assert "budget: for the 4 job(s) to launch, worst case $" in out
     assert out.index("worst case") < out.index("launched")  # one summary before any launch
 
     jobs = described(world, name)
@@ -134,7 +135,9 @@ def test_grid_sweep_runs_two_at_a_time_from_one_code_bundle_and_a_rerun_skips_th
     assert len(listed) == 4 and all(line[1:3] == ["sagemaker", "Completed"] for line in listed)
     assert {line[5] for line in listed} == {t["config-hash"] for t in tags}  # config hash from the tags
 
-    rerun = invoke("train", "-m", *overrides, "hydra.launcher.max_parallel=2", "--yes", "--poll", "1")
+    # Completed jobs are not launched again, so they cost nothing: a budget of a cent passes.
+    budget = "job.max_cost_usd=0.01"
+    rerun = invoke("train", "-m", *overrides, budget, "hydra.launcher.max_parallel=2", "--yes", "--poll", "1")
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-2000:]
     assert "0 to launch, 4 already completed (skipped)" in rerun.stdout
     assert len(described(world, name)) == 4  # nothing launched again
@@ -353,7 +356,7 @@ def test_without_yes_the_sweep_asks_once_and_no_launches_nothing(world, data):  
     name = f"swq-{uuid.uuid4().hex[:6]}"
     assert invoke("upload", *sweep_overrides(world, data, name)).returncode == 0
     term = Terminal("train", "-m", *sweep_overrides(world, data, name, **{"model.lr": "0.01,0.02"}))
-    term.wait_for(r"worst case in all: \$[\d.]+ on-demand.*\n.*Launch these 2 jobs\? \[y/N\] ")
+    term.wait_for(r"for the 2 job\(s\) to launch, worst case \$[\d.]+; no budget.*\n.*Launch these 2 jobs\? \[y/N\] ")
     term.type("n")
     assert term.finish() == 2
     assert "error: not launched (answered no)" in term.text and term.text.count("Launch these") == 1

@@ -323,6 +323,22 @@ def test_unreachable_endpoint_names_it():
         list_buckets(aws_clients("us-east-1", "http://127.0.0.1:9", max_attempts=1))
 
 
+def test_each_retry_is_said_once_and_never_past_the_last_attempt(monkeypatch):
+    """max_attempts counts every attempt (botocore's max_attempts counts retries: one more)."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    said: list[str] = []
+    clients = aws_clients("us-east-1", "http://127.0.0.1:9", max_attempts=3)
+    clients.echo_retry = said.append
+    with pytest.raises(AwsError, match="cannot reach AWS endpoint"):
+        list_buckets(clients)
+    assert said == [f"retrying ListBuckets (attempt {n} of 3) after EndpointConnectionError" for n in (2, 3)]
+    said.clear()  # a client the SageMaker SDK makes from the session retries the same way
+    with pytest.raises(AwsError, match="cannot reach AWS endpoint"), aws_errors(clients.endpoint_url):
+        clients.session.client("s3").list_buckets()
+    assert said == [f"retrying ListBuckets (attempt {n} of 3) after EndpointConnectionError" for n in (2, 3)]
+
+
 def test_expired_and_rejected_credentials_are_explained():
     from botocore.exceptions import ClientError
 

@@ -110,8 +110,9 @@ def check_image_pull(iam: Any, role_arn: str, image_uri: str) -> None:
     """Refuse when IAM's policy simulator says the role may not pull the image; skip quietly where it cannot say.
 
     Works for our ECR repository and for the AWS Deep Learning Containers' registries alike: the
-    URI names the registry. The simulator sees the role's identity policies, not the repository
-    policy, so only an explicit answer of "denied" for all of them refuses.
+    URI names the registry. The simulator judges the role's identity policies (where SageMaker's
+    pull is decided for a role of this account): any pull action it does not allow refuses; a
+    simulator that cannot answer (not allowed to simulate, or none) skips the check.
     """
     from botocore.exceptions import BotoCoreError, ClientError
     from botocore.parsers import ResponseParserError

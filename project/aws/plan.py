@@ -74,7 +74,7 @@ class JobPlan:
             ("job", self.job_name),
             ("image", self.image.line()),
             *([("start-up", self.image.install.line())] if self.image.install else []),
-            ("command", f"{entry_command(self)}  (torchrun as PID 1: SIGTERM reaches training)"),
+            ("command", f"{entry_command(self)}  ({pid_1(self)})"),
             ("instance", f"{self.instance_count} x {self.instance_type}"),
             ("processes", f"{self.processes_per_node} per node, world size {self.world_size}"),
             ("batch", f"{self.per_device_batch} per device, {self.per_device_batch * self.world_size} global"),
@@ -172,7 +172,7 @@ def plan_job(cfg: Any, infra: Infra, image: JobImage, now: datetime | None = Non
     )
 
 
-def validate_plan(plan: JobPlan, cfg: Any) -> None:
+def validate_plan(plan: JobPlan, cfg: Any, budget: bool = True) -> None:
     """Refuse what SageMaker would reject, or what would silently train something else (pure)."""
     if not JOB_NAME.match(plan.job_name) or len(plan.base_name) > MAX_BASE_NAME_LENGTH:
         raise LaunchError(
@@ -206,8 +206,15 @@ def validate_plan(plan: JobPlan, cfg: Any) -> None:
             f"trainer.gpus=0 on {plan.instance_type} pays for {cfg.instance.gpus} idle GPU(s); pick a CPU instance"
         )
     check_precision(cfg.trainer.precision, cfg.instance, plan.gpus_per_node)
-    if plan.cost is not None:
+    if budget and plan.cost is not None:  # a sweep checks the sum of the jobs it launches instead
         check_budget(plan.cost.worst_case_usd, plan.max_cost_usd)
+
+
+def pid_1(plan: JobPlan) -> str:
+    """What runs as the container's PID 1 (project/launch.py: one process on one host needs no torchrun)."""
+    if plan.processes_per_node == 1 and plan.instance_count == 1:
+        return "training in PID 1: SIGTERM reaches it"
+    return "torchrun as PID 1: SIGTERM reaches training"
 
 
 def entry_command(plan: JobPlan) -> str:

@@ -22,7 +22,7 @@ from ..errors import UserError
 
 ENDPOINT_ENV = "AWS_ENDPOINT_URL"
 # Adaptive retry mode: standard's backoff on throttling and dropped connections, plus a client-side
-# rate limit that slows down once AWS throttles (status polls, log tails, quota look-ups); 5 attempts.
+# rate limit that slows down once AWS throttles (status polls, log tails, quota look-ups); 5 attempts in all.
 RETRY_MODE = "adaptive"
 MAX_ATTEMPTS = 5
 
@@ -37,14 +37,21 @@ def _remember_retry_cause(
     request_dict["context"]["last_failure"] = error
 
 
-def _say_retry(echo: Any) -> Any:
+def retry_config(max_attempts: int) -> Any:
+    """Adaptive retries, `max_attempts` attempts in all (botocore's `max_attempts` counts retries only)."""
+    from botocore.config import Config
+
+    return Config(retries={"mode": RETRY_MODE, "total_max_attempts": max_attempts})
+
+
+def _say_retry(echo: Any, max_attempts: int) -> Any:
     def on_request_created(request: Any = None, operation_name: str = "", **_: Any) -> None:
         """request-created: botocore builds a new request for each attempt; say so from the second on."""
         context = getattr(request, "context", None) or {}
         attempt = context.get("retries", {}).get("attempt", 1)
         if attempt > 1:
             cause = context.get("last_failure", "?")
-            echo(f"retrying {operation_name} (attempt {attempt} of {MAX_ATTEMPTS}) after {cause}")
+            echo(f"retrying {operation_name} (attempt {attempt} of {max_attempts}) after {cause}")
 
     return on_request_created
 
@@ -117,21 +124,18 @@ class AwsClients:
         with self._lock:
             if self._session is None:
                 self._session = _session(self.region, self.endpoint_url)
-                # On the session's event system: the SageMaker SDK's clients from this session say it too.
+                # On the session: the SageMaker SDK's clients from this session retry and say it too.
+                self._session._session.set_default_client_config(retry_config(self.max_attempts))
                 events = self._session._session.get_component("event_emitter")
                 events.register("needs-retry", _remember_retry_cause)
-                events.register("request-created", _say_retry(self.echo_retry))
+                events.register("request-created", _say_retry(self.echo_retry, self.max_attempts))
             return self._session
 
     def client(self, service: str):
-        from botocore.config import Config
-
-        session = self.session
+        session = self.session  # its default client config retries (retry_config)
         with self._lock:
             if service not in self._clients:
-                self._clients[service] = session.client(
-                    service, config=Config(retries={"mode": RETRY_MODE, "max_attempts": self.max_attempts})
-                )
+                self._clients[service] = session.client(service)
             return self._clients[service]
 
     @property

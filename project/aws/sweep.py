@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,7 +27,7 @@ from ..errors import UserError
 from ..sagemaker_names import CONFIG_CHANNEL
 from ..sweep import Job, JobResult, refusal, scalar_metrics
 from . import monitor, sdk
-from .cost import check_budget
+from .cost import budget_line, check_budget
 from .image import job_image
 from .names import split_s3_uri
 from .plan import JobPlan, LaunchError, plan_job
@@ -55,16 +55,36 @@ def sweep_prefix(ctx: Context, plan: JobPlan, sweep_id: str) -> str:
     return f"s3://{ctx.infra.artifacts_bucket}/code/{plan.base_name}-{sweep_id}/"
 
 
-def parallel_limit(max_parallel: int | None, plans: list[JobPlan], ctx: Context) -> int:
-    """How many jobs run at once, after the checks that concern the sweep as a whole (before any launch).
+def launch_cost(plans: list[JobPlan]) -> float:
+    """The worst case of launching these jobs: each billed for its whole max runtime, plus its warm pool."""
+    return sum(p.cost.worst_case_usd for p in plans if p.cost)
 
-    The budget (job.max_cost_usd) bounds the sum of every job's worst case. Each instance type's
+
+def cost_line(plans: list[JobPlan], earlier: Sequence[JobPlan] = ()) -> str:
+    """The confirmation's cost line: the summed worst case of the jobs to launch (and of those the
+    sweep's earlier batches launched), and the budget."""
+    before = f" and the {len(earlier)} launched before" if earlier else ""
+    return (
+        f"  budget: for the {len(plans)} job(s) to launch{before}, "
+        f"{budget_line(launch_cost([*earlier, *plans]), plans[0].max_cost_usd if plans else None)} "
+        "(each billed for its whole max runtime, plus its warm pool)"
+    )
+
+
+def parallel_limit(
+    max_parallel: int | None, plans: list[JobPlan], ctx: Context, earlier: Sequence[JobPlan] = ()
+) -> int:
+    """How many of `plans` (the jobs to launch) run at once, after the checks that concern the sweep
+    as a whole (before any launch).
+
+    The budget (job.max_cost_usd) bounds the sum of every job's worst case, with the jobs `earlier`
+    batches of the sweep launched (Optuna hands its trials in batches). Each instance type's
     quota must fit one job (the refusal names the increase command); without `max_parallel` the
     sweep runs as many jobs at once as the free quota allows, else DEFAULT_MAX_PARALLEL where
     quotas cannot be read.
     """
-    worst = sum(p.cost.worst_case_usd for p in plans if p.cost)
-    check_budget(worst, plans[0].max_cost_usd, what=f"this sweep of {len(plans)} jobs")
+    every = [*earlier, *plans]
+    check_budget(launch_cost(every), plans[0].max_cost_usd, what=f"this sweep of {len(every)} jobs")
     service_quotas = ctx.clients.client("service-quotas")
     fits: list[int] = []
     for plan in {p.instance_type: p for p in plans}.values():
@@ -122,6 +142,7 @@ class SweepSession:
         self.bundles: dict[tuple[bool, frozenset[str]], str] = {}
         self.checked: set[tuple[str, tuple[tuple[str, str], ...]]] = set()  # (image, data channels) checked
         self.asked = False
+        self.launched: list[JobPlan] = []  # the jobs earlier batches launched: the budget counts them
         self.packages: dict[int, dict[str, Path]] = {}  # job number -> the user packages it carries
 
     # --- before any launch -----------------------------------------------------------------------
@@ -141,7 +162,8 @@ class SweepSession:
                     OVERRIDES_TAG: tag_value(" ".join(job.overrides)),
                 },
             )
-            self.packages[job.num] = check_job(job.cfg, plan, self.echo)
+            # No budget per job: parallel_limit checks the sum of the jobs launched, skipped ones left out.
+            self.packages[job.num] = check_job(job.cfg, plan, self.echo, budget=False)
         except UserError as exc:
             raise refusal(job.num, job.overrides, str(exc)) from None
         return plan
@@ -175,7 +197,6 @@ class SweepSession:
         self, jobs: list[Job], plans: list[JobPlan], done: dict[str, Any], stopped: dict[str, str], limit: int
     ) -> str:
         launching = [p for p in plans if p.config_hash not in done]
-        total = sum(p.cost.on_demand_usd for p in launching if p.cost)
         first = plans[0]
         lines = [
             f"SageMaker sweep {self.sweep_id}: {len(plans)} job(s), {len(launching)} to launch"
@@ -193,7 +214,7 @@ class SweepSession:
                 f"  {job.num:>3}  {plan.job_name}  config {plan.config_hash}  "
                 f"{plan.instance_count} x {plan.instance_type}  {' '.join(job.overrides)}  {what}"
             )
-        lines.append(f"  worst case in all: ${total:.2f} on-demand (every job billed for its whole max runtime)")
+        lines.append(cost_line(launching, self.launched))
         return "\n".join(lines)
 
     def ask(self, count: int) -> None:
@@ -346,7 +367,8 @@ class SweepSession:
             plans = [self.plan(job) for job in jobs]
             self.check_remote(jobs, plans)
             done, stopped = self.earlier_jobs(plans)
-            limit = parallel_limit(self.max_parallel, plans, self.ctx)
+            launching = [p for p in plans if p.config_hash not in done]  # completed before: skipped, unbilled
+            limit = parallel_limit(self.max_parallel, launching, self.ctx, self.launched) if launching else 1
             self.echo(self.summary(jobs, plans, done, stopped, limit))
             todo = deque((j, p) for j, p in zip(jobs, plans, strict=True) if p.config_hash not in done)
             self.ask(len(todo))
@@ -362,6 +384,7 @@ class SweepSession:
                 for j, p in zip(jobs, plans, strict=True)
                 if p.config_hash in done
             ]
+            self.launched.extend(launching)
             return skipped + self.follow(todo, limit)
 
 

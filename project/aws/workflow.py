@@ -136,14 +136,15 @@ def push(overrides: list[str], dry_run: bool, run, echo: Callable[[str], None] =
     run(push_image, dry_run=dry_run)
 
 
-def check_job(cfg: Any, plan: JobPlan, echo: Callable[[str], None] = print) -> dict[str, Path]:
+def check_job(cfg: Any, plan: JobPlan, echo: Callable[[str], None] = print, budget: bool = True) -> dict[str, Path]:
     """What a job would fail on, checked before anything is paid for (one line each): the plan's
-    rules, the classes its `_target_`s name and their arguments, the packages it carries, whether
-    the network takes the data's samples, and whether its batch fits the GPUs' memory. `invoke
-    train` checks its job; a sweep, every job. Returns the user packages the job carries (staging.user_code)."""
+    rules (and its budget, unless a sweep sums it with the others), the classes its `_target_`s name
+    and their arguments, the packages it carries, whether the network takes the data's samples, and
+    whether its batch fits the GPUs' memory. `invoke train` checks its job; a sweep, every job.
+    Returns the user packages the job carries (staging.user_code)."""
     from .. import modules  # imports torch and the user's classes: only when a job is launched
 
-    validate_plan(plan, cfg)
+    validate_plan(plan, cfg, budget)
     modules.check(cfg)
     packages = user_code(cfg)  # every package a _target_ names must be importable here to be staged
     # The network on one sample of the data's shape (meta device): a mismatch is one line; on GPUs,

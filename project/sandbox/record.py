@@ -1,7 +1,7 @@
 """moto's in-process record of a training job, and the status changes SageMaker makes to it.
 
 The API has no call that ends a job, so the sandbox (moto running in this process) writes the
-end state on the object DescribeTrainingJob reads.
+end state on the object DescribeTrainingJob reads, the warm pool a completed job leaves included.
 """
 
 from __future__ import annotations
@@ -89,6 +89,30 @@ def finish(job: Any, outcome: Outcome) -> None:
     job.final_metric_data_list = [
         {"MetricName": name, "Value": float(value), "Timestamp": stamp} for name, value in outcome.metrics.items()
     ] or None
+    if outcome.status == "Completed" and keep_alive_seconds(job):
+        job.warm_pool_status = {"Status": "Available", "ResourceRetainedBillableTimeInSeconds": 0}
+
+
+def keep_alive_seconds(job: Any) -> int:
+    return int((job.resource_config or {}).get("KeepAlivePeriodInSeconds") or 0)
+
+
+def update_warm_pool(job: Any) -> None:
+    """A completed job with a KeepAlivePeriod keeps its instances as a warm pool, Available (and
+    billed) until the period has passed since the job ended; then the pool is Terminated."""
+    pool = getattr(job, "warm_pool_status", None)
+    if not pool or pool["Status"] != "Available":
+        return
+    retained = min(int((now() - job.training_end_time).total_seconds()), keep_alive_seconds(job))
+    pool["ResourceRetainedBillableTimeInSeconds"] = retained
+    if retained >= keep_alive_seconds(job):
+        pool["Status"] = "Terminated"
+
+
+def terminate_warm_pool(job: Any) -> None:
+    """The warm pool ends now (the user terminated it)."""
+    if getattr(job, "warm_pool_status", None):
+        job.warm_pool_status["Status"] = "Terminated"
 
 
 def finish_job(sagemaker_client: Any, job_name: str, outcome: Outcome) -> dict[str, Any]:

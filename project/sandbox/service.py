@@ -8,7 +8,9 @@ completes it where users would notice:
 * StopTrainingJob works (moto answers 500): the running container gets SIGTERM, a job that never
   ran is Stopped at once;
 * ListTrainingJobs filters and sorts (SortBy, SortOrder) before it pages (moto pages first and
-  never sorts, so "the latest job" is whichever came first).
+  never sorts, so "the latest job" is whichever came first);
+* a completed job with a KeepAlivePeriodInSeconds leaves a warm pool (WarmPoolStatus Available,
+  Terminated once the period has passed), as ListTrainingJobs' WarmPoolStatusEquals finds it.
 
 With a workdir, endpoints and batch transform jobs are served by the models they name (serving.py).
 With run_jobs=True every created job runs in the background (`run`), as on SageMaker;
@@ -84,12 +86,22 @@ def _summary(job: Any) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None}
 
 
+def describe_training_job(response: Any, original: Any) -> Any:
+    """DescribeTrainingJob with the warm pool's state as of now."""
+    job = response.sagemaker_backend.training_jobs.get(response._get_param("TrainingJobName"))
+    if job is not None:
+        record.update_warm_pool(job)
+    return original(response)
+
+
 def list_training_jobs(response: Any) -> Any:
     """ListTrainingJobs as the API does it: filter, sort, then page."""
     from moto.core.responses import ActionResult
 
     name, status = response._get_param("NameContains"), response._get_param("StatusEquals")
-    warm_pool = response._get_param("WarmPoolStatusEquals")  # moto keeps no warm pools: none match
+    warm_pool = response._get_param("WarmPoolStatusEquals")
+    for job in response.sagemaker_backend.training_jobs.values():
+        record.update_warm_pool(job)
     jobs = [
         j
         for j in response.sagemaker_backend.training_jobs.values()
@@ -142,6 +154,10 @@ class SageMakerService:
         self._patches.set(SageMakerResponse, "create_training_job", lambda r: self._create(r, original_create))
         self._patches.set(SageMakerResponse, "stop_training_job", self._stop)
         self._patches.set(SageMakerResponse, "list_training_jobs", list_training_jobs)
+        original_describe = SageMakerResponse.describe_training_job
+        self._patches.set(
+            SageMakerResponse, "describe_training_job", lambda r: describe_training_job(r, original_describe)
+        )
         if self.workdir is not None:
             credentials = {k: self.options.env_extra.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
             s3 = boto3_s3(self.endpoint_url, {k.lower(): v for k, v in credentials.items()})
