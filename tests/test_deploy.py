@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import torch
 
 from project import config as C
 from project.aws import deploy
@@ -31,6 +32,7 @@ from tests.synthetic import make_glyphs, tiny_overrides, write_dataset
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = ROOT / "examples" / "digits"
 invoke = functools.partial(cli.invoke, timeout=300)
+NEWEST_IMAGE = max(deploy.known_inference_versions(), key=deploy._release)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,14 @@ def world(request, aws_infra, tmp_path_factory):
             "infra": aws_infra,
             "run_dir": root / "runs" / "tiny",
             "service": service,
-            "overrides": [*infra_overrides, f"paths.runs_dir={root / 'runs'}", "deploy.poll_seconds=0.5"],
+            # The tiny run's model.ts is saved by this torch, newer than the newest inference image
+            # the SDK knows: served on that one anyway (deploy refuses it without the setting).
+            "overrides": [
+                *infra_overrides,
+                f"paths.runs_dir={root / 'runs'}",
+                "deploy.poll_seconds=0.5",
+                f"deploy.framework_version={NEWEST_IMAGE}",
+            ],
         }
 
 
@@ -87,6 +96,26 @@ def test_requests_are_built_from_the_config():
         deploy.check_instance("ml.x", dc)
 
 
+def test_the_inference_image_is_chosen_by_the_pytorch_that_saved_the_model():
+    known, what = ["1.13", "2.5", "2.6"], "run's model.ts"
+    assert deploy.inference_version("2.5.1", None, known, what)[0] == "2.6"  # the newest, >= the export's
+    assert deploy.inference_version("2.6.0+cu124", None, known, what)[0] == "2.6"
+    assert deploy.inference_version(None, None, known, what) == (
+        "2.6",
+        "PyTorch 2.6, the newest image; run's model.ts does not record which PyTorch saved it",
+    )
+    for newer in ("2.13.0+cpu", "2.10.0"):  # compared as numbers: "2.10" is newer than "2.6"
+        refused = r"newer than every .*newest: 2\.6.*deploy\.framework_version=2\.6"
+        with pytest.raises(deploy.DeployError, match=refused):
+            deploy.inference_version(newer, None, known, what)
+    version, why = deploy.inference_version("2.13.0+cpu", "2.6", known, what)  # chosen: served, with a warning
+    assert version == "2.6" and why.startswith("warning: run's model.ts was saved by PyTorch 2.13.0+cpu")
+    assert deploy.inference_version("2.5.1", "2.5", known, what) == ("2.5", "PyTorch 2.5 (deploy.framework_version)")
+    with pytest.raises(deploy.DeployError, match="deploy.framework_version=2.8: .*no PyTorch inference image"):
+        deploy.inference_version("2.5.1", "2.8", known, what)
+    assert "2.6" in deploy.known_inference_versions()  # the pinned SDK's own table
+
+
 @pytest.mark.slow
 def test_deploy_predict_list_update_undeploy(world):
     sm, ovr = world["clients"].sagemaker, world["overrides"]
@@ -107,6 +136,7 @@ def test_deploy_predict_list_update_undeploy(world):
     )
     assert model["PrimaryContainer"]["Image"].endswith("/pytorch-inference:2.6-cpu-py312")
     assert model["ExecutionRoleArn"] == world["infra"].role_arn
+    assert f"tiny's model.ts was saved by PyTorch {torch.__version__} and is served on PyTorch 2.6" in out
 
     listed = invoke("endpoints", *ovr)
     assert listed.returncode == 0, listed.stderr
@@ -181,6 +211,14 @@ def test_bad_input_is_one_line_and_creates_nothing(world, tmp_path):
         ResourceConfig={"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30},
         StoppingCondition={"MaxRuntimeInSeconds": 600},
     )
+    saved_by = f"tiny's model.ts was saved by PyTorch {torch.__version__}, newer than every PyTorch inference image"
+    image_cases = {  # after the world's overrides, which choose the image
+        ("deploy", "tiny", "--yes", "deploy.framework_version=null"): saved_by,
+        ("batch-predict", "tiny", str(DIGITS), "deploy.framework_version=null"): saved_by,
+        ("deploy", "tiny", "--yes", "deploy.framework_version=2.8"): "deploy.framework_version=2.8: the SageMaker",
+    }
+    for (*args, choice), message in image_cases.items():
+        assert message in one_error_line(invoke(*args, *ovr, choice)), args
     cases = {
         ("deploy", "no-such-run", "--yes"): "no run folder",
         ("deploy", "deploy-running", "--yes"): "deploy-running is InProgress, not Completed",
@@ -241,6 +279,7 @@ def test_a_completed_job_serves_its_own_archive(world):
     made = invoke("deploy", "deploy-done", "--yes", *ovr)
     assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
     assert "deploy deploy-done (config 0123abcd4567) as endpoint deploy-done" in made.stdout
+    assert f"deploy-done's model.ts was saved by PyTorch {torch.__version__}" in made.stdout  # read in the archive
     config = sm.describe_endpoint_config(
         EndpointConfigName=sm.describe_endpoint(EndpointName="deploy-done")["EndpointConfigName"]
     )
