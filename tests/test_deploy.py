@@ -28,6 +28,7 @@ from project.train import run_composed
 from tests import cli
 from tests.cli import one_error_line
 from tests.synthetic import make_glyphs, tiny_overrides, write_dataset
+from tests.test_interrupts import ctrl_c, start_invoke
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = ROOT / "examples" / "digits"
@@ -231,6 +232,26 @@ def test_bad_input_is_one_line_and_creates_nothing(world, tmp_path):
     }
     for args, message in cases.items():
         assert message in one_error_line(invoke(*args, *ovr)), args
+    assert resources(sm) == before
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_the_endpoint_is_created_says_how_to_remove_it(world):
+    sm, ovr = world["clients"].sagemaker, world["overrides"]
+    before = resources(sm)
+    proc = start_invoke("deploy", "tiny", "--yes", *ovr, "deploy.endpoint_name=tiny-ctrl-c")
+    assert proc.stdout is not None
+    for line in proc.stdout:  # until the wait has begun
+        if line.startswith("endpoint tiny-ctrl-c: Creating"):
+            break
+    code, _, err = ctrl_c(proc)
+    assert code == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines() == [
+        "interrupted: endpoint tiny-ctrl-c goes on being created and bills once InService: "
+        "`invoke undeploy tiny-ctrl-c` removes it"
+    ]
+    assert "endpoint tiny-ctrl-c" in resources(sm)  # left going, as it said
+    assert invoke("undeploy", "tiny-ctrl-c", *ovr).returncode == 0
     assert resources(sm) == before
 
 

@@ -370,7 +370,19 @@ def deploy(
     except BaseException:
         _remove(sm, created)
         raise
-    desc = wait_endpoint(sm, endpoint, dc, echo)
+    try:
+        desc = wait_endpoint(sm, endpoint, dc, echo)
+    except KeyboardInterrupt:
+        if existing:
+            raise KeyboardInterrupt(
+                f"endpoint {endpoint} goes on updating to {source.name} (endpoint config {name}); "
+                f"its previous config {existing['EndpointConfigName']} and model stay (they cost nothing): "
+                f"`invoke endpoints` shows it"
+            ) from None
+        raise KeyboardInterrupt(
+            f"endpoint {endpoint} goes on being created and bills once InService: "
+            f"`invoke undeploy {endpoint}` removes it"
+        ) from None
     if desc["EndpointStatus"] != "InService":
         _remove(sm, created)
         raise DeployError(
@@ -640,6 +652,11 @@ def batch_predict(ctx: Any, spec: str | None, inputs: str, echo: Echo = print) -
         sm.create_transform_job(**transform_request(name, name, input_uri, output_uri, dc, tags))
         echo(f"transform job {name}: {input_uri} -> {output_uri}")
         desc = wait_transform(sm, name, dc, echo)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(
+            f"transform job {name} goes on until its inputs are done (billed meanwhile); "
+            f"its answers land in {output_uri}, not downloaded"
+        ) from None
     finally:
         _remove(sm, [("model", name)])  # the job is over (or failed to start): the model serves nothing
     if desc["TransformJobStatus"] != "Completed":
