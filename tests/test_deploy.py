@@ -171,14 +171,23 @@ def test_deploy_predict_list_update_undeploy(world):
 
 
 @pytest.mark.slow
-def test_serverless_and_undeploy_all(world):
+def test_serverless_expired_and_undeploy_all(world):
     sm, ovr = world["clients"].sagemaker, world["overrides"]
     before = resources(sm)
     made = invoke("deploy", "tiny", "--serverless", "--yes", "deploy.endpoint_name=tiny-serverless", *ovr)
     assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
     assert "serverless, 2 GB: $0.000040 per second" in made.stdout
+    old = invoke("deploy", "tiny", "--yes", "deploy.endpoint_name=tiny-old", "deploy.ttl_hours=0", *ovr)
+    assert old.returncode == 0, old.stdout[-3000:] + old.stderr[-3000:]
     listed = invoke("endpoints", *ovr).stdout
     assert "serverless 2 GB" in listed and "per request" in listed
+    rows = {line.split()[0]: line for line in listed.splitlines()[1:] if line.startswith("tiny-")}
+    assert "EXPIRED" in rows["tiny-old"] and "EXPIRED" not in rows["tiny-serverless"]  # serverless never expires
+    expired = invoke("undeploy", "--expired", *ovr)
+    assert expired.returncode == 0 and expired.stdout.splitlines() == [
+        "tiny-old: endpoint, endpoint config and model deleted"
+    ], expired.stdout + expired.stderr
+    assert invoke("undeploy", "--expired", *ovr).stdout.strip() == "no endpoints to remove"
     removed = invoke("undeploy", "--all", *ovr)
     assert removed.returncode == 0 and "tiny-serverless: endpoint" in removed.stdout, removed.stderr
     assert resources(sm) == before
