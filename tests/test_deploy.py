@@ -245,7 +245,7 @@ def test_bad_input_is_one_line_and_creates_nothing(world, tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_while_the_endpoint_is_created_says_how_to_remove_it(world):
+def test_ctrl_c_while_waiting_says_what_goes_on(world):
     sm, ovr = world["clients"].sagemaker, world["overrides"]
     before = resources(sm)
     proc = start_invoke("deploy", "tiny", "--yes", *ovr, "deploy.endpoint_name=tiny-ctrl-c")
@@ -262,6 +262,19 @@ def test_ctrl_c_while_the_endpoint_is_created_says_how_to_remove_it(world):
     assert "endpoint tiny-ctrl-c" in resources(sm)  # left going, as it said
     assert invoke("undeploy", "tiny-ctrl-c", *ovr).returncode == 0
     assert resources(sm) == before
+
+    proc = start_invoke("batch-predict", "tiny", str(DIGITS), *ovr)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if re.match(r"transform job tiny-\S+: InProgress", line):
+            break
+    code, _, err = ctrl_c(proc)
+    job = line.split()[2].rstrip(":")
+    assert code == 130 and err.strip().splitlines() == [
+        f"interrupted: transform job {job} goes on until its inputs are done (billed meanwhile); its answers land in "
+        f"s3://{world['infra'].artifacts_bucket}/batch/tiny/{job}/output/, not downloaded"
+    ], err
+    assert resources(sm) == before  # its model is removed all the same
 
 
 def finished_job(world, name: str, archive_members: dict[str, Path]) -> str:
