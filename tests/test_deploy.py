@@ -277,6 +277,19 @@ def test_ctrl_c_while_waiting_says_what_goes_on(world):
     assert resources(sm) == before  # its model is removed all the same
 
 
+@pytest.mark.slow
+def test_deploy_asks_first_and_no_creates_nothing(world, monkeypatch):
+    """In a terminal deploy shows the cost and asks; an answer other than y creates nothing."""
+    sm = world["clients"].sagemaker
+    before, asked, said = resources(sm), [], []
+    monkeypatch.setattr(deploy.sys.stdin, "isatty", lambda: True)
+    ctx = deploy.setup(world["overrides"])
+    answer = deploy.deploy(ctx, "tiny", confirm=lambda q: asked.append(q) or "n", echo=said.append)
+    assert answer is None and asked == ["Deploy? [y/N] "]
+    assert any(line.startswith("cost: ml.m5.large x 1") for line in said) and said[-1] == "nothing created"
+    assert resources(sm) == before
+
+
 def finished_job(world, name: str, archive_members: dict[str, Path]) -> str:
     """A training job that Completed with a model.tar.gz of these members (archive name -> file)."""
     import io
