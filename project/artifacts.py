@@ -17,7 +17,7 @@ from torch import nn
 from .atomic import write_atomically
 from .models import Exported
 from .reporting import LEARNING_RATE, STEP_LOSS
-from .serving import TORCHSCRIPT_FILE  # pixels -> probabilities, normalisation included
+from .serving import EXPORTED_BY, TORCHSCRIPT_FILE  # pixels -> probabilities, normalisation included
 
 WEIGHTS_FILE = "model.pt"  # the network's state_dict
 CONTRACT_FILE = "README.md"  # beside model.ts: what goes in and what comes out, for callers without this code
@@ -61,9 +61,7 @@ def export_module(module: Any, model_dir: Path, example: Any) -> Path | None:
             ):  # Lightning 2.6 announces to_torchscript's deprecation: not the user's to act on
                 warnings.filterwarnings("ignore", message=r".*to_torchscript.* deprecated")
                 exported = module.to_torchscript(method=method, example_inputs=inputs)
-            path = model_dir / TORCHSCRIPT_FILE
-            exported.save(str(path))
-            return path
+            return save_torchscript(exported, model_dir / TORCHSCRIPT_FILE)
         except Exception as exc:  # noqa: BLE001  TorchScript refuses many constructs, each with its own error
             text = str(exc).strip()
             problems.append(f"{method}: {text.splitlines()[0] if text else type(exc).__name__}")
@@ -74,6 +72,12 @@ def export_module(module: Any, model_dir: Path, example: Any) -> Path | None:
         flush=True,
     )
     return None
+
+
+def save_torchscript(module: torch.jit.ScriptModule, path: Path) -> Path:
+    """model.ts, recording which PyTorch saved it (serving.EXPORTED_BY: deploy picks the image by it)."""
+    module.save(str(path), _extra_files={EXPORTED_BY: torch.__version__})
+    return path
 
 
 def plain_stat(value: Any) -> float | list[float]:
@@ -93,8 +97,7 @@ def export_model(
     with torch.no_grad():
         scripted = torch.jit.trace(Exported(net, mean, std).eval(), example)
         num_classes = scripted(example).shape[1]
-    path = model_dir / TORCHSCRIPT_FILE
-    scripted.save(str(path))
+    path = save_torchscript(scripted, model_dir / TORCHSCRIPT_FILE)
     write_atomically(model_dir / CONTRACT_FILE, model_contract(image_shape, num_classes, mean, std))
     return path
 

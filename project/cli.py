@@ -157,7 +157,7 @@ def user_errors() -> Iterator[None]:
         yield
     except UserError as exc:
         raise Exit(f"error: {exc}", code=USER_ERROR_EXIT) from None
-    except KeyboardInterrupt:
-        raise Exit(
-            "interrupted: nothing half-written was kept; run the task again to resume", code=INTERRUPTED_EXIT
-        ) from None
+    except KeyboardInterrupt as exc:
+        # A task that leaves something going raises KeyboardInterrupt(what, and how to end it).
+        said = str(exc) or "nothing half-written was kept; run the task again to resume"
+        raise Exit(f"interrupted: {said}", code=INTERRUPTED_EXIT) from None

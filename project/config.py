@@ -195,7 +195,9 @@ class DeployConfig:
     # by `invoke undeploy --expired`: an endpoint bills every hour it is up, used or not.
     ttl_hours: float = 8.0
     endpoint_name: str | None = None  # None: the run's (or job's) name
-    framework_version: str = "2.6"  # PyTorch inference image (the newest the SageMaker SDK knows)
+    # The AWS PyTorch inference image's version (major.minor). None: the newest the SageMaker SDK knows,
+    # if that is at least the PyTorch that saved model.ts (else deploy says what to do); set, it is used.
+    framework_version: str | None = None
     transform_instance: str = "ml.m5.large"  # batch-predict's instance type
     transform_instance_count: int = 1
     wait_minutes: int = 30  # give up waiting (the endpoint or job goes on; undeploy/stop it)

@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 import shutil
 import tarfile
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from .atomic import write_atomically
 from .modules import is_classifier
@@ -29,6 +30,10 @@ SHIPPED = (HANDLER, "preprocess.py")  # project/<name> -> code/<name>
 SERVING_FILE = "serving.json"  # the name project/inference.py reads
 TORCHSCRIPT_FILE = "model.ts"  # the exported model (project/artifacts.py writes it); inference.py names it too
 MODEL_ARCHIVE = "model.tar.gz"
+# An extra file inside model.ts (TorchScript's _extra_files, stored as <archive>/extra/<name>, which
+# torch.jit.load ignores): the PyTorch version that saved it. TorchScript loads in that version or
+# a newer one; an older one may not know its operators. `invoke deploy` picks the image by it.
+EXPORTED_BY = "torch_version"
 TOP_K = 3  # classes per answer: predict prints two, a third shows how far the rest are
 
 
@@ -76,6 +81,16 @@ def pack_model(model_dir: Path, cfg: Any, archive: Path) -> Path:
             tar.add(path, arcname=str(path.relative_to(staging)), recursive=False)
     shutil.rmtree(staging)
     return archive
+
+
+def exported_by(model_ts: Path | IO[bytes]) -> str | None:
+    """The PyTorch version that saved this TorchScript file, or None (saved without the record)."""
+    try:
+        with zipfile.ZipFile(model_ts) as archive:
+            found = [name for name in archive.namelist() if name.endswith(f"/extra/{EXPORTED_BY}")]
+            return archive.read(found[0]).decode().strip() if found else None
+    except zipfile.BadZipFile:
+        return None
 
 
 def archive_problem(names: list[str]) -> str | None:

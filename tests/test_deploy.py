@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import torch
 
 from project import config as C
 from project.aws import deploy
@@ -27,10 +28,12 @@ from project.train import run_composed
 from tests import cli
 from tests.cli import one_error_line
 from tests.synthetic import make_glyphs, tiny_overrides, write_dataset
+from tests.test_interrupts import ctrl_c, start_invoke
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = ROOT / "examples" / "digits"
 invoke = functools.partial(cli.invoke, timeout=300)
+NEWEST_IMAGE = max(deploy.known_inference_versions(), key=deploy._release)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +54,14 @@ def world(request, aws_infra, tmp_path_factory):
             "infra": aws_infra,
             "run_dir": root / "runs" / "tiny",
             "service": service,
-            "overrides": [*infra_overrides, f"paths.runs_dir={root / 'runs'}", "deploy.poll_seconds=0.5"],
+            # The tiny run's model.ts is saved by this torch, newer than the newest inference image
+            # the SDK knows: served on that one anyway (deploy refuses it without the setting).
+            "overrides": [
+                *infra_overrides,
+                f"paths.runs_dir={root / 'runs'}",
+                "deploy.poll_seconds=0.5",
+                f"deploy.framework_version={NEWEST_IMAGE}",
+            ],
         }
 
 
@@ -87,6 +97,26 @@ def test_requests_are_built_from_the_config():
         deploy.check_instance("ml.x", dc)
 
 
+def test_the_inference_image_is_chosen_by_the_pytorch_that_saved_the_model():
+    known, what = ["1.13", "2.5", "2.6"], "run's model.ts"
+    assert deploy.inference_version("2.5.1", None, known, what)[0] == "2.6"  # the newest, >= the export's
+    assert deploy.inference_version("2.6.0+cu124", None, known, what)[0] == "2.6"
+    assert deploy.inference_version(None, None, known, what) == (
+        "2.6",
+        "PyTorch 2.6, the newest image; run's model.ts does not record which PyTorch saved it",
+    )
+    for newer in ("2.13.0+cpu", "2.10.0"):  # compared as numbers: "2.10" is newer than "2.6"
+        refused = r"newer than every .*newest: 2\.6.*deploy\.framework_version=2\.6"
+        with pytest.raises(deploy.DeployError, match=refused):
+            deploy.inference_version(newer, None, known, what)
+    version, why = deploy.inference_version("2.13.0+cpu", "2.6", known, what)  # chosen: served, with a warning
+    assert version == "2.6" and why.startswith("warning: run's model.ts was saved by PyTorch 2.13.0+cpu")
+    assert deploy.inference_version("2.5.1", "2.5", known, what) == ("2.5", "PyTorch 2.5 (deploy.framework_version)")
+    with pytest.raises(deploy.DeployError, match="deploy.framework_version=2.8: .*no PyTorch inference image"):
+        deploy.inference_version("2.5.1", "2.8", known, what)
+    assert "2.6" in deploy.known_inference_versions()  # the pinned SDK's own table
+
+
 @pytest.mark.slow
 def test_deploy_predict_list_update_undeploy(world):
     sm, ovr = world["clients"].sagemaker, world["overrides"]
@@ -107,6 +137,7 @@ def test_deploy_predict_list_update_undeploy(world):
     )
     assert model["PrimaryContainer"]["Image"].endswith("/pytorch-inference:2.6-cpu-py312")
     assert model["ExecutionRoleArn"] == world["infra"].role_arn
+    assert f"tiny's model.ts was saved by PyTorch {torch.__version__} and is served on PyTorch 2.6" in out
 
     listed = invoke("endpoints", *ovr)
     assert listed.returncode == 0, listed.stderr
@@ -140,14 +171,23 @@ def test_deploy_predict_list_update_undeploy(world):
 
 
 @pytest.mark.slow
-def test_serverless_and_undeploy_all(world):
+def test_serverless_expired_and_undeploy_all(world):
     sm, ovr = world["clients"].sagemaker, world["overrides"]
     before = resources(sm)
     made = invoke("deploy", "tiny", "--serverless", "--yes", "deploy.endpoint_name=tiny-serverless", *ovr)
     assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
     assert "serverless, 2 GB: $0.000040 per second" in made.stdout
+    old = invoke("deploy", "tiny", "--yes", "deploy.endpoint_name=tiny-old", "deploy.ttl_hours=0", *ovr)
+    assert old.returncode == 0, old.stdout[-3000:] + old.stderr[-3000:]
     listed = invoke("endpoints", *ovr).stdout
     assert "serverless 2 GB" in listed and "per request" in listed
+    rows = {line.split()[0]: line for line in listed.splitlines()[1:] if line.startswith("tiny-")}
+    assert "EXPIRED" in rows["tiny-old"] and "EXPIRED" not in rows["tiny-serverless"]  # serverless never expires
+    expired = invoke("undeploy", "--expired", *ovr)
+    assert expired.returncode == 0 and expired.stdout.splitlines() == [
+        "tiny-old: endpoint, endpoint config and model deleted"
+    ], expired.stdout + expired.stderr
+    assert invoke("undeploy", "--expired", *ovr).stdout.strip() == "no endpoints to remove"
     removed = invoke("undeploy", "--all", *ovr)
     assert removed.returncode == 0 and "tiny-serverless: endpoint" in removed.stdout, removed.stderr
     assert resources(sm) == before
@@ -181,6 +221,14 @@ def test_bad_input_is_one_line_and_creates_nothing(world, tmp_path):
         ResourceConfig={"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30},
         StoppingCondition={"MaxRuntimeInSeconds": 600},
     )
+    saved_by = f"tiny's model.ts was saved by PyTorch {torch.__version__}, newer than every PyTorch inference image"
+    image_cases = {  # after the world's overrides, which choose the image
+        ("deploy", "tiny", "--yes", "deploy.framework_version=null"): saved_by,
+        ("batch-predict", "tiny", str(DIGITS), "deploy.framework_version=null"): saved_by,
+        ("deploy", "tiny", "--yes", "deploy.framework_version=2.8"): "deploy.framework_version=2.8: the SageMaker",
+    }
+    for (*args, choice), message in image_cases.items():
+        assert message in one_error_line(invoke(*args, *ovr, choice)), args
     cases = {
         ("deploy", "no-such-run", "--yes"): "no run folder",
         ("deploy", "deploy-running", "--yes"): "deploy-running is InProgress, not Completed",
@@ -193,6 +241,52 @@ def test_bad_input_is_one_line_and_creates_nothing(world, tmp_path):
     }
     for args, message in cases.items():
         assert message in one_error_line(invoke(*args, *ovr)), args
+    assert resources(sm) == before
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_waiting_says_what_goes_on(world):
+    sm, ovr = world["clients"].sagemaker, world["overrides"]
+    before = resources(sm)
+    proc = start_invoke("deploy", "tiny", "--yes", *ovr, "deploy.endpoint_name=tiny-ctrl-c")
+    assert proc.stdout is not None
+    for line in proc.stdout:  # until the wait has begun
+        if line.startswith("endpoint tiny-ctrl-c: Creating"):
+            break
+    code, _, err = ctrl_c(proc)
+    assert code == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines() == [
+        "interrupted: endpoint tiny-ctrl-c goes on being created and bills once InService: "
+        "`invoke undeploy tiny-ctrl-c` removes it"
+    ]
+    assert "endpoint tiny-ctrl-c" in resources(sm)  # left going, as it said
+    assert invoke("undeploy", "tiny-ctrl-c", *ovr).returncode == 0
+    assert resources(sm) == before
+
+    proc = start_invoke("batch-predict", "tiny", str(DIGITS), *ovr)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if re.match(r"transform job tiny-\S+: InProgress", line):
+            break
+    code, _, err = ctrl_c(proc)
+    job = line.split()[2].rstrip(":")
+    assert code == 130 and err.strip().splitlines() == [
+        f"interrupted: transform job {job} goes on until its inputs are done (billed meanwhile); its answers land in "
+        f"s3://{world['infra'].artifacts_bucket}/batch/tiny/{job}/output/, not downloaded"
+    ], err
+    assert resources(sm) == before  # its model is removed all the same
+
+
+@pytest.mark.slow
+def test_deploy_asks_first_and_no_creates_nothing(world, monkeypatch):
+    """In a terminal deploy shows the cost and asks; an answer other than y creates nothing."""
+    sm = world["clients"].sagemaker
+    before, asked, said = resources(sm), [], []
+    monkeypatch.setattr(deploy.sys.stdin, "isatty", lambda: True)
+    ctx = deploy.setup(world["overrides"])
+    answer = deploy.deploy(ctx, "tiny", confirm=lambda q: asked.append(q) or "n", echo=said.append)
+    assert answer is None and asked == ["Deploy? [y/N] "]
+    assert any(line.startswith("cost: ml.m5.large x 1") for line in said) and said[-1] == "nothing created"
     assert resources(sm) == before
 
 
@@ -241,6 +335,7 @@ def test_a_completed_job_serves_its_own_archive(world):
     made = invoke("deploy", "deploy-done", "--yes", *ovr)
     assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
     assert "deploy deploy-done (config 0123abcd4567) as endpoint deploy-done" in made.stdout
+    assert f"deploy-done's model.ts was saved by PyTorch {torch.__version__}" in made.stdout  # read in the archive
     config = sm.describe_endpoint_config(
         EndpointConfigName=sm.describe_endpoint(EndpointName="deploy-done")["EndpointConfigName"]
     )

@@ -90,6 +90,16 @@ def test_training_writes_the_serving_code_into_the_model_folder(run_dir):
     assert (code / serving.HANDLER).read_bytes() == (ROOT / "project" / "inference.py").read_bytes()
     facts = json.loads((code / serving.SERVING_FILE).read_text())
     assert facts == {"classifier": True, "input_shape": [1, 28, 28], "top_k": 3}
+    assert serving.exported_by(run_dir / "model" / serving.TORCHSCRIPT_FILE) == torch.__version__
+
+
+def test_model_ts_records_the_pytorch_that_saved_it(model_dir, tmp_path):
+    """model.ts carries its PyTorch version into the archive; a file saved without it, or no zip, says None."""
+    assert serving.exported_by(model_dir / serving.TORCHSCRIPT_FILE) == torch.__version__
+    torch.jit.trace(torch.nn.Linear(2, 2), torch.zeros(1, 2)).save(str(tmp_path / "plain.ts"))
+    assert serving.exported_by(tmp_path / "plain.ts") is None
+    (tmp_path / "text.ts").write_text("not a zip")
+    assert serving.exported_by(tmp_path / "text.ts") is None
 
 
 def test_the_handler_imports_nothing_of_this_project(model_dir):

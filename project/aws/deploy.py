@@ -60,6 +60,7 @@ class Source:
     model_dir: Path | None = None  # a local run: packed on deploy
     model_data: str | None = None  # a job: its model.tar.gz
     cfg: Any = None
+    exported_by: str | None = None  # the PyTorch that saved its model.ts (None: not recorded)
 
 
 # --- pure: names, requests, prices -------------------------------------------------------------
@@ -153,17 +154,75 @@ def price_line(dc: Any, serverless: bool) -> str:
     )
 
 
-def image_uri(region: str, dc: Any, instance: str | None) -> str:
-    """The AWS PyTorch inference image for this region, as the SageMaker SDK looks it up."""
+def _release(version: str) -> tuple[int, int]:
+    """(major, minor) of a PyTorch version ('2.13.0+cpu' -> (2, 13)): what TorchScript compatibility follows."""
+    major, minor = (re.findall(r"\d+", version) + ["0", "0"])[:2]
+    return int(major), int(minor)
+
+
+def inference_version(exported: str | None, requested: str | None, known: list[str], what: str) -> tuple[str, str]:
+    """The PyTorch inference image version for a model.ts saved by `exported`, and why (a `warning: `
+    line when it is older than `exported`).
+
+    TorchScript loads in the PyTorch that saved it or a newer one; an older one may not know its
+    operators, and the endpoint would fail only after minutes of Creating. So by default the newest
+    image the SageMaker SDK knows (`known`: its major.minor versions) serves it when that is at least
+    `exported`, and an export newer than every image is refused with what to do. deploy.framework_version
+    (`requested`) chooses the image: the way to serve such an export anyway, with a warning.
+    """
+    newest = max(known, key=_release)
+    if requested is not None:
+        if _release(requested) not in {_release(v) for v in known}:
+            raise DeployError(
+                f"deploy.framework_version={requested}: the SageMaker SDK has no PyTorch inference image of that "
+                f"version (newest: {newest}); pick one it has, or null to choose by the export"
+            )
+        if exported is not None and _release(requested) < _release(exported):
+            return requested, (
+                f"warning: {what} was saved by PyTorch {exported} and is served on PyTorch {requested} "
+                "(deploy.framework_version): if the endpoint fails to load it, train it with that PyTorch"
+            )
+        return requested, f"PyTorch {requested} (deploy.framework_version)"
+    if exported is None:
+        return newest, f"PyTorch {newest}, the newest image; {what} does not record which PyTorch saved it"
+    if _release(exported) > _release(newest):
+        raise DeployError(
+            f"{what} was saved by PyTorch {exported}, newer than every PyTorch inference image the SageMaker SDK "
+            f"knows (newest: {newest}), and TorchScript may not load in an older PyTorch: train the model with "
+            f"PyTorch <= {newest} (job.pytorch_version={newest} on SageMaker), or pass "
+            f"deploy.framework_version={newest} to serve it on {newest} anyway"
+        )
+    return newest, f"PyTorch {newest}, the newest image (>= PyTorch {exported}, which saved {what})"
+
+
+def known_inference_versions() -> list[str]:
+    """The PyTorch inference images the pinned SageMaker SDK knows, as major.minor (its version aliases)."""
     from sagemaker.core import image_uris
 
-    return image_uris.retrieve(
+    config = image_uris.config_for_framework("pytorch")["inference"]
+    return list(config.get("version_aliases") or config["versions"])
+
+
+def serving_image(region: str, dc: Any, instance: str | None, source: Source) -> tuple[str, str]:
+    """The region's AWS PyTorch inference image for this source's model.ts (as the SageMaker SDK looks
+    it up), and the line that says which PyTorch it has and why."""
+    from sagemaker.core import image_uris
+
+    requested = None if dc.framework_version is None else str(dc.framework_version)
+    what = f"{source.name}'s {serving.TORCHSCRIPT_FILE}"
+    version, why = inference_version(source.exported_by, requested, known_inference_versions(), what)
+    uri = image_uris.retrieve(
         "pytorch",
         region=region,
-        version=str(dc.framework_version),
+        version=version,
         instance_type=instance or "ml.m5.large",  # serverless runs on CPU
         image_scope="inference",
     )
+    return uri, why
+
+
+def echo_image(image: str, why: str, echo: Echo) -> None:
+    echo(f"image: {image}" + (f"\n{why}" if why.startswith("warning: ") else f" ({why})"))
 
 
 # --- where the model comes from ----------------------------------------------------------------
@@ -190,9 +249,9 @@ def resolve_source(ctx: Any, spec: str | None) -> Source:
             f"training job {name} is {desc['TrainingJobStatus']}, not Completed: it has no model to serve"
         )
     model_data = desc["ModelArtifacts"]["S3ModelArtifacts"]
-    _check_archive(ctx.clients.s3, model_data, name)
+    exported = _check_archive(ctx.clients.s3, model_data, name)
     tags = {t["Key"]: t["Value"] for t in ctx.clients.sagemaker.list_tags(ResourceArn=desc["TrainingJobArn"])["Tags"]}
-    return Source(name, tags.get(HASH_TAG, "unknown"), model_data=model_data)
+    return Source(name, tags.get(HASH_TAG, "unknown"), model_data=model_data, exported_by=exported)
 
 
 def _local_source(folder: Path) -> Source:
@@ -203,18 +262,26 @@ def _local_source(folder: Path) -> Source:
             "let its training finish, or deploy another run"
         )
     cfg = load_resolved(model_dir / RESOLVED_CONFIG_NAME)
-    return Source(folder.name, config_hash(cfg), model_dir=model_dir, cfg=cfg)
+    exported = serving.exported_by(model_dir / serving.TORCHSCRIPT_FILE)
+    return Source(folder.name, config_hash(cfg), model_dir=model_dir, cfg=cfg, exported_by=exported)
 
 
-def _check_archive(s3: Any, uri: str, job: str) -> None:
+def _check_archive(s3: Any, uri: str, job: str) -> str | None:
+    """Refuse a job's model.tar.gz that cannot be served; else the PyTorch that saved its model.ts."""
     bucket, key = split_s3_uri(uri)
+    exported = None
     with tempfile.TemporaryDirectory() as tmp, aws_errors(resource=uri):
         path = Path(tmp) / serving.MODEL_ARCHIVE
         s3.download_file(bucket, key, str(path))
         with tarfile.open(path) as tar:
             problem = serving.archive_problem(tar.getnames())
+            for member in tar.getmembers():
+                if member.name.removeprefix("./") == serving.TORCHSCRIPT_FILE and member.isfile():
+                    with tar.extractfile(member) as model_ts:  # type: ignore[union-attr]  # a file: never None
+                        exported = serving.exported_by(model_ts)
     if problem:
         raise DeployError(f"training job {job}'s {uri} cannot be served: {problem}")
+    return exported
 
 
 def model_data_for(ctx: Any, source: Source, echo: Echo) -> str:
@@ -270,6 +337,7 @@ def deploy(
     else:
         check_instance(dc.instance, dc)
     source = resolve_source(ctx, spec)
+    image, why = serving_image(ctx.infra.region, dc, None if serverless else dc.instance, source)
     endpoint = safe_name(dc.endpoint_name or source.name)
     existing = endpoint_status(sm, endpoint)
     if existing and not update:
@@ -280,12 +348,12 @@ def deploy(
     if update and not existing:
         raise DeployError(f"no endpoint {endpoint} to update: drop --update to create it")
     echo(f"{'update' if existing else 'deploy'} {source.name} (config {source.config_hash}) as endpoint {endpoint}")
+    echo_image(image, why, echo)
     echo(f"cost: {price_line(dc, serverless)}")
     if not _confirm(yes, "Deploy?", confirm, echo):
         return None
     now = datetime.now(UTC)
     tags = resource_tags(source, dc, serverless, now)
-    image = image_uri(ctx.infra.region, dc, None if serverless else dc.instance)
     model_data = model_data_for(ctx, source, echo)
     name = versioned_name(endpoint, now)
     created: list[tuple[str, str]] = []
@@ -302,7 +370,19 @@ def deploy(
     except BaseException:
         _remove(sm, created)
         raise
-    desc = wait_endpoint(sm, endpoint, dc, echo)
+    try:
+        desc = wait_endpoint(sm, endpoint, dc, echo)
+    except KeyboardInterrupt:
+        if existing:
+            raise KeyboardInterrupt(
+                f"endpoint {endpoint} goes on updating to {source.name} (endpoint config {name}); "
+                f"its previous config {existing['EndpointConfigName']} and model stay (they cost nothing): "
+                f"`invoke endpoints` shows it"
+            ) from None
+        raise KeyboardInterrupt(
+            f"endpoint {endpoint} goes on being created and bills once InService: "
+            f"`invoke undeploy {endpoint}` removes it"
+        ) from None
     if desc["EndpointStatus"] != "InService":
         _remove(sm, created)
         raise DeployError(
@@ -559,18 +639,24 @@ def batch_predict(ctx: Any, spec: str | None, inputs: str, echo: Echo = print) -
     dc, sm = ctx.cfg.deploy, ctx.clients.sagemaker
     price = check_instance(dc.transform_instance, dc, "deploy.transform_instance")
     source = resolve_source(ctx, spec)
+    image, why = serving_image(ctx.infra.region, dc, dc.transform_instance, source)
+    echo_image(image, why, echo)
     now = datetime.now(UTC)
     name = versioned_name(source.name, now)
     input_uri = batch_input(ctx, source, inputs, name, echo)
     output_uri = f"s3://{ctx.infra.artifacts_bucket}/batch/{source.name}/{name}/output/"
     tags = resource_tags(source, dc, True, now)
-    image = image_uri(ctx.infra.region, dc, dc.transform_instance)
     model_data = model_data_for(ctx, source, echo)
     sm.create_model(**model_request(name, image, model_data, ctx.infra.role_arn, tags))
     try:
         sm.create_transform_job(**transform_request(name, name, input_uri, output_uri, dc, tags))
         echo(f"transform job {name}: {input_uri} -> {output_uri}")
         desc = wait_transform(sm, name, dc, echo)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(
+            f"transform job {name} goes on until its inputs are done (billed meanwhile); "
+            f"its answers land in {output_uri}, not downloaded"
+        ) from None
     finally:
         _remove(sm, [("model", name)])  # the job is over (or failed to start): the model serves nothing
     if desc["TransformJobStatus"] != "Completed":
