@@ -33,7 +33,6 @@ from tests.test_interrupts import ctrl_c, start_invoke
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = ROOT / "examples" / "digits"
 invoke = functools.partial(cli.invoke, timeout=300)
-NEWEST_IMAGE = max(deploy.known_inference_versions(), key=deploy._release)
 
 
 @pytest.fixture(scope="module")
@@ -55,13 +54,8 @@ def world(request, aws_infra, tmp_path_factory):
             "run_dir": root / "runs" / "tiny",
             "service": service,
             # The tiny run's model.ts is saved by this torch, newer than the newest inference image
-            # the SDK knows: served on that one anyway (deploy refuses it without the setting).
-            "overrides": [
-                *infra_overrides,
-                f"paths.runs_dir={root / 'runs'}",
-                "deploy.poll_seconds=0.5",
-                f"deploy.framework_version={NEWEST_IMAGE}",
-            ],
+            # the SDK knows: served on that one, with a warning (deploy.framework_version is null).
+            "overrides": [*infra_overrides, f"paths.runs_dir={root / 'runs'}", "deploy.poll_seconds=0.5"],
         }
 
 
@@ -106,9 +100,9 @@ def test_the_inference_image_is_chosen_by_the_pytorch_that_saved_the_model():
         "PyTorch 2.6, the newest image; run's model.ts does not record which PyTorch saved it",
     )
     for newer in ("2.13.0+cpu", "2.10.0"):  # compared as numbers: "2.10" is newer than "2.6"
-        refused = r"newer than every .*newest: 2\.6.*deploy\.framework_version=2\.6"
-        with pytest.raises(deploy.DeployError, match=refused):
-            deploy.inference_version(newer, None, known, what)
+        version, why = deploy.inference_version(newer, None, known, what)  # served on the newest, with a warning
+        assert version == "2.6" and why.startswith(f"warning: run's model.ts was saved by PyTorch {newer}, newer than")
+        assert "job.pytorch_version=2.6" in why
     version, why = deploy.inference_version("2.13.0+cpu", "2.6", known, what)  # chosen: served, with a warning
     assert version == "2.6" and why.startswith("warning: run's model.ts was saved by PyTorch 2.13.0+cpu")
     assert deploy.inference_version("2.5.1", "2.5", known, what) == ("2.5", "PyTorch 2.5 (deploy.framework_version)")
@@ -137,7 +131,7 @@ def test_deploy_predict_list_update_undeploy(world):
     )
     assert model["PrimaryContainer"]["Image"].endswith("/pytorch-inference:2.6-cpu-py312")
     assert model["ExecutionRoleArn"] == world["infra"].role_arn
-    assert f"tiny's model.ts was saved by PyTorch {torch.__version__} and is served on PyTorch 2.6" in out
+    assert f"warning: tiny's model.ts was saved by PyTorch {torch.__version__}, newer than every" in out
 
     listed = invoke("endpoints", *ovr)
     assert listed.returncode == 0, listed.stderr
@@ -221,11 +215,9 @@ def test_bad_input_is_one_line_and_creates_nothing(world, tmp_path):
         ResourceConfig={"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30},
         StoppingCondition={"MaxRuntimeInSeconds": 600},
     )
-    saved_by = f"tiny's model.ts was saved by PyTorch {torch.__version__}, newer than every PyTorch inference image"
     image_cases = {  # after the world's overrides, which choose the image
-        ("deploy", "tiny", "--yes", "deploy.framework_version=null"): saved_by,
-        ("batch-predict", "tiny", str(DIGITS), "deploy.framework_version=null"): saved_by,
         ("deploy", "tiny", "--yes", "deploy.framework_version=2.8"): "deploy.framework_version=2.8: the SageMaker",
+        ("batch-predict", "tiny", str(DIGITS), "deploy.framework_version=2.8"): "deploy.framework_version=2.8: the",
     }
     for (*args, choice), message in image_cases.items():
         assert message in one_error_line(invoke(*args, *ovr, choice)), args

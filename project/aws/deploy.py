@@ -164,11 +164,13 @@ def inference_version(exported: str | None, requested: str | None, known: list[s
     """The PyTorch inference image version for a model.ts saved by `exported`, and why (a `warning: `
     line when it is older than `exported`).
 
-    TorchScript loads in the PyTorch that saved it or a newer one; an older one may not know its
-    operators, and the endpoint would fail only after minutes of Creating. So by default the newest
-    image the SageMaker SDK knows (`known`: its major.minor versions) serves it when that is at least
-    `exported`, and an export newer than every image is refused with what to do. deploy.framework_version
-    (`requested`) chooses the image: the way to serve such an export anyway, with a warning.
+    TorchScript loads in the PyTorch that saved it or a newer one; an older one may not know a newer
+    operator, and the endpoint would fail only after minutes of Creating. By default the newest image
+    the SageMaker SDK knows (`known`: its major.minor versions) serves it. An export newer than every
+    image is served there too, with a warning that says what to do if it fails: the models of the
+    standard layers load in older versions (the built-in CNN's model.ts saved by 2.13 gives the same
+    answers under 2.6), and refusing them would block every model trained with a current PyTorch.
+    deploy.framework_version (`requested`) chooses the image.
     """
     newest = max(known, key=_release)
     if requested is not None:
@@ -186,11 +188,10 @@ def inference_version(exported: str | None, requested: str | None, known: list[s
     if exported is None:
         return newest, f"PyTorch {newest}, the newest image; {what} does not record which PyTorch saved it"
     if _release(exported) > _release(newest):
-        raise DeployError(
-            f"{what} was saved by PyTorch {exported}, newer than every PyTorch inference image the SageMaker SDK "
-            f"knows (newest: {newest}), and TorchScript may not load in an older PyTorch: train the model with "
-            f"PyTorch <= {newest} (job.pytorch_version={newest} on SageMaker), or pass "
-            f"deploy.framework_version={newest} to serve it on {newest} anyway"
+        return newest, (
+            f"warning: {what} was saved by PyTorch {exported}, newer than every PyTorch inference image the "
+            f"SageMaker SDK knows; it is served on the newest, {newest}, where standard layers load: if the "
+            f"endpoint fails to load it, train the model with PyTorch <= {newest} (job.pytorch_version={newest})"
         )
     return newest, f"PyTorch {newest}, the newest image (>= PyTorch {exported}, which saved {what})"
 
