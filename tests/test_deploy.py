@@ -203,6 +203,48 @@ def test_batch_predict_a_local_folder(world):
 
 
 @pytest.mark.slow
+def test_batch_predict_arrays_for_a_model_that_is_not_a_classifier(world, tmp_path):
+    """Any exported model: arrays in (.npy as application/x-npy), its raw outputs out, one file each."""
+    import numpy as np
+    from omegaconf import open_dict
+
+    sm, ovr = world["clients"].sagemaker, world["overrides"]
+    runs = tmp_path / "runs"
+    shutil.copytree(world["run_dir"], runs / "raw")
+    config = runs / "raw" / "model" / C.RESOLVED_CONFIG_NAME
+    cfg = C.load_resolved(config)
+    with open_dict(cfg.model):
+        cfg.model["_target_"] = "mymodels.csv_regression.MLPRegressor"  # any LightningModule: not a classifier
+    config.write_text(C.to_yaml(cfg))
+    arrays = tmp_path / "arrays"
+    arrays.mkdir()
+    samples = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
+    for i, sample in enumerate(samples):
+        np.save(arrays / f"sample-{i}.npy", sample)
+    before = resources(sm)
+
+    result = invoke("batch-predict", "raw", str(arrays), *ovr, f"paths.runs_dir={runs}")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "uploaded 3 arrays" in result.stdout and "3 answers (the model's raw outputs" in result.stdout
+    (job,) = [j for j in sm.list_transform_jobs()["TransformJobSummaries"] if j["TransformJobName"].startswith("raw-")]
+    described = sm.describe_transform_job(TransformJobName=job["TransformJobName"])
+    assert described["TransformInput"]["ContentType"] == "application/x-npy"
+    model = torch.jit.load(str(world["run_dir"] / "model" / "model.ts"))
+    for i, sample in enumerate(samples):  # the exported model's own outputs on the same sample
+        import json
+
+        answer = json.loads((runs / "raw" / "predictions" / f"sample-{i}.npy.out").read_text())
+        expected = model(torch.from_numpy(sample)[None]).tolist()
+        assert np.allclose(answer["outputs"], expected, atol=1e-5)
+    assert resources(sm) == before
+
+    (arrays / "digit.png").write_bytes((DIGITS / "mnist-test-0-label7.png").read_bytes())
+    line = one_error_line(invoke("batch-predict", "raw", str(arrays), *ovr, f"paths.runs_dir={runs}"))
+    assert "mixes application/x-image and application/x-npy: a transform job reads one kind" in line
+    assert resources(sm) == before
+
+
+@pytest.mark.slow
 def test_bad_input_is_one_line_and_creates_nothing(world, tmp_path):
     sm, ovr = world["clients"].sagemaker, world["overrides"]
     before = resources(sm)

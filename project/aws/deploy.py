@@ -42,7 +42,13 @@ HASH_TAG = "config-hash"
 PREDICTIONS_DIR = "predictions"
 PREDICTIONS_CSV = "predictions.csv"
 IMAGE_CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
-BATCH_CONTENT_TYPE = "application/x-image"  # one type for a whole prefix: the handler reads PNG and JPEG alike
+# A transform job has one ContentType for its whole prefix, chosen by the inputs' suffixes: images
+# (the handler reads PNG and JPEG alike; classifiers only), or arrays (any exported model).
+BATCH_CONTENT_TYPES = {
+    **dict.fromkeys(IMAGE_CONTENT_TYPES, "application/x-image"),
+    ".npy": "application/x-npy",
+    ".json": "application/json",
+}
 ENDPOINT_BUSY = ("Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting")
 TRANSFORM_BUSY = ("InProgress", "Stopping")
 
@@ -593,37 +599,55 @@ def endpoint_predictions(ctx: Any, endpoint: str, images: list[Path], raw: bool)
 # --- batch-predict -----------------------------------------------------------------------------
 
 
-def batch_input(ctx: Any, source: Source, spec: str, stamp: str, echo: Echo) -> str:
-    """The input prefix: an s3:// prefix as it is, or a local folder's images uploaded first."""
+def batch_content_type(names: list[str], where: str) -> str:
+    """The one ContentType of a transform job over these inputs (by suffix); a mix is one line."""
+    kinds = {
+        BATCH_CONTENT_TYPES[suffix] for name in names if (suffix := Path(name).suffix.lower()) in BATCH_CONTENT_TYPES
+    }
+    if not kinds:
+        raise DeployError(f"no images or arrays ({', '.join(BATCH_CONTENT_TYPES)}) in {where}: nothing to predict")
+    if len(kinds) > 1:
+        raise DeployError(
+            f"{where} mixes {' and '.join(sorted(kinds))}: a transform job reads one kind, "
+            "put each in a folder of its own"
+        )
+    return kinds.pop()
+
+
+def batch_input(ctx: Any, source: Source, spec: str, stamp: str, echo: Echo) -> tuple[str, str]:
+    """The input prefix and its content type: an s3:// prefix as it is, or a local folder's images
+    or arrays (.npy, .json) uploaded first."""
     s3 = ctx.clients.s3
     if spec.startswith("s3://"):
         bucket, prefix = split_s3_uri(spec)
         with aws_errors(resource=spec):
-            found = s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1).get("KeyCount", 0)
-        if not found:
+            listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+        if not listed:
             raise DeployError(f"no objects under {spec}: nothing to predict")
-        return spec
+        return spec, batch_content_type([item["Key"] for item in listed], spec)
     folder = Path(spec)
     if not folder.is_dir():
         raise DeployError(f"{spec} is neither an s3:// prefix nor a folder")
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_CONTENT_TYPES and p.is_file())
-    if not images:
-        raise DeployError(f"no images ({', '.join(IMAGE_CONTENT_TYPES)}) in {folder}: nothing to predict")
+    inputs = sorted(p for p in folder.iterdir() if p.suffix.lower() in BATCH_CONTENT_TYPES and p.is_file())
+    content_type = batch_content_type([p.name for p in inputs], str(folder))
     prefix = f"batch/{source.name}/{stamp}/input/"
     with aws_errors(resource=f"s3://{ctx.infra.artifacts_bucket}/{prefix}"):
-        for path in images:
+        for path in inputs:
             s3.upload_file(str(path), ctx.infra.artifacts_bucket, prefix + path.name)
-    echo(f"uploaded {len(images)} images to s3://{ctx.infra.artifacts_bucket}/{prefix}")
-    return f"s3://{ctx.infra.artifacts_bucket}/{prefix}"
+    kind = "images" if content_type == BATCH_CONTENT_TYPES[".png"] else "arrays"
+    echo(f"uploaded {len(inputs)} {kind} to s3://{ctx.infra.artifacts_bucket}/{prefix}")
+    return f"s3://{ctx.infra.artifacts_bucket}/{prefix}", content_type
 
 
-def transform_request(name: str, model: str, input_uri: str, output_uri: str, dc: Any, tags: dict[str, str]) -> dict:
+def transform_request(
+    name: str, model: str, input_uri: str, output_uri: str, dc: Any, tags: dict[str, str], content_type: str
+) -> dict:
     return {
         "TransformJobName": name,
         "ModelName": model,
         "TransformInput": {
             "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": input_uri}},
-            "ContentType": BATCH_CONTENT_TYPE,
+            "ContentType": content_type,
             "SplitType": "None",
         },
         "TransformOutput": {"S3OutputPath": output_uri, "Accept": "application/json", "AssembleWith": "None"},
@@ -644,13 +668,13 @@ def batch_predict(ctx: Any, spec: str | None, inputs: str, echo: Echo = print) -
     echo_image(image, why, echo)
     now = datetime.now(UTC)
     name = versioned_name(source.name, now)
-    input_uri = batch_input(ctx, source, inputs, name, echo)
+    input_uri, content_type = batch_input(ctx, source, inputs, name, echo)
     output_uri = f"s3://{ctx.infra.artifacts_bucket}/batch/{source.name}/{name}/output/"
     tags = resource_tags(source, dc, True, now)
     model_data = model_data_for(ctx, source, echo)
     sm.create_model(**model_request(name, image, model_data, ctx.infra.role_arn, tags))
     try:
-        sm.create_transform_job(**transform_request(name, name, input_uri, output_uri, dc, tags))
+        sm.create_transform_job(**transform_request(name, name, input_uri, output_uri, dc, tags, content_type))
         echo(f"transform job {name}: {input_uri} -> {output_uri}")
         desc = wait_transform(sm, name, dc, echo)
     except KeyboardInterrupt:
@@ -666,9 +690,12 @@ def batch_predict(ctx: Any, spec: str | None, inputs: str, echo: Echo = print) -
     rows = download_predictions(ctx.clients.s3, input_uri, output_uri, dest)
     seconds = (desc["TransformEndTime"] - desc["TransformStartTime"]).total_seconds()
     cost = price * int(dc.transform_instance_count) * seconds / 3600
-    counts = Counter("no digit" if r[1] == "" else r[1] for r in rows)
-    summary = ", ".join(f"{label}: {n}" for label, n in sorted(counts.items()))
-    echo(f"{len(rows)} predictions ({summary}) in {dest / PREDICTIONS_CSV}")
+    if rows and all(klass is None for _, klass, _ in rows):  # not a classifier: its raw outputs, one file each
+        echo(f"{len(rows)} answers (the model's raw outputs, one <input>.out each) in {dest}")
+    else:
+        counts = Counter("no digit" if r[1] in ("", None) else r[1] for r in rows)
+        summary = ", ".join(f"{label}: {n}" for label, n in sorted(counts.items()))
+        echo(f"{len(rows)} predictions ({summary}) in {dest / PREDICTIONS_CSV}")
     echo(f"cost: {seconds:.0f} s of {dc.transform_instance} x {dc.transform_instance_count} = ${cost:.4f}")
     return dest
 
@@ -678,12 +705,13 @@ def wait_transform(sm: Any, name: str, dc: Any, echo: Echo) -> dict[str, Any]:
     return wait_until_settled(describe, "TransformJobStatus", TRANSFORM_BUSY, f"transform job {name}", dc, echo, "")
 
 
-def download_predictions(s3: Any, input_uri: str, output_uri: str, dest: Path) -> list[tuple[str, str, str]]:
-    """Each <key>.out into dest, and dest/predictions.csv: (input key, class, probability) per input."""
+def download_predictions(s3: Any, input_uri: str, output_uri: str, dest: Path) -> list[tuple[str, str | None, str]]:
+    """Each <key>.out into dest, and dest/predictions.csv: (input key, class, probability) per sample;
+    a model that is not a classifier answers its raw outputs: class None, and empty in the CSV."""
     in_prefix = split_s3_uri(input_uri)[1]
     bucket, prefix = split_s3_uri(output_uri)
     dest.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows: list[tuple[str, str | None, str]] = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for item in page.get("Contents", []):
             relative = item["Key"][len(prefix) :]
@@ -691,15 +719,18 @@ def download_predictions(s3: Any, input_uri: str, output_uri: str, dest: Path) -
             target.parent.mkdir(parents=True, exist_ok=True)
             s3.download_file(bucket, item["Key"], str(target))
             answer = json.loads(target.read_text())
-            for one in answer.get("predictions", [{}]):
+            if "predictions" not in answer:
+                rows.append((in_prefix + relative.removesuffix(".out"), None, ""))
+                continue
+            for one in answer["predictions"]:
                 klass = "" if one.get("class") is None else str(one["class"])
                 probability = "" if one.get("probability") is None else f"{one['probability']:.6f}"
                 rows.append((in_prefix + relative.removesuffix(".out"), klass, probability))
-    rows.sort()
+    rows.sort(key=lambda row: row[0])
     with (dest / PREDICTIONS_CSV).open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["input_key", "class", "probability"])
-        writer.writerows(rows)
+        writer.writerows((key, "" if klass is None else klass, probability) for key, klass, probability in rows)
     return rows
 
 
