@@ -17,7 +17,10 @@ same shard names and bytes. Shard boundaries depend on sample *names* only (a bo
 sample whose name hashes to 0 modulo a stride; content-defined chunking on names), never on the
 sizes of the samples before, so changing one image changes exactly one shard, and adding or removing
 one changes one or two. The manifest (`shards.json`) names the current shards; it is written (and
-uploaded) last, and the reader reads only the shards it names.
+uploaded) last, and the reader reads only the shards it names. Shards of earlier uploads stay
+under the channel's prefix (a running job may still read them); a File-mode job is given SageMaker's
+own manifest of the channel (`write_sagemaker_manifest`, S3DataType ManifestFile), so it downloads
+only the current ones.
 """
 
 from __future__ import annotations
@@ -187,14 +190,28 @@ def pack_tree(root: Path, out_dir: Path, shard_mb: float = SHARD_MB) -> Path:
     return out_dir / MANIFEST
 
 
+def packs(dataset: Mapping[str, Any]) -> bool:
+    """Whether `invoke upload` sends this dataset's channels as shards (an imagefolder dataset)."""
+    return dataset.get("_target_") == IMAGEFOLDER_TARGET
+
+
 def pack_channel(dataset: Mapping[str, Any], channel: str, tree: Path, cache_dir: Path) -> Path | None:
     """`invoke upload`'s hook: the folder of shards to send for this channel of an imagefolder
     dataset (packed under cache_dir/shards/<dataset name>/<channel>), or None for any other dataset
     (its channel folder is sent as it is). Send the result with upload.plan_packed_upload."""
-    if dataset.get("_target_") != IMAGEFOLDER_TARGET:
+    if not packs(dataset):
         return None
     out_dir = Path(cache_dir) / "shards" / str(dataset["name"]) / channel
     return pack_tree(Path(tree), out_dir, float(dataset.get("shard_mb", SHARD_MB))).parent
+
+
+def write_sagemaker_manifest(folder: Path, channel_uri: str, name: str) -> Path:
+    """SageMaker's manifest of a packed channel (`name`, beside the packed folder): the channel's
+    prefix, then `shards.json` and the shards it names, the objects a File-mode job downloads."""
+    names = [entry["name"] for entry in read_manifest(folder)["shards"]]
+    path = Path(folder).parent / name
+    write_atomically(path, json.dumps([{"prefix": channel_uri}, MANIFEST, *names], indent=1) + "\n")
+    return path
 
 
 def is_packed(folder: Path) -> bool:

@@ -359,10 +359,35 @@ def test_invoke_upload_sends_shards_incrementally(moto_endpoint, tmp_path):
         return [line.split(" -> ")[1].rsplit("/", 1)[1] for line in result.stdout.splitlines() if " -> s3://" in line]
 
     first = sent()
-    assert len(first) > 4 and first[-1] == imagetree.MANIFEST
+    # The manifests last: shards.json names the shards, SageMaker's train.manifest lists them for the job.
+    assert len(first) > 4 and first[-2:] == [imagetree.MANIFEST, "train.manifest"]
     assert sent() == []
     shape_image("vbar", np.random.default_rng(5), 28).save(root / "vbar" / "img_020.png")
     second = sent()
-    assert len(second) == 2 and second[0].startswith("shard-") and second[1] == imagetree.MANIFEST
+    assert len(second) == 3 and second[0].startswith("shard-") and second[1:] == [imagetree.MANIFEST, "train.manifest"]
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="datasets/imagefolder/train/")["Contents"]}
     assert f"datasets/imagefolder/train/{imagetree.MANIFEST}" in keys
+
+    # The replaced shard stays under the prefix (a running job may read it), but a File-mode job
+    # is given the manifest (ManifestFile) and downloads only the current shards, as the sandbox does.
+    from project.aws.plan import manifest_uri
+    from project.sandbox.optml import _download_channel
+
+    current = {
+        entry["name"]
+        for entry in imagetree.read_manifest(tmp_path / "cache" / "shards" / "imagefolder" / "train")["shards"]
+    }
+    assert len(keys) == len(current) + 2  # one stale shard, and shards.json
+    channel = {
+        "ChannelName": "train",
+        "InputMode": "File",
+        "DataSource": {
+            "S3DataSource": {
+                "S3DataType": "ManifestFile",
+                "S3Uri": manifest_uri(f"s3://{bucket}/datasets/imagefolder/train/"),
+            }
+        },
+    }
+    _download_channel(s3, channel, tmp_path / "opt-ml")
+    got = {p.name for p in (tmp_path / "opt-ml" / "input/data/train").iterdir()}
+    assert got == current | {imagetree.MANIFEST}

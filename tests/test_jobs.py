@@ -407,3 +407,18 @@ def test_each_channel_is_one_input_channel_in_its_mode():
     assert (channel.channel_name, channel.input_mode) == ("train", "FastFile")
     assert "s3://data-b/datasets/mnist/train/  (FastFile)" in p.summary()  # what invoke train shows first
     assert channel.data_source.s3_data_source.s3_uri == "s3://data-b/datasets/mnist/train/"
+
+
+def test_a_file_mode_channel_of_shards_is_read_through_sagemakers_manifest():
+    """An image-folder channel in File mode: the job downloads the shards SageMaker's manifest lists
+    (the last upload's), not every shard an earlier upload left under the prefix; FastFile keeps the
+    prefix (it reads only the shards shards.json names) and any other dataset is unchanged."""
+    folder = ["dataset=imagefolder", "dataset.channels.train=/tmp/images"]
+    p, _ = plan(*folder, "+dataset.channels.validation=/tmp/val", "+dataset.input_modes.validation=FastFile")
+    assert p.manifests == {"train": "s3://data-b/datasets/imagefolder/train.manifest"}
+    train, validation = sdk.input_channels(p)
+    assert train.data_source.s3_data_source.s3_data_type == "ManifestFile"
+    assert train.data_source.s3_data_source.s3_uri == "s3://data-b/datasets/imagefolder/train.manifest"
+    assert validation.data_source.s3_data_source.s3_data_type == "S3Prefix"
+    assert "s3://data-b/datasets/imagefolder/train/  (File: the shards train.manifest names)" in p.summary()
+    assert plan()[0].manifests == {}  # MNIST's files: the prefix, as before

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..config import CONF_DIR, ConfigError, config_hash, metric_names, per_device_batch, resolve_gpus, with_gpus
 from ..errors import UserError
+from ..imagetree import packs
 from ..infra import Infra
 from ..sagemaker_names import JOB_NAME, PROJECT_TAG
 from .cost import Cost, budget_line, check_budget, estimate, price_age_note
@@ -64,10 +65,18 @@ class JobPlan:
     cost: Cost | None = None
     max_cost_usd: float | None = None  # job.max_cost_usd: the budget of this launch
     price_note: str = ""  # the catalog price is stale, hand-typed or another region's
+    # data channel -> SageMaker's manifest of it (S3DataType ManifestFile): a File-mode channel of
+    # shards downloads only the ones its last upload named (imagetree.write_sagemaker_manifest)
+    manifests: dict[str, str] = field(default_factory=dict)
 
     @property
     def image_uri(self) -> str:
         return self.image.uri
+
+    def _channel_line(self, name: str, uri: str) -> str:
+        if name in self.manifests:
+            return f"{uri}  ({self.input_modes[name]}: the shards {self.manifests[name].rsplit('/', 1)[1]} names)"
+        return f"{uri}  ({self.input_modes[name]})"
 
     def summary(self) -> str:
         rows = [
@@ -78,7 +87,7 @@ class JobPlan:
             ("instance", f"{self.instance_count} x {self.instance_type}"),
             ("processes", f"{self.processes_per_node} per node, world size {self.world_size}"),
             ("batch", f"{self.per_device_batch} per device, {self.per_device_batch * self.world_size} global"),
-            *((f"data {name}", f"{uri}  ({self.input_modes[name]})") for name, uri in self.channels.items()),
+            *((f"data {name}", self._channel_line(name, uri)) for name, uri in self.channels.items()),
             ("output", self.output_uri),
             ("checkpoints", self.checkpoint_uri),
             (
@@ -111,6 +120,19 @@ def channel_uris(bucket: str, s3_prefix: str, channels: list[str]) -> dict[str, 
     return {name: f"s3://{bucket}/{s3_prefix.strip('/')}/{name}/" for name in channels}
 
 
+def manifest_uri(channel_uri: str) -> str:
+    """Where `invoke upload` puts SageMaker's manifest of a packed channel: beside its prefix, s3://.../<channel>.manifest."""
+    return channel_uri.rstrip("/") + ".manifest"
+
+
+def channel_manifests(cfg: Any, channels: dict[str, str], input_modes: dict[str, str]) -> dict[str, str]:
+    """The channels a job reads through SageMaker's manifest: a packed dataset's, in File mode (FastFile
+    reads lazily, only the shards shards.json names, so it keeps the prefix)."""
+    if not packs(cfg.dataset):
+        return {}
+    return {name: manifest_uri(uri) for name, uri in channels.items() if input_modes[name] == "File"}
+
+
 def plan_job(cfg: Any, infra: Infra, image: JobImage, now: datetime | None = None, revision: str = "-") -> JobPlan:
     """Everything the job will be, derived from the config and the Terraform outputs (pure but for its name).
 
@@ -134,6 +156,8 @@ def plan_job(cfg: Any, infra: Infra, image: JobImage, now: datetime | None = Non
     max_wait = (job.max_wait_minutes * 60 if job.max_wait_minutes else 2 * max_run) if job.spot else None
     digest = config_hash(with_gpus(cfg, gpus))  # the staged config's identity, as the container computes it
     data_bucket, artifacts = infra.data_bucket, infra.artifacts_bucket
+    channels = channel_uris(data_bucket, cfg.dataset.s3_prefix, list(cfg.dataset.channels))
+    input_modes = {name: str((cfg.dataset.get("input_modes") or {}).get(name, "File")) for name in cfg.dataset.channels}
     return JobPlan(
         base_name=job.base_name,
         job_name=job_name(job.base_name, now),
@@ -151,10 +175,9 @@ def plan_job(cfg: Any, infra: Infra, image: JobImage, now: datetime | None = Non
         max_wait_seconds=max_wait,
         spot=job.spot,
         keep_alive_seconds=job.keep_alive_minutes * 60,
-        channels=channel_uris(data_bucket, cfg.dataset.s3_prefix, list(cfg.dataset.channels)),
-        input_modes={
-            name: str((cfg.dataset.get("input_modes") or {}).get(name, "File")) for name in cfg.dataset.channels
-        },
+        channels=channels,
+        input_modes=input_modes,
+        manifests=channel_manifests(cfg, channels, input_modes),
         output_uri=f"s3://{artifacts}/jobs/",
         # Keyed by config hash: a re-run of the same config resumes from these checkpoints.
         checkpoint_uri=f"s3://{artifacts}/checkpoints/{job.base_name}-{digest}/",

@@ -171,14 +171,17 @@ def input_channels(plan: JobPlan) -> list[Any]:
     """One InputDataConfig channel per data channel (SM_CHANNEL_<NAME> in the job), in its input mode."""
     from sagemaker.core.shapes import Channel, DataSource, S3DataSource
 
+    def source(name: str, uri: str) -> Any:
+        if name in plan.manifests:  # only the objects SageMaker's manifest names (the current shards)
+            return S3DataSource(
+                s3_data_type="ManifestFile", s3_uri=plan.manifests[name], s3_data_distribution_type="FullyReplicated"
+            )
+        return S3DataSource(s3_data_type="S3Prefix", s3_uri=uri, s3_data_distribution_type="FullyReplicated")
+
     return [
         Channel(
             channel_name=name,
-            data_source=DataSource(
-                s3_data_source=S3DataSource(
-                    s3_data_type="S3Prefix", s3_uri=uri, s3_data_distribution_type="FullyReplicated"
-                )
-            ),
+            data_source=DataSource(s3_data_source=source(name, uri)),
             input_mode=plan.input_modes[name],
         )
         for name, uri in plan.channels.items()

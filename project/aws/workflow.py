@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import CONF_DIR, compose
-from ..imagetree import pack_channel
+from ..imagetree import pack_channel, write_sagemaker_manifest
 from ..infra import Infra, load_infra
 from ..raw import channel_folders, fetch_dataset
 from ..sagemaker_names import METRICS_FILE
@@ -38,7 +38,7 @@ from .image import (
     tag_exists,
 )
 from .names import name_problem, split_s3_uri
-from .plan import JobPlan, LaunchError, channel_uris, plan_job, validate_plan
+from .plan import JobPlan, LaunchError, channel_uris, manifest_uri, plan_job, validate_plan
 from .prices import PRICING_REGION, PriceError
 from .prices import refresh as refresh_prices
 from .quotas import QuotaError
@@ -100,7 +100,11 @@ def upload(overrides: list[str], dry_run: bool = False, echo: Callable[[str], No
             items += plan_upload(fetch_dataset(ctx.cfg, s3_client=s3), ctx.infra.data_bucket, prefix, s3)
         elif (shards := packed[channel]) is not None:
             channel_shards, manifest = plan_packed_upload(shards, ctx.infra.data_bucket, prefix, s3)
-            items, manifests = items + channel_shards, manifests + manifest
+            # SageMaker's manifest, beside the prefix: what a File-mode job downloads (the current shards).
+            listing_key = split_s3_uri(manifest_uri(uri))[1]
+            listing = write_sagemaker_manifest(shards, uri, listing_key.rpartition("/")[2])
+            listed = plan_upload({listing.name: listing}, ctx.infra.data_bucket, listing_key.rpartition("/")[0], s3)
+            items, manifests = items + channel_shards, manifests + manifest + listed
         else:
             folder = folders[channel]
             items += plan_upload(folder_files(folder), ctx.infra.data_bucket, prefix, s3, root=folder)

@@ -207,11 +207,26 @@ def container_env(desc: Desc, env_extra: dict[str, str] | None = None) -> dict[s
 
 def _download_channel(s3: Any, channel: dict[str, Any], tree: Path) -> None:
     source = channel["DataSource"].get("S3DataSource")
-    if source is None or source.get("S3DataType", "S3Prefix") != "S3Prefix":
-        raise SandboxError(f"channel {channel['ChannelName']}: only S3Prefix data sources are emulated")
+    kind = None if source is None else source.get("S3DataType", "S3Prefix")
+    if kind not in ("S3Prefix", "ManifestFile"):
+        raise SandboxError(
+            f"channel {channel['ChannelName']}: only S3Prefix and ManifestFile data sources are emulated"
+        )
     if channel.get("InputMode", "File") == "Pipe":
         raise SandboxError(f"channel {channel['ChannelName']}: Pipe mode is not emulated")
-    download_prefix(s3, source["S3Uri"], tree / "input/data" / channel["ChannelName"])
+    dest = tree / "input/data" / channel["ChannelName"]
+    if kind == "S3Prefix":
+        download_prefix(s3, source["S3Uri"], dest)
+        return
+    # A manifest: [{"prefix": "s3://bucket/some/prefix/"}, "relative/key", ...]; SageMaker downloads
+    # each prefix + suffix to the channel folder under its suffix, and nothing else.
+    bucket, key = split_s3_uri(source["S3Uri"])
+    head, *suffixes = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    prefix_bucket, prefix = split_s3_uri(head["prefix"])
+    for suffix in suffixes:
+        target = dest / suffix
+        target.parent.mkdir(parents=True, exist_ok=True)
+        s3.download_file(prefix_bucket, prefix + suffix, str(target))
 
 
 def prepare_tree(tree: Path, desc: Desc, s3: Any) -> Path:
