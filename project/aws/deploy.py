@@ -614,6 +614,19 @@ def batch_content_type(names: list[str], where: str) -> str:
     return kinds.pop()
 
 
+def check_role_reads(ctx: Any, bucket: str, key: str, spec: str) -> None:
+    """The transform job reads its input as the execution role: one that may not read the prefix
+    (by IAM's policy simulator, where it can say) is one line before anything is created."""
+    from .fit import denied_actions
+
+    iam = ctx.clients.client("iam")
+    if denied_actions(iam, ctx.infra.role_arn, ["s3:GetObject"], f"arn:aws:s3:::{bucket}/{key}"):
+        raise DeployError(
+            f"the execution role {ctx.infra.role_arn} may not read {spec} (s3:GetObject denied): give a local "
+            "folder (uploaded where the role reads), or allow the role to read that prefix (terraform/iam.tf)"
+        )
+
+
 def batch_input(ctx: Any, source: Source, spec: str, stamp: str, echo: Echo) -> tuple[str, str]:
     """The input prefix and its content type: an s3:// prefix as it is, or a local folder's images
     or arrays (.npy, .json) uploaded first."""
@@ -624,7 +637,9 @@ def batch_input(ctx: Any, source: Source, spec: str, stamp: str, echo: Echo) -> 
             listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
         if not listed:
             raise DeployError(f"no objects under {spec}: nothing to predict")
-        return spec, batch_content_type([item["Key"] for item in listed], spec)
+        content_type = batch_content_type([item["Key"] for item in listed], spec)
+        check_role_reads(ctx, bucket, listed[0]["Key"], spec)
+        return spec, content_type
     folder = Path(spec)
     if not folder.is_dir():
         raise DeployError(f"{spec} is neither an s3:// prefix nor a folder")

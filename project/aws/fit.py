@@ -106,27 +106,34 @@ def repository_arn(image_uri: str) -> str | None:
     return f"arn:aws:ecr:{parts[3]}:{parts[0]}:repository/{name}"
 
 
+def denied_actions(iam: Any, role_arn: str, actions: list[str], resource_arn: str) -> list[str] | None:
+    """The actions IAM's policy simulator says the role may not take on the resource ([] when all
+    are allowed), or None where it cannot say (not allowed to simulate, or no simulator).
+
+    The simulator judges the role's identity policies, where a role of this account is granted
+    what SageMaker does on its behalf (pull an image, read an input)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.parsers import ResponseParserError
+
+    try:
+        results = iam.simulate_principal_policy(
+            PolicySourceArn=role_arn, ActionNames=actions, ResourceArns=[resource_arn]
+        )["EvaluationResults"]
+    except (ClientError, BotoCoreError, ResponseParserError):  # not allowed to simulate, or no simulator: unknown
+        return None
+    return [r["EvalActionName"] for r in results if r.get("EvalDecision") != "allowed"]
+
+
 def check_image_pull(iam: Any, role_arn: str, image_uri: str) -> None:
     """Refuse when IAM's policy simulator says the role may not pull the image; skip quietly where it cannot say.
 
     Works for our ECR repository and for the AWS Deep Learning Containers' registries alike: the
-    URI names the registry. The simulator judges the role's identity policies (where SageMaker's
-    pull is decided for a role of this account): any pull action it does not allow refuses; a
-    simulator that cannot answer (not allowed to simulate, or none) skips the check.
+    URI names the registry. Any pull action not allowed refuses (denied_actions).
     """
-    from botocore.exceptions import BotoCoreError, ClientError
-    from botocore.parsers import ResponseParserError
-
     arn = repository_arn(image_uri)
     if arn is None:
         return
-    try:
-        results = iam.simulate_principal_policy(
-            PolicySourceArn=role_arn, ActionNames=list(PULL_ACTIONS), ResourceArns=[arn]
-        )["EvaluationResults"]
-    except (ClientError, BotoCoreError, ResponseParserError):  # not allowed to simulate, or no simulator: unknown
-        return
-    denied = [r["EvalActionName"] for r in results if r.get("EvalDecision") != "allowed"]
+    denied = denied_actions(iam, role_arn, list(PULL_ACTIONS), arn)
     if denied:
         raise InstanceFitError(
             f"the execution role {role_arn} may not pull {image_uri} ({', '.join(denied)} denied): "
