@@ -212,50 +212,46 @@ class PolicySimulator(BaseHTTPRequestHandler):
         pass
 
 
-def test_a_role_that_may_not_pull_the_image_is_refused(monkeypatch):
+@pytest.fixture
+def policy_simulator(monkeypatch):
+    """AWS clients whose IAM is PolicySimulator, served over HTTP on a free port."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     server = ThreadingHTTPServer(("127.0.0.1", 0), PolicySimulator)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        iam = aws_clients("us-east-1", f"http://127.0.0.1:{server.server_address[1]}").client("iam")
-        image = f"{INFRA.repository_url}:abc1234"
-        PolicySimulator.ALLOWED = set(fit.PULL_ACTIONS)
-        fit.check_image_pull(iam, INFRA.role_arn, image)
-        PolicySimulator.ALLOWED = {"ecr:BatchGetImage"}
-        with pytest.raises(fit.InstanceFitError) as refused:
-            fit.check_image_pull(iam, INFRA.role_arn, image)
+        yield aws_clients("us-east-1", f"http://127.0.0.1:{server.server_address[1]}")
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_role_that_may_not_pull_the_image_is_refused(policy_simulator):
+    iam = policy_simulator.client("iam")
+    image = f"{INFRA.repository_url}:abc1234"
+    PolicySimulator.ALLOWED = set(fit.PULL_ACTIONS)
+    fit.check_image_pull(iam, INFRA.role_arn, image)
+    PolicySimulator.ALLOWED = {"ecr:BatchGetImage"}
+    with pytest.raises(fit.InstanceFitError) as refused:
+        fit.check_image_pull(iam, INFRA.role_arn, image)
     assert (
         f"the execution role {INFRA.role_arn} may not pull {image} "
         "(ecr:GetDownloadUrlForLayer, ecr:BatchCheckLayerAvailability denied)"
     ) in str(refused.value)
 
 
-def test_batch_predict_refuses_an_s3_input_the_role_may_not_read(monkeypatch):
+def test_batch_predict_refuses_an_s3_input_the_role_may_not_read(policy_simulator):
     """The transform job reads as the execution role: IAM's simulator (served here) decides first."""
     from types import SimpleNamespace
 
     from project.aws import deploy
 
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), PolicySimulator)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        ctx = SimpleNamespace(
-            clients=aws_clients("us-east-1", f"http://127.0.0.1:{server.server_address[1]}"), infra=INFRA
-        )
-        PolicySimulator.ALLOWED = {"s3:GetObject"}
+    ctx = SimpleNamespace(clients=policy_simulator, infra=INFRA)
+    PolicySimulator.ALLOWED = {"s3:GetObject"}
+    deploy.check_role_reads(ctx, "other-bucket", "photos/a.png", "s3://other-bucket/photos/")
+    PolicySimulator.ALLOWED = set()
+    with pytest.raises(deploy.DeployError) as refused:
         deploy.check_role_reads(ctx, "other-bucket", "photos/a.png", "s3://other-bucket/photos/")
-        PolicySimulator.ALLOWED = set()
-        with pytest.raises(deploy.DeployError) as refused:
-            deploy.check_role_reads(ctx, "other-bucket", "photos/a.png", "s3://other-bucket/photos/")
-    finally:
-        server.shutdown()
-        server.server_close()
     assert f"the execution role {INFRA.role_arn} may not read s3://other-bucket/photos/ (s3:GetObject denied)" in str(
         refused.value
     )
