@@ -318,17 +318,17 @@ def undeploy(c, name=None, all_=False, expired=False, overrides=None):
 @task(
     iterable=["overrides"],
     help={
-        "inputs": "An s3:// prefix or a local folder of PNG/JPEG images (uploaded first)",
+        "inputs": "An s3:// prefix or a local folder of PNG/JPEG images or .npy/.json arrays (uploaded first)",
         "job": RUN_HELP,
         "overrides": OVERRIDES_HELP + "; e.g. deploy.transform_instance=ml.c5.xlarge",
     },
 )
 def batch_predict(c, inputs, job=None, overrides=None):
-    """A SageMaker batch transform of a prefix of images: runs/<run>/predictions/ and one CSV."""
-    from project.aws import deploy as serve
+    """A SageMaker batch transform of a prefix of images or arrays: runs/<run>/predictions/ (and one CSV)."""
+    from project.aws import batch
 
     with user_errors():
-        serve.batch_predict_task(overrides or [], job, inputs)
+        batch.batch_predict_task(overrides or [], job, inputs)
 
 
 @task(

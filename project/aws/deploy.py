@@ -1,4 +1,4 @@
-"""Serving a run on SageMaker: deploy, predict --endpoint, endpoints, undeploy, batch-predict.
+"""Serving a run on SageMaker: deploy, predict --endpoint, endpoints, undeploy (batch-predict: batch.py).
 
 A run is a local run folder (runs/<run>, packed into model.tar.gz and uploaded under
 s3://<artifacts>/models/<run>/) or a completed training job (its own model.tar.gz, which training
@@ -10,7 +10,6 @@ The requests are built by pure functions (tested as plain values) and sent by a 
 
 from __future__ import annotations
 
-import csv
 import functools
 import json
 import re
@@ -18,7 +17,6 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -39,18 +37,8 @@ NAME_LIMIT = 63  # SageMaker model, endpoint config and endpoint names
 EXPIRES_TAG = "expires-at"
 RUN_TAG = "run"
 HASH_TAG = "config-hash"
-PREDICTIONS_DIR = "predictions"
-PREDICTIONS_CSV = "predictions.csv"
 IMAGE_CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
-# A transform job has one ContentType for its whole prefix, chosen by the inputs' suffixes: images
-# (the handler reads PNG and JPEG alike; classifiers only), or arrays (any exported model).
-BATCH_CONTENT_TYPES = {
-    **dict.fromkeys(IMAGE_CONTENT_TYPES, "application/x-image"),
-    ".npy": "application/x-npy",
-    ".json": "application/json",
-}
 ENDPOINT_BUSY = ("Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting")
-TRANSFORM_BUSY = ("InProgress", "Stopping")
 
 
 class DeployError(UserError):
@@ -375,7 +363,7 @@ def deploy(
             sm.create_endpoint(EndpointName=endpoint, EndpointConfigName=name, Tags=tag_list(tags))
             created.append(("endpoint", endpoint))
     except BaseException:
-        _remove(sm, created)
+        delete_resources(sm, created)
         raise
     try:
         desc = wait_endpoint(sm, endpoint, dc, echo)
@@ -391,7 +379,7 @@ def deploy(
             f"`invoke undeploy {endpoint}` removes it"
         ) from None
     if desc["EndpointStatus"] != "InService":
-        _remove(sm, created)
+        delete_resources(sm, created)
         raise DeployError(
             f"endpoint {endpoint} is {desc['EndpointStatus']}: {desc.get('FailureReason', 'no reason given')}"
         )
@@ -437,7 +425,7 @@ def _gone(exc: Exception) -> bool:
     return "Could not find" in str(exc) or "does not exist" in str(exc)
 
 
-def _remove(sm: Any, created: Iterable[tuple[str, str]]) -> None:
+def delete_resources(sm: Any, created: Iterable[tuple[str, str]]) -> None:
     for kind, name in reversed(list(created)):
         delete = {"model": sm.delete_model, "config": sm.delete_endpoint_config, "endpoint": sm.delete_endpoint}[kind]
         key = {"model": "ModelName", "config": "EndpointConfigName", "endpoint": "EndpointName"}[kind]
@@ -456,7 +444,7 @@ def _remove_config(sm: Any, config: str) -> None:
         if not _gone(exc):
             raise
         return
-    _remove(sm, [*(("model", m) for m in models), ("config", config)])
+    delete_resources(sm, [*(("model", m) for m in models), ("config", config)])
 
 
 def undeploy_one(sm: Any, name: str, echo: Echo) -> None:
@@ -464,7 +452,7 @@ def undeploy_one(sm: Any, name: str, echo: Echo) -> None:
     if desc is None:
         echo(f"{name}: no such endpoint (nothing to remove)")
         return
-    _remove(sm, [("endpoint", name)])
+    delete_resources(sm, [("endpoint", name)])
     _remove_config(sm, desc["EndpointConfigName"])
     echo(f"{name}: endpoint, endpoint config and model deleted")
 
@@ -596,159 +584,6 @@ def endpoint_predictions(ctx: Any, endpoint: str, images: list[Path], raw: bool)
     return results
 
 
-# --- batch-predict -----------------------------------------------------------------------------
-
-
-def batch_content_type(names: list[str], where: str) -> str:
-    """The one ContentType of a transform job over these inputs (by suffix); a mix is one line."""
-    kinds = {
-        BATCH_CONTENT_TYPES[suffix] for name in names if (suffix := Path(name).suffix.lower()) in BATCH_CONTENT_TYPES
-    }
-    if not kinds:
-        raise DeployError(f"no images or arrays ({', '.join(BATCH_CONTENT_TYPES)}) in {where}: nothing to predict")
-    if len(kinds) > 1:
-        raise DeployError(
-            f"{where} mixes {' and '.join(sorted(kinds))}: a transform job reads one kind, "
-            "put each in a folder of its own"
-        )
-    return kinds.pop()
-
-
-def check_role_reads(ctx: Any, bucket: str, key: str, spec: str) -> None:
-    """The transform job reads its input as the execution role: one that may not read the prefix
-    (by IAM's policy simulator, where it can say) is one line before anything is created."""
-    from .fit import denied_actions
-
-    iam = ctx.clients.client("iam")
-    if denied_actions(iam, ctx.infra.role_arn, ["s3:GetObject"], f"arn:aws:s3:::{bucket}/{key}"):
-        raise DeployError(
-            f"the execution role {ctx.infra.role_arn} may not read {spec} (s3:GetObject denied): give a local "
-            "folder (uploaded where the role reads), or allow the role to read that prefix (terraform/iam.tf)"
-        )
-
-
-def batch_input(ctx: Any, source: Source, spec: str, stamp: str, echo: Echo) -> tuple[str, str]:
-    """The input prefix and its content type: an s3:// prefix as it is, or a local folder's images
-    or arrays (.npy, .json) uploaded first."""
-    s3 = ctx.clients.s3
-    if spec.startswith("s3://"):
-        bucket, prefix = split_s3_uri(spec)
-        with aws_errors(resource=spec):
-            listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
-        if not listed:
-            raise DeployError(f"no objects under {spec}: nothing to predict")
-        content_type = batch_content_type([item["Key"] for item in listed], spec)
-        check_role_reads(ctx, bucket, listed[0]["Key"], spec)
-        return spec, content_type
-    folder = Path(spec)
-    if not folder.is_dir():
-        raise DeployError(f"{spec} is neither an s3:// prefix nor a folder")
-    inputs = sorted(p for p in folder.iterdir() if p.suffix.lower() in BATCH_CONTENT_TYPES and p.is_file())
-    content_type = batch_content_type([p.name for p in inputs], str(folder))
-    prefix = f"batch/{source.name}/{stamp}/input/"
-    with aws_errors(resource=f"s3://{ctx.infra.artifacts_bucket}/{prefix}"):
-        for path in inputs:
-            s3.upload_file(str(path), ctx.infra.artifacts_bucket, prefix + path.name)
-    kind = "images" if content_type == BATCH_CONTENT_TYPES[".png"] else "arrays"
-    echo(f"uploaded {len(inputs)} {kind} to s3://{ctx.infra.artifacts_bucket}/{prefix}")
-    return f"s3://{ctx.infra.artifacts_bucket}/{prefix}", content_type
-
-
-def transform_request(
-    name: str, model: str, input_uri: str, output_uri: str, dc: Any, tags: dict[str, str], content_type: str
-) -> dict:
-    return {
-        "TransformJobName": name,
-        "ModelName": model,
-        "TransformInput": {
-            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": input_uri}},
-            "ContentType": content_type,
-            "SplitType": "None",
-        },
-        "TransformOutput": {"S3OutputPath": output_uri, "Accept": "application/json", "AssembleWith": "None"},
-        "TransformResources": {
-            "InstanceType": dc.transform_instance,
-            "InstanceCount": int(dc.transform_instance_count),
-        },
-        "BatchStrategy": "SingleRecord",
-        "Tags": tag_list(tags),
-    }
-
-
-def batch_predict(ctx: Any, spec: str | None, inputs: str, echo: Echo = print) -> Path:
-    dc, sm = ctx.cfg.deploy, ctx.clients.sagemaker
-    price = check_instance(dc.transform_instance, dc, "deploy.transform_instance")
-    source = resolve_source(ctx, spec)
-    image, why = serving_image(ctx.infra.region, dc, dc.transform_instance, source)
-    echo_image(image, why, echo)
-    now = datetime.now(UTC)
-    name = versioned_name(source.name, now)
-    input_uri, content_type = batch_input(ctx, source, inputs, name, echo)
-    output_uri = f"s3://{ctx.infra.artifacts_bucket}/batch/{source.name}/{name}/output/"
-    tags = resource_tags(source, dc, True, now)
-    model_data = model_data_for(ctx, source, echo)
-    sm.create_model(**model_request(name, image, model_data, ctx.infra.role_arn, tags))
-    try:
-        sm.create_transform_job(**transform_request(name, name, input_uri, output_uri, dc, tags, content_type))
-        echo(f"transform job {name}: {input_uri} -> {output_uri}")
-        desc = wait_transform(sm, name, dc, echo)
-    except KeyboardInterrupt:
-        raise KeyboardInterrupt(
-            f"transform job {name} goes on until its inputs are done (billed meanwhile); "
-            f"its answers land in {output_uri}, not downloaded"
-        ) from None
-    finally:
-        _remove(sm, [("model", name)])  # the job is over (or failed to start): the model serves nothing
-    if desc["TransformJobStatus"] != "Completed":
-        raise DeployError(f"transform job {name} is {desc['TransformJobStatus']}: {desc.get('FailureReason', '')}")
-    dest = Path(ctx.cfg.paths.runs_dir) / source.name / PREDICTIONS_DIR
-    rows = download_predictions(ctx.clients.s3, input_uri, output_uri, dest)
-    seconds = (desc["TransformEndTime"] - desc["TransformStartTime"]).total_seconds()
-    cost = price * int(dc.transform_instance_count) * seconds / 3600
-    if rows and all(klass is None for _, klass, _ in rows):  # not a classifier: its raw outputs, one file each
-        echo(f"{len(rows)} answers (the model's raw outputs, one <input>.out each) in {dest}")
-    else:
-        counts = Counter("no digit" if r[1] in ("", None) else r[1] for r in rows)
-        summary = ", ".join(f"{label}: {n}" for label, n in sorted(counts.items()))
-        echo(f"{len(rows)} predictions ({summary}) in {dest / PREDICTIONS_CSV}")
-    echo(f"cost: {seconds:.0f} s of {dc.transform_instance} x {dc.transform_instance_count} = ${cost:.4f}")
-    return dest
-
-
-def wait_transform(sm: Any, name: str, dc: Any, echo: Echo) -> dict[str, Any]:
-    describe = functools.partial(sm.describe_transform_job, TransformJobName=name)
-    return wait_until_settled(describe, "TransformJobStatus", TRANSFORM_BUSY, f"transform job {name}", dc, echo, "")
-
-
-def download_predictions(s3: Any, input_uri: str, output_uri: str, dest: Path) -> list[tuple[str, str | None, str]]:
-    """Each <key>.out into dest, and dest/predictions.csv: (input key, class, probability) per sample;
-    a model that is not a classifier answers its raw outputs: class None, and empty in the CSV."""
-    in_prefix = split_s3_uri(input_uri)[1]
-    bucket, prefix = split_s3_uri(output_uri)
-    dest.mkdir(parents=True, exist_ok=True)
-    rows: list[tuple[str, str | None, str]] = []
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for item in page.get("Contents", []):
-            relative = item["Key"][len(prefix) :]
-            target = dest / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            s3.download_file(bucket, item["Key"], str(target))
-            answer = json.loads(target.read_text())
-            if "predictions" not in answer:
-                rows.append((in_prefix + relative.removesuffix(".out"), None, ""))
-                continue
-            for one in answer["predictions"]:
-                klass = "" if one.get("class") is None else str(one["class"])
-                probability = "" if one.get("probability") is None else f"{one['probability']:.6f}"
-                rows.append((in_prefix + relative.removesuffix(".out"), klass, probability))
-    rows.sort(key=lambda row: row[0])
-    with (dest / PREDICTIONS_CSV).open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["input_key", "class", "probability"])
-        writer.writerows((key, "" if klass is None else klass, probability) for key, klass, probability in rows)
-    return rows
-
-
 # --- the tasks ---------------------------------------------------------------------------------
 
 
@@ -790,8 +625,3 @@ def undeploy_task(overrides: list[str], names: list[str], everything: bool, expi
             print("no endpoints to remove")
     for name in dict.fromkeys(chosen):
         undeploy_one(ctx.clients.sagemaker, name, print)
-
-
-@aws_task
-def batch_predict_task(overrides: list[str], spec: str | None, inputs: str) -> None:
-    batch_predict(setup(overrides), spec, inputs)
