@@ -51,6 +51,11 @@ def torchrun_argv(
     return argv + [script, *script_args]
 
 
+def trains_in_pid_1(processes_per_node: int, hosts: int) -> bool:
+    """One process on one host needs no torchrun: it trains in the launcher, the container's PID 1."""
+    return processes_per_node == 1 and hosts == 1
+
+
 def launch(nproc_per_node: int, script: str, train_here: Callable[[], int] | None = None) -> None:
     """Run torchrun with `script` in this process (PID 1 in the container); exit with its outcome.
 
@@ -66,7 +71,7 @@ def launch(nproc_per_node: int, script: str, train_here: Callable[[], int] | Non
         startup.mark("launcher_ready")
     network_env(os.environ, os.environ.get("SM_NETWORK_INTERFACE_NAME"), os.environ.get("SM_CURRENT_INSTANCE_TYPE"))
     sm = sagemaker_env(os.environ)
-    if train_here is not None and nproc_per_node == 1 and (sm is None or len(sm.hosts) == 1):
+    if train_here is not None and trains_in_pid_1(nproc_per_node, 1 if sm is None else len(sm.hosts)):
         print("launching: one process on one host: training in this process (PID 1), no torchrun", flush=True)
         sys.exit(train_here())
     argv = torchrun_argv(os.environ, nproc_per_node, script)

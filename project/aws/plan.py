@@ -16,6 +16,7 @@ from ..config import CONF_DIR, ConfigError, config_hash, metric_names, per_devic
 from ..errors import UserError
 from ..imagetree import packs
 from ..infra import Infra
+from ..launch import trains_in_pid_1
 from ..sagemaker_names import JOB_NAME, PROJECT_TAG
 from .cost import Cost, budget_line, check_budget, estimate, price_age_note
 from .fit import check_precision
@@ -234,8 +235,8 @@ def validate_plan(plan: JobPlan, cfg: Any, budget: bool = True) -> None:
 
 
 def pid_1(plan: JobPlan) -> str:
-    """What runs as the container's PID 1 (project/launch.py: one process on one host needs no torchrun)."""
-    if plan.processes_per_node == 1 and plan.instance_count == 1:
+    """What runs as the container's PID 1 (as project/launch.py decides it)."""
+    if trains_in_pid_1(plan.processes_per_node, plan.instance_count):
         return "training in PID 1: SIGTERM reaches it"
     return "torchrun as PID 1: SIGTERM reaches training"
 
