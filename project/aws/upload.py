@@ -146,12 +146,13 @@ def upload(
 ) -> UploadSummary:
     """Send the items planned for upload, several files at once; print one line per file.
 
-    `then`: items sent only once every one of `items` arrived (a manifest naming them); one summary.
+    `then`: items sent one after another, in their order, once every one of `items` arrived
+    (manifests naming them, the last naming the one before); one summary for all.
     """
     started = time.perf_counter()
     sent: list[UploadItem] = []
     skipped: list[UploadItem] = []
-    for batch in (items, then or []):
+    for batch in (items, *([item] for item in then or [])):
         todo = [item for item in batch if item.action == UPLOAD]
         skipped += [item for item in batch if item.action != UPLOAD]
         for item in batch:
