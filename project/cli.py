@@ -150,6 +150,13 @@ def accept_bare_overrides() -> None:
     Collection.to_contexts = to_contexts  # type: ignore[method-assign]
 
 
+# In requirements.txt but not in requirements-local.txt: what the AWS tasks, the sandbox and
+# sweeps with Optuna import (the module names, as a ModuleNotFoundError gives them).
+LAPTOP_ONLY_PACKAGES = frozenset(
+    {"boto3", "botocore", "sagemaker", "localstack_client", "moto", "optuna", "s3transfer"}
+)
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn a UserError into `error: <one line>` on stderr and exit code 2, without a traceback."""
@@ -157,6 +164,16 @@ def user_errors() -> Iterator[None]:
         yield
     except UserError as exc:
         raise Exit(f"error: {exc}", code=USER_ERROR_EXIT) from None
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.partition(".")[0] not in LAPTOP_ONLY_PACKAGES:
+            raise
+        # A training-only install (requirements-local.txt: a bare-metal box) runs
+        # `invoke local`; the AWS tasks and the sandbox need the rest.
+        raise Exit(
+            f"error: this task needs {exc.name.partition('.')[0]}, which this Python lacks (a training-only "
+            "install?): pip install -r requirements.txt",
+            code=USER_ERROR_EXIT,
+        ) from None
     except KeyboardInterrupt as exc:
         # A task that leaves something going raises KeyboardInterrupt(what, and how to end it).
         said = str(exc) or "nothing half-written was kept; run the task again to resume"

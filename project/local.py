@@ -2,13 +2,16 @@
 
 The config is composed and the data resolved and verified in the invoke process (the standard
 library and Hydra only, no torch), so a typo, a missing folder or a damaged file is one line at
-once instead of after Lightning's start-up. Training runs as `python -m project.train` with the
-same overrides, started before the check: it imports torch and Lightning (most of its start-up)
-while this process checks, then waits for the word on a pipe (GO_ENV names its end): "go", or
-the pipe closed, and it exits without a word, or killed when the check failed, since it has only
-imported by then. It runs in a process group of its own: every Ctrl-C (or SIGTERM) reaches it
-exactly once, through this process, and it stops at the next step boundary with a checkpoint
-(project/checkpoints.py). The child prints its own errors, so its exit code is passed on.
+once instead of after Lightning's start-up. Training runs as `python -m project.child` (which is
+project.train's main) with the same overrides, started before the check: it imports torch and
+Lightning (most of its start-up) while this process checks, then trains on the word it reads on a
+pipe (GO_ENV names its end): "go", followed by the data files the check verified, or the pipe
+closed without a word, and it exits, or killed when the check failed, since it has only imported
+by then. It hears the word on a thread as soon as it is said, and reads and decompresses those
+files while its imports run (raw.warm). It runs in a process group of its own: every Ctrl-C (or
+SIGTERM) reaches it exactly once, through this process, and it stops at the next step boundary
+with a checkpoint (project/checkpoints.py). The child prints its own errors, so its exit code is
+passed on.
 """
 
 from __future__ import annotations
@@ -18,18 +21,23 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from . import startup
 from .config import compose
 from .errors import INTERRUPTED_EXIT, USER_ERROR_EXIT
-from .raw import channel_folders
+from .raw import channel_folders, warm
 
 # Exit codes of `python -m project.train` that need no further word: it said what happened.
 SELF_REPORTED_EXITS = (USER_ERROR_EXIT, INTERRUPTED_EXIT)
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 GO_ENV = "LIGHTNING_SAGEMAKER_GO_FD"  # the training child's end of the pipe that says "go"
 GO = b"go\n"
+CHILD_MODULE = "project.child"  # what the training child runs: `python -m project.child <overrides>`
+# Where `project` is imported from: the child finds it from any folder (`invoke -r <repo> local`).
+PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
 def run(overrides: Sequence[str]) -> int:
@@ -38,38 +46,44 @@ def run(overrides: Sequence[str]) -> int:
     return train_in_child(overrides, check_first=lambda: check(overrides))
 
 
-def check(overrides: Sequence[str]) -> None:
-    """Compose and validate the config, and make every data channel present (and verified, with dataset.files)."""
+def check(overrides: Sequence[str]) -> list[Path]:
+    """Compose and validate the config, and make every data channel present (and verified, with
+    dataset.files); the compressed files the training child will read, to warm while it imports."""
     cfg = compose(list(overrides))
     startup.mark("invoke_config")
-    channel_folders(cfg)
+    folders = channel_folders(cfg)
     startup.mark("invoke_checked")
+    if not cfg.dataset.get("files"):
+        return []
+    stored = [folders["train"] / f"{stem}.gz" for stem in cfg.dataset.files]
+    return [path for path in stored if path.is_file()]
 
 
 def _block_sigint() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
 
-def train_in_child(overrides: Sequence[str], check_first: Callable[[], None] = lambda: None) -> int:
-    """Run `python -m project.train <overrides>`; its exit code (128 + N when signal N killed it).
+def train_in_child(overrides: Sequence[str], check_first: Callable[[], Sequence[Path]] = list) -> int:
+    """Run `python -m project.child <overrides>`; its exit code (128 + N when signal N killed it).
 
     The child starts at once and imports while `check_first()` runs here; it trains only after the
-    check passed. A check that raises (or a Ctrl-C during it: the child, in a process group of its
-    own, never sees that one) kills the child, which has only imported, and the error propagates.
+    check passed, and warms the files the check returns. A check that raises (or a Ctrl-C during it:
+    the child, in a process group of its own, never sees that one) kills the child, which has only
+    imported, and the error propagates.
     """
     go_read, go_write = os.pipe()
     # Its own process group, not the terminal's: each Ctrl-C reaches it once, forwarded by us. SIGINT
     # blocked until project.train.main handles it: one during the imports waits instead of a traceback.
     child = subprocess.Popen(
-        [sys.executable, "-m", "project.train", *overrides],
+        [sys.executable, "-m", CHILD_MODULE, *overrides],
         process_group=0,
         preexec_fn=_block_sigint,
-        env={**os.environ, GO_ENV: str(go_read)},
+        env={**os.environ, GO_ENV: str(go_read), "PYTHONPATH": _with_project(os.environ.get("PYTHONPATH"))},
         pass_fds=(go_read,),
     )
     os.close(go_read)
     try:
-        check_first()
+        to_warm = check_first()
     except BaseException:
         os.close(go_write)
         child.kill()  # it has only imported: nothing to save, and no reason to wait for it
@@ -83,7 +97,7 @@ def train_in_child(overrides: Sequence[str], check_first: Callable[[], None] = l
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}  # before "go": no gap
     try:
         with contextlib.suppress(BrokenPipeError):  # a child that died importing: its exit code says so
-            os.write(go_write, GO)
+            os.write(go_write, GO + "\n".join(str(path) for path in to_warm).encode())
         os.close(go_write)
         code = child.wait()
     finally:
@@ -92,13 +106,47 @@ def train_in_child(overrides: Sequence[str], check_first: Callable[[], None] = l
     return 128 - code if code < 0 else code
 
 
+def _with_project(pythonpath: str | None) -> str:
+    """PYTHONPATH with the project's root first (the user's folder stays sys.path[0] under -m)."""
+    return os.pathsep.join([PROJECT_ROOT, *(pythonpath.split(os.pathsep) if pythonpath else [])])
+
+
+def listen() -> None:
+    """In the training child, before its heavy imports: hear the word on a thread, and on "go" warm
+    the files it names. Nothing when not started by train_in_child. The pipe's end is not passed on
+    (DDP ranks start from here)."""
+    fd = os.environ.pop(GO_ENV, None)
+    if fd is None or _word.listener is not None:
+        return
+
+    def hear() -> None:
+        with os.fdopen(int(fd), "rb") as pipe:
+            said = pipe.read()  # up to the close: "go" and the file list, or nothing
+        startup.mark("go_heard")
+        _word.go = said.startswith(GO)
+        if _word.go:
+            warm(Path(line) for line in said[len(GO) :].decode().splitlines() if line)
+
+    _word.listener = threading.Thread(target=hear, name="go", daemon=True)
+    _word.listener.start()
+
+
+class _Word:
+    """What listen() heard: its thread, and once it heard, whether the word was "go"."""
+
+    listener: threading.Thread | None = None
+    go = False
+
+
+_word = _Word()
+
+
 def wait_for_go() -> bool:
     """In the training child: whether to train. True unless started by train_in_child and its pipe
-    closed without "go". The pipe's end is not passed on (DDP ranks start from here)."""
-    fd = os.environ.pop(GO_ENV, None)
-    if fd is None:
+    closed without "go"."""
+    listen()  # a child started as `python -m project.train` listens only now
+    if _word.listener is None:
         return True
-    with os.fdopen(int(fd), "rb") as pipe:
-        word = pipe.read(len(GO))
+    _word.listener.join()
     startup.mark("go")
-    return word == GO
+    return _word.go

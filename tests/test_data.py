@@ -373,3 +373,62 @@ def test_labels_outside_num_classes_are_one_clear_error(tmp_path):
     ):
         module.setup("fit")
     IdxDataModule(str(tmp_path / "raw"), files, str(tmp_path / "cache"), val_size=50, num_classes=10).setup("fit")
+
+
+def test_warmed_content_is_read_only_after_this_process_verified_those_bytes(tmp_path, monkeypatch):
+    from project import raw
+
+    src = tmp_path / "src"
+    files = write_dataset(src, n_train=20, n_test=10)
+    stem = "train-labels-idx1-ubyte"
+    fetch_raw(str(src), tmp_path / "cache", files)  # invoke's check: recorded
+    _fresh_process_state(monkeypatch)
+    monkeypatch.setattr(raw, "_WARMING", [])
+    spy = _Decompressions(monkeypatch)
+    gz = sorted(src.glob("*.gz"))
+    raw.warm([*gz, tmp_path / "missing.gz"])  # a file that is not there is skipped, not an error
+    raw._settle()
+    assert len(raw._KEPT) == len(gz)
+    paths = fetch_raw(str(src), tmp_path / "cache", files, remember=False, keep=True)
+    spy.count = 0
+    assert load_verified(paths[stem], files[stem]).shape == (20,)
+    assert spy.count == 0 and len(raw._KEPT) == len(gz) - 1  # taken, not decompressed again
+
+    # Bytes changed after they were warmed: what is read is what is on disk now, checked.
+    other = "t10k-labels-idx1-ubyte"
+    paths[other].write_bytes(gzip.compress(idx_bytes(np.zeros((10,), np.uint8))))
+    with pytest.raises(DataError, match="SHA256 check failed"):
+        load_verified(paths[other], files[other])
+
+
+def test_a_damaged_file_warmed_is_left_to_the_check_that_names_it(tmp_path, monkeypatch):
+    from project import raw
+
+    files = write_dataset(tmp_path, n_train=20, n_test=10)
+    stem = "train-images-idx3-ubyte"
+    (tmp_path / f"{stem}.gz").write_bytes((tmp_path / f"{stem}.gz").read_bytes()[:-20])  # truncated
+    _fresh_process_state(monkeypatch)
+    monkeypatch.setattr(raw, "_WARMING", [])
+    raw.warm([tmp_path / f"{stem}.gz"])
+    raw._settle()
+    assert raw._KEPT == {}
+    with pytest.raises(DataError, match="truncated"):
+        fetch_raw(str(tmp_path), tmp_path / "cache", files, remember=False, keep=True)
+
+
+def test_splits_are_the_normalized_pixels_of_their_indices(tmp_path):
+    import torch
+
+    from project.data import IdxDataModule
+
+    files = write_dataset(tmp_path / "raw", n_train=60, n_test=10)
+    module = IdxDataModule(str(tmp_path / "raw"), files, str(tmp_path / "cache"), val_size=12, mean=0.2, std=0.4)
+    module.setup(None)
+    train_idx, val_idx = split_indices(60, 12, module.seed)
+    pixels = parse_idx(gzip.decompress((tmp_path / "raw" / "train-images-idx3-ubyte.gz").read_bytes()))
+    for split, idx in (("train", train_idx), ("val", val_idx)):
+        expected = torch.from_numpy((pixels[idx].astype(np.float32) / 255.0 - 0.2) / 0.4).unsqueeze(1)
+        images = module.splits[split].images
+        assert images.dtype == torch.float32 and images.shape == (len(idx), 1, 28, 28)
+        assert torch.allclose(images, expected, atol=1e-6)
+    assert module.splits["test"].images.shape == (10, 1, 28, 28)

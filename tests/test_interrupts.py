@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from project import local
 from tests.synthetic import tiny_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,8 +99,8 @@ def test_ctrl_c_checkpoints_at_a_step_and_the_same_command_resumes(tiny_data, tm
 def test_ctrl_c_during_start_up_leaves_nothing_and_no_traceback(tiny_data, tmp_path):
     overrides = tiny_overrides(*tiny_data, tmp_path / "runs", run_name="early")
     proc = start_invoke("local", *overrides)
-    wait_until(lambda: bool(children_named(proc.pid, "project.train")), proc)  # training's Python is starting
-    trainers = children_named(proc.pid, "project.train")
+    wait_until(lambda: bool(children_named(proc.pid, local.CHILD_MODULE)), proc)  # training's Python is starting
+    trainers = children_named(proc.pid, local.CHILD_MODULE)
     code, out, err = ctrl_c(proc)
     assert code == 130, (out[-2000:], err[-2000:])
     assert "Traceback" not in out + err

@@ -14,6 +14,7 @@ from tests.cli import invoke
 INVOKE_PHASES = ["invoke_ready", "invoke_config", "invoke_checked"]
 CHILD_PHASES = [
     "process_start",
+    "go_heard",  # by the child's listener thread, while the imports run: then it warms the data files
     "imported",
     "go",
     "config",
@@ -56,13 +57,15 @@ def test_invoke_local_traces_every_phase_in_order(tiny_run, tmp_path):
     child = [r for r in records if not r["phase"].startswith("invoke_")]
     assert [r["phase"] for r in parent] == INVOKE_PHASES
     first = {}
-    for r in child:
+    for r in sorted(child, key=lambda r: r["t"]):  # process_start is written late, with its time from /proc
         first.setdefault(r["phase"], r)
     assert list(first) == CHILD_PHASES  # setup's mark repeats for the test pass, later
     assert {r["pid"] for r in child} != {r["pid"] for r in parent}  # the training child, not invoke
     # Started right after invoke_ready (process_start is /proc's, in 10 ms ticks), before the check ends...
     ready, checked = parent[0]["t"], parent[-1]["t"]
     assert ready - 0.05 <= first["process_start"]["t"] < checked
+    # It hears the check's word while it still imports (the data files are warmed meanwhile)...
+    assert checked <= first["go_heard"]["t"] < first["imported"]["t"]
     # ... and it trains only after the check passed.
     times = [r["t"] for r in parent] + [first[p]["t"] for p in CHILD_PHASES[CHILD_PHASES.index("go") :]]
     assert started - 1 <= times[0] and times == sorted(times) and times[-1] <= time.time()

@@ -1,6 +1,7 @@
 """The invoke CLI as a user types it: bare overrides, cheap import, clean errors."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 from invoke.parser import Parser
 
-from tests.cli import invoke
+from tests.cli import invoke, one_error_line
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "pytorch_lightning", "lightning", "sagemaker", "hydra", "boto3", "matplotlib")
@@ -146,3 +147,25 @@ def test_upload_of_missing_data_is_one_line_and_exit_code_2(tmp_path):
         f"error: dataset.channels.train {tmp_path} has no train-images-idx3-ubyte.gz or train-images-idx3-ubyte: "
         "copy the file there or fix dataset.channels.train"
     ]
+
+
+MISSING_SDKS = """\
+import sys
+
+
+class Missing:  # a Python where requirements.txt's AWS packages were never installed
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("boto3", "botocore", "sagemaker", "moto"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+
+sys.meta_path.insert(0, Missing())
+"""
+
+
+@pytest.mark.parametrize("task", [["train", "--dry-run"], ["status"], ["fetch"]])
+def test_an_aws_task_in_a_training_only_install_is_one_line(task, tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(MISSING_SDKS)
+    result = invoke(*task, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    line = one_error_line(result)
+    assert "which this Python lacks (a training-only install?): pip install -r requirements.txt" in line, line

@@ -108,7 +108,7 @@ def upload(overrides: list[str], dry_run: bool = False, echo: Callable[[str], No
         else:
             folder = folders[channel]
             items += plan_upload(folder_files(folder), ctx.infra.data_bucket, prefix, s3, root=folder)
-    upload_items(items, s3, dry_run=dry_run, echo=echo, then=manifests)  # manifests last, in order: they name the shards
+    upload_items(items, s3, dry_run=dry_run, echo=echo, then=manifests)  # manifests last, in order
 
 
 def image_ref(ctx: Context) -> ImageRef:
