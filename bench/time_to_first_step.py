@@ -40,7 +40,7 @@ LOCAL_VENV = ROOT / "bench" / ".venv-local"  # requirements-local.txt only
 TARGET_EXTRA_S = 2.0
 PLAIN = Path(__file__).resolve().parent / "plain_mnist.py"
 TRACE_ENV = "LIGHTNING_SAGEMAKER_STARTUP_TRACE"  # project.startup.TRACE_ENV; not imported: bench stays light
-THREADS: dict[str, dict[str, int]] = {}  # command -> torch threads of its training process
+THREADS: dict[str, dict[str, int]] = {}  # side -> torch threads of its training process
 SHORT_RUN = (
     "trainer.max_epochs=1",
     "trainer.limit_train_batches=2",
@@ -49,7 +49,7 @@ SHORT_RUN = (
 )
 
 
-def traced(argv: list[str], env: dict[str, str], cwd: Path) -> dict[str, float]:
+def traced(side: str, argv: list[str], env: dict[str, str], cwd: Path) -> dict[str, float]:
     """Run `argv` with the start-up trace on; each phase's first time, in seconds after the start."""
     with tempfile.TemporaryDirectory(prefix="bench-ttfs-") as folder:
         trace = Path(folder) / "trace.jsonl"
@@ -64,7 +64,7 @@ def traced(argv: list[str], env: dict[str, str], cwd: Path) -> dict[str, float]:
             record = json.loads(line)
             phases.setdefault(record["phase"], record["t"] - started)
             if record["phase"] == "first_step":  # the training process's torch threads, as it trained
-                THREADS[argv[0]] = {"threads": record["threads"], "interop_threads": record["interop_threads"]}
+                THREADS[side] = {"threads": record["threads"], "interop_threads": record["interop_threads"]}
     if "first_step" not in phases:
         raise RuntimeError(f"`{' '.join(argv)}` wrote no first_step mark: {sorted(phases)}")
     return phases
@@ -113,7 +113,7 @@ def run(reps: int) -> dict:
                 samples[name] = []
 
                 def once(name: str = name, argv: list[str] = argv) -> float:
-                    phases = traced(argv, env, Path(work))
+                    phases = traced(name, argv, env, Path(work))
                     samples[name].append(phases)
                     return phases["first_step"]
 
