@@ -144,7 +144,18 @@ def check(cfg: Any) -> tuple[type, type]:
     module_cls = locate(target, key)
     _require(module_cls, pl.LightningModule, key, "LightningModule")
     check_arguments(module_cls, {**arguments, **({"net": None} if target == CLASSIFIER else {})}, "model")
+    if target == CLASSIFIER and isinstance(arguments.get("net"), dict) and "_target_" in arguments["net"]:
+        _check_net(arguments["net"])
     return data_cls, module_cls
+
+
+def _check_net(spec: Mapping[str, Any]) -> None:
+    """The classifier's `model.net`: a torch.nn.Module that takes the arguments it is given."""
+    import torch
+
+    net_cls = locate(spec["_target_"], "model.net._target_")
+    _require(net_cls, torch.nn.Module, "model.net._target_", "torch.nn.Module")
+    check_arguments(net_cls, {k: v for k, v in spec.items() if not str(k).startswith("_")}, "model.net")
 
 
 # What a layer says (on the meta device) when its input has the wrong shape: Linear, Conv, pooling, view.

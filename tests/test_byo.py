@@ -210,3 +210,17 @@ def test_a_model_that_does_not_fit_the_dataset_is_one_line(tmp_path):
     ), line
     assert "model=mlp_regressor dataset=csv_regression" in line
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("model.net._target_=no_such_package.Net", "model.net._target_=no_such_package.Net: cannot import"),
+        ("model.net._target_=torch.optim.SGD", r"model.net._target_=torch.optim.sgd.SGD is not a torch.nn.Module"),
+        ("+model.net.depth=3", "model.net: project.models.SmallCNN takes no argument depth; it accepts: in_channels"),
+    ],
+)
+def test_a_classifiers_network_is_checked_as_the_other_targets_are(override, expected):
+    with pytest.raises(modules.ModuleError, match=expected):
+        modules.check(C.compose([override]))
+    modules.check(C.compose([]))  # the default network passes

@@ -175,7 +175,7 @@ def test_bad_sweeps_launch_nothing(world, data):  # noqa: F811
         ),
         (  # the job would fail on it: refused before the first job is paid for, as `invoke train` does
             {"model.net._target_": "project.models.SmallCNN,no.such.Net"},
-            "error: sweep job 1 (model.net._target_=no.such.Net): package no (named by a _target_",
+            "error: sweep job 1 (model.net._target_=no.such.Net): model.net._target_=no.such.Net: cannot import module",
         ),
     ]
     for extra, message in cases:
