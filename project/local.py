@@ -78,7 +78,7 @@ def train_in_child(overrides: Sequence[str], check_first: Callable[[], Sequence[
         [sys.executable, "-m", CHILD_MODULE, *overrides],
         process_group=0,
         preexec_fn=_block_sigint,
-        env={**pythonpath_with_project(), GO_ENV: str(go_read)},
+        env={**os.environ, GO_ENV: str(go_read), "PYTHONPATH": _with_project(os.environ.get("PYTHONPATH"))},
         pass_fds=(go_read,),
     )
     os.close(go_read)
@@ -106,11 +106,9 @@ def train_in_child(overrides: Sequence[str], check_first: Callable[[], Sequence[
     return 128 - code if code < 0 else code
 
 
-def pythonpath_with_project() -> dict[str, str]:
-    """This environment with the project's root first on PYTHONPATH, for a `python -m project...`
-    child started from any folder (the user's folder stays sys.path[0] under -m)."""
-    given = os.environ.get("PYTHONPATH")
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([PROJECT_ROOT, *(given.split(os.pathsep) if given else [])])}
+def _with_project(pythonpath: str | None) -> str:
+    """PYTHONPATH with the project's root first (the user's folder stays sys.path[0] under -m)."""
+    return os.pathsep.join([PROJECT_ROOT, *(pythonpath.split(os.pathsep) if pythonpath else [])])
 
 
 def listen() -> None:

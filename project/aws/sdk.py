@@ -100,16 +100,6 @@ def sagemaker_session(boto_session: Any, bucket: str) -> Any:
     )
 
 
-def preload() -> None:
-    """Import what model_trainer uses (most of its time), now: `invoke train` does it while the
-    job's other checks run in a second process (project.aws.precheck)."""
-    from sagemaker.core.helper.session_helper import Session  # noqa: F401
-    from sagemaker.core.shapes import StoppingCondition  # noqa: F401
-    from sagemaker.core.training.configs import CheckpointConfig, Compute, OutputDataConfig, SourceCode  # noqa: F401
-    from sagemaker.train import ModelTrainer  # noqa: F401
-    from sagemaker.train.configs import InputData, RetryStrategy  # noqa: F401
-
-
 def model_trainer(
     plan: JobPlan,
     source_dir: Path | str,

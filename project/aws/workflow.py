@@ -25,7 +25,7 @@ from ..raw import channel_folders, fetch_dataset
 from ..sagemaker_names import METRICS_FILE
 from . import monitor, sdk, triage
 from .fetch import fetch_job
-from .fit import InstanceFitError
+from .fit import InstanceFitError, check_memory, estimate_memory
 from .image import (
     ImageError,
     ImageRef,
@@ -39,7 +39,6 @@ from .image import (
 )
 from .names import name_problem, split_s3_uri
 from .plan import JobPlan, LaunchError, channel_uris, manifest_uri, plan_job, validate_plan
-from .precheck import Precheck, check_modules
 from .prices import PRICING_REGION, PriceError
 from .prices import refresh as refresh_prices
 from .quotas import QuotaError
@@ -147,9 +146,18 @@ def check_job(cfg: Any, plan: JobPlan, echo: Callable[[str], None] = print, budg
     and their arguments, the packages it carries, whether the network takes the data's samples, and
     whether its batch fits the GPUs' memory. `invoke train` checks its job; a sweep, every job.
     Returns the user packages the job carries (staging.user_code)."""
+    from .. import modules  # imports torch and the user's classes: only when a job is launched
+
     validate_plan(plan, cfg, budget)
-    check_modules(cfg, plan.gpus_per_node, plan.per_device_batch, echo)
-    return user_code(cfg)  # every package a _target_ names must be importable here to be staged
+    modules.check(cfg)
+    packages = user_code(cfg)  # every package a _target_ names must be importable here to be staged
+    # The network on one sample of the data's shape (meta device): a mismatch is one line; on GPUs,
+    # the memory estimate comes from the same pass.
+    if plan.gpus_per_node:
+        check_memory(estimate_memory(cfg, plan.per_device_batch), cfg.instance, plan.gpus_per_node, echo)
+    else:
+        modules.sample_pass(cfg)
+    return packages
 
 
 @aws_task
@@ -166,20 +174,15 @@ def train(
     cfg = ctx.cfg
     image = job_image(cfg, ctx.infra.repository_url, ctx.infra.region)
     plan = plan_job(cfg, ctx.infra, image, revision=source_revision())
-    validate_plan(plan, cfg)
-    # check_job's torch half in a second process, while this one asks AWS and imports the SDK.
-    with Precheck(cfg, plan.gpus_per_node, plan.per_device_batch) as precheck:
-        try:
-            sdk.check_remote(plan, cfg, ctx.clients.ecr, ctx.clients.s3)
-            clients = ctx.clients
-            sdk.check_account(plan, clients.client("service-quotas"), clients.sagemaker, clients.client("iam"), echo)
-        except (LaunchError, QuotaError, InstanceFitError) as problem:
-            if not dry_run:
-                raise
-            echo(f"warning: {problem}")
-        sdk.preload()
-        precheck.result(echo)
-    user_code(cfg)
+    check_job(cfg, plan, echo)
+    try:
+        sdk.check_remote(plan, cfg, ctx.clients.ecr, ctx.clients.s3)
+        clients = ctx.clients
+        sdk.check_account(plan, clients.client("service-quotas"), clients.sagemaker, clients.client("iam"), echo)
+    except (LaunchError, QuotaError, InstanceFitError) as problem:
+        if not dry_run:
+            raise
+        echo(f"warning: {problem}")
     echo(f"SageMaker training job\n{plan.summary()}")
     with tempfile.TemporaryDirectory(prefix="sm-source-") as tmp:
         source = stage_source(cfg, Path(tmp) / "source", plan)
