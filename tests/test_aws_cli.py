@@ -419,6 +419,8 @@ def test_free_instances_of_a_type(clients):
             ("instance=ml.g4dn.xlarge", "trainer.gpus=1", "model.net.width=512", "trainer.batch_size=4096"),
             "the model needs ~4",
         ),
+        (("model=mlp", "dataset.image_shape=[3,32,32]"), "model.net=project.models.MLP cannot take dataset=mnist's"),
+        (("model.net._target_=no_such_package.models.Net",), "cannot import module no_such_package.models"),
     ],
 )
 def test_launches_the_instance_cannot_afford_or_run_are_refused(
