@@ -109,8 +109,14 @@ def test_a_corrupt_data_file_is_a_data_error(real_failures):
 def test_a_model_module_that_fails_to_import_is_an_import_error(real_failures):
     run = real_failures["import"]
     assert run.returncode == 1, run.lines[-20:]
-    # The worker's chained traceback, as the log has it: Hydra wraps the ImportError.
-    assert "ModuleNotFoundError: No module named 'not_installed_dep'" in run.lines
+    # The worker's one line, as the log has it: the network's _target_ is checked before it is built.
+    assert any(
+        line.startswith(
+            "error: model.net._target_=mynet.Net: cannot import module mynet (ModuleNotFoundError: No "
+            "module named 'not_installed_dep')"
+        )
+        for line in run.lines
+    ), run.lines[-20:]
     triage = real(run)
     assert triage.kind == "import", triage.report()
     assert "no module named 'not_installed_dep'" in triage.cause
