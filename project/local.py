@@ -26,9 +26,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import startup
-from .config import compose
+from .config import CONF_DIR, compose
 from .errors import INTERRUPTED_EXIT, USER_ERROR_EXIT
-from .raw import channel_folders, warm
+from .raw import channel_folders, compressed_files, warm
 
 # Exit codes of `python -m project.train` that need no further word: it said what happened.
 SELF_REPORTED_EXITS = (USER_ERROR_EXIT, INTERRUPTED_EXIT)
@@ -37,7 +37,7 @@ GO_ENV = "LIGHTNING_SAGEMAKER_GO_FD"  # the training child's end of the pipe tha
 GO = b"go\n"
 CHILD_MODULE = "project.child"  # what the training child runs: `python -m project.child <overrides>`
 # Where `project` is imported from: the child finds it from any folder (`invoke -r <repo> local`).
-PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
+PROJECT_ROOT = str(CONF_DIR.parent)
 
 
 def run(overrides: Sequence[str]) -> int:
@@ -53,10 +53,7 @@ def check(overrides: Sequence[str]) -> list[Path]:
     startup.mark("invoke_config")
     folders = channel_folders(cfg)
     startup.mark("invoke_checked")
-    if not cfg.dataset.get("files"):
-        return []
-    stored = [folders["train"] / f"{stem}.gz" for stem in cfg.dataset.files]
-    return [path for path in stored if path.is_file()]
+    return compressed_files(cfg, folders)
 
 
 def _block_sigint() -> None:

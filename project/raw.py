@@ -139,6 +139,15 @@ def warm(paths: Iterable[Path]) -> None:
     _WARMING.append(thread)
 
 
+def compressed_files(cfg: Any, folders: Mapping[str, Path]) -> list[Path]:
+    """The train channel's gzipped raw files (dataset.files) in its checked folder (channel_folders):
+    what the training process will decompress, for warm(); empty for a dataset without `files`."""
+    if not cfg.dataset.get("files"):
+        return []
+    stored = [Path(folders["train"]) / f"{stem}.gz" for stem in cfg.dataset.files]
+    return [path for path in stored if path.is_file()]
+
+
 def _settle() -> None:
     """Wait for warm()'s threads: what they kept is complete."""
     while _WARMING:
