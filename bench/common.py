@@ -130,6 +130,20 @@ def run_timed(argv: Sequence[str], env: Mapping[str, str], cwd: Path = ROOT) -> 
     return elapsed
 
 
+# project/startup.py's TRACE_ENV (not imported: the bench process stays light): with it set, each
+# process of a run appends `{"phase", "t"}` lines, and bench/plain_mnist.py writes the same.
+TRACE_ENV = "LIGHTNING_SAGEMAKER_STARTUP_TRACE"
+
+
+def read_trace(path: Path, started: float) -> dict[str, float]:
+    """Each phase's first time in a run trace, in seconds after `started` (a time.time())."""
+    phases: dict[str, float] = {}
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        phases.setdefault(record["phase"], record["t"] - started)
+    return phases
+
+
 # --- machine ----------------------------------------------------------------------------------
 
 

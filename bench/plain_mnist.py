@@ -29,7 +29,7 @@ TRACE = os.environ.get("LIGHTNING_SAGEMAKER_STARTUP_TRACE")  # project/startup.p
 
 
 def mark(phase: str, **extra: object) -> None:
-    """Append `phase` reached now to the start-up trace (bench/time_to_first_step.py), when it is on."""
+    """Append `phase` reached now to the run trace (bench/time_to_first_step.py, time_to_accuracy.py), when on."""
     if TRACE:
         with open(TRACE, "a") as trace:
             trace.write(json.dumps({"phase": phase, "t": time.time(), "pid": os.getpid(), **extra}) + "\n")
@@ -119,6 +119,7 @@ def main() -> None:
             if args.max_steps and schedule.last_epoch >= args.max_steps:
                 break
     train_seconds = time.perf_counter() - train_started
+    mark("fit_end")
 
     test_x = images(args.data, "t10k-images-idx3-ubyte", args.mean, args.std)
     test_y = labels(args.data, "t10k-labels-idx1-ubyte")
@@ -128,6 +129,7 @@ def main() -> None:
             int((net(test_x[i : i + 1000]).argmax(1) == test_y[i : i + 1000]).sum())
             for i in range(0, len(test_y), 1000)
         )
+    mark("tested")
     result = {
         "epochs": args.epochs,
         "seconds": round(time.perf_counter() - started, 3),

@@ -2,7 +2,7 @@
 
     python -m bench.run                      # everything, 5 measured repetitions each (~10 min)
     python -m bench.run --quick              # 2 repetitions: a smoke run, figures only indicative
-    python -m bench.run --only cli           # one benchmark (results files hold only it)
+    python -m bench.run --only cli           # one benchmark, the others' results kept
 
 Every figure is a ratio of two things measured side by side, alternately, in the same run; see
 bench/common.py for the rule and bench/README.md for what each benchmark measures.
@@ -78,13 +78,29 @@ def markdown(results: dict) -> str:
     return "\n".join(lines + ["", "## Details", "", *notes, ""])
 
 
+def kept_results(reps: int, quick: bool) -> dict:
+    """The benchmarks of bench/results.json, in BENCHMARKS order, when it was written with the same
+    repetitions (a --quick run never mixes with a full one); else none. Each says when it ran."""
+    try:
+        previous = json.loads((HERE / "results.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if previous.get("reps") != reps or previous.get("quick") != quick:
+        return {}
+    measured = previous["machine"]["date"]
+    kept = {name: {"measured": measured, **previous["benchmarks"][name]} for name in previous["benchmarks"]}
+    return {name: kept[name] for name in BENCHMARKS if name in kept}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_REPS} repetitions instead of {FULL_REPS}")
     parser.add_argument("--only", choices=BENCHMARKS, action="append", help="run just this benchmark (repeatable)")
     args = parser.parse_args(argv)
     reps = QUICK_REPS if args.quick else FULL_REPS
-    results: dict[str, object] = {"machine": machine(), "reps": reps, "quick": args.quick, "benchmarks": {}}
+    results: dict = {"machine": machine(), "reps": reps, "quick": args.quick, "benchmarks": {}}
+    if args.only:
+        results["benchmarks"] = kept_results(reps, args.quick)
     for name in args.only or BENCHMARKS:
         print(f"\n=== {name} ({reps} reps + 1 warm-up) ===", flush=True)
         started = time.perf_counter()
@@ -97,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
             result = {"error": traceback.format_exc()}
         result["seconds"] = round(time.perf_counter() - started, 1)
+        result["measured"] = results["machine"]["date"]
         results["benchmarks"][name] = result
         for r in result.get("rows", []):
             print(

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .common import ROOT, Skip, invoke_script, mnist_dir, row, user_environ
+from .common import ROOT, TRACE_ENV, Skip, invoke_script, median, mnist_dir, read_trace, row, user_environ
 
 SEEDS = (42, 43, 44)
 TARGET_ACC = 0.99
@@ -33,16 +33,34 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _run(argv: list[str], env: dict[str, str]) -> tuple[float, float, str]:
-    """Wall time, CPU time and stdout of one fresh process; a failure is an error, not a fast sample."""
-    cpu, started = _cpu_seconds(), time.perf_counter()
-    result = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True)
-    elapsed, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
-    if result.returncode != 0:
-        raise RuntimeError(
-            f"`{' '.join(argv)}` exited {result.returncode}:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
-        )
-    return elapsed, cpu, result.stdout
+def _run(argv: list[str], env: dict[str, str]) -> tuple[float, float, str, dict[str, float]]:
+    """Wall time, CPU time, stdout and the run trace's phases (seconds after the start) of one fresh
+    process; a failure is an error, not a fast sample."""
+    with tempfile.TemporaryDirectory(prefix="bench-tta-trace-") as folder:
+        trace = Path(folder) / "trace.jsonl"
+        cpu, started, wall = _cpu_seconds(), time.perf_counter(), time.time()
+        result = subprocess.run(argv, env={**env, TRACE_ENV: str(trace)}, cwd=ROOT, capture_output=True, text=True)
+        elapsed, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"`{' '.join(argv)}` exited {result.returncode}:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+            )
+        phases = read_trace(trace, wall) if trace.exists() else {}
+    return elapsed, cpu, result.stdout, {**phases, "exit": elapsed}
+
+
+def _segments(phases: dict[str, float]) -> dict[str, float]:
+    """A run's wall time cut at its trace marks (both sides write first_step, fit_end and tested;
+    only invoke local has artifacts to write). Each segment in seconds; they add up to the run."""
+    done = phases.get("written", phases["tested"])
+    cut = {
+        "start-up (command start -> first optimizer step)": phases["first_step"],
+        "training (first step -> fit end: steps, validation, checkpoints)": phases["fit_end"] - phases["first_step"],
+        "test pass": phases["tested"] - phases["fit_end"],
+        "export, plots, metrics files": done - phases["tested"],
+        "exit (interpreter and invoke shut down)": phases["exit"] - done,
+    }
+    return {name: round(seconds, 3) for name, seconds in cut.items()}
 
 
 def _check_same_network(cfg) -> None:
@@ -64,6 +82,25 @@ def _check_same_network(cfg) -> None:
     same = ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
     if net_cfg["_target_"] != "project.models.SmallCNN" or not same:
         raise RuntimeError("bench/plain_mnist.py's SmallCNN no longer matches the default model (conf/model/cnn.yaml)")
+
+
+def _where_the_time_goes(per_seed: list[dict]) -> dict[str, dict[str, float]]:
+    """Per segment: the median seconds of each side over the seeds, and of invoke local's extra
+    (per seed, then the median). Inside training, invoke local's validation, sanity check and
+    checkpoints (fit_seconds - train_loop_seconds), which the plain script does not do."""
+    out: dict[str, dict[str, float]] = {}
+    for name in per_seed[0]["invoke_local"]["segments"]:
+        a = [s["invoke_local"]["segments"][name] for s in per_seed]
+        b = [s["plain"]["segments"][name] for s in per_seed]
+        extra = [x - y for x, y in zip(a, b, strict=True)]
+        out[name] = {"invoke_local": median(a), "plain": median(b), "extra": median(extra)}
+    beside = [s["invoke_local"]["fit_seconds"] - s["invoke_local"]["train_loop_seconds"] for s in per_seed]
+    out["of training: validation, sanity check, checkpoints (invoke local only)"] = {
+        "invoke_local": median(beside),
+        "plain": 0.0,
+        "extra": median(beside),
+    }
+    return {name: {side: round(value, 2) for side, value in sides.items()} for name, sides in out.items()}
 
 
 def run(reps: int) -> dict:
@@ -96,7 +133,7 @@ def run(reps: int) -> dict:
 
             def product(seed: int = seed) -> dict:
                 name = f"tta-seed{seed}"
-                seconds, cpu, _ = _run(
+                seconds, cpu, _, phases = _run(
                     [
                         invoke_script(),
                         "local",
@@ -115,10 +152,11 @@ def run(reps: int) -> dict:
                     "fit_seconds": metrics["fit_seconds"],
                     "train_loop_seconds": metrics["train_loop_seconds"],
                     "test_acc": metrics["test_acc"],
+                    "segments": _segments(phases),
                 }
 
             def plain(seed: int = seed) -> dict:
-                seconds, cpu, out = _run(
+                seconds, cpu, out, phases = _run(
                     [sys.executable, str(PLAIN), f"--data={source}", f"--seed={seed}", *plain_args], env
                 )
                 result = json.loads(out.strip().splitlines()[-1])
@@ -128,6 +166,7 @@ def run(reps: int) -> dict:
                     "cpu_seconds": round(cpu, 1),
                     "train_seconds": result["train_seconds"],
                     "test_acc": result["test_acc"],
+                    "segments": _segments(phases),
                 }
 
             sides = {}
@@ -175,6 +214,7 @@ def run(reps: int) -> dict:
         None,
     )
     return {
+        "where_the_time_goes": _where_the_time_goes(per_seed),
         "data": f"real MNIST ({source}): 55,000 training images (5,000 held out), 10,000 test images",
         "seeds": list(seeds),
         "accuracy_reached": reached,

@@ -33,13 +33,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from .common import ROOT, Skip, interleaved, invoke_script, mnist_dir, row, user_environ
+from .common import ROOT, TRACE_ENV, Skip, interleaved, invoke_script, mnist_dir, read_trace, row, user_environ
 
 LOCAL_VENV = ROOT / "bench" / ".venv-local"  # requirements-local.txt only
 
 TARGET_EXTRA_S = 2.0
+IMPORT_PROFILE_TOP = 8  # packages named in the import profile; the rest are summed
+# Counted apart from their package: torch._dynamo is also the plain script's (torch imports it
+# when the first optimizer is built), the rest of torch is both sides' import of torch.
+IMPORT_PROFILE_SPLIT = ("torch._dynamo",)
 PLAIN = Path(__file__).resolve().parent / "plain_mnist.py"
-TRACE_ENV = "LIGHTNING_SAGEMAKER_STARTUP_TRACE"  # project.startup.TRACE_ENV; not imported: bench stays light
 THREADS: dict[str, dict[str, int]] = {}  # side -> torch threads of its training process
 SHORT_RUN = (
     "trainer.max_epochs=1",
@@ -59,10 +62,9 @@ def traced(side: str, argv: list[str], env: dict[str, str], cwd: Path) -> dict[s
             raise RuntimeError(
                 f"`{' '.join(argv)}` exited {result.returncode}:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
             )
-        phases: dict[str, float] = {"exit": time.time() - started}
+        phases = {"exit": time.time() - started, **read_trace(trace, started)}
         for line in trace.read_text().splitlines():
             record = json.loads(line)
-            phases.setdefault(record["phase"], record["t"] - started)
             if record["phase"] == "first_step":  # the training process's torch threads, as it trained
                 THREADS[side] = {"threads": record["threads"], "interop_threads": record["interop_threads"]}
     if "first_step" not in phases:
@@ -74,6 +76,34 @@ def breakdown(samples: list[dict[str, float]]) -> dict[str, float]:
     """Median time of each phase after the start (phases in the order they are reached)."""
     names = sorted(samples[0], key=lambda name: statistics.median(s[name] for s in samples))
     return {name: round(statistics.median(s[name] for s in samples), 3) for name in names}
+
+
+def import_profile(python: str, env: dict[str, str], rounds: int = 3) -> dict[str, float]:
+    """Where the training child's imports go: `python -X importtime -c "import project.train"`,
+    each module's own time summed by top-level package (IMPORT_PROFILE_SPLIT apart), median of
+    `rounds` runs; the IMPORT_PROFILE_TOP largest, the rest as "other", and "total". Seconds."""
+    runs: list[dict[str, float]] = []
+    for _ in range(rounds):
+        argv = [python, "-X", "importtime", "-c", "import project.train"]
+        result = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"import project.train failed in {python}:\n{result.stderr[-2000:]}")
+        by_package: dict[str, float] = {}
+        for line in result.stderr.splitlines():
+            fields = line.removeprefix("import time:").split("|")
+            if len(fields) != 3 or not fields[0].strip().isdigit():
+                continue  # the header, or a line that is not importtime's
+            module = fields[2].strip()
+            package = next((p for p in IMPORT_PROFILE_SPLIT if module.startswith(p)), module.split(".")[0])
+            by_package[package] = by_package.get(package, 0.0) + int(fields[0]) / 1e6
+        runs.append(by_package)
+    names = {name for r in runs for name in r}
+    medians = {name: statistics.median(r.get(name, 0.0) for r in runs) for name in names}
+    top = sorted(medians, key=medians.get, reverse=True)[:IMPORT_PROFILE_TOP]
+    profile = {name: round(medians[name], 3) for name in top}
+    profile["other"] = round(sum(v for k, v in medians.items() if k not in profile), 3)
+    profile["total"] = round(statistics.median(sum(r.values()) for r in runs), 3)
+    return profile
 
 
 def training_only_python() -> Path | None:
@@ -151,4 +181,5 @@ def run(reps: int) -> dict:
         result[f"extra_seconds_median_{key}"] = line["extra_seconds"]
         result[f"breakdown_invoke_local_{key}"] = breakdown(samples[f"invoke local{suffix}"])
         result[f"breakdown_plain_{key}"] = breakdown(samples[f"plain{suffix}"])
+        result[f"child_imports_{key}"] = import_profile(installs[suffix][1], env)
     return result

@@ -1,4 +1,5 @@
-"""Start-up trace: when each phase of a run is reached, for bench/time_to_first_step.py.
+"""Run trace: when each phase of a run is reached, for bench/time_to_first_step.py and
+bench/time_to_accuracy.py (start-up, then the fit, test and artifacts).
 
 With LIGHTNING_SAGEMAKER_STARTUP_TRACE=<file> set, every process of a run (the `invoke` process,
 the training child, each rank) appends one JSON line per phase to that file: the phase, the

@@ -164,9 +164,11 @@ def train(
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
     fit_seconds = time.perf_counter() - started
+    startup.mark("fit_end")
     loop = next(c for c in trainer.callbacks if isinstance(c, LoopTimer))
     fit_metrics = _scalars(trainer.callback_metrics)  # trainer.test replaces callback_metrics
     (test_results,) = trainer.test(module, datamodule=datamodule, verbose=False)
+    startup.mark("tested")
 
     metrics = {
         "run_name": run_name,
@@ -186,6 +188,7 @@ def train(
         reporting.print_line(reporting.final_line(metrics))
         reporting.log_final_hparams(trainer, cfg, metrics)
         _write_artifacts(cfg, layout, module, datamodule, metrics)
+    startup.mark("written")
     return metrics
 
 

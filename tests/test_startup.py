@@ -1,4 +1,4 @@
-"""The start-up trace (project/startup.py) that bench/time_to_first_step.py reads."""
+"""The run trace (project/startup.py) that bench/time_to_first_step.py and time_to_accuracy.py read."""
 
 import json
 import os
@@ -24,6 +24,9 @@ CHILD_PHASES = [
     "sanity_start",
     "train_start",
     "first_step",
+    "fit_end",  # then the segments of the whole run (bench/time_to_accuracy.py)
+    "tested",
+    "written",
 ]
 
 
