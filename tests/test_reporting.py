@@ -205,6 +205,26 @@ def test_tensorboard_has_the_step_loss_the_learning_rate_epoch_metrics_and_the_r
     assert events.Scalars("final/test_acc")[-1].value == pytest.approx(metrics["test_acc"])
 
 
+@pytest.mark.slow
+def test_a_training_process_ends_with_everything_written(tiny_run, tmp_path):
+    """The training process leaves its objects out of the interpreter's last garbage collections
+    (project.train.main): what it wrote last, TensorBoard's final metrics after the test pass,
+    metrics.csv's test row and metrics.json, is whole once `invoke local` returns."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = invoke("local", *tiny_run(run_name="ends"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "ends"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    events = EventAccumulator(str(run_dir / "output" / "tensorboard"))
+    events.Reload()
+    assert events.Scalars("final/test_acc")[-1].value == pytest.approx(metrics["test_acc"])
+    assert [float(row["test_acc"]) for row in csv_rows(run_dir) if row["test_acc"]] == [
+        pytest.approx(metrics["test_acc"])
+    ]
+    assert f"run_dir={run_dir}" in result.stdout
+
+
 def test_metrics_csv_counts_epochs_from_one(debug_run):
     run_dir, _, _ = debug_run
     rows = csv_rows(run_dir)
