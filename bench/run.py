@@ -1,7 +1,7 @@
 """Run the benchmarks and write bench/results.md and bench/results.json.
 
     python -m bench.run                      # everything, 5 measured repetitions each (~10 min)
-    python -m bench.run --quick              # 2 repetitions: a smoke run, figures only indicative
+    python -m bench.run --quick              # 2 repetitions: a smoke run, into results-quick.* (ignored)
     python -m bench.run --only cli           # one benchmark, the others' results kept
 
 Every figure is a ratio of two things measured side by side, alternately, in the same run; see
@@ -78,11 +78,18 @@ def markdown(results: dict) -> str:
     return "\n".join(lines + ["", "## Details", "", *notes, ""])
 
 
+def output_files(quick: bool) -> tuple[Path, Path]:
+    """results.json and results.md; a --quick run's go beside them (git-ignored), so a smoke run
+    never replaces the recorded figures."""
+    stem = "results-quick" if quick else "results"
+    return HERE / f"{stem}.json", HERE / f"{stem}.md"
+
+
 def kept_results(reps: int, quick: bool) -> dict:
-    """The benchmarks of bench/results.json, in BENCHMARKS order, when it was written with the same
-    repetitions (a --quick run never mixes with a full one); else none. Each says when it ran."""
+    """The benchmarks of the results file, in BENCHMARKS order, when it was written with the same
+    repetitions; else none. Each says when it ran."""
     try:
-        previous = json.loads((HERE / "results.json").read_text())
+        previous = json.loads(output_files(quick)[0].read_text())
     except (OSError, ValueError):
         return {}
     if previous.get("reps") != reps or previous.get("quick") != quick:
@@ -115,15 +122,17 @@ def main(argv: list[str] | None = None) -> int:
         result["seconds"] = round(time.perf_counter() - started, 1)
         result["measured"] = results["machine"]["date"]
         results["benchmarks"][name] = result
+        results["benchmarks"] = {n: results["benchmarks"][n] for n in BENCHMARKS if n in results["benchmarks"]}
         for r in result.get("rows", []):
             print(
                 f"{r['benchmark']}: {r['a_label']} {r['a']:.4f} s / {r['b_label']} {r['b']:.4f} s = {r['ratio']:.3f}x",
                 flush=True,
             )
         # After each benchmark: a long run stopped part-way keeps what it measured.
-        (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-        (HERE / "results.md").write_text(markdown(results))
-    print("\n" + (HERE / "results.md").read_text())
+        json_file, md_file = output_files(args.quick)
+        json_file.write_text(json.dumps(results, indent=2) + "\n")
+        md_file.write_text(markdown(results))
+    print("\n" + markdown(results))
     return 1 if any("error" in r for r in results["benchmarks"].values()) else 0
 
 
