@@ -23,8 +23,9 @@ cost per step in ms for those variants and for `bare` (Lightning's loop alone).
 Both sides run with denormals flushed to zero (`torch.set_flush_denormal(True)`): in this regime
 subnormal floats appear in the first epochs and make every kernel of both sides up to ~9x slower
 (identically: the arithmetic is the same), burying the framework's share in noise. The product
-sets the flag itself (LitClassifier, project/models.py); bench/README.md ("Denormals") says what
-it saves `invoke local`.
+sets the flag itself (trainer.flush_denormal, first thing in project.train.train); bench/README.md
+("Denormals") says what it saves `invoke local`. Here it is set before any work, so every thread
+of torch's pool has it.
 """
 
 from __future__ import annotations

@@ -110,6 +110,11 @@ class TrainerConfig:
     # Periodic checkpoints (besides end of epoch and SIGTERM); 0 disables them.
     checkpoint_every_n_steps: int = 200
     resume: bool = True  # resume from the newest valid checkpoint of the same run identity
+    # CPU: subnormal floats flushed to zero in every thread (project.train sets it before any
+    # work in torch's thread pool, whose threads copy the flag when they start). In the first
+    # epochs tiny gradients and Adam moments go subnormal, and every CPU kernel meeting them runs
+    # several times slower. GPUs handle subnormals at full speed; there the flag changes nothing.
+    flush_denormal: bool = True
     # GPU levers; on the CPU only channels_last and compile apply (and rarely pay there).
     data_on_device: bool = True  # GPU: the whole dataset sits in GPU memory, batches are sliced there
     channels_last: bool = False  # NHWC network and inputs (tensor cores under bf16/fp16)

@@ -136,11 +136,6 @@ class LitClassifier(pl.LightningModule):
         return (self.net if self._compiled is None else self._compiled)(x)
 
     def setup(self, stage: str) -> None:
-        # Flush subnormal floats to zero on the CPU (every rank calls setup). In the first epochs
-        # tiny gradients and Adam moments go subnormal, and every CPU kernel that meets them runs
-        # several times slower: the default `invoke local` took 103 s without this, 62 s with it,
-        # with the same metrics. GPUs handle subnormals at full speed; the flag is CPU-only.
-        torch.set_flush_denormal(True)
         if self.channels_last:
             # torch's stub of Module.to lists no memory_format, which it accepts
             self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # kept when Lightning moves it to the GPU

@@ -142,6 +142,10 @@ def train(
 ) -> dict[str, Any]:
     """Fit, test and export one run; returns the metrics also written to metrics.json."""
     startup.mark("config")  # composed, loaded or rebuilt: the run's config is known
+    # First, before anything runs in torch's thread pool: a pool thread copies the flag when it
+    # starts, and one started earlier keeps computing with subnormals (half of each CPU kernel's
+    # work, at 2 threads) however often the flag is set afterwards.
+    torch.set_flush_denormal(bool(cfg.trainer.flush_denormal))
     # A job's staged config holds the number resolved when it was planned: here it is only checked
     # against the GPUs present; the processes using them are the launcher's (build_run).
     gpus = config_lib.resolve_gpus(cfg.trainer.gpus, torch.cuda.device_count())

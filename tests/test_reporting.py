@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
-import torch
 
 from project import config as C
 from project.runtime import DEBUG_ENV
@@ -121,10 +120,7 @@ def tiny_fit(datamodule_args: dict, callbacks: list, epochs: int = 1) -> None:
         limit_val_batches=0,
         callbacks=callbacks,
     )
-    try:
-        trainer.fit(LitClassifier(SmallCNN(width=4)), datamodule=IdxDataModule(**datamodule_args))
-    finally:
-        torch.set_flush_denormal(False)
+    trainer.fit(LitClassifier(SmallCNN(width=4)), datamodule=IdxDataModule(**datamodule_args))
 
 
 def test_progress_lines_come_at_most_every_interval(tiny_data, tmp_path, capsys):

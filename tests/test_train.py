@@ -123,14 +123,30 @@ def test_entry_point_bad_config_is_one_line_and_nonzero(tmp_path):
     ]
 
 
-def test_training_flushes_subnormal_floats_to_zero():
-    from project.models import LitClassifier, SmallCNN
+FLUSHED_AFTER_A_RUN = """
+import sys
+import numpy as np
+import torch
+from project import config as C
+from project.train import run_composed
 
-    try:
-        LitClassifier(SmallCNN()).setup("fit")
-        assert (torch.full((4,), 1e-38) * 1e-2).eq(0).all()  # 1e-40 would be subnormal
-    finally:
-        torch.set_flush_denormal(False)
+torch.set_num_threads(2)  # a main thread and a pool thread, each with half of a large kernel
+subnormal = torch.from_numpy(np.full(1_000_000, 1e-39, dtype=np.float32))  # made before any flag
+run_composed(C.compose(sys.argv[1:]))
+print("flushed", float((subnormal * 1.0).eq(0).float().mean()))  # each thread: 0 if it flushes
+"""
+
+
+@pytest.mark.parametrize("flush, flushed", [("true", 1.0), ("false", 0.0)])
+def test_a_training_process_flushes_subnormals_in_every_thread(tiny_run, flush, flushed):
+    """In a fresh process, as `invoke local`'s child and a job's trainer are: trainer.flush_denormal
+    reaches torch's pool threads too, which copy the flag when they start. Set late (as the model's
+    setup used to, after the data and the sample pass had started the pool), only the main thread
+    flushed: at 2 threads half of every kernel still ran on subnormals."""
+    code = [sys.executable, "-c", FLUSHED_AFTER_A_RUN, *tiny_run(run_name=f"ftz-{flush}")]
+    result = subprocess.run([*code, f"trainer.flush_denormal={flush}"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == f"flushed {flushed}"
 
 
 def confusion_matrix(net, images: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -153,10 +169,7 @@ def test_test_pass_counts_the_confusion_matrix(tiny_data, tmp_path):
     trainer = pl.Trainer(
         accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False
     )
-    try:
-        (results,) = trainer.test(module, datamodule=datamodule, verbose=False)
-    finally:
-        torch.set_flush_denormal(False)
+    (results,) = trainer.test(module, datamodule=datamodule, verbose=False)
     test = datamodule.splits["test"]
     expected = confusion_matrix(module.net, test.images, test.labels, 10)
     assert torch.equal(module.test_confusion, expected)
@@ -187,10 +200,7 @@ def test_levers_leave_the_run_identity_and_the_state_dict_alone():
     assert C.config_hash(C.compose(levers)) == base  # a checkpoint resumes whichever way it runs
     plain, fast = LitClassifier(SmallCNN(width=4)), LitClassifier(SmallCNN(width=4), channels_last=True, compile=True)
     fast.load_state_dict(plain.state_dict())
-    try:
-        fast.setup("fit")
-    finally:
-        torch.set_flush_denormal(False)
+    fast.setup("fit")
     assert fast.state_dict().keys() == plain.state_dict().keys()  # no torch.compile wrapper inside
     assert fast.net.features[0][0].weight.is_contiguous(memory_format=torch.channels_last)
     x = torch.randn(3, 1, 28, 28)
