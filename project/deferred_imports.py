@@ -122,7 +122,8 @@ class _HostFinder(importlib.abc.MetaPathFinder):
         if fullname == DEFERRED:
             if self.host_running and not self.real_loaded:
                 return importlib.util.spec_from_loader(fullname, _StandInLoader(self))
-            return self._wrapped(fullname, path, target, lambda: None, self._real_loaded)
+            if self.stood_in:  # the real module, owed the alias the stand-in answered for
+                return self._wrapped(fullname, path, target, lambda: None, self._real_loaded)
         return None
 
     def _wrapped(
@@ -154,7 +155,7 @@ class _HostFinder(importlib.abc.MetaPathFinder):
             self._uninstall()
 
     def _real_loaded(self, signal: types.ModuleType, ok: bool) -> None:
-        if ok and self.stood_in:
+        if ok:
             _add_alias(signal)
         if self.host_done:
             self._uninstall()
