@@ -18,7 +18,7 @@ pytest.importorskip("scipy", reason="scipy is not installed: torchmetrics has no
 
 def fresh(code: str, cwd: Path = ROOT) -> dict:
     """Run `code` in a new interpreter that sees the project; it prints one JSON object."""
-    env_path = f"{ROOT}{':' + str(cwd) if cwd != ROOT else ''}"
+    env_path = os.pathsep.join(dict.fromkeys([str(ROOT), str(cwd)]))  # the project, then the test's folder
     result = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         capture_output=True,
