@@ -5,10 +5,13 @@ max-runtime limit, then SIGKILL 120 s later (torchrun, when it launched the job,
 its workers and waits 30 s). `RunCheckpoints` records the signal; at the end of the current
 training batch all ranks agree on it, write a checkpoint to the checkpoint directory (which
 SageMaker syncs to S3), print `sigterm_checkpoint_step=N` and raise Lightning's
-SIGTERMException. That is a SystemExit with no code, so the process exits 0: a stop is not a
-failure (SageMaker marks the job Stopped or, for spot, restarts it; a non-zero exit would make
-the SDK's driver write a failure reason). The exported model and metrics.json are written only
-by a run that finishes.
+SIGTERMException. In a SageMaker container the process then exits 0: a stop is not a failure
+(SageMaker marks the job Stopped or, for spot, restarts it; a non-zero exit would make the SDK's
+driver write a failure reason). Anywhere else (`invoke local`, a local sweep's job) a stopped run
+is not a success: it exits 128 + the signal (stop_exit). SIGHUP, a closed terminal, stops a run
+as SIGTERM does; `invoke local`'s training process also stops so when the command that started
+it dies (project/local.py). The exported model and metrics.json are written only by a run that
+finishes.
 
 On the next start, `newest_valid` picks the newest checkpoint of the same identity (config hash)
 that loads; a truncated or corrupt one is skipped with a warning. A checkpoint holds the loop
@@ -36,11 +39,15 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from .errors import TERMINATED_EXIT
 from .runtime import CLEAN_STOP_ENV
 
 log = logging.getLogger(__name__)
 
 STEP_PATTERN = re.compile(r"-step=(\d+)\.ckpt$")
+# Each stops the run at the next step boundary with a checkpoint. SIGHUP: the terminal closed,
+# and `invoke local` passes it on to its training process, which has a process group of its own.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 def checkpoint_name(identity: str, step: int) -> str:
@@ -103,6 +110,32 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+class Stopped(SIGTERMException):
+    """The run stopped at a step boundary with a checkpoint after `signum` (one of STOP_SIGNALS)."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__()
+        self.signum = signum
+
+
+def stop_exit(stop: SIGTERMException, in_container: bool) -> int:
+    """The exit code of a process whose run was stopped (not by Ctrl-C): 0 in a SageMaker container,
+    whose contract that is (see the module's docstring), else 128 + the signal, as a shell says it."""
+    if in_container:
+        return 0
+    return 128 + stop.signum if isinstance(stop, Stopped) else TERMINATED_EXIT  # Lightning's own: SIGTERM
+
+
+def _leave_terminal() -> None:
+    """After SIGHUP the terminal is gone and every write to it fails (EIO): the run's remaining
+    lines go to /dev/null rather than end it with an OSError before its checkpoint."""
+    for fd in (0, 1, 2):
+        if os.isatty(fd):
+            devnull = os.open(os.devnull, os.O_RDWR)
+            os.dup2(devnull, fd)
+            os.close(devnull)
+
+
 class Interrupted(SIGTERMException):
     """The run was stopped by Ctrl-C (SIGINT); the entry point exits 130.
 
@@ -163,7 +196,9 @@ class RunCheckpoints(pl.Callback):
         self.dir, self.identity, self.every, self.keep = Path(checkpoint_dir), identity, every_n_steps, keep
         self._saved_step = -1  # decided identically on every rank: saving is a collective call
         self._rng_to_restore: dict | None = None
-        self._sigterm = False
+        self._sigterm = False  # a signal of STOP_SIGNALS arrived: _stop_signal
+        self._stop_signal: int = signal.SIGTERM
+        self._previous_handlers: dict[int, Any] = {}
         self._training = False  # inside the training loop, where a stop waits for a step boundary
 
     def _save(self, trainer: pl.Trainer) -> None:
@@ -183,8 +218,11 @@ class RunCheckpoints(pl.Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         self._rng_to_restore = state_dict.get("rng")
 
-    def _record_sigterm(self, signum, frame) -> None:
-        self._sigterm = True  # nothing else: a signal handler runs between any two bytecodes
+    def _record_stop(self, signum, frame) -> None:
+        # Nothing else (a signal handler runs between any two bytecodes) but what only the kernel sees.
+        self._stop_signal, self._sigterm = signum, True
+        if signum == signal.SIGHUP:
+            _leave_terminal()
 
     @property
     def interrupts(self) -> Interrupts | None:
@@ -200,13 +238,15 @@ class RunCheckpoints(pl.Callback):
 
     def _stop(self) -> SIGTERMException:
         interrupted = self.interrupts is not None and self.interrupts.pending and not self._sigterm
-        return Interrupted() if interrupted else SIGTERMException()
+        return Interrupted() if interrupted else Stopped(self._stop_signal)
 
     def on_train_start(self, trainer, pl_module) -> None:
         # Replaces Lightning's SIGTERM handler (it restores the original one at teardown). Under
         # DDP Lightning's broadcasts from inside the handler, which pairs with whatever collective
         # the other rank is in at that moment: training hangs or exchanges the wrong tensors.
-        signal.signal(signal.SIGTERM, self._record_sigterm)
+        # SIGHUP is ours alone: teardown restores what it was.
+        signal.signal(signal.SIGTERM, self._record_stop)
+        self._previous_handlers[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._record_stop)
         self._training = True
         if self.interrupts is not None:
             self.interrupts.deferring = True
@@ -219,6 +259,11 @@ class RunCheckpoints(pl.Callback):
                     f"rank {trainer.global_rank} starts at step {trainer.global_step}, rank 0 at step {rank0_step}: "
                     f"every host must see the same checkpoint files in {self.dir}"
                 )
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers.clear()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._rng_to_restore is not None:  # the first batch after a resume
@@ -248,8 +293,9 @@ class RunCheckpoints(pl.Callback):
             self._save(trainer)
             if trainer.is_global_zero:
                 path = self.dir / checkpoint_name(self.identity, trainer.global_step)
-                print(f"sigterm_checkpoint_step={trainer.global_step}", flush=True)
-                print(f"stopped by SIGTERM; saved {path}; run again with the same config to resume", flush=True)
+                by = signal.Signals(exception.signum if isinstance(exception, Stopped) else signal.SIGTERM).name
+                print(f"sigterm_checkpoint_step={trainer.global_step}", flush=True)  # any stop: `invoke why` reads it
+                print(f"stopped by {by}; saved {path}; run again with the same config to resume", flush=True)
             _mark_clean_stop(trainer.global_rank)
 
     def _interrupted(self, trainer: pl.Trainer, exception: Interrupted) -> None:

@@ -8,10 +8,16 @@ Lightning (most of its start-up) while this process checks, then trains on the w
 pipe (GO_ENV names its end): "go", followed by the data files the check verified, or the pipe
 closed without a word, and it exits, or killed when the check failed, since it has only imported
 by then. It hears the word on a thread as soon as it is said, and reads and decompresses those
-files while its imports run (raw.warm). It runs in a process group of its own: every Ctrl-C (or
-SIGTERM) reaches it exactly once, through this process, and it stops at the next step boundary
-with a checkpoint (project/checkpoints.py). The child prints its own errors, so its exit code is
-passed on.
+files while its imports run (raw.warm). It runs in a process group of its own: every Ctrl-C,
+SIGTERM or SIGHUP (the terminal closed) reaches it exactly once, through this process, and it stops
+at the next step boundary with a checkpoint (project/checkpoints.py), exiting 130, 143 or 129. The
+child prints its own errors, so its exit code is passed on.
+
+Nothing trains on when this process dies without passing a signal on (SIGKILL, or killed before
+it could): it holds the pipe's end until the child exits, and the child, reading on, hears the
+pipe close when the kernel closes that end, and stops as on SIGTERM, with a checkpoint. A pipe
+rather than Linux's parent-death signal: it works on every system. The DDP ranks Lightning starts
+from the child (trainer.gpus > 1) die with it (project/lifeline.py).
 """
 
 from __future__ import annotations
@@ -25,16 +31,19 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import startup
+from . import lifeline, startup
 from .config import CONF_DIR, compose
-from .errors import INTERRUPTED_EXIT, USER_ERROR_EXIT
+from .errors import HANGUP_EXIT, INTERRUPTED_EXIT, TERMINATED_EXIT, USER_ERROR_EXIT
 from .raw import channel_folders, compressed_files, warm
 
 # Exit codes of `python -m project.train` that need no further word: it said what happened.
-SELF_REPORTED_EXITS = (USER_ERROR_EXIT, INTERRUPTED_EXIT)
-FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SELF_REPORTED_EXITS = (USER_ERROR_EXIT, INTERRUPTED_EXIT, TERMINATED_EXIT, HANGUP_EXIT)
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 GO_ENV = "LIGHTNING_SAGEMAKER_GO_FD"  # the training child's end of the pipe that says "go"
 GO = b"go\n"
+END = b"\n"  # an empty line ends the word; the pipe stays open while this process lives
+# The training child's pid, for the DDP ranks Lightning starts from it (they inherit the environment).
+RANK_ZERO_ENV = "LIGHTNING_SAGEMAKER_RANK_ZERO_PID"
 CHILD_MODULE = "project.child"  # what the training child runs: `python -m project.child <overrides>`
 # Where `project` is imported from: the child finds it from any folder (`invoke -r <repo> local`).
 PROJECT_ROOT = str(CONF_DIR.parent)
@@ -94,10 +103,10 @@ def train_in_child(overrides: Sequence[str], check_first: Callable[[], Sequence[
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}  # before "go": no gap
     try:
         with contextlib.suppress(BrokenPipeError):  # a child that died importing: its exit code says so
-            os.write(go_write, GO + "\n".join(str(path) for path in to_warm).encode())
-        os.close(go_write)
+            os.write(go_write, GO + b"".join(str(path).encode() + b"\n" for path in to_warm) + END)
         code = child.wait()
     finally:
+        os.close(go_write)  # only now: the child reads its close as this process's death
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 128 - code if code < 0 else code
@@ -110,28 +119,58 @@ def _with_project(pythonpath: str | None) -> str:
 
 def listen() -> None:
     """In the training child, before its heavy imports: hear the word on a thread, and on "go" warm
-    the files it names. Nothing when not started by train_in_child. The pipe's end is not passed on
-    (DDP ranks start from here)."""
+    the files it names, then stop the run when the pipe closes (train_in_child's process died).
+    Nothing when not started by train_in_child, except in a DDP rank started from such a child: it
+    dies with the child. The pipe's end is not passed on (DDP ranks start from here)."""
     fd = os.environ.pop(GO_ENV, None)
-    if fd is None or _word.listener is not None:
+    if fd is None:
+        _follow_rank_zero()
         return
+    if _word.listener is not None:
+        return
+    os.environ[RANK_ZERO_ENV] = str(os.getpid())
 
     def hear() -> None:
         with os.fdopen(int(fd), "rb") as pipe:
-            said = pipe.read()  # up to the close: "go" and the file list, or nothing
-        startup.mark("go_heard")
-        _word.go = said.startswith(GO)
-        if _word.go:
-            warm(Path(line) for line in said[len(GO) :].decode().splitlines() if line)
+            try:
+                _word.go = pipe.readline() == GO  # nothing (the pipe closed): the check failed
+                files = []
+                while _word.go and (line := pipe.readline()) not in (END, b""):
+                    files.append(Path(line.rstrip(b"\n").decode()))
+                startup.mark("go_heard")
+                if _word.go:
+                    warm(files)
+            finally:
+                _word.heard.set()
+            if _word.go:
+                pipe.read()  # returns when the pipe closes: train_in_child's process has died
+                _parent_gone()
 
     _word.listener = threading.Thread(target=hear, name="go", daemon=True)
     _word.listener.start()
 
 
+def _parent_gone() -> None:
+    """Stop as on SIGTERM (at the next step, with a checkpoint); before training that ends the process."""
+    os.kill(os.getpid(), signal.SIGTERM)
+    with contextlib.suppress(OSError):  # its terminal may be gone with it
+        print("the command that started this run is gone: stopping at the next step", file=sys.stderr, flush=True)
+
+
+def _follow_rank_zero() -> None:
+    """A DDP rank Lightning started from the training child dies with it: a rank whose rank 0 is
+    gone can neither checkpoint (rank 0 writes) nor finish a collective, where SIGTERM would leave
+    it waiting (Lightning's own watch over its ranks uses SIGKILL for that reason)."""
+    rank_zero = os.environ.get(RANK_ZERO_ENV)
+    if rank_zero and int(rank_zero) != os.getpid():
+        lifeline.die_with_parent(signal.SIGKILL, int(rank_zero))
+
+
 class _Word:
-    """What listen() heard: its thread, and once it heard, whether the word was "go"."""
+    """What listen() heard: its thread, set `heard` once it heard (and warmed), and whether the word was "go"."""
 
     listener: threading.Thread | None = None
+    heard = threading.Event()
     go = False
 
 
@@ -144,6 +183,6 @@ def wait_for_go() -> bool:
     listen()  # a child started as `python -m project.train` listens only now
     if _word.listener is None:
         return True
-    _word.listener.join()
+    _word.heard.wait()
     startup.mark("go")
     return _word.go

@@ -251,6 +251,8 @@ def run_local_jobs(jobs: list[Job], sweep_dir: Path, echo: Echo = print) -> list
             code = local.train_in_child(["--config", str(config_file)])
             if code == local.INTERRUPTED_EXIT:
                 raise KeyboardInterrupt
+            if code in (local.TERMINATED_EXIT, local.HANGUP_EXIT):
+                raise SystemExit(code)  # the job said where it saved; the sweep stops as `invoke local` does
             run_dir = sweep_dir / str(job.num)
             metrics_file = run_dir / METRICS_FILE
             if code or not metrics_file.is_file():

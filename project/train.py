@@ -24,11 +24,12 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from . import artifacts, local, modules, reporting, serving, startup
 from . import config as config_lib
 from .atomic import write_atomically
-from .checkpoints import Interrupted, Interrupts, RunCheckpoints, newest_valid
+from .checkpoints import Interrupted, Interrupts, RunCheckpoints, newest_valid, stop_exit
 from .errors import INTERRUPTED_EXIT, USER_ERROR_EXIT, UserError
 from .raw import channel_folders
 from .reporting import scalars as _scalars
@@ -271,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         if not stop.reported:
             print("interrupted before training began; nothing was saved", file=sys.stderr, flush=True)
         return INTERRUPTED_EXIT
+    except SIGTERMException as stop:  # it said where it saved (RunCheckpoints)
+        return stop_exit(stop, in_container=sagemaker_env() is not None)
     except Exception as exc:
         record_failure(failure_text(exc))
         raise

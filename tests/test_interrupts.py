@@ -8,6 +8,7 @@ CI, and SIGINT at its default (a shell's background jobs would inherit it ignore
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -148,3 +149,91 @@ def test_an_error_the_training_process_reports_is_not_repeated(tiny_data, tmp_pa
         "error: trainer.gpus=1 but only 0 GPU(s) available here; use trainer.gpus=0 or fewer"
     ]
     assert not (tmp_path / "runs").exists()
+
+
+# --- a stopped command leaves nothing training ----------------------------------------------------
+
+LONG_RUN = {"trainer.max_epochs": 1000}  # never finishes: each test stops it
+SAVED = re.compile(r"^stopped by (SIG[A-Z]+); saved (\S+); run again with the same config to resume$", re.M)
+
+
+def trainers_of(runs_dir: Path) -> list[int]:
+    """Live `python -m project.child` processes training into runs_dir, whoever their parent is now."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if local.CHILD_MODULE.encode() in cmdline and f"paths.runs_dir={runs_dir}".encode() in cmdline and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def wait_until_none_train(runs_dir: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while trainers_of(runs_dir):
+        assert time.monotonic() < deadline, f"still training after {timeout} s: {trainers_of(runs_dir)}"
+        time.sleep(0.05)
+
+
+def all_checkpoints(runs_dir: Path) -> list[Path]:
+    return sorted(runs_dir.glob("**/checkpoints/*.ckpt"))
+
+
+def start_training(*args: str, runs_dir: Path) -> tuple[subprocess.Popen, Path]:
+    """`invoke local <args>` with the default run name, once its first checkpoint is written."""
+    proc = start_invoke("local", *args)
+    wait_until(lambda: bool(all_checkpoints(runs_dir)), proc)  # the first epoch's end: training is under way
+    return proc, all_checkpoints(runs_dir)[-1]
+
+
+def assert_stopped_with_a_checkpoint(out: str, signal_name: str, first: Path) -> None:
+    (saved,) = SAVED.findall(out)
+    assert saved[0] == signal_name, out[-2000:]
+    path = Path(saved[1])
+    assert path.is_file() and path.parent == first.parent, (path, first)
+    assert path.name >= first.name  # the step it stopped at, at or after the first checkpoint's
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_sigterm_or_sighup_checkpoint_and_exit_128_plus_the_signal(tiny_data, tmp_path, sig, code):
+    """SIGTERM exited 0, as if the run had finished; SIGHUP (a closed terminal) left the trainer running."""
+    runs = tmp_path / "runs"
+    proc, first = start_training(*tiny_overrides(*tiny_data, runs, **LONG_RUN), runs_dir=runs)
+    os.killpg(proc.pid, sig)  # the command's process group: the trainer has its own, and hears it through invoke
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, (out[-2000:], err[-2000:])
+    assert "Traceback" not in out + err and "training failed" not in err
+    assert_stopped_with_a_checkpoint(out, sig.name, first)
+    wait_until_none_train(runs)
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_command_stops_its_trainer_after_a_checkpoint(tiny_data, tmp_path):
+    """The trainer, in a process group of its own, trained on with PPID 1 and kept writing checkpoints."""
+    runs = tmp_path / "runs"
+    proc, first = start_training(*tiny_overrides(*tiny_data, runs, **LONG_RUN), runs_dir=runs)
+    assert trainers_of(runs)
+    os.killpg(proc.pid, signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)  # the trainer holds both pipes: they close when it has exited too
+    assert proc.returncode == -signal.SIGKILL
+    assert "the command that started this run is gone: stopping at the next step" in err, err[-2000:]
+    assert_stopped_with_a_checkpoint(out, "SIGTERM", first)
+    wait_until_none_train(runs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGHUP])
+def test_a_local_sweep_stopped_leaves_no_trainer_and_starts_no_next_job(tiny_data, tmp_path, sig):
+    runs = tmp_path / "runs"
+    sweep = [*tiny_overrides(*tiny_data, runs, **LONG_RUN), "model.lr=0.03,0.02"]
+    proc, first = start_training("-m", *sweep, runs_dir=runs)
+    os.killpg(proc.pid, sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == (-signal.SIGKILL if sig == signal.SIGKILL else 129), (out[-2000:], err[-2000:])
+    assert_stopped_with_a_checkpoint(out, "SIGTERM" if sig == signal.SIGKILL else "SIGHUP", first)
+    wait_until_none_train(runs)
+    assert first.parent.parent.name == "0" and not (first.parent.parent.parent / "1").exists()  # job 1 never began

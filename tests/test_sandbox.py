@@ -255,3 +255,66 @@ def test_the_sandbox_imports_nothing_of_what_it_runs():
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
+
+
+def processes_with(marker: str) -> list[int]:
+    """Live processes whose command line holds `marker` (a zombie has exited)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker.encode() in cmdline and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def wait_for(condition, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGHUP])
+def test_killing_the_sandbox_ends_the_jobs_it_runs(tmp_path, sig):
+    """A running job's container (unshare in a session of its own, its PID 1) ran on after the sandbox died."""
+    from project.sandbox.container import container_problem
+
+    problem = container_problem()
+    if problem:
+        pytest.skip(f"cannot run a job here: {problem}")
+    port, env = free_port(), aws_env(tmp_path)
+    sandbox = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "sandbox", "--port", str(port)],
+        cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        start_new_session=True,  # a process group of its own, as a terminal's command has
+    )  # fmt: skip
+    marker = f"job-{uuid.uuid4().hex}"
+    try:
+        assert sandbox.stdout.readline().startswith(b"sandbox: AWS at")
+        session = boto3.Session(aws_access_key_id="test", aws_secret_access_key="test", region_name=REGION)
+        session.client("sagemaker", endpoint_url=f"http://127.0.0.1:{port}").create_training_job(
+            TrainingJobName=marker,
+            AlgorithmSpecification={
+                "TrainingImage": IMAGE,
+                "TrainingInputMode": "File",
+                "ContainerEntrypoint": [sys.executable, "-c", "import time; time.sleep(600)", marker],
+            },
+            RoleArn="arn:aws:iam::123456789012:role/sandbox-test",
+            OutputDataConfig={"S3OutputPath": "s3://nowhere/jobs"},
+            ResourceConfig={"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 10},
+            StoppingCondition={"MaxRuntimeInSeconds": 3600},
+        )
+        wait_for(lambda: len(processes_with(marker)) >= 2, "the job's unshare and its PID 1")  # its session's
+        os.killpg(sandbox.pid, sig)
+        sandbox.wait(timeout=60)
+        wait_for(lambda: not processes_with(marker), "the job's processes ended with the sandbox", timeout=30)
+    finally:
+        for pid in processes_with(marker):  # never leave one behind, even when the test fails
+            os.kill(pid, signal.SIGKILL)
+        if sandbox.poll() is None:
+            os.killpg(sandbox.pid, signal.SIGKILL)
+            sandbox.wait()

@@ -4,6 +4,11 @@ As in a container, a stop (or MaxRuntime) sends SIGTERM to PID 1 alone, then SIG
 grace period (120 s on SageMaker). The mount point /opt/ml is created on this machine if missing
 and stays empty: each job's tree is mounted there only inside its own namespace. The container's
 lines go to CloudWatch Logs as the SageMaker agent sends them.
+
+A container dies with the sandbox (killed, or its terminal closed): `unshare` gets SIGKILL when
+the thread that started it (the job's, which waits for it) ends, and takes its namespace with it
+(--kill-child). Not a SIGTERM and a checkpoint: the sandbox uploads a job's checkpoints to S3 when
+the container has ended, and its S3 ends with it, so a checkpoint saved then would reach no one.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from ..lifeline import dying_with_this_thread
 from ..sagemaker_names import LOG_GROUP
 from .optml import CONTAINER_ROOT
 
@@ -33,6 +39,7 @@ def namespace_argv(tree: Path, command: list[str]) -> list[str]:
     script = 'mount --bind "$1" ' + CONTAINER_ROOT + ' && shift && cd / && exec "$@"'
     # --fork makes `command` PID 1 of the new PID namespace, as a container's entry point is.
     namespaces = ["--mount", "--pid", "--fork", "--mount-proc", "--propagation", "private"]
+    namespaces.append("--kill-child")  # PID 1 dies with unshare (SIGKILL), and the namespace with PID 1
     return ["unshare", *user, *namespaces, "sh", "-c", script, "sh", str(tree), *command]
 
 
@@ -64,8 +71,9 @@ class Container:
         self.stop_reason: str | None = None
         self.killer: threading.Timer | None = None
         self.process = subprocess.Popen(
-            argv, env=env, cwd="/", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
-        )
+            argv, env=env, cwd="/", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=dying_with_this_thread(signal.SIGKILL),  # the job's thread: it waits for the container
+        )  # fmt: skip
 
     @property
     def stdout(self) -> IO[bytes]:
