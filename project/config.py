@@ -527,11 +527,9 @@ def _reject_added_keys(cfg: Any) -> None:
         if not is_dataclass(schema) or node is None:
             continue
         allowed = {f.name for f in fields(schema)}
-        added = sorted(str(k) for k in node.keys() if k not in allowed)
+        added = sorted(str(k) for k in node if k not in allowed)
         if added:
-            raise ConfigError(
-                f"unknown key '{group.name}.{added[0]}'; valid keys there: {', '.join(sorted(allowed))}"
-            )
+            raise ConfigError(f"unknown key '{group.name}.{added[0]}'; valid keys there: {', '.join(sorted(allowed))}")
 
 
 def _typed(schema: type, group: str, node: Any, keys: tuple[str, ...]) -> Any:

@@ -118,8 +118,7 @@ def check_writable(folder: Path, key: str) -> None:
         # /proc answers a new folder with ENOENT, which would read as if the folder were missing
         why = "no folder can be made there" if exc.errno == errno.ENOENT else exc.strerror or type(exc).__name__
         raise UserError(
-            f"{key}={folder}: cannot write under {existing} ({why}); "
-            f"choose a writable folder, e.g. {key}=runs"
+            f"{key}={folder}: cannot write under {existing} ({why}); choose a writable folder, e.g. {key}=runs"
         ) from None
 
 

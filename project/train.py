@@ -239,7 +239,7 @@ def run_local(overrides: list[str]) -> dict[str, Any]:
 def run_composed(cfg: Any) -> dict[str, Any]:
     run_name = cfg.run_name or default_run_name(cfg)
     run_dir = Path(cfg.paths.runs_dir) / run_name
-    check_writable(Path(cfg.paths.runs_dir), "paths.runs_dir")  # `invoke local` checked it; `python -m project.train` not
+    check_writable(Path(cfg.paths.runs_dir), "paths.runs_dir")  # invoke local checked it; python -m project.train not
     new = not run_dir.exists()
     try:
         metrics = train(cfg, local_layout(run_dir), run_name)

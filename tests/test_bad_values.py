@@ -41,7 +41,7 @@ def refused(tiny_run, runs: Path, *case: str) -> str:
         ("+trainer.foo=1", "unknown key 'trainer.foo'"),
         ("run_name=../../escape", "run_name='../../escape' is not a plain folder name"),
         ("run_name=a/b", "run_name='a/b' is not a plain folder name"),
-        ("paths.runs_dir=/proc/runs", "paths.runs_dir=/proc/runs: cannot write under /proc (no folder can be made there)"),
+        ("paths.runs_dir=/proc/runs", "paths.runs_dir=/proc/runs: cannot write under /proc (no folder can be made"),
     ],
 )
 def test_a_bad_value_the_config_can_know_is_one_line_before_training_starts(tiny_run, tmp_path, case, key):
