@@ -126,7 +126,7 @@ def test_well_formed_resource_names_compose(override):
     C.compose([override])
 
 
-@pytest.mark.parametrize("override", ["trainer.precision=16", "trainer.precision=bf16", "run_name=cnn.v2_lr=0.1"])
+@pytest.mark.parametrize("override", ["trainer.precision=16", "trainer.precision=bf16", "run_name=cnn.v2_lr-0.1"])
 def test_lightnings_precision_aliases_and_plain_run_names_compose(override):
     C.compose([override])
 
