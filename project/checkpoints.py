@@ -48,6 +48,22 @@ STEP_PATTERN = re.compile(r"-step=(\d+)\.ckpt$")
 # Each stops the run at the next step boundary with a checkpoint. SIGHUP: the terminal closed,
 # and `invoke local` passes it on to its training process, which has a process group of its own.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+KEEP = 2  # the newest checkpoints of a run kept on disk (an older one is removed after each save)
+# A checkpoint holds the weights and the optimizer's state: an Adam-style optimizer (AdamW,
+# LitClassifier's) keeps two moments the size of the weights, so three copies. SGD with momentum
+# keeps one and plain SGD none: for them the estimate errs on the safe side.
+CHECKPOINT_COPIES_OF_WEIGHTS = 3
+# Everything else a run writes, with room to spare: a tiny run's plots, serving code, metrics and
+# the checkpoint's and TorchScript file's own overhead came to ~0.4 MiB besides the weights, and
+# the logged curves (CSV, TensorBoard) grow with the steps.
+RUN_FILES_BYTES = 4 << 20
+
+
+def run_bytes(module: torch.nn.Module) -> int:
+    """About the most disk a run of `module` uses at once: `KEEP` checkpoints and the one being
+    written, and the exports (the state dict and the TorchScript model, a copy of the weights each)."""
+    weights = sum(t.numel() * t.element_size() for t in module.state_dict().values())
+    return (KEEP + 1) * CHECKPOINT_COPIES_OF_WEIGHTS * weights + 2 * weights + RUN_FILES_BYTES
 
 
 def checkpoint_name(identity: str, step: int) -> str:
@@ -192,7 +208,7 @@ class RunCheckpoints(pl.Callback):
     save, which is a collective call.
     """
 
-    def __init__(self, checkpoint_dir: Path, identity: str, every_n_steps: int = 0, keep: int = 2):
+    def __init__(self, checkpoint_dir: Path, identity: str, every_n_steps: int = 0, keep: int = KEEP):
         self.dir, self.identity, self.every, self.keep = Path(checkpoint_dir), identity, every_n_steps, keep
         self._saved_step = -1  # decided identically on every rank: saving is a collective call
         self._rng_to_restore: dict | None = None

@@ -179,6 +179,21 @@ class JobConfig:
 
 SWEEP_DIRECTIONS = ("maximize", "minimize")
 
+# Lightning's `Trainer(precision=...)` names (lightning_fabric.connector's _PRECISION_INPUT): the
+# canonical ones, then the short aliases it still accepts. Kept here because importing Lightning
+# to ask costs seconds and torch; tests/test_config.py checks this list against Lightning's own.
+PRECISION_NAMES = (
+    "32-true",
+    "16-mixed",
+    "bf16-mixed",
+    "16-true",
+    "bf16-true",
+    "64-true",
+    "transformer-engine",
+    "transformer-engine-float16",
+)
+PRECISIONS = (*PRECISION_NAMES, "32", "16", "bf16", "64")
+
 
 @dataclass
 class SweepConfig:
@@ -453,17 +468,48 @@ def config_hash(cfg: Any, length: int = 12) -> str:
     return hashlib.sha256(blob).hexdigest()[:length]
 
 
+# The least value of each numeric key that has one (a None, where the schema allows it, is not checked).
+MINIMUMS = {
+    "trainer.max_epochs": 1,
+    "trainer.batch_size": 1,
+    "trainer.gpus": 0,  # 0 = CPU
+    "trainer.num_workers": 0,
+    "trainer.log_every_n_steps": 1,
+    "trainer.checkpoint_every_n_steps": 0,  # 0 = no periodic checkpoints
+    "trainer.limit_train_batches": 0,
+    "trainer.limit_val_batches": 0,
+    "trainer.limit_test_batches": 0,
+    "instance.count": 1,
+    "instance.gpus": 0,
+    "instance.volume_size_gb": 1,
+    "job.max_run_minutes": 1,
+    "job.keep_alive_minutes": 0,
+}
+# A run's folder is runs_dir/<run_name>: one plain folder name, never a path out of runs_dir.
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+,@-]{0,199}")
+
+
 def validate(cfg: Any) -> None:
-    """Checks that span several keys, so they cannot live in the schema's types."""
-    t = cfg.trainer
-    if t.max_epochs < 1:
-        raise ConfigError(f"trainer.max_epochs must be >= 1, got {t.max_epochs}")
-    if t.batch_size < 1:
-        raise ConfigError(f"trainer.batch_size must be >= 1, got {t.batch_size}")
-    if t.gpus is not None and t.gpus < 0:
-        raise ConfigError(f"trainer.gpus must be >= 0 (0 = CPU), got {t.gpus}")
-    if cfg.instance.count < 1:
-        raise ConfigError(f"instance.count must be >= 1, got {cfg.instance.count}")
+    """The checks the schema's types cannot express: ranges, names, unknown keys, several keys together."""
+    from omegaconf import OmegaConf
+
+    _reject_added_keys(cfg)
+    for key, least in MINIMUMS.items():
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value < least:
+            raise ConfigError(f"{key} must be >= {least}, got {value}")
+    if str(cfg.trainer.precision) not in PRECISIONS:
+        close = difflib.get_close_matches(str(cfg.trainer.precision), PRECISION_NAMES, n=1, cutoff=0.4)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(
+            f"trainer.precision={cfg.trainer.precision} is not a Lightning precision{hint}; "
+            f"choose one of: {', '.join(PRECISION_NAMES)}"
+        )
+    if cfg.run_name is not None and not RUN_NAME.fullmatch(str(cfg.run_name)):
+        raise ConfigError(
+            f"run_name={cfg.run_name!r} is not a plain folder name (the run is written to "
+            f"paths.runs_dir/<run_name>): use letters, digits and . _ - = + , @, e.g. run_name=my-run"
+        )
     if cfg.job.max_cost_usd is not None and cfg.job.max_cost_usd <= 0:
         raise ConfigError(f"job.max_cost_usd must be a positive number (null: no budget), got {cfg.job.max_cost_usd}")
     if cfg.sweep.direction not in SWEEP_DIRECTIONS:
@@ -471,6 +517,19 @@ def validate(cfg: Any) -> None:
     _validate_dataset(cfg.dataset)
     _validate_model(cfg.model)
     _validate_resource_names(cfg.aws)
+
+
+def _reject_added_keys(cfg: Any) -> None:
+    """`+trainer.foo=1` adds a key Hydra lets through a schema'd group; nothing would read it."""
+    for group in fields(Config):
+        schema = globals().get(str(group.type))
+        node = cfg.get(group.name)
+        if not is_dataclass(schema) or node is None:
+            continue
+        allowed = {f.name for f in fields(schema)}
+        added = sorted(str(k) for k in node if k not in allowed)
+        if added:
+            raise ConfigError(f"unknown key '{group.name}.{added[0]}'; valid keys there: {', '.join(sorted(allowed))}")
 
 
 def _typed(schema: type, group: str, node: Any, keys: tuple[str, ...]) -> Any:
@@ -518,6 +577,14 @@ def _validate_model(node: Any) -> None:
         _typed(ClassifierKeys, "model", node, ("name", "metrics"))
         return
     model = _typed(ClassifierKeys, "model", node, tuple(f.name for f in fields(ClassifierKeys)))
+    if not model.lr > 0:
+        raise ConfigError(f"model.lr must be > 0 (the peak learning rate), got {model.lr}")
+    if model.weight_decay < 0:
+        raise ConfigError(f"model.weight_decay must be >= 0, got {model.weight_decay}")
+    if not 0 <= model.label_smoothing < 1:
+        raise ConfigError(f"model.label_smoothing must be in [0, 1), got {model.label_smoothing}")
+    if model.num_classes < 2:
+        raise ConfigError(f"model.num_classes must be >= 2 (a classifier), got {model.num_classes}")
     if not str(model.net.get("_target_", "")):
         raise ConfigError(
             "model.net._target_ is empty: name the nn.Module class to build, or set model._target_ to a LightningModule"

@@ -206,6 +206,12 @@ class ResidentDataModule(pl.LightningDataModule):
                 self.splits[name] = moved[id(split)] = moved.get(id(split)) or split.to(device)
         if stage == "fit":
             self._per_device_batch()  # an uneven split is refused before the first step
+            samples = len(self.splits["train"])
+            if self.batch_size > samples:  # one short batch an epoch, not the batch asked for
+                raise DataError(
+                    f"trainer.batch_size={self.batch_size} is larger than the training set ({samples} samples "
+                    f"after dataset.val_size): use trainer.batch_size={samples} or less"
+                )
 
     def _resident_device(self) -> torch.device | None:
         trainer = getattr(self, "trainer", None)
@@ -290,12 +296,15 @@ class IdxDataModule(ResidentDataModule):
         num_workers: int = 0,
         on_device: bool = True,
         num_classes: int | None = None,
+        image_shape: list[int] | None = None,
     ):
         super().__init__(batch_size, seed, num_workers, on_device)
         self.source, self.files = data_dir, dict(files)  # `source`: what the start line names
         self.cache_dir = Path(cache_dir if cache_dir is not None else data_dir)
         self.val_size, self.mean, self.std = val_size, mean, std
         self.num_classes = num_classes  # labels must lie in [0, num_classes): checked once here
+        # The config's sample shape (the network's input follows it): checked against the files once here.
+        self.image_shape = list(image_shape) if image_shape is not None else None
 
     def _stem(self, kind: str, split: str) -> str:
         prefix = "train" if split == "train" else "t10k"
@@ -318,6 +327,13 @@ class IdxDataModule(ResidentDataModule):
         labels = load_verified(paths[self._stem("labels", split)], self.files[self._stem("labels", split)])
         if len(images) != len(labels):
             raise DataError(f"{split}: {len(images)} images but {len(labels)} labels")
+        sample = [1, *images.shape[1:]] if images.ndim == 3 else list(images.shape[1:])  # grey: one channel
+        if self.image_shape is not None and sample != self.image_shape:
+            given, found = (f"[{','.join(map(str, shape))}]" for shape in (self.image_shape, sample))
+            raise DataError(
+                f"dataset.image_shape={given} but the {split} images are {found} (C x H x W): "
+                f"set dataset.image_shape={found}, the shape the network is built for"
+            )
         if self.num_classes is not None and len(labels) and not 0 <= labels.min() <= labels.max() < self.num_classes:
             raise DataError(
                 f"{split} labels run from {labels.min()} to {labels.max()}, outside 0..{self.num_classes - 1}: "

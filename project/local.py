@@ -35,6 +35,7 @@ from . import lifeline, startup
 from .config import CONF_DIR, compose
 from .errors import HANGUP_EXIT, INTERRUPTED_EXIT, TERMINATED_EXIT, USER_ERROR_EXIT
 from .raw import channel_folders, compressed_files, warm
+from .runtime import check_writable
 
 # Exit codes of `python -m project.train` that need no further word: it said what happened.
 SELF_REPORTED_EXITS = (USER_ERROR_EXIT, INTERRUPTED_EXIT, TERMINATED_EXIT, HANGUP_EXIT)
@@ -59,6 +60,7 @@ def check(overrides: Sequence[str]) -> list[Path]:
     """Compose and validate the config, and make every data channel present (and verified, with
     dataset.files); the compressed files the training child will read, to warm while it imports."""
     cfg = compose(list(overrides))
+    check_writable(Path(cfg.paths.runs_dir), "paths.runs_dir")  # a read-only mount, /proc: a second, not an epoch
     startup.mark("invoke_config")
     folders = channel_folders(cfg)
     startup.mark("invoke_checked")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -162,14 +163,51 @@ def _check_net(spec: Mapping[str, Any]) -> None:
 _SHAPE_WORDS = ("shape", "size", "channels", "dim")
 
 
+def _reason(exc: BaseException) -> str:
+    """The first line of what went wrong, past Hydra's "Error in call to target" wrapper."""
+    root = exc.__cause__ or exc
+    text = str(root).strip().splitlines()[0] if str(root).strip() else ""
+    return f"{type(root).__name__}: {text}" if text else type(root).__name__
+
+
+def _suspects(spec: Mapping[str, Any]) -> str:
+    """The net's numeric arguments of 0 or less (a width of 0): where a broken network usually comes from."""
+    low = [
+        f"model.net.{k}={v}"
+        for k, v in spec.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and v <= 0 and not str(k).startswith("_")
+    ]
+    return f"; check {', '.join(low)} (layer sizes must be >= 1)" if low else "; check the model.net.* arguments"
+
+
+def _forward(net: Any, shape: list[int], device: str) -> list[int]:
+    """Each leaf module's output size for one sample of `shape`."""
+    import torch
+
+    sizes: list[int] = []
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel()))
+        for m in net.modules()
+        if not list(m.children())  # leaf modules: containers would count their children twice
+    ]
+    try:
+        net(torch.empty(1, *shape, device=device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return sizes
+
+
 def sample_pass(cfg: Any) -> tuple[Any, list[int]] | None:
     """The classifier's network built on PyTorch's meta device (shapes only: no memory, no data) and
     run on one sample of `dataset.image_shape`: the network and each leaf module's output size.
 
-    None where no such pass can be made: no sample shape known before the data is read, a model
-    that is not a `net` we build, or a network the meta device cannot run. A network that cannot
-    take the dataset's samples (an MLP sized for 28x28 grey images given 64x64 RGB ones) is one
-    line, before a run folder is written or a job launched, not a traceback from the first step.
+    None where no such pass can be made: no sample shape known before the data is read, or a model
+    that is not a `net` we build. A network that cannot be built from its arguments (a width of 0),
+    or cannot take the dataset's samples (an MLP sized for 28x28 grey images given 64x64 RGB ones)
+    is one line naming the key, before a run folder is written or a job launched, not a traceback
+    from the first step. A network the meta device cannot run (one that reads a value) is run once
+    on the CPU instead: only a failure there is the network's.
     """
     import torch
 
@@ -178,30 +216,40 @@ def sample_pass(cfg: Any) -> tuple[Any, list[int]] | None:
     shape = cfg.dataset.get("image_shape")
     if not shape or not is_classifier(cfg) or not cfg.model.get("net"):
         return None
-    sizes: list[int] = []
+    spec = dict(cfg.model.net)
+    target = spec.get("_target_")
     try:
-        with torch.device("meta"):
-            net = build_net(dict(cfg.model.net))
-            hooks = [
-                m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel()))
-                for m in net.modules()
-                if not list(m.children())  # leaf modules: containers would count their children twice
-            ]
-            net(torch.empty(1, *shape))
-            for hook in hooks:
-                hook.remove()
+        # torch warns that a zero-element weight is not initialised: the refusal below says it in one line
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            net = build_net(spec)
+    except Exception as exc:  # noqa: BLE001  a user's network may raise anything on bad arguments
+        raise ModuleError(f"model.net={target} cannot be built: {_reason(exc)}{_suspects(spec)}") from None
+    empty = next((tuple(p.shape) for p in net.parameters() if p.numel() == 0), None)
+    if empty is not None:
+        raise ModuleError(f"model.net={target} has an empty layer (a weight of shape {list(empty)}){_suspects(spec)}")
+    try:
+        return net, _forward(net, list(shape), "meta")
     except RuntimeError as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if any(word in reason for word in _SHAPE_WORDS):
             raise ModuleError(
-                f"model.net={cfg.model.net._target_} cannot take dataset={cfg.dataset.name}'s samples "
+                f"model.net={target} cannot take dataset={cfg.dataset.name}'s samples "
                 f"(image_shape {list(shape)}): {reason}; pick a model that fits (model=cnn follows "
                 "dataset.image_shape), or size the network's input to it"
             ) from None
-        return None
-    except Exception:  # noqa: BLE001  (a user's network that the meta device cannot run: no pass, no refusal)
-        return None
-    return net, sizes
+    except Exception:  # noqa: BLE001,S110  (the meta device's limits: decided on the CPU below)
+        pass
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            net = build_net(spec)
+        return net, _forward(net, list(shape), "cpu")
+    except Exception as exc:  # noqa: BLE001  a user's network may raise anything
+        raise ModuleError(
+            f"model.net={target} fails on one sample of dataset.image_shape {list(shape)}: {_reason(exc)}"
+            f"{_suspects(spec)}"
+        ) from None
 
 
 def build(cfg: Any, folders: Mapping[str, Path]) -> tuple[Any, Any]:

@@ -5,15 +5,18 @@ Pure functions of the environment mapping, so both are unit-tested without a con
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import UserError
 from .sagemaker_names import CHECKPOINT_DIR, METRICS_FILE
 
 # A folder where each worker marks that it checkpointed after SIGTERM: the launcher (PID 1) then
@@ -90,6 +93,44 @@ def discard_unless_resumable(run_dir: Path) -> None:
     """Remove a run folder that holds no checkpoint: a failed run leaves nothing a re-run could use."""
     if not any((run_dir / "checkpoints").glob("*.ckpt")):
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _nearest_existing(path: Path) -> Path:
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable(folder: Path, key: str) -> None:
+    """A folder can be made at `folder` and written in, or a UserError naming `key`.
+
+    Tried, not inferred from permission bits: root passes every mode check yet cannot write to a
+    read-only mount or to /proc. The probe is a temporary folder in the nearest folder that
+    exists, removed at once: nothing is left behind.
+    """
+    existing = _nearest_existing(folder)
+    if not existing.is_dir():
+        raise UserError(f"{key}={folder}: {existing} is a file, not a folder; choose a folder, e.g. {key}=runs")
+    try:
+        tempfile.TemporaryDirectory(dir=existing, prefix=".write-check-").cleanup()
+    except OSError as exc:
+        # /proc answers a new folder with ENOENT, which would read as if the folder were missing
+        why = "no folder can be made there" if exc.errno == errno.ENOENT else exc.strerror or type(exc).__name__
+        raise UserError(
+            f"{key}={folder}: cannot write under {existing} ({why}); choose a writable folder, e.g. {key}=runs"
+        ) from None
+
+
+def check_room(folder: Path, needed: int, what: str, fix: str) -> None:
+    """At least `needed` bytes free where `folder` is (or will be), or a UserError saying `fix`."""
+    free = shutil.disk_usage(_nearest_existing(folder)).free
+    if free < needed:
+        raise UserError(f"{folder}: {_mib(free)} free, but this run needs about {_mib(needed)} ({what}); {fix}")
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
 
 
 def local_layout(run_dir: Path) -> RunLayout:

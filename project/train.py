@@ -29,13 +29,15 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from . import artifacts, local, modules, reporting, serving, startup
 from . import config as config_lib
 from .atomic import write_atomically
-from .checkpoints import Interrupted, Interrupts, RunCheckpoints, newest_valid, stop_exit
+from .checkpoints import Interrupted, Interrupts, RunCheckpoints, newest_valid, run_bytes, stop_exit
 from .errors import INTERRUPTED_EXIT, USER_ERROR_EXIT, UserError
 from .raw import channel_folders
 from .reporting import scalars as _scalars
 from .runtime import (
     RunLayout,
     SageMakerEnv,
+    check_room,
+    check_writable,
     container_layout,
     debug_enabled,
     discard_unless_resumable,
@@ -158,8 +160,10 @@ def train(
     modules.check(cfg)  # a _target_ that does not import, or a wrong argument: one line, nothing written
     modules.sample_pass(cfg)  # a network that cannot take the data's samples: the same
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-    layout.create()
     trainer, module, datamodule = build_run(cfg, layout, folders, num_nodes, gpus, run_name)
+    # A disk that fills up fails at the first checkpoint, an epoch in: refused before a folder is made.
+    check_room(layout.checkpoint_dir, run_bytes(module), ROOM_ASSUMED, _room_fix())
+    layout.create()
     startup.mark("built")
     if trainer.is_global_zero:
         write_atomically(layout.model_dir / config_lib.RESOLVED_CONFIG_NAME, config_lib.to_yaml(cfg))
@@ -198,6 +202,15 @@ def train(
     return metrics
 
 
+ROOM_ASSUMED = "checkpoints of the weights and an Adam-style optimizer's state, the exported model, logs"
+
+
+def _room_fix() -> str:
+    if sagemaker_env() is not None:
+        return "give the job a larger volume with instance.volume_size_gb=..."
+    return "free some space, or choose another folder with paths.runs_dir=..."
+
+
 def _write_artifacts(cfg: Any, layout: RunLayout, module, datamodule, metrics: dict[str, Any]) -> None:
     example = artifacts.example_input(datamodule)
     if modules.is_classifier(cfg) and example is not None and example.dim() == 4:
@@ -227,6 +240,7 @@ def run_local(overrides: list[str]) -> dict[str, Any]:
 def run_composed(cfg: Any) -> dict[str, Any]:
     run_name = cfg.run_name or default_run_name(cfg)
     run_dir = Path(cfg.paths.runs_dir) / run_name
+    check_writable(Path(cfg.paths.runs_dir), "paths.runs_dir")  # invoke local checked it; python -m project.train not
     new = not run_dir.exists()
     try:
         metrics = train(cfg, local_layout(run_dir), run_name)

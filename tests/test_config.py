@@ -63,6 +63,16 @@ def test_instance_catalog_covers_the_design_card():
         ("job.environment.FOO=1", "unknown key 'job.environment.FOO'; to add it, write +job.environment.FOO=..."),
         ("trainer.gpus=-1", "trainer.gpus must be >= 0"),
         ("trainer.max_epochs=0", "trainer.max_epochs must be >= 1"),
+        ("trainer.log_every_n_steps=0", "trainer.log_every_n_steps must be >= 1, got 0"),
+        ("trainer.limit_train_batches=-1", "trainer.limit_train_batches must be >= 0, got -1.0"),
+        (
+            "trainer.precision=bf16-mix",
+            "trainer.precision=bf16-mix is not a Lightning precision (did you mean bf16-mixed?)",
+        ),
+        ("model.weight_decay=-0.1", "model.weight_decay must be >= 0, got -0.1"),
+        ("model.label_smoothing=1", "model.label_smoothing must be in [0, 1), got 1.0"),
+        ("+paths.scratch=/tmp", "unknown key 'paths.scratch'; valid keys there: data_dir, runs_dir"),
+        ("run_name=..", "run_name='..' is not a plain folder name"),
     ],
 )
 def test_bad_override_is_one_clear_line(override, expected):
@@ -113,6 +123,11 @@ def test_malformed_resource_names_are_refused_at_compose_time(override, expected
     ],
 )
 def test_well_formed_resource_names_compose(override):
+    C.compose([override])
+
+
+@pytest.mark.parametrize("override", ["trainer.precision=16", "trainer.precision=bf16", "run_name=cnn.v2_lr-0.1"])
+def test_lightnings_precision_aliases_and_plain_run_names_compose(override):
     C.compose([override])
 
 
