@@ -5,7 +5,9 @@ library and Hydra only, no torch), so a typo, a missing folder or a damaged file
 once instead of after Lightning's start-up. Training runs as `python -m project.child` (which is
 project.train's main) with the same overrides, started before the check: it imports torch and
 Lightning (most of its start-up) while this process checks, then trains on the word it reads on a
-pipe (GO_ENV names its end): "go", followed by the data files the check verified, or the pipe
+pipe (GO_ENV names its end): "go", followed by the run it trains (the check chose it: with no
+run_name, the unfinished run of the same config, project/identity.py) and the data files the
+check verified, or the pipe
 closed without a word, and it exits, or killed when the check failed, since it has only imported
 by then. It hears the word on a thread as soon as it is said, and reads and decompresses those
 files while its imports run (raw.warm). It runs in a process group of its own: every Ctrl-C (or
@@ -23,11 +25,13 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import startup
 from .config import CONF_DIR, compose
 from .errors import INTERRUPTED_EXIT, USER_ERROR_EXIT
+from .identity import choose_run, default_run_name, run_identity
 from .raw import channel_folders, compressed_files, warm
 
 # Exit codes of `python -m project.train` that need no further word: it said what happened.
@@ -46,25 +50,40 @@ def run(overrides: Sequence[str]) -> int:
     return train_in_child(overrides, check_first=lambda: check(overrides))
 
 
-def check(overrides: Sequence[str]) -> list[Path]:
-    """Compose and validate the config, and make every data channel present (and verified, with
-    dataset.files); the compressed files the training child will read, to warm while it imports."""
+@dataclass(frozen=True)
+class Checked:
+    """What the check passes on to the training child with "go"."""
+
+    run_name: str = ""  # the run to train, as the check chose it; "": the child decides (a config file's)
+    files: Sequence[Path] = ()  # compressed data files to warm while it imports
+
+    def word(self) -> bytes:
+        return GO + "\n".join([self.run_name, *(str(path) for path in self.files)]).encode()
+
+
+def check(overrides: Sequence[str]) -> Checked:
+    """Compose and validate the config, choose the run (a new one, or the unfinished run of this
+    config: identity.choose_run), and make every data channel present (and verified, with
+    dataset.files); the compressed files the training child will read are warmed while it imports."""
     cfg = compose(list(overrides))
     startup.mark("invoke_config")
+    run_name = choose_run(
+        run_identity(cfg), cfg.run_name, Path(cfg.paths.runs_dir), lambda: default_run_name(cfg), cfg.trainer.resume
+    )
     folders = channel_folders(cfg)
     startup.mark("invoke_checked")
-    return compressed_files(cfg, folders)
+    return Checked(run_name, compressed_files(cfg, folders))
 
 
 def _block_sigint() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
 
-def train_in_child(overrides: Sequence[str], check_first: Callable[[], Sequence[Path]] = list) -> int:
+def train_in_child(overrides: Sequence[str], check_first: Callable[[], Checked] = Checked) -> int:
     """Run `python -m project.child <overrides>`; its exit code (128 + N when signal N killed it).
 
     The child starts at once and imports while `check_first()` runs here; it trains only after the
-    check passed, and warms the files the check returns. A check that raises (or a Ctrl-C during it:
+    check passed, trains the run it chose, and warms the files it names. A check that raises (or a Ctrl-C during it:
     the child, in a process group of its own, never sees that one) kills the child, which has only
     imported, and the error propagates.
     """
@@ -80,7 +99,7 @@ def train_in_child(overrides: Sequence[str], check_first: Callable[[], Sequence[
     )
     os.close(go_read)
     try:
-        to_warm = check_first()
+        checked = check_first()
     except BaseException:
         os.close(go_write)
         child.kill()  # it has only imported: nothing to save, and no reason to wait for it
@@ -94,7 +113,7 @@ def train_in_child(overrides: Sequence[str], check_first: Callable[[], Sequence[
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}  # before "go": no gap
     try:
         with contextlib.suppress(BrokenPipeError):  # a child that died importing: its exit code says so
-            os.write(go_write, GO + "\n".join(str(path) for path in to_warm).encode())
+            os.write(go_write, checked.word())
         os.close(go_write)
         code = child.wait()
     finally:
@@ -122,7 +141,9 @@ def listen() -> None:
         startup.mark("go_heard")
         _word.go = said.startswith(GO)
         if _word.go:
-            warm(Path(line) for line in said[len(GO) :].decode().splitlines() if line)
+            run_name, *files = said[len(GO) :].decode().split("\n")
+            _word.run_name = run_name
+            warm(Path(line) for line in files if line)
 
     _word.listener = threading.Thread(target=hear, name="go", daemon=True)
     _word.listener.start()
@@ -133,6 +154,7 @@ class _Word:
 
     listener: threading.Thread | None = None
     go = False
+    run_name = ""
 
 
 _word = _Word()
@@ -147,3 +169,8 @@ def wait_for_go() -> bool:
     _word.listener.join()
     startup.mark("go")
     return _word.go
+
+
+def chosen_run_name() -> str | None:
+    """In the training child: the run `invoke local`'s check chose; None when started otherwise."""
+    return _word.run_name or None

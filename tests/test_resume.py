@@ -23,6 +23,7 @@ import torch
 from project import config as C
 from project.checkpoints import candidates, newest_valid
 from project.data import IndexBatches, ResumableLoader, TensorSplit
+from project.identity import run_identity
 from project.train import run_composed
 from tests.synthetic import tiny_overrides, write_dataset
 
@@ -102,7 +103,7 @@ def test_sigterm_mid_epoch_then_resume_equals_an_uninterrupted_run(epoch_of_seco
 
     again = subprocess.run(command, cwd=ROOT, env=one_thread, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"step={step:08d}.ckpt" in again.stdout.split("resuming from checkpoint ", 1)[1].splitlines()[0]
+    assert re.search(rf"^resuming run spot from step {step} \(\w+-step={step:08d}\.ckpt\)$", again.stdout, re.M)
     resumed = json.loads((run_dir / "metrics.json").read_text())
     assert resumed["resumed_from"].endswith(f"step={step:08d}.ckpt")
     # The same optimizer steps on the same batches: the resumed epoch skipped the batches it had
@@ -124,7 +125,7 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(tiny_run, tm
     finished = run_composed(cfg)
     run_dir = tmp_path / "runs" / "fallback"
     uninterrupted = weights(run_dir)
-    identity = C.config_hash(cfg)
+    identity = run_identity(cfg)
     newest, previous = candidates(run_dir / "checkpoints", identity)  # keep=2: the epoch end and step 15
     assert (newest.name, previous.name) == (f"{identity}-step=00000016.ckpt", f"{identity}-step=00000015.ckpt")
 
@@ -147,11 +148,11 @@ def test_another_configs_checkpoints_are_never_resumed(tiny_run, tmp_path):
     theirs = {p.name: p.read_bytes() for p in checkpoint_dir.iterdir()}
 
     other = C.compose(tiny_run(run_name="shared", **{"model.lr": 0.02}))  # same folder, another run
-    assert C.config_hash(other) != C.config_hash(first)
+    assert run_identity(other) != run_identity(first)
     metrics = run_composed(other)
     assert metrics["resumed_from"] is None and metrics["global_steps"] == 16
     assert all((checkpoint_dir / name).read_bytes() == content for name, content in theirs.items())
-    assert candidates(checkpoint_dir, C.config_hash(other)) and newest_valid(checkpoint_dir, "0123456789ab") is None
+    assert candidates(checkpoint_dir, run_identity(other)) and newest_valid(checkpoint_dir, "0123456789ab") is None
 
 
 def test_loader_position_resumes_the_same_epoch_only():

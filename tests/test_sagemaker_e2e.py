@@ -318,7 +318,9 @@ def test_stopped_job_rerun_resumes_from_its_checkpoints(world, tmp_path):
         assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-2000:]
         rerun = service.result(re.search(r"launched (\S+)", second.stdout).group(1))
     rerun.check()
-    assert re.search(rf"resuming from checkpoint \w+-step={step:08d}\.ckpt", rerun.stdout), rerun.stdout[-3000:]
+    assert re.search(rf"resuming run \S+ from step {step} \(\w+-step={step:08d}\.ckpt\)", rerun.stdout), rerun.stdout[
+        -3000:
+    ]
     metrics = json.loads((rerun.tree / "output" / "data" / "metrics.json").read_text())
     assert metrics["global_steps"] == 10 * 63 and metrics["resumed_from"].endswith(f"step={step:08d}.ckpt")
 
