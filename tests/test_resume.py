@@ -3,7 +3,7 @@
 SIGTERM mid-epoch saves a checkpoint within seconds and exits 0; the next start of the same
 config resumes from it and ends bit-for-bit where a never-interrupted run ends (deterministic
 mode). A truncated newest checkpoint falls back to the previous one; another config's
-checkpoints in the same folder are never resumed.
+checkpoints in the same folder are never resumed, and its folder takes no other config's run.
 """
 
 import json
@@ -23,7 +23,7 @@ import torch
 from project import config as C
 from project.checkpoints import candidates, newest_valid
 from project.data import IndexBatches, ResumableLoader, TensorSplit
-from project.identity import run_identity
+from project.identity import RunNameError, run_identity
 from project.train import run_composed
 from tests.synthetic import tiny_overrides, write_dataset
 
@@ -141,18 +141,18 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(tiny_run, tm
     assert_same_weights(weights(run_dir), uninterrupted)
 
 
-def test_another_configs_checkpoints_are_never_resumed(tiny_run, tmp_path):
+def test_another_configs_checkpoints_are_never_resumed_nor_mixed_in(tiny_run, tmp_path):
     first = C.compose(tiny_run(run_name="shared"))
     run_composed(first)
-    checkpoint_dir = tmp_path / "runs" / "shared" / "checkpoints"
-    theirs = {p.name: p.read_bytes() for p in checkpoint_dir.iterdir()}
+    run_dir = tmp_path / "runs" / "shared"
+    theirs = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
 
     other = C.compose(tiny_run(run_name="shared", **{"model.lr": 0.02}))  # same folder, another run
     assert run_identity(other) != run_identity(first)
-    metrics = run_composed(other)
-    assert metrics["resumed_from"] is None and metrics["global_steps"] == 16
-    assert all((checkpoint_dir / name).read_bytes() == content for name, content in theirs.items())
-    assert candidates(checkpoint_dir, run_identity(other)) and newest_valid(checkpoint_dir, "0123456789ab") is None
+    assert newest_valid(run_dir / "checkpoints", run_identity(other)) is None
+    with pytest.raises(RunNameError, match=r"^run_name=shared is taken by another config's run in "):
+        run_composed(other)  # refused before anything is written: one folder, one config
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == theirs
 
 
 def test_loader_position_resumes_the_same_epoch_only():

@@ -106,3 +106,21 @@ def test_a_run_name_taken_by_another_config_is_refused_before_anything_is_writte
     assert line.startswith(f"error: run_name=r1 is taken by another config's run in {runs / 'r1'} (config "), line
     assert line.endswith("pick a new run_name=, or leave it out"), line
     assert files_under(runs) == before
+
+
+def test_progress_reads_a_checkpoint_folder_or_an_s3_listing_alike():
+    from project.identity import Progress, progress
+
+    keys = [
+        "checkpoints/lightning-0123456789ab/0123456789ab-step=00000008.ckpt",
+        "checkpoints/lightning-0123456789ab/0123456789ab-step=00000016.ckpt",
+        "checkpoints/lightning-0123456789ab/0123456789ab-finished.json",
+        "fedcba987654-step=00000003.ckpt",
+        ".fedcba987654-step=00000005.ckpt.part",  # a save in progress is no checkpoint
+        "notes.txt",
+    ]
+    assert progress(keys) == {
+        "0123456789ab": Progress("0123456789ab", 16, True),
+        "fedcba987654": Progress("fedcba987654", 3, False),
+    }
+    assert progress(keys)["fedcba987654"].status == "interrupted at step 3"
