@@ -7,13 +7,12 @@ project.train's main) with the same overrides, started before the check: it impo
 Lightning (most of its start-up) while this process checks, then trains on the word it reads on a
 pipe (GO_ENV names its end): "go", followed by the run it trains (the check chose it: with no
 run_name, the unfinished run of the same config, project/identity.py) and the data files the
-check verified, or the pipe
-closed without a word, and it exits, or killed when the check failed, since it has only imported
-by then. It hears the word on a thread as soon as it is said, and reads and decompresses those
-files while its imports run (raw.warm). It runs in a process group of its own: every Ctrl-C (or
-SIGTERM) reaches it exactly once, through this process, and it stops at the next step boundary
-with a checkpoint (project/checkpoints.py). The child prints its own errors, so its exit code is
-passed on.
+check verified, or the pipe closed without a word, and it exits, or killed when the check failed,
+since it has only imported by then. It hears the word on a thread as soon as it is said, and
+reads and decompresses those files while its imports run (raw.warm). It runs in a process group
+of its own: every Ctrl-C (or SIGTERM) reaches it exactly once, through this process, and it stops
+at the next step boundary with a checkpoint (project/checkpoints.py). The child prints its own
+errors, so its exit code is passed on.
 """
 
 from __future__ import annotations
@@ -83,9 +82,9 @@ def train_in_child(overrides: Sequence[str], check_first: Callable[[], Checked] 
     """Run `python -m project.child <overrides>`; its exit code (128 + N when signal N killed it).
 
     The child starts at once and imports while `check_first()` runs here; it trains only after the
-    check passed, trains the run it chose, and warms the files it names. A check that raises (or a Ctrl-C during it:
-    the child, in a process group of its own, never sees that one) kills the child, which has only
-    imported, and the error propagates.
+    check passed, trains the run it chose, and warms the files it names. A check that raises (or a
+    Ctrl-C during it: the child, in a process group of its own, never sees that one) kills the
+    child, which has only imported, and the error propagates.
     """
     go_read, go_write = os.pipe()
     # Its own process group, not the terminal's: each Ctrl-C reaches it once, forwarded by us. SIGINT
