@@ -49,6 +49,9 @@ SHORT_RUN = (
     "trainer.limit_train_batches=2",
     "trainer.limit_val_batches=2",
     "trainer.limit_test_batches=2",
+    # A new run every round: the same command would otherwise find the previous round's finished
+    # run (resume by default, project/identity.py) and refuse to train it again.
+    "trainer.resume=false",
 )
 
 

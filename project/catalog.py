@@ -1,7 +1,8 @@
 """One catalog of every run: `invoke runs` (local runs and SageMaker jobs, newest first) and `invoke compare`.
 
-Local runs are the folders under paths.runs_dir that hold a metrics.json (a sweep's runs one
-level deeper, runs/<sweep>/<n>/); SageMaker jobs come from the Search API (every page), with
+Local runs are the folders under paths.runs_dir that hold a metrics.json (finished) or checkpoints
+(interrupted, resumable: identity.run_progress says at which step), each listed once, a sweep's
+runs one level deeper (runs/<sweep>/<n>/); SageMaker jobs come from the Search API (every page), with
 their tags (config hash, git sha, sweep) and final metrics. The pure parts (rows, filters, the
 config diff) take plain values; only `sagemaker_entries` talks to AWS.
 """
@@ -18,6 +19,7 @@ from typing import Any
 
 from .config import RESOLVED_CONFIG_NAME
 from .errors import UserError
+from .identity import run_progress
 from .sagemaker_names import METRICS_FILE
 
 PROJECT_TAG = ("project", "lightning-sagemaker")  # every job plan_job tags
@@ -78,31 +80,67 @@ def _load_yaml(path: Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text()) or {}
 
 
+def _is_run(folder: Path) -> bool:
+    """A run's own folder (runtime.local_layout; `invoke fetch` writes the same), not one inside it."""
+    return (folder / METRICS_FILE).is_file() or (folder / "checkpoints").is_dir()
+
+
+def run_folders(runs_dir: Path) -> list[Path]:
+    """Every local run once: runs/<run>/, and runs/<sweep>/<n>/ in a folder that is not a run itself."""
+    found = []
+    for folder in sorted(p for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []:
+        if _is_run(folder):
+            found.append(folder)
+        else:
+            found += sorted(p for p in folder.iterdir() if p.is_dir() and _is_run(p))
+    return found
+
+
 def local_entries(runs_dir: Path, base: dict[str, Any]) -> list[Entry]:
     entries = []
-    for metrics_file in sorted([*runs_dir.glob(f"*/{METRICS_FILE}"), *runs_dir.glob(f"*/*/{METRICS_FILE}")]):
-        run = metrics_file.parent
-        try:
-            metrics = json.loads(metrics_file.read_text())
-        except (OSError, ValueError):
+    for run in run_folders(runs_dir):
+        entry = _finished_entry(run) if (run / METRICS_FILE).is_file() else _interrupted_entry(run)
+        if entry is None:
             continue
         config = run / "model" / RESOLVED_CONFIG_NAME
         changed = config_diff(base, _load_yaml(config)) if config.is_file() else {}
-        sweep = run.parent.name if run.parent != runs_dir else "-"
-        entries.append(
-            Entry(
-                name=str(run.relative_to(runs_dir)),
-                where="local",
-                status="Completed",
-                created=datetime.fromtimestamp(metrics_file.stat().st_mtime, UTC),
-                config_hash=str(metrics.get("config_hash", "-")),
-                sweep=sweep,
-                overrides=" ".join(f"{k}={v[1]}" for k, v in changed.items()) or "-",
-                metrics={k: float(v) for k, v in metrics.items() if k in SHOWN_METRICS},
-                duration_s=metrics.get("fit_seconds"),
-            )
-        )
+        entry.overrides = " ".join(f"{k}={v[1]}" for k, v in changed.items()) or "-"
+        entry.sweep = run.parent.name if run.parent != runs_dir else "-"
+        entry.name = str(run.relative_to(runs_dir))
+        entries.append(entry)
     return entries
+
+
+def _finished_entry(run: Path) -> Entry | None:
+    metrics_file = run / METRICS_FILE
+    try:
+        metrics = json.loads(metrics_file.read_text())
+    except (OSError, ValueError):
+        return None
+    return Entry(
+        name=run.name,
+        where="local",
+        status="Completed",
+        created=datetime.fromtimestamp(metrics_file.stat().st_mtime, UTC),
+        config_hash=str(metrics.get("config_hash", "-")),
+        metrics={k: float(v) for k, v in metrics.items() if k in SHOWN_METRICS},
+        duration_s=metrics.get("fit_seconds"),
+    )
+
+
+def _interrupted_entry(run: Path) -> Entry | None:
+    """A run with checkpoints and no metrics.json: stopped, and the same command resumes it."""
+    unfinished = [p for p in run_progress(run).values() if not p.finished and p.step >= 0]
+    if not unfinished:
+        return None  # no checkpoint yet (starting, or running its first steps): nothing to resume
+    newest = max(unfinished, key=lambda p: p.step)
+    return Entry(
+        name=run.name,
+        where="local",
+        status=newest.status,
+        created=datetime.fromtimestamp((run / "checkpoints").stat().st_mtime, UTC),
+        config_hash=newest.identity,
+    )
 
 
 def sagemaker_entries(sm: Any) -> list[Entry]:
@@ -219,6 +257,8 @@ def list_runs(
         echo(f"(SageMaker jobs not listed: {problem})")
     chosen = select(entries, sweep, since, metric)
     echo(table(chosen) if chosen else "no runs match")
+    if any(e.where == "local" and e.status.startswith("interrupted") for e in chosen):
+        echo("interrupted runs resume where they stopped: run the same `invoke local` command again")
     return chosen
 
 

@@ -13,11 +13,11 @@ as SIGTERM does; `invoke local`'s training process also stops so when the comman
 it dies (project/local.py). The exported model and metrics.json are written only by a run that
 finishes.
 
-On the next start, `newest_valid` picks the newest checkpoint of the same identity (config hash)
-that loads; a truncated or corrupt one is skipped with a warning. A checkpoint holds the loop
-progress, optimizer and lr-schedule state, the training loader's position within the epoch
-(data.ResumableLoader) and the global RNG state, so a resumed run takes the same optimizer
-steps on the same batches as one that was never stopped.
+On the next start, `newest_valid` picks the newest checkpoint of the same run identity
+(project/identity.py, the config hash) that loads; a truncated or corrupt one is skipped with a
+warning. A checkpoint holds the loop progress, optimizer and lr-schedule state, the training
+loader's position within the epoch (data.ResumableLoader) and the global RNG state, so a resumed
+run takes the same optimizer steps on the same batches as one that was never stopped.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import logging
 import os
 import pickle
 import random
-import re
 import signal
 import sys
 from collections.abc import Iterator, Mapping
@@ -40,11 +39,11 @@ import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from .errors import TERMINATED_EXIT
+from .identity import CHECKPOINT_FILE, checkpoint_name
 from .runtime import CLEAN_STOP_ENV
 
 log = logging.getLogger(__name__)
 
-STEP_PATTERN = re.compile(r"-step=(\d+)\.ckpt$")
 # Each stops the run at the next step boundary with a checkpoint. SIGHUP: the terminal closed,
 # and `invoke local` passes it on to its training process, which has a process group of its own.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
@@ -66,17 +65,14 @@ def run_bytes(module: torch.nn.Module) -> int:
     return (KEEP + 1) * CHECKPOINT_COPIES_OF_WEIGHTS * weights + 2 * weights + RUN_FILES_BYTES
 
 
-def checkpoint_name(identity: str, step: int) -> str:
-    return f"{identity}-step={step:08d}.ckpt"
-
 
 def candidates(checkpoint_dir: Path, identity: str) -> list[Path]:
     """This run's checkpoints, newest (highest step) first; other runs' files are ignored."""
     found = []
     for path in Path(checkpoint_dir).glob(f"{identity}-step=*.ckpt"):
-        match = STEP_PATTERN.search(path.name)
-        if match:
-            found.append((int(match.group(1)), path.stat().st_mtime, path))
+        match = CHECKPOINT_FILE.match(path.name)
+        if match and match.group("identity") == identity:
+            found.append((int(match.group("step")), path.stat().st_mtime, path))
     return [path for _, _, path in sorted(found, reverse=True)]
 
 

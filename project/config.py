@@ -450,24 +450,6 @@ def to_yaml(cfg: Any) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
 
 
-def config_hash(cfg: Any, length: int = 12) -> str:
-    """A short, stable identity of everything that shapes the training result."""
-    from omegaconf import OmegaConf
-
-    shaping: dict[str, dict[str, Any]] = {
-        k: OmegaConf.to_container(cfg[k], resolve=True)  # type: ignore[misc]  # a config node is a dict
-        for k in ("dataset", "model", "trainer")
-    }
-    for lever in ("resume", "data_on_device", "channels_last", "compile", "log_every_n_steps"):
-        shaping["trainer"].pop(lever, None)  # how the run executes or reports, not what it computes
-    # The same bytes, whichever mirror or folder they came from; uploaded the same way either way.
-    for key in ("channels", "input_modes"):
-        shaping["dataset"].pop(key, None)
-    shaping["dataset"].pop("on_device", None)  # IdxDataModule's copy of trainer.data_on_device, a lever
-    blob = json.dumps(shaping, sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:length]
-
-
 # The least value of each numeric key that has one (a None, where the schema allows it, is not checked).
 MINIMUMS = {
     "trainer.max_epochs": 1,
@@ -613,7 +595,7 @@ def resolve_gpus(requested: int | None, available: int) -> int:
 
 
 def with_gpus(cfg: Any, gpus: int) -> Any:
-    """A copy of the config with trainer.gpus resolved: what a job stages and its identity is hashed from."""
+    """A copy of the config with trainer.gpus resolved: what a job stages and its run identity hashes."""
     resolved = copy.deepcopy(cfg)
     resolved.trainer.gpus = gpus
     return resolved

@@ -5,13 +5,14 @@ library and Hydra only, no torch), so a typo, a missing folder or a damaged file
 once instead of after Lightning's start-up. Training runs as `python -m project.child` (which is
 project.train's main) with the same overrides, started before the check: it imports torch and
 Lightning (most of its start-up) while this process checks, then trains on the word it reads on a
-pipe (GO_ENV names its end): "go", followed by the data files the check verified, or the pipe
-closed without a word, and it exits, or killed when the check failed, since it has only imported
-by then. It hears the word on a thread as soon as it is said, and reads and decompresses those
-files while its imports run (raw.warm). It runs in a process group of its own: every Ctrl-C,
-SIGTERM or SIGHUP (the terminal closed) reaches it exactly once, through this process, and it stops
-at the next step boundary with a checkpoint (project/checkpoints.py), exiting 130, 143 or 129. The
-child prints its own errors, so its exit code is passed on.
+pipe (GO_ENV names its end): "go", followed by the run it trains (the check chose it: with no
+run_name, the unfinished run of the same config, project/identity.py) and the data files the
+check verified, or the pipe closed without a word, and it exits, or killed when the check failed,
+since it has only imported by then. It hears the word on a thread as soon as it is said, and
+reads and decompresses those files while its imports run (raw.warm). It runs in a process group
+of its own: every Ctrl-C, SIGTERM or SIGHUP (the terminal closed) reaches it exactly once, through
+this process, and it stops at the next step boundary with a checkpoint (project/checkpoints.py),
+exiting 130, 143 or 129. The child prints its own errors, so its exit code is passed on.
 
 Nothing trains on when this process dies without passing a signal on (SIGKILL, or killed before
 it could): it holds the pipe's end until the child exits, and the child, reading on, hears the
@@ -29,11 +30,13 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import lifeline, startup
 from .config import CONF_DIR, compose
 from .errors import HANGUP_EXIT, INTERRUPTED_EXIT, TERMINATED_EXIT, USER_ERROR_EXIT
+from .identity import choose_run, default_run_name, run_identity
 from .raw import channel_folders, compressed_files, warm
 from .runtime import check_writable
 
@@ -56,28 +59,45 @@ def run(overrides: Sequence[str]) -> int:
     return train_in_child(overrides, check_first=lambda: check(overrides))
 
 
-def check(overrides: Sequence[str]) -> list[Path]:
-    """Compose and validate the config, and make every data channel present (and verified, with
-    dataset.files); the compressed files the training child will read, to warm while it imports."""
+@dataclass(frozen=True)
+class Checked:
+    """What the check passes on to the training child with "go"."""
+
+    run_name: str = ""  # the run to train, as the check chose it; "": the child decides (a config file's)
+    files: Sequence[Path] = ()  # compressed data files to warm while it imports
+
+    def word(self) -> bytes:
+        """"go", the run's name (a line of its own, maybe empty), a line per file, and END."""
+        lines = [self.run_name, *(str(path) for path in self.files)]
+        return GO + b"".join(line.encode() + b"\n" for line in lines) + END
+
+
+def check(overrides: Sequence[str]) -> Checked:
+    """Compose and validate the config, choose the run (a new one, or the unfinished run of this
+    config: identity.choose_run), and make every data channel present (and verified, with
+    dataset.files); the compressed files the training child will read are warmed while it imports."""
     cfg = compose(list(overrides))
     check_writable(Path(cfg.paths.runs_dir), "paths.runs_dir")  # a read-only mount, /proc: a second, not an epoch
     startup.mark("invoke_config")
+    run_name = choose_run(
+        run_identity(cfg), cfg.run_name, Path(cfg.paths.runs_dir), lambda: default_run_name(cfg), cfg.trainer.resume
+    )
     folders = channel_folders(cfg)
     startup.mark("invoke_checked")
-    return compressed_files(cfg, folders)
+    return Checked(run_name, compressed_files(cfg, folders))
 
 
 def _block_sigint() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
 
-def train_in_child(overrides: Sequence[str], check_first: Callable[[], Sequence[Path]] = list) -> int:
+def train_in_child(overrides: Sequence[str], check_first: Callable[[], Checked] = Checked) -> int:
     """Run `python -m project.child <overrides>`; its exit code (128 + N when signal N killed it).
 
     The child starts at once and imports while `check_first()` runs here; it trains only after the
-    check passed, and warms the files the check returns. A check that raises (or a Ctrl-C during it:
-    the child, in a process group of its own, never sees that one) kills the child, which has only
-    imported, and the error propagates.
+    check passed, trains the run it chose, and warms the files it names. A check that raises (or a
+    Ctrl-C during it: the child, in a process group of its own, never sees that one) kills the
+    child, which has only imported, and the error propagates.
     """
     go_read, go_write = os.pipe()
     # Its own process group, not the terminal's: each Ctrl-C reaches it once, forwarded by us. SIGINT
@@ -91,7 +111,7 @@ def train_in_child(overrides: Sequence[str], check_first: Callable[[], Sequence[
     )
     os.close(go_read)
     try:
-        to_warm = check_first()
+        checked = check_first()
     except BaseException:
         os.close(go_write)
         child.kill()  # it has only imported: nothing to save, and no reason to wait for it
@@ -105,7 +125,7 @@ def train_in_child(overrides: Sequence[str], check_first: Callable[[], Sequence[
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}  # before "go": no gap
     try:
         with contextlib.suppress(BrokenPipeError):  # a child that died importing: its exit code says so
-            os.write(go_write, GO + b"".join(str(path).encode() + b"\n" for path in to_warm) + END)
+            os.write(go_write, checked.word())
         code = child.wait()
     finally:
         os.close(go_write)  # only now: the child reads its close as this process's death
@@ -137,6 +157,8 @@ def listen() -> None:
             try:
                 _word.go = pipe.readline() == GO  # nothing (the pipe closed): the check failed
                 files = []
+                if _word.go:
+                    _word.run_name = pipe.readline().rstrip(b"\n").decode()
                 while _word.go and (line := pipe.readline()) not in (END, b""):
                     files.append(Path(line.rstrip(b"\n").decode()))
                 startup.mark("go_heard")
@@ -174,6 +196,7 @@ class _Word:
     listener: threading.Thread | None = None
     heard = threading.Event()
     go = False
+    run_name = ""
 
 
 _word = _Word()
@@ -188,3 +211,8 @@ def wait_for_go() -> bool:
     _word.heard.wait()
     startup.mark("go")
     return _word.go
+
+
+def chosen_run_name() -> str | None:
+    """In the training child: the run `invoke local`'s check chose; None when started otherwise."""
+    return _word.run_name or None

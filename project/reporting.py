@@ -27,7 +27,7 @@ from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.callbacks.progress.tqdm_progress import convert_inf
 
 from . import startup
-from .runtime import debug_enabled
+from .runtime import debug_enabled, progress_interval
 
 PROGRESS_INTERVAL_SECONDS = 30.0  # without a terminal: often enough to show life, rare enough to read
 STEP_LOSS = "train_loss_step"  # mean training loss over the steps since the previous point
@@ -233,9 +233,17 @@ class ProgressLines(pl.Callback):
         self._started = self._last = 0.0
         self._batches = self._samples = 0
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _restart(self) -> None:
         self._started = self._last = self._clock()
         self._batches = self._samples = 0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A run resumed mid-epoch gets no on_train_epoch_start for that epoch: the rate and the ETA
+        # count from here, over the steps this process trains, not from the clock's zero.
+        self._restart()
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restart()
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -293,7 +301,7 @@ class StartupMarks(pl.Callback):
 def callbacks(run_name: str, terminal: bool, log_every_n_steps: int, declared: Sequence[str] = ()) -> list[pl.Callback]:
     """The reporting callbacks of a run; `terminal`: stderr is a TTY (the bar) or a log (lines);
     `declared`: the metric names a SageMaker job scrapes."""
-    progress: pl.Callback = EpochBar() if terminal else ProgressLines()
+    progress: pl.Callback = EpochBar() if terminal else ProgressLines(progress_interval(PROGRESS_INTERVAL_SECONDS))
     marks = [StartupMarks()] if startup.enabled() else []
     return [
         StartLine(run_name),

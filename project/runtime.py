@@ -27,6 +27,9 @@ MASTER_PORT = "7777"  # the SageMaker SDK's SM_MASTER_PORT, which its torchrun d
 # end of fit (tests compare them across ranks). An environment variable reaches every rank a
 # launcher (torchrun, Lightning) starts.
 DEBUG_ENV = "LIGHTNING_SAGEMAKER_DEBUG"
+# Seconds between progress lines in a log without a terminal (project/reporting.py), where the
+# default suits neither a quick look at a short run nor a test.
+PROGRESS_ENV = "LIGHTNING_SAGEMAKER_PROGRESS_SECONDS"
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,14 @@ def container_layout(sm: SageMakerEnv) -> RunLayout:
 
 def debug_enabled(environ: Mapping[str, str] = os.environ) -> bool:
     return environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def progress_interval(default: float, environ: Mapping[str, str] = os.environ) -> float:
+    """PROGRESS_ENV's seconds if set (a number >= 0), else `default`."""
+    try:
+        return max(float(environ[PROGRESS_ENV]), 0.0)
+    except (KeyError, ValueError):
+        return default
 
 
 def launched_processes(environ: Mapping[str, str] = os.environ) -> int | None:

@@ -12,12 +12,12 @@ travelled with the job, the data channel, SM_MODEL_DIR, SM_OUTPUT_DATA_DIR and
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 import sys
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from . import config as config_lib
 from .atomic import write_atomically
 from .checkpoints import Interrupted, Interrupts, RunCheckpoints, newest_valid, run_bytes, stop_exit
 from .errors import INTERRUPTED_EXIT, USER_ERROR_EXIT, UserError
+from .identity import CHECKPOINT_FILE, choose_run, default_run_name, finished_name, run_identity
 from .raw import channel_folders
 from .reporting import scalars as _scalars
 from .runtime import (
@@ -48,10 +49,6 @@ from .runtime import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def default_run_name(cfg: Any) -> str:
-    return f"{cfg.model.name}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
 
 
 class LoopTimer(pl.Callback):
@@ -76,6 +73,9 @@ class LoopTimer(pl.Callback):
         if self._started is not None:
             self.seconds += self._now(trainer) - self._started
             self._started = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._started = self._now(trainer)  # resumed mid-epoch, that epoch gets no on_train_epoch_start
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._started = self._now(trainer)
@@ -130,7 +130,7 @@ def build_run(cfg: Any, layout: RunLayout, folders: Mapping[str, Path], num_node
             *reporting.callbacks(
                 run_name or cfg.run_name or cfg.model.name, terminal, t.log_every_n_steps, config_lib.metric_names(cfg)
             ),
-            RunCheckpoints(layout.checkpoint_dir, config_lib.config_hash(cfg), t.checkpoint_every_n_steps),
+            RunCheckpoints(layout.checkpoint_dir, run_identity(cfg), t.checkpoint_every_n_steps),
         ],
     )
     return trainer, module, datamodule
@@ -168,9 +168,11 @@ def train(
     if trainer.is_global_zero:
         write_atomically(layout.model_dir / config_lib.RESOLVED_CONFIG_NAME, config_lib.to_yaml(cfg))
 
-    resume_from = newest_valid(layout.checkpoint_dir, config_lib.config_hash(cfg)) if cfg.trainer.resume else None
+    identity = run_identity(cfg)
+    resume_from = newest_valid(layout.checkpoint_dir, identity) if cfg.trainer.resume else None
     if resume_from is not None and trainer.is_global_zero:
-        print(f"resuming from checkpoint {resume_from.name}", flush=True)
+        step = int(CHECKPOINT_FILE.match(resume_from.name).group("step"))  # type: ignore[union-attr]  # a candidate's name
+        print(f"resuming run {run_name} from step {step} ({resume_from.name})", flush=True)
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
     fit_seconds = time.perf_counter() - started
@@ -182,7 +184,7 @@ def train(
 
     metrics = {
         "run_name": run_name,
-        "config_hash": config_lib.config_hash(cfg),
+        "config_hash": identity,
         "epochs": trainer.current_epoch,
         "global_steps": trainer.global_step,
         "world_size": trainer.world_size,
@@ -198,6 +200,10 @@ def train(
         reporting.print_line(reporting.final_line(metrics))
         reporting.log_final_hparams(trainer, cfg, metrics)
         _write_artifacts(cfg, layout, module, datamodule, metrics)
+        # Last, beside the checkpoints (SageMaker syncs it to S3 with them): this identity's run
+        # finished, so `invoke local` and `invoke train` need not start it again (project/identity.py).
+        finished = {"run_name": run_name, "global_steps": trainer.global_step, "epochs": trainer.current_epoch}
+        write_atomically(layout.checkpoint_dir / finished_name(identity), json.dumps(finished))
     startup.mark("written")
     return metrics
 
@@ -232,13 +238,17 @@ def _write_artifacts(cfg: Any, layout: RunLayout, module, datamodule, metrics: d
 
 
 def run_local(overrides: list[str]) -> dict[str, Any]:
-    """What `invoke local` runs: compose, then train under runs/<run-name>/."""
+    """What `invoke local` runs: compose, then train under runs/<run-name>/ (the run invoke chose, if it did)."""
     cfg = config_lib.compose(overrides)
-    return run_composed(cfg)
+    return run_composed(cfg, local.chosen_run_name())
 
 
-def run_composed(cfg: Any) -> dict[str, Any]:
-    run_name = cfg.run_name or default_run_name(cfg)
+def run_composed(cfg: Any, run_name: str | None = None) -> dict[str, Any]:
+    """Train under runs/<run-name>/: `run_name` as chosen already, else as identity.choose_run decides
+    (cfg.run_name; without one, the unfinished run of this config, so the same command resumes)."""
+    run_name = run_name or choose_run(
+        run_identity(cfg), cfg.run_name, Path(cfg.paths.runs_dir), lambda: default_run_name(cfg), cfg.trainer.resume
+    )
     run_dir = Path(cfg.paths.runs_dir) / run_name
     check_writable(Path(cfg.paths.runs_dir), "paths.runs_dir")  # invoke local checked it; python -m project.train not
     new = not run_dir.exists()

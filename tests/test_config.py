@@ -3,6 +3,7 @@ import os
 import pytest
 
 from project import config as C
+from project.identity import run_identity
 
 GROUPS = ["dataset", "model", "trainer", "instance", "paths", "aws", "job", "deploy"]
 
@@ -158,7 +159,7 @@ def test_resolved_config_round_trips_and_is_validated(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(C.to_yaml(cfg))
     again = C.load_resolved(path)
-    assert C.config_hash(again) == C.config_hash(cfg)
+    assert run_identity(again) == run_identity(cfg)
     assert again.trainer.max_epochs == 7
     path.write_text(C.to_yaml(cfg).replace("max_epochs: 7", "max_epochs: seven"))
     with pytest.raises(C.ConfigError, match="trainer.max_epochs"):
@@ -166,11 +167,11 @@ def test_resolved_config_round_trips_and_is_validated(tmp_path):
 
 
 def test_config_hash_tracks_what_shapes_the_result():
-    base = C.config_hash(C.compose([]))
-    assert C.config_hash(C.compose(["trainer.resume=false"])) == base
-    assert C.config_hash(C.compose(["dataset.channels.train=/elsewhere"])) == base
-    assert C.config_hash(C.compose(["trainer.seed=1"])) != base
-    assert C.config_hash(C.compose(["instance=ml.p3.2xlarge"])) == base
+    base = run_identity(C.compose([]))
+    assert run_identity(C.compose(["trainer.resume=false"])) == base
+    assert run_identity(C.compose(["dataset.channels.train=/elsewhere"])) == base
+    assert run_identity(C.compose(["trainer.seed=1"])) != base
+    assert run_identity(C.compose(["instance=ml.p3.2xlarge"])) == base
 
 
 # --- the composed-config cache ------------------------------------------------------------------

@@ -31,6 +31,7 @@ from project.aws.image import JobImage
 from project.aws.plan import ENTRY_SCRIPT, plan_job
 from project.aws.staging import stage_source
 from project.data import IdxDataModule, parse_idx, read_bytes
+from project.identity import run_identity
 from project.infra import Infra
 from project.models import state_digest
 from project.runtime import DEBUG_ENV, launched_processes, sagemaker_env
@@ -234,7 +235,7 @@ def test_two_hosts_under_torchrun_stop_on_sigterm_and_resume(uninterrupted_run, 
     assert stopped, outputs[0][-3000:]
     step = int(stopped.group(1))
     assert 10 <= step < TOTAL_STEPS
-    checkpoint = f"{C.config_hash(C.load_resolved(code / 'config.yaml'))}-step={step:08d}.ckpt"
+    checkpoint = f"{run_identity(C.load_resolved(code / 'config.yaml'))}-step={step:08d}.ckpt"
     assert (master_checkpoints / checkpoint).exists()
     assert files_in(worker_checkpoints) == set()  # only rank 0 writes checkpoints
     assert files_in(tmp_path / "algo-1" / "model") == {"config.yaml"}  # no model from an unfinished run
@@ -244,7 +245,7 @@ def test_two_hosts_under_torchrun_stop_on_sigterm_and_resume(uninterrupted_run, 
     shutil.copytree(master_checkpoints, worker_checkpoints, dirs_exist_ok=True)
     synced = files_in(worker_checkpoints)
     outputs = finish(start_hosts(torchrun_hosts(tmp_path, channel), cwd=code))
-    assert f"resuming from checkpoint {checkpoint}" in outputs[0]
+    assert f"from step {step} ({checkpoint})" in outputs[0]
     digest = assert_one_run_over_two_ranks(tmp_path, outputs, images, labels, worker_checkpoints=synced)
     # Interrupted and resumed, it ends with the very weights of the uninterrupted run.
     assert digest == assert_one_run_over_two_ranks(*uninterrupted_run, images, labels)

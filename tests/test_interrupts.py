@@ -93,7 +93,7 @@ def test_ctrl_c_checkpoints_at_a_step_and_the_same_command_resumes(tiny_data, tm
 
     resumed = run_invoke("local", *overrides)  # the same command
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"step={step:08d}.ckpt" in resumed.stdout.split("resuming from checkpoint", 1)[1].splitlines()[0]
+    assert re.search(rf"^resuming run long from step {step} \(\w+-step={step:08d}\.ckpt\)$", resumed.stdout, re.M)
     assert (run_dir / "metrics.json").exists()
 
 

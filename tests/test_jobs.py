@@ -182,14 +182,15 @@ def test_staged_source_carries_the_resolved_config(tmp_path):
 @pytest.mark.parametrize("gpus", [[], ["trainer.gpus=4"]])
 def test_staged_config_holds_the_gpus_resolved_when_planning(gpus, tmp_path):
     """trainer.gpus=null would be resolved a second time in the container; the plan's number travels."""
-    from project.config import config_hash, load_resolved
+    from project.config import load_resolved
+    from project.identity import run_identity
 
     p, cfg = plan("instance=ml.p3.8xlarge", *gpus)
     staged = load_resolved(stage_source(cfg, tmp_path / "src", p) / "config.yaml")
     assert staged.trainer.gpus == p.gpus_per_node == p.processes_per_node == 4
     assert jobs.entry_command(p).endswith("--launch 4")
     # The job's tags and checkpoint prefix name the identity the container computes from the staged file.
-    assert config_hash(staged) == p.config_hash
+    assert run_identity(staged) == p.config_hash
 
 
 def test_docker_commands():

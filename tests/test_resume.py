@@ -4,7 +4,7 @@ SIGTERM mid-epoch saves a checkpoint within seconds and exits 143 (a SageMaker c
 is tests/test_distributed.py's); the next start of the same
 config resumes from it and ends bit-for-bit where a never-interrupted run ends (deterministic
 mode). A truncated newest checkpoint falls back to the previous one; another config's
-checkpoints in the same folder are never resumed.
+checkpoints in the same folder are never resumed, and its folder takes no other config's run.
 """
 
 import json
@@ -24,6 +24,7 @@ import torch
 from project import config as C
 from project.checkpoints import candidates, newest_valid
 from project.data import IndexBatches, ResumableLoader, TensorSplit
+from project.identity import RunNameError, run_identity
 from project.train import run_composed
 from tests.synthetic import tiny_overrides, write_dataset
 
@@ -103,7 +104,7 @@ def test_sigterm_mid_epoch_then_resume_equals_an_uninterrupted_run(epoch_of_seco
 
     again = subprocess.run(command, cwd=ROOT, env=one_thread, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"step={step:08d}.ckpt" in again.stdout.split("resuming from checkpoint ", 1)[1].splitlines()[0]
+    assert re.search(rf"^resuming run spot from step {step} \(\w+-step={step:08d}\.ckpt\)$", again.stdout, re.M)
     resumed = json.loads((run_dir / "metrics.json").read_text())
     assert resumed["resumed_from"].endswith(f"step={step:08d}.ckpt")
     # The same optimizer steps on the same batches: the resumed epoch skipped the batches it had
@@ -125,7 +126,7 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(tiny_run, tm
     finished = run_composed(cfg)
     run_dir = tmp_path / "runs" / "fallback"
     uninterrupted = weights(run_dir)
-    identity = C.config_hash(cfg)
+    identity = run_identity(cfg)
     newest, previous = candidates(run_dir / "checkpoints", identity)  # keep=2: the epoch end and step 15
     assert (newest.name, previous.name) == (f"{identity}-step=00000016.ckpt", f"{identity}-step=00000015.ckpt")
 
@@ -141,18 +142,18 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(tiny_run, tm
     assert_same_weights(weights(run_dir), uninterrupted)
 
 
-def test_another_configs_checkpoints_are_never_resumed(tiny_run, tmp_path):
+def test_another_configs_checkpoints_are_never_resumed_nor_mixed_in(tiny_run, tmp_path):
     first = C.compose(tiny_run(run_name="shared"))
     run_composed(first)
-    checkpoint_dir = tmp_path / "runs" / "shared" / "checkpoints"
-    theirs = {p.name: p.read_bytes() for p in checkpoint_dir.iterdir()}
+    run_dir = tmp_path / "runs" / "shared"
+    theirs = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
 
     other = C.compose(tiny_run(run_name="shared", **{"model.lr": 0.02}))  # same folder, another run
-    assert C.config_hash(other) != C.config_hash(first)
-    metrics = run_composed(other)
-    assert metrics["resumed_from"] is None and metrics["global_steps"] == 16
-    assert all((checkpoint_dir / name).read_bytes() == content for name, content in theirs.items())
-    assert candidates(checkpoint_dir, C.config_hash(other)) and newest_valid(checkpoint_dir, "0123456789ab") is None
+    assert run_identity(other) != run_identity(first)
+    assert newest_valid(run_dir / "checkpoints", run_identity(other)) is None
+    with pytest.raises(RunNameError, match=r"^run_name=shared is taken by another config's run in "):
+        run_composed(other)  # refused before anything is written: one folder, one config
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == theirs
 
 
 def test_loader_position_resumes_the_same_epoch_only():

@@ -316,9 +316,20 @@ def test_stopped_job_rerun_resumes_from_its_checkpoints(world, tmp_path):
 
         second = invoke("train", *overrides, "--yes", "--poll", "1")
         assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-2000:]
+        # The summary, before the launch, says what the job's checkpoint prefix holds of its config.
+        assert re.search(rf"earlier run +interrupted at step {step}: this job resumes from there", second.stdout)
         rerun = service.result(re.search(r"launched (\S+)", second.stdout).group(1))
     rerun.check()
-    assert re.search(rf"resuming from checkpoint \w+-step={step:08d}\.ckpt", rerun.stdout), rerun.stdout[-3000:]
+    third = invoke("train", *overrides, "--dry-run")  # once more: it would bill a minute to train nothing
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert re.search(
+        r"earlier run +finished already \(config \w+\): this job would only test and export it again, billed; "
+        r"to train anew pass a new trainer\.seed= or job\.base_name=",
+        third.stdout,
+    ), third.stdout[-3000:]
+    assert re.search(rf"resuming run \S+ from step {step} \(\w+-step={step:08d}\.ckpt\)", rerun.stdout), rerun.stdout[
+        -3000:
+    ]
     metrics = json.loads((rerun.tree / "output" / "data" / "metrics.json").read_text())
     assert metrics["global_steps"] == 10 * 63 and metrics["resumed_from"].endswith(f"step={step:08d}.ckpt")
 

@@ -285,7 +285,9 @@ def test_ctrl_c_stops_the_running_jobs_and_the_same_command_resumes_them(world, 
         assert f"resumes from the checkpoints of {job}" in rerun.stdout  # said before the launch
         resumed = service.result(re.search(r"\[job 0\] launched ([\w-]+)", rerun.stdout).group(1))
     resumed.check()
-    assert re.search(rf"resuming from checkpoint \w+-step={step:08d}\.ckpt", resumed.stdout), resumed.stdout[-3000:]
+    assert re.search(rf"resuming run \S+ from step {step} \(\w+-step={step:08d}\.ckpt\)", resumed.stdout), (
+        resumed.stdout[-3000:]
+    )
     metrics = json.loads((resumed.tree / "output" / "data" / "metrics.json").read_text())
     assert metrics["global_steps"] == 4 * 63 and metrics["resumed_from"].endswith(f"step={step:08d}.ckpt")
     rows = list(csv.DictReader((sweep_dir(world, rerun) / "results.csv").open()))

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from project import config as C
+from project.identity import run_identity
 from project.predict import predict
 from project.train import run_composed
 from tests.synthetic import make_images
@@ -47,7 +48,7 @@ def test_local_run_trains_and_writes_the_full_layout(tiny_run, tmp_path, capsys)
     out = capsys.readouterr().out
     assert "epoch=1/2 " in out and "val_acc=" in out and f"test_acc={saved['test_acc']:.6g}" in out
     # The resolved config rebuilds exactly this run.
-    assert C.config_hash(C.load_resolved(run_dir / "model" / "config.yaml")) == saved["config_hash"]
+    assert run_identity(C.load_resolved(run_dir / "model" / "config.yaml")) == saved["config_hash"]
 
 
 def test_exported_model_predicts_pngs(tiny_run, tmp_path):
@@ -194,10 +195,10 @@ def test_the_gpu_preset_runs_on_cpu_with_bf16_and_channels_last(tiny_run, tmp_pa
 def test_levers_leave_the_run_identity_and_the_state_dict_alone():
     from project.models import LitClassifier, SmallCNN
 
-    base = C.config_hash(C.compose([]))
+    base = run_identity(C.compose([]))
     levers = ["trainer.channels_last=true", "trainer.compile=true", "trainer.data_on_device=false"]
     levers += ["trainer.log_every_n_steps=3"]  # how often it reports, not what it computes
-    assert C.config_hash(C.compose(levers)) == base  # a checkpoint resumes whichever way it runs
+    assert run_identity(C.compose(levers)) == base  # a checkpoint resumes whichever way it runs
     plain, fast = LitClassifier(SmallCNN(width=4)), LitClassifier(SmallCNN(width=4), channels_last=True, compile=True)
     fast.load_state_dict(plain.state_dict())
     fast.setup("fit")

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import serving
-from ..config import RESOLVED_CONFIG_NAME, config_hash, load_resolved
+from ..config import RESOLVED_CONFIG_NAME, load_resolved
 from ..errors import UserError
+from ..identity import run_identity
 from ..sagemaker_names import JOB_NAME, PROJECT_TAG
 from . import monitor
 from .names import split_s3_uri
@@ -258,7 +259,7 @@ def _local_source(folder: Path) -> Source:
         )
     cfg = load_resolved(model_dir / RESOLVED_CONFIG_NAME)
     exported = serving.exported_by(model_dir / serving.TORCHSCRIPT_FILE)
-    return Source(folder.name, config_hash(cfg), model_dir=model_dir, cfg=cfg, exported_by=exported)
+    return Source(folder.name, run_identity(cfg), model_dir=model_dir, cfg=cfg, exported_by=exported)
 
 
 def _check_archive(s3: Any, uri: str, job: str) -> str | None:

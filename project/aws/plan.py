@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ..config import CONF_DIR, ConfigError, config_hash, metric_names, per_device_batch, resolve_gpus, with_gpus
+from ..config import CONF_DIR, ConfigError, metric_names, per_device_batch, resolve_gpus, with_gpus
 from ..errors import UserError
+from ..identity import Progress, run_identity
 from ..imagetree import packs
 from ..infra import Infra
 from ..launch import trains_in_pid_1
@@ -69,6 +70,8 @@ class JobPlan:
     # data channel -> SageMaker's manifest of it (S3DataType ManifestFile): a File-mode channel of
     # shards downloads only the ones its last upload named (imagetree.write_sagemaker_manifest)
     manifests: dict[str, str] = field(default_factory=dict)
+    # What checkpoint_uri already holds of this identity (workflow.earlier_run): the job resumes it.
+    earlier: Progress | None = None
 
     @property
     def image_uri(self) -> str:
@@ -91,6 +94,7 @@ class JobPlan:
             *((f"data {name}", self._channel_line(name, uri)) for name, uri in self.channels.items()),
             ("output", self.output_uri),
             ("checkpoints", self.checkpoint_uri),
+            *([("earlier run", earlier_line(self.earlier))] if self.earlier else []),
             (
                 "max runtime",
                 f"{self.max_run_seconds // 60} min"
@@ -104,6 +108,16 @@ class JobPlan:
             rows.insert(-1, ("price", self.price_note))
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+def earlier_line(earlier: Progress) -> str:
+    """What the job does with the checkpoints an earlier job of its identity left in its prefix."""
+    if earlier.finished:
+        return (
+            f"finished already (config {earlier.identity}): this job would only test and export it again, "
+            "billed; to train anew pass a new trainer.seed= or job.base_name="
+        )
+    return f"interrupted at step {earlier.step}: this job resumes from there"
 
 
 def known_instance_types() -> list[str]:
@@ -155,7 +169,7 @@ def plan_job(cfg: Any, infra: Infra, image: JobImage, now: datetime | None = Non
     processes = max(gpus, 1)
     max_run = job.max_run_minutes * 60
     max_wait = (job.max_wait_minutes * 60 if job.max_wait_minutes else 2 * max_run) if job.spot else None
-    digest = config_hash(with_gpus(cfg, gpus))  # the staged config's identity, as the container computes it
+    digest = run_identity(with_gpus(cfg, gpus))  # the staged config's identity, as the container computes it
     data_bucket, artifacts = infra.data_bucket, infra.artifacts_bucket
     channels = channel_uris(data_bucket, cfg.dataset.s3_prefix, list(cfg.dataset.channels))
     input_modes = {name: str((cfg.dataset.get("input_modes") or {}).get(name, "File")) for name in cfg.dataset.channels}

@@ -14,11 +14,12 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ..config import CONF_DIR, compose
+from ..identity import Progress, progress
 from ..imagetree import pack_channel, write_sagemaker_manifest
 from ..infra import Infra, load_infra
 from ..raw import channel_folders, fetch_dataset
@@ -183,6 +184,7 @@ def train(
         if not dry_run:
             raise
         echo(f"warning: {problem}")
+    plan = replace(plan, earlier=earlier_run(ctx.clients.s3, plan))
     echo(f"SageMaker training job\n{plan.summary()}")
     with tempfile.TemporaryDirectory(prefix="sm-source-") as tmp:
         source = stage_source(cfg, Path(tmp) / "source", plan)
@@ -203,6 +205,18 @@ def train(
         echo(f"follow it with `invoke logs {job_name} --follow`; `invoke status`; `invoke fetch {job_name}` when done")
         return job_name
     return finish(ctx, job_name, echo, poll_seconds)
+
+
+def earlier_run(s3: Any, plan: JobPlan) -> Progress | None:
+    """What the job's checkpoint prefix holds of its identity (SageMaker restores it into the job):
+    an interrupted run it resumes, or a finished one it would only test again (identity.progress)."""
+    bucket, prefix = split_s3_uri(plan.checkpoint_uri)
+    keys = (
+        item["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for item in page.get("Contents", [])
+    )
+    return progress(keys).get(plan.config_hash)
 
 
 @aws_task
