@@ -65,7 +65,6 @@ def run_bytes(module: torch.nn.Module) -> int:
     return (KEEP + 1) * CHECKPOINT_COPIES_OF_WEIGHTS * weights + 2 * weights + RUN_FILES_BYTES
 
 
-
 def candidates(checkpoint_dir: Path, identity: str) -> list[Path]:
     """This run's checkpoints, newest (highest step) first; other runs' files are ignored."""
     found = []

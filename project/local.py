@@ -67,7 +67,7 @@ class Checked:
     files: Sequence[Path] = ()  # compressed data files to warm while it imports
 
     def word(self) -> bytes:
-        """"go", the run's name (a line of its own, maybe empty), a line per file, and END."""
+        """The word "go", the run's name (a line of its own, maybe empty), a line per file, and END."""
         lines = [self.run_name, *(str(path) for path in self.files)]
         return GO + b"".join(line.encode() + b"\n" for line in lines) + END
 
