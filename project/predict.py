@@ -53,6 +53,14 @@ class Prediction:
         return f"{self.path}: {first} (p={p_first:.3f}), next {second} (p={p_second:.3f})"
 
 
+def run_folder(spec: str, overrides: list[str]) -> Path:
+    """The folder of the run `spec` names: a path, or a run's name under paths.runs_dir."""
+    from .config import compose
+    from .run_ref import resolve_run
+
+    return resolve_run(spec, compose(overrides).paths.runs_dir).folder
+
+
 def find_model(run_dir: Path) -> Path:
     path = Path(run_dir) / "model" / TORCHSCRIPT_FILE
     if not path.is_file():
