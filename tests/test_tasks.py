@@ -102,7 +102,8 @@ def test_compare_of_a_missing_or_unfinished_run_says_so(tmp_path):
     (runs / "half" / "checkpoints").mkdir(parents=True)  # interrupted: a checkpoint, no metrics.json
     at = f"paths.runs_dir={runs}"
     assert one_error_line(invoke("compare", "half", "other", at)) == (
-        f"error: {runs / 'half'} has no metrics.json: its training did not finish (`invoke runs` lists the finished runs)"
+        f"error: {runs / 'half'} has no metrics.json: its training did not finish "
+        "(`invoke runs` lists the finished runs)"
     )
     assert one_error_line(invoke("compare", "runs/nope/", "half", at)) == (
         "error: no run runs/nope/: no such folder (`invoke runs` lists the runs)"

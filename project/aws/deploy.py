@@ -577,9 +577,12 @@ def endpoint_predictions(ctx: Any, endpoint: str, images: list[Path], raw: bool)
         else:
             body, kind = path.read_bytes(), IMAGE_CONTENT_TYPES.get(path.suffix.lower(), "image/png")
         answer = invoke_endpoint(ctx, endpoint, body, kind, str(path))
-        if "predictions" not in answer:
+        if "outputs" in answer:
             results.append(f"{path}: {json.dumps(answer)}")  # not a classifier: its raw outputs
             continue
+        if "predictions" not in answer:  # the handler answers one or the other (project/inference.py)
+            reason = str(answer.get("OriginalMessage") or answer.get("Message") or json.dumps(answer)[:200])
+            raise DeployError(f"{path}: endpoint {endpoint} answered no prediction: {reason.splitlines()[0]}")
         (one,) = answer["predictions"]
         ranked = tuple((a["class"], a["probability"]) for a in one["top_k"][:2])
         results.append(Prediction(path, ranked, one.get("problem")))
