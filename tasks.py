@@ -20,7 +20,7 @@ accept_bare_overrides()
 gc.set_threshold(50_000, 20, 20)
 atexit.register(gc.freeze)
 
-JOB_HELP = "Training job name (default: the latest job)"
+JOB_HELP = "A training job, by name or its folder runs/<job> (default: the latest job)"
 
 
 MULTIRUN_HELP = "Sweep (Hydra multirun): a,b / choice() / range() / interval() values make one job per combination"
@@ -52,7 +52,7 @@ def local(c, overrides=None, multirun=False):
 @task(
     iterable=["overrides"],
     help={
-        "run_dir": "A run directory (runs/<run-name>); with --endpoint, the endpoint's name",
+        "run_dir": "A run: its name under runs/ or its folder (runs/<run>); with --endpoint, the endpoint's name",
         "images": "Photos or scans of a digit, PNG or JPEG: a file, a folder or a,b,c",
         "raw": "The images already are 28x28 light-on-dark model input (e.g. MNIST's own): no preprocessing",
         "endpoint": "Ask the SageMaker endpoint named first (`invoke deploy`) instead of a local run",
@@ -61,7 +61,7 @@ def local(c, overrides=None, multirun=False):
 )
 def predict(c, run_dir, images, raw=False, endpoint=False, overrides=None):
     """Read handwritten digits in photos with a run's exported model: the top two classes, or why unsure."""
-    from project.predict import expand_images, find_model
+    from project.predict import expand_images, find_model, run_folder
     from project.predict import predict as classify
 
     with user_errors():
@@ -70,8 +70,9 @@ def predict(c, run_dir, images, raw=False, endpoint=False, overrides=None):
 
             deploy.predict_task(overrides or [], run_dir, expand_images(images), raw)
             return
-        find_model(run_dir)
-        for prediction in classify(run_dir, expand_images(images), raw=raw):
+        run = run_folder(run_dir, overrides or [])
+        find_model(run)
+        for prediction in classify(run, expand_images(images), raw=raw):
             print(prediction)
 
 
@@ -189,7 +190,10 @@ def why(c, job=None, overrides=None):
         workflow.why(overrides or [], job)
 
 
-@task(iterable=["overrides"], help={"job": "The job to stop", "overrides": OVERRIDES_HELP + " (aws.*)"})
+@task(
+    iterable=["overrides"],
+    help={"job": "The job to stop (its name or its folder runs/<job>)", "overrides": OVERRIDES_HELP + " (aws.*)"},
+)
 def stop(c, job, overrides=None):
     """Stop a training job (it gets SIGTERM, checkpoints, and ends as Stopped)."""
     from project.aws import workflow
@@ -239,7 +243,7 @@ def runs(c, sweep=None, since=None, metric=None, overrides=None):
 @task(
     iterable=["overrides"],
     help={
-        "a": "A run folder, a run name under runs/ or a SageMaker job",
+        "a": "A run: its folder, its name under runs/, or a SageMaker job",
         "b": "The other run",
         "overrides": OVERRIDES_HELP + " (aws.*, paths.runs_dir)",
     },
@@ -268,7 +272,7 @@ def prices(c, region=None, catalog=None, overrides=None):
         workflow.prices(overrides or [], region=region, catalog=catalog)
 
 
-RUN_HELP = "A run (its name under runs/, or --job runs/<run>) or a training job; default: the latest job"
+RUN_HELP = "A run (its name under runs/ or its folder runs/<run>) or a training job; default: the latest job"
 
 
 @task(

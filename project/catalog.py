@@ -20,7 +20,7 @@ from typing import Any
 from .config import RESOLVED_CONFIG_NAME
 from .errors import UserError
 from .identity import run_progress
-from .sagemaker_names import METRICS_FILE
+from .sagemaker_names import JOB_NAME, METRICS_FILE
 
 PROJECT_TAG = ("project", "lightning-sagemaker")  # every job plan_job tags
 SHOWN_METRICS = ("val_acc", "test_acc", "val_loss")
@@ -262,22 +262,32 @@ def list_runs(
     return chosen
 
 
-def resolve_run(name: str, overrides: list[str], echo: Callable[[str], None] = print) -> Path:
-    """A run folder, a run under paths.runs_dir, or a SageMaker job (fetched there first)."""
+def run_folder(spec: str, overrides: list[str], echo: Callable[[str], None] = print) -> Path:
+    """A finished run's folder: a path, a run under paths.runs_dir, or a SageMaker job (fetched there first)."""
     from .config import compose
+    from .run_ref import resolve_run
 
     runs_dir = Path(compose(overrides).paths.runs_dir)
-    for candidate in (Path(name), runs_dir / name):
-        if (candidate / METRICS_FILE).is_file():
-            return candidate
+    ref = resolve_run(spec, runs_dir)
+    if (ref.folder / METRICS_FILE).is_file():
+        return ref.folder
+    if ref.exists:
+        raise CatalogError(
+            f"{ref.folder} has no {METRICS_FILE}: its training did not finish (`invoke runs` lists the finished runs)"
+        )
+    if ref.as_path or not JOB_NAME.match(ref.name):
+        raise CatalogError(f"no run {spec}: no such folder (`invoke runs` lists the runs)")
     from .aws import workflow
 
-    return workflow.fetch(overrides, name, echo=echo)
+    try:
+        return workflow.fetch(overrides, ref.name, echo=echo)
+    except UserError as problem:  # no Terraform outputs, no credentials, no such job
+        raise CatalogError(f"no run {spec} in {runs_dir}, and none fetched from SageMaker: {problem}") from None
 
 
 def compare(a: str, b: str, overrides: list[str], echo: Callable[[str], None] = print) -> Path:
     """`invoke compare A B`: config diff, metrics side by side, one PNG of both learning curves."""
-    ra, rb = resolve_run(a, overrides, echo), resolve_run(b, overrides, echo)
+    ra, rb = run_folder(a, overrides, echo), run_folder(b, overrides, echo)
     echo(comparison(ra, rb))
     out = ra.parent / f"compare-{ra.name}-vs-{rb.name}.png"
     plot_compare(ra, rb, out)

@@ -19,15 +19,15 @@ from invoke.parser import Argument, ParserContext
 from invoke.vendor.lexicon import Lexicon
 
 from .errors import INTERRUPTED_EXIT, USER_ERROR_EXIT, UserError
-from .sagemaker_names import JOB_NAME
+from .run_ref import is_run_token
 
 OVERRIDES_ARG = "overrides"
 OVERRIDES_FLAG = "--overrides"
 # Hydra override grammar, the parts users type: key=value, +key=value, ++key=value, ~key[=value].
 OVERRIDE_TOKEN = re.compile(r"^(?:(?:\+\+|\+|~)?[A-Za-z_][\w.@/-]*=.*|~[A-Za-z_][\w.@/-]*)$", re.S)
 
-# A SageMaker job name, given bare after tasks with an optional `job` argument (or an endpoint's,
-# after those with an optional `name`, e.g. `invoke undeploy NAME`).
+# A run or SageMaker job (a name or a path: project.run_ref), given bare after tasks with an optional
+# `job` argument (or an endpoint's name, after those with an optional `name`: `invoke undeploy NAME`).
 JOB_ARG = "job"
 NAME_ARGS = (JOB_ARG, "name")
 
@@ -58,6 +58,7 @@ class _OverrideFlags(Lexicon):
     # Set by _OverridesContext: task names (never a job name) and the optional `job` argument.
     task_names: frozenset[str] = frozenset()
     job_arg: Any = None
+    context: Any = None  # the task's parser context: whether it still waits for a positional argument
 
     job_flag_seen: bool = False  # `--job`/`-j` given: its value is not a bare job name
     last_flag: Any = None  # the flag seen last: while it waits for its value, a token is that value
@@ -73,8 +74,9 @@ class _OverrideFlags(Lexicon):
             and not self.job_flag_seen
             and not self._awaits_value()  # `--sweep 261203-064821-b3c1`: the flag's value
             and isinstance(key, str)
-            and bool(JOB_NAME.match(key))
             and key not in self.task_names
+            and not key.startswith("-")
+            and is_run_token(key, positionals_pending=bool(self.context and self.context.missing_positional_args))
         )
 
     def __contains__(self, key: object) -> bool:
@@ -93,7 +95,8 @@ class _OverrideFlags(Lexicon):
 
 
 class _JobToken(_OverrideToken):
-    """`invoke fetch my-job`: an optional positional job name (invoke only has required ones)."""
+    """`invoke fetch my-job`, `invoke deploy runs/my-run/`: an optional positional run or job (invoke
+    only has required ones)."""
 
     @property
     def value(self) -> Any:
@@ -118,6 +121,7 @@ class _OverridesContext(ParserContext):
             self.add_arg(arg)
         # Lexicon turns attribute assignment into keys: set plain attributes directly.
         object.__setattr__(self.flags, "task_names", frozenset(task_names))
+        object.__setattr__(self.flags, "context", self)
         for name_arg in NAME_ARGS:
             if name_arg in self.args and self.args[name_arg] not in self.positional_args:
                 object.__setattr__(self.flags, "job_arg", self.args[name_arg])

@@ -305,8 +305,11 @@ def _one_line(exc: BaseException) -> str:
     return f"{key}: {head}" if key else head
 
 
-def compose(overrides: list[str] | tuple[str, ...] = (), conf_dir: Path | None = None) -> Any:
+def compose(overrides: list[str] | tuple[str, ...] = (), conf_dir: Path | None = None, model: bool = True) -> Any:
     """Compose conf/ with Hydra overrides into a validated DictConfig.
+
+    model=False composes no model unless the overrides name one (`invoke upload` moves data only:
+    `dataset=mine` needs no matching `model=mine`, nor the default classifier's dataset.num_classes).
 
     The composed (unresolved) config is cached per command line, keyed by the overrides and the
     bytes of every file that shapes it (see _compose_key): a repeated `invoke ...` skips Hydra's
@@ -314,6 +317,8 @@ def compose(overrides: list[str] | tuple[str, ...] = (), conf_dir: Path | None =
     afresh.
     """
     conf_dir = Path(conf_dir or CONF_DIR)
+    if not model and not any(re.match(r"^[+~]*model[=.@]", o) for o in overrides):
+        overrides = ["~model", *overrides]  # drops the defaults list's model: nothing composes one
     cache = _compose_cache_file(conf_dir, list(overrides))
     cfg = _load_cached(cache) if cache else None
     if cfg is not None:
@@ -497,7 +502,8 @@ def validate(cfg: Any) -> None:
     if cfg.sweep.direction not in SWEEP_DIRECTIONS:
         raise ConfigError(f"sweep.direction must be one of {', '.join(SWEEP_DIRECTIONS)}, got {cfg.sweep.direction!r}")
     _validate_dataset(cfg.dataset)
-    _validate_model(cfg.model)
+    if "model" in cfg:  # composed without one (compose(model=False)): the key is missing
+        _validate_model(cfg.model)
     _validate_resource_names(cfg.aws)
 
 

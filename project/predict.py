@@ -53,6 +53,14 @@ class Prediction:
         return f"{self.path}: {first} (p={p_first:.3f}), next {second} (p={p_second:.3f})"
 
 
+def run_folder(spec: str, overrides: list[str]) -> Path:
+    """The folder of the run `spec` names: a path, or a run's name under paths.runs_dir."""
+    from .config import compose
+    from .run_ref import resolve_run
+
+    return resolve_run(spec, compose(overrides).paths.runs_dir).folder
+
+
 def find_model(run_dir: Path) -> Path:
     path = Path(run_dir) / "model" / TORCHSCRIPT_FILE
     if not path.is_file():
@@ -89,10 +97,22 @@ def load_grey(path: Path, max_side: int | None = None) -> np.ndarray:
         raise PredictError(str(exc)) from None
 
 
+def check_images(images: Sequence[Path], raw: bool = False) -> None:
+    """Every image readable as the model's input (`raw`: already 28x28), checked before any model
+    runs or any transform job is paid for (`invoke predict`, `invoke batch-predict`): the first that
+    is not is one line. A readable image with no digit in it is an answer, not an error."""
+    for path in images:
+        if raw:
+            raw_pixels(path)
+        else:
+            load_grey(path)
+
+
 def predict(run_dir: Path, images: Sequence[Path], raw: bool = False) -> list[Prediction]:
     """One Prediction per image, in order; `raw`: the images already are 28x28 MNIST-format pixels."""
     import torch
 
+    check_images(images, raw)
     model = torch.jit.load(str(find_model(run_dir)), map_location="cpu").eval()
     prepared = [raw_pixels(path) if raw else mnist_pixels(load_grey(path)) for path in images]
     digits = {i: pixels for i, (pixels, _) in enumerate(prepared) if pixels is not None}

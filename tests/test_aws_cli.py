@@ -30,6 +30,7 @@ from project.sandbox import quotas as sandbox_quotas
 from project.sandbox import record
 from project.sandbox import service as emulator
 from project.sandbox.service import placeholder_manifest
+from tests import byo
 from tests.cli import invoke, one_error_line
 from tests.price_list import PriceListServer, fixture_products
 from tests.synthetic import write_dataset
@@ -204,6 +205,46 @@ def test_logs_of_a_job_without_a_log_stream_say_so(clients, dataset, repository,
     assert result.returncode == 0, result.stderr
     assert f"no log stream yet for {name} (status InProgress / Starting)" in result.stdout, result.stdout
     assert "--follow" in result.stdout
+
+
+def test_job_tasks_take_the_job_by_name_or_by_its_folder(clients, dataset, repository, tmp_path):
+    """`invoke logs runs/<job>/`, as tab completion writes a fetched job's folder, is `invoke logs <job>`."""
+    name = f"cli-path-{uuid.uuid4().hex[:6]}"
+    args = overrides(tmp_path, dataset, repository, "cli-never-data", "cli-never-art")
+    with emulator.sagemaker_service():
+        create_job(clients, name, "cli-never-art")
+    for task in ("logs", "why", "status"):
+        by_name, by_path = invoke(task, name, *args), invoke(task, f"runs/{name}/", *args)
+        assert by_name.returncode == 0 and by_path.returncode == 0, (task, by_name.stderr, by_path.stderr)
+        assert name in by_path.stdout and by_path.stdout.splitlines()[0] == by_name.stdout.splitlines()[0], task
+    not_done = f"error: {name} is InProgress, not Completed: nothing to fetch yet"
+    assert one_error_line(invoke("fetch", name, *args)) == one_error_line(invoke("fetch", f"runs/{name}/", *args))
+    assert one_error_line(invoke("fetch", f"runs/{name}", *args)) == not_done
+    with emulator.sagemaker_service():  # moto has no StopTrainingJob; the sandbox's SageMaker has
+        stopped = invoke("stop", f"runs/{name}/", *args)
+    assert stopped.returncode == 0 and stopped.stdout.startswith(f"stop requested for {name}:"), stopped.stderr
+    assert "names no training job (job names are 1-63 letters" in one_error_line(invoke("logs", "runs/my job/", *args))
+
+
+def test_upload_of_your_own_dataset_needs_no_model(clients, tmp_path):
+    """`invoke upload dataset=mine` moves data: no model=mine to match it (the default classifier
+    would want dataset.num_classes, which a regression's dataset has not)."""
+    byo.write_package(tmp_path)
+    data = new_bucket(clients, "data")
+    result = invoke(
+        "upload",
+        f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+        "dataset=byo",
+        f"paths.data_dir={tmp_path / 'cache'}",
+        f"aws.data_bucket={data}",
+        f"aws.artifacts_bucket={data}",
+        f"aws.repository_url={ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/never-called",
+        f"aws.role_arn=arn:aws:iam::{ACCOUNT}:role/cli-sagemaker",
+        f"aws.region={REGION}",
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    keys = {o["Key"] for o in clients.s3.list_objects_v2(Bucket=data)["Contents"]}
+    assert keys == {"datasets/byo/train/points.csv", "datasets/byo/validation/points.csv"}
 
 
 def test_launch_records_the_unique_job_name(clients, dataset, repository, tmp_path):

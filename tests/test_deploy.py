@@ -80,6 +80,10 @@ def test_requests_are_built_from_the_config():
         "expires-at": "2026-12-03T09:00:00Z",
     }
     assert "expires-at" not in deploy.resource_tags(source, dc, serverless=True, now=now)
+    # A folder's name as a tag value: what SageMaker refuses in one (here `#`, `(`, `)`) sanitized
+    # as the sweep tags are.
+    odd = deploy.resource_tags(deploy.Source("my run #2 (old)", "abc123"), dc, serverless=True, now=now)
+    assert odd["run"] == "my run _2 _old_"
     (variant,) = deploy.endpoint_config_request("c", "m", dc, False, tags)["ProductionVariants"]
     assert (variant["InstanceType"], variant["InitialInstanceCount"]) == ("ml.c5.large", 1)
     (variant,) = deploy.endpoint_config_request("c", "m", dc, True, tags)["ProductionVariants"]
@@ -112,11 +116,11 @@ def test_the_inference_image_is_chosen_by_the_pytorch_that_saved_the_model():
 
 
 @pytest.mark.slow
-def test_deploy_predict_list_update_undeploy(world):
+def test_deploy_predict_list_update_undeploy(world, tmp_path):
     sm, ovr = world["clients"].sagemaker, world["overrides"]
     before = resources(sm)
 
-    deployed = invoke("deploy", "tiny", "--yes", *ovr)
+    deployed = invoke("deploy", f"{world['run_dir']}/", "--yes", *ovr)  # a path, as tab completion writes it
     assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
     out = deployed.stdout
     assert "endpoint tiny: Creating" in out and "endpoint tiny: InService" in out  # progress as it went
@@ -142,6 +146,13 @@ def test_deploy_predict_list_update_undeploy(world):
     local = invoke("predict", str(world["run_dir"]), str(DIGITS))
     assert remote.returncode == 0 and local.returncode == 0, remote.stderr + local.stderr
     assert remote.stdout == local.stdout and len(remote.stdout.splitlines()) == 3
+    by_name = invoke("predict", "tiny", str(DIGITS), *ovr)  # the run's name under paths.runs_dir
+    assert by_name.returncode == 0 and by_name.stdout == local.stdout, by_name.stderr
+    bad = tmp_path / "scan.png"
+    bad.write_bytes(b"not a png at all")  # the model's own reason, one line, exit 2
+    assert one_error_line(invoke("predict", "--endpoint", "tiny", str(bad), *ovr)) == (
+        f"error: {bad}: endpoint tiny refused it: request body: not an image (expected a PNG or JPEG file)"
+    )
     listed = invoke("endpoints", *ovr)
     assert "IDLE" not in [line for line in listed.stdout.splitlines() if line.startswith("tiny ")][0]
 
@@ -171,8 +182,12 @@ def test_serverless_expired_and_undeploy_all(world):
     made = invoke("deploy", "tiny", "--serverless", "--yes", "deploy.endpoint_name=tiny-serverless", *ovr)
     assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
     assert "serverless, 2 GB: $0.000040 per second" in made.stdout
-    old = invoke("deploy", "tiny", "--yes", "deploy.endpoint_name=tiny-old", "deploy.ttl_hours=0", *ovr)
+    odd = world["run_dir"].parent.parent / "odd" / "tiny#old"  # a folder name no tag value may hold
+    shutil.copytree(world["run_dir"], odd, dirs_exist_ok=True)
+    old = invoke("deploy", str(odd), "--yes", "deploy.endpoint_name=tiny-old", "deploy.ttl_hours=0", *ovr)
     assert old.returncode == 0, old.stdout[-3000:] + old.stderr[-3000:]
+    arn = sm.describe_endpoint(EndpointName="tiny-old")["EndpointArn"]
+    assert {t["Key"]: t["Value"] for t in sm.list_tags(ResourceArn=arn)["Tags"]}["run"] == "tiny_old"
     listed = invoke("endpoints", *ovr).stdout
     assert "serverless 2 GB" in listed and "per request" in listed
     rows = {line.split()[0]: line for line in listed.splitlines()[1:] if line.startswith("tiny-")}
@@ -191,7 +206,7 @@ def test_serverless_expired_and_undeploy_all(world):
 def test_batch_predict_a_local_folder(world):
     sm, ovr = world["clients"].sagemaker, world["overrides"]
     before = resources(sm)
-    result = invoke("batch-predict", "tiny", str(DIGITS), *ovr)
+    result = invoke("batch-predict", f"{world['run_dir']}/", str(DIGITS), *ovr)  # the run by its folder
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert re.search(r"transform job tiny-\S+: Completed", result.stdout)
     assert "3 predictions" in result.stdout and "cost: " in result.stdout
@@ -276,6 +291,21 @@ def test_bad_input_is_one_line_and_creates_nothing(world, tmp_path):
     for args, message in cases.items():
         assert message in one_error_line(invoke(*args, *ovr)), args
     assert resources(sm) == before
+
+    # What `invoke predict` refuses, batch-predict refuses before it uploads or makes a transform job.
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    shutil.copy(DIGITS / "mnist-test-0-label7.png", scans)
+    (scans / "torn.png").write_bytes(b"not a png at all")
+    local = one_error_line(invoke("predict", str(world["run_dir"]), str(scans)))
+    assert local == f"error: {scans / 'torn.png'}: not an image (expected a PNG or JPEG file)"
+    jobs = sm.list_transform_jobs()["TransformJobSummaries"]
+    s3 = world["clients"].s3
+    staged = s3.list_objects_v2(Bucket=world["infra"].artifacts_bucket, Prefix="batch/").get("KeyCount", 0)
+    line = one_error_line(invoke("batch-predict", "tiny", str(scans), *ovr))
+    assert line == f"{local}: nothing uploaded, no transform job made"
+    assert sm.list_transform_jobs()["TransformJobSummaries"] == jobs and resources(sm) == before
+    assert s3.list_objects_v2(Bucket=world["infra"].artifacts_bucket, Prefix="batch/").get("KeyCount", 0) == staged
 
 
 @pytest.mark.slow

@@ -77,6 +77,42 @@ def test_serving_tasks_take_a_bare_run_job_or_endpoint_name():
     assert (remote["run_dir"], remote["images"], remote["endpoint"]) == ("seed42", "photos/", True)
 
 
+def test_every_run_or_job_task_takes_a_name_or_a_path_positionally(tmp_path):
+    """`invoke deploy runs/<run>/` as tab completion writes it: a path, where a name works too."""
+    run = tmp_path / "runs" / "seed42"
+    (run / "model").mkdir(parents=True)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for spec in ("seed42", "runs/seed42/", f"{run}/", str(run)):
+        for task in ("deploy", "fetch", "logs", "status", "why"):
+            assert parse(task, spec, "aws.region=eu-west-1")[task]["job"] == spec, (task, spec)
+        assert parse("stop", spec)["stop"]["job"] == spec
+        batch = parse("batch-predict", spec, str(photos), "aws.region=eu-west-1")["batch-predict"]
+        assert (batch["job"], batch["inputs"], batch["overrides"]) == (spec, str(photos), ["aws.region=eu-west-1"])
+        assert parse("predict", spec, "img.png")["predict"]["run_dir"] == spec
+        assert parse("compare", spec, "other")["compare"] == {"a": spec, "b": "other", "overrides": []}
+    assert parse("deploy", "--job", "runs/seed42/")["deploy"]["job"] == "runs/seed42/"  # the old spelling
+    # No run named: an inputs folder that is not a run, or an s3:// prefix, is batch-predict's inputs.
+    assert parse("batch-predict", str(photos))["batch-predict"] == {"job": None, "inputs": str(photos), "overrides": []}
+    assert parse("batch-predict", "s3://bucket/photos/")["batch-predict"]["job"] is None
+
+
+def test_compare_of_a_missing_or_unfinished_run_says_so(tmp_path):
+    runs = tmp_path / "runs"
+    (runs / "half" / "checkpoints").mkdir(parents=True)  # interrupted: a checkpoint, no metrics.json
+    at = f"paths.runs_dir={runs}"
+    assert one_error_line(invoke("compare", "half", "other", at)) == (
+        f"error: {runs / 'half'} has no metrics.json: its training did not finish "
+        "(`invoke runs` lists the finished runs)"
+    )
+    assert one_error_line(invoke("compare", "runs/nope/", "half", at)) == (
+        "error: no run runs/nope/: no such folder (`invoke runs` lists the runs)"
+    )
+    # A bare name may be a SageMaker job: asked there, and where that cannot be, the line says both.
+    missing = one_error_line(invoke("compare", "nope", "half", at, "aws.terraform_dir=no-such-terraform"))
+    assert missing.startswith(f"error: no run nope in {runs}, and none fetched from SageMaker: "), missing
+
+
 def test_bad_override_exits_nonzero_with_one_line():
     result = invoke("local", "trainer.epochs=3")
     assert result.returncode == 2

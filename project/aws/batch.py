@@ -96,6 +96,13 @@ def batch_input(ctx: Any, source: Source, spec: str, stamp: str, echo: Echo) -> 
         raise DeployError(f"{spec} is neither an s3:// prefix nor a folder")
     inputs = sorted(p for p in folder.iterdir() if p.suffix.lower() in BATCH_CONTENT_TYPES and p.is_file())
     content_type = batch_content_type([p.name for p in inputs], str(folder))
+    if content_type == BATCH_CONTENT_TYPES[".png"]:
+        from ..predict import PredictError, check_images
+
+        try:  # what `invoke predict` refuses, refused before a billable job is made of it
+            check_images(inputs)
+        except PredictError as exc:
+            raise DeployError(f"{exc}: nothing uploaded, no transform job made") from None
     prefix = f"batch/{source.name}/{stamp}/input/"
     with aws_errors(resource=f"s3://{ctx.infra.artifacts_bucket}/{prefix}"):
         for path in inputs:

@@ -27,11 +27,12 @@ from .. import serving
 from ..config import RESOLVED_CONFIG_NAME, load_resolved
 from ..errors import UserError
 from ..identity import run_identity
+from ..run_ref import resolve_run
 from ..sagemaker_names import JOB_NAME, PROJECT_TAG
 from . import monitor
-from .names import split_s3_uri
+from .names import split_s3_uri, tag_value
 from .session import aws_errors
-from .workflow import aws_task, setup
+from .workflow import aws_task, job_of, setup
 
 Echo = Callable[[str], None]
 NAME_LIMIT = 63  # SageMaker model, endpoint config and endpoint names
@@ -80,7 +81,8 @@ def tag_list(tags: dict[str, str]) -> list[dict[str, str]]:
 
 
 def resource_tags(source: Source, dc: Any, serverless: bool, now: datetime) -> dict[str, str]:
-    tags = {PROJECT_TAG[0]: PROJECT_TAG[1], RUN_TAG: source.name, HASH_TAG: source.config_hash}
+    # A run folder's name may hold what a tag value may not (`invoke endpoints` reads it back as is).
+    tags = {PROJECT_TAG[0]: PROJECT_TAG[1], RUN_TAG: tag_value(source.name), HASH_TAG: source.config_hash}
     if not serverless:
         tags[EXPIRES_TAG] = (now + timedelta(hours=float(dc.ttl_hours))).strftime("%Y-%m-%dT%H:%M:%SZ")
     return tags
@@ -227,12 +229,12 @@ def echo_image(image: str, why: str, echo: Echo) -> None:
 def resolve_source(ctx: Any, spec: str | None) -> Source:
     """A run folder (a path, or a name under paths.runs_dir) or a training job (default: the latest)."""
     if spec:
-        folder = Path(spec) if Path(spec).is_dir() else Path(ctx.cfg.paths.runs_dir) / spec
-        if folder.is_dir():
-            return _local_source(folder)
-        if not JOB_NAME.match(spec):
-            raise DeployError(f"no run folder {spec} and not a training job name: give runs/<run> or a job name")
-    name = spec or monitor.latest_job(ctx.clients.sagemaker, ctx.cfg.job.base_name)
+        ref = resolve_run(spec, ctx.cfg.paths.runs_dir)
+        if ref.exists:
+            return _local_source(ref.folder)
+        if ref.as_path or not JOB_NAME.match(ref.name):
+            raise DeployError(f"no run folder {ref.folder} and not a training job name: give runs/<run> or a job name")
+    name = job_of(ctx, spec)
     try:
         desc = monitor.describe(ctx.clients.sagemaker, name)
     except monitor.JobError:
@@ -576,9 +578,12 @@ def endpoint_predictions(ctx: Any, endpoint: str, images: list[Path], raw: bool)
         else:
             body, kind = path.read_bytes(), IMAGE_CONTENT_TYPES.get(path.suffix.lower(), "image/png")
         answer = invoke_endpoint(ctx, endpoint, body, kind, str(path))
-        if "predictions" not in answer:
+        if "outputs" in answer:
             results.append(f"{path}: {json.dumps(answer)}")  # not a classifier: its raw outputs
             continue
+        if "predictions" not in answer:  # the handler answers one or the other (project/inference.py)
+            reason = str(answer.get("OriginalMessage") or answer.get("Message") or json.dumps(answer)[:200])
+            raise DeployError(f"{path}: endpoint {endpoint} answered no prediction: {reason.splitlines()[0]}")
         (one,) = answer["predictions"]
         ranked = tuple((a["class"], a["probability"]) for a in one["top_k"][:2])
         results.append(Prediction(path, ranked, one.get("problem")))

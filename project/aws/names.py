@@ -84,6 +84,15 @@ def name_problem(field: str, value: str) -> str | None:
     return RULES[kind]
 
 
+TAG_VALUE_LIMIT = 256
+TAG_VALUE_BAD = re.compile(r"[^\w\s.:/=+\-@]")  # what a SageMaker tag value may not hold
+
+
+def tag_value(text: str) -> str:
+    """text as a SageMaker tag value: each character a tag may not hold as `_`, at most 256 of them."""
+    return TAG_VALUE_BAD.sub("_", text)[:TAG_VALUE_LIMIT]
+
+
 class S3UriError(UserError, ValueError):
     """A string that should be an s3://bucket/key URI and is not."""
 

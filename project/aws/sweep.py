@@ -12,7 +12,6 @@ follow them. Each job gets its own resolved config as a small channel (`config`)
 from __future__ import annotations
 
 import functools
-import re
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ from ..sweep import Job, JobResult, refusal, scalar_metrics
 from . import monitor, sdk
 from .cost import budget_line, check_budget
 from .image import job_image
-from .names import split_s3_uri
+from .names import split_s3_uri, tag_value
 from .plan import JobPlan, LaunchError, plan_job
 from .quotas import check_quotas, free_instances, usages
 from .session import aws_errors
@@ -38,16 +37,10 @@ from .workflow import Context, check_job, context, fetch_completed, setup
 
 DEFAULT_MAX_PARALLEL = 4  # jobs at once when launcher.max_parallel is not set
 SWEEP_TAG, JOB_TAG, OVERRIDES_TAG, HASH_TAG = "sweep-id", "sweep-job", "sweep-overrides", "config-hash"
-TAG_VALUE_LIMIT = 256
-TAG_VALUE_BAD = re.compile(r"[^\w\s.:/=+\-@]")  # what SageMaker tag values may not hold
 
 
 def sweep_job_name(base_name: str, sweep_id: str, num: int) -> str:
     return f"{base_name}-{sweep_id}-{num}"
-
-
-def tag_value(text: str) -> str:
-    return TAG_VALUE_BAD.sub("_", text)[:TAG_VALUE_LIMIT]
 
 
 def sweep_prefix(ctx: Context, plan: JobPlan, sweep_id: str) -> str:

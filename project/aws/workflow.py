@@ -23,6 +23,7 @@ from ..identity import Progress, progress
 from ..imagetree import pack_channel, write_sagemaker_manifest
 from ..infra import Infra, load_infra
 from ..raw import channel_folders, fetch_dataset
+from ..run_ref import resolve_run
 from ..sagemaker_names import METRICS_FILE
 from . import monitor, sdk, triage
 from .fetch import fetch_job
@@ -84,7 +85,7 @@ def context(cfg: Any) -> Context:
 @aws_task
 def upload(overrides: list[str], dry_run: bool = False, echo: Callable[[str], None] = print) -> None:
     """Each data channel to s3://<data bucket>/<s3_prefix>/<channel>/, where the job reads it."""
-    ctx = setup(overrides)
+    ctx = context(compose(overrides, model=False))  # data only: a dataset needs no model to match it
     d, s3 = ctx.cfg.dataset, ctx.clients.s3
     folders = channel_folders(ctx.cfg, s3_client=s3)  # every channel checked before anything moves
     # An image-folder channel goes as a few tar shards (project.imagetree); all are packed (every
@@ -248,14 +249,17 @@ def finish(ctx: Context, job_name: str, echo: Callable[[str], None], poll_second
     return job_name
 
 
-def _job(ctx: Context, job_name: str | None) -> str:
-    return job_name or monitor.latest_job(ctx.clients.sagemaker, ctx.cfg.job.base_name)
+def job_of(ctx: Context, spec: str | None) -> str:
+    """The training job a task's argument names (a job name, or its folder runs/<job>); default: the latest."""
+    if spec:
+        return resolve_run(spec, ctx.cfg.paths.runs_dir).job_name()
+    return monitor.latest_job(ctx.clients.sagemaker, ctx.cfg.job.base_name)
 
 
 @aws_task
 def logs(overrides: list[str], job_name: str | None, follow: bool, echo=print) -> None:
     ctx = setup(overrides)
-    name = _job(ctx, job_name)
+    name = job_of(ctx, job_name)
     desc = monitor.describe(ctx.clients.sagemaker, name)
     if follow:
         finish(ctx, name, echo, poll_seconds=10.0)
@@ -277,7 +281,7 @@ def diagnose(ctx: Context, desc: dict[str, Any]) -> triage.Triage:
 @aws_task
 def why(overrides: list[str], job_name: str | None, echo=print) -> triage.Triage:
     ctx = setup(overrides)
-    result = diagnose(ctx, monitor.describe(ctx.clients.sagemaker, _job(ctx, job_name)))
+    result = diagnose(ctx, monitor.describe(ctx.clients.sagemaker, job_of(ctx, job_name)))
     echo(result.report())
     return result
 
@@ -286,7 +290,7 @@ def why(overrides: list[str], job_name: str | None, echo=print) -> triage.Triage
 def status(overrides: list[str], job_name: str | None, limit: int, echo=print) -> None:
     ctx = setup(overrides)
     sm = ctx.clients.sagemaker
-    names = [job_name] if job_name else monitor.recent_jobs(sm, ctx.cfg.job.base_name, limit)
+    names = [job_of(ctx, job_name)] if job_name else monitor.recent_jobs(sm, ctx.cfg.job.base_name, limit)
     if not names:
         echo(f"no training jobs named {ctx.cfg.job.base_name}-* yet")
         return
@@ -296,13 +300,13 @@ def status(overrides: list[str], job_name: str | None, limit: int, echo=print) -
 @aws_task
 def stop(overrides: list[str], job_name: str, echo=print) -> None:
     ctx = setup(overrides)
-    echo(monitor.stop(ctx.clients.sagemaker, job_name))
+    echo(monitor.stop(ctx.clients.sagemaker, job_of(ctx, job_name)))
 
 
 @aws_task
 def fetch(overrides: list[str], job_name: str | None, echo=print) -> Path:
     ctx = setup(overrides)
-    name = _job(ctx, job_name)
+    name = job_of(ctx, job_name)
     desc = monitor.describe(ctx.clients.sagemaker, name)
     if desc["TrainingJobStatus"] != "Completed":
         raise monitor.JobError(f"{name} is {desc['TrainingJobStatus']}, not Completed: nothing to fetch yet")

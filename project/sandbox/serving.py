@@ -229,7 +229,10 @@ class Hosting:
             "OriginalStatusCode": status,
             "OriginalMessage": message,
         }
-        return 424, {"Content-Type": "application/json", "x-amzn-ErrorType": "ModelError"}, json.dumps(error)
+        # moto takes a response's status from its headers (the tuple's own is ignored): without it
+        # the model's refusal reached the client as a 200 whose body was the error.
+        headers = {"Content-Type": "application/json", "x-amzn-ErrorType": "ModelError", "status": "424"}
+        return 424, headers, json.dumps(error)
 
     # --- batch transform -----------------------------------------------------------------------
 
