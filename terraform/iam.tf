@@ -1,7 +1,8 @@
 # The role SageMaker training jobs run as: read the datasets and the staged code, write job output
-# and checkpoints, pull the one image, write training logs and metrics. Served models (endpoints and
-# batch transform) run as it too: read the model archives, read and write batch/, pull the PyTorch
-# inference image, write their logs. Nothing else.
+# and checkpoints, pull the training image (ours, or AWS's PyTorch container of the region), write
+# training logs and metrics. Served models (endpoints and batch transform) run as it too: read the
+# model archives, read and write batch/, pull AWS's PyTorch inference image, write their logs.
+# Nothing else.
 
 data "aws_iam_policy_document" "assume_role" {
   statement {
@@ -101,6 +102,7 @@ data "aws_iam_policy_document" "training" {
   }
 
   statement {
+    # job.image=custom: our repository.
     sid = "PullTrainingImage"
     actions = [
       "ecr:BatchCheckLayerAvailability",
@@ -111,14 +113,18 @@ data "aws_iam_policy_document" "training" {
   }
 
   statement {
-    # Endpoints and transform jobs run AWS's PyTorch inference image (project/aws/deploy.py).
-    sid = "PullInferenceImage"
+    # job.image=aws trains on AWS's PyTorch training image; endpoints and transform jobs serve on
+    # its inference image (project/aws/deploy.py). Their registry account differs by region (dlc.tf).
+    sid = "PullDeepLearningContainers"
     actions = [
       "ecr:BatchCheckLayerAvailability",
       "ecr:BatchGetImage",
       "ecr:GetDownloadUrlForLayer",
     ]
-    resources = [local.inference_repository_arn]
+    resources = [
+      "${local.dlc_repository_prefix}/pytorch-training",
+      "${local.dlc_repository_prefix}/pytorch-inference",
+    ]
   }
 
   statement {
@@ -169,6 +175,13 @@ resource "aws_iam_role_policy" "this" {
   name   = "training"
   role   = aws_iam_role.this.id
   policy = data.aws_iam_policy_document.training.json
+
+  lifecycle {
+    precondition {
+      condition     = local.dlc_account != ""
+      error_message = "region ${var.region} has no AWS PyTorch Deep Learning Containers in the SageMaker SDK's tables (terraform/dlc.tf): pick one of ${join(", ", keys(local.dlc_accounts))}."
+    }
+  }
 }
 
 # For whoever launches jobs (a person or CI): upload datasets, push the image, stage code, create,
@@ -225,6 +238,21 @@ data "aws_iam_policy_document" "launcher" {
     # resource-level permissions: "*" is the only valid resource.
     sid       = "ListServing"
     actions   = ["sagemaker:ListEndpoints", "cloudwatch:GetMetricStatistics"]
+    resources = ["*"]
+  }
+
+  statement {
+    # None of these has resource-level permissions: "*" is the only valid resource. Search: sweeps
+    # (jobs already run, by tag), `invoke runs`, `invoke fetch --sweep`. GetProducts: `invoke prices`.
+    # The quota lists: `invoke train` checks the instance quota before launching (applied values,
+    # then AWS's defaults); without them the check is skipped with a warning.
+    sid = "FindJobsPricesAndQuotas"
+    actions = [
+      "sagemaker:Search",
+      "pricing:GetProducts",
+      "servicequotas:ListServiceQuotas",
+      "servicequotas:ListAWSDefaultServiceQuotas",
+    ]
     resources = ["*"]
   }
 

@@ -58,8 +58,6 @@ locals {
     "${local.sagemaker_arn_prefix}:endpoint/*",
     "${local.sagemaker_arn_prefix}:transform-job/*",
   ]
-  # The AWS PyTorch inference image (Deep Learning Containers' registry account in most regions).
-  inference_repository_arn = "arn:${local.partition}:ecr:${var.region}:${var.inference_image_account}:repository/pytorch-inference"
   serving_log_group_arns = [
     "arn:${local.partition}:logs:${var.region}:${local.account_id}:log-group:/aws/sagemaker/Endpoints/*",
     "arn:${local.partition}:logs:${var.region}:${local.account_id}:log-group:/aws/sagemaker/TransformJobs/*",

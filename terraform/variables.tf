@@ -145,14 +145,3 @@ variable "force_destroy" {
   type        = bool
   default     = false
 }
-
-variable "inference_image_account" {
-  description = "AWS account of the Deep Learning Containers registry that serves the PyTorch inference image in this region (763104351884 in most regions; see the SageMaker SDK's image_uris)."
-  type        = string
-  default     = "763104351884"
-
-  validation {
-    condition     = can(regex("^[0-9]{12}$", var.inference_image_account))
-    error_message = "inference_image_account must be a 12-digit AWS account ID."
-  }
-}

@@ -9,6 +9,11 @@ A pytest plugin (tests/conftest.py: `pytest_plugins = ["tests.aws_fixtures"]`). 
 - aws_infra: the Infra that SageMaker tests use: terraform_applied where terraform is
   installed, else the same resources made directly with boto3.
 
+Every AWS call of the session is recorded (tests/aws_calls.py). Once Terraform has applied, each
+test's tasks are judged after it against the policies Terraform rendered (_judged_by_iam): an AWS
+call of a task that the launcher policy refuses, or a step of a job, model or transform job it
+created that the execution role may not take, fails that test, naming the task, action, resource.
+
 Terraform never runs in terraform/ itself: the *.tf files and the lock file are copied to a
 tmp dir and a `moto_override.tf` there points the provider at moto. The provider comes from a
 local filesystem mirror when there is one (TF_PLUGIN_MIRROR or a usual place), else the registry.
@@ -27,6 +32,7 @@ from urllib.parse import urlparse
 import pytest
 
 from project.infra import Infra, load_infra, read_terraform_outputs
+from tests import aws_calls
 
 ROOT = Path(__file__).resolve().parent.parent
 TERRAFORM_DIR = ROOT / "terraform"
@@ -174,6 +180,9 @@ def moto_endpoint(tmp_path_factory) -> Iterator[str]:
         patch.setenv("AWS_CONFIG_FILE", str(empty / "config"))
         patch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty / "credentials"))
         patch.setenv("SAGEMAKER_VALIDATE_ROLE", "false")
+        # Every process of the session, the tasks' subprocesses included, records its AWS calls.
+        patch.setenv(aws_calls.PLUGIN_ENV, aws_calls.PLUGIN)
+        patch.setenv(aws_calls.RECORD_ENV, str(tmp_path_factory.mktemp("aws-calls") / "calls.jsonl"))
         yield endpoint.url
 
 
@@ -193,9 +202,55 @@ def terraform_applied(moto_endpoint, tmp_path_factory) -> Iterator[tuple[Path, d
         subprocess.run(["terraform", f"-chdir={workdir}", *destroy], env=env, capture_output=True, check=False)
         raise
     infra = load_infra(workdir)
-    yield workdir, read_terraform_outputs(workdir), infra
+    outputs = read_terraform_outputs(workdir)
+    RENDERED.append(rendered_policies(outputs))
+    yield workdir, outputs, infra
+    RENDERED.clear()
     run_terraform(workdir, env, *destroy)
     assert_destroyed(infra)
+
+
+# The policies of the session's `terraform apply`, once it has run: what _judged_by_iam judges by.
+RENDERED: list[aws_calls.Policies] = []
+
+
+def rendered_policies(outputs: Mapping[str, object]) -> aws_calls.Policies:
+    """The launcher policy and the execution role's policies as moto's IAM holds them after the apply."""
+    import boto3
+
+    iam = boto3.client("iam")
+    arn = str(outputs["launcher_policy_arn"])
+    version = iam.get_policy(PolicyArn=arn)["Policy"]["DefaultVersionId"]
+    launcher = iam.get_policy_version(PolicyArn=arn, VersionId=version)["PolicyVersion"]["Document"]
+    role_arn = str(outputs["role_arn"])
+    name = role_arn.rsplit("/", 1)[1]
+    role = [
+        iam.get_role_policy(RoleName=name, PolicyName=policy)["PolicyDocument"]
+        for policy in iam.list_role_policies(RoleName=name)["PolicyNames"]
+    ]
+    documents = [json.loads(d) if isinstance(d, str) else d for d in (launcher, *role)]
+    return aws_calls.Policies(role_arn.split(":")[4], documents[:1], role_arn, documents[1:])
+
+
+@pytest.fixture(autouse=True)
+def _judged_by_iam(request) -> Iterator[None]:
+    """After each test on the resources Terraform made (it asks for aws_infra or terraform_applied):
+    its tasks' AWS calls, judged by the policies Terraform rendered.
+
+    Per test, from the calls recorded during it: the verdict does not depend on which tests ran
+    before or in what order. Tests on resources they make themselves are not judged: terraform/
+    promises nothing for those.
+    """
+    path = os.environ.get(aws_calls.RECORD_ENV)
+    start = Path(path).stat().st_size if path and Path(path).exists() else 0
+    yield
+    path = os.environ.get(aws_calls.RECORD_ENV)
+    on_terraform = {"aws_infra", "terraform_applied"} & set(request.fixturenames)
+    if not path or not on_terraform or not RENDERED:  # RENDERED is empty only where terraform is absent
+        return
+    problems = aws_calls.refusals(aws_calls.read_calls(Path(path), start), RENDERED[-1])
+    if problems:
+        pytest.fail("IAM would refuse what the tasks did:\n" + "\n".join(problems), pytrace=False)
 
 
 def assert_destroyed(infra: Infra) -> None:

@@ -40,6 +40,7 @@ SAGEMAKER = f"arn:aws:sagemaker:us-east-1:{ACCOUNT}"
 TRAINING_JOBS = f"{SAGEMAKER}:training-job/*"
 SERVING = {f"{SAGEMAKER}:{kind}/*" for kind in ("model", "endpoint-config", "endpoint", "transform-job")}
 INFERENCE_IMAGE = "arn:aws:ecr:us-east-1:763104351884:repository/pytorch-inference"
+TRAINING_IMAGE = "arn:aws:ecr:us-east-1:763104351884:repository/pytorch-training"  # job.image=aws
 DATASET_CONFIGS = sorted((ROOT / "conf" / "dataset").glob("*.yaml"))
 
 
@@ -334,7 +335,15 @@ def test_role_policy_is_least_privilege(training_policy, arns):
         f"{artifacts}/checkpoints/*",
         f"{artifacts}/batch/*/output/*",
     }
-    assert granted["ecr:BatchGetImage"] == granted["ecr:GetDownloadUrlForLayer"] == {repository, INFERENCE_IMAGE}
+    assert (
+        granted["ecr:BatchGetImage"]
+        == granted["ecr:GetDownloadUrlForLayer"]
+        == {
+            repository,
+            TRAINING_IMAGE,
+            INFERENCE_IMAGE,
+        }
+    )
     serving_logs = {
         f"arn:aws:logs:us-east-1:{ACCOUNT}:log-group:/aws/sagemaker/{g}/*" for g in ("Endpoints", "TransformJobs")
     }
@@ -385,7 +394,7 @@ def test_launcher_manages_training_jobs_serving_and_their_tags_only(launcher_pol
         {f"sagemaker:{a}": {TRAINING_JOBS} for a in on_jobs}
         | {f"sagemaker:{a}": SERVING for a in serving}
         | {f"sagemaker:{a}": {TRAINING_JOBS, *SERVING} for a in ("AddTags", "ListTags")}
-        | {"sagemaker:ListTrainingJobs": {"*"}, "sagemaker:ListEndpoints": {"*"}}
+        | {"sagemaker:ListTrainingJobs": {"*"}, "sagemaker:ListEndpoints": {"*"}, "sagemaker:Search": {"*"}}
     )
 
 
@@ -447,6 +456,10 @@ def test_launcher_pushes_to_this_repository_and_reads_the_training_logs(launcher
         "sagemaker:ListTrainingJobs",
         "sagemaker:ListEndpoints",
         "cloudwatch:GetMetricStatistics",
+        "sagemaker:Search",
+        "pricing:GetProducts",
+        "servicequotas:ListServiceQuotas",
+        "servicequotas:ListAWSDefaultServiceQuotas",
     }
 
 

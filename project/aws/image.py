@@ -11,6 +11,7 @@ the code travels in the job's code channel, so a code change never needs a rebui
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import importlib.metadata
 import re
@@ -28,6 +29,7 @@ JOB_REQUIREMENTS = "requirements.txt"  # job.image=aws: in the code channel, ins
 IMAGE_KINDS = ("aws", "custom")
 DLC_FRAMEWORK = "pytorch"
 DLC_REPOSITORY = "pytorch-training"
+DLC_INFERENCE_REPOSITORY = "pytorch-inference"  # endpoints and transform jobs (project/aws/deploy.py)
 # job.image=custom builds FROM this AWS Deep Learning Container for PyTorch training on SageMaker
 # (GPU, CUDA 12, Python 3.12); the account 763104351884 hosts the DLCs in most regions.
 DEFAULT_BASE_IMAGE = (
@@ -125,6 +127,7 @@ def check_pytorch(version: str | None, kind: str) -> None:
             )
 
 
+@functools.cache  # this environment's installed packages: the same answer for every image looked up
 def pip_install_estimate() -> PipInstall:
     """The requirements' closure less torch's, sized from this environment's installed RECORDs.
 
@@ -169,6 +172,26 @@ def newest_pytorch() -> str:
 
     versions = image_uris.config_for_framework(DLC_FRAMEWORK)["training"]["versions"]
     return max(versions, key=lambda v: tuple(int(p) for p in v.split(".")))
+
+
+def dlc_accounts() -> dict[str, str]:
+    """Region -> the AWS account whose ECR registry serves the PyTorch training and inference
+    Deep Learning Containers this tool can choose (PyTorch the pins run on), from the SageMaker
+    SDK's image tables: the execution role may pull only from there (terraform/dlc.tf holds the
+    same map; a test keeps the two in agreement)."""
+    from sagemaker.core import image_uris
+
+    lowest = max(low for _, low in MIN_TORCH.values())  # older images are refused (check_pytorch)
+    accounts: dict[str, set[str]] = {}
+    for scope in ("training", "inference"):
+        for version, table in image_uris.config_for_framework(DLC_FRAMEWORK)[scope]["versions"].items():
+            if _version_tuple(version) >= lowest:
+                for region, account in table["registries"].items():
+                    accounts.setdefault(region, set()).add(account)
+    split = {region: sorted(found) for region, found in accounts.items() if len(found) > 1}
+    if split:  # one account per region is what the role's grant (and this map) can say
+        raise ImageError(f"the SageMaker SDK's PyTorch images come from several accounts in a region: {split}")
+    return {region: found.pop() for region, found in sorted(accounts.items())}
 
 
 def aws_image(region: str, instance_type: str, pytorch_version: str | None) -> JobImage:
