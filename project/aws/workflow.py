@@ -43,7 +43,7 @@ from .prices import PRICING_REGION, PriceError
 from .prices import refresh as refresh_prices
 from .quotas import QuotaError
 from .session import aws_clients, aws_errors
-from .staging import source_revision, stage_source, user_code
+from .staging import DRY_RUN_CODE_PREFIX, DRY_RUN_EXPIRY_DAYS, source_revision, stage_source, user_code
 from .upload import UploadItem, folder_files, plan_packed_upload, plan_upload
 from .upload import upload as upload_items
 
@@ -186,11 +186,17 @@ def train(
     echo(f"SageMaker training job\n{plan.summary()}")
     with tempfile.TemporaryDirectory(prefix="sm-source-") as tmp:
         source = stage_source(cfg, Path(tmp) / "source", plan)
-        trainer = sdk.model_trainer(plan, source, ctx.clients.session)
         if dry_run:
+            # The SDK uploads the bundle to build the request; a dry run's goes where it expires.
+            session = sdk.sagemaker_session(ctx.clients.session, ctx.infra.artifacts_bucket, DRY_RUN_CODE_PREFIX)
+            request = sdk.create_request(
+                sdk.model_trainer(plan, source, ctx.clients.session, session=session), plan.job_name
+            )
+            echo(dry_run_staged(ctx.clients.s3, ctx.infra.artifacts_bucket, f"{DRY_RUN_CODE_PREFIX}/{plan.job_name}/"))
             echo("CreateTrainingJob request (dry run: nothing launched):")
-            echo(json.dumps(sdk.create_request(trainer, plan.job_name), indent=2, sort_keys=True, default=str))
+            echo(json.dumps(request, indent=2, sort_keys=True, default=str))
             return None
+        trainer = sdk.model_trainer(plan, source, ctx.clients.session)
         if not yes:
             if not sys.stdin.isatty():
                 raise LaunchError("not a terminal, so no one to confirm the cost: pass --yes to launch")
@@ -203,6 +209,21 @@ def train(
         echo(f"follow it with `invoke logs {job_name} --follow`; `invoke status`; `invoke fetch {job_name}` when done")
         return job_name
     return finish(ctx, job_name, echo, poll_seconds)
+
+
+def dry_run_staged(s3: Any, bucket: str, prefix: str) -> str:
+    """What a dry run left in S3: the code bundle the request names, and when it goes."""
+    objects = [
+        obj
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for obj in page.get("Contents", [])
+    ]
+    size = sum(obj["Size"] for obj in objects)
+    days = f"{DRY_RUN_EXPIRY_DAYS} day{'s' if DRY_RUN_EXPIRY_DAYS != 1 else ''}"
+    return (
+        f"dry run: uploaded the code bundle ({len(objects)} objects, {size / 1e6:.1f} MB) to s3://{bucket}/{prefix}, "
+        f"where it expires after {days} (the bucket's lifecycle rule); no job was created"
+    )
 
 
 @aws_task
