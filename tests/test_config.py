@@ -292,11 +292,11 @@ def test_the_parameter_counts_model_comments_state_are_the_models():
 
     from project.reporting import _count
 
-    stated = {}
+    stated = []
     for option in options("model"):
         comments = "".join(line for line in (C.CONF_DIR / "model" / f"{option}.yaml").open() if line.startswith("#"))
-        stated.update({option: match for match in re.findall(r"([\d.]+[kM]?) parameters", comments)})
-    assert "cnn" in stated, stated  # the default's comment states it; a reworded comment must keep the figure
-    for option, figure in stated.items():
+        stated += [(option, figure) for figure in re.findall(r"([\d.]+[kM]?) parameters", comments)]
+    assert "cnn" in dict(stated), stated  # the default's comment states it; a reworded comment must keep the figure
+    for option, figure in stated:
         net = instantiate(C.compose([f"model={option}"]).model.net)
         assert _count(sum(p.numel() for p in net.parameters())) == figure, (option, figure)
