@@ -120,7 +120,7 @@ def test_status_table_shows_missing_values_as_a_dash():
 
 # What a job.image=aws job on the sandbox printed from its first line, the SDK's sm_train.sh, to
 # its first lines of training (tests/test_readme_offline.py's block, `invoke train` streaming the
-# log); this machine's paths replaced by <prefix>, <path>, <pyenv> and <wheels>.
+# log); this machine's paths replaced by <prefix>, <path>, <pyenv>, <home> and <wheels>.
 SM_TRAIN_SETUP = (Path(__file__).parent / "fixtures" / "sm_train_setup.log").read_text().splitlines()
 FIRST_OF_TRAINING = SM_TRAIN_SETUP.index(
     "launching: one process on one host: training in this process (PID 1), no torchrun"
