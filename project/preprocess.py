@@ -37,6 +37,10 @@ KEEP_PART = 0.1
 # thin 7 as a 1: strokes under THIN_STROKE are thickened to MNIST_STROKE.
 MNIST_STROKE = 2.8
 THIN_STROKE = 2.0
+# A digit is a stroke of MIN_STROKE_PIXELS or more with paper around it, and the paper's level is
+# estimated per block of a 6x6 grid: an image narrower than this (a 1x1 tracking pixel, an icon,
+# a line of pixels) holds nothing to read, and is said to be too small rather than analysed.
+MIN_SIDE = 8
 
 
 class ImageError(ValueError):
@@ -115,7 +119,7 @@ def _local_background(residual: np.ndarray, ink: np.ndarray, blocks_per_side: in
             rows = slice(i * height // n_rows, (i + 1) * height // n_rows)
             cols = slice(j * width // n_cols, (j + 1) * width // n_cols)
             paper = residual[rows, cols][~ink[rows, cols]]
-            if paper.size >= residual[rows, cols].size // 4:  # else mostly ink: trust the surface
+            if paper.size and 4 * paper.size >= residual[rows, cols].size:  # else mostly ink: trust the surface
                 medians[i, j] = np.median(paper)
     return _interpolate_blocks(medians, height, width)
 
@@ -209,6 +213,8 @@ def mnist_pixels(grey: np.ndarray) -> tuple[np.ndarray | None, str]:
     """(28x28 pixels in MNIST's format, "") from a photo's grey levels, or (None, why no digit)."""
     from PIL import Image
 
+    if min(grey.shape) < MIN_SIDE:
+        return None, f"{grey.shape[1]}x{grey.shape[0]} pixels: too small to hold a digit"
     ink, digit_mask, problem = _ink(grey)
     if digit_mask is None:
         return None, problem

@@ -29,6 +29,9 @@ locals {
   # and syncs checkpoints under checkpoints/.
   code_prefix       = "code"
   job_output_prefix = "jobs"
+  # `invoke train --dry-run` stages its code bundle here (project/aws/staging.py: DRY_RUN_CODE_PREFIX),
+  # which expires sooner than a job's: no job ever reads it.
+  dry_run_prefix    = "${local.code_prefix}/dry-run"
   checkpoint_prefix = "checkpoints"
   # project/aws/deploy.py: a local run's model.tar.gz under models/<run>/; batch transform input
   # (a local folder uploaded) and output under batch/<run>/<job>/input|output/.

@@ -114,6 +114,29 @@ resource "aws_s3_bucket_lifecycle_configuration" "this" {
     }
   }
 
+  dynamic "rule" {
+    # A dry run's bundle (the SDK uploads it to build the request) serves no job: gone after a day,
+    # versions included. S3 applies the shortest expiration of the rules that match an object.
+    for_each = each.key == "artifacts" ? [local.dry_run_prefix] : []
+
+    content {
+      id     = "expire-dry-run-code"
+      status = "Enabled"
+
+      filter {
+        prefix = "${rule.value}/"
+      }
+
+      expiration {
+        days = 1
+      }
+
+      noncurrent_version_expiration {
+        noncurrent_days = 1
+      }
+    }
+  }
+
   # A lifecycle rule on a versioned bucket must follow the versioning configuration.
   depends_on = [aws_s3_bucket_versioning.this]
 }

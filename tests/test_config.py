@@ -298,3 +298,21 @@ def test_atomic_writes_leave_the_old_file_or_the_new_never_a_part(tmp_path):
         one.write_text("one")
         two.write_text("two")
     assert dest.read_text() == "one" and sorted(p.name for p in dest.parent.iterdir()) == ["file.json"]
+
+
+def test_the_parameter_counts_model_comments_state_are_the_models():
+    """A `(61.0k parameters)` in a model file's comment is what the run line prints for that model."""
+    import re
+
+    from hydra.utils import instantiate
+
+    from project.reporting import _count
+
+    stated = []
+    for option in options("model"):
+        comments = "".join(line for line in (C.CONF_DIR / "model" / f"{option}.yaml").open() if line.startswith("#"))
+        stated += [(option, figure) for figure in re.findall(r"([\d.]+[kM]?) parameters", comments)]
+    assert "cnn" in dict(stated), stated  # the default's comment states it; a reworded comment must keep the figure
+    for option, figure in stated:
+        net = instantiate(C.compose([f"model={option}"]).model.net)
+        assert _count(sum(p.numel() for p in net.parameters())) == figure, (option, figure)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from PIL import Image
 from project import config as C
 from project.artifacts import CONTRACT_FILE, TORCHSCRIPT_FILE
 from project.predict import MIN_CONFIDENCE, Prediction, predict
+from project.preprocess import mnist_pixels
 from project.train import run_composed
 from tests.cli import invoke
 from tests.photos import blank_paper, colour_gradient, digit_photo, random_noise
@@ -157,6 +159,28 @@ def test_invoke_predict_reads_a_folder_of_png_and_jpeg(trained, tmp_path):
     assert by_path[str(folder / "blank.jpg")]["problem"] == "flat image"
     read = [by_path[str(p)]["label"] or by_path[str(p)]["guess"] for p in paths]
     assert sum(guess == str(t) for guess, t in zip(read, truth, strict=True)) >= 7, result.stdout
+
+
+def test_an_image_too_small_for_a_digit_is_one_verdict_line_without_warnings(trained, tmp_path):
+    """A 1x1 PNG (a tracking pixel saved by mistake) once printed numpy's RuntimeWarnings."""
+    Image.new("L", (1, 1), 0).save(tmp_path / "pixel.png")
+    Image.new("RGB", (40, 3), "white").save(tmp_path / "strip.png")
+    result = invoke("predict", str(trained[0]), f"{tmp_path / 'pixel.png'},{tmp_path / 'strip.png'}")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"{tmp_path / 'pixel.png'}: no digit found (1x1 pixels: too small to hold a digit)",
+        f"{tmp_path / 'strip.png'}: no digit found (40x3 pixels: too small to hold a digit)",
+    ]
+    assert "Warning" not in result.stderr, result.stderr
+
+
+def test_small_images_are_read_without_numpy_warnings():
+    """The paper's level per block of a tiny image: a block that is all ink has no median to take."""
+    grey = np.full((8, 8), 230.0)
+    grey[3:5, 3:5] = 20  # a dot whose dilation fills whole 1-pixel blocks
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert mnist_pixels(grey) == (None, "flat image")
 
 
 def test_invoke_predict_of_a_non_image_is_one_error_line(trained, tmp_path):

@@ -1,13 +1,16 @@
 """README.md's "Offline" block runs as written, as a bash script in a fresh clone of this repository.
 
 The clone is of the committed HEAD (`git clone <this checkout>`): commit before running this.
-The test adds only what a test must: the provider mirror (TF_CLI_CONFIG_FILE, as the Terraform
-tests do), DATASET pointing at a tiny synthetic dataset (the README documents the variable), and
-no shared AWS config. The block serves the sandbox on 4566, LocalStack's port, as a user would.
+The test sets only the variables the README documents: TF_PLUGIN_MIRROR (the provider mirror the
+Terraform tests use, when this machine has one: the block itself writes the CLI configuration
+that points Terraform at it) and DATASET, a tiny synthetic dataset; and no shared AWS config or
+Terraform CLI configuration of this machine. The block serves the sandbox on 4566, LocalStack's
+port, as a user would.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
@@ -18,7 +21,7 @@ import pytest
 
 from project.sandbox import DEFAULT_PORT
 from project.sandbox.container import container_problem
-from tests.aws_fixtures import INSTALL_HINT, cli_env
+from tests.aws_fixtures import INSTALL_HINT, find_plugin_mirror
 from tests.synthetic import write_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,8 +51,13 @@ def dataset_overrides(folder: Path) -> str:
 
 
 def script_env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in cli_env(tmp_path).items() if not k.startswith("AWS_")}
+    unset = ("AWS_", "TF_CLI_CONFIG_FILE", "TF_PLUGIN_MIRROR")  # the block sets these itself, or does without
+    env = {k: v for k, v in os.environ.items() if not k.startswith(unset)}
+    mirror = find_plugin_mirror()
+    if mirror is not None:
+        env["TF_PLUGIN_MIRROR"] = str(mirror)
     env.update(
+        CHECKPOINT_DISABLE="1",  # Terraform asks no update server
         DATASET=dataset_overrides(tmp_path / "tiny"),
         AWS_CONFIG_FILE=str(tmp_path / "no-aws-config"),  # nothing can point at a real account
         AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "no-aws-credentials"),
@@ -80,6 +88,8 @@ def test_the_offline_block_runs_as_written_in_a_fresh_clone(tmp_path):
             subprocess.run(["python3", "-m", "invoke", "sandbox", "--stop"], cwd=clone, env=env, timeout=120)
     out = result.stdout
     assert result.returncode == 0, out[-5000:] + result.stderr[-5000:]
+    if "TF_PLUGIN_MIRROR" in env:  # the provider came from the mirror, by the block's own configuration
+        assert (clone / ".terraform-mirror.tfrc").read_text().count(env["TF_PLUGIN_MIRROR"]) == 1
     assert "sandbox: AWS at http://127.0.0.1:4566" in out and "SageMaker jobs run on this machine" in out
     job = re.search(r"launched (\S+)", out).group(1)
     assert re.search(r"test_acc=0\.\d+", out) and f"{job}: Completed" in out  # logs streamed, the job ran

@@ -22,6 +22,7 @@ import pytest
 
 from project import imagetree, startup
 from project.aws.session import aws_clients
+from project.aws.staging import DRY_RUN_CODE_PREFIX
 from project.sandbox import service as emulator
 from tests import byo, cli
 from tests.cli import one_error_line
@@ -143,6 +144,10 @@ def test_upload_train_fetch_predict(world, data, tmp_path):
         assert "torch.distributed.run" not in run.stdout
         assert re.search(r"test_acc=0\.\d+", out)  # log lines streamed from CloudWatch
         assert f"{job}: Completed" in out and "billable=" in out and "cost=$" in out
+        # sm_train.sh's set-up (~110 lines) streamed as one line; CloudWatch keeps them (`invoke logs` below).
+        already = run.stdout.count("Requirement already satisfied: ")
+        assert re.search(rf"^set-up: {already} packages already installed, \d+\.\d s$", out, re.M), out[:3000]
+        assert "Requirement already satisfied" not in out and "Environment Variables:" not in out
 
         desc = world["clients"].sagemaker.describe_training_job(TrainingJobName=job)
         assert desc["ResourceConfig"]["InstanceType"] == "ml.m5.xlarge"
@@ -171,6 +176,7 @@ def test_upload_train_fetch_predict(world, data, tmp_path):
 
         logs = invoke("logs", job, *world["infra_overrides"])
         assert logs.returncode == 0 and "test_acc=" in logs.stdout
+        assert logs.stdout.count("Requirement already satisfied: ") == already > 0  # the whole set-up
 
         runs = tmp_path / "runs"
         fetched = invoke(
@@ -409,6 +415,21 @@ def test_dry_run_prints_the_create_training_job_request(world):
     assert request["RetryStrategy"] == {"MaximumRetryAttempts": 3}  # capacity errors are retried by SageMaker
     assert "worst case $29.38; no budget (job.max_cost_usd)" in result.stdout
     assert len(sm.list_training_jobs(MaxResults=100)["TrainingJobSummaries"]) == before  # nothing launched
+    # The SDK uploaded the bundle to build the request: the output says what and where, and it is
+    # where terraform/s3.tf expires it after a day (test_terraform checks the rule).
+    bucket = world["infra"].artifacts_bucket
+    staged = re.search(
+        rf"dry run: uploaded the code bundle \((\d+) objects, [\d.]+ MB\) "
+        rf"to s3://{bucket}/({DRY_RUN_CODE_PREFIX}/\S+/), "
+        rf"where it expires after 1 day \(the bucket's lifecycle rule\); no job was created",
+        result.stdout,
+    )
+    assert staged, result.stdout[:3000]
+    listed = world["clients"].s3.list_objects_v2(Bucket=bucket, Prefix=staged[2])
+    assert listed["KeyCount"] == int(staged[1]) > 10
+    for channel in request["InputDataConfig"]:
+        if channel["ChannelName"] in ("code", "sm_drivers"):
+            assert channel["DataSource"]["S3DataSource"]["S3Uri"].startswith(f"s3://{bucket}/{staged[2]}")
 
 
 def test_own_module_with_two_channels_matches_invoke_local(world, tmp_path):

@@ -19,6 +19,7 @@ import yaml
 
 from project.aws.image import JobImage
 from project.aws.plan import plan_job
+from project.aws.staging import DRY_RUN_CODE_PREFIX, DRY_RUN_EXPIRY_DAYS
 from project.config import compose
 from project.infra import OUTPUT_NAMES, load_infra
 from project.sagemaker_names import LOG_GROUP  # the group the Terraform grants must name
@@ -220,8 +221,13 @@ def test_staged_code_expires_in_the_artifacts_bucket_only(outputs):
     }
     assert artifacts["expire-staged-code"]["Filter"] == {"Prefix": "code/"}
     assert artifacts["expire-staged-code"]["Expiration"] == {"Days": 30}  # code_retention_days
+    # A dry run's bundle, where `invoke train --dry-run` stages it: gone after a day, versions too.
+    dry_run = artifacts["expire-dry-run-code"]
+    assert dry_run["Filter"] == {"Prefix": f"{DRY_RUN_CODE_PREFIX}/"} and dry_run["Status"] == "Enabled"
+    assert dry_run["Expiration"] == {"Days": DRY_RUN_EXPIRY_DAYS}
+    assert dry_run["NoncurrentVersionExpiration"]["NoncurrentDays"] == DRY_RUN_EXPIRY_DAYS
     data = s3.get_bucket_lifecycle_configuration(Bucket=str(outputs["data_bucket"]))["Rules"]
-    assert "expire-staged-code" not in {rule["ID"] for rule in data}
+    assert not {"expire-staged-code", "expire-dry-run-code"} & {rule["ID"] for rule in data}
 
 
 @needs_terraform

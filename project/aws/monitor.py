@@ -127,6 +127,11 @@ class LogTail:
         self.tokens: dict[str, str | None] = {}
 
     def poll(self) -> Iterator[str]:
+        for _, _, message in self.poll_events():
+            yield message
+
+    def poll_events(self) -> Iterator[tuple[str, int, str]]:
+        """(stream, timestamp in ms, line) of each new event."""
         for stream in log_streams(self.logs, self.job_name):
             kwargs = {"logGroupName": LOG_GROUP, "logStreamName": stream, "startFromHead": True}
             if self.tokens.get(stream):
@@ -134,7 +139,7 @@ class LogTail:
             while True:
                 response = self.logs.get_log_events(**kwargs)
                 for event in response.get("events", []):
-                    yield event["message"].rstrip("\n")
+                    yield stream, event.get("timestamp", 0), event["message"].rstrip("\n")
                 token = response.get("nextForwardToken")
                 if not response.get("events") or token == kwargs.get("nextToken"):
                     self.tokens[stream] = token
@@ -142,19 +147,90 @@ class LogTail:
                 kwargs["nextToken"] = self.tokens[stream] = token
 
 
+# The SDK's sm_train.sh prints its set-up before our command on every host: the Python version,
+# resourceconfig.json and inputdataconfig.json, the environment it exports, and for job.image=aws
+# pip's `Requirement already satisfied` for each pin: ~110 lines before the first of training.
+# The streamed view (`invoke train`, `invoke logs --follow`) folds them into one line; CloudWatch
+# and `invoke logs` keep every line.
+SETUP_START = "Starting training script"
+SETUP_END = "Executing command: "  # sm_train.sh runs the job's command (project/aws/plan.py) next
+SETUP_FAILED = "An error occurred with exit code"  # sm_train.sh's ERR trap: the set-up itself failed
+XTRACE = "+"  # bash's trace of sm_train.sh's own commands (`++ eval ...`), up to the command's first line
+ALREADY_INSTALLED = "Requirement already satisfied: "
+INSTALLED = "Successfully installed "
+
+
+def setup_summary(events: list[tuple[int, str]]) -> str:
+    """One line for a set-up's (timestamp in ms, line) events: what pip did and how long it took."""
+    already = sum(line.startswith(ALREADY_INSTALLED) for _, line in events)
+    installed = sum(len(line[len(INSTALLED) :].split()) for _, line in events if line.startswith(INSTALLED))
+    parts = [f"{installed} packages installed"] if installed else []
+    if already:
+        parts.append(f"{already} {'' if installed else 'packages '}already installed")
+    seconds = (events[-1][0] - events[0][0]) / 1000
+    return f"set-up: {', '.join([*parts, f'{seconds:.1f} s'])}"
+
+
+class SetupFold:
+    """Each log stream's sm_train.sh set-up as one summary line; every other line as it is.
+
+    The set-up runs from its first line to the job's command (its trace lines included). One that
+    fails (the ERR trap fires) or never reaches the command (the job ended) is shown whole: then
+    its lines are the reason.
+    """
+
+    def __init__(self) -> None:
+        self.held: dict[str, list[tuple[int, str]]] = {}
+        self.ended: set[str] = set()  # streams whose set-up reached the command: only its trace is left
+
+    def feed(self, stream: str, timestamp_ms: int, line: str) -> list[str]:
+        held = self.held.get(stream)
+        if held is None:
+            if line.strip() == SETUP_START:
+                self.held[stream] = [(timestamp_ms, line)]
+                return []
+            return [line]
+        if stream in self.ended and not line.startswith(XTRACE):
+            return [self._close(stream), line]
+        held.append((timestamp_ms, line))
+        if line.startswith(SETUP_END):
+            self.ended.add(stream)
+        elif line.startswith(SETUP_FAILED):
+            del self.held[stream]
+            return [held_line for _, held_line in held]
+        return []
+
+    def _close(self, stream: str) -> str:
+        self.ended.discard(stream)
+        return setup_summary(self.held.pop(stream))
+
+    def flush(self) -> list[str]:
+        """What is still held: a set-up that reached the command as its summary, any other as it is."""
+        lines = []
+        for stream in list(self.held):
+            lines += [self._close(stream)] if stream in self.ended else [line for _, line in self.held.pop(stream)]
+        return lines
+
+
 def wait(
     sm, logs, job_name: str, poll_seconds: float = 10.0, echo: Callable[[str], None] = print, keep_last: int = 20
 ) -> tuple:
-    """Stream the job's log until it ends; return (description, last log lines)."""
-    tail = LogTail(logs, job_name)
+    """Stream the job's log until it ends, each host's set-up folded; return (description, last log lines)."""
+    tail, fold = LogTail(logs, job_name), SetupFold()
     last: list[str] = []
     previous = None
     seen: set[tuple[str, str]] = set()
+
+    def show(lines: list[str]) -> None:
+        nonlocal last
+        for line in lines:
+            echo(line)
+        last = (last + lines)[-keep_last:]
+
     while True:
         desc = describe(sm, job_name)
-        for line in tail.poll():
-            echo(line)
-            last = (last + [line])[-keep_last:]
+        for stream, timestamp, line in tail.poll_events():
+            show(fold.feed(stream, timestamp, line))
         status = (desc["TrainingJobStatus"], desc.get("SecondaryStatus"))
         if status != previous:
             echo(f"[{job_name}] {status[0]} / {status[1]}")
@@ -162,9 +238,9 @@ def wait(
         for message in capacity_messages(desc, seen):
             echo(f"[{job_name}] {message}")
         if desc["TrainingJobStatus"] in TERMINAL:
-            for line in tail.poll():
-                echo(line)
-                last = (last + [line])[-keep_last:]
+            for stream, timestamp, line in tail.poll_events():
+                show(fold.feed(stream, timestamp, line))
+            show(fold.flush())
             return desc, last
         time.sleep(poll_seconds)
 

@@ -18,6 +18,7 @@ from .names import split_s3_uri
 from .plan import JobPlan, LaunchError, entry_command
 from .quotas import check_quotas, usages
 from .session import aws_errors
+from .staging import CODE_PREFIX
 
 
 def metric_definitions(names: list[str] | tuple[str, ...]) -> list[dict[str, str]]:
@@ -85,8 +86,8 @@ class _HyperparametersAreARecord(logging.Filter):
         return "Hyperparameters are set but are not passed" not in record.getMessage()
 
 
-def sagemaker_session(boto_session: Any, bucket: str) -> Any:
-    """The SDK Session a ModelTrainer uses: code uploads to the artifacts `bucket`, telemetry off.
+def sagemaker_session(boto_session: Any, bucket: str, prefix: str = CODE_PREFIX) -> Any:
+    """The SDK Session a ModelTrainer uses: code uploads to `prefix` in the artifacts `bucket`, telemetry off.
 
     A sweep builds it once for all its jobs (each build costs ~1 s of CPU in the SDK).
     """
@@ -95,7 +96,7 @@ def sagemaker_session(boto_session: Any, bucket: str) -> Any:
     return Session(
         boto_session=boto_session,
         default_bucket=bucket,  # code uploads go to the artifacts bucket, never a new default bucket
-        default_bucket_prefix="code",
+        default_bucket_prefix=prefix,
         sagemaker_config={"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}},
     )
 

@@ -24,6 +24,13 @@ from .image import JOB_REQUIREMENTS, job_requirements
 from .plan import ENTRY_SCRIPT, JobPlan, LaunchError
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent  # the package folder, project/
+# Where the SDK stages each job's code in the artifacts bucket (terraform/main.tf: local.code_prefix;
+# its lifecycle rule expires bundles after code_retention_days).
+CODE_PREFIX = "code"
+# A dry run stages its bundle too (the SDK builds the request from the uploaded URIs): under a
+# prefix of its own, which terraform/s3.tf expires after DRY_RUN_EXPIRY_DAYS (local.dry_run_prefix).
+DRY_RUN_CODE_PREFIX = f"{CODE_PREFIX}/dry-run"
+DRY_RUN_EXPIRY_DAYS = 1
 SKIPPED = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
 
 

@@ -45,7 +45,7 @@ from .prices import PRICING_REGION, PriceError
 from .prices import refresh as refresh_prices
 from .quotas import QuotaError
 from .session import aws_clients, aws_errors
-from .staging import source_revision, stage_source, user_code
+from .staging import DRY_RUN_CODE_PREFIX, DRY_RUN_EXPIRY_DAYS, source_revision, stage_source, user_code
 from .upload import UploadItem, folder_files, plan_packed_upload, plan_upload
 from .upload import upload as upload_items
 
@@ -189,11 +189,17 @@ def train(
     echo(f"SageMaker training job\n{plan.summary()}")
     with tempfile.TemporaryDirectory(prefix="sm-source-") as tmp:
         source = stage_source(cfg, Path(tmp) / "source", plan)
-        trainer = sdk.model_trainer(plan, source, ctx.clients.session)
         if dry_run:
+            # The SDK uploads the bundle to build the request; a dry run's goes where it expires.
+            session = sdk.sagemaker_session(ctx.clients.session, ctx.infra.artifacts_bucket, DRY_RUN_CODE_PREFIX)
+            request = sdk.create_request(
+                sdk.model_trainer(plan, source, ctx.clients.session, session=session), plan.job_name
+            )
+            echo(dry_run_staged(ctx.clients.s3, ctx.infra.artifacts_bucket, f"{DRY_RUN_CODE_PREFIX}/{plan.job_name}/"))
             echo("CreateTrainingJob request (dry run: nothing launched):")
-            echo(json.dumps(sdk.create_request(trainer, plan.job_name), indent=2, sort_keys=True, default=str))
+            echo(json.dumps(request, indent=2, sort_keys=True, default=str))
             return None
+        trainer = sdk.model_trainer(plan, source, ctx.clients.session)
         if not yes:
             if not sys.stdin.isatty():
                 raise LaunchError("not a terminal, so no one to confirm the cost: pass --yes to launch")
@@ -208,16 +214,31 @@ def train(
     return finish(ctx, job_name, echo, poll_seconds)
 
 
+def _objects(s3: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:
+    """Every object under an S3 prefix (ListObjectsV2, page by page)."""
+    return [
+        obj
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for obj in page.get("Contents", [])
+    ]
+
+
 def earlier_run(s3: Any, plan: JobPlan) -> Progress | None:
     """What the job's checkpoint prefix holds of its identity (SageMaker restores it into the job):
     an interrupted run it resumes, or a finished one it would only test again (identity.progress)."""
     bucket, prefix = split_s3_uri(plan.checkpoint_uri)
-    keys = (
-        item["Key"]
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        for item in page.get("Contents", [])
+    return progress(obj["Key"] for obj in _objects(s3, bucket, prefix)).get(plan.config_hash)
+
+
+def dry_run_staged(s3: Any, bucket: str, prefix: str) -> str:
+    """What a dry run left in S3: the code bundle the request names, and when it goes."""
+    objects = _objects(s3, bucket, prefix)
+    size = sum(obj["Size"] for obj in objects)
+    days = f"{DRY_RUN_EXPIRY_DAYS} day{'s' if DRY_RUN_EXPIRY_DAYS != 1 else ''}"
+    return (
+        f"dry run: uploaded the code bundle ({len(objects)} objects, {size / 1e6:.1f} MB) to s3://{bucket}/{prefix}, "
+        f"where it expires after {days} (the bucket's lifecycle rule); no job was created"
     )
-    return progress(keys).get(plan.config_hash)
 
 
 @aws_task
