@@ -29,7 +29,7 @@ JOB_REQUIREMENTS = "requirements.txt"  # job.image=aws: in the code channel, ins
 IMAGE_KINDS = ("aws", "custom")
 DLC_FRAMEWORK = "pytorch"
 DLC_REPOSITORY = "pytorch-training"
-DLC_INFERENCE_REPOSITORY = "pytorch-inference"  # endpoints and transform jobs (project/aws/deploy.py)
+DLC_INFERENCE_REPOSITORY = "pytorch-inference"  # endpoints and transform jobs (project/aws/deploy_image.py)
 # job.image=custom builds FROM this AWS Deep Learning Container for PyTorch training on SageMaker
 # (GPU, CUDA 12, Python 3.12); the account 763104351884 hosts the DLCs in most regions.
 DEFAULT_BASE_IMAGE = (
