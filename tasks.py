@@ -250,10 +250,10 @@ def runs(c, sweep=None, since=None, metric=None, overrides=None):
 )
 def compare(c, a, b, overrides=None):
     """Two runs side by side: config diff, final metrics, one PNG of both learning curves."""
-    from project import catalog
+    from project.compare import compare as compare_runs
 
     with user_errors():
-        catalog.compare(a, b, overrides or [])
+        compare_runs(a, b, overrides or [])
 
 
 @task(
