@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from project.aws import image, sdk
+from project.aws import image, image_build, sdk
 from project.aws import plan as jobs
 from project.aws.staging import stage_source
 from project.config import DEFAULT_METRICS, compose
@@ -256,8 +256,8 @@ def test_staged_config_holds_the_gpus_resolved_when_planning(gpus, tmp_path):
 
 
 def test_docker_commands():
-    ref = image.ImageRef(INFRA.repository_url, "abc1234")
-    assert image.build_command(ref, "base:1") == [
+    ref = image_build.ImageRef(INFRA.repository_url, "abc1234")
+    assert image_build.build_command(ref, "base:1") == [
         "docker",
         "build",
         "--platform",
@@ -270,7 +270,7 @@ def test_docker_commands():
         "Dockerfile",
         ".",
     ]
-    login, push = image.push_commands(ref)
+    login, push = image_build.push_commands(ref)
     assert login == [
         "docker",
         "login",
@@ -287,7 +287,7 @@ def test_ecr_password_decodes_the_token():
         def get_authorization_token(self):
             return {"authorizationData": [{"authorizationToken": base64.b64encode(b"AWS:s3cret").decode()}]}
 
-    assert image.ecr_password(FakeEcr()) == "s3cret"
+    assert image_build.ecr_password(FakeEcr()) == "s3cret"
 
 
 # --- job.image=aws: the AWS PyTorch container, the requirements pip installs at start ------------
