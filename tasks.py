@@ -66,9 +66,9 @@ def predict(c, run_dir, images, raw=False, endpoint=False, overrides=None):
 
     with user_errors():
         if endpoint:
-            from project.aws import deploy
+            from project.aws import endpoint_predict
 
-            deploy.predict_task(overrides or [], run_dir, expand_images(images), raw)
+            endpoint_predict.predict_task(overrides or [], run_dir, expand_images(images), raw)
             return
         run = run_folder(run_dir, overrides or [])
         find_model(run)
@@ -250,10 +250,10 @@ def runs(c, sweep=None, since=None, metric=None, overrides=None):
 )
 def compare(c, a, b, overrides=None):
     """Two runs side by side: config diff, final metrics, one PNG of both learning curves."""
-    from project import catalog
+    from project.compare import compare as compare_runs
 
     with user_errors():
-        catalog.compare(a, b, overrides or [])
+        compare_runs(a, b, overrides or [])
 
 
 @task(
@@ -296,7 +296,7 @@ def deploy(c, job=None, serverless=False, update=False, yes=False, overrides=Non
 @task(iterable=["overrides"], help={"overrides": OVERRIDES_HELP + " (aws.*)"})
 def endpoints(c, overrides=None):
     """This project's live endpoints: status, instances or serverless, uptime, cost so far, EXPIRED/IDLE."""
-    from project.aws import deploy as serve
+    from project.aws import endpoints as serve
 
     with user_errors():
         serve.endpoints_task(overrides or [])
@@ -313,7 +313,7 @@ def endpoints(c, overrides=None):
 )
 def undeploy(c, name=None, all_=False, expired=False, overrides=None):
     """Delete an endpoint with its endpoint config and model (idempotent); --all, --expired."""
-    from project.aws import deploy as serve
+    from project.aws import endpoints as serve
 
     with user_errors():
         serve.undeploy_task(overrides or [], [name] if name else [], all_, expired)

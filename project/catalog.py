@@ -1,4 +1,4 @@
-"""One catalog of every run: `invoke runs` (local runs and SageMaker jobs, newest first) and `invoke compare`.
+"""One catalog of every run: `invoke runs` (local runs and SageMaker jobs, newest first); `invoke compare`: compare.py.
 
 Local runs are the folders under paths.runs_dir that hold a metrics.json (finished) or checkpoints
 (interrupted, resumable: identity.run_progress says at which step), each listed once, a sweep's
@@ -20,7 +20,7 @@ from typing import Any
 from .config import RESOLVED_CONFIG_NAME
 from .errors import UserError
 from .identity import run_progress
-from .sagemaker_names import JOB_NAME, METRICS_FILE
+from .sagemaker_names import METRICS_FILE
 
 PROJECT_TAG = ("project", "lightning-sagemaker")  # every job plan_job tags
 SHOWN_METRICS = ("val_acc", "test_acc", "val_loss")
@@ -28,7 +28,6 @@ SHOWN_METRICS = ("val_acc", "test_acc", "val_loss")
 IGNORED_KEYS = ("paths.", "run_name", "aws.", "job.image_tag", "dataset.files.", "trainer.gpus")
 THRESHOLD = re.compile(r"^(\w+)\s*(>=|<=|>|<|=)\s*([-+0-9.eE]+)$")
 SINCE = re.compile(r"^(\d+)([mhd])$")
-COMPARE_PNG = "compare.png"
 
 
 class CatalogError(UserError):
@@ -74,7 +73,7 @@ def defaults() -> dict[str, Any]:
     return OmegaConf.to_container(compose([]), resolve=True)  # type: ignore[return-value]
 
 
-def _load_yaml(path: Path) -> dict[str, Any]:
+def load_yaml(path: Path) -> dict[str, Any]:
     import yaml
 
     return yaml.safe_load(path.read_text()) or {}
@@ -103,7 +102,7 @@ def local_entries(runs_dir: Path, base: dict[str, Any]) -> list[Entry]:
         if entry is None:
             continue
         config = run / "model" / RESOLVED_CONFIG_NAME
-        changed = config_diff(base, _load_yaml(config)) if config.is_file() else {}
+        changed = config_diff(base, load_yaml(config)) if config.is_file() else {}
         entry.overrides = " ".join(f"{k}={v[1]}" for k, v in changed.items()) or "-"
         entry.sweep = run.parent.name if run.parent != runs_dir else "-"
         entry.name = str(run.relative_to(runs_dir))
@@ -260,86 +259,3 @@ def list_runs(
     if any(e.where == "local" and e.status.startswith("interrupted") for e in chosen):
         echo("interrupted runs resume where they stopped: run the same `invoke local` command again")
     return chosen
-
-
-def run_folder(spec: str, overrides: list[str], echo: Callable[[str], None] = print) -> Path:
-    """A finished run's folder: a path, a run under paths.runs_dir, or a SageMaker job (fetched there first)."""
-    from .config import compose
-    from .run_ref import resolve_run
-
-    runs_dir = Path(compose(overrides).paths.runs_dir)
-    ref = resolve_run(spec, runs_dir)
-    if (ref.folder / METRICS_FILE).is_file():
-        return ref.folder
-    if ref.exists:
-        raise CatalogError(
-            f"{ref.folder} has no {METRICS_FILE}: its training did not finish (`invoke runs` lists the finished runs)"
-        )
-    if ref.as_path or not JOB_NAME.match(ref.name):
-        raise CatalogError(f"no run {spec}: no such folder (`invoke runs` lists the runs)")
-    from .aws import workflow
-
-    try:
-        return workflow.fetch(overrides, ref.name, echo=echo)
-    except UserError as problem:  # no Terraform outputs, no credentials, no such job
-        raise CatalogError(f"no run {spec} in {runs_dir}, and none fetched from SageMaker: {problem}") from None
-
-
-def compare(a: str, b: str, overrides: list[str], echo: Callable[[str], None] = print) -> Path:
-    """`invoke compare A B`: config diff, metrics side by side, one PNG of both learning curves."""
-    ra, rb = run_folder(a, overrides, echo), run_folder(b, overrides, echo)
-    echo(comparison(ra, rb))
-    out = ra.parent / f"compare-{ra.name}-vs-{rb.name}.png"
-    plot_compare(ra, rb, out)
-    echo(f"learning curves: {out}")
-    return out
-
-
-# --- compare ---------------------------------------------------------------------------------
-
-
-def comparison(a: Path, b: Path) -> str:
-    """The config diff and the final metrics of two run folders, side by side."""
-    ca, cb = (_load_yaml(p / "model" / RESOLVED_CONFIG_NAME) for p in (a, b))
-    ma, mb = (json.loads((p / METRICS_FILE).read_text()) for p in (a, b))
-    lines = [f"config: {a.name} vs {b.name}"]
-    diff = config_diff(ca, cb, ignored=("paths.", "run_name"))
-    lines += [f"  {k}: {va} | {vb}" for k, (va, vb) in diff.items()] or ["  (the same config)"]
-    lines.append("metrics:")
-    for key in sorted(k for k in set(ma) | set(mb) if isinstance(ma.get(k, mb.get(k)), int | float)):
-        va, vb = ma.get(key), mb.get(key)
-        lines.append(f"  {key}: {_num(va)} | {_num(vb)}")
-    return "\n".join(lines)
-
-
-def _num(value: Any) -> str:
-    return "-" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
-
-
-def plot_compare(a: Path, b: Path, out: Path) -> Path:
-    """Both runs' learning curves (loss and accuracy per epoch) on one figure."""
-    import matplotlib
-
-    from .artifacts import read_curves  # the one reader of Lightning's metrics.csv
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-    for run, color in ((a, "C0"), (b, "C1")):
-        curves, unit = read_curves(run / "output" / "metrics.csv")
-        for ax, names in ((ax_loss, ("train_loss", "val_loss")), (ax_acc, ("train_acc", "val_acc"))):
-            for name, style in zip(names, ("--", "-"), strict=True):
-                if curves.get(name):
-                    xs, ys = zip(*curves[name], strict=True)
-                    ax.plot(xs, ys, style, color=color, marker="o", label=f"{run.name} {name}")
-            ax.set_xlabel(unit)
-    ax_loss.set_ylabel("loss")
-    ax_acc.set_ylabel("accuracy")
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out

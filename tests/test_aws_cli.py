@@ -29,7 +29,7 @@ from project.sagemaker_names import JOB_NAME, LOG_GROUP
 from project.sandbox import quotas as sandbox_quotas
 from project.sandbox import record
 from project.sandbox import service as emulator
-from project.sandbox.service import placeholder_manifest
+from project.sandbox.ecr_iam import placeholder_manifest
 from tests import byo
 from tests.cli import invoke, one_error_line
 from tests.price_list import PriceListServer, fixture_products

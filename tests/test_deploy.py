@@ -13,6 +13,7 @@ import functools
 import os
 import re
 import shutil
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,7 +22,19 @@ import torch
 
 from project import config as C
 from project.aws import deploy
+from project.aws.deploy_image import inference_version, known_inference_versions
+from project.aws.deploy_requests import (
+    DeployError,
+    Source,
+    check_instance,
+    endpoint_config_request,
+    model_request,
+    price_line,
+    resource_tags,
+    versioned_name,
+)
 from project.aws.session import aws_clients
+from project.aws.workflow import setup
 from project.predict import predict
 from project.sandbox import service as emulator
 from project.train import run_composed
@@ -69,50 +82,50 @@ def resources(sm) -> set[str]:
 def test_requests_are_built_from_the_config():
     dc = C.compose(["deploy.instance=ml.c5.large", "deploy.ttl_hours=2"]).deploy
     now = datetime(2026, 12, 3, 7, 0, 0, 123000, tzinfo=UTC)
-    name = deploy.versioned_name("a_run.with dots" + "x" * 80, now)
+    name = versioned_name("a_run.with dots" + "x" * 80, now)
     assert name.endswith("-20261203-070000-123") and len(name) <= 63 and re.match(r"^[A-Za-z0-9-]+$", name)
-    source = deploy.Source("run", "abc123")
-    tags = deploy.resource_tags(source, dc, serverless=False, now=now)
+    source = Source("run", "abc123")
+    tags = resource_tags(source, dc, serverless=False, now=now)
     assert tags == {
         "project": "lightning-sagemaker",
         "run": "run",
         "config-hash": "abc123",
         "expires-at": "2026-12-03T09:00:00Z",
     }
-    assert "expires-at" not in deploy.resource_tags(source, dc, serverless=True, now=now)
+    assert "expires-at" not in resource_tags(source, dc, serverless=True, now=now)
     # A folder's name as a tag value: what SageMaker refuses in one (here `#`, `(`, `)`) sanitized
     # as the sweep tags are.
-    odd = deploy.resource_tags(deploy.Source("my run #2 (old)", "abc123"), dc, serverless=True, now=now)
+    odd = resource_tags(Source("my run #2 (old)", "abc123"), dc, serverless=True, now=now)
     assert odd["run"] == "my run _2 _old_"
-    (variant,) = deploy.endpoint_config_request("c", "m", dc, False, tags)["ProductionVariants"]
+    (variant,) = endpoint_config_request("c", "m", dc, False, tags)["ProductionVariants"]
     assert (variant["InstanceType"], variant["InitialInstanceCount"]) == ("ml.c5.large", 1)
-    (variant,) = deploy.endpoint_config_request("c", "m", dc, True, tags)["ProductionVariants"]
+    (variant,) = endpoint_config_request("c", "m", dc, True, tags)["ProductionVariants"]
     assert variant["ServerlessConfig"] == {"MemorySizeInMB": 2048, "MaxConcurrency": 5}
-    model = deploy.model_request("m", "img", "s3://b/k", "arn:role", tags)
+    model = model_request("m", "img", "s3://b/k", "arn:role", tags)
     assert model["PrimaryContainer"]["Environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
-    assert "$0.102/hour" in deploy.price_line(dc, False) and "per million requests" in deploy.price_line(dc, True)
-    with pytest.raises(deploy.DeployError, match="unknown instance type deploy.instance=ml.x"):
-        deploy.check_instance("ml.x", dc)
+    assert "$0.102/hour" in price_line(dc, False) and "per million requests" in price_line(dc, True)
+    with pytest.raises(DeployError, match="unknown instance type deploy.instance=ml.x"):
+        check_instance("ml.x", dc)
 
 
 def test_the_inference_image_is_chosen_by_the_pytorch_that_saved_the_model():
     known, what = ["1.13", "2.5", "2.6"], "run's model.ts"
-    assert deploy.inference_version("2.5.1", None, known, what)[0] == "2.6"  # the newest, >= the export's
-    assert deploy.inference_version("2.6.0+cu124", None, known, what)[0] == "2.6"
-    assert deploy.inference_version(None, None, known, what) == (
+    assert inference_version("2.5.1", None, known, what)[0] == "2.6"  # the newest, >= the export's
+    assert inference_version("2.6.0+cu124", None, known, what)[0] == "2.6"
+    assert inference_version(None, None, known, what) == (
         "2.6",
         "PyTorch 2.6, the newest image; run's model.ts does not record which PyTorch saved it",
     )
     for newer in ("2.13.0+cpu", "2.10.0"):  # compared as numbers: "2.10" is newer than "2.6"
-        version, why = deploy.inference_version(newer, None, known, what)  # served on the newest, with a warning
+        version, why = inference_version(newer, None, known, what)  # served on the newest, with a warning
         assert version == "2.6" and why.startswith(f"warning: run's model.ts was saved by PyTorch {newer}, newer than")
         assert "job.pytorch_version=2.6" in why
-    version, why = deploy.inference_version("2.13.0+cpu", "2.6", known, what)  # chosen: served, with a warning
+    version, why = inference_version("2.13.0+cpu", "2.6", known, what)  # chosen: served, with a warning
     assert version == "2.6" and why.startswith("warning: run's model.ts was saved by PyTorch 2.13.0+cpu")
-    assert deploy.inference_version("2.5.1", "2.5", known, what) == ("2.5", "PyTorch 2.5 (deploy.framework_version)")
-    with pytest.raises(deploy.DeployError, match="deploy.framework_version=2.8: .*no PyTorch inference image"):
-        deploy.inference_version("2.5.1", "2.8", known, what)
-    assert "2.6" in deploy.known_inference_versions()  # the pinned SDK's own table
+    assert inference_version("2.5.1", "2.5", known, what) == ("2.5", "PyTorch 2.5 (deploy.framework_version)")
+    with pytest.raises(DeployError, match="deploy.framework_version=2.8: .*no PyTorch inference image"):
+        inference_version("2.5.1", "2.8", known, what)
+    assert "2.6" in known_inference_versions()  # the pinned SDK's own table
 
 
 @pytest.mark.slow
@@ -346,8 +359,8 @@ def test_deploy_asks_first_and_no_creates_nothing(world, monkeypatch):
     """In a terminal deploy shows the cost and asks; an answer other than y creates nothing."""
     sm = world["clients"].sagemaker
     before, asked, said = resources(sm), [], []
-    monkeypatch.setattr(deploy.sys.stdin, "isatty", lambda: True)
-    ctx = deploy.setup(world["overrides"])
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    ctx = setup(world["overrides"])
     answer = deploy.deploy(ctx, "tiny", confirm=lambda q: asked.append(q) or "n", echo=said.append)
     assert answer is None and asked == ["Deploy? [y/N] "]
     assert any(line.startswith("cost: ml.m5.large x 1") for line in said) and said[-1] == "nothing created"

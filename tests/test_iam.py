@@ -139,9 +139,9 @@ def test_every_image_the_tool_can_choose_comes_from_the_mapped_account():
     the map: each comes from that region's account, from the two repositories the role may pull."""
     from sagemaker.core import image_uris
 
-    from project.aws import deploy
+    from project.aws import deploy_image
 
-    newest_serving = max(deploy.known_inference_versions(), key=image._version_tuple)
+    newest_serving = max(deploy_image.known_inference_versions(), key=image._version_tuple)
     for region, account in image.dlc_accounts().items():
         chosen = []
         for instance in ("ml.m5.xlarge", "ml.g5.xlarge"):
@@ -188,10 +188,10 @@ def test_the_role_may_pull_every_image_the_launch_checks(kind, rendered, terrafo
 
 @needs_terraform
 def test_the_role_may_pull_the_serving_image(rendered, terraform_applied):
-    from project.aws import deploy
+    from project.aws import deploy_image
 
     region = terraform_applied[2].region
-    for version in deploy.known_inference_versions():
+    for version in deploy_image.known_inference_versions():
         if image._version_tuple(version) >= (2, 1):
             from sagemaker.core import image_uris
 

@@ -2,17 +2,19 @@
 
 import base64
 import re
+import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from project.aws import image, sdk
+from project.aws import image, image_build, sdk
 from project.aws import plan as jobs
 from project.aws.staging import stage_source
 from project.config import DEFAULT_METRICS, compose
 from project.errors import UserError
 from project.infra import Infra
-from project.sagemaker_names import JOB_NAME
+from project.sagemaker_names import CHECKPOINT_DIR, JOB_NAME
 
 INFRA = Infra(
     data_bucket="data-b",
@@ -254,8 +256,8 @@ def test_staged_config_holds_the_gpus_resolved_when_planning(gpus, tmp_path):
 
 
 def test_docker_commands():
-    ref = image.ImageRef(INFRA.repository_url, "abc1234")
-    assert image.build_command(ref, "base:1") == [
+    ref = image_build.ImageRef(INFRA.repository_url, "abc1234")
+    assert image_build.build_command(ref, "base:1") == [
         "docker",
         "build",
         "--platform",
@@ -268,7 +270,7 @@ def test_docker_commands():
         "Dockerfile",
         ".",
     ]
-    login, push = image.push_commands(ref)
+    login, push = image_build.push_commands(ref)
     assert login == [
         "docker",
         "login",
@@ -285,7 +287,7 @@ def test_ecr_password_decodes_the_token():
         def get_authorization_token(self):
             return {"authorizationData": [{"authorizationToken": base64.b64encode(b"AWS:s3cret").decode()}]}
 
-    assert image.ecr_password(FakeEcr()) == "s3cret"
+    assert image_build.ecr_password(FakeEcr()) == "s3cret"
 
 
 # --- job.image=aws: the AWS PyTorch container, the requirements pip installs at start ------------
@@ -483,3 +485,42 @@ def test_a_file_mode_channel_of_shards_is_read_through_sagemakers_manifest():
     assert validation.data_source.s3_data_source.s3_data_type == "S3Prefix"
     assert "s3://data-b/datasets/imagefolder/train/  (File: the shards train.manifest names)" in p.summary()
     assert plan()[0].manifests == {}  # MNIST's files: the prefix, as before
+
+
+def test_the_sdks_private_request_builder_still_builds_the_request_we_send(moto_endpoint):
+    """sdk.py gets CreateTrainingJob's request from ModelTrainer._create_training_job_args, a private
+    SDK method (train() returns no request and takes no job name of ours). An SDK upgrade that
+    renames it, changes its arguments or drops a field we rely on fails here, not in a user's launch."""
+    import inspect
+
+    import boto3
+    from sagemaker.train import ModelTrainer
+
+    assert list(inspect.signature(ModelTrainer._create_training_job_args).parameters) == [
+        "self",
+        "input_data_config",
+        "boto3",
+    ]
+    infra = replace(INFRA, artifacts_bucket=f"art-{uuid.uuid4().hex[:12]}")  # this test's own, in the stand-in
+    boto3.client("s3").create_bucket(Bucket=infra.artifacts_bucket)
+    cfg = compose(["trainer.gpus=4", "instance=ml.p3.8xlarge"])
+    p = jobs.plan_job(cfg, infra, CUSTOM, revision="9f8e7d6")
+    code = f"s3://{infra.artifacts_bucket}/code/{p.job_name}/"  # staged once, as a sweep stages it
+    trainer = sdk.model_trainer(p, code, boto3.Session())
+    request = sdk.create_request(trainer, p.job_name)
+    algorithm = request["AlgorithmSpecification"]
+    assert request["TrainingJobName"] == p.job_name and request["RoleArn"] == INFRA.role_arn
+    assert algorithm["TrainingImage"] == p.image_uri and algorithm["ContainerEntrypoint"] == ["/bin/bash"]
+    assert {d["Name"] for d in algorithm["MetricDefinitions"]} == set(p.metrics)
+    assert (
+        request["ResourceConfig"]["InstanceType"] == "ml.p3.8xlarge" and request["ResourceConfig"]["InstanceCount"] == 1
+    )
+    assert request["StoppingCondition"]["MaxRuntimeInSeconds"] == p.max_run_seconds
+    assert request["OutputDataConfig"]["S3OutputPath"] == p.output_uri
+    assert request["CheckpointConfig"] == {"S3Uri": p.checkpoint_uri, "LocalPath": CHECKPOINT_DIR}
+    assert request["RetryStrategy"] == {"MaximumRetryAttempts": sdk.CAPACITY_RETRY_ATTEMPTS}
+    assert {t["Key"]: t["Value"] for t in request["Tags"]} == p.tags
+    assert request["HyperParameters"]["processes_per_node"] == "4"
+    channels = {c["ChannelName"]: c for c in request["InputDataConfig"]}
+    assert channels["train"]["DataSource"]["S3DataSource"]["S3Uri"] == p.channels["train"]
+    assert channels["code"]["DataSource"]["S3DataSource"]["S3Uri"] == code

@@ -244,13 +244,13 @@ def test_batch_predict_refuses_an_s3_input_the_role_may_not_read(policy_simulato
     """The transform job reads as the execution role: IAM's simulator (served here) decides first."""
     from types import SimpleNamespace
 
-    from project.aws import batch, deploy
+    from project.aws import batch, deploy_requests
 
     ctx = SimpleNamespace(clients=policy_simulator, infra=INFRA)
     PolicySimulator.ALLOWED = {"s3:GetObject"}
     batch.check_role_reads(ctx, "other-bucket", "photos/a.png", "s3://other-bucket/photos/")
     PolicySimulator.ALLOWED = set()
-    with pytest.raises(deploy.DeployError) as refused:
+    with pytest.raises(deploy_requests.DeployError) as refused:
         batch.check_role_reads(ctx, "other-bucket", "photos/a.png", "s3://other-bucket/photos/")
     assert f"the execution role {INFRA.role_arn} may not read s3://other-bucket/photos/ (s3:GetObject denied)" in str(
         refused.value

@@ -24,6 +24,7 @@ from project import imagetree, startup
 from project.aws.session import aws_clients
 from project.aws.staging import DRY_RUN_CODE_PREFIX
 from project.sandbox import service as emulator
+from project.sandbox.ecr_iam import placeholder_manifest
 from tests import byo, cli
 from tests.cli import one_error_line
 from tests.imagetrees import write_tree
@@ -55,7 +56,7 @@ def world(request, aws_infra, tmp_path_factory):
     clients.ecr.put_image(
         repositoryName=repository,
         imageTag=tag,
-        imageManifest=emulator.placeholder_manifest(tag),
+        imageManifest=placeholder_manifest(tag),
     )
     return {
         "clients": clients,

@@ -2,9 +2,9 @@
 
 The inputs are an s3:// prefix or a local folder (uploaded under s3://<artifacts>/batch/<run>/...):
 images for a classifier, or arrays (.npy, .json) for any exported model, one kind per job (a
-transform job has one ContentType). The model is made as `invoke deploy` makes it (deploy.py) and
-removed once the job is over; the answers come home to runs/<run>/predictions/, with one CSV of
-classes for a classifier.
+transform job has one ContentType). The model is made as `invoke deploy` makes it (its request:
+deploy_requests.py) and removed once the job is over; the answers come home to
+runs/<run>/predictions/, with one CSV of classes for a classifier.
 """
 
 from __future__ import annotations
@@ -17,23 +17,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .deploy import (
+from .deploy import wait_until_settled
+from .deploy_image import echo_image, serving_image
+from .deploy_requests import (
     IMAGE_CONTENT_TYPES,
     DeployError,
     Echo,
     Source,
     check_instance,
-    delete_resources,
-    echo_image,
-    model_data_for,
     model_request,
-    resolve_source,
     resource_tags,
-    serving_image,
     tag_list,
     versioned_name,
-    wait_until_settled,
 )
+from .deploy_source import model_data_for, resolve_source
+from .endpoints import delete_resources
 from .names import split_s3_uri
 from .session import aws_errors
 from .workflow import aws_task, setup

@@ -10,7 +10,6 @@ the code travels in the job's code channel, so a code change never needs a rebui
 
 from __future__ import annotations
 
-import base64
 import functools
 import hashlib
 import importlib.metadata
@@ -29,7 +28,7 @@ JOB_REQUIREMENTS = "requirements.txt"  # job.image=aws: in the code channel, ins
 IMAGE_KINDS = ("aws", "custom")
 DLC_FRAMEWORK = "pytorch"
 DLC_REPOSITORY = "pytorch-training"
-DLC_INFERENCE_REPOSITORY = "pytorch-inference"  # endpoints and transform jobs (project/aws/deploy.py)
+DLC_INFERENCE_REPOSITORY = "pytorch-inference"  # endpoints and transform jobs (project/aws/deploy_image.py)
 # job.image=custom builds FROM this AWS Deep Learning Container for PyTorch training on SageMaker
 # (GPU, CUDA 12, Python 3.12); the account 763104351884 hosts the DLCs in most regions.
 DEFAULT_BASE_IMAGE = (
@@ -253,64 +252,3 @@ def job_image(cfg: Any, repository_url: str, region: str) -> JobImage:
     if kind == "custom":
         return custom_image(cfg, repository_url, region)
     raise ImageError(f"job.image={kind!r}: choose one of {', '.join(IMAGE_KINDS)}")
-
-
-@dataclass(frozen=True)
-class ImageRef:
-    repository_url: str  # <account>.dkr.ecr.<region>.amazonaws.com/<name>
-    tag: str
-
-    @property
-    def uri(self) -> str:
-        return f"{self.repository_url}:{self.tag}"
-
-    @property
-    def registry(self) -> str:
-        return self.repository_url.split("/", 1)[0]
-
-    @property
-    def repository(self) -> str:
-        return self.repository_url.split("/", 1)[1]
-
-
-def build_command(ref: ImageRef, base_image: str, dockerfile: str = "Dockerfile") -> list[str]:
-    return [
-        "docker",
-        "build",
-        "--platform",
-        "linux/amd64",  # SageMaker training instances are x86-64
-        "--build-arg",
-        f"BASE_IMAGE={base_image}",
-        "--tag",
-        ref.uri,
-        "--file",
-        dockerfile,
-        ".",
-    ]
-
-
-def push_commands(ref: ImageRef) -> list[list[str]]:
-    """docker login (password on stdin, from `ecr_password`), then push the one immutable tag."""
-    return [
-        ["docker", "login", "--username", "AWS", "--password-stdin", ref.registry],
-        ["docker", "push", ref.uri],
-    ]
-
-
-def ecr_password(ecr) -> str:
-    """The registry password from ECR's authorization token (base64 of 'AWS:<password>')."""
-    data = ecr.get_authorization_token()["authorizationData"]
-    if not data:
-        raise ImageError("ECR returned no authorization token; check the credentials' ecr:GetAuthorizationToken")
-    user, _, password = base64.b64decode(data[0]["authorizationToken"]).decode().partition(":")
-    if user != "AWS" or not password:
-        raise ImageError("ECR authorization token is malformed")
-    return password
-
-
-def tag_exists(ecr, repository_name: str, tag: str) -> bool:
-    try:
-        ecr.describe_images(repositoryName=repository_name, imageIds=[{"imageTag": tag}])
-        return True
-    except ecr.exceptions.ImageNotFoundException:
-        return False

@@ -196,7 +196,12 @@ def _metric_definitions(names: list[str]) -> list[Any]:
 
 
 def _training_request(trainer: Any, job_name: str, boto3: bool) -> dict[str, Any]:
-    """The SDK's own CreateTrainingJob request (it stages the code to S3 to know it), under our job name."""
+    """The SDK's own CreateTrainingJob request (it stages the code to S3 to know it), under our job name.
+
+    The one call of ModelTrainer._create_training_job_args, a private SDK method: a test in
+    tests/test_jobs.py names it and checks its arguments and the fields we send, so an SDK upgrade
+    that changes it fails there.
+    """
     request: dict[str, Any] = trainer._create_training_job_args(boto3=boto3)
     request["TrainingJobName" if boto3 else "training_job_name"] = job_name
     return request

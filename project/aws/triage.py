@@ -1,3 +1,4 @@
+# Over 300 lines, kept whole: RULES is one ordered table (first match wins: the order is the design) and its reader.
 """Why a training job failed or stopped: one line of cause, one of fix, and where to read its log.
 
 Pure: `classify(JobFacts) -> Triage`, over what DescribeTrainingJob says (status, SecondaryStatus

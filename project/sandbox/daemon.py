@@ -23,10 +23,11 @@ from pathlib import Path
 
 from . import DEFAULT_HOST, STATE_DIR
 from .container import container_problem
+from .ecr_iam import LocalImages
 from .endpoint import Endpoint
 from .optml import SandboxError
 from .run import RunOptions
-from .service import LocalImages, SageMakerService
+from .service import SageMakerService
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 PID_FILE, LOG_FILE, JOBS_DIR = "sandbox.pid", "sandbox.log", "jobs"

@@ -3,7 +3,7 @@
 In this process, because the SageMaker side (service.py) works on moto's in-process record of
 each job. While it serves, S3 bucket-policy conditions are evaluated (policy.py), Service Quotas
 answers for SageMaker (quotas.py), and IAM SimulatePrincipalPolicy is refused rather than a 500
-(service.NoPolicySimulation): the tests' endpoint is the one `invoke sandbox` serves.
+(ecr_iam.NoPolicySimulation): the tests' endpoint is the one `invoke sandbox` serves.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import socket
 import threading
 from typing import Any
 
+from .ecr_iam import NoPolicySimulation
 from .optml import SandboxError
 from .policy import BucketPolicyConditions
 from .quotas import SageMakerQuotas
-from .service import NoPolicySimulation
 
 
 class PortInUse(SandboxError):

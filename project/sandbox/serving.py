@@ -1,3 +1,4 @@
+# Over 300 lines, kept whole: one stand-in (SageMaker hosting); Hosting and its ModelServers share one lifecycle.
 """SageMaker hosting played: endpoints and batch transform jobs answered by the models they name.
 
 moto records models, endpoint configs, endpoints and transform jobs but serves nothing: an endpoint

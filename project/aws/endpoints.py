@@ -1,0 +1,170 @@
+"""This project's endpoints: what `invoke endpoints` lists (status, uptime, cost so far, EXPIRED/IDLE)
+and what `invoke undeploy` removes (an endpoint with its endpoint config and models, idempotently).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ..sagemaker_names import PROJECT_TAG
+from .deploy_requests import EXPIRES_TAG, RUN_TAG, DeployError, Echo
+from .workflow import aws_task, setup
+
+
+def endpoint_status(sm: Any, name: str) -> dict[str, Any] | None:
+    try:
+        return sm.describe_endpoint(EndpointName=name)
+    except sm.exceptions.ClientError as exc:
+        if "Could not find" in str(exc):
+            return None
+        raise
+
+
+@dataclass(frozen=True)
+class EndpointRow:
+    name: str
+    status: str
+    kind: str  # "ml.m5.large x 1" or "serverless 2 GB"
+    run: str
+    uptime_hours: float
+    cost_so_far: float | None  # None: serverless, billed per request
+    expired: bool
+    idle: bool
+
+    def line(self) -> str:
+        cost = "per request" if self.cost_so_far is None else f"${self.cost_so_far:.2f}"
+        flags = " ".join(f for f, on in (("EXPIRED", self.expired), ("IDLE", self.idle)) if on)
+        return (
+            f"{self.name:<40} {self.status:<10} {self.kind:<18} {self.run:<30} "
+            f"{self.uptime_hours:>7.2f} h {cost:>11} {flags}".rstrip()
+        )
+
+
+HEADER = f"{'endpoint':<40} {'status':<10} {'serving on':<18} {'run':<30} {'uptime':>9} {'cost so far':>11} flags"
+
+
+def endpoint_row(ctx: Any, desc: dict[str, Any], tags: dict[str, str], now: datetime) -> EndpointRow:
+    sm, dc = ctx.clients.sagemaker, ctx.cfg.deploy
+    config = sm.describe_endpoint_config(EndpointConfigName=desc["EndpointConfigName"])
+    variant = config["ProductionVariants"][0]
+    hours = (now - desc["CreationTime"]).total_seconds() / 3600
+    if "ServerlessConfig" in variant:
+        kind, cost = f"serverless {variant['ServerlessConfig']['MemorySizeInMB'] / 1024:g} GB", None
+    else:
+        count = int(variant.get("InitialInstanceCount", 1))
+        kind = f"{variant['InstanceType']} x {count}"
+        cost = float(dict(dc.prices_per_hour).get(variant["InstanceType"], 0.0)) * count * hours
+    expires = tags.get(EXPIRES_TAG)
+    expired = expires is not None and now >= datetime.strptime(expires, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    return EndpointRow(
+        desc["EndpointName"],
+        desc["EndpointStatus"],
+        kind,
+        tags.get(RUN_TAG, "?"),
+        hours,
+        cost,
+        expired,
+        invocations_last_hour(ctx.clients.client("cloudwatch"), desc["EndpointName"], now) == 0,
+    )
+
+
+def invocations_last_hour(cloudwatch: Any, endpoint: str, now: datetime) -> float:
+    points = cloudwatch.get_metric_statistics(
+        Namespace="AWS/SageMaker",
+        MetricName="Invocations",
+        Dimensions=[{"Name": "EndpointName", "Value": endpoint}, {"Name": "VariantName", "Value": "AllTraffic"}],
+        StartTime=now - timedelta(hours=1),
+        EndTime=now,
+        Period=3600,
+        Statistics=["Sum"],
+    )["Datapoints"]
+    return sum(p["Sum"] for p in points)
+
+
+def project_endpoints(ctx: Any) -> list[tuple[dict[str, Any], dict[str, str]]]:
+    """(DescribeEndpoint, tags) of every endpoint tagged with this project."""
+    sm, found = ctx.clients.sagemaker, []
+    for page in sm.get_paginator("list_endpoints").paginate():
+        for summary in page["Endpoints"]:
+            tags = {t["Key"]: t["Value"] for t in sm.list_tags(ResourceArn=summary["EndpointArn"])["Tags"]}
+            if tags.get(PROJECT_TAG[0]) == PROJECT_TAG[1]:
+                desc = endpoint_status(sm, summary["EndpointName"])
+                if desc is not None:
+                    found.append((desc, tags))
+    return found
+
+
+def endpoint_rows(ctx: Any) -> list[EndpointRow]:
+    now = datetime.now(UTC)
+    return [endpoint_row(ctx, desc, tags, now) for desc, tags in project_endpoints(ctx)]
+
+
+# --- undeploy ----------------------------------------------------------------------------------
+
+
+def _gone(exc: Exception) -> bool:
+    return "Could not find" in str(exc) or "does not exist" in str(exc)
+
+
+def delete_resources(sm: Any, created: Iterable[tuple[str, str]]) -> None:
+    for kind, name in reversed(list(created)):
+        delete = {"model": sm.delete_model, "config": sm.delete_endpoint_config, "endpoint": sm.delete_endpoint}[kind]
+        key = {"model": "ModelName", "config": "EndpointConfigName", "endpoint": "EndpointName"}[kind]
+        try:
+            delete(**{key: name})
+        except sm.exceptions.ClientError as exc:
+            if not _gone(exc):
+                raise
+
+
+def remove_config(sm: Any, config: str) -> None:
+    """An endpoint config and the models it names."""
+    try:
+        models = [v["ModelName"] for v in sm.describe_endpoint_config(EndpointConfigName=config)["ProductionVariants"]]
+    except sm.exceptions.ClientError as exc:
+        if not _gone(exc):
+            raise
+        return
+    delete_resources(sm, [*(("model", m) for m in models), ("config", config)])
+
+
+def undeploy_one(sm: Any, name: str, echo: Echo) -> None:
+    desc = endpoint_status(sm, name)
+    if desc is None:
+        echo(f"{name}: no such endpoint (nothing to remove)")
+        return
+    delete_resources(sm, [("endpoint", name)])
+    remove_config(sm, desc["EndpointConfigName"])
+    echo(f"{name}: endpoint, endpoint config and model deleted")
+
+
+@aws_task
+def endpoints_task(overrides: list[str]) -> None:
+    rows = endpoint_rows(setup(overrides))
+    if not rows:
+        print("no endpoints of this project are up")
+        return
+    print(HEADER)
+    for row in rows:
+        print(row.line())
+    if any(row.expired or row.idle for row in rows):
+        print(
+            "EXPIRED: older than deploy.ttl_hours (`invoke undeploy --expired`); IDLE: no invocations in the last hour"
+        )
+
+
+@aws_task
+def undeploy_task(overrides: list[str], names: list[str], everything: bool, expired: bool) -> None:
+    if not (names or everything or expired):
+        raise DeployError("name the endpoint(s) to remove, or pass --all or --expired; `invoke endpoints` lists them")
+    ctx = setup(overrides)
+    chosen = list(names)
+    if everything or expired:
+        chosen += [row.name for row in endpoint_rows(ctx) if everything or row.expired]
+        if not chosen:
+            print("no endpoints to remove")
+    for name in dict.fromkeys(chosen):
+        undeploy_one(ctx.clients.sagemaker, name, print)
