@@ -189,6 +189,7 @@ def _alternating_fit(cfg, folder: Path, runs: Path, plain: PlainLoop, variant: s
     import pytorch_lightning as pl
 
     from project.runtime import local_layout
+    from project.topology import decide
     from project.train import build_run
 
     pairs: list[dict[str, float]] = []
@@ -232,7 +233,7 @@ def _alternating_fit(cfg, folder: Path, runs: Path, plain: PlainLoop, variant: s
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)  # as project.train.train does
     layout = local_layout(Path(tempfile.mkdtemp(dir=runs)))
     layout.create()
-    trainer, module, datamodule = build_run(cfg, layout, {"train": folder}, num_nodes=1, gpus=0)
+    trainer, module, datamodule = build_run(cfg, layout, {"train": folder}, decide(cfg.trainer, available=0))
     VARIANTS[variant](trainer, module)
     trainer.callbacks.append(Lockstep())  # last: the product's own hooks run before it
     clock["fit_start"] = time.perf_counter()

@@ -42,6 +42,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from .errors import TERMINATED_EXIT
 from .identity import CHECKPOINT_FILE, checkpoint_name
 from .runtime import CLEAN_STOP_ENV
+from .topology import Topology, check_resume
 
 log = logging.getLogger(__name__)
 
@@ -204,8 +205,16 @@ class RunCheckpoints(pl.Callback):
     save, which is a collective call.
     """
 
-    def __init__(self, checkpoint_dir: Path, identity: str, every_n_steps: int = 0, keep: int = KEEP):
+    def __init__(
+        self,
+        checkpoint_dir: Path,
+        identity: str,
+        every_n_steps: int = 0,
+        topology: Topology | None = None,
+        keep: int = KEEP,
+    ):
         self.dir, self.identity, self.every, self.keep = Path(checkpoint_dir), identity, every_n_steps, keep
+        self.topology = topology  # recorded in each checkpoint; a resume on another world size is refused
         self._saved_step = -1  # decided identically on every rank: saving is a collective call
         self._rng_to_restore: dict | None = None
         self._sigterm = False  # a signal of STOP_SIGNALS arrived: _stop_signal
@@ -225,9 +234,14 @@ class RunCheckpoints(pl.Callback):
     def state_dict(self) -> dict:
         # Dropout draws from the global RNG; data loaders use private generators (data.py), so
         # this state at a save is the state the next training batch starts from.
-        return {"rng": rng_state()}
+        world = {"world_size": self.topology.world_size} if self.topology else {}
+        return {"rng": rng_state(), **world}
 
     def load_state_dict(self, state_dict: dict) -> None:
+        if self.topology is not None:
+            check_resume(
+                f"the checkpoint of run {self.identity} in {self.dir}", state_dict.get("world_size"), self.topology
+            )
         self._rng_to_restore = state_dict.get("rng")
 
     def _record_stop(self, signum, frame) -> None:

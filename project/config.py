@@ -21,6 +21,8 @@ from typing import Any
 from .atomic import write_atomically
 from .aws.names import FIELDS, name_problem
 from .errors import UserError
+from .topology import TopologyError, check_gpus
+from .topology import per_device_batch as per_device_batch  # users' DataModules import it from here too
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 RESOLVED_CONFIG_NAME = "config.yaml"  # the resolved config file that travels with a job
@@ -459,7 +461,6 @@ def to_yaml(cfg: Any) -> str:
 MINIMUMS = {
     "trainer.max_epochs": 1,
     "trainer.batch_size": 1,
-    "trainer.gpus": 0,  # 0 = CPU
     "trainer.num_workers": 0,
     "trainer.log_every_n_steps": 1,
     "trainer.checkpoint_every_n_steps": 0,  # 0 = no periodic checkpoints
@@ -481,6 +482,10 @@ def validate(cfg: Any) -> None:
     from omegaconf import OmegaConf
 
     _reject_added_keys(cfg)
+    try:  # the rest of trainer.gpus is decided with the hardware, by project.topology too
+        check_gpus(cfg.trainer.gpus)
+    except TopologyError as exc:
+        raise ConfigError(str(exc)) from None  # compose's one kind of refusal
     for key, least in MINIMUMS.items():
         value = OmegaConf.select(cfg, key)
         if value is not None and value < least:
@@ -588,63 +593,11 @@ def _validate_resource_names(aws: Any) -> None:
             raise ConfigError(f"aws.{key}={str(value)!r}: {rule}")
 
 
-def resolve_gpus(requested: int | None, available: int) -> int:
-    """trainer.gpus=None means every GPU there is; asking for more than there are is an error."""
-    if requested is None:
-        return available
-    if requested > available:
-        raise ConfigError(
-            f"trainer.gpus={requested} but only {available} GPU(s) available here; "
-            f"use trainer.gpus={available} or fewer"
-        )
-    return requested
-
-
 def with_gpus(cfg: Any, gpus: int) -> Any:
     """A copy of the config with trainer.gpus resolved: what a job stages and its run identity hashes."""
     resolved = copy.deepcopy(cfg)
     resolved.trainer.gpus = gpus
     return resolved
-
-
-def per_device_batch(global_batch: int, nodes: int, processes_per_node: int) -> int:
-    """Each process's share of trainer.batch_size, which is global; it must split evenly.
-
-    The optimizer sees the same batch whatever the world size, so the learning rate that suits it
-    stays right; an uneven split would silently train with a different global batch.
-    """
-    world = nodes * processes_per_node
-    if global_batch % world:
-        raise ConfigError(
-            f"trainer.batch_size={global_batch} (global) does not split evenly over world size {world} "
-            f"({nodes} node(s) x {processes_per_node} process(es)); use a multiple of {world}"
-        )
-    return global_batch // world
-
-
-def trainer_device_kwargs(gpus: int, num_nodes: int = 1, launched_processes: int | None = None) -> dict[str, Any]:
-    """Map the resolved `trainer.gpus` onto Lightning 2.x accelerator/devices/strategy.
-
-    `launched_processes`: the processes per node an external launcher (torchrun, in every
-    SageMaker job) started; they are the devices, one each. Without a launcher Lightning starts
-    one process per GPU itself, or runs one on the CPU.
-    """
-    if launched_processes is None:
-        devices = gpus or 1
-    elif gpus and launched_processes != gpus:
-        raise ConfigError(
-            f"trainer.gpus={gpus} but the launcher started {launched_processes} process(es) per node; "
-            "launch one process per GPU"
-        )
-    else:
-        devices = launched_processes
-    distributed = devices * num_nodes > 1
-    return {
-        "accelerator": "gpu" if gpus else "cpu",
-        "devices": devices,
-        "num_nodes": num_nodes,
-        "strategy": "ddp" if distributed else "auto",
-    }
 
 
 def metric_names(cfg: Any) -> list[str]:

@@ -21,8 +21,8 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from .config import per_device_batch
 from .raw import DataError, fetch_raw, read_bytes, read_verified, sha256  # noqa: F401 (re-exported)
+from .topology import per_device_batch
 
 IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}  # IDX codes: big-endian
 
@@ -280,7 +280,7 @@ class IdxDataModule(ResidentDataModule):
     `data_dir`: the folder holding the files (the tool injects the train channel's; see
     project.modules). `cache_dir`: where a verified good copy may stand in for a damaged file of
     `data_dir`; by default `data_dir` itself. `batch_size` is the global batch: each process
-    takes its share (config.per_device_batch).
+    takes its share (topology.per_device_batch).
     """
 
     def __init__(

@@ -9,8 +9,11 @@ checkpoint prefix and `config-hash` tag, by which a sweep skips the jobs complet
 
 In it: what shapes the trained weights, the `dataset`, `model` and `trainer` groups as
 resolved, trainer.gpus included as the config holds it (locally usually null, "every GPU here";
-a SageMaker job's staged config holds the number its plan resolved): the world size decides how
-the global batch is split and what a checkpoint's loader position means.
+a SageMaker job's staged config holds the number its plan decided). The identity cannot hold the
+world size itself: the invoke process decides it before anything has counted the GPUs. The world
+size decides how the global batch is split and what a checkpoint's loader position means, so each
+checkpoint records it and a resume at another world size is refused in one line
+(project/topology.py, check_resume).
 Not in it: where the data is read from (`dataset.channels`, `dataset.input_modes`: the same
 bytes from any mirror), the levers of speed and reporting (`UNSHAPING_TRAINER_KEYS`), and every
 group outside those three: `run_name`, `paths`, `instance`, `job`, `aws`, `sweep`, `deploy`. So

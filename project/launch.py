@@ -5,7 +5,7 @@ A SageMaker job's entry point is the SDK's driver, `/bin/bash sm_train.sh`, and 
 the container. StopTrainingJob and a spot reclaim send SIGTERM to PID 1 alone; bash as PID 1
 ignores it, and the SDK's own torchrun driver (a Python process below bash that starts torchrun
 as a child) would never see it either: the job would be SIGKILLed two minutes later with no
-checkpoint. So the job's command is `exec python3 sm_entry.py --launch N` (project/sm_entry.py,
+checkpoint. So the job's command is `exec python3 sm_entry.py --launch` (project/sm_entry.py,
 staged at the top of the code channel): `exec` makes that Python PID 1, and `launch()` runs
 torchrun's own main in it, with sm_entry.py as every worker's script. torchrun handles SIGTERM by
 forwarding it to every worker and waiting for them; each worker saves a checkpoint, marks its
@@ -28,9 +28,23 @@ import signal
 import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 from . import startup
 from .runtime import CLEAN_STOP_ENV, network_env, sagemaker_env
+from .topology import processes_per_node
+
+
+def staged_processes_per_node(config_path: Path) -> int:
+    """One process per GPU of the staged config, whose trainer.gpus the plan decided (project.topology):
+    the job's command carries no number of its own, so the two can never disagree."""
+    import yaml  # OmegaConf's dependency; the launcher needs one key, not a validated config
+
+    try:
+        gpus = yaml.safe_load(config_path.read_text())["trainer"]["gpus"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return 1  # the one process reports what is wrong with the config in one line (train.main)
+    return processes_per_node(int(gpus or 0))
 
 
 def torchrun_argv(

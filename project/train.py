@@ -47,6 +47,7 @@ from .runtime import (
     sagemaker_env,
     whole_lines,
 )
+from .topology import Topology, decide
 
 log = logging.getLogger(__name__)
 
@@ -91,21 +92,20 @@ class LoopTimer(pl.Callback):
         self._stop(trainer)
 
 
-def build_run(cfg: Any, layout: RunLayout, folders: Mapping[str, Path], num_nodes: int, gpus: int, run_name: str = ""):
+def build_run(cfg: Any, layout: RunLayout, folders: Mapping[str, Path], topology: Topology, run_name: str = ""):
     """The Trainer, LightningModule and DataModule of one run, as train() builds them before fitting.
 
-    `folders`: each data channel's folder (raw.channel_folders). `gpus` is trainer.gpus resolved
-    (resolve_gpus); `num_nodes` the hosts of the run. Public for the benchmarks, which drive the
-    very objects a run trains with.
+    `folders`: each data channel's folder (raw.channel_folders); `topology` the run's devices and
+    nodes (project.topology.decide). Public for the benchmarks, which drive the very objects a
+    run trains with.
     """
     t = cfg.trainer
     module, datamodule = modules.build(cfg, folders)
-    devices = config_lib.trainer_device_kwargs(gpus, num_nodes, launched_processes())
     debug = debug_enabled()
     reporting.quiet_lightning(debug)
     terminal = sys.stderr.isatty()  # a bar in a terminal; in logs and CloudWatch, a line every ~30 s
     trainer = pl.Trainer(
-        **devices,
+        **topology.trainer_kwargs(),
         max_epochs=t.max_epochs,
         precision=t.precision,
         deterministic=t.deterministic,
@@ -130,7 +130,7 @@ def build_run(cfg: Any, layout: RunLayout, folders: Mapping[str, Path], num_node
             *reporting.callbacks(
                 run_name or cfg.run_name or cfg.model.name, terminal, t.log_every_n_steps, config_lib.metric_names(cfg)
             ),
-            RunCheckpoints(layout.checkpoint_dir, run_identity(cfg), t.checkpoint_every_n_steps),
+            RunCheckpoints(layout.checkpoint_dir, run_identity(cfg), t.checkpoint_every_n_steps, topology),
         ],
     )
     return trainer, module, datamodule
@@ -149,9 +149,9 @@ def train(
     # starts, and one started earlier keeps computing with subnormals (half of each CPU kernel's
     # work, at 2 threads) however often the flag is set afterwards.
     torch.set_flush_denormal(bool(cfg.trainer.flush_denormal))
-    # A job's staged config holds the number resolved when it was planned: here it is only checked
-    # against the GPUs present; the processes using them are the launcher's (build_run).
-    gpus = config_lib.resolve_gpus(cfg.trainer.gpus, torch.cuda.device_count())
+    # A job's staged config holds the number decided when it was planned: here it is checked
+    # against the GPUs present, and the processes using them are the launcher's (LOCAL_WORLD_SIZE).
+    topology = decide(cfg.trainer, torch.cuda.device_count(), nodes=num_nodes, launched=launched_processes())
     # The data first: a missing folder or a damaged file is one line before anything is built or
     # written. A SageMaker job's cache must stay empty when its channel holds every file. A file
     # verified here (not recorded by an earlier check) is decompressed once, for the check and the parse.
@@ -160,7 +160,7 @@ def train(
     modules.check(cfg)  # a _target_ that does not import, or a wrong argument: one line, nothing written
     modules.sample_pass(cfg)  # a network that cannot take the data's samples: the same
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-    trainer, module, datamodule = build_run(cfg, layout, folders, num_nodes, gpus, run_name)
+    trainer, module, datamodule = build_run(cfg, layout, folders, topology, run_name)
     # A disk that fills up fails at the first checkpoint, an epoch in: refused before a folder is made.
     check_room(layout.checkpoint_dir, run_bytes(module), ROOM_ASSUMED, _room_fix())
     layout.create()

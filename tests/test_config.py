@@ -132,28 +132,6 @@ def test_lightnings_precision_aliases_and_plain_run_names_compose(override):
     C.compose([override])
 
 
-def test_gpus_mapping_to_lightning():
-    assert C.trainer_device_kwargs(0) == {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "strategy": "auto"}
-    assert C.trainer_device_kwargs(1)["strategy"] == "auto"
-    four = C.trainer_device_kwargs(4)
-    assert (four["accelerator"], four["devices"], four["strategy"]) == ("gpu", 4, "ddp")
-    assert C.trainer_device_kwargs(1, num_nodes=2)["strategy"] == "ddp"
-    assert C.trainer_device_kwargs(0, launched_processes=2) == {
-        "accelerator": "cpu",
-        "devices": 2,
-        "num_nodes": 1,
-        "strategy": "ddp",
-    }
-
-
-def test_gpus_default_to_all_available_and_never_more():
-    assert C.resolve_gpus(None, 4) == 4
-    assert C.resolve_gpus(None, 0) == 0
-    assert C.resolve_gpus(2, 4) == 2
-    with pytest.raises(C.ConfigError, match="only 1 GPU"):
-        C.resolve_gpus(4, 1)
-
-
 def test_resolved_config_round_trips_and_is_validated(tmp_path):
     cfg = C.compose(["model=mlp", "trainer.max_epochs=7"])
     path = tmp_path / "config.yaml"

@@ -3,7 +3,7 @@
 Each host gets the environment SageMaker gives it (SM_HOSTS, SM_CURRENT_HOST, its own
 SM_MODEL_DIR, output and checkpoint directories) and the code channel `invoke train` uploads
 (project.aws.staging: the package, the resolved config and sm_entry.py). Each host runs what a job's
-command runs (`sm_entry.py --launch N`: torchrun as PID 1), once straight through and once stopped
+command runs (`sm_entry.py --launch`: torchrun as PID 1), once straight through and once stopped
 by SIGTERM mid-training and restarted. Only the master address differs from a real cluster: algo-1
 does not resolve here, so it is 127.0.0.1.
 """
@@ -35,6 +35,7 @@ from project.identity import run_identity
 from project.infra import Infra
 from project.models import state_digest
 from project.runtime import DEBUG_ENV, launched_processes, sagemaker_env
+from project.topology import TopologyError, decide
 from tests.synthetic import STEMS, idx_bytes, write_dataset
 
 HOSTS = ["algo-1", "algo-2"]
@@ -138,7 +139,8 @@ def finish(procs, check: bool = True, timeout: float = 240) -> list:
 
 
 def torchrun_hosts(root: Path, channel: Path) -> list:
-    """What each host's container runs: `python3 sm_entry.py --launch 1`, which runs torchrun in-process.
+    """What each host's container runs: `python3 sm_entry.py --launch`, which runs torchrun in-process
+    with one process per GPU of the staged config (here trainer.gpus=0: one).
 
     The launcher takes master address and port from SM_MASTER_ADDR/PORT as on SageMaker; here
     they name loopback and a free port.
@@ -146,7 +148,7 @@ def torchrun_hosts(root: Path, channel: Path) -> list:
     port = str(free_port())
     return [
         (
-            [sys.executable, ENTRY_SCRIPT, "--launch", "1"],
+            [sys.executable, ENTRY_SCRIPT, "--launch"],
             host_env(root, channel, host, SM_MASTER_ADDR="127.0.0.1", SM_MASTER_PORT=port),
         )
         for host in HOSTS
@@ -263,15 +265,17 @@ def test_devices_come_from_the_launcher():
     torchrun = {"LOCAL_WORLD_SIZE": "4"}
     assert launched_processes(torchrun) == 4 and launched_processes({}) is None
     # torchrun on CPU hosts: one Lightning device per launched process, one node per host.
-    assert C.trainer_device_kwargs(0, 2, launched_processes(torchrun)) == {
+    cpu = C.compose(["trainer.gpus=0", "trainer.batch_size=64"]).trainer
+    assert decide(cpu, 0, nodes=2, launched=launched_processes(torchrun)).trainer_kwargs() == {
         "accelerator": "cpu",
         "devices": 4,
         "num_nodes": 2,
         "strategy": "ddp",
     }
-    assert C.trainer_device_kwargs(4, 1, 4)["devices"] == 4
-    with pytest.raises(C.ConfigError, match="trainer.gpus=4 but the launcher started 2 process"):
-        C.trainer_device_kwargs(4, 1, 2)
+    four = C.compose(["trainer.gpus=4", "trainer.batch_size=64"]).trainer
+    assert decide(four, 4, launched=4).trainer_kwargs()["devices"] == 4
+    with pytest.raises(TopologyError, match="trainer.gpus=4 but the launcher started 2 process"):
+        decide(four, 4, launched=2)
 
 
 def test_global_batch_must_split_evenly_over_processes(tiny_data, tmp_path):
@@ -279,7 +283,7 @@ def test_global_batch_must_split_evenly_over_processes(tiny_data, tmp_path):
     datamodule = IdxDataModule(str(folder), files, str(tmp_path), batch_size=64, val_size=100)
     cpu = types.SimpleNamespace(root_device=torch.device("cpu"))
     datamodule.trainer = types.SimpleNamespace(global_rank=0, world_size=3, num_nodes=1, strategy=cpu)
-    with pytest.raises(C.ConfigError, match=r"batch_size=64 \(global\) does not split evenly over world size 3"):
+    with pytest.raises(TopologyError, match=r"batch_size=64 \(global\) does not split evenly over world size 3"):
         datamodule.setup("fit")
     datamodule.trainer = types.SimpleNamespace(global_rank=1, world_size=4, num_nodes=2, strategy=cpu)
     datamodule.setup("fit")

@@ -146,7 +146,8 @@ def test_an_error_the_training_process_reports_is_not_repeated(tiny_data, tmp_pa
     result = run_invoke("local", *tiny_overrides(*tiny_data, tmp_path / "runs"), "trainer.gpus=1")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: trainer.gpus=1 but only 0 GPU(s) available here; use trainer.gpus=0 or fewer"
+        "error: trainer.gpus=1 but this machine has 0 GPU(s); "
+        "use trainer.gpus<=0 (null: all of them), or an instance type with more (instance=...)"
     ]
     assert not (tmp_path / "runs").exists()
 

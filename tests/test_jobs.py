@@ -57,9 +57,9 @@ def test_the_summary_says_who_is_pid_1():
         overrides: next(line for line in plan(*overrides)[0].summary().splitlines() if "command" in line)
         for overrides in (("instance=ml.m5.xlarge",), ("instance=ml.p3.8xlarge", "trainer.gpus=4"))
     }
-    assert command[("instance=ml.m5.xlarge",)].endswith("--launch 1  (training in PID 1: SIGTERM reaches it)")
+    assert command[("instance=ml.m5.xlarge",)].endswith("--launch  (training in PID 1: SIGTERM reaches it)")
     assert command[("instance=ml.p3.8xlarge", "trainer.gpus=4")].endswith(
-        "--launch 4  (torchrun as PID 1: SIGTERM reaches training)"
+        "--launch  (torchrun as PID 1: SIGTERM reaches training)"
     )
 
 
@@ -246,11 +246,14 @@ def test_staged_config_holds_the_gpus_resolved_when_planning(gpus, tmp_path):
     """trainer.gpus=null would be resolved a second time in the container; the plan's number travels."""
     from project.config import load_resolved
     from project.identity import run_identity
+    from project.launch import staged_processes_per_node
 
     p, cfg = plan("instance=ml.p3.8xlarge", *gpus)
     staged = load_resolved(stage_source(cfg, tmp_path / "src", p) / "config.yaml")
     assert staged.trainer.gpus == p.gpus_per_node == p.processes_per_node == 4
-    assert jobs.entry_command(p).endswith("--launch 4")
+    # The launcher reads the number from the staged file: it travels once.
+    assert jobs.entry_command(p).endswith("--launch")
+    assert staged_processes_per_node(stage_source(cfg, tmp_path / "again", p) / "config.yaml") == 4
     # The job's tags and checkpoint prefix name the identity the container computes from the staged file.
     assert run_identity(staged) == p.config_hash
 

@@ -25,6 +25,7 @@ from project import config as C
 from project.checkpoints import candidates, newest_valid
 from project.data import IndexBatches, ResumableLoader, TensorSplit
 from project.identity import RunNameError, run_identity
+from project.topology import TopologyError
 from project.train import run_composed
 from tests.synthetic import tiny_overrides, write_dataset
 
@@ -185,3 +186,27 @@ def test_loader_position_resumes_the_same_epoch_only():
     end_of_epoch.load_state_dict({"epoch": 2, "batches": len(epoch)})
     end_of_epoch.sampler.set_epoch(3)  # what Lightning does after restoring an epoch-end checkpoint
     assert len(list(end_of_epoch)) == len(epoch)
+
+
+def test_a_checkpoint_of_another_world_size_is_refused_in_one_line(tiny_run, tmp_path):
+    """The GPU count is in the identity only as the config holds it (null locally: "every GPU here"),
+    so a checkpoint records the world size it was written at and resumes at that one only."""
+    cfg = C.compose(tiny_run(run_name="elsewhere"))
+    run_composed(cfg)
+    run_dir = tmp_path / "runs" / "elsewhere"
+    newest = candidates(run_dir / "checkpoints", run_identity(cfg))[0]
+    state = torch.load(newest, weights_only=False)
+    (recorded,) = [s for s in state["callbacks"].values() if "world_size" in s]
+    assert recorded["world_size"] == 1  # this CPU run's
+
+    recorded["world_size"] = 2  # as a two-process run of this config (trainer.gpus=2, or 2 hosts) wrote it
+    torch.save(state, newest)
+    kept = newest.read_bytes()
+    with pytest.raises(TopologyError) as info:
+        run_composed(cfg)
+    assert str(info.value) == (
+        f"the checkpoint of run {run_identity(cfg)} in {run_dir / 'checkpoints'} was written by 2 process(es) in "
+        "all, this run has 1: resume it with the trainer.gpus and instance.count it had, "
+        "or train anew with trainer.resume=false"
+    )
+    assert newest.read_bytes() == kept  # nothing saved over it

@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ..config import CONF_DIR, ConfigError, metric_names, per_device_batch, resolve_gpus, with_gpus
+from ..config import CONF_DIR, metric_names, with_gpus
 from ..errors import UserError
 from ..identity import Progress, run_identity
 from ..imagetree import packs
 from ..infra import Infra
 from ..launch import trains_in_pid_1
 from ..sagemaker_names import JOB_NAME, PROJECT_TAG
+from ..topology import Topology, decide
 from .cost import Cost, budget_line, check_budget, estimate, price_age_note
 from .fit import check_precision
 from .image import JobImage
@@ -46,10 +47,7 @@ class JobPlan:
     region: str
     instance_type: str
     instance_count: int
-    gpus_per_node: int
-    processes_per_node: int
-    world_size: int
-    per_device_batch: int
+    topology: Topology  # decided with the instance type's GPUs: the container decides it again with its own
     volume_size_gb: int
     max_run_seconds: int
     max_wait_seconds: int | None
@@ -76,6 +74,22 @@ class JobPlan:
     @property
     def image_uri(self) -> str:
         return self.image.uri
+
+    @property
+    def gpus_per_node(self) -> int:
+        return self.topology.gpus_per_node
+
+    @property
+    def processes_per_node(self) -> int:
+        return self.topology.processes_per_node
+
+    @property
+    def world_size(self) -> int:
+        return self.topology.world_size
+
+    @property
+    def per_device_batch(self) -> int:
+        return self.topology.per_device_batch
 
     def _channel_line(self, name: str, uri: str) -> str:
         if name in self.manifests:
@@ -159,17 +173,11 @@ def plan_job(cfg: Any, infra: Infra, image: JobImage, now: datetime | None = Non
             f"unknown instance type {inst.type!r}; choose one of: {', '.join(known_instance_types())} "
             "(or add conf/instance/<type>.yaml)"
         )
-    try:
-        gpus = resolve_gpus(cfg.trainer.gpus, inst.gpus)
-    except ConfigError:
-        raise LaunchError(
-            f"trainer.gpus={cfg.trainer.gpus} but {inst.type} has {inst.gpus} GPU(s); "
-            f"use trainer.gpus<={inst.gpus} or a larger instance"
-        ) from None
-    processes = max(gpus, 1)
+    topology = decide(cfg.trainer, inst.gpus, nodes=inst.count, where=inst.type)
     max_run = job.max_run_minutes * 60
     max_wait = (job.max_wait_minutes * 60 if job.max_wait_minutes else 2 * max_run) if job.spot else None
-    digest = run_identity(with_gpus(cfg, gpus))  # the staged config's identity, as the container computes it
+    # The staged config's identity, as the container computes it.
+    digest = run_identity(with_gpus(cfg, topology.gpus_per_node))
     data_bucket, artifacts = infra.data_bucket, infra.artifacts_bucket
     channels = channel_uris(data_bucket, cfg.dataset.s3_prefix, list(cfg.dataset.channels))
     input_modes = {name: str((cfg.dataset.get("input_modes") or {}).get(name, "File")) for name in cfg.dataset.channels}
@@ -181,10 +189,7 @@ def plan_job(cfg: Any, infra: Infra, image: JobImage, now: datetime | None = Non
         region=infra.region,
         instance_type=inst.type,
         instance_count=inst.count,
-        gpus_per_node=gpus,
-        processes_per_node=processes,
-        world_size=processes * inst.count,
-        per_device_batch=per_device_batch(cfg.trainer.batch_size, inst.count, processes),
+        topology=topology,
         volume_size_gb=inst.volume_size_gb,
         max_run_seconds=max_run,
         max_wait_seconds=max_wait,
@@ -200,7 +205,11 @@ def plan_job(cfg: Any, infra: Infra, image: JobImage, now: datetime | None = Non
         tags={PROJECT_TAG[0]: PROJECT_TAG[1], "image": image.tag, "git-sha": revision, "config-hash": digest},
         environment={"PYTHONUNBUFFERED": "1", **{str(k): str(v) for k, v in job.environment.items()}},
         # For the record (console, DescribeTrainingJob): the container reads config.yaml, not these.
-        hyperparameters={"config_hash": digest, "processes_per_node": str(processes), "nodes": str(inst.count)},
+        hyperparameters={
+            "config_hash": digest,
+            "processes_per_node": str(topology.processes_per_node),
+            "nodes": str(inst.count),
+        },
         metrics=metric_names(cfg),
         cost=estimate(
             inst.price_per_hour, inst.count, max_run, job.spot_discount, max_wait, job.keep_alive_minutes * 60
@@ -256,5 +265,6 @@ def pid_1(plan: JobPlan) -> str:
 
 
 def entry_command(plan: JobPlan) -> str:
-    """The job's command: torchrun with one process per GPU (one on CPU), one node per instance."""
-    return f"exec python3 {ENTRY_SCRIPT} --launch {plan.processes_per_node}"
+    """The job's command: torchrun with one process per GPU (one on CPU), one node per instance; the
+    launcher reads the GPUs from the staged config (project/launch.py), so no second copy travels here."""
+    return f"exec python3 {ENTRY_SCRIPT} --launch"
