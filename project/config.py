@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_atomically
-from .aws.names import FIELDS, name_problem
 from .errors import UserError
+from .names import FIELDS, name_problem
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 RESOLVED_CONFIG_NAME = "config.yaml"  # the resolved config file that travels with a job

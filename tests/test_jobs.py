@@ -217,7 +217,7 @@ def test_hyperparameter_limits():
 def test_metric_regexes_match_the_lines_training_prints():
     import re
 
-    from project.artifacts import format_metrics
+    from project.reporting import format_metrics
 
     metrics = {"train_acc": 0.98, "train_loss": 0.05, "val_acc": 0.9916, "val_loss": 0.0291, "seconds": 3.2}
     line = format_metrics({"epoch": "2/3", **metrics})  # as reporting.MetricLines prints it

@@ -383,7 +383,7 @@ def test_s3_dataset_source_uses_the_endpoint_it_is_given(s3, bucket, dataset, mo
 
 
 def test_s3_uris_have_one_parser():
-    from project.aws.names import S3UriError, split_s3_uri
+    from project.names import S3UriError, split_s3_uri
 
     assert split_s3_uri("s3://bucket/datasets/mnist/") == ("bucket", "datasets/mnist/")
     assert split_s3_uri("s3://bucket") == ("bucket", "")

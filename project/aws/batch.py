@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ..names import split_s3_uri
 from .deploy import (
     IMAGE_CONTENT_TYPES,
     DeployError,
@@ -34,7 +35,6 @@ from .deploy import (
     versioned_name,
     wait_until_settled,
 )
-from .names import split_s3_uri
 from .session import aws_errors
 from .workflow import aws_task, setup
 

@@ -27,10 +27,11 @@ from .. import serving
 from ..config import RESOLVED_CONFIG_NAME, load_resolved
 from ..errors import UserError
 from ..identity import run_identity
+from ..names import split_s3_uri
 from ..run_ref import resolve_run
 from ..sagemaker_names import JOB_NAME, PROJECT_TAG
 from . import monitor
-from .names import split_s3_uri, tag_value
+from .names import tag_value
 from .session import aws_errors
 from .workflow import aws_task, job_of, setup
 
