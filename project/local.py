@@ -162,13 +162,14 @@ def listen() -> None:
         with os.fdopen(int(fd), "rb") as pipe:
             try:
                 _word.go = pipe.readline() == GO  # nothing (the pipe closed): the check failed
-                if _word.go:
-                    checked = json.loads(pipe.readline())
+                checked = _checked(pipe.readline()) if _word.go else None
+                _word.go = checked is not None  # a word cut short: its sender died, as if it said nothing
+                if checked is not None:
                     _word.run_name, folders = checked["run_name"], checked["folders"]
                     _word.folders = {name: Path(path) for name, path in folders.items()} if folders else None
                     pipe.readline()  # END
                 startup.mark("go_heard")
-                if _word.go:
+                if checked is not None:
                     warm(Path(path) for path in checked["files"])
             finally:
                 _word.heard.set()
@@ -178,6 +179,13 @@ def listen() -> None:
 
     _word.listener = threading.Thread(target=hear, name="go", daemon=True)
     _word.listener.start()
+
+
+def _checked(line: bytes) -> dict | None:
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
 
 
 def _parent_gone() -> None:
