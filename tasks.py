@@ -34,6 +34,7 @@ def local(c, overrides=None, multirun=False):
     the jobs one after another, in runs/<sweep>/<n>/, with a results table.
     """
     from project import local
+    from project.aws import source  # noqa: F401 (an s3:// channel: the check reads it, the training process its copy)
 
     if multirun:
         from project import sweep

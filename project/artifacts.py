@@ -133,11 +133,6 @@ def write_metrics(metrics: dict[str, Any], paths: Iterable[Path]) -> None:
         write_atomically(path, text)
 
 
-def format_metrics(metrics: dict[str, Any]) -> str:
-    """`name=value` pairs: what SageMaker's metric regexes scrape from the log."""
-    return " ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
-
-
 EPOCH_SERIES = ("train_loss", "train_acc", "val_loss", "val_acc")  # one value per epoch, at its end
 STEP_SERIES = (STEP_LOSS, LEARNING_RATE)  # every trainer.log_every_n_steps steps
 

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_atomically
-from .aws.names import FIELDS, name_problem
 from .errors import UserError
+from .names import FIELDS, name_problem
 from .topology import TopologyError, check_gpus
 from .topology import per_device_batch as per_device_batch  # users' DataModules import it from here too
 

@@ -2,7 +2,7 @@
 
 Every task that touches AWS calls load_infra(); nothing else knows a bucket name, repository URI
 or role ARN. Users with existing resources set them in the config (aws.data_bucket, ...) instead.
-Imports only the stdlib (and project.errors, project.aws.names): tasks.py imports this and `invoke --list`
+Imports only the stdlib (and project.errors, project.names): tasks.py imports this and `invoke --list`
 must stay instant.
 """
 
@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from .aws.names import name_problem
 from .errors import UserError
+from .names import name_problem
 
 
 @dataclass(frozen=True)

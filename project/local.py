@@ -6,13 +6,16 @@ once instead of after Lightning's start-up. Training runs as `python -m project.
 project.train's main) with the same overrides, started before the check: it imports torch and
 Lightning (most of its start-up) while this process checks, then trains on the word it reads on a
 pipe (GO_ENV names its end): "go", followed by the run it trains (the check chose it: with no
-run_name, the unfinished run of the same config, project/identity.py) and the data files the
-check verified, or the pipe closed without a word, and it exits, or killed when the check failed,
-since it has only imported by then. It hears the word on a thread as soon as it is said, and
-reads and decompresses those files while its imports run (raw.warm). It runs in a process group
-of its own: every Ctrl-C, SIGTERM or SIGHUP (the terminal closed) reaches it exactly once, through
-this process, and it stops at the next step boundary with a checkpoint (project/checkpoints.py),
-exiting 130, 143 or 129. The child prints its own errors, so its exit code is passed on.
+run_name, the unfinished run of the same config, project/identity.py), each data channel's folder
+and the data files the check verified, or the pipe closed without a word, and it exits, or killed
+when the check failed, since it has only imported by then. It trains on those folders: a channel at
+s3:// was mirrored or fetched by the check, and the training process never reads S3 (the platform's
+source, project/aws/source.py, is registered in this process only). It hears the word on a thread
+as soon as it is said, and reads and decompresses those files while its imports run (raw.warm). It
+runs in a process group of its own: every Ctrl-C, SIGTERM or SIGHUP (the terminal closed) reaches
+it exactly once, through this process, and it stops at the next step boundary with a checkpoint
+(project/checkpoints.py), exiting 130, 143 or 129. The child prints its own errors, so its exit
+code is passed on.
 
 Nothing trains on when this process dies without passing a signal on (SIGKILL, or killed before
 it could): it holds the pipe's end until the child exits, and the child, reading on, hears the
@@ -24,12 +27,13 @@ from the child (trainer.gpus > 1) die with it (project/lifeline.py).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,11 +69,13 @@ class Checked:
 
     run_name: str = ""  # the run to train, as the check chose it; "": the child decides (a config file's)
     files: Sequence[Path] = ()  # compressed data files to warm while it imports
+    folders: Mapping[str, Path] | None = None  # each channel's folder (raw.channel_folders); None: the child's
 
     def word(self) -> bytes:
-        """The word "go", the run's name (a line of its own, maybe empty), a line per file, and END."""
-        lines = [self.run_name, *(str(path) for path in self.files)]
-        return GO + b"".join(line.encode() + b"\n" for line in lines) + END
+        """The word "go", then what was checked as one line of JSON, then END."""
+        folders = {name: str(path) for name, path in self.folders.items()} if self.folders is not None else None
+        checked = {"run_name": self.run_name, "folders": folders, "files": [str(path) for path in self.files]}
+        return GO + json.dumps(checked).encode() + b"\n" + END
 
 
 def check(overrides: Sequence[str]) -> Checked:
@@ -84,7 +90,7 @@ def check(overrides: Sequence[str]) -> Checked:
     )
     folders = channel_folders(cfg)
     startup.mark("invoke_checked")
-    return Checked(run_name, compressed_files(cfg, folders))
+    return Checked(run_name, compressed_files(cfg, folders), folders)
 
 
 def _block_sigint() -> None:
@@ -156,14 +162,15 @@ def listen() -> None:
         with os.fdopen(int(fd), "rb") as pipe:
             try:
                 _word.go = pipe.readline() == GO  # nothing (the pipe closed): the check failed
-                files = []
-                if _word.go:
-                    _word.run_name = pipe.readline().rstrip(b"\n").decode()
-                while _word.go and (line := pipe.readline()) not in (END, b""):
-                    files.append(Path(line.rstrip(b"\n").decode()))
+                checked = _checked(pipe.readline()) if _word.go else None
+                _word.go = checked is not None  # a word cut short: its sender died, as if it said nothing
+                if checked is not None:
+                    _word.run_name, folders = checked["run_name"], checked["folders"]
+                    _word.folders = {name: Path(path) for name, path in folders.items()} if folders else None
+                    pipe.readline()  # END
                 startup.mark("go_heard")
-                if _word.go:
-                    warm(files)
+                if checked is not None:
+                    warm(Path(path) for path in checked["files"])
             finally:
                 _word.heard.set()
             if _word.go:
@@ -172,6 +179,13 @@ def listen() -> None:
 
     _word.listener = threading.Thread(target=hear, name="go", daemon=True)
     _word.listener.start()
+
+
+def _checked(line: bytes) -> dict | None:
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
 
 
 def _parent_gone() -> None:
@@ -197,6 +211,7 @@ class _Word:
     heard = threading.Event()
     go = False
     run_name = ""
+    folders: dict[str, Path] | None = None
 
 
 _word = _Word()
@@ -216,3 +231,8 @@ def wait_for_go() -> bool:
 def chosen_run_name() -> str | None:
     """In the training child: the run `invoke local`'s check chose; None when started otherwise."""
     return _word.run_name or None
+
+
+def checked_folders() -> dict[str, Path] | None:
+    """In the training child: each channel's folder as the check made it; None when started otherwise."""
+    return _word.folders

@@ -1,9 +1,10 @@
 """Raw dataset files: fetch them, verify them, read them. Standard library only.
 
-`fetch_raw` brings the raw files from an http(s) prefix, a local directory or an s3:// prefix
-into a cache directory and verifies each file's content hash (the SHA256 of its decompressed
-bytes, as the dataset config lists it); nothing unverified or half-written is ever left under a
-final name. `invoke upload` needs only this module, so it imports neither torch nor numpy.
+`fetch_raw` brings the raw files from an http(s) prefix, a local directory or a registered remote
+source (s3://, see Source) into a cache directory and verifies each file's content hash (the
+SHA256 of its decompressed bytes, as the dataset config lists it); nothing unverified or
+half-written is ever left under a final name. `invoke upload` needs only this module, so it
+imports neither torch nor numpy.
 
 Verifying means decompressing, which costs far more than hashing the file as stored. So a
 verified file is remembered by the SHA256 of its stored bytes, for the rest of the process and
@@ -31,17 +32,66 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .atomic import replacing, write_atomically
-from .aws.names import split_s3_uri  # standard library only, like this module
 from .errors import UserError
 
 GZIP_MAGIC = b"\x1f\x8b"
 VERIFIED_DIR = ".verified"  # in the cache dir: one file per verified file, named by its stored bytes' sha256
-REMOTE = ("http://", "https://", "s3://")
+HTTP = ("http://", "https://")
 BLOCK = 1 << 20
 
 
 class DataError(UserError, RuntimeError):
     """Missing, corrupt or unreadable data; the message says which file and what to do."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """A remote channel's place, as a platform reads it: what the training storey needs of `s3://`
+    without importing the AWS storey (project/aws/source.py registers it, in the processes that
+    read S3: the tasks' and the sweeps', never a job's container, whose channels are folders).
+
+    connect(endpoint_url): the client every other call is given (made once per fetch).
+    download(client, uri, out): write the object at `uri` into an open file.
+    mirror(client, uri, folder, echo): copy every object under the prefix `uri` into `folder`.
+    failures(): what a missing or unreachable object raises (next name, then one line listing them).
+    setup_problem(exc): such a failure as one line when it is the same for every object (no
+    credentials, no region), else None.
+    """
+
+    connect: Callable[[str | None], Any]
+    download: Callable[[Any, str, BinaryIO], None]
+    mirror: Callable[[Any, str, Path, Callable[[str], None]], object]
+    failures: Callable[[], tuple[type[BaseException], ...]]
+    setup_problem: Callable[[BaseException], UserError | None]
+
+
+SOURCES: dict[str, Source] = {}  # URI scheme ("s3") -> its Source, as registered
+
+
+def register_source(scheme: str, source: Source) -> None:
+    SOURCES[scheme] = source
+
+
+def scheme(where: str) -> str | None:
+    """The registrable scheme of a place (`s3` of s3://...); None for a folder or an http(s) URL."""
+    name, sep, _ = where.partition("://")
+    return name if sep and name.isidentifier() and not where.startswith(HTTP) else None
+
+
+def source_for(where: str) -> Source:
+    """The registered Source of a remote place; a DataError naming the channel's value otherwise."""
+    name = scheme(where)
+    found = SOURCES.get(name) if name else None
+    if found is None:
+        raise DataError(
+            f"{where}: this process reads folders and http(s) only, not {name}://: train with `invoke local`, "
+            "which fetches it first, or point the channel at a folder holding the data"
+        )
+    return found
+
+
+def _remote(where: str) -> bool:
+    return where.startswith(HTTP) or scheme(where) is not None
 
 
 @dataclass(frozen=True)
@@ -270,30 +320,25 @@ def candidates(stem: str) -> list[str]:
     return [f"{stem}.gz", stem]
 
 
-def _filler(source: str, name: str, s3_client=None) -> Callable[[BinaryIO], None]:
+def _filler(source: str, name: str, client: Any = None) -> Callable[[BinaryIO], None]:
     """What writes the file `name` of `source` into an open file."""
-    if source.startswith(("http://", "https://")):
-        return functools.partial(_download, f"{source.rstrip('/')}/{name}")
-    bucket, prefix = split_s3_uri(source)
-    key = f"{prefix.strip('/')}/{name}" if prefix.strip("/") else name
-    client = s3_client or _s3_client()
-    return functools.partial(client.download_fileobj, bucket, key)
+    uri = f"{source.rstrip('/')}/{name}"
+    if source.startswith(HTTP):
+        return functools.partial(_download, uri)
+    return functools.partial(source_for(source).download, client, uri)
 
 
-def _fetch_failures() -> tuple[type[BaseException], ...]:
+def _fetch_failures(source: str) -> tuple[type[BaseException], ...]:
     """What a missing or unreachable file raises; anything else is a bug and propagates.
 
     OSError covers urllib's URLError and HTTPError, timeouts and missing paths; ValueError a
-    malformed URL; botocore's errors an s3:// source (botocore is loaded only by then).
+    malformed URL; a registered source names its own.
     """
     failures: tuple[type[BaseException], ...] = (OSError, ValueError)
-    botocore = sys.modules.get("botocore.exceptions")
-    if botocore is not None:
-        failures += (botocore.ClientError, botocore.BotoCoreError)
-    return failures
+    return failures if source.startswith(HTTP) else failures + source_for(source).failures()
 
 
-def _fetch_one(source: str, stem: str, dest: Path, digest: str, memo: Memo | None, s3_client=None) -> None:
+def _fetch_one(source: str, stem: str, dest: Path, digest: str, memo: Memo | None, client: Any = None) -> None:
     """Download one file of a remote source to dest, verified (errors name the remote file) first."""
     errors, offline = [], False
     for name in candidates(stem):
@@ -302,13 +347,13 @@ def _fetch_one(source: str, stem: str, dest: Path, digest: str, memo: Memo | Non
         try:
             with replacing(dest) as tmp:  # verified before it takes its final name
                 with tmp.open("wb") as out:
-                    _filler(source, name, s3_client)(out)
+                    _filler(source, name, client)(out)
                 check(tmp)
             return
         except DataError:
             raise  # the file is there but wrong: trying another name would hide that
-        except _fetch_failures() as exc:  # try the next candidate name, report all if none works
-            setup = _aws_setup_problem(exc)
+        except _fetch_failures(source) as exc:  # try the next candidate name, report all if none works
+            setup = None if source.startswith(HTTP) else source_for(source).setup_problem(exc)
             if setup is not None:
                 raise setup from None  # no credentials, no region, no endpoint: the same for every name
             offline = offline or _unreachable(exc)
@@ -327,22 +372,6 @@ def _unreachable(exc: BaseException) -> bool:
     if isinstance(exc, urllib.error.HTTPError):
         return False
     return isinstance(exc, (urllib.error.URLError, TimeoutError, ConnectionError))
-
-
-def _aws_setup_problem(exc: BaseException) -> UserError | None:
-    """botocore's credential, region and connection failures as one line; None for an S3 answer."""
-    if hasattr(exc, "response") or "botocore.exceptions" not in sys.modules:
-        return None  # a ClientError answers for one key: the next name may exist
-    from .aws.session import explain
-
-    return explain(exc)
-
-
-def _s3_client(endpoint_url: str | None = None):
-    """A client made as the AWS tasks make theirs: aws.endpoint_url, else AWS_ENDPOINT_URL, else AWS."""
-    from .aws.session import aws_clients  # boto3 is imported only now: this module stays stdlib-only
-
-    return aws_clients(None, endpoint_url).s3
 
 
 def _listing(files: dict[str, str]) -> str:
@@ -384,7 +413,7 @@ def fetch_raw(
     source: str,
     dest_dir: Path,
     files: dict[str, str],
-    s3_client=None,
+    client: Any = None,
     remember: bool = True,
     endpoint_url: str | None = None,
     keep: bool = False,
@@ -397,12 +426,12 @@ def fetch_raw(
     is an error, never trained on. `remember`: record verified files in dest_dir/.verified/
     (then dest_dir is written even when every file is used in place); what is recorded there is
     used either way. `keep`: the caller reads the files next (read_verified), so content
-    decompressed to verify it is kept for that read. An s3:// source is read
-    with `s3_client`, else with a client for `endpoint_url` (aws.endpoint_url), made when needed.
+    decompressed to verify it is kept for that read. A registered source (s3://) is read with
+    `client`, else with one its Source connects to `endpoint_url` (aws.endpoint_url) when needed.
     """
     dest_dir = Path(dest_dir)
     memo = Memo(dest_dir, record=remember, keep=keep)
-    local = None if source.startswith(REMOTE) else Path(source).expanduser()
+    local = None if _remote(source) else Path(source).expanduser()
     if local is not None and not local.is_dir():
         kind = "is a file, not a folder" if local.exists() else "does not exist"
         raise DataError(
@@ -418,15 +447,15 @@ def fetch_raw(
         if cached is None:
             cached = dest_dir / f"{stem}.gz"
             cached.unlink(missing_ok=True)
-            if s3_client is None and source.startswith("s3://"):
-                s3_client = _s3_client(endpoint_url)
-            _fetch_one(source, stem, cached, digest, memo, s3_client)
+            if client is None and not source.startswith(HTTP):
+                client = source_for(source).connect(endpoint_url)
+            _fetch_one(source, stem, cached, digest, memo, client)
         paths[stem] = cached
     return paths
 
 
 def fetch_dataset(
-    cfg: Any, source: str | None = None, remember: bool = True, s3_client=None, keep: bool = False
+    cfg: Any, source: str | None = None, remember: bool = True, client: Any = None, keep: bool = False
 ) -> dict[str, Path]:
     """The train channel's raw files (dataset.files), present and verified: fetch_raw with the config's places.
 
@@ -437,7 +466,7 @@ def fetch_dataset(
         source or d.channels.train,
         dataset_cache_dir(cfg),
         dict(d.files),
-        s3_client=s3_client,
+        client=client,
         remember=remember,
         endpoint_url=cfg.aws.endpoint_url,
         keep=keep,
@@ -445,44 +474,44 @@ def fetch_dataset(
 
 
 def channel_folders(
-    cfg: Any, sources: Mapping[str, Path] | None = None, remember: bool = True, s3_client=None, keep: bool = False
+    cfg: Any, sources: Mapping[str, Path] | None = None, remember: bool = True, client: Any = None, keep: bool = False
 ) -> dict[str, Path]:
     """Each declared channel's local folder, checked: what the DataModule is given (project.modules).
 
     `sources`: the channels' folders instead of dataset.channels (a SageMaker job's SM_CHANNEL_*).
     The train channel of a dataset that lists `files` is fetched (when remote) and verified, as
-    MNIST's is; any other s3:// channel is mirrored into paths.data_dir/<name>/<channel>/; every
-    other channel must be a folder that exists and holds something. Every run resolves its data
-    through here before anything else is built or written. `keep`: the caller trains on the files
-    next (fetch_raw).
+    MNIST's is; any other channel at a registered source (s3://) is mirrored into
+    paths.data_dir/<name>/<channel>/; every other channel must be a folder that exists and holds
+    something. Every run resolves its data through here before anything else is built or written.
+    `keep`: the caller trains on the files next (fetch_raw).
     """
     d = cfg.dataset
     folders: dict[str, Path] = {}
     for channel, declared in d.channels.items():
         where = str(sources[channel]) if sources and channel in sources else str(declared)
         if channel == "train" and d.get("files"):
-            paths = fetch_dataset(cfg, where, remember=remember, s3_client=s3_client, keep=keep)
+            paths = fetch_dataset(cfg, where, remember=remember, client=client, keep=keep)
             folders[channel] = _one_folder(paths, dataset_cache_dir(cfg))
-        elif where.startswith("s3://"):
-            folders[channel] = _mirrored(cfg, channel, where, s3_client)
-        elif where.startswith(REMOTE):
+        elif where.startswith(HTTP):
             raise DataError(
                 f"dataset.channels.{channel}={where}: only a dataset that lists its files (dataset.files) is "
                 f"fetched from an http(s) source; download the data and point dataset.channels.{channel} at its "
                 "folder, or upload it and give its s3:// prefix"
             )
+        elif scheme(where) is not None:
+            folders[channel] = _mirrored(cfg, channel, where, client)
         else:
             folders[channel] = _checked_folder(Path(where).expanduser(), channel)
     return folders
 
 
-def _mirrored(cfg: Any, channel: str, uri: str, s3_client=None) -> Path:
-    """An s3:// channel without `files`: every object under it, copied (incrementally) into
+def _mirrored(cfg: Any, channel: str, uri: str, client: Any = None) -> Path:
+    """A remote channel without `files`: every object under it, copied (incrementally) into
     paths.data_dir/<name>/<channel>/, which the DataModule reads as it reads a local folder."""
-    from .aws.fetch import mirror_folder  # boto3 only now: this module stays stdlib-only
-
+    source = source_for(uri)
     folder = dataset_cache_dir(cfg) / channel
-    mirror_folder(s3_client or _s3_client(cfg.aws.endpoint_url), uri, folder, echo=lambda line: print(line, flush=True))
+    echo: Callable[[str], None] = functools.partial(print, flush=True)
+    source.mirror(client if client is not None else source.connect(cfg.aws.endpoint_url), uri, folder, echo)
     return folder
 
 

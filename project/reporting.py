@@ -143,8 +143,6 @@ class MetricLines(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         metrics = scalars(trainer.callback_metrics)  # under DDP a collective (metric sync): all ranks
         if trainer.is_global_zero and not trainer.sanity_checking:
-            from .artifacts import format_metrics
-
             metrics.pop("epoch", None)  # EpochNumbers' value, already the first field
             seconds = round(time.perf_counter() - self._started, 1)
             print_line(format_metrics({"epoch": _epochs(trainer), **metrics, "seconds": seconds}))
@@ -313,10 +311,13 @@ def callbacks(run_name: str, terminal: bool, log_every_n_steps: int, declared: S
     ]
 
 
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """`name=value` pairs: what SageMaker's metric regexes scrape from the log."""
+    return " ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+
+
 def final_line(metrics: Mapping[str, Any]) -> str:
     """`done: test_loss=... test_acc=... (E epochs, S steps, fit T s, R samples/s)`"""
-    from .artifacts import format_metrics
-
     rate = metrics.get("train_samples_per_second")
     tests = {k: v for k, v in metrics.items() if k.startswith("test_")}  # every test scalar, the loss first
     return (

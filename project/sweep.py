@@ -16,12 +16,12 @@ module level, and this module never imports torch.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from typing import Any
 from .config import CONF_DIR, ConfigError, _one_line, _register_schema, to_yaml, validate
 from .errors import UserError
 from .sagemaker_names import METRICS_FILE
+from .sweep_jobs import Job, JobResult, SweepError, refusal, scalar_metrics
 
 Echo = Callable[[str], None]
 LOCAL_LAUNCHER = "local"  # hydra/launcher=local: the jobs one after another on this machine
@@ -36,10 +37,6 @@ SAGEMAKER_LAUNCHER = "sagemaker"  # hydra/launcher=sagemaker: each job a SageMak
 # Overrides that give a sweep its search space without a swept value on the command line.
 OPTUNA_SWEEPER = "hydra/sweeper=optuna"
 SEARCH_SPACE_PREFIXES = ("hydra/sweeper=", "hydra.sweeper.", "+hydra.sweeper.")
-
-
-class SweepError(UserError):
-    """A sweep refused before any job ran; one line names the job and what to change."""
 
 
 def new_sweep_id(now: datetime | None = None) -> str:
@@ -114,16 +111,6 @@ def _never_called(cfg: Any) -> None:
     raise RuntimeError("our launchers run each job themselves; Hydra's task function is not used")
 
 
-@dataclass
-class Job:
-    """One job of a sweep: its number, the overrides the sweeper chose, its validated config."""
-
-    num: int
-    overrides: list[str]  # the swept keys' values only (what tells this job from the others)
-    cfg: Any  # the task config (no `hydra` node), validated
-    sweep_cfg: Any  # the same with the `hydra` node, for the JobReturn
-
-
 def swept_keys(config: Any) -> set[str]:
     """The keys a sweep varies: swept on the command line, or in the sweeper's `params` (Optuna's space)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -160,10 +147,6 @@ def compose_jobs(config_loader: Any, config: Any, job_overrides: Sequence[Sequen
     return jobs
 
 
-def refusal(num: int, overrides: Sequence[str], problem: str) -> SweepError:
-    return SweepError(f"sweep job {num} ({' '.join(overrides)}): {problem}; nothing was launched")
-
-
 class FinalMetrics(dict):
     """A job's final metrics; float() of it is the sweep's objective (what Optuna's sweeper reads)."""
 
@@ -175,25 +158,6 @@ class FinalMetrics(dict):
         if self.objective not in self:
             raise ValueError(f"the job reported no {self.objective!r} (sweep.objective); it has {sorted(self)}")
         return float(self[self.objective])
-
-
-@dataclass
-class JobResult:
-    """One row of a sweep's results table."""
-
-    num: int
-    overrides: list[str]
-    status: str  # Completed, Failed, Stopped, or Skipped (completed by an earlier launch)
-    name: str  # the run folder or the training job
-    metrics: dict[str, float]
-    duration_s: float | None = None
-    billable_s: int | None = None
-    cost_usd: float | None = None
-    reason: str = ""  # why it failed, one line
-
-    @property
-    def ok(self) -> bool:
-        return self.status in ("Completed", "Skipped")
 
 
 def job_return(job: Job, result: JobResult, working_dir: str) -> Any:
@@ -218,28 +182,18 @@ class JobFailed(UserError):
         super().__init__(f"sweep job {result.num} ({result.name}) {result.status}: {result.reason or '-'}")
 
 
-def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """The train_/val_/test_ numbers of a metrics.json or a job's final metrics (not its timings)."""
-    return {
-        k: float(v)
-        for k, v in metrics.items()
-        if k.startswith(("train_", "val_", "test_"))
-        and not k.endswith(("_seconds", "_per_second"))
-        and isinstance(v, int | float)
-        and not isinstance(v, bool)
-    }
-
-
 # --- the local launcher's work ----------------------------------------------------------------
 
 
 def run_local_jobs(jobs: list[Job], sweep_dir: Path, echo: Echo = print) -> list[JobResult]:
-    """Each job in turn as `python -m project.train --config <its resolved config>`, in sweep_dir/<n>/."""
+    """Each job in turn as `python -m project.train --config <its resolved config>`, in sweep_dir/<n>/,
+    on the channels' folders resolved here (an s3:// channel's copy: the training process reads no S3)."""
     from . import local
-    from .raw import fetch_dataset
+    from .aws import source  # noqa: F401 (registers s3:// with project.raw)
+    from .raw import channel_folders
 
-    for job in jobs:
-        fetch_dataset(job.cfg)  # every job's data present and verified before the first trains
+    # every job's data present and verified before the first trains
+    folders = {job.num: channel_folders(job.cfg) for job in jobs}
     results = []
     with tempfile.TemporaryDirectory(prefix="sweep-configs-") as tmp:
         for job in jobs:
@@ -248,7 +202,8 @@ def run_local_jobs(jobs: list[Job], sweep_dir: Path, echo: Echo = print) -> list
             config_file = Path(tmp) / f"{job.num}.yaml"
             config_file.write_text(to_yaml(cfg))
             echo(f"[sweep job {job.num}] {' '.join(job.overrides)}")
-            code = local.train_in_child(["--config", str(config_file)])
+            checked = functools.partial(local.Checked, folders=folders[job.num])
+            code = local.train_in_child(["--config", str(config_file)], check_first=checked)
             if code == local.INTERRUPTED_EXIT:
                 raise KeyboardInterrupt
             if code in (local.TERMINATED_EXIT, local.HANGUP_EXIT):

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .atomic import write_atomically
-from .sweep import JobResult
+from .sweep_jobs import JobResult
 
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"

@@ -238,14 +238,16 @@ def _write_artifacts(cfg: Any, layout: RunLayout, module, datamodule, metrics: d
 
 
 def run_local(overrides: list[str]) -> dict[str, Any]:
-    """What `invoke local` runs: compose, then train under runs/<run-name>/ (the run invoke chose, if it did)."""
+    """What `invoke local` runs: compose, then train under runs/<run-name>/ (the run invoke chose, if it did)
+    on the channels' folders (as invoke's check made them, if it did)."""
     cfg = config_lib.compose(overrides)
-    return run_composed(cfg, local.chosen_run_name())
+    return run_composed(cfg, local.chosen_run_name(), local.checked_folders())
 
 
-def run_composed(cfg: Any, run_name: str | None = None) -> dict[str, Any]:
+def run_composed(cfg: Any, run_name: str | None = None, folders: Mapping[str, Path] | None = None) -> dict[str, Any]:
     """Train under runs/<run-name>/: `run_name` as chosen already, else as identity.choose_run decides
-    (cfg.run_name; without one, the unfinished run of this config, so the same command resumes)."""
+    (cfg.run_name; without one, the unfinished run of this config, so the same command resumes).
+    `folders`: the channels' folders as a check made them (an s3:// channel's copy), else the config's."""
     run_name = run_name or choose_run(
         run_identity(cfg), cfg.run_name, Path(cfg.paths.runs_dir), lambda: default_run_name(cfg), cfg.trainer.resume
     )
@@ -253,7 +255,7 @@ def run_composed(cfg: Any, run_name: str | None = None) -> dict[str, Any]:
     check_writable(Path(cfg.paths.runs_dir), "paths.runs_dir")  # invoke local checked it; python -m project.train not
     new = not run_dir.exists()
     try:
-        metrics = train(cfg, local_layout(run_dir), run_name)
+        metrics = train(cfg, local_layout(run_dir), run_name, sources=folders)
     except BaseException:
         if new:
             discard_unless_resumable(run_dir)  # a failed run leaves nothing but its checkpoints
@@ -319,7 +321,8 @@ def _dispatch(argv: list[str], config_path: Path | None) -> None:
         cfg = config_lib.load_resolved(config_path)
         from omegaconf import OmegaConf
 
-        run_composed(OmegaConf.merge(cfg, OmegaConf.from_dotlist(argv)) if argv else cfg)
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(argv)) if argv else cfg
+        run_composed(cfg, local.chosen_run_name(), local.checked_folders())
     else:
         run_local(argv)
 

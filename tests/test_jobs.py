@@ -219,7 +219,7 @@ def test_hyperparameter_limits():
 def test_metric_regexes_match_the_lines_training_prints():
     import re
 
-    from project.artifacts import format_metrics
+    from project.reporting import format_metrics
 
     metrics = {"train_acc": 0.98, "train_loss": 0.05, "val_acc": 0.9916, "val_loss": 0.0291, "seconds": 3.2}
     line = format_metrics({"epoch": "2/3", **metrics})  # as reporting.MetricLines prints it
@@ -458,6 +458,26 @@ def test_the_code_channel_carries_the_packages_the_targets_name_and_nothing_else
     ]
     p, cfg = plan("job.include=[mymodels]")
     assert (stage_source(cfg, tmp_path / "i", p) / "mymodels" / "__init__.py").is_file()
+
+
+def test_the_code_channel_holds_the_training_storey_not_the_platforms_or_the_face(tmp_path):
+    """A job runs the pure and training storeys: no aws/, no sandbox/, no module of the tasks' side;
+    and no staged module imports one left behind, at its top or inside a function (grimp's graph of
+    project/, the one `lint-imports` checks). A sandbox job trains from such a bundle:
+    test_sagemaker_e2e.py."""
+    import grimp
+
+    p, cfg = plan()
+    source = stage_source(cfg, tmp_path / "src", p)
+    staged = sorted(path.relative_to(source).with_suffix("") for path in source.rglob("*.py"))
+    assert not [path for path in staged if path.parts[1:2] in (("aws",), ("sandbox",))]
+    modules = {".".join(path.parts[:-1] if path.name == "__init__" else path.parts) for path in staged}
+    modules = {"project.sm_entry" if m == "sm_entry" else m for m in modules}  # staged on top, as a script
+    assert {"project.train", "project.raw", "project.config", "project.names"} <= modules
+    assert not modules & {"project.infra", "project.cli", "project.catalog", "project.sweep", "project.sweep_results"}
+    graph = grimp.build_graph("project")
+    left_behind = {m: graph.find_upstream_modules(m) - modules - {"project"} for m in sorted(modules)}
+    assert {m: found for m, found in left_behind.items() if found} == {}
 
 
 def test_a_package_that_does_not_import_is_refused_before_launch(tmp_path):

@@ -8,7 +8,8 @@ import json
 import pytest
 import yaml
 
-from project.sweep import FinalMetrics, JobResult
+from project.sweep import FinalMetrics
+from project.sweep_jobs import JobResult
 from project.sweep_results import ranked, swept_values
 from tests.cli import invoke, one_error_line
 

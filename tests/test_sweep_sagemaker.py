@@ -27,7 +27,7 @@ from project.aws.sweep import SweepSession
 from project.config import compose
 from project.sandbox import quotas as sandbox_quotas
 from project.sandbox import service as emulator
-from project.sweep import Job
+from project.sweep_jobs import Job
 from tests import cli
 from tests.cli import one_error_line
 from tests.test_sagemaker_e2e import data, job_overrides, long_data, wait_for_periodic_checkpoint, world  # noqa: F401

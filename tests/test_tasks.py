@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -197,6 +198,23 @@ class Missing:  # a Python where requirements.txt's AWS packages were never inst
 
 sys.meta_path.insert(0, Missing())
 """
+
+
+MISSING_MOTO = MISSING_SDKS.replace('("boto3", "botocore", "sagemaker", "moto")', '("moto",)')
+
+
+def test_the_sandbox_without_moto_says_what_to_install(tmp_path):
+    """moto is a dev tool (requirements-dev.txt), not in requirements.txt: a user's install lacks it."""
+    (tmp_path / "sitecustomize.py").write_text(MISSING_MOTO)
+    with socket.socket() as probe:  # a free port: were the check to pass, the sandbox would not collide
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = invoke("sandbox", "--port", str(port), env={**os.environ, "PYTHONPATH": str(tmp_path)}, timeout=120)
+    assert one_error_line(result) == (
+        "error: invoke sandbox needs moto[server] (missing here: moto), a dev tool that requirements.txt "
+        "leaves out: pip install -r requirements-dev.txt"
+    )
+    assert result.returncode == 2
 
 
 @pytest.mark.parametrize("task", [["train", "--dry-run"], ["status"], ["fetch"]])

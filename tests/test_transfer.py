@@ -369,12 +369,13 @@ def test_any_other_client_error_names_operation_resource_code_and_cause():
 
 
 def test_s3_dataset_source_uses_the_endpoint_it_is_given(s3, bucket, dataset, moto_endpoint, monkeypatch, tmp_path):
+    from project.aws import source  # noqa: F401 (registers s3:// with project.raw, as the tasks do)
     from project.raw import fetch_raw
 
     folder, files = dataset
     for stem in files:
         s3.upload_file(str(folder / f"{stem}.gz"), bucket, f"mirror/{stem}.gz")
-    monkeypatch.delenv("AWS_ENDPOINT_URL")  # only the argument (aws.endpoint_url in train.py) names moto
+    monkeypatch.delenv("AWS_ENDPOINT_URL")  # only the argument (aws.endpoint_url) names moto
     paths = fetch_raw(f"s3://{bucket}/mirror", tmp_path / "cache", files, endpoint_url=moto_endpoint)
     assert sorted(paths) == sorted(files)
     assert all(
@@ -383,7 +384,7 @@ def test_s3_dataset_source_uses_the_endpoint_it_is_given(s3, bucket, dataset, mo
 
 
 def test_s3_uris_have_one_parser():
-    from project.aws.names import S3UriError, split_s3_uri
+    from project.names import S3UriError, split_s3_uri
 
     assert split_s3_uri("s3://bucket/datasets/mnist/") == ("bucket", "datasets/mnist/")
     assert split_s3_uri("s3://bucket") == ("bucket", "")

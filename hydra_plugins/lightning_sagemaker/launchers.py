@@ -22,6 +22,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
 from project import sweep
+from project.sweep_jobs import Job, JobResult
 from project.sweep_results import write_results
 
 
@@ -52,7 +53,7 @@ class _SweepLauncher(Launcher):
         self.sweep_id = sweep_id
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
-        self.results: list[sweep.JobResult] = []
+        self.results: list[JobResult] = []
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.hydra_context, self.config = hydra_context, config  # the task function is never called
@@ -62,11 +63,11 @@ class _SweepLauncher(Launcher):
         assert self.config is not None
         return Path(str(self.config.hydra.sweep.dir))
 
-    def compose(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[sweep.Job]:
+    def compose(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[Job]:
         assert self.hydra_context is not None and self.config is not None
         return sweep.compose_jobs(self.hydra_context.config_loader, self.config, job_overrides, initial_job_idx)
 
-    def returns(self, jobs: list[sweep.Job], results: list[sweep.JobResult]) -> list[JobReturn]:
+    def returns(self, jobs: list[Job], results: list[JobResult]) -> list[JobReturn]:
         """Record the batch, rewrite the results table with every job so far, and answer Hydra."""
         self.results += results
         objective, direction = str(jobs[0].cfg.sweep.objective), str(jobs[0].cfg.sweep.direction)

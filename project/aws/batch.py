@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ..names import split_s3_uri
 from .deploy import wait_until_settled
 from .deploy_image import echo_image, serving_image
 from .deploy_requests import (
@@ -32,7 +33,6 @@ from .deploy_requests import (
 )
 from .deploy_source import model_data_for, resolve_source
 from .endpoints import delete_resources
-from .names import split_s3_uri
 from .session import aws_errors
 from .workflow import aws_task, setup
 

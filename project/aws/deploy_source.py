@@ -13,11 +13,11 @@ from typing import Any
 from .. import serving
 from ..config import RESOLVED_CONFIG_NAME, load_resolved
 from ..identity import run_identity
+from ..names import split_s3_uri
 from ..run_ref import resolve_run
 from ..sagemaker_names import JOB_NAME
 from . import monitor
 from .deploy_requests import HASH_TAG, DeployError, Echo, Source
-from .names import split_s3_uri
 from .session import aws_errors
 from .workflow import job_of
 

@@ -21,9 +21,9 @@ from pathlib import Path, PurePosixPath
 
 from ..atomic import write_atomically
 from ..errors import UserError
+from ..names import split_s3_uri
 from ..sagemaker_names import METRICS_FILE
 from . import transfer
-from .names import split_s3_uri
 from .session import aws_errors
 from .transfer import Echo, TransferError
 

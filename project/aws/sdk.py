@@ -11,10 +11,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..names import split_s3_uri
 from ..sagemaker_names import CHECKPOINT_DIR
 from .fit import check_image_pull
 from .image import JOB_REQUIREMENTS, JobImage
-from .names import split_s3_uri
 from .plan import JobPlan, LaunchError, entry_command
 from .quotas import check_quotas, usages
 from .session import aws_errors

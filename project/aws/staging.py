@@ -1,7 +1,9 @@
 """The code channel of a job: the project package, the user's packages, the resolved config, the
 entry script and, for job.image=aws, the requirements the job installs at start.
 
-A job carries only code: `project/`, the top-level packages (or modules) the config's `_target_`s
+A job carries only code: `project/` less the platforms and the Face (NOT_STAGED: a job trains
+with the pure and training storeys, which import neither; pyproject.toml's import contracts check
+that), the top-level packages (or modules) the config's `_target_`s
 name (a user's own LightningModule or DataModule beside the repository, e.g. `mymodels/`), and
 those listed in `job.include`. Installed packages (site-packages) are the image's; tests, bench,
 runs and data never travel. A sweep stages the code once for all its jobs (stage_code with the
@@ -32,6 +34,9 @@ CODE_PREFIX = "code"
 DRY_RUN_CODE_PREFIX = f"{CODE_PREFIX}/dry-run"
 DRY_RUN_EXPIRY_DAYS = 1
 SKIPPED = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
+# What a job never runs: the platforms (aws/, infra.py; the sandbox, a dev tool) and the Face (the
+# tasks' and the sweeps' side). pyproject.toml's contracts keep the staged modules from importing them.
+NOT_STAGED = ("aws", "sandbox", "infra.py", "cli.py", "catalog.py", "sweep.py", "sweep_results.py")
 
 
 def stage_source(cfg: Any, dest: Path, plan: JobPlan) -> Path:
@@ -46,14 +51,14 @@ def stage_source(cfg: Any, dest: Path, plan: JobPlan) -> Path:
 
 
 def stage_code(dest: Path, packages: Mapping[str, Path], install: bool = False) -> Path:
-    """The project package, the user's packages (user_code) and the torchrun entry script on top.
+    """The project package's staged part, the user's packages (user_code) and the entry script on top.
 
     `install`: job.image=aws, whose sm_train.sh pip-installs the job's requirements before the command.
     """
     if dest.exists():
         shutil.rmtree(dest)
-    skipped = shutil.ignore_patterns("__pycache__", "*.pyc", ENTRY_SCRIPT)  # the entry script goes on top
-    shutil.copytree(PROJECT_DIR, dest / "project", ignore=skipped)
+    top = shutil.ignore_patterns(ENTRY_SCRIPT, *NOT_STAGED)  # the entry script goes on top
+    shutil.copytree(PROJECT_DIR, dest / "project", ignore=lambda folder, names: _skipped(folder, names, top))
     for name, origin in sorted(packages.items()):
         if origin.is_dir():
             shutil.copytree(origin, dest / name, ignore=SKIPPED)
@@ -63,6 +68,12 @@ def stage_code(dest: Path, packages: Mapping[str, Path], install: bool = False) 
     if install:
         (dest / JOB_REQUIREMENTS).write_text(job_requirements())
     return dest
+
+
+def _skipped(folder: str, names: list[str], top: Any) -> set[str]:
+    """Caches and dotfiles everywhere; in project/ itself, the entry script and NOT_STAGED too."""
+    skipped = set(SKIPPED(folder, names))
+    return skipped | set(top(folder, names)) if Path(folder) == PROJECT_DIR else skipped
 
 
 def staged_config(cfg: Any, plan: JobPlan) -> str:

@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..names import split_s3_uri
 from ..sagemaker_names import CONFIG_CHANNEL
-from ..sweep import Job, JobResult, refusal, scalar_metrics
+from ..sweep_jobs import Job, JobResult, refusal, scalar_metrics
 from . import monitor, sdk
 from .cost import budget_line, check_budget
 from .image import job_image
-from .names import split_s3_uri, tag_value
+from .names import tag_value
 from .plan import JobPlan, LaunchError, plan_job
 from .quotas import check_quotas, free_instances, usages
 from .session import aws_errors

@@ -23,15 +23,20 @@ from ..config import CONF_DIR, compose
 from ..identity import Progress, progress
 from ..imagetree import pack_channel, write_sagemaker_manifest
 from ..infra import Infra, load_infra
+from ..names import name_problem, split_s3_uri
 from ..raw import channel_folders, fetch_dataset
 from ..run_ref import resolve_run
 from ..sagemaker_names import METRICS_FILE
-from . import monitor, sdk, triage
+from . import (
+    monitor,
+    sdk,
+    source,  # noqa: F401 (registers s3:// data with project.raw)
+    triage,
+)
 from .fetch import fetch_job
 from .fit import InstanceFitError, check_memory, estimate_memory
 from .image import ImageError, base_image, custom_image, job_image
 from .image_build import ImageRef, build_command, ecr_password, push_commands, tag_exists
-from .names import name_problem, split_s3_uri
 from .plan import JobPlan, LaunchError, channel_uris, manifest_uri, plan_job, validate_plan
 from .prices import PRICING_REGION, PriceError
 from .prices import refresh as refresh_prices
@@ -79,7 +84,7 @@ def upload(overrides: list[str], dry_run: bool = False, echo: Callable[[str], No
     """Each data channel to s3://<data bucket>/<s3_prefix>/<channel>/, where the job reads it."""
     ctx = context(compose(overrides, model=False))  # data only: a dataset needs no model to match it
     d, s3 = ctx.cfg.dataset, ctx.clients.s3
-    folders = channel_folders(ctx.cfg, s3_client=s3)  # every channel checked before anything moves
+    folders = channel_folders(ctx.cfg, client=s3)  # every channel checked before anything moves
     # An image-folder channel goes as a few tar shards (project.imagetree); all are packed (every
     # image checked) before anything moves.
     packed = {
@@ -91,7 +96,7 @@ def upload(overrides: list[str], dry_run: bool = False, echo: Callable[[str], No
         prefix = split_s3_uri(uri)[1]
         if channel == "train" and d.get("files"):
             # Verified raw files, each where it was verified: the source folder or the local cache.
-            items += plan_upload(fetch_dataset(ctx.cfg, s3_client=s3), ctx.infra.data_bucket, prefix, s3)
+            items += plan_upload(fetch_dataset(ctx.cfg, client=s3), ctx.infra.data_bucket, prefix, s3)
         elif (shards := packed[channel]) is not None:
             channel_shards, manifest = plan_packed_upload(shards, ctx.infra.data_bucket, prefix, s3)
             # SageMaker's manifest, beside the prefix: what a File-mode job downloads (the current shards).

@@ -8,6 +8,7 @@ deleting a clone leaves nothing behind.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -229,9 +230,32 @@ def stop_background(settings: Settings, echo: Echo = print) -> None:
     echo(f"sandbox: stopped (pid {pid}, {state['url']})")
 
 
+# moto[server]: the endpoint and its web server. A dev tool: requirements-dev.txt, not requirements.txt.
+SERVER_MODULES = ("moto", "flask", "flask_cors")
+
+
+def check_installed() -> None:
+    """One line naming what to install, before anything starts, when moto[server] is missing."""
+    missing = [name for name in SERVER_MODULES if not _importable(name)]
+    if missing:
+        raise SandboxError(
+            f"invoke sandbox needs moto[server] (missing here: {', '.join(missing)}), a dev tool that "
+            "requirements.txt leaves out: pip install -r requirements-dev.txt"
+        )
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # a finder that knows it is missing says so instead of None
+        return False
+
+
 def main(port: int, background: bool = False, stop: bool = False, run_jobs: bool = True) -> None:
     """What `invoke sandbox` does: serve here, start in the background, or stop the background one."""
     settings = Settings(port=port, run_jobs=run_jobs)
+    if not stop:
+        check_installed()
     if stop:
         stop_background(settings)
     elif background:
