@@ -36,7 +36,7 @@ DRY_RUN_EXPIRY_DAYS = 1
 SKIPPED = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
 # What a job never runs: the platforms (aws/, infra.py; the sandbox, a dev tool) and the Face (the
 # tasks' and the sweeps' side). pyproject.toml's contracts keep the staged modules from importing them.
-NOT_STAGED = ("aws", "sandbox", "infra.py", "cli.py", "catalog.py", "sweep.py", "sweep_results.py")
+NOT_STAGED = ("aws", "sandbox", "infra.py", "cli.py", "catalog.py", "compare.py", "sweep.py", "sweep_results.py")
 
 
 def stage_source(cfg: Any, dest: Path, plan: JobPlan) -> Path:
