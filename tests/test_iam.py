@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 
 from project.aws import fit, image
-from project.config import compose
 from tests import aws_calls, cli
 from tests.aws_fixtures import RENDERED, TERRAFORM_DIR
 from tests.iam_policy import ALLOWED, EXPLICIT_DENY, IMPLICIT_DENY, Request, decision
@@ -171,12 +170,12 @@ def rendered(terraform_applied) -> aws_calls.Policies:
 
 @requires(terraform=True)
 @pytest.mark.parametrize("kind", image.IMAGE_KINDS)
-def test_the_role_may_pull_every_image_the_launch_checks(kind, rendered, terraform_applied):
+def test_the_role_may_pull_every_image_the_launch_checks(composed, kind, rendered, terraform_applied):
     """What `invoke train` asks IAM's simulator (fit.check_image_pull) is what the role allows, for
     every job.image choice, on a GPU and a CPU instance, and for the image endpoints serve on."""
     infra = terraform_applied[2]
     for instance in ("ml.g5.xlarge", "ml.m5.xlarge"):
-        cfg = compose([f"job.image={kind}", f"instance={instance}"])
+        cfg = composed(f"job.image={kind}", f"instance={instance}")
         uri = image.job_image(cfg, infra.repository_url, infra.region).uri
         arn = fit.repository_arn(uri)
         assert arn is not None

@@ -18,7 +18,6 @@ import yaml
 from project.aws.image import JobImage
 from project.aws.plan import plan_job
 from project.aws.staging import DRY_RUN_CODE_PREFIX, DRY_RUN_EXPIRY_DAYS
-from project.config import compose
 from project.infra import OUTPUT_NAMES, load_infra
 from project.sagemaker_names import LOG_GROUP  # the group the Terraform grants must name
 from tests.aws_fixtures import (
@@ -214,14 +213,14 @@ def test_staged_code_expires_in_the_artifacts_bucket_only(outputs):
 
 
 @requires(terraform=True)
-def test_terraform_tags_are_spelled_like_the_job_tags(terraform_applied):
+def test_terraform_tags_are_spelled_like_the_job_tags(composed, terraform_applied):
     """Cost-allocation tags are case-sensitive: `Project` on the buckets and `project` on the jobs are two tags."""
     bucket_tags = {
         t["Key"]: t["Value"]
         for t in boto3.client("s3").get_bucket_tagging(Bucket=str(terraform_applied[1]["data_bucket"]))["TagSet"]
     }
     image = JobImage("custom", f"{terraform_applied[2].repository_url}:abc1234", None)
-    job_tags = plan_job(compose([]), terraform_applied[2], image).tags
+    job_tags = plan_job(composed(), terraform_applied[2], image).tags
     assert bucket_tags["project"] == job_tags["project"]
     # Every key in the job tags' spelling (lowercase, hyphens), so no key differs from another by case only.
     assert all(re.fullmatch(r"[a-z][a-z0-9-]*", key) for key in (*bucket_tags, *job_tags)), (bucket_tags, job_tags)
