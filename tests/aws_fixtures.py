@@ -33,16 +33,12 @@ import pytest
 
 from project.infra import Infra, load_infra, read_terraform_outputs
 from tests import aws_calls
+from tests.requires import skip_unless
 
 ROOT = Path(__file__).resolve().parent.parent
 TERRAFORM_DIR = ROOT / "terraform"
 PROVIDER = "registry.terraform.io/hashicorp/aws"
 REGION = "us-east-1"
-INSTALL_HINT = (
-    "terraform is not installed: install Terraform >= 1.6 "
-    "(https://developer.hashicorp.com/terraform/install, e.g. `apt-get install terraform` "
-    "from apt.releases.hashicorp.com, or `brew install hashicorp/tap/terraform`)"
-)
 # Searched in order for <dir>/registry.terraform.io/hashicorp/aws; TF_PLUGIN_MIRROR comes first.
 MIRROR_CANDIDATES = (
     Path("/opt/tf-plugins"),
@@ -155,11 +151,6 @@ def run_terraform(workdir: Path, env: Mapping[str, str], *args: str) -> subproce
     return result
 
 
-def require_terraform() -> None:
-    if shutil.which("terraform") is None:
-        pytest.skip(INSTALL_HINT)
-
-
 @pytest.fixture(scope="session")
 def moto_endpoint(tmp_path_factory) -> Iterator[str]:
     """The sandbox's endpoint (`invoke sandbox` serves the same one) on a free loopback port; for
@@ -189,7 +180,7 @@ def moto_endpoint(tmp_path_factory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def terraform_applied(moto_endpoint, tmp_path_factory) -> Iterator[tuple[Path, dict[str, object], Infra]]:
     """terraform/ applied against moto: (working copy, outputs, Infra); destroyed at session end."""
-    require_terraform()
+    skip_unless(terraform=True)
     workdir = copy_configuration(tmp_path_factory.mktemp("terraform"))
     (workdir / "moto_override.tf").write_text(moto_override(moto_endpoint))
     env = terraform_env(moto_endpoint, workdir)

@@ -3,10 +3,33 @@ from pathlib import Path
 
 import pytest
 
+from tests.requires import MARKER, unmet
 from tests.synthetic import tiny_overrides, write_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 pytest_plugins = ["tests.aws_fixtures"] if (ROOT / "tests" / "aws_fixtures.py").exists() else []
+# Tests on the Terraform-applied moto world share one xdist worker, so `terraform apply` (a minute
+# or more) runs once per session, not once per worker; every other test goes wherever a worker is free.
+TERRAFORM_GROUP = "terraform-applied"
+TERRAFORM_FIXTURES = {"aws_infra", "terraform_applied"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", f"{MARKER}(**needs): skipped unless the machine has them (tests/requires.py)")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if TERRAFORM_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.xdist_group(TERRAFORM_GROUP))
+
+
+def pytest_runtest_setup(item):
+    for mark in item.iter_markers(MARKER):
+        reason = unmet(**mark.kwargs)
+        if reason:
+            pytest.skip(reason)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -20,6 +43,31 @@ def _compose_cache(tmp_path_factory):
 def _repo_cwd(monkeypatch):
     """Tasks and relative config paths (terraform/, runs/) resolve from the repository root."""
     monkeypatch.chdir(ROOT)
+
+
+def override(key: str, value: object) -> str:
+    """key=value as Hydra reads it: None is null, booleans are lower case, sequences are lists."""
+    if value is None:
+        return f"{key}=null"
+    if isinstance(value, bool):
+        return f"{key}={str(value).lower()}"
+    if isinstance(value, list | tuple):
+        return f"{key}=[{','.join(map(str, value))}]"
+    return f"{key}={value}"
+
+
+@pytest.fixture
+def composed():
+    """conf/ composed and validated as a task composes it: `composed()` is the user's defaults,
+    `composed("trainer.seed=3", instance="ml.p3.2xlarge")` the same with overrides (strings as
+    typed on the command line, or key=value; dotted keys as `**{"trainer.seed": 3}`).
+    `conf_dir=` composes another config folder."""
+    from project.config import compose
+
+    def make(*overrides: str, conf_dir: Path | None = None, **settings: object) -> object:
+        return compose([*overrides, *(override(k, v) for k, v in settings.items())], conf_dir=conf_dir)
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,6 @@ import pytest
 from project.aws import prices
 from project.aws.quotas import free_instances
 from project.aws.session import aws_clients
-from project.config import compose
 from project.sagemaker_names import JOB_NAME, LOG_GROUP
 from project.sandbox import quotas as sandbox_quotas
 from project.sandbox import record
@@ -471,7 +470,7 @@ def test_launches_the_instance_cannot_afford_or_run_are_refused(
     assert expected in line, line
 
 
-def test_prices_refresh_the_catalog_from_the_price_list(tmp_path):
+def test_prices_refresh_the_catalog_from_the_price_list(composed, tmp_path):
     conf = tmp_path / "conf"
     shutil.copytree(ROOT / "conf", conf)
     env = dict(os.environ)
@@ -485,7 +484,7 @@ def test_prices_refresh_the_catalog_from_the_price_list(tmp_path):
     assert "ml.p5.48xlarge: $113.07/h -> $63.3/h (us-east-1, " in result.stdout
     assert "warning: ml.p3.2xlarge has no on-demand training price in us-east-1; its file is unchanged" in result.stdout
     today = date.today().isoformat()
-    p5 = compose(["instance=ml.p5.48xlarge"], conf_dir=conf).instance
+    p5 = composed(instance="ml.p5.48xlarge", conf_dir=conf).instance
     assert (p5.price_per_hour, p5.price_region, p5.price_date) == (63.3, "us-east-1", today)
     assert "AmazonSageMaker USE1-Train:ml.p5.48xlarge on-demand" in p5.price_source
     assert (conf / "instance" / "ml.p3.2xlarge.yaml").read_text() == (
@@ -495,7 +494,7 @@ def test_prices_refresh_the_catalog_from_the_price_list(tmp_path):
         env["AWS_ENDPOINT_URL"] = server.url
         result = invoke("prices", "--region", "us-west-2", "--catalog", str(conf / "instance"), env=env)
     assert result.returncode == 0, result.stderr
-    g5 = compose(["instance=ml.g5.xlarge"], conf_dir=conf).instance
+    g5 = composed(instance="ml.g5.xlarge", conf_dir=conf).instance
     assert (g5.price_per_hour, g5.price_region) == (1.5, "us-west-2")
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from project import config as C
 from tests.cli import invoke, one_error_line
+from tests.requires import requires
 
 # The start line a training run prints (project.reporting.StartLine): a check that fails in the
 # invoke process never gets that far.
@@ -53,13 +54,10 @@ def test_a_bad_value_the_config_can_know_is_one_line_before_training_starts(tiny
 
 
 def mount_tmpfs(folder: Path, options: str) -> None:
-    """A real small filesystem (tests run as root here); skipped where mounting is not permitted."""
-    if shutil.which("mount") is None:
-        pytest.skip("no mount command: cannot make a read-only or nearly full filesystem")
+    """A real small filesystem; the tests asking for one say `requires(root=True)`."""
     folder.mkdir()
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True, text=True)
-    if done.returncode:
-        pytest.skip(f"mounting a tmpfs is not permitted here (needs root or CAP_SYS_ADMIN): {done.stderr.strip()}")
+    assert done.returncode == 0, f"mount -t tmpfs refused although root with CAP_SYS_ADMIN: {done.stderr.strip()}"
 
 
 @pytest.fixture
@@ -77,6 +75,7 @@ def mounts(tmp_path):
         subprocess.run(["umount", str(folder)], check=True)
 
 
+@requires(root=True)
 def test_a_read_only_runs_dir_is_one_line_before_training_starts(tiny_run, mounts):
     # Root passes every permission bit, so chmod proves nothing here: a read-only mount does.
     read_only = mounts("ro", "size=1m,ro")
@@ -85,6 +84,7 @@ def test_a_read_only_runs_dir_is_one_line_before_training_starts(tiny_run, mount
     assert STARTED not in said
 
 
+@requires(root=True)
 def test_a_nearly_full_disk_is_refused_before_the_first_step(tiny_run, mounts):
     # 256 KiB free: the code before this check trained a whole epoch, wrote a checkpoint and failed
     # writing the exported model, leaving a half-written run folder.

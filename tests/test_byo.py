@@ -188,11 +188,13 @@ def test_an_s3_channel_is_mirrored_for_a_local_run(moto_endpoint, package, tmp_p
 
 
 @pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist", "kmnist"])
-def test_mnist_family_builds_on_synthetic_idx(dataset, tiny_data, tmp_path):
+def test_mnist_family_builds_on_synthetic_idx(composed, dataset, tiny_data, tmp_path):
     folder, files = tiny_data
-    cfg = C.compose(
-        [f"dataset={dataset}", f"dataset.channels.train={folder}", f"paths.data_dir={tmp_path}", "dataset.val_size=50"]
-        + [f"dataset.files.{stem}={sha}" for stem, sha in files.items()]
+    cfg = composed(
+        f"dataset.channels.train={folder}",
+        *(f"dataset.files.{stem}={sha}" for stem, sha in files.items()),
+        dataset=dataset,
+        **{"paths.data_dir": tmp_path, "dataset.val_size": 50},
     )
     assert cfg.dataset.name == dataset and cfg.dataset._target_ == "project.data.IdxDataModule"
     assert set(cfg.dataset.files) == set(files)
@@ -220,7 +222,7 @@ def test_a_model_that_does_not_fit_the_dataset_is_one_line(tmp_path):
         ("+model.net.depth=3", "model.net: project.models.SmallCNN takes no argument depth; it accepts: in_channels"),
     ],
 )
-def test_a_classifiers_network_is_checked_as_the_other_targets_are(override, expected):
+def test_a_classifiers_network_is_checked_as_the_other_targets_are(composed, override, expected):
     with pytest.raises(modules.ModuleError, match=expected):
-        modules.check(C.compose([override]))
-    modules.check(C.compose([]))  # the default network passes
+        modules.check(composed(override))
+    modules.check(composed())  # the default network passes

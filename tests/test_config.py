@@ -13,16 +13,16 @@ def options(group):
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
-def test_every_config_group_option_composes(group, option):
+def test_every_config_group_option_composes(composed, group, option):
     pair = {"csv_regression": ["model=mlp_regressor"], "mlp_regressor": ["dataset=csv_regression"]}  # not MNIST's
-    cfg = C.compose([f"{group}={option}", *pair.get(option, [])])
+    cfg = composed(f"{group}={option}", *pair.get(option, []))
     assert cfg[group] is not None
     if group == "instance":
         assert cfg.instance.type == option
         assert cfg.instance.price_per_hour > 0
 
 
-def test_instance_catalog_covers_the_design_card():
+def test_instance_catalog_covers_the_design_card(composed):
     required = {
         "ml.m5.xlarge",
         "ml.g4dn.xlarge",
@@ -35,7 +35,7 @@ def test_instance_catalog_covers_the_design_card():
         "ml.p4d.24xlarge",
     }
     assert required <= set(options("instance"))
-    cfg = C.compose(["trainer.gpus=4", "instance=ml.p3.8xlarge"])
+    cfg = composed("trainer.gpus=4", instance="ml.p3.8xlarge")
     assert (cfg.trainer.gpus, cfg.instance.gpus, cfg.instance.gpu_model) == (4, 4, "V100")
 
 
@@ -76,9 +76,9 @@ def test_instance_catalog_covers_the_design_card():
         ("run_name=..", "run_name='..' is not a plain folder name"),
     ],
 )
-def test_bad_override_is_one_clear_line(override, expected):
+def test_bad_override_is_one_clear_line(composed, override, expected):
     with pytest.raises(C.ConfigError) as info:
-        C.compose([override])
+        composed(override)
     message = str(info.value)
     assert expected in message
     assert "\n" not in message
@@ -105,9 +105,9 @@ def test_bad_override_is_one_clear_line(override, expected):
         ("aws.region=US-EAST-1", "aws.region='US-EAST-1'"),
     ],
 )
-def test_malformed_resource_names_are_refused_at_compose_time(override, expected):
+def test_malformed_resource_names_are_refused_at_compose_time(composed, override, expected):
     with pytest.raises(C.ConfigError) as info:
-        C.compose([override])
+        composed(override)
     assert expected in str(info.value) and "\n" not in str(info.value)
 
 
@@ -123,17 +123,17 @@ def test_malformed_resource_names_are_refused_at_compose_time(override, expected
         "aws.region=ap-southeast-2",
     ],
 )
-def test_well_formed_resource_names_compose(override):
-    C.compose([override])
+def test_well_formed_resource_names_compose(composed, override):
+    composed(override)
 
 
 @pytest.mark.parametrize("override", ["trainer.precision=16", "trainer.precision=bf16", "run_name=cnn.v2_lr-0.1"])
-def test_lightnings_precision_aliases_and_plain_run_names_compose(override):
-    C.compose([override])
+def test_lightnings_precision_aliases_and_plain_run_names_compose(composed, override):
+    composed(override)
 
 
-def test_resolved_config_round_trips_and_is_validated(tmp_path):
-    cfg = C.compose(["model=mlp", "trainer.max_epochs=7"])
+def test_resolved_config_round_trips_and_is_validated(composed, tmp_path):
+    cfg = composed("trainer.max_epochs=7", model="mlp")
     path = tmp_path / "config.yaml"
     path.write_text(C.to_yaml(cfg))
     again = C.load_resolved(path)
@@ -144,12 +144,12 @@ def test_resolved_config_round_trips_and_is_validated(tmp_path):
         C.load_resolved(path)
 
 
-def test_config_hash_tracks_what_shapes_the_result():
-    base = run_identity(C.compose([]))
-    assert run_identity(C.compose(["trainer.resume=false"])) == base
-    assert run_identity(C.compose(["dataset.channels.train=/elsewhere"])) == base
-    assert run_identity(C.compose(["trainer.seed=1"])) != base
-    assert run_identity(C.compose(["instance=ml.p3.2xlarge"])) == base
+def test_config_hash_tracks_what_shapes_the_result(composed):
+    base = run_identity(composed())
+    assert run_identity(composed("trainer.resume=false")) == base
+    assert run_identity(composed("dataset.channels.train=/elsewhere")) == base
+    assert run_identity(composed("trainer.seed=1")) != base
+    assert run_identity(composed(instance="ml.p3.2xlarge")) == base
 
 
 # --- the composed-config cache ------------------------------------------------------------------
@@ -209,18 +209,18 @@ def test_a_repeated_command_line_skips_hydra(tmp_path):
     assert runs == [["7", "True"], ["7", "False"]]
 
 
-def test_editing_a_config_file_composes_afresh(monkeypatch, tmp_path):
+def test_editing_a_config_file_composes_afresh(composed, monkeypatch, tmp_path):
     import shutil
 
     conf = tmp_path / "conf"
     shutil.copytree(C.CONF_DIR, conf)
     monkeypatch.setenv(C.COMPOSE_CACHE_ENV, str(tmp_path / "cache"))
-    assert C.compose([], conf_dir=conf).trainer.max_epochs == 3
+    assert composed(conf_dir=conf).trainer.max_epochs == 3
     yaml = conf / "trainer" / "default.yaml"
     yaml.write_text(yaml.read_text().replace("max_epochs: 3", "max_epochs: 5"))
-    assert C.compose([], conf_dir=conf).trainer.max_epochs == 5
+    assert composed(conf_dir=conf).trainer.max_epochs == 5
     (conf / "model" / "extra.yaml").write_text((conf / "model" / "mlp.yaml").read_text())
-    assert C.compose(["model=extra"], conf_dir=conf).model.name == "mlp"
+    assert composed(model="extra", conf_dir=conf).model.name == "mlp"
     assert len(list((tmp_path / "cache" / "compose").glob("*.json"))) == 3
 
 
@@ -248,18 +248,18 @@ def test_the_cache_can_be_turned_off(monkeypatch, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_an_experiment_presets_several_groups_and_overrides_still_win():
-    cfg = C.compose(["experiment=gpu_fast"])
+def test_an_experiment_presets_several_groups_and_overrides_still_win(composed):
+    cfg = composed(experiment="gpu_fast")
     assert (cfg.trainer.batch_size, cfg.trainer.precision, cfg.trainer.channels_last, cfg.model.lr) == (
         1024,
         "bf16-mixed",
         True,
         0.03,
     )
-    assert C.compose(["experiment=gpu_fast", "trainer.batch_size=512"]).trainer.batch_size == 512
-    assert C.compose([]).trainer.batch_size == 256  # no preset unless asked
+    assert composed("trainer.batch_size=512", experiment="gpu_fast").trainer.batch_size == 512
+    assert composed().trainer.batch_size == 256  # no preset unless asked
     with pytest.raises(C.ConfigError, match="unknown experiment 'fastest'; choose one of: gpu_fast"):
-        C.compose(["experiment=fastest"])
+        composed(experiment="fastest")
 
 
 def test_atomic_writes_leave_the_old_file_or_the_new_never_a_part(tmp_path):
@@ -278,7 +278,7 @@ def test_atomic_writes_leave_the_old_file_or_the_new_never_a_part(tmp_path):
     assert dest.read_text() == "one" and sorted(p.name for p in dest.parent.iterdir()) == ["file.json"]
 
 
-def test_the_parameter_counts_model_comments_state_are_the_models():
+def test_the_parameter_counts_model_comments_state_are_the_models(composed):
     """A `(61.0k parameters)` in a model file's comment is what the run line prints for that model."""
     import re
 
@@ -292,5 +292,5 @@ def test_the_parameter_counts_model_comments_state_are_the_models():
         stated += [(option, figure) for figure in re.findall(r"([\d.]+[kM]?) parameters", comments)]
     assert "cnn" in dict(stated), stated  # the default's comment states it; a reworded comment must keep the figure
     for option, figure in stated:
-        net = instantiate(C.compose([f"model={option}"]).model.net)
+        net = instantiate(composed(f"model={option}").model.net)
         assert _count(sum(p.numel() for p in net.parameters())) == figure, (option, figure)

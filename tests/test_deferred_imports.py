@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.requires import requires
+
 ROOT = Path(__file__).resolve().parent.parent
 
-pytest.importorskip("scipy", reason="scipy is not installed: torchmetrics has no scipy.signal to import")
+pytestmark = requires(module="scipy")  # without it torchmetrics has no scipy.signal to import
 
 
 def fresh(code: str, cwd: Path = ROOT) -> dict:

@@ -79,8 +79,8 @@ def resources(sm) -> set[str]:
     return models | configs | {f"endpoint {e['EndpointName']}" for e in sm.list_endpoints()["Endpoints"]}
 
 
-def test_requests_are_built_from_the_config():
-    dc = C.compose(["deploy.instance=ml.c5.large", "deploy.ttl_hours=2"]).deploy
+def test_requests_are_built_from_the_config(composed):
+    dc = composed("deploy.instance=ml.c5.large", "deploy.ttl_hours=2").deploy
     now = datetime(2026, 12, 3, 7, 0, 0, 123000, tzinfo=UTC)
     name = versioned_name("a_run.with dots" + "x" * 80, now)
     assert name.endswith("-20261203-070000-123") and len(name) <= 63 and re.match(r"^[A-Za-z0-9-]+$", name)

@@ -340,7 +340,7 @@ def test_ranks_sharing_one_unbuffered_log_write_whole_lines():
 
 
 @pytest.mark.slow
-def test_two_hosts_train_on_image_folder_shards(tmp_path):
+def test_two_hosts_train_on_image_folder_shards(composed, tmp_path):
     """dataset=imagefolder under multi-process DDP (gloo, two hosts under torchrun): each rank reads
     the shards of the job's channel, and the sharded test metrics count every held-out image once."""
     from project import imagetree, modules
@@ -360,7 +360,7 @@ def test_two_hosts_train_on_image_folder_shards(tmp_path):
         "instance=ml.m5.xlarge",
         f"instance.count={len(HOSTS)}",
     ]
-    cfg = C.compose(overrides)
+    cfg = composed(*overrides)
     infra = Infra("data", "artifacts", "123456789012.dkr.ecr.us-east-1.amazonaws.com/repo", "arn:aws:iam::1:role/r", "")
     code = stage_source(
         cfg, tmp_path / "code", plan_job(cfg, infra, JobImage("custom", f"{infra.repository_url}:t", None))

@@ -19,6 +19,7 @@ from project.aws.fetch import fetch_job
 from project.aws.session import aws_clients
 from project.sagemaker_names import CHECKPOINT_DIR, DATA_CHANNEL
 from project.sandbox import service as emulator
+from tests.requires import skip_unless
 
 ROLE_POLICY = json.dumps(
     {
@@ -33,9 +34,7 @@ METRICS = [{"Name": "test_acc", "Regex": r"test_acc=([0-9.]+)"}, {"Name": "epoch
 
 @pytest.fixture(scope="module")
 def clients(moto_endpoint):
-    problem = emulator.container_problem()
-    if problem:
-        pytest.skip(f"cannot emulate a SageMaker container here: {problem}")
+    skip_unless(container=True)
     return aws_clients("us-east-1", moto_endpoint)
 
 

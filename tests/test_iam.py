@@ -19,15 +19,14 @@ from pathlib import Path
 import pytest
 
 from project.aws import fit, image
-from project.config import compose
 from tests import aws_calls, cli
 from tests.aws_fixtures import RENDERED, TERRAFORM_DIR
 from tests.iam_policy import ALLOWED, EXPLICIT_DENY, IMPLICIT_DENY, Request, decision
 from tests.price_list import PriceListServer, fixture_products
+from tests.requires import requires
 from tests.synthetic import tiny_overrides, write_dataset
 
 invoke = functools.partial(cli.invoke, timeout=300)
-needs_terraform = pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform is not installed")
 
 # --- the evaluator ----------------------------------------------------------------------------
 
@@ -169,14 +168,14 @@ def rendered(terraform_applied) -> aws_calls.Policies:
     return RENDERED[-1]
 
 
-@needs_terraform
+@requires(terraform=True)
 @pytest.mark.parametrize("kind", image.IMAGE_KINDS)
-def test_the_role_may_pull_every_image_the_launch_checks(kind, rendered, terraform_applied):
+def test_the_role_may_pull_every_image_the_launch_checks(composed, kind, rendered, terraform_applied):
     """What `invoke train` asks IAM's simulator (fit.check_image_pull) is what the role allows, for
     every job.image choice, on a GPU and a CPU instance, and for the image endpoints serve on."""
     infra = terraform_applied[2]
     for instance in ("ml.g5.xlarge", "ml.m5.xlarge"):
-        cfg = compose([f"job.image={kind}", f"instance={instance}"])
+        cfg = composed(f"job.image={kind}", f"instance={instance}")
         uri = image.job_image(cfg, infra.repository_url, infra.region).uri
         arn = fit.repository_arn(uri)
         assert arn is not None
@@ -186,7 +185,7 @@ def test_the_role_may_pull_every_image_the_launch_checks(kind, rendered, terrafo
     assert decision(rendered.role, Request("ecr:BatchGetImage", elsewhere)) == IMPLICIT_DENY
 
 
-@needs_terraform
+@requires(terraform=True)
 def test_the_role_may_pull_the_serving_image(rendered, terraform_applied):
     from project.aws import deploy_image
 
@@ -202,7 +201,7 @@ def test_the_role_may_pull_the_serving_image(rendered, terraform_applied):
 # --- the tasks no other test runs on Terraform's resources ---------------------------------------
 
 
-@needs_terraform
+@requires(terraform=True)
 def test_launch_checks_sweep_runs_and_prices_are_allowed(aws_infra, terraform_applied, tmp_path):
     """Driven here, judged after the test by _judged_by_iam; the calls this test needs judged are
     asserted to have been recorded, so a recorder that records nothing fails."""

@@ -151,21 +151,20 @@ def test_rgb_size_and_validation_channel(tree):
     assert dm.image_shape == [3, 20, 24]
 
 
-def test_the_default_cnn_takes_its_input_channels_from_the_image_shape(tree, tmp_path):
+def test_the_default_cnn_takes_its_input_channels_from_the_image_shape(composed, tree, tmp_path):
     """dataset.image_shape is the one home of the colour channels: the DataModule converts every
     image to it and conf/model/cnn.yaml's in_channels follows it, with no model override."""
-    from project import config as C
     from project import modules
 
     base = ["dataset=imagefolder", f"dataset.channels.train={tree}", "dataset.num_classes=3"]
-    cfg = C.compose([*base, "dataset.image_shape=[3,20,24]", "dataset.mean=[0.4,0.5,0.6]"])
+    cfg = composed(*base, "dataset.image_shape=[3,20,24]", "dataset.mean=[0.4,0.5,0.6]")
     assert cfg.model.net.in_channels == 3
     module, datamodule = modules.build(cfg, {"train": tree})
     datamodule.setup("fit")
     x, _ = datamodule.splits["train"][np.arange(2)]
     assert x.shape == (2, 3, 20, 24) and module(x).shape == (2, 3)
-    assert C.compose(base).model.net.in_channels == 1  # grey by default
-    assert C.compose([]).model.net.in_channels == 1  # MNIST
+    assert composed(*base).model.net.in_channels == 1  # grey by default
+    assert composed().model.net.in_channels == 1  # MNIST
 
 
 @pytest.mark.parametrize("shape", [[2, 28, 28], [28, 28], [1, 0, 28]])

@@ -7,7 +7,6 @@ each); a stand-in `terraform` script is used only for outputs real Terraform nev
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +15,9 @@ import pytest
 
 from project.errors import UserError
 from project.infra import OUTPUT_NAMES, Infra, InfraError, load_infra, read_terraform_outputs
-from tests.aws_fixtures import INSTALL_HINT, cli_env, run_terraform
+from tests.aws_fixtures import cli_env, run_terraform
+from tests.requires import requires
 
-needs_terraform = pytest.mark.skipif(shutil.which("terraform") is None, reason=INSTALL_HINT)
 VALUES = {
     "data_bucket": "proj-data-123456789012-us-east-1",
     "artifacts_bucket": "proj-artifacts-123456789012-us-east-1",
@@ -90,7 +89,7 @@ def test_missing_configuration_dir_is_named(tmp_path):
     assert "no Terraform configuration at" in message(error) and "aws.terraform_dir" in message(error)
 
 
-@needs_terraform
+@requires(terraform=True)
 def test_never_applied_says_which_command_fixes_it(tmp_path):
     folder = applied_outputs(tmp_path / "terraform", VALUES, apply=False)
     with pytest.raises(InfraError) as error:
@@ -100,7 +99,7 @@ def test_never_applied_says_which_command_fixes_it(tmp_path):
     assert f"terraform -chdir={folder} init && terraform -chdir={folder} apply" in text
 
 
-@needs_terraform
+@requires(terraform=True)
 def test_missing_output_is_named_with_the_fix(tmp_path):
     folder = applied_outputs(tmp_path / "terraform", {k: v for k, v in VALUES.items() if k != "role_arn"})
     with pytest.raises(InfraError) as error:
@@ -112,7 +111,7 @@ def test_missing_output_is_named_with_the_fix(tmp_path):
     assert load_infra(folder, {"role_arn": VALUES["role_arn"]}) == Infra(**VALUES)
 
 
-@needs_terraform
+@requires(terraform=True)
 def test_outputs_become_infra_and_non_empty_overrides_win(tmp_path):
     folder = applied_outputs(tmp_path / "terraform", {**VALUES, "unrelated": "ignored"})
     assert read_terraform_outputs(folder)["unrelated"] == "ignored"

@@ -91,10 +91,10 @@ def test_spot_and_on_demand_price_the_same_billable_hours():
     assert f"(spot would be about ${on_demand.cost.spot_usd:.2f})" in on_demand.summary()
 
 
-def test_job_names_planned_in_the_same_second_differ_and_fit_sagemaker():
+def test_job_names_planned_in_the_same_second_differ_and_fit_sagemaker(composed):
     from datetime import datetime
 
-    cfg = compose([])
+    cfg = composed()
     now = datetime(2026, 3, 1, 12, 0, 0, 123456)
     names = {jobs.plan_job(cfg, INFRA, CUSTOM, now=now).job_name for _ in range(20)}
     assert len(names) == 20
@@ -335,14 +335,14 @@ def test_an_image_the_pins_cannot_use_is_refused_in_one_line(region, instance, v
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
-def test_custom_base_image_pytorch_is_checked_too():
-    cfg = compose(["job.image=custom", "job.base_image=acct.dkr.ecr.r.amazonaws.com/pytorch-training:1.13.1-gpu-py39"])
+def test_custom_base_image_pytorch_is_checked_too(composed):
+    cfg = composed("job.image=custom", "job.base_image=acct.dkr.ecr.r.amazonaws.com/pytorch-training:1.13.1-gpu-py39")
     with pytest.raises(
         image.ImageError, match="needs PyTorch >= 2.1, the image has 1.13.1: pick a newer job.base_image"
     ):
         image.job_image(cfg, INFRA.repository_url, INFRA.region)
     with pytest.raises(image.ImageError, match="job.image='docker': choose one of aws, custom"):
-        image.job_image(compose(["job.image=docker"]), INFRA.repository_url, INFRA.region)
+        image.job_image(composed("job.image=docker"), INFRA.repository_url, INFRA.region)
 
 
 def test_supported_torch_table_matches_the_pins_and_their_metadata():

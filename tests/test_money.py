@@ -13,25 +13,25 @@ import yaml
 from project.aws import cost, fit, monitor, prices
 from project.aws import plan as jobs
 from project.aws.session import aws_clients
-from project.config import CONF_DIR, compose
+from project.config import CONF_DIR
 from tests.price_list import fixture_products
 from tests.test_jobs import INFRA, plan
 
 NEW_FAMILIES = ("ml.g5.", "ml.g6.", "ml.g6e.", "ml.p4d.", "ml.p4de.", "ml.p5.")
 
 
-def test_catalog_has_the_current_training_gpus_with_their_specs():
+def test_catalog_has_the_current_training_gpus_with_their_specs(composed):
     types = jobs.known_instance_types()
     assert all(any(t.startswith(f) for t in types) for f in NEW_FAMILIES)
     assert {"ml.p3.2xlarge", "ml.p3.8xlarge", "ml.p3.16xlarge", "ml.g4dn.xlarge", "ml.g4dn.12xlarge"} <= set(types)
     for instance_type in types:
-        inst = compose([f"instance={instance_type}"]).instance
+        inst = composed(f"instance={instance_type}").instance
         assert inst.type == instance_type and inst.price_per_hour > 0
         assert (inst.gpu_compute_capability is None) == (inst.gpus == 0), instance_type
     specs = {
         t: (i.gpus, i.gpu_model, i.gpu_memory_gib, i.gpu_compute_capability, i.vcpus, i.memory_gib)
         for t in ("ml.p4de.24xlarge", "ml.p5.48xlarge", "ml.g6e.xlarge", "ml.g6.12xlarge", "ml.p3.8xlarge")
-        for i in [compose([f"instance={t}"]).instance]
+        for i in [composed(f"instance={t}").instance]
     }
     assert specs == {
         "ml.p4de.24xlarge": (8, "A100", 80, 8.0, 96, 1152),
@@ -58,11 +58,11 @@ def test_a_launch_over_budget_is_refused_with_both_figures():
     assert "\n" not in str(refused.value)
 
 
-def test_a_budget_must_be_positive():
+def test_a_budget_must_be_positive(composed):
     from project.config import ConfigError
 
     with pytest.raises(ConfigError, match="job.max_cost_usd must be a positive number"):
-        compose(["job.max_cost_usd=0"])
+        composed("job.max_cost_usd=0")
 
 
 def test_a_sweep_checks_its_summed_worst_case():
@@ -124,25 +124,25 @@ def test_bf16_is_fine_on_ampere_and_16_mixed_everywhere():
         jobs.validate_plan(p, cfg)
 
 
-def test_gpu_memory_estimate_refuses_clearly_over_and_warns_close():
+def test_gpu_memory_estimate_refuses_clearly_over_and_warns_close(composed):
     big = ["model.net.width=512", "trainer.batch_size=4096"]
-    cfg = compose(big)
+    cfg = composed(*big)
     estimate = fit.estimate_memory(cfg, 4096)
     assert estimate is not None and estimate.parameters > 60_000_000 and 38 < estimate.gib < 45
     warnings: list[str] = []
     with pytest.raises(fit.InstanceFitError, match=r"the model needs ~4\d\.\d GiB per GPU .* 16 GiB T4"):
-        fit.check_memory(estimate, compose(["instance=ml.g4dn.xlarge"]).instance, 1, warnings.append)
-    fit.check_memory(estimate, compose(["instance=ml.g6e.xlarge"]).instance, 1, warnings.append)  # 48 GiB
-    fit.check_memory(estimate, compose(["instance=ml.p4de.24xlarge"]).instance, 8, warnings.append)  # 80 GiB
+        fit.check_memory(estimate, composed(instance="ml.g4dn.xlarge").instance, 1, warnings.append)
+    fit.check_memory(estimate, composed(instance="ml.g6e.xlarge").instance, 1, warnings.append)  # 48 GiB
+    fit.check_memory(estimate, composed(instance="ml.p4de.24xlarge").instance, 8, warnings.append)  # 80 GiB
     assert len(warnings) == 1 and "close to the limit" in warnings[0] and "L40S" in warnings[0]
-    small = compose([])
-    fit.check_memory(fit.estimate_memory(small, 256), compose(["instance=ml.g4dn.xlarge"]).instance, 1, warnings.append)
+    small = composed()
+    fit.check_memory(fit.estimate_memory(small, 256), composed(instance="ml.g4dn.xlarge").instance, 1, warnings.append)
     assert len(warnings) == 1
 
 
-def test_half_precision_halves_the_activation_bytes():
-    full = fit.estimate_memory(compose(["trainer.precision=32-true"]), 1024)
-    half = fit.estimate_memory(compose(["trainer.precision=16-mixed"]), 1024)
+def test_half_precision_halves_the_activation_bytes(composed):
+    full = fit.estimate_memory(composed("trainer.precision=32-true"), 1024)
+    half = fit.estimate_memory(composed("trainer.precision=16-mixed"), 1024)
     assert full and half and full.activation_bytes_per_element == 4 and half.activation_bytes_per_element == 2
     assert half.gib < full.gib
 
@@ -257,13 +257,13 @@ def test_batch_predict_refuses_an_s3_input_the_role_may_not_read(policy_simulato
     )
 
 
-def test_a_network_that_cannot_take_the_datas_samples_is_one_line_before_launch():
+def test_a_network_that_cannot_take_the_datas_samples_is_one_line_before_launch(composed):
     from project.modules import ModuleError, sample_pass
 
-    net, sizes = sample_pass(compose(["model=mlp"]))  # 784 inputs: MNIST's 1x28x28
+    net, sizes = sample_pass(composed(model="mlp"))  # 784 inputs: MNIST's 1x28x28
     assert sum(p.numel() for p in net.parameters()) > 0 and sizes[-1] == 10
     with pytest.raises(ModuleError, match=r"model.net=project.models.MLP cannot take dataset=mnist's samples.*3072"):
-        sample_pass(compose(["model=mlp", "dataset.image_shape=[3,32,32]"]))
+        sample_pass(composed("dataset.image_shape=[3,32,32]", model="mlp"))
     with pytest.raises(ModuleError, match="cannot take"):  # the launch's memory estimate makes the same pass
-        fit.estimate_memory(compose(["model=mlp", "dataset.image_shape=[3,32,32]"]), 256)
-    assert sample_pass(compose(["model=mlp", "dataset.image_shape=null"])) is None  # no shape known: no pass
+        fit.estimate_memory(composed("dataset.image_shape=[3,32,32]", model="mlp"), 256)
+    assert sample_pass(composed("dataset.image_shape=null", model="mlp")) is None  # no shape known: no pass

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from project.sandbox import DEFAULT_PORT
-from project.sandbox.container import container_problem
-from tests.aws_fixtures import INSTALL_HINT, find_plugin_mirror
+from tests.aws_fixtures import find_plugin_mirror
+from tests.requires import requires
 from tests.synthetic import write_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,11 +33,6 @@ def offline_block(readme: str) -> str:
     match = re.search(r"```bash\n(.*?)```", section, re.S)
     assert match, "README.md's Offline section has no bash block"
     return match.group(1)
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) != 0
 
 
 def dataset_overrides(folder: Path) -> str:
@@ -65,15 +58,9 @@ def script_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+# The block serves the sandbox on its default port, as a user's shell would.
+@requires(terraform=True, commands=("tflocal", "git"), container=True, free_port=DEFAULT_PORT)
 def test_the_offline_block_runs_as_written_in_a_fresh_clone(tmp_path):
-    for tool in ("terraform", "tflocal", "git"):
-        if shutil.which(tool) is None:
-            pytest.skip(INSTALL_HINT if tool == "terraform" else f"{tool} is not installed")
-    problem = container_problem()
-    if problem:
-        pytest.skip(f"the sandbox cannot run jobs here: {problem}")
-    if not port_is_free(DEFAULT_PORT):
-        pytest.skip(f"port {DEFAULT_PORT} is in use; the README's block serves on it")
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True, timeout=120)
     script = clone / "offline.sh"

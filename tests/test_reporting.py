@@ -139,14 +139,14 @@ def test_progress_lines_come_at_most_every_interval(tiny_data, tmp_path, capsys)
     ]
 
 
-def test_a_run_without_a_terminal_gets_progress_lines_and_no_bar(tiny_run, tmp_path):
+def test_a_run_without_a_terminal_gets_progress_lines_and_no_bar(composed, tiny_run, tmp_path):
     from project.reporting import EpochBar, ProgressLines
     from project.runtime import local_layout
     from project.topology import decide
     from project.train import build_run
 
     assert not sys.stderr.isatty()  # pytest captures it
-    cfg = C.compose(tiny_run(run_name="wired"))
+    cfg = composed(*tiny_run(run_name="wired"))
     layout = local_layout(tmp_path / "runs" / "wired")
     trainer, _, _ = build_run(
         cfg, layout, {"train": Path(cfg.dataset.channels.train)}, decide(cfg.trainer, available=0)

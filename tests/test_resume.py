@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 import torch
 
-from project import config as C
 from project.checkpoints import candidates, newest_valid
 from project.data import IndexBatches, ResumableLoader, TensorSplit
 from project.identity import RunNameError, run_identity
@@ -78,8 +77,8 @@ def newest_step(checkpoint_dir: Path) -> int:
 
 
 @pytest.mark.slow
-def test_sigterm_mid_epoch_then_resume_equals_an_uninterrupted_run(epoch_of_seconds, tmp_path, one_thread):
-    reference = run_composed(C.compose(spot_overrides(epoch_of_seconds, tmp_path / "reference")))
+def test_sigterm_mid_epoch_then_resume_equals_an_uninterrupted_run(composed, epoch_of_seconds, tmp_path, one_thread):
+    reference = run_composed(composed(*spot_overrides(epoch_of_seconds, tmp_path / "reference")))
     assert reference["global_steps"] == 2 * STEPS_PER_EPOCH
 
     command = [sys.executable, "-m", "project.train", *spot_overrides(epoch_of_seconds, tmp_path / "runs")]
@@ -122,8 +121,8 @@ def mlp_overrides(tiny_run, **extra) -> list:
     return overrides + [f"{k}={v}" for k, v in extra.items()]
 
 
-def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(tiny_run, tmp_path, caplog):
-    cfg = C.compose(mlp_overrides(tiny_run, run_name="fallback", **{"trainer.checkpoint_every_n_steps": 3}))
+def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(composed, tiny_run, tmp_path, caplog):
+    cfg = composed(*mlp_overrides(tiny_run, run_name="fallback", **{"trainer.checkpoint_every_n_steps": 3}))
     finished = run_composed(cfg)
     run_dir = tmp_path / "runs" / "fallback"
     uninterrupted = weights(run_dir)
@@ -143,13 +142,13 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(tiny_run, tm
     assert_same_weights(weights(run_dir), uninterrupted)
 
 
-def test_another_configs_checkpoints_are_never_resumed_nor_mixed_in(tiny_run, tmp_path):
-    first = C.compose(tiny_run(run_name="shared"))
+def test_another_configs_checkpoints_are_never_resumed_nor_mixed_in(composed, tiny_run, tmp_path):
+    first = composed(*tiny_run(run_name="shared"))
     run_composed(first)
     run_dir = tmp_path / "runs" / "shared"
     theirs = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
 
-    other = C.compose(tiny_run(run_name="shared", **{"model.lr": 0.02}))  # same folder, another run
+    other = composed(*tiny_run(run_name="shared", **{"model.lr": 0.02}))  # same folder, another run
     assert run_identity(other) != run_identity(first)
     assert newest_valid(run_dir / "checkpoints", run_identity(other)) is None
     with pytest.raises(RunNameError, match=r"^run_name=shared is taken by another config's run in "):

@@ -28,6 +28,7 @@ from project.sandbox.ecr_iam import placeholder_manifest
 from tests import byo, cli
 from tests.cli import one_error_line
 from tests.imagetrees import write_tree
+from tests.requires import skip_unless
 from tests.synthetic import make_images, tiny_overrides, write_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,9 +39,7 @@ invoke = functools.partial(cli.invoke, timeout=600)  # a job's whole run
 @pytest.fixture(scope="module")
 def world(request, aws_infra, tmp_path_factory):
     """Clients, the Terraform working dir (or the boto3 fallback's names) and a pushed image tag."""
-    problem = emulator.container_problem()
-    if problem:
-        pytest.skip(f"cannot emulate a SageMaker container here: {problem}")
+    skip_unless(container=True)
     clients = aws_clients(aws_infra.region, os.environ["AWS_ENDPOINT_URL"])
     if shutil.which("terraform") is not None:  # as aws_infra decides
         workdir = request.getfixturevalue("terraform_applied")[0]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +25,7 @@ import boto3
 import pytest
 
 from project.aws.monitor import latest_job
+from tests.requires import requires
 
 ROOT = Path(__file__).resolve().parent.parent
 REGION = "us-east-1"
@@ -50,9 +52,9 @@ def aws_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def invoke(*args: str, env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess:
+def invoke(*args: str, env: dict[str, str], timeout: float = 180, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "invoke", *args]
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -221,26 +223,37 @@ def test_ctrl_c_stops_it_cleanly(sandbox):
         socket.create_connection(("127.0.0.1", sandbox["port"]), timeout=2)
 
 
+def checkout_copy(dest: Path) -> Path:
+    """The code and configs of this checkout in dest: a checkout of its own, with its own .sandbox/."""
+    ignore = shutil.ignore_patterns("__pycache__")
+    for folder in ("project", "conf", "hydra_plugins"):
+        shutil.copytree(ROOT / folder, dest / folder, ignore=ignore)
+    shutil.copy2(ROOT / "tasks.py", dest / "tasks.py")
+    return dest
+
+
 def test_background_pid_file_and_stop(tmp_path):
+    """In a copy of the checkout: the sandboxes other tests run from this one (and a SIGKILLed
+    one's pid file) are none of its business, and a developer's own sandbox is never stopped."""
     env, port = aws_env(tmp_path), free_port()
-    pid_file = ROOT / ".sandbox" / "sandbox.pid"
-    if pid_file.exists():
-        pytest.skip(f"a sandbox of this checkout may be running ({pid_file}); the test would stop it")
-    started = invoke("sandbox", "--background", "--port", str(port), "--no-jobs", env=env)
+    checkout = checkout_copy(tmp_path / "checkout")
+    pid_file = checkout / ".sandbox" / "sandbox.pid"
+
+    started = invoke("sandbox", "--background", "--port", str(port), "--no-jobs", env=env, cwd=checkout)
     assert started.returncode == 0, started.stderr
     state = json.loads(pid_file.read_text())
     assert state["url"] == f"http://127.0.0.1:{port}" and f"(pid {state['pid']}," in started.stdout
     assert "`invoke sandbox --stop` stops it" in started.stdout and len(started.stdout.strip().splitlines()) == 1
     boto3.client("s3", endpoint_url=state["url"], aws_access_key_id="t", aws_secret_access_key="t").list_buckets()
-    again = invoke("sandbox", "--background", "--port", str(free_port()), env=env)
+    again = invoke("sandbox", "--background", "--port", str(free_port()), env=env, cwd=checkout)
     assert again.returncode == 2 and "already runs at" in again.stderr
-    stopped = invoke("sandbox", "--stop", env=env)
+    stopped = invoke("sandbox", "--stop", env=env, cwd=checkout)
     assert stopped.returncode == 0 and f"sandbox: stopped (pid {state['pid']}" in stopped.stdout, stopped.stderr
     assert not pid_file.exists()
     deadline = time.monotonic() + 10
     while Path(f"/proc/{state['pid']}").exists() and time.monotonic() < deadline:
         time.sleep(0.1)  # reaped by init once it has exited
-    gone = invoke("sandbox", "--stop", env=env)
+    gone = invoke("sandbox", "--stop", env=env, cwd=checkout)
     assert gone.returncode == 2 and gone.stderr.startswith("error: no sandbox runs from this checkout")
 
 
@@ -279,13 +292,9 @@ def wait_for(condition, what: str, timeout: float = 60) -> None:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGHUP])
+@requires(container=True)
 def test_killing_the_sandbox_ends_the_jobs_it_runs(tmp_path, sig):
     """A running job's container (unshare in a session of its own, its PID 1) ran on after the sandbox died."""
-    from project.sandbox.container import container_problem
-
-    problem = container_problem()
-    if problem:
-        pytest.skip(f"cannot run a job here: {problem}")
     port, env = free_port(), aws_env(tmp_path)
     sandbox = subprocess.Popen(
         [sys.executable, "-m", "invoke", "sandbox", "--port", str(port)],

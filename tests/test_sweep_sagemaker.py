@@ -24,7 +24,6 @@ import pytest
 import yaml
 
 from project.aws.sweep import SweepSession
-from project.config import compose
 from project.sandbox import quotas as sandbox_quotas
 from project.sandbox import service as emulator
 from project.sweep_jobs import Job
@@ -162,7 +161,7 @@ def test_a_failing_job_fails_alone_and_the_sweep_goes_on(world, data, tmp_path):
     assert list(rows) == ["0", "1"]  # the completed job ranks first
 
 
-def test_bad_sweeps_launch_nothing(world, data):  # noqa: F811
+def test_bad_sweeps_launch_nothing(composed, world, data):  # noqa: F811
     sm = world["clients"].sagemaker
     before = len(sm.list_training_jobs(MaxResults=100)["TrainingJobSummaries"])
     name = f"swe-{uuid.uuid4().hex[:6]}"
@@ -185,7 +184,7 @@ def test_bad_sweeps_launch_nothing(world, data):  # noqa: F811
     uploaded = invoke("upload", *sweep_overrides(world, data, name))
     assert uploaded.returncode == 0, uploaded.stderr
     two = {"model.lr": "0.01,0.02", "instance": "ml.m5.xlarge", "job.max_run_minutes": "60"}
-    one_job = compose([f"{k}={v.split(',')[0]}" for k, v in two.items()])
+    one_job = composed(**{k: v.split(",")[0] for k, v in two.items()})
     worst = price_per_hour(one_job) * 1.0
     budget = round(worst * 1.5, 2)
     line = one_error_line(
@@ -294,7 +293,13 @@ def test_ctrl_c_stops_the_running_jobs_and_the_same_command_resumes_them(world, 
     assert sorted(r["status"] for r in rows) == ["Completed", "Completed"]
 
 
-def test_jobs_that_name_different_packages_share_one_bundle_holding_them_all(world, data, tmp_path, monkeypatch):  # noqa: F811
+def test_jobs_that_name_different_packages_share_one_bundle_holding_them_all(
+    composed,
+    world,  # noqa: F811
+    data,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+):
     """A sweep over nets from two user packages uploads one bundle with both; a later batch that needs a
     third package (as Optuna's next trials may) gets a bundle of its own, and the first is not re-uploaded."""
     for package in ("nets_a", "nets_b", "nets_c"):
@@ -305,7 +310,7 @@ def test_jobs_that_name_different_packages_share_one_bundle_holding_them_all(wor
     assert invoke("upload", *sweep_overrides(world, data, name)).returncode == 0
 
     def job(num: int, package: str) -> Job:
-        cfg = compose([*sweep_overrides(world, data, name), f"model.net._target_={package}.Net"])
+        cfg = composed(*sweep_overrides(world, data, name), f"model.net._target_={package}.Net")
         return Job(num, [f"model.net._target_={package}.Net"], cfg, None)
 
     session = SweepSession("s1", tmp_path / "runs", job(0, "nets_a").cfg, yes=True, echo=lambda line: None)

@@ -7,9 +7,7 @@ each test here reads one part of the result back through boto3, as a user would 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -20,11 +18,9 @@ import yaml
 from project.aws.image import JobImage
 from project.aws.plan import plan_job
 from project.aws.staging import DRY_RUN_CODE_PREFIX, DRY_RUN_EXPIRY_DAYS
-from project.config import compose
 from project.infra import OUTPUT_NAMES, load_infra
 from project.sagemaker_names import LOG_GROUP  # the group the Terraform grants must name
 from tests.aws_fixtures import (
-    INSTALL_HINT,
     ROOT,
     TERRAFORM_DIR,
     cli_env,
@@ -33,9 +29,8 @@ from tests.aws_fixtures import (
     run_terraform,
     terraform_env,
 )
+from tests.requires import find_dev_tool, requires
 
-needs_terraform = pytest.mark.skipif(shutil.which("terraform") is None, reason=INSTALL_HINT)
-TOOLS_INSTALL = "python -m venv .venv-tools && .venv-tools/bin/pip install -r requirements-tools.txt"
 ACCOUNT = "123456789012"  # moto's account
 SAGEMAKER = f"arn:aws:sagemaker:us-east-1:{ACCOUNT}"
 TRAINING_JOBS = f"{SAGEMAKER}:training-job/*"
@@ -115,12 +110,12 @@ def arns(outputs) -> dict[str, str]:
 # --- static checks ---------------------------------------------------------------------------
 
 
-@needs_terraform
+@requires(terraform=True)
 def test_configuration_is_formatted(tmp_path):
     run_terraform(TERRAFORM_DIR, cli_env(tmp_path), "fmt", "-check", "-diff", "-recursive", "-no-color")
 
 
-@needs_terraform
+@requires(terraform=True)
 def test_configuration_is_valid(tmp_path):
     workdir = copy_configuration(tmp_path / "terraform")
     env = cli_env(tmp_path)
@@ -137,22 +132,9 @@ def test_lock_file_pins_the_aws_provider_for_every_platform():
     assert len(re.findall(r'"zh:[0-9a-f]{64}"', lock)) >= 10
 
 
-def find_tool(name: str) -> str | None:
-    """<NAME>_BIN, else the repository's .venv-tools, else name on PATH."""
-    variable = f"{name.upper()}_BIN"
-    configured = os.environ.get(variable)
-    if configured:
-        if shutil.which(configured) is None:
-            pytest.fail(f"{variable}={configured} is not an executable")
-        return configured
-    venv = ROOT / ".venv-tools" / "bin" / name
-    return str(venv) if venv.exists() else shutil.which(name)
-
-
+@requires(dev_tool="checkov")
 def test_checkov_finds_nothing_and_every_skip_is_justified():
-    checkov = find_tool("checkov")
-    if checkov is None:
-        pytest.skip(f"checkov not found: run `{TOOLS_INSTALL}` (or set CHECKOV_BIN)")
+    checkov = find_dev_tool("checkov")
     command = [checkov, "--directory", "terraform", "--framework", "terraform", "--skip-download", "--output", "json"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     report = json.loads(result.stdout)
@@ -172,7 +154,7 @@ def test_checkov_finds_nothing_and_every_skip_is_justified():
 # --- applied against moto --------------------------------------------------------------------
 
 
-@needs_terraform
+@requires(terraform=True)
 @pytest.mark.parametrize("name", ["data_bucket", "artifacts_bucket"])
 def test_bucket_is_private_encrypted_and_versioned(outputs, name):
     s3, bucket = boto3.client("s3"), str(outputs[name])
@@ -187,7 +169,7 @@ def test_bucket_is_private_encrypted_and_versioned(outputs, name):
     assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
 
 
-@needs_terraform
+@requires(terraform=True)
 @pytest.mark.parametrize("name", ["data_bucket", "artifacts_bucket"])
 def test_bucket_policy_denies_insecure_transport(outputs, name):
     bucket = str(outputs[name])
@@ -199,7 +181,7 @@ def test_bucket_policy_denies_insecure_transport(outputs, name):
     assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
 
 
-@needs_terraform
+@requires(terraform=True)
 @pytest.mark.parametrize("name", ["data_bucket", "artifacts_bucket"])
 def test_bucket_lifecycle_aborts_uploads_and_expires_old_versions_and_delete_markers(outputs, name):
     rules = boto3.client("s3").get_bucket_lifecycle_configuration(Bucket=str(outputs[name]))["Rules"]
@@ -213,7 +195,7 @@ def test_bucket_lifecycle_aborts_uploads_and_expires_old_versions_and_delete_mar
     assert by_id["remove-expired-delete-markers"]["Filter"] in ({}, {"Prefix": ""})
 
 
-@needs_terraform
+@requires(terraform=True)
 def test_staged_code_expires_in_the_artifacts_bucket_only(outputs):
     s3 = boto3.client("s3")
     artifacts = {
@@ -230,21 +212,21 @@ def test_staged_code_expires_in_the_artifacts_bucket_only(outputs):
     assert not {"expire-staged-code", "expire-dry-run-code"} & {rule["ID"] for rule in data}
 
 
-@needs_terraform
-def test_terraform_tags_are_spelled_like_the_job_tags(terraform_applied):
+@requires(terraform=True)
+def test_terraform_tags_are_spelled_like_the_job_tags(composed, terraform_applied):
     """Cost-allocation tags are case-sensitive: `Project` on the buckets and `project` on the jobs are two tags."""
     bucket_tags = {
         t["Key"]: t["Value"]
         for t in boto3.client("s3").get_bucket_tagging(Bucket=str(terraform_applied[1]["data_bucket"]))["TagSet"]
     }
     image = JobImage("custom", f"{terraform_applied[2].repository_url}:abc1234", None)
-    job_tags = plan_job(compose([]), terraform_applied[2], image).tags
+    job_tags = plan_job(composed(), terraform_applied[2], image).tags
     assert bucket_tags["project"] == job_tags["project"]
     # Every key in the job tags' spelling (lowercase, hyphens), so no key differs from another by case only.
     assert all(re.fullmatch(r"[a-z][a-z0-9-]*", key) for key in (*bucket_tags, *job_tags)), (bucket_tags, job_tags)
 
 
-@needs_terraform
+@requires(terraform=True)
 def test_a_capitalised_default_tag_key_is_refused(terraform_applied, moto_endpoint):
     workdir = terraform_applied[0]
     command = ["terraform", f"-chdir={workdir}", "plan", "-input=false", "-no-color", "-var", 'tags={Project="x"}']
@@ -254,7 +236,7 @@ def test_a_capitalised_default_tag_key_is_refused(terraform_applied, moto_endpoi
     assert "spell the keys project and managed-by in lowercase" in " ".join(result.stderr.split())
 
 
-@needs_terraform
+@requires(terraform=True)
 def test_repository_is_immutable_scanned_encrypted_and_pruned(outputs):
     ecr = boto3.client("ecr")
     name = str(outputs["repository_url"]).split("/", 1)[1]
@@ -269,7 +251,7 @@ def test_repository_is_immutable_scanned_encrypted_and_pruned(outputs):
     assert all(rule["action"] == {"type": "expire"} for rule in rules)
 
 
-@needs_terraform
+@requires(terraform=True)
 def test_role_trusts_only_training_jobs_and_served_models_of_this_account(role):
     (statement,) = role["AssumeRolePolicyDocument"]["Statement"]
     assert statement["Effect"] == "Allow" and as_list(statement["Action"]) == ["sts:AssumeRole"]
@@ -284,14 +266,14 @@ def test_role_trusts_only_training_jobs_and_served_models_of_this_account(role):
     }
 
 
-@needs_terraform
+@requires(terraform=True)
 def test_role_has_only_the_training_policy(role):
     iam = boto3.client("iam")
     assert iam.list_attached_role_policies(RoleName=role["RoleName"])["AttachedPolicies"] == []
     assert iam.list_role_policies(RoleName=role["RoleName"])["PolicyNames"] == ["training"]
 
 
-@needs_terraform
+@requires(terraform=True)
 @pytest.mark.parametrize(
     ("action", "bucket", "key", "allowed"),
     [
@@ -317,7 +299,7 @@ def test_role_writes_only_job_output_and_checkpoints(training_policy, arns, acti
     assert allows(training_policy, action, f"{arns[bucket]}/{key}") is allowed
 
 
-@needs_terraform
+@requires(terraform=True)
 def test_role_policy_is_least_privilege(training_policy, arns):
     data, artifacts, repository, log_group = (arns[k] for k in ("data", "artifacts", "repository", "log_group"))
     granted: dict[str, set[str]] = {}
@@ -356,7 +338,7 @@ def test_role_policy_is_least_privilege(training_policy, arns):
     assert granted["logs:PutLogEvents"] == {log_group, f"{log_group}:*", *serving_logs}
 
 
-@needs_terraform
+@requires(terraform=True)
 @pytest.mark.parametrize("dataset", DATASET_CONFIGS, ids=lambda path: path.stem)
 def test_every_dataset_prefix_is_readable_by_jobs_and_writable_by_the_launcher(
     training_policy, launcher_policy, arns, dataset
@@ -370,12 +352,12 @@ def test_every_dataset_prefix_is_readable_by_jobs_and_writable_by_the_launcher(
 # --- the launcher's policy (a person or CI) ---------------------------------------------------
 
 
-@needs_terraform
+@requires(terraform=True)
 def test_launcher_policy_output_is_the_policy_iam_holds(outputs, launcher_policy):
     assert json.loads(str(outputs["launcher_policy_json"])) == launcher_policy
 
 
-@needs_terraform
+@requires(terraform=True)
 def test_launcher_passes_only_the_execution_role_and_only_to_sagemaker(launcher_policy, arns):
     (statement,) = statements_with(launcher_policy, "iam:PassRole")
     assert as_list(statement["Action"]) == ["iam:PassRole"] and as_list(statement["Resource"]) == [arns["role"]]
@@ -385,7 +367,7 @@ def test_launcher_passes_only_the_execution_role_and_only_to_sagemaker(launcher_
     )
 
 
-@needs_terraform
+@requires(terraform=True)
 def test_launcher_manages_training_jobs_serving_and_their_tags_only(launcher_policy):
     granted: dict[str, set[str]] = {}
     for statement in launcher_policy["Statement"]:
@@ -404,7 +386,7 @@ def test_launcher_manages_training_jobs_serving_and_their_tags_only(launcher_pol
     )
 
 
-@needs_terraform
+@requires(terraform=True)
 @pytest.mark.parametrize(
     ("action", "bucket", "key", "allowed"),
     [
@@ -427,7 +409,7 @@ def test_launcher_s3_access_follows_the_prefixes(launcher_policy, arns, action, 
     assert allows(launcher_policy, action, f"{arns[bucket]}/{key}") is allowed
 
 
-@needs_terraform
+@requires(terraform=True)
 def test_launcher_lists_only_the_artifact_prefixes_it_reads(launcher_policy, arns):
     (statement,) = [
         s for s in statements_with(launcher_policy, "s3:ListBucket") if arns["artifacts"] in as_list(s["Resource"])
@@ -437,7 +419,7 @@ def test_launcher_lists_only_the_artifact_prefixes_it_reads(launcher_policy, arn
     assert sorted(prefixes) == ["batch/*", "checkpoints/*", "code", "code/*", "jobs/*"]
 
 
-@needs_terraform
+@requires(terraform=True)
 def test_launcher_pushes_to_this_repository_and_reads_the_training_logs(launcher_policy, arns):
     push = ["InitiateLayerUpload", "UploadLayerPart", "CompleteLayerUpload", "PutImage", "BatchCheckLayerAvailability"]
     assert all(allows(launcher_policy, f"ecr:{a}", arns["repository"]) for a in push)
@@ -490,11 +472,9 @@ def parliament_findings(parliament: str, document: dict) -> list[dict]:
     return findings
 
 
-@needs_terraform
+@requires(terraform=True, dev_tool="parliament")
 def test_parliament_finds_nothing_in_any_policy_document(role, training_policy, launcher_policy, outputs):
-    parliament = find_tool("parliament")
-    if parliament is None:
-        pytest.skip(f"parliament not found: run `{TOOLS_INSTALL}` (or set PARLIAMENT_BIN)")
+    parliament = find_dev_tool("parliament")
     s3 = boto3.client("s3")
     buckets = ("data_bucket", "artifacts_bucket")
     documents = {
@@ -513,11 +493,10 @@ def test_parliament_finds_nothing_in_any_policy_document(role, training_policy, 
     assert unexpected == []
 
 
+@requires(dev_tool="parliament")
 def test_parliament_reports_what_it_is_asked_to_find():
     """The linter runs and reports: an object action on a bucket ARN is a finding."""
-    parliament = find_tool("parliament")
-    if parliament is None:
-        pytest.skip(f"parliament not found: run `{TOOLS_INSTALL}` (or set PARLIAMENT_BIN)")
+    parliament = find_dev_tool("parliament")
     bad = {
         "Version": "2012-10-17",
         "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::b"}],
@@ -525,7 +504,7 @@ def test_parliament_reports_what_it_is_asked_to_find():
     assert [f["issue"] for f in parliament_findings(parliament, bad)] == ["RESOURCE_MISMATCH"]
 
 
-@needs_terraform
+@requires(terraform=True)
 def test_python_side_reads_the_outputs(terraform_applied):
     workdir, outputs, infra = terraform_applied
     assert set(OUTPUT_NAMES) <= set(outputs)
@@ -538,7 +517,7 @@ def test_python_side_reads_the_outputs(terraform_applied):
     assert load_infra(workdir, {"data_bucket": "existing-data", "role_arn": None}).data_bucket == "existing-data"
 
 
-@needs_terraform
+@requires(terraform=True)
 def test_working_copy_never_touches_terraform_dir(terraform_applied):
     workdir = terraform_applied[0]
     assert (workdir / "terraform.tfstate").exists() and (workdir / "moto_override.tf").exists()

@@ -31,8 +31,8 @@ def assert_layout(run_dir: Path):
         assert (run_dir / "output" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_local_run_trains_and_writes_the_full_layout(tiny_run, tmp_path, capsys):
-    cfg = C.compose(tiny_run(run_name="tiny"))
+def test_local_run_trains_and_writes_the_full_layout(composed, tiny_run, tmp_path, capsys):
+    cfg = composed(*tiny_run(run_name="tiny"))
     metrics = run_composed(cfg)
     run_dir = tmp_path / "runs" / "tiny"
     assert_layout(run_dir)
@@ -51,10 +51,10 @@ def test_local_run_trains_and_writes_the_full_layout(tiny_run, tmp_path, capsys)
     assert run_identity(C.load_resolved(run_dir / "model" / "config.yaml")) == saved["config_hash"]
 
 
-def test_exported_model_predicts_pngs(tiny_run, tmp_path):
+def test_exported_model_predicts_pngs(composed, tiny_run, tmp_path):
     from PIL import Image
 
-    run_composed(C.compose(tiny_run(run_name="p", **{"trainer.max_epochs": 3})))
+    run_composed(composed(*tiny_run(run_name="p", **{"trainer.max_epochs": 3})))
     images, labels = make_images(40, seed=99)
     paths = []
     for i, image in enumerate(images):
@@ -69,13 +69,13 @@ def test_exported_model_predicts_pngs(tiny_run, tmp_path):
     assert torch.allclose(probs.sum(1), torch.ones(4), atol=1e-5)
 
 
-def test_entry_point_under_a_faked_sagemaker_environment(tiny_run, tmp_path):
+def test_entry_point_under_a_faked_sagemaker_environment(composed, tiny_run, tmp_path):
     """The container path: SM_* variables, a data channel, /opt/ml-like dirs, the resolved config."""
     from tests.synthetic import write_dataset
 
     channel = tmp_path / "opt_ml" / "input" / "data" / "train"
     files = write_dataset(channel)
-    cfg = C.compose(tiny_run() + [f"dataset.files.{stem}={sha}" for stem, sha in files.items()])
+    cfg = composed(*tiny_run() + [f"dataset.files.{stem}={sha}" for stem, sha in files.items()])
     cfg.dataset.channels.train = "s3://not-used-in-the-container/mnist"
     config_file = tmp_path / "code" / "config.yaml"
     config_file.parent.mkdir()
@@ -177,10 +177,10 @@ def test_test_pass_counts_the_confusion_matrix(tiny_data, tmp_path):
     assert module.test_confusion.diag().sum().item() / len(test) == pytest.approx(results["test_acc"])
 
 
-def test_the_gpu_preset_runs_on_cpu_with_bf16_and_channels_last(tiny_run, tmp_path):
+def test_the_gpu_preset_runs_on_cpu_with_bf16_and_channels_last(composed, tiny_run, tmp_path):
     """experiment=gpu_fast through the same code path (bf16 autocast and NHWC exist on CPU too);
     the tiny run's own overrides (batch, epochs) come after the preset and win."""
-    cfg = C.compose(["experiment=gpu_fast", *tiny_run(run_name="fast")])
+    cfg = composed("experiment=gpu_fast", *tiny_run(run_name="fast"))
     assert (cfg.trainer.precision, cfg.trainer.channels_last, cfg.model.lr) == ("bf16-mixed", True, 0.03)
     metrics = run_composed(cfg)
     run_dir = tmp_path / "runs" / "fast"
@@ -192,13 +192,13 @@ def test_the_gpu_preset_runs_on_cpu_with_bf16_and_channels_last(tiny_run, tmp_pa
     assert torch.allclose(model(torch.from_numpy(images).float()[:, None]).sum(1), torch.ones(4), atol=1e-4)
 
 
-def test_levers_leave_the_run_identity_and_the_state_dict_alone():
+def test_levers_leave_the_run_identity_and_the_state_dict_alone(composed):
     from project.models import LitClassifier, SmallCNN
 
-    base = run_identity(C.compose([]))
+    base = run_identity(composed())
     levers = ["trainer.channels_last=true", "trainer.compile=true", "trainer.data_on_device=false"]
     levers += ["trainer.log_every_n_steps=3"]  # how often it reports, not what it computes
-    assert run_identity(C.compose(levers)) == base  # a checkpoint resumes whichever way it runs
+    assert run_identity(composed(*levers)) == base  # a checkpoint resumes whichever way it runs
     plain, fast = LitClassifier(SmallCNN(width=4)), LitClassifier(SmallCNN(width=4), channels_last=True, compile=True)
     fast.load_state_dict(plain.state_dict())
     fast.setup("fit")

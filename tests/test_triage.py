@@ -18,6 +18,7 @@ import pytest
 from project.aws.triage import LOG_TAIL_LINES, RULES, JobFacts, Triage, classify, host_of, log_link, region_of
 from project.train import failure_text
 from tests.failing_runs import FailedRun, container_run, memory_limit, resolved
+from tests.requires import requires
 from tests.synthetic import tiny_overrides, write_dataset
 
 JOB = "mnist-20261203-061500-123-abcd"
@@ -127,10 +128,10 @@ def test_a_model_module_that_fails_to_import_is_an_import_error(real_failures):
 
 
 @pytest.mark.slow
+@requires(memory_cgroup=True)
 def test_a_worker_killed_by_the_kernel_for_memory_is_a_host_oom(real_failures):
     run = real_failures["oom"]
-    if run is None:
-        pytest.skip("no memory cgroup can be made here (needs root and cgroup v1 or v2 with the memory controller)")
+    assert run is not None, "a memory cgroup could be made, but not for the run"
     # torchrun saw its worker die of SIGKILL (the cgroup's OOM killer) and failed the job.
     assert run.returncode == 1 and any("Signal 9 (SIGKILL)" in line for line in run.lines), run.lines[-30:]
     assert run.failure_reason == "AlgorithmError: exit code: 1"  # the worker had no chance to say why
