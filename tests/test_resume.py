@@ -187,10 +187,10 @@ def test_loader_position_resumes_the_same_epoch_only():
     assert len(list(end_of_epoch)) == len(epoch)
 
 
-def test_a_checkpoint_of_another_world_size_is_refused_in_one_line(tiny_run, tmp_path):
+def test_a_checkpoint_of_another_world_size_is_refused_in_one_line(composed, tiny_run, tmp_path):
     """The GPU count is in the identity only as the config holds it (null locally: "every GPU here"),
     so a checkpoint records the world size it was written at and resumes at that one only."""
-    cfg = C.compose(tiny_run(run_name="elsewhere"))
+    cfg = composed(*tiny_run(run_name="elsewhere"))
     run_composed(cfg)
     run_dir = tmp_path / "runs" / "elsewhere"
     newest = candidates(run_dir / "checkpoints", run_identity(cfg))[0]
