@@ -458,7 +458,7 @@ def to_yaml(cfg: Any) -> str:
 
 
 # The least value of each numeric key that has one (a None, where the schema allows it, is not checked).
-MINIMUMS = {
+MINIMUMS = {  # job.max_run_minutes has a range, SageMaker's: aws/plan.validate_plan checks it
     "trainer.max_epochs": 1,
     "trainer.batch_size": 1,
     "trainer.num_workers": 0,
@@ -470,7 +470,6 @@ MINIMUMS = {
     "instance.count": 1,
     "instance.gpus": 0,
     "instance.volume_size_gb": 1,
-    "job.max_run_minutes": 1,
     "job.keep_alive_minutes": 0,
 }
 # A run's folder is runs_dir/<run_name>: one plain folder name, never a path out of runs_dir.
