@@ -297,7 +297,8 @@ def test_bad_input_is_one_line_and_creates_nothing(world, tmp_path):
         ("deploy", "tiny", "--yes", "deploy.instance=ml.m5.huge"): "unknown instance type deploy.instance=ml.m5.huge",
         ("deploy", "--job", str(tmp_path / "runs" / "unfinished"), "--yes"): "has no exported model",
         ("deploy", "tiny"): "pass --yes",  # no terminal to confirm on
-        ("batch-predict", "tiny", f"s3://{world['infra'].artifacts_bucket}/empty/"): "no objects under",
+        # where inputs go (terraform/iam.tf: the launcher lists, the role reads batch/*/input/)
+        ("batch-predict", "tiny", f"s3://{world['infra'].artifacts_bucket}/batch/tiny/empty/input/"): "no objects under",
         ("batch-predict", "tiny", str(tmp_path)): "no images",
         ("undeploy",): "name the endpoint(s) to remove",
     }
