@@ -298,7 +298,11 @@ def test_bad_input_is_one_line_and_creates_nothing(world, tmp_path):
         ("deploy", "--job", str(tmp_path / "runs" / "unfinished"), "--yes"): "has no exported model",
         ("deploy", "tiny"): "pass --yes",  # no terminal to confirm on
         # where inputs go (terraform/iam.tf: the launcher lists, the role reads batch/*/input/)
-        ("batch-predict", "tiny", f"s3://{world['infra'].artifacts_bucket}/batch/tiny/empty/input/"): "no objects under",
+        (
+            "batch-predict",
+            "tiny",
+            f"s3://{world['infra'].artifacts_bucket}/batch/tiny/empty/input/",
+        ): "no objects under",
         ("batch-predict", "tiny", str(tmp_path)): "no images",
         ("undeploy",): "name the endpoint(s) to remove",
     }
