@@ -144,8 +144,10 @@ def test_the_training_position_resumes_mid_epoch(tree):
 
 
 def test_rgb_size_and_validation_channel(tree):
-    dm = ImageFolderDataModule(train_dir=str(tree), validation_dir=str(tree), image_shape=[3, 20, 24], mean=[0.5] * 3)
-    dm.setup("fit")
+    dm = ImageFolderDataModule(
+        train_dir=str(tree), validation_dir=str(tree), image_shape=[3, 20, 24], mean=[0.5] * 3, batch_size=32
+    )
+    dm.setup("fit")  # 240 samples: the default batch of 256 would be refused as larger than the set
     assert len(dm.splits["train"]) == len(dm.splits["val"]) == 240
     assert dm.splits["train"][np.arange(4)][0].shape == (4, 3, 20, 24)
     assert dm.image_shape == [3, 20, 24]
@@ -156,7 +158,8 @@ def test_the_default_cnn_takes_its_input_channels_from_the_image_shape(composed,
     image to it and conf/model/cnn.yaml's in_channels follows it, with no model override."""
     from project import modules
 
-    base = ["dataset=imagefolder", f"dataset.channels.train={tree}", "dataset.num_classes=3"]
+    # 240 samples: a batch under the training set's size (the default 256 is refused as larger)
+    base = ["dataset=imagefolder", f"dataset.channels.train={tree}", "dataset.num_classes=3", "trainer.batch_size=32"]
     cfg = composed(*base, "dataset.image_shape=[3,20,24]", "dataset.mean=[0.4,0.5,0.6]")
     assert cfg.model.net.in_channels == 3
     module, datamodule = modules.build(cfg, {"train": tree})

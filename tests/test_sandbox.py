@@ -57,10 +57,8 @@ def invoke(*args: str, env: dict[str, str], timeout: float = 180, cwd: Path = RO
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def sandbox(tmp_path_factory):
-    """`invoke sandbox --port P --no-jobs` in the foreground: (url, banner); Ctrl-C at the end."""
-    tmp = tmp_path_factory.mktemp("sandbox")
+def start_sandbox(tmp: Path) -> dict:
+    """`invoke sandbox --port P --no-jobs` in the foreground, serving: its url, port, banner, env and process."""
     port, env = free_port(), aws_env(tmp)
     process = subprocess.Popen(
         [sys.executable, "-m", "invoke", "sandbox", "--port", str(port), "--no-jobs"],
@@ -68,7 +66,15 @@ def sandbox(tmp_path_factory):
     )  # fmt: skip
     banner = process.stdout.readline().strip()
     assert banner.startswith("sandbox: AWS at"), (banner, process.stderr.read() if process.poll() is not None else "")
-    yield {"url": f"http://127.0.0.1:{port}", "port": port, "banner": banner, "env": env, "process": process}
+    return {"url": f"http://127.0.0.1:{port}", "port": port, "banner": banner, "env": env, "process": process}
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory):
+    """The module's sandbox (start_sandbox); Ctrl-C at the end. No test stops it: the others share it."""
+    started = start_sandbox(tmp_path_factory.mktemp("sandbox"))
+    yield started
+    process = started["process"]
     if process.poll() is None:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=60)
@@ -213,7 +219,8 @@ def test_it_answers_sagemaker_quotas_generously(aws):
     assert len(names) == len(set(names)) == 3 * len(known_instance_types())  # every page, each quota once
 
 
-def test_ctrl_c_stops_it_cleanly(sandbox):
+def test_ctrl_c_stops_it_cleanly(tmp_path):
+    sandbox = start_sandbox(tmp_path)  # its own: the module's is shared, in any order
     process = sandbox["process"]
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)

@@ -112,8 +112,6 @@ def _wait_for_stop() -> None:
     try:
         while not stop.wait(POLL_SECONDS * 5):  # a timed wait, so Ctrl-C is seen at once
             pass
-    except KeyboardInterrupt:
-        pass
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -122,10 +120,12 @@ def serve(settings: Settings, echo: Echo = print, stop_hint: str = "Ctrl-C stops
     """Serve in this process until Ctrl-C or SIGTERM; with a pid file when started in the background."""
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request would bury the banner
     with serving(settings) as (url, recorded_only):
-        echo(banner(url, settings, recorded_only, stop_hint))
-        _write_pid_file(settings, url)
         try:
+            echo(banner(url, settings, recorded_only, stop_hint))
+            _write_pid_file(settings, url)
             _wait_for_stop()
+        except KeyboardInterrupt:
+            pass  # Ctrl-C is how it stops, from the moment its banner says so
         finally:
             echo("sandbox: stopping (running jobs are killed and end Stopped)")
             _remove_pid_file(settings)
