@@ -7,13 +7,15 @@ requirements.txt) and AWS's PyTorch images bring scipy: that one line cost 0.77 
 process's 4.5 s of imports on the 2-core development machine, before every `invoke local`, every
 rank of a job and every sweep trial (bench/time_to_first_step.py's `child_imports`).
 
-`install()` (project/__init__.py calls it) adds an import hook that acts only while torchmetrics'
-`__init__` runs: there `import scipy.signal` gives a stand-in module that answers the alias check,
-and the real module replaces it the moment anything uses another of its attributes. When
-torchmetrics is imported the stand-in leaves `sys.modules`; a later `import scipy.signal` is the
-real module's own import, which gets torchmetrics' alias as it ends, and the hook is gone from
-`sys.meta_path`. Standard library only, cheap to call, a no-op where torchmetrics or scipy.signal
-is imported already.
+`install()` (the training entries call it: project/child.py, sm_entry.py) adds an import hook
+that acts only while torchmetrics' `__init__` runs: there `import scipy.signal` gives a stand-in
+module that answers the alias check, and the real module replaces it the moment anything uses
+another of its attributes. When torchmetrics is imported the stand-in leaves `sys.modules`; a
+later `import scipy.signal` is the real module's own import, which gets torchmetrics' alias as
+it ends, and the hook is gone from `sys.meta_path`. Standard library only, cheap to call, a
+no-op where torchmetrics or scipy.signal is imported already, and where the installed
+torchmetrics is not a version this was tested with (TESTED_VERSIONS): another may import
+scipy.signal differently, and then nothing is deferred.
 """
 
 from __future__ import annotations
@@ -29,14 +31,27 @@ from typing import Any
 
 HOST = "torchmetrics"  # the package whose __init__ imports DEFERRED
 DEFERRED = "scipy.signal"
+TESTED_VERSIONS = ("1.9.0",)  # HOST's versions whose __init__ this hook was tested with (requirements-train.txt)
 
 
-def install() -> None:
-    """Defer DEFERRED while HOST's __init__ runs in this process; idempotent."""
-    if HOST in sys.modules or DEFERRED in sys.modules:
+def install(versions: Sequence[str] | None = TESTED_VERSIONS) -> None:
+    """Defer DEFERRED while HOST's __init__ runs in this process, if HOST is installed at one of
+    `versions` (None: whatever is there); idempotent."""
+    if HOST in sys.modules or DEFERRED in sys.modules or not _installed_at(versions):
         return
     if not any(isinstance(finder, _HostFinder) for finder in sys.meta_path):
         sys.meta_path.insert(0, _HostFinder())
+
+
+def _installed_at(versions: Sequence[str] | None) -> bool:
+    if versions is None:
+        return True
+    from importlib import metadata
+
+    try:
+        return metadata.version(HOST) in versions
+    except metadata.PackageNotFoundError:
+        return False
 
 
 def _hamming(*args: Any, **kwargs: Any) -> Any:

@@ -30,6 +30,9 @@ def main(argv: list[str]) -> int:
 
         processes = staged_processes_per_node(config_path())
         launch(processes, str(Path(__file__).resolve()), train_here=lambda: main([]))  # exits with the outcome
+    from project import deferred_imports
+
+    deferred_imports.install()  # before Lightning imports torchmetrics (project/deferred_imports.py)
     from project.train import main as train
 
     return train(["--config", str(config_path())])

@@ -36,7 +36,8 @@ def test_lightning_imports_without_scipy_signal_and_the_real_module_comes_on_use
     out = fresh(
         """
         import json, sys
-        import project  # installs the hook
+        from project import deferred_imports
+        deferred_imports.install()  # as the training entries do
         import pytorch_lightning, torchmetrics
         before = "scipy.signal" in sys.modules
         import scipy.signal
@@ -89,7 +90,7 @@ HOOK_ON_FAKE_HOST = textwrap.dedent(
     import json, sys
     from project import deferred_imports
     deferred_imports.HOST = "fakehost"
-    deferred_imports.install()
+    deferred_imports.install(versions=None)  # a stand-in host, no distribution to ask
     """
 )
 
@@ -161,3 +162,32 @@ def test_installing_after_torchmetrics_is_imported_does_nothing():
         """
     )
     assert out["hooks"] is False
+
+
+def test_importing_the_project_patches_nothing():
+    """Only the training entries install the hook (project/child.py, sm_entry.py): not `import project`,
+    which the CLI, the sandbox, the model server and users' code do."""
+    out = fresh(
+        """
+        import json, sys
+        before = list(sys.meta_path)
+        import project, project.config, project.train
+        print(json.dumps({"patched": [type(f).__name__ for f in sys.meta_path if f not in before],
+                          "signal": "scipy.signal" in sys.modules}))
+        """
+    )
+    assert out["patched"] == []
+    assert out["signal"] is True  # torchmetrics, imported by project.train, imported scipy.signal itself
+
+
+def test_a_torchmetrics_it_was_not_tested_with_is_left_alone():
+    out = fresh(
+        """
+        import json, sys
+        from project import deferred_imports
+        deferred_imports.install(versions=("0.0.1",))
+        print(json.dumps({"hooks": [type(f).__name__ for f in sys.meta_path
+                                    if type(f).__module__ == "project.deferred_imports"]}))
+        """
+    )
+    assert out["hooks"] == []
