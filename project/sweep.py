@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .config import CONF_DIR, ConfigError, _one_line, _register_schema, to_yaml, validate
+from .config import CONF_DIR, ConfigError, one_line, register_schema, to_yaml, validate
 from .errors import UserError
 from .sagemaker_names import METRICS_FILE
 from .sweep_jobs import Job, JobResult, SweepError, refusal, scalar_metrics
@@ -53,7 +53,7 @@ def check_multirun(overrides: Sequence[str]) -> None:
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except HydraException as exc:
-        raise ConfigError(f"bad config override: {_one_line(exc)}") from None
+        raise ConfigError(f"bad config override: {one_line(exc)}") from None
     if any(o.is_sweep_override() for o in parsed) or any(o.startswith(SEARCH_SPACE_PREFIXES) for o in overrides):
         return
     raise SweepError(
@@ -91,7 +91,7 @@ def multirun(
         "hydra.output_subdir=null",  # no .hydra/ in the run folders: each run has model/config.yaml
         *sweeper_direction(overrides),
     ]
-    _register_schema()
+    register_schema()
     try:
         with initialize_config_dir(config_dir=str(conf_dir or CONF_DIR), version_base="1.3"):
             hydra = GlobalHydra.instance().hydra
@@ -104,7 +104,7 @@ def multirun(
             )
             return list(returns or [])  # Optuna's sweeper returns nothing (its results are in the sweep dir)
     except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError(f"bad config override: {_one_line(exc)}") from None
+        raise ConfigError(f"bad config override: {one_line(exc)}") from None
 
 
 def _never_called(cfg: Any) -> None:
@@ -140,7 +140,7 @@ def compose_jobs(config_loader: Any, config: Any, job_overrides: Sequence[Sequen
                 del cfg["hydra"]
             validate(cfg)
         except (HydraException, OmegaConfBaseException) as exc:
-            raise refusal(num, shown, _one_line(exc)) from None
+            raise refusal(num, shown, one_line(exc)) from None
         except UserError as exc:
             raise refusal(num, shown, str(exc)) from None
         jobs.append(Job(num, shown, cfg, sweep_cfg))

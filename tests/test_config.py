@@ -152,6 +152,80 @@ def test_config_hash_tracks_what_shapes_the_result(composed):
     assert run_identity(composed(instance="ml.p3.2xlarge")) == base
 
 
+# --- each default in one home: conf/*.yaml holds the values, the schema only the types ----------
+
+
+def test_no_default_is_stated_both_in_a_dataclass_and_in_conf():
+    """A schema'd group with a conf/ folder states no value in its dataclass, and every option file
+    there states every key; a group without one (sweep) keeps all its values in the dataclass."""
+    from dataclasses import MISSING as NO_FACTORY
+    from dataclasses import fields
+
+    import yaml
+
+    from project.config.schema import schema_of
+
+    stated_twice, unstated = [], []
+    for group in fields(C.Config):
+        schema, folder = schema_of(group.name), C.CONF_DIR / group.name
+        if schema is None:  # dataset, model (open groups), run_name (a leaf)
+            continue
+        in_schema = {f.name for f in fields(schema) if f.default != C.MISSING or f.default_factory is not NO_FACTORY}
+        if not folder.is_dir():
+            unstated += [f"{group.name}.{f.name}" for f in fields(schema) if f.name not in in_schema]
+            continue
+        stated_twice += [f"{group.name}.{name}" for name in sorted(in_schema)]
+        for option in sorted(folder.glob("*.yaml")):
+            keys = set(yaml.safe_load(option.read_text()))
+            unstated += [f"{option.relative_to(C.CONF_DIR)}: {f.name}" for f in fields(schema) if f.name not in keys]
+    assert stated_twice == [] and unstated == []
+    root = yaml.safe_load((C.CONF_DIR / "config.yaml").read_text())
+    assert "run_name" in root and C.Config.run_name == C.MISSING
+
+
+def test_a_classifier_argument_left_out_of_a_model_file_has_one_default_litclassifiers():
+    import inspect
+    from dataclasses import MISSING as NO_FACTORY
+    from dataclasses import fields
+
+    from project.models import LitClassifier
+
+    arguments = inspect.signature(LitClassifier.__init__).parameters
+    with_default = {name for name, p in arguments.items() if p.default is not inspect.Parameter.empty}
+    assert {"num_classes", "lr", "weight_decay", "label_smoothing"} <= with_default
+    stated_twice = [
+        f.name
+        for f in fields(C.ClassifierKeys)
+        if f.name in with_default and (f.default != C.MISSING or f.default_factory is not NO_FACTORY)
+    ]
+    assert stated_twice == []
+
+
+def test_a_key_its_conf_file_leaves_out_is_one_line_naming_it(composed, tmp_path):
+    import shutil
+
+    conf = tmp_path / "conf"
+    shutil.copytree(C.CONF_DIR, conf)
+    yaml = conf / "trainer" / "default.yaml"
+    yaml.write_text(yaml.read_text().replace("seed: 42\n", ""))
+    with pytest.raises(C.ConfigError) as info:
+        composed(conf_dir=conf)
+    assert str(info.value) == (
+        "trainer.seed has no value: state it in conf/trainer/ (or the run's trainer section of config.yaml) "
+        "or write trainer.seed=..."
+    )
+    assert composed("trainer.seed=7", conf_dir=conf).trainer.seed == 7
+    with pytest.raises(C.ConfigError, match="^trainer has no value: choose an option, e.g. trainer=default$"):
+        composed("~trainer")
+
+
+def test_a_resolved_config_that_lacks_a_key_is_refused_in_one_line(composed, tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(C.to_yaml(composed()).replace("  flush_denormal: true\n", ""))
+    with pytest.raises(C.ConfigError, match="^trainer.flush_denormal has no value: "):
+        C.load_resolved(path)
+
+
 # --- the composed-config cache ------------------------------------------------------------------
 
 

@@ -36,7 +36,7 @@ def test_the_local_launcher_returns_one_job_return_per_job_as_hydras_runner_expe
     hydra_sweep_runner, tiny_run, tmp_path
 ):
     overrides = tiny_run(**{"trainer.max_epochs": 1})
-    config._register_schema()  # conf/config.yaml's defaults name it, as `invoke local -m` registers it
+    config.register_schema()  # conf/config.yaml's defaults name it, as `invoke local -m` registers it
     sweep = hydra_sweep_runner(
         calling_file=str(ROOT / "tasks.py"),
         calling_module=None,
