@@ -188,6 +188,7 @@ def _alternating_fit(cfg, folder: Path, runs: Path, plain: PlainLoop, variant: s
     """
     import pytorch_lightning as pl
 
+    from project.resolve import resolve
     from project.runtime import local_layout
     from project.topology import decide
     from project.train import build_run
@@ -233,7 +234,8 @@ def _alternating_fit(cfg, folder: Path, runs: Path, plain: PlainLoop, variant: s
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)  # as project.train.train does
     layout = local_layout(Path(tempfile.mkdtemp(dir=runs)))
     layout.create()
-    trainer, module, datamodule = build_run(cfg, layout, {"train": folder}, decide(cfg.trainer, available=0))
+    data = resolve(cfg, {"train": folder}, remember=False, keep=True)  # as project.train.train does
+    trainer, module, datamodule = build_run(cfg, layout, data, decide(cfg.trainer, available=0))
     VARIANTS[variant](trainer, module)
     trainer.callbacks.append(Lockstep())  # last: the product's own hooks run before it
     clock["fit_start"] = time.perf_counter()

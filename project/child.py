@@ -2,7 +2,7 @@
 
 It starts listening for the check's word before it imports torch and Lightning, so the data
 files the check verified are read and decompressed on a second core while the imports run
-(project.raw.warm); then it is project.train's main.
+(project.resolve.Resolved.warm); then it is project.train's main.
 """
 
 import sys

@@ -1,9 +1,10 @@
 """Raw IDX files -> verified in-memory tensors -> batches sliced by index.
 
 Fetching and verifying the raw files is project.raw's job (torch-free, shared with `invoke
-upload`); its names are re-exported here. The DataModule holds the whole dataset as tensors and
-slices batches with one indexing op, so there is no per-sample Python work and no 70,000 image
-files.
+upload`); its names are re-exported here. The run hands the DataModule its data as resolved once
+(project/resolve.py), and the DataModule reads the files through that, verifying nothing again.
+The DataModule holds the whole dataset as tensors and slices batches with one indexing op, so
+there is no per-sample Python work and no 70,000 image files.
 
 The training loader is resumable: its position within the epoch travels in every checkpoint, so a
 run stopped mid-epoch (spot reclaim, SIGTERM) continues with the first batch it had not trained on.
@@ -21,7 +22,8 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from .raw import DataError, fetch_raw, read_bytes, read_verified, sha256  # noqa: F401 (re-exported)
+from .raw import Contents, DataError, fetch_raw, fetch_verified, read_bytes, read_verified, sha256  # noqa: F401 (re-exported)
+from .resolve import Resolved
 from .topology import per_device_batch
 
 IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}  # IDX codes: big-endian
@@ -278,9 +280,10 @@ class IdxDataModule(ResidentDataModule):
     """Any dataset shipped as four IDX files (MNIST, Fashion-MNIST, KMNIST, EMNIST splits).
 
     `data_dir`: the folder holding the files (the tool injects the train channel's; see
-    project.modules). `cache_dir`: where a verified good copy may stand in for a damaged file of
-    `data_dir`; by default `data_dir` itself. `batch_size` is the global batch: each process
-    takes its share (topology.per_device_batch).
+    project.modules). `resolved`: the files as the run verified them (the tool injects it); without
+    it (the class used on its own) they are fetched and verified once, here. `cache_dir`: where a
+    verified good copy may stand in for a damaged file of `data_dir`; by default `data_dir` itself.
+    `batch_size` is the global batch: each process takes its share (topology.per_device_batch).
     """
 
     def __init__(
@@ -297,9 +300,11 @@ class IdxDataModule(ResidentDataModule):
         on_device: bool = True,
         num_classes: int | None = None,
         image_shape: list[int] | None = None,
+        resolved: Resolved | None = None,
     ):
         super().__init__(batch_size, seed, num_workers, on_device)
         self.source, self.files = data_dir, dict(files)  # `source`: what the start line names
+        self.resolved = resolved
         self.cache_dir = Path(cache_dir if cache_dir is not None else data_dir)
         self.val_size, self.mean, self.std = val_size, mean, std
         self.num_classes = num_classes  # labels must lie in [0, num_classes): checked once here
@@ -313,18 +318,27 @@ class IdxDataModule(ResidentDataModule):
             raise DataError(f"dataset.files must name exactly one {prefix}*{kind}* file, found {matches}")
         return matches[0]
 
-    # remember=False: in a SageMaker job the cache dir must stay empty when the data channel holds
-    # every file (what invoke's check recorded there is still used). keep=True: a file verified
-    # here is decompressed once, for the check and the parse.
     def prepare_data(self) -> None:
-        fetch_raw(self.source, self.cache_dir, self.files, remember=False, keep=True)
+        self._verified()
+
+    def _verified(self) -> Resolved:
+        """The files as the run resolved them, else fetched and verified once, by this DataModule.
+
+        remember=False: in a SageMaker job the cache dir must stay empty when the data channel holds
+        every file (what invoke's check recorded there is still used). Contents: a file verified here
+        is decompressed once, for the check and the parse.
+        """
+        if self.resolved is None:
+            contents = Contents()
+            files = fetch_verified(self.source, self.cache_dir, self.files, remember=False, contents=contents)
+            self.resolved = Resolved({"train": Path(self.source)}, files, contents)
+        return self.resolved
+
+    def _load(self, stem: str) -> np.ndarray:
+        return parse_idx(self._verified().read(stem), str(self._verified().files[stem].path))
 
     def _tensors(self, split: str):
-        paths = fetch_raw(
-            self.source, self.cache_dir, self.files, remember=False, keep=True
-        )  # verified in this process: only hashes
-        images = load_verified(paths[self._stem("images", split)], self.files[self._stem("images", split)])
-        labels = load_verified(paths[self._stem("labels", split)], self.files[self._stem("labels", split)])
+        images, labels = self._load(self._stem("images", split)), self._load(self._stem("labels", split))
         if len(images) != len(labels):
             raise DataError(f"{split}: {len(images)} images but {len(labels)} labels")
         sample = [1, *images.shape[1:]] if images.ndim == 3 else list(images.shape[1:])  # grey: one channel

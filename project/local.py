@@ -6,12 +6,14 @@ once instead of after Lightning's start-up. Training runs as `python -m project.
 project.train's main) with the same overrides, started before the check: it imports torch and
 Lightning (most of its start-up) while this process checks, then trains on the word it reads on a
 pipe (GO_ENV names its end): "go", followed by the run it trains (the check chose it: with no
-run_name, the unfinished run of the same config, project/identity.py), each data channel's folder
-and the data files the check verified, or the pipe closed without a word, and it exits, or killed
-when the check failed, since it has only imported by then. It trains on those folders: a channel at
-s3:// was mirrored or fetched by the check, and the training process never reads S3 (the platform's
-source, project/aws/source.py, is registered in this process only). It hears the word on a thread
-as soon as it is said, and reads and decompresses those files while its imports run (raw.warm). It
+run_name, the unfinished run of the same config, project/identity.py), and the data as the check resolved it
+(project/resolve.py: each channel's folder, each verified file with the hash of the bytes
+verified), or the pipe closed without a word, and it exits, or killed when the check failed, since
+it has only imported by then. It resolves nothing itself: it trains on those folders and files (a
+channel at s3:// was mirrored or fetched by the check, and the training process never reads S3:
+the platform's source, project/aws/source.py, is registered in this process only). It hears the
+word on a thread as soon as it is said, and reads, hashes and decompresses those files while its
+imports run (Resolved.warm); bytes that are not the ones verified are checked in full when read. It
 runs in a process group of its own: every Ctrl-C, SIGTERM or SIGHUP (the terminal closed) reaches
 it exactly once, through this process, and it stops at the next step boundary with a checkpoint
 (project/checkpoints.py), exiting 130, 143 or 129. The child prints its own errors, so its exit
@@ -33,7 +35,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +43,7 @@ from . import lifeline, startup
 from .config import CONF_DIR, compose
 from .errors import HANGUP_EXIT, INTERRUPTED_EXIT, TERMINATED_EXIT, USER_ERROR_EXIT
 from .identity import choose_run, default_run_name, run_identity
-from .raw import channel_folders, compressed_files, warm
+from .resolve import Resolved, resolve
 from .runtime import check_writable
 
 # Exit codes of `python -m project.train` that need no further word: it said what happened.
@@ -68,14 +70,12 @@ class Checked:
     """What the check passes on to the training child with "go"."""
 
     run_name: str = ""  # the run to train, as the check chose it; "": the child decides (a config file's)
-    files: Sequence[Path] = ()  # compressed data files to warm while it imports
-    folders: Mapping[str, Path] | None = None  # each channel's folder (raw.channel_folders); None: the child's
+    data: Resolved | None = None  # the data as resolve() made it; None: the child resolves it
 
     def word(self) -> bytes:
         """The word "go", then what was checked as one line of JSON, then END."""
-        folders = {name: str(path) for name, path in self.folders.items()} if self.folders is not None else None
-        checked = {"run_name": self.run_name, "folders": folders, "files": [str(path) for path in self.files]}
-        return GO + json.dumps(checked).encode() + b"\n" + END
+        data = self.data.to_json() if self.data is not None else None
+        return GO + json.dumps({"run_name": self.run_name, "data": data}).encode() + b"\n" + END
 
 
 def check(overrides: Sequence[str]) -> Checked:
@@ -88,9 +88,9 @@ def check(overrides: Sequence[str]) -> Checked:
     run_name = choose_run(
         run_identity(cfg), cfg.run_name, Path(cfg.paths.runs_dir), lambda: default_run_name(cfg), cfg.trainer.resume
     )
-    folders = channel_folders(cfg)
+    data = resolve(cfg)
     startup.mark("invoke_checked")
-    return Checked(run_name, compressed_files(cfg, folders), folders)
+    return Checked(run_name, data)
 
 
 def _block_sigint() -> None:
@@ -165,12 +165,11 @@ def listen() -> None:
                 checked = _checked(pipe.readline()) if _word.go else None
                 _word.go = checked is not None  # a word cut short: its sender died, as if it said nothing
                 if checked is not None:
-                    _word.run_name, folders = checked["run_name"], checked["folders"]
-                    _word.folders = {name: Path(path) for name, path in folders.items()} if folders else None
+                    _word.run_name, _word.data = checked.run_name, checked.data
                     pipe.readline()  # END
                 startup.mark("go_heard")
-                if checked is not None:
-                    warm(Path(path) for path in checked["files"])
+                if _word.data is not None:
+                    _word.data.warm()
             finally:
                 _word.heard.set()
             if _word.go:
@@ -181,10 +180,12 @@ def listen() -> None:
     _word.listener.start()
 
 
-def _checked(line: bytes) -> dict | None:
+def _checked(line: bytes) -> Checked | None:
     try:
-        return json.loads(line)
-    except ValueError:
+        said = json.loads(line)
+        data = Resolved.from_json(said["data"]) if said["data"] is not None else None
+        return Checked(str(said["run_name"]), data)
+    except (ValueError, KeyError, TypeError):
         return None
 
 
@@ -211,7 +212,7 @@ class _Word:
     heard = threading.Event()
     go = False
     run_name = ""
-    folders: dict[str, Path] | None = None
+    data: Resolved | None = None
 
 
 _word = _Word()
@@ -233,6 +234,6 @@ def chosen_run_name() -> str | None:
     return _word.run_name or None
 
 
-def checked_folders() -> dict[str, Path] | None:
-    """In the training child: each channel's folder as the check made it; None when started otherwise."""
-    return _word.folders
+def checked_data() -> Resolved | None:
+    """In the training child: the data as the check resolved it; None when started otherwise."""
+    return _word.data

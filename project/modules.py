@@ -2,8 +2,9 @@
 
 `dataset._target_` names any LightningDataModule: it receives every key of its config but the
 tool's (config.TOOL_DATASET_KEYS) and, injected, only where the data is: `data_dir` (the train
-channel's folder) and `<channel>_dir` for each declared channel, each where its `__init__`
-accepts it. The tool's `image_shape` is passed on too where `__init__` takes it (imagefolder's
+channel's folder), `<channel>_dir` for each declared channel, and `resolved` (the run's
+project.resolve.Resolved: the verified files, read without verifying them again), each where its
+`__init__` accepts it. The tool's `image_shape` is passed on too where `__init__` takes it (imagefolder's
 DataModule converts every image to it, and the default CNN's input channels follow it).
 
 `model._target_` names any LightningModule, built by hydra.utils.instantiate from the other keys
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import CHANNELS, TOOL_DATASET_KEYS, TOOL_MODEL_KEYS, ConfigError
+from .resolve import Resolved
 
 CLASSIFIER = "project.models.LitClassifier"  # trains a model config's `net` when it names no _target_
 # LitClassifier's execution levers, set from trainer.* (they do not change what is computed).
@@ -91,13 +93,17 @@ def _container(node: Any) -> dict[str, Any]:
     return dict(OmegaConf.to_container(node, resolve=True))  # type: ignore[arg-type]  # a config group is a mapping
 
 
+RESOLVED_ARGUMENT = "resolved"  # a DataModule argument the tool fills with the run's Resolved
+
+
 def injected_names(channels: Mapping[str, Any]) -> list[str]:
-    """The arguments the tool may inject: data_dir and one <channel>_dir per declared channel."""
-    return ["data_dir", *(f"{channel}_dir" for channel in CHANNELS if channel in channels)]
+    """The arguments the tool may inject: data_dir, one <channel>_dir per declared channel, resolved."""
+    return ["data_dir", *(f"{channel}_dir" for channel in CHANNELS if channel in channels), RESOLVED_ARGUMENT]
 
 
-def datamodule_arguments(cfg: Any, cls: type, folders: Mapping[str, Path] | None) -> dict[str, Any]:
-    """The DataModule's keyword arguments: its config without the tool's keys, plus the data's folders."""
+def datamodule_arguments(cfg: Any, cls: type, data: Resolved | None) -> dict[str, Any]:
+    """The DataModule's keyword arguments: its config without the tool's keys, plus the data as resolved
+    (None: only checking the arguments, before the data is resolved)."""
     from omegaconf import OmegaConf
 
     node = cfg.dataset
@@ -108,16 +114,20 @@ def datamodule_arguments(cfg: Any, cls: type, folders: Mapping[str, Path] | None
             f"dataset.{clash[0]} is set by the tool from dataset.channels: remove it and set "
             f"dataset.channels.{'train' if clash[0] == 'data_dir' else clash[0][:-4]} instead"
         )
+    if RESOLVED_ARGUMENT in given:
+        raise ModuleError(f"dataset.{RESOLVED_ARGUMENT} is set by the tool (the data as resolved): remove it")
     named, _ = accepted(cls)
     if "image_shape" in named and node.get("image_shape") is not None:  # the one home of a sample's shape
         given["image_shape"] = list(node.image_shape)
     channels = dict(OmegaConf.to_container(node.channels, resolve=True))  # type: ignore[arg-type]
-    places = {name: str(Path(folders[name])) if folders else str(where) for name, where in channels.items()}
+    places = {name: str(Path(data.folders[name])) if data else str(where) for name, where in channels.items()}
     if "data_dir" in named:
         given["data_dir"] = places["train"]
     for channel, place in places.items():
         if f"{channel}_dir" in named:
             given[f"{channel}_dir"] = place
+    if RESOLVED_ARGUMENT in named and data is not None:
+        given[RESOLVED_ARGUMENT] = data
     return given
 
 
@@ -252,12 +262,12 @@ def sample_pass(cfg: Any) -> tuple[Any, list[int]] | None:
         ) from None
 
 
-def build(cfg: Any, folders: Mapping[str, Path]) -> tuple[Any, Any]:
-    """The LightningModule and LightningDataModule of the run (check() first)."""
+def build(cfg: Any, data: Resolved) -> tuple[Any, Any]:
+    """The LightningModule and LightningDataModule of the run (check() first), on its data as resolved."""
     from hydra.utils import instantiate
 
     data_cls, module_cls = check(cfg)
-    datamodule = data_cls(**datamodule_arguments(cfg, data_cls, folders))
+    datamodule = data_cls(**datamodule_arguments(cfg, data_cls, data))
     target, arguments = module_arguments(cfg)
     if target == CLASSIFIER:
         net = instantiate(arguments.pop("net"))

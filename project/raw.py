@@ -1,5 +1,10 @@
 """Raw dataset files: fetch them, verify them, read them. Standard library only.
 
+`resolve` is the one place a run's data is decided: each channel's folder and, for a dataset that
+lists `files`, each verified file (a `Resolved`). `invoke local`, `invoke upload` and the local
+sweep call it once; the training child is handed its result (project/local.py) and the DataModule
+reads through it, so nothing downstream resolves or verifies again.
+
 `fetch_raw` brings the raw files from an http(s) prefix, a local directory or a registered remote
 source (s3://, see Source) into a cache directory and verifies each file's content hash (the
 SHA256 of its decompressed bytes, as the dataset config lists it); nothing unverified or
@@ -7,11 +12,11 @@ half-written is ever left under a final name. `invoke upload` needs only this mo
 imports neither torch nor numpy.
 
 Verifying means decompressing, which costs far more than hashing the file as stored. So a
-verified file is remembered by the SHA256 of its stored bytes, for the rest of the process and
-(`remember=True`, what `invoke upload` and `invoke local`'s check use) in `<cache>/.verified/`: a
-later check, in any process, hashes the file and finds it there, and any change to its bytes makes
-it a stranger again. The training process reads that record but never writes it, and a file it
-has to verify itself is decompressed once: the content is kept for `read_verified` to take.
+verified file carries the SHA256 of its stored bytes (`VerifiedFile.stored_sha256`), and
+(`remember=True`, what `invoke upload` and `invoke local`'s check use) is recorded by it in
+`<cache>/.verified/`: a later check, in any process, hashes the file and finds it there, and any
+change to its bytes makes it a stranger again. Reading a verified file (`Resolved.read`) hashes the
+bytes it read: the bytes verified are used as they are, any other bytes are checked in full.
 """
 
 from __future__ import annotations
@@ -19,8 +24,6 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
-import os
-import shutil
 import sys
 import threading
 import urllib.error
@@ -96,16 +99,14 @@ def _remote(where: str) -> bool:
 
 @dataclass(frozen=True)
 class Memo:
-    """Where verified files are recorded (`<folder>/.verified/`), and what a verification leaves.
+    """Where verified files are recorded (`<folder>/.verified/`).
 
     record: write newly verified files there (the training process does not: in a SageMaker job
-    its cache must stay empty). keep: hold a newly verified file's content until read_verified
-    takes it (a process that verifies in order to read decompresses once, not twice).
+    its cache must stay empty).
     """
 
     folder: Path
     record: bool = True
-    keep: bool = False
 
     def lookup(self, stored_sha256: str) -> str | None:
         try:
@@ -120,6 +121,63 @@ class Memo:
             write_atomically(self.folder / VERIFIED_DIR / stored_sha256, content_sha256)
         except OSError:
             pass  # a read-only cache only means verifying again next time
+
+
+@dataclass(frozen=True)
+class VerifiedFile:
+    """A raw file verified against dataset.files: where it is, its content's SHA256 (the expected
+    one) and the SHA256 of the stored bytes that were verified, which stands for the content's
+    as long as the file holds those bytes."""
+
+    path: Path
+    sha256: str
+    stored_sha256: str
+
+
+class Contents:
+    """Decompressed content of verified bytes, by the SHA256 of those stored bytes, until read.
+
+    A process that verifies in order to read (the training process without a check before it)
+    keeps what it decompressed to verify, so a file is decompressed once. `warm` fills it on a
+    thread from files verified elsewhere (`invoke local`'s check), while the process imports.
+    Only content of bytes whose hash is the verified one is ever kept: nothing is trusted because
+    it was warmed. One per Resolved, passed along with it: no state of the module.
+    """
+
+    def __init__(self) -> None:
+        self._kept: dict[str, bytes] = {}
+        self._warming: list[threading.Thread] = []
+
+    def keep(self, stored_sha256: str, content: bytes) -> None:
+        self._kept[stored_sha256] = content
+
+    def take(self, stored_sha256: str) -> bytes | None:
+        """The content kept for these stored bytes (once: it is let go), after warm's threads finished."""
+        while self._warming:
+            self._warming.pop().join()
+        return self._kept.pop(stored_sha256, None)
+
+    def warm(self, files: Iterable[VerifiedFile]) -> None:
+        """Read, hash and decompress these files on a thread, for `read` to take later.
+
+        For a process that spends seconds importing before it reads its data (`invoke local`'s
+        training child): zlib and hashlib release the GIL, so on a second core the content is
+        ready by then. A file whose bytes are no longer the verified ones, or that cannot be read
+        or decompressed, is skipped: `read` meets it and says what is wrong.
+        """
+
+        def work(todo: list[VerifiedFile]) -> None:
+            for file in todo:
+                try:
+                    raw = Path(file.path).read_bytes()
+                    if raw[:2] == GZIP_MAGIC and sha256(raw) == file.stored_sha256:
+                        self._kept.setdefault(file.stored_sha256, gzip.decompress(raw))
+                except (OSError, EOFError, zlib.error):
+                    continue
+
+        thread = threading.Thread(target=work, args=(list(files),), name="warm-data", daemon=True)
+        thread.start()
+        self._warming.append(thread)
 
 
 def _gzip_check(exc: BaseException) -> str:
@@ -159,66 +217,13 @@ def sha256(content: bytes) -> str:
     return hashlib.sha256(content).hexdigest()
 
 
-_FILE_DIGESTS: dict[tuple, str] = {}  # (path, size, mtime, ctime, inode) -> sha256, this process only
-_VERIFIED: dict[str, str] = {}  # sha256 of stored bytes -> sha256 of their content, this process only
-_KEPT: dict[str, bytes] = {}  # sha256 of stored bytes -> their content (verified, warmed), until read_verified takes it
-_WARMING: list[threading.Thread] = []  # warm()'s threads, joined before _KEPT is read
-
-
-def warm(paths: Iterable[Path]) -> None:
-    """Read and decompress these .gz files on a thread, for read_verified to take later.
-
-    For a process that spends seconds importing before it reads its data (`invoke local`'s
-    training child): zlib and hashlib release the GIL, so on a second core the content is ready by
-    then. It is kept by the SHA256 of the bytes decompressed and used only once this process has
-    verified those bytes, so nothing is trusted because it was warmed. A file that cannot be read
-    or decompressed is skipped: the normal path meets it and says what is wrong.
-    """
-
-    def work(todo: list[Path]) -> None:
-        for path in todo:
-            try:
-                raw = Path(path).read_bytes()
-                if raw[:2] == GZIP_MAGIC:
-                    _KEPT.setdefault(sha256(raw), gzip.decompress(raw))
-            except (OSError, EOFError, zlib.error):
-                continue
-
-    thread = threading.Thread(target=work, args=(list(paths),), name="warm-data", daemon=True)
-    thread.start()
-    _WARMING.append(thread)
-
-
-def compressed_files(cfg: Any, folders: Mapping[str, Path]) -> list[Path]:
-    """The train channel's gzipped raw files (dataset.files) in its checked folder (channel_folders):
-    what the training process will decompress, for warm(); empty for a dataset without `files`."""
-    if not cfg.dataset.get("files"):
-        return []
-    stored = [Path(folders["train"]) / f"{stem}.gz" for stem in cfg.dataset.files]
-    return [path for path in stored if path.is_file()]
-
-
-def _settle() -> None:
-    """Wait for warm()'s threads: what they kept is complete."""
-    while _WARMING:
-        _WARMING.pop().join()
-
-
 def file_sha256(path: Path) -> str:
-    """SHA256 of the file's stored bytes (not decompressed), computed once per file and process.
-
-    `invoke upload` needs it twice (is the file verified? is S3's copy the same?); a file that
-    was rewritten in between has a new mtime/ctime/size and is hashed again.
-    """
-    stat = os.stat(path)
-    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
-    if key not in _FILE_DIGESTS:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            while block := handle.read(BLOCK):
-                digest.update(block)
-        _FILE_DIGESTS[key] = digest.hexdigest()
-    return _FILE_DIGESTS[key]
+    """SHA256 of the file's stored bytes (not decompressed), read block by block."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _mismatch(name: object, actual: str, expected: str) -> DataError:
@@ -231,21 +236,31 @@ def _mismatch(name: object, actual: str, expected: str) -> DataError:
 def read_verified(path: Path, expected_sha256: str) -> bytes:
     """The file's (decompressed) content, after checking it against the expected SHA256.
 
-    The SHA256 is the content's, or (as some datasets publish it) that of the stored .gz file. The
-    bytes read are checked, not the file's name: when they are stored bytes this process already
-    verified (fetch_raw, just before), their hash (~5x less to hash than MNIST's decompressed
-    content) stands for the content's; otherwise the content is hashed.
+    The SHA256 is the content's, or (as some datasets publish it) that of the stored .gz file.
     """
-    _settle()
     raw = Path(path).read_bytes()
-    if raw[:2] == GZIP_MAGIC and _VERIFIED.get(stored := sha256(raw)) == expected_sha256:
-        kept = _KEPT.pop(stored, None)
-        return kept if kept is not None else _decompress(raw, path)
     content = _decompress(raw, path) if raw[:2] == GZIP_MAGIC else raw
     actual = sha256(content)
     if actual != expected_sha256 and sha256(raw) != expected_sha256:
         raise _mismatch(path, actual, expected_sha256)
     return content
+
+
+def read(file: VerifiedFile, contents: Contents | None = None) -> bytes:
+    """A verified file's (decompressed) content: the bytes read are checked, not the file's name.
+
+    Content kept for the verified bytes (by `verify` or `Contents.warm`, which hashed the bytes they
+    decompressed) is taken as it is; otherwise the file is read and its bytes hashed: when they are
+    the ones verified, that hash (~5x less to hash than MNIST's decompressed content) stands for
+    the content's; bytes changed since are checked in full against dataset.files.
+    """
+    kept = contents.take(file.stored_sha256) if contents is not None else None
+    if kept is not None:
+        return kept
+    raw = Path(file.path).read_bytes()
+    if sha256(raw) == file.stored_sha256:
+        return _decompress(raw, file.path) if raw[:2] == GZIP_MAGIC else raw
+    return read_verified(file.path, file.sha256)
 
 
 def _content_sha256(path: Path, origin: object = None) -> str:
@@ -262,43 +277,45 @@ def _content_sha256(path: Path, origin: object = None) -> str:
     return digest.hexdigest()
 
 
-def verify(path: Path, expected_sha256: str, memo: Memo | None = None, name: object = None) -> None:
-    """Raise DataError unless the file's content has the expected SHA256.
+def verify(
+    path: Path, expected_sha256: str, memo: Memo | None = None, name: object = None, contents: Contents | None = None
+) -> str:
+    """Raise DataError unless the file's content has the expected SHA256; return its stored bytes' SHA256.
 
-    Stored bytes verified before (in this process, or recorded in the memo) are recognised by
-    their hash alone, without decompressing; newly verified ones are added to the memo.
+    Stored bytes recorded in the memo are recognised by their hash alone, without decompressing;
+    newly verified ones are added to it. `contents`: the caller reads the file next, so the
+    content decompressed to verify it is kept there (one decompression for both).
     """
-    stored = file_sha256(path)
+    raw = Path(path).read_bytes() if contents is not None else None
+    stored = sha256(raw) if raw is not None else file_sha256(path)
     if stored == expected_sha256:
-        return  # not compressed: the stored bytes are the content
-    recorded = memo is not None and memo.lookup(stored) == expected_sha256
-    if not recorded and _VERIFIED.get(stored) != expected_sha256:
-        if memo is not None and memo.keep:
-            raw = Path(path).read_bytes()
-            stored, content = sha256(raw), _decompress(raw, name or path) if raw[:2] == GZIP_MAGIC else raw
-            actual = sha256(content)
-        else:
-            actual = _content_sha256(path, name)
-        if actual != expected_sha256:
-            raise _mismatch(name or path, actual, expected_sha256)
-        if memo is not None and memo.keep:
-            _KEPT[stored] = content  # the bytes just hashed, whatever the file holds by now
-    _VERIFIED[stored] = expected_sha256
-    if memo is not None and not recorded:
+        return stored  # not compressed: the stored bytes are the content
+    if memo is not None and memo.lookup(stored) == expected_sha256:
+        return stored
+    if raw is not None:
+        content = _decompress(raw, name or path) if raw[:2] == GZIP_MAGIC else raw
+        actual = sha256(content)
+    else:
+        actual = _content_sha256(path, name)
+    if actual != expected_sha256:
+        raise _mismatch(name or path, actual, expected_sha256)
+    if contents is not None and raw is not None:
+        contents.keep(stored, content)  # the bytes just hashed, whatever the file holds by now
+    if memo is not None:
         memo.add(stored, expected_sha256)
+    return stored
 
 
 def is_valid(path: Path, expected_sha256: str, memo: Memo | None = None) -> bool:
-    return path.is_file() and _problem(path, expected_sha256, memo) is None
+    return path.is_file() and not isinstance(_checked(path, expected_sha256, memo), DataError)
 
 
-def _problem(path: Path, expected_sha256: str, memo: Memo | None) -> DataError | None:
-    """Why the file fails verification (naming it), or None when it passes."""
+def _checked(path: Path, digest: str, memo: Memo | None, contents: Contents | None = None) -> VerifiedFile | DataError:
+    """The file verified, or why it fails verification (naming it)."""
     try:
-        verify(path, expected_sha256, memo)
+        return VerifiedFile(path, digest, verify(path, digest, memo, contents=contents))
     except DataError as problem:
         return problem
-    return None
 
 
 def _download(url: str, out) -> None:
@@ -338,18 +355,26 @@ def _fetch_failures(source: str) -> tuple[type[BaseException], ...]:
     return failures if source.startswith(HTTP) else failures + source_for(source).failures()
 
 
-def _fetch_one(source: str, stem: str, dest: Path, digest: str, memo: Memo | None, client: Any = None) -> None:
+def _fetch_one(
+    source: str,
+    stem: str,
+    dest: Path,
+    digest: str,
+    memo: Memo | None,
+    client: Any = None,
+    contents: Contents | None = None,
+) -> VerifiedFile:
     """Download one file of a remote source to dest, verified (errors name the remote file) first."""
     errors, offline = [], False
     for name in candidates(stem):
         origin = f"{source.rstrip('/')}/{name}"
-        check = functools.partial(verify, expected_sha256=digest, memo=memo, name=origin)
+        check = functools.partial(verify, expected_sha256=digest, memo=memo, name=origin, contents=contents)
         try:
             with replacing(dest) as tmp:  # verified before it takes its final name
                 with tmp.open("wb") as out:
                     _filler(source, name, client)(out)
-                check(tmp)
-            return
+                stored = check(tmp)
+            return VerifiedFile(dest, digest, stored)
         except DataError:
             raise  # the file is there but wrong: trying another name would hide that
         except _fetch_failures(source) as exc:  # try the next candidate name, report all if none works
@@ -378,12 +403,20 @@ def _listing(files: dict[str, str]) -> str:
     return ", ".join(f"{stem}(.gz)" for stem in files)
 
 
-def _verified_copy(folder: Path, stem: str, digest: str, memo: Memo | None) -> Path | None:
+def _verified_copy(
+    folder: Path, stem: str, digest: str, memo: Memo | None, contents: Contents | None = None
+) -> VerifiedFile | None:
     """The file of `stem` in `folder` that passes verification, if any."""
-    return next((folder / n for n in candidates(stem) if is_valid(folder / n, digest, memo)), None)
+    for name in candidates(stem):
+        found = _checked(folder / name, digest, memo, contents) if (folder / name).is_file() else None
+        if isinstance(found, VerifiedFile):
+            return found
+    return None
 
 
-def _local_file(folder: Path, stem: str, digest: str, dest_dir: Path, memo: Memo | None) -> Path:
+def _local_file(
+    folder: Path, stem: str, digest: str, dest_dir: Path, memo: Memo | None, contents: Contents | None
+) -> VerifiedFile:
     """The verified copy of one file of a local source folder: the folder's own, else the cache's.
 
     A damaged file in the folder is never trained on: with a verified copy in the cache that one
@@ -393,13 +426,13 @@ def _local_file(folder: Path, stem: str, digest: str, dest_dir: Path, memo: Memo
     found = [folder / name for name in candidates(stem) if (folder / name).is_file()]
     problems = []
     for path in found:
-        problem = _problem(path, digest, memo)
-        if problem is None:
-            return path
-        problems.append(problem)
-    cached = _verified_copy(dest_dir, stem, digest, memo)
+        checked = _checked(path, digest, memo, contents)
+        if isinstance(checked, VerifiedFile):
+            return checked
+        problems.append(checked)
+    cached = _verified_copy(dest_dir, stem, digest, memo, contents)
     if problems and cached is not None:
-        print(f"warning: {problems[0]}; using the verified copy {cached}", file=sys.stderr, flush=True)
+        print(f"warning: {problems[0]}; using the verified copy {cached.path}", file=sys.stderr, flush=True)
     if cached is not None:
         return cached
     if problems:
@@ -409,139 +442,59 @@ def _local_file(folder: Path, stem: str, digest: str, dest_dir: Path, memo: Memo
     )
 
 
-def fetch_raw(
+def fetch_verified(
     source: str,
     dest_dir: Path,
-    files: dict[str, str],
+    files: Mapping[str, str],
     client: Any = None,
     remember: bool = True,
     endpoint_url: str | None = None,
-    keep: bool = False,
-) -> dict[str, Path]:
-    """Make every raw file present and verified; return stem -> path.
+    contents: Contents | None = None,
+) -> dict[str, VerifiedFile]:
+    """Make every raw file present and verified; return stem -> the file as verified.
 
     A local source directory holding valid files is used in place, without copying. Otherwise a
     file already in dest_dir with the right content is kept, and a missing or wrong one is
     fetched and verified before it takes its final name. A source file with the wrong content
     is an error, never trained on. `remember`: record verified files in dest_dir/.verified/
     (then dest_dir is written even when every file is used in place); what is recorded there is
-    used either way. `keep`: the caller reads the files next (read_verified), so content
-    decompressed to verify it is kept for that read. A registered source (s3://) is read with
-    `client`, else with one its Source connects to `endpoint_url` (aws.endpoint_url) when needed.
+    used either way. `contents`: the caller reads the files next (`read`), so content
+    decompressed to verify it is kept there. A registered source (s3://) is read with `client`,
+    else with one its Source connects to `endpoint_url` (aws.endpoint_url) when needed.
     """
     dest_dir = Path(dest_dir)
-    memo = Memo(dest_dir, record=remember, keep=keep)
+    memo = Memo(dest_dir, record=remember)
     local = None if _remote(source) else Path(source).expanduser()
     if local is not None and not local.is_dir():
         kind = "is a file, not a folder" if local.exists() else "does not exist"
         raise DataError(
-            f"dataset.channels.train {source} {kind}: point it at the folder holding {_listing(files)} "
+            f"dataset.channels.train {source} {kind}: point it at the folder holding {_listing(dict(files))} "
             "(e.g. dataset.channels.train=../shared/data/mnist), or at an https:// or s3:// prefix"
         )
-    paths: dict[str, Path] = {}
+    verified: dict[str, VerifiedFile] = {}
     for stem, digest in files.items():
         if local is not None:
-            paths[stem] = _local_file(local, stem, digest, dest_dir, memo)
+            verified[stem] = _local_file(local, stem, digest, dest_dir, memo, contents)
             continue
-        cached = _verified_copy(dest_dir, stem, digest, memo)
+        cached = _verified_copy(dest_dir, stem, digest, memo, contents)
         if cached is None:
-            cached = dest_dir / f"{stem}.gz"
-            cached.unlink(missing_ok=True)
+            dest = dest_dir / f"{stem}.gz"
+            dest.unlink(missing_ok=True)
             if client is None and not source.startswith(HTTP):
                 client = source_for(source).connect(endpoint_url)
-            _fetch_one(source, stem, cached, digest, memo, client)
-        paths[stem] = cached
-    return paths
+            cached = _fetch_one(source, stem, dest, digest, memo, client, contents)
+        verified[stem] = cached
+    return verified
 
 
-def fetch_dataset(
-    cfg: Any, source: str | None = None, remember: bool = True, client: Any = None, keep: bool = False
+def fetch_raw(
+    source: str,
+    dest_dir: Path,
+    files: Mapping[str, str],
+    client: Any = None,
+    remember: bool = True,
+    endpoint_url: str | None = None,
 ) -> dict[str, Path]:
-    """The train channel's raw files (dataset.files), present and verified: fetch_raw with the config's places.
-
-    `source`: where the files are instead of dataset.channels.train (a SageMaker job's channel).
-    """
-    d = cfg.dataset
-    return fetch_raw(
-        source or d.channels.train,
-        dataset_cache_dir(cfg),
-        dict(d.files),
-        client=client,
-        remember=remember,
-        endpoint_url=cfg.aws.endpoint_url,
-        keep=keep,
-    )
-
-
-def channel_folders(
-    cfg: Any, sources: Mapping[str, Path] | None = None, remember: bool = True, client: Any = None, keep: bool = False
-) -> dict[str, Path]:
-    """Each declared channel's local folder, checked: what the DataModule is given (project.modules).
-
-    `sources`: the channels' folders instead of dataset.channels (a SageMaker job's SM_CHANNEL_*).
-    The train channel of a dataset that lists `files` is fetched (when remote) and verified, as
-    MNIST's is; any other channel at a registered source (s3://) is mirrored into
-    paths.data_dir/<name>/<channel>/; every other channel must be a folder that exists and holds
-    something. Every run resolves its data through here before anything else is built or written.
-    `keep`: the caller trains on the files next (fetch_raw).
-    """
-    d = cfg.dataset
-    folders: dict[str, Path] = {}
-    for channel, declared in d.channels.items():
-        where = str(sources[channel]) if sources and channel in sources else str(declared)
-        if channel == "train" and d.get("files"):
-            paths = fetch_dataset(cfg, where, remember=remember, client=client, keep=keep)
-            folders[channel] = _one_folder(paths, dataset_cache_dir(cfg))
-        elif where.startswith(HTTP):
-            raise DataError(
-                f"dataset.channels.{channel}={where}: only a dataset that lists its files (dataset.files) is "
-                f"fetched from an http(s) source; download the data and point dataset.channels.{channel} at its "
-                "folder, or upload it and give its s3:// prefix"
-            )
-        elif scheme(where) is not None:
-            folders[channel] = _mirrored(cfg, channel, where, client)
-        else:
-            folders[channel] = _checked_folder(Path(where).expanduser(), channel)
-    return folders
-
-
-def _mirrored(cfg: Any, channel: str, uri: str, client: Any = None) -> Path:
-    """A remote channel without `files`: every object under it, copied (incrementally) into
-    paths.data_dir/<name>/<channel>/, which the DataModule reads as it reads a local folder."""
-    source = source_for(uri)
-    folder = dataset_cache_dir(cfg) / channel
-    echo: Callable[[str], None] = functools.partial(print, flush=True)
-    source.mirror(client if client is not None else source.connect(cfg.aws.endpoint_url), uri, folder, echo)
-    return folder
-
-
-def _checked_folder(folder: Path, channel: str) -> Path:
-    if not folder.is_dir():
-        kind = "is a file, not a folder" if folder.exists() else "does not exist"
-        raise DataError(
-            f"dataset.channels.{channel}={folder} {kind}: point it at the folder holding the {channel} data"
-        )
-    if not any(folder.iterdir()):
-        raise DataError(f"dataset.channels.{channel}={folder} is empty: put the {channel} data there or fix the path")
-    return folder
-
-
-def _one_folder(paths: Mapping[str, Path], cache: Path) -> Path:
-    """The one folder holding every verified file: their common folder, else the cache with all of them.
-
-    A damaged file of a source folder is served by its verified copy in the cache; then the good
-    files of the folder join it there, so the DataModule reads one folder.
-    """
-    parents = {Path(p).parent for p in paths.values()}
-    if len(parents) == 1:
-        return parents.pop()
-    for path in paths.values():
-        if Path(path).parent != cache:
-            with replacing(cache / Path(path).name) as tmp:
-                shutil.copyfile(path, tmp)
-    return cache
-
-
-def dataset_cache_dir(cfg: Any) -> Path:
-    """Where a run keeps the dataset's downloaded files and verification records."""
-    return Path(cfg.paths.data_dir) / cfg.dataset.name
+    """fetch_verified's files by stem, as paths: what a caller that only needs them present uses."""
+    verified = fetch_verified(source, dest_dir, files, client, remember, endpoint_url)
+    return {stem: file.path for stem, file in verified.items()}

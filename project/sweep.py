@@ -187,13 +187,13 @@ class JobFailed(UserError):
 
 def run_local_jobs(jobs: list[Job], sweep_dir: Path, echo: Echo = print) -> list[JobResult]:
     """Each job in turn as `python -m project.train --config <its resolved config>`, in sweep_dir/<n>/,
-    on the channels' folders resolved here (an s3:// channel's copy: the training process reads no S3)."""
+    on the data resolved here and handed to it (an s3:// channel's copy: the training process reads no S3)."""
     from . import local
     from .aws import source  # noqa: F401 (registers s3:// with project.raw)
-    from .raw import channel_folders
+    from .resolve import resolve
 
     # every job's data present and verified before the first trains
-    folders = {job.num: channel_folders(job.cfg) for job in jobs}
+    data = {job.num: resolve(job.cfg) for job in jobs}
     results = []
     with tempfile.TemporaryDirectory(prefix="sweep-configs-") as tmp:
         for job in jobs:
@@ -202,7 +202,7 @@ def run_local_jobs(jobs: list[Job], sweep_dir: Path, echo: Echo = print) -> list
             config_file = Path(tmp) / f"{job.num}.yaml"
             config_file.write_text(to_yaml(cfg))
             echo(f"[sweep job {job.num}] {' '.join(job.overrides)}")
-            checked = functools.partial(local.Checked, folders=folders[job.num])
+            checked = functools.partial(local.Checked, data=data[job.num])
             code = local.train_in_child(["--config", str(config_file)], check_first=checked)
             if code == local.INTERRUPTED_EXIT:
                 raise KeyboardInterrupt

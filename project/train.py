@@ -32,8 +32,8 @@ from .atomic import write_atomically
 from .checkpoints import Interrupted, Interrupts, RunCheckpoints, newest_valid, run_bytes, stop_exit
 from .errors import INTERRUPTED_EXIT, USER_ERROR_EXIT, UserError
 from .identity import CHECKPOINT_FILE, choose_run, default_run_name, finished_name, run_identity
-from .raw import channel_folders
 from .reporting import scalars as _scalars
+from .resolve import Resolved, resolve
 from .runtime import (
     RunLayout,
     SageMakerEnv,
@@ -92,15 +92,15 @@ class LoopTimer(pl.Callback):
         self._stop(trainer)
 
 
-def build_run(cfg: Any, layout: RunLayout, folders: Mapping[str, Path], topology: Topology, run_name: str = ""):
+def build_run(cfg: Any, layout: RunLayout, data: Resolved, topology: Topology, run_name: str = ""):
     """The Trainer, LightningModule and DataModule of one run, as train() builds them before fitting.
 
-    `folders`: each data channel's folder (raw.channel_folders); `topology` the run's devices and
+    `data`: the run's data as resolved (project.resolve.resolve); `topology` the run's devices and
     nodes (project.topology.decide). Public for the benchmarks, which drive the very objects a
     run trains with.
     """
     t = cfg.trainer
-    module, datamodule = modules.build(cfg, folders)
+    module, datamodule = modules.build(cfg, data)
     debug = debug_enabled()
     reporting.quiet_lightning(debug)
     terminal = sys.stderr.isatty()  # a bar in a terminal; in logs and CloudWatch, a line every ~30 s
@@ -142,8 +142,13 @@ def train(
     run_name: str,
     sources: Mapping[str, Path] | None = None,
     num_nodes: int = 1,
+    data: Resolved | None = None,
 ) -> dict[str, Any]:
-    """Fit, test and export one run; returns the metrics also written to metrics.json."""
+    """Fit, test and export one run; returns the metrics also written to metrics.json.
+
+    `data`: the run's data as a process before this one resolved it (`invoke local`'s check, a local
+    sweep's): trusted, not resolved again. Without it the data is resolved here, from `sources`
+    (a SageMaker job's channels) or the config."""
     startup.mark("config")  # composed, loaded or rebuilt: the run's config is known
     # First, before anything runs in torch's thread pool: a pool thread copies the flag when it
     # starts, and one started earlier keeps computing with subnormals (half of each CPU kernel's
@@ -155,12 +160,14 @@ def train(
     # The data first: a missing folder or a damaged file is one line before anything is built or
     # written. A SageMaker job's cache must stay empty when its channel holds every file. A file
     # verified here (not recorded by an earlier check) is decompressed once, for the check and the parse.
-    folders = channel_folders(cfg, sources, remember=sagemaker_env() is None, keep=True)
-    startup.mark("data_verified")
+    handed = data is not None
+    if data is None:
+        data = resolve(cfg, sources, remember=sagemaker_env() is None, keep=True)
+    startup.mark("data_verified", resolved_here=not handed)
     modules.check(cfg)  # a _target_ that does not import, or a wrong argument: one line, nothing written
     modules.sample_pass(cfg)  # a network that cannot take the data's samples: the same
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-    trainer, module, datamodule = build_run(cfg, layout, folders, topology, run_name)
+    trainer, module, datamodule = build_run(cfg, layout, data, topology, run_name)
     # A disk that fills up fails at the first checkpoint, an epoch in: refused before a folder is made.
     check_room(layout.checkpoint_dir, run_bytes(module), ROOM_ASSUMED, _room_fix())
     layout.create()
@@ -239,15 +246,15 @@ def _write_artifacts(cfg: Any, layout: RunLayout, module, datamodule, metrics: d
 
 def run_local(overrides: list[str]) -> dict[str, Any]:
     """What `invoke local` runs: compose, then train under runs/<run-name>/ (the run invoke chose, if it did)
-    on the channels' folders (as invoke's check made them, if it did)."""
+    on the data as invoke's check resolved it (if it did)."""
     cfg = config_lib.compose(overrides)
-    return run_composed(cfg, local.chosen_run_name(), local.checked_folders())
+    return run_composed(cfg, local.chosen_run_name(), local.checked_data())
 
 
-def run_composed(cfg: Any, run_name: str | None = None, folders: Mapping[str, Path] | None = None) -> dict[str, Any]:
+def run_composed(cfg: Any, run_name: str | None = None, data: Resolved | None = None) -> dict[str, Any]:
     """Train under runs/<run-name>/: `run_name` as chosen already, else as identity.choose_run decides
     (cfg.run_name; without one, the unfinished run of this config, so the same command resumes).
-    `folders`: the channels' folders as a check made them (an s3:// channel's copy), else the config's."""
+    `data`: the data as a check resolved it (an s3:// channel's copy), else resolved in train()."""
     run_name = run_name or choose_run(
         run_identity(cfg), cfg.run_name, Path(cfg.paths.runs_dir), lambda: default_run_name(cfg), cfg.trainer.resume
     )
@@ -255,7 +262,7 @@ def run_composed(cfg: Any, run_name: str | None = None, folders: Mapping[str, Pa
     check_writable(Path(cfg.paths.runs_dir), "paths.runs_dir")  # invoke local checked it; python -m project.train not
     new = not run_dir.exists()
     try:
-        metrics = train(cfg, local_layout(run_dir), run_name, sources=folders)
+        metrics = train(cfg, local_layout(run_dir), run_name, data=data)
     except BaseException:
         if new:
             discard_unless_resumable(run_dir)  # a failed run leaves nothing but its checkpoints
@@ -322,7 +329,7 @@ def _dispatch(argv: list[str], config_path: Path | None) -> None:
         from omegaconf import OmegaConf
 
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(argv)) if argv else cfg
-        run_composed(cfg, local.chosen_run_name(), local.checked_folders())
+        run_composed(cfg, local.chosen_run_name(), local.checked_data())
     else:
         run_local(argv)
 

@@ -18,7 +18,7 @@ import pytest
 from project import config as C
 from project import modules
 from project.aws.session import aws_clients
-from project.raw import channel_folders
+from project.resolve import resolve
 from tests import byo
 from tests.cli import invoke, one_error_line
 
@@ -198,7 +198,7 @@ def test_mnist_family_builds_on_synthetic_idx(composed, dataset, tiny_data, tmp_
     )
     assert cfg.dataset.name == dataset and cfg.dataset._target_ == "project.data.IdxDataModule"
     assert set(cfg.dataset.files) == set(files)
-    module, datamodule = modules.build(cfg, channel_folders(cfg))
+    module, datamodule = modules.build(cfg, resolve(cfg))
     datamodule.setup("fit")
     assert len(datamodule.splits["val"]) == 50 and modules.is_classifier(cfg)
 

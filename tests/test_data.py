@@ -1,5 +1,6 @@
 import gzip
 import http.server
+import json
 import socket
 import threading
 from functools import partial
@@ -8,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from project import raw
 from project.data import (
     DataError,
     EvalBatches,
@@ -18,7 +20,8 @@ from project.data import (
     read_bytes,
     split_indices,
 )
-from project.raw import VERIFIED_DIR, file_sha256
+from project.raw import VERIFIED_DIR, Contents, fetch_verified, file_sha256
+from project.resolve import Resolved
 from tests.synthetic import idx_bytes, write_dataset
 
 
@@ -71,16 +74,19 @@ def test_checksum_mismatch_is_refused(tmp_path):
         load_verified(tmp_path / f"{stem}.gz", "0" * 64)
 
 
-def test_reading_a_verified_file_checks_the_bytes_it_reads(tmp_path):
-    """After fetch_raw verified a file, reading it hashes only its stored bytes; a file replaced
-    in between is still refused (its bytes are not the ones verified)."""
+def test_reading_a_verified_file_checks_the_bytes_it_reads(tmp_path, monkeypatch):
+    """After a file was verified, reading it hashes only its stored bytes (no second
+    decompression to check it); a file replaced in between is still refused (its bytes are not
+    the ones verified)."""
     files = write_dataset(tmp_path, n_train=20, n_test=10)
     stem = "train-labels-idx1-ubyte"
-    path = fetch_raw(str(tmp_path), tmp_path / "cache", files, remember=False)[stem]
-    assert load_verified(path, files[stem]).shape == (20,)
-    path.write_bytes(gzip.compress(idx_bytes(np.zeros((20,), np.uint8))))
+    verified = fetch_verified(str(tmp_path), tmp_path / "cache", files, remember=False)[stem]
+    spy = _Decompressions(monkeypatch)
+    assert parse_idx(raw.read(verified)).shape == (20,)
+    assert spy.count == 1  # to read it, not to check it
+    verified.path.write_bytes(gzip.compress(idx_bytes(np.zeros((20,), np.uint8))))
     with pytest.raises(DataError, match="SHA256 check failed"):
-        load_verified(path, files[stem])
+        raw.read(verified)
 
 
 def test_fetch_from_local_dir_uses_files_in_place(tmp_path):
@@ -194,14 +200,6 @@ class _Decompressions:
             monkeypatch.setattr(gzip, name, counting)
 
 
-def _fresh_process_state(monkeypatch):
-    """What a new process knows: no file hashed or verified yet (the training child after invoke's check)."""
-    from project import raw
-
-    for name in ("_VERIFIED", "_KEPT", "_FILE_DIGESTS"):
-        monkeypatch.setattr(raw, name, {})
-
-
 def test_the_training_process_decompresses_each_file_once_and_reads_the_checks_record(tmp_path, monkeypatch):
     src = tmp_path / "src"
     files = write_dataset(src, n_train=20, n_test=10)
@@ -209,33 +207,38 @@ def test_the_training_process_decompresses_each_file_once_and_reads_the_checks_r
 
     # Nothing recorded (a SageMaker job): verifying and reading decompress the file once, not twice,
     # and the training process writes no record.
-    _fresh_process_state(monkeypatch)
     spy = _Decompressions(monkeypatch)
-    paths = fetch_raw(str(src), tmp_path / "cache", files, remember=False, keep=True)
+    contents = Contents()
+    verified = fetch_verified(str(src), tmp_path / "cache", files, remember=False, contents=contents)
     assert spy.count == len(files)
-    assert load_verified(paths[stem], files[stem]).shape == (20,)
+    assert parse_idx(raw.read(verified[stem], contents)).shape == (20,)
     assert spy.count == len(files)
     assert not (tmp_path / "cache").exists()
 
     # invoke's check recorded the files: the training process hashes them as stored and decompresses
     # only to read them.
     fetch_raw(str(src), tmp_path / "cache", files)
-    _fresh_process_state(monkeypatch)
     spy.count = 0
-    paths = fetch_raw(str(src), tmp_path / "cache", files, remember=False, keep=True)
+    contents = Contents()
+    verified = fetch_verified(str(src), tmp_path / "cache", files, remember=False, contents=contents)
     assert spy.count == 0
-    assert load_verified(paths[stem], files[stem]).shape == (20,)
+    assert parse_idx(raw.read(verified[stem], contents)).shape == (20,)
     assert spy.count == 1
 
 
-def test_a_file_replaced_after_it_was_verified_and_kept_is_refused(tmp_path, monkeypatch):
+def test_content_kept_when_verified_is_the_verified_bytes_content(tmp_path):
+    """What is read is what was verified: a file rewritten after its bytes were read, hashed and
+    decompressed to verify them cannot change what the run trains on; one rewritten before that
+    read is checked in full and refused."""
     files = write_dataset(tmp_path, n_train=20, n_test=10)
     stem = "train-labels-idx1-ubyte"
-    _fresh_process_state(monkeypatch)
-    path = fetch_raw(str(tmp_path), tmp_path / "cache", files, remember=False, keep=True)[stem]
-    path.write_bytes(gzip.compress(idx_bytes(np.zeros((20,), np.uint8))))
+    expected = parse_idx(gzip.decompress((tmp_path / f"{stem}.gz").read_bytes()))
+    contents = Contents()
+    verified = fetch_verified(str(tmp_path), tmp_path / "cache", files, remember=False, contents=contents)[stem]
+    verified.path.write_bytes(gzip.compress(idx_bytes(np.zeros((20,), np.uint8))))
+    assert np.array_equal(parse_idx(raw.read(verified, contents)), expected)
     with pytest.raises(DataError, match="SHA256 check failed"):
-        load_verified(path, files[stem])
+        raw.read(verified, contents)  # taken once: the next read meets the file as it is now
 
 
 def test_a_record_for_other_content_does_not_verify(tmp_path):
@@ -375,45 +378,58 @@ def test_labels_outside_num_classes_are_one_clear_error(tmp_path):
     IdxDataModule(str(tmp_path / "raw"), files, str(tmp_path / "cache"), val_size=50, num_classes=10).setup("fit")
 
 
-def test_warmed_content_is_read_only_after_this_process_verified_those_bytes(tmp_path, monkeypatch):
-    from project import raw
+def _handed_over(src: Path, tmp_path: Path, files: dict[str, str], remember: bool = True) -> Resolved:
+    """The data as `invoke local`'s check resolves it, after the trip through the go word: what its
+    training child holds (no content kept: a fresh process)."""
+    checked = Resolved({"train": src}, fetch_verified(str(src), tmp_path / "cache", files, remember=remember))
+    return Resolved.from_json(json.loads(json.dumps(checked.to_json())))
 
+
+def test_warmed_content_is_only_that_of_the_bytes_the_check_verified(tmp_path, monkeypatch):
     src = tmp_path / "src"
     files = write_dataset(src, n_train=20, n_test=10)
-    stem = "train-labels-idx1-ubyte"
-    fetch_raw(str(src), tmp_path / "cache", files)  # invoke's check: recorded
-    _fresh_process_state(monkeypatch)
-    monkeypatch.setattr(raw, "_WARMING", [])
+    stem, other = "train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte"
+    data = _handed_over(src, tmp_path, files)
+    (src / f"{other}.gz").write_bytes(gzip.compress(idx_bytes(np.zeros((10,), np.uint8))))  # changed since the check
     spy = _Decompressions(monkeypatch)
-    gz = sorted(src.glob("*.gz"))
-    raw.warm([*gz, tmp_path / "missing.gz"])  # a file that is not there is skipped, not an error
-    raw._settle()
-    assert len(raw._KEPT) == len(gz)
-    paths = fetch_raw(str(src), tmp_path / "cache", files, remember=False, keep=True)
+    data.warm()
+    assert parse_idx(data.read(stem)).shape == (20,)
+    assert spy.count == len(files) - 1  # each verified file decompressed once, by the warm thread
     spy.count = 0
-    assert load_verified(paths[stem], files[stem]).shape == (20,)
-    assert spy.count == 0 and len(raw._KEPT) == len(gz) - 1  # taken, not decompressed again
+    assert parse_idx(data.read("t10k-images-idx3-ubyte")).shape[0] == 10 and spy.count == 0  # taken, not again
 
-    # Bytes changed after they were warmed: what is read is what is on disk now, checked.
-    other = "t10k-labels-idx1-ubyte"
-    paths[other].write_bytes(gzip.compress(idx_bytes(np.zeros((10,), np.uint8))))
+    # Bytes changed between the check and the read: not warmed, and checked in full when read.
     with pytest.raises(DataError, match="SHA256 check failed"):
-        load_verified(paths[other], files[other])
+        data.read(other)
 
 
-def test_a_damaged_file_warmed_is_left_to_the_check_that_names_it(tmp_path, monkeypatch):
-    from project import raw
-
-    files = write_dataset(tmp_path, n_train=20, n_test=10)
+def test_a_damaged_file_warmed_is_left_to_the_read_that_names_it(tmp_path):
+    src = tmp_path / "src"
+    files = write_dataset(src, n_train=20, n_test=10)
     stem = "train-images-idx3-ubyte"
-    (tmp_path / f"{stem}.gz").write_bytes((tmp_path / f"{stem}.gz").read_bytes()[:-20])  # truncated
-    _fresh_process_state(monkeypatch)
-    monkeypatch.setattr(raw, "_WARMING", [])
-    raw.warm([tmp_path / f"{stem}.gz"])
-    raw._settle()
-    assert raw._KEPT == {}
+    data = _handed_over(src, tmp_path, files)
+    (src / f"{stem}.gz").write_bytes((src / f"{stem}.gz").read_bytes()[:-20])  # truncated since the check
+    data.warm()
     with pytest.raises(DataError, match="truncated"):
-        fetch_raw(str(tmp_path), tmp_path / "cache", files, remember=False, keep=True)
+        data.read(stem)
+
+
+def test_the_datamodule_reads_what_it_was_handed_without_verifying_again(tmp_path, monkeypatch):
+    """IdxDataModule given the run's Resolved (what project.modules injects) verifies nothing again:
+    its setup reads each file through it, hashing the stored bytes only, and decompresses each once."""
+    from project.data import IdxDataModule
+
+    src = tmp_path / "src"
+    files = write_dataset(src, n_train=60, n_test=10)
+    data = _handed_over(src, tmp_path, files, remember=False)  # no record: verifying again would decompress
+    spy = _Decompressions(monkeypatch)
+    # Digests it could not verify against: only the stems count once the files are handed over verified.
+    unverifiable = dict.fromkeys(files, "0" * 64)
+    module = IdxDataModule(str(src), unverifiable, val_size=12, resolved=data)
+    module.prepare_data()
+    module.setup(None)
+    assert spy.count == len(files)  # each file once, to read it
+    assert len(module.splits["train"]) == 48 and len(module.splits["test"]) == 10
 
 
 def test_splits_are_the_normalized_pixels_of_their_indices(tmp_path):

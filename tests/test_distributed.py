@@ -34,6 +34,7 @@ from project.data import IdxDataModule, parse_idx, read_bytes
 from project.identity import run_identity
 from project.infra import Infra
 from project.models import state_digest
+from project.resolve import resolve
 from project.runtime import DEBUG_ENV, launched_processes, sagemaker_env
 from project.topology import TopologyError, decide
 from tests.synthetic import STEMS, idx_bytes, write_dataset
@@ -369,7 +370,8 @@ def test_two_hosts_train_on_image_folder_shards(composed, tmp_path):
 
     digests = sorted(re.findall(r"rank=(\d) weights_sha256=(\w+)", "".join(outputs)))
     assert [rank for rank, _ in digests] == ["0", "1"] and len({d for _, d in digests}) == 1
-    _, datamodule = modules.build(cfg, {"train": channel})  # the held-out split the job made, in one process
+    # the held-out split the job made, in one process
+    _, datamodule = modules.build(cfg, resolve(cfg, {"train": channel}, remember=False))
     datamodule.setup("test")
     test = datamodule.splits["test"]
     assert len(test) == 41

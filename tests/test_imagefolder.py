@@ -157,12 +157,13 @@ def test_the_default_cnn_takes_its_input_channels_from_the_image_shape(composed,
     """dataset.image_shape is the one home of the colour channels: the DataModule converts every
     image to it and conf/model/cnn.yaml's in_channels follows it, with no model override."""
     from project import modules
+    from project.resolve import resolve
 
     # 240 samples: a batch under the training set's size (the default 256 is refused as larger)
     base = ["dataset=imagefolder", f"dataset.channels.train={tree}", "dataset.num_classes=3", "trainer.batch_size=32"]
     cfg = composed(*base, "dataset.image_shape=[3,20,24]", "dataset.mean=[0.4,0.5,0.6]")
     assert cfg.model.net.in_channels == 3
-    module, datamodule = modules.build(cfg, {"train": tree})
+    module, datamodule = modules.build(cfg, resolve(cfg))
     datamodule.setup("fit")
     x, _ = datamodule.splits["train"][np.arange(2)]
     assert x.shape == (2, 3, 20, 24) and module(x).shape == (2, 3)

@@ -141,6 +141,7 @@ def test_progress_lines_come_at_most_every_interval(tiny_data, tmp_path, capsys)
 
 def test_a_run_without_a_terminal_gets_progress_lines_and_no_bar(composed, tiny_run, tmp_path):
     from project.reporting import EpochBar, ProgressLines
+    from project.resolve import resolve
     from project.runtime import local_layout
     from project.topology import decide
     from project.train import build_run
@@ -148,9 +149,7 @@ def test_a_run_without_a_terminal_gets_progress_lines_and_no_bar(composed, tiny_
     assert not sys.stderr.isatty()  # pytest captures it
     cfg = composed(*tiny_run(run_name="wired"))
     layout = local_layout(tmp_path / "runs" / "wired")
-    trainer, _, _ = build_run(
-        cfg, layout, {"train": Path(cfg.dataset.channels.train)}, decide(cfg.trainer, available=0)
-    )
+    trainer, _, _ = build_run(cfg, layout, resolve(cfg), decide(cfg.trainer, available=0))
     kinds = [type(callback) for callback in trainer.callbacks]
     assert ProgressLines in kinds and EpochBar not in kinds and trainer.progress_bar_callback is None
     assert [c.interval for c in trainer.callbacks if isinstance(c, ProgressLines)] == [30.0]

@@ -73,3 +73,4 @@ def test_invoke_local_traces_every_phase_in_order(tiny_run, tmp_path):
     times = [r["t"] for r in parent] + [first[p]["t"] for p in CHILD_PHASES[CHILD_PHASES.index("go") :]]
     assert started - 1 <= times[0] and times == sorted(times) and times[-1] <= time.time()
     assert first["first_step"]["threads"] >= 1 and first["first_step"]["interop_threads"] >= 1
+    assert first["data_verified"]["resolved_here"] is False  # the check resolved the data: the child trusts it

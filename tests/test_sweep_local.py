@@ -4,14 +4,43 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import pytest
 import yaml
 
+from project import startup
 from project.sweep import FinalMetrics
 from project.sweep_jobs import JobResult
 from project.sweep_results import ranked, swept_values
 from tests.cli import invoke, one_error_line
+from tests.imagetrees import write_tree
+
+
+@pytest.mark.slow
+def test_a_local_sweep_over_a_dataset_without_files_resolves_its_data_once_per_job(tmp_path):
+    """dataset=imagefolder lists no `files`: each job's folder is resolved by the sweep, once, and
+    handed to the job's training process, which resolves nothing itself (its trace says so)."""
+    tree = write_tree(tmp_path / "tree", per_class=12)  # 36 images: 32 to train on, 4 to validate
+    trace = tmp_path / "trace.jsonl"
+    overrides = [
+        "dataset=imagefolder",
+        f"dataset.channels.train={tree}",
+        "dataset.num_classes=3",
+        f"paths.runs_dir={tmp_path / 'runs'}",
+        "trainer.max_epochs=1",
+        "trainer.batch_size=8",
+        "trainer.gpus=0",
+        "trainer.limit_train_batches=2",
+        "model.lr=0.01,0.05",
+    ]
+    result = invoke("local", "-m", *overrides, env={**os.environ, startup.TRACE_ENV: str(trace)})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (sweep_dir,) = (tmp_path / "runs").iterdir()
+    assert all((sweep_dir / str(n) / "metrics.json").is_file() for n in (0, 1))
+    resolved = [json.loads(line) for line in trace.read_text().splitlines()]
+    resolved = [r for r in resolved if r["phase"] == "data_verified"]
+    assert len({r["pid"] for r in resolved}) == 2 and not any(r["resolved_here"] for r in resolved)
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..imagetree import MANIFEST, read_manifest
-from ..raw import file_sha256  # memoised per process: fetch_raw's verification hashed these files already
+from ..raw import file_sha256
 from . import transfer
 from .session import aws_errors
 from .transfer import Echo, TransferError
@@ -91,13 +91,21 @@ def remote_sha256(s3, bucket: str, key: str) -> str | None:
     return head.get("Metadata", {}).get(SHA256_META)
 
 
-def plan_upload(paths: Mapping[str, Path], bucket: str, prefix: str, s3, root: Path | None = None) -> list[UploadItem]:
+def plan_upload(
+    paths: Mapping[str, Path],
+    bucket: str,
+    prefix: str,
+    s3,
+    root: Path | None = None,
+    digests: Mapping[Path, str] | None = None,
+) -> list[UploadItem]:
     """What `upload` would do with each dataset file: send it, or skip it as already there.
 
     `paths` maps stem -> the file to send, exactly as fetch_raw verified it (a source file, or
     its good copy in the cache); the bytes compared with the bucket are the file's own, since
     that is what is stored. Each file's key is its name under `prefix`, or with `root` (a
-    channel's folder) its path relative to `root`, so sub-folders keep their shape.
+    channel's folder) its path relative to `root`, so sub-folders keep their shape. `digests`: the
+    SHA256 of files' stored bytes known already (project.resolve verified them), not hashed again.
     """
     files = [Path(path) for path in paths.values()]
     for path in files:  # every file must exist before any call
@@ -112,7 +120,8 @@ def plan_upload(paths: Mapping[str, Path], bucket: str, prefix: str, s3, root: P
     for path in files:
         name = path.relative_to(root).as_posix() if root is not None else path.name
         key = f"{prefix}/{name}" if prefix else name
-        digest, remote = file_sha256(path), remote_sha256(s3, bucket, key)
+        digest = digests[path] if digests and path in digests else file_sha256(path)
+        remote = remote_sha256(s3, bucket, key)
         action = SKIP if remote == digest else UPLOAD
         items.append(UploadItem(path, bucket, key, path.stat().st_size, digest, action, remote))
     return items

@@ -24,7 +24,7 @@ from ..identity import Progress, progress
 from ..imagetree import pack_channel, write_sagemaker_manifest
 from ..infra import Infra, load_infra
 from ..names import name_problem, split_s3_uri
-from ..raw import channel_folders, fetch_dataset
+from ..resolve import resolve
 from ..run_ref import resolve_run
 from ..sagemaker_names import METRICS_FILE
 from . import (
@@ -84,7 +84,8 @@ def upload(overrides: list[str], dry_run: bool = False, echo: Callable[[str], No
     """Each data channel to s3://<data bucket>/<s3_prefix>/<channel>/, where the job reads it."""
     ctx = context(compose(overrides, model=False))  # data only: a dataset needs no model to match it
     d, s3 = ctx.cfg.dataset, ctx.clients.s3
-    folders = channel_folders(ctx.cfg, client=s3)  # every channel checked before anything moves
+    data = resolve(ctx.cfg, client=s3)  # every channel checked before anything moves
+    folders = data.folders
     # An image-folder channel goes as a few tar shards (project.imagetree); all are packed (every
     # image checked) before anything moves.
     packed = {
@@ -96,7 +97,9 @@ def upload(overrides: list[str], dry_run: bool = False, echo: Callable[[str], No
         prefix = split_s3_uri(uri)[1]
         if channel == "train" and d.get("files"):
             # Verified raw files, each where it was verified: the source folder or the local cache.
-            items += plan_upload(fetch_dataset(ctx.cfg, client=s3), ctx.infra.data_bucket, prefix, s3)
+            verified = {stem: file.path for stem, file in data.files.items()}
+            digests = {file.path: file.stored_sha256 for file in data.files.values()}
+            items += plan_upload(verified, ctx.infra.data_bucket, prefix, s3, digests=digests)
         elif (shards := packed[channel]) is not None:
             channel_shards, manifest = plan_packed_upload(shards, ctx.infra.data_bucket, prefix, s3)
             # SageMaker's manifest, beside the prefix: what a File-mode job downloads (the current shards).
