@@ -1,3 +1,4 @@
+# Over 300 lines, kept whole: one concern, the in-memory DataModules and their resumable loaders.
 """Raw IDX files -> verified in-memory tensors -> batches sliced by index.
 
 Fetching and verifying the raw files is project.raw's job (torch-free, shared with `invoke

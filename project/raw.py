@@ -1,3 +1,4 @@
+# Over 300 lines: the scheme registry and the fetching half (download, mirror) are the next split (#27 §6).
 """Raw dataset files: fetch them, verify them, read them. Standard library only.
 
 `resolve` is the one place a run's data is decided: each channel's folder and, for a dataset that

@@ -1,3 +1,4 @@
+# Over 300 lines, kept whole: one concern, what a run prints and logs while it trains (one line format).
 """What a run reports while it trains: the console lines, the loggers' per-step series, epoch numbers.
 
 The console of `invoke local`, `python -m project.train` and a SageMaker job (CloudWatch) shows

@@ -1,3 +1,4 @@
+# Over 300 lines: main()'s exits and failure recording move to the process-plumbing home (#27 §5).
 """Train a Lightning model from a Hydra config, on a laptop, a bare-metal GPU box or SageMaker.
 
 Run it:

@@ -1,3 +1,4 @@
+# Over 300 lines, kept whole: one flow, a sweep batch on SageMaker (plan, skip, launch, follow, report).
 """A sweep's jobs on SageMaker: what hydra/launcher=sagemaker does with each batch Hydra hands it.
 
 For a batch: plan and validate every job (one bad combination refuses all, by name), check the
