@@ -256,11 +256,12 @@ def run_composed(cfg: Any, run_name: str | None = None, data: Resolved | None = 
     """Train under runs/<run-name>/: `run_name` as chosen already, else as identity.choose_run decides
     (cfg.run_name; without one, the unfinished run of this config, so the same command resumes).
     `data`: the data as a check resolved it (an s3:// channel's copy), else resolved in train()."""
-    run_name = run_name or choose_run(
-        run_identity(cfg), cfg.run_name, Path(cfg.paths.runs_dir), lambda: default_run_name(cfg), cfg.trainer.resume
-    )
+    if not run_name:  # no check chose the run (python -m project.train): check what invoke local's check does
+        check_writable(Path(cfg.paths.runs_dir), "paths.runs_dir")
+        run_name = choose_run(
+            run_identity(cfg), cfg.run_name, Path(cfg.paths.runs_dir), lambda: default_run_name(cfg), cfg.trainer.resume
+        )
     run_dir = Path(cfg.paths.runs_dir) / run_name
-    check_writable(Path(cfg.paths.runs_dir), "paths.runs_dir")  # invoke local checked it; python -m project.train not
     new = not run_dir.exists()
     try:
         metrics = train(cfg, local_layout(run_dir), run_name, data=data)
