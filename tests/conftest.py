@@ -40,6 +40,21 @@ def _compose_cache(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
+def _no_real_aws(monkeypatch, tmp_path_factory):
+    """No test reaches a real AWS account or depends on which session fixture ran before it on its
+    worker: fake credentials, no profile, no config files, no instance-metadata probe. The moto
+    fixtures set the same; a test about missing credentials removes them itself."""
+    empty = tmp_path_factory.getbasetemp() / "no-aws-config"
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(empty / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty / "credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+@pytest.fixture(autouse=True)
 def _repo_cwd(monkeypatch):
     """Tasks and relative config paths (terraform/, runs/) resolve from the repository root."""
     monkeypatch.chdir(ROOT)
