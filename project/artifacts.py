@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .atomic import write_atomically
-from .models import Exported
-from .reporting import LEARNING_RATE, STEP_LOSS
-from .serving import EXPORTED_BY, TORCHSCRIPT_FILE  # pixels -> probabilities, normalisation included
+from project.atomic import write_atomically
+from project.models import Exported
+from project.reporting import LEARNING_RATE, STEP_LOSS
+from project.serving import EXPORTED_BY, TORCHSCRIPT_FILE  # pixels -> probabilities, normalisation included
 
 WEIGHTS_FILE = "model.pt"  # the network's state_dict
 CONTRACT_FILE = "README.md"  # beside model.ts: what goes in and what comes out, for callers without this code

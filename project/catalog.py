@@ -17,10 +17,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from .config import RESOLVED_CONFIG_NAME
-from .errors import UserError
-from .identity import run_progress
-from .sagemaker_names import METRICS_FILE
+from project.config import RESOLVED_CONFIG_NAME
+from project.errors import UserError
+from project.identity import run_progress
+from project.sagemaker_names import METRICS_FILE
 
 PROJECT_TAG = ("project", "lightning-sagemaker")  # every job plan_job tags
 SHOWN_METRICS = ("val_acc", "test_acc", "val_loss")
@@ -68,7 +68,7 @@ def config_diff(a: dict[str, Any], b: dict[str, Any], ignored: Sequence[str] = I
 def defaults() -> dict[str, Any]:
     from omegaconf import OmegaConf
 
-    from .config import compose
+    from project.config import compose
 
     return OmegaConf.to_container(compose([]), resolve=True)  # type: ignore[return-value]
 
@@ -144,9 +144,9 @@ def _interrupted_entry(run: Path) -> Entry | None:
 
 def sagemaker_entries(sm: Any) -> list[Entry]:
     """Every training job of this project (Search API, all pages), with its tags and final metrics."""
-    from .aws.cost import job_cost
-    from .aws.monitor import StatusRow
-    from .aws.sweep import search_jobs
+    from project.aws.cost import job_cost
+    from project.aws.monitor import StatusRow
+    from project.aws.sweep import search_jobs
 
     entries = []
     for job in search_jobs(sm, *PROJECT_TAG):
@@ -243,9 +243,9 @@ def list_runs(
     overrides: list[str], sweep: str | None, since: str | None, metric: str | None, echo: Callable[[str], None] = print
 ) -> list[Entry]:
     """`invoke runs`: local runs and SageMaker jobs, newest first, filtered."""
-    from .aws.session import aws_errors
-    from .aws.workflow import context
-    from .config import compose
+    from project.aws.session import aws_errors
+    from project.aws.workflow import context
+    from project.config import compose
 
     cfg = compose(overrides)
     entries = local_entries(Path(cfg.paths.runs_dir), defaults())

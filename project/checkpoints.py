@@ -39,10 +39,10 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from .errors import TERMINATED_EXIT
-from .identity import CHECKPOINT_FILE, checkpoint_name
-from .runtime import CLEAN_STOP_ENV
-from .topology import Topology, check_resume
+from project.errors import TERMINATED_EXIT
+from project.identity import CHECKPOINT_FILE, checkpoint_name
+from project.runtime import CLEAN_STOP_ENV
+from project.topology import Topology, check_resume
 
 log = logging.getLogger(__name__)
 

@@ -7,11 +7,11 @@ files the check verified are read and decompressed on a second core while the im
 
 import sys
 
-from . import deferred_imports, local
+from project import deferred_imports, local
 
 if __name__ == "__main__":
     local.listen()
     deferred_imports.install()  # before Lightning imports torchmetrics (project/deferred_imports.py)
-    from .train import main  # the heavy imports, overlapped with the listener's work
+    from project.train import main  # the heavy imports, overlapped with the listener's work
 
     sys.exit(main())

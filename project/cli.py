@@ -18,8 +18,8 @@ from invoke import Collection, Exit
 from invoke.parser import Argument, ParserContext
 from invoke.vendor.lexicon import Lexicon
 
-from .errors import INTERRUPTED_EXIT, USER_ERROR_EXIT, UserError
-from .run_ref import is_run_token
+from project.errors import INTERRUPTED_EXIT, USER_ERROR_EXIT, UserError
+from project.run_ref import is_run_token
 
 OVERRIDES_ARG = "overrides"
 OVERRIDES_FLAG = "--overrides"

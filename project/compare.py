@@ -9,16 +9,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .catalog import CatalogError, config_diff, load_yaml
-from .config import RESOLVED_CONFIG_NAME
-from .errors import UserError
-from .sagemaker_names import JOB_NAME, METRICS_FILE
+from project.catalog import CatalogError, config_diff, load_yaml
+from project.config import RESOLVED_CONFIG_NAME
+from project.errors import UserError
+from project.sagemaker_names import JOB_NAME, METRICS_FILE
 
 
 def run_folder(spec: str, overrides: list[str], echo: Callable[[str], None] = print) -> Path:
     """A finished run's folder: a path, a run under paths.runs_dir, or a SageMaker job (fetched there first)."""
-    from .config import compose
-    from .run_ref import resolve_run
+    from project.config import compose
+    from project.run_ref import resolve_run
 
     runs_dir = Path(compose(overrides).paths.runs_dir)
     ref = resolve_run(spec, runs_dir)
@@ -30,7 +30,7 @@ def run_folder(spec: str, overrides: list[str], echo: Callable[[str], None] = pr
         )
     if ref.as_path or not JOB_NAME.match(ref.name):
         raise CatalogError(f"no run {spec}: no such folder (`invoke runs` lists the runs)")
-    from .aws import workflow
+    from project.aws import workflow
 
     try:
         return workflow.fetch(overrides, ref.name, echo=echo)
@@ -70,7 +70,7 @@ def plot_compare(a: Path, b: Path, out: Path) -> Path:
     """Both runs' learning curves (loss and accuracy per epoch) on one figure."""
     import matplotlib
 
-    from .artifacts import read_curves  # the one reader of Lightning's metrics.csv
+    from project.artifacts import read_curves  # the one reader of Lightning's metrics.csv
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

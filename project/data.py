@@ -23,9 +23,9 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from .raw import Contents, DataError, fetch_raw, fetch_verified, read_bytes, read_verified, sha256  # noqa: F401 (re-exported)
-from .resolve import Resolved
-from .topology import per_device_batch
+from project.raw import Contents, DataError, fetch_raw, fetch_verified, read_bytes, read_verified, sha256  # noqa: F401 (re-exported)
+from project.resolve import Resolved
+from project.topology import per_device_batch
 
 IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}  # IDX codes: big-endian
 

@@ -35,8 +35,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
-from .sagemaker_names import METRICS_FILE
+from project.errors import UserError
+from project.sagemaker_names import METRICS_FILE
 
 IDENTITY_LENGTH = 12  # hex digits of SHA-256: collisions are out of reach for one user's runs
 # How a run executes or reports, not what it computes: a checkpoint resumes whichever way they are set.

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import imagetree
-from .data import ResidentDataModule, TensorSplit, split_indices
-from .raw import DataError
+from project import imagetree
+from project.data import ResidentDataModule, TensorSplit, split_indices
+from project.raw import DataError
 
 COLOR_MODES = {1: "L", 3: "RGB"}  # dataset.image_shape[0] (colour channels) -> Pillow's mode
 DECODE_WORKERS = 4  # Pillow releases the GIL while decoding: a few threads decode in parallel

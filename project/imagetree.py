@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
-from .atomic import write_atomically
-from .raw import DataError
+from project.atomic import write_atomically
+from project.raw import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MANIFEST = "shards.json"  # in a packed folder: names the classes and the current shards

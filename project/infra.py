@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from .errors import UserError
-from .names import name_problem
+from project.errors import UserError
+from project.names import name_problem
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,9 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from . import startup
-from .runtime import CLEAN_STOP_ENV, network_env, sagemaker_env
-from .topology import processes_per_node
+from project import startup
+from project.runtime import CLEAN_STOP_ENV, network_env, sagemaker_env
+from project.topology import processes_per_node
 
 
 def staged_processes_per_node(config_path: Path) -> int:

@@ -39,12 +39,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import lifeline, startup
-from .config import CONF_DIR, compose
-from .errors import HANGUP_EXIT, INTERRUPTED_EXIT, TERMINATED_EXIT, USER_ERROR_EXIT
-from .identity import choose_run, default_run_name, run_identity
-from .resolve import Resolved, resolve
-from .runtime import check_writable
+from project import lifeline, startup
+from project.config import CONF_DIR, compose
+from project.errors import HANGUP_EXIT, INTERRUPTED_EXIT, TERMINATED_EXIT, USER_ERROR_EXIT
+from project.identity import choose_run, default_run_name, run_identity
+from project.resolve import Resolved, resolve
+from project.runtime import check_writable
 
 # Exit codes of `python -m project.train` that need no further word: it said what happened.
 SELF_REPORTED_EXITS = (USER_ERROR_EXIT, INTERRUPTED_EXIT, TERMINATED_EXIT, HANGUP_EXIT)

@@ -17,7 +17,7 @@ import torchmetrics
 from pytorch_lightning.utilities.types import OptimizerLRSchedulerConfig
 from torch import nn
 
-from .runtime import debug_enabled
+from project.runtime import debug_enabled
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:

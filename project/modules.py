@@ -26,8 +26,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .config import CHANNELS, TOOL_DATASET_KEYS, TOOL_MODEL_KEYS, ConfigError
-from .resolve import Resolved
+from project.config import CHANNELS, TOOL_DATASET_KEYS, TOOL_MODEL_KEYS, ConfigError
+from project.resolve import Resolved
 
 CLASSIFIER = "project.models.LitClassifier"  # trains a model config's `net` when it names no _target_
 # LitClassifier's execution levers, set from trainer.* (they do not change what is computed).
@@ -221,7 +221,7 @@ def sample_pass(cfg: Any) -> tuple[Any, list[int]] | None:
     """
     import torch
 
-    from .models import build_net
+    from project.models import build_net
 
     shape = cfg.dataset.get("image_shape")
     if not shape or not is_classifier(cfg) or not cfg.model.get("net"):

@@ -12,7 +12,7 @@ import ipaddress
 import re
 from collections.abc import Callable
 
-from .errors import UserError
+from project.errors import UserError
 
 REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}$")  # us-east-1, us-gov-west-1, us-isob-east-1
 BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")

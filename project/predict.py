@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import CONTRACT_FILE, TORCHSCRIPT_FILE
-from .errors import UserError
-from .preprocess import MNIST_SIZE, ImageError, mnist_pixels
-from .preprocess import load_grey as _load_grey
+from project.artifacts import CONTRACT_FILE, TORCHSCRIPT_FILE
+from project.errors import UserError
+from project.preprocess import MNIST_SIZE, ImageError, mnist_pixels
+from project.preprocess import load_grey as _load_grey
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # Below this top-class probability the answer is printed as unsure, with both candidates. The
@@ -55,8 +55,8 @@ class Prediction:
 
 def run_folder(spec: str, overrides: list[str]) -> Path:
     """The folder of the run `spec` names: a path, or a run's name under paths.runs_dir."""
-    from .config import compose
-    from .run_ref import resolve_run
+    from project.config import compose
+    from project.run_ref import resolve_run
 
     return resolve_run(spec, compose(overrides).paths.runs_dir).folder
 

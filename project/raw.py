@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .atomic import replacing, write_atomically
-from .errors import UserError
+from project.atomic import replacing, write_atomically
+from project.errors import UserError
 
 GZIP_MAGIC = b"\x1f\x8b"
 VERIFIED_DIR = ".verified"  # in the cache dir: one file per verified file, named by its stored bytes' sha256

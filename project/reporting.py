@@ -27,8 +27,8 @@ import torch
 from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.callbacks.progress.tqdm_progress import convert_inf
 
-from . import startup
-from .runtime import debug_enabled, progress_interval
+from project import startup
+from project.runtime import debug_enabled, progress_interval
 
 PROGRESS_INTERVAL_SECONDS = 30.0  # without a terminal: often enough to show life, rare enough to read
 STEP_LOSS = "train_loss_step"  # mean training loss over the steps since the previous point

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .atomic import replacing
-from .raw import HTTP, Contents, DataError, VerifiedFile, fetch_verified, read, scheme, source_for
+from project.atomic import replacing
+from project.raw import HTTP, Contents, DataError, VerifiedFile, fetch_verified, read, scheme, source_for
 
 
 @dataclass

@@ -13,8 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
-from .sagemaker_names import JOB_NAME, METRICS_FILE
+from project.errors import UserError
+from project.sagemaker_names import JOB_NAME, METRICS_FILE
 
 # What a run folder holds (paths.runs_dir's layout): any one of them marks a folder as a run's.
 RUN_PARTS = ("model", "output", "checkpoints", METRICS_FILE)

@@ -16,8 +16,8 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UserError
-from .sagemaker_names import CHECKPOINT_DIR, METRICS_FILE
+from project.errors import UserError
+from project.sagemaker_names import CHECKPOINT_DIR, METRICS_FILE
 
 # A folder where each worker marks that it checkpointed after SIGTERM: the launcher (PID 1) then
 # exits 0 (project/launch.py, project/checkpoints.py).

@@ -20,8 +20,8 @@ import zipfile
 from pathlib import Path
 from typing import IO, Any
 
-from .atomic import write_atomically
-from .modules import is_classifier
+from project.atomic import write_atomically
+from project.modules import is_classifier
 
 PROJECT_DIR = Path(__file__).resolve().parent
 CODE_DIR = "code"

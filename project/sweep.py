@@ -26,10 +26,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .config import CONF_DIR, ConfigError, one_line, register_schema, to_yaml, validate
-from .errors import UserError
-from .sagemaker_names import METRICS_FILE
-from .sweep_jobs import Job, JobResult, SweepError, refusal, scalar_metrics
+from project.config import CONF_DIR, ConfigError, one_line, register_schema, to_yaml, validate
+from project.errors import UserError
+from project.sagemaker_names import METRICS_FILE
+from project.sweep_jobs import Job, JobResult, SweepError, refusal, scalar_metrics
 
 Echo = Callable[[str], None]
 LOCAL_LAUNCHER = "local"  # hydra/launcher=local: the jobs one after another on this machine
@@ -188,9 +188,9 @@ class JobFailed(UserError):
 def run_local_jobs(jobs: list[Job], sweep_dir: Path, echo: Echo = print) -> list[JobResult]:
     """Each job in turn as `python -m project.train --config <its resolved config>`, in sweep_dir/<n>/,
     on the data resolved here and handed to it (an s3:// channel's copy: the training process reads no S3)."""
-    from . import local
-    from .aws import source  # noqa: F401 (registers s3:// with project.raw)
-    from .resolve import resolve
+    from project import local
+    from project.aws import source  # noqa: F401 (registers s3:// with project.raw)
+    from project.resolve import resolve
 
     # every job's data present and verified before the first trains
     data = {job.num: resolve(job.cfg) for job in jobs}

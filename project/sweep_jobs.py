@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import UserError
+from project.errors import UserError
 
 
 class SweepError(UserError):

@@ -12,8 +12,8 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from .atomic import write_atomically
-from .sweep_jobs import JobResult
+from project.atomic import write_atomically
+from project.sweep_jobs import JobResult
 
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"

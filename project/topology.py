@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import UserError
+from project.errors import UserError
 
 
 class TopologyError(UserError, ValueError):

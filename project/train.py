@@ -27,15 +27,15 @@ import torch
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from . import artifacts, local, modules, reporting, serving, startup
-from . import config as config_lib
-from .atomic import write_atomically
-from .checkpoints import Interrupted, Interrupts, RunCheckpoints, newest_valid, run_bytes, stop_exit
-from .errors import INTERRUPTED_EXIT, USER_ERROR_EXIT, UserError
-from .identity import CHECKPOINT_FILE, choose_run, default_run_name, finished_name, run_identity
-from .reporting import scalars as _scalars
-from .resolve import Resolved, resolve
-from .runtime import (
+from project import artifacts, local, modules, reporting, serving, startup
+from project import config as config_lib
+from project.atomic import write_atomically
+from project.checkpoints import Interrupted, Interrupts, RunCheckpoints, newest_valid, run_bytes, stop_exit
+from project.errors import INTERRUPTED_EXIT, USER_ERROR_EXIT, UserError
+from project.identity import CHECKPOINT_FILE, choose_run, default_run_name, finished_name, run_identity
+from project.reporting import scalars as _scalars
+from project.resolve import Resolved, resolve
+from project.runtime import (
     RunLayout,
     SageMakerEnv,
     check_room,
@@ -48,7 +48,7 @@ from .runtime import (
     sagemaker_env,
     whole_lines,
 )
-from .topology import Topology, decide
+from project.topology import Topology, decide
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..names import split_s3_uri
-from .deploy import wait_until_settled
-from .deploy_image import echo_image, serving_image
-from .deploy_requests import (
+from project.aws.deploy import wait_until_settled
+from project.aws.deploy_image import echo_image, serving_image
+from project.aws.deploy_requests import (
     IMAGE_CONTENT_TYPES,
     DeployError,
     Echo,
@@ -31,10 +30,11 @@ from .deploy_requests import (
     tag_list,
     versioned_name,
 )
-from .deploy_source import model_data_for, resolve_source
-from .endpoints import delete_resources
-from .session import aws_errors
-from .workflow import aws_task, setup
+from project.aws.deploy_source import model_data_for, resolve_source
+from project.aws.endpoints import delete_resources
+from project.aws.session import aws_errors
+from project.aws.workflow import aws_task, setup
+from project.names import split_s3_uri
 
 PREDICTIONS_DIR = "predictions"
 PREDICTIONS_CSV = "predictions.csv"
@@ -66,7 +66,7 @@ def batch_content_type(names: list[str], where: str) -> str:
 def check_role_reads(ctx: Any, bucket: str, key: str, spec: str) -> None:
     """The transform job reads its input as the execution role: one that may not read the prefix
     (by IAM's policy simulator, where it can say) is one line before anything is created."""
-    from .fit import denied_actions
+    from project.aws.fit import denied_actions
 
     iam = ctx.clients.client("iam")
     if denied_actions(iam, ctx.infra.role_arn, ["s3:GetObject"], f"arn:aws:s3:::{bucket}/{key}"):
@@ -95,7 +95,7 @@ def batch_input(ctx: Any, source: Source, spec: str, stamp: str, echo: Echo) -> 
     inputs = sorted(p for p in folder.iterdir() if p.suffix.lower() in BATCH_CONTENT_TYPES and p.is_file())
     content_type = batch_content_type([p.name for p in inputs], str(folder))
     if content_type == BATCH_CONTENT_TYPES[".png"]:
-        from ..predict import PredictError, check_images
+        from project.predict import PredictError, check_images
 
         try:  # what `invoke predict` refuses, refused before a billable job is made of it
             check_images(inputs)

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from .deploy_image import echo_image, serving_image
-from .deploy_requests import (
+from project.aws.deploy_image import echo_image, serving_image
+from project.aws.deploy_requests import (
     DeployError,
     Echo,
     check_instance,
@@ -31,9 +31,9 @@ from .deploy_requests import (
     tag_list,
     versioned_name,
 )
-from .deploy_source import model_data_for, resolve_source
-from .endpoints import delete_resources, endpoint_status, remove_config
-from .workflow import aws_task, setup
+from project.aws.deploy_source import model_data_for, resolve_source
+from project.aws.endpoints import delete_resources, endpoint_status, remove_config
+from project.aws.workflow import aws_task, setup
 
 ENDPOINT_BUSY = ("Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .. import serving
-from .deploy_requests import DeployError, Echo, Source
+from project import serving
+from project.aws.deploy_requests import DeployError, Echo, Source
 
 
 def _release(version: str) -> tuple[int, int]:

@@ -10,16 +10,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .. import serving
-from ..config import RESOLVED_CONFIG_NAME, load_resolved
-from ..identity import run_identity
-from ..names import split_s3_uri
-from ..run_ref import resolve_run
-from ..sagemaker_names import JOB_NAME
-from . import monitor
-from .deploy_requests import HASH_TAG, DeployError, Echo, Source
-from .session import aws_errors
-from .workflow import job_of
+from project import serving
+from project.aws import monitor
+from project.aws.deploy_requests import HASH_TAG, DeployError, Echo, Source
+from project.aws.session import aws_errors
+from project.aws.workflow import job_of
+from project.config import RESOLVED_CONFIG_NAME, load_resolved
+from project.identity import run_identity
+from project.names import split_s3_uri
+from project.run_ref import resolve_run
+from project.sagemaker_names import JOB_NAME
 
 
 def resolve_source(ctx: Any, spec: str | None) -> Source:

@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .deploy_requests import IMAGE_CONTENT_TYPES, DeployError
-from .workflow import aws_task, setup
+from project.aws.deploy_requests import IMAGE_CONTENT_TYPES, DeployError
+from project.aws.workflow import aws_task, setup
 
 
 def invoke_endpoint(ctx: Any, endpoint: str, body: bytes, content_type: str, what: str) -> dict[str, Any]:
@@ -34,7 +34,7 @@ def endpoint_predictions(ctx: Any, endpoint: str, images: list[Path], raw: bool)
 
     import numpy as np
 
-    from ..predict import Prediction, raw_pixels
+    from project.predict import Prediction, raw_pixels
 
     results: list[Any] = []
     for path in images:

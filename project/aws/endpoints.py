@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ..sagemaker_names import PROJECT_TAG
-from .deploy_requests import EXPIRES_TAG, RUN_TAG, DeployError, Echo
-from .workflow import aws_task, setup
+from project.aws.deploy_requests import EXPIRES_TAG, RUN_TAG, DeployError, Echo
+from project.aws.workflow import aws_task, setup
+from project.sagemaker_names import PROJECT_TAG
 
 
 def endpoint_status(sm: Any, name: str) -> dict[str, Any] | None:

@@ -19,13 +19,13 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ..atomic import write_atomically
-from ..errors import UserError
-from ..names import split_s3_uri
-from ..sagemaker_names import METRICS_FILE
-from . import transfer
-from .session import aws_errors
-from .transfer import Echo, TransferError
+from project.atomic import write_atomically
+from project.aws import transfer
+from project.aws.session import aws_errors
+from project.aws.transfer import Echo, TransferError
+from project.errors import UserError
+from project.names import split_s3_uri
+from project.sagemaker_names import METRICS_FILE
 
 
 @dataclass(frozen=True)

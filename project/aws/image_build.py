@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 
-from .image import ImageError
+from project.aws.image import ImageError
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import UserError
-from ..sagemaker_names import LOG_GROUP
-from .cost import job_cost
-from .session import aws_errors
+from project.aws.cost import job_cost
+from project.aws.session import aws_errors
+from project.errors import UserError
+from project.sagemaker_names import LOG_GROUP
 
 TERMINAL = {"Completed", "Failed", "Stopped"}
 

@@ -12,17 +12,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ..config import CONF_DIR, metric_names, with_gpus
-from ..errors import UserError
-from ..identity import Progress, run_identity
-from ..imagetree import packs
-from ..infra import Infra
-from ..launch import trains_in_pid_1
-from ..sagemaker_names import JOB_NAME, PROJECT_TAG
-from ..topology import Topology, decide
-from .cost import Cost, budget_line, check_budget, estimate, price_age_note
-from .fit import check_precision
-from .image import JobImage
+from project.aws.cost import Cost, budget_line, check_budget, estimate, price_age_note
+from project.aws.fit import check_precision
+from project.aws.image import JobImage
+from project.config import CONF_DIR, metric_names, with_gpus
+from project.errors import UserError
+from project.identity import Progress, run_identity
+from project.imagetree import packs
+from project.infra import Infra
+from project.launch import trains_in_pid_1
+from project.sagemaker_names import JOB_NAME, PROJECT_TAG
+from project.topology import Topology, decide
 
 ENTRY_SCRIPT = "sm_entry.py"  # project/sm_entry.py, staged at the top of the code channel
 MAX_RUNTIME_SECONDS = 28 * 24 * 3600  # SageMaker's limit on MaxRuntimeInSeconds/MaxWaitTimeInSeconds

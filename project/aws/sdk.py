@@ -11,14 +11,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..names import split_s3_uri
-from ..sagemaker_names import CHECKPOINT_DIR
-from .fit import check_image_pull
-from .image import JOB_REQUIREMENTS, JobImage
-from .plan import JobPlan, LaunchError, entry_command
-from .quotas import check_quotas, usages
-from .session import aws_errors
-from .staging import CODE_PREFIX
+from project.aws.fit import check_image_pull
+from project.aws.image import JOB_REQUIREMENTS, JobImage
+from project.aws.plan import JobPlan, LaunchError, entry_command
+from project.aws.quotas import check_quotas, usages
+from project.aws.session import aws_errors
+from project.aws.staging import CODE_PREFIX
+from project.names import split_s3_uri
+from project.sagemaker_names import CHECKPOINT_DIR
 
 
 def metric_definitions(names: list[str] | tuple[str, ...]) -> list[dict[str, str]]:

@@ -13,15 +13,15 @@ import sys
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..errors import UserError
-from ..names import split_s3_uri
-from ..raw import Source, register_source
-from .transfer import Echo
+from project.aws.transfer import Echo
+from project.errors import UserError
+from project.names import split_s3_uri
+from project.raw import Source, register_source
 
 
 def connect(endpoint_url: str | None) -> Any:
     """A client made as the AWS tasks make theirs: aws.endpoint_url, else AWS_ENDPOINT_URL, else AWS."""
-    from .session import aws_clients
+    from project.aws.session import aws_clients
 
     return aws_clients(None, endpoint_url).s3
 
@@ -32,7 +32,7 @@ def download(client: Any, uri: str, out: BinaryIO) -> None:
 
 
 def mirror(client: Any, uri: str, folder: Path, echo: Echo) -> list[str]:
-    from .fetch import mirror_folder
+    from project.aws.fetch import mirror_folder
 
     return mirror_folder(client, uri, folder, echo=echo)
 
@@ -48,7 +48,7 @@ def setup_problem(exc: BaseException) -> UserError | None:
     """botocore's credential, region and connection failures as one line; None for an S3 answer."""
     if hasattr(exc, "response") or "botocore.exceptions" not in sys.modules:
         return None  # a ClientError answers for one key: the next name may exist
-    from .session import explain
+    from project.aws.session import explain
 
     return explain(exc)
 

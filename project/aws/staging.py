@@ -21,9 +21,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..config import RESOLVED_CONFIG_NAME, to_yaml, with_gpus
-from .image import JOB_REQUIREMENTS, job_requirements
-from .plan import ENTRY_SCRIPT, JobPlan, LaunchError
+from project.aws.image import JOB_REQUIREMENTS, job_requirements
+from project.aws.plan import ENTRY_SCRIPT, JobPlan, LaunchError
+from project.config import RESOLVED_CONFIG_NAME, to_yaml, with_gpus
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent  # the package folder, project/
 # Where the SDK stages each job's code in the artifacts bucket (terraform/main.tf: local.code_prefix;

@@ -23,19 +23,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
-from ..names import split_s3_uri
-from ..sagemaker_names import CONFIG_CHANNEL
-from ..sweep_jobs import Job, JobResult, refusal, scalar_metrics
-from . import monitor, sdk
-from .cost import budget_line, check_budget
-from .image import job_image
-from .names import tag_value
-from .plan import JobPlan, LaunchError, plan_job
-from .quotas import check_quotas, free_instances, usages
-from .session import aws_errors
-from .staging import source_revision, stage_code, staged_config
-from .workflow import Context, check_job, context, fetch_completed, setup
+from project.aws import monitor, sdk
+from project.aws.cost import budget_line, check_budget
+from project.aws.image import job_image
+from project.aws.names import tag_value
+from project.aws.plan import JobPlan, LaunchError, plan_job
+from project.aws.quotas import check_quotas, free_instances, usages
+from project.aws.session import aws_errors
+from project.aws.staging import source_revision, stage_code, staged_config
+from project.aws.workflow import Context, check_job, context, fetch_completed, setup
+from project.errors import UserError
+from project.names import split_s3_uri
+from project.sagemaker_names import CONFIG_CHANNEL
+from project.sweep_jobs import Job, JobResult, refusal, scalar_metrics
 
 DEFAULT_MAX_PARALLEL = 4  # jobs at once when launcher.max_parallel is not set
 SWEEP_TAG, JOB_TAG, OVERRIDES_TAG, HASH_TAG = "sweep-id", "sweep-job", "sweep-overrides", "config-hash"

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from ..sagemaker_names import LOG_GROUP
+from project.sagemaker_names import LOG_GROUP
 
 LOG_TAIL_LINES = 200  # per host: the tracebacks of several ranks plus torchrun's failure summary
 SHOWN_LINES = 15  # last lines shown when no rule matched

@@ -13,12 +13,12 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
-from ..imagetree import MANIFEST, read_manifest
-from ..raw import file_sha256
-from . import transfer
-from .session import aws_errors
-from .transfer import Echo, TransferError
+from project.aws import transfer
+from project.aws.session import aws_errors
+from project.aws.transfer import Echo, TransferError
+from project.errors import UserError
+from project.imagetree import MANIFEST, read_manifest
+from project.raw import file_sha256
 
 SHA256_META = "sha256"  # stored by S3 as the x-amz-meta-sha256 header
 UPLOAD = "upload"

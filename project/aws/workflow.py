@@ -19,32 +19,27 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..config import CONF_DIR, compose
-from ..identity import Progress, progress
-from ..imagetree import pack_channel, write_sagemaker_manifest
-from ..infra import Infra, load_infra
-from ..names import name_problem, split_s3_uri
-from ..resolve import resolve
-from ..run_ref import resolve_run
-from ..sagemaker_names import METRICS_FILE
-from . import (
-    monitor,
-    sdk,
-    source,  # noqa: F401 (registers s3:// data with project.raw)
-    triage,
-)
-from .fetch import fetch_job
-from .fit import InstanceFitError, check_memory, estimate_memory
-from .image import ImageError, base_image, custom_image, job_image
-from .image_build import ImageRef, build_command, ecr_password, push_commands, tag_exists
-from .plan import JobPlan, LaunchError, channel_uris, manifest_uri, plan_job, validate_plan
-from .prices import PRICING_REGION, PriceError
-from .prices import refresh as refresh_prices
-from .quotas import QuotaError
-from .session import aws_clients, aws_errors
-from .staging import DRY_RUN_CODE_PREFIX, DRY_RUN_EXPIRY_DAYS, source_revision, stage_source, user_code
-from .upload import UploadItem, folder_files, plan_packed_upload, plan_upload
-from .upload import upload as upload_items
+from project.aws import monitor, sdk, triage
+from project.aws.fetch import fetch_job
+from project.aws.fit import InstanceFitError, check_memory, estimate_memory
+from project.aws.image import ImageError, base_image, custom_image, job_image
+from project.aws.image_build import ImageRef, build_command, ecr_password, push_commands, tag_exists
+from project.aws.plan import JobPlan, LaunchError, channel_uris, manifest_uri, plan_job, validate_plan
+from project.aws.prices import PRICING_REGION, PriceError
+from project.aws.prices import refresh as refresh_prices
+from project.aws.quotas import QuotaError
+from project.aws.session import aws_clients, aws_errors
+from project.aws.staging import DRY_RUN_CODE_PREFIX, DRY_RUN_EXPIRY_DAYS, source_revision, stage_source, user_code
+from project.aws.upload import UploadItem, folder_files, plan_packed_upload, plan_upload
+from project.aws.upload import upload as upload_items
+from project.config import CONF_DIR, compose
+from project.identity import Progress, progress
+from project.imagetree import pack_channel, write_sagemaker_manifest
+from project.infra import Infra, load_infra
+from project.names import name_problem, split_s3_uri
+from project.resolve import resolve
+from project.run_ref import resolve_run
+from project.sagemaker_names import METRICS_FILE
 
 INFRA_KEYS = ("data_bucket", "artifacts_bucket", "repository_url", "role_arn", "region")
 
@@ -148,7 +143,7 @@ def check_job(cfg: Any, plan: JobPlan, echo: Callable[[str], None] = print, budg
     and their arguments, the packages it carries, whether the network takes the data's samples, and
     whether its batch fits the GPUs' memory. `invoke train` checks its job; a sweep, every job.
     Returns the user packages the job carries (staging.user_code)."""
-    from .. import modules  # imports torch and the user's classes: only when a job is launched
+    from project import modules  # imports torch and the user's classes: only when a job is launched
 
     validate_plan(plan, cfg, budget)
     modules.check(cfg)

@@ -20,11 +20,10 @@ Only the standard library is imported at module level; Hydra and OmegaConf are i
 the functions that need them so that `invoke --list` stays instant.
 """
 
-from ..topology import per_device_batch  # users' DataModules import it from here too
-from .cache import COMPOSE_CACHE_ENV, COMPOSE_CACHE_KEEP, compose_cache_dir
-from .compose import CONF_DIR, RESOLVED_CONFIG_NAME, compose, load_resolved, to_yaml, with_gpus
-from .messages import MISMATCH_HINT, RENAMED_KEYS, ConfigError, one_line
-from .schema import (
+from project.config.cache import COMPOSE_CACHE_ENV, COMPOSE_CACHE_KEEP, compose_cache_dir
+from project.config.compose import CONF_DIR, RESOLVED_CONFIG_NAME, compose, load_resolved, to_yaml, with_gpus
+from project.config.messages import MISMATCH_HINT, RENAMED_KEYS, ConfigError, one_line
+from project.config.schema import (
     CHANNELS,
     DEFAULT_METRICS,
     INPUT_MODES,
@@ -47,7 +46,8 @@ from .schema import (
     metric_names,
     register_schema,
 )
-from .validate import MINIMUMS, RUN_NAME, validate
+from project.config.validate import MINIMUMS, RUN_NAME, validate
+from project.topology import per_device_batch  # users' DataModules import it from here too
 
 __all__ = [
     "CHANNELS",

@@ -13,9 +13,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..atomic import write_atomically
-from . import schema
-from .schema import Config
+from project.atomic import write_atomically
+from project.config import schema
+from project.config.schema import Config
 
 COMPOSE_CACHE_ENV = "LIGHTNING_SAGEMAKER_CACHE"  # a folder, or "off"
 COMPOSE_CACHE_KEEP = 256  # newest entries kept; an entry is a few KiB

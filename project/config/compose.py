@@ -7,10 +7,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .cache import cache_file, load_cached, store_cached
-from .messages import ConfigError, one_line
-from .schema import Config, register_schema
-from .validate import validate
+from project.config.cache import cache_file, load_cached, store_cached
+from project.config.messages import ConfigError, one_line
+from project.config.schema import Config, register_schema
+from project.config.validate import validate
 
 CONF_DIR = Path(__file__).resolve().parent.parent.parent / "conf"
 RESOLVED_CONFIG_NAME = "config.yaml"  # the resolved config file that travels with a job

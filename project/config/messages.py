@@ -5,8 +5,8 @@ from __future__ import annotations
 import difflib
 import re
 
-from ..errors import UserError
-from .schema import valid_keys
+from project.config.schema import valid_keys
+from project.errors import UserError
 
 
 class ConfigError(UserError, ValueError):

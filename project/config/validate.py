@@ -8,10 +8,8 @@ from collections.abc import Callable
 from dataclasses import fields, is_dataclass
 from typing import Any
 
-from ..names import FIELDS, name_problem
-from ..topology import TopologyError, check_gpus
-from .messages import ConfigError, one_line
-from .schema import (
+from project.config.messages import ConfigError, one_line
+from project.config.schema import (
     CHANNELS,
     INPUT_MODES,
     MISSING,
@@ -23,6 +21,8 @@ from .schema import (
     DatasetKeys,
     schema_of,
 )
+from project.names import FIELDS, name_problem
+from project.topology import TopologyError, check_gpus
 
 # The least value of each numeric key that has one (a None, where the schema allows it, is not checked).
 MINIMUMS = {  # job.max_run_minutes has a range, SageMaker's: aws/plan.validate_plan checks it

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import DEFAULT_HOST, DEFAULT_PORT
-from .daemon import BACKGROUND_STOP_HINT, Settings, serve
-from .optml import SandboxError
+from project.sandbox import DEFAULT_HOST, DEFAULT_PORT
+from project.sandbox.daemon import BACKGROUND_STOP_HINT, Settings, serve
+from project.sandbox.optml import SandboxError
 
 
 def _arguments() -> argparse.Namespace:

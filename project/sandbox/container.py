@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from ..lifeline import dying_with_this_thread
-from ..sagemaker_names import LOG_GROUP
-from .optml import CONTAINER_ROOT
+from project.lifeline import dying_with_this_thread
+from project.sagemaker_names import LOG_GROUP
+from project.sandbox.optml import CONTAINER_ROOT
 
 STOP_GRACE_SECONDS = 120.0  # SageMaker's delay between SIGTERM and SIGKILL
 LOG_FLUSH_SECONDS = 0.5

@@ -22,13 +22,13 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import DEFAULT_HOST, STATE_DIR
-from .container import container_problem
-from .ecr_iam import LocalImages
-from .endpoint import Endpoint
-from .optml import SandboxError
-from .run import RunOptions
-from .service import SageMakerService
+from project.sandbox import DEFAULT_HOST, STATE_DIR
+from project.sandbox.container import container_problem
+from project.sandbox.ecr_iam import LocalImages
+from project.sandbox.endpoint import Endpoint
+from project.sandbox.optml import SandboxError
+from project.sandbox.run import RunOptions
+from project.sandbox.service import SageMakerService
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 PID_FILE, LOG_FILE, JOBS_DIR = "sandbox.pid", "sandbox.log", "jobs"

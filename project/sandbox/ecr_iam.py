@@ -12,7 +12,7 @@ import hashlib
 import json
 from typing import Any
 
-from .patches import MethodPatch
+from project.sandbox.patches import MethodPatch
 
 
 class LocalImages(MethodPatch):

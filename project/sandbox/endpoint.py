@@ -13,10 +13,10 @@ import socket
 import threading
 from typing import Any
 
-from .ecr_iam import NoPolicySimulation
-from .optml import SandboxError
-from .policy import BucketPolicyConditions
-from .quotas import SageMakerQuotas
+from project.sandbox.ecr_iam import NoPolicySimulation
+from project.sandbox.optml import SandboxError
+from project.sandbox.policy import BucketPolicyConditions
+from project.sandbox.quotas import SageMakerQuotas
 
 
 class PortInUse(SandboxError):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .patches import MethodPatch
+from project.sandbox.patches import MethodPatch
 
 # The request context of a boto3 call to S3 (the keys the sandbox knows how to answer).
 REQUEST_CONTEXT = {"aws:securetransport": "true"}

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .patches import Patches
+from project.sandbox.patches import Patches
 
 SERVICE_CODE = "sagemaker"
 SANDBOX_DEFAULT = 100  # instances per type and usage: more than the tests' InProgress jobs of one type
@@ -36,7 +36,7 @@ def quota_code(name: str) -> str:
 
 
 def catalog_quotas(region: str, account: str) -> list[dict[str, Any]]:
-    from ..aws.plan import known_instance_types
+    from project.aws.plan import known_instance_types
 
     quotas = []
     for instance_type in known_instance_types():

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .optml import SandboxError
+from project.sandbox.optml import SandboxError
 
 TERMINAL = ("Completed", "Failed", "Stopped")
 FAILURE_REASON_LIMIT = 1024  # SageMaker truncates FailureReason

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import record
-from .container import STOP_GRACE_SECONDS, Container, LogStream, namespace_argv
-from .optml import HOST, Desc, SandboxError, container_env, prepare_tree
-from .results import failure_reason, final_metrics, sync_checkpoints, upload_archives
+from project.sandbox import record
+from project.sandbox.container import STOP_GRACE_SECONDS, Container, LogStream, namespace_argv
+from project.sandbox.optml import HOST, Desc, SandboxError, container_env, prepare_tree
+from project.sandbox.results import failure_reason, final_metrics, sync_checkpoints, upload_archives
 
 LOG_TAIL_LINES = 40
 

@@ -29,12 +29,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from . import record
-from .container import LOG_GROUP, Container, container_problem
-from .optml import SandboxError
-from .patches import Patches
-from .run import JobClients, JobRun, RunOptions, run_training_job
-from .serving import Hosting, boto3_s3
+from project.sandbox import record
+from project.sandbox.container import LOG_GROUP, Container, container_problem
+from project.sandbox.optml import SandboxError
+from project.sandbox.patches import Patches
+from project.sandbox.run import JobClients, JobRun, RunOptions, run_training_job
+from project.sandbox.serving import Hosting, boto3_s3
 
 __all__ = [
     "LOG_GROUP",

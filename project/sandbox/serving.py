@@ -34,8 +34,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ..names import split_s3_uri
-from .patches import Patches
+from project.names import split_s3_uri
+from project.sandbox.patches import Patches
 
 CHECKOUT = Path(__file__).resolve().parents[2]  # `python -m project.sandbox.model_server` runs from here
 START_TIMEOUT_SECONDS = 120.0
