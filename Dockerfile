@@ -15,4 +15,4 @@ RUN grep -v '^torch==' /tmp/requirements-train.txt > /tmp/requirements.txt \
 
 ENV PYTHONUNBUFFERED=1
 # No ENTRYPOINT: the job's ContainerEntrypoint (the SageMaker SDK's driver) runs the code
-# channel, whose sm_entry.py calls project.train with the resolved config.
+# channel, whose sm_entry.py calls project.training.train with the resolved config.

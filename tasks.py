@@ -9,7 +9,7 @@ import gc
 
 from invoke import Collection, Exit, task
 
-from project.cli import OVERRIDES_HELP, accept_bare_overrides, user_errors
+from project.face.cli import OVERRIDES_HELP, accept_bare_overrides, user_errors
 from project.sandbox import DEFAULT_PORT as SANDBOX_PORT
 
 accept_bare_overrides()
@@ -33,11 +33,11 @@ def local(c, overrides=None, multirun=False):
     Ctrl-C stops at the next step with a checkpoint; the same command resumes. With -m, a sweep:
     the jobs one after another, in runs/<sweep>/<n>/, with a results table.
     """
-    from project import local
     from project.aws import source  # noqa: F401 (an s3:// channel: the check reads it, the training process its copy)
+    from project.training import local
 
     if multirun:
-        from project import sweep
+        from project.face import sweep
 
         with user_errors():
             sweep.local_sweep(overrides or [])
@@ -62,8 +62,8 @@ def local(c, overrides=None, multirun=False):
 )
 def predict(c, run_dir, images, raw=False, endpoint=False, overrides=None):
     """Read handwritten digits in photos with a run's exported model: the top two classes, or why unsure."""
-    from project.predict import expand_images, find_model, run_folder
-    from project.predict import predict as classify
+    from project.serving.predict import expand_images, find_model, run_folder
+    from project.serving.predict import predict as classify
 
     with user_errors():
         if endpoint:
@@ -139,7 +139,7 @@ def train(c, overrides=None, yes=False, dry_run=False, wait=True, poll=10, multi
     from project.aws import workflow
 
     if multirun:
-        from project import sweep
+        from project.face import sweep
 
         if dry_run or not wait:
             raise Exit("error: -m sweeps launch and follow their jobs: drop --dry-run/--no-wait", code=2)
@@ -235,7 +235,7 @@ def fetch(c, job=None, sweep=None, overrides=None):
 )
 def runs(c, sweep=None, since=None, metric=None, overrides=None):
     """Every run, local and SageMaker, newest first: status, config hash, git sha, overrides, metrics, cost."""
-    from project import catalog
+    from project.face import catalog
 
     with user_errors():
         catalog.list_runs(overrides or [], sweep, since, metric)
@@ -251,7 +251,7 @@ def runs(c, sweep=None, since=None, metric=None, overrides=None):
 )
 def compare(c, a, b, overrides=None):
     """Two runs side by side: config diff, final metrics, one PNG of both learning curves."""
-    from project.compare import compare as compare_runs
+    from project.face.compare import compare as compare_runs
 
     with user_errors():
         compare_runs(a, b, overrides or [])

@@ -26,11 +26,11 @@ def _job_spec(aws, overrides) -> dict:
     """The settings the product derives for this job, for the baseline script to use as given."""
     from project.aws import sdk
     from project.aws.image import JobImage
-    from project.aws.plan import ENTRY_SCRIPT, plan_job
-    from project.aws.staging import PROJECT_DIR, source_revision
-    from project.config import compose, to_yaml, with_gpus
-    from project.infra import Infra
-    from project.sagemaker_names import CHECKPOINT_DIR, DATA_CHANNEL
+    from project.aws.infra import Infra
+    from project.aws.plan import plan_job
+    from project.aws.staging import ENTRY_SOURCE, PROJECT_DIR, source_revision
+    from project.core.config import compose, to_yaml, with_gpus
+    from project.core.sagemaker_names import CHECKPOINT_DIR, DATA_CHANNEL
 
     cfg = compose(overrides)
     infra = Infra(aws.data_bucket, aws.artifacts_bucket, aws.repository_url, aws.role_arn, "us-east-1")
@@ -59,7 +59,7 @@ def _job_spec(aws, overrides) -> dict:
         artifacts_bucket=aws.artifacts_bucket,
         project_dir=str(PROJECT_DIR),
         config_yaml=to_yaml(with_gpus(cfg, plan.gpus_per_node)),  # as the product stages it
-        entry_source=(PROJECT_DIR / ENTRY_SCRIPT).read_text(),
+        entry_source=ENTRY_SOURCE.read_text(),
         metric_definitions=sdk.metric_definitions(plan.metrics),
         data_channel=DATA_CHANNEL,
         checkpoint_dir=CHECKPOINT_DIR,

@@ -130,7 +130,7 @@ def run_timed(argv: Sequence[str], env: Mapping[str, str], cwd: Path = ROOT) -> 
     return elapsed
 
 
-# project/startup.py's TRACE_ENV (not imported: the bench process stays light): with it set, each
+# project/core/startup.py's TRACE_ENV (not imported: the bench process stays light): with it set, each
 # process of a run appends `{"phase", "t"}` lines, and bench/plain_mnist.py writes the same.
 TRACE_ENV = "LIGHTNING_SAGEMAKER_STARTUP_TRACE"
 
@@ -190,7 +190,7 @@ def mnist_dir() -> Path | None:
 
 def train_arrays(n: int | None = None):
     """(images uint8 N x 28 x 28, labels uint8 N, source description): real MNIST, else synthetic."""
-    from project.data import parse_idx, read_bytes
+    from project.training.data import parse_idx, read_bytes
 
     folder = mnist_dir()
     if folder is not None:

@@ -54,7 +54,7 @@ def _write_idx(folder: Path, images: np.ndarray, labels: np.ndarray) -> dict[str
 
 
 def _ours(folder: Path, files: dict[str, str]):
-    from project.data import IdxDataModule
+    from project.training.data import IdxDataModule
 
     started = time.perf_counter()
     dm = IdxDataModule(str(folder), files, str(folder / "cache"), batch_size=BATCH, val_size=0, mean=MEAN, std=STD)

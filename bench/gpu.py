@@ -5,7 +5,7 @@ experiment=gpu_fast (conf/experiment/gpu_fast.yaml) pulls the levers that matter
 images: the dataset resident in GPU memory, a 4x larger batch with a one-cycle peak scaled for
 it, bf16 autocast and channels_last. The training-loop seconds are the run's own clock
 (`train_loop_seconds` in metrics.json: each epoch's steps up to its validation, the device
-synchronised at both ends; see project.train.LoopTimer), so start-up, validation and test are
+synchronised at both ends; see project.training.train.LoopTimer), so start-up, validation and test are
 not in them. Target: >= 99.0% test accuracy for every seed in <= 0.5 s of training loop on an
 H100. One run per seed and config, alternating; skipped on a machine without CUDA.
 """

@@ -30,7 +30,7 @@ def write_pngs(folder: Path, root: Path) -> int:
     """The MNIST test images as <label>/<index>.png; returns how many."""
     from PIL import Image
 
-    from project.data import parse_idx, read_bytes
+    from project.training.data import parse_idx, read_bytes
 
     images = parse_idx(read_bytes(folder / "t10k-images-idx3-ubyte.gz"))
     labels = parse_idx(read_bytes(folder / "t10k-labels-idx1-ubyte.gz"))
@@ -44,9 +44,9 @@ def write_pngs(folder: Path, root: Path) -> int:
 def _epoch(train_dir: Path) -> float:
     import pytorch_lightning as pl
 
-    from project.imagefolder import ImageFolderDataModule
-    from project.models import LitClassifier, SmallCNN
-    from project.reporting import quiet_lightning
+    from project.training.imagefolder import ImageFolderDataModule
+    from project.training.models import LitClassifier, SmallCNN
+    from project.training.reporting import quiet_lightning
 
     quiet_lightning(False)  # Lightning's banners would bury the results
     pl.seed_everything(0, verbose=False)
@@ -71,7 +71,7 @@ def run(reps: int) -> dict:
     folder = mnist_dir()
     if folder is None:
         raise Skip("real MNIST not found at ../shared/data/mnist: this benchmark writes its test images as PNGs")
-    from project.imagetree import pack_tree
+    from project.training.imagetree import pack_tree
 
     aws_cli = awscli()
     scratch = Path(tempfile.mkdtemp(prefix="bench-imagefolder-"))

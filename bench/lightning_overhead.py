@@ -1,4 +1,4 @@
-"""Lightning overhead: our LightningModule + IdxDataModule, built by project.train.build_run exactly as
+"""Lightning overhead: our LightningModule + IdxDataModule, built by project.training.train.build_run exactly as
 `invoke local` builds them (TensorBoard + CSV loggers, the reporting callbacks, RunCheckpoints, torchmetrics),
 against a hand-written PyTorch loop over the same tensors: same SmallCNN, batch size, AdamW +
 one-cycle schedule, validation pass and torch thread count. Both train the same model the same
@@ -23,7 +23,7 @@ cost per step in ms for those variants and for `bare` (Lightning's loop alone).
 Both sides run with denormals flushed to zero (`torch.set_flush_denormal(True)`): in this regime
 subnormal floats appear in the first epochs and make every kernel of both sides up to ~9x slower
 (identically: the arithmetic is the same), burying the framework's share in noise. The product
-sets the flag itself (trainer.flush_denormal, first thing in project.train.train); bench/README.md
+sets the flag itself (trainer.flush_denormal, first thing in project.training.train.train); bench/README.md
 ("Denormals") says what it saves `invoke local`. Here it is set before any work, so every thread
 of torch's pool has it.
 """
@@ -64,7 +64,7 @@ def _subset_dataset(folder: Path) -> tuple[dict[str, str], str]:
 
 
 def _compose(folder: Path, files: dict[str, str], runs: Path, epochs: int):
-    from project.config import compose
+    from project.core.config import compose
 
     overrides = [
         f"dataset.channels.train={folder}",
@@ -80,7 +80,7 @@ def _compose(folder: Path, files: dict[str, str], runs: Path, epochs: int):
 
 def _tensors(cfg, folder: Path, runs: Path):
     """The train and val tensors exactly as IdxDataModule makes them."""
-    from project.data import IdxDataModule
+    from project.training.data import IdxDataModule
 
     d = cfg.dataset
     dm = IdxDataModule(
@@ -108,7 +108,7 @@ class PlainLoop:
         import pytorch_lightning as pl
         import torch
 
-        from project.models import build_net
+        from project.training.models import build_net
 
         pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)  # the Lightning side seeds the same
         self.net = build_net(dict(cfg.model.net))
@@ -188,10 +188,10 @@ def _alternating_fit(cfg, folder: Path, runs: Path, plain: PlainLoop, variant: s
     """
     import pytorch_lightning as pl
 
-    from project.resolve import resolve
-    from project.runtime import local_layout
-    from project.topology import decide
-    from project.train import build_run
+    from project.core.runtime import local_layout
+    from project.core.topology import decide
+    from project.training.resolve import resolve
+    from project.training.train import build_run
 
     pairs: list[dict[str, float]] = []
     clock: dict[str, object] = {"epoch_start": None, "plain_inside": 0.0, "step_start": None, "steps": []}
@@ -231,10 +231,10 @@ def _alternating_fit(cfg, folder: Path, runs: Path, plain: PlainLoop, variant: s
         def on_train_end(self, trainer, pl_module) -> None:
             close_plain_epoch()  # the last epochs are not timed; both sides still finish training
 
-    pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)  # as project.train.train does
+    pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)  # as project.training.train.train does
     layout = local_layout(Path(tempfile.mkdtemp(dir=runs)))
     layout.create()
-    data = resolve(cfg, {"train": folder}, remember=False, keep=True)  # as project.train.train does
+    data = resolve(cfg, {"train": folder}, remember=False, keep=True)  # as project.training.train.train does
     trainer, module, datamodule = build_run(cfg, layout, data, decide(cfg.trainer, available=0))
     VARIANTS[variant](trainer, module)
     trainer.callbacks.append(Lockstep())  # last: the product's own hooks run before it
@@ -272,8 +272,8 @@ def _bare(trainer, module) -> None:
     """Lightning's own loop alone: no loggers, none of our callbacks, no metrics or self.log."""
     import torch.nn.functional as F
 
-    from project import reporting
-    from project.checkpoints import RunCheckpoints
+    from project.training import reporting
+    from project.training.checkpoints import RunCheckpoints
 
     ours = (
         reporting.MetricLines,
@@ -301,7 +301,7 @@ def _framework_cost(cfg, folder: Path, runs: Path, train_split, val_split) -> di
 
     tiny = copy.deepcopy(cfg)
     tiny.model.net = {
-        "_target_": "project.models.MLP",
+        "_target_": "project.training.models.MLP",
         "in_features": 784,
         "num_classes": 10,
         "hidden": 8,

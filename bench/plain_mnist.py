@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-TRACE = os.environ.get("LIGHTNING_SAGEMAKER_STARTUP_TRACE")  # project/startup.py's trace, same format
+TRACE = os.environ.get("LIGHTNING_SAGEMAKER_STARTUP_TRACE")  # project/core/startup.py's trace, same format
 
 
 def mark(phase: str, **extra: object) -> None:
@@ -40,8 +40,8 @@ def block(cin: int, cout: int) -> nn.Sequential:
 
 
 class SmallCNN(nn.Module):
-    """project.models.SmallCNN, written out so that this script imports only torch (importing
-    project.models would load Lightning); the benchmark checks both give the same weights."""
+    """project.training.models.SmallCNN, written out so that this script imports only torch (importing
+    project.training.models would load Lightning); the benchmark checks both give the same weights."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 16):
         super().__init__()

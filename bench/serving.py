@@ -33,10 +33,10 @@ REQUESTS = {1: 60, 64: 12}  # calls per repetition: single images, batches of 64
 
 
 def _model_dir(folder: Path) -> Path:
-    from project import config as C
-    from project import serving
-    from project.artifacts import export_model
-    from project.models import build_net
+    from project.core import config as C
+    from project.serving import archive as serving
+    from project.training.artifacts import export_model
+    from project.training.models import build_net
 
     cfg = C.compose([])  # the default CNN; latency does not depend on what it learnt
     model_dir = folder / "model"

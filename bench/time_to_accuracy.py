@@ -69,7 +69,7 @@ def _check_same_network(cfg) -> None:
 
     import torch
 
-    from project.models import build_net
+    from project.training.models import build_net
 
     spec = importlib.util.spec_from_file_location("plain_mnist", PLAIN)
     plain = importlib.util.module_from_spec(spec)
@@ -80,7 +80,7 @@ def _check_same_network(cfg) -> None:
     torch.manual_seed(0)
     theirs = plain.SmallCNN(net_cfg["in_channels"], net_cfg["num_classes"], net_cfg["width"]).state_dict()
     same = ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
-    if net_cfg["_target_"] != "project.models.SmallCNN" or not same:
+    if net_cfg["_target_"] != "project.training.models.SmallCNN" or not same:
         raise RuntimeError("bench/plain_mnist.py's SmallCNN no longer matches the default model (conf/model/cnn.yaml)")
 
 
@@ -107,7 +107,7 @@ def run(reps: int) -> dict:
     folder = mnist_dir()
     if folder is None:
         raise Skip("real MNIST not found at ../shared/data/mnist: this benchmark trains on it to a test accuracy")
-    from project.config import compose
+    from project.core.config import compose
 
     cfg = compose([])
     _check_same_network(cfg)
@@ -125,7 +125,7 @@ def run(reps: int) -> dict:
     ]
     env = user_environ(PYTHONPATH=str(ROOT))
     seeds = SEEDS if reps >= 3 else SEEDS[:1]  # --quick: one pair
-    for imports in ("import project.train", "import torch, numpy"):  # untimed: disk caches warm for both sides
+    for imports in ("import project.training.train", "import torch, numpy"):  # untimed: disk caches warm for both sides
         _run([sys.executable, "-c", imports], env)
     per_seed = []
     with tempfile.TemporaryDirectory(prefix="bench-tta-") as runs:

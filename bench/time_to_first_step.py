@@ -4,7 +4,7 @@ A: `invoke local` on the real MNIST files (default model and data, a short run: 
 steps, 2 validation and 2 test batches), as a user iterating runs it: the same command line each
 time (so its composed config comes from the cache after the first run), runs under a temporary
 folder. B: bench/plain_mnist.py with the same data and model, stopped after 2 steps. Both
-processes write project/startup.py's trace (LIGHTNING_SAGEMAKER_STARTUP_TRACE): the wall clock
+processes write project/core/startup.py's trace (LIGHTNING_SAGEMAKER_STARTUP_TRACE): the wall clock
 at each phase, so the result carries where the time goes, per side, as medians over the
 repetitions (seconds after the command started, and each phase's own share):
 
@@ -50,7 +50,7 @@ SHORT_RUN = (
     "trainer.limit_val_batches=2",
     "trainer.limit_test_batches=2",
     # A new run every round: the same command would otherwise find the previous round's finished
-    # run (resume by default, project/identity.py) and refuse to train it again.
+    # run (resume by default, project/core/identity.py) and refuse to train it again.
     "trainer.resume=false",
 )
 
@@ -82,15 +82,15 @@ def breakdown(samples: list[dict[str, float]]) -> dict[str, float]:
 
 
 def import_profile(python: str, env: dict[str, str], rounds: int = 3) -> dict[str, float]:
-    """Where the training child's imports go: `python -X importtime -c "import project.train"`,
+    """Where the training child's imports go: `python -X importtime -c "import project.training.train"`,
     each module's own time summed by top-level package (IMPORT_PROFILE_SPLIT apart), median of
     `rounds` runs; the IMPORT_PROFILE_TOP largest, the rest as "other", and "total". Seconds."""
     runs: list[dict[str, float]] = []
     for _ in range(rounds):
-        argv = [python, "-X", "importtime", "-c", "import project.train"]
+        argv = [python, "-X", "importtime", "-c", "import project.training.train"]
         result = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True)
         if result.returncode != 0:
-            raise RuntimeError(f"import project.train failed in {python}:\n{result.stderr[-2000:]}")
+            raise RuntimeError(f"import project.training.train failed in {python}:\n{result.stderr[-2000:]}")
         by_package: dict[str, float] = {}
         for line in result.stderr.splitlines():
             fields = line.removeprefix("import time:").split("|")

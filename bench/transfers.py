@@ -4,10 +4,10 @@ moto S3 endpoint, an `invoke upload` re-run with nothing changed against the fir
 
 Every round empties the target prefixes first (untimed), so each first upload finds nothing
 there, and runs the same command lines, as a user repeats them: from the second round on the
-composed config of `invoke upload` is cached (project.config.compose). A reported row runs the
+composed config of `invoke upload` is cached (project.core.config.compose). A reported row runs the
 upload with that cache off (Hydra composes every time). `invoke upload` verifies the dataset's
 content hashes and stores a SHA256 with every object (what makes its re-run a skip); `aws s3
-sync` does neither. Content verification decompresses a file once; after that project.raw knows
+sync` does neither. Content verification decompresses a file once; after that project.training.raw knows
 it by its stored bytes' hash (data/<dataset>/.verified/), so in the measured rounds both `invoke
 upload`s only hash the files as stored. Uses the real MNIST files; skipped without them.
 
@@ -99,7 +99,7 @@ def run(reps: int) -> dict:
             for prefix in ("bench/invoke/", "bench/awscli/", "bench/cold/"):
                 _empty(s3, aws.data_bucket, prefix)
             # The same command line every round, as a user repeats it: from round 1 on its
-            # composed config is cached (project.config.compose); the cold row composes afresh.
+            # composed config is cached (project.core.config.compose); the cold row composes afresh.
             sample = {
                 "first": run_timed(upload, aws.env),
                 "sync": run_timed(sync, aws.env),
@@ -196,7 +196,9 @@ def _job_artifacts(folder: Path, scratch: Path) -> dict[str, Path]:
         "trainer.limit_val_batches=2",
         "trainer.limit_test_batches=4",
     ]
-    subprocess.run([sys.executable, "-m", "project.train", *overrides], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "project.training.train", *overrides], cwd=ROOT, check=True, capture_output=True
+    )
     tarballs = {}
     for name in ("model", "output"):
         tarballs[name] = scratch / f"{name}.tar.gz"
@@ -264,8 +266,8 @@ def _in_process(aws, folder: Path, reps: int) -> dict:
     import time
 
     from project.aws import upload
-    from project.config import compose
-    from project.raw import candidates
+    from project.core.config import compose
+    from project.training.raw import candidates
 
     files = dict(compose([]).dataset.files)
     paths = {stem: next(folder / n for n in candidates(stem) if (folder / n).is_file()) for stem in files}

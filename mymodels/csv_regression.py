@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset, random_split
 
-from project.topology import per_device_batch
+from project.core.topology import per_device_batch
 
 
 def read_csv(path: Path, target: str) -> TensorDataset:

@@ -1,5 +1,5 @@
 """Train a Lightning model locally or on SageMaker with the same code and config (README).
 
-Importing it runs nothing: the training entries (project.child, sm_entry.py) install what their
-process needs themselves (project.deferred_imports).
+Importing it runs nothing: the training entries (project.training.child, sm_entry.py) install what their
+process needs themselves (project.training.deferred_imports).
 """

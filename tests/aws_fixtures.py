@@ -31,7 +31,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from project.infra import Infra, load_infra, read_terraform_outputs
+from project.aws.infra import Infra, load_infra, read_terraform_outputs
 from tests import aws_calls
 from tests.requires import skip_unless
 

@@ -21,7 +21,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from project.topology import per_device_batch
+from project.core.topology import per_device_batch
 
 
 def points(folder):

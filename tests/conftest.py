@@ -77,7 +77,7 @@ def composed():
     `composed("trainer.seed=3", instance="ml.p3.2xlarge")` the same with overrides (strings as
     typed on the command line, or key=value; dotted keys as `**{"trainer.seed": 3}`).
     `conf_dir=` composes another config folder."""
-    from project.config import compose
+    from project.core.config import compose
 
     def make(*overrides: str, conf_dir: Path | None = None, **settings: object) -> object:
         return compose([*overrides, *(override(k, v) for k, v in settings.items())], conf_dir=conf_dir)

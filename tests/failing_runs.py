@@ -1,7 +1,7 @@
 """Real failing training runs, as a SageMaker container has them, for the triage tests.
 
 `container_run` runs what one instance of a job runs, minus the namespaces and PID 1 (those are the
-sandbox's, tests/test_sagemaker_e2e.py): our launcher's torchrun command (project.launch.torchrun_argv)
+sandbox's, tests/test_sagemaker_e2e.py): our launcher's torchrun command (project.training.launch.torchrun_argv)
 over the staged sm_entry.py and the resolved config, with the SM_* variables of a container
 pointing into a tmp /opt/ml tree; its output (stdout and stderr together) as CloudWatch has it,
 and the FailureReason SageMaker makes of it (project.sandbox.results.failure_reason, from the
@@ -24,10 +24,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from project.config import compose, to_yaml
-from project.launch import torchrun_argv
-from project.sagemaker_names import DATA_CHANNEL
+from project.core.config import compose, to_yaml
+from project.core.sagemaker_names import DATA_CHANNEL
 from project.sandbox.results import failure_reason
+from project.training.launch import torchrun_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 CGROUP = Path("/sys/fs/cgroup")

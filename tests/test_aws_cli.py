@@ -24,7 +24,7 @@ import pytest
 from project.aws import prices
 from project.aws.quotas import free_instances
 from project.aws.session import aws_clients
-from project.sagemaker_names import JOB_NAME, LOG_GROUP
+from project.core.sagemaker_names import JOB_NAME, LOG_GROUP
 from project.sandbox import quotas as sandbox_quotas
 from project.sandbox import record
 from project.sandbox import service as emulator
@@ -459,7 +459,10 @@ def test_free_instances_of_a_type(clients):
             ("instance=ml.g4dn.xlarge", "trainer.gpus=1", "model.net.width=512", "trainer.batch_size=4096"),
             "the model needs ~4",
         ),
-        (("model=mlp", "dataset.image_shape=[3,32,32]"), "model.net=project.models.MLP cannot take dataset=mnist's"),
+        (
+            ("model=mlp", "dataset.image_shape=[3,32,32]"),
+            "model.net=project.training.models.MLP cannot take dataset=mnist's",
+        ),
         (("model.net._target_=no_such_package.models.Net",), "cannot import module no_such_package.models"),
     ],
 )

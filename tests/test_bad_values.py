@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from project import config as C
+from project.core import config as C
 from tests.cli import invoke, one_error_line
 from tests.requires import requires
 
-# The start line a training run prints (project.reporting.StartLine): a check that fails in the
+# The start line a training run prints (project.training.reporting.StartLine): a check that fails in the
 # invoke process never gets that far.
 STARTED = "run cnn-"
 
@@ -103,7 +103,7 @@ def test_a_nearly_full_disk_is_refused_before_the_first_step(tiny_run, mounts):
 @pytest.mark.parametrize(
     "case,key",
     [
-        ("model.net.width=0", "model.net=project.models.SmallCNN has an empty layer"),
+        ("model.net.width=0", "model.net=project.training.models.SmallCNN has an empty layer"),
         ("dataset.image_shape=[3,28,28]", "dataset.image_shape=[3,28,28] but the train images are [1,28,28]"),
         ("trainer.batch_size=100000", "trainer.batch_size=100000 is larger than the training set (500 samples"),
     ],

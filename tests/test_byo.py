@@ -15,10 +15,10 @@ import uuid
 
 import pytest
 
-from project import config as C
-from project import modules
 from project.aws.session import aws_clients
-from project.resolve import resolve
+from project.core import config as C
+from project.training import modules
+from project.training.resolve import resolve
 from tests import byo
 from tests.cli import invoke, one_error_line
 
@@ -196,11 +196,11 @@ def test_mnist_family_builds_on_synthetic_idx(composed, dataset, tiny_data, tmp_
         dataset=dataset,
         **{"paths.data_dir": tmp_path, "dataset.val_size": 50},
     )
-    assert cfg.dataset.name == dataset and cfg.dataset._target_ == "project.data.IdxDataModule"
+    assert cfg.dataset.name == dataset and cfg.dataset._target_ == "project.training.data.IdxDataModule"
     assert set(cfg.dataset.files) == set(files)
     module, datamodule = modules.build(cfg, resolve(cfg))
     datamodule.setup("fit")
-    assert len(datamodule.splits["val"]) == 50 and modules.is_classifier(cfg)
+    assert len(datamodule.splits["val"]) == 50 and C.is_classifier(cfg)
 
 
 def test_a_model_that_does_not_fit_the_dataset_is_one_line(tmp_path):
@@ -219,7 +219,10 @@ def test_a_model_that_does_not_fit_the_dataset_is_one_line(tmp_path):
     [
         ("model.net._target_=no_such_package.Net", "model.net._target_=no_such_package.Net: cannot import"),
         ("model.net._target_=torch.optim.SGD", r"model.net._target_=torch.optim.sgd.SGD is not a torch.nn.Module"),
-        ("+model.net.depth=3", "model.net: project.models.SmallCNN takes no argument depth; it accepts: in_channels"),
+        (
+            "+model.net.depth=3",
+            "model.net: project.training.models.SmallCNN takes no argument depth; it accepts: in_channels",
+        ),
     ],
 )
 def test_a_classifiers_network_is_checked_as_the_other_targets_are(composed, override, expected):

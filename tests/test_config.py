@@ -2,8 +2,8 @@ import os
 
 import pytest
 
-from project import config as C
-from project.identity import run_identity
+from project.core import config as C
+from project.core.identity import run_identity
 
 GROUPS = ["dataset", "model", "trainer", "instance", "paths", "aws", "job", "deploy"]
 
@@ -163,7 +163,7 @@ def test_no_default_is_stated_both_in_a_dataclass_and_in_conf():
 
     import yaml
 
-    from project.config.schema import schema_of
+    from project.core.config.schema import schema_of
 
     stated_twice, unstated = [], []
     for group in fields(C.Config):
@@ -188,7 +188,7 @@ def test_a_classifier_argument_left_out_of_a_model_file_has_one_default_litclass
     from dataclasses import MISSING as NO_FACTORY
     from dataclasses import fields
 
-    from project.models import LitClassifier
+    from project.training.models import LitClassifier
 
     arguments = inspect.signature(LitClassifier.__init__).parameters
     with_default = {name for name, p in arguments.items() if p.default is not inspect.Parameter.empty}
@@ -272,7 +272,7 @@ def test_a_repeated_command_line_skips_hydra(tmp_path):
     import sys
 
     code = (
-        "import sys; from project.config import compose; c = compose(['trainer.seed=7']); "
+        "import sys; from project.core.config import compose; c = compose(['trainer.seed=7']); "
         "print(c.trainer.seed, 'hydra' in sys.modules)"
     )
     env = {**os.environ, C.COMPOSE_CACHE_ENV: str(tmp_path), "PYTHONPATH": str(C.CONF_DIR.parent)}
@@ -337,7 +337,7 @@ def test_an_experiment_presets_several_groups_and_overrides_still_win(composed):
 
 
 def test_atomic_writes_leave_the_old_file_or_the_new_never_a_part(tmp_path):
-    from project.atomic import replacing, write_atomically
+    from project.core.atomic import replacing, write_atomically
 
     dest = tmp_path / "deep" / "file.json"
     write_atomically(dest, "old")
@@ -358,7 +358,7 @@ def test_the_parameter_counts_model_comments_state_are_the_models(composed):
 
     from hydra.utils import instantiate
 
-    from project.reporting import _count
+    from project.training.reporting import _count
 
     stated = []
     for option in options("model"):

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from project import raw
-from project.data import (
+from project.training import raw
+from project.training.data import (
     DataError,
     EvalBatches,
     IndexBatches,
@@ -20,8 +20,8 @@ from project.data import (
     read_bytes,
     split_indices,
 )
-from project.raw import VERIFIED_DIR, Contents, fetch_verified, file_sha256
-from project.resolve import Resolved
+from project.training.raw import VERIFIED_DIR, Contents, fetch_verified, file_sha256
+from project.training.resolve import Resolved
 from tests.synthetic import idx_bytes, write_dataset
 
 
@@ -254,7 +254,7 @@ def test_a_record_for_other_content_does_not_verify(tmp_path):
 
 
 def test_data_error_is_a_user_error():
-    from project.errors import UserError
+    from project.core.errors import UserError
 
     assert issubclass(DataError, UserError)
 
@@ -345,7 +345,7 @@ def test_batches_on_a_device_are_slices_of_one_order_copied_per_epoch():
     (CPU stands in for the GPU here; the dtype and values are what a CUDA run slices with)."""
     import torch
 
-    from project.data import TensorSplit
+    from project.training.data import TensorSplit
 
     host = IndexBatches(10, batch_size=4, shuffle=True, seed=0)
     resident = IndexBatches(10, batch_size=4, shuffle=True, seed=0)
@@ -361,9 +361,9 @@ def test_batches_on_a_device_are_slices_of_one_order_copied_per_epoch():
 
 
 def test_labels_outside_num_classes_are_one_clear_error(tmp_path):
-    import torch  # noqa: F401 (project.data needs it)
+    import torch  # noqa: F401 (project.training.data needs it)
 
-    from project.data import IdxDataModule
+    from project.training.data import IdxDataModule
 
     files = write_dataset(tmp_path / "raw")
     labels = parse_idx(gzip.decompress((tmp_path / "raw" / "train-labels-idx1-ubyte.gz").read_bytes()))
@@ -415,9 +415,9 @@ def test_a_damaged_file_warmed_is_left_to_the_read_that_names_it(tmp_path):
 
 
 def test_the_datamodule_reads_what_it_was_handed_without_verifying_again(tmp_path, monkeypatch):
-    """IdxDataModule given the run's Resolved (what project.modules injects) verifies nothing again:
+    """IdxDataModule given the run's Resolved (what project.training.modules injects) verifies nothing again:
     its setup reads each file through it, hashing the stored bytes only, and decompresses each once."""
-    from project.data import IdxDataModule
+    from project.training.data import IdxDataModule
 
     src = tmp_path / "src"
     files = write_dataset(src, n_train=60, n_test=10)
@@ -435,7 +435,7 @@ def test_the_datamodule_reads_what_it_was_handed_without_verifying_again(tmp_pat
 def test_splits_are_the_normalized_pixels_of_their_indices(tmp_path):
     import torch
 
-    from project.data import IdxDataModule
+    from project.training.data import IdxDataModule
 
     files = write_dataset(tmp_path / "raw", n_train=60, n_test=10)
     module = IdxDataModule(str(tmp_path / "raw"), files, str(tmp_path / "cache"), val_size=12, mean=0.2, std=0.4)

@@ -1,4 +1,4 @@
-"""project.deferred_imports: torchmetrics' scipy.signal import leaves start-up, and nothing of
+"""project.training.deferred_imports: torchmetrics' scipy.signal import leaves start-up, and nothing of
 scipy.signal or torchmetrics' alias is lost. Each check runs in a fresh interpreter (this test
 process imported torchmetrics long ago)."""
 
@@ -36,7 +36,7 @@ def test_lightning_imports_without_scipy_signal_and_the_real_module_comes_on_use
     out = fresh(
         """
         import json, sys
-        from project import deferred_imports
+        from project.training import deferred_imports
         deferred_imports.install()  # as the training entries do
         import pytorch_lightning, torchmetrics
         before = "scipy.signal" in sys.modules
@@ -47,7 +47,9 @@ def test_lightning_imports_without_scipy_signal_and_the_real_module_comes_on_use
             "file": getattr(real, "__file__", None),
             "butter": callable(real.butter),
             "alias": real.hamming is real.windows.hamming,
-            "hooks_left": [type(f).__name__ for f in sys.meta_path if type(f).__module__ == "project.deferred_imports"],
+            "hooks_left": [
+                type(f).__name__ for f in sys.meta_path if type(f).__module__ == "project.training.deferred_imports"
+            ],
             "metric": float(torchmetrics.Accuracy(task="binary")(
                 __import__("torch").tensor([0.9, 0.2]), __import__("torch").tensor([1, 0]))),
         }))
@@ -88,7 +90,7 @@ def fake_host(tmp_path):
 HOOK_ON_FAKE_HOST = textwrap.dedent(
     """
     import json, sys
-    from project import deferred_imports
+    from project.training import deferred_imports
     deferred_imports.HOST = "fakehost"
     deferred_imports.install(versions=None)  # a stand-in host, no distribution to ask
     """
@@ -114,7 +116,7 @@ def test_an_attribute_used_while_the_host_imports_loads_the_real_module(fake_hos
             "stand_in": type(sys.modules["scipy.signal"]).__name__,
             "same": sys.modules["scipy.signal"] is scipy.signal,
             "alias": scipy.signal.hamming is scipy.signal.windows.hamming,
-            "hooks_left": [f for f in sys.meta_path if type(f).__module__ == "project.deferred_imports"] != [],
+            "hooks_left": [f for f in sys.meta_path if type(f).__module__ == "project.training.deferred_imports"] != [],
         }))
         """
         ),
@@ -155,9 +157,9 @@ def test_installing_after_torchmetrics_is_imported_does_nothing():
         """
         import json, sys
         import torchmetrics
-        from project import deferred_imports
+        from project.training import deferred_imports
         deferred_imports.install()
-        hooks = [f for f in sys.meta_path if type(f).__module__ == "project.deferred_imports"]
+        hooks = [f for f in sys.meta_path if type(f).__module__ == "project.training.deferred_imports"]
         print(json.dumps({"hooks": hooks != []}))
         """
     )
@@ -165,30 +167,30 @@ def test_installing_after_torchmetrics_is_imported_does_nothing():
 
 
 def test_importing_the_project_patches_nothing():
-    """Only the training entries install the hook (project/child.py, sm_entry.py): not `import project`,
+    """Only the training entries install the hook (project/training/child.py, sm_entry.py): not `import project`,
     which the CLI, the sandbox, the model server and users' code do."""
     out = fresh(
         """
         import json, sys
         before = list(sys.meta_path)
-        import project, project.config
+        import project, project.core.config
         ours = [f for f in sys.meta_path if f not in before and type(f).__module__.startswith("project")]
-        import project.train
+        import project.training.train
         print(json.dumps({"patched": [type(f).__name__ for f in ours], "signal": "scipy.signal" in sys.modules}))
         """
     )
     assert out["patched"] == []
-    assert out["signal"] is True  # torchmetrics, imported by project.train, imported scipy.signal itself
+    assert out["signal"] is True  # torchmetrics, imported by project.training.train, imported scipy.signal itself
 
 
 def test_a_torchmetrics_it_was_not_tested_with_is_left_alone():
     out = fresh(
         """
         import json, sys
-        from project import deferred_imports
+        from project.training import deferred_imports
         deferred_imports.install(versions=("0.0.1",))
         print(json.dumps({"hooks": [type(f).__name__ for f in sys.meta_path
-                                    if type(f).__module__ == "project.deferred_imports"]}))
+                                    if type(f).__module__ == "project.training.deferred_imports"]}))
         """
     )
     assert out["hooks"] == []

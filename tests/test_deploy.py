@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from project import config as C
 from project.aws import deploy
 from project.aws.deploy_image import inference_version, known_inference_versions
 from project.aws.deploy_requests import (
@@ -35,9 +34,10 @@ from project.aws.deploy_requests import (
 )
 from project.aws.session import aws_clients
 from project.aws.workflow import setup
-from project.predict import predict
+from project.core import config as C
 from project.sandbox import service as emulator
-from project.train import run_composed
+from project.serving.predict import predict
+from project.training.train import run_composed
 from tests import cli
 from tests.cli import one_error_line
 from tests.synthetic import make_glyphs, tiny_overrides, write_dataset

@@ -26,17 +26,17 @@ import numpy as np
 import pytest
 import torch
 
-from project import config as C
 from project.aws.image import JobImage
+from project.aws.infra import Infra
 from project.aws.plan import ENTRY_SCRIPT, plan_job
 from project.aws.staging import stage_source
-from project.data import IdxDataModule, parse_idx, read_bytes
-from project.identity import run_identity
-from project.infra import Infra
-from project.models import state_digest
-from project.resolve import resolve
-from project.runtime import DEBUG_ENV, launched_processes, sagemaker_env
-from project.topology import TopologyError, decide
+from project.core import config as C
+from project.core.identity import run_identity
+from project.core.runtime import DEBUG_ENV, launched_processes, sagemaker_env
+from project.core.topology import TopologyError, decide
+from project.training.data import IdxDataModule, parse_idx, read_bytes
+from project.training.models import state_digest
+from project.training.resolve import resolve
 from tests.synthetic import STEMS, idx_bytes, write_dataset
 
 HOSTS = ["algo-1", "algo-2"]
@@ -292,8 +292,8 @@ def test_global_batch_must_split_evenly_over_processes(tiny_data, tmp_path):
 
 
 def test_launcher_builds_the_sdk_drivers_torchrun_command():
-    from project.launch import torchrun_argv
-    from project.runtime import network_env
+    from project.core.runtime import network_env
+    from project.training.launch import torchrun_argv
 
     one = {"SM_MODEL_DIR": "/opt/ml/model", "SM_HOSTS": '["algo-1"]', "SM_CURRENT_HOST": "algo-1"}
     assert torchrun_argv(one, 4, "sm_entry.py")[1:] == [
@@ -326,7 +326,7 @@ def test_launcher_builds_the_sdk_drivers_torchrun_command():
 def test_ranks_sharing_one_unbuffered_log_write_whole_lines():
     """Two processes under PYTHONUNBUFFERED=1 (as in a job) print many lines into one pipe."""
     script = (
-        "import sys; from project.runtime import whole_lines; whole_lines()\n"
+        "import sys; from project.core.runtime import whole_lines; whole_lines()\n"
         "for i in range(3000): print('rank', sys.argv[1], 'line', i)\n"
     )
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
@@ -344,7 +344,7 @@ def test_ranks_sharing_one_unbuffered_log_write_whole_lines():
 def test_two_hosts_train_on_image_folder_shards(composed, tmp_path):
     """dataset=imagefolder under multi-process DDP (gloo, two hosts under torchrun): each rank reads
     the shards of the job's channel, and the sharded test metrics count every held-out image once."""
-    from project import imagetree, modules
+    from project.training import imagetree, modules
     from tests.imagetrees import write_tree
 
     tree = write_tree(tmp_path / "tree", per_class=35)  # 105 images; 41 held out: uneven over two ranks

@@ -17,7 +17,7 @@ import pytest
 
 from project.aws.fetch import fetch_job
 from project.aws.session import aws_clients
-from project.sagemaker_names import CHECKPOINT_DIR, DATA_CHANNEL
+from project.core.sagemaker_names import CHECKPOINT_DIR, DATA_CHANNEL
 from project.sandbox import service as emulator
 from tests.requires import skip_unless
 

@@ -21,7 +21,7 @@ from hydra.core.utils import JobStatus
 from hydra.plugins.launcher import Launcher
 
 from hydra_plugins.lightning_sagemaker.launchers import LocalLauncher, SageMakerLauncher
-from project import config
+from project.core import config
 
 ROOT = Path(__file__).resolve().parent.parent
 

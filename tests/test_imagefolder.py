@@ -16,12 +16,12 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from project import imagetree
 from project.aws.session import aws_clients
 from project.aws.upload import UPLOAD, plan_packed_upload, upload
-from project.imagefolder import ImageFolderDataModule
-from project.models import LitClassifier, SmallCNN
-from project.raw import DataError
+from project.training import imagetree
+from project.training.imagefolder import ImageFolderDataModule
+from project.training.models import LitClassifier, SmallCNN
+from project.training.raw import DataError
 from tests.cli import invoke, one_error_line
 from tests.imagetrees import CLASSES, shape_image, write_tree
 
@@ -156,8 +156,8 @@ def test_rgb_size_and_validation_channel(tree):
 def test_the_default_cnn_takes_its_input_channels_from_the_image_shape(composed, tree, tmp_path):
     """dataset.image_shape is the one home of the colour channels: the DataModule converts every
     image to it and conf/model/cnn.yaml's in_channels follows it, with no model override."""
-    from project import modules
-    from project.resolve import resolve
+    from project.training import modules
+    from project.training.resolve import resolve
 
     # 240 samples: a batch under the training set's size (the default 256 is refused as larger)
     base = ["dataset=imagefolder", f"dataset.channels.train={tree}", "dataset.num_classes=3", "trainer.batch_size=32"]
@@ -272,7 +272,7 @@ def test_pack_channel_packs_only_imagefolder_datasets(tree, tmp_path):
     dataset = {"_target_": imagetree.IMAGEFOLDER_TARGET, "name": "shapes", "shard_mb": 0.01}
     folder = imagetree.pack_channel(dataset, "train", tree, tmp_path)
     assert folder == tmp_path / "shards" / "shapes" / "train" and imagetree.is_packed(folder)
-    other = {"_target_": "project.data.IdxDataModule", "name": "mnist"}
+    other = {"_target_": "project.training.data.IdxDataModule", "name": "mnist"}
     assert imagetree.pack_channel(other, "train", tree, tmp_path / "other") is None
     assert not (tmp_path / "other").exists()
 
@@ -322,7 +322,10 @@ def test_an_rgb_run_with_per_channel_statistics_exports_its_normalisation(tree, 
         ("one_class", "has 1 class folder(s) (only): a classifier needs at least two"),
         ("corrupt", "unreadable image vbar/img_002.png"),
         ("three_classes", "dataset.num_classes=5 but"),
-        ("mlp_rgb", "model.net=project.models.MLP cannot take dataset=imagefolder's samples (image_shape [3, 28, 28])"),
+        (
+            "mlp_rgb",
+            "model.net=project.training.models.MLP cannot take dataset=imagefolder's samples (image_shape [3, 28, 28])",
+        ),
     ],
 )
 def test_invoke_local_bad_trees_are_one_line(make, expected, tmp_path):

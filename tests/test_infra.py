@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from project.errors import UserError
-from project.infra import OUTPUT_NAMES, Infra, InfraError, load_infra, read_terraform_outputs
+from project.aws.infra import OUTPUT_NAMES, Infra, InfraError, load_infra, read_terraform_outputs
+from project.core.errors import UserError
 from tests.aws_fixtures import cli_env, run_terraform
 from tests.requires import requires
 
@@ -161,8 +161,8 @@ def test_output_names_are_the_infra_fields():
 
 
 def test_import_stays_cheap():
-    # tasks.py imports project.infra; `invoke --list` must not pay for the AWS SDKs or torch.
+    # tasks.py imports project.aws.infra; `invoke --list` must not pay for the AWS SDKs or torch.
     heavy = ("boto3", "botocore", "torch", "sagemaker", "hydra")
-    code = f"import sys, project.infra; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    code = f"import sys, project.aws.infra; print(sorted(m for m in {heavy!r} if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

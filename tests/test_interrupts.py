@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from project import local
+from project.training import local
 from tests.synthetic import tiny_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,7 +159,7 @@ SAVED = re.compile(r"^stopped by (SIG[A-Z]+); saved (\S+); run again with the sa
 
 
 def trainers_of(runs_dir: Path) -> list[int]:
-    """Live `python -m project.child` processes training into runs_dir, whoever their parent is now."""
+    """Live `python -m project.training.child` processes training into runs_dir, whoever their parent is now."""
     found = []
     for entry in Path("/proc").iterdir():
         try:

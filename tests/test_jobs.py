@@ -10,11 +10,11 @@ import pytest
 
 from project.aws import image, image_build, sdk
 from project.aws import plan as jobs
+from project.aws.infra import Infra
 from project.aws.staging import stage_source
-from project.config import DEFAULT_METRICS, compose
-from project.errors import UserError
-from project.infra import Infra
-from project.sagemaker_names import CHECKPOINT_DIR, JOB_NAME
+from project.core.config import DEFAULT_METRICS, compose
+from project.core.errors import UserError
+from project.core.sagemaker_names import CHECKPOINT_DIR, JOB_NAME
 
 INFRA = Infra(
     data_bucket="data-b",
@@ -52,7 +52,7 @@ def test_design_card_job_plan():
 
 
 def test_the_summary_says_who_is_pid_1():
-    """One process on one host trains in PID 1 itself (project/launch.py); more run under torchrun."""
+    """One process on one host trains in PID 1 itself (project/training/launch.py); more run under torchrun."""
     command = {
         overrides: next(line for line in plan(*overrides)[0].summary().splitlines() if "command" in line)
         for overrides in (("instance=ml.m5.xlarge",), ("instance=ml.p3.8xlarge", "trainer.gpus=4"))
@@ -219,7 +219,7 @@ def test_hyperparameter_limits():
 def test_metric_regexes_match_the_lines_training_prints():
     import re
 
-    from project.reporting import format_metrics
+    from project.training.reporting import format_metrics
 
     metrics = {"train_acc": 0.98, "train_loss": 0.05, "val_acc": 0.9916, "val_loss": 0.0291, "seconds": 3.2}
     line = format_metrics({"epoch": "2/3", **metrics})  # as reporting.MetricLines prints it
@@ -231,7 +231,7 @@ def test_metric_regexes_match_the_lines_training_prints():
 
 
 def test_staged_source_carries_the_resolved_config(tmp_path):
-    from project.config import load_resolved
+    from project.core.config import load_resolved
 
     p, cfg = plan("model=mlp", "trainer.max_epochs=5")
     source = stage_source(cfg, tmp_path / "src", p)
@@ -244,9 +244,9 @@ def test_staged_source_carries_the_resolved_config(tmp_path):
 @pytest.mark.parametrize("gpus", [[], ["trainer.gpus=4"]])
 def test_staged_config_holds_the_gpus_resolved_when_planning(gpus, tmp_path):
     """trainer.gpus=null would be resolved a second time in the container; the plan's number travels."""
-    from project.config import load_resolved
-    from project.identity import run_identity
-    from project.launch import staged_processes_per_node
+    from project.core.config import load_resolved
+    from project.core.identity import run_identity
+    from project.training.launch import staged_processes_per_node
 
     p, cfg = plan("instance=ml.p3.8xlarge", *gpus)
     staged = load_resolved(stage_source(cfg, tmp_path / "src", p) / "config.yaml")
@@ -472,9 +472,15 @@ def test_the_code_channel_holds_the_training_storey_not_the_platforms_or_the_fac
     staged = sorted(path.relative_to(source).with_suffix("") for path in source.rglob("*.py"))
     assert not [path for path in staged if path.parts[1:2] in (("aws",), ("sandbox",))]
     modules = {".".join(path.parts[:-1] if path.name == "__init__" else path.parts) for path in staged}
-    modules = {"project.sm_entry" if m == "sm_entry" else m for m in modules}  # staged on top, as a script
-    assert {"project.train", "project.raw", "project.config", "project.names"} <= modules
-    assert not modules & {"project.infra", "project.cli", "project.catalog", "project.sweep", "project.sweep_results"}
+    modules = {"project.training.sm_entry" if m == "sm_entry" else m for m in modules}  # staged on top, as a script
+    assert {"project.training.train", "project.training.raw", "project.core.config", "project.core.names"} <= modules
+    assert not modules & {
+        "project.aws.infra",
+        "project.face.cli",
+        "project.face.catalog",
+        "project.face.sweep",
+        "project.face.sweep_results",
+    }
     graph = grimp.build_graph("project")
     left_behind = {m: graph.find_upstream_modules(m) - modules - {"project"} for m in sorted(modules)}
     assert {m: found for m, found in left_behind.items() if found} == {}

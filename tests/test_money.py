@@ -13,7 +13,7 @@ import yaml
 from project.aws import cost, fit, monitor, prices
 from project.aws import plan as jobs
 from project.aws.session import aws_clients
-from project.config import CONF_DIR
+from project.core.config import CONF_DIR, known_instance_types
 from tests.price_list import fixture_products
 from tests.test_jobs import INFRA, plan
 
@@ -21,7 +21,7 @@ NEW_FAMILIES = ("ml.g5.", "ml.g6.", "ml.g6e.", "ml.p4d.", "ml.p4de.", "ml.p5.")
 
 
 def test_catalog_has_the_current_training_gpus_with_their_specs(composed):
-    types = jobs.known_instance_types()
+    types = known_instance_types()
     assert all(any(t.startswith(f) for t in types) for f in NEW_FAMILIES)
     assert {"ml.p3.2xlarge", "ml.p3.8xlarge", "ml.p3.16xlarge", "ml.g4dn.xlarge", "ml.g4dn.12xlarge"} <= set(types)
     for instance_type in types:
@@ -59,7 +59,7 @@ def test_a_launch_over_budget_is_refused_with_both_figures():
 
 
 def test_a_budget_must_be_positive(composed):
-    from project.config import ConfigError
+    from project.core.config import ConfigError
 
     with pytest.raises(ConfigError, match="job.max_cost_usd must be a positive number"):
         composed("job.max_cost_usd=0")
@@ -258,11 +258,13 @@ def test_batch_predict_refuses_an_s3_input_the_role_may_not_read(policy_simulato
 
 
 def test_a_network_that_cannot_take_the_datas_samples_is_one_line_before_launch(composed):
-    from project.modules import ModuleError, sample_pass
+    from project.training.modules import ModuleError, sample_pass
 
     net, sizes = sample_pass(composed(model="mlp"))  # 784 inputs: MNIST's 1x28x28
     assert sum(p.numel() for p in net.parameters()) > 0 and sizes[-1] == 10
-    with pytest.raises(ModuleError, match=r"model.net=project.models.MLP cannot take dataset=mnist's samples.*3072"):
+    with pytest.raises(
+        ModuleError, match=r"model.net=project.training.models.MLP cannot take dataset=mnist's samples.*3072"
+    ):
         sample_pass(composed("dataset.image_shape=[3,32,32]", model="mlp"))
     with pytest.raises(ModuleError, match="cannot take"):  # the launch's memory estimate makes the same pass
         fit.estimate_memory(composed("dataset.image_shape=[3,32,32]", model="mlp"), 256)

@@ -16,11 +16,11 @@ import pytest
 import torch
 from PIL import Image
 
-from project import config as C
-from project.artifacts import CONTRACT_FILE, TORCHSCRIPT_FILE
-from project.predict import MIN_CONFIDENCE, Prediction, predict
-from project.preprocess import mnist_pixels
-from project.train import run_composed
+from project.core import config as C
+from project.serving.archive import CONTRACT_FILE, TORCHSCRIPT_FILE
+from project.serving.predict import MIN_CONFIDENCE, Prediction, predict
+from project.serving.preprocess import mnist_pixels
+from project.training.train import run_composed
 from tests.cli import invoke
 from tests.photos import blank_paper, colour_gradient, digit_photo, random_noise
 from tests.synthetic import make_glyphs, write_dataset
@@ -196,7 +196,7 @@ def test_the_model_folder_states_its_contract_and_its_example_runs(trained, monk
     model_dir = trained[0] / "model"
     contract = (model_dir / CONTRACT_FILE).read_text()
     assert "`torch.float32`" in contract and "`N x 1 x 28 x 28`" in contract and "`N x 10`" in contract
-    assert "0-255, a light digit on a dark background" in contract and "project/predict.py" in contract
+    assert "0-255, a light digit on a dark background" in contract and "project/serving/predict.py" in contract
     (example,) = re.findall(r"```python\n(.*?)```", contract, flags=re.S)
     assert "torch.jit.load" in example and TORCHSCRIPT_FILE in example
     monkeypatch.chdir(model_dir)

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 
-from project import config as C
-from project.runtime import DEBUG_ENV
-from project.train import run_composed
+from project.core import config as C
+from project.core.runtime import DEBUG_ENV
+from project.training.train import run_composed
 from tests.synthetic import tiny_overrides
 from tests.test_tasks import invoke
 
@@ -106,8 +106,8 @@ def test_in_a_terminal_the_progress_bar_counts_epochs_from_one(tiny_run):
 
 
 def tiny_fit(datamodule_args: dict, callbacks: list, epochs: int = 1) -> None:
-    from project.data import IdxDataModule
-    from project.models import LitClassifier, SmallCNN
+    from project.training.data import IdxDataModule
+    from project.training.models import LitClassifier, SmallCNN
 
     trainer = pl.Trainer(
         accelerator="cpu",
@@ -126,7 +126,7 @@ def tiny_fit(datamodule_args: dict, callbacks: list, epochs: int = 1) -> None:
 def test_progress_lines_come_at_most_every_interval(tiny_data, tmp_path, capsys):
     """A clock that advances 10 s a reading and a 25 s interval: a line every third step, none at the
     epoch's last step (its metric line follows)."""
-    from project.reporting import ProgressLines
+    from project.training.reporting import ProgressLines
 
     folder, files = tiny_data
     ticks = itertools.count(step=10.0)
@@ -140,11 +140,11 @@ def test_progress_lines_come_at_most_every_interval(tiny_data, tmp_path, capsys)
 
 
 def test_a_run_without_a_terminal_gets_progress_lines_and_no_bar(composed, tiny_run, tmp_path):
-    from project.reporting import EpochBar, ProgressLines
-    from project.resolve import resolve
-    from project.runtime import local_layout
-    from project.topology import decide
-    from project.train import build_run
+    from project.core.runtime import local_layout
+    from project.core.topology import decide
+    from project.training.reporting import EpochBar, ProgressLines
+    from project.training.resolve import resolve
+    from project.training.train import build_run
 
     assert not sys.stderr.isatty()  # pytest captures it
     cfg = composed(*tiny_run(run_name="wired"))
@@ -206,7 +206,7 @@ def test_tensorboard_has_the_step_loss_the_learning_rate_epoch_metrics_and_the_r
 @pytest.mark.slow
 def test_a_training_process_ends_with_everything_written(tiny_run, tmp_path):
     """The training process leaves its objects out of the interpreter's last garbage collections
-    (project.train.main): what it wrote last, TensorBoard's final metrics after the test pass,
+    (project.training.train.main): what it wrote last, TensorBoard's final metrics after the test pass,
     metrics.csv's test row and metrics.json, is whole once `invoke local` returns."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -233,7 +233,7 @@ def test_metrics_csv_counts_epochs_from_one(debug_run):
 
 
 def test_learning_curves_are_in_epochs_with_labelled_axes(debug_run):
-    from project.artifacts import learning_curves_figure, read_curves
+    from project.training.artifacts import learning_curves_figure, read_curves
 
     run_dir, _, _ = debug_run
     curves, unit = read_curves(run_dir / "output" / "metrics.csv")

@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 import torch
 
-from project.checkpoints import candidates, newest_valid
-from project.data import IndexBatches, ResumableLoader, TensorSplit
-from project.identity import RunNameError, run_identity
-from project.topology import TopologyError
-from project.train import run_composed
+from project.core.identity import RunNameError, run_identity
+from project.core.topology import TopologyError
+from project.training.checkpoints import candidates, newest_valid
+from project.training.data import IndexBatches, ResumableLoader, TensorSplit
+from project.training.train import run_composed
 from tests.synthetic import tiny_overrides, write_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,7 +81,7 @@ def test_sigterm_mid_epoch_then_resume_equals_an_uninterrupted_run(composed, epo
     reference = run_composed(composed(*spot_overrides(epoch_of_seconds, tmp_path / "reference")))
     assert reference["global_steps"] == 2 * STEPS_PER_EPOCH
 
-    command = [sys.executable, "-m", "project.train", *spot_overrides(epoch_of_seconds, tmp_path / "runs")]
+    command = [sys.executable, "-m", "project.training.train", *spot_overrides(epoch_of_seconds, tmp_path / "runs")]
     run_dir = tmp_path / "runs" / "spot"
     spot = subprocess.Popen(
         command, cwd=ROOT, env=one_thread, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -131,7 +131,7 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(composed, ti
     assert (newest.name, previous.name) == (f"{identity}-step=00000016.ckpt", f"{identity}-step=00000015.ckpt")
 
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a partial sync from S3
-    with caplog.at_level(logging.WARNING, logger="project.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="project.training.checkpoints"):
         assert newest_valid(run_dir / "checkpoints", identity) == previous
     assert f"checkpoint {newest.name} is unreadable" in caplog.text
 

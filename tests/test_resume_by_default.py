@@ -1,6 +1,6 @@
 """`invoke local` with the default run name, as a user types it: the same command resumes.
 
-No `run_name=` here: a run is `<model>-<timestamp>`, and the config's identity (project/identity.py)
+No `run_name=` here: a run is `<model>-<timestamp>`, and the config's identity (project/core/identity.py)
 finds the run to resume. Each command is a real `invoke` subprocess; Ctrl-C is SIGINT to its
 process group, as a terminal sends it (tests/test_interrupts.py).
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from project.runtime import PROGRESS_ENV
+from project.core.runtime import PROGRESS_ENV
 from tests.cli import invoke, one_error_line
 from tests.synthetic import tiny_overrides
 from tests.test_interrupts import ctrl_c, start_invoke, wait_until
@@ -109,7 +109,7 @@ def test_a_run_name_taken_by_another_config_is_refused_before_anything_is_writte
 
 
 def test_progress_reads_a_checkpoint_folder_or_an_s3_listing_alike():
-    from project.identity import Progress, progress
+    from project.core.identity import Progress, progress
 
     keys = [
         "checkpoints/lightning-0123456789ab/0123456789ab-step=00000008.ckpt",

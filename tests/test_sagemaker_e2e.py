@@ -20,11 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from project import imagetree, startup
 from project.aws.session import aws_clients
 from project.aws.staging import DRY_RUN_CODE_PREFIX
+from project.core import startup
 from project.sandbox import service as emulator
 from project.sandbox.ecr_iam import placeholder_manifest
+from project.training import imagetree
 from tests import byo, cli
 from tests.cli import one_error_line
 from tests.imagetrees import write_tree

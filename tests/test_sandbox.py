@@ -205,8 +205,8 @@ def test_role_simulation_is_refused_not_a_server_error(aws):
 
 def test_it_answers_sagemaker_quotas_generously(aws):
     """moto serves the VPC's quotas only: `invoke train`'s quota check would always warn against it."""
-    from project.aws.plan import known_instance_types
     from project.aws.quotas import free_instances
+    from project.core.config import known_instance_types
     from project.sandbox.quotas import SANDBOX_DEFAULT
 
     assert free_instances(aws["service-quotas"], aws["sagemaker"], "ml.p5.48xlarge") == SANDBOX_DEFAULT
@@ -266,7 +266,7 @@ def test_background_pid_file_and_stop(tmp_path):
 
 def test_the_sandbox_imports_nothing_of_what_it_runs():
     """It plays the platform: serving a job must not import the training code or torch."""
-    heavy = ("torch", "pytorch_lightning", "lightning", "project.train", "sagemaker", "hydra")
+    heavy = ("torch", "pytorch_lightning", "lightning", "project.training.train", "sagemaker", "hydra")
     code = (
         "import sys\nfrom project.sandbox import daemon\n"
         "with daemon.serving(daemon.Settings(port=0, run_jobs=False)):\n    pass\n"

@@ -21,12 +21,12 @@ import pytest
 import torch
 from PIL import Image
 
-from project import config as C
-from project import serving
-from project.artifacts import TORCHSCRIPT_FILE
-from project.predict import predict
+from project.core import config as C
 from project.sandbox.model_server import Handler, make_server
-from project.train import run_composed
+from project.serving import archive as serving
+from project.serving.predict import predict
+from project.training.artifacts import TORCHSCRIPT_FILE
+from project.training.train import run_composed
 from tests.photos import blank_paper, digit_photo
 from tests.synthetic import make_glyphs, tiny_overrides, write_dataset
 
@@ -182,7 +182,7 @@ def test_a_model_that_is_not_a_classifier_gets_its_raw_outputs(run_dir, tmp_path
 
     with open_dict(cfg.model):
         cfg.model["_target_"] = "mymodels.csv_regression.MLPRegressor"  # a LightningModule, not model.net
-    assert not serving.is_classifier(cfg)
+    assert not C.is_classifier(cfg)
     archive = serving.pack_model(run_dir / "model", cfg, tmp_path / serving.MODEL_ARCHIVE)
     script = (
         "import sys, json; sys.path.insert(0, 'code'); import inference as h\n"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from project import raw
 from project.aws.session import aws_clients
+from project.training import raw
 from tests.cli import invoke, one_error_line
 from tests.synthetic import tiny_overrides
 
@@ -50,14 +50,14 @@ def test_a_registered_source_serves_a_channel_verified(tiny_data, tmp_path, monk
 
 
 def test_the_training_process_reads_no_s3(tiny_data, tmp_path):
-    """`python -m project.train` (the job's and the child's code) imports nothing of aws/: an
+    """`python -m project.training.train` (the job's and the child's code) imports nothing of aws/: an
     s3:// channel it would have to fetch itself is one line, and nothing of aws/ was loaded."""
     folder, files = tiny_data
     overrides = tiny_overrides(folder, files, tmp_path / "runs", **{"dataset.channels.train": "s3://no-bucket/tiny"})
     probe = (
         "import sys, runpy\n"
         "try:\n"
-        "    runpy.run_module('project.train', run_name='__main__')\n"
+        "    runpy.run_module('project.training.train', run_name='__main__')\n"
         "finally:\n"
         "    print('aws loaded:', sorted(m for m in sys.modules if m.startswith('project.aws')), file=sys.stderr)\n"
     )

@@ -1,4 +1,4 @@
-"""The run trace (project/startup.py) that bench/time_to_first_step.py and time_to_accuracy.py read."""
+"""The run trace (project/core/startup.py) that bench/time_to_first_step.py and time_to_accuracy.py read."""
 
 import json
 import os
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from project import startup
+from project.core import startup
 from tests.cli import invoke
 
 # The phases of `invoke local`: the invoke process checks while its child starts and imports;
@@ -43,7 +43,7 @@ def test_process_started_is_this_process_start():
     import subprocess
     import sys
 
-    code = "import time; from project import startup; print(startup.process_started(), time.time())"
+    code = "import time; from project.core import startup; print(startup.process_started(), time.time())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     started, now = (float(v) for v in out.split())
     assert 0 <= now - started < 60

@@ -1,51 +1,44 @@
-"""Every module of `project` stands in exactly one storey of pyproject.toml's import contracts.
+"""The storeys are folders, and pyproject.toml's layers contract names every one of them.
 
-The contracts list modules by name (import-linter's forbidden contracts), so a new module that no
-list names would escape every rule: this test names it instead. The storeys, bottom to top: Pure;
-Training, Entry and Serving (what a job's code bundle holds); the platforms; the Face.
+import-linter checks that nothing imports a storey above it (`lint-imports`, run by .ci/run); this
+test checks what it cannot: that no module escapes the rule by living outside a storey folder, that
+the contract names every folder, and that a job's code bundle holds exactly the storeys below the
+platforms.
 """
 
 import tomllib
 from pathlib import Path
 
+from project.aws.staging import STAGED
+
 ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "project"
 
 
-def contracts() -> dict[str, dict]:
+def layers() -> list[list[str]]:
+    """The layers contract's storeys, top to bottom, each a list of its folders (`a | b`)."""
     settings = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
-    return {c["name"]: c for c in settings["contracts"]}
+    (contract,) = [c for c in settings["contracts"] if c["type"] == "layers"]
+    return [[name.strip() for name in layer.split("|")] for layer in contract["layers"]]
 
 
-def storeys() -> dict[str, set[str]]:
-    named = contracts()
-    pure = named["Pure imports nothing of ours above it"]["source_modules"]
-    middle = named["Training, Entry and Serving import no platform and no Face"]["source_modules"]
-    platforms = named["The platforms import no Face"]
-    return {
-        "pure": set(pure),
-        "middle": set(middle),
-        "platforms": set(platforms["source_modules"]),
-        "face": {m for m in platforms["forbidden_modules"] if m.startswith("project.")},
-    }
+def storey_folders() -> set[str]:
+    return {f"project.{p.name}" for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
 
 
-def project_modules() -> set[str]:
-    package = ROOT / "project"
-    files = {f"project.{p.stem}" for p in package.glob("*.py") if p.stem != "__init__"}
-    folders = {f"project.{p.name}" for p in package.iterdir() if (p / "__init__.py").is_file()}
-    return files | folders
+def test_every_module_lives_in_a_storey_folder():
+    loose = sorted(p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py")
+    assert not loose, f"{loose} sit in project/ itself, outside every storey: move them into the storey they belong to"
 
 
-def test_every_module_stands_in_exactly_one_storey():
-    placed = storeys()
-    for module in sorted(project_modules()):
-        homes = [name for name, members in placed.items() if module in members]
-        assert len(homes) == 1, f"{module} is in {homes or 'no storey'}: name it in one list of pyproject.toml"
+def test_the_layers_contract_names_every_storey_folder_once():
+    named = [folder for layer in layers() for folder in layer if folder.startswith("project.")]
+    assert len(named) == len(set(named))
+    assert set(named) == storey_folders(), "name each folder of project/ in one layer of pyproject.toml"
 
 
-def test_each_storey_forbids_every_storey_above_it():
-    placed, named = storeys(), contracts()
-    pure_forbids = set(named["Pure imports nothing of ours above it"]["forbidden_modules"])
-    middle_forbids = set(named["Training, Entry and Serving import no platform and no Face"]["forbidden_modules"])
-    assert placed["middle"] | placed["platforms"] | placed["face"] <= pure_forbids
-    assert placed["platforms"] | placed["face"] <= middle_forbids
+def test_a_jobs_bundle_holds_the_storeys_below_the_platforms():
+    storeys = layers()
+    platforms = storeys.index(["project.aws", "project.sandbox"])
+    below = {folder.removeprefix("project.") for layer in storeys[platforms + 1 :] for folder in layer}
+    assert set(STAGED) == below

@@ -9,10 +9,10 @@ import os
 import pytest
 import yaml
 
-from project import startup
-from project.sweep import FinalMetrics
-from project.sweep_jobs import JobResult
-from project.sweep_results import ranked, swept_values
+from project.core import startup
+from project.core.sweep_jobs import JobResult
+from project.face.sweep import FinalMetrics
+from project.face.sweep_results import ranked, swept_values
 from tests.cli import invoke, one_error_line
 from tests.imagetrees import write_tree
 

@@ -24,9 +24,9 @@ import pytest
 import yaml
 
 from project.aws.sweep import SweepSession
+from project.core.sweep_jobs import Job
 from project.sandbox import quotas as sandbox_quotas
 from project.sandbox import service as emulator
-from project.sweep_jobs import Job
 from tests import cli
 from tests.cli import one_error_line
 from tests.test_sagemaker_e2e import data, job_overrides, long_data, wait_for_periodic_checkpoint, world  # noqa: F401
@@ -173,7 +173,7 @@ def test_bad_sweeps_launch_nothing(composed, world, data):  # noqa: F811
             "error: sweep job 1 (trainer.gpus=8): trainer.gpus=8 but ml.p3.8xlarge has 4 GPU(s)",
         ),
         (  # the job would fail on it: refused before the first job is paid for, as `invoke train` does
-            {"model.net._target_": "project.models.SmallCNN,no.such.Net"},
+            {"model.net._target_": "project.training.models.SmallCNN,no.such.Net"},
             "error: sweep job 1 (model.net._target_=no.such.Net): model.net._target_=no.such.Net: cannot import module",
         ),
     ]
@@ -304,7 +304,7 @@ def test_jobs_that_name_different_packages_share_one_bundle_holding_them_all(
     third package (as Optuna's next trials may) gets a bundle of its own, and the first is not re-uploaded."""
     for package in ("nets_a", "nets_b", "nets_c"):
         (tmp_path / package).mkdir()
-        (tmp_path / package / "__init__.py").write_text("from project.models import SmallCNN as Net\n")
+        (tmp_path / package / "__init__.py").write_text("from project.training.models import SmallCNN as Net\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     name = f"swp-{uuid.uuid4().hex[:6]}"
     assert invoke("upload", *sweep_overrides(world, data, name)).returncode == 0

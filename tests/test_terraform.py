@@ -16,10 +16,10 @@ import pytest
 import yaml
 
 from project.aws.image import JobImage
+from project.aws.infra import OUTPUT_NAMES, load_infra
 from project.aws.plan import plan_job
 from project.aws.staging import DRY_RUN_CODE_PREFIX, DRY_RUN_EXPIRY_DAYS
-from project.infra import OUTPUT_NAMES, load_infra
-from project.sagemaker_names import LOG_GROUP  # the group the Terraform grants must name
+from project.core.sagemaker_names import LOG_GROUP  # the group the Terraform grants must name
 from tests.aws_fixtures import (
     ROOT,
     TERRAFORM_DIR,

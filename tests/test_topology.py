@@ -1,10 +1,10 @@
-"""The one decision of devices, nodes and per-device batch (project.topology), as a table of cases."""
+"""The one decision of devices, nodes and per-device batch (project.core.topology), as a table of cases."""
 
 from types import SimpleNamespace
 
 import pytest
 
-from project.topology import Topology, TopologyError, check_resume, decide
+from project.core.topology import Topology, TopologyError, check_resume, decide
 
 
 def trainer(gpus, batch_size=256):

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from project import config as C
-from project.identity import run_identity
-from project.predict import predict
-from project.train import run_composed
+from project.core import config as C
+from project.core.identity import run_identity
+from project.serving.predict import predict
+from project.training.train import run_composed
 from tests.synthetic import make_images
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,7 +93,7 @@ def test_entry_point_under_a_faked_sagemaker_environment(composed, tiny_run, tmp
         "TRAINING_JOB_NAME": "job-123",
     }
     result = subprocess.run(
-        [sys.executable, "-m", "project.train", "--config", str(config_file)],
+        [sys.executable, "-m", "project.training.train", "--config", str(config_file)],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -112,7 +112,7 @@ def test_entry_point_under_a_faked_sagemaker_environment(composed, tiny_run, tmp
 
 def test_entry_point_bad_config_is_one_line_and_nonzero(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "project.train", "trainer.gpus=lots"],
+        [sys.executable, "-m", "project.training.train", "trainer.gpus=lots"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -128,8 +128,8 @@ FLUSHED_AFTER_A_RUN = """
 import sys
 import numpy as np
 import torch
-from project import config as C
-from project.train import run_composed
+from project.core import config as C
+from project.training.train import run_composed
 
 torch.set_num_threads(2)  # a main thread and a pool thread, each with half of a large kernel
 subnormal = torch.from_numpy(np.full(1_000_000, 1e-39, dtype=np.float32))  # made before any flag
@@ -161,8 +161,8 @@ def test_test_pass_counts_the_confusion_matrix(tiny_data, tmp_path):
     """The matrix counted during trainer.test is the one a separate pass over the test set gives."""
     import pytorch_lightning as pl
 
-    from project.data import IdxDataModule
-    from project.models import LitClassifier, SmallCNN
+    from project.training.data import IdxDataModule
+    from project.training.models import LitClassifier, SmallCNN
 
     folder, files = tiny_data
     datamodule = IdxDataModule(str(folder), files, str(tmp_path / "cache"), batch_size=16, val_size=10)
@@ -193,7 +193,7 @@ def test_the_gpu_preset_runs_on_cpu_with_bf16_and_channels_last(composed, tiny_r
 
 
 def test_levers_leave_the_run_identity_and_the_state_dict_alone(composed):
-    from project.models import LitClassifier, SmallCNN
+    from project.training.models import LitClassifier, SmallCNN
 
     base = run_identity(composed())
     levers = ["trainer.channels_last=true", "trainer.compile=true", "trainer.data_on_device=false"]
@@ -213,7 +213,7 @@ def test_the_dataset_stays_on_the_cpu_for_a_cpu_run(tiny_data, tmp_path):
     """data_on_device moves the splits only onto a CUDA root device (GPU runs: see bench/gpu.py)."""
     import pytorch_lightning as pl
 
-    from project.data import IdxDataModule, TensorSplit
+    from project.training.data import IdxDataModule, TensorSplit
 
     folder, files = tiny_data
     datamodule = IdxDataModule(str(folder), files, str(tmp_path / "cache"), batch_size=16, val_size=10)

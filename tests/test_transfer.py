@@ -14,7 +14,7 @@ from project.aws import fetch, transfer, upload
 from project.aws.session import AwsError, aws_clients, aws_errors, explain, resolve_endpoint
 from project.aws.transfer import TransferError
 from project.aws.upload import SKIP, UPLOAD
-from project.raw import file_sha256
+from project.training.raw import file_sha256
 from tests.synthetic import write_dataset
 
 
@@ -369,8 +369,8 @@ def test_any_other_client_error_names_operation_resource_code_and_cause():
 
 
 def test_s3_dataset_source_uses_the_endpoint_it_is_given(s3, bucket, dataset, moto_endpoint, monkeypatch, tmp_path):
-    from project.aws import source  # noqa: F401 (registers s3:// with project.raw, as the tasks do)
-    from project.raw import fetch_raw
+    from project.aws import source  # noqa: F401 (registers s3:// with project.training.raw, as the tasks do)
+    from project.training.raw import fetch_raw
 
     folder, files = dataset
     for stem in files:
@@ -384,7 +384,7 @@ def test_s3_dataset_source_uses_the_endpoint_it_is_given(s3, bucket, dataset, mo
 
 
 def test_s3_uris_have_one_parser():
-    from project.names import S3UriError, split_s3_uri
+    from project.core.names import S3UriError, split_s3_uri
 
     assert split_s3_uri("s3://bucket/datasets/mnist/") == ("bucket", "datasets/mnist/")
     assert split_s3_uri("s3://bucket") == ("bucket", "")

@@ -1,9 +1,9 @@
 """The Launcher plugins: Hydra's sweeper hands them batches of job overrides, they return JobReturns.
 
-Both compose and validate the whole batch first (project.sweep.compose_jobs): one bad combination
+Both compose and validate the whole batch first (project.face.sweep.compose_jobs): one bad combination
 refuses the sweep before anything runs. Each JobReturn's return_value is the job's final metrics
-(project.sweep.FinalMetrics; float() of it is `sweep.objective`), so any sweeper can rank them.
-The work itself lives in project.sweep (local) and project.aws.sweep (SageMaker); these classes
+(project.face.sweep.FinalMetrics; float() of it is `sweep.objective`), so any sweeper can rank them.
+The work itself lives in project.face.sweep (local) and project.aws.sweep (SageMaker); these classes
 only hold what Hydra hands them. Registered in Hydra's ConfigStore as hydra/launcher=local and
 hydra/launcher=sagemaker, with the settings below as hydra.launcher.<name>. (No `from __future__
 import annotations`: Hydra's plugin scan runs this module outside sys.modules, where dataclasses
@@ -21,9 +21,9 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
-from project import sweep
-from project.sweep_jobs import Job, JobResult
-from project.sweep_results import write_results
+from project.core.sweep_jobs import Job, JobResult
+from project.face import sweep
+from project.face.sweep_results import write_results
 
 
 @dataclass

@@ -34,7 +34,7 @@ from project.aws.deploy_source import model_data_for, resolve_source
 from project.aws.endpoints import delete_resources
 from project.aws.session import aws_errors
 from project.aws.workflow import aws_task, setup
-from project.names import split_s3_uri
+from project.core.names import split_s3_uri
 
 PREDICTIONS_DIR = "predictions"
 PREDICTIONS_CSV = "predictions.csv"
@@ -95,7 +95,7 @@ def batch_input(ctx: Any, source: Source, spec: str, stamp: str, echo: Echo) -> 
     inputs = sorted(p for p in folder.iterdir() if p.suffix.lower() in BATCH_CONTENT_TYPES and p.is_file())
     content_type = batch_content_type([p.name for p in inputs], str(folder))
     if content_type == BATCH_CONTENT_TYPES[".png"]:
-        from project.predict import PredictError, check_images
+        from project.serving.predict import PredictError, check_images
 
         try:  # what `invoke predict` refuses, refused before a billable job is made of it
             check_images(inputs)

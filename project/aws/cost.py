@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from project.config import CONF_DIR
-from project.errors import UserError
+from project.core.config import CONF_DIR
+from project.core.errors import UserError
 
 SECONDS_PER_HOUR = 3600
 STALE_PRICE_DAYS = 90  # older catalog prices are flagged in the summary: AWS changes GPU prices a few times a year

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from project import serving
 from project.aws.deploy_requests import DeployError, Echo, Source
+from project.serving import archive as serving
 
 
 def _release(version: str) -> tuple[int, int]:

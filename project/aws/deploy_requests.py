@@ -15,10 +15,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from project import serving
 from project.aws.names import tag_value
-from project.errors import UserError
-from project.sagemaker_names import PROJECT_TAG
+from project.core.errors import UserError
+from project.core.sagemaker_names import PROJECT_TAG
+from project.serving import archive as serving
 
 Echo = Callable[[str], None]
 NAME_LIMIT = 63  # SageMaker model, endpoint config and endpoint names

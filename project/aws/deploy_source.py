@@ -10,16 +10,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from project import serving
 from project.aws import monitor
 from project.aws.deploy_requests import HASH_TAG, DeployError, Echo, Source
 from project.aws.session import aws_errors
 from project.aws.workflow import job_of
-from project.config import RESOLVED_CONFIG_NAME, load_resolved
-from project.identity import run_identity
-from project.names import split_s3_uri
-from project.run_ref import resolve_run
-from project.sagemaker_names import JOB_NAME
+from project.core.config import RESOLVED_CONFIG_NAME, load_resolved
+from project.core.identity import run_identity
+from project.core.names import split_s3_uri
+from project.core.run_ref import resolve_run
+from project.core.sagemaker_names import JOB_NAME
+from project.serving import archive as serving
 
 
 def resolve_source(ctx: Any, spec: str | None) -> Source:

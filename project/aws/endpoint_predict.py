@@ -34,7 +34,7 @@ def endpoint_predictions(ctx: Any, endpoint: str, images: list[Path], raw: bool)
 
     import numpy as np
 
-    from project.predict import Prediction, raw_pixels
+    from project.serving.predict import Prediction, raw_pixels
 
     results: list[Any] = []
     for path in images:
@@ -48,7 +48,7 @@ def endpoint_predictions(ctx: Any, endpoint: str, images: list[Path], raw: bool)
         if "outputs" in answer:
             results.append(f"{path}: {json.dumps(answer)}")  # not a classifier: its raw outputs
             continue
-        if "predictions" not in answer:  # the handler answers one or the other (project/inference.py)
+        if "predictions" not in answer:  # the handler answers one or the other (project/serving/inference.py)
             reason = str(answer.get("OriginalMessage") or answer.get("Message") or json.dumps(answer)[:200])
             raise DeployError(f"{path}: endpoint {endpoint} answered no prediction: {reason.splitlines()[0]}")
         (one,) = answer["predictions"]

@@ -11,7 +11,7 @@ from typing import Any
 
 from project.aws.deploy_requests import EXPIRES_TAG, RUN_TAG, DeployError, Echo
 from project.aws.workflow import aws_task, setup
-from project.sagemaker_names import PROJECT_TAG
+from project.core.sagemaker_names import PROJECT_TAG
 
 
 def endpoint_status(sm: Any, name: str) -> dict[str, Any] | None:

@@ -19,13 +19,13 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from project.atomic import write_atomically
 from project.aws import transfer
 from project.aws.session import aws_errors
 from project.aws.transfer import Echo, TransferError
-from project.errors import UserError
-from project.names import split_s3_uri
-from project.sagemaker_names import METRICS_FILE
+from project.core.atomic import write_atomically
+from project.core.errors import UserError
+from project.core.names import split_s3_uri
+from project.core.sagemaker_names import METRICS_FILE
 
 
 @dataclass(frozen=True)
@@ -214,7 +214,7 @@ def fetch_job(
 ) -> Path:
     """Download a job's model.tar.gz, output.tar.gz and checkpoints into dest/ (runs/<job>/).
 
-    The layout is project.runtime.local_layout's: model/, output/, checkpoints/ and a copy of
+    The layout is project.core.runtime.local_layout's: model/, output/, checkpoints/ and a copy of
     output/metrics.json at the top. dest is replaced only after everything downloaded and checked.
     """
     dest = Path(dest)

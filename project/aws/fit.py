@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from project.errors import UserError
+from project.core.errors import UserError
 
 BF16_MIN_COMPUTE_CAPABILITY = 8.0  # bf16 tensor cores arrived with Ampere (A100, A10G); V100 is 7.0, T4 7.5
 GIB = 1024**3
@@ -62,7 +62,7 @@ class MemoryEstimate:
 
 def estimate_memory(cfg: Any, per_device_batch: int) -> MemoryEstimate | None:
     """The estimate for the config's network (modules.sample_pass), or None where none can be made."""
-    from project.modules import sample_pass
+    from project.training.modules import sample_pass
 
     sampled = sample_pass(cfg)
     if sampled is None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from project.errors import UserError
+from project.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 TRAIN_REQUIREMENTS = ROOT / "requirements-train.txt"

@@ -9,8 +9,8 @@ from typing import Any
 
 from project.aws.cost import job_cost
 from project.aws.session import aws_errors
-from project.errors import UserError
-from project.sagemaker_names import LOG_GROUP
+from project.core.errors import UserError
+from project.core.sagemaker_names import LOG_GROUP
 
 TERMINAL = {"Completed", "Failed", "Stopped"}
 

@@ -1,5 +1,5 @@
 """SageMaker's rule for tag values; the rest of AWS's naming rules (S3 URIs, buckets, ARNs) are
-project/names.py's, where the config's checks use them too."""
+project/core/names.py's, where the config's checks use them too."""
 
 from __future__ import annotations
 

@@ -15,16 +15,16 @@ from typing import Any
 from project.aws.cost import Cost, budget_line, check_budget, estimate, price_age_note
 from project.aws.fit import check_precision
 from project.aws.image import JobImage
-from project.config import CONF_DIR, metric_names, with_gpus
-from project.errors import UserError
-from project.identity import Progress, run_identity
-from project.imagetree import packs
-from project.infra import Infra
-from project.launch import trains_in_pid_1
-from project.sagemaker_names import JOB_NAME, PROJECT_TAG
-from project.topology import Topology, decide
+from project.aws.infra import Infra
+from project.core.config import known_instance_types, metric_names, with_gpus
+from project.core.errors import UserError
+from project.core.identity import Progress, run_identity
+from project.core.sagemaker_names import JOB_NAME, PROJECT_TAG
+from project.core.topology import Topology, decide
+from project.training.imagetree import packs
+from project.training.launch import trains_in_pid_1
 
-ENTRY_SCRIPT = "sm_entry.py"  # project/sm_entry.py, staged at the top of the code channel
+ENTRY_SCRIPT = "sm_entry.py"  # project/training/sm_entry.py, staged at the top of the code channel
 MAX_RUNTIME_SECONDS = 28 * 24 * 3600  # SageMaker's limit on MaxRuntimeInSeconds/MaxWaitTimeInSeconds
 MAX_KEEP_ALIVE_SECONDS = 3600  # warm pools keep instances at most an hour
 # <base>-YYYYmmdd-HHMMSS-mmm-xxxx: milliseconds and a random suffix, so launches in the same
@@ -132,10 +132,6 @@ def earlier_line(earlier: Progress) -> str:
             "billed; to train anew pass a new trainer.seed= or job.base_name="
         )
     return f"interrupted at step {earlier.step}: this job resumes from there"
-
-
-def known_instance_types() -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / "instance").glob("*.yaml"))
 
 
 def job_name(base_name: str, now: datetime | None = None) -> str:
@@ -258,7 +254,7 @@ def validate_plan(plan: JobPlan, cfg: Any, budget: bool = True) -> None:
 
 
 def pid_1(plan: JobPlan) -> str:
-    """What runs as the container's PID 1 (as project/launch.py decides it)."""
+    """What runs as the container's PID 1 (as project/training/launch.py decides it)."""
     if trains_in_pid_1(plan.processes_per_node, plan.instance_count):
         return "training in PID 1: SIGTERM reaches it"
     return "torchrun as PID 1: SIGTERM reaches training"
@@ -266,5 +262,5 @@ def pid_1(plan: JobPlan) -> str:
 
 def entry_command(plan: JobPlan) -> str:
     """The job's command: torchrun with one process per GPU (one on CPU), one node per instance; the
-    launcher reads the GPUs from the staged config (project/launch.py), so no second copy travels here."""
+    launcher reads the GPUs from the staged config (project/training/launch.py), so no second copy travels here."""
     return f"exec python3 {ENTRY_SCRIPT} --launch"

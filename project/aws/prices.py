@@ -17,8 +17,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from project.atomic import write_atomically
-from project.errors import UserError
+from project.core.atomic import write_atomically
+from project.core.errors import UserError
 
 SERVICE_CODE = "AmazonSageMaker"
 # The Price List API answers only in a few regions (us-east-1, eu-central-1, ap-south-1), for all regions.

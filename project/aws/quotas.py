@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from project.errors import UserError
+from project.core.errors import UserError
 
 SERVICE_CODE = "sagemaker"
 # Usage -> the quota's name in Service Quotas (ServiceCode sagemaker).

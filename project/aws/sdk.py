@@ -17,12 +17,12 @@ from project.aws.plan import JobPlan, LaunchError, entry_command
 from project.aws.quotas import check_quotas, usages
 from project.aws.session import aws_errors
 from project.aws.staging import CODE_PREFIX
-from project.names import split_s3_uri
-from project.sagemaker_names import CHECKPOINT_DIR
+from project.core.names import split_s3_uri
+from project.core.sagemaker_names import CHECKPOINT_DIR
 
 
 def metric_definitions(names: list[str] | tuple[str, ...]) -> list[dict[str, str]]:
-    """Regexes over the `name=value` lines printed by project.train, scraped by SageMaker into metrics."""
+    """Regexes over the `name=value` lines printed by project.training.train, scraped by SageMaker into metrics."""
     return [{"Name": name, "Regex": rf"(?:^|\s){re.escape(name)}=([-+0-9.eE]+)"} for name in names]
 
 
@@ -115,7 +115,7 @@ def model_trainer(
     `session`: an SDK Session from sagemaker_session() to reuse, else one is built.
 
     The command (entry_command) does what the SDK's Torchrun driver would, but as PID 1, so a
-    stop or spot reclaim reaches the training processes; see project/launch.py.
+    stop or spot reclaim reaches the training processes; see project/training/launch.py.
     """
     from sagemaker.core.shapes import StoppingCondition
     from sagemaker.core.training.configs import CheckpointConfig, Compute, OutputDataConfig, SourceCode
@@ -145,7 +145,7 @@ def model_trainer(
         # The code is staged under the job's own name: the SDK's seconds-only names can collide.
         input_s3_key_prefix=plan.job_name,
         training_image=plan.image_uri,
-        # `exec`: PID 1 becomes torchrun, which forwards SIGTERM to the workers (project/launch.py).
+        # `exec`: PID 1 becomes torchrun, which forwards SIGTERM to the workers (project/training/launch.py).
         # job.image=aws: the SDK's sm_train.sh pip-installs the staged requirements before the command.
         source_code=SourceCode(
             source_dir=str(source_dir),

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from project.errors import UserError
+from project.core.errors import UserError
 
 ENDPOINT_ENV = "AWS_ENDPOINT_URL"
 # Adaptive retry mode: standard's backoff on throttling and dropped connections, plus a client-side

@@ -1,9 +1,9 @@
 """The s3:// data source: what the training storey's raw.py reads a remote channel with (raw.Source).
 
 Registered on import, by the processes that read S3 data: the AWS workflow (`invoke upload`,
-`invoke train`), `invoke local` and the local sweep (tasks.py, project/sweep.py), before their
+`invoke train`), `invoke local` and the local sweep (tasks.py, project/face/sweep.py), before their
 check resolves the channels. The training process they start is handed the folders the check
-made (project/local.py), and a job's container reads its channels as folders: neither imports this.
+made (project/training/local.py), and a job's container reads its channels as folders: neither imports this.
 boto3 is imported only when a client is made.
 """
 
@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from project.aws.transfer import Echo
-from project.errors import UserError
-from project.names import split_s3_uri
-from project.raw import Source, register_source
+from project.core.errors import UserError
+from project.core.names import split_s3_uri
+from project.training.raw import Source, register_source
 
 
 def connect(endpoint_url: str | None) -> Any:

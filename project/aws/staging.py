@@ -23,9 +23,13 @@ from typing import Any
 
 from project.aws.image import JOB_REQUIREMENTS, job_requirements
 from project.aws.plan import ENTRY_SCRIPT, JobPlan, LaunchError
-from project.config import RESOLVED_CONFIG_NAME, to_yaml, with_gpus
+from project.core.config import RESOLVED_CONFIG_NAME, to_yaml, with_gpus
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent  # the package folder, project/
+# What a job runs: the storeys below the platforms (project/core, training, serving), never aws/,
+# the sandbox (a dev tool) or the Face. pyproject.toml's contracts keep them from importing those.
+STAGED = ("core", "training", "serving")
+ENTRY_SOURCE = PROJECT_DIR / "training" / ENTRY_SCRIPT  # staged at the top of the bundle, not in project/
 # Where the SDK stages each job's code in the artifacts bucket (terraform/main.tf: local.code_prefix;
 # its lifecycle rule expires bundles after code_retention_days).
 CODE_PREFIX = "code"
@@ -34,9 +38,6 @@ CODE_PREFIX = "code"
 DRY_RUN_CODE_PREFIX = f"{CODE_PREFIX}/dry-run"
 DRY_RUN_EXPIRY_DAYS = 1
 SKIPPED = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
-# What a job never runs: the platforms (aws/, infra.py; the sandbox, a dev tool) and the Face (the
-# tasks' and the sweeps' side). pyproject.toml's contracts keep the staged modules from importing them.
-NOT_STAGED = ("aws", "sandbox", "infra.py", "cli.py", "catalog.py", "compare.py", "sweep.py", "sweep_results.py")
 
 
 def stage_source(cfg: Any, dest: Path, plan: JobPlan) -> Path:
@@ -57,23 +58,25 @@ def stage_code(dest: Path, packages: Mapping[str, Path], install: bool = False) 
     """
     if dest.exists():
         shutil.rmtree(dest)
-    top = shutil.ignore_patterns(ENTRY_SCRIPT, *NOT_STAGED)  # the entry script goes on top
-    shutil.copytree(PROJECT_DIR, dest / "project", ignore=lambda folder, names: _skipped(folder, names, top))
+    (dest / "project").mkdir(parents=True)
+    shutil.copy2(PROJECT_DIR / "__init__.py", dest / "project" / "__init__.py")
+    for storey in STAGED:
+        shutil.copytree(PROJECT_DIR / storey, dest / "project" / storey, ignore=_skipped)
     for name, origin in sorted(packages.items()):
         if origin.is_dir():
             shutil.copytree(origin, dest / name, ignore=SKIPPED)
         else:
             shutil.copy2(origin, dest / origin.name)
-    shutil.copy2(PROJECT_DIR / ENTRY_SCRIPT, dest / ENTRY_SCRIPT)
+    shutil.copy2(ENTRY_SOURCE, dest / ENTRY_SCRIPT)
     if install:
         (dest / JOB_REQUIREMENTS).write_text(job_requirements())
     return dest
 
 
-def _skipped(folder: str, names: list[str], top: Any) -> set[str]:
-    """Caches and dotfiles everywhere; in project/ itself, the entry script and NOT_STAGED too."""
+def _skipped(folder: str, names: list[str]) -> set[str]:
+    """Caches and dotfiles everywhere; the entry script where it lives (it goes on top)."""
     skipped = set(SKIPPED(folder, names))
-    return skipped | set(top(folder, names)) if Path(folder) == PROJECT_DIR else skipped
+    return skipped | {ENTRY_SCRIPT} if Path(folder) == ENTRY_SOURCE.parent else skipped
 
 
 def staged_config(cfg: Any, plan: JobPlan) -> str:

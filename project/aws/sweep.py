@@ -32,10 +32,10 @@ from project.aws.quotas import check_quotas, free_instances, usages
 from project.aws.session import aws_errors
 from project.aws.staging import source_revision, stage_code, staged_config
 from project.aws.workflow import Context, check_job, context, fetch_completed, setup
-from project.errors import UserError
-from project.names import split_s3_uri
-from project.sagemaker_names import CONFIG_CHANNEL
-from project.sweep_jobs import Job, JobResult, refusal, scalar_metrics
+from project.core.errors import UserError
+from project.core.names import split_s3_uri
+from project.core.sagemaker_names import CONFIG_CHANNEL
+from project.core.sweep_jobs import Job, JobResult, refusal, scalar_metrics
 
 DEFAULT_MAX_PARALLEL = 4  # jobs at once when launcher.max_parallel is not set
 SWEEP_TAG, JOB_TAG, OVERRIDES_TAG, HASH_TAG = "sweep-id", "sweep-job", "sweep-overrides", "config-hash"

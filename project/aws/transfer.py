@@ -11,7 +11,7 @@ import sys
 import threading
 from collections.abc import Callable
 
-from project.errors import UserError
+from project.core.errors import UserError
 
 MIB = 1024 * 1024
 # S3 parts must be >= 5 MiB; 8 MiB is boto3's default and keeps small files in a single PUT.

@@ -3,7 +3,7 @@
 
 Pure: `classify(JobFacts) -> Triage`, over what DescribeTrainingJob says (status, SecondaryStatus
 and its transitions, FailureReason, which SageMaker takes from `/opt/ml/output/failure`, written by
-project.train.record_failure) and the last lines of each host's CloudWatch stream. `RULES` is read
+project.training.train.record_failure) and the last lines of each host's CloudWatch stream. `RULES` is read
 top to bottom and the first rule that matches wins; the order is deliberate:
 
 1. what the platform itself reports (spot reclaim, a stop, MaxRuntime, capacity, quota): the
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from project.sagemaker_names import LOG_GROUP
+from project.core.sagemaker_names import LOG_GROUP
 
 LOG_TAIL_LINES = 200  # per host: the tracebacks of several ranks plus torchrun's failure summary
 SHOWN_LINES = 15  # last lines shown when no rule matched

@@ -16,9 +16,9 @@ from pathlib import Path
 from project.aws import transfer
 from project.aws.session import aws_errors
 from project.aws.transfer import Echo, TransferError
-from project.errors import UserError
-from project.imagetree import MANIFEST, read_manifest
-from project.raw import file_sha256
+from project.core.errors import UserError
+from project.training.imagetree import MANIFEST, read_manifest
+from project.training.raw import file_sha256
 
 SHA256_META = "sha256"  # stored by S3 as the x-amz-meta-sha256 header
 UPLOAD = "upload"
@@ -105,7 +105,7 @@ def plan_upload(
     its good copy in the cache); the bytes compared with the bucket are the file's own, since
     that is what is stored. Each file's key is its name under `prefix`, or with `root` (a
     channel's folder) its path relative to `root`, so sub-folders keep their shape. `digests`: the
-    SHA256 of files' stored bytes known already (project.resolve verified them), not hashed again.
+    SHA256 of files' stored bytes known already (project.training.resolve verified them), not hashed again.
     """
     files = [Path(path) for path in paths.values()]
     for path in files:  # every file must exist before any call
@@ -204,7 +204,7 @@ def _upload_all(todo: list[UploadItem], s3, progress: bool, echo: Echo, total: i
 
 
 def plan_packed_upload(folder: Path, bucket: str, prefix: str, s3) -> tuple[list[UploadItem], list[UploadItem]]:
-    """A packed image channel (project.imagetree.pack_tree's folder) as (shards, manifest) to send:
+    """A packed image channel (project.training.imagetree.pack_tree's folder) as (shards, manifest) to send:
     `upload(shards, s3, then=manifest)` sends the manifest last, so a job never sees one naming a
     shard that is not there yet. Shards no longer in the manifest are not sent (nor read by a job)."""
     names = [entry["name"] for entry in read_manifest(folder)["shards"]]

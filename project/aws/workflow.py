@@ -24,6 +24,7 @@ from project.aws.fetch import fetch_job
 from project.aws.fit import InstanceFitError, check_memory, estimate_memory
 from project.aws.image import ImageError, base_image, custom_image, job_image
 from project.aws.image_build import ImageRef, build_command, ecr_password, push_commands, tag_exists
+from project.aws.infra import Infra, load_infra
 from project.aws.plan import JobPlan, LaunchError, channel_uris, manifest_uri, plan_job, validate_plan
 from project.aws.prices import PRICING_REGION, PriceError
 from project.aws.prices import refresh as refresh_prices
@@ -32,14 +33,13 @@ from project.aws.session import aws_clients, aws_errors
 from project.aws.staging import DRY_RUN_CODE_PREFIX, DRY_RUN_EXPIRY_DAYS, source_revision, stage_source, user_code
 from project.aws.upload import UploadItem, folder_files, plan_packed_upload, plan_upload
 from project.aws.upload import upload as upload_items
-from project.config import CONF_DIR, compose
-from project.identity import Progress, progress
-from project.imagetree import pack_channel, write_sagemaker_manifest
-from project.infra import Infra, load_infra
-from project.names import name_problem, split_s3_uri
-from project.resolve import resolve
-from project.run_ref import resolve_run
-from project.sagemaker_names import METRICS_FILE
+from project.core.config import CONF_DIR, compose
+from project.core.identity import Progress, progress
+from project.core.names import name_problem, split_s3_uri
+from project.core.run_ref import resolve_run
+from project.core.sagemaker_names import METRICS_FILE
+from project.training.imagetree import pack_channel, write_sagemaker_manifest
+from project.training.resolve import resolve
 
 INFRA_KEYS = ("data_bucket", "artifacts_bucket", "repository_url", "role_arn", "region")
 
@@ -81,7 +81,7 @@ def upload(overrides: list[str], dry_run: bool = False, echo: Callable[[str], No
     d, s3 = ctx.cfg.dataset, ctx.clients.s3
     data = resolve(ctx.cfg, client=s3)  # every channel checked before anything moves
     folders = data.folders
-    # An image-folder channel goes as a few tar shards (project.imagetree); all are packed (every
+    # An image-folder channel goes as a few tar shards (project.training.imagetree); all are packed (every
     # image checked) before anything moves.
     packed = {
         channel: pack_channel(d, channel, folder, Path(ctx.cfg.paths.data_dir)) for channel, folder in folders.items()
@@ -143,7 +143,7 @@ def check_job(cfg: Any, plan: JobPlan, echo: Callable[[str], None] = print, budg
     and their arguments, the packages it carries, whether the network takes the data's samples, and
     whether its batch fits the GPUs' memory. `invoke train` checks its job; a sweep, every job.
     Returns the user packages the job carries (staging.user_code)."""
-    from project import modules  # imports torch and the user's classes: only when a job is launched
+    from project.training import modules  # imports torch and the user's classes: only when a job is launched
 
     validate_plan(plan, cfg, budget)
     modules.check(cfg)

@@ -17,7 +17,7 @@ training job it records on this machine, as one SageMaker instance would. One mo
 - run: one instance running a recorded job, from the tree to the end state;
 - daemon: the foreground / background server behind `invoke sandbox`.
 
-Nothing here imports the code a job runs (project.train, torch): the sandbox is the platform
+Nothing here imports the code a job runs (project.training.train, torch): the sandbox is the platform
 (a model server imports torch in its own process).
 This module stays import-cheap: tasks.py reads the defaults below.
 """

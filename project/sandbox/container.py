@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from project.lifeline import dying_with_this_thread
-from project.sagemaker_names import LOG_GROUP
+from project.core.lifeline import dying_with_this_thread
+from project.core.sagemaker_names import LOG_GROUP
 from project.sandbox.optml import CONTAINER_ROOT
 
 STOP_GRACE_SECONDS = 120.0  # SageMaker's delay between SIGTERM and SIGKILL

@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from project.errors import UserError
-from project.names import split_s3_uri
+from project.core.errors import UserError
+from project.core.names import split_s3_uri
 
 CONTAINER_ROOT = "/opt/ml"
 HOST = "algo-1"  # SageMaker's name for the first (here: only) instance

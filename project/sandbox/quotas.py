@@ -36,7 +36,7 @@ def quota_code(name: str) -> str:
 
 
 def catalog_quotas(region: str, account: str) -> list[dict[str, Any]]:
-    from project.aws.plan import known_instance_types
+    from project.core.config import known_instance_types
 
     quotas = []
     for instance_type in known_instance_types():

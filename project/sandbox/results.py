@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from project.names import split_s3_uri
+from project.core.names import split_s3_uri
 
 FAILURE_FILE = "output/failure"  # under /opt/ml: the first error a job writes, SageMaker's FailureReason
 

@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from project.names import split_s3_uri
+from project.core.names import split_s3_uri
 from project.sandbox.patches import Patches
 
 CHECKOUT = Path(__file__).resolve().parents[2]  # `python -m project.sandbox.model_server` runs from here
