@@ -235,7 +235,10 @@ def test_staged_source_carries_the_resolved_config(tmp_path):
 
     p, cfg = plan("model=mlp", "trainer.max_epochs=5")
     source = stage_source(cfg, tmp_path / "src", p)
-    assert (source / "project" / "train.py").is_file() and (source / "sm_entry.py").is_file()
+    assert (source / "project" / "training" / "train.py").is_file() and (source / "sm_entry.py").is_file()
+    staged = {p.name for p in (source / "project").iterdir()}
+    assert staged == {"__init__.py", "core", "serving", "training"}  # no platform, no sandbox, no Face
+    assert not (source / "project" / "training" / "sm_entry.py").exists()  # on top only
     assert not list(source.rglob("__pycache__"))
     again = load_resolved(source / "config.yaml")
     assert again.model.name == "mlp" and again.trainer.max_epochs == 5
@@ -389,8 +392,8 @@ def test_custom_tag_hashes_what_goes_into_the_image_not_the_code(tmp_path, monke
     monkeypatch.setattr(image, "ROOT", tmp_path)
     tag = image.content_tag("base:1")
     assert re.fullmatch(r"deps-[0-9a-f]{12}", tag)
-    (tmp_path / "project").mkdir()
-    (tmp_path / "project" / "train.py").write_text("changed code")  # the code channel's, not the image's
+    (tmp_path / "project" / "training").mkdir(parents=True)
+    (tmp_path / "project" / "training" / "train.py").write_text("changed code")  # the code channel's, not the image's
     assert image.content_tag("base:1") == tag
     assert image.content_tag("base:2") != tag
     (tmp_path / "requirements-train.txt").write_text("numpy==1\n")

@@ -20,9 +20,8 @@ from typing import Any
 from project.core.config import RESOLVED_CONFIG_NAME
 from project.core.errors import UserError
 from project.core.identity import run_progress
-from project.core.sagemaker_names import METRICS_FILE
+from project.core.sagemaker_names import METRICS_FILE, PROJECT_TAG
 
-PROJECT_TAG = ("project", "lightning-sagemaker")  # every job plan_job tags
 SHOWN_METRICS = ("val_acc", "test_acc", "val_loss")
 # Where a run ran or its data's checksums (long, and the same data whatever the mirror), not what it trained.
 IGNORED_KEYS = ("paths.", "run_name", "aws.", "job.image_tag", "dataset.files.", "trainer.gpus")
