@@ -2,23 +2,24 @@
 
 Tasks that take Hydra overrides accept them as bare tokens: `invoke local trainer.max_epochs=1`.
 Heavy imports (torch, Lightning, the SageMaker SDK) happen inside the tasks that need them.
-"""
 
-import atexit
-import gc
+Importing this module does exactly two things beyond defining the tasks, both for the task that
+invoke is about to parse and run (tests/test_process.py checks that nothing else changes):
+- invoke's parser learns bare Hydra overrides (project.face.cli.accept_bare_overrides), and
+- the garbage collector is tuned for a short process (project.core.process.tune_gc_for_a_short_process).
+"""
 
 from invoke import Collection, Exit, task
 
+from project.core.process import tune_gc_for_a_short_process
 from project.face.cli import OVERRIDES_HELP, accept_bare_overrides, user_errors
 from project.sandbox import DEFAULT_PORT as SANDBOX_PORT
 
+# Replaces invoke's Collection.to_contexts, a global, and that is the only way: the `invoke`
+# command builds its own Program and Parser, and loads this module's `ns` as a copy that is always
+# a plain Collection (Collection.from_module), so no subclass or hook given here reaches the parser.
 accept_bare_overrides()
-# A task builds large, long-lived object graphs as it starts (Hydra's config tree, botocore's
-# service models); the cyclic GC walks them over and over while they grow, and again at exit,
-# freeing next to nothing: ~0.3 s of a 1 s `invoke upload`. Collect young objects rarely, and
-# skip everything at exit (frozen objects are not collected).
-gc.set_threshold(50_000, 20, 20)
-atexit.register(gc.freeze)
+tune_gc_for_a_short_process()  # a task builds large, long-lived object graphs as it starts, then ends
 
 JOB_HELP = "A training job, by name or its folder runs/<job> (default: the latest job)"
 

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from project.aws.staging import ENTRY_SOURCE
 from project.core.config import compose, to_yaml
 from project.core.sagemaker_names import DATA_CHANNEL
 from project.sandbox.results import failure_reason
@@ -64,7 +65,7 @@ def container_run(
     for folder in ("model", "output/data", "checkpoints", "code"):
         (tree / folder).mkdir(parents=True, exist_ok=True)
     (tree / "code" / "config.yaml").write_text(config_yaml)
-    entry = shutil.copy(ROOT / "project" / "sm_entry.py", tree / "code" / "sm_entry.py")  # as staging puts it
+    entry = shutil.copy(ENTRY_SOURCE, tree / "code" / "sm_entry.py")  # as staging puts it
     environ = {
         **os.environ,
         "SM_MODEL_DIR": str(tree / "model"),

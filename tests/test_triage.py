@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from project.aws.triage import LOG_TAIL_LINES, RULES, JobFacts, Triage, classify, host_of, log_link, region_of
-from project.training.train import failure_text
+from project.core.process import failure_text
 from tests.failing_runs import FailedRun, container_run, memory_limit, resolved
 from tests.requires import requires
 from tests.synthetic import tiny_overrides, write_dataset
@@ -122,7 +122,7 @@ def test_a_model_module_that_fails_to_import_is_an_import_error(real_failures):
     assert triage.kind == "import", triage.report()
     assert "no module named 'not_installed_dep'" in triage.cause
     assert "requirements-train.txt" in triage.fix
-    # FailureReason names the root cause too (project.training.train.failure_text), not only Hydra's wrapper.
+    # FailureReason names the root cause too (project.core.process.failure_text), not only Hydra's wrapper.
     only_reason = classify(facts(reason=run.failure_reason))
     assert only_reason.kind == "import" and "not_installed_dep" in only_reason.cause
 

@@ -3,7 +3,7 @@
 
 Pure: `classify(JobFacts) -> Triage`, over what DescribeTrainingJob says (status, SecondaryStatus
 and its transitions, FailureReason, which SageMaker takes from `/opt/ml/output/failure`, written by
-project.training.train.record_failure) and the last lines of each host's CloudWatch stream. `RULES` is read
+project.core.process.record_failure) and the last lines of each host's CloudWatch stream. `RULES` is read
 top to bottom and the first rule that matches wins; the order is deliberate:
 
 1. what the platform itself reports (spot reclaim, a stop, MaxRuntime, capacity, quota): the

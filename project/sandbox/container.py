@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from project.core.lifeline import dying_with_this_thread
+from project.core.process import dying_with_this_thread
 from project.core.sagemaker_names import LOG_GROUP
 from project.sandbox.optml import CONTAINER_ROOT
 

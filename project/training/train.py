@@ -1,4 +1,5 @@
-# Over 300 lines: main()'s exits and failure recording move to the process-plumbing home (#27 §5).
+# Over 300 lines: one run's whole path, from the Trainer built to the artifacts written, and the three ways a
+# process enters it (a SageMaker job, a saved config, overrides); its process plumbing is project/core/process.py.
 """Train a Lightning model from a Hydra config, on a laptop, a bare-metal GPU box or SageMaker.
 
 Run it:
@@ -12,10 +13,8 @@ travelled with the job, the data channel, SM_MODEL_DIR, SM_OUTPUT_DATA_DIR and
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Mapping
@@ -28,7 +27,7 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from project.core import config as config_lib
-from project.core import startup
+from project.core import process, startup
 from project.core.atomic import write_atomically
 from project.core.errors import INTERRUPTED_EXIT, USER_ERROR_EXIT, UserError
 from project.core.identity import CHECKPOINT_FILE, choose_run, default_run_name, finished_name, run_identity
@@ -303,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             _dispatch(argv, config_path)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        record_failure(failure_text(exc))
+        process.record_failure(process.failure_text(exc))
         return USER_ERROR_EXIT
     except Interrupted as stop:
         if not stop.reported:
@@ -312,13 +311,10 @@ def main(argv: list[str] | None = None) -> int:
     except SIGTERMException as stop:  # it said where it saved (RunCheckpoints)
         return stop_exit(stop, in_container=sagemaker_env() is not None)
     except Exception as exc:
-        record_failure(failure_text(exc))
+        process.record_failure(process.failure_text(exc))
         raise
     finally:
-        # The process ends next, and its objects with it: keep them out of the interpreter's last
-        # garbage collections, which took 1.1-1.5 s of every exit with torch and Lightning loaded.
-        # Exit handlers, finalizers and flushes still run; what is written was closed already.
-        gc.freeze()
+        process.freeze_for_exit()  # what it wrote was closed already
     return 0
 
 
@@ -336,37 +332,6 @@ def _dispatch(argv: list[str], config_path: Path | None) -> None:
         run_composed(cfg, local.chosen_run_name(), local.checked_data())
     else:
         run_local(argv)
-
-
-def failure_text(exc: BaseException) -> str:
-    """`Type: message` on one line, with the root of its chain of causes (Hydra wraps import errors).
-
-    The type names the class of failure for `invoke why` (project/aws/triage.py): DataError,
-    ModuleNotFoundError, torch.OutOfMemoryError's CUDA message.
-    """
-    text = f"{type(exc).__name__}: {exc}"
-    root = exc
-    while root.__cause__ is not None:
-        root = root.__cause__
-    if root is not exc:
-        text += f" (caused by {type(root).__name__}: {root})"
-    return " ".join(text.split())
-
-
-def record_failure(reason: str, environ: Mapping[str, str] = os.environ) -> None:
-    """In a SageMaker container: the job's FailureReason, in /opt/ml/output/failure.
-
-    The first rank to fail writes it (the others' errors are usually consequences). Outside a
-    container this does nothing.
-    """
-    if "SM_MODEL_DIR" not in environ:
-        return
-    failure = Path(environ.get("SM_OUTPUT_DIR", "/opt/ml/output")) / "failure"
-    try:
-        with open(failure, "x") as out:
-            out.write(reason[:1024])
-    except OSError:
-        pass  # already written by another rank, or no output dir: the exit code still fails the job
 
 
 if __name__ == "__main__":
