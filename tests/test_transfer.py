@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from project.aws import fetch, transfer, upload
-from project.aws.session import AwsError, aws_clients, aws_errors, explain, resolve_endpoint
+from project.aws.errors import AwsError, aws_errors, explain
+from project.aws.session import aws_clients, resolve_endpoint
 from project.aws.transfer import TransferError
 from project.aws.upload import SKIP, UPLOAD
 from project.training.raw import file_sha256

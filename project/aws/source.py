@@ -48,7 +48,7 @@ def setup_problem(exc: BaseException) -> UserError | None:
     """botocore's credential, region and connection failures as one line; None for an S3 answer."""
     if hasattr(exc, "response") or "botocore.exceptions" not in sys.modules:
         return None  # a ClientError answers for one key: the next name may exist
-    from project.aws.session import explain
+    from project.aws.errors import explain
 
     return explain(exc)
 
