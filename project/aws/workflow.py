@@ -19,7 +19,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from project.aws import monitor, sdk, triage
+from project.aws import (
+    monitor,
+    sdk,
+    source,  # noqa: F401 (registers s3:// data with project.training.fetch)
+    triage,
+)
 from project.aws.errors import aws_errors
 from project.aws.fetch import fetch_job
 from project.aws.fit import InstanceFitError, check_memory, estimate_memory
