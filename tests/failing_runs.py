@@ -64,7 +64,8 @@ def container_run(
     for folder in ("model", "output/data", "checkpoints", "code"):
         (tree / folder).mkdir(parents=True, exist_ok=True)
     (tree / "code" / "config.yaml").write_text(config_yaml)
-    entry = shutil.copy(ROOT / "project" / "sm_entry.py", tree / "code" / "sm_entry.py")  # as staging puts it
+    # as staging puts it: at the top of the code channel
+    entry = shutil.copy(ROOT / "project" / "training" / "sm_entry.py", tree / "code" / "sm_entry.py")
     environ = {
         **os.environ,
         "SM_MODEL_DIR": str(tree / "model"),

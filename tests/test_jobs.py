@@ -235,7 +235,7 @@ def test_staged_source_carries_the_resolved_config(tmp_path):
 
     p, cfg = plan("model=mlp", "trainer.max_epochs=5")
     source = stage_source(cfg, tmp_path / "src", p)
-    assert (source / "project" / "train.py").is_file() and (source / "sm_entry.py").is_file()
+    assert (source / "project" / "training" / "train.py").is_file() and (source / "sm_entry.py").is_file()
     assert not list(source.rglob("__pycache__"))
     again = load_resolved(source / "config.yaml")
     assert again.model.name == "mlp" and again.trainer.max_epochs == 5

@@ -87,7 +87,7 @@ def call(handler, body: bytes, content_type: str, accept: str = "application/jso
 def test_training_writes_the_serving_code_into_the_model_folder(run_dir):
     code = run_dir / "model" / serving.CODE_DIR
     assert {p.name for p in code.iterdir()} == {*serving.SHIPPED, serving.SERVING_FILE}
-    assert (code / serving.HANDLER).read_bytes() == (ROOT / "project" / "inference.py").read_bytes()
+    assert (code / serving.HANDLER).read_bytes() == (ROOT / "project" / "serving" / "inference.py").read_bytes()
     facts = json.loads((code / serving.SERVING_FILE).read_text())
     assert facts == {"classifier": True, "input_shape": [1, 28, 28], "top_k": 3}
     assert serving.exported_by(run_dir / "model" / serving.TORCHSCRIPT_FILE) == torch.__version__
