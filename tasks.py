@@ -1,3 +1,4 @@
+# Over 300 lines, kept whole: invoke's task list, one short task per command (its help, then a hand-off into project/).
 """Tasks: train locally or on SageMaker, move data and artifacts. `invoke --list` shows them.
 
 Tasks that take Hydra overrides accept them as bare tokens: `invoke local trainer.max_epochs=1`.

@@ -267,7 +267,7 @@ def _in_process(aws, folder: Path, reps: int) -> dict:
 
     from project.aws import upload
     from project.core.config import compose
-    from project.training.raw import candidates
+    from project.training.fetch import candidates
 
     files = dict(compose([]).dataset.files)
     paths = {stem: next(folder / n for n in candidates(stem) if (folder / n).is_file()) for stem in files}

@@ -343,7 +343,7 @@ def _served(call: Call, account: str, roles: dict[str, str]) -> RoleWork | None:
 def role_work(calls: list[Call], account: str) -> Iterator[RoleWork]:
     """What SageMaker does as the execution role for each job, model, endpoint and transform job the
     tasks created. Our own code inside a job's container calls no AWS API: its data and code are
-    channel files SageMaker downloaded, its output is files SageMaker uploads (raw.py's s3:// source
+    channel files SageMaker downloaded, its output is files SageMaker uploads (fetch.py's s3:// source
     is for local runs)."""
     roles: dict[str, str] = {}  # model or endpoint config name -> the execution role it runs as
     for call in calls:

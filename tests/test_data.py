@@ -20,7 +20,8 @@ from project.training.data import (
     read_bytes,
     split_indices,
 )
-from project.training.raw import VERIFIED_DIR, Contents, fetch_verified, file_sha256
+from project.training.fetch import fetch_verified
+from project.training.raw import VERIFIED_DIR, Contents, file_sha256
 from project.training.resolve import Resolved
 from tests.synthetic import idx_bytes, write_dataset
 

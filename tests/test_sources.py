@@ -1,4 +1,4 @@
-"""Remote data sources: the training storey reads s3:// through raw.Source, which the AWS storey
+"""Remote data sources: the training storey reads s3:// through fetch.Source, which the AWS storey
 registers (project/aws/source.py) in the processes that read S3, never in the training process."""
 
 from __future__ import annotations
@@ -11,14 +11,15 @@ from pathlib import Path
 import pytest
 
 from project.aws.session import aws_clients
-from project.training import raw
+from project.training import fetch
+from project.training.raw import DataError
 from tests.cli import invoke, one_error_line
 from tests.synthetic import tiny_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def folder_source(folder: Path) -> raw.Source:
+def folder_source(folder: Path) -> fetch.Source:
     """A Source over a plain folder: the whole interface a platform implements, nothing of AWS."""
 
     def download(client: Path, uri: str, out) -> None:
@@ -27,7 +28,7 @@ def folder_source(folder: Path) -> raw.Source:
     def mirror(client: Path, uri: str, dest: Path, echo) -> list[str]:
         raise AssertionError("a dataset with files is fetched, not mirrored")
 
-    return raw.Source(
+    return fetch.Source(
         connect=lambda endpoint_url: folder,
         download=download,
         mirror=mirror,
@@ -38,13 +39,13 @@ def folder_source(folder: Path) -> raw.Source:
 
 def test_a_registered_source_serves_a_channel_verified(tiny_data, tmp_path, monkeypatch):
     folder, files = tiny_data
-    monkeypatch.setitem(raw.SOURCES, "mem", folder_source(folder))
-    paths = raw.fetch_raw("mem://tiny", tmp_path / "cache", files)
+    monkeypatch.setitem(fetch.SOURCES, "mem", folder_source(folder))
+    paths = fetch.fetch_raw("mem://tiny", tmp_path / "cache", files)
     assert sorted(paths) == sorted(files) and all(path.parent == tmp_path / "cache" for path in paths.values())
     (folder / f"{next(iter(files))}.gz").rename(tmp_path / "gone.gz")  # a missing object: one line, both names
     try:
-        with pytest.raises(raw.DataError, match=r"cannot fetch \S+ from mem://tiny \(\S+\.gz: .*No such file"):
-            raw.fetch_raw("mem://tiny", tmp_path / "other", files)
+        with pytest.raises(DataError, match=r"cannot fetch \S+ from mem://tiny \(\S+\.gz: .*No such file"):
+            fetch.fetch_raw("mem://tiny", tmp_path / "other", files)
     finally:
         (tmp_path / "gone.gz").rename(folder / f"{next(iter(files))}.gz")
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from project.aws import fetch, transfer, upload
-from project.aws.session import AwsError, aws_clients, aws_errors, explain, resolve_endpoint
+from project.aws.errors import AwsError, aws_errors, explain
+from project.aws.session import aws_clients, resolve_endpoint
 from project.aws.transfer import TransferError
 from project.aws.upload import SKIP, UPLOAD
 from project.training.raw import file_sha256
@@ -369,8 +370,8 @@ def test_any_other_client_error_names_operation_resource_code_and_cause():
 
 
 def test_s3_dataset_source_uses_the_endpoint_it_is_given(s3, bucket, dataset, moto_endpoint, monkeypatch, tmp_path):
-    from project.aws import source  # noqa: F401 (registers s3:// with project.training.raw, as the tasks do)
-    from project.training.raw import fetch_raw
+    from project.aws import source  # noqa: F401 (registers s3:// with project.training.fetch, as the tasks do)
+    from project.training.fetch import fetch_raw
 
     folder, files = dataset
     for stem in files:

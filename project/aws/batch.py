@@ -32,7 +32,7 @@ from project.aws.deploy_requests import (
 )
 from project.aws.deploy_source import model_data_for, resolve_source
 from project.aws.endpoints import delete_resources
-from project.aws.session import aws_errors
+from project.aws.errors import aws_errors
 from project.aws.workflow import aws_task, setup
 from project.core.names import split_s3_uri
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from project.aws import monitor
 from project.aws.deploy_requests import HASH_TAG, DeployError, Echo, Source
-from project.aws.session import aws_errors
+from project.aws.errors import aws_errors
 from project.aws.workflow import job_of
 from project.core.config import RESOLVED_CONFIG_NAME, load_resolved
 from project.core.identity import run_identity

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from project.aws import transfer
-from project.aws.session import aws_errors
+from project.aws.errors import aws_errors
 from project.aws.transfer import Echo, TransferError
 from project.core.atomic import write_atomically
 from project.core.errors import UserError

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from project.aws.cost import job_cost
-from project.aws.session import aws_errors
+from project.aws.errors import aws_errors
 from project.core.errors import UserError
 from project.core.sagemaker_names import LOG_GROUP
 

@@ -11,11 +11,11 @@ import re
 from pathlib import Path
 from typing import Any
 
+from project.aws.errors import aws_errors
 from project.aws.fit import check_image_pull
 from project.aws.image import JOB_REQUIREMENTS, JobImage
 from project.aws.plan import JobPlan, LaunchError, entry_command
 from project.aws.quotas import check_quotas, usages
-from project.aws.session import aws_errors
 from project.aws.staging import CODE_PREFIX
 from project.core.names import split_s3_uri
 from project.core.sagemaker_names import CHECKPOINT_DIR

@@ -1,4 +1,4 @@
-"""The s3:// data source: what the training storey's raw.py reads a remote channel with (raw.Source).
+"""The s3:// data source: what the training storey's fetch.py reads a remote channel with (fetch.Source).
 
 Registered on import, by the processes that read S3 data: the AWS workflow (`invoke upload`,
 `invoke train`), `invoke local` and the local sweep (tasks.py, project/face/sweep.py), before their
@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 from project.aws.transfer import Echo
 from project.core.errors import UserError
 from project.core.names import split_s3_uri
-from project.training.raw import Source, register_source
+from project.training.fetch import Source, register_source
 
 
 def connect(endpoint_url: str | None) -> Any:
@@ -48,7 +48,7 @@ def setup_problem(exc: BaseException) -> UserError | None:
     """botocore's credential, region and connection failures as one line; None for an S3 answer."""
     if hasattr(exc, "response") or "botocore.exceptions" not in sys.modules:
         return None  # a ClientError answers for one key: the next name may exist
-    from project.aws.session import explain
+    from project.aws.errors import explain
 
     return explain(exc)
 

@@ -25,11 +25,11 @@ from typing import Any
 
 from project.aws import monitor, sdk
 from project.aws.cost import budget_line, check_budget
+from project.aws.errors import aws_errors
 from project.aws.image import job_image
 from project.aws.names import tag_value
 from project.aws.plan import JobPlan, LaunchError, plan_job
 from project.aws.quotas import check_quotas, free_instances, usages
-from project.aws.session import aws_errors
 from project.aws.staging import source_revision, stage_code, staged_config
 from project.aws.workflow import Context, check_job, context, fetch_completed, setup
 from project.core.errors import UserError

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from project.aws import transfer
-from project.aws.session import aws_errors
+from project.aws.errors import aws_errors
 from project.aws.transfer import Echo, TransferError
 from project.core.errors import UserError
 from project.training.imagetree import MANIFEST, read_manifest

@@ -19,7 +19,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from project.aws import monitor, sdk, triage
+from project.aws import (
+    monitor,
+    sdk,
+    source,  # noqa: F401 (registers s3:// data with project.training.fetch)
+    triage,
+)
+from project.aws.errors import aws_errors
 from project.aws.fetch import fetch_job
 from project.aws.fit import InstanceFitError, check_memory, estimate_memory
 from project.aws.image import ImageError, base_image, custom_image, job_image
@@ -29,7 +35,7 @@ from project.aws.plan import JobPlan, LaunchError, channel_uris, manifest_uri, p
 from project.aws.prices import PRICING_REGION, PriceError
 from project.aws.prices import refresh as refresh_prices
 from project.aws.quotas import QuotaError
-from project.aws.session import aws_clients, aws_errors
+from project.aws.session import aws_clients
 from project.aws.staging import DRY_RUN_CODE_PREFIX, DRY_RUN_EXPIRY_DAYS, source_revision, stage_source, user_code
 from project.aws.upload import UploadItem, folder_files, plan_packed_upload, plan_upload
 from project.aws.upload import upload as upload_items

@@ -1,7 +1,7 @@
 """Files written so that no reader ever sees half of one: a temporary file beside it, then a rename.
 
 os.replace within one folder is atomic: the final name holds the old content or the new, never a
-part. Standard library only, so the torch-free side (raw.py for `invoke upload`, project.core.config's
+part. Standard library only, so the torch-free side (raw.py and fetch.py for `invoke upload`, project.core.config's
 compose cache) uses the same helper as the training code.
 """
 

@@ -242,7 +242,7 @@ def list_runs(
     overrides: list[str], sweep: str | None, since: str | None, metric: str | None, echo: Callable[[str], None] = print
 ) -> list[Entry]:
     """`invoke runs`: local runs and SageMaker jobs, newest first, filtered."""
-    from project.aws.session import aws_errors
+    from project.aws.errors import aws_errors
     from project.aws.workflow import context
     from project.core.config import compose
 

@@ -188,7 +188,7 @@ class JobFailed(UserError):
 def run_local_jobs(jobs: list[Job], sweep_dir: Path, echo: Echo = print) -> list[JobResult]:
     """Each job in turn as `python -m project.training.train --config <its resolved config>`, in sweep_dir/<n>/,
     on the data resolved here and handed to it (an s3:// channel's copy: the training process reads no S3)."""
-    from project.aws import source  # noqa: F401 (registers s3:// with project.training.raw)
+    from project.aws import source  # noqa: F401 (registers s3:// with project.training.fetch)
     from project.training import local
     from project.training.resolve import resolve
 

@@ -1,8 +1,8 @@
 # Over 300 lines, kept whole: one concern, the in-memory DataModules and their resumable loaders.
 """Raw IDX files -> verified in-memory tensors -> batches sliced by index.
 
-Fetching and verifying the raw files is project.training.raw's job (torch-free, shared with `invoke
-upload`); its names are re-exported here. The run hands the DataModule its data as resolved once
+Fetching and verifying the raw files is project.training.fetch's and project.training.raw's job (torch-free,
+shared with `invoke upload`); their names are re-exported here. The run hands the DataModule its data as resolved once
 (project/training/resolve.py), and the DataModule reads the files through that, verifying nothing again.
 The DataModule holds the whole dataset as tensors and slices batches with one indexing op, so
 there is no per-sample Python work and no 70,000 image files.
@@ -24,7 +24,8 @@ import pytorch_lightning as pl
 import torch
 
 from project.core.topology import per_device_batch
-from project.training.raw import Contents, DataError, fetch_raw, fetch_verified, read_bytes, read_verified, sha256  # noqa: F401 (re-exported)
+from project.training.fetch import fetch_raw, fetch_verified  # noqa: F401 (re-exported)
+from project.training.raw import Contents, DataError, read_bytes, read_verified, sha256  # noqa: F401 (re-exported)
 from project.training.resolve import Resolved
 
 IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}  # IDX codes: big-endian

@@ -1,13 +1,14 @@
 """Where a run's data is: decided once per process tree, then passed along (a `Resolved`).
 
 `resolve` gives each declared channel's folder and, for a dataset that lists `files`, the train
-channel's files as verified (project.training.raw). The process that decides is the first that needs the
-data: `invoke local`'s check (its training child is handed the result on the go word,
-project/training/local.py), the local sweep (each job's), `invoke upload`, or the training process itself
-when nothing decided before it (a SageMaker job, `python -m project.training.train`). The DataModule is given
-the result (project.training.modules injects it as `resolved`) and reads the files through it, so nothing
-downstream resolves or verifies again; what it reads is still checked by the hash of the bytes
-read (raw.read). Standard library only: `invoke upload` and `invoke local`'s check use it.
+channel's files as fetched and verified (project.training.fetch, project.training.raw). The
+process that decides is the first that needs the data: `invoke local`'s check (its training child
+is handed the result on the go word, project/training/local.py), the local sweep (each job's),
+`invoke upload`, or the training process itself when nothing decided before it (a SageMaker job,
+`python -m project.training.train`). The DataModule is given the result (project.training.modules
+injects it as `resolved`) and reads the files through it, so nothing downstream resolves or
+verifies again; what it reads is still checked by the hash of the bytes read (raw.read).
+Standard library only: `invoke upload` and `invoke local`'s check use it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from project.core.atomic import replacing
-from project.training.raw import HTTP, Contents, DataError, VerifiedFile, fetch_verified, read, scheme, source_for
+from project.training.fetch import HTTP, fetch_verified, scheme, source_for
+from project.training.raw import Contents, DataError, VerifiedFile, read
 
 
 @dataclass
@@ -67,7 +69,7 @@ def resolve(
     MNIST's is; any other channel at a registered source (s3://) is mirrored into
     paths.data_dir/<name>/<channel>/; every other channel must be a folder that exists and holds
     something. Every run resolves its data through here before anything else is built or written.
-    `remember`: record verified files in the cache (raw.fetch_verified). `keep`: this process
+    `remember`: record verified files in the cache (fetch.fetch_verified). `keep`: this process
     trains on the files next, so content decompressed to verify it is kept for the read.
     """
     d = cfg.dataset
