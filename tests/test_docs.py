@@ -194,3 +194,13 @@ def test_the_line_check_catches_a_typo_and_an_unknown_task():
         compose(first_combination(["trainer.epochs=1,2"]))
     page = "run `invoke local a=1` then\n```bash\n$ invoke train b=2 && invoke fetch  # c\n```\n"
     assert invoke_lines(page) == [("invoke train b=2", False), ("invoke fetch  # c", False), ("invoke local a=1", True)]
+
+
+def test_the_readme_links_lead_somewhere():
+    """README.md is read on the forge, outside the site's strict build: its relative links are checked here."""
+    readme = (ROOT / "README.md").read_text()
+    links = [link for link in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", readme) if "://" not in link]
+    assert len(links) > 10
+    missing = [link for link in links if not (ROOT / link).exists()]
+    assert not missing, f"README.md links to what does not exist: {missing}"
+    assert len(readme.splitlines()) < 200

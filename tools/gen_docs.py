@@ -48,9 +48,11 @@ def cell(text: Any) -> str:
 
 
 def prose(text: Any) -> str:
-    """A table cell of prose: `<name>` placeholders outside code spans shown, not taken for HTML."""
+    """Prose for a page: outside code spans, `<name>` placeholders shown (not taken for HTML) and
+    underscores kept (`__init__`, `_target_` are not emphasis)."""
     parts = cell(text).split("`")
-    return "`".join(p if i % 2 else p.replace("<", "&lt;").replace(">", "&gt;") for i, p in enumerate(parts))
+    plain = {"<": "&lt;", ">": "&gt;", "_": "\\_", "*": "\\*"}
+    return "`".join(p if i % 2 else p.translate(str.maketrans(plain)) for i, p in enumerate(parts))
 
 
 def code(value: Any) -> str:
@@ -238,7 +240,10 @@ def instance_catalog() -> list[str]:
 
 def open_group_section(group: str, cls_name: str, what: str, classes: dict[str, list[Field]]) -> list[str]:
     out = [f"## `{group}`", "", what, ""]
-    out += [f"The tool's keys (`{cls_name}`); every other key is an argument of the class:", ""]
+    defaults = _schema_defaults(cls_name)
+    for f in classes[cls_name]:
+        if f.name in defaults:
+            f.default, f.has_default = defaults[f.name], True
     out += keys_table(classes[cls_name], {}, {}, "default")
     out.append("")
     default = defaults_list().get(group)
@@ -282,11 +287,23 @@ def config_page() -> str:
     ]
     for group, cls_name, what in GROUPS[:1]:
         out += group_section(group, cls_name, what, classes)
-    out += open_group_section(
-        "dataset", "DatasetKeys", "A LightningDataModule and where its data is.", classes
-    ) + open_group_section(
-        "model", "ClassifierKeys", "A LightningModule (`_target_`), or a network for the built-in classifier.", classes
+    from project.core.config.schema import TOOL_DATASET_KEYS, TOOL_MODEL_KEYS
+
+    dataset_what = (
+        "A LightningDataModule (`_target_`) and where its data is. The tool's keys are "
+        + ", ".join(f"`{k}`" for k in TOOL_DATASET_KEYS)
+        + " (and `files`, which the DataModule gets too); every other key is an argument of the class "
+        "(`DatasetKeys`):"
     )
+    model_what = (
+        "A model file with `_target_` names a LightningModule: the tool's keys are then only "
+        + ", ".join(f"`{k}`" for k in TOOL_MODEL_KEYS)
+        + ", and every other key is an argument of that class. Without `_target_` it is a network "
+        "(`net`) for the built-in classifier (`project.training.models.LitClassifier`), with these keys "
+        "(`ClassifierKeys`):"
+    )
+    out += open_group_section("dataset", "DatasetKeys", dataset_what, classes)
+    out += open_group_section("model", "ClassifierKeys", model_what, classes)
     for group, cls_name, what in GROUPS[1:]:
         out += group_section(group, cls_name, what, classes)
         if group == "instance":

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "transcripts"
 IMG = ROOT / "docs" / "img"
 MNIST = ROOT.parent / "shared" / "data" / "mnist"
-STEP_TIMEOUT_S = 900
+STEP_TIMEOUT_S = 2400  # a whole default run on a busy 2-core machine
 QUIET = ">/dev/null"  # set-up whose output no page shows
 APPLY = "tflocal apply -auto-approve -var force_destroy=true"
 
