@@ -70,12 +70,12 @@ def test_a_module_that_cannot_be_exported_still_succeeds_with_its_weights(packag
 
 
 def test_the_readme_skeleton_and_its_two_yaml_files_train_as_written(tmp_path):
-    """README "Your own model and data": its python block and both YAML files, copied as they are
-    (only the package renamed, so the test writes nothing into the repository), train with invoke local."""
+    """The docs' "Your own model and data" page: its python block and both YAML files, copied as they
+    are (only the package renamed, so the test writes nothing into the repository), train with invoke local."""
     import torch
 
-    section = (C.CONF_DIR.parent / "README.md").read_text().split("### Your own model and data", 1)[1]
-    blocks = re.findall(r"```(?:python|yaml)\n# (\S+)\n(.*?)```", section.split("**Image folders", 1)[0], re.S)
+    page = (C.CONF_DIR.parent / "docs" / "guides" / "own-model.md").read_text()
+    blocks = re.findall(r"```(?:python|yaml)\n# (\S+)\n(.*?)```", page, re.S)
     assert [path for path, _ in blocks] == ["mymodels/mine.py", "conf/model/mine.yaml", "conf/dataset/mine.yaml"]
     package = f"readme_{uuid.uuid4().hex[:8]}"
     for path, body in blocks:

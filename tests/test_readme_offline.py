@@ -1,7 +1,8 @@
-"""README.md's "Offline" block runs as written, as a bash script in a fresh clone of this repository.
+"""The docs' "Offline, in the sandbox" block (docs/guides/sandbox.md, which README.md links as the
+third way to run) runs as written, as a bash script in a fresh clone of this repository.
 
 The clone is of the committed HEAD (`git clone <this checkout>`): commit before running this.
-The test sets only the variables the README documents: TF_PLUGIN_MIRROR (the provider mirror the
+The test sets only the variables the page documents: TF_PLUGIN_MIRROR (the provider mirror the
 Terraform tests use, when this machine has one: the block itself writes the CLI configuration
 that points Terraform at it) and DATASET, a tiny synthetic dataset; and no shared AWS config or
 Terraform CLI configuration of this machine. The block serves the sandbox on 4566, LocalStack's
@@ -27,11 +28,13 @@ pytestmark = pytest.mark.slow
 SCRIPT_TIMEOUT_S = 900
 
 
-def offline_block(readme: str) -> str:
-    """The first ```bash block of the "Offline" section."""
-    section = readme[readme.index("## Offline") :]
-    match = re.search(r"```bash\n(.*?)```", section, re.S)
-    assert match, "README.md's Offline section has no bash block"
+OFFLINE_PAGE = Path("docs") / "guides" / "sandbox.md"
+
+
+def offline_block(page: str) -> str:
+    """The first ```bash block of the sandbox page."""
+    match = re.search(r"```bash\n(.*?)```", page, re.S)
+    assert match, f"{OFFLINE_PAGE} has no bash block"
     return match.group(1)
 
 
@@ -64,7 +67,7 @@ def test_the_offline_block_runs_as_written_in_a_fresh_clone(tmp_path):
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True, timeout=120)
     script = clone / "offline.sh"
-    script.write_text("set -euo pipefail\n" + offline_block((clone / "README.md").read_text()))
+    script.write_text("set -euo pipefail\n" + offline_block((clone / OFFLINE_PAGE).read_text()))
     env = script_env(tmp_path)
     try:
         result = subprocess.run(
