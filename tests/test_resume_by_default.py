@@ -124,3 +124,26 @@ def test_progress_reads_a_checkpoint_folder_or_an_s3_listing_alike():
         "fedcba987654": Progress("fedcba987654", 3, False),
     }
     assert progress(keys)["fedcba987654"].status == "interrupted at step 3"
+
+
+def test_damaged_data_is_named_even_where_the_configs_run_is_finished(tiny_data, tmp_path):
+    """The run's identity holds what the data is (dataset.files), not where it is read from: the
+    same config over a copy of the data is the same, finished run. A damaged copy is named first."""
+    import shutil
+
+    folder, files = tiny_data
+    runs = tmp_path / "runs"
+    first = invoke("local", *tiny_overrides(folder, files, runs, **{"trainer.max_epochs": 1}))
+    assert first.returncode == 0, first.stderr[-2000:]
+    damaged = shutil.copytree(folder, tmp_path / "damaged")
+    victim = sorted(damaged.glob("train-images*"))[0]
+    victim.write_bytes(victim.read_bytes()[:-100])
+    before = files_under(runs)
+    again = invoke("local", *tiny_overrides(damaged, files, runs, **{"trainer.max_epochs": 1}))
+    line = one_error_line(again)
+    assert victim.name in line and "already trained" not in line, line
+    assert files_under(runs) == before
+    intact = invoke(
+        "local", *tiny_overrides(shutil.copytree(folder, tmp_path / "copy"), files, runs, **{"trainer.max_epochs": 1})
+    )
+    assert "already trained" in one_error_line(intact)

@@ -79,16 +79,18 @@ class Checked:
 
 
 def check(overrides: Sequence[str]) -> Checked:
-    """Compose and validate the config, choose the run (a new one, or the unfinished run of this
-    config: identity.choose_run), and make every data channel present (and verified, with
-    dataset.files); the compressed files the training child will read are warmed while it imports."""
+    """Compose and validate the config, make every data channel present (and verified, with
+    dataset.files), and choose the run (a new one, or the unfinished run of this config:
+    identity.choose_run); the compressed files the training child will read are warmed while it imports."""
     cfg = compose(list(overrides))
     check_writable(Path(cfg.paths.runs_dir), "paths.runs_dir")  # a read-only mount, /proc: a second, not an epoch
     startup.mark("invoke_config")
+    # The data first: a damaged file or a wrong folder is what to hear about, even where this
+    # config's run is finished (its identity holds what the data is, not where it is read from).
+    data = resolve(cfg)
     run_name = choose_run(
         run_identity(cfg), cfg.run_name, Path(cfg.paths.runs_dir), lambda: default_run_name(cfg), cfg.trainer.resume
     )
-    data = resolve(cfg)
     startup.mark("invoke_checked")
     return Checked(run_name, data)
 
