@@ -81,13 +81,19 @@ def breakdown(samples: list[dict[str, float]]) -> dict[str, float]:
     return {name: round(statistics.median(s[name] for s in samples), 3) for name in names}
 
 
+# What the training child imports, as project/training/child.py does: the deferral first.
+CHILD_IMPORTS = (
+    "from project.training import deferred_imports; deferred_imports.install(); import project.training.train"
+)
+
+
 def import_profile(python: str, env: dict[str, str], rounds: int = 3) -> dict[str, float]:
-    """Where the training child's imports go: `python -X importtime -c "import project.training.train"`,
+    """Where the training child's imports go: `python -X importtime -c CHILD_IMPORTS`,
     each module's own time summed by top-level package (IMPORT_PROFILE_SPLIT apart), median of
     `rounds` runs; the IMPORT_PROFILE_TOP largest, the rest as "other", and "total". Seconds."""
     runs: list[dict[str, float]] = []
     for _ in range(rounds):
-        argv = [python, "-X", "importtime", "-c", "import project.training.train"]
+        argv = [python, "-X", "importtime", "-c", CHILD_IMPORTS]
         result = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"import project.training.train failed in {python}:\n{result.stderr[-2000:]}")

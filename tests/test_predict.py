@@ -22,6 +22,7 @@ from project.serving.predict import MIN_CONFIDENCE, Prediction, predict
 from project.serving.preprocess import mnist_pixels
 from project.training.train import run_composed
 from tests.cli import invoke
+from tests.once import made_once
 from tests.photos import blank_paper, colour_gradient, digit_photo, random_noise
 from tests.synthetic import make_glyphs, write_dataset
 
@@ -44,8 +45,11 @@ def read_idx(path: Path) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """(run folder, test images, test labels) of the default model trained once for this module."""
-    base = tmp_path_factory.mktemp("predict")
+    """(run folder, test images, test labels) of the default model, trained once for the session."""
+    return made_once(tmp_path_factory, "predict", train_digits)
+
+
+def train_digits(base: Path) -> tuple[Path, np.ndarray, np.ndarray]:
     overrides = [f"paths.runs_dir={base / 'runs'}", f"paths.data_dir={base / 'cache'}", "trainer.gpus=0"]
     if REAL_MNIST.is_dir():
         overrides += [f"dataset.channels.train={REAL_MNIST}", "trainer.max_epochs=1", "trainer.limit_val_batches=5"]
