@@ -1,7 +1,8 @@
-"""Process plumbing, in one place: a child started and told "go" over a pipe, the signals passed on
-to it, processes that die with the one that started them, the garbage collector of a short
-process, and a SageMaker job's failure reason. Standard library only: tasks.py, the sandbox (which
-imports only core) and the training process all import it.
+# Over 300 lines, kept whole: the one home of process plumbing (#27), five short sections, each with its own heading.
+"""Process plumbing, in one place: a child started and told "go" over a pipe, the signals passed on to
+it, processes that die with the one that started them, stop signals recorded for a step boundary,
+the garbage collector of a short process, and a SageMaker job's failure reason. Standard library
+only: tasks.py, the sandbox (which imports only core) and the training process all import it.
 
 The hand-off (`invoke local` and the local sweep, project/training/local.py, say what they hand
 off): `run_child` starts a child in a process group of its own with one end of a pipe (GO_ENV names
@@ -217,6 +218,49 @@ def dying_with_this_thread(signum: int) -> Callable[[], None] | None:
             os.kill(os.getpid(), signum)
 
     return in_child
+
+
+# --- stop signals, recorded ------------------------------------------------------------------
+
+# Each stops a run at the next step boundary with a checkpoint (project/training/checkpoints.py).
+# SIGTERM: SageMaker's stop (spot reclaim, StopTrainingJob, max runtime); SIGHUP: the terminal
+# closed, passed on by `invoke local` (FORWARDED_SIGNALS) to its training child.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def leave_terminal() -> None:
+    """After SIGHUP the terminal is gone and every write to it fails (EIO): the process's remaining
+    lines go to /dev/null rather than end it with an OSError before its checkpoint."""
+    for fd in (0, 1, 2):
+        if os.isatty(fd):
+            devnull = os.open(os.devnull, os.O_RDWR)
+            os.dup2(devnull, fd)
+            os.close(devnull)
+
+
+class StopSignals:
+    """SIGTERM and SIGHUP recorded, not acted on: the training loop asks `signum` at a step
+    boundary. A handler runs between any two bytecodes, so it records what only the kernel sees
+    and nothing else. `install` replaces both handlers; `restore` gives SIGHUP back what it had
+    (SIGTERM's is the framework's to restore: Lightning puts back the original at its teardown)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None  # the stop signal that arrived; None: none yet
+        self._previous_sighup: Any = None
+
+    def _record(self, signum: int, _frame: object) -> None:
+        self.signum = signum
+        if signum == signal.SIGHUP:
+            leave_terminal()
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._record)
+        self._previous_sighup = signal.signal(signal.SIGHUP, self._record)
+
+    def restore(self) -> None:
+        if self._previous_sighup is not None:
+            signal.signal(signal.SIGHUP, self._previous_sighup)
+            self._previous_sighup = None
 
 
 # --- the garbage collector ---------------------------------------------------------------------

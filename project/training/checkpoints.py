@@ -1,18 +1,14 @@
-# Over 300 lines, kept whole for now: its stop-signal half moves to the process-plumbing home (#27 §5), not split twice.
 """Checkpoints keyed by run identity: periodic saves, a save on SIGTERM, and safe resume.
 
-SageMaker sends SIGTERM before reclaiming a spot instance, on StopTrainingJob and at the
-max-runtime limit, then SIGKILL 120 s later (torchrun, when it launched the job, forwards it to
-its workers and waits 30 s). `RunCheckpoints` records the signal; at the end of the current
-training batch all ranks agree on it, write a checkpoint to the checkpoint directory (which
-SageMaker syncs to S3), print `sigterm_checkpoint_step=N` and raise Lightning's
-SIGTERMException. In a SageMaker container the process then exits 0: a stop is not a failure
-(SageMaker marks the job Stopped or, for spot, restarts it; a non-zero exit would make the SDK's
-driver write a failure reason). Anywhere else (`invoke local`, a local sweep's job) a stopped run
-is not a success: it exits 128 + the signal (stop_exit). SIGHUP, a closed terminal, stops a run
-as SIGTERM does; `invoke local`'s training process also stops so when the command that started
-it dies (project/training/local.py). The exported model and metrics.json are written only by a run that
-finishes.
+SageMaker sends SIGTERM before reclaiming a spot instance, on StopTrainingJob and at the max-
+runtime limit, then SIGKILL 120 s later (torchrun, when it launched the job, forwards it to its
+workers and waits 30 s). `RunCheckpoints` has the signal recorded (project/core/process.py
+StopSignals); at the end of the current training batch all ranks agree on it, write a checkpoint to
+the checkpoint directory (which SageMaker syncs to S3), print `sigterm_checkpoint_step=N` and raise
+Lightning's SIGTERMException (project/training/stops.py says what exit code the process then has).
+SIGHUP, a closed terminal, stops a run as SIGTERM does; `invoke local`'s training process also
+stops so when the command that started it dies (project/training/local.py). The exported model and
+metrics.json are written only by a run that finishes.
 
 On the next start, `newest_valid` picks the newest checkpoint of the same run identity
 (project/core/identity.py, the config hash) that loads; a truncated or corrupt one is skipped with a
@@ -29,26 +25,20 @@ import pickle
 import random
 import signal
 import sys
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from project.core.errors import TERMINATED_EXIT
 from project.core.identity import CHECKPOINT_FILE, checkpoint_name
-from project.core.runtime import CLEAN_STOP_ENV
+from project.core.process import StopSignals
 from project.core.topology import Topology, check_resume
+from project.training.stops import Interrupted, Interrupts, Stopped, mark_clean_stop
 
 log = logging.getLogger(__name__)
 
-# Each stops the run at the next step boundary with a checkpoint. SIGHUP: the terminal closed,
-# and `invoke local` passes it on to its training process, which has a process group of its own.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 KEEP = 2  # the newest checkpoints of a run kept on disk (an older one is removed after each save)
 # A checkpoint holds the weights and the optimizer's state: an Adam-style optimizer (AdamW,
 # LitClassifier's) keeps two moments the size of the weights, so three copies. SGD with momentum
@@ -123,81 +113,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-class Stopped(SIGTERMException):
-    """The run stopped at a step boundary with a checkpoint after `signum` (one of STOP_SIGNALS)."""
-
-    def __init__(self, signum: int = signal.SIGTERM) -> None:
-        super().__init__()
-        self.signum = signum
-
-
-def stop_exit(stop: SIGTERMException, in_container: bool) -> int:
-    """The exit code of a process whose run was stopped (not by Ctrl-C): 0 in a SageMaker container,
-    whose contract that is (see the module's docstring), else 128 + the signal, as a shell says it."""
-    if in_container:
-        return 0
-    return 128 + stop.signum if isinstance(stop, Stopped) else TERMINATED_EXIT  # Lightning's own: SIGTERM
-
-
-def _leave_terminal() -> None:
-    """After SIGHUP the terminal is gone and every write to it fails (EIO): the run's remaining
-    lines go to /dev/null rather than end it with an OSError before its checkpoint."""
-    for fd in (0, 1, 2):
-        if os.isatty(fd):
-            devnull = os.open(os.devnull, os.O_RDWR)
-            os.dup2(devnull, fd)
-            os.close(devnull)
-
-
-class Interrupted(SIGTERMException):
-    """The run was stopped by Ctrl-C (SIGINT); the entry point exits 130.
-
-    A SIGTERMException, so Lightning tears the run down without its KeyboardInterrupt handling
-    (which exits 1 and saves nothing) and callbacks see it in on_exception. `forced`: a second
-    Ctrl-C while the first was waiting for a step boundary. `reported`: a line was printed.
-    """
-
-    def __init__(self, forced: bool = False) -> None:
-        super().__init__()
-        self.forced, self.reported = forced, False
-
-
-class Interrupts:
-    """Ctrl-C during a run. Inside the training loop the first one is recorded and the run stops
-    at the next step boundary with a checkpoint (RunCheckpoints); anywhere else, and a second one,
-    stop the run at once by raising Interrupted."""
-
-    active: ClassVar[Interrupts | None] = None  # the one whose handler is installed: SIGINT is per process
-
-    def __init__(self) -> None:
-        self.pending = False  # a Ctrl-C waits for the step boundary
-        self.deferring = False  # inside the training loop: RunCheckpoints stops it cleanly
-
-    def handler(self, signum: int, frame: Any) -> None:
-        if self.deferring and not self.pending:
-            self.pending = True
-            print(
-                "\ninterrupted: stopping at the next step, with a checkpoint (Ctrl-C again to quit now)",
-                file=sys.stderr,
-                flush=True,
-            )
-            return
-        raise Interrupted(forced=self.pending)
-
-    @contextmanager
-    def installed(self) -> Iterator[Interrupts]:
-        """Handle SIGINT for the block. A SIGINT that arrived while it was blocked (invoke local
-        starts training with it blocked, so start-up is never cut by a traceback) lands now."""
-        previous = signal.signal(signal.SIGINT, self.handler)
-        Interrupts.active = self
-        try:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-            yield self
-        finally:
-            Interrupts.active = None
-            signal.signal(signal.SIGINT, previous)
-
-
 class RunCheckpoints(pl.Callback):
     """Every `every_n_steps` optimizer steps and at each epoch end, keep the newest `keep` files.
 
@@ -217,9 +132,7 @@ class RunCheckpoints(pl.Callback):
         self.topology = topology  # recorded in each checkpoint; a resume on another world size is refused
         self._saved_step = -1  # decided identically on every rank: saving is a collective call
         self._rng_to_restore: dict | None = None
-        self._sigterm = False  # a signal of STOP_SIGNALS arrived: _stop_signal
-        self._stop_signal: int = signal.SIGTERM
-        self._previous_handlers: dict[int, Any] = {}
+        self._stop_signals = StopSignals()  # SIGTERM, SIGHUP: recorded, acted on at a step boundary
         self._training = False  # inside the training loop, where a stop waits for a step boundary
 
     def _save(self, trainer: pl.Trainer) -> None:
@@ -244,12 +157,6 @@ class RunCheckpoints(pl.Callback):
             )
         self._rng_to_restore = state_dict.get("rng")
 
-    def _record_stop(self, signum, frame) -> None:
-        # Nothing else (a signal handler runs between any two bytecodes) but what only the kernel sees.
-        self._stop_signal, self._sigterm = signum, True
-        if signum == signal.SIGHUP:
-            _leave_terminal()
-
     @property
     def interrupts(self) -> Interrupts | None:
         """The run's Ctrl-C handling (project.training.train.main installs it); None leaves SIGINT alone."""
@@ -257,22 +164,22 @@ class RunCheckpoints(pl.Callback):
 
     def _stop_requested(self, trainer: pl.Trainer) -> bool:
         """Whether any rank got SIGTERM or Ctrl-C; a collective under DDP, so all ranks stop at one step."""
-        stop = self._sigterm or (self.interrupts is not None and self.interrupts.pending)
+        stop = self._stop_signals.signum is not None or (self.interrupts is not None and self.interrupts.pending)
         if trainer.world_size == 1:
             return stop
         return trainer.strategy.reduce_boolean_decision(stop, all=False)
 
     def _stop(self) -> SIGTERMException:
-        interrupted = self.interrupts is not None and self.interrupts.pending and not self._sigterm
-        return Interrupted() if interrupted else Stopped(self._stop_signal)
+        signum = self._stop_signals.signum
+        interrupted = self.interrupts is not None and self.interrupts.pending and signum is None
+        return Interrupted() if interrupted else Stopped(signum or signal.SIGTERM)
 
     def on_train_start(self, trainer, pl_module) -> None:
         # Replaces Lightning's SIGTERM handler (it restores the original one at teardown). Under
         # DDP Lightning's broadcasts from inside the handler, which pairs with whatever collective
         # the other rank is in at that moment: training hangs or exchanges the wrong tensors.
         # SIGHUP is ours alone: teardown restores what it was.
-        signal.signal(signal.SIGTERM, self._record_stop)
-        self._previous_handlers[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._record_stop)
+        self._stop_signals.install()
         self._training = True
         if self.interrupts is not None:
             self.interrupts.deferring = True
@@ -287,9 +194,7 @@ class RunCheckpoints(pl.Callback):
                 )
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
-        for signum, handler in self._previous_handlers.items():
-            signal.signal(signum, handler)
-        self._previous_handlers.clear()
+        self._stop_signals.restore()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._rng_to_restore is not None:  # the first batch after a resume
@@ -322,7 +227,7 @@ class RunCheckpoints(pl.Callback):
                 by = signal.Signals(exception.signum if isinstance(exception, Stopped) else signal.SIGTERM).name
                 print(f"sigterm_checkpoint_step={trainer.global_step}", flush=True)  # any stop: `invoke why` reads it
                 print(f"stopped by {by}; saved {path}; run again with the same config to resume", flush=True)
-            _mark_clean_stop(trainer.global_rank)
+            mark_clean_stop(trainer.global_rank)
 
     def _interrupted(self, trainer: pl.Trainer, exception: Interrupted) -> None:
         """Ctrl-C: a checkpoint at a step boundary of the training loop, else nothing new."""
@@ -338,10 +243,3 @@ class RunCheckpoints(pl.Callback):
             )
         if trainer.is_global_zero:
             print(line, file=sys.stderr, flush=True)
-
-
-def _mark_clean_stop(rank: int, environ: Mapping[str, str] = os.environ) -> None:
-    """Tell the container's launcher that this worker checkpointed after SIGTERM (project/training/launch.py)."""
-    folder = environ.get(CLEAN_STOP_ENV)
-    if folder:
-        Path(folder, f"rank-{rank}").touch()

@@ -47,9 +47,10 @@ from project.core.runtime import (
 from project.core.topology import Topology, decide
 from project.serving import archive as serving
 from project.training import artifacts, local, modules, reporting
-from project.training.checkpoints import Interrupted, Interrupts, RunCheckpoints, newest_valid, run_bytes, stop_exit
+from project.training.checkpoints import RunCheckpoints, newest_valid, run_bytes
 from project.training.reporting import scalars as _scalars
 from project.training.resolve import Resolved, resolve
+from project.training.stops import Interrupted, Interrupts, stop_exit
 
 log = logging.getLogger(__name__)
 
