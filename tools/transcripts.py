@@ -1,7 +1,7 @@
 """Every command transcript in the docs, regenerated from real runs of the code as it is.
 
     python -m tools.transcripts                  # all: local (~2 min of CPU), then the sandbox (~4 min)
-    python -m tools.transcripts --only local     # one part: local or sandbox
+    python -m tools.transcripts --only local     # one part: local, sweep or sandbox
     python -m tools.transcripts --list           # the transcripts and the commands each runs
 
 Each transcript is a file docs/transcripts/<name>.txt, included by the pages
@@ -12,7 +12,8 @@ The commands run as a user types them, in a scratch copy of this checkout (its t
 untracked files, not the ignored ones: no runs/, data/ or .sandbox/), beside a link to ../shared
 so that `../shared/data/mnist` means what it means here. The local part trains the default config
 on MNIST (the public mirror where ../shared/data/mnist is missing) and copies the run's
-learning_curves.png and confusion_matrix.png into docs/img/. The sandbox part runs the docs'
+learning_curves.png and confusion_matrix.png into docs/img/. The sweep part runs a small local
+sweep and copies its objective.png into docs/img/sweep_objective.png. The sandbox part runs the docs'
 Offline block (the sandbox on a free port, Terraform through tflocal, from a provider mirror
 when this machine has one) and then the deploy commands against it; it needs terraform,
 tflocal and Linux namespaces (root or user namespaces), as `invoke sandbox` does.
@@ -55,8 +56,6 @@ class Step:
 
 def local_steps(mnist: str) -> list[Step]:
     data = f" dataset.channels.train={mnist}" if mnist else ""
-    # The refusals first: after the default run, the damaged copy's config (the same identity: where
-    # the data is read from is not part of it) would be refused as already trained.
     return [
         Step("invoke local trainer.epochs=3", "local-typo", expect=2),
         Step("invoke local dataset.channels.train=/tmp/corrupt-mnist", "local-corrupt", expect=2),
@@ -64,6 +63,13 @@ def local_steps(mnist: str) -> list[Step]:
         Step("invoke predict runs/{run} examples/digits", "predict-digits"),
         Step("invoke runs", "runs"),
     ]
+
+
+def sweep_steps(mnist: str) -> list[Step]:
+    data = f" dataset.channels.train={mnist}" if mnist else ""
+    tiny = "trainer.max_epochs=2 trainer.limit_train_batches=40 trainer.limit_val_batches=10"
+    tiny += " trainer.limit_test_batches=10"
+    return [Step(f"invoke local -m model.lr=0.001,0.003,0.01 {tiny}{data}", "sweep-local")]
 
 
 def sandbox_steps(dataset: str) -> list[Step]:
@@ -241,15 +247,21 @@ def sandbox_env(env: dict[str, str], repo: Path, port: int) -> dict[str, str]:
     return env
 
 
+def copy_objective(repo: Path) -> None:
+    (plot,) = (repo / "runs").glob("*/objective.png")
+    shutil.copy2(plot, IMG / "sweep_objective.png")
+    print(f"wrote docs/img/sweep_objective.png (from {plot.parent.name})")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=("local", "sandbox"), action="append")
+    parser.add_argument("--only", choices=("local", "sweep", "sandbox"), action="append")
     parser.add_argument("--list", action="store_true", help="print the steps; run nothing")
     args = parser.parse_args(argv)
-    parts = args.only or ["local", "sandbox"]
+    parts = args.only or ["local", "sweep", "sandbox"]
     mnist = "../shared/data/mnist" if MNIST.is_dir() else ""
     dataset = f"dataset.channels.train={mnist}" if mnist else ""
-    plan = {"local": local_steps(mnist), "sandbox": sandbox_steps(dataset)}
+    plan = {"local": local_steps(mnist), "sweep": sweep_steps(mnist), "sandbox": sandbox_steps(dataset)}
     if args.list:
         for part in parts:
             for step in plan[part]:
@@ -264,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
             corrupt_copy(Path("/tmp/corrupt-mnist"))
             transcripts.update(run_steps(plan["local"], repo, env))
             copy_plots(repo)
+        if "sweep" in parts:
+            transcripts.update(run_steps(plan["sweep"], repo, env))
+            copy_objective(repo)
         if "sandbox" in parts:
             port = 4566 if port_free(4566) else free_port()  # the docs' port where it is free
             sandbox = sandbox_env(env, repo, port)
