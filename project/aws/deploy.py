@@ -87,7 +87,7 @@ def deploy(
     try:
         sm.create_model(**model_request(name, image, model_data, ctx.infra.role_arn, tags))
         created.append(("model", name))
-        sm.create_endpoint_config(**endpoint_config_request(name, name, dc, serverless, tags))
+        sm.create_endpoint_config(**endpoint_config_request(name, name, dc, serverless, tags, safe_name(source.name)))
         created.append(("config", name))
         if existing:
             sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=name)
@@ -151,5 +151,14 @@ def wait_endpoint(sm: Any, name: str, dc: Any, echo: Echo) -> dict[str, Any]:
 
 
 @aws_task
-def deploy_task(overrides: list[str], spec: str | None, serverless: bool, update: bool, yes: bool) -> None:
+def deploy_task(
+    overrides: list[str], spec: str | None, serverless: bool, update: bool, yes: bool, traffic: str | None = None
+) -> None:
+    if traffic is not None:  # A/B: a second variant on an existing endpoint
+        from project.aws.variants import add_variant
+
+        if serverless or update:
+            raise DeployError("--traffic adds a variant to a live endpoint: drop --serverless/--update")
+        add_variant(setup(overrides), spec, traffic, yes)
+        return
     deploy(setup(overrides), spec, serverless=serverless, update=update, yes=yes)
