@@ -57,7 +57,7 @@ def _check(shape: Any, value: Any, path: str, found: list[str]) -> None:
         _bounds(len(value), meta, path, "characters", found)
         # AWS's services match a pattern against the whole value (Java's Pattern.matches: a VariantName
         # "a_b" is refused by ^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62} although the pattern has no $).
-        if "pattern" in meta and not re.fullmatch(meta["pattern"], value, re.S):
+        if "pattern" in meta and not _pattern(meta["pattern"]).fullmatch(value):
             found.append(f"{path}={value!r} does not match {meta['pattern']}")
         if shape.enum and value not in shape.enum:
             found.append(f"{path}={value!r} is not one of {shape.enum}")
@@ -66,6 +66,24 @@ def _check(shape: Any, value: Any, path: str, found: list[str]) -> None:
             found.append(f"{path}: a number, got {type(value).__name__}")
             return
         _bounds(value, meta, path, "", found)
+
+
+# The service models' patterns are Java's: its POSIX classes and \\z in Python's spelling; Unicode
+# categories (\\p{L}) through the regex package, which knows them.
+JAVA_CLASSES = {r"[\p{Print}]": r"[\x20-\x7E]", r"\p{Print}": r"[\x20-\x7E]", r"\p{ASCII}": r"[\x00-\x7F]", r"\z": r"\Z"}
+
+
+@functools.cache
+def _pattern(java: str) -> Any:
+    python = java
+    for spelled, ours in JAVA_CLASSES.items():
+        python = python.replace(spelled, ours)
+    try:
+        return re.compile(python, re.S)
+    except re.error:
+        import regex
+
+        return regex.compile(python, regex.S)
 
 
 def _bounds(value: float, meta: dict[str, Any], path: str, unit: str, found: list[str]) -> None:
