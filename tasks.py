@@ -307,7 +307,12 @@ def deploy(c, job=None, serverless=False, update=False, traffic=None, yes=False,
     from project.aws import deploy as serve
 
     with user_errors():
-        serve.deploy_task(overrides or [], job, serverless, update, yes, traffic)
+        if traffic is not None:  # A/B: the run as one more variant of an endpoint
+            from project.aws.variants import add_variant_task
+
+            add_variant_task(overrides or [], job, traffic, yes, serverless or update)
+            return
+        serve.deploy_task(overrides or [], job, serverless, update, yes)
 
 
 @task(

@@ -68,9 +68,14 @@ def _check(shape: Any, value: Any, path: str, found: list[str]) -> None:
         _bounds(value, meta, path, "", found)
 
 
-# The service models' patterns are Java's: its POSIX classes and \\z in Python's spelling; Unicode
-# categories (\\p{L}) through the regex package, which knows them.
-JAVA_CLASSES = {r"[\p{Print}]": r"[\x20-\x7E]", r"\p{Print}": r"[\x20-\x7E]", r"\p{ASCII}": r"[\x00-\x7F]", r"\z": r"\Z"}
+# The service models' patterns are Java's: its POSIX classes and \z in Python's spelling; Unicode
+# categories (\p{L}) through the regex package, which knows them.
+JAVA_CLASSES = {
+    r"[\p{Print}]": r"[\x20-\x7E]",
+    r"\p{Print}": r"[\x20-\x7E]",
+    r"\p{ASCII}": r"[\x00-\x7F]",
+    r"\z": r"\Z",
+}
 
 
 @functools.cache

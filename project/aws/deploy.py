@@ -151,14 +151,5 @@ def wait_endpoint(sm: Any, name: str, dc: Any, echo: Echo) -> dict[str, Any]:
 
 
 @aws_task
-def deploy_task(
-    overrides: list[str], spec: str | None, serverless: bool, update: bool, yes: bool, traffic: str | None = None
-) -> None:
-    if traffic is not None:  # A/B: a second variant on an existing endpoint
-        from project.aws.variants import add_variant
-
-        if serverless or update:
-            raise DeployError("--traffic adds a variant to a live endpoint: drop --serverless/--update")
-        add_variant(setup(overrides), spec, traffic, yes)
-        return
+def deploy_task(overrides: list[str], spec: str | None, serverless: bool, update: bool, yes: bool) -> None:
     deploy(setup(overrides), spec, serverless=serverless, update=update, yes=yes)

@@ -215,6 +215,15 @@ def compare_variants(ctx: Any, endpoint: str, folder: Path, echo: Echo = print) 
 
 
 @aws_task
+def add_variant_task(overrides: list[str], spec: str | None, percent: str, yes: bool, others: bool) -> None:
+    """`invoke deploy ... --traffic N`; others: --serverless or --update given too."""
+    if others:
+        raise DeployError("--traffic adds a variant to a live endpoint: drop --serverless/--update")
+    check_traffic(percent)
+    add_variant(setup(overrides), spec, percent, yes)
+
+
+@aws_task
 def traffic_task(tokens: list[str], endpoint: str, retire: list[str]) -> None:
     """tokens: VARIANT=PERCENT (a variant's name has no dot) and Hydra overrides (dotted keys: aws.*)."""
     pairs = [t for t in tokens if "." not in t.partition("=")[0] and not t.startswith(("+", "~"))]
