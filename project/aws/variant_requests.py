@@ -29,6 +29,13 @@ def check_traffic(percent: str | int) -> float:
     return float(percent)
 
 
+def split_weights(tokens: list[str]) -> tuple[list[str], list[str]]:
+    """`invoke traffic`'s bare tokens: (VARIANT=PERCENT pairs, Hydra overrides). A variant's name has
+    no dot; an override's key has one (aws.region=...) or a +/~ prefix."""
+    pairs = [t for t in tokens if "." not in t.partition("=")[0] and not t.startswith(("+", "~"))]
+    return pairs, [t for t in tokens if t not in pairs]
+
+
 def parse_weights(pairs: list[str], on_endpoint: list[str], endpoint: str) -> dict[str, float]:
     """`VARIANT=PERCENT ...` -> {variant: weight}: each a variant of the endpoint, 0-100, summing to 100."""
     if not pairs:

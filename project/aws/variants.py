@@ -33,6 +33,7 @@ from project.aws.variant_requests import (
     check_traffic,
     check_variant,
     parse_weights,
+    split_weights,
     variant_name,
     variants_config_request,
     verdict,
@@ -225,9 +226,8 @@ def add_variant_task(overrides: list[str], spec: str | None, percent: str, yes: 
 
 @aws_task
 def traffic_task(tokens: list[str], endpoint: str, retire: list[str]) -> None:
-    """tokens: VARIANT=PERCENT (a variant's name has no dot) and Hydra overrides (dotted keys: aws.*)."""
-    pairs = [t for t in tokens if "." not in t.partition("=")[0] and not t.startswith(("+", "~"))]
-    traffic(setup([t for t in tokens if t not in pairs]), endpoint, pairs, retire)
+    pairs, overrides = split_weights(tokens)
+    traffic(setup(overrides), endpoint, pairs, retire)
 
 
 @aws_task
