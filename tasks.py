@@ -59,10 +59,11 @@ def local(c, overrides=None, multirun=False):
         "images": "Photos or scans of a digit, PNG or JPEG: a file, a folder or a,b,c",
         "raw": "The images already are 28x28 light-on-dark model input (e.g. MNIST's own): no preprocessing",
         "endpoint": "Ask the SageMaker endpoint named first (`invoke deploy`) instead of a local run",
+        "variant": "With --endpoint: send every request to this production variant (TargetVariant)",
         "overrides": OVERRIDES_HELP + " (aws.*, with --endpoint)",
     },
 )
-def predict(c, run_dir, images, raw=False, endpoint=False, overrides=None):
+def predict(c, run_dir, images, raw=False, endpoint=False, variant=None, overrides=None):
     """Read handwritten digits in photos with a run's exported model: the top two classes, or why unsure."""
     from project.serving.predict import expand_images, find_model, run_folder
     from project.serving.predict import predict as classify
@@ -71,8 +72,10 @@ def predict(c, run_dir, images, raw=False, endpoint=False, overrides=None):
         if endpoint:
             from project.aws import endpoint_predict
 
-            endpoint_predict.predict_task(overrides or [], run_dir, expand_images(images), raw)
+            endpoint_predict.predict_task(overrides or [], run_dir, expand_images(images), raw, variant)
             return
+        if variant:
+            raise Exit("error: --variant pins a request on an endpoint: add --endpoint", code=2)
         run = run_folder(run_dir, overrides or [])
         find_model(run)
         for prediction in classify(run, expand_images(images), raw=raw):
@@ -246,16 +249,26 @@ def runs(c, sweep=None, since=None, metric=None, overrides=None):
 @task(
     iterable=["overrides"],
     help={
-        "a": "A run: its folder, its name under runs/, or a SageMaker job",
-        "b": "The other run",
+        "a": "A run: its folder, its name under runs/, or a SageMaker job; with --endpoint, the endpoint",
+        "b": "The other run; with --endpoint, a folder of labelled images (one subfolder per class)",
+        "endpoint": "Score each production variant of endpoint A on the images of B: accuracy, 95% interval, test",
         "overrides": OVERRIDES_HELP + " (aws.*, paths.runs_dir)",
     },
 )
-def compare(c, a, b, overrides=None):
-    """Two runs side by side: config diff, final metrics, one PNG of both learning curves."""
-    from project.face.compare import compare as compare_runs
+def compare(c, a, b, endpoint=False, overrides=None):
+    """Two runs side by side: config diff, final metrics, one PNG of both learning curves.
 
+    With --endpoint: every labelled image sent to each variant of the endpoint; accuracy per variant
+    with a 95% interval (Wilson) and whether they differ significantly (two-proportion z-test).
+    """
     with user_errors():
+        if endpoint:
+            from project.aws.variants import compare_task
+
+            compare_task(overrides or [], a, b)
+            return
+        from project.face.compare import compare as compare_runs
+
         compare_runs(a, b, overrides or [])
 
 
@@ -284,16 +297,39 @@ RUN_HELP = "A run (its name under runs/ or its folder runs/<run>) or a training 
         "job": RUN_HELP,
         "serverless": "A serverless endpoint (pay per request, scales to zero) instead of instances",
         "update": "Move an existing endpoint to this run (a new endpoint config; no downtime)",
+        "traffic": "Add this run to endpoint deploy.endpoint_name as a variant with this % of its traffic (1-99)",
         "yes": "Deploy without asking (the cost is still printed)",
         "overrides": OVERRIDES_HELP + "; e.g. deploy.instance=ml.g4dn.xlarge deploy.endpoint_name=digits",
     },
 )
-def deploy(c, job=None, serverless=False, update=False, yes=False, overrides=None):
+def deploy(c, job=None, serverless=False, update=False, traffic=None, yes=False, overrides=None):
     """Serve a run on a SageMaker endpoint: cost, confirm, create, wait; says how to remove it."""
     from project.aws import deploy as serve
 
     with user_errors():
+        if traffic is not None:  # A/B: the run as one more variant of an endpoint
+            from project.aws.variants import add_variant_task
+
+            add_variant_task(overrides or [], job, traffic, yes, serverless or update)
+            return
         serve.deploy_task(overrides or [], job, serverless, update, yes)
+
+
+@task(
+    iterable=["overrides", "retire"],
+    help={
+        "endpoint": "The endpoint whose traffic to shift",
+        "retire": "A variant to remove (its model too) once the others serve; may repeat",
+        "overrides": "VARIANT=PERCENT, once per variant that stays (summing to 100), e.g. B=50 A=50; "
+        "and Hydra overrides (aws.*)",
+    },
+)
+def traffic(c, endpoint, retire=None, overrides=None):
+    """Shift an endpoint's traffic between its variants (UpdateEndpointWeightsAndCapacities); --retire ends one."""
+    from project.aws.variants import traffic_task
+
+    with user_errors():
+        traffic_task(overrides or [], endpoint, retire or [])
 
 
 @task(iterable=["overrides"], help={"overrides": OVERRIDES_HELP + " (aws.*)"})
@@ -372,6 +408,7 @@ ns = Collection(
     prices,
     deploy,
     endpoints,
+    traffic,
     undeploy,
     batch_predict,
     sandbox,

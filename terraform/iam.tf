@@ -211,7 +211,8 @@ data "aws_iam_policy_document" "launcher" {
 
   statement {
     # invoke deploy / undeploy / predict --endpoint / batch-predict: models, endpoint configs,
-    # endpoints (UpdateEndpoint moves one to a new config) and transform jobs, tagged on create.
+    # endpoints (UpdateEndpoint moves one to a new config; `invoke traffic` shifts the weights of
+    # its variants) and transform jobs, tagged on create.
     sid = "ManageServing"
     actions = [
       "sagemaker:CreateModel",
@@ -223,6 +224,7 @@ data "aws_iam_policy_document" "launcher" {
       "sagemaker:CreateEndpoint",
       "sagemaker:DescribeEndpoint",
       "sagemaker:UpdateEndpoint",
+      "sagemaker:UpdateEndpointWeightsAndCapacities",
       "sagemaker:DeleteEndpoint",
       "sagemaker:InvokeEndpoint",
       "sagemaker:CreateTransformJob",

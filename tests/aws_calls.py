@@ -157,6 +157,8 @@ SAGEMAKER_NAMES = {
     "TransformJobName": "transform-job",
 }
 PASSED_TO = {"iam:PassedToService": "sagemaker.amazonaws.com"}
+# Operations about a SageMaker resource whose name does not end their own: the resource's name parameter.
+SAGEMAKER_ABOUT = {"UpdateEndpointWeightsAndCapacities": "EndpointName"}
 
 
 class Unmapped(Exception):
@@ -199,7 +201,12 @@ def _sagemaker(call: Call, account: str) -> list[Request]:
         return [Request(action, p["ResourceArn"])]
     # The name the operation is about (CreateEndpoint also names its config, CreateTransformJob its
     # model: AWS authorizes those on the endpoint or the job itself).
-    found = [(k, t) for k, t in SAGEMAKER_NAMES.items() if k in p and call.operation.endswith(_camel(t))]
+    about = SAGEMAKER_ABOUT.get(call.operation)
+    found = [
+        (k, t)
+        for k, t in SAGEMAKER_NAMES.items()
+        if k in p and (call.operation.endswith(_camel(t)) if about is None else k == about)
+    ]
     if not found:
         raise Unmapped(call.operation)
     key, kind = found[0]

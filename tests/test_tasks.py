@@ -57,6 +57,7 @@ def test_flags_and_tasks_still_parse_around_overrides():
         "images": "img.png",
         "raw": False,
         "endpoint": False,
+        "variant": None,
         "overrides": [],
     }
     assert parse("local")["local"]["overrides"] == []
@@ -76,6 +77,15 @@ def test_serving_tasks_take_a_bare_run_job_or_endpoint_name():
     assert parse("undeploy", "--all")["undeploy"] == {"name": None, "all_": True, "expired": False, "overrides": []}
     remote = parse("predict", "--endpoint", "seed42", "photos/")["predict"]
     assert (remote["run_dir"], remote["images"], remote["endpoint"]) == ("seed42", "photos/", True)
+    # A/B variants (tests/test_variants.py runs them)
+    added = parse("deploy", "seed43", "deploy.endpoint_name=digits", "--traffic", "10")["deploy"]
+    assert (added["job"], added["traffic"], added["overrides"]) == ("seed43", "10", ["deploy.endpoint_name=digits"])
+    shifted = parse("traffic", "digits", "seed43=100", "--retire", "seed42", "aws.region=eu-west-1")["traffic"]
+    assert shifted == {"endpoint": "digits", "retire": ["seed42"], "overrides": ["seed43=100", "aws.region=eu-west-1"]}
+    pinned = parse("predict", "--endpoint", "digits", "--variant", "seed43", "photos/")["predict"]
+    assert (pinned["run_dir"], pinned["variant"], pinned["images"]) == ("digits", "seed43", "photos/")
+    scored = parse("compare", "--endpoint", "digits", "labelled/")["compare"]
+    assert (scored["a"], scored["b"], scored["endpoint"]) == ("digits", "labelled/", True)
 
 
 def test_every_run_or_job_task_takes_a_name_or_a_path_positionally(tmp_path):
@@ -91,7 +101,12 @@ def test_every_run_or_job_task_takes_a_name_or_a_path_positionally(tmp_path):
         batch = parse("batch-predict", spec, str(photos), "aws.region=eu-west-1")["batch-predict"]
         assert (batch["job"], batch["inputs"], batch["overrides"]) == (spec, str(photos), ["aws.region=eu-west-1"])
         assert parse("predict", spec, "img.png")["predict"]["run_dir"] == spec
-        assert parse("compare", spec, "other")["compare"] == {"a": spec, "b": "other", "overrides": []}
+        assert parse("compare", spec, "other")["compare"] == {
+            "a": spec,
+            "b": "other",
+            "endpoint": False,
+            "overrides": [],
+        }
     assert parse("deploy", "--job", "runs/seed42/")["deploy"]["job"] == "runs/seed42/"  # the old spelling
     # No run named: an inputs folder that is not a run, or an s3:// prefix, is batch-predict's inputs.
     assert parse("batch-predict", str(photos))["batch-predict"] == {"job": None, "inputs": str(photos), "overrides": []}

@@ -378,6 +378,7 @@ def test_launcher_manages_training_jobs_serving_and_their_tags_only(launcher_pol
     serving = {"CreateModel", "DescribeModel", "DeleteModel", "CreateEndpointConfig", "DescribeEndpointConfig"}
     serving |= {"DeleteEndpointConfig", "CreateEndpoint", "DescribeEndpoint", "UpdateEndpoint", "DeleteEndpoint"}
     serving |= {"InvokeEndpoint", "CreateTransformJob", "DescribeTransformJob"}
+    serving |= {"UpdateEndpointWeightsAndCapacities"}  # invoke traffic (A/B variants)
     assert granted == (
         {f"sagemaker:{a}": {TRAINING_JOBS} for a in on_jobs}
         | {f"sagemaker:{a}": SERVING for a in serving}

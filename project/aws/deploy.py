@@ -87,7 +87,7 @@ def deploy(
     try:
         sm.create_model(**model_request(name, image, model_data, ctx.infra.role_arn, tags))
         created.append(("model", name))
-        sm.create_endpoint_config(**endpoint_config_request(name, name, dc, serverless, tags))
+        sm.create_endpoint_config(**endpoint_config_request(name, name, dc, serverless, tags, safe_name(source.name)))
         created.append(("config", name))
         if existing:
             sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=name)

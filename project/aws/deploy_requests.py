@@ -88,8 +88,11 @@ def model_request(name: str, image: str, model_data: str, role_arn: str, tags: d
     }
 
 
-def endpoint_config_request(name: str, model: str, dc: Any, serverless: bool, tags: dict[str, str]) -> dict[str, Any]:
-    variant: dict[str, Any] = {"VariantName": "AllTraffic", "ModelName": model}
+def endpoint_config_request(
+    name: str, model: str, dc: Any, serverless: bool, tags: dict[str, str], variant_name: str = "AllTraffic"
+) -> dict[str, Any]:
+    """One production variant, named after its run where deploy gives the name (A/B: variants.py)."""
+    variant: dict[str, Any] = {"VariantName": variant_name, "ModelName": model}
     if serverless:
         variant["ServerlessConfig"] = {
             "MemorySizeInMB": int(dc.serverless_memory_mb),

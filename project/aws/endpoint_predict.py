@@ -1,5 +1,7 @@
 """`invoke predict --endpoint`: a run's deployed model answers images (or raw pixel arrays) as the
-local `invoke predict` prints them.
+local `invoke predict` prints them; with --variant, a request pinned to one production variant
+(TargetVariant). Where the endpoint has several variants, each line says which one answered
+(the response's InvokedProductionVariant).
 """
 
 from __future__ import annotations
@@ -12,52 +14,91 @@ from project.aws.deploy_requests import IMAGE_CONTENT_TYPES, DeployError
 from project.aws.workflow import aws_task, setup
 
 
-def invoke_endpoint(ctx: Any, endpoint: str, body: bytes, content_type: str, what: str) -> dict[str, Any]:
+def invoke_endpoint(
+    ctx: Any, endpoint: str, body: bytes, content_type: str, what: str, variant: str | None = None
+) -> tuple[dict[str, Any], str]:
+    """The endpoint's JSON answer and the variant that gave it."""
     runtime = ctx.clients.client("sagemaker-runtime")
+    pinned = {"TargetVariant": variant} if variant else {}
     try:
         response = runtime.invoke_endpoint(
-            EndpointName=endpoint, Body=body, ContentType=content_type, Accept="application/json"
+            EndpointName=endpoint, Body=body, ContentType=content_type, Accept="application/json", **pinned
         )
     except runtime.exceptions.ModelError as exc:
         message = exc.response.get("OriginalMessage") or exc.response["Error"].get("Message", "")
         raise DeployError(f"{what}: endpoint {endpoint} refused it: {message.splitlines()[0]}") from None
     except runtime.exceptions.ClientError as exc:
         if "Could not find" in str(exc) or "not found" in str(exc).lower():
+            if variant and "variant" in str(exc).lower():
+                raise DeployError(
+                    f"endpoint {endpoint} has no variant {variant}: `invoke endpoints` lists them"
+                ) from None
             raise DeployError(f"no endpoint {endpoint}: `invoke endpoints` lists them") from None
         raise
-    return json.loads(response["Body"].read())
+    return json.loads(response["Body"].read()), response.get("InvokedProductionVariant", "")
 
 
-def endpoint_predictions(ctx: Any, endpoint: str, images: list[Path], raw: bool) -> list[Any]:
-    """One Prediction per image (as `invoke predict` prints them), answered by the endpoint."""
-    import io
+def call_endpoint(ctx: Any, endpoint: str, path: Path, raw: bool, variant: str | None) -> tuple[dict[str, Any], str]:
+    """One image (or its raw pixels) sent as `invoke predict` sends it."""
+    if raw:
+        import io
 
-    import numpy as np
+        import numpy as np
 
-    from project.serving.predict import Prediction, raw_pixels
+        from project.serving.predict import raw_pixels
 
-    results: list[Any] = []
-    for path in images:
-        if raw:
-            buffer = io.BytesIO()
-            np.save(buffer, raw_pixels(path)[0].astype(np.float32))
-            body, kind = buffer.getvalue(), "application/x-npy"
-        else:
-            body, kind = path.read_bytes(), IMAGE_CONTENT_TYPES.get(path.suffix.lower(), "image/png")
-        answer = invoke_endpoint(ctx, endpoint, body, kind, str(path))
-        if "outputs" in answer:
-            results.append(f"{path}: {json.dumps(answer)}")  # not a classifier: its raw outputs
-            continue
-        if "predictions" not in answer:  # the handler answers one or the other (project/serving/inference.py)
-            reason = str(answer.get("OriginalMessage") or answer.get("Message") or json.dumps(answer)[:200])
-            raise DeployError(f"{path}: endpoint {endpoint} answered no prediction: {reason.splitlines()[0]}")
-        (one,) = answer["predictions"]
-        ranked = tuple((a["class"], a["probability"]) for a in one["top_k"][:2])
-        results.append(Prediction(path, ranked, one.get("problem")))
-    return results
+        buffer = io.BytesIO()
+        np.save(buffer, raw_pixels(path)[0].astype(np.float32))
+        body, kind = buffer.getvalue(), "application/x-npy"
+    else:
+        body, kind = path.read_bytes(), IMAGE_CONTENT_TYPES.get(path.suffix.lower(), "image/png")
+    return invoke_endpoint(ctx, endpoint, body, kind, str(path), variant)
+
+
+def _prediction(answer: dict[str, Any], path: Path, endpoint: str) -> Any:
+    from project.serving.predict import Prediction
+
+    if "outputs" in answer:
+        return f"{path}: {json.dumps(answer)}"  # not a classifier: its raw outputs
+    if "predictions" not in answer:  # the handler answers one or the other (project/serving/inference.py)
+        reason = str(answer.get("OriginalMessage") or answer.get("Message") or json.dumps(answer)[:200])
+        raise DeployError(f"{path}: endpoint {endpoint} answered no prediction: {reason.splitlines()[0]}")
+    (one,) = answer["predictions"]
+    ranked = tuple((a["class"], a["probability"]) for a in one["top_k"][:2])
+    return Prediction(path, ranked, one.get("problem"))
+
+
+def answer_label(answer: dict[str, Any], path: Path, endpoint: str) -> int | None:
+    """The class a classifier's answer names (None: no digit found)."""
+    prediction = _prediction(answer, path, endpoint)
+    if isinstance(prediction, str):
+        raise DeployError(f"endpoint {endpoint} is not a classifier: it answers raw outputs, nothing to score")
+    return prediction.label
+
+
+def endpoint_predictions(
+    ctx: Any, endpoint: str, images: list[Path], raw: bool, variant: str | None = None
+) -> list[tuple[Any, str]]:
+    """(Prediction as `invoke predict` prints it, the variant that answered) per image."""
+    return [
+        (_prediction(answer, path, endpoint), served)
+        for path in images
+        for answer, served in [call_endpoint(ctx, endpoint, path, raw, variant)]
+    ]
+
+
+def _variant_count(ctx: Any, endpoint: str) -> int:
+    from project.aws.endpoints import endpoint_status
+
+    desc = endpoint_status(ctx.clients.sagemaker, endpoint)
+    return len((desc or {}).get("ProductionVariants", [])) or 1
 
 
 @aws_task
-def predict_task(overrides: list[str], endpoint: str, images: list[Path], raw: bool) -> None:
-    for prediction in endpoint_predictions(setup(overrides), endpoint, images, raw):
-        print(prediction)
+def predict_task(
+    overrides: list[str], endpoint: str, images: list[Path], raw: bool, variant: str | None = None
+) -> None:
+    ctx = setup(overrides)
+    say_variant = bool(variant) or _variant_count(ctx, endpoint) > 1
+    for prediction, served in endpoint_predictions(ctx, endpoint, images, raw, variant):
+        print(f"{prediction}  [variant {served}]" if say_variant else prediction)

@@ -33,6 +33,7 @@ class EndpointRow:
     cost_so_far: float | None  # None: serverless, billed per request
     expired: bool
     idle: bool
+    variants: tuple[Any, ...] = ()  # VariantRow, one per production variant
 
     def line(self) -> str:
         cost = "per request" if self.cost_so_far is None else f"${self.cost_so_far:.2f}"
@@ -49,16 +50,22 @@ HEADER = f"{'endpoint':<40} {'status':<10} {'serving on':<18} {'run':<30} {'upti
 def endpoint_row(ctx: Any, desc: dict[str, Any], tags: dict[str, str], now: datetime) -> EndpointRow:
     sm, dc = ctx.clients.sagemaker, ctx.cfg.deploy
     config = sm.describe_endpoint_config(EndpointConfigName=desc["EndpointConfigName"])
-    variant = config["ProductionVariants"][0]
+    variants = config["ProductionVariants"]
     hours = (now - desc["CreationTime"]).total_seconds() / 3600
+    variant = variants[0]
     if "ServerlessConfig" in variant:
         kind, cost = f"serverless {variant['ServerlessConfig']['MemorySizeInMB'] / 1024:g} GB", None
     else:
-        count = int(variant.get("InitialInstanceCount", 1))
+        count = sum(int(v.get("InitialInstanceCount", 1)) for v in variants)
         kind = f"{variant['InstanceType']} x {count}"
-        cost = float(dict(dc.prices_per_hour).get(variant["InstanceType"], 0.0)) * count * hours
+        prices = dict(dc.prices_per_hour)
+        cost = sum(
+            float(prices.get(v.get("InstanceType"), 0.0)) * int(v.get("InitialInstanceCount", 1)) * hours
+            for v in variants
+        )
     expires = tags.get(EXPIRES_TAG)
     expired = expires is not None and now >= datetime.strptime(expires, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    rows = variant_rows(ctx, desc, variants, now)
     return EndpointRow(
         desc["EndpointName"],
         desc["EndpointStatus"],
@@ -67,21 +74,101 @@ def endpoint_row(ctx: Any, desc: dict[str, Any], tags: dict[str, str], now: date
         hours,
         cost,
         expired,
-        invocations_last_hour(ctx.clients.client("cloudwatch"), desc["EndpointName"], now) == 0,
+        sum(r.invocations for r in rows) == 0,
+        tuple(rows),
     )
 
 
-def invocations_last_hour(cloudwatch: Any, endpoint: str, now: datetime) -> float:
+@dataclass(frozen=True)
+class VariantRow:
+    """One production variant of an endpoint, with its CloudWatch numbers over the last hour."""
+
+    name: str
+    run: str
+    weight: float  # percent of the endpoint's traffic
+    instances: str
+    invocations: float
+    errors_4xx: float
+    errors_5xx: float
+    latency_ms: float | None  # ModelLatency's average; None: no invocations
+
+    def line(self) -> str:
+        latency = "-" if self.latency_ms is None else f"{self.latency_ms:.1f} ms"
+        return (
+            f"  variant {self.name:<30} run {self.run:<24} {self.weight:>5.1f}% {self.instances:<18} "
+            f"{self.invocations:>6.0f} calls {self.errors_4xx:>4.0f} 4xx {self.errors_5xx:>4.0f} 5xx {latency:>10}"
+        )
+
+
+VARIANT_METRICS = {  # CloudWatch AWS/SageMaker metric -> (statistic, VariantRow field)
+    "Invocations": ("Sum", "invocations"),
+    "Invocation4XXErrors": ("Sum", "errors_4xx"),
+    "Invocation5XXErrors": ("Sum", "errors_5xx"),
+    "ModelLatency": ("Average", "latency_ms"),
+}
+
+
+def variant_rows(ctx: Any, desc: dict[str, Any], variants: list[dict[str, Any]], now: datetime) -> list[VariantRow]:
+    sm, cloudwatch = ctx.clients.sagemaker, ctx.clients.client("cloudwatch")
+    live = {v["VariantName"]: v for v in desc.get("ProductionVariants", [])}
+    weights = {
+        v["VariantName"]: float(live.get(v["VariantName"], {}).get("CurrentWeight", v.get("InitialVariantWeight", 1.0)))
+        for v in variants
+    }
+    total = sum(weights.values()) or 1.0
+    rows = []
+    for variant in variants:
+        name = variant["VariantName"]
+        numbers = {
+            field: variant_metric(cloudwatch, desc["EndpointName"], name, metric, statistic, now)
+            for metric, (statistic, field) in VARIANT_METRICS.items()
+        }
+        if numbers["latency_ms"] is not None:
+            numbers["latency_ms"] /= 1000  # ModelLatency is in microseconds
+        count = live.get(name, {}).get("CurrentInstanceCount", variant.get("InitialInstanceCount"))
+        instances = "serverless" if "ServerlessConfig" in variant else f"{variant.get('InstanceType')} x {count}"
+        rows.append(
+            VariantRow(
+                name,
+                model_run(sm, variant["ModelName"]),
+                weights[name] / total * 100,
+                instances,
+                numbers["invocations"] or 0.0,
+                numbers["errors_4xx"] or 0.0,
+                numbers["errors_5xx"] or 0.0,
+                numbers["latency_ms"],
+            )
+        )
+    return rows
+
+
+def model_run(sm: Any, model: str) -> str:
+    """The run a model serves (its run tag; ? if the model is gone)."""
+    try:
+        arn = sm.describe_model(ModelName=model)["ModelArn"]
+    except sm.exceptions.ClientError:
+        return "?"
+    return {t["Key"]: t["Value"] for t in sm.list_tags(ResourceArn=arn)["Tags"]}.get(RUN_TAG, "?")
+
+
+def variant_metric(
+    cloudwatch: Any, endpoint: str, variant: str, metric: str, statistic: str, now: datetime
+) -> float | None:
+    """A variant's metric over the last hour (Sum or Average); None where there are no data points."""
     points = cloudwatch.get_metric_statistics(
         Namespace="AWS/SageMaker",
-        MetricName="Invocations",
-        Dimensions=[{"Name": "EndpointName", "Value": endpoint}, {"Name": "VariantName", "Value": "AllTraffic"}],
+        MetricName=metric,
+        Dimensions=[{"Name": "EndpointName", "Value": endpoint}, {"Name": "VariantName", "Value": variant}],
         StartTime=now - timedelta(hours=1),
         EndTime=now,
         Period=3600,
-        Statistics=["Sum"],
+        Statistics=[statistic],
     )["Datapoints"]
-    return sum(p["Sum"] for p in points)
+    if not points:
+        return None
+    if statistic == "Sum":
+        return sum(p["Sum"] for p in points)
+    return sum(p["Average"] * p.get("SampleCount", 1) for p in points) / sum(p.get("SampleCount", 1) for p in points)
 
 
 def project_endpoints(ctx: Any) -> list[tuple[dict[str, Any], dict[str, str]]]:
@@ -150,6 +237,8 @@ def endpoints_task(overrides: list[str]) -> None:
     print(HEADER)
     for row in rows:
         print(row.line())
+        for variant in row.variants:
+            print(variant.line())
     if any(row.expired or row.idle for row in rows):
         print(
             "EXPIRED: older than deploy.ttl_hours (`invoke undeploy --expired`); IDLE: no invocations in the last hour"

@@ -9,11 +9,14 @@ with no output. While a `Hosting` is entered:
   server (model_server.py: the inference image's /ping and /invocations around the archive's
   code/inference.py) starts in its own process; the endpoint goes InService once /ping answers
   (Failed, with the reason, if it never does);
-* UpdateEndpoint (moto has none) is Updating while the new config's model starts, then InService
-  on it; the old model's server stops. DeleteEndpoint stops the endpoint's server;
-* InvokeEndpoint (sagemaker-runtime) is sent to the endpoint's server: its answer comes back, a
-  4xx/5xx of the handler as SageMaker's ModelError (424, OriginalStatusCode/OriginalMessage), and
-  each call counts in CloudWatch's AWS/SageMaker Invocations, as on AWS;
+* each production variant of the config has its own server (a variant whose model is unchanged
+  keeps its server across an update);
+* UpdateEndpoint (moto has none) is Updating while the new config's models start, then InService
+  on it; the old variants' servers stop. DeleteEndpoint stops the endpoint's servers;
+* InvokeEndpoint (sagemaker-runtime) is sent to one variant's server, as routing.py routes it
+  (TargetVariant, else by weight): its answer comes back naming the variant, a 4xx/5xx of the
+  handler as SageMaker's ModelError (424, OriginalStatusCode/OriginalMessage), and each call is
+  published to CloudWatch per variant (routing.publish), as on AWS;
 * CreateTransformJob is InProgress while each object under the input prefix is sent to the model,
   one request each, and its answer written to <output>/<key>.out; then Completed (or Failed with
   the first refusal).
@@ -28,6 +31,7 @@ import subprocess
 import sys
 import tarfile
 import threading
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +40,7 @@ from typing import Any
 
 from project.core.names import split_s3_uri
 from project.sandbox.patches import Patches
+from project.sandbox.routing import INVOKED_HEADER, TARGET_HEADER, Router, live_variants, publish
 
 CHECKOUT = Path(__file__).resolve().parents[2]  # `python -m project.sandbox.model_server` runs from here
 START_TIMEOUT_SECONDS = 120.0
@@ -59,6 +64,7 @@ class ModelServer:
             stderr=self.log,
         )
         self.url = ""
+        self.model = ""  # the SageMaker model it serves
 
     def wait_ready(self, timeout: float = START_TIMEOUT_SECONDS) -> None:
         """Until /ping answers; RuntimeError with the server's last log line if it dies first."""
@@ -104,7 +110,8 @@ class Hosting:
 
     def __init__(self, workdir: Path, s3_client: Any) -> None:
         self.workdir, self.s3 = workdir, s3_client  # s3_client(region) -> a boto3 S3 client of the sandbox
-        self.servers: dict[str, ModelServer] = {}  # endpoint name -> its server
+        self.servers: dict[str, dict[str, ModelServer]] = {}  # endpoint name -> variant name -> its server
+        self.router = Router()
         self._lock = threading.Lock()
         self._patches = Patches()
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sagemaker-hosting")
@@ -127,8 +134,9 @@ class Hosting:
         self._patches.restore()
         self._pool.shutdown(wait=True, cancel_futures=True)
         with self._lock:
-            for server in self.servers.values():
-                server.stop()
+            for fleet in self.servers.values():
+                for server in fleet.values():
+                    server.stop()
             self.servers.clear()
 
     # --- models --------------------------------------------------------------------------------
@@ -141,11 +149,8 @@ class Hosting:
         self.s3(backend.region_name).download_file(bucket, key, str(archive))
         server = ModelServer(folder, archive)
         server.wait_ready()
+        server.model = model_name
         return server
-
-    @staticmethod
-    def _config_model(backend: Any, config_name: str) -> str:
-        return backend.endpoint_configs[config_name].production_variants[0]["ModelName"]
 
     # --- endpoints -----------------------------------------------------------------------------
 
@@ -159,25 +164,39 @@ class Hosting:
 
     def _bring_up(self, backend: Any, endpoint: Any, config_name: str) -> None:
         name = endpoint.endpoint_name
+        config = backend.endpoint_configs[config_name]
+        with self._lock:
+            running = dict(self.servers.get(name, {}))
+        started: dict[str, ModelServer] = {}
         try:
-            server = self._start(backend, self._config_model(backend, config_name), self.workdir / name / config_name)
+            for variant in config.production_variants:
+                old = running.get(variant["VariantName"])
+                if old is None or old.model != variant["ModelName"]:
+                    folder = self.workdir / name / config_name / variant["VariantName"]
+                    started[variant["VariantName"]] = self._start(backend, variant["ModelName"], folder)
         except Exception as exc:  # noqa: BLE001 - the endpoint fails with the reason, as on SageMaker
+            for server in started.values():
+                server.stop()
             endpoint.failure_reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             endpoint.endpoint_status = "Failed" if endpoint.endpoint_status == "Creating" else "InService"
             return
         with self._lock:
             if backend.endpoints.get(name) is not endpoint:  # deleted while it was starting
-                server.stop()
+                for server in started.values():
+                    server.stop()
                 return
-            old = self.servers.pop(name, None)
-            self.servers[name] = server
-            config = backend.endpoint_configs[config_name]
+            fleet = {
+                v["VariantName"]: started.get(v["VariantName"]) or running[v["VariantName"]]
+                for v in config.production_variants
+            }
+            stale = [server for server in running.values() if server not in fleet.values()]
+            self.servers[name] = fleet
             endpoint.endpoint_config_name = config_name
-            endpoint.production_variants = endpoint._process_production_variants(config.production_variants)
+            endpoint.production_variants = live_variants(endpoint, config)
             endpoint.endpoint_status = "InService"
             endpoint.last_modified_time = _now()
-        if old is not None:
-            old.stop()
+        for server in stale:
+            server.stop()
 
     def _update(self, response: Any) -> Any:
         from moto.core.responses import ActionResult
@@ -199,8 +218,8 @@ class Hosting:
     def _delete(self, response: Any, original: Any) -> Any:
         result = original(response)
         with self._lock:
-            server = self.servers.pop(response._get_param("EndpointName"), None)
-        if server is not None:
+            fleet = self.servers.pop(response._get_param("EndpointName"), {})
+        for server in fleet.values():
             server.stop()
         shutil.rmtree(self.workdir / response._get_param("EndpointName"), ignore_errors=True)
         return result
@@ -213,17 +232,19 @@ class Hosting:
         backend = sagemaker_backends[response.current_account][response.region]
         endpoint = backend.endpoints.get(name)
         with self._lock:
-            server = self.servers.get(name)
-        if endpoint is None or server is None:
+            fleet = dict(self.servers.get(name, {}))
+        if endpoint is None or not fleet:
             raise ValidationError(message=f"Endpoint {name} of account {response.current_account} not found.")
-        status, content_type, body = server.invoke(
+        variant = self.router.choose(endpoint, list(fleet), response.headers.get(TARGET_HEADER))
+        start = time.monotonic()
+        status, content_type, body = fleet[variant].invoke(
             response.raw_body if isinstance(response.raw_body, bytes) else response.raw_body.encode(),
             response.headers.get("Content-Type", ""),
             response.headers.get("Accept", ""),
         )
-        _count_invocation(response.current_account, response.region, name)
+        publish(response.current_account, response.region, name, variant, status, time.monotonic() - start)
         if status == 200:
-            return 200, {"Content-Type": content_type, "x-Amzn-Invoked-Production-Variant": "AllTraffic"}, body
+            return 200, {"Content-Type": content_type, INVOKED_HEADER: variant}, body
         message = body.decode(errors="replace")
         error = {
             "Message": f'Received client error ({status}) from primary with message "{message}".',
@@ -232,7 +253,12 @@ class Hosting:
         }
         # moto takes a response's status from its headers (the tuple's own is ignored): without it
         # the model's refusal reached the client as a 200 whose body was the error.
-        headers = {"Content-Type": "application/json", "x-amzn-ErrorType": "ModelError", "status": "424"}
+        headers = {
+            "Content-Type": "application/json",
+            "x-amzn-ErrorType": "ModelError",
+            "status": "424",
+            INVOKED_HEADER: variant,
+        }
         return 424, headers, json.dumps(error)
 
     # --- batch transform -----------------------------------------------------------------------
@@ -291,14 +317,6 @@ def _now() -> Any:
     from moto.core.utils import utcnow
 
     return utcnow()  # the type moto keeps its times in
-
-
-def _count_invocation(account: str, region: str, endpoint: str) -> None:
-    from moto.cloudwatch.models import cloudwatch_backends
-
-    dimensions = [{"Name": "EndpointName", "Value": endpoint}, {"Name": "VariantName", "Value": "AllTraffic"}]
-    metric = {"MetricName": "Invocations", "Value": 1.0, "Unit": "None", "Dimensions": dimensions}
-    cloudwatch_backends[account][region].put_metric_data("AWS/SageMaker", [metric])
 
 
 def boto3_s3(endpoint_url: str | None, credentials: dict[str, str | None]) -> Any:
