@@ -1,4 +1,4 @@
-# Over 300 lines, kept whole: one short function per task on one Context (set up once: config, infra, clients), one flow.
+# Over 300 lines, kept whole: one short function per task on one Context (config, infra, clients set up once).
 """The SageMaker workflow behind the invoke tasks: upload, build/push, train, logs, status, stop, fetch.
 
 Each function composes the config, reads the Terraform outputs, makes its AWS clients (real AWS
