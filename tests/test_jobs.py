@@ -12,7 +12,7 @@ from project.aws import image, image_build, sdk
 from project.aws import plan as jobs
 from project.aws.infra import Infra
 from project.aws.staging import stage_source
-from project.core.config import DEFAULT_METRICS, compose
+from project.core.config import DEFAULT_METRICS, TOOL_METRICS, compose
 from project.core.errors import UserError
 from project.core.sagemaker_names import CHECKPOINT_DIR, JOB_NAME
 
@@ -452,7 +452,7 @@ def test_the_code_channel_carries_the_packages_the_targets_name_and_nothing_else
     source = stage_source(cfg, tmp_path / "src", p)
     assert sorted(path.name for path in source.iterdir()) == ["config.yaml", "mymodels", "project", "sm_entry.py"]
     assert (source / "mymodels" / "csv_regression.py").is_file()
-    assert p.metrics == ["train_loss", "val_loss", "val_mae", "test_loss", "test_mae", "epoch"]
+    assert p.metrics == ["train_loss", "val_loss", "val_mae", "test_loss", "test_mae", *TOOL_METRICS]
     p, cfg = plan()
     assert sorted(path.name for path in stage_source(cfg, tmp_path / "d", p).iterdir()) == [
         "config.yaml",
@@ -556,3 +556,8 @@ def test_the_sdks_private_request_builder_still_builds_the_request_we_send(moto_
     channels = {c["ChannelName"]: c for c in request["InputDataConfig"]}
     assert channels["train"]["DataSource"]["S3DataSource"]["S3Uri"] == p.channels["train"]
     assert channels["code"]["DataSource"]["S3DataSource"]["S3Uri"] == code
+    # SageMaker Debugger and its profiler off, explicitly: torch.profiler (trainer.profile) replaces them
+    assert request["ProfilerConfig"] == {"DisableProfiler": True}
+    assert not {"DebugHookConfig", "DebugRuleConfigurations", "ProfilerRuleConfigurations"} & set(request)
+    assert not {"TensorBoardOutputConfig", "RemoteDebugConfig"} & set(request)
+    assert {"step_time_ms", "data_wait_ms"} <= {d["Name"] for d in algorithm["MetricDefinitions"]}

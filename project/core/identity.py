@@ -40,7 +40,15 @@ from project.core.sagemaker_names import METRICS_FILE
 
 IDENTITY_LENGTH = 12  # hex digits of SHA-256: collisions are out of reach for one user's runs
 # How a run executes or reports, not what it computes: a checkpoint resumes whichever way they are set.
-UNSHAPING_TRAINER_KEYS = ("resume", "data_on_device", "channels_last", "compile", "log_every_n_steps")
+UNSHAPING_TRAINER_KEYS = (
+    "resume",
+    "data_on_device",
+    "channels_last",
+    "compile",
+    "log_every_n_steps",
+    "profile",
+    "profile_steps",
+)
 # Where the data comes from, not what it is (dataset.files names the content); on_device is
 # IdxDataModule's copy of trainer.data_on_device, a lever.
 UNSHAPING_DATASET_KEYS = ("channels", "input_modes", "on_device")
@@ -58,6 +66,9 @@ def run_identity(cfg: Any) -> str:
     }
     for key in UNSHAPING_TRAINER_KEYS:
         shaping["trainer"].pop(key, None)
+    if shaping["trainer"].get("init_from") is None:  # a run from scratch: the identity it had before these keys
+        shaping["trainer"].pop("init_from", None)
+        shaping["trainer"].pop("init_strict", None)
     for key in UNSHAPING_DATASET_KEYS:
         shaping["dataset"].pop(key, None)
     blob = json.dumps(shaping, sort_keys=True).encode()

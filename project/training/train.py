@@ -46,7 +46,7 @@ from project.core.runtime import (
 )
 from project.core.topology import Topology, decide
 from project.serving import archive as serving
-from project.training import artifacts, local, modules, reporting
+from project.training import artifacts, local, modules, profiling, reporting
 from project.training.checkpoints import Interrupted, Interrupts, RunCheckpoints, newest_valid, run_bytes, stop_exit
 from project.training.reporting import scalars as _scalars
 from project.training.resolve import Resolved, resolve
@@ -133,6 +133,9 @@ def build_run(cfg: Any, layout: RunLayout, data: Resolved, topology: Topology, r
                 run_name or cfg.run_name or cfg.model.name, terminal, t.log_every_n_steps, config_lib.metric_names(cfg)
             ),
             RunCheckpoints(layout.checkpoint_dir, run_identity(cfg), t.checkpoint_every_n_steps, topology),
+            *profiling.callbacks(
+                cfg, layout.output_dir, run_name or cfg.run_name or cfg.model.name, reporting.print_line
+            ),
         ],
     )
     return trainer, module, datamodule
