@@ -229,6 +229,9 @@ def test_metric_regexes_match_the_lines_training_prints():
     assert float(found["val_acc"].group(1)) == 0.9916
     assert float(found["train_loss"].group(1)) == 0.05
     assert found["test_acc"] is None
+    line = format_metrics({"epoch": "2/3", **metrics, "step_time_ms": 41.25, "data_wait_ms": 3.5, "seconds": 3.2})
+    stalls = {d["Name"]: re.search(d["Regex"], line) for d in sdk.metric_definitions(TOOL_METRICS)}
+    assert float(stalls["step_time_ms"].group(1)) == 41.25 and float(stalls["data_wait_ms"].group(1)) == 3.5
 
 
 def test_staged_source_carries_the_resolved_config(tmp_path):

@@ -44,9 +44,9 @@ def _aligned(source: dict[str, torch.Tensor], target: dict[str, Any]) -> dict[st
     return {f"net.{k}": v for k, v in source.items()}
 
 
-def apply(cfg: Any, module: Any) -> Parent | None:
+def apply(cfg: Any, module: Any, say: bool = True) -> Parent | None:
     """Load `trainer.init_from`'s weights into `module` (on rank 0 and every other: each builds its own);
-    the parent, for metrics.json. None without init_from."""
+    the parent, for metrics.json. None without init_from. `say`: print what was not loaded (rank 0)."""
     spec = cfg.trainer.init_from
     if spec is None:
         return None
@@ -68,7 +68,7 @@ def apply(cfg: Any, module: Any) -> Parent | None:
             f"trainer.init_from={spec}: {_mismatch(source, target, differ, absent, extra)}; "
             "trainer.init_strict=false loads the layers that match"
         )
-    if differ or absent or extra:
+    if say and (differ or absent or extra):
         print(
             f"init_from {parent.run}: loaded {len(matching)} of {len(target)} tensors; not loaded: "
             f"{_mismatch(source, target, differ, absent, extra)}",

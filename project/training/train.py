@@ -173,7 +173,9 @@ def train(
     modules.sample_pass(cfg)  # a network that cannot take the data's samples: the same
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     trainer, module, datamodule = build_run(cfg, layout, data, topology, run_name)
-    parent = init_from.apply(cfg, module)  # trainer.init_from: a layer that does not fit is one line, nothing written
+    parent = init_from.apply(
+        cfg, module, say=trainer.is_global_zero
+    )  # trainer.init_from: a layer that does not fit is one line, nothing written
     # A disk that fills up fails at the first checkpoint, an epoch in: refused before a folder is made.
     check_room(layout.checkpoint_dir, run_bytes(module), ROOM_ASSUMED, _room_fix())
     layout.create()
