@@ -12,7 +12,7 @@ from project.aws import image, image_build, sdk
 from project.aws import plan as jobs
 from project.aws.infra import Infra
 from project.aws.staging import stage_source
-from project.core.config import DEFAULT_METRICS, compose
+from project.core.config import DEFAULT_METRICS, TOOL_METRICS, compose
 from project.core.errors import UserError
 from project.core.sagemaker_names import CHECKPOINT_DIR, JOB_NAME
 
@@ -196,6 +196,7 @@ def test_the_set_up_summary_counts_what_pip_did():
         (["job.base_name=bad_name"], "job.base_name='bad_name'"),
         (["instance.type=ml.x9.huge"], "unknown instance type 'ml.x9.huge'"),
         (["trainer.gpus=0", "instance=ml.g5.xlarge"], "pays for 1 idle GPU(s)"),
+        (["trainer.init_from=runs/earlier"], "works in `invoke local` only so far"),
     ],
 )
 def test_invalid_launches_are_refused_with_one_line(overrides, message):
@@ -228,6 +229,9 @@ def test_metric_regexes_match_the_lines_training_prints():
     assert float(found["val_acc"].group(1)) == 0.9916
     assert float(found["train_loss"].group(1)) == 0.05
     assert found["test_acc"] is None
+    line = format_metrics({"epoch": "2/3", **metrics, "step_time_ms": 41.25, "data_wait_ms": 3.5, "seconds": 3.2})
+    stalls = {d["Name"]: re.search(d["Regex"], line) for d in sdk.metric_definitions(TOOL_METRICS)}
+    assert float(stalls["step_time_ms"].group(1)) == 41.25 and float(stalls["data_wait_ms"].group(1)) == 3.5
 
 
 def test_staged_source_carries_the_resolved_config(tmp_path):
@@ -452,7 +456,7 @@ def test_the_code_channel_carries_the_packages_the_targets_name_and_nothing_else
     source = stage_source(cfg, tmp_path / "src", p)
     assert sorted(path.name for path in source.iterdir()) == ["config.yaml", "mymodels", "project", "sm_entry.py"]
     assert (source / "mymodels" / "csv_regression.py").is_file()
-    assert p.metrics == ["train_loss", "val_loss", "val_mae", "test_loss", "test_mae", "epoch"]
+    assert p.metrics == ["train_loss", "val_loss", "val_mae", "test_loss", "test_mae", *TOOL_METRICS]
     p, cfg = plan()
     assert sorted(path.name for path in stage_source(cfg, tmp_path / "d", p).iterdir()) == [
         "config.yaml",
@@ -556,3 +560,8 @@ def test_the_sdks_private_request_builder_still_builds_the_request_we_send(moto_
     channels = {c["ChannelName"]: c for c in request["InputDataConfig"]}
     assert channels["train"]["DataSource"]["S3DataSource"]["S3Uri"] == p.channels["train"]
     assert channels["code"]["DataSource"]["S3DataSource"]["S3Uri"] == code
+    # SageMaker Debugger and its profiler off, explicitly: torch.profiler (trainer.profile) replaces them
+    assert request["ProfilerConfig"] == {"DisableProfiler": True}
+    assert not {"DebugHookConfig", "DebugRuleConfigurations", "ProfilerRuleConfigurations"} & set(request)
+    assert not {"TensorBoardOutputConfig", "RemoteDebugConfig"} & set(request)
+    assert {"step_time_ms", "data_wait_ms"} <= {d["Name"] for d in algorithm["MetricDefinitions"]}

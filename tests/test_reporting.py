@@ -52,7 +52,9 @@ def test_invoke_local_prints_a_start_line_a_line_per_epoch_the_result_and_the_ru
     assert sorted(val_rows) == [1.0, 2.0]
     for number, line in enumerate(epoch_lines, start=1):
         assert re.fullmatch(
-            rf"epoch={number}/2 train_acc=\S+ train_loss=\S+ val_acc=\S+ val_loss=\S+ seconds=[\d.]+", line
+            rf"epoch={number}/2 train_acc=\S+ train_loss=\S+ val_acc=\S+ val_loss=\S+ "
+            r"step_time_ms=[\d.]+ data_wait_ms=[\d.]+ seconds=[\d.]+",
+            line,
         )
         assert f"val_acc={float(val_rows[number]['val_acc']):.6g} " in line
     metrics = json.loads((tmp_path / "runs" / "cli" / "metrics.json").read_text())

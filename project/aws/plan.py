@@ -164,6 +164,11 @@ def plan_job(cfg: Any, infra: Infra, image: JobImage, now: datetime | None = Non
     `revision`: the commit of the staged code (staging.source_revision), recorded as the `git-sha` tag.
     """
     inst, job = cfg.instance, cfg.job
+    if cfg.trainer.init_from is not None:  # the job's `model` channel is not built yet (issue #30 §1)
+        raise LaunchError(
+            f"trainer.init_from={cfg.trainer.init_from} works in `invoke local` only so far: a SageMaker job "
+            "cannot start from an earlier model yet; drop trainer.init_from or train locally"
+        )
     if inst.type not in known_instance_types():
         raise LaunchError(
             f"unknown instance type {inst.type!r}; choose one of: {', '.join(known_instance_types())} "

@@ -204,7 +204,17 @@ def _training_request(trainer: Any, job_name: str, boto3: bool) -> dict[str, Any
     """
     request: dict[str, Any] = trainer._create_training_job_args(boto3=boto3)
     request["TrainingJobName" if boto3 else "training_job_name"] = job_name
+    # SageMaker Debugger is closed to new customers and its profiler reaches end of support: off,
+    # explicitly (no DebugHookConfig or rule configurations is no hook; ProfilerConfig disables the
+    # system monitor). trainer.profile (torch.profiler) and the step_time_ms/data_wait_ms metrics replace them.
+    request["ProfilerConfig" if boto3 else "profiler_config"] = _profiler_off(boto3)
     return request
+
+
+def _profiler_off(boto3: bool) -> Any:
+    from sagemaker.core.shapes import ProfilerConfig
+
+    return {"DisableProfiler": True} if boto3 else ProfilerConfig(disable_profiler=True)
 
 
 def create_request(trainer: Any, job_name: str) -> dict[str, Any]:

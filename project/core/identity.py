@@ -18,7 +18,8 @@ Not in it: where the data is read from (`dataset.channels`, `dataset.input_modes
 bytes from any mirror), the levers of speed and reporting (`UNSHAPING_TRAINER_KEYS`), and every
 group outside those three: `run_name`, `paths`, `instance`, `job`, `aws`, `sweep`, `deploy`. So
 one config trained under two names, or on two instance types of one GPU count, is one run; a new
-trainer.seed is another.
+trainer.seed is another. A run started from an earlier model (`trainer.init_from`) holds its
+parent's config hash in place of the path given (project/core/lineage.py).
 
 Standard library only (OmegaConf inside `run_identity`): the invoke process decides with it
 before the training process has imported torch.
@@ -36,11 +37,20 @@ from pathlib import Path
 from typing import Any
 
 from project.core.errors import UserError
+from project.core.lineage import find_parent
 from project.core.sagemaker_names import METRICS_FILE
 
 IDENTITY_LENGTH = 12  # hex digits of SHA-256: collisions are out of reach for one user's runs
 # How a run executes or reports, not what it computes: a checkpoint resumes whichever way they are set.
-UNSHAPING_TRAINER_KEYS = ("resume", "data_on_device", "channels_last", "compile", "log_every_n_steps")
+UNSHAPING_TRAINER_KEYS = (
+    "resume",
+    "data_on_device",
+    "channels_last",
+    "compile",
+    "log_every_n_steps",
+    "profile",
+    "profile_steps",
+)
 # Where the data comes from, not what it is (dataset.files names the content); on_device is
 # IdxDataModule's copy of trainer.data_on_device, a lever.
 UNSHAPING_DATASET_KEYS = ("channels", "input_modes", "on_device")
@@ -58,6 +68,13 @@ def run_identity(cfg: Any) -> str:
     }
     for key in UNSHAPING_TRAINER_KEYS:
         shaping["trainer"].pop(key, None)
+    spec = shaping["trainer"].get("init_from")
+    if spec is None:  # a run from scratch: the identity it had before these keys
+        shaping["trainer"].pop("init_from", None)
+        shaping["trainer"].pop("init_strict", None)
+    else:  # the parent's identity, not where its file lies (project/core/lineage.py)
+        parent = find_parent(str(spec), cfg.paths.runs_dir)
+        shaping["trainer"]["init_from"] = parent.config_hash or str(parent.weights.resolve())
     for key in UNSHAPING_DATASET_KEYS:
         shaping["dataset"].pop(key, None)
     blob = json.dumps(shaping, sort_keys=True).encode()

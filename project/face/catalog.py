@@ -46,6 +46,7 @@ class Entry:
     metrics: dict[str, float] = field(default_factory=dict)
     duration_s: float | None = None
     cost_usd: float | None = None
+    parent: str = "-"  # trainer.init_from's run and config hash: `A (3e5ab01b8a52)`
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -123,7 +124,15 @@ def _finished_entry(run: Path) -> Entry | None:
         config_hash=str(metrics.get("config_hash", "-")),
         metrics={k: float(v) for k, v in metrics.items() if k in SHOWN_METRICS},
         duration_s=metrics.get("fit_seconds"),
+        parent=_parent(metrics.get("parent")),
     )
+
+
+def _parent(record: Any) -> str:
+    """metrics.json's `parent` (project/core/lineage.py Parent.record) as the table shows it."""
+    if not isinstance(record, dict):
+        return "-"
+    return f"{record.get('run')} ({record.get('config_hash') or 'hash unknown'})"
 
 
 def _interrupted_entry(run: Path) -> Entry | None:
@@ -218,7 +227,20 @@ def table(entries: Sequence[Entry]) -> str:
     def fmt(value: float | None, spec: str, before: str = "", after: str = "") -> str:
         return "-" if value is None else f"{before}{value:{spec}}{after}"
 
-    header = ("run", "where", "status", "created", "config", "git", "overrides", *SHOWN_METRICS, "duration", "cost")
+    lineage = any(e.parent != "-" for e in entries)  # the parent column only where a run has one
+    header = (
+        "run",
+        "where",
+        "status",
+        "created",
+        "config",
+        *(["parent"] if lineage else []),
+        "git",
+        "overrides",
+        *SHOWN_METRICS,
+        "duration",
+        "cost",
+    )
     lines = [header] + [
         (
             e.name,
@@ -226,6 +248,7 @@ def table(entries: Sequence[Entry]) -> str:
             e.status,
             f"{e.created:%Y-%m-%d %H:%M}",
             e.config_hash,
+            *([e.parent] if lineage else []),
             e.git_sha,
             e.overrides,
             *(fmt(e.metrics.get(m), ".4f") for m in SHOWN_METRICS),

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from project.core.atomic import write_atomically
+from project.core.lineage import WEIGHTS_FILE  # the network's state_dict
 from project.serving.archive import (  # pixels -> probabilities, normalisation included
     CONTRACT_FILE,
     EXPORTED_BY,
@@ -23,7 +24,6 @@ from project.serving.archive import (  # pixels -> probabilities, normalisation 
 from project.training.models import Exported
 from project.training.reporting import LEARNING_RATE, STEP_LOSS
 
-WEIGHTS_FILE = "model.pt"  # the network's state_dict
 CURVES_FILE = "learning_curves.png"
 CONFUSION_FILE = "confusion_matrix.png"
 

@@ -28,7 +28,9 @@ from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.callbacks.progress.tqdm_progress import convert_inf
 
 from project.core import startup
+from project.core.config import TOOL_METRICS
 from project.core.runtime import debug_enabled, progress_interval
+from project.training.profiling import StepClock
 
 PROGRESS_INTERVAL_SECONDS = 30.0  # without a terminal: often enough to show life, rare enough to read
 STEP_LOSS = "train_loss_step"  # mean training loss over the steps since the previous point
@@ -134,9 +136,10 @@ class MetricLines(pl.Callback):
     pass, later), since their job metrics would stay empty.
     """
 
-    def __init__(self, declared: Sequence[str] = ()) -> None:
+    def __init__(self, declared: Sequence[str] = (), clock: StepClock | None = None) -> None:
         self._started = time.perf_counter()
         self.declared, self._checked = list(declared), False
+        self.clock = clock  # its step_time_ms and data_wait_ms join the line
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._started = time.perf_counter()
@@ -146,10 +149,11 @@ class MetricLines(pl.Callback):
         if trainer.is_global_zero and not trainer.sanity_checking:
             metrics.pop("epoch", None)  # EpochNumbers' value, already the first field
             seconds = round(time.perf_counter() - self._started, 1)
-            print_line(format_metrics({"epoch": _epochs(trainer), **metrics, "seconds": seconds}))
+            steps = self.clock.means_ms() if self.clock is not None else {}
+            print_line(format_metrics({"epoch": _epochs(trainer), **metrics, **steps, "seconds": seconds}))
             if not self._checked:
                 self._checked = True
-                warn_unlogged(self.declared, [*metrics, "epoch"], skip_prefix="test_")
+                warn_unlogged(self.declared, [*metrics, *TOOL_METRICS], skip_prefix="test_")
 
 
 def warn_unlogged(declared: Sequence[str], logged: Sequence[str], skip_prefix: str | None = None) -> None:
@@ -302,11 +306,13 @@ def callbacks(run_name: str, terminal: bool, log_every_n_steps: int, declared: S
     `declared`: the metric names a SageMaker job scrapes."""
     progress: pl.Callback = EpochBar() if terminal else ProgressLines(progress_interval(PROGRESS_INTERVAL_SECONDS))
     marks = [StartupMarks()] if startup.enabled() else []
+    clock = StepClock()
     return [
         StartLine(run_name),
         EpochNumbers(),
         StepSeries(log_every_n_steps),
-        MetricLines(declared),
+        clock,
+        MetricLines(declared, clock),
         progress,
         *marks,
     ]

@@ -46,7 +46,7 @@ from project.core.runtime import (
 )
 from project.core.topology import Topology, decide
 from project.serving import archive as serving
-from project.training import artifacts, local, modules, reporting
+from project.training import artifacts, init_from, local, modules, profiling, reporting
 from project.training.checkpoints import RunCheckpoints, newest_valid, run_bytes
 from project.training.reporting import scalars as _scalars
 from project.training.resolve import Resolved, resolve
@@ -134,6 +134,9 @@ def build_run(cfg: Any, layout: RunLayout, data: Resolved, topology: Topology, r
                 run_name or cfg.run_name or cfg.model.name, terminal, t.log_every_n_steps, config_lib.metric_names(cfg)
             ),
             RunCheckpoints(layout.checkpoint_dir, run_identity(cfg), t.checkpoint_every_n_steps, topology),
+            *profiling.callbacks(
+                cfg, layout.output_dir, run_name or cfg.run_name or cfg.model.name, reporting.print_line
+            ),
         ],
     )
     return trainer, module, datamodule
@@ -171,6 +174,9 @@ def train(
     modules.sample_pass(cfg)  # a network that cannot take the data's samples: the same
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     trainer, module, datamodule = build_run(cfg, layout, data, topology, run_name)
+    parent = init_from.apply(
+        cfg, module, say=trainer.is_global_zero
+    )  # trainer.init_from: a layer that does not fit is one line, nothing written
     # A disk that fills up fails at the first checkpoint, an epoch in: refused before a folder is made.
     check_room(layout.checkpoint_dir, run_bytes(module), ROOM_ASSUMED, _room_fix())
     layout.create()
@@ -202,6 +208,7 @@ def train(
         "train_loop_seconds": round(loop.seconds, 4),
         "train_samples_per_second": round(loop.samples / loop.seconds, 1) if loop.seconds else None,
         "resumed_from": resume_from.name if resume_from else None,
+        "parent": parent.record() if parent else None,  # trainer.init_from's run and config hash
         **{k: v for k, v in fit_metrics.items() if k != "epoch"},  # whatever the module logged
         **_scalars(test_results),
     }

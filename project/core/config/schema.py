@@ -50,6 +50,9 @@ class DatasetKeys:
 TOOL_DATASET_KEYS = ("_target_", "name", "s3_prefix", "channels", "input_modes", "image_shape")
 # The scalars a SageMaker job scrapes from the `name=value` lines when a model config names none.
 DEFAULT_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "epoch")
+# What every run prints with its epoch line whatever its module logs (project/training/reporting.py
+# MetricLines): scraped into every job's metrics, so CloudWatch shows throughput and input stalls.
+TOOL_METRICS = ("epoch", "step_time_ms", "data_wait_ms")
 TOOL_MODEL_KEYS = ("_target_", "name", "metrics")  # never LightningModule arguments
 
 
@@ -105,6 +108,14 @@ class TrainerConfig:
     data_on_device: bool = MISSING  # GPU: the whole dataset sits in GPU memory, batches are sliced there
     channels_last: bool = MISSING  # NHWC network and inputs (tensor cores under bf16/fp16)
     compile: bool = MISSING  # torch.compile the network: seconds of compiling, pays on long runs only
+    # torch.profiler over the optimizer steps [start, end) of profile_steps only: a trace for
+    # TensorBoard's profiler plugin under output/tensorboard/ and a table at the end (project/training/profiling.py).
+    profile: bool = MISSING
+    profile_steps: list[int] = MISSING
+    # Start from an earlier model's weights: a run folder, a run name under paths.runs_dir, a .ckpt
+    # or a model.pt (project/training/init_from.py); a fresh optimizer and schedule, a new run identity.
+    init_from: str | None = MISSING
+    init_strict: bool = MISSING  # false: load the layers whose shapes match, list the others
 
 
 @dataclass
@@ -261,9 +272,9 @@ def valid_keys(full_key: str) -> list[str]:
 
 
 def metric_names(cfg: Any) -> list[str]:
-    """The scalars a job's metric definitions scrape: model.metrics, else the default list; always `epoch`."""
+    """The scalars a job's metric definitions scrape: model.metrics, else the default list; always TOOL_METRICS."""
     names = list(cfg.model.get("metrics") or DEFAULT_METRICS)
-    return names if "epoch" in names else [*names, "epoch"]
+    return [*names, *(n for n in TOOL_METRICS if n not in names)]
 
 
 # The module that trains a model config's `net` when it names no _target_ (project/training/models.py).

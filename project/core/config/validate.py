@@ -73,10 +73,30 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"job.max_cost_usd must be a positive number (null: no budget), got {cfg.job.max_cost_usd}")
     if cfg.sweep.direction not in SWEEP_DIRECTIONS:
         raise ConfigError(f"sweep.direction must be one of {', '.join(SWEEP_DIRECTIONS)}, got {cfg.sweep.direction!r}")
+    _validate_profile(cfg.trainer)
     _validate_dataset(cfg.dataset)
     if "model" in cfg:  # composed without one (compose(model=False)): the key is missing
         _validate_model(cfg.model)
     _validate_resource_names(cfg.aws)
+
+
+def _validate_profile(t: Any) -> None:
+    """trainer.profile_steps: [start, end), two increasing optimizer steps inside the run (where the
+    config alone bounds the run: limit_train_batches as a number of batches; else the profiler checks at the start)."""
+    steps = list(t.profile_steps) if t.profile_steps is not None else []
+    if len(steps) != 2 or not all(type(n) is int for n in steps) or not 0 <= steps[0] < steps[1]:
+        raise ConfigError(
+            f"trainer.profile_steps={steps}: give two optimizer steps [start, end) with 0 <= start < end, "
+            "e.g. trainer.profile_steps=[20,40]"
+        )
+    # Lightning reads a limit above 1 as a number of batches (the schema makes every limit a float)
+    limit = t.limit_train_batches
+    batches = int(limit) if limit is not None and limit > 1 and float(limit).is_integer() else None
+    if t.profile and batches is not None and steps[1] > batches * t.max_epochs:
+        raise ConfigError(
+            f"trainer.profile_steps={steps} ends past the run's last step ({batches * t.max_epochs}: "
+            f"limit_train_batches={batches} x max_epochs={t.max_epochs}); choose an earlier window or train longer"
+        )
 
 
 def _reject_added_keys(cfg: Any) -> None:
