@@ -19,7 +19,7 @@ import pytest
 import pytorch_lightning as pl
 
 from project.core import config as C
-from project.core.runtime import DEBUG_ENV
+from project.core.runtime import DEBUG_ENV, PROGRESS_ENV
 from project.training.train import run_composed
 from tests.synthetic import tiny_overrides
 from tests.test_tasks import invoke
@@ -36,8 +36,10 @@ def csv_rows(run_dir: Path) -> list[dict[str, str]]:
 
 
 def test_invoke_local_prints_a_start_line_a_line_per_epoch_the_result_and_the_run_folder(tiny_run, tiny_data, tmp_path):
-    """In a log (stdout and stderr not a terminal), as CloudWatch, nohup and CI see it."""
-    result = invoke("local", *tiny_run(run_name="cli", **{"trainer.log_every_n_steps": 2}))
+    """In a log (stdout and stderr not a terminal), as CloudWatch, nohup and CI see it. No progress
+    line between epochs however slow the machine (they come every 30 s: a test below counts them)."""
+    quiet = {**os.environ, PROGRESS_ENV: "3600"}
+    result = invoke("local", *tiny_run(run_name="cli", **{"trainer.log_every_n_steps": 2}), env=quiet)
     assert result.returncode == 0, result.stderr[-2000:]
     for noise in NOISE:
         assert noise not in result.stdout + result.stderr, noise
