@@ -1,0 +1,67 @@
+"""A request judged by botocore's service model as AWS would judge it (tests only).
+
+botocore's own validation checks types, required members and minimums; AWS also refuses what
+breaks a member's pattern, maximum or enum, which moto mostly does not check. `problems` walks
+the request against the operation's input shape and names each such breach.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+
+def problems(service: str, operation: str, params: dict[str, Any]) -> list[str]:
+    import botocore.session
+    from botocore.validate import ParamValidator
+
+    model = botocore.session.get_session().get_service_model(service)
+    shape = model.operation_model(operation).input_shape
+    report = ParamValidator().validate(params, shape)
+    found = [report.generate_report()] if report.has_errors() else []
+    _walk(shape, params, operation, found)
+    return found
+
+
+def _walk(shape: Any, value: Any, where: str, found: list[str]) -> None:
+    meta = shape.metadata
+    if shape.type_name == "structure" and isinstance(value, dict):
+        for name, member in value.items():
+            if name in shape.members:
+                _walk(shape.members[name], member, f"{where}.{name}", found)
+        return
+    if shape.type_name == "list" and isinstance(value, list):
+        _size(meta, len(value), where, found)
+        for i, item in enumerate(value):
+            _walk(shape.member, item, f"{where}[{i}]", found)
+        return
+    if shape.type_name == "map" and isinstance(value, dict):
+        _size(meta, len(value), where, found)
+        for key, item in value.items():
+            _walk(shape.key, key, f"{where} key {key!r}", found)
+            _walk(shape.value, item, f"{where}[{key!r}]", found)
+        return
+    if shape.type_name == "string" and isinstance(value, str):
+        _size(meta, len(value), where, found)
+        if "pattern" in meta and not re.fullmatch(_python_regex(meta["pattern"]), value):
+            found.append(f"{where}={value!r} does not match {meta['pattern']}")
+        if shape.enum and value not in shape.enum:
+            found.append(f"{where}={value!r} is not one of {shape.enum}")
+    numeric = shape.type_name in ("integer", "long", "float", "double") and isinstance(value, int | float)
+    if numeric and ("min" in meta and value < meta["min"] or "max" in meta and value > meta["max"]):
+        found.append(f"{where}={value} is outside {meta.get('min')}..{meta.get('max')}")
+
+
+def _size(meta: dict[str, Any], size: int, where: str, found: list[str]) -> None:
+    if "min" in meta and size < meta["min"] or "max" in meta and size > meta["max"]:
+        found.append(f"{where}: {size} long, outside {meta.get('min')}..{meta.get('max')}")
+
+
+def _python_regex(pattern: str) -> str:
+    """AWS's Java-style patterns as Python's: the Unicode classes \\p{L}, \\p{N}, \\p{Z} (only ever
+    inside [...] in these models) as \\w, \\d, \\s, and anchors (some with a stray `{1,128}`) dropped."""
+    classes = {r"\p{L}": r"\w", r"\p{N}": r"\d", r"\p{Z}": r"\s", r"\p{M}": "", r"\p{P}": r"!-/:-@\[-`{-~"}
+    for key, value in classes.items():
+        pattern = pattern.replace(key, value)
+    pattern = re.sub(r"\$\{\d+,\d+\}$", "", pattern)
+    return pattern.removeprefix("^").removesuffix("$")
