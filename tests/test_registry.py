@@ -79,6 +79,16 @@ def _versions(sm, group):
         return []
 
 
+def _described(sm, group, number):
+    """A version described by its ARN (AWS takes a versioned package's ARN, not GROUP/VERSION)."""
+    (arn,) = [
+        p["ModelPackageArn"]
+        for p in sm.list_model_packages(ModelPackageGroupName=group)["ModelPackageSummaryList"]
+        if p["ModelPackageVersion"] == number
+    ]
+    return sm.describe_model_package(ModelPackageName=arn)
+
+
 @pytest.mark.slow
 def test_register_gate_approve_and_deploy_latest(world):
     sm, ovr, group = world["clients"].sagemaker, world["overrides"], world["group"]
@@ -101,7 +111,7 @@ def test_register_gate_approve_and_deploy_latest(world):
     assert a.returncode == 0, a.stdout[-3000:] + a.stderr[-3000:]
     assert "evaluated reg-a through the serving code path on 100 test images" in a.stdout
     assert f"registered reg-a as {group}/1 (PendingManualApproval)" in a.stdout
-    desc = sm.describe_model_package(ModelPackageName=f"{group}/1")
+    desc = _described(sm, group, 1)
     props = desc["CustomerMetadataProperties"]
     assert props["run"] == "reg-a" and props["forced"] == "false" and props["dataset"] == "mnist"
     assert len(props["config-hash"]) == 12 and props["git-sha"] and float(props["served_test_acc"]) > 0.5
@@ -114,7 +124,7 @@ def test_register_gate_approve_and_deploy_latest(world):
     approved = invoke("approve", f"{group}/1", *ovr)
     assert approved.returncode == 0 and "PendingManualApproval -> Approved" in approved.stdout, approved.stderr
     assert "already Approved: nothing changed" in one_error_line(invoke("approve", f"{group}/1", *ovr))
-    kept = sm.describe_model_package(ModelPackageName=f"{group}/1")["CustomerMetadataProperties"]
+    kept = _described(sm, group, 1)["CustomerMetadataProperties"]
     assert kept == props  # an approval keeps what register recorded
 
     refused = invoke("register", "reg-c", *ovr)
@@ -126,7 +136,7 @@ def test_register_gate_approve_and_deploy_latest(world):
     forced = invoke("register", "reg-c", "--force", *ovr)
     assert forced.returncode == 0, forced.stdout[-3000:] + forced.stderr[-3000:]
     assert "gate forced past the gate: test_acc" in forced.stdout and f"as {group}/2" in forced.stdout
-    c_props = sm.describe_model_package(ModelPackageName=f"{group}/2")["CustomerMetadataProperties"]
+    c_props = _described(sm, group, 2)["CustomerMetadataProperties"]
     assert c_props["forced"] == "true" and c_props["gate"].startswith("forced past the gate: test_acc")
 
     listed = invoke("models", *ovr)

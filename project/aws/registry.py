@@ -34,10 +34,9 @@ from project.aws.deploy_requests import DeployError, Echo, Source, tag_list
 from project.aws.errors import aws_errors
 from project.aws.workflow import aws_task, setup
 from project.core.config import RESOLVED_CONFIG_NAME, load_resolved
-from project.core.run_ref import resolve_run
+from project.core.run_ref import MODEL_SPEC, resolve_run
 from project.core.sagemaker_names import JOB_NAME, METRICS_FILE, PROJECT_TAG
 
-MODEL_SPEC = "model:"  # `invoke deploy model:latest` / `model:3`
 LATEST = "latest"
 APPROVED, REJECTED, PENDING = "Approved", "Rejected", "PendingManualApproval"
 SERVED = "served_"  # a metric measured through the serving code path, beside the run's logged one
