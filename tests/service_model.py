@@ -57,11 +57,26 @@ def _size(meta: dict[str, Any], size: int, where: str, found: list[str]) -> None
         found.append(f"{where}: {size} long, outside {meta.get('min')}..{meta.get('max')}")
 
 
+# Java's Unicode classes as Python character-class contents. \\p{L} as \\w also admits digits and
+# `_`: where that is looser than AWS, a breach may pass here, never the reverse.
+UNICODE_CLASSES = {
+    r"\p{Alnum}": "a-zA-Z0-9",
+    r"\p{L}": r"\w",
+    r"\p{N}": r"\d",
+    r"\p{Z}": r"\s",
+    r"\p{M}": "\u0300-\u036f",
+    r"\p{P}": r"!-#%-*,-/:;?@\[-\]_{}\u00a1\u00a7\u00ab\u00b6\u00b7\u00bb\u00bf",
+    r"\p{S}": r"$+<=>^`|~\u00a2-\u00a9\u00ac\u00ae-\u00b1\u00b4\u00b8\u00d7\u00f7",
+    r"\p{Cc}": r"\x00-\x1f\x7f-\x9f",
+    r"\p{Cf}": r"\u00ad\u200b-\u200f\u2060-\u2064\ufeff",
+}
+
+
 def _python_regex(pattern: str) -> str:
-    """AWS's Java-style patterns as Python's: the Unicode classes \\p{L}, \\p{N}, \\p{Z} (only ever
-    inside [...] in these models) as \\w, \\d, \\s, and anchors (some with a stray `{1,128}`) dropped."""
-    classes = {r"\p{L}": r"\w", r"\p{N}": r"\d", r"\p{Z}": r"\s", r"\p{M}": "", r"\p{P}": r"!-/:-@\[-`{-~"}
-    for key, value in classes.items():
+    """AWS's Java-style pattern as Python's: the Unicode classes (only ever inside [...] in these
+    models) as above, and anchors (some with a stray `{1,128}` after the `$`) dropped."""
+    for key, value in UNICODE_CLASSES.items():
         pattern = pattern.replace(key, value)
+    pattern = pattern.replace(r"\uD800\uDC00-\uDBFF\uDFFF", r"\U00010000-\U0010FFFF")  # UTF-16's pairs
     pattern = re.sub(r"\$\{\d+,\d+\}$", "", pattern)
     return pattern.removeprefix("^").removesuffix("$")
