@@ -69,6 +69,14 @@ def test_the_gate_compares_with_the_newest_approved_version():
     assert gate("test_acc", 0.1, None, 0.0) == (True, "no Approved version to compare test_acc with")
 
 
+def test_a_registered_version_is_the_run_of_invoke_deploy():
+    from tests.test_tasks import parse
+
+    assert parse("deploy", "model:latest", "--yes")["deploy"]["job"] == "model:latest"
+    assert parse("deploy", "model:3", "deploy.endpoint_name=ep")["deploy"]["job"] == "model:3"
+    assert parse("register", "seed42", "--force")["register"] == {"job": "seed42", "force": True, "overrides": []}
+
+
 def _versions(sm, group):
     try:
         return [
