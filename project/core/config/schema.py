@@ -224,7 +224,7 @@ class DeployConfig:
     serverless_price_per_gb_second: float = MISSING
     serverless_price_per_million_requests: float = MISSING
     model_group: str = MISSING  # `invoke register`: the model package group (created on first use)
-    gate: GateConfig = field(default_factory=GateConfig)
+    gate: GateConfig = MISSING
 
 
 @dataclass
