@@ -82,20 +82,23 @@ def _handler(code_dir: Path) -> Any:
             sys.modules["preprocess"] = saved
 
 
-def test_set(cfg: Any) -> tuple[Any, Any]:
-    """The run's held-out test images (as stored: the model's input format) and labels."""
+def test_set(cfg: Any, given: str | None = None) -> tuple[Any, Any]:
+    """The run's held-out test images (as stored: the model's input format) and labels: from the
+    run's own data folder, else from `given` (this command's dataset.channels.train; a SageMaker
+    job's channel was its container's). dataset.files' checksums make sure it is the run's data."""
     target = str(cfg.dataset.get("_target_", ""))
     if target != IDX_MODULE:
         raise RegistryError(
             f"the gate reads IDX test sets ({IDX_MODULE}); this run's dataset is {target}: "
             "evaluate it yourself and register with --force"
         )
-    channel = str(cfg.dataset.channels.train)
-    if channel.startswith("s3://") or not Path(channel).is_dir():
+    local = [str(c) for c in (cfg.dataset.channels.train, given) if c and Path(str(c)).is_dir()]
+    if not local:
         raise RegistryError(
-            f"the run's test set is not on this machine (dataset.channels.train={channel}): "
-            "give dataset.channels.train=<folder with the IDX files>"
+            f"the run's test set is not on this machine (its dataset.channels.train={cfg.dataset.channels.train}): "
+            "give dataset.channels.train=<folder with its IDX files>"
         )
+    channel = local[0]
     from project.training.data import IdxDataModule
 
     data = IdxDataModule(channel, dict(cfg.dataset.files), cache_dir=str(Path(cfg.paths.data_dir)))
@@ -103,12 +106,12 @@ def test_set(cfg: Any) -> tuple[Any, Any]:
     return images.numpy(), labels.numpy()
 
 
-def evaluate(archive: Path, cfg: Any) -> dict[str, float]:
+def evaluate(archive: Path, cfg: Any, channel: str | None = None) -> dict[str, float]:
     """served_test_acc (and the sample count) of the model.tar.gz on the run's test set, each image
     answered by the archive's own handler as the endpoint answers an application/x-npy request."""
     import numpy as np
 
-    images, labels = test_set(cfg)
+    images, labels = test_set(cfg, channel)
     with tempfile.TemporaryDirectory() as tmp:
         with tarfile.open(archive) as tar:
             tar.extractall(tmp, filter="data")
@@ -273,7 +276,7 @@ def register(ctx: Any, spec: str, force: bool = False, echo: Echo = print) -> st
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_resolved(run / "model" / RESOLVED_CONFIG_NAME)
         packed = serving.pack_model(run / "model", cfg, Path(tmp) / serving.MODEL_ARCHIVE)
-        measured = evaluate(packed, cfg)
+        measured = evaluate(packed, cfg, str(ctx.cfg.dataset.channels.train))
     value = measured.get(SERVED + metric, logged[metric])
     echo(
         f"evaluated {run.name} through the serving code path on {int(measured['test_samples'])} test images: "
