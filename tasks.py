@@ -294,7 +294,7 @@ RUN_HELP = "A run (its name under runs/ or its folder runs/<run>) or a training 
 @task(
     iterable=["overrides"],
     help={
-        "job": RUN_HELP,
+        "job": RUN_HELP + "; or model:latest / model:<version> from the registry (`invoke models`)",
         "serverless": "A serverless endpoint (pay per request, scales to zero) instead of instances",
         "update": "Move an existing endpoint to this run (a new endpoint config; no downtime)",
         "traffic": "Add this run to endpoint deploy.endpoint_name as a variant with this % of its traffic (1-99)",
@@ -330,6 +330,49 @@ def traffic(c, endpoint, retire=None, overrides=None):
 
     with user_errors():
         traffic_task(overrides or [], endpoint, retire or [])
+
+
+@task(
+    iterable=["overrides"],
+    help={
+        "job": "A run (its name under runs/ or its folder) or a completed training job (fetched first)",
+        "force": "Register even when the gate refuses it (the version records that it was forced)",
+        "overrides": OVERRIDES_HELP + "; e.g. deploy.gate.metric=test_loss deploy.gate.tolerance=0.02",
+    },
+)
+def register(c, job, force=False, overrides=None):
+    """Evaluate a run through the serving code path, gate it against the newest Approved version, register it."""
+    from project.aws import registry
+
+    with user_errors():
+        registry.register_task(overrides or [], job, force)
+
+
+@task(iterable=["overrides"], help={"overrides": OVERRIDES_HELP + " (aws.*, deploy.model_group)"})
+def models(c, overrides=None):
+    """The registry's versions, newest first: status, run, config, gate metric, served accuracy."""
+    from project.aws import registry
+
+    with user_errors():
+        registry.models_task(overrides or [])
+
+
+@task(iterable=["overrides"], help={"version": "GROUP/VERSION (`invoke models`)", "overrides": OVERRIDES_HELP})
+def approve(c, version, overrides=None):
+    """Approve a registered version: `invoke deploy model:latest` serves the newest Approved one."""
+    from project.aws import registry
+
+    with user_errors():
+        registry.status_task(overrides or [], version, registry.APPROVED)
+
+
+@task(iterable=["overrides"], help={"version": "GROUP/VERSION (`invoke models`)", "overrides": OVERRIDES_HELP})
+def reject(c, version, overrides=None):
+    """Reject a registered version: never served by model:latest, and no longer the gate's reference."""
+    from project.aws import registry
+
+    with user_errors():
+        registry.status_task(overrides or [], version, registry.REJECTED)
 
 
 @task(iterable=["overrides"], help={"overrides": OVERRIDES_HELP + " (aws.*)"})
@@ -411,6 +454,10 @@ ns = Collection(
     traffic,
     undeploy,
     batch_predict,
+    register,
+    models,
+    approve,
+    reject,
     sandbox,
 )
 ns.configure({"run": {"echo": False}})

@@ -244,6 +244,30 @@ data "aws_iam_policy_document" "launcher" {
   }
 
   statement {
+    # invoke register / models / approve / reject / deploy model:...: the model package group
+    # (deploy.model_group, created by the first register: no group in Terraform's state, so destroy
+    # never meets one that holds versions) and its versions, tagged on create.
+    sid = "ModelRegistry"
+    actions = [
+      "sagemaker:CreateModelPackageGroup",
+      "sagemaker:DescribeModelPackageGroup",
+      "sagemaker:CreateModelPackage",
+      "sagemaker:DescribeModelPackage",
+      "sagemaker:UpdateModelPackage",
+      "sagemaker:AddTags",
+    ]
+    resources = local.registry_arns
+  }
+
+  statement {
+    # invoke models and the gate's newest Approved version: ListModelPackages has no resource-level
+    # permissions: "*" is the only valid resource.
+    sid       = "ListModelPackages"
+    actions   = ["sagemaker:ListModelPackages"]
+    resources = ["*"]
+  }
+
+  statement {
     # None of these has resource-level permissions: "*" is the only valid resource. Search: sweeps
     # (jobs already run, by tag), `invoke runs`, `invoke fetch --sweep`. GetProducts: `invoke prices`.
     # The quota lists: `invoke train` checks the instance quota before launching (applied values,

@@ -54,6 +54,11 @@ locals {
     "${local.sagemaker_arn_prefix}:endpoint/*",
     "${local.sagemaker_arn_prefix}:transform-job/*",
   ]
+  # The model registry (invoke register): package groups and their versions (model-package/<group>/<n>).
+  registry_arns = [
+    "${local.sagemaker_arn_prefix}:model-package-group/*",
+    "${local.sagemaker_arn_prefix}:model-package/*",
+  ]
   # What SageMaker may assume the execution role for: training jobs, and the models it serves.
   role_source_arns = [
     local.training_jobs_arn,

@@ -119,6 +119,7 @@ NO_RESOURCE = {
     "sagemaker:ListEndpoints",
     "sagemaker:ListModels",
     "sagemaker:ListTransformJobs",
+    "sagemaker:ListModelPackages",
     "sagemaker:Search",
     "cloudwatch:GetMetricStatistics",
     "cloudwatch:GetMetricData",
@@ -155,6 +156,7 @@ SAGEMAKER_NAMES = {
     "EndpointConfigName": "endpoint-config",
     "EndpointName": "endpoint",
     "TransformJobName": "transform-job",
+    "ModelPackageGroupName": "model-package-group",  # Create/DescribeModelPackageGroup
 }
 PASSED_TO = {"iam:PassedToService": "sagemaker.amazonaws.com"}
 # Operations about a SageMaker resource whose name does not end their own: the resource's name parameter.
@@ -199,6 +201,8 @@ def _sagemaker(call: Call, account: str) -> list[Request]:
         return [Request(action, "*")]
     if "ResourceArn" in p:  # AddTags, ListTags, DeleteTags
         return [Request(action, p["ResourceArn"])]
+    if call.operation.endswith("ModelPackage"):  # a version: model-package/<group>/<n>
+        return _model_package(call, account, action)
     # The name the operation is about (CreateEndpoint also names its config, CreateTransformJob its
     # model: AWS authorizes those on the endpoint or the job itself).
     about = SAGEMAKER_ABOUT.get(call.operation)
@@ -218,6 +222,17 @@ def _sagemaker(call: Call, account: str) -> list[Request]:
         if role_key in p and call.operation.startswith("Create"):
             requests.append(Request("iam:PassRole", p[role_key], PASSED_TO))
     return requests
+
+
+def _model_package(call: Call, account: str, action: str) -> list[Request]:
+    """CreateModelPackage is authorized on the group's versions; Describe/Update on the version's ARN."""
+    p = call.params
+    if call.operation == "CreateModelPackage":
+        arn = f"arn:aws:sagemaker:{call.region}:{account}:model-package/{p['ModelPackageGroupName'].lower()}"
+        return [Request(action, arn)] + ([Request("sagemaker:AddTags", arn)] if p.get("Tags") else [])
+    name = str(p.get("ModelPackageArn") or p["ModelPackageName"])
+    arn = name if name.startswith("arn:") else f"arn:aws:sagemaker:{call.region}:{account}:model-package/{name}"
+    return [Request(action, arn.lower())]
 
 
 def _by_name(call: Call, account: str, prefix: str) -> list[Request]:

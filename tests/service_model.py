@@ -1,98 +1,82 @@
-"""A request checked against botocore's service model as AWS checks it, not only as botocore does.
+"""A request judged by botocore's service model as AWS would judge it (tests only).
 
-botocore's own ParamValidator (every client call runs it) checks types, required members and
-minimums; it does not check a string's pattern, a maximum length, a number's maximum or an
-enum, and moto checks few of them. AWS does: `problems` does too, member by member, for the
-parameters tests/aws_calls.py recorded (bodies are not recorded, so a missing member is not judged).
+botocore's own validation checks types, required members and minimums; AWS also refuses what
+breaks a member's pattern, maximum or enum, which moto mostly does not check. `problems` walks
+the request against the operation's input shape and names each such breach.
 """
 
 from __future__ import annotations
 
-import functools
 import re
 from typing import Any
 
 
-@functools.cache
-def _operation(service: str, operation: str) -> Any:
-    import botocore.session
-
-    return botocore.session.get_session().get_service_model(service).operation_model(operation)
-
-
 def problems(service: str, operation: str, params: dict[str, Any]) -> list[str]:
-    """What AWS would refuse in params: one line per member, its path and why ([]: valid)."""
-    found: list[str] = []
-    _check(_operation(service, operation).input_shape, params, operation, found)
+    import botocore.session
+    from botocore.validate import ParamValidator
+
+    model = botocore.session.get_session().get_service_model(service)
+    shape = model.operation_model(operation).input_shape
+    report = ParamValidator().validate(params, shape)
+    found = [report.generate_report()] if report.has_errors() else []
+    _walk(shape, params, operation, found)
     return found
 
 
-def _check(shape: Any, value: Any, path: str, found: list[str]) -> None:
+def _walk(shape: Any, value: Any, where: str, found: list[str]) -> None:
     meta = shape.metadata
-    kind = shape.type_name
-    if kind == "structure":
-        if not isinstance(value, dict):
-            found.append(f"{path}: a structure, got {type(value).__name__}")
-            return
+    if shape.type_name == "structure" and isinstance(value, dict):
         for name, member in value.items():
-            if name not in shape.members:
-                found.append(f"{path}.{name}: no such member")
-            else:
-                _check(shape.members[name], member, f"{path}.{name}", found)
-    elif kind == "list":
-        if not isinstance(value, list):
-            found.append(f"{path}: a list, got {type(value).__name__}")
-            return
-        _bounds(len(value), meta, path, "items", found)
+            if name in shape.members:
+                _walk(shape.members[name], member, f"{where}.{name}", found)
+        return
+    if shape.type_name == "list" and isinstance(value, list):
+        _size(meta, len(value), where, found)
         for i, item in enumerate(value):
-            _check(shape.member, item, f"{path}[{i}]", found)
-    elif kind == "map":
+            _walk(shape.member, item, f"{where}[{i}]", found)
+        return
+    if shape.type_name == "map" and isinstance(value, dict):
+        _size(meta, len(value), where, found)
         for key, item in value.items():
-            _check(shape.key, key, f"{path} key {key!r}", found)
-            _check(shape.value, item, f"{path}[{key!r}]", found)
-    elif kind == "string":
-        if not isinstance(value, str):
-            found.append(f"{path}: a string, got {type(value).__name__}")
-            return
-        _bounds(len(value), meta, path, "characters", found)
-        # AWS's services match a pattern against the whole value (Java's Pattern.matches: a VariantName
-        # "a_b" is refused by ^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62} although the pattern has no $).
-        if "pattern" in meta and not _pattern(meta["pattern"]).fullmatch(value):
-            found.append(f"{path}={value!r} does not match {meta['pattern']}")
+            _walk(shape.key, key, f"{where} key {key!r}", found)
+            _walk(shape.value, item, f"{where}[{key!r}]", found)
+        return
+    if shape.type_name == "string" and isinstance(value, str):
+        _size(meta, len(value), where, found)
+        if "pattern" in meta and not re.fullmatch(_python_regex(meta["pattern"]), value):
+            found.append(f"{where}={value!r} does not match {meta['pattern']}")
         if shape.enum and value not in shape.enum:
-            found.append(f"{path}={value!r} is not one of {shape.enum}")
-    elif kind in ("integer", "long", "float", "double"):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            found.append(f"{path}: a number, got {type(value).__name__}")
-            return
-        _bounds(value, meta, path, "", found)
+            found.append(f"{where}={value!r} is not one of {shape.enum}")
+    numeric = shape.type_name in ("integer", "long", "float", "double") and isinstance(value, int | float)
+    if numeric and ("min" in meta and value < meta["min"] or "max" in meta and value > meta["max"]):
+        found.append(f"{where}={value} is outside {meta.get('min')}..{meta.get('max')}")
 
 
-# The service models' patterns are Java's: its POSIX classes and \z in Python's spelling; Unicode
-# categories (\p{L}) through the regex package, which knows them.
-JAVA_CLASSES = {
-    r"[\p{Print}]": r"[\x20-\x7E]",
-    r"\p{Print}": r"[\x20-\x7E]",
-    r"\p{ASCII}": r"[\x00-\x7F]",
-    r"\z": r"\Z",
+def _size(meta: dict[str, Any], size: int, where: str, found: list[str]) -> None:
+    if "min" in meta and size < meta["min"] or "max" in meta and size > meta["max"]:
+        found.append(f"{where}: {size} long, outside {meta.get('min')}..{meta.get('max')}")
+
+
+# Java's Unicode classes as Python character-class contents. \\p{L} as \\w also admits digits and
+# `_`: where that is looser than AWS, a breach may pass here, never the reverse.
+UNICODE_CLASSES = {
+    r"\p{Alnum}": "a-zA-Z0-9",
+    r"\p{L}": r"\w",
+    r"\p{N}": r"\d",
+    r"\p{Z}": r"\s",
+    r"\p{M}": "\u0300-\u036f",
+    r"\p{P}": r"!-#%-*,-/:;?@\[-\]_{}\u00a1\u00a7\u00ab\u00b6\u00b7\u00bb\u00bf",
+    r"\p{S}": r"$+<=>^`|~\u00a2-\u00a9\u00ac\u00ae-\u00b1\u00b4\u00b8\u00d7\u00f7",
+    r"\p{Cc}": r"\x00-\x1f\x7f-\x9f",
+    r"\p{Cf}": r"\u00ad\u200b-\u200f\u2060-\u2064\ufeff",
 }
 
 
-@functools.cache
-def _pattern(java: str) -> Any:
-    python = java
-    for spelled, ours in JAVA_CLASSES.items():
-        python = python.replace(spelled, ours)
-    try:
-        return re.compile(python, re.S)
-    except re.error:
-        import regex
-
-        return regex.compile(python, regex.S)
-
-
-def _bounds(value: float, meta: dict[str, Any], path: str, unit: str, found: list[str]) -> None:
-    if "min" in meta and value < meta["min"]:
-        found.append(f"{path}: {value} {unit} is under the minimum {meta['min']}".replace("  ", " "))
-    if "max" in meta and value > meta["max"]:
-        found.append(f"{path}: {value} {unit} is over the maximum {meta['max']}".replace("  ", " "))
+def _python_regex(pattern: str) -> str:
+    """AWS's Java-style pattern as Python's: the Unicode classes (only ever inside [...] in these
+    models) as above, and anchors (some with a stray `{1,128}` after the `$`) dropped."""
+    for key, value in UNICODE_CLASSES.items():
+        pattern = pattern.replace(key, value)
+    pattern = pattern.replace(r"\uD800\uDC00-\uDBFF\uDFFF", r"\U00010000-\U0010FFFF")  # UTF-16's pairs
+    pattern = re.sub(r"\$\{\d+,\d+\}$", "", pattern)
+    return pattern.removeprefix("^").removesuffix("$")

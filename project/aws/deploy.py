@@ -33,6 +33,7 @@ from project.aws.deploy_requests import (
 )
 from project.aws.deploy_source import model_data_for, resolve_source
 from project.aws.endpoints import delete_resources, endpoint_status, remove_config
+from project.aws.registry import MODEL_SPEC, registry_source
 from project.aws.workflow import aws_task, setup
 
 ENDPOINT_BUSY = ("Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting")
@@ -63,8 +64,12 @@ def deploy(
         check_serverless(dc)
     else:
         check_instance(dc.instance, dc)
-    source = resolve_source(ctx, spec)
-    image, why = serving_image(ctx.infra.region, dc, None if serverless else dc.instance, source)
+    from_registry = spec and spec.startswith(MODEL_SPEC)  # model:latest, model:N
+    source = registry_source(ctx, spec) if spec and from_registry else resolve_source(ctx, spec)
+    if source.image:  # a registered version: the image it was registered (and evaluated) with
+        image, why = source.image, f"registered with {source.version}"
+    else:
+        image, why = serving_image(ctx.infra.region, dc, None if serverless else dc.instance, source)
     endpoint = safe_name(dc.endpoint_name or source.name)
     existing = endpoint_status(sm, endpoint)
     if existing and not update:
@@ -74,7 +79,11 @@ def deploy(
         )
     if update and not existing:
         raise DeployError(f"no endpoint {endpoint} to update: drop --update to create it")
-    echo(f"{'update' if existing else 'deploy'} {source.name} (config {source.config_hash}) as endpoint {endpoint}")
+    registered = f", {source.version}" if source.version else ""
+    echo(
+        f"{'update' if existing else 'deploy'} {source.name} (config {source.config_hash}{registered}) "
+        f"as endpoint {endpoint}"
+    )
     echo_image(image, why, echo)
     echo(f"cost: {price_line(dc, serverless)}")
     if not _confirm(yes, "Deploy?", confirm, echo):

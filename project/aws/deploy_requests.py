@@ -25,6 +25,7 @@ NAME_LIMIT = 63  # SageMaker model, endpoint config and endpoint names
 EXPIRES_TAG = "expires-at"
 RUN_TAG = "run"
 HASH_TAG = "config-hash"
+VERSION_TAG = "model-version"  # an endpoint deployed from the registry: GROUP/VERSION
 IMAGE_CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 
 
@@ -42,6 +43,8 @@ class Source:
     model_data: str | None = None  # a job: its model.tar.gz
     cfg: Any = None
     exported_by: str | None = None  # the PyTorch that saved its model.ts (None: not recorded)
+    image: str | None = None  # a registered version: the inference image it was registered with
+    version: str | None = None  # a registered version: GROUP/VERSION (project/aws/registry.py)
 
 
 def safe_name(text: str, limit: int = NAME_LIMIT) -> str:
@@ -67,6 +70,8 @@ def resource_tags(source: Source, dc: Any, serverless: bool, now: datetime) -> d
     tags = {PROJECT_TAG[0]: PROJECT_TAG[1], RUN_TAG: tag_value(source.name), HASH_TAG: source.config_hash}
     if not serverless:
         tags[EXPIRES_TAG] = (now + timedelta(hours=float(dc.ttl_hours))).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if source.version:
+        tags[VERSION_TAG] = source.version
     return tags
 
 

@@ -67,14 +67,18 @@ def resolve_run(spec: str, runs_dir: str | Path) -> RunRef:
     return RunRef(spec, spec, folder, as_path=False)
 
 
+MODEL_SPEC = "model:"  # a registered version instead of a run: `invoke deploy model:latest` (project/aws/registry.py)
+
+
 def is_run_token(token: str, positionals_pending: bool) -> bool:
     """Whether a bare command-line token names the run or job of a task whose run is optional.
 
-    A job name always does (the tasks' old rule). A path does too, unless the task still waits for
-    a required positional argument (batch-predict's inputs folder or s3:// prefix): then only a
-    run folder, or a path to nothing (the task says there is no such run), is the run.
+    A job name always does (the tasks' old rule), and so does a registered version (model:latest).
+    A path does too, unless the task still waits for a required positional argument (batch-predict's
+    inputs folder or s3:// prefix): then only a run folder, or a path to nothing (the task says there
+    is no such run), is the run.
     """
-    if JOB_NAME.match(token):
+    if JOB_NAME.match(token) or token.startswith(MODEL_SPEC):
         return True
     if not is_path(token):
         return False

@@ -2,8 +2,9 @@
 
 In this process, because the SageMaker side (service.py) works on moto's in-process record of
 each job. While it serves, S3 bucket-policy conditions are evaluated (policy.py), Service Quotas
-answers for SageMaker (quotas.py), and IAM SimulatePrincipalPolicy is refused rather than a 500
-(ecr_iam.NoPolicySimulation): the tests' endpoint is the one `invoke sandbox` serves.
+answers for SageMaker (quotas.py), IAM SimulatePrincipalPolicy is refused rather than a 500
+(ecr_iam.NoPolicySimulation), and UpdateModelPackage keeps a version's metadata as AWS does
+(registry.py): the tests' endpoint is the one `invoke sandbox` serves.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from project.sandbox.ecr_iam import NoPolicySimulation
 from project.sandbox.optml import SandboxError
 from project.sandbox.policy import BucketPolicyConditions
 from project.sandbox.quotas import SageMakerQuotas
+from project.sandbox.registry import MergedMetadataUpdates
 
 
 class PortInUse(SandboxError):
@@ -33,6 +35,7 @@ class Endpoint:
         self._conditions = BucketPolicyConditions()
         self._quotas = SageMakerQuotas()
         self._no_simulation = NoPolicySimulation()
+        self._registry = MergedMetadataUpdates()
 
     @property
     def url(self) -> str:
@@ -51,6 +54,7 @@ class Endpoint:
         self._conditions.__enter__()
         self._quotas.__enter__()
         self._no_simulation.__enter__()
+        self._registry.__enter__()
         self._thread = threading.Thread(target=self._server.serve_forever, name="sandbox-endpoint", daemon=True)
         self._thread.start()
         return self
@@ -79,3 +83,4 @@ class Endpoint:
         self._conditions.__exit__()
         self._quotas.__exit__()
         self._no_simulation.__exit__()
+        self._registry.__exit__()

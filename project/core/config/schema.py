@@ -201,6 +201,17 @@ class SweepConfig:
 
 
 @dataclass
+class GateConfig:
+    """`invoke register`'s evaluation gate (docs/guides/deploy.md, "Registry and evaluation gate")."""
+
+    # A metric the run logged (metrics.json: test_acc, test_loss, ...); lower is better when it ends in
+    # "loss". The serving code path measures test_acc itself on the held-out test set; others are as logged.
+    metric: str = MISSING
+    # How much worse than the newest Approved version a new one may be before it is refused.
+    tolerance: float = MISSING
+
+
+@dataclass
 class DeployConfig:
     """`invoke deploy` / `batch-predict`: where the model is served and what that costs."""
 
@@ -223,6 +234,8 @@ class DeployConfig:
     prices_per_hour: dict[str, float] = MISSING
     serverless_price_per_gb_second: float = MISSING
     serverless_price_per_million_requests: float = MISSING
+    model_group: str = MISSING  # `invoke register`: the model package group (created on first use)
+    gate: GateConfig = MISSING
 
 
 @dataclass
