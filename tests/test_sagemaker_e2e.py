@@ -475,6 +475,8 @@ def test_own_module_with_two_channels_matches_invoke_local(world, tmp_path):
             "val_loss",
             "test_loss",
             "epoch",
+            "step_time_ms",  # every run's throughput and input stalls (TOOL_METRICS)
+            "data_wait_ms",
         }
         fetched = invoke("fetch", job, *world["infra_overrides"], f"paths.runs_dir={tmp_path / 'fetched'}")
         assert fetched.returncode == 0, fetched.stderr

@@ -35,6 +35,7 @@ ACCOUNT = "123456789012"  # moto's account
 SAGEMAKER = f"arn:aws:sagemaker:us-east-1:{ACCOUNT}"
 TRAINING_JOBS = f"{SAGEMAKER}:training-job/*"
 SERVING = {f"{SAGEMAKER}:{kind}/*" for kind in ("model", "endpoint-config", "endpoint", "transform-job")}
+REGISTRY = {f"{SAGEMAKER}:{kind}/*" for kind in ("model-package-group", "model-package")}
 INFERENCE_IMAGE = "arn:aws:ecr:us-east-1:763104351884:repository/pytorch-inference"
 TRAINING_IMAGE = "arn:aws:ecr:us-east-1:763104351884:repository/pytorch-training"  # job.image=aws
 DATASET_CONFIGS = sorted((ROOT / "conf" / "dataset").glob("*.yaml"))
@@ -379,10 +380,13 @@ def test_launcher_manages_training_jobs_serving_and_their_tags_only(launcher_pol
     serving |= {"DeleteEndpointConfig", "CreateEndpoint", "DescribeEndpoint", "UpdateEndpoint", "DeleteEndpoint"}
     serving |= {"InvokeEndpoint", "CreateTransformJob", "DescribeTransformJob"}
     serving |= {"UpdateEndpointWeightsAndCapacities"}  # invoke traffic (A/B variants)
+    registry = {"CreateModelPackageGroup", "DescribeModelPackageGroup", "CreateModelPackage"}
+    registry |= {"DescribeModelPackage", "UpdateModelPackage", "ListModelPackages"}  # invoke register, models, approve
     assert granted == (
         {f"sagemaker:{a}": {TRAINING_JOBS} for a in on_jobs}
         | {f"sagemaker:{a}": SERVING for a in serving}
-        | {f"sagemaker:{a}": {TRAINING_JOBS, *SERVING} for a in ("AddTags", "ListTags")}
+        | {f"sagemaker:{a}": REGISTRY for a in registry}
+        | {"sagemaker:AddTags": {TRAINING_JOBS, *SERVING, *REGISTRY}, "sagemaker:ListTags": {TRAINING_JOBS, *SERVING}}
         | {"sagemaker:ListTrainingJobs": {"*"}, "sagemaker:ListEndpoints": {"*"}, "sagemaker:Search": {"*"}}
     )
 
