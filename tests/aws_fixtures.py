@@ -264,6 +264,15 @@ def aws_infra(request, moto_endpoint) -> Infra:
     return create_with_boto3()
 
 
+@pytest.fixture(scope="session")
+def infra_overrides(request, aws_infra) -> list[str]:
+    """How a task finds aws_infra's resources: Terraform's working copy, or their names (boto3's)."""
+    if shutil.which("terraform") is not None:  # as aws_infra decides
+        return [f"aws.terraform_dir={request.getfixturevalue('terraform_applied')[0]}"]
+    keys = ("data_bucket", "artifacts_bucket", "repository_url", "role_arn", "region")
+    return [f"aws.{k}={getattr(aws_infra, k)}" for k in keys]
+
+
 def create_with_boto3(prefix: str = "lightning-boto3-fallback") -> Infra:
     """Fallback without terraform: the same kinds of resources, made with boto3 in moto.
 

@@ -49,14 +49,9 @@ invoke = functools.partial(cli.invoke, timeout=300)
 
 
 @pytest.fixture(scope="module")
-def world(request, aws_infra, tmp_path_factory):
+def world(aws_infra, infra_overrides, tmp_path_factory):
     """Clients, overrides naming the resources and a tiny trained run, with hosting played."""
     root = tmp_path_factory.mktemp("deploy")
-    if shutil.which("terraform") is not None:  # as aws_infra decides
-        infra_overrides = [f"aws.terraform_dir={request.getfixturevalue('terraform_applied')[0]}"]
-    else:
-        keys = ("data_bucket", "artifacts_bucket", "repository_url", "role_arn", "region")
-        infra_overrides = [f"aws.{k}={getattr(aws_infra, k)}" for k in keys]
     files = write_dataset(root / "data", n_train=600, n_test=100, make=make_glyphs)
     overrides = tiny_overrides(root / "data", files, root / "runs", **{"trainer.max_epochs": 1, "run_name": "tiny"})
     run_composed(C.compose(overrides))

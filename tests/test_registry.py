@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
 import uuid
 from pathlib import Path
 
@@ -34,13 +33,8 @@ REGISTRY_TASKS = ("invoke register", "invoke models", "invoke approve", "invoke 
 
 
 @pytest.fixture(scope="module")
-def world(request, aws_infra, tmp_path_factory):
+def world(aws_infra, infra_overrides, tmp_path_factory):
     root = tmp_path_factory.mktemp("registry")
-    if shutil.which("terraform") is not None:  # as aws_infra decides
-        infra_overrides = [f"aws.terraform_dir={request.getfixturevalue('terraform_applied')[0]}"]
-    else:
-        keys = ("data_bucket", "artifacts_bucket", "repository_url", "role_arn", "region")
-        infra_overrides = [f"aws.{k}={getattr(aws_infra, k)}" for k in keys]
     files = write_dataset(root / "data", n_train=600, n_test=100, make=make_glyphs)
     for name, extra in (("reg-a", {"trainer.max_epochs": 3}), ("reg-c", {"trainer.max_epochs": 1, "model.lr": 1e-6})):
         run_composed(C.compose(tiny_overrides(root / "data", files, root / "runs", run_name=name, **extra)))

@@ -13,7 +13,6 @@ import functools
 import json
 import os
 import re
-import shutil
 import time
 import uuid
 from pathlib import Path
@@ -38,18 +37,10 @@ invoke = functools.partial(cli.invoke, timeout=600)  # a job's whole run
 
 
 @pytest.fixture(scope="module")
-def world(request, aws_infra, tmp_path_factory):
+def world(aws_infra, infra_overrides, tmp_path_factory):
     """Clients, the Terraform working dir (or the boto3 fallback's names) and a pushed image tag."""
     skip_unless(container=True)
     clients = aws_clients(aws_infra.region, os.environ["AWS_ENDPOINT_URL"])
-    if shutil.which("terraform") is not None:  # as aws_infra decides
-        workdir = request.getfixturevalue("terraform_applied")[0]
-        infra_overrides = [f"aws.terraform_dir={workdir}"]
-    else:  # resources made by boto3 (no terraform here): name them in the config
-        infra_overrides = [
-            f"aws.{k}={getattr(aws_infra, k)}"
-            for k in ("data_bucket", "artifacts_bucket", "repository_url", "role_arn", "region")
-        ]
     tag = f"e2e{uuid.uuid4().hex[:7]}"
     repository = aws_infra.repository_url.split("/", 1)[1]
     # What `invoke push` leaves in ECR (no Docker engine here): the tag, on an image manifest.
