@@ -36,38 +36,41 @@ def run(reps: int) -> dict:
 
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         os.environ.setdefault(key, "testing")
-    with tempfile.TemporaryDirectory(prefix="bench-async-") as tmp, Endpoint("127.0.0.1", 0) as aws:
-        with sagemaker_service(workdir=Path(tmp) / "sandbox", endpoint_url=aws.url):
-            session = boto3.Session(region_name="us-east-1")
-            s3, sm = session.client("s3", endpoint_url=aws.url), session.client("sagemaker", endpoint_url=aws.url)
-            runtime = session.client("sagemaker-runtime", endpoint_url=aws.url)
-            s3.create_bucket(Bucket=BUCKET)
-            _endpoints(sm, s3, Path(tmp))
-            body = DIGIT.read_bytes()
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-async-") as tmp,
+        Endpoint("127.0.0.1", 0) as aws,
+        sagemaker_service(workdir=Path(tmp) / "sandbox", endpoint_url=aws.url),
+    ):
+        session = boto3.Session(region_name="us-east-1")
+        s3, sm = session.client("s3", endpoint_url=aws.url), session.client("sagemaker", endpoint_url=aws.url)
+        runtime = session.client("sagemaker-runtime", endpoint_url=aws.url)
+        s3.create_bucket(Bucket=BUCKET)
+        _endpoints(sm, s3, Path(tmp))
+        body = DIGIT.read_bytes()
 
-            def async_call() -> float:
-                started = time.perf_counter()
-                for _ in range(REQUESTS):
-                    key = f"async/bench-async/input/{uuid.uuid4().hex}.png"
-                    s3.put_object(Bucket=BUCKET, Key=key, Body=body)
-                    out = runtime.invoke_endpoint_async(
-                        EndpointName="bench-async", InputLocation=f"s3://{BUCKET}/{key}", ContentType="image/png"
-                    )["OutputLocation"]
-                    out_key = out.removeprefix(f"s3://{BUCKET}/")
-                    while not s3.list_objects_v2(Bucket=BUCKET, Prefix=out_key).get("KeyCount"):
-                        time.sleep(POLL_SECONDS)
-                    answer = s3.get_object(Bucket=BUCKET, Key=out_key)["Body"].read()
-                    assert b'"predictions"' in answer, answer[:200]
-                return (time.perf_counter() - started) / REQUESTS
+        def async_call() -> float:
+            started = time.perf_counter()
+            for _ in range(REQUESTS):
+                key = f"async/bench-async/input/{uuid.uuid4().hex}.png"
+                s3.put_object(Bucket=BUCKET, Key=key, Body=body)
+                out = runtime.invoke_endpoint_async(
+                    EndpointName="bench-async", InputLocation=f"s3://{BUCKET}/{key}", ContentType="image/png"
+                )["OutputLocation"]
+                out_key = out.removeprefix(f"s3://{BUCKET}/")
+                while not s3.list_objects_v2(Bucket=BUCKET, Prefix=out_key).get("KeyCount"):
+                    time.sleep(POLL_SECONDS)
+                answer = s3.get_object(Bucket=BUCKET, Key=out_key)["Body"].read()
+                assert b'"predictions"' in answer, answer[:200]
+            return (time.perf_counter() - started) / REQUESTS
 
-            def realtime_call() -> float:
-                started = time.perf_counter()
-                for _ in range(REQUESTS):
-                    answer = runtime.invoke_endpoint(EndpointName="bench-realtime", Body=body, ContentType="image/png")
-                    assert b'"predictions"' in answer["Body"].read()
-                return (time.perf_counter() - started) / REQUESTS
+        def realtime_call() -> float:
+            started = time.perf_counter()
+            for _ in range(REQUESTS):
+                answer = runtime.invoke_endpoint(EndpointName="bench-realtime", Body=body, ContentType="image/png")
+                assert b'"predictions"' in answer["Body"].read()
+            return (time.perf_counter() - started) / REQUESTS
 
-            times = interleaved({"async": async_call, "realtime": realtime_call}, reps)
+        times = interleaved({"async": async_call, "realtime": realtime_call}, reps)
     overhead = sorted(a - b for a, b in zip(times["async"], times["realtime"], strict=True))
     return {
         "transport": f"sandbox on 127.0.0.1 (moto, hosting played); a PNG digit; {REQUESTS} sequential calls a side",
@@ -95,7 +98,8 @@ def _endpoints(sm, s3, folder: Path) -> None:
     cfg = C.compose([])
     model_dir = folder / "model"
     model_dir.mkdir()
-    export_model(build_net(dict(cfg.model.net)), model_dir, list(cfg.dataset.image_shape), cfg.dataset.mean, cfg.dataset.std)
+    net = build_net(dict(cfg.model.net))
+    export_model(net, model_dir, list(cfg.dataset.image_shape), cfg.dataset.mean, cfg.dataset.std)
     archive = serving.pack_model(model_dir, cfg, folder / serving.MODEL_ARCHIVE)
     s3.upload_file(str(archive), BUCKET, "models/bench/model.tar.gz")
     container = {"Image": "pytorch-inference:cpu", "ModelDataUrl": f"s3://{BUCKET}/models/bench/model.tar.gz"}

@@ -34,7 +34,8 @@ class AsyncQueue:
     """Per endpoint, a pool of as many workers as it may run requests at once."""
 
     def __init__(self, s3_client: Callable[[str], Any]) -> None:
-        self.s3 = s3_client  # region -> a boto3 S3 client of the sandbox
+        self._make_s3 = s3_client  # region -> a new boto3 S3 client of the sandbox
+        self._s3: dict[str, Any] = {}  # one per region, made once: a client takes ~0.1 s to make
         self.peak: dict[str, int] = {}  # endpoint -> most requests at its model at once
         self._busy: dict[str, int] = {}
         self._pools: dict[str, ThreadPoolExecutor] = {}
@@ -87,7 +88,7 @@ class AsyncQueue:
 
     def _serve(self, server: Any, request: dict[str, Any]) -> None:
         name = request["endpoint"]
-        s3 = self.s3(request["region"])
+        s3 = self._client(request["region"])
         with self._lock:
             self._busy[name] = self._busy.get(name, 0) + 1
             self.peak[name] = max(self.peak.get(name, 0), self._busy[name])
@@ -120,6 +121,12 @@ class AsyncQueue:
         finally:
             with self._lock:
                 self._busy[name] -= 1
+
+    def _client(self, region: str) -> Any:
+        with self._lock:
+            if region not in self._s3:
+                self._s3[region] = self._make_s3(region)
+            return self._s3[region]
 
     def drop(self, endpoint: str) -> None:
         """The endpoint is gone: its queue too (requests at the model finish)."""
