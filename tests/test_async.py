@@ -128,6 +128,8 @@ def test_async_endpoint_deploy_predict_failure_undeploy(world, tmp_path):  # noq
         EndpointConfigName=sm.describe_endpoint(EndpointName=ENDPOINT)["EndpointConfigName"]
     )
     bucket = infra.artifacts_bucket
+    tags = {t["Key"] for t in sm.list_tags(ResourceArn=config["EndpointConfigArn"])["Tags"]}
+    assert "run" in tags and "expires-at" not in tags  # idle at zero costs nothing: never EXPIRED
     assert config["AsyncInferenceConfig"]["OutputConfig"]["S3FailurePath"] == f"s3://{bucket}/async/{ENDPOINT}/failure/"
     (target,), policies, (alarm,) = scaling_state(world)
     assert (target["ResourceId"], target["MinCapacity"], target["MaxCapacity"]) == (

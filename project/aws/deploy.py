@@ -108,7 +108,7 @@ def deploy(
     if not _confirm(yes, "Deploy?", confirm, echo):
         return None
     now = datetime.now(UTC)
-    tags = resource_tags(source, dc, serverless, now)
+    tags = resource_tags(source, dc, serverless or async_, now)  # no expiry where idle costs nothing
     model_data = model_data_for(ctx, source, echo)
     name = versioned_name(endpoint, now)
     created: list[tuple[str, str]] = []
