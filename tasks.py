@@ -298,21 +298,26 @@ RUN_HELP = "A run (its name under runs/ or its folder runs/<run>) or a training 
         "serverless": "A serverless endpoint (pay per request, scales to zero) instead of instances",
         "update": "Move an existing endpoint to this run (a new endpoint config; no downtime)",
         "traffic": "Add this run to endpoint deploy.endpoint_name as a variant with this % of its traffic (1-99)",
+        "async_": "An asynchronous endpoint: requests queue in S3, it scales to zero instances while idle",
         "yes": "Deploy without asking (the cost is still printed)",
         "overrides": OVERRIDES_HELP + "; e.g. deploy.instance=ml.g4dn.xlarge deploy.endpoint_name=digits",
     },
 )
-def deploy(c, job=None, serverless=False, update=False, traffic=None, yes=False, overrides=None):
+def deploy(c, job=None, serverless=False, update=False, traffic=None, yes=False, async_=False, overrides=None):
     """Serve a run on a SageMaker endpoint: cost, confirm, create, wait; says how to remove it."""
     from project.aws import deploy as serve
 
     with user_errors():
+        if async_:
+            from project.aws.async_endpoints import check_async
+
+            check_async(serverless, update, traffic)
         if traffic is not None:  # A/B: the run as one more variant of an endpoint
             from project.aws.variants import add_variant_task
 
             add_variant_task(overrides or [], job, traffic, yes, serverless or update)
             return
-        serve.deploy_task(overrides or [], job, serverless, update, yes)
+        serve.deploy_task(overrides or [], job, serverless, update, yes, async_)
 
 
 @task(

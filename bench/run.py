@@ -28,6 +28,7 @@ BENCHMARKS = (
     "imagefolder",
     "sweep",
     "serving",
+    "async_serving",
     "time_to_first_step",
     "time_to_accuracy",
     "gpu",

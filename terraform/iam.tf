@@ -70,14 +70,20 @@ data "aws_iam_policy_document" "training" {
       "${aws_s3_bucket.this["artifacts"].arn}/${local.checkpoint_prefix}/*",
       "${aws_s3_bucket.this["artifacts"].arn}/${local.model_prefix}/*",
       "${aws_s3_bucket.this["artifacts"].arn}/${local.batch_prefix}/*/input/*",
+      "${aws_s3_bucket.this["artifacts"].arn}/${local.async_prefix}/*/input/*",
     ]
   }
 
   statement {
-    # A transform job writes one <input key>.out per input object.
-    sid       = "WriteBatchOutput"
-    actions   = ["s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"]
-    resources = ["${aws_s3_bucket.this["artifacts"].arn}/${local.batch_prefix}/*/output/*"]
+    # A transform job writes one <input key>.out per input object; an async endpoint writes each
+    # request's answer (output/) or the model's refusal (failure/).
+    sid     = "WriteBatchOutput"
+    actions = ["s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"]
+    resources = [
+      "${aws_s3_bucket.this["artifacts"].arn}/${local.batch_prefix}/*/output/*",
+      "${aws_s3_bucket.this["artifacts"].arn}/${local.async_prefix}/*/output/*",
+      "${aws_s3_bucket.this["artifacts"].arn}/${local.async_prefix}/*/failure/*",
+    ]
   }
 
   statement {
@@ -227,6 +233,7 @@ data "aws_iam_policy_document" "launcher" {
       "sagemaker:UpdateEndpointWeightsAndCapacities",
       "sagemaker:DeleteEndpoint",
       "sagemaker:InvokeEndpoint",
+      "sagemaker:InvokeEndpointAsync",
       "sagemaker:CreateTransformJob",
       "sagemaker:DescribeTransformJob",
       "sagemaker:AddTags",
@@ -326,13 +333,15 @@ data "aws_iam_policy_document" "launcher" {
         "${local.job_output_prefix}/*",
         "${local.checkpoint_prefix}/*",
         "${local.batch_prefix}/*",
+        "${local.async_prefix}/*",
       ]
     }
   }
 
   statement {
     # invoke deploy of a local run uploads its model.tar.gz; batch-predict uploads a local folder
-    # and downloads the transform's output.
+    # and downloads the transform's output; predict --endpoint on an async endpoint uploads each
+    # request and reads its answer or refusal.
     sid = "ServeModels"
     actions = [
       "s3:GetObject",
@@ -343,7 +352,42 @@ data "aws_iam_policy_document" "launcher" {
     resources = [
       "${aws_s3_bucket.this["artifacts"].arn}/${local.model_prefix}/*",
       "${aws_s3_bucket.this["artifacts"].arn}/${local.batch_prefix}/*",
+      "${aws_s3_bucket.this["artifacts"].arn}/${local.async_prefix}/*",
     ]
+  }
+
+  statement {
+    # invoke deploy --async / undeploy: an async endpoint's variant scales between 0 and N instances
+    # (project/aws/async_endpoints.py). A scalable target's ARN ends in an id AWS makes up.
+    sid = "ScaleAsyncEndpoints"
+    actions = [
+      "application-autoscaling:RegisterScalableTarget",
+      "application-autoscaling:DeregisterScalableTarget",
+      "application-autoscaling:PutScalingPolicy",
+      "application-autoscaling:DeleteScalingPolicy",
+    ]
+    resources = ["arn:${local.partition}:application-autoscaling:${var.region}:${local.account_id}:scalable-target/*"]
+  }
+
+  statement {
+    # The alarm on HasBacklogWithoutCapacity that scales an async endpoint out from zero.
+    sid       = "AsyncScaleFromZeroAlarms"
+    actions   = ["cloudwatch:PutMetricAlarm", "cloudwatch:DeleteAlarms"]
+    resources = ["arn:${local.partition}:cloudwatch:${var.region}:${local.account_id}:alarm:*-has-backlog-without-capacity"]
+  }
+
+  statement {
+    # The first scalable SageMaker variant of the account creates Application Auto Scaling's
+    # service-linked role for SageMaker endpoints; that role only.
+    sid       = "AsyncScalingServiceRole"
+    actions   = ["iam:CreateServiceLinkedRole"]
+    resources = ["arn:${local.partition}:iam::${local.account_id}:role/aws-service-role/sagemaker.application-autoscaling.amazonaws.com/AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint"]
+
+    condition {
+      test     = "StringEquals"
+      variable = "iam:AWSServiceName"
+      values   = ["sagemaker.application-autoscaling.amazonaws.com"]
+    }
   }
 
   statement {

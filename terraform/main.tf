@@ -37,6 +37,9 @@ locals {
   # (a local folder uploaded) and output under batch/<run>/<job>/input|output/.
   model_prefix = "models"
   batch_prefix = "batch"
+  # project/aws/async_endpoints.py: an async endpoint's requests, answers and refusals under
+  # async/<endpoint>/input|output|failure/.
+  async_prefix = "async"
 
   # SageMaker writes training job logs and metrics under these fixed names.
   training_log_group     = "/aws/sagemaker/TrainingJobs"

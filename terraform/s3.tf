@@ -137,6 +137,29 @@ resource "aws_s3_bucket_lifecycle_configuration" "this" {
     }
   }
 
+  dynamic "rule" {
+    # An async endpoint's requests, answers and refusals (async/<endpoint>/...): `invoke predict`
+    # reads each answer as soon as it is written; none is read again after a day.
+    for_each = each.key == "artifacts" ? [local.async_prefix] : []
+
+    content {
+      id     = "expire-async-requests"
+      status = "Enabled"
+
+      filter {
+        prefix = "${rule.value}/"
+      }
+
+      expiration {
+        days = 1
+      }
+
+      noncurrent_version_expiration {
+        noncurrent_days = 1
+      }
+    }
+  }
+
   # A lifecycle rule on a versioned bucket must follow the versioning configuration.
   depends_on = [aws_s3_bucket_versioning.this]
 }

@@ -159,7 +159,11 @@ SAGEMAKER_NAMES = {
 }
 PASSED_TO = {"iam:PassedToService": "sagemaker.amazonaws.com"}
 # Operations about a SageMaker resource whose name does not end their own: the resource's name parameter.
-SAGEMAKER_ABOUT = {"UpdateEndpointWeightsAndCapacities": "EndpointName"}
+SAGEMAKER_ABOUT = {"UpdateEndpointWeightsAndCapacities": "EndpointName", "InvokeEndpointAsync": "EndpointName"}
+# Application Auto Scaling's SageMaker targets: the first one of an account creates this service-linked
+# role, as the caller (project/aws/async_endpoints.py, terraform/iam.tf ScaleAsyncEndpoints).
+SCALING_SERVICE = "sagemaker.application-autoscaling.amazonaws.com"
+SCALING_ROLE = f"role/aws-service-role/{SCALING_SERVICE}/AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint"
 
 
 class Unmapped(Exception):
@@ -250,6 +254,20 @@ def _by_name(call: Call, account: str, prefix: str) -> list[Request]:
         group = f"arn:aws:logs:{call.region}:{account}:log-group:{p['logGroupName']}"
         stream = p.get("logStreamName")
         return [Request(action, f"{group}:log-stream:{stream}" if stream else f"{group}:*")]
+    if prefix == "application-autoscaling" and "ServiceNamespace" in p:  # on the target, whose ARN AWS makes up
+        requests = [Request(action, f"arn:aws:application-autoscaling:{call.region}:{account}:scalable-target/id")]
+        if call.operation == "RegisterScalableTarget":
+            requests.append(
+                Request(
+                    "iam:CreateServiceLinkedRole",
+                    f"arn:aws:iam::{account}:{SCALING_ROLE}",
+                    {"iam:AWSServiceName": SCALING_SERVICE},
+                )
+            )
+        return requests
+    if prefix == "cloudwatch" and ("AlarmName" in p or "AlarmNames" in p):
+        names = p.get("AlarmNames") or [p["AlarmName"]]
+        return [Request(action, f"arn:aws:cloudwatch:{call.region}:{account}:alarm:{name}") for name in names]
     if prefix == "servicequotas" and "QuotaCode" in p:
         return [Request(action, f"arn:aws:servicequotas:{call.region}:{account}:{p['ServiceCode']}/{p['QuotaCode']}")]
     raise Unmapped(call.operation)
@@ -347,12 +365,16 @@ def _model(call: Call) -> RoleWork:
     return RoleWork(f"model {p['ModelName']} ({call.who})", p["ExecutionRoleArn"], requests)
 
 
-def _served(call: Call, account: str, roles: dict[str, str]) -> RoleWork | None:
+def _served(call: Call, account: str, roles: dict[str, str], outputs_of: dict[str, dict[str, str]]) -> RoleWork | None:
     """An endpoint or transform job runs as its model's role, writing its own logs (and output)."""
     p = call.params
     role = roles.get(p.get("ModelName") or p.get("EndpointConfigName") or "")
     if call.operation == "CreateEndpoint":
         name, group, namespace, requests = p["EndpointName"], "Endpoints", "/aws/sagemaker/Endpoints", []
+        outputs = outputs_of.get(p["EndpointConfigName"], {})  # an async endpoint writes answers and refusals
+        for path, suffix in (("S3OutputPath", ".out"), ("S3FailurePath", "-error.out")):
+            if path in outputs:
+                requests.append(Request("s3:PutObject", _under(outputs[path], f"{ANY_KEY}{suffix}")))
     else:
         name, group, namespace = p["TransformJobName"], "TransformJobs", "/aws/sagemaker/TransformJobs"
         requests = _read_prefix(p["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"])
@@ -369,9 +391,10 @@ def role_work(calls: list[Call], account: str) -> Iterator[RoleWork]:
     tasks created. Our own code inside a job's container calls no AWS API: its data and code are
     channel files SageMaker downloaded, its output is files SageMaker uploads (fetch.py's s3:// source
     is for local runs)."""
-    roles: dict[str, str] = {}  # model or endpoint config name -> the execution role it runs as
+    roles: dict[str, str] = {}  # model, endpoint config or endpoint name -> the execution role it runs as
+    outputs_of: dict[str, dict[str, str]] = {}  # async endpoint config -> its OutputConfig
     for call in calls:
-        if not call.is_task or call.service != "sagemaker":
+        if not call.is_task or call.service not in ("sagemaker", "sagemaker-runtime"):
             continue
         if call.operation == "CreateTrainingJob":
             yield _training_job(call, account)
@@ -383,10 +406,19 @@ def role_work(calls: list[Call], account: str) -> Iterator[RoleWork]:
             for variant in call.params.get("ProductionVariants", []):
                 if variant.get("ModelName") in roles:
                     roles[call.params["EndpointConfigName"]] = roles[variant["ModelName"]]
+            if "AsyncInferenceConfig" in call.params:
+                outputs_of[call.params["EndpointConfigName"]] = call.params["AsyncInferenceConfig"]["OutputConfig"]
         elif call.operation in ("CreateEndpoint", "CreateTransformJob"):
-            served = _served(call, account, roles)
+            served = _served(call, account, roles, outputs_of)
             if served is not None:
+                if call.operation == "CreateEndpoint":
+                    roles[call.params["EndpointName"]] = served.role
                 yield served
+        elif call.operation == "InvokeEndpointAsync" and call.params["EndpointName"] in roles:
+            # SageMaker reads the request's input object as the endpoint's role.
+            bucket, key = split_s3(call.params["InputLocation"])
+            what = f"async request to {call.params['EndpointName']} ({call.who})"
+            yield RoleWork(what, roles[call.params["EndpointName"]], [Request("s3:GetObject", s3_arn(bucket, key))])
 
 
 # --- the verdict ------------------------------------------------------------------------------

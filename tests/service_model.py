@@ -84,10 +84,27 @@ UNICODE_CLASSES = {
 }
 
 
+def _bracket_lone_classes(pattern: str) -> str:
+    """Each \\p{...} outside a [...] as [\\p{...}], so that its translation is a character class too."""
+    out, depth, i = [], 0, 0
+    while i < len(pattern):
+        if pattern[i] == "\\":
+            match = re.match(r"\\p\{\w+\}", pattern[i:])
+            piece = match.group(0) if match else pattern[i : i + 2]
+            out.append(f"[{piece}]" if match and depth == 0 else piece)
+            i += len(piece)
+            continue
+        depth += {"[": 1, "]": -1}.get(pattern[i], 0) if depth or pattern[i] == "[" else 0
+        out.append(pattern[i])
+        i += 1
+    return "".join(out)
+
+
 def _python_regex(pattern: str) -> str:
-    """AWS's Java-style pattern as Python's: the Unicode classes (only ever inside [...] in these
-    models) as above, and anchors (some with a stray `{1,128}` after the `$`) dropped."""
-    pattern = pattern.replace(r"\p{ASCII}*", r"[\p{ASCII}]*").replace(r"\z", r"\Z")  # outside [...]; Java's \z
+    """AWS's Java-style pattern as Python's: the Unicode classes as above (bracketed where they stand
+    alone), and anchors (some with a stray `{1,128}` after the `$`) dropped."""
+    pattern = pattern.replace(r"\z", r"\Z")  # Java's \z
+    pattern = _bracket_lone_classes(pattern)  # \p{ASCII}*, \p{Print}+ (application-autoscaling)
     pattern = pattern.replace(r"[\w-_]", r"[\w_-]")  # a range Java reads as two characters
     for key, value in UNICODE_CLASSES.items():
         pattern = pattern.replace(key, value)

@@ -9,7 +9,19 @@ from tests.service_model import _python_regex
 
 
 @pytest.mark.parametrize(
-    "service", ["sagemaker", "sagemaker-runtime", "cloudwatch", "s3", "ecr", "logs", "iam", "sts", "service-quotas"]
+    "service",
+    [
+        "sagemaker",
+        "sagemaker-runtime",
+        "cloudwatch",
+        "s3",
+        "ecr",
+        "logs",
+        "iam",
+        "sts",
+        "service-quotas",
+        "application-autoscaling",
+    ],
 )
 def test_every_pattern_of_the_service_model_compiles(service):
     model = botocore.session.get_session().get_service_model(service)
@@ -22,3 +34,5 @@ def test_every_pattern_of_the_service_model_compiles(service):
 def test_java_classes_keep_their_meaning():
     assert re.fullmatch(_python_regex(r"\A\S[\p{Print}]*\z"), "id-1 x")
     assert not re.fullmatch(_python_regex(r"\p{ASCII}*"), "h\u00e9")
+    assert re.fullmatch(_python_regex(r"\p{Print}+"), "ep-backlog-per-instance")
+    assert not re.fullmatch(_python_regex(r"\p{Print}+"), "tab\there")

@@ -15,6 +15,7 @@ import boto3
 import pytest
 import yaml
 
+from project.aws.async_endpoints import ASYNC_PREFIX
 from project.aws.image import JobImage
 from project.aws.infra import OUTPUT_NAMES, load_infra
 from project.aws.plan import plan_job
@@ -209,8 +210,12 @@ def test_staged_code_expires_in_the_artifacts_bucket_only(outputs):
     assert dry_run["Filter"] == {"Prefix": f"{DRY_RUN_CODE_PREFIX}/"} and dry_run["Status"] == "Enabled"
     assert dry_run["Expiration"] == {"Days": DRY_RUN_EXPIRY_DAYS}
     assert dry_run["NoncurrentVersionExpiration"]["NoncurrentDays"] == DRY_RUN_EXPIRY_DAYS
+    # An async endpoint's requests and answers (project/aws/async_endpoints.py): a day, versions too.
+    queued = artifacts["expire-async-requests"]
+    assert queued["Filter"] == {"Prefix": f"{ASYNC_PREFIX}/"} and queued["Expiration"] == {"Days": 1}
+    assert queued["NoncurrentVersionExpiration"]["NoncurrentDays"] == 1
     data = s3.get_bucket_lifecycle_configuration(Bucket=str(outputs["data_bucket"]))["Rules"]
-    assert not {"expire-staged-code", "expire-dry-run-code"} & {rule["ID"] for rule in data}
+    assert not {"expire-staged-code", "expire-dry-run-code", "expire-async-requests"} & {rule["ID"] for rule in data}
 
 
 @requires(terraform=True)
@@ -294,6 +299,10 @@ def test_role_has_only_the_training_policy(role):
         ("s3:GetObject", "artifacts", "batch/seed42/seed42-2026/input/a.png", True),  # batch transform
         ("s3:PutObject", "artifacts", "batch/seed42/seed42-2026/output/a.png.out", True),
         ("s3:PutObject", "artifacts", "batch/seed42/seed42-2026/input/a.png", False),
+        ("s3:GetObject", "artifacts", "async/digits/input/0a1b.png", True),  # an async endpoint's request
+        ("s3:PutObject", "artifacts", "async/digits/output/0a1b.out", True),  # its answer
+        ("s3:PutObject", "artifacts", "async/digits/failure/0a1b-error.out", True),  # or its refusal
+        ("s3:PutObject", "artifacts", "async/digits/input/0a1b.png", False),
     ],
 )
 def test_role_writes_only_job_output_and_checkpoints(training_policy, arns, action, bucket, key, allowed):
@@ -318,11 +327,14 @@ def test_role_policy_is_least_privilege(training_policy, arns):
         f"{data}/datasets/*",
         *(f"{artifacts}/{p}/*" for p in ("code", "jobs", "checkpoints", "models")),
         f"{artifacts}/batch/*/input/*",
+        f"{artifacts}/async/*/input/*",
     }
     assert granted["s3:PutObject"] == {
         f"{artifacts}/jobs/*",
         f"{artifacts}/checkpoints/*",
         f"{artifacts}/batch/*/output/*",
+        f"{artifacts}/async/*/output/*",
+        f"{artifacts}/async/*/failure/*",
     }
     assert (
         granted["ecr:BatchGetImage"]
@@ -363,8 +375,19 @@ def test_launcher_passes_only_the_execution_role_and_only_to_sagemaker(launcher_
     (statement,) = statements_with(launcher_policy, "iam:PassRole")
     assert as_list(statement["Action"]) == ["iam:PassRole"] and as_list(statement["Resource"]) == [arns["role"]]
     assert statement["Condition"] == {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}
+    (linked,) = statements_with(launcher_policy, "iam:CreateServiceLinkedRole")  # deploy --async's scaling
+    assert as_list(linked["Resource"]) == [
+        f"arn:aws:iam::{ACCOUNT}:role/aws-service-role/sagemaker.application-autoscaling.amazonaws.com/"
+        "AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint"
+    ]
+    assert linked["Condition"] == {
+        "StringEquals": {"iam:AWSServiceName": "sagemaker.application-autoscaling.amazonaws.com"}
+    }
     assert not any(
-        a.startswith("iam:") for s in launcher_policy["Statement"] for a in as_list(s["Action"]) if s is not statement
+        a.startswith("iam:")
+        for s in launcher_policy["Statement"]
+        for a in as_list(s["Action"])
+        if s is not statement and s is not linked
     )
 
 
@@ -378,7 +401,7 @@ def test_launcher_manages_training_jobs_serving_and_their_tags_only(launcher_pol
     on_jobs = {"CreateTrainingJob", "DescribeTrainingJob", "StopTrainingJob"}
     serving = {"CreateModel", "DescribeModel", "DeleteModel", "CreateEndpointConfig", "DescribeEndpointConfig"}
     serving |= {"DeleteEndpointConfig", "CreateEndpoint", "DescribeEndpoint", "UpdateEndpoint", "DeleteEndpoint"}
-    serving |= {"InvokeEndpoint", "CreateTransformJob", "DescribeTransformJob"}
+    serving |= {"InvokeEndpoint", "InvokeEndpointAsync", "CreateTransformJob", "DescribeTransformJob"}
     serving |= {"UpdateEndpointWeightsAndCapacities"}  # invoke traffic (A/B variants)
     registry = {"CreateModelPackageGroup", "DescribeModelPackageGroup", "CreateModelPackage"}
     registry |= {"DescribeModelPackage", "UpdateModelPackage", "ListModelPackages"}  # invoke register, models, approve
@@ -408,6 +431,9 @@ def test_launcher_manages_training_jobs_serving_and_their_tags_only(launcher_pol
         ("s3:PutObject", "artifacts", "batch/seed42/seed42-2026/input/a.png", True),  # invoke batch-predict
         ("s3:GetObject", "artifacts", "batch/seed42/seed42-2026/output/a.png.out", True),
         ("s3:DeleteObject", "artifacts", "models/seed42/model.tar.gz", False),
+        ("s3:PutObject", "artifacts", "async/digits/input/0a1b.png", True),  # predict --endpoint, async
+        ("s3:GetObject", "artifacts", "async/digits/output/0a1b.out", True),
+        ("s3:GetObject", "artifacts", "async/digits/failure/0a1b-error.out", True),
     ],
 )
 def test_launcher_s3_access_follows_the_prefixes(launcher_policy, arns, action, bucket, key, allowed):
@@ -421,7 +447,7 @@ def test_launcher_lists_only_the_artifact_prefixes_it_reads(launcher_policy, arn
     ]
     # "code" without a slash: the SDK checks the bucket with list_objects_v2(Prefix="code").
     prefixes = as_list(statement["Condition"]["StringLike"]["s3:prefix"])
-    assert sorted(prefixes) == ["batch/*", "checkpoints/*", "code", "code/*", "jobs/*"]
+    assert sorted(prefixes) == ["async/*", "batch/*", "checkpoints/*", "code", "code/*", "jobs/*"]
 
 
 @requires(terraform=True)

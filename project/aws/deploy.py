@@ -17,6 +17,15 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from project.aws.async_endpoints import (
+    add_scaling,
+    async_config_of,
+    async_inference_config,
+    async_price_line,
+    check_async,
+    check_async_config,
+    remove_scaling,
+)
 from project.aws.deploy_image import echo_image, serving_image
 from project.aws.deploy_requests import (
     DeployError,
@@ -56,10 +65,14 @@ def deploy(
     serverless: bool = False,
     update: bool = False,
     yes: bool = False,
+    async_: bool = False,
     confirm: Callable[[str], str] = input,
     echo: Echo = print,
 ) -> str | None:
     dc, sm = ctx.cfg.deploy, ctx.clients.sagemaker
+    if async_:
+        check_async(serverless, update, None)
+        check_async_config(dc)
     if serverless:
         check_serverless(dc)
     else:
@@ -79,24 +92,33 @@ def deploy(
         )
     if update and not existing:
         raise DeployError(f"no endpoint {endpoint} to update: drop --update to create it")
+    if update and existing and async_config_of(sm, existing["EndpointConfigName"]):
+        raise DeployError(
+            f"endpoint {endpoint} is asynchronous and is not moved to another run: "
+            f"`invoke undeploy {endpoint}` and deploy again, or name a new one with deploy.endpoint_name=..."
+        )
     registered = f", {source.version}" if source.version else ""
     echo(
         f"{'update' if existing else 'deploy'} {source.name} (config {source.config_hash}{registered}) "
         f"as endpoint {endpoint}"
     )
     echo_image(image, why, echo)
-    echo(f"cost: {price_line(dc, serverless)}")
+    cost = async_price_line(dc) if async_ else price_line(dc, serverless)
+    echo(f"cost: {cost}")
     if not _confirm(yes, "Deploy?", confirm, echo):
         return None
     now = datetime.now(UTC)
-    tags = resource_tags(source, dc, serverless, now)
+    tags = resource_tags(source, dc, serverless or async_, now)  # no expiry where idle costs nothing
     model_data = model_data_for(ctx, source, echo)
     name = versioned_name(endpoint, now)
     created: list[tuple[str, str]] = []
     try:
         sm.create_model(**model_request(name, image, model_data, ctx.infra.role_arn, tags))
         created.append(("model", name))
-        sm.create_endpoint_config(**endpoint_config_request(name, name, dc, serverless, tags, safe_name(source.name)))
+        config = endpoint_config_request(name, name, dc, serverless, tags, safe_name(source.name))
+        if async_:
+            config["AsyncInferenceConfig"] = async_inference_config(dc, ctx.infra.artifacts_bucket, endpoint)
+        sm.create_endpoint_config(**config)
         created.append(("config", name))
         if existing:
             sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=name)
@@ -127,11 +149,23 @@ def deploy(
     if existing:  # the old config and model serve nothing now
         remove_config(sm, existing["EndpointConfigName"])
         sm.add_tags(ResourceArn=desc["EndpointArn"], Tags=tag_list(tags))
+    if async_:
+        _scale_async(ctx, endpoint, safe_name(source.name), created, echo)
     echo(f"endpoint {endpoint} is InService ({source.name})")
-    echo(f"cost: {price_line(dc, serverless)}")
+    echo(f"cost: {cost}")
     echo(f"try it: invoke predict --endpoint {endpoint} examples/digits")
     echo(f"remove it: invoke undeploy {endpoint}")
     return endpoint
+
+
+def _scale_async(ctx: Any, endpoint: str, variant: str, created: list[tuple[str, str]], echo: Echo) -> None:
+    """The async endpoint's scaling; if that fails, nothing of this deploy is left."""
+    try:
+        add_scaling(ctx, endpoint, variant, echo)
+    except BaseException:
+        remove_scaling(ctx, endpoint, [variant])
+        delete_resources(ctx.clients.sagemaker, created)
+        raise
 
 
 def wait_until_settled(
@@ -160,5 +194,7 @@ def wait_endpoint(sm: Any, name: str, dc: Any, echo: Echo) -> dict[str, Any]:
 
 
 @aws_task
-def deploy_task(overrides: list[str], spec: str | None, serverless: bool, update: bool, yes: bool) -> None:
-    deploy(setup(overrides), spec, serverless=serverless, update=update, yes=yes)
+def deploy_task(
+    overrides: list[str], spec: str | None, serverless: bool, update: bool, yes: bool, async_: bool = False
+) -> None:
+    deploy(setup(overrides), spec, serverless=serverless, update=update, yes=yes, async_=async_)

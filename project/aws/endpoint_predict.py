@@ -40,6 +40,12 @@ def invoke_endpoint(
 
 def call_endpoint(ctx: Any, endpoint: str, path: Path, raw: bool, variant: str | None) -> tuple[dict[str, Any], str]:
     """One image (or its raw pixels) sent as `invoke predict` sends it."""
+    body, kind = request_body(path, raw)
+    return invoke_endpoint(ctx, endpoint, body, kind, str(path), variant)
+
+
+def request_body(path: Path, raw: bool) -> tuple[bytes, str]:
+    """What is sent for one image: its file, or (raw) its pixels as .npy; and the content type."""
     if raw:
         import io
 
@@ -52,7 +58,7 @@ def call_endpoint(ctx: Any, endpoint: str, path: Path, raw: bool, variant: str |
         body, kind = buffer.getvalue(), "application/x-npy"
     else:
         body, kind = path.read_bytes(), IMAGE_CONTENT_TYPES.get(path.suffix.lower(), "image/png")
-    return invoke_endpoint(ctx, endpoint, body, kind, str(path), variant)
+    return body, kind
 
 
 def _prediction(answer: dict[str, Any], path: Path, endpoint: str) -> Any:
@@ -79,7 +85,19 @@ def answer_label(answer: dict[str, Any], path: Path, endpoint: str) -> int | Non
 def endpoint_predictions(
     ctx: Any, endpoint: str, images: list[Path], raw: bool, variant: str | None = None
 ) -> list[tuple[Any, str]]:
-    """(Prediction as `invoke predict` prints it, the variant that answered) per image."""
+    """(Prediction as `invoke predict` prints it, the variant that answered) per image; an async
+    endpoint's through S3 (async_endpoints), all queued before the first answer is awaited."""
+    from project.aws.async_endpoints import async_answers, async_config_of, check_payloads
+    from project.aws.endpoints import endpoint_status
+
+    desc = endpoint_status(ctx.clients.sagemaker, endpoint)
+    if desc is not None and async_config_of(ctx.clients.sagemaker, desc["EndpointConfigName"]):
+        if variant:
+            raise DeployError(f"endpoint {endpoint} is asynchronous, with one variant: drop --variant")
+        check_payloads(images, raw)
+        answers = async_answers(ctx, endpoint, [(path, *request_body(path, raw)) for path in images])
+        served = desc["ProductionVariants"][0]["VariantName"]
+        return [(_prediction(answer, path, endpoint), served) for path, answer in zip(images, answers, strict=True)]
     return [
         (_prediction(answer, path, endpoint), served)
         for path in images

@@ -218,14 +218,34 @@ def remove_config(sm: Any, config: str) -> None:
     delete_resources(sm, [*(("model", m) for m in models), ("config", config)])
 
 
-def undeploy_one(sm: Any, name: str, echo: Echo) -> None:
+def undeploy_one(sm: Any, name: str, echo: Echo, ctx: Any = None) -> None:
+    """An endpoint, its config and models; with ctx, an async endpoint's scaling too (async_endpoints)."""
     desc = endpoint_status(sm, name)
     if desc is None:
         echo(f"{name}: no such endpoint (nothing to remove)")
         return
+    scaled = ctx is not None and _remove_async_scaling(ctx, desc)
     delete_resources(sm, [("endpoint", name)])
     remove_config(sm, desc["EndpointConfigName"])
-    echo(f"{name}: endpoint, endpoint config and model deleted")
+    echo(
+        f"{name}: endpoint, endpoint config and model deleted"
+        + ("; its scaling target, policies and alarm" if scaled else "")
+    )
+
+
+def _remove_async_scaling(ctx: Any, desc: dict[str, Any]) -> bool:
+    from project.aws.async_endpoints import async_config_of, remove_scaling
+
+    sm = ctx.clients.sagemaker
+    try:
+        if not async_config_of(sm, desc["EndpointConfigName"]):
+            return False
+    except sm.exceptions.ClientError as exc:
+        if not _gone(exc):
+            raise
+        return False
+    remove_scaling(ctx, desc["EndpointName"], [v["VariantName"] for v in desc.get("ProductionVariants", [])])
+    return True
 
 
 @aws_task
@@ -256,4 +276,4 @@ def undeploy_task(overrides: list[str], names: list[str], everything: bool, expi
         if not chosen:
             print("no endpoints to remove")
     for name in dict.fromkeys(chosen):
-        undeploy_one(ctx.clients.sagemaker, name, print)
+        undeploy_one(ctx.clients.sagemaker, name, print, ctx)

@@ -10,6 +10,7 @@ training job it records on this machine, as one SageMaker instance would. One mo
 - service: SageMaker's API where moto falls short, and the background runs of created jobs;
 - serving: endpoints and transform jobs answered by their models (model_server: the inference
   image's /ping and /invocations around the model's own code/inference.py, one process per model);
+- async_queue: an asynchronous endpoint's queue (input object in, output or failure object out);
 - record: moto's in-process record of a job and the status changes the service makes to it;
 - optml: the job's /opt/ml tree and the container's environment;
 - container: the entry point as PID 1 in private namespaces, its logs into CloudWatch;

@@ -17,6 +17,7 @@ with no output. While a `Hosting` is entered:
   (TargetVariant, else by weight): its answer comes back naming the variant, a 4xx/5xx of the
   handler as SageMaker's ModelError (424, OriginalStatusCode/OriginalMessage), and each call is
   published to CloudWatch per variant (routing.publish), as on AWS;
+* InvokeEndpointAsync on an asynchronous endpoint is queued and answered through S3 (async_queue.py);
 * CreateTransformJob is InProgress while each object under the input prefix is sent to the model,
   one request each, and its answer written to <output>/<key>.out; then Completed (or Failed with
   the first refusal).
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from project.core.names import split_s3_uri
+from project.sandbox.async_queue import AsyncQueue
 from project.sandbox.patches import Patches
 from project.sandbox.routing import INVOKED_HEADER, TARGET_HEADER, Router, live_variants, publish
 
@@ -112,6 +114,7 @@ class Hosting:
         self.workdir, self.s3 = workdir, s3_client  # s3_client(region) -> a boto3 S3 client of the sandbox
         self.servers: dict[str, dict[str, ModelServer]] = {}  # endpoint name -> variant name -> its server
         self.router = Router()
+        self.queue = AsyncQueue(s3_client)
         self._lock = threading.Lock()
         self._patches = Patches()
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sagemaker-hosting")
@@ -127,12 +130,14 @@ class Hosting:
         self._patches.set(SageMakerResponse, "update_endpoint", self._update)
         self._patches.set(SageMakerResponse, "create_transform_job", lambda r: self._transform(r, transform))
         self._patches.set(SageMakerRuntimeResponse, "invoke_endpoint", self._invoke)
+        self._patches.set(SageMakerRuntimeResponse, "invoke_endpoint_async", self._invoke_async)
         self._patches.set(SageMakerRuntimeResponse, "setup_class", _raw_body_setup)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self._patches.restore()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self.queue.close()
         with self._lock:
             for fleet in self.servers.values():
                 for server in fleet.values():
@@ -219,12 +224,14 @@ class Hosting:
         result = original(response)
         with self._lock:
             fleet = self.servers.pop(response._get_param("EndpointName"), {})
+        self.queue.drop(response._get_param("EndpointName"))
         for server in fleet.values():
             server.stop()
         shutil.rmtree(self.workdir / response._get_param("EndpointName"), ignore_errors=True)
         return result
 
-    def _invoke(self, response: Any) -> Any:
+    def _serving(self, response: Any) -> tuple[Any, Any, dict[str, ModelServer]]:
+        """The backend, endpoint and variant servers a runtime request names; not found: ValidationError."""
         from moto.sagemaker.exceptions import ValidationError
         from moto.sagemaker.models import sagemaker_backends
 
@@ -235,6 +242,17 @@ class Hosting:
             fleet = dict(self.servers.get(name, {}))
         if endpoint is None or not fleet:
             raise ValidationError(message=f"Endpoint {name} of account {response.current_account} not found.")
+        return backend, endpoint, fleet
+
+    def _invoke_async(self, response: Any) -> Any:
+        backend, endpoint, fleet = self._serving(response)
+        variant = self.router.choose(endpoint, list(fleet), None)
+        config = backend.endpoint_configs[endpoint.endpoint_config_name]
+        return self.queue.accept(response, endpoint, config, variant, fleet[variant])
+
+    def _invoke(self, response: Any) -> Any:
+        _, endpoint, fleet = self._serving(response)
+        name = endpoint.endpoint_name
         variant = self.router.choose(endpoint, list(fleet), response.headers.get(TARGET_HEADER))
         start = time.monotonic()
         status, content_type, body = fleet[variant].invoke(

@@ -212,6 +212,18 @@ class GateConfig:
 
 
 @dataclass
+class AsyncInferenceConfig:
+    """`invoke deploy --async`: the endpoint's queue and its scaling between 0 and max_instances."""
+
+    max_concurrent_invocations: int = MISSING  # per instance (MaxConcurrentInvocationsPerInstance, 1-1000)
+    max_instances: int = MISSING  # the scaling target's MaxCapacity; MinCapacity is 0
+    backlog_per_instance: float = MISSING  # target tracking's ApproximateBacklogSizePerInstance
+    scale_in_cooldown_seconds: int = MISSING
+    scale_out_cooldown_seconds: int = MISSING
+    cold_start_minutes: float = MISSING  # said in the cost line: what a request at zero instances waits
+
+
+@dataclass
 class DeployConfig:
     """`invoke deploy` / `batch-predict`: where the model is served and what that costs."""
 
@@ -236,6 +248,7 @@ class DeployConfig:
     serverless_price_per_million_requests: float = MISSING
     model_group: str = MISSING  # `invoke register`: the model package group (created on first use)
     gate: GateConfig = MISSING
+    async_inference: AsyncInferenceConfig = MISSING
 
 
 @dataclass
