@@ -39,6 +39,8 @@ from project.training.models import state_digest
 from project.training.resolve import resolve
 from tests.synthetic import STEMS, idx_bytes, write_dataset
 
+pytestmark = pytest.mark.xdist_group("distributed-runs")  # one worker: the module's runs are made once
+
 HOSTS = ["algo-1", "algo-2"]
 N_TEST = 203  # odd: the two ranks' shards (102/101) and their last batches are uneven
 TOTAL_STEPS = 64  # 500 training samples in global batches of 16 (8 per rank), 2 epochs

@@ -13,6 +13,8 @@ from project.face import catalog
 from project.training.train import run_composed
 from tests.synthetic import tiny_overrides
 
+pytestmark = pytest.mark.xdist_group("init-from-parent")  # one worker: the module's runs are made once
+
 # A's last validation against B's first, after two steps from A's weights at a rate too small to
 # move them (the batch-norm statistics still follow the batches): within 2 of 100 validation
 # images. From scratch those steps leave a network near chance (~0.1).

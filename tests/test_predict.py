@@ -28,6 +28,9 @@ from tests.synthetic import make_glyphs, write_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL_MNIST = ROOT.parent / "shared" / "data" / "mnist"
+# One xdist worker runs this module: the model is trained once (tests/once.py) and no other worker
+# sits idle on the lock while it trains.
+pytestmark = pytest.mark.xdist_group("predict-model")
 N_PHOTOS = 200
 LINE = re.compile(
     r"^(?P<path>.+): (?:(?P<label>\d) \(p=[01]\.\d{3}\), next \d \(p=[01]\.\d{3}\)"

@@ -32,6 +32,7 @@ from tests.synthetic import make_glyphs, tiny_overrides, write_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = sorted((ROOT / "examples" / "digits").glob("*.png"))
+pytestmark = pytest.mark.xdist_group("serving-run")  # one worker: the module's run is trained once
 
 
 @pytest.fixture(scope="module")

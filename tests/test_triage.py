@@ -21,6 +21,8 @@ from tests.failing_runs import FailedRun, container_run, memory_limit, resolved
 from tests.requires import requires
 from tests.synthetic import tiny_overrides, write_dataset
 
+pytestmark = pytest.mark.xdist_group("triage-failures")  # one worker: the module's runs are made once
+
 JOB = "mnist-20261203-061500-123-abcd"
 ARN = f"arn:aws:sagemaker:eu-west-1:123456789012:training-job/{JOB}"
 STREAM1, STREAM2 = f"{JOB}/algo-1-1764742500", f"{JOB}/algo-2-1764742501"
