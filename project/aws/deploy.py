@@ -134,14 +134,17 @@ def deploy(
             f"`invoke undeploy {endpoint}` removes it"
         ) from None
     if desc["EndpointStatus"] != "InService" or (rollout and desc["EndpointConfigName"] != name):
+        failed = (
+            rolled_back(cloudwatch, alarms, source.name, endpoint, desc)  # InService on its previous config
+            if desc["EndpointStatus"] == "InService"
+            else DeployError(
+                f"endpoint {endpoint} is {desc['EndpointStatus']}: {desc.get('FailureReason', 'no reason given')}"
+            )
+        )
         delete_resources(sm, created)
         if alarms:
             remove_alarms(cloudwatch, dc.rollout.alarm_prefix, endpoint)
-        if desc["EndpointStatus"] == "InService":  # on its previous config: SageMaker rolled the update back
-            raise rolled_back(cloudwatch, alarms, source.name, endpoint, desc)
-        raise DeployError(
-            f"endpoint {endpoint} is {desc['EndpointStatus']}: {desc.get('FailureReason', 'no reason given')}"
-        )
+        raise failed
     if existing:  # the old config and model serve nothing now
         remove_config(sm, existing["EndpointConfigName"])
         sm.add_tags(ResourceArn=desc["EndpointArn"], Tags=tag_list(tags))

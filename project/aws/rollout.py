@@ -32,7 +32,8 @@ def put_alarms(cloudwatch: Any, rc: Any, endpoint: str, variant: str) -> list[st
 
 def rolled_back(cloudwatch: Any, alarms: list[str], run: str, endpoint: str, desc: dict[str, Any]) -> DeployError:
     """The error of a rollout that SageMaker rolled back: which alarm went off, what serves now."""
-    tripped = cloudwatch.describe_alarms(AlarmNames=alarms, StateValue="ALARM")["MetricAlarms"]
+    found = cloudwatch.describe_alarms(AlarmNames=alarms)["MetricAlarms"] if alarms else []
+    tripped = [alarm for alarm in found if alarm["StateValue"] == "ALARM"]
     which = ", ".join(f"alarm {a['AlarmName']} ({a['MetricName']})" for a in tripped) or "an alarm"
     reason = f" ({desc['FailureReason']})" if desc.get("FailureReason") else ""
     return DeployError(
