@@ -384,9 +384,9 @@ def _rollout(call: Call, account: str, roles: dict[str, str]) -> RoleWork | None
 
 def role_work(calls: list[Call], account: str) -> Iterator[RoleWork]:
     """What SageMaker does as the execution role for each job, model, endpoint and transform job the
-    tasks created, and for each guarded rollout (its alarms). Our own code inside a job's container calls no AWS API: its data and code are
-    channel files SageMaker downloaded, its output is files SageMaker uploads (fetch.py's s3:// source
-    is for local runs)."""
+    tasks created, and for each guarded rollout (its alarms). Our own code inside a job's container
+    calls no AWS API: its data and code are channel files SageMaker downloaded, its output is files
+    SageMaker uploads (fetch.py's s3:// source is for local runs)."""
     roles: dict[str, str] = {}  # model or endpoint config name -> the execution role it runs as
     for call in calls:
         if not call.is_task or call.service != "sagemaker":

@@ -233,7 +233,6 @@ def test_a_canary_rolled_back_by_an_alarm_and_one_that_completes(world, tmp_path
     assert _alarms(cloudwatch) == [f"sagemaker-rollout-{ENDPOINT}-5xx", f"sagemaker-rollout-{ENDPOINT}-latency"]
     last = sm.describe_endpoint(EndpointName=ENDPOINT)["LastDeploymentConfig"]
     assert last["BlueGreenUpdatePolicy"]["TrafficRoutingConfiguration"]["WaitIntervalInSeconds"] == 60  # real seconds
-    assert invoke("predict", "--endpoint", ENDPOINT, str(DIGITS), *ovr).returncode == 0
 
     gone = invoke("undeploy", ENDPOINT, *ovr)
     assert gone.returncode == 0 and f"{ENDPOINT}: alarms sagemaker-rollout-{ENDPOINT}-5xx" in gone.stdout, gone.stderr

@@ -149,6 +149,8 @@ def deploy(
         remove_config(sm, existing["EndpointConfigName"])
         sm.add_tags(ResourceArn=desc["EndpointArn"], Tags=tag_list(tags))
     echo(f"endpoint {endpoint} is InService ({source.name})")
+    if alarms:
+        echo(f"alarms {', '.join(alarms)} stay on {source.name} until `invoke undeploy {endpoint}`")
     echo(f"cost: {price_line(dc, serverless)}")
     echo(f"try it: invoke predict --endpoint {endpoint} examples/digits")
     echo(f"remove it: invoke undeploy {endpoint}")
