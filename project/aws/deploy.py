@@ -117,7 +117,7 @@ def deploy(
             created.append(("endpoint", endpoint))
     except BaseException:
         delete_resources(sm, created)
-        if alarms:
+        if rollout:  # any alarm put before the failure
             remove_alarms(cloudwatch, dc.rollout.alarm_prefix, endpoint)
         raise
     try:
@@ -133,9 +133,9 @@ def deploy(
             f"endpoint {endpoint} goes on being created and bills once InService: "
             f"`invoke undeploy {endpoint}` removes it"
         ) from None
-    if desc["EndpointStatus"] != "InService" or (rollout and desc["EndpointConfigName"] != name):
+    if desc["EndpointStatus"] != "InService" or desc["EndpointConfigName"] != name:
         failed = (
-            rolled_back(cloudwatch, alarms, source.name, endpoint, desc)  # InService on its previous config
+            rolled_back(cloudwatch, alarms, source.name, endpoint, desc)  # an update, InService on the old config
             if desc["EndpointStatus"] == "InService"
             else DeployError(
                 f"endpoint {endpoint} is {desc['EndpointStatus']}: {desc.get('FailureReason', 'no reason given')}"
@@ -181,7 +181,8 @@ def wait_until_settled(
         if status not in busy:
             return desc
         if elapsed > float(dc.wait_minutes) * 60 + extra_seconds:
-            raise DeployError(f"{what} still {status} after {dc.wait_minutes} min{give_up}")
+            waited = float(dc.wait_minutes) + extra_seconds / 60
+            raise DeployError(f"{what} still {status} after {waited:g} min{give_up}")
         time.sleep(float(dc.poll_seconds))
 
 

@@ -31,12 +31,15 @@ def put_alarms(cloudwatch: Any, rc: Any, endpoint: str, variant: str) -> list[st
 
 
 def rolled_back(cloudwatch: Any, alarms: list[str], run: str, endpoint: str, desc: dict[str, Any]) -> DeployError:
-    """The error of a rollout that SageMaker rolled back: which alarm went off, what serves now."""
+    """The error of an update that ended InService on the endpoint's previous config: which of the
+    rollout's `alarms` went off, else SageMaker's reason (the new fleet did not start)."""
     found = cloudwatch.describe_alarms(AlarmNames=alarms)["MetricAlarms"] if alarms else []
-    tripped = [alarm for alarm in found if alarm["StateValue"] == "ALARM"]
-    which = ", ".join(f"alarm {a['AlarmName']} ({a['MetricName']})" for a in tripped) or "an alarm"
-    reason = f" ({desc['FailureReason']})" if desc.get("FailureReason") else ""
+    tripped = ", ".join(f"alarm {a['AlarmName']} ({a['MetricName']})" for a in found if a["StateValue"] == "ALARM")
+    if tripped:
+        what = f"rolled back: {tripped} went off while {run} baked"
+    else:
+        what = f"{run} did not take over: {desc.get('FailureReason') or 'SageMaker rolled the update back'}"
     return DeployError(
-        f"rolled back: {which} went off while {run} baked{reason}; endpoint {endpoint} serves its previous "
-        f"config {desc['EndpointConfigName']} again, and {run}'s model and config are deleted"
+        f"{what}; endpoint {endpoint} serves its previous config {desc['EndpointConfigName']} again, "
+        f"and {run}'s model and config are deleted"
     )
