@@ -178,6 +178,7 @@ def test_a_canary_rolled_back_by_an_alarm_and_one_that_completes(world, tmp_path
         ("--linear", "20", "--bake", "5", "deploy.rollout.max_5xx_errors=null", "deploy.rollout.max_latency_ms=null"): (
             "--bake 5 with no alarm to watch it"
         ),
+        ("--traffic", "10", "--canary", "10"): "--traffic adds a variant with its share at once: drop --canary",
     }.items():
         assert message in one_error_line(invoke("deploy", str(new), "--update", "--yes", *args, *ovr)), args
     assert [c.operation for c in aws_calls.read_calls(record, refused_at) if c.is_task] == []
