@@ -12,6 +12,7 @@ invoke is about to parse and run (tests/test_process.py checks that nothing else
 
 from invoke import Collection, Exit, task
 
+from project.core.errors import UserError
 from project.core.process import tune_gc_for_a_short_process
 from project.face.cli import OVERRIDES_HELP, accept_bare_overrides, user_errors
 from project.sandbox import DEFAULT_PORT as SANDBOX_PORT
@@ -299,11 +300,26 @@ RUN_HELP = "A run (its name under runs/ or its folder runs/<run>) or a training 
         "update": "Move an existing endpoint to this run (a new endpoint config; no downtime)",
         "traffic": "Add this run to endpoint deploy.endpoint_name as a variant with this % of its traffic (1-99)",
         "async_": "An asynchronous endpoint: requests queue in S3, it scales to zero instances while idle",
+        "canary": "With --update: shift this % of the fleet (1-50) first, bake, then the rest; alarms roll it back",
+        "linear": "With --update: shift this % of the fleet (10-50) at a time, baking after each step",
+        "bake": "Minutes each step bakes with the alarms watching (1-60; default deploy.rollout.bake_minutes)",
         "yes": "Deploy without asking (the cost is still printed)",
         "overrides": OVERRIDES_HELP + "; e.g. deploy.instance=ml.g4dn.xlarge deploy.endpoint_name=digits",
     },
 )
-def deploy(c, job=None, serverless=False, update=False, traffic=None, yes=False, async_=False, overrides=None):
+def deploy(
+    c,
+    job=None,
+    serverless=False,
+    update=False,
+    traffic=None,
+    canary=None,
+    linear=None,
+    bake=None,
+    yes=False,
+    async_=False,
+    overrides=None,
+):
     """Serve a run on a SageMaker endpoint: cost, confirm, create, wait; says how to remove it."""
     from project.aws import deploy as serve
 
@@ -315,9 +331,12 @@ def deploy(c, job=None, serverless=False, update=False, traffic=None, yes=False,
         if traffic is not None:  # A/B: the run as one more variant of an endpoint
             from project.aws.variants import add_variant_task
 
+            if (canary, linear, bake) != (None, None, None):
+                raise UserError("--traffic adds a variant with its share at once: drop --canary/--linear/--bake")
+
             add_variant_task(overrides or [], job, traffic, yes, serverless or update)
             return
-        serve.deploy_task(overrides or [], job, serverless, update, yes, async_)
+        serve.deploy_task(overrides or [], job, serverless, update, yes, async_, canary, linear, bake)
 
 
 @task(

@@ -165,6 +165,14 @@ data "aws_iam_policy_document" "training" {
     }
   }
 
+  statement {
+    # A guarded rollout (invoke deploy --update --canary/--linear): SageMaker reads the state of the
+    # alarms that roll it back as the execution role of the endpoint's models.
+    sid       = "WatchRolloutAlarms"
+    actions   = ["cloudwatch:DescribeAlarms"]
+    resources = [local.rollout_alarms_arn]
+  }
+
   dynamic "statement" {
     # SSE-KMS only: reading and writing encrypted objects needs the key.
     for_each = var.kms_key_arn == null ? [] : [var.kms_key_arn]
@@ -240,6 +248,18 @@ data "aws_iam_policy_document" "launcher" {
       "sagemaker:ListTags",
     ]
     resources = local.serving_arns
+  }
+
+  statement {
+    # invoke deploy --update --canary/--linear: the alarms that roll a rollout back, made before it
+    # (made anew: an updated alarm keeps its state) and deleted by a rollback or `invoke undeploy`.
+    sid = "ManageRolloutAlarms"
+    actions = [
+      "cloudwatch:PutMetricAlarm",
+      "cloudwatch:DescribeAlarms",
+      "cloudwatch:DeleteAlarms",
+    ]
+    resources = [local.rollout_alarms_arn]
   }
 
   statement {

@@ -57,6 +57,9 @@ locals {
     "${local.sagemaker_arn_prefix}:endpoint/*",
     "${local.sagemaker_arn_prefix}:transform-job/*",
   ]
+  # Guarded rollouts (invoke deploy --update --canary/--linear): the CloudWatch alarms on the new
+  # fleet, named by conf/deploy/default.yaml's deploy.rollout.alarm_prefix.
+  rollout_alarms_arn = "arn:${local.partition}:cloudwatch:${var.region}:${local.account_id}:alarm:sagemaker-rollout-*"
   # The model registry (invoke register): package groups and their versions (model-package/<group>/<n>).
   registry_arns = [
     "${local.sagemaker_arn_prefix}:model-package-group/*",

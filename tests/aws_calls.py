@@ -193,6 +193,10 @@ def _s3(call: Call) -> list[Request]:
     raise Unmapped(call.operation)
 
 
+def alarm_arn(region: str, account: str, name: str) -> str:
+    return f"arn:aws:cloudwatch:{region}:{account}:alarm:{name}"
+
+
 def _camel(kind: str) -> str:
     return "".join(part.title() for part in kind.split("-"))  # training-job -> TrainingJob
 
@@ -265,9 +269,9 @@ def _by_name(call: Call, account: str, prefix: str) -> list[Request]:
                 )
             )
         return requests
-    if prefix == "cloudwatch" and ("AlarmName" in p or "AlarmNames" in p):
-        names = p.get("AlarmNames") or [p["AlarmName"]]
-        return [Request(action, f"arn:aws:cloudwatch:{call.region}:{account}:alarm:{name}") for name in names]
+    if prefix == "cloudwatch" and ("AlarmName" in p or "AlarmNames" in p):  # PutMetricAlarm, Describe/DeleteAlarms
+        names = [p["AlarmName"]] if "AlarmName" in p else p["AlarmNames"]
+        return [Request(action, alarm_arn(call.region, account, name)) for name in names]
     if prefix == "servicequotas" and "QuotaCode" in p:
         return [Request(action, f"arn:aws:servicequotas:{call.region}:{account}:{p['ServiceCode']}/{p['QuotaCode']}")]
     raise Unmapped(call.operation)
@@ -386,12 +390,23 @@ def _served(call: Call, account: str, roles: dict[str, str], outputs_of: dict[st
     return RoleWork(f"{group[:-1].lower()} {name} ({call.who})", role, requests)
 
 
+def _rollout(call: Call, account: str, roles: dict[str, str]) -> RoleWork | None:
+    """A guarded rollout: SageMaker reads its alarms' state as the role of the new config's models."""
+    p = call.params
+    alarms = p.get("DeploymentConfig", {}).get("AutoRollbackConfiguration", {}).get("Alarms", [])
+    role = roles.get(p["EndpointConfigName"])
+    if not alarms or role is None:
+        return None
+    requests = [Request("cloudwatch:DescribeAlarms", alarm_arn(call.region, account, a["AlarmName"])) for a in alarms]
+    return RoleWork(f"rollout of endpoint {p['EndpointName']} ({call.who})", role, requests)
+
+
 def role_work(calls: list[Call], account: str) -> Iterator[RoleWork]:
     """What SageMaker does as the execution role for each job, model, endpoint and transform job the
-    tasks created. Our own code inside a job's container calls no AWS API: its data and code are
-    channel files SageMaker downloaded, its output is files SageMaker uploads (fetch.py's s3:// source
-    is for local runs)."""
-    roles: dict[str, str] = {}  # model, endpoint config or endpoint name -> the execution role it runs as
+    tasks created, and for each guarded rollout (its alarms). Our own code inside a job's container
+    calls no AWS API: its data and code are channel files SageMaker downloaded, its output is files
+    SageMaker uploads (fetch.py's s3:// source is for local runs)."""
+    roles: dict[str, str] = {}  # model or endpoint config name -> the execution role it runs as
     outputs_of: dict[str, dict[str, str]] = {}  # async endpoint config -> its OutputConfig
     for call in calls:
         if not call.is_task or call.service not in ("sagemaker", "sagemaker-runtime"):
@@ -419,6 +434,10 @@ def role_work(calls: list[Call], account: str) -> Iterator[RoleWork]:
             bucket, key = split_s3(call.params["InputLocation"])
             what = f"async request to {call.params['EndpointName']} ({call.who})"
             yield RoleWork(what, roles[call.params["EndpointName"]], [Request("s3:GetObject", s3_arn(bucket, key))])
+        elif call.operation == "UpdateEndpoint":
+            rollout = _rollout(call, account, roles)
+            if rollout is not None:
+                yield rollout
 
 
 # --- the verdict ------------------------------------------------------------------------------

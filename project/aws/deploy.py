@@ -43,7 +43,10 @@ from project.aws.deploy_requests import (
 from project.aws.deploy_source import model_data_for, resolve_source
 from project.aws.endpoints import delete_resources, endpoint_status, remove_config
 from project.aws.registry import MODEL_SPEC, registry_source
-from project.aws.workflow import aws_task, setup
+from project.aws.rollout import put_alarms, remove_alarms, rolled_back
+from project.aws.rollout_requests import Rollout, check_rollout, deployment_config, progress
+from project.aws.workflow import aws_task, context
+from project.core.config import compose
 
 ENDPOINT_BUSY = ("Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting")
 
@@ -68,6 +71,7 @@ def deploy(
     async_: bool = False,
     confirm: Callable[[str], str] = input,
     echo: Echo = print,
+    rollout: Rollout | None = None,
 ) -> str | None:
     dc, sm = ctx.cfg.deploy, ctx.clients.sagemaker
     if async_:
@@ -103,6 +107,8 @@ def deploy(
         f"as endpoint {endpoint}"
     )
     echo_image(image, why, echo)
+    if rollout:
+        echo(rollout.plan())
     cost = async_price_line(dc) if async_ else price_line(dc, serverless)
     echo(f"cost: {cost}")
     if not _confirm(yes, "Deploy?", confirm, echo):
@@ -112,6 +118,8 @@ def deploy(
     model_data = model_data_for(ctx, source, echo)
     name = versioned_name(endpoint, now)
     created: list[tuple[str, str]] = []
+    cloudwatch, alarms = ctx.clients.client("cloudwatch"), []
+    guard: dict[str, Any] = {}  # UpdateEndpoint's DeploymentConfig for a guarded rollout
     try:
         sm.create_model(**model_request(name, image, model_data, ctx.infra.role_arn, tags))
         created.append(("model", name))
@@ -121,15 +129,21 @@ def deploy(
         sm.create_endpoint_config(**config)
         created.append(("config", name))
         if existing:
-            sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=name)
+            if rollout:
+                alarms = put_alarms(cloudwatch, dc.rollout, endpoint, safe_name(source.name))
+                echo(f"alarms on the new fleet: {', '.join(alarms)}")
+                guard = {"DeploymentConfig": deployment_config(rollout, alarms, dc)}
+            sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=name, **guard)
         else:
             sm.create_endpoint(EndpointName=endpoint, EndpointConfigName=name, Tags=tag_list(tags))
             created.append(("endpoint", endpoint))
     except BaseException:
         delete_resources(sm, created)
+        if rollout:  # any alarm put before the failure
+            remove_alarms(cloudwatch, dc.rollout.alarm_prefix, endpoint)
         raise
     try:
-        desc = wait_endpoint(sm, endpoint, dc, echo)
+        desc = wait_endpoint(sm, endpoint, dc, echo, rollout)
     except KeyboardInterrupt:
         if existing:
             raise KeyboardInterrupt(
@@ -141,17 +155,26 @@ def deploy(
             f"endpoint {endpoint} goes on being created and bills once InService: "
             f"`invoke undeploy {endpoint}` removes it"
         ) from None
-    if desc["EndpointStatus"] != "InService":
-        delete_resources(sm, created)
-        raise DeployError(
-            f"endpoint {endpoint} is {desc['EndpointStatus']}: {desc.get('FailureReason', 'no reason given')}"
+    if desc["EndpointStatus"] != "InService" or desc["EndpointConfigName"] != name:
+        failed = (
+            rolled_back(cloudwatch, alarms, source.name, endpoint, desc)  # an update, InService on the old config
+            if desc["EndpointStatus"] == "InService"
+            else DeployError(
+                f"endpoint {endpoint} is {desc['EndpointStatus']}: {desc.get('FailureReason', 'no reason given')}"
+            )
         )
+        delete_resources(sm, created)
+        if alarms:
+            remove_alarms(cloudwatch, dc.rollout.alarm_prefix, endpoint)
+        raise failed
     if existing:  # the old config and model serve nothing now
         remove_config(sm, existing["EndpointConfigName"])
         sm.add_tags(ResourceArn=desc["EndpointArn"], Tags=tag_list(tags))
     if async_:
         _scale_async(ctx, endpoint, safe_name(source.name), created, echo)
     echo(f"endpoint {endpoint} is InService ({source.name})")
+    if alarms:
+        echo(f"alarms {', '.join(alarms)} stay on {source.name} until `invoke undeploy {endpoint}`")
     echo(f"cost: {cost}")
     echo(f"try it: invoke predict --endpoint {endpoint} examples/digits")
     echo(f"remove it: invoke undeploy {endpoint}")
@@ -169,32 +192,56 @@ def _scale_async(ctx: Any, endpoint: str, variant: str, created: list[tuple[str,
 
 
 def wait_until_settled(
-    describe: Callable[[], dict[str, Any]], status_key: str, busy: Any, what: str, dc: Any, echo: Echo, give_up: str
+    describe: Callable[[], dict[str, Any]],
+    status_key: str,
+    busy: Any,
+    what: str,
+    dc: Any,
+    echo: Echo,
+    give_up: str,
+    line: Callable[[dict[str, Any]], str] | None = None,
+    extra_seconds: float = 0.0,
 ) -> dict[str, Any]:
-    """Poll `describe` until its status leaves `busy`, printing each change; after deploy.wait_minutes
-    give up with `give_up` (the resource goes on)."""
+    """Poll `describe` until its status leaves `busy`, printing each change (of `line`, where given); after
+    deploy.wait_minutes (and `extra_seconds`) give up with `give_up` (the resource goes on)."""
     start, last = time.monotonic(), None
     while True:
         desc = describe()
         status, elapsed = desc[status_key], time.monotonic() - start
-        if status != last:
-            echo(f"{what}: {status} ({elapsed:.0f} s)")
-            last = status
+        said = line(desc) if line else status
+        if said != last:
+            echo(f"{what}: {said} ({elapsed:.0f} s)")
+            last = said
         if status not in busy:
             return desc
-        if elapsed > float(dc.wait_minutes) * 60:
-            raise DeployError(f"{what} still {status} after {dc.wait_minutes} min{give_up}")
+        if elapsed > float(dc.wait_minutes) * 60 + extra_seconds:
+            waited = float(dc.wait_minutes) + extra_seconds / 60
+            raise DeployError(f"{what} still {status} after {waited:g} min{give_up}")
         time.sleep(float(dc.poll_seconds))
 
 
-def wait_endpoint(sm: Any, name: str, dc: Any, echo: Echo) -> dict[str, Any]:
+def wait_endpoint(sm: Any, name: str, dc: Any, echo: Echo, rollout: Rollout | None = None) -> dict[str, Any]:
+    """Until the endpoint settles; a rollout's steps are printed as they change and its bakes waited for too."""
     hint = f": see `invoke endpoints`; `invoke undeploy {name}` removes it"
     describe = functools.partial(sm.describe_endpoint, EndpointName=name)
-    return wait_until_settled(describe, "EndpointStatus", ENDPOINT_BUSY, f"endpoint {name}", dc, echo, hint)
+    planned = rollout.planned_seconds() if rollout else 0
+    return wait_until_settled(
+        describe, "EndpointStatus", ENDPOINT_BUSY, f"endpoint {name}", dc, echo, hint, progress, planned
+    )
 
 
 @aws_task
 def deploy_task(
-    overrides: list[str], spec: str | None, serverless: bool, update: bool, yes: bool, async_: bool = False
+    overrides: list[str],
+    spec: str | None,
+    serverless: bool,
+    update: bool,
+    yes: bool,
+    async_: bool = False,
+    canary: str | None = None,
+    linear: str | None = None,
+    bake: str | None = None,
 ) -> None:
-    deploy(setup(overrides), spec, serverless=serverless, update=update, yes=yes, async_=async_)
+    cfg = compose(overrides)  # the rollout's flags are checked before the first AWS call
+    rollout = check_rollout(canary, linear, bake, update, serverless, cfg.deploy)
+    deploy(context(cfg), spec, serverless=serverless, update=update, yes=yes, async_=async_, rollout=rollout)

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from project.aws.deploy_requests import EXPIRES_TAG, RUN_TAG, DeployError, Echo
+from project.aws.rollout import remove_alarms
 from project.aws.workflow import aws_task, setup
 from project.core.sagemaker_names import PROJECT_TAG
 
@@ -275,5 +276,9 @@ def undeploy_task(overrides: list[str], names: list[str], everything: bool, expi
         chosen += [row.name for row in endpoint_rows(ctx) if everything or row.expired]
         if not chosen:
             print("no endpoints to remove")
+    cloudwatch, prefix = ctx.clients.client("cloudwatch"), ctx.cfg.deploy.rollout.alarm_prefix
     for name in dict.fromkeys(chosen):
         undeploy_one(ctx.clients.sagemaker, name, print, ctx)
+        removed = remove_alarms(cloudwatch, prefix, name)  # a guarded rollout's (project/aws/rollout.py)
+        if removed:
+            print(f"{name}: alarms {', '.join(removed)} deleted")

@@ -12,7 +12,9 @@ with no output. While a `Hosting` is entered:
 * each production variant of the config has its own server (a variant whose model is unchanged
   keeps its server across an update);
 * UpdateEndpoint (moto has none) is Updating while the new config's models start, then InService
-  on it; the old variants' servers stop. DeleteEndpoint stops the endpoint's servers;
+  on it; the old variants' servers stop. With a DeploymentConfig, it is SageMaker's blue/green
+  update with its traffic shifting and alarm rollbacks (bluegreen.py). DeleteEndpoint stops the
+  endpoint's servers;
 * InvokeEndpoint (sagemaker-runtime) is sent to one variant's server, as routing.py routes it
   (TargetVariant, else by weight): its answer comes back naming the variant, a 4xx/5xx of the
   handler as SageMaker's ModelError (424, OriginalStatusCode/OriginalMessage), and each call is
@@ -41,6 +43,7 @@ from typing import Any
 
 from project.core.names import split_s3_uri
 from project.sandbox.async_queue import AsyncQueue
+from project.sandbox.bluegreen import BlueGreen, guarded
 from project.sandbox.patches import Patches
 from project.sandbox.routing import INVOKED_HEADER, TARGET_HEADER, Router, live_variants, publish
 
@@ -118,6 +121,7 @@ class Hosting:
         self._lock = threading.Lock()
         self._patches = Patches()
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sagemaker-hosting")
+        self.blue_green = BlueGreen(self)
 
     def __enter__(self) -> Hosting:
         from moto.sagemaker.responses import SageMakerResponse
@@ -136,6 +140,7 @@ class Hosting:
 
     def __exit__(self, *exc_info: object) -> None:
         self._patches.restore()
+        self.blue_green.close()
         self._pool.shutdown(wait=True, cancel_futures=True)
         self.queue.close()
         with self._lock:
@@ -146,7 +151,7 @@ class Hosting:
 
     # --- models --------------------------------------------------------------------------------
 
-    def _start(self, backend: Any, model_name: str, folder: Path) -> ModelServer:
+    def start(self, backend: Any, model_name: str, folder: Path) -> ModelServer:
         model = backend._models[model_name]
         bucket, key = split_s3_uri(model.primary_container["ModelDataUrl"])
         folder.mkdir(parents=True, exist_ok=True)
@@ -178,14 +183,28 @@ class Hosting:
                 old = running.get(variant["VariantName"])
                 if old is None or old.model != variant["ModelName"]:
                     folder = self.workdir / name / config_name / variant["VariantName"]
-                    started[variant["VariantName"]] = self._start(backend, variant["ModelName"], folder)
+                    started[variant["VariantName"]] = self.start(backend, variant["ModelName"], folder)
         except Exception as exc:  # noqa: BLE001 - the endpoint fails with the reason, as on SageMaker
             for server in started.values():
                 server.stop()
             endpoint.failure_reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             endpoint.endpoint_status = "Failed" if endpoint.endpoint_status == "Creating" else "InService"
             return
+        self.switch(backend, endpoint, config_name, started, running)
+
+    def switch(
+        self,
+        backend: Any,
+        endpoint: Any,
+        config_name: str,
+        started: dict[str, ModelServer],
+        running: dict[str, ModelServer] | None = None,
+    ) -> None:
+        """`endpoint` served by config_name's variants, on the servers `started` for them, else those
+        `running` (default: its servers now); the other running servers stop."""
+        name, config = endpoint.endpoint_name, backend.endpoint_configs[config_name]
         with self._lock:
+            running = dict(self.servers.get(name, {})) if running is None else running
             if backend.endpoints.get(name) is not endpoint:  # deleted while it was starting
                 for server in started.values():
                     server.stop()
@@ -216,12 +235,19 @@ class Hosting:
             raise ValidationError(message=f"Could not find endpoint configuration '{config_name}'.")
         if endpoint.endpoint_status != "InService":
             raise ValidationError(message=f"Cannot update in-progress endpoint '{endpoint.arn}'.")
+        deployment = response._get_param("DeploymentConfig")
+        if guarded(deployment):
+            self.blue_green.check(backend, deployment)
         endpoint.endpoint_status = "Updating"  # the old model answers until the new one is up
-        self._pool.submit(self._bring_up, backend, endpoint, config_name)
+        if guarded(deployment):
+            self._pool.submit(self.blue_green.run, backend, endpoint, config_name, deployment)
+        else:
+            self._pool.submit(self._bring_up, backend, endpoint, config_name)
         return ActionResult({"EndpointArn": endpoint.arn})
 
     def _delete(self, response: Any, original: Any) -> Any:
         result = original(response)
+        self.blue_green.drop(response._get_param("EndpointName"))
         with self._lock:
             fleet = self.servers.pop(response._get_param("EndpointName"), {})
         self.queue.drop(response._get_param("EndpointName"))
@@ -253,6 +279,7 @@ class Hosting:
     def _invoke(self, response: Any) -> Any:
         _, endpoint, fleet = self._serving(response)
         name = endpoint.endpoint_name
+        fleet = self.blue_green.fleet(name, fleet, response.headers.get(TARGET_HEADER))  # mid-rollout: old or new
         variant = self.router.choose(endpoint, list(fleet), response.headers.get(TARGET_HEADER))
         start = time.monotonic()
         status, content_type, body = fleet[variant].invoke(
@@ -294,7 +321,7 @@ class Hosting:
         folder = self.workdir / "transform" / job.transform_job_name
         server = None
         try:
-            server = self._start(backend, job.model_name, folder)
+            server = self.start(backend, job.model_name, folder)
             job.failure_reason = self._transform_objects(backend.region_name, job, server) or ""
         except Exception as exc:  # noqa: BLE001 - the job fails with the reason, as on SageMaker
             job.failure_reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -224,6 +224,18 @@ class AsyncInferenceConfig:
 
 
 @dataclass
+class RolloutConfig:
+    """`invoke deploy --update --canary/--linear`: the bake and the alarms that roll it back (guarded rollouts)."""
+
+    bake_minutes: int = MISSING  # --bake's default (1-60: SageMaker waits at most an hour per step)
+    alarm_prefix: str = MISSING  # alarms are named <prefix><endpoint>-5xx / -latency (Terraform grants the prefix)
+    max_5xx_errors: int | None = MISSING  # None: no 5XX alarm
+    max_latency_ms: float | None = MISSING  # None: no latency alarm
+    alarm_period_seconds: int = MISSING
+    alarm_evaluation_periods: int = MISSING
+
+
+@dataclass
 class DeployConfig:
     """`invoke deploy` / `batch-predict`: where the model is served and what that costs."""
 
@@ -249,6 +261,7 @@ class DeployConfig:
     model_group: str = MISSING  # `invoke register`: the model package group (created on first use)
     gate: GateConfig = MISSING
     async_inference: AsyncInferenceConfig = MISSING
+    rollout: RolloutConfig = MISSING
 
 
 @dataclass
