@@ -207,10 +207,6 @@ def plan_job(
             f"trainer.init_from={cfg.trainer.init_from}: only `invoke train` starts a job from an earlier model; "
             "drop trainer.init_from from the sweep, or launch each job with `invoke train`"
         )
-    if parent is not None and MODEL_CHANNEL in cfg.dataset.channels:
-        raise LaunchError(
-            f"dataset.channels.{MODEL_CHANNEL}: that channel carries trainer.init_from's model; rename the data channel"
-        )
     if inst.type not in known_instance_types():
         raise LaunchError(
             f"unknown instance type {inst.type!r}; choose one of: {', '.join(known_instance_types())} "
