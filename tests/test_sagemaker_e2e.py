@@ -547,7 +547,7 @@ def test_a_job_starts_from_an_earlier_model_through_its_model_channel(world, dat
         job = re.search(r"launched (\S+)", train.stdout).group(1)
         service.result(job).check()
         uri = re.search(
-            rf"start from {a_name} \({a['config_hash']}\): (s3://{bucket}/models/{a_name}/\S+)", train.stdout
+            rf"start from +{a_name} \({a['config_hash']}\): (s3://{bucket}/models/{a_name}/\S+)", train.stdout
         )
         assert uri and f"-> {uri[1]}" in train.stdout, train.stdout[:3000]  # uploaded before the launch
         desc = sm.describe_training_job(TrainingJobName=job)

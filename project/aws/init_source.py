@@ -43,7 +43,7 @@ DIGEST_LENGTH = 16  # hex digits of the uploaded file's SHA-256 in its key
 JOB_ARTIFACT = re.compile(r"^jobs/(?P<job>[^/]+)/output/model\.tar\.gz$")
 
 
-def model_channel(ctx: Any, echo: Callable[[str], None] = print) -> tuple[ModelChannel | None, Path | None]:
+def model_channel(ctx: Any) -> tuple[ModelChannel | None, Path | None]:
     """trainer.init_from as the job's model channel, its weights checked against this config's model;
     and the local file to upload to its URI before the launch (None: in S3 already). (None, None)
     without init_from. Afterwards cfg.trainer.init_from names the URI: the staged config's, which the
@@ -57,8 +57,7 @@ def model_channel(ctx: Any, echo: Callable[[str], None] = print) -> tuple[ModelC
     with tempfile.TemporaryDirectory(prefix="init-from-") as tmp:
         channel, parent, upload = _find(ctx, spec, Path(tmp))
         init_from.check(cfg, parent)  # a layer that does not fit: one line, nothing uploaded or launched
-    cfg.trainer.init_from = channel.uri
-    echo(f"start from {channel.line()}")
+    cfg.trainer.init_from = channel.uri  # the plan's summary names the parent (plan.py ModelChannel.line)
     return channel, upload
 
 

@@ -204,8 +204,8 @@ def plan_job(
     inst, job = cfg.instance, cfg.job
     if cfg.trainer.init_from is not None and (parent is None or cfg.trainer.init_from != parent.uri):
         raise LaunchError(  # a sweep's jobs: each would need its parent found and checked (issue #30 §1)
-            f"trainer.init_from={cfg.trainer.init_from}: only `invoke train` starts a job from an earlier model; "
-            "drop trainer.init_from from the sweep, or launch each job with `invoke train`"
+            f"trainer.init_from={cfg.trainer.init_from}: a sweep (-m) cannot start its jobs from an earlier model "
+            "yet; drop trainer.init_from, or launch each job alone with `invoke train`"
         )
     if inst.type not in known_instance_types():
         raise LaunchError(

@@ -178,7 +178,7 @@ def train(
     cfg = ctx.cfg
     image = job_image(cfg, ctx.infra.repository_url, ctx.infra.region)
     # trainer.init_from: found and its shapes checked; cfg now names the S3 object the job reads
-    parent, weights = init_source.model_channel(ctx, echo)
+    parent, weights = init_source.model_channel(ctx)
     plan = plan_job(cfg, ctx.infra, image, revision=source_revision(), parent=parent)
     check_job(cfg, plan, echo)
     try:
