@@ -12,9 +12,11 @@ from project.aws import image, image_build, sdk
 from project.aws import plan as jobs
 from project.aws.infra import Infra
 from project.aws.staging import stage_source
-from project.core.config import DEFAULT_METRICS, TOOL_METRICS, compose
+from project.core.config import DEFAULT_METRICS, TOOL_METRICS, compose, with_gpus
 from project.core.errors import UserError
-from project.core.sagemaker_names import CHECKPOINT_DIR, JOB_NAME
+from project.core.identity import run_identity
+from project.core.sagemaker_names import CHECKPOINT_DIR, JOB_NAME, MODEL_CONTENT_TYPE, PARENT_HASH_ENV, PARENT_RUN_ENV
+from tests.service_model import problems
 
 INFRA = Infra(
     data_bucket="data-b",
@@ -196,7 +198,7 @@ def test_the_set_up_summary_counts_what_pip_did():
         (["job.base_name=bad_name"], "job.base_name='bad_name'"),
         (["instance.type=ml.x9.huge"], "unknown instance type 'ml.x9.huge'"),
         (["trainer.gpus=0", "instance=ml.g5.xlarge"], "pays for 1 idle GPU(s)"),
-        (["trainer.init_from=runs/earlier"], "works in `invoke local` only so far"),
+        (["trainer.init_from=runs/earlier"], "a sweep (-m) cannot start its jobs from an earlier model yet"),
     ],
 )
 def test_invalid_launches_are_refused_with_one_line(overrides, message):
@@ -506,6 +508,32 @@ def test_each_channel_is_one_input_channel_in_its_mode():
     assert (channel.channel_name, channel.input_mode) == ("train", "FastFile")
     assert "s3://data-b/datasets/mnist/train/  (FastFile)" in p.summary()  # what invoke train shows first
     assert channel.data_source.s3_data_source.s3_uri == "s3://data-b/datasets/mnist/train/"
+
+
+def test_a_job_from_an_earlier_model_reads_it_in_a_model_channel_and_records_its_parent():
+    """trainer.init_from as init_source.model_channel leaves it: the config names the S3 object."""
+    parent = jobs.ModelChannel("s3://art-b/jobs/A-20260101-000000-000-a1b2/output/model.tar.gz", "A-1", "3e5ab01b8a52")
+    cfg = compose([f"trainer.init_from={parent.uri}"])
+    p = jobs.plan_job(cfg, INFRA, CUSTOM, revision="9f8e7d6", parent=parent)
+    train, model = sdk.input_channels(p)
+    assert (model.channel_name, model.input_mode, model.content_type) == ("model", "File", MODEL_CONTENT_TYPE)
+    assert model.data_source.s3_data_source.s3_uri == parent.uri and train.channel_name == "train"
+    assert p.tags["parent-run"] == "A-1" and p.tags["parent-config-hash"] == "3e5ab01b8a52"
+    assert p.environment[PARENT_RUN_ENV] == "A-1" and p.environment[PARENT_HASH_ENV] == "3e5ab01b8a52"
+    assert re.search(rf"start from +A-1 \(3e5ab01b8a52\): {parent.uri}  \(File: the `model` channel\)", p.summary())
+    # the identity holds the object (the container hashes the same staged string), not the scratch run's
+    assert p.config_hash == run_identity(with_gpus(cfg, p.gpus_per_node)) != plan()[0].config_hash
+    tags = [{"Key": k, "Value": v} for k, v in p.tags.items()]
+    assert (
+        problems(
+            "sagemaker",
+            "AddTags",
+            {"ResourceArn": "arn:aws:sagemaker:us-east-1:123456789012:training-job/x", "Tags": tags},
+        )
+        == []
+    )
+    unknown = jobs.ModelChannel("s3://art-b/models/A/init-from-0a/model.pt", "A", None)
+    assert "parent-config-hash" not in unknown.tags() and PARENT_HASH_ENV not in unknown.environment()
 
 
 def test_a_file_mode_channel_of_shards_is_read_through_sagemakers_manifest():

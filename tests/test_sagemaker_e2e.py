@@ -19,16 +19,24 @@ from pathlib import Path
 
 import pytest
 
+from project.aws import workflow
 from project.aws.session import aws_clients
 from project.aws.staging import DRY_RUN_CODE_PREFIX
 from project.core import startup
+from project.core.config import compose
+from project.core.errors import UserError
+from project.core.sagemaker_names import MODEL_CONTENT_TYPE
+from project.face import catalog
+from project.face.compare import comparison
 from project.sandbox import service as emulator
 from project.sandbox.ecr_iam import placeholder_manifest
 from project.training import imagetree
-from tests import byo, cli
+from project.training.train import run_composed
+from tests import aws_calls, byo, cli
 from tests.cli import one_error_line
 from tests.imagetrees import write_tree
 from tests.requires import skip_unless
+from tests.service_model import problems
 from tests.synthetic import make_images, tiny_overrides, write_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -513,3 +521,72 @@ def test_an_image_folder_travels_as_shards_and_trains_on_the_emulator(world, tmp
         job = re.search(r"launched (\S+)", train.stdout).group(1)
         service.result(job).check()
         assert re.search(r"test_acc=0\.\d+", train.stdout)
+
+
+# Job B's steps from A's weights at a rate too small to move them: its first validation is A's last,
+# within 2 of 100 validation images (tests/test_init_from.py says why).
+STILL = {"trainer.max_epochs": 1, "trainer.limit_train_batches": 2, "model.lr": 1e-6}
+
+
+def test_a_job_starts_from_an_earlier_model_through_its_model_channel(world, data, tmp_path, capsys):
+    """trainer.init_from on SageMaker: run A here; job B from A reads A's weights in its `model`
+    channel and starts at A's accuracy, its tags and metrics.json name A, `invoke runs` and
+    `invoke compare` show it. Then job B as a parent, by its name, for a dataset of 5 classes:
+    refused strictly in one line, a new head with init_strict=false (a dry run: nothing launched)."""
+    record = Path(os.environ[aws_calls.RECORD_ENV])
+    offset = record.stat().st_size if record.exists() else 0
+    name, runs = f"init-{uuid.uuid4().hex[:6]}", world["root"] / "runs"
+    a_name = f"{name}-a"
+    a = run_composed(compose(tiny_overrides(*data, runs, run_name=a_name)))
+    overrides = job_overrides(world, data, name, **{"trainer.init_from": a_name, **STILL})
+    assert invoke("upload", *overrides).returncode == 0
+    sm, bucket = world["clients"].sagemaker, world["infra"].artifacts_bucket
+    with emulator.sagemaker_service(run_jobs=True, workdir=tmp_path / "jobs") as service:
+        train = invoke("train", *overrides, "--yes", "--poll", "1")
+        assert train.returncode == 0, train.stdout[-4000:] + train.stderr[-3000:]
+        job = re.search(r"launched (\S+)", train.stdout).group(1)
+        service.result(job).check()
+        uri = re.search(
+            rf"start from +{a_name} \({a['config_hash']}\): (s3://{bucket}/models/{a_name}/\S+)", train.stdout
+        )
+        assert uri and f"-> {uri[1]}" in train.stdout, train.stdout[:3000]  # uploaded before the launch
+        desc = sm.describe_training_job(TrainingJobName=job)
+        (model,) = [c for c in desc["InputDataConfig"] if c["ChannelName"] == "model"]
+        assert model["DataSource"]["S3DataSource"]["S3Uri"] == uri[1] and model["InputMode"] == "File"
+        tags = {t["Key"]: t["Value"] for t in sm.list_tags(ResourceArn=desc["TrainingJobArn"])["Tags"]}
+        assert tags["parent-run"] == a_name and tags["parent-config-hash"] == a["config_hash"]
+        # what `invoke runs` lists of the job (catalog.list_runs's SageMaker half, in this process)
+        (row,) = [line for line in catalog.table(catalog.sagemaker_entries(sm)).splitlines() if line.startswith(job)]
+        assert f"{a_name} ({a['config_hash']})" in row
+        assert invoke("fetch", job, *world["infra_overrides"], f"paths.runs_dir={runs}").returncode == 0
+    b = json.loads((runs / job / "metrics.json").read_text())
+    assert b["parent"] == {"run": a_name, "config_hash": a["config_hash"], "weights": uri[1]}
+    assert abs(b["val_acc"] - a["val_acc"]) <= 0.02, (a["val_acc"], b["val_acc"])
+    assert f"lineage: - | {a_name} ({a['config_hash']})" in comparison(runs / a_name, runs / job)  # invoke compare's
+
+    # Job B as a parent, by its name (no folder of that name here): its model.tar.gz, checked on this
+    # machine against a 5-class head; `invoke train`'s own function, in this process.
+    before = len(sm.list_training_jobs(MaxResults=100)["TrainingJobSummaries"])
+    five = [
+        o if not o.startswith("paths.runs_dir=") else f"paths.runs_dir={tmp_path / 'c'}"
+        for o in job_overrides(world, data, f"{name}-c", dataset="fashion_mnist", **{"dataset.num_classes": 5})
+    ]
+    with pytest.raises(UserError) as refused:
+        workflow.train([*five, f"trainer.init_from={job}"], yes=True, echo=lambda line: None)
+    assert "net.head.weight is [10, 32] there, [5, 32] here" in str(refused.value) and "\n" not in str(refused.value)
+    lines: list[str] = []
+    workflow.train([*five, f"trainer.init_from={job}", "trainer.init_strict=false"], dry_run=True, echo=lines.append)
+    assert re.search(
+        rf"init_from {job}: loaded \d+ of \d+ tensors; not loaded: net\.head\.weight", capsys.readouterr().out
+    )
+    request = json.loads(lines[-1])
+    (model,) = [c for c in request["InputDataConfig"] if c["ChannelName"] == "model"]
+    assert model["DataSource"]["S3DataSource"]["S3Uri"] == desc["ModelArtifacts"]["S3ModelArtifacts"]
+    assert (model["InputMode"], model["ContentType"]) == ("File", MODEL_CONTENT_TYPE)
+    assert {"Key": "parent-run", "Value": job} in request["Tags"]
+    assert len(sm.list_training_jobs(MaxResults=100)["TrainingJobSummaries"]) == before  # nothing launched
+    # Every request sent for these runs is one AWS would take (patterns, ranges, enums).
+    sent = [c for c in aws_calls.read_calls(record, offset) if name in json.dumps(c.params)]
+    assert {"CreateTrainingJob", "DescribeTrainingJob", "PutObject"} <= {c.operation for c in sent}
+    for call in sent:
+        assert problems(call.service, call.operation, call.params) == [], (call.who, call.operation)

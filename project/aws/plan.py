@@ -19,7 +19,15 @@ from project.aws.infra import Infra
 from project.core.config import known_instance_types, metric_names, with_gpus
 from project.core.errors import UserError
 from project.core.identity import Progress, run_identity
-from project.core.sagemaker_names import JOB_NAME, PROJECT_TAG
+from project.core.sagemaker_names import (
+    JOB_NAME,
+    MODEL_CHANNEL,
+    PARENT_HASH_ENV,
+    PARENT_HASH_TAG,
+    PARENT_RUN_ENV,
+    PARENT_RUN_TAG,
+    PROJECT_TAG,
+)
 from project.core.topology import Topology, decide
 from project.training.imagetree import packs
 from project.training.launch import trains_in_pid_1
@@ -36,6 +44,26 @@ HYPERPARAMETER_LIMITS = {"count": 100, "key": 256, "value": 2500}
 
 class LaunchError(UserError):
     """Refused before anything was launched; the message is one actionable line."""
+
+
+@dataclass(frozen=True)
+class ModelChannel:
+    """trainer.init_from on SageMaker: the earlier model's S3 object, read by the job's `model` channel
+    (project/aws/init_source.py finds it), and the parent it came from."""
+
+    uri: str  # s3://.../model.tar.gz (a job's), or a .pt/.ckpt uploaded from this machine
+    run: str  # the parent run or job
+    config_hash: str | None  # its identity, where known
+
+    def line(self) -> str:
+        return f"{self.run} ({self.config_hash or 'hash unknown'}): {self.uri}  (File: the `{MODEL_CHANNEL}` channel)"
+
+    def tags(self) -> dict[str, str]:
+        return {PARENT_RUN_TAG: self.run, **({PARENT_HASH_TAG: self.config_hash} if self.config_hash else {})}
+
+    def environment(self) -> dict[str, str]:
+        """What the container records in metrics.json (project/core/lineage.py channel_parent)."""
+        return {PARENT_RUN_ENV: self.run, **({PARENT_HASH_ENV: self.config_hash} if self.config_hash else {})}
 
 
 @dataclass(frozen=True)
@@ -70,6 +98,7 @@ class JobPlan:
     manifests: dict[str, str] = field(default_factory=dict)
     # What checkpoint_uri already holds of this identity (workflow.earlier_run): the job resumes it.
     earlier: Progress | None = None
+    parent: ModelChannel | None = None  # trainer.init_from: the model channel
 
     @property
     def image_uri(self) -> str:
@@ -106,6 +135,7 @@ class JobPlan:
             ("processes", f"{self.processes_per_node} per node, world size {self.world_size}"),
             ("batch", f"{self.per_device_batch} per device, {self.per_device_batch * self.world_size} global"),
             *((f"data {name}", self._channel_line(name, uri)) for name, uri in self.channels.items()),
+            *([("start from", self.parent.line())] if self.parent else []),
             ("output", self.output_uri),
             ("checkpoints", self.checkpoint_uri),
             *([("earlier run", earlier_line(self.earlier))] if self.earlier else []),
@@ -158,16 +188,24 @@ def channel_manifests(cfg: Any, channels: dict[str, str], input_modes: dict[str,
     return {name: manifest_uri(uri) for name, uri in channels.items() if input_modes[name] == "File"}
 
 
-def plan_job(cfg: Any, infra: Infra, image: JobImage, now: datetime | None = None, revision: str = "-") -> JobPlan:
+def plan_job(
+    cfg: Any,
+    infra: Infra,
+    image: JobImage,
+    now: datetime | None = None,
+    revision: str = "-",
+    parent: ModelChannel | None = None,
+) -> JobPlan:
     """Everything the job will be, derived from the config and the Terraform outputs (pure but for its name).
 
     `revision`: the commit of the staged code (staging.source_revision), recorded as the `git-sha` tag.
+    `parent`: trainer.init_from's model as init_source.model_channel found it; cfg.trainer.init_from names its URI.
     """
     inst, job = cfg.instance, cfg.job
-    if cfg.trainer.init_from is not None:  # the job's `model` channel is not built yet (issue #30 §1)
-        raise LaunchError(
-            f"trainer.init_from={cfg.trainer.init_from} works in `invoke local` only so far: a SageMaker job "
-            "cannot start from an earlier model yet; drop trainer.init_from or train locally"
+    if cfg.trainer.init_from is not None and (parent is None or cfg.trainer.init_from != parent.uri):
+        raise LaunchError(  # a sweep's jobs: each would need its parent found and checked (issue #30 §1)
+            f"trainer.init_from={cfg.trainer.init_from}: a sweep (-m) cannot start its jobs from an earlier model "
+            "yet; drop trainer.init_from, or launch each job alone with `invoke train`"
         )
     if inst.type not in known_instance_types():
         raise LaunchError(
@@ -203,8 +241,18 @@ def plan_job(cfg: Any, infra: Infra, image: JobImage, now: datetime | None = Non
         # Keyed by config hash: a re-run of the same config resumes from these checkpoints.
         checkpoint_uri=f"s3://{artifacts}/checkpoints/{job.base_name}-{digest}/",
         config_hash=digest,
-        tags={PROJECT_TAG[0]: PROJECT_TAG[1], "image": image.tag, "git-sha": revision, "config-hash": digest},
-        environment={"PYTHONUNBUFFERED": "1", **{str(k): str(v) for k, v in job.environment.items()}},
+        tags={
+            PROJECT_TAG[0]: PROJECT_TAG[1],
+            "image": image.tag,
+            "git-sha": revision,
+            "config-hash": digest,
+            **(parent.tags() if parent else {}),
+        },
+        environment={
+            "PYTHONUNBUFFERED": "1",
+            **(parent.environment() if parent else {}),
+            **{str(k): str(v) for k, v in job.environment.items()},
+        },
         # For the record (console, DescribeTrainingJob): the container reads config.yaml, not these.
         hyperparameters={
             "config_hash": digest,
@@ -217,6 +265,7 @@ def plan_job(cfg: Any, infra: Infra, image: JobImage, now: datetime | None = Non
         ),
         max_cost_usd=job.max_cost_usd,
         price_note=price_age_note(inst.price_date, inst.price_region, infra.region),
+        parent=parent,
     )
 
 

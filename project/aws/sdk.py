@@ -18,7 +18,7 @@ from project.aws.plan import JobPlan, LaunchError, entry_command
 from project.aws.quotas import check_quotas, usages
 from project.aws.staging import CODE_PREFIX
 from project.core.names import split_s3_uri
-from project.core.sagemaker_names import CHECKPOINT_DIR
+from project.core.sagemaker_names import CHECKPOINT_DIR, MODEL_CHANNEL, MODEL_CONTENT_TYPE
 
 
 def metric_definitions(names: list[str] | tuple[str, ...]) -> list[dict[str, str]]:
@@ -179,7 +179,7 @@ def input_channels(plan: JobPlan) -> list[Any]:
             )
         return S3DataSource(s3_data_type="S3Prefix", s3_uri=uri, s3_data_distribution_type="FullyReplicated")
 
-    return [
+    data = [
         Channel(
             channel_name=name,
             data_source=DataSource(s3_data_source=source(name, uri)),
@@ -187,6 +187,21 @@ def input_channels(plan: JobPlan) -> list[Any]:
         )
         for name, uri in plan.channels.items()
     ]
+    if plan.parent is None:
+        return data
+    # trainer.init_from: the earlier model, downloaded before training (File mode), as AWS documents
+    # incremental training; the prefix is the one object's key.
+    model = Channel(
+        channel_name=MODEL_CHANNEL,
+        data_source=DataSource(
+            s3_data_source=S3DataSource(
+                s3_data_type="S3Prefix", s3_uri=plan.parent.uri, s3_data_distribution_type="FullyReplicated"
+            )
+        ),
+        input_mode="File",
+        content_type=MODEL_CONTENT_TYPE,
+    )
+    return [*data, model]
 
 
 def _metric_definitions(names: list[str]) -> list[Any]:

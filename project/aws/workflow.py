@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from project.aws import (
+    init_source,
     monitor,
     sdk,
     source,  # noqa: F401 (registers s3:// data with project.training.fetch)
@@ -176,12 +177,16 @@ def train(
     ctx = setup(overrides)
     cfg = ctx.cfg
     image = job_image(cfg, ctx.infra.repository_url, ctx.infra.region)
-    plan = plan_job(cfg, ctx.infra, image, revision=source_revision())
+    # trainer.init_from: found and its shapes checked; cfg now names the S3 object the job reads
+    parent, weights = init_source.model_channel(ctx)
+    plan = plan_job(cfg, ctx.infra, image, revision=source_revision(), parent=parent)
     check_job(cfg, plan, echo)
     try:
         sdk.check_remote(plan, cfg, ctx.clients.ecr, ctx.clients.s3)
         clients = ctx.clients
         sdk.check_account(plan, clients.client("service-quotas"), clients.sagemaker, clients.client("iam"), echo)
+        if parent is not None:
+            init_source.check_readable(clients.client("iam"), plan.role_arn, parent)
     except (LaunchError, QuotaError, InstanceFitError) as problem:
         if not dry_run:
             raise
@@ -197,6 +202,8 @@ def train(
                 sdk.model_trainer(plan, source, ctx.clients.session, session=session), plan.job_name
             )
             echo(dry_run_staged(ctx.clients.s3, ctx.infra.artifacts_bucket, f"{DRY_RUN_CODE_PREFIX}/{plan.job_name}/"))
+            if parent is not None and weights is not None:
+                echo(f"dry run: {weights} not uploaded; a launch puts it at {parent.uri}")
             echo("CreateTrainingJob request (dry run: nothing launched):")
             echo(json.dumps(request, indent=2, sort_keys=True, default=str))
             return None
@@ -207,6 +214,8 @@ def train(
             if confirm("Launch this job? [y/N] ").strip().lower() not in ("y", "yes"):
                 echo("not launched")
                 return None
+        if parent is not None and weights is not None:
+            init_source.upload(ctx, parent, weights, echo)
         job_name = sdk.launch(trainer, plan.job_name)
     echo(f"launched {job_name}")
     if not wait:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from project.core.errors import UserError
-from project.core.lineage import find_parent
+from project.core.lineage import lineage_key
 from project.core.sagemaker_names import METRICS_FILE
 
 IDENTITY_LENGTH = 12  # hex digits of SHA-256: collisions are out of reach for one user's runs
@@ -73,8 +73,7 @@ def run_identity(cfg: Any) -> str:
         shaping["trainer"].pop("init_from", None)
         shaping["trainer"].pop("init_strict", None)
     else:  # the parent's identity, not where its file lies (project/core/lineage.py)
-        parent = find_parent(str(spec), cfg.paths.runs_dir)
-        shaping["trainer"]["init_from"] = parent.config_hash or str(parent.weights.resolve())
+        shaping["trainer"]["init_from"] = lineage_key(str(spec), cfg.paths.runs_dir)
     for key in UNSHAPING_DATASET_KEYS:
         shaping["dataset"].pop(key, None)
     blob = json.dumps(shaping, sort_keys=True).encode()

@@ -21,3 +21,11 @@ JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")  # the API's Traini
 # Written by the run into the output data dir (output.tar.gz); `invoke fetch` copies it to the run root.
 METRICS_FILE = "metrics.json"
 PROJECT_TAG = ("project", "lightning-sagemaker")  # on every job, model and endpoint: what `invoke endpoints` lists
+# trainer.init_from on SageMaker: the earlier model arrives in this input channel (SM_CHANNEL_MODEL, File
+# mode, the content type AWS's incremental-training docs give), its lineage in the job's environment and tags.
+MODEL_CHANNEL = "model"
+MODEL_CONTENT_TYPE = "application/x-sagemaker-model"
+PARENT_RUN_ENV = "INIT_FROM_RUN"
+PARENT_HASH_ENV = "INIT_FROM_CONFIG_HASH"
+PARENT_RUN_TAG = "parent-run"
+PARENT_HASH_TAG = "parent-config-hash"

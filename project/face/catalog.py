@@ -3,8 +3,8 @@
 Local runs are the folders under paths.runs_dir that hold a metrics.json (finished) or checkpoints
 (interrupted, resumable: identity.run_progress says at which step), each listed once, a sweep's
 runs one level deeper (runs/<sweep>/<n>/); SageMaker jobs come from the Search API (every page), with
-their tags (config hash, git sha, sweep) and final metrics. The pure parts (rows, filters, the
-config diff) take plain values; only `sagemaker_entries` talks to AWS.
+their tags (config hash, git sha, sweep, the parent it started from) and final metrics. The pure
+parts (rows, filters, the config diff) take plain values; only `sagemaker_entries` talks to AWS.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 from project.core.config import RESOLVED_CONFIG_NAME
 from project.core.errors import UserError
 from project.core.identity import run_progress
-from project.core.sagemaker_names import METRICS_FILE, PROJECT_TAG
+from project.core.sagemaker_names import METRICS_FILE, PARENT_HASH_TAG, PARENT_RUN_TAG, PROJECT_TAG
 
 SHOWN_METRICS = ("val_acc", "test_acc", "val_loss")
 # Where a run ran or its data's checksums (long, and the same data whatever the mirror), not what it trained.
@@ -124,12 +124,12 @@ def _finished_entry(run: Path) -> Entry | None:
         config_hash=str(metrics.get("config_hash", "-")),
         metrics={k: float(v) for k, v in metrics.items() if k in SHOWN_METRICS},
         duration_s=metrics.get("fit_seconds"),
-        parent=_parent(metrics.get("parent")),
+        parent=parent_of(metrics.get("parent")),
     )
 
 
-def _parent(record: Any) -> str:
-    """metrics.json's `parent` (project/core/lineage.py Parent.record) as the table shows it."""
+def parent_of(record: Any) -> str:
+    """metrics.json's `parent` (project/core/lineage.py Parent.record), or a job's tags of it, as shown."""
     if not isinstance(record, dict):
         return "-"
     return f"{record.get('run')} ({record.get('config_hash') or 'hash unknown'})"
@@ -173,6 +173,9 @@ def sagemaker_entries(sm: Any) -> list[Entry]:
                 metrics={k: v for k, v in row.metrics.items() if k in SHOWN_METRICS},
                 duration_s=row.duration_s,
                 cost_usd=job_cost(job),
+                parent=parent_of({"run": tags[PARENT_RUN_TAG], "config_hash": tags.get(PARENT_HASH_TAG)})
+                if PARENT_RUN_TAG in tags
+                else "-",
             )
         )
     return entries

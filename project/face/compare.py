@@ -12,7 +12,7 @@ from typing import Any
 from project.core.config import RESOLVED_CONFIG_NAME
 from project.core.errors import UserError
 from project.core.sagemaker_names import JOB_NAME, METRICS_FILE
-from project.face.catalog import CatalogError, config_diff, load_yaml
+from project.face.catalog import CatalogError, config_diff, load_yaml, parent_of
 
 
 def run_folder(spec: str, overrides: list[str], echo: Callable[[str], None] = print) -> Path:
@@ -55,6 +55,8 @@ def comparison(a: Path, b: Path) -> str:
     lines = [f"config: {a.name} vs {b.name}"]
     diff = config_diff(ca, cb, ignored=("paths.", "run_name"))
     lines += [f"  {k}: {va} | {vb}" for k, (va, vb) in diff.items()] or ["  (the same config)"]
+    if "parent" in ma or "parent" in mb:  # trainer.init_from: the run each started from
+        lines.append(f"lineage: {parent_of(ma.get('parent'))} | {parent_of(mb.get('parent'))}")
     lines.append("metrics:")
     for key in sorted(k for k in set(ma) | set(mb) if isinstance(ma.get(k, mb.get(k)), int | float)):
         va, vb = ma.get(key), mb.get(key)

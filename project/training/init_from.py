@@ -51,6 +51,25 @@ def apply(cfg: Any, module: Any, say: bool = True) -> Parent | None:
     if spec is None:
         return None
     parent = find_parent(str(spec), cfg.paths.runs_dir)
+    matching = _matching(cfg, parent, module, say)
+    names = {k.replace(COMPILED_PREFIX, ""): k for k in module.state_dict()}
+    module.load_state_dict({names[k]: v for k, v in matching.items()}, strict=False)
+    return parent
+
+
+def check(cfg: Any, parent: Parent) -> None:
+    """What apply() would refuse, on the laptop before a job is launched: the module built on the meta
+    device (shapes only) against `parent`'s weights, as the job will find them in its model channel."""
+    from project.training.modules import build_module
+
+    with torch.device("meta"):
+        module = build_module(cfg)
+    _matching(cfg, parent, module, say=True)
+
+
+def _matching(cfg: Any, parent: Parent, module: Any, say: bool) -> dict[str, torch.Tensor]:
+    """The tensors of `parent` that fit `module`; a refusal in one line where init_strict says so."""
+    spec = cfg.trainer.init_from
     target = {k.replace(COMPILED_PREFIX, ""): v for k, v in module.state_dict().items()}
     source = _aligned(_weights(parent), target)
     matching = {k: v for k, v in source.items() if k in target and tuple(v.shape) == tuple(target[k].shape)}
@@ -59,7 +78,7 @@ def apply(cfg: Any, module: Any, say: bool = True) -> Parent | None:
     extra = [k for k in source if k not in target]
     if not matching:
         raise InitShapeError(
-            f"trainer.init_from={spec}: no layer of {parent.weights} matches this model "
+            f"trainer.init_from={spec}: no layer of {parent.source or parent.weights} matches this model "
             f"(it has {', '.join(list(source)[:3])}...; this model {', '.join(list(target)[:3])}...): "
             "is it another architecture?"
         )
@@ -74,9 +93,7 @@ def apply(cfg: Any, module: Any, say: bool = True) -> Parent | None:
             f"{_mismatch(source, target, differ, absent, extra)}",
             flush=True,
         )
-    names = {k.replace(COMPILED_PREFIX, ""): k for k in module.state_dict()}
-    module.load_state_dict({names[k]: v for k, v in matching.items()}, strict=False)
-    return parent
+    return matching
 
 
 def _mismatch(

@@ -263,12 +263,16 @@ def sample_pass(cfg: Any) -> tuple[Any, list[int]] | None:
 
 def build(cfg: Any, data: Resolved) -> tuple[Any, Any]:
     """The LightningModule and LightningDataModule of the run (check() first), on its data as resolved."""
+    data_cls, _ = check(cfg)
+    return build_module(cfg), data_cls(**datamodule_arguments(cfg, data_cls, data))
+
+
+def build_module(cfg: Any) -> Any:
+    """The LightningModule alone (check() first): what a run trains, or its shapes (under torch.device("meta"))."""
     from hydra.utils import instantiate
 
-    data_cls, module_cls = check(cfg)
-    datamodule = data_cls(**datamodule_arguments(cfg, data_cls, data))
     target, arguments = module_arguments(cfg)
     if target == CLASSIFIER:
         net = instantiate(arguments.pop("net"))
-        return module_cls(net=net, **arguments), datamodule
-    return instantiate({"_target_": target, **arguments}, _convert_="all"), datamodule
+        return locate(target, "model")(net=net, **arguments)
+    return instantiate({"_target_": target, **arguments}, _convert_="all")

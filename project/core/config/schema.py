@@ -113,7 +113,8 @@ class TrainerConfig:
     profile: bool = MISSING
     profile_steps: list[int] = MISSING
     # Start from an earlier model's weights: a run folder, a run name under paths.runs_dir, a .ckpt
-    # or a model.pt (project/training/init_from.py); a fresh optimizer and schedule, a new run identity.
+    # or a model.pt (project/training/init_from.py); for `invoke train` also a training job or an
+    # s3:// model.tar.gz (project/aws/init_source.py); a fresh optimizer and schedule, a new run identity.
     init_from: str | None = MISSING
     init_strict: bool = MISSING  # false: load the layers whose shapes match, list the others
 
