@@ -8,21 +8,41 @@ from tests.synthetic import tiny_overrides, write_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 pytest_plugins = ["tests.aws_fixtures"] if (ROOT / "tests" / "aws_fixtures.py").exists() else []
-# Tests on the Terraform-applied moto world share one xdist worker, so `terraform apply` (a minute
-# or more) runs once per session, not once per worker; every other test goes wherever a worker is free.
-TERRAFORM_GROUP = "terraform-applied"
+# The tests on the Terraform-applied moto world are about half of the suite's time. They run in two
+# groups of about equal time (their modules' durations in CI, 2026-12-07), each on one xdist worker,
+# so each worker applies Terraform (a minute) once and neither waits on the other; every other test
+# goes wherever a worker is free. A module not listed joins the second group.
 TERRAFORM_FIXTURES = {"aws_infra", "terraform_applied"}
+TERRAFORM_GROUPS = ("terraform-applied-a", "terraform-applied-b")
+FIRST_HALF = {"test_sweep_sagemaker", "test_deploy", "test_iam", "test_terraform"}
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", f"{MARKER}(**needs): skipped unless the machine has them (tests/requires.py)")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def terraform_group(item) -> str | None:
+    if not TERRAFORM_FIXTURES & set(item.fixturenames):
+        return None
+    return TERRAFORM_GROUPS[0] if item.module.__name__.rsplit(".", 1)[-1] in FIRST_HALF else TERRAFORM_GROUPS[1]
+
+
+@pytest.hookimpl(tryfirst=True)  # after pytest-randomly's shuffle, before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if TERRAFORM_FIXTURES & set(item.fixturenames):
-            item.add_marker(pytest.mark.xdist_group(TERRAFORM_GROUP))
+        group = terraform_group(item)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+    # Groups first, the Terraform halves leading (xdist hands out work units in this order: one half
+    # to each worker at the start), then the rest; a stable sort keeps the shuffled order within each.
+    items.sort(key=_start_order)
+
+
+def _start_order(item) -> int:
+    groups = [mark.args[0] for mark in item.iter_markers("xdist_group") if mark.args]
+    if not groups:
+        return 3
+    return TERRAFORM_GROUPS.index(groups[0]) if groups[0] in TERRAFORM_GROUPS else 2
 
 
 def pytest_runtest_setup(item):

@@ -202,6 +202,29 @@ def test_upload_train_fetch_predict(world, data, tmp_path):
         assert list((run_dir / "checkpoints").glob("*.ckpt"))
         metrics = json.loads((run_dir / "metrics.json").read_text())
         assert metrics["test_acc"] == pytest.approx(final["test_acc"], abs=1e-4)
+
+        # `invoke register <job>` (#29 §4) by the job's name alone: fetched into paths.runs_dir,
+        # measured on the held-out test set through the serving code path, registered with the job's tags.
+        registered = tmp_path / "registered"
+        reg = invoke(
+            "register", job, *tiny_overrides(*data, registered), *world["infra_overrides"], f"deploy.model_group={name}"
+        )
+        assert reg.returncode == 0, reg.stdout[-3000:] + reg.stderr[-3000:]
+        assert f"registered {job} as {name}/1 (PendingManualApproval)" in reg.stdout
+        assert (registered / job / "model" / "model.ts").is_file()
+        sm = world["clients"].sagemaker
+        (summary,) = sm.list_model_packages(ModelPackageGroupName=name)["ModelPackageSummaryList"]
+        package = sm.describe_model_package(ModelPackageName=summary["ModelPackageArn"])
+        properties = package["CustomerMetadataProperties"]
+        assert properties["run"] == job and properties["config-hash"] == tags["config-hash"]
+        assert properties["git-sha"] == tags.get("git-sha", "-")
+        assert float(properties["served_test_acc"]) == pytest.approx(final["test_acc"], abs=0.01)
+        assert (
+            package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"]
+            == desc["ModelArtifacts"]["S3ModelArtifacts"]
+        )  # the job's own archive, not a copy
+        evaluation = package["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"]
+        assert evaluation == f"s3://{infra.artifacts_bucket}/models/{job}/evaluation.json"
         # Every phase from PID 1's start to the first step, in order, all in PID 1 (no torchrun).
         marks = [json.loads(line) for line in (run_dir / "output" / "startup.jsonl").read_text().splitlines()]
         first = {}

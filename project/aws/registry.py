@@ -226,9 +226,11 @@ def _property(text: str) -> str:
     return PROPERTY_VALUE.sub("_", text)[:256]
 
 
-def _run_folder(ctx: Any, spec: str, echo: Echo) -> tuple[Path, str]:
-    """The run's folder (a SageMaker job is fetched into paths.runs_dir first) and its git sha."""
+def _run_folder(ctx: Any, spec: str, echo: Echo) -> tuple[Path, str, Source | None]:
+    """The run's folder (a SageMaker job is fetched into paths.runs_dir first), its git sha, and for a
+    job the job itself as the source served (its own model.tar.gz, not a re-packed copy)."""
     from project.aws import monitor
+    from project.aws.deploy_source import resolve_source
     from project.aws.staging import source_revision
     from project.aws.workflow import fetch_completed
 
@@ -236,7 +238,7 @@ def _run_folder(ctx: Any, spec: str, echo: Echo) -> tuple[Path, str]:
     if ref.exists:
         if not (ref.folder / METRICS_FILE).is_file():
             raise RegistryError(f"{ref.folder} has no {METRICS_FILE}: let its training finish, or register another run")
-        return ref.folder, source_revision()
+        return ref.folder, source_revision(), None
     if ref.as_path or not JOB_NAME.match(ref.name):
         raise RegistryError(f"no run folder {ref.folder} and not a training job name: give runs/<run> or a job name")
     sm = ctx.clients.sagemaker
@@ -251,9 +253,10 @@ def _run_folder(ctx: Any, spec: str, echo: Echo) -> tuple[Path, str]:
         raise RegistryError(
             f"training job {ref.name} is {desc['TrainingJobStatus']}, not Completed: nothing to register"
         )
+    job = resolve_source(ctx, ref.name)  # before the fetch: then ref.name is a folder too
     fetch_completed(ctx, desc, ref.folder, echo)
     tags = {t["Key"]: t["Value"] for t in sm.list_tags(ResourceArn=desc["TrainingJobArn"])["Tags"]}
-    return ref.folder, tags.get("git-sha", "-")
+    return ref.folder, tags.get("git-sha", "-"), job
 
 
 def register(ctx: Any, spec: str, force: bool = False, echo: Echo = print) -> str:
@@ -264,14 +267,14 @@ def register(ctx: Any, spec: str, force: bool = False, echo: Echo = print) -> st
 
     dc, sm = ctx.cfg.deploy, ctx.clients.sagemaker
     group, metric, tolerance = check_group(str(dc.model_group)), str(dc.gate.metric), float(dc.gate.tolerance)
-    run, git_sha = _run_folder(ctx, spec, echo)
+    run, git_sha, job = _run_folder(ctx, spec, echo)
     logged = {k: float(v) for k, v in json.loads((run / METRICS_FILE).read_text()).items() if _is_metric(k, v)}
     if metric not in logged:
         raise RegistryError(
             f"deploy.gate.metric={metric}: run {run.name} never logged it (it logged {', '.join(sorted(logged))}); "
             "pick one of those"
         )
-    source = resolve_source(ctx, str(run))
+    source = job or resolve_source(ctx, str(run))
     approved = next(iter(versions(sm, group, APPROVED)), None)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_resolved(run / "model" / RESOLVED_CONFIG_NAME)
@@ -299,8 +302,9 @@ def register(ctx: Any, spec: str, force: bool = False, echo: Echo = print) -> st
         )
         echo(f"created model package group {group}")
     model_data = model_data_for(ctx, source, echo)
-    evaluation_uri = model_data.rsplit("/", 1)[0] + f"/{EVALUATION_FILE}"
-    bucket, _, key = evaluation_uri.removeprefix("s3://").partition("/")
+    # Under models/<run>/ (beside a local run's archive; a job's own output prefix is SageMaker's, not ours).
+    bucket, key = ctx.infra.artifacts_bucket, f"models/{run.name}/{EVALUATION_FILE}"
+    evaluation_uri = f"s3://{bucket}/{key}"
     evaluation = {"run": run.name, "metrics": logged, "served": measured, "gate": verdict, "forced": not passes}
     with aws_errors(resource=evaluation_uri):
         ctx.clients.s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(evaluation, indent=2).encode())
