@@ -1,0 +1,154 @@
+"""Experiment tracking (conf/logger/, project/training/tracking.py): a tiny run logs to a real MLflow
+server on loopback (real HTTP), a bad tracking URI or a missing package is one line before anything
+is written, and the logger chosen is not part of the run's identity."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from project.core.errors import UserError
+from project.core.identity import run_identity
+from tests.failing_runs import free_port
+from tests.requires import requires
+
+pytestmark = requires(module="mlflow")
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """The URL of an `mlflow server` of this module's own: a SQLite store, artifacts served over HTTP."""
+    store = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}", "--artifacts-destination", str(store / "artifacts")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_it_answers(server, url)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _wait_until_it_answers(server: subprocess.Popen, url: str, seconds: float = 120) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"mlflow server exited: {server.stderr.read() if server.stderr else ''}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.2)  # polling for the port to open, not guessing how long it takes
+    pytest.fail(f"mlflow server did not answer at {url} within {seconds} s")
+
+
+def test_a_run_logs_its_config_per_epoch_metrics_and_artifacts_to_an_mlflow_server(composed, tiny_run, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    from project.training.train import run_composed
+
+    cfg = composed(
+        *tiny_run(run_name="tracked", **{"trainer.max_epochs": 1, "trainer.log_every_n_steps": 2}),
+        "logger=[tensorboard,mlflow]",
+        f"logger.mlflow.tracking_uri={mlflow_server}",
+        "logger.mlflow.experiment_name=tracked",
+    )
+    metrics = run_composed(cfg, "tracked")
+    run_dir = Path(cfg.paths.runs_dir) / "tracked"
+    written = json.loads((run_dir / "metrics.json").read_text())
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(written["mlflow_run_id"])
+    assert metrics["mlflow_run_id"] == run.info.run_id and run.info.status == "FINISHED"
+    assert run.data.params["config/trainer/max_epochs"] == "1" and run.data.params["config/model/name"] == cfg.model.name
+    assert run.data.tags["config-hash"] == run_identity(cfg) == written["config_hash"]
+    assert len(client.get_metric_history(run.info.run_id, "val_acc")) == 1  # one epoch, one point
+    assert len(client.get_metric_history(run.info.run_id, "train_loss_step")) > 1  # per step, too
+    assert run.data.metrics["final/test_acc"] == pytest.approx(written["test_acc"])
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {
+        "model.ts",
+        "learning_curves.png",
+        "confusion_matrix.png",
+    }
+    # TensorBoard and the CSV the plots read are still there
+    assert (run_dir / "output" / "metrics.csv").is_file() and (run_dir / "output" / "tensorboard").is_dir()
+
+
+def test_an_mlflow_uri_no_server_answers_is_one_line_and_no_run_folder(composed, tiny_run):
+    from project.training.train import run_composed
+
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    cfg = composed(*tiny_run(run_name="unheard"), "logger=mlflow", f"logger.mlflow.tracking_uri={uri}")
+    with pytest.raises(UserError) as info:
+        run_composed(cfg, "unheard")
+    message = str(info.value)
+    assert message.startswith(f"logger.mlflow.tracking_uri={uri}: no MLflow server answers there") and "\n" not in message
+    assert not (Path(cfg.paths.runs_dir) / "unheard").exists()
+
+
+@pytest.mark.parametrize(
+    ("uri", "says"),
+    [
+        ("arn:aws:sagemaker:us-east-1:123:mlflow-tracking-server/x", "is not a SageMaker MLflow tracking server's ARN"),
+        ("ftp://host/x", "give a folder, an MLflow server's http(s):// URL"),
+    ],
+)
+def test_a_malformed_tracking_uri_is_one_line(composed, uri, says, tmp_path):
+    from project.training import tracking
+
+    with pytest.raises(UserError) as info:
+        tracking.check(composed("logger=mlflow", f"logger.mlflow.tracking_uri={uri}"), tmp_path, in_container=False)
+    assert str(info.value).startswith(f"logger.mlflow.tracking_uri={uri}") and says in str(info.value)
+
+
+def test_a_tracker_not_installed_is_one_line_saying_what_to_install():
+    from project.training import tracking
+
+    with pytest.raises(UserError) as info:
+        tracking._need("no_such_tracker_module", "logger=mlflow", tracking.MLFLOW_INSTALL)
+    assert str(info.value) == (
+        "logger=mlflow needs the no_such_tracker_module package, which is not installed here: "
+        "pip install -r requirements-tracking.txt"
+    )
+
+
+def test_a_local_tracking_folder_is_where_the_run_starts_or_in_a_jobs_output(tmp_path, monkeypatch):
+    from project.training.tracking import tracking_uri
+
+    monkeypatch.chdir(tmp_path)
+    assert tracking_uri(None, tmp_path / "out", in_container=False) == (tmp_path / "mlruns").as_uri()
+    assert tracking_uri(None, tmp_path / "out", in_container=True) == (tmp_path / "out" / "mlruns").as_uri()
+    assert tracking_uri("http://h:5000", tmp_path, in_container=True) == "http://h:5000"
+
+
+def test_the_loggers_chosen_are_not_part_of_the_run_identity(composed):
+    base = run_identity(composed())
+    assert run_identity(composed("logger=[tensorboard,mlflow,wandb]")) == base == run_identity(composed("logger=none"))
+
+
+@pytest.mark.parametrize(
+    ("override", "line"),
+    [
+        ("logger=tensorboardx", "unknown logger 'tensorboardx' \\(did you mean tensorboard\\?\\)"),
+        ("logger.wandb.mode=cloud", "logger.wandb.mode must be one of offline, online, disabled, got 'cloud'"),
+    ],
+)
+def test_a_wrong_logger_is_refused_at_compose(composed, override, line):
+    from project.core.config import ConfigError
+
+    overrides = ["logger=wandb", override] if override.startswith("logger.wandb") else [override]
+    with pytest.raises(ConfigError, match=line):
+        composed(*overrides)
