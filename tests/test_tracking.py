@@ -26,8 +26,22 @@ def mlflow_server(tmp_path_factory):
     store = tmp_path_factory.mktemp("mlflow")
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}", "--artifacts-destination", str(store / "artifacts")],
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{store / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(store / "artifacts"),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -73,7 +87,9 @@ def test_a_run_logs_its_config_per_epoch_metrics_and_artifacts_to_an_mlflow_serv
     client = MlflowClient(mlflow_server)
     run = client.get_run(written["mlflow_run_id"])
     assert metrics["mlflow_run_id"] == run.info.run_id and run.info.status == "FINISHED"
-    assert run.data.params["config/trainer/max_epochs"] == "1" and run.data.params["config/model/name"] == cfg.model.name
+    assert (
+        run.data.params["config/trainer/max_epochs"] == "1" and run.data.params["config/model/name"] == cfg.model.name
+    )
     assert run.data.tags["config-hash"] == run_identity(cfg) == written["config_hash"]
     assert len(client.get_metric_history(run.info.run_id, "val_acc")) == 1  # one epoch, one point
     assert len(client.get_metric_history(run.info.run_id, "train_loss_step")) > 1  # per step, too
@@ -95,7 +111,9 @@ def test_an_mlflow_uri_no_server_answers_is_one_line_and_no_run_folder(composed,
     with pytest.raises(UserError) as info:
         run_composed(cfg, "unheard")
     message = str(info.value)
-    assert message.startswith(f"logger.mlflow.tracking_uri={uri}: no MLflow server answers there") and "\n" not in message
+    assert (
+        message.startswith(f"logger.mlflow.tracking_uri={uri}: no MLflow server answers there") and "\n" not in message
+    )
     assert not (Path(cfg.paths.runs_dir) / "unheard").exists()
 
 
@@ -152,3 +170,34 @@ def test_a_wrong_logger_is_refused_at_compose(composed, override, line):
     overrides = ["logger=wandb", override] if override.startswith("logger.wandb") else [override]
     with pytest.raises(ConfigError, match=line):
         composed(*overrides)
+
+
+def test_a_job_with_logger_mlflow_installs_the_client_tags_its_commit_and_logs_to_terraforms_server(
+    composed, tmp_path
+):
+    """logger.mlflow.tracking_uri=null: the tracking server Terraform outputs; the job installs mlflow-skinny
+    and sagemaker-mlflow on either image and carries the commit for the run's git-sha tag."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from project.aws import image
+    from project.aws.plan import plan_job
+    from project.aws.staging import stage_source
+    from project.core.sagemaker_names import GIT_SHA_ENV
+    from tests.test_jobs import CUSTOM, INFRA
+
+    arn = "arn:aws:sagemaker:us-east-1:123456789012:mlflow-tracking-server/lightning"
+    infra = dataclasses.replace(INFRA, mlflow_tracking_server_arn=arn)
+    plain = plan_job(composed(), infra, CUSTOM, revision="9f8e7d6")
+    assert plain.requirements_file() is None and GIT_SHA_ENV not in plain.environment
+    cfg = composed("logger=[tensorboard,mlflow]")
+    tracked = plan_job(cfg, infra, CUSTOM, revision="9f8e7d6")
+    assert tracked.environment[GIT_SHA_ENV] == "9f8e7d6" and tracked.config_hash == plain.config_hash
+    assert tracked.requirements_file() == "mlflow-skinny==3.17.2\nsagemaker-mlflow==0.5.0\n"
+    assert f"MLflow: {arn}" in tracked.summary()
+    source = stage_source(cfg, tmp_path / "src", tracked)
+    assert (source / image.JOB_REQUIREMENTS).read_text() == tracked.requirements_file()
+    assert OmegaConf.load(source / "config.yaml").logger.mlflow.tracking_uri == arn
+    server = plan_job(composed("logger=mlflow", "logger.mlflow.tracking_uri=http://mlflow:5000"), INFRA, CUSTOM)
+    assert server.requirements_file() == "mlflow-skinny==3.17.2\n"  # no SageMaker plugin for a plain server

@@ -34,7 +34,7 @@ RUN_ID_KEY = "mlflow_run_id"  # metrics.json's key for the run's MLflow run
 
 
 def chosen(cfg: Any) -> dict[str, Any]:
-    """logger name -> its settings, for the loggers the config chooses (a config saved before the group: TensorBoard)."""
+    """logger name -> its settings, for the loggers the config chooses (a config older than the group: TensorBoard)."""
     from omegaconf import OmegaConf
 
     node = cfg.get("logger") if "logger" in cfg else None

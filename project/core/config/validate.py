@@ -11,8 +11,8 @@ from typing import Any
 from project.core.config.messages import ConfigError, one_line
 from project.core.config.schema import (
     CHANNELS,
-    LOGGERS,
     INPUT_MODES,
+    LOGGERS,
     MISSING,
     PRECISION_NAMES,
     PRECISIONS,
