@@ -101,6 +101,17 @@ def test_a_run_logs_its_config_per_epoch_metrics_and_artifacts_to_an_mlflow_serv
     }
     # TensorBoard and the CSV the plots read are still there
     assert (run_dir / "output" / "metrics.csv").is_file() and (run_dir / "output" / "tensorboard").is_dir()
+    # invoke runs --mlflow lists the MLflow run beside the local one, with the same config hash
+    from project.face.catalog import list_runs
+
+    shown: list[str] = []
+    where = [f"paths.runs_dir={cfg.paths.runs_dir}", "logger=mlflow", f"logger.mlflow.tracking_uri={mlflow_server}"]
+    listed = list_runs(where, None, None, None, echo=shown.append, mlflow=True)
+    assert {(e.where, e.name, e.config_hash) for e in listed} == {
+        ("local", "tracked", written["config_hash"]),
+        ("mlflow", "tracked", written["config_hash"]),
+    }
+    assert any(line.startswith("tracked") and " mlflow " in line for line in shown[-1].splitlines())
 
 
 def test_an_mlflow_uri_no_server_answers_is_one_line_and_no_run_folder(composed, tiny_run):
@@ -136,7 +147,7 @@ def test_a_tracker_not_installed_is_one_line_saying_what_to_install():
     from project.training import tracking
 
     with pytest.raises(UserError) as info:
-        tracking._need("no_such_tracker_module", "logger=mlflow", tracking.MLFLOW_INSTALL)
+        tracking.need("no_such_tracker_module", "logger=mlflow", tracking.MLFLOW_INSTALL)
     assert str(info.value) == (
         "logger=mlflow needs the no_such_tracker_module package, which is not installed here: "
         "pip install -r requirements-tracking.txt"
@@ -172,9 +183,7 @@ def test_a_wrong_logger_is_refused_at_compose(composed, override, line):
         composed(*overrides)
 
 
-def test_a_job_with_logger_mlflow_installs_the_client_tags_its_commit_and_logs_to_terraforms_server(
-    composed, tmp_path
-):
+def test_a_job_with_logger_mlflow_installs_the_client_tags_its_commit_and_logs_to_terraforms_server(composed, tmp_path):
     """logger.mlflow.tracking_uri=null: the tracking server Terraform outputs; the job installs mlflow-skinny
     and sagemaker-mlflow on either image and carries the commit for the run's git-sha tag."""
     import dataclasses

@@ -60,20 +60,21 @@ def check(cfg: Any, output_dir: Path, in_container: bool) -> None:
     """What can fail before training starts, as one line: a tracker not installed, an unreachable MLflow URI."""
     loggers = chosen(cfg)
     if "mlflow" in loggers:
-        _need("mlflow", "logger=mlflow", MLFLOW_INSTALL)
-        _check_mlflow_uri(loggers["mlflow"]["tracking_uri"], output_dir, in_container)
+        need("mlflow", "logger=mlflow", MLFLOW_INSTALL)
+        check_mlflow_uri(loggers["mlflow"]["tracking_uri"], output_dir, in_container)
     if "wandb" in loggers:
-        _need("wandb", "logger=wandb", "pip install wandb")
+        need("wandb", "logger=wandb", "pip install wandb")
 
 
-def _need(module: str, what: str, fix: str) -> None:
+def need(module: str, what: str, fix: str) -> None:
     import importlib.util
 
     if importlib.util.find_spec(module) is None:
         raise UserError(f"{what} needs the {module} package, which is not installed here: {fix}")
 
 
-def _check_mlflow_uri(setting: str | None, output_dir: Path, in_container: bool) -> None:
+def check_mlflow_uri(setting: str | None, output_dir: Path, in_container: bool) -> None:
+    """A URI MLflow can log to: a well-formed ARN (its plugin installed), a server that answers, a folder."""
     uri = tracking_uri(setting, output_dir, in_container)
     where = f"logger.mlflow.tracking_uri={setting}"
     if uri.startswith("arn:"):
@@ -82,7 +83,7 @@ def _check_mlflow_uri(setting: str | None, output_dir: Path, in_container: bool)
                 f"{where} is not a SageMaker MLflow tracking server's ARN "
                 "(arn:aws:sagemaker:<region>:<account>:mlflow-tracking-server/<name>): check `terraform output`"
             )
-        _need("sagemaker_mlflow", where, MLFLOW_INSTALL)
+        need("sagemaker_mlflow", where, MLFLOW_INSTALL)
     elif uri.startswith(("http://", "https://")):
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=ANSWER_SECONDS) as answer:
