@@ -147,7 +147,7 @@ variable "force_destroy" {
 }
 
 variable "enable_mlflow" {
-  description = "Create a SageMaker managed MLflow tracking server for logger=mlflow runs (output mlflow_tracking_server_arn). It bills every hour it runs, used or not (Small: about 0.6 USD/hour in us-east-1), until `terraform apply -var enable_mlflow=false` removes it."
+  description = "Create a SageMaker managed MLflow tracking server for logger=mlflow runs (output mlflow_tracking_server_arn). It bills every hour it runs, used or not (SageMaker pricing, MLflow), until `terraform apply -var enable_mlflow=false` removes it."
   type        = bool
   default     = false
 }
