@@ -133,6 +133,7 @@ def test_an_mlflow_uri_no_server_answers_is_one_line_and_no_run_folder(composed,
     [
         ("arn:aws:sagemaker:us-east-1:123:mlflow-tracking-server/x", "is not a SageMaker MLflow tracking server's ARN"),
         ("ftp://host/x", "give a folder, an MLflow server's http(s):// URL"),
+        ("file:///tmp/mlruns", "give a folder, an MLflow server's http(s):// URL"),
     ],
 )
 def test_a_malformed_tracking_uri_is_one_line(composed, uri, says, tmp_path):
@@ -155,12 +156,14 @@ def test_a_tracker_not_installed_is_one_line_saying_what_to_install():
 
 
 def test_a_local_tracking_folder_is_where_the_run_starts_or_in_a_jobs_output(tmp_path, monkeypatch):
-    from project.training.tracking import tracking_uri
+    from project.training.tracking import artifact_location, tracking_uri
 
     monkeypatch.chdir(tmp_path)
-    assert tracking_uri(None, tmp_path / "out", in_container=False) == (tmp_path / "mlruns").as_uri()
-    assert tracking_uri(None, tmp_path / "out", in_container=True) == (tmp_path / "out" / "mlruns").as_uri()
+    assert tracking_uri(None, tmp_path / "out", in_container=False) == f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    assert tracking_uri("runs/t", tmp_path / "out", in_container=True) == f"sqlite:///{tmp_path}/out/runs/t/mlflow.db"
+    assert artifact_location(None, tmp_path, in_container=False) == (tmp_path / "mlruns" / "artifacts").as_uri()
     assert tracking_uri("http://h:5000", tmp_path, in_container=True) == "http://h:5000"
+    assert artifact_location("http://h:5000", tmp_path, in_container=True) is None
 
 
 def test_the_loggers_chosen_are_not_part_of_the_run_identity(composed):

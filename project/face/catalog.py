@@ -23,8 +23,9 @@ from project.core.identity import run_progress
 from project.core.sagemaker_names import METRICS_FILE, PARENT_HASH_TAG, PARENT_RUN_TAG, PROJECT_TAG
 
 SHOWN_METRICS = ("val_acc", "test_acc", "val_loss")
-# Where a run ran or its data's checksums (long, and the same data whatever the mirror), not what it trained.
-IGNORED_KEYS = ("paths.", "run_name", "aws.", "job.image_tag", "dataset.files.", "trainer.gpus")
+# Where a run ran or its data's checksums (long, and the same data whatever the mirror), where it logged (logger), not
+# what it trained.
+IGNORED_KEYS = ("paths.", "run_name", "aws.", "job.image_tag", "dataset.files.", "trainer.gpus", "logger.")
 THRESHOLD = re.compile(r"^(\w+)\s*(>=|<=|>|<|=)\s*([-+0-9.eE]+)$")
 SINCE = re.compile(r"^(\d+)([mhd])$")
 

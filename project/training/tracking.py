@@ -29,6 +29,7 @@ MLFLOW_INSTALL = "pip install -r requirements-tracking.txt"
 # A SageMaker managed MLflow tracking server, as Terraform outputs it (mlflow_tracking_server_arn).
 SAGEMAKER_MLFLOW_ARN = re.compile(r"^arn:aws[a-z-]*:sagemaker:[a-z0-9-]+:\d{12}:mlflow-tracking-server/[A-Za-z0-9-]+$")
 LOCAL_MLRUNS = "mlruns"  # logger.mlflow.tracking_uri=null: this folder where the run starts
+STORE_FILE = "mlflow.db"  # a folder's MLflow store: SQLite, its artifacts beside it
 ANSWER_SECONDS = 10  # an MLflow server that has not answered /health by then is taken as absent
 RUN_ID_KEY = "mlflow_run_id"  # metrics.json's key for the run's MLflow run
 
@@ -43,17 +44,29 @@ def chosen(cfg: Any) -> dict[str, Any]:
     return dict(OmegaConf.to_container(node, resolve=True))  # type: ignore[arg-type]  # a mapping node
 
 
-def tracking_uri(setting: str | None, output_dir: Path, in_container: bool) -> str:
-    """The URI MLflow is given: a server's URL or an ARN as written, a folder as a file: URI.
-
-    null is mlruns/ where the run starts, or in a SageMaker job under its output (it comes back in
-    output.tar.gz); a relative folder in a job also lands there."""
-    if setting and ("://" in setting or setting.startswith("arn:")):
-        return setting
+def local_store(setting: str | None, output_dir: Path, in_container: bool) -> Path | None:
+    """The folder a folder setting names (null: mlruns/ where the run starts; in a SageMaker job under
+    its output, so it comes back in output.tar.gz); None for a URI or an ARN."""
+    if setting and (":" in setting.split("/", 1)[0] or setting.startswith("arn:")):
+        return None
     folder = Path(setting or LOCAL_MLRUNS)
     if in_container and not folder.is_absolute():
         folder = output_dir / folder
-    return folder.resolve().as_uri()
+    return folder.resolve()
+
+
+def tracking_uri(setting: str | None, output_dir: Path, in_container: bool) -> str:
+    """The URI MLflow is given: a server's URL, an ARN or another URI as written; a folder as a SQLite
+    store in it (MLflow 3 refuses its plain-folder store), `mlflow ui --backend-store-uri sqlite:///<folder>/mlflow.db`."""
+    folder = local_store(setting, output_dir, in_container)
+    return str(setting) if folder is None else f"sqlite:///{folder / STORE_FILE}"
+
+
+def artifact_location(setting: str | None, output_dir: Path, in_container: bool) -> str | None:
+    """Where a new experiment of a folder store keeps its artifacts: artifacts/ beside mlflow.db; a
+    server or an ARN decides its own (None)."""
+    folder = local_store(setting, output_dir, in_container)
+    return None if folder is None else (folder / "artifacts").as_uri()
 
 
 def check(cfg: Any, output_dir: Path, in_container: bool) -> None:
@@ -93,7 +106,7 @@ def check_mlflow_uri(setting: str | None, output_dir: Path, in_container: bool) 
             raise UserError(
                 f"{where}: no MLflow server answers there ({reason}); start it (mlflow server) or fix the URI"
             ) from None
-    elif not uri.startswith("file:"):
+    elif not uri.startswith("sqlite:"):
         raise UserError(
             f"{where}: give a folder, an MLflow server's http(s):// URL or a SageMaker MLflow tracking server's ARN"
         )
@@ -118,6 +131,9 @@ def build(cfg: Any, output_dir: Path, run_name: str, tags: Mapping[str, str], in
 
         settings = loggers["mlflow"]
         uri = tracking_uri(settings["tracking_uri"], output_dir, in_container)
+        folder = local_store(settings["tracking_uri"], output_dir, in_container)
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
         if not uri.startswith("arn:"):  # sagemaker-mlflow's header plugin warns on every request to any other URI
             logging.getLogger("mlflow.tracking.request_header.registry").setLevel(logging.ERROR)
         built.append(
@@ -126,6 +142,7 @@ def build(cfg: Any, output_dir: Path, run_name: str, tags: Mapping[str, str], in
                 run_name=run_name,
                 tracking_uri=uri,
                 tags=dict(tags),
+                artifact_location=artifact_location(settings["tracking_uri"], output_dir, in_container),
             )
         )
     if "wandb" in loggers:
