@@ -5,9 +5,6 @@ is written, and the logger chosen is not part of the run's identity."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -15,6 +12,7 @@ import pytest
 from project.core.errors import UserError
 from project.core.identity import run_identity
 from tests.failing_runs import free_port
+from tests.mlflow_server import mlflow_server as server_on_loopback
 from tests.requires import requires
 
 pytestmark = requires(module="mlflow")
@@ -22,52 +20,8 @@ pytestmark = requires(module="mlflow")
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
-    """The URL of an `mlflow server` of this module's own: a SQLite store, artifacts served over HTTP."""
-    store = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{store / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(store / "artifacts"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_until_it_answers(server, url)
+    with server_on_loopback(tmp_path_factory.mktemp("mlflow")) as url:
         yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
-def _wait_until_it_answers(server: subprocess.Popen, url: str, seconds: float = 120) -> None:
-    import time
-
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"mlflow server exited: {server.stderr.read() if server.stderr else ''}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                return
-        except OSError:
-            time.sleep(0.2)  # polling for the port to open, not guessing how long it takes
-    pytest.fail(f"mlflow server did not answer at {url} within {seconds} s")
 
 
 def test_a_run_logs_its_config_per_epoch_metrics_and_artifacts_to_an_mlflow_server(composed, tiny_run, mlflow_server):
