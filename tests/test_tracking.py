@@ -167,3 +167,19 @@ def test_a_job_with_logger_mlflow_installs_the_client_tags_its_commit_and_logs_t
     assert OmegaConf.load(source / "config.yaml").logger.mlflow.tracking_uri == arn
     server = plan_job(composed("logger=mlflow", "logger.mlflow.tracking_uri=http://mlflow:5000"), INFRA, CUSTOM)
     assert server.requirements_file() == "mlflow-skinny==3.17.2\n"  # no SageMaker plugin for a plain server
+
+
+def test_a_run_config_saved_before_the_logger_group_loads_with_its_default(composed, tmp_path):
+    """deploy and --config read a run's model/config.yaml: one saved before `logger` existed ran with TensorBoard."""
+    from omegaconf import OmegaConf
+
+    from project.core.config import load_resolved, to_yaml
+
+    old = OmegaConf.to_container(composed(), resolve=True)
+    old.pop("logger")
+    (tmp_path / "old.yaml").write_text(OmegaConf.to_yaml(old))
+    assert OmegaConf.to_container(load_resolved(tmp_path / "old.yaml").logger) == {
+        "tensorboard": {"name": "tensorboard"}
+    }
+    (tmp_path / "none.yaml").write_text(to_yaml(composed("logger=none")))
+    assert OmegaConf.to_container(load_resolved(tmp_path / "none.yaml").logger) == {}
