@@ -165,6 +165,8 @@ def test_a_job_with_logger_mlflow_installs_the_client_tags_its_commit_and_logs_t
     source = stage_source(cfg, tmp_path / "src", tracked)
     assert (source / image.JOB_REQUIREMENTS).read_text() == tracked.requirements_file()
     assert OmegaConf.load(source / "config.yaml").logger.mlflow.tracking_uri == arn
+    with pytest.raises(UserError, match="^logger.mlflow.tracking_uri=arn:aws:sagemaker:x is not a SageMaker MLflow"):
+        plan_job(composed("logger=mlflow", "logger.mlflow.tracking_uri=arn:aws:sagemaker:x"), INFRA, CUSTOM)
     server = plan_job(composed("logger=mlflow", "logger.mlflow.tracking_uri=http://mlflow:5000"), INFRA, CUSTOM)
     assert server.requirements_file() == "mlflow-skinny==3.17.2\n"  # no SageMaker plugin for a plain server
 

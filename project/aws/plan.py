@@ -32,6 +32,7 @@ from project.core.sagemaker_names import (
 from project.core.topology import Topology, decide
 from project.training.imagetree import packs
 from project.training.launch import trains_in_pid_1
+from project.training.tracking import SAGEMAKER_MLFLOW_ARN
 
 ENTRY_SCRIPT = "sm_entry.py"  # project/training/sm_entry.py, staged at the top of the code channel
 MAX_RUNTIME_SECONDS = 28 * 24 * 3600  # SageMaker's limit on MaxRuntimeInSeconds/MaxWaitTimeInSeconds
@@ -239,6 +240,11 @@ def plan_job(
     input_modes = {name: str((cfg.dataset.get("input_modes") or {}).get(name, "File")) for name in cfg.dataset.channels}
     tracked = "mlflow" in (cfg.get("logger") or {})
     mlflow_uri = (cfg.logger.mlflow.tracking_uri or infra.mlflow_tracking_server_arn) if tracked else None
+    if str(mlflow_uri).startswith("arn:") and not SAGEMAKER_MLFLOW_ARN.match(str(mlflow_uri)):
+        raise LaunchError(  # the container would say so only after the instance started
+            f"logger.mlflow.tracking_uri={mlflow_uri} is not a SageMaker MLflow tracking server's ARN "
+            "(arn:aws:sagemaker:<region>:<account>:mlflow-tracking-server/<name>): check `terraform output`"
+        )
     return JobPlan(
         base_name=job.base_name,
         job_name=job_name(job.base_name, now),
