@@ -236,15 +236,16 @@ def fetch(c, job=None, sweep=None, overrides=None):
         "sweep": "Only the runs of this sweep",
         "since": "Only runs since 30m, 12h, 3d or an ISO date",
         "metric": "Only runs whose final metric passes, e.g. val_acc>=0.9",
-        "overrides": OVERRIDES_HELP + " (aws.*, paths.runs_dir)",
+        "mlflow": "Also the MLflow runs: of logger.mlflow.tracking_uri, else Terraform's tracking server, else mlruns/",
+        "overrides": OVERRIDES_HELP + " (aws.*, paths.runs_dir, logger.mlflow.tracking_uri)",
     },
 )
-def runs(c, sweep=None, since=None, metric=None, overrides=None):
+def runs(c, sweep=None, since=None, metric=None, mlflow=False, overrides=None):
     """Every run, local and SageMaker, newest first: status, config hash, git sha, overrides, metrics, cost."""
     from project.face import catalog
 
     with user_errors():
-        catalog.list_runs(overrides or [], sweep, since, metric)
+        catalog.list_runs(overrides or [], sweep, since, metric, mlflow=mlflow)
 
 
 @task(

@@ -174,6 +174,29 @@ data "aws_iam_policy_document" "training" {
   }
 
   dynamic "statement" {
+    # enable_mlflow: a logger=mlflow job logs its run to the tracking server (mlflow.tf).
+    for_each = aws_sagemaker_mlflow_tracking_server.this[*].arn
+
+    content {
+      sid       = "LogToMlflow"
+      actions   = local.mlflow_logging_actions
+      resources = [statement.value]
+    }
+  }
+
+  dynamic "statement" {
+    # enable_mlflow: the job's client uploads the run's artifacts to the server's store, and the
+    # server (working as this role) reads them back for the UI.
+    for_each = var.enable_mlflow ? [local.mlflow_prefix] : []
+
+    content {
+      sid       = "WriteMlflowArtifacts"
+      actions   = ["s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"]
+      resources = ["${aws_s3_bucket.this["artifacts"].arn}/${statement.value}/*"]
+    }
+  }
+
+  dynamic "statement" {
     # SSE-KMS only: reading and writing encrypted objects needs the key.
     for_each = var.kms_key_arn == null ? [] : [var.kms_key_arn]
 
@@ -458,6 +481,18 @@ data "aws_iam_policy_document" "launcher" {
     sid       = "ReadTrainingLogs"
     actions   = ["logs:DescribeLogStreams", "logs:GetLogEvents"]
     resources = [local.training_log_group_arn, "${local.training_log_group_arn}:*"]
+  }
+
+  dynamic "statement" {
+    # enable_mlflow: `invoke runs --mlflow` lists the tracking server's runs; the MLflow UI opens
+    # through a presigned URL (aws sagemaker create-presigned-mlflow-tracking-server-url).
+    for_each = aws_sagemaker_mlflow_tracking_server.this[*].arn
+
+    content {
+      sid       = "ReadMlflowRuns"
+      actions   = concat(local.mlflow_reading_actions, ["sagemaker:CreatePresignedMlflowTrackingServerUrl", "sagemaker:DescribeMlflowTrackingServer"])
+      resources = [statement.value]
+    }
   }
 
   dynamic "statement" {

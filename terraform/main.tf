@@ -40,6 +40,29 @@ locals {
   # project/aws/async_endpoints.py: an async endpoint's requests, answers and refusals under
   # async/<endpoint>/input|output|failure/.
   async_prefix = "async"
+  # mlflow.tf: the MLflow tracking server's artifact store (enable_mlflow).
+  mlflow_prefix = "mlflow"
+  # What an MLflow client does to log one run (the job) and to read runs back (invoke runs --mlflow):
+  # the sagemaker-mlflow actions of MLflow's REST calls (SageMaker's MLflow IAM docs).
+  mlflow_reading_actions = [
+    "sagemaker-mlflow:AccessUI",
+    "sagemaker-mlflow:GetExperiment",
+    "sagemaker-mlflow:GetExperimentByName",
+    "sagemaker-mlflow:SearchExperiments",
+    "sagemaker-mlflow:GetRun",
+    "sagemaker-mlflow:SearchRuns",
+    "sagemaker-mlflow:GetMetricHistory",
+    "sagemaker-mlflow:ListArtifacts",
+  ]
+  mlflow_logging_actions = concat(local.mlflow_reading_actions, [
+    "sagemaker-mlflow:CreateExperiment",
+    "sagemaker-mlflow:CreateRun",
+    "sagemaker-mlflow:UpdateRun",
+    "sagemaker-mlflow:LogBatch",
+    "sagemaker-mlflow:LogMetric",
+    "sagemaker-mlflow:LogParam",
+    "sagemaker-mlflow:SetTag",
+  ])
 
   # SageMaker writes training job logs and metrics under these fixed names.
   training_log_group     = "/aws/sagemaker/TrainingJobs"

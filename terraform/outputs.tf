@@ -32,3 +32,8 @@ output "launcher_policy_arn" {
   description = "ARN of the launcher policy when create_launcher_policy is true, else null."
   value       = one(aws_iam_policy.launcher[*].arn)
 }
+
+output "mlflow_tracking_server_arn" {
+  description = "ARN of the SageMaker managed MLflow tracking server when enable_mlflow is true, else null: `invoke train` logs logger=mlflow jobs to it."
+  value       = one(aws_sagemaker_mlflow_tracking_server.this[*].arn)
+}

@@ -145,3 +145,20 @@ variable "force_destroy" {
   type        = bool
   default     = false
 }
+
+variable "enable_mlflow" {
+  description = "Create a SageMaker managed MLflow tracking server for logger=mlflow runs (output mlflow_tracking_server_arn). It bills every hour it runs, used or not (SageMaker pricing, MLflow), until `terraform apply -var enable_mlflow=false` removes it."
+  type        = bool
+  default     = false
+}
+
+variable "mlflow_server_size" {
+  description = "Size of the MLflow tracking server when enable_mlflow is true: Small, Medium or Large (larger bills more)."
+  type        = string
+  default     = "Small"
+
+  validation {
+    condition     = contains(["Small", "Medium", "Large"], var.mlflow_server_size)
+    error_message = "mlflow_server_size must be Small, Medium or Large."
+  }
+}

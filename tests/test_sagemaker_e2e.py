@@ -35,6 +35,7 @@ from project.training.train import run_composed
 from tests import aws_calls, byo, cli
 from tests.cli import one_error_line
 from tests.imagetrees import write_tree
+from tests.mlflow_server import mlflow_server
 from tests.requires import skip_unless
 from tests.service_model import problems
 from tests.synthetic import make_images, tiny_overrides, write_dataset
@@ -105,11 +106,19 @@ def data(world):
 
 
 def test_upload_train_fetch_predict(world, data, tmp_path):
-    """The default job.image=aws; the other jobs of this module run job.image=custom."""
+    """The default job.image=aws; the other jobs of this module run job.image=custom. It logs to MLflow
+    too (logger=[tensorboard,mlflow], a real server on loopback): the job installs the client and tags its run."""
     name = f"e2e-{uuid.uuid4().hex[:6]}"
     # The start-up trace in the job's output (bench/README.md: PID 1 to the first step).
     trace = f"+job.environment.{startup.TRACE_ENV}=/opt/ml/output/data/startup.jsonl"
-    overrides = [*job_overrides(world, data, name, image="aws"), trace]
+    with mlflow_server(tmp_path / "mlflow") as tracking:
+        tracked = ["logger=[tensorboard,mlflow]", f"logger.mlflow.tracking_uri={tracking}"]
+        _upload_train_fetch_predict(
+            world, data, tmp_path, name, [*job_overrides(world, data, name, "aws"), trace], tracked
+        )
+
+
+def _upload_train_fetch_predict(world, data, tmp_path, name, overrides, tracked):
     s3, infra = world["clients"].s3, world["infra"]
 
     dry = invoke("upload", *overrides, "--dry-run")
@@ -124,11 +133,12 @@ def test_upload_train_fetch_predict(world, data, tmp_path):
     assert keys == sorted(f"datasets/{name}/train/{stem}.gz" for stem in data[1])  # the train channel
 
     with emulator.sagemaker_service(run_jobs=True, workdir=tmp_path / "jobs") as service:
-        train = invoke("train", *overrides, "--yes", "--poll", "1")
+        train = invoke("train", *overrides, *tracked, "--yes", "--poll", "1")
         assert train.returncode == 0, train.stdout[-4000:] + train.stderr[-3000:]
         job = re.search(r"launched (\S+)", train.stdout).group(1)
         run = service.result(job)
         run.check()
+        assert "Requirement already satisfied: mlflow-skinny==" in run.stdout  # logger=mlflow's client
 
         out = train.stdout
         assert "cost" in out and "$0.230/h x 1 instance(s)" in out  # the estimate came before the launch
@@ -202,6 +212,7 @@ def test_upload_train_fetch_predict(world, data, tmp_path):
         assert list((run_dir / "checkpoints").glob("*.ckpt"))
         metrics = json.loads((run_dir / "metrics.json").read_text())
         assert metrics["test_acc"] == pytest.approx(final["test_acc"], abs=1e-4)
+        _check_the_mlflow_run(tracked[1].split("=", 1)[1], metrics, job, tags)
 
         # `invoke register <job>` (#29 §4) by the job's name alone: fetched into paths.runs_dir,
         # measured on the held-out test set through the serving code path, registered with the job's tags.
@@ -252,6 +263,19 @@ def test_upload_train_fetch_predict(world, data, tmp_path):
 
     again = invoke("upload", *overrides)  # nothing changed: nothing moves
     assert again.returncode == 0 and "uploaded 0 file(s)" in again.stdout, again.stdout + again.stderr
+
+
+def _check_the_mlflow_run(tracking: str, metrics: dict, job: str, tags: dict) -> None:
+    """The job's MLflow run: config as params, per-epoch metrics, model.ts and plots, the job's identity as tags."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking)
+    run = client.get_run(metrics["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["config/trainer/max_epochs"] == "2"
+    assert len(client.get_metric_history(run.info.run_id, "val_acc")) == 2  # one point per epoch
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"model.ts", "learning_curves.png"}
+    assert run.data.tags["sagemaker-job"] == job
+    assert (run.data.tags["config-hash"], run.data.tags["git-sha"]) == (tags["config-hash"], tags["git-sha"])
 
 
 def test_failing_job_surfaces_its_reason(world, data, tmp_path):

@@ -13,7 +13,7 @@ from invoke.parser import Parser
 from tests.cli import invoke, one_error_line
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAVY = ("torch", "pytorch_lightning", "lightning", "sagemaker", "hydra", "boto3", "matplotlib")
+HEAVY = ("torch", "pytorch_lightning", "lightning", "sagemaker", "hydra", "boto3", "matplotlib", "mlflow", "wandb")
 
 
 def test_importing_tasks_is_cheap():

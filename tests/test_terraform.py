@@ -243,6 +243,31 @@ def test_a_capitalised_default_tag_key_is_refused(terraform_applied, moto_endpoi
 
 
 @requires(terraform=True)
+def test_enable_mlflow_plans_a_tracking_server_that_works_as_the_execution_role(terraform_applied, moto_endpoint):
+    """moto has no SageMaker MLflow API, so the tracking server is checked as planned, not applied."""
+    workdir, outputs, _ = terraform_applied
+    env = terraform_env(moto_endpoint, workdir)
+    plan = ["plan", "-input=false", "-no-color", "-var", "enable_mlflow=true", "-out", "mlflow.tfplan"]
+    subprocess.run(["terraform", f"-chdir={workdir}", *plan], env=env, capture_output=True, timeout=300, check=True)
+    shown = subprocess.run(
+        ["terraform", f"-chdir={workdir}", "show", "-json", "mlflow.tfplan"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    changes = {c["address"]: c["change"] for c in json.loads(shown.stdout)["resource_changes"]}
+    server = changes["aws_sagemaker_mlflow_tracking_server.this[0]"]
+    assert server["actions"] == ["create"]
+    assert server["after"]["role_arn"] == outputs["role_arn"] and server["after"]["tracking_server_size"] == "Small"
+    assert server["after"]["artifact_store_uri"] == f"s3://{outputs['artifacts_bucket']}/mlflow/"
+    # the execution role and the launcher get the MLflow grants once the server's ARN is known
+    assert changes["aws_iam_role_policy.this"]["actions"] == ["update"]
+    assert outputs.get("mlflow_tracking_server_arn") is None  # off by default
+
+
+@requires(terraform=True)
 def test_repository_is_immutable_scanned_encrypted_and_pruned(outputs):
     ecr = boto3.client("ecr")
     name = str(outputs["repository_url"]).split("/", 1)[1]

@@ -259,6 +259,48 @@ def open_group_section(group: str, cls_name: str, what: str, classes: dict[str, 
     return out
 
 
+def logger_section() -> list[str]:
+    """conf/logger/: an open group of one key per logger (several at once), its keys indented under it."""
+    import textwrap
+
+    out = [
+        "## `logger`",
+        "",
+        "Experiment trackers, several at once: `logger=[tensorboard,mlflow]`. "
+        "Not part of the run identity. Keys per logger: `LOGGERS` of the schema.",
+        "",
+    ]
+    default = defaults_list().get("logger")
+    for path in sorted((CONF / "logger").glob("*.yaml")):
+        values = yaml.safe_load(path.read_text()) or {}
+        mark = " (the default)" if path.stem == default else ""
+        out += [
+            f"### `logger={path.stem}`{mark}",
+            "",
+            f"`conf/logger/{path.stem}.yaml`. {prose(file_comment(path))}",
+            "",
+        ]
+        for name, keys in values.items():
+            nested = textwrap.dedent("\n".join(path.read_text().split(f"{name}:\n", 1)[1].splitlines()))
+            comments = yaml_comments_text("_:\n" + nested)  # a key first: the comment above the first key is its own
+            out += ["| key | value | comment |", "|---|---|---|"]
+            out += [f"| `logger.{name}.{k}` | {code(v)} | {prose(comments.get(k, ''))} |" for k, v in keys.items()]
+            out.append("")
+    return out
+
+
+def yaml_comments_text(text: str) -> dict[str, str]:
+    """yaml_comments of a block of YAML text (a nested mapping, dedented)."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
+        handle.write(text)
+    try:
+        return yaml_comments(Path(handle.name))
+    finally:
+        Path(handle.name).unlink()
+
+
 def experiment_section() -> list[str]:
     out = ["## `experiment`", "", "Presets over the groups above, applied after them (your overrides still win).", ""]
     for path in sorted((CONF / "experiment").glob("*.yaml")):
@@ -310,6 +352,7 @@ def config_page() -> str:
             out += instance_catalog()
     out += ["## `sweep`", "", "Read by `-m` sweeps only; no file: the values live in the schema (`SweepConfig`).", ""]
     out += keys_table(classes["SweepConfig"], {}, {}, "default") + [""]
+    out += logger_section()
     out += experiment_section()
     run_name = next(f for f in classes["Config"] if f.name == "run_name")
     out += [

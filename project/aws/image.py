@@ -22,6 +22,7 @@ from project.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 TRAIN_REQUIREMENTS = ROOT / "requirements-train.txt"
+TRACKING_REQUIREMENTS = ROOT / "requirements-tracking.txt"  # logger=mlflow: what the job installs besides
 # What `docker build` reads: the tag hashes exactly these and the base image.
 IMAGE_INPUTS = ("Dockerfile", ".dockerignore", "requirements-train.txt")
 JOB_REQUIREMENTS = "requirements.txt"  # job.image=aws: in the code channel, installed by the SDK's sm_train.sh
@@ -95,14 +96,25 @@ def training_requirements() -> list[str]:
     return [line for line in lines if line]
 
 
-def job_requirements() -> str:
-    """job.image=aws's requirements file: everything but torch, so pip keeps the image's CUDA build.
+def job_requirements(extra: tuple[str, ...] = ()) -> str:
+    """job.image=aws's requirements file: everything but torch, so pip keeps the image's CUDA build,
+    and the `extra` lines of the run's tracker (tracking_requirements).
 
     pytorch-lightning and torchmetrics ask for torch>=X, which the image's torch satisfies
     (check_pytorch), so pip never replaces it.
     """
     kept = [line for line in training_requirements() if _name(line) != "torch"]
-    return "\n".join(kept) + "\n"
+    return "\n".join([*kept, *extra]) + "\n"
+
+
+def tracking_requirements(sagemaker_mlflow: bool) -> tuple[str, ...]:
+    """What a logger=mlflow job installs at start (either image): MLflow's client, mlflow-skinny, at
+    requirements-tracking.txt's mlflow version (the server and UI stay on the laptop), and the
+    sagemaker-mlflow plugin when it logs to a SageMaker managed tracking server (its ARN)."""
+    lines = (line.split("#", 1)[0].strip() for line in TRACKING_REQUIREMENTS.read_text().splitlines())
+    pins = {_name(line): line for line in lines if line}
+    client = pins["mlflow"].replace("mlflow", "mlflow-skinny", 1)
+    return (client, pins["sagemaker-mlflow"]) if sagemaker_mlflow else (client,)
 
 
 def _name(requirement: str) -> str:

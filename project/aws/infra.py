@@ -12,7 +12,7 @@ import json
 import shutil
 import subprocess
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
 from project.core.errors import UserError
@@ -28,9 +28,13 @@ class Infra:
     repository_url: str
     role_arn: str
     region: str
+    # terraform/ with enable_mlflow=true: the SageMaker managed MLflow tracking server a logger=mlflow
+    # job logs to when logger.mlflow.tracking_uri is null. Optional: None without it.
+    mlflow_tracking_server_arn: str | None = None
 
 
-OUTPUT_NAMES = tuple(f.name for f in fields(Infra))
+OUTPUT_NAMES = tuple(f.name for f in fields(Infra) if f.default is MISSING)  # the outputs a job cannot go without
+OPTIONAL_OUTPUTS = tuple(f.name for f in fields(Infra) if f.default is not MISSING)
 INSTALL_URL = "https://developer.hashicorp.com/terraform/install"
 
 
@@ -103,4 +107,5 @@ def load_infra(terraform_dir: Path, overrides: Mapping[str, str | None] | None =
                 f"Terraform output `{name}`={value!r} in {terraform_dir}/: {rule}; fix the Terraform configuration "
                 f"or {_config_hint((name,))}"
             )
-    return Infra(**{name: str(values[name]) for name in OUTPUT_NAMES})
+    optional = {name: str(outputs[name]) for name in OPTIONAL_OUTPUTS if isinstance(outputs.get(name), str)}
+    return Infra(**{name: str(values[name]) for name in OUTPUT_NAMES}, **optional)

@@ -14,12 +14,13 @@ from typing import Any
 
 from project.aws.cost import Cost, budget_line, check_budget, estimate, price_age_note
 from project.aws.fit import check_precision
-from project.aws.image import JobImage
+from project.aws.image import JobImage, job_requirements, tracking_requirements
 from project.aws.infra import Infra
 from project.core.config import known_instance_types, metric_names, with_gpus
 from project.core.errors import UserError
 from project.core.identity import Progress, run_identity
 from project.core.sagemaker_names import (
+    GIT_SHA_ENV,
     JOB_NAME,
     MODEL_CHANNEL,
     PARENT_HASH_ENV,
@@ -31,6 +32,7 @@ from project.core.sagemaker_names import (
 from project.core.topology import Topology, decide
 from project.training.imagetree import packs
 from project.training.launch import trains_in_pid_1
+from project.training.tracking import SAGEMAKER_MLFLOW_ARN
 
 ENTRY_SCRIPT = "sm_entry.py"  # project/training/sm_entry.py, staged at the top of the code channel
 MAX_RUNTIME_SECONDS = 28 * 24 * 3600  # SageMaker's limit on MaxRuntimeInSeconds/MaxWaitTimeInSeconds
@@ -99,10 +101,25 @@ class JobPlan:
     # What checkpoint_uri already holds of this identity (workflow.earlier_run): the job resumes it.
     earlier: Progress | None = None
     parent: ModelChannel | None = None  # trainer.init_from: the model channel
+    # logger=mlflow: the packages the job installs for it (image.tracking_requirements), and where it
+    # logs: logger.mlflow.tracking_uri, else Terraform's tracking server (enable_mlflow), else None
+    # (mlruns/ in the job's output.tar.gz).
+    tracking: tuple[str, ...] = ()
+    mlflow_uri: str | None = None
 
     @property
     def image_uri(self) -> str:
         return self.image.uri
+
+    def _tracking_line(self) -> str:
+        where = self.mlflow_uri or "mlruns/ in the job's output.tar.gz (no tracking server: enable_mlflow)"
+        return f"MLflow: {where}; pip installs {', '.join(self.tracking)} at start"
+
+    def requirements_file(self) -> str | None:
+        """What the job pip-installs at start (sm_train.sh): job.image=aws's requirements, a tracker's; None: none."""
+        if self.image.install:
+            return job_requirements(self.tracking)
+        return "\n".join(self.tracking) + "\n" if self.tracking else None
 
     @property
     def gpus_per_node(self) -> int:
@@ -130,6 +147,7 @@ class JobPlan:
             ("job", self.job_name),
             ("image", self.image.line()),
             *([("start-up", self.image.install.line())] if self.image.install else []),
+            *([("tracking", self._tracking_line())] if self.tracking else []),
             ("command", f"{entry_command(self)}  ({pid_1(self)})"),
             ("instance", f"{self.instance_count} x {self.instance_type}"),
             ("processes", f"{self.processes_per_node} per node, world size {self.world_size}"),
@@ -220,6 +238,13 @@ def plan_job(
     data_bucket, artifacts = infra.data_bucket, infra.artifacts_bucket
     channels = channel_uris(data_bucket, cfg.dataset.s3_prefix, list(cfg.dataset.channels))
     input_modes = {name: str((cfg.dataset.get("input_modes") or {}).get(name, "File")) for name in cfg.dataset.channels}
+    tracked = "mlflow" in (cfg.get("logger") or {})
+    mlflow_uri = (cfg.logger.mlflow.tracking_uri or infra.mlflow_tracking_server_arn) if tracked else None
+    if str(mlflow_uri).startswith("arn:") and not SAGEMAKER_MLFLOW_ARN.match(str(mlflow_uri)):
+        raise LaunchError(  # the container would say so only after the instance started
+            f"logger.mlflow.tracking_uri={mlflow_uri} is not a SageMaker MLflow tracking server's ARN "
+            "(arn:aws:sagemaker:<region>:<account>:mlflow-tracking-server/<name>): check `terraform output`"
+        )
     return JobPlan(
         base_name=job.base_name,
         job_name=job_name(job.base_name, now),
@@ -250,6 +275,7 @@ def plan_job(
         },
         environment={
             "PYTHONUNBUFFERED": "1",
+            **({GIT_SHA_ENV: revision} if tracked else {}),  # the MLflow run's git-sha tag
             **(parent.environment() if parent else {}),
             **{str(k): str(v) for k, v in job.environment.items()},
         },
@@ -260,6 +286,8 @@ def plan_job(
             "nodes": str(inst.count),
         },
         metrics=metric_names(cfg),
+        tracking=tracking_requirements(str(mlflow_uri).startswith("arn:")) if tracked else (),
+        mlflow_uri=mlflow_uri,
         cost=estimate(
             inst.price_per_hour, inst.count, max_run, job.spot_discount, max_wait, job.keep_alive_minutes * 60
         ),

@@ -146,11 +146,11 @@ def model_trainer(
         input_s3_key_prefix=plan.job_name,
         training_image=plan.image_uri,
         # `exec`: PID 1 becomes torchrun, which forwards SIGTERM to the workers (project/training/launch.py).
-        # job.image=aws: the SDK's sm_train.sh pip-installs the staged requirements before the command.
+        # job.image=aws or a tracker: the SDK's sm_train.sh pip-installs the staged requirements before the command.
         source_code=SourceCode(
             source_dir=str(source_dir),
             command=entry_command(plan),
-            requirements=JOB_REQUIREMENTS if plan.image.install else None,
+            requirements=JOB_REQUIREMENTS if plan.requirements_file() is not None else None,
         ),
         compute=compute,
         stopping_condition=stopping,

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from project.aws.image import JOB_REQUIREMENTS, job_requirements
+from project.aws.image import JOB_REQUIREMENTS
 from project.aws.plan import ENTRY_SCRIPT, JobPlan, LaunchError
 from project.core.config import RESOLVED_CONFIG_NAME, to_yaml, with_gpus
 
@@ -46,15 +46,15 @@ def stage_source(cfg: Any, dest: Path, plan: JobPlan) -> Path:
     Its trainer.gpus is the plan's gpus_per_node, resolved when the job was planned: the container
     does not resolve it again.
     """
-    stage_code(dest, user_code(cfg), install=plan.image.install is not None)
+    stage_code(dest, user_code(cfg), requirements=plan.requirements_file())
     (dest / RESOLVED_CONFIG_NAME).write_text(staged_config(cfg, plan))
     return dest
 
 
-def stage_code(dest: Path, packages: Mapping[str, Path], install: bool = False) -> Path:
+def stage_code(dest: Path, packages: Mapping[str, Path], requirements: str | None = None) -> Path:
     """The project package's staged part, the user's packages (user_code) and the entry script on top.
 
-    `install`: job.image=aws, whose sm_train.sh pip-installs the job's requirements before the command.
+    `requirements`: what the SDK's sm_train.sh pip-installs before the command (JobPlan.requirements_file).
     """
     if dest.exists():
         shutil.rmtree(dest)
@@ -68,8 +68,8 @@ def stage_code(dest: Path, packages: Mapping[str, Path], install: bool = False) 
         else:
             shutil.copy2(origin, dest / origin.name)
     shutil.copy2(ENTRY_SOURCE, dest / ENTRY_SCRIPT)
-    if install:
-        (dest / JOB_REQUIREMENTS).write_text(job_requirements())
+    if requirements is not None:
+        (dest / JOB_REQUIREMENTS).write_text(requirements)
     return dest
 
 
@@ -80,8 +80,12 @@ def _skipped(folder: str, names: list[str]) -> set[str]:
 
 
 def staged_config(cfg: Any, plan: JobPlan) -> str:
-    """The config.yaml a job trains from: resolved, with trainer.gpus as planned."""
-    return to_yaml(with_gpus(cfg, plan.gpus_per_node))
+    """The config.yaml a job trains from: resolved, with trainer.gpus as planned (and logger=mlflow's
+    tracking URI as planned: Terraform's tracking server where the config names none)."""
+    staged = with_gpus(cfg, plan.gpus_per_node)
+    if plan.mlflow_uri is not None:
+        staged.logger.mlflow.tracking_uri = plan.mlflow_uri
+    return to_yaml(staged)
 
 
 def source_revision() -> str:

@@ -132,9 +132,9 @@ class SweepSession:
         with aws_errors():
             self.ctx = context(cfg)
         self.revision = source_revision()  # one code bundle, one commit
-        # The code bundles uploaded so far, by (pip-installs requirements, the user packages they hold):
-        # one for the whole sweep, unless its jobs differ in image kind or need packages it lacks.
-        self.bundles: dict[tuple[bool, frozenset[str]], str] = {}
+        # The code bundles uploaded so far, by (the requirements it pip-installs, the user packages they hold):
+        # one for the whole sweep, unless its jobs differ in image kind or tracker or need packages it lacks.
+        self.bundles: dict[tuple[str | None, frozenset[str]], str] = {}
         self.checked: set[tuple[str, tuple[tuple[str, str], ...]]] = set()  # (image, data channels) checked
         self.asked = False
         self.launched: list[JobPlan] = []  # the jobs earlier batches launched: the budget counts them
@@ -225,8 +225,8 @@ class SweepSession:
 
     def bundle(self, job: Job, plan: JobPlan) -> str | None:
         """The uploaded code bundle this job can run from: its image kind, and every package it names."""
-        install, needs = plan.image.install is not None, frozenset(self.packages[job.num])
-        return next((uri for (kind, has), uri in self.bundles.items() if kind == install and needs <= has), None)
+        wanted, needs = plan.requirements_file(), frozenset(self.packages[job.num])
+        return next((uri for (kind, has), uri in self.bundles.items() if kind == wanted and needs <= has), None)
 
     def upload_code(self, pairs: list[tuple[Job, JobPlan]]) -> None:
         """Upload the bundles these jobs lack, before any of them launches: s3://.../code/<base>-<sweep>/code/.
@@ -234,20 +234,20 @@ class SweepSession:
         All the jobs that lack one share a new bundle holding the union of their packages (a sweep over
         model= choices whose classes live in different packages), so a sweep uploads its code once.
         """
-        lacking: dict[bool, list[tuple[Job, JobPlan]]] = {}
+        lacking: dict[str | None, list[tuple[Job, JobPlan]]] = {}  # by what the job pip-installs at start
         for job, plan in pairs:
             if self.bundle(job, plan) is None:
-                lacking.setdefault(plan.image.install is not None, []).append((job, plan))
-        for install, group in lacking.items():
+                lacking.setdefault(plan.requirements_file(), []).append((job, plan))
+        for requirements, group in lacking.items():
             suffix = f"-{len(self.bundles)}" if self.bundles else ""
             uri = sweep_prefix(self.ctx, group[0][1], self.sweep_id) + f"code{suffix}/"
             bucket, prefix = split_s3_uri(uri)
             packages = {name: path for job, _ in group for name, path in self.packages[job.num].items()}
             with tempfile.TemporaryDirectory(prefix="sm-sweep-code-") as tmp, aws_errors(resource=uri):
-                root = stage_code(Path(tmp) / "code", packages, install=install)
+                root = stage_code(Path(tmp) / "code", packages, requirements=requirements)
                 for path in sorted(p for p in root.rglob("*") if p.is_file()):
                     self.ctx.clients.s3.upload_file(str(path), bucket, prefix + path.relative_to(root).as_posix())
-            self.bundles[(install, frozenset(packages))] = uri
+            self.bundles[(requirements, frozenset(packages))] = uri
 
     def launch_one(self, job: Job, plan: JobPlan) -> None:
         code = self.bundle(job, plan)

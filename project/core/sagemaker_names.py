@@ -29,3 +29,5 @@ PARENT_RUN_ENV = "INIT_FROM_RUN"
 PARENT_HASH_ENV = "INIT_FROM_CONFIG_HASH"
 PARENT_RUN_TAG = "parent-run"
 PARENT_HASH_TAG = "parent-config-hash"
+# logger=mlflow on SageMaker: the staged code's commit, for the MLflow run's git-sha tag (the job's tag has it too).
+GIT_SHA_ENV = "PROJECT_GIT_SHA"

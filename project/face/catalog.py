@@ -23,8 +23,9 @@ from project.core.identity import run_progress
 from project.core.sagemaker_names import METRICS_FILE, PARENT_HASH_TAG, PARENT_RUN_TAG, PROJECT_TAG
 
 SHOWN_METRICS = ("val_acc", "test_acc", "val_loss")
-# Where a run ran or its data's checksums (long, and the same data whatever the mirror), not what it trained.
-IGNORED_KEYS = ("paths.", "run_name", "aws.", "job.image_tag", "dataset.files.", "trainer.gpus")
+# Where a run ran or its data's checksums (long, and the same data whatever the mirror), where it logged (logger), not
+# what it trained.
+IGNORED_KEYS = ("paths.", "run_name", "aws.", "job.image_tag", "dataset.files.", "trainer.gpus", "logger.")
 THRESHOLD = re.compile(r"^(\w+)\s*(>=|<=|>|<|=)\s*([-+0-9.eE]+)$")
 SINCE = re.compile(r"^(\d+)([mhd])$")
 
@@ -181,6 +182,37 @@ def sagemaker_entries(sm: Any) -> list[Entry]:
     return entries
 
 
+def mlflow_entries(uri: str, limit: int = 1000) -> list[Entry]:
+    """The runs of every experiment of an MLflow tracking server or folder (logger=mlflow), newest first."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    found = client.search_runs(experiments, order_by=["attributes.start_time DESC"], max_results=limit)
+    return [
+        Entry(
+            name=run.info.run_name or run.info.run_id,
+            where="mlflow",
+            status=run.info.status.capitalize(),
+            created=datetime.fromtimestamp(run.info.start_time / 1000, UTC),
+            config_hash=run.data.tags.get("config-hash", "-"),
+            git_sha=run.data.tags.get("git-sha", "-"),
+            metrics={k: v for k, v in run.data.metrics.items() if k in SHOWN_METRICS},
+            duration_s=(run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else None,
+        )
+        for run in found
+    ]
+
+
+def mlflow_uri(cfg: Any, terraform_arn: str | None) -> str:
+    """Where `invoke runs --mlflow` looks: logger.mlflow.tracking_uri as given, else Terraform's tracking
+    server (enable_mlflow), else the local mlruns/ folder."""
+    from project.training.tracking import LOCAL_MLRUNS, tracking_uri
+
+    given = cfg.logger.mlflow.tracking_uri if "mlflow" in cfg.logger else None
+    return tracking_uri(given or terraform_arn or LOCAL_MLRUNS, Path.cwd(), in_container=False)
+
+
 def since_cutoff(since: str, now: datetime | None = None) -> datetime:
     """`3d`, `12h`, `30m` or an ISO date/time (UTC)."""
     now = now or datetime.now(UTC)
@@ -265,20 +297,34 @@ def table(entries: Sequence[Entry]) -> str:
 
 
 def list_runs(
-    overrides: list[str], sweep: str | None, since: str | None, metric: str | None, echo: Callable[[str], None] = print
+    overrides: list[str],
+    sweep: str | None,
+    since: str | None,
+    metric: str | None,
+    echo: Callable[[str], None] = print,
+    mlflow: bool = False,
 ) -> list[Entry]:
-    """`invoke runs`: local runs and SageMaker jobs, newest first, filtered."""
+    """`invoke runs`: local runs and SageMaker jobs (and with `mlflow`, the MLflow runs), newest first, filtered."""
     from project.aws.errors import aws_errors
     from project.aws.workflow import context
     from project.core.config import compose
+    from project.training import tracking
 
     cfg = compose(overrides)
     entries = local_entries(Path(cfg.paths.runs_dir), defaults())
+    arn = None
     try:
         with aws_errors():
-            entries += sagemaker_entries(context(cfg).clients.sagemaker)
+            ctx = context(cfg)
+            arn = ctx.infra.mlflow_tracking_server_arn
+            entries += sagemaker_entries(ctx.clients.sagemaker)
     except UserError as problem:  # no Terraform outputs or no credentials: the local runs still list
         echo(f"(SageMaker jobs not listed: {problem})")
+    if mlflow:  # a tracker not installed or a server that does not answer: one line, nothing listed
+        tracking.need("mlflow", "invoke runs --mlflow", tracking.MLFLOW_INSTALL)
+        uri = mlflow_uri(cfg, arn)
+        tracking.check_mlflow_uri(uri, Path.cwd(), in_container=False)
+        entries += mlflow_entries(uri)
     chosen = select(entries, sweep, since, metric)
     echo(table(chosen) if chosen else "no runs match")
     if any(e.where == "local" and e.status.startswith("interrupted") for e in chosen):

@@ -26,6 +26,7 @@ from project.training.reporting import LEARNING_RATE, STEP_LOSS
 
 CURVES_FILE = "learning_curves.png"
 CONFUSION_FILE = "confusion_matrix.png"
+PLOTS = (CURVES_FILE, CONFUSION_FILE)  # under output/; a regressor has no confusion matrix
 
 
 def example_input(datamodule: Any) -> Any:

@@ -23,7 +23,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from project.core import config as config_lib
@@ -46,7 +45,7 @@ from project.core.runtime import (
 )
 from project.core.topology import Topology, decide
 from project.serving import archive as serving
-from project.training import artifacts, init_from, local, modules, profiling, reporting
+from project.training import artifacts, init_from, local, modules, profiling, reporting, tracking
 from project.training.checkpoints import RunCheckpoints, newest_valid, run_bytes
 from project.training.reporting import scalars as _scalars
 from project.training.resolve import Resolved, resolve
@@ -102,7 +101,7 @@ def build_run(cfg: Any, layout: RunLayout, data: Resolved, topology: Topology, r
     nodes (project.core.topology.decide). Public for the benchmarks, which drive the very objects a
     run trains with.
     """
-    t = cfg.trainer
+    t, sm = cfg.trainer, sagemaker_env()
     module, datamodule = modules.build(cfg, data)
     debug = debug_enabled()
     reporting.quiet_lightning(debug)
@@ -123,11 +122,14 @@ def build_run(cfg: Any, layout: RunLayout, data: Resolved, topology: Topology, r
         enable_model_summary=debug,  # the start line gives the parameter count
         enable_checkpointing=False,  # RunCheckpoints below, keyed by run identity
         default_root_dir=str(layout.output_dir),
-        logger=[
-            # hparams go in with the final metrics (reporting.log_final_hparams), not with a -1 placeholder
-            TensorBoardLogger(save_dir=str(layout.output_dir), name="tensorboard", version="", default_hp_metric=False),
-            CSVLogger(save_dir=str(layout.output_dir), name="", version=""),
-        ],
+        # the chosen trackers (conf/logger/) and the CSV the plots read
+        logger=tracking.build(
+            cfg,
+            layout.output_dir,
+            run_name or cfg.run_name or cfg.model.name,
+            tracking.run_tags(run_identity(cfg), sm.job_name if sm else None),
+            in_container=sm is not None,
+        ),
         callbacks=[
             LoopTimer(),
             *reporting.callbacks(
@@ -172,6 +174,8 @@ def train(
     startup.mark("data_verified", resolved_here=not handed)
     modules.check(cfg)  # a _target_ that does not import, or a wrong argument: one line, nothing written
     modules.sample_pass(cfg)  # a network that cannot take the data's samples: the same
+    # logger=mlflow without mlflow installed, or a tracking URI no server answers: the same
+    tracking.check(cfg, layout.output_dir, in_container=sagemaker_env() is not None)
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     trainer, module, datamodule = build_run(cfg, layout, data, topology, run_name)
     parent = init_from.apply(
@@ -183,6 +187,7 @@ def train(
     startup.mark("built")
     if trainer.is_global_zero:
         write_atomically(layout.model_dir / config_lib.RESOLVED_CONFIG_NAME, config_lib.to_yaml(cfg))
+        tracking.log_config(trainer, cfg)
 
     identity = run_identity(cfg)
     resume_from = newest_valid(layout.checkpoint_dir, identity) if cfg.trainer.resume else None
@@ -216,7 +221,7 @@ def train(
         reporting.warn_unlogged([n for n in config_lib.metric_names(cfg) if n.startswith("test_")], list(metrics))
         reporting.print_line(reporting.final_line(metrics))
         reporting.log_final_hparams(trainer, cfg, metrics)
-        _write_artifacts(cfg, layout, module, datamodule, metrics)
+        _write_artifacts(cfg, layout, trainer, module, datamodule, metrics)
         # Last, beside the checkpoints (SageMaker syncs it to S3 with them): this identity's run
         # finished, so `invoke local` and `invoke train` need not start it again (project/core/identity.py).
         finished = {"run_name": run_name, "global_steps": trainer.global_step, "epochs": trainer.current_epoch}
@@ -234,7 +239,7 @@ def _room_fix() -> str:
     return "free some space, or choose another folder with paths.runs_dir=..."
 
 
-def _write_artifacts(cfg: Any, layout: RunLayout, module, datamodule, metrics: dict[str, Any]) -> None:
+def _write_artifacts(cfg: Any, layout: RunLayout, trainer, module, datamodule, metrics: dict[str, Any]) -> None:
     example = artifacts.example_input(datamodule)
     if config_lib.is_classifier(cfg) and example is not None and example.dim() == 4:
         # Pixels in, probabilities out, normalisation inside: what `invoke predict` runs.
@@ -251,6 +256,8 @@ def _write_artifacts(cfg: Any, layout: RunLayout, module, datamodule, metrics: d
     shape = [int(n) for n in example.shape[1:]] if example is not None else None
     serving.write_serving_code(layout.model_dir, cfg, shape)
     artifacts.plot_learning_curves(layout.output_dir / "metrics.csv", layout.output_dir / artifacts.CURVES_FILE)
+    tracked = [layout.model_dir / serving.TORCHSCRIPT_FILE, *(layout.output_dir / name for name in artifacts.PLOTS)]
+    metrics.update(tracking.finish(trainer, metrics, tracked))  # the MLflow run's id, if it logged
     artifacts.write_metrics(metrics, layout.metrics_files)
 
 

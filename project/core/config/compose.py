@@ -16,6 +16,18 @@ CONF_DIR = Path(__file__).resolve().parents[3] / "conf"  # project/core/config/ 
 RESOLVED_CONFIG_NAME = "config.yaml"  # the resolved config file that travels with a job
 
 
+# Groups newer than some saved run configs (a run's model/config.yaml, which deploy and --config read).
+GROUPS_ADDED_LATER = ("logger",)
+
+
+def default_option(group: str) -> str:
+    """The option conf/config.yaml's defaults list picks for `group`."""
+    import yaml
+
+    entries = yaml.safe_load((CONF_DIR / "config.yaml").read_text())["defaults"]
+    return next(str(e[group]) for e in entries if isinstance(e, dict) and group in e)
+
+
 def known_instance_types() -> list[str]:
     """The instance types conf/instance/ describes (GPUs, memory, price): the ones a job may name."""
     return sorted(p.stem for p in (CONF_DIR / "instance").glob("*.yaml"))
@@ -67,7 +79,11 @@ def load_resolved(path: Path) -> Any:
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(path))
+        saved = OmegaConf.load(path)
+        for group in GROUPS_ADDED_LATER:  # a run saved before the group existed ran with its default option
+            if group not in saved and (CONF_DIR / group).is_dir():
+                saved[group] = OmegaConf.load(CONF_DIR / group / f"{default_option(group)}.yaml")  # type: ignore[index]  # a config file is a mapping
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), saved)
     except (OmegaConfBaseException, OSError) as exc:
         raise ConfigError(f"cannot load config {path}: {one_line(exc)}") from None
     OmegaConf.set_struct(cfg, True)

@@ -175,6 +175,28 @@ class JobConfig:
     include: list[str] = MISSING
 
 
+@dataclass
+class TensorBoardLoggerKeys:
+    name: str = MISSING  # the folder under output/
+
+
+@dataclass
+class MlflowLoggerKeys:
+    tracking_uri: str | None = MISSING  # a folder, an MLflow server's URL or a SageMaker MLflow ARN; None: mlruns/
+    experiment_name: str = MISSING
+
+
+@dataclass
+class WandbLoggerKeys:
+    project: str = MISSING
+    mode: str = MISSING  # WANDB_MODES
+
+
+# The loggers conf/logger/ offers (the group's option `none` adds no key), and the keys of each.
+LOGGERS: dict[str, type] = {"tensorboard": TensorBoardLoggerKeys, "mlflow": MlflowLoggerKeys, "wandb": WandbLoggerKeys}
+WANDB_MODES = ("offline", "online", "disabled")
+
+
 SWEEP_DIRECTIONS = ("maximize", "minimize")
 
 # Lightning's `Trainer(precision=...)` names (lightning_fabric.connector's _PRECISION_INPUT): the
@@ -278,6 +300,9 @@ class Config:
     job: JobConfig = MISSING
     sweep: SweepConfig = field(default_factory=SweepConfig)  # only `-m` sweeps read it
     deploy: DeployConfig = MISSING
+    # Experiment trackers, one key per logger chosen (conf/logger/; logger=[tensorboard,mlflow]): an open
+    # mapping whose keys validate() checks against LOGGERS. Not part of the run identity.
+    logger: Any = MISSING
     run_name: str | None = MISSING  # None: <model>-<timestamp> locally, the job name on SageMaker
 
 

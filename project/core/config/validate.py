@@ -12,10 +12,12 @@ from project.core.config.messages import ConfigError, one_line
 from project.core.config.schema import (
     CHANNELS,
     INPUT_MODES,
+    LOGGERS,
     MISSING,
     PRECISION_NAMES,
     PRECISIONS,
     SWEEP_DIRECTIONS,
+    WANDB_MODES,
     ClassifierKeys,
     Config,
     DatasetKeys,
@@ -78,6 +80,7 @@ def validate(cfg: Any) -> None:
     if "model" in cfg:  # composed without one (compose(model=False)): the key is missing
         _validate_model(cfg.model)
     _validate_resource_names(cfg.aws)
+    _validate_loggers(cfg.logger)
 
 
 def _validate_profile(t: Any) -> None:
@@ -97,6 +100,21 @@ def _validate_profile(t: Any) -> None:
             f"trainer.profile_steps={steps} ends past the run's last step ({batches * t.max_epochs}: "
             f"limit_train_batches={batches} x max_epochs={t.max_epochs}); choose an earlier window or train longer"
         )
+
+
+def _validate_loggers(loggers: Any) -> None:
+    """logger: only the loggers conf/logger/ offers, each with its own keys (an open group, so checked here)."""
+    for name in loggers:
+        if name not in LOGGERS:
+            raise ConfigError(
+                f"unknown logger {name!r}; choose from {', '.join(LOGGERS)} or none, e.g. logger=[tensorboard,mlflow]"
+            )
+        allowed = {f.name for f in fields(LOGGERS[name])}
+        added = sorted(str(k) for k in loggers[name] if k not in allowed)
+        if added:
+            raise ConfigError(f"unknown key 'logger.{name}.{added[0]}'; valid keys there: {', '.join(sorted(allowed))}")
+    if "wandb" in loggers and loggers.wandb.mode not in WANDB_MODES:
+        raise ConfigError(f"logger.wandb.mode must be one of {', '.join(WANDB_MODES)}, got {loggers.wandb.mode!r}")
 
 
 def _reject_added_keys(cfg: Any) -> None:

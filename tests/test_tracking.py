@@ -1,0 +1,187 @@
+"""Experiment tracking (conf/logger/, project/training/tracking.py): a tiny run logs to a real MLflow
+server on loopback (real HTTP), a bad tracking URI or a missing package is one line before anything
+is written, and the logger chosen is not part of the run's identity."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from project.core.errors import UserError
+from project.core.identity import run_identity
+from tests.failing_runs import free_port
+from tests.mlflow_server import mlflow_server as server_on_loopback
+from tests.requires import requires
+
+pytestmark = requires(module="mlflow")
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    with server_on_loopback(tmp_path_factory.mktemp("mlflow")) as url:
+        yield url
+
+
+def test_a_run_logs_its_config_per_epoch_metrics_and_artifacts_to_an_mlflow_server(composed, tiny_run, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    from project.training.train import run_composed
+
+    cfg = composed(
+        *tiny_run(run_name="tracked", **{"trainer.max_epochs": 1, "trainer.log_every_n_steps": 2}),
+        "logger=[tensorboard,mlflow]",
+        f"logger.mlflow.tracking_uri={mlflow_server}",
+        "logger.mlflow.experiment_name=tracked",
+    )
+    metrics = run_composed(cfg, "tracked")
+    run_dir = Path(cfg.paths.runs_dir) / "tracked"
+    written = json.loads((run_dir / "metrics.json").read_text())
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(written["mlflow_run_id"])
+    assert metrics["mlflow_run_id"] == run.info.run_id and run.info.status == "FINISHED"
+    assert (
+        run.data.params["config/trainer/max_epochs"] == "1" and run.data.params["config/model/name"] == cfg.model.name
+    )
+    assert run.data.tags["config-hash"] == run_identity(cfg) == written["config_hash"]
+    assert len(client.get_metric_history(run.info.run_id, "val_acc")) == 1  # one epoch, one point
+    assert len(client.get_metric_history(run.info.run_id, "train_loss_step")) > 1  # per step, too
+    assert run.data.metrics["final/test_acc"] == pytest.approx(written["test_acc"])
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {
+        "model.ts",
+        "learning_curves.png",
+        "confusion_matrix.png",
+    }
+    # TensorBoard and the CSV the plots read are still there
+    assert (run_dir / "output" / "metrics.csv").is_file() and (run_dir / "output" / "tensorboard").is_dir()
+    # invoke runs --mlflow lists the MLflow run beside the local one, with the same config hash
+    from project.face.catalog import list_runs
+
+    shown: list[str] = []
+    where = [f"paths.runs_dir={cfg.paths.runs_dir}", "logger=mlflow", f"logger.mlflow.tracking_uri={mlflow_server}"]
+    listed = list_runs(where, None, None, None, echo=shown.append, mlflow=True)
+    assert {(e.where, e.name, e.config_hash) for e in listed} == {
+        ("local", "tracked", written["config_hash"]),
+        ("mlflow", "tracked", written["config_hash"]),
+    }
+    assert any(line.startswith("tracked") and " mlflow " in line for line in shown[-1].splitlines())
+
+
+def test_an_mlflow_uri_no_server_answers_is_one_line_and_no_run_folder(composed, tiny_run):
+    from project.training.train import run_composed
+
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    cfg = composed(*tiny_run(run_name="unheard"), "logger=mlflow", f"logger.mlflow.tracking_uri={uri}")
+    with pytest.raises(UserError) as info:
+        run_composed(cfg, "unheard")
+    message = str(info.value)
+    assert (
+        message.startswith(f"logger.mlflow.tracking_uri={uri}: no MLflow server answers there") and "\n" not in message
+    )
+    assert not (Path(cfg.paths.runs_dir) / "unheard").exists()
+
+
+@pytest.mark.parametrize(
+    ("uri", "says"),
+    [
+        ("arn:aws:sagemaker:us-east-1:123:mlflow-tracking-server/x", "is not a SageMaker MLflow tracking server's ARN"),
+        ("ftp://host/x", "give a folder, an MLflow server's http(s):// URL"),
+        ("file:///tmp/mlruns", "give a folder, an MLflow server's http(s):// URL"),
+    ],
+)
+def test_a_malformed_tracking_uri_is_one_line(composed, uri, says, tmp_path):
+    from project.training import tracking
+
+    with pytest.raises(UserError) as info:
+        tracking.check(composed("logger=mlflow", f"logger.mlflow.tracking_uri={uri}"), tmp_path, in_container=False)
+    assert str(info.value).startswith(f"logger.mlflow.tracking_uri={uri}") and says in str(info.value)
+
+
+def test_a_tracker_not_installed_is_one_line_saying_what_to_install():
+    from project.training import tracking
+
+    with pytest.raises(UserError) as info:
+        tracking.need("no_such_tracker_module", "logger=mlflow", tracking.MLFLOW_INSTALL)
+    assert str(info.value) == (
+        "logger=mlflow needs the no_such_tracker_module package, which is not installed here: "
+        "pip install -r requirements-tracking.txt"
+    )
+
+
+def test_a_local_tracking_folder_is_where_the_run_starts_or_in_a_jobs_output(tmp_path, monkeypatch):
+    from project.training.tracking import artifact_location, tracking_uri
+
+    monkeypatch.chdir(tmp_path)
+    assert tracking_uri(None, tmp_path / "out", in_container=False) == f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    assert tracking_uri("runs/t", tmp_path / "out", in_container=True) == f"sqlite:///{tmp_path}/out/runs/t/mlflow.db"
+    assert artifact_location(None, tmp_path, in_container=False) == (tmp_path / "mlruns" / "artifacts").as_uri()
+    assert tracking_uri("http://h:5000", tmp_path, in_container=True) == "http://h:5000"
+    assert artifact_location("http://h:5000", tmp_path, in_container=True) is None
+
+
+def test_the_loggers_chosen_are_not_part_of_the_run_identity(composed):
+    base = run_identity(composed())
+    assert run_identity(composed("logger=[tensorboard,mlflow,wandb]")) == base == run_identity(composed("logger=none"))
+
+
+@pytest.mark.parametrize(
+    ("override", "line"),
+    [
+        ("logger=tensorboardx", "unknown logger 'tensorboardx' \\(did you mean tensorboard\\?\\)"),
+        ("logger.wandb.mode=cloud", "logger.wandb.mode must be one of offline, online, disabled, got 'cloud'"),
+    ],
+)
+def test_a_wrong_logger_is_refused_at_compose(composed, override, line):
+    from project.core.config import ConfigError
+
+    overrides = ["logger=wandb", override] if override.startswith("logger.wandb") else [override]
+    with pytest.raises(ConfigError, match=line):
+        composed(*overrides)
+
+
+def test_a_job_with_logger_mlflow_installs_the_client_tags_its_commit_and_logs_to_terraforms_server(composed, tmp_path):
+    """logger.mlflow.tracking_uri=null: the tracking server Terraform outputs; the job installs mlflow-skinny
+    and sagemaker-mlflow on either image and carries the commit for the run's git-sha tag."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from project.aws import image
+    from project.aws.plan import plan_job
+    from project.aws.staging import stage_source
+    from project.core.sagemaker_names import GIT_SHA_ENV
+    from tests.test_jobs import CUSTOM, INFRA
+
+    arn = "arn:aws:sagemaker:us-east-1:123456789012:mlflow-tracking-server/lightning"
+    infra = dataclasses.replace(INFRA, mlflow_tracking_server_arn=arn)
+    plain = plan_job(composed(), infra, CUSTOM, revision="9f8e7d6")
+    assert plain.requirements_file() is None and GIT_SHA_ENV not in plain.environment
+    cfg = composed("logger=[tensorboard,mlflow]")
+    tracked = plan_job(cfg, infra, CUSTOM, revision="9f8e7d6")
+    assert tracked.environment[GIT_SHA_ENV] == "9f8e7d6" and tracked.config_hash == plain.config_hash
+    assert tracked.requirements_file() == "mlflow-skinny==3.17.2\nsagemaker-mlflow==0.5.0\n"
+    assert f"MLflow: {arn}" in tracked.summary()
+    source = stage_source(cfg, tmp_path / "src", tracked)
+    assert (source / image.JOB_REQUIREMENTS).read_text() == tracked.requirements_file()
+    assert OmegaConf.load(source / "config.yaml").logger.mlflow.tracking_uri == arn
+    with pytest.raises(UserError, match="^logger.mlflow.tracking_uri=arn:aws:sagemaker:x is not a SageMaker MLflow"):
+        plan_job(composed("logger=mlflow", "logger.mlflow.tracking_uri=arn:aws:sagemaker:x"), INFRA, CUSTOM)
+    server = plan_job(composed("logger=mlflow", "logger.mlflow.tracking_uri=http://mlflow:5000"), INFRA, CUSTOM)
+    assert server.requirements_file() == "mlflow-skinny==3.17.2\n"  # no SageMaker plugin for a plain server
+
+
+def test_a_run_config_saved_before_the_logger_group_loads_with_its_default(composed, tmp_path):
+    """deploy and --config read a run's model/config.yaml: one saved before `logger` existed ran with TensorBoard."""
+    from omegaconf import OmegaConf
+
+    from project.core.config import load_resolved, to_yaml
+
+    old = OmegaConf.to_container(composed(), resolve=True)
+    old.pop("logger")
+    (tmp_path / "old.yaml").write_text(OmegaConf.to_yaml(old))
+    assert OmegaConf.to_container(load_resolved(tmp_path / "old.yaml").logger) == {
+        "tensorboard": {"name": "tensorboard"}
+    }
+    (tmp_path / "none.yaml").write_text(to_yaml(composed("logger=none")))
+    assert OmegaConf.to_container(load_resolved(tmp_path / "none.yaml").logger) == {}
