@@ -115,35 +115,17 @@ resource "aws_s3_bucket_lifecycle_configuration" "this" {
   }
 
   dynamic "rule" {
-    # A dry run's bundle (the SDK uploads it to build the request) serves no job: gone after a day,
-    # versions included. S3 applies the shortest expiration of the rules that match an object.
-    for_each = each.key == "artifacts" ? [local.dry_run_prefix] : []
+    # Short-lived objects on the artifacts bucket, none read again after a day: dry runs' staged
+    # code (the dry-run prefix), and an async endpoint's requests, answers and refusals
+    # (async/<endpoint>/...), which `invoke predict` reads as soon as each is written. Versions
+    # included; S3 applies the shortest expiration of the rules that match an object.
+    for_each = each.key == "artifacts" ? {
+      "expire-dry-run-code"   = local.dry_run_prefix
+      "expire-async-requests" = local.async_prefix
+    } : {}
 
     content {
-      id     = "expire-dry-run-code"
-      status = "Enabled"
-
-      filter {
-        prefix = "${rule.value}/"
-      }
-
-      expiration {
-        days = 1
-      }
-
-      noncurrent_version_expiration {
-        noncurrent_days = 1
-      }
-    }
-  }
-
-  dynamic "rule" {
-    # An async endpoint's requests, answers and refusals (async/<endpoint>/...): `invoke predict`
-    # reads each answer as soon as it is written; none is read again after a day.
-    for_each = each.key == "artifacts" ? [local.async_prefix] : []
-
-    content {
-      id     = "expire-async-requests"
+      id     = rule.key
       status = "Enabled"
 
       filter {
