@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -12,8 +13,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def invoke(*args: str, env: Mapping[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run `invoke <args>` from the repository root; its exit code and both outputs, as text."""
-    return subprocess.run(
+    """Run `invoke <args>` from the repository root; its exit code and both outputs, as text.
+
+    With TEST_CLI_TIMES=<file>, each call appends "<seconds> <args>" there: where a slow test's time goes.
+    """
+    started = time.monotonic()
+    result = subprocess.run(
         [sys.executable, "-m", "invoke", *args],
         cwd=ROOT,
         capture_output=True,
@@ -21,6 +26,10 @@ def invoke(*args: str, env: Mapping[str, str] | None = None, timeout: float = 30
         timeout=timeout,
         env=dict(env if env is not None else os.environ),
     )
+    if log := os.environ.get("TEST_CLI_TIMES"):
+        with open(log, "a") as out:
+            out.write(f"{time.monotonic() - started:7.1f} {' '.join(args)[:160]}\n")
+    return result
 
 
 def one_error_line(result: subprocess.CompletedProcess) -> str:

@@ -1,5 +1,5 @@
 """A/B variants through the real CLI against the sandbox (#29 §1): deploy run A, add run B with 10%
-of the traffic, see about 10% of 1,000 requests reach B, pin requests with --variant, read each
+of the traffic, see about 10% of 400 requests reach B, pin requests with --variant, read each
 variant's CloudWatch numbers in `invoke endpoints`, compare the variants on labelled images, shift
 the weights, refuse bad input in one line, shift to 100% and retire A. Every request the tasks
 sent is checked against botocore's service model as AWS checks it (tests/service_model.py).
@@ -29,7 +29,7 @@ from tests.synthetic import make_glyphs, tiny_overrides, write_dataset
 from tests.test_deploy import resources, world  # noqa: F401 (world: the module's fixture, shared)
 
 invoke = functools.partial(cli.invoke, timeout=600)
-REQUESTS = 1000
+REQUESTS = 400
 SHARE = 0.10
 
 
@@ -131,7 +131,7 @@ def test_a_b_variants_through_the_cli(world, run_b, tmp_path):  # noqa: F811
     assert [v["VariantName"] for v in config["ProductionVariants"]] == ["tiny", "tiny-b"]
     assert len([r for r in resources(sm) - before if r.startswith("config ")]) == 1  # the old config is gone
 
-    # About 10% of 1,000 requests reach B: within 4 standard deviations of the binomial.
+    # About 10% of 400 requests reach B: within 4 standard deviations of the binomial.
     many = tmp_path / "many"
     write_pngs(many, REQUESTS, seed=3, by_class=False)
     answered = invoke("predict", "--endpoint", "ab", str(many), *ovr)

@@ -7,11 +7,15 @@ local `invoke predict` prints them; with --variant, a request pinned to one prod
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from project.aws.deploy_requests import IMAGE_CONTENT_TYPES, DeployError
 from project.aws.workflow import aws_task, setup
+
+REQUESTS_IN_FLIGHT = 4  # a folder's images sent at a time to a real-time endpoint
 
 
 def invoke_endpoint(
@@ -84,7 +88,7 @@ def answer_label(answer: dict[str, Any], path: Path, endpoint: str) -> int | Non
 
 def endpoint_predictions(
     ctx: Any, endpoint: str, images: list[Path], raw: bool, variant: str | None = None
-) -> list[tuple[Any, str]]:
+) -> Iterable[tuple[Any, str]]:
     """(Prediction as `invoke predict` prints it, the variant that answered) per image; an async
     endpoint's through S3 (async_endpoints), all queued before the first answer is awaited."""
     from project.aws.async_endpoints import async_answers, async_config_of, check_payloads
@@ -98,11 +102,22 @@ def endpoint_predictions(
         answers = async_answers(ctx, endpoint, [(path, *request_body(path, raw)) for path in images])
         served = desc["ProductionVariants"][0]["VariantName"]
         return [(_prediction(answer, path, endpoint), served) for path, answer in zip(images, answers, strict=True)]
-    return [
-        (_prediction(answer, path, endpoint), served)
-        for path in images
-        for answer, served in [call_endpoint(ctx, endpoint, path, raw, variant)]
-    ]
+    return _in_order(ctx, endpoint, images, raw, variant)
+
+
+def _in_order(ctx: Any, endpoint: str, images: list[Path], raw: bool, variant: str | None) -> Iterator[tuple[Any, str]]:
+    """A real-time endpoint's answers in the images' order, each as soon as it and those before it
+    are in: up to REQUESTS_IN_FLIGHT requests at a time (an endpoint serves them concurrently), so a
+    folder of a thousand images streams its lines instead of printing them all at the end. The
+    first refusal stops the rest (those not yet sent are cancelled)."""
+    pool = ThreadPoolExecutor(max_workers=REQUESTS_IN_FLIGHT, thread_name_prefix="predict")
+    try:
+        for path, (answer, served) in zip(
+            images, pool.map(lambda p: call_endpoint(ctx, endpoint, p, raw, variant), images), strict=True
+        ):
+            yield _prediction(answer, path, endpoint), served
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _variant_count(ctx: Any, endpoint: str) -> int:
