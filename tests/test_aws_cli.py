@@ -216,7 +216,7 @@ def test_job_tasks_take_the_job_by_name_or_by_its_folder(clients, dataset, repos
         by_name, by_path = invoke(task, name, *args), invoke(task, f"runs/{name}/", *args)
         assert by_name.returncode == 0 and by_path.returncode == 0, (task, by_name.stderr, by_path.stderr)
         assert name in by_path.stdout and by_path.stdout.splitlines()[0] == by_name.stdout.splitlines()[0], task
-    not_done = f"error: {name} is InProgress, not Completed: nothing to fetch yet"
+    not_done = f"error: training job {name} is InProgress, not Completed: nothing to fetch yet"
     assert one_error_line(invoke("fetch", name, *args)) == one_error_line(invoke("fetch", f"runs/{name}/", *args))
     assert one_error_line(invoke("fetch", f"runs/{name}", *args)) == not_done
     with emulator.sagemaker_service():  # moto has no StopTrainingJob; the sandbox's SageMaker has

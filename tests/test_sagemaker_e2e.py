@@ -310,7 +310,7 @@ def test_failing_job_surfaces_its_reason(world, data, tmp_path):
     assert why.stdout.strip() == train.stderr.strip().removeprefix("error: ")
 
     fetched = invoke("fetch", job, *world["infra_overrides"], f"paths.runs_dir={tmp_path / 'runs'}")
-    assert one_error_line(fetched) == f"error: {job} is Failed, not Completed: nothing to fetch yet"
+    assert one_error_line(fetched) == f"error: training job {job} is Failed, not Completed: nothing to fetch yet"
     assert not (tmp_path / "runs").exists()
 
 

@@ -32,19 +32,21 @@ def resolve_source(ctx: Any, spec: str | None) -> Source:
             raise DeployError(f"no run folder {ref.folder} and not a training job name: give runs/<run> or a job name")
     name = job_of(ctx, spec)
     try:
-        desc = monitor.describe(ctx.clients.sagemaker, name)
+        desc = monitor.completed(ctx.clients.sagemaker, name)
     except monitor.JobError:
         raise DeployError(
             f"no run folder {Path(ctx.cfg.paths.runs_dir) / name} and no training job {name!r}: "
             "give a run folder or a job from `invoke status`"
         ) from None
-    if desc["TrainingJobStatus"] != "Completed":
-        raise DeployError(
-            f"training job {name} is {desc['TrainingJobStatus']}, not Completed: it has no model to serve"
-        )
-    model_data = desc["ModelArtifacts"]["S3ModelArtifacts"]
+    except monitor.NotCompleted as exc:
+        raise DeployError(f"{exc}: it has no model to serve") from None
+    return job_source(ctx, desc, monitor.job_tags(ctx.clients.sagemaker, desc))
+
+
+def job_source(ctx: Any, desc: dict[str, Any], tags: dict[str, str]) -> Source:
+    """A completed job (its description and tags) as the source served: its own model.tar.gz, checked."""
+    name, model_data = desc["TrainingJobName"], desc["ModelArtifacts"]["S3ModelArtifacts"]
     exported = _check_archive(ctx.clients.s3, model_data, name)
-    tags = {t["Key"]: t["Value"] for t in ctx.clients.sagemaker.list_tags(ResourceArn=desc["TrainingJobArn"])["Tags"]}
     return Source(name, tags.get(HASH_TAG, "unknown"), model_data=model_data, exported_by=exported)
 
 

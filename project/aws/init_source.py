@@ -77,17 +77,14 @@ def _find(ctx: Any, spec: str, tmp: Path) -> tuple[ModelChannel, Parent, Path | 
 def _job_source(ctx: Any, job: str, tmp: Path, missing: str = "") -> tuple[ModelChannel, Parent, None]:
     """A completed training job's model.tar.gz, and the config hash its plan recorded (plan.py's hyperparameters)."""
     try:
-        desc = monitor.describe(ctx.clients.sagemaker, job)
+        desc = monitor.completed(ctx.clients.sagemaker, job)
     except monitor.JobError:
         raise InitFromError(
             f"trainer.init_from={job}: {missing}no training job {job!r}; give a run, a .ckpt or model.pt, "
             "a job from `invoke status` or an s3:// URI of a model.tar.gz"
         ) from None
-    if desc["TrainingJobStatus"] != "Completed":
-        raise InitFromError(
-            f"trainer.init_from={job}: training job {job} is {desc['TrainingJobStatus']}, not Completed: "
-            "it has no model to start from"
-        )
+    except monitor.NotCompleted as exc:
+        raise InitFromError(f"trainer.init_from={job}: {exc}: it has no model to start from") from None
     config_hash = (desc.get("HyperParameters") or {}).get("config_hash")
     channel = ModelChannel(desc["ModelArtifacts"]["S3ModelArtifacts"], job, config_hash)
     return channel, _downloaded(ctx, channel, tmp), None

@@ -19,6 +19,10 @@ class JobError(UserError):
     pass
 
 
+class NotCompleted(UserError):
+    """A training job that exists but has not Completed: 'training job N is S, not Completed'."""
+
+
 def describe(sm, job_name: str) -> dict[str, Any]:
     with aws_errors(resource=f"training job {job_name}"):
         try:
@@ -52,6 +56,20 @@ def final_metrics(desc: dict[str, Any]) -> dict[str, float]:
 def _duration(desc: dict[str, Any]) -> float | None:
     start, end = desc.get("TrainingStartTime"), desc.get("TrainingEndTime")
     return (end - start).total_seconds() if start and end else None
+
+
+def completed(sm, job_name: str) -> dict[str, Any]:
+    """DescribeTrainingJob of a job whose model is wanted (fetch, deploy, register, init_from): JobError
+    where there is no such job, NotCompleted where it has not Completed (each caller says what for)."""
+    desc = describe(sm, job_name)
+    if desc["TrainingJobStatus"] != "Completed":
+        raise NotCompleted(f"training job {job_name} is {desc['TrainingJobStatus']}, not Completed")
+    return desc
+
+
+def job_tags(sm, desc: dict[str, Any]) -> dict[str, str]:
+    """A described training job's tags, as a dict."""
+    return {t["Key"]: t["Value"] for t in sm.list_tags(ResourceArn=desc["TrainingJobArn"])["Tags"]}
 
 
 @dataclass(frozen=True)

@@ -230,7 +230,7 @@ def _run_folder(ctx: Any, spec: str, echo: Echo) -> tuple[Path, str, Source | No
     """The run's folder (a SageMaker job is fetched into paths.runs_dir first), its git sha, and for a
     job the job itself as the source served (its own model.tar.gz, not a re-packed copy)."""
     from project.aws import monitor
-    from project.aws.deploy_source import resolve_source
+    from project.aws.deploy_source import job_source
     from project.aws.staging import source_revision
     from project.aws.workflow import fetch_completed
 
@@ -243,19 +243,17 @@ def _run_folder(ctx: Any, spec: str, echo: Echo) -> tuple[Path, str, Source | No
         raise RegistryError(f"no run folder {ref.folder} and not a training job name: give runs/<run> or a job name")
     sm = ctx.clients.sagemaker
     try:
-        desc = monitor.describe(sm, ref.name)
+        desc = monitor.completed(sm, ref.name)
     except monitor.JobError:
         raise RegistryError(
             f"no run folder {ref.folder} and no training job {ref.name!r}: "
             "give a run folder or a job from `invoke status`"
         ) from None
-    if desc["TrainingJobStatus"] != "Completed":
-        raise RegistryError(
-            f"training job {ref.name} is {desc['TrainingJobStatus']}, not Completed: nothing to register"
-        )
-    job = resolve_source(ctx, ref.name)  # before the fetch: then ref.name is a folder too
+    except monitor.NotCompleted as exc:
+        raise RegistryError(f"{exc}: nothing to register") from None
+    tags = monitor.job_tags(sm, desc)
+    job = job_source(ctx, desc, tags)  # the job's own archive, checked before the fetch
     fetch_completed(ctx, desc, ref.folder, echo)
-    tags = {t["Key"]: t["Value"] for t in sm.list_tags(ResourceArn=desc["TrainingJobArn"])["Tags"]}
     return ref.folder, tags.get("git-sha", "-"), job
 
 

@@ -338,9 +338,10 @@ def stop(overrides: list[str], job_name: str, echo=print) -> None:
 def fetch(overrides: list[str], job_name: str | None, echo=print) -> Path:
     ctx = setup(overrides)
     name = job_of(ctx, job_name)
-    desc = monitor.describe(ctx.clients.sagemaker, name)
-    if desc["TrainingJobStatus"] != "Completed":
-        raise monitor.JobError(f"{name} is {desc['TrainingJobStatus']}, not Completed: nothing to fetch yet")
+    try:
+        desc = monitor.completed(ctx.clients.sagemaker, name)
+    except monitor.NotCompleted as exc:
+        raise monitor.JobError(f"{exc}: nothing to fetch yet") from None
     dest = Path(ctx.cfg.paths.runs_dir) / name
     fetch_completed(ctx, desc, dest, echo)
     metrics = json.loads((dest / METRICS_FILE).read_text())
