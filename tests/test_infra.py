@@ -120,6 +120,27 @@ def test_outputs_become_infra_and_non_empty_overrides_win(tmp_path):
     assert overridden == Infra(**{**VALUES, "data_bucket": "existing"})
 
 
+@requires(terraform=True)
+def test_a_local_state_is_read_as_terraform_output_reads_it(tmp_path, monkeypatch):
+    folder = applied_outputs(tmp_path / "terraform", {**VALUES, "listed": ["a", "b"]})
+    command = ["terraform", f"-chdir={folder}", "output", "-json"]
+    printed = json.loads(subprocess.run(command, env=cli_env(folder), capture_output=True, check=True).stdout)
+    monkeypatch.setenv("PATH", str(tmp_path / "no-terraform-here"))  # from here on, Terraform cannot run
+    assert read_terraform_outputs(folder) == {name: item["value"] for name, item in printed.items()}
+    # Where the state is not that file, Terraform is asked (and here it says it is missing).
+    dot = folder / ".terraform"
+    dot.mkdir(exist_ok=True)
+    for path, text in (
+        (dot / "environment", "staging"),  # another workspace: terraform.tfstate.d/staging/
+        (dot / "terraform.tfstate", json.dumps({"version": 3, "backend": {"type": "s3", "config": {}}})),
+    ):
+        path.write_text(text)
+        with pytest.raises(InfraError, match="terraform is not installed"):
+            read_terraform_outputs(folder)
+        path.unlink()
+    assert load_infra(folder) == Infra(**VALUES)
+
+
 def test_non_json_output_is_reported(fake_terraform, tmp_path):
     fake_terraform(stdout="Warning: this is not JSON\n")
     with pytest.raises(InfraError) as error:

@@ -63,6 +63,9 @@ def read_terraform_outputs(terraform_dir: Path) -> dict[str, object]:
     fix = f"run {_apply_command(terraform_dir)} (or {_config_hint()})"
     if not terraform_dir.is_dir():
         raise InfraError(f"no Terraform configuration at {terraform_dir}/: set aws.terraform_dir or {_config_hint()}")
+    local = _local_state_outputs(terraform_dir)
+    if local:  # what `terraform output -json` would print, without starting Terraform (about a second)
+        return {name: item.get("value") if isinstance(item, dict) else item for name, item in local.items()}
     executable = shutil.which("terraform")
     if executable is None:
         raise InfraError(f"terraform is not installed ({INSTALL_URL}): install it and {fix}")
@@ -80,6 +83,28 @@ def read_terraform_outputs(terraform_dir: Path) -> dict[str, object]:
         raise InfraError(f"Terraform has not been applied in {terraform_dir}/: {fix}")
     # Each output is {"value": ..., "type": ..., "sensitive": ...}.
     return {name: item.get("value") if isinstance(item, dict) else item for name, item in outputs.items()}
+
+
+def _local_state_outputs(terraform_dir: Path) -> dict[str, object] | None:
+    """The outputs of a state Terraform keeps in terraform_dir/terraform.tfstate (the local backend's
+    default path, default workspace, state format 4): the file `terraform output` itself reads. None
+    wherever Terraform must be asked instead: a backend configured elsewhere (S3, another path), a
+    workspace other than default, no state yet, or a format this code does not know."""
+    dot = terraform_dir / ".terraform"
+    environment = dot / "environment"
+    if environment.is_file() and environment.read_text().strip() not in ("", "default"):
+        return None
+    backend = dot / "terraform.tfstate"  # written by `init` only for a backend block
+    try:
+        if backend.is_file():
+            settings = json.loads(backend.read_text()).get("backend") or {}
+            if settings.get("type") not in (None, "local") or (settings.get("config") or {}).get("path"):
+                return None
+        state = json.loads((terraform_dir / "terraform.tfstate").read_text())
+    except (OSError, ValueError, AttributeError):
+        return None
+    outputs = state.get("outputs") if isinstance(state, dict) and state.get("version") == 4 else None
+    return outputs if isinstance(outputs, dict) else None
 
 
 def load_infra(terraform_dir: Path, overrides: Mapping[str, str | None] | None = None) -> Infra:
