@@ -49,7 +49,11 @@ CHILD = textwrap.dedent(
     sys.exit(stopped[0] if stopped else 0)
     """
 )
-RANK = "from project.core import process; import time; process.Listener(dict).listen(); time.sleep(60)"
+# A rank: it follows its rank zero once listen() returns, and says so in the file RANK_READY names.
+RANK = (
+    "import os, time; from project.core import process; process.Listener(dict).listen(); "
+    "open(os.environ['RANK_READY'], 'w').write('listening'); time.sleep(60)"
+)
 
 # The parent: run_child with CHILD; prints what run_child returned (or the error the check raised).
 PARENT = textwrap.dedent(
@@ -72,7 +76,7 @@ PARENT = textwrap.dedent(
 def start_parent(tmp_path: Path, payload: object, seconds: float = 0, rank: bool = False) -> subprocess.Popen[str]:
     ranks = [RANK] if rank else []
     argv = [sys.executable, "-c", PARENT, CHILD, str(tmp_path / "heard"), json.dumps(payload), *ranks]
-    env = {**ENV, "CHILD_SECONDS": str(seconds)}
+    env = {**ENV, "CHILD_SECONDS": str(seconds), "RANK_READY": str(tmp_path / "rank.ready")}
     return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -155,7 +159,7 @@ def test_a_rank_started_from_the_child_dies_with_it(tmp_path):
     wait_for(tmp_path / "heard.rank")
     child = json.loads((tmp_path / "heard").read_text())["pid"]
     rank = int((tmp_path / "heard.rank").read_text())
-    time.sleep(1.0)  # the rank's interpreter starts and asks for the signal
+    wait_for(tmp_path / "rank.ready")  # the rank asked for the signal (a fixed sleep was a race on a busy machine)
     assert not gone(rank)
     os.kill(child, signal.SIGKILL)
     deadline = time.monotonic() + 20
