@@ -153,6 +153,18 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def share_rank0_buffers(trainer: pl.Trainer) -> None:
+    """Every rank's buffers (BatchNorm's running statistics) made rank 0's before a sharded save.
+
+    FSDP leaves buffers whole but, unlike DDP, does not broadcast them: each rank's follow its own
+    batches. A sharded checkpoint stores one copy of a tensor every rank holds, from whichever rank;
+    rank 0's is the one a run validates, tests and exports with (LitClassifier shares it), so it is
+    the one a resumed run must start from.
+    """
+    for buffer in trainer.lightning_module.buffers():
+        torch.distributed.broadcast(buffer, src=0)
+
+
 class RunCheckpoints(pl.Callback):
     """Every `every_n_steps` optimizer steps and at each epoch end, keep the newest `keep` files.
 
@@ -180,6 +192,8 @@ class RunCheckpoints(pl.Callback):
             return
         self._saved_step = trainer.global_step
         sharded = self.topology is not None and self.topology.sharded
+        if sharded:
+            share_rank0_buffers(trainer)
         save_atomically(trainer, self.dir / checkpoint_name(self.identity, trainer.global_step), sharded)
         if keeps_files(trainer, sharded):
             for old in candidates(self.dir, self.identity)[self.keep :]:
