@@ -34,7 +34,9 @@ def test_fsdp_shards_over_every_process_and_refuses_one():
     assert decide(trainer(4, "ddp"), 4).shards == 1
     assert decide(trainer(0), 0, nodes=1, launched=2).shards == 2  # torchrun's two CPU processes
     for one in ((1, 1, None), (0, 1, None)):  # one GPU; the CPU without a launcher
-        with pytest.raises(TopologyError, match=r"^trainer.strategy=fsdp shards the model over processes, but this run has 1 process"):
+        with pytest.raises(
+            TopologyError, match=r"^trainer.strategy=fsdp shards the model over processes, but this run has 1 process"
+        ):
             decide(trainer(one[0]), one[1], launched=one[2])
 
 
@@ -55,7 +57,9 @@ def test_the_strategy_lightning_gets(composed):
 
     from project.training import modules, sharding
 
-    cfg = composed("trainer.strategy=fsdp", "trainer.fsdp.blocks=[torch.nn.Linear]", "trainer.fsdp.activation_checkpointing=true")
+    cfg = composed(
+        "trainer.strategy=fsdp", "trainer.fsdp.blocks=[torch.nn.Linear]", "trainer.fsdp.activation_checkpointing=true"
+    )
     modules.check(cfg)
     topology = decide(cfg.trainer, 0, launched=2)
     strategy = sharding.strategy(cfg.trainer.fsdp, topology)
@@ -63,10 +67,15 @@ def test_the_strategy_lightning_gets(composed):
     assert strategy.blocks == (torch.nn.Linear,)
     assert strategy._activation_checkpointing_kwargs["auto_wrap_policy"]._module_classes == {torch.nn.Linear}
     t = pl.Trainer(**{**topology.trainer_kwargs(), "strategy": strategy}, precision="bf16-mixed", logger=False)
-    assert isinstance(t.precision_plugin, FSDPPrecision) and t.precision_plugin.mixed_precision_config.param_dtype == torch.bfloat16
+    assert (
+        isinstance(t.precision_plugin, FSDPPrecision)
+        and t.precision_plugin.mixed_precision_config.param_dtype == torch.bfloat16
+    )
     with pytest.raises(ValueError, match="requires a GPU accelerator"):
         pl.Trainer(accelerator="cpu", devices=2, strategy=FSDPStrategy(), logger=False)
-    with pytest.raises(modules.ModuleError, match=r"^trainer.fsdp.blocks=torch.nn.Lineer: module torch.nn has no class Lineer$"):
+    with pytest.raises(
+        modules.ModuleError, match=r"^trainer.fsdp.blocks=torch.nn.Lineer: module torch.nn has no class Lineer$"
+    ):
         modules.check(composed("trainer.fsdp.blocks=[torch.nn.Lineer]"))
 
 
@@ -92,8 +101,9 @@ def test_memory_estimate_divides_the_sharded_state_and_the_refusal_says_fsdp(wid
     with pytest.raises(fit.InstanceFitError) as refused:
         fit.check_memory(wide_net, four, 4, warnings.append, world_size=4)
     assert re.fullmatch(
-        r"the model needs ~4\.\d GiB per GPU \(245,439,498 parameters, batch 16 per device\) on ml.g5.12xlarge's 3 GiB A10G: "
-        r"it does not fit one GPU whole, but sharded over this run's 4 GPUs it needs ~2\.0 GiB per GPU: use trainer.strategy=fsdp",
+        r"the model needs ~4\.\d GiB per GPU \(245,439,498 parameters, batch 16 per device\) "
+        r"on ml.g5.12xlarge's 3 GiB A10G: it does not fit one GPU whole, "
+        r"but sharded over this run's 4 GPUs it needs ~2\.0 GiB per GPU: use trainer.strategy=fsdp",
         str(refused.value),
     )
     sharded = replace(wide_net, shards=4)
@@ -101,7 +111,10 @@ def test_memory_estimate_divides_the_sharded_state_and_the_refusal_says_fsdp(wid
     fit.check_memory(sharded, four, 4, warnings.append, world_size=4)  # fits: launched
     assert warnings == []
     one = small_gpus(composed, "ml.g5.xlarge")
-    with pytest.raises(fit.InstanceFitError, match=r"sharded over 2\+ GPUs in all it would fit: use trainer.strategy=fsdp with more GPUs"):
+    with pytest.raises(
+        fit.InstanceFitError,
+        match=r"sharded over 2\+ GPUs in all it would fit: use trainer.strategy=fsdp with more GPUs",
+    ):
         fit.check_memory(wide_net, one, 1, warnings.append, world_size=1)
     # Activations that alone do not fit: sharding is not offered.
     huge_batch = replace(wide_net, per_device_batch=4096)

@@ -74,7 +74,8 @@ def candidates(checkpoint_dir: Path, identity: str) -> list[Path]:
     return [path for _, _, path in sorted(found, reverse=True)]
 
 
-# Lightning's sharded checkpoint folder: its non-tensor state (loops, callbacks) and torch.distributed.checkpoint's index.
+# A sharded checkpoint folder's non-tensor state (loops, callbacks: Lightning's) and its index
+# (torch.distributed.checkpoint's).
 SHARDED_STATE, SHARDED_INDEX = "meta.pt", ".metadata"
 
 

@@ -95,8 +95,10 @@ def whole_module(trainer: Any, module: Any, cfg: Any) -> Any:
     # freed memory (a segmentation fault in _full_post_state_dict_hook).
     on_gpu = trainer.strategy.root_device.type != "cpu"
     gathered = FullStateDictConfig(offload_to_cpu=on_gpu, rank0_only=True)
-    with FSDP.state_dict_type(trainer.strategy.model, StateDictType.FULL_STATE_DICT, gathered):
-        state = trainer.strategy.model.state_dict()
+    root = trainer.strategy.model  # the LightningModule holding the FSDP units
+    assert root is not None  # set up by the test pass
+    with FSDP.state_dict_type(root, StateDictType.FULL_STATE_DICT, gathered):
+        state = root.state_dict()
     if not trainer.is_global_zero:
         return None
     whole = build_module(cfg)

@@ -243,9 +243,7 @@ def _room_fix() -> str:
     return "free some space, or choose another folder with paths.runs_dir=..."
 
 
-def _write_artifacts(
-    cfg: Any, layout: RunLayout, trainer, module, whole, datamodule, metrics: dict[str, Any]
-) -> None:
+def _write_artifacts(cfg: Any, layout: RunLayout, trainer, module, whole, datamodule, metrics: dict[str, Any]) -> None:
     """`module` as trained (its test metrics), `whole` its weights unsharded (sharding.whole_module)."""
     example = artifacts.example_input(datamodule)
     if config_lib.is_classifier(cfg) and example is not None and example.dim() == 4:

@@ -80,7 +80,8 @@ def validate(cfg: Any) -> None:
     if cfg.trainer.fsdp.activation_checkpointing and not cfg.trainer.fsdp.blocks:
         raise ConfigError(
             "trainer.fsdp.activation_checkpointing=true recomputes the blocks' activations, but "
-            "trainer.fsdp.blocks is empty: name the layer classes, e.g. trainer.fsdp.blocks=[torch.nn.TransformerEncoderLayer]"
+            "trainer.fsdp.blocks is empty: name the layer classes, "
+            "e.g. trainer.fsdp.blocks=[torch.nn.TransformerEncoderLayer]"
         )
     _validate_dataset(cfg.dataset)
     if "model" in cfg:  # composed without one (compose(model=False)): the key is missing
