@@ -193,3 +193,20 @@ def test_two_cpu_processes_train_sharded_stop_on_sigterm_resume_and_export(tiny_
     with torch.no_grad():
         probs = torch.jit.load(str(run_dir / "model" / "model.ts"))(pixels)
     assert probs.shape == (4, 10) and torch.allclose(probs.sum(1), torch.ones(4))
+
+
+def test_invoke_trains_check_shards_the_estimate_by_the_planned_world_size():
+    """What `invoke train` checks before launching (workflow.check_job), on four fake 3 GiB GPUs."""
+    from project.aws.workflow import check_job
+    from tests.test_jobs import plan
+
+    wide = ["instance=ml.g5.12xlarge", "instance.gpu_memory_gib=3", "model.net.width=1024", "trainer.batch_size=64"]
+    replicated, cfg = plan(*wide)
+    with pytest.raises(fit.InstanceFitError, match=r"sharded over this run's 4 GPUs .*: use trainer.strategy=fsdp$"):
+        check_job(cfg, replicated, print)
+    sharded, cfg = plan(*wide, "trainer.strategy=fsdp")
+    assert (sharded.topology.sharded, sharded.topology.shards, sharded.world_size) == (True, 4, 4)
+    assert "4 per node, world size 4; fsdp: the model sharded over all 4" in sharded.summary()
+    check_job(cfg, sharded, print)  # fits: nothing said, nothing refused
+    with pytest.raises(TopologyError, match=r"^trainer.strategy=fsdp shards the model over processes"):
+        plan("instance=ml.g5.xlarge", "trainer.strategy=fsdp")  # one GPU
