@@ -21,7 +21,7 @@ from project.core.topology import TopologyError, decide
 from tests.synthetic import tiny_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
-TOTAL_STEPS = 64  # 500 training samples in global batches of 16 (8 per rank), 2 epochs
+TOTAL_STEPS = 32  # 500 training samples in global batches of 16 (8 per rank), 1 epoch
 
 
 def trainer(gpus, strategy="fsdp", batch_size=64):
@@ -153,7 +153,12 @@ def newest_step(checkpoint_dir: Path) -> int:
 @pytest.mark.slow
 def test_two_cpu_processes_train_sharded_stop_on_sigterm_resume_and_export(tiny_data, tmp_path, composed):
     folder, files = tiny_data
-    extra = {"trainer.strategy": "fsdp", "trainer.batch_size": 16, "trainer.deterministic": "true"}
+    extra = {
+        "trainer.strategy": "fsdp",
+        "trainer.batch_size": 16,
+        "trainer.deterministic": "true",
+        "trainer.max_epochs": 1,
+    }
     extra |= {"trainer.checkpoint_every_n_steps": 5, "run_name": "sharded"}
 
     def overrides(runs: str) -> list[str]:
@@ -179,6 +184,8 @@ def test_two_cpu_processes_train_sharded_stop_on_sigterm_resume_and_export(tiny_
     resumed = finish(torchrun(overrides("runs")))
     assert f"resuming run sharded from step {step} ({checkpoint.name})" in resumed, resumed[-3000:]
     assert "done:" in (reference_out := finish(reference)), reference_out[-3000:]
+    # The start line counts the whole network, as under DDP, not rank 0's shard inside FSDP's wrapper.
+    assert re.search(r"^run sharded: SmallCNN \(\d+\.\dk parameters\), 1 epochs on 2 x cpu", reference_out, re.M)
     # Gathered on rank 0: full tensors of the network's shapes, the very weights of the run never stopped.
     exported = torch.load(run_dir / "model" / "model.pt")
     expected = torch.load(tmp_path / "reference" / "sharded" / "model" / "model.pt")
