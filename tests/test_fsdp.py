@@ -217,3 +217,12 @@ def test_invoke_trains_check_shards_the_estimate_by_the_planned_world_size():
     check_job(cfg, sharded, print)  # fits: nothing said, nothing refused
     with pytest.raises(TopologyError, match=r"^trainer.strategy=fsdp shards the model over processes"):
         plan("instance=ml.g5.xlarge", "trainer.strategy=fsdp")  # one GPU
+
+
+def test_a_sharded_checkpoint_is_not_a_starting_point(tmp_path):
+    from project.core.lineage import InitFromError, find_parent
+
+    folder = tmp_path / "run" / "checkpoints" / "0123456789ab-step=00000010.ckpt"
+    folder.mkdir(parents=True)
+    with pytest.raises(InitFromError, match=r"a sharded checkpoint .* give its run once it finished"):
+        find_parent(str(folder), tmp_path)
