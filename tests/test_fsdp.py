@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TOTAL_STEPS = 32  # 500 training samples in global batches of 16 (8 per rank), 1 epoch
 
 
-def trainer(gpus, strategy="fsdp", batch_size=64):
-    return SimpleNamespace(gpus=gpus, batch_size=batch_size, strategy=strategy)
+def trainer(gpus, strategy="fsdp", batch_size=64, precision="32-true"):
+    return SimpleNamespace(gpus=gpus, batch_size=batch_size, strategy=strategy, precision=precision)
 
 
 def test_fsdp_shards_over_every_process_and_refuses_one():
@@ -38,6 +38,9 @@ def test_fsdp_shards_over_every_process_and_refuses_one():
             TopologyError, match=r"^trainer.strategy=fsdp shards the model over processes, but this run has 1 process"
         ):
             decide(trainer(one[0]), one[1], launched=one[2])
+    assert decide(trainer(2, precision="bf16-mixed"), 2).sharded  # GPUs: FSDP's mixed precision
+    with pytest.raises(TopologyError, match=r"^trainer.strategy=fsdp on the CPU trains in full precision only"):
+        decide(trainer(0, precision="bf16-mixed"), 0, launched=2)
 
 
 def test_strategy_and_fsdp_settings_are_checked_when_composed(composed):

@@ -29,6 +29,7 @@ class TopologyError(UserError, ValueError):
     """The run cannot be laid out on these devices as configured; one line says how to fix it."""
 
 
+FULL_PRECISION = ("32-true", "32")  # Lightning's names of float32 training
 STRATEGIES = ("ddp", "fsdp")  # trainer.strategy: replicate the model on every device, or shard it over all
 
 
@@ -76,12 +77,21 @@ def check_strategy(strategy: str) -> None:
         raise TopologyError(f"trainer.strategy={strategy} is not one of {', '.join(STRATEGIES)}")
 
 
-def check_sharding(strategy: str, world_size: int) -> None:
-    """FSDP shards over processes: with one there is nothing to shard over."""
-    if strategy == "fsdp" and world_size < 2:
+def check_sharding(strategy: str, world_size: int, gpus: int, precision: str) -> None:
+    """FSDP shards over processes: with one there is nothing to shard over. On the CPU (gloo, for
+    tests) it trains in full precision only: FSDP's mixed precision there casts the weights to
+    half but not the inputs, and the first layer fails."""
+    if strategy != "fsdp":
+        return
+    if world_size < 2:
         raise TopologyError(
             "trainer.strategy=fsdp shards the model over processes, but this run has 1 process: use 2 or more GPUs "
             "(trainer.gpus, an instance with more, or instance.count=2+), or trainer.strategy=ddp"
+        )
+    if not gpus and precision not in FULL_PRECISION:
+        raise TopologyError(
+            f"trainer.strategy=fsdp on the CPU trains in full precision only, not trainer.precision={precision}: "
+            "use trainer.precision=32-true, or GPUs"
         )
 
 
@@ -133,7 +143,7 @@ def decide(trainer: Any, available: int, nodes: int = 1, launched: int | None = 
         processes = launched  # on the CPU, as many as the launcher started
     strategy = str(trainer.strategy)
     check_strategy(strategy)
-    check_sharding(strategy, processes * nodes)
+    check_sharding(strategy, processes * nodes, gpus, str(trainer.precision))
     batch = per_device_batch(int(trainer.batch_size), nodes, processes)
     return Topology(gpus, processes, nodes, batch, sharded=strategy == "fsdp")
 
