@@ -65,7 +65,7 @@ def test_the_strategy_lightning_gets(composed):
     )
     modules.check(cfg)
     topology = decide(cfg.trainer, 0, launched=2)
-    strategy = sharding.strategy(cfg.trainer.fsdp, topology)
+    strategy = sharding.strategy(cfg.trainer.fsdp)
     assert isinstance(strategy, FSDPStrategy) and strategy._state_dict_type == "sharded"
     assert strategy.blocks == (torch.nn.Linear,)
     assert strategy._activation_checkpointing_kwargs["auto_wrap_policy"]._module_classes == {torch.nn.Linear}

@@ -21,8 +21,6 @@ from typing import Any
 import torch
 from pytorch_lightning.strategies import FSDPStrategy
 
-from project.core.topology import Topology
-
 CHECKPOINT_FORMAT = "sharded"  # a folder per checkpoint, each rank writes its own shard
 
 
@@ -67,8 +65,8 @@ def block_classes(fsdp: Any) -> tuple[type[torch.nn.Module], ...]:
     return tuple(locate(path, "trainer.fsdp.blocks") for path in fsdp.blocks)
 
 
-def strategy(fsdp: Any, topology: Topology) -> FSDPStrategy:
-    """The strategy object for a sharded topology (project.core.topology), from trainer.fsdp."""
+def strategy(fsdp: Any) -> FSDPStrategy:
+    """The strategy object of a sharded topology (project.core.topology decides one), from trainer.fsdp."""
     blocks = block_classes(fsdp)
     return RunFSDPStrategy(
         blocks,

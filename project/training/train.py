@@ -108,7 +108,7 @@ def build_run(cfg: Any, layout: RunLayout, data: Resolved, topology: Topology, r
     terminal = sys.stderr.isatty()  # a bar in a terminal; in logs and CloudWatch, a line every ~30 s
     devices = topology.trainer_kwargs()
     if topology.sharded:  # the name "fsdp" becomes the configured strategy object
-        devices["strategy"] = sharding.strategy(t.fsdp, topology)
+        devices["strategy"] = sharding.strategy(t.fsdp)
     trainer = pl.Trainer(
         **devices,
         max_epochs=t.max_epochs,
