@@ -7,8 +7,8 @@ import pytest
 from project.core.topology import Topology, TopologyError, check_resume, decide
 
 
-def trainer(gpus, batch_size=256):
-    return SimpleNamespace(gpus=gpus, batch_size=batch_size)
+def trainer(gpus, batch_size=256, strategy="ddp"):
+    return SimpleNamespace(gpus=gpus, batch_size=batch_size, strategy=strategy, precision="32-true")
 
 
 @pytest.mark.parametrize(

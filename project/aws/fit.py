@@ -8,8 +8,9 @@ inside the function, only then.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from project.core.errors import UserError
@@ -46,22 +47,38 @@ class MemoryEstimate:
     activation_elements_per_sample: int
     per_device_batch: int
     activation_bytes_per_element: int
+    shards: int = 1  # trainer.strategy=fsdp: the training state split over this many GPUs (Topology.shards)
+
+    @property
+    def state_gib(self) -> float:
+        """Weights, gradients and optimizer state: all of it on each GPU, or this GPU's shard of it."""
+        return self.parameters * TRAINING_BYTES_PER_PARAMETER / self.shards / GIB
 
     @property
     def gib(self) -> float:
-        """Weights, gradients and optimizer state, plus the activations kept for backward, plus CUDA's own.
+        """The training state, plus the activations kept for backward, plus CUDA's own.
 
         Activations: every module's output is counted once per sample (what autograd keeps for the
         backward pass, roughly; in-place ops and recomputation make it less, some ops' saved inputs
-        more). The dataset on the GPU (trainer.data_on_device) is not counted: MNIST is ~50 MB.
+        more; activation checkpointing is not counted). Under FSDP the one unit gathered whole while
+        it computes is not counted either. The dataset on the GPU (trainer.data_on_device) is not
+        counted: MNIST is ~50 MB.
         """
-        states = self.parameters * TRAINING_BYTES_PER_PARAMETER
         activations = self.activation_elements_per_sample * self.per_device_batch * self.activation_bytes_per_element
-        return (states + activations) / GIB + CUDA_OVERHEAD_GIB
+        return self.state_gib + activations / GIB + CUDA_OVERHEAD_GIB
+
+    def shards_to_fit(self, have_gib: float) -> int | None:
+        """The fewest GPUs the training state must be split over for it to fit `have_gib` per GPU
+        (1: it fits whole); None when the rest (activations, CUDA's own) alone does not fit."""
+        room = have_gib - (self.gib - self.state_gib)
+        if room <= 0:
+            return None
+        return max(1, math.ceil(self.parameters * TRAINING_BYTES_PER_PARAMETER / GIB / room))
 
 
-def estimate_memory(cfg: Any, per_device_batch: int) -> MemoryEstimate | None:
-    """The estimate for the config's network (modules.sample_pass), or None where none can be made."""
+def estimate_memory(cfg: Any, per_device_batch: int, shards: int = 1) -> MemoryEstimate | None:
+    """The estimate for the config's network (modules.sample_pass), or None where none can be made;
+    `shards`: the topology's (project.core.topology.Topology.shards)."""
     from project.training.modules import sample_pass
 
     sampled = sample_pass(cfg)
@@ -69,27 +86,56 @@ def estimate_memory(cfg: Any, per_device_batch: int) -> MemoryEstimate | None:
         return None
     net, outputs = sampled
     half = str(cfg.trainer.precision).startswith(("16", "bf16"))
-    return MemoryEstimate(sum(p.numel() for p in net.parameters()), sum(outputs), per_device_batch, 2 if half else 4)
+    parameters = sum(p.numel() for p in net.parameters())
+    return MemoryEstimate(parameters, sum(outputs), per_device_batch, 2 if half else 4, shards)
 
 
 def check_memory(
-    estimate: MemoryEstimate | None, instance: Any, gpus_per_node: int, warn: Callable[[str], None]
+    estimate: MemoryEstimate | None,
+    instance: Any,
+    gpus_per_node: int,
+    warn: Callable[[str], None],
+    world_size: int = 1,
 ) -> None:
-    """Refuse only when clearly over the GPU's memory; warn when close (the estimate is rough)."""
+    """Refuse only when clearly over the GPU's memory; warn when close (the estimate is rough).
+
+    A model whose training state does not fit whole but fits sharded is refused with the way to
+    shard it: trainer.strategy=fsdp over this run's `world_size` GPUs, or over more.
+    """
     if estimate is None or not gpus_per_node or not instance.gpu_memory_gib:
         return
     need, have = estimate.gib, float(instance.gpu_memory_gib)
+    sharded = f", sharded over {estimate.shards} GPUs" if estimate.shards > 1 else ""
     text = (
-        f"~{need:.1f} GiB per GPU ({estimate.parameters:,} parameters, batch {estimate.per_device_batch} "
+        f"~{need:.1f} GiB per GPU ({estimate.parameters:,} parameters{sharded}, batch {estimate.per_device_batch} "
         f"per device) on {instance.type}'s {have:.0f} GiB {instance.gpu_model}"
     )
     if need > have:
-        raise InstanceFitError(
-            f"the model needs {text}: lower trainer.batch_size, use trainer.precision=16-mixed "
-            "(or bf16-mixed on Ampere+), or pick an instance with more GPU memory"
-        )
+        raise InstanceFitError(f"the model needs {text}: {_fixes(estimate, have, world_size)}")
     if need > CLOSE_FRACTION * have:
         warn(f"warning: the model needs {text}: close to the limit, a CUDA out-of-memory is possible")
+
+
+def _fixes(estimate: MemoryEstimate, have: float, world_size: int) -> str:
+    """What would make it fit: sharding first where sharding is what it lacks, else a smaller batch or
+    half precision, or a bigger GPU."""
+    usual = (
+        "lower trainer.batch_size, use trainer.precision=16-mixed (or bf16-mixed on Ampere+), "
+        "or pick an instance with more GPU memory"
+    )
+    needed = estimate.shards_to_fit(have)
+    if needed is None or needed <= estimate.shards:  # the activations are what does not fit
+        return usual
+    if needed <= world_size:
+        whole = replace(estimate, shards=world_size)
+        return (
+            f"it does not fit one GPU whole, but sharded over this run's {world_size} GPUs it needs "
+            f"~{whole.gib:.1f} GiB per GPU: use trainer.strategy=fsdp"
+        )
+    return (
+        f"sharded over {needed}+ GPUs in all it would fit: use trainer.strategy=fsdp with more GPUs "
+        f"(instance.count, or an instance with more; this run has {world_size}), or {usual}"
+    )
 
 
 # What pulling an ECR image takes (the SageMaker execution role does the pull).

@@ -142,6 +142,9 @@ class JobPlan:
             return f"{uri}  ({self.input_modes[name]}: the shards {self.manifests[name].rsplit('/', 1)[1]} names)"
         return f"{uri}  ({self.input_modes[name]})"
 
+    def _sharding(self) -> str:
+        return f"; fsdp: the model sharded over all {self.world_size}" if self.topology.sharded else ""
+
     def summary(self) -> str:
         rows = [
             ("job", self.job_name),
@@ -150,7 +153,7 @@ class JobPlan:
             *([("tracking", self._tracking_line())] if self.tracking else []),
             ("command", f"{entry_command(self)}  ({pid_1(self)})"),
             ("instance", f"{self.instance_count} x {self.instance_type}"),
-            ("processes", f"{self.processes_per_node} per node, world size {self.world_size}"),
+            ("processes", f"{self.processes_per_node} per node, world size {self.world_size}{self._sharding()}"),
             ("batch", f"{self.per_device_batch} per device, {self.per_device_batch * self.world_size} global"),
             *((f"data {name}", self._channel_line(name, uri)) for name, uri in self.channels.items()),
             *([("start from", self.parent.line())] if self.parent else []),

@@ -158,7 +158,8 @@ def check_job(cfg: Any, plan: JobPlan, echo: Callable[[str], None] = print, budg
     # The network on one sample of the data's shape (meta device): a mismatch is one line; on GPUs,
     # the memory estimate comes from the same pass.
     if plan.gpus_per_node:
-        check_memory(estimate_memory(cfg, plan.per_device_batch), cfg.instance, plan.gpus_per_node, echo)
+        estimate = estimate_memory(cfg, plan.per_device_batch, plan.topology.shards)
+        check_memory(estimate, cfg.instance, plan.gpus_per_node, echo, plan.world_size)
     else:
         modules.sample_pass(cfg)
     return packages

@@ -69,6 +69,11 @@ def find_parent(spec: str, runs_dir: str | Path) -> Parent:
         raise InitFromError(f"trainer.init_from={spec}: give a run, a .ckpt, a {WEIGHTS_FILE} or an s3:// URI")
     given = Path(spec)
     if given.suffix in (".ckpt", ".pt"):
+        if given.suffix == ".ckpt" and given.is_dir():
+            raise InitFromError(
+                f"trainer.init_from={spec}: a sharded checkpoint (a folder: trainer.strategy=fsdp) holds each "
+                f"rank's shard only; give its run once it finished (the {WEIGHTS_FILE} its export gathered)"
+            )
         if not given.is_file():
             raise InitFromError(f"trainer.init_from={spec}: no such file")
         if given.suffix == ".ckpt":

@@ -15,6 +15,12 @@ On the next start, `newest_valid` picks the newest checkpoint of the same run id
 warning. A checkpoint holds the loop progress, optimizer and lr-schedule state, the training
 loader's position within the epoch (data.ResumableLoader) and the global RNG state, so a resumed
 run takes the same optimizer steps on the same batches as one that was never stopped.
+
+Under trainer.strategy=fsdp a checkpoint is a folder of the same name in Lightning's sharded
+format: each rank writes its own shard of the weights and optimizer state (`__<rank>_0.distcp`),
+global rank 0 the index (`.metadata`) and the rest (`meta.pt`). Each host's local rank 0 renames
+and prunes the folders on its own disk; SageMaker's sync to the one checkpoint prefix puts the
+hosts' shards together, and a restart downloads the whole folder to every host.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import logging
 import os
 import pickle
 import random
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -67,12 +74,26 @@ def candidates(checkpoint_dir: Path, identity: str) -> list[Path]:
     return [path for _, _, path in sorted(found, reverse=True)]
 
 
+# A sharded checkpoint folder's non-tensor state (loops, callbacks: Lightning's) and its index
+# (torch.distributed.checkpoint's).
+SHARDED_STATE, SHARDED_INDEX = "meta.pt", ".metadata"
+
+
+def _complete(path: Path) -> bool:
+    """Whether a checkpoint holds a whole training state: a file its weights and loops, a sharded
+    folder its loops and the index of every rank's shards (written last, once all were)."""
+    if path.is_dir():
+        state = torch.load(path / SHARDED_STATE, map_location="cpu", weights_only=True)
+        return "loops" in state and (path / SHARDED_INDEX).is_file()
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return "state_dict" in state and "loops" in state
+
+
 def newest_valid(checkpoint_dir: Path, identity: str) -> Path | None:
     for path in candidates(checkpoint_dir, identity):
         try:
             # weights_only, as Lightning loads it: a file it would refuse is skipped here too.
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            if "state_dict" in state and "loops" in state:
+            if _complete(path):
                 return path
             log.warning("checkpoint %s is incomplete; trying an older one", path.name)
         except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError) as exc:
@@ -81,11 +102,31 @@ def newest_valid(checkpoint_dir: Path, identity: str) -> Path | None:
     return None
 
 
-def save_atomically(trainer: pl.Trainer, path: Path) -> None:
+def remove(path: Path) -> None:
+    """A checkpoint file, or a sharded checkpoint's folder."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def keeps_files(trainer: pl.Trainer, sharded: bool) -> bool:
+    """Whether this process renames and prunes checkpoints: global rank 0, which writes them all;
+    sharded, every host's local rank 0 (each host's ranks write their shards to its own disk)."""
+    return trainer.local_rank == 0 if sharded else trainer.is_global_zero
+
+
+def save_atomically(trainer: pl.Trainer, path: Path, sharded: bool = False) -> None:
     """Save under a temporary name, then rename, so a kill mid-write leaves no bad newest file."""
     tmp = path.with_name(f".{path.name}.part")
-    trainer.save_checkpoint(tmp, weights_only=False)  # the full training state, not just weights
-    if trainer.is_global_zero:
+    if sharded:  # a folder a killed save left: its shards are not this save's
+        if keeps_files(trainer, sharded):
+            remove(tmp)
+        trainer.strategy.barrier("checkpoint folder cleared")
+    trainer.save_checkpoint(tmp, weights_only=False)  # the full training state; every rank has written on return
+    if keeps_files(trainer, sharded) and tmp.exists():
+        if path.is_dir():  # this step's folder from before a resume: a rename cannot replace a folder
+            remove(path)
         os.replace(tmp, path)
 
 
@@ -111,6 +152,18 @@ def set_rng_state(state: dict) -> None:
     random.setstate((version, tuple(internal), gauss_next))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+def share_rank0_buffers(trainer: pl.Trainer) -> None:
+    """Every rank's buffers (BatchNorm's running statistics) made rank 0's before a sharded save.
+
+    FSDP leaves buffers whole but, unlike DDP, does not broadcast them: each rank's follow its own
+    batches. A sharded checkpoint stores one copy of a tensor every rank holds, from whichever rank;
+    rank 0's is the one a run validates, tests and exports with (LitClassifier shares it), so it is
+    the one a resumed run must start from.
+    """
+    for buffer in trainer.lightning_module.buffers():
+        torch.distributed.broadcast(buffer, src=0)
 
 
 class RunCheckpoints(pl.Callback):
@@ -139,10 +192,13 @@ class RunCheckpoints(pl.Callback):
         if trainer.global_step == self._saved_step:
             return
         self._saved_step = trainer.global_step
-        save_atomically(trainer, self.dir / checkpoint_name(self.identity, trainer.global_step))
-        if trainer.is_global_zero:
+        sharded = self.topology is not None and self.topology.sharded
+        if sharded:
+            share_rank0_buffers(trainer)
+        save_atomically(trainer, self.dir / checkpoint_name(self.identity, trainer.global_step), sharded)
+        if keeps_files(trainer, sharded):
             for old in candidates(self.dir, self.identity)[self.keep :]:
-                old.unlink(missing_ok=True)
+                remove(old)
 
     def state_dict(self) -> dict:
         # Dropout draws from the global RNG; data loaders use private generators (data.py), so

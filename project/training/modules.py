@@ -145,6 +145,7 @@ def module_arguments(cfg: Any) -> tuple[str, dict[str, Any]]:
 def check(cfg: Any) -> tuple[type, type]:
     """Import both classes and match the config against their signatures; nothing is built."""
     import pytorch_lightning as pl
+    import torch
 
     data_cls = locate(cfg.dataset._target_, "dataset._target_")
     _require(data_cls, pl.LightningDataModule, "dataset._target_", "LightningDataModule")
@@ -156,6 +157,8 @@ def check(cfg: Any) -> tuple[type, type]:
     check_arguments(module_cls, {**arguments, **({"net": None} if target == CLASSIFIER else {})}, "model")
     if target == CLASSIFIER and isinstance(arguments.get("net"), dict) and "_target_" in arguments["net"]:
         _check_net(arguments["net"])
+    for block in cfg.trainer.fsdp.blocks:  # strategy=fsdp's units: torch modules
+        _require(locate(block, "trainer.fsdp.blocks"), torch.nn.Module, "trainer.fsdp.blocks", "torch.nn.Module")
     return data_cls, module_cls
 
 

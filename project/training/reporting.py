@@ -113,16 +113,22 @@ class StartLine(pl.Callback):
 
     def __init__(self, run_name: str):
         self.run_name = run_name
+        self._network = ""  # `<class> (<count> parameters)`
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Before the strategy wraps the module: under FSDP the network is then a wrapper holding one shard.
+        if stage != "fit":
+            return
+        net = getattr(pl_module, "net", pl_module)
+        self._network = f"{type(net).__name__} ({_count(sum(p.numel() for p in net.parameters()))} parameters)"
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        net = getattr(pl_module, "net", pl_module)
-        params = sum(p.numel() for p in net.parameters())
         datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by fit(datamodule=...)
         source = getattr(datamodule, "source", None) or getattr(datamodule, "data_dir", "?")
         print_line(
-            f"run {self.run_name}: {type(net).__name__} ({_count(params)} parameters), {trainer.max_epochs} epochs "
+            f"run {self.run_name}: {self._network}, {trainer.max_epochs} epochs "
             f"on {describe_devices(trainer)}; data {source}: {split_sizes(datamodule)}"
         )
 

@@ -45,7 +45,7 @@ from project.core.runtime import (
 )
 from project.core.topology import Topology, decide
 from project.serving import archive as serving
-from project.training import artifacts, init_from, local, modules, profiling, reporting, tracking
+from project.training import artifacts, init_from, local, modules, profiling, reporting, sharding, tracking
 from project.training.checkpoints import RunCheckpoints, newest_valid, run_bytes
 from project.training.reporting import scalars as _scalars
 from project.training.resolve import Resolved, resolve
@@ -106,8 +106,11 @@ def build_run(cfg: Any, layout: RunLayout, data: Resolved, topology: Topology, r
     debug = debug_enabled()
     reporting.quiet_lightning(debug)
     terminal = sys.stderr.isatty()  # a bar in a terminal; in logs and CloudWatch, a line every ~30 s
+    devices = topology.trainer_kwargs()
+    if topology.sharded:  # the name "fsdp" becomes the configured strategy object
+        devices["strategy"] = sharding.strategy(t.fsdp)
     trainer = pl.Trainer(
-        **topology.trainer_kwargs(),
+        **devices,
         max_epochs=t.max_epochs,
         precision=t.precision,
         deterministic=t.deterministic,
@@ -217,11 +220,12 @@ def train(
         **{k: v for k, v in fit_metrics.items() if k != "epoch"},  # whatever the module logged
         **_scalars(test_results),
     }
+    whole = sharding.whole_module(trainer, module, cfg)  # fsdp: the shards gathered on rank 0 (every rank takes part)
     if trainer.is_global_zero:
         reporting.warn_unlogged([n for n in config_lib.metric_names(cfg) if n.startswith("test_")], list(metrics))
         reporting.print_line(reporting.final_line(metrics))
         reporting.log_final_hparams(trainer, cfg, metrics)
-        _write_artifacts(cfg, layout, trainer, module, datamodule, metrics)
+        _write_artifacts(cfg, layout, trainer, module, whole, datamodule, metrics)
         # Last, beside the checkpoints (SageMaker syncs it to S3 with them): this identity's run
         # finished, so `invoke local` and `invoke train` need not start it again (project/core/identity.py).
         finished = {"run_name": run_name, "global_steps": trainer.global_step, "epochs": trainer.current_epoch}
@@ -239,7 +243,8 @@ def _room_fix() -> str:
     return "free some space, or choose another folder with paths.runs_dir=..."
 
 
-def _write_artifacts(cfg: Any, layout: RunLayout, trainer, module, datamodule, metrics: dict[str, Any]) -> None:
+def _write_artifacts(cfg: Any, layout: RunLayout, trainer, module, whole, datamodule, metrics: dict[str, Any]) -> None:
+    """`module` as trained (its test metrics), `whole` its weights unsharded (sharding.whole_module)."""
     example = artifacts.example_input(datamodule)
     if config_lib.is_classifier(cfg) and example is not None and example.dim() == 4:
         # Pixels in, probabilities out, normalisation inside: what `invoke predict` runs.
@@ -247,11 +252,11 @@ def _write_artifacts(cfg: Any, layout: RunLayout, trainer, module, datamodule, m
             artifacts.plain_stat(getattr(datamodule, "mean", 0.0)),
             artifacts.plain_stat(getattr(datamodule, "std", 1.0)),
         )
-        artifacts.export_model(module.net, layout.model_dir, list(example.shape[1:]), mean, std)
+        artifacts.export_model(whole.net, layout.model_dir, list(example.shape[1:]), mean, std)
         matrix = module.test_confusion  # counted during trainer.test: no second pass over the test set
         artifacts.plot_confusion(matrix, layout.output_dir / artifacts.CONFUSION_FILE)
     else:
-        artifacts.export_module(module, layout.model_dir, example)
+        artifacts.export_module(whole, layout.model_dir, example)
     # model.tar.gz serves as it is (SageMaker hosting): the handler and what it needs to know.
     shape = [int(n) for n in example.shape[1:]] if example is not None else None
     serving.write_serving_code(layout.model_dir, cfg, shape)

@@ -79,6 +79,14 @@ class ClassifierKeys:
 
 
 @dataclass
+class FsdpConfig:
+    # Layer classes (import paths) each wrapped as one FSDP unit: its full parameters exist only
+    # while it computes. The rest of the network is one unit (project/training/sharding.py).
+    blocks: list[str] = MISSING
+    activation_checkpointing: bool = MISSING  # the blocks' activations recomputed in backward (needs blocks)
+
+
+@dataclass
 class TrainerConfig:
     # GPUs per node. None: all GPUs of the instance (SageMaker) or all GPUs present (local).
     gpus: int | None = MISSING
@@ -86,7 +94,10 @@ class TrainerConfig:
     # Global batch size: split evenly over all processes, so the optimisation (and the learning
     # rate that suits it) does not change with the number of GPUs or nodes.
     batch_size: int = MISSING
-    precision: str = MISSING
+    precision: str = MISSING  # under fsdp too: FSDP's mixed precision follows it
+    # ddp or fsdp (project.core.topology.STRATEGIES): replicate the model, or shard it over all processes.
+    strategy: str = MISSING
+    fsdp: FsdpConfig = MISSING  # strategy=fsdp's settings (project/training/sharding.py)
     seed: int = MISSING
     deterministic: bool = MISSING
     num_workers: int = MISSING  # batches are sliced from in-memory tensors: workers only add overhead
@@ -317,7 +328,7 @@ def register_schema() -> None:
 # import annotations`); dataset and model are open mappings, typed Any.
 GROUP_SCHEMAS: dict[str, type] = {
     cls.__name__: cls
-    for cls in (TrainerConfig, InstanceConfig, PathsConfig, AwsConfig, JobConfig, SweepConfig, DeployConfig)
+    for cls in (TrainerConfig, FsdpConfig, InstanceConfig, PathsConfig, AwsConfig, JobConfig, SweepConfig, DeployConfig)
 }
 
 

@@ -24,7 +24,7 @@ from project.core.config.schema import (
     schema_of,
 )
 from project.core.names import FIELDS, name_problem
-from project.core.topology import TopologyError, check_gpus
+from project.core.topology import TopologyError, check_gpus, check_strategy
 
 # The least value of each numeric key that has one (a None, where the schema allows it, is not checked).
 MINIMUMS = {  # job.max_run_minutes has a range, SageMaker's: aws/plan.validate_plan checks it
@@ -53,6 +53,7 @@ def validate(cfg: Any) -> None:
     _reject_missing_values(cfg)
     try:  # the rest of trainer.gpus is decided with the hardware, by project.core.topology too
         check_gpus(cfg.trainer.gpus)
+        check_strategy(cfg.trainer.strategy)
     except TopologyError as exc:
         raise ConfigError(str(exc)) from None  # compose's one kind of refusal
     for key, least in MINIMUMS.items():
@@ -76,6 +77,12 @@ def validate(cfg: Any) -> None:
     if cfg.sweep.direction not in SWEEP_DIRECTIONS:
         raise ConfigError(f"sweep.direction must be one of {', '.join(SWEEP_DIRECTIONS)}, got {cfg.sweep.direction!r}")
     _validate_profile(cfg.trainer)
+    if cfg.trainer.fsdp.activation_checkpointing and not cfg.trainer.fsdp.blocks:
+        raise ConfigError(
+            "trainer.fsdp.activation_checkpointing=true recomputes the blocks' activations, but "
+            "trainer.fsdp.blocks is empty: name the layer classes, "
+            "e.g. trainer.fsdp.blocks=[torch.nn.TransformerEncoderLayer]"
+        )
     _validate_dataset(cfg.dataset)
     if "model" in cfg:  # composed without one (compose(model=False)): the key is missing
         _validate_model(cfg.model)
