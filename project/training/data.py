@@ -210,12 +210,16 @@ class ResidentDataModule(pl.LightningDataModule):
                 self.splits[name] = moved[id(split)] = moved.get(id(split)) or split.to(device)
         if stage == "fit":
             self._per_device_batch()  # an uneven split is refused before the first step
-            samples = len(self.splits["train"])
+            samples = self._train_samples()
             if self.batch_size > samples:  # one short batch an epoch, not the batch asked for
                 raise DataError(
                     f"trainer.batch_size={self.batch_size} is larger than the training set ({samples} samples "
                     f"after dataset.val_size): use trainer.batch_size={samples} or less"
                 )
+
+    def _train_samples(self) -> int:
+        """The samples an epoch trains on."""
+        return len(self.splits["train"])
 
     def _resident_device(self) -> torch.device | None:
         trainer = getattr(self, "trainer", None)
