@@ -31,8 +31,8 @@ from project.core.sagemaker_names import (
 )
 from project.core.topology import Topology, decide
 from project.training.imagetree import packs
-from project.training.pipe import PIPE, check_input_modes
 from project.training.launch import trains_in_pid_1
+from project.training.pipe import PIPE, check_input_modes
 from project.training.tracking import SAGEMAKER_MLFLOW_ARN
 
 ENTRY_SCRIPT = "sm_entry.py"  # project/training/sm_entry.py, staged at the top of the code channel

@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from project.training import imagetree, pipe
-from project.training.data import ResidentDataModule, TensorSplit, split_indices
+from project.training.data import ResidentDataModule, TensorSplit, epoch_order, split_indices
 from project.training.raw import DataError
 
 COLOR_MODES = {1: "L", 3: "RGB"}  # dataset.image_shape[0] (colour channels) -> Pillow's mode
@@ -222,7 +222,9 @@ class ImageFolderDataModule(ResidentDataModule):
         batches = PipedBatches(
             self, self.streams, self._per_device_batch(), rank, world, lambda: trainer.current_epoch if trainer else 0
         )
-        return torch.utils.data.DataLoader(batches, batch_size=None, num_workers=0)  # one reader per FIFO
+        # One reader per FIFO: no workers. A private generator, as File mode's: the global RNG (dropout) is not drawn.
+        generator = torch.Generator().manual_seed(self.seed)
+        return torch.utils.data.DataLoader(batches, batch_size=None, num_workers=0, generator=generator)
 
     def piped_batch(self, samples: list[imagetree.Sample]) -> tuple[torch.Tensor, torch.Tensor]:
         """Samples of the stream as one normalised (and, when asked, augmented) batch."""
@@ -251,21 +253,26 @@ class PipedBatches(torch.utils.data.IterableDataset):
 
     def __iter__(self):
         epoch = self.epoch()
-        rng = random.Random(f"{self.module.seed}-{epoch}-{self.rank}")
+        seed, buffer, share = self.module.seed, self.module.shuffle_buffer, self.count // self.world
         stream = self.streams.next_pass()
         path = pipe.fifo_path(self.streams.channel_dir, self.streams.opened - 1).name
-        mine = pipe.shuffled(pipe.share(stream, self.rank, self.world, self.count), self.module.shuffle_buffer, rng)
-        batch, kept = [], 0
-        for sample in mine:
+        samples = pipe.share(stream, self.rank, self.world, self.count)
+        if buffer >= share:
+            # The whole share fits the buffer: File mode's own order of it (data.epoch_order), so a
+            # one-process run trains on the same batches in either mode.
+            held = list(samples)
+            mine: Iterable[imagetree.Sample] = [held[i] for i in epoch_order(len(held), seed, epoch)]
+        else:
+            mine = pipe.shuffled(samples, buffer, random.Random(f"{seed}-{epoch}-{self.rank}"))
+        batch: list[imagetree.Sample] = []
+        for kept, sample in enumerate(mine, start=1):
             batch.append(sample)
-            kept += 1
-            if len(batch) == self.batch_size:
+            if kept == share:  # before the last batch: Lightning asks for no batch after len(self)
+                # What this rank read of the pass, in a line per epoch (its share: count // world samples).
+                print(
+                    f"pipe: {path} epoch {epoch} rank {self.rank}/{self.world}: {kept} of {self.count} samples",
+                    flush=True,
+                )
+            if len(batch) == self.batch_size or kept == share:
                 yield self.module.piped_batch(batch)
                 batch = []
-        if batch:
-            yield self.module.piped_batch(batch)
-        # What this rank read of the pass, in a line per epoch (its share: count // world samples).
-        print(
-            f"pipe: {path} epoch {epoch} rank {self.rank}/{self.world}: {kept} of {self.count} samples",
-            flush=True,
-        )

@@ -190,7 +190,9 @@ class EpochStreams:
         if self.first is None:
             self.first = manifest
         elif manifest["shards"] != self.first["shards"]:
-            raise DataError(f"{self._next[1].path} streams other shards than the first pass: upload no data during a job")
+            raise DataError(
+                f"{self._next[1].path} streams other shards than the first pass: upload no data during a job"
+            )
         return manifest
 
     def _finish_current(self) -> None:
@@ -210,7 +212,9 @@ class EpochStreams:
         for entry in manifest["shards"]:
             content = stream.read_exact(int(entry["bytes"]))
             if hashlib.sha256(content).hexdigest() != entry["sha256"]:
-                raise DataError(f"shard {entry['name']} in {stream.path} does not match its SHA256 in {imagetree.MANIFEST}")
+                raise DataError(
+                    f"shard {entry['name']} in {stream.path} does not match its SHA256 in {imagetree.MANIFEST}"
+                )
             yield from imagetree.shard_samples(content, stream.path / entry["name"])
         if self._current is stream:
             self._finish_current()
