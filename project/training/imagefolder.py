@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import random
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -243,7 +243,15 @@ class PipedBatches(torch.utils.data.IterableDataset):
     rank's share, shuffles it within `shuffle_buffer` samples, seeded by (seed, epoch, rank), and
     yields batches. Every rank yields as many batches (pipe.share)."""
 
-    def __init__(self, module: ImageFolderDataModule, streams, batch_size: int, rank: int, world: int, epoch):
+    def __init__(
+        self,
+        module: ImageFolderDataModule,
+        streams: pipe.EpochStreams,
+        batch_size: int,
+        rank: int,
+        world: int,
+        epoch: Callable[[], int],
+    ):
         self.module, self.streams, self.batch_size = module, streams, batch_size
         self.rank, self.world, self.epoch = rank, world, epoch
         self.count = int(streams.head()["samples"])
@@ -251,7 +259,7 @@ class PipedBatches(torch.utils.data.IterableDataset):
     def __len__(self) -> int:
         return -(-(self.count // self.world) // self.batch_size)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch = self.epoch()
         seed, buffer, share = self.module.seed, self.module.shuffle_buffer, self.count // self.world
         stream = self.streams.next_pass()
