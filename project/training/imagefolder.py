@@ -254,7 +254,7 @@ class PipedBatches(torch.utils.data.IterableDataset):
     ):
         self.module, self.streams, self.batch_size = module, streams, batch_size
         self.rank, self.world, self.epoch = rank, world, epoch
-        self.count = int(streams.head()["samples"])
+        self.count = int((streams.first or streams.head())["samples"])  # the first pass's: opens no FIFO early
 
     def __len__(self) -> int:
         return -(-(self.count // self.world) // self.batch_size)

@@ -220,7 +220,8 @@ class EpochStreams:
             self._finish_current()
 
     def close(self) -> None:
-        self._finish_current()
-        if self._next is not None:
-            self._next[1].drain()
-            self._next = None
+        """Training is over: close what is open, unread (nothing waits for the rest of a pass now)."""
+        for stream in (self._current, self._next[1] if self._next else None):
+            if stream is not None:
+                stream.file.close()
+        self._current = self._next = None
