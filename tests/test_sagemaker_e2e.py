@@ -403,6 +403,7 @@ def test_invalid_launches_and_missing_things_are_one_clean_line(world, data, tmp
         (["instance=ml.x9.huge"], "unknown instance 'ml.x9.huge'; choose one of: "),
         (["job.image_tag=never-pushed"], "image tag never-pushed is not in ECR"),
         (["job.image=aws", "job.pytorch_version=2.0"], "pytorch-lightning==2.6.6 needs PyTorch >= 2.1"),
+        (["+dataset.input_modes.train=Pipe"], "is a few files read once, Pipe streams them again every epoch"),
         ([], f"no data under {train_uri} (channel train): run `invoke upload` first"),
     ]
     for extra, message in cases:
