@@ -36,7 +36,6 @@ from project.core.runtime import DEBUG_ENV, launched_processes, sagemaker_env
 from project.core.topology import TopologyError, decide
 from project.training.data import IdxDataModule, parse_idx, read_bytes
 from project.training.models import state_digest
-from project.training.resolve import resolve
 from tests.synthetic import STEMS, idx_bytes, write_dataset
 
 pytestmark = pytest.mark.xdist_group("distributed-runs")  # one worker: the module's runs are made once
@@ -343,19 +342,35 @@ def test_ranks_sharing_one_unbuffered_log_write_whole_lines():
 
 
 @pytest.mark.slow
-def test_two_hosts_train_on_image_folder_shards(composed, tmp_path):
-    """dataset=imagefolder under multi-process DDP (gloo, two hosts under torchrun): each rank reads
-    the shards of the job's channel, and the sharded test metrics count every held-out image once."""
-    from project.training import imagetree, modules
+def test_two_hosts_stream_image_folder_shards_in_pipe_mode(composed, moto_endpoint, tmp_path):
+    """dataset=imagefolder shards under DDP over two hosts, the train channel in Pipe mode: each
+    host's FIFOs hold the whole channel (the sandbox's feed, from S3), each rank keeps its own half
+    of every epoch's stream and logs it, both take the same steps and end with the same weights, and
+    the validation channel (File mode: the packed shards) is counted once in the sharded test metrics."""
+    import uuid
+
+    from project.aws.plan import channel_uris, manifest_uri
+    from project.aws.session import aws_clients
+    from project.sandbox.pipes import PipeFeed
+    from project.training import imagetree
+    from project.training.imagefolder import ImageFolderDataModule
     from tests.imagetrees import write_tree
 
-    tree = write_tree(tmp_path / "tree", per_class=35)  # 105 images; 41 held out: uneven over two ranks
-    channel = imagetree.pack_tree(tree, tmp_path / "data" / "train", shard_mb=0.01).parent
+    train = imagetree.pack_tree(write_tree(tmp_path / "tree", per_class=35), tmp_path / "packed", 0.01).parent
+    validation = imagetree.pack_tree(write_tree(tmp_path / "val", per_class=13, seed=1), tmp_path / "val-ch", 0.01)
+    s3, bucket = aws_clients("us-east-1", moto_endpoint).s3, f"ddp-pipe-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    uri = channel_uris(bucket, "images", ["train"])["train"]
+    for path in [*train.iterdir(), imagetree.write_sagemaker_manifest(train, uri, "train.manifest")]:
+        s3.upload_file(str(path), bucket, f"images/{'train/' if path.parent == train else ''}{path.name}")
+    source = {"S3DataType": "ManifestFile", "S3Uri": manifest_uri(uri)}
+    channel = {"ChannelName": "train", "InputMode": "Pipe", "DataSource": {"S3DataSource": source}}
     overrides = [
         "dataset=imagefolder",
-        "dataset.channels.train=s3://not-used-in-the-container/images",
+        "dataset.channels.train=s3://not-used-in-the-container/images/train",
+        "+dataset.channels.validation=s3://not-used-in-the-container/images/validation",
+        "+dataset.input_modes.train=Pipe",
         "dataset.num_classes=3",
-        "dataset.val_size=41",
         "trainer.max_epochs=2",
         "trainer.batch_size=16",  # global: 8 per rank
         "trainer.deterministic=true",
@@ -368,19 +383,44 @@ def test_two_hosts_train_on_image_folder_shards(composed, tmp_path):
     code = stage_source(
         cfg, tmp_path / "code", plan_job(cfg, infra, JobImage("custom", f"{infra.repository_url}:t", None))
     )
-    outputs = finish(start_hosts(torchrun_hosts(tmp_path, channel), cwd=code))
+    feeds, port = [], str(free_port())
+    for host in HOSTS:
+        (tmp_path / host / "data").mkdir(parents=True)
+        feeds.append(PipeFeed(s3, channel, tmp_path / host / "data"))
+    commands = [
+        (
+            [sys.executable, ENTRY_SCRIPT, "--launch"],
+            host_env(
+                tmp_path,
+                tmp_path / host / "data" / "train",
+                host,
+                SM_CHANNEL_VALIDATION=str(validation.parent),
+                SM_MASTER_ADDR="127.0.0.1",
+                SM_MASTER_PORT=port,
+            ),
+        )
+        for host in HOSTS
+    ]
+    try:
+        outputs = finish(start_hosts(commands, cwd=code))
+    finally:
+        for feed in feeds:
+            feed.stop()
 
+    # 105 images streamed to each host: rank r keeps positions r, r + 2, ... (52 each, one left out)
+    for rank, output in enumerate(outputs):
+        shares = re.findall(r"^pipe: (train_\d) epoch (\d) rank (\d)/2: (\d+) of 105 samples$", output, re.M)
+        assert shares == [("train_0", "0", str(rank), "52"), ("train_1", "1", str(rank), "52")], output[-2000:]
     digests = sorted(re.findall(r"rank=(\d) weights_sha256=(\w+)", "".join(outputs)))
     assert [rank for rank, _ in digests] == ["0", "1"] and len({d for _, d in digests}) == 1
-    # the held-out split the job made, in one process
-    _, datamodule = modules.build(cfg, resolve(cfg, {"train": channel}, remember=False))
-    datamodule.setup("test")
-    test = datamodule.splits["test"]
-    assert len(test) == 41
     metrics = json.loads((tmp_path / "algo-1" / "output" / "data" / "metrics.json").read_text())
-    assert (metrics["world_size"], metrics["global_steps"]) == (2, 2 * 64 // 16)  # each rank took half of 64
+    assert (metrics["world_size"], metrics["global_steps"]) == (2, 2 * 7)  # 52 per rank in batches of 8
+    # the validation channel (39 images: uneven over two ranks), counted once
+    held = ImageFolderDataModule(train_dir=str(validation.parent), validation_dir=str(validation.parent), num_classes=3)
+    held.setup("test")
+    test = held.splits["test"]
     accuracy, loss = single_process_eval(
         tmp_path / "algo-1" / "model" / "model.ts", test.images.numpy(), test.labels.numpy()
     )
-    assert round(metrics["test_acc"] * 41) == round(accuracy * 41)
+    assert len(test) == 39 and round(metrics["test_acc"] * 39) == round(accuracy * 39)
     assert metrics["test_loss"] == pytest.approx(loss, rel=1e-4)

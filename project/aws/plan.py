@@ -32,6 +32,7 @@ from project.core.sagemaker_names import (
 from project.core.topology import Topology, decide
 from project.training.imagetree import packs
 from project.training.launch import trains_in_pid_1
+from project.training.pipe import PIPE, check_input_modes
 from project.training.tracking import SAGEMAKER_MLFLOW_ARN
 
 ENTRY_SCRIPT = "sm_entry.py"  # project/training/sm_entry.py, staged at the top of the code channel
@@ -84,7 +85,7 @@ class JobPlan:
     spot: bool
     keep_alive_seconds: int
     channels: dict[str, str]  # data channel -> its S3 prefix (one InputDataConfig channel each)
-    input_modes: dict[str, str]  # data channel -> File or FastFile
+    input_modes: dict[str, str]  # data channel -> File, FastFile or Pipe
     output_uri: str
     checkpoint_uri: str
     config_hash: str
@@ -202,11 +203,12 @@ def manifest_uri(channel_uri: str) -> str:
 
 
 def channel_manifests(cfg: Any, channels: dict[str, str], input_modes: dict[str, str]) -> dict[str, str]:
-    """The channels a job reads through SageMaker's manifest: a packed dataset's, in File mode (FastFile
-    reads lazily, only the shards shards.json names, so it keeps the prefix)."""
+    """The channels a job reads through SageMaker's manifest: a packed dataset's, in File mode, or in
+    Pipe mode (the FIFO streams the objects it lists in its order: shards.json, then the shards).
+    FastFile reads lazily, only the shards shards.json names, so it keeps the prefix."""
     if not packs(cfg.dataset):
         return {}
-    return {name: manifest_uri(uri) for name, uri in channels.items() if input_modes[name] == "File"}
+    return {name: manifest_uri(uri) for name, uri in channels.items() if input_modes[name] in ("File", PIPE)}
 
 
 def plan_job(
@@ -233,7 +235,13 @@ def plan_job(
             f"unknown instance type {inst.type!r}; choose one of: {', '.join(known_instance_types())} "
             "(or add conf/instance/<type>.yaml)"
         )
+    check_input_modes(cfg.dataset)  # Pipe on the MNIST family's files: one line, nothing launched
     topology = decide(cfg.trainer, inst.gpus, nodes=inst.count, where=inst.type)
+    if cfg.dataset.get("input_modes", {}).get("train") == PIPE and topology.processes_per_node > 1:
+        raise LaunchError(  # the bytes of a FIFO go to whichever process reads first (project/training/pipe.py)
+            f"dataset.input_modes.train=Pipe gives each instance one FIFO per epoch, which one process reads; "
+            f"{inst.type} runs {topology.processes_per_node} per instance: use FastFile, or one GPU per instance"
+        )
     max_run = job.max_run_minutes * 60
     max_wait = (job.max_wait_minutes * 60 if job.max_wait_minutes else 2 * max_run) if job.spot else None
     # The staged config's identity, as the container computes it.

@@ -46,6 +46,7 @@ from project.core.names import name_problem, split_s3_uri
 from project.core.run_ref import resolve_run
 from project.core.sagemaker_names import METRICS_FILE
 from project.training.imagetree import pack_channel, write_sagemaker_manifest
+from project.training.pipe import check_input_modes
 from project.training.resolve import resolve
 
 INFRA_KEYS = ("data_bucket", "artifacts_bucket", "repository_url", "role_arn", "region")
@@ -177,6 +178,7 @@ def train(
 ) -> str | None:
     ctx = setup(overrides)
     cfg = ctx.cfg
+    check_input_modes(cfg.dataset)  # Pipe on the MNIST family: one line before the first AWS call
     image = job_image(cfg, ctx.infra.repository_url, ctx.infra.region)
     # trainer.init_from: found and its shapes checked; cfg now names the S3 object the job reads
     parent, weights = init_source.model_channel(ctx)

@@ -213,7 +213,7 @@ def _download_channel(s3: Any, channel: dict[str, Any], tree: Path) -> None:
             f"channel {channel['ChannelName']}: only S3Prefix and ManifestFile data sources are emulated"
         )
     if channel.get("InputMode", "File") == "Pipe":
-        raise SandboxError(f"channel {channel['ChannelName']}: Pipe mode is not emulated")
+        return  # nothing on disk: streamed through FIFOs while the job runs (project/sandbox/pipes.py)
     dest = tree / "input/data" / channel["ChannelName"]
     if kind == "S3Prefix":
         download_prefix(s3, source["S3Uri"], dest)

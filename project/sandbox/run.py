@@ -19,6 +19,7 @@ from typing import Any
 from project.sandbox import record
 from project.sandbox.container import STOP_GRACE_SECONDS, Container, LogStream, namespace_argv
 from project.sandbox.optml import HOST, Desc, SandboxError, container_env, prepare_tree
+from project.sandbox.pipes import start_feeds
 from project.sandbox.results import failure_reason, final_metrics, sync_checkpoints, upload_archives
 
 LOG_TAIL_LINES = 40
@@ -169,5 +170,10 @@ def run_training_job(
         record.finish(job, record.Outcome("Stopped"))
         return JobRun(job_name, "Stopped", -1, "", None, None, None, "", time.time() - started, tree)
     record.set_status(job, "InProgress", "Training", "Training image download completed. Training in progress.")
-    ended = _run_container(desc, tree, running, clients.logs, options, started)
+    feeds = start_feeds(clients.s3, desc, tree)  # Pipe channels: a FIFO per pass, fed while the job runs
+    try:
+        ended = _run_container(desc, tree, running, clients.logs, options, started)
+    finally:
+        for feed in feeds:
+            feed.stop()
     return _conclude(clients, desc, tree, checkpoints, ended, started)

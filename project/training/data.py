@@ -79,6 +79,11 @@ def shard(indices: Sequence[int] | np.ndarray, rank: int, world_size: int) -> np
     return np.array_split(np.asarray(indices), world_size)[rank]
 
 
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The order a training epoch visits n samples in: drawn from (seed, epoch) alone."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).numpy()
+
+
 class IndexBatches:
     """Yields index batches; reshuffled per epoch by (seed, epoch), sharded over ranks for DDP.
 
@@ -100,11 +105,7 @@ class IndexBatches:
         self.epoch = epoch
 
     def _indices(self) -> np.ndarray:
-        if self.shuffle:
-            gen = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.n, generator=gen).numpy()
-        else:
-            order = np.arange(self.n)
+        order = epoch_order(self.n, self.seed, self.epoch) if self.shuffle else np.arange(self.n)
         per_rank = -(-self.n // self.world_size)
         order = np.resize(order, per_rank * self.world_size)  # wrap-around padding
         return order[self.rank :: self.world_size]
@@ -210,12 +211,16 @@ class ResidentDataModule(pl.LightningDataModule):
                 self.splits[name] = moved[id(split)] = moved.get(id(split)) or split.to(device)
         if stage == "fit":
             self._per_device_batch()  # an uneven split is refused before the first step
-            samples = len(self.splits["train"])
+            samples = self._train_samples()
             if self.batch_size > samples:  # one short batch an epoch, not the batch asked for
                 raise DataError(
                     f"trainer.batch_size={self.batch_size} is larger than the training set ({samples} samples "
                     f"after dataset.val_size): use trainer.batch_size={samples} or less"
                 )
+
+    def _train_samples(self) -> int:
+        """The samples an epoch trains on."""
+        return len(self.splits["train"])
 
     def _resident_device(self) -> torch.device | None:
         trainer = getattr(self, "trainer", None)

@@ -14,16 +14,17 @@ normalised (and, for training, augmented) a whole batch at a time.
 from __future__ import annotations
 
 import io
+import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from project.training import imagetree
-from project.training.data import ResidentDataModule, TensorSplit, split_indices
+from project.training import imagetree, pipe
+from project.training.data import ResidentDataModule, TensorSplit, epoch_order, split_indices
 from project.training.raw import DataError
 
 COLOR_MODES = {1: "L", 3: "RGB"}  # dataset.image_shape[0] (colour channels) -> Pillow's mode
@@ -92,6 +93,7 @@ class ImageFolderDataModule(ResidentDataModule):
         num_workers: int = 0,
         on_device: bool = True,
         shard_mb: float = imagetree.SHARD_MB,
+        shuffle_buffer: int = pipe.SHUFFLE_BUFFER,
     ):
         super().__init__(batch_size, seed, num_workers, on_device)
         shape = [int(n) for n in image_shape]
@@ -110,6 +112,9 @@ class ImageFolderDataModule(ResidentDataModule):
         self.shard_mb = shard_mb  # `invoke upload` packs each channel into shards of about this size
         self.image_shape = shape  # one sample, for the model's example input
         self.classes: list[str] = []
+        self.shuffle_buffer = shuffle_buffer  # Pipe mode: samples a rank holds to shuffle the stream
+        self.streams: pipe.EpochStreams | None = None  # the train channel's FIFOs, in Pipe mode
+        self._augment_generator = torch.Generator().manual_seed(seed)  # Pipe mode's batches' augmentation
 
     def _load(self, channel: str) -> tuple[torch.Tensor, torch.Tensor]:
         """A channel's images (N x C x H x W uint8) and labels, from its shards or its tree."""
@@ -122,6 +127,9 @@ class ImageFolderDataModule(ResidentDataModule):
             classes, files = imagetree.scan_tree(Path(folder))
             samples = [imagetree.Sample(f.relpath, f.label, f.path.read_bytes()) for f in files]
         self._check_classes(classes, folder)
+        return self._decoded(samples, folder)
+
+    def _decoded(self, samples: list[imagetree.Sample], folder: str) -> tuple[torch.Tensor, torch.Tensor]:
         with ThreadPoolExecutor(DECODE_WORKERS) as pool:
             pixels = list(pool.map(lambda sample: self._decode(sample, folder), samples))
         images = torch.from_numpy(np.stack(pixels))
@@ -163,7 +171,9 @@ class ImageFolderDataModule(ResidentDataModule):
         return ImageSplit(images[idx], labels[idx], self.mean, self.std, augment, self.seed)
 
     def setup(self, stage: str | None = None) -> None:
-        if "train" not in self.splits:
+        if not self.splits and pipe.is_piped(Path(self.dirs["train"] or "")):
+            self._setup_piped()
+        if not self.splits:
             x, y = self._load("train")
             if self.dirs["val"] is not None:
                 train_idx, val_idx = np.arange(len(y)), None
@@ -181,3 +191,96 @@ class ImageFolderDataModule(ResidentDataModule):
                 tx, ty = self._load("test")
                 self.splits["test"] = self._split(tx, ty, np.arange(len(ty)), augment=False)
         self._place_splits(stage)
+
+    # --- Pipe mode (project.training.pipe): the train channel streamed, one FIFO per epoch ----------
+
+    def _setup_piped(self) -> None:
+        """The first FIFO's manifest (classes, sample count; the FIFO stays open for the first epoch),
+        then the validation and test channels, read once as in File mode."""
+        if self.dirs["val"] is None:
+            raise DataError(
+                "the train channel is in Pipe mode, so nothing of it can be held out: add a validation channel"
+            )
+        self.streams = pipe.EpochStreams(Path(str(self.dirs["train"])))
+        self._check_classes(list(self.streams.head()["classes"]), str(self.dirs["train"]))
+        vx, vy = self._load("val")
+        self.splits["val"] = self.splits["test"] = self._split(vx, vy, np.arange(len(vy)), augment=False)
+        if self.dirs["test"] is not None:
+            tx, ty = self._load("test")
+            self.splits["test"] = self._split(tx, ty, np.arange(len(ty)), augment=False)
+
+    def _train_samples(self) -> int:
+        if self.streams is not None and self.streams.first is not None:
+            return int(self.streams.first["samples"])
+        return super()._train_samples()
+
+    def train_dataloader(self):
+        if self.streams is None:
+            return super().train_dataloader()
+        trainer = getattr(self, "trainer", None)
+        rank, world = self._rank_world()
+        batches = PipedBatches(
+            self, self.streams, self._per_device_batch(), rank, world, lambda: trainer.current_epoch if trainer else 0
+        )
+        # One reader per FIFO: no workers. A private generator, as File mode's: the global RNG (dropout) is not drawn.
+        generator = torch.Generator().manual_seed(self.seed)
+        return torch.utils.data.DataLoader(batches, batch_size=None, num_workers=0, generator=generator)
+
+    def piped_batch(self, samples: list[imagetree.Sample]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Samples of the stream as one normalised (and, when asked, augmented) batch."""
+        images, labels = self._decoded(samples, str(self.dirs["train"]))
+        split = ImageSplit(images, labels, self.mean, self.std, self.augment)
+        split.generator = self._augment_generator  # one random stream over the epochs, as File mode's
+        return split[torch.arange(len(samples))]
+
+    def teardown(self, stage: str) -> None:
+        if stage == "fit" and self.streams is not None:
+            self.streams.close()
+
+
+class PipedBatches(torch.utils.data.IterableDataset):
+    """The train channel in Pipe mode: each pass (one per epoch) reads the next FIFO, keeps this
+    rank's share, shuffles it within `shuffle_buffer` samples, seeded by (seed, epoch, rank), and
+    yields batches. Every rank yields as many batches (pipe.share)."""
+
+    def __init__(
+        self,
+        module: ImageFolderDataModule,
+        streams: pipe.EpochStreams,
+        batch_size: int,
+        rank: int,
+        world: int,
+        epoch: Callable[[], int],
+    ):
+        self.module, self.streams, self.batch_size = module, streams, batch_size
+        self.rank, self.world, self.epoch = rank, world, epoch
+        self.count = int((streams.first or streams.head())["samples"])  # the first pass's: opens no FIFO early
+
+    def __len__(self) -> int:
+        return -(-(self.count // self.world) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        epoch = self.epoch()
+        seed, buffer, share = self.module.seed, self.module.shuffle_buffer, self.count // self.world
+        stream = self.streams.next_pass()
+        path = pipe.fifo_path(self.streams.channel_dir, self.streams.opened - 1).name
+        samples = pipe.share(stream, self.rank, self.world, self.count)
+        if buffer >= share:
+            # The whole share fits the buffer: File mode's own order of it (data.epoch_order), so a
+            # one-process run trains on the same batches in either mode.
+            held = list(samples)
+            mine: Iterable[imagetree.Sample] = [held[i] for i in epoch_order(len(held), seed, epoch)]
+        else:
+            mine = pipe.shuffled(samples, buffer, random.Random(f"{seed}-{epoch}-{self.rank}"))
+        batch: list[imagetree.Sample] = []
+        for kept, sample in enumerate(mine, start=1):
+            batch.append(sample)
+            if kept == share:  # before the last batch: Lightning asks for no batch after len(self)
+                # What this rank read of the pass, in a line per epoch (its share: count // world samples).
+                print(
+                    f"pipe: {path} epoch {epoch} rank {self.rank}/{self.world}: {kept} of {self.count} samples",
+                    flush=True,
+                )
+            if len(batch) == self.batch_size or kept == share:
+                yield self.module.piped_batch(batch)
+                batch = []

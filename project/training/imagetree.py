@@ -241,7 +241,7 @@ def read_shards(folder: Path) -> tuple[list[str], list[Sample]]:
         content = path.read_bytes()
         if hashlib.sha256(content).hexdigest() != entry["sha256"]:
             raise DataError(f"shard {path} does not match the SHA256 in {MANIFEST}: upload the dataset again")
-        samples.extend(_shard_samples(content, path))
+        samples.extend(shard_samples(content, path))
     if len(samples) != manifest["samples"]:
         raise DataError(f"{folder}: the shards hold {len(samples)} samples, {MANIFEST} promises {manifest['samples']}")
     return list(manifest["classes"]), samples
@@ -280,7 +280,7 @@ def _tar_members(content: bytes) -> Iterator[tuple[str, bytes]]:
             pax_path = None
 
 
-def _shard_samples(content: bytes, path: Path) -> Iterator[Sample]:
+def shard_samples(content: bytes, path: Path) -> Iterator[Sample]:
     """A shard's samples: each image member, then its `.cls` member (the order shard_bytes writes)."""
     try:
         image: tuple[str, str, bytes] | None = None  # key, extension, bytes of the pending image

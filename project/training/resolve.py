@@ -22,6 +22,7 @@ from typing import Any
 
 from project.core.atomic import replacing
 from project.training.fetch import HTTP, fetch_verified, scheme, source_for
+from project.training.pipe import check_input_modes, is_piped
 from project.training.raw import Contents, DataError, VerifiedFile, read
 
 
@@ -73,10 +74,13 @@ def resolve(
     trains on the files next, so content decompressed to verify it is kept for the read.
     """
     d = cfg.dataset
+    check_input_modes(d)  # Pipe on a dataset of a few files: one line before anything is read
     resolved = Resolved({})
     for channel, declared in d.channels.items():
         where = str(sources[channel]) if sources and channel in sources else str(declared)
-        if channel == "train" and d.get("files"):
+        if sources and channel in sources and is_piped(Path(where)):
+            resolved.folders[channel] = Path(where)  # a job's Pipe channel: its FIFOs, read once per epoch
+        elif channel == "train" and d.get("files"):
             files = fetch_verified(
                 where,
                 dataset_cache_dir(cfg),

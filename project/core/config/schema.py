@@ -13,8 +13,10 @@ MISSING: Any = "???"  # OmegaConf's marker for a value that must be supplied (ty
 
 
 # Input modes SageMaker offers per channel: File copies the channel to the instance before the
-# job starts; FastFile streams each object on its first read (large, sharded datasets).
-INPUT_MODES = ("File", "FastFile")
+# job starts; FastFile streams each object on its first read (large, sharded datasets); Pipe streams
+# the whole channel through a FIFO each epoch, nothing on disk (image-folder shards' train channel:
+# project/training/pipe.py).
+INPUT_MODES = ("File", "FastFile", "Pipe")
 CHANNELS = ("train", "validation", "test")  # the channel names a dataset may declare; train is required
 
 
@@ -34,7 +36,7 @@ class DatasetKeys:
     # folder, an s3:// prefix (copied into paths.data_dir/<name>/<channel> first), or an https://
     # prefix (fetched into paths.data_dir/<name> first; needs `files`).
     channels: dict[str, str] = field(default_factory=dict)
-    input_modes: dict[str, str] = field(default_factory=dict)  # channel -> File (the default) or FastFile
+    input_modes: dict[str, str] = field(default_factory=dict)  # channel -> File (the default), FastFile or Pipe
     # Optional, and passed on to the DataModule too: raw file stem -> SHA256 of its decompressed
     # content (mirrors re-compress .gz files, so only the content hash identifies the data). With
     # it the train channel's files are verified, and fetched when the channel is remote.
