@@ -68,6 +68,50 @@ def test_a_run_logs_its_config_per_epoch_metrics_and_artifacts_to_an_mlflow_serv
     assert any(line.startswith("tracked") and " mlflow " in line for line in shown[-1].splitlines())
 
 
+@requires(module="wandb")
+def test_a_wandb_run_offline_logs_its_config_per_epoch_metrics_and_artifacts_without_an_account(
+    composed, tiny_run, monkeypatch
+):
+    """logger=[tensorboard,wandb], no WANDB_API_KEY: the default mode=offline writes the run under
+    output/wandb/, read back here from its .wandb file."""
+    from project.training.train import run_composed
+    from tests import wandb_records
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    overrides = tiny_run(run_name="weights", **{"trainer.max_epochs": 2, "trainer.log_every_n_steps": 2})
+    cfg = composed(*overrides, "logger=[tensorboard,wandb]")
+    metrics = run_composed(cfg, "weights")
+    run_dir = Path(cfg.paths.runs_dir) / "weights"
+    written = json.loads((run_dir / "metrics.json").read_text())
+    path = wandb_records.run_file(run_dir)
+    assert path.name == f"run-{written['wandb_run_id']}.wandb" and metrics["wandb_run_id"] == written["wandb_run_id"]
+    found = wandb_records.records(path)
+    params = wandb_records.config(found)["config"]
+    assert params["trainer"]["max_epochs"] == 2 and params["model"]["name"] == cfg.model.name
+    assert len(wandb_records.history(found, "val_acc")) == 2  # per epoch
+    assert len(wandb_records.history(found, "train_loss_step")) > 2  # and per step
+    assert wandb_records.summary(found)["final/test_acc"] == pytest.approx(written["test_acc"])
+    assert wandb_records.artifacts(found) == {
+        "weights-model": ("model", {"model.ts", "learning_curves.png", "confusion_matrix.png"})
+    }
+    assert (run_dir / "output" / "tensorboard").is_dir() and (run_dir / "output" / "metrics.csv").is_file()
+
+
+def test_logger_wandb_without_wandb_installed_is_one_line_before_anything_is_written(composed, tmp_path, monkeypatch):
+    import sys
+
+    from project.training import tracking
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as where it is not installed: find_spec says None
+    with pytest.raises(UserError) as info:
+        tracking.check(composed("logger=[tensorboard,wandb]"), tmp_path / "out", in_container=False)
+    assert str(info.value) == (
+        "logger=wandb needs the wandb package, which is not installed here: pip install -r requirements-tracking.txt"
+    )
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_mlflow_uri_no_server_answers_is_one_line_and_no_run_folder(composed, tiny_run):
     from project.training.train import run_composed
 
@@ -169,6 +213,11 @@ def test_a_job_with_logger_mlflow_installs_the_client_tags_its_commit_and_logs_t
         plan_job(composed("logger=mlflow", "logger.mlflow.tracking_uri=arn:aws:sagemaker:x"), INFRA, CUSTOM)
     server = plan_job(composed("logger=mlflow", "logger.mlflow.tracking_uri=http://mlflow:5000"), INFRA, CUSTOM)
     assert server.requirements_file() == "mlflow-skinny==3.17.2\n"  # no SageMaker plugin for a plain server
+    # logger=wandb: wandb, at requirements-tracking.txt's pin, only in the jobs that use it
+    weights = plan_job(composed("logger=[tensorboard,wandb]"), INFRA, CUSTOM)
+    assert weights.requirements_file() == "wandb==0.31.0\n" and "MLflow" not in weights.summary()
+    both = plan_job(composed("logger=[mlflow,wandb]", "logger.mlflow.tracking_uri=http://mlflow:5000"), INFRA, CUSTOM)
+    assert both.requirements_file() == "mlflow-skinny==3.17.2\nwandb==0.31.0\n"
 
 
 def test_a_run_config_saved_before_the_logger_group_loads_with_its_default(composed, tmp_path):
