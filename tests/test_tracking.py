@@ -14,6 +14,7 @@ from project.core.identity import run_identity
 from tests.failing_runs import free_port
 from tests.mlflow_server import mlflow_server as server_on_loopback
 from tests.requires import requires
+from tests.synthetic import tiny_overrides
 
 pytestmark = requires(module="mlflow")
 
@@ -66,6 +67,47 @@ def test_a_run_logs_its_config_per_epoch_metrics_and_artifacts_to_an_mlflow_serv
         ("mlflow", "tracked", written["config_hash"]),
     }
     assert any(line.startswith("tracked") and " mlflow " in line for line in shown[-1].splitlines())
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_resumed_by_the_same_command_goes_on_logging_to_its_mlflow_run(
+    tiny_data, tmp_path, mlflow_server
+):
+    """Ctrl-C mid-run, then `invoke local` again: one MLflow run, finished, with the metrics of both halves."""
+    from mlflow.tracking import MlflowClient
+
+    from project.core.identity import tracker_runs_name
+    from tests.test_interrupts import checkpoints, ctrl_c, run_invoke, start_invoke, wait_until
+
+    epochs = 2  # 16 steps: Ctrl-C lands a few steps in, at the first checkpoint (step 2), well before the end
+    every = {"trainer.max_epochs": epochs, "trainer.checkpoint_every_n_steps": 2, "trainer.log_every_n_steps": 1}
+    overrides = [
+        *tiny_overrides(*tiny_data, tmp_path / "runs", run_name="halves", **every),
+        "logger=mlflow",
+        f"logger.mlflow.tracking_uri={mlflow_server}",
+        "logger.mlflow.experiment_name=halves",
+    ]
+    run_dir = tmp_path / "runs" / "halves"
+    proc = start_invoke("local", *overrides)
+    wait_until(lambda: bool(checkpoints(run_dir)), proc)  # training is under way
+    code, out, err = ctrl_c(proc)
+    assert code == 130, (out[-2000:], err[-2000:])
+    (kept,) = run_dir.glob(f"checkpoints/{tracker_runs_name('*')}")
+    first = json.loads(kept.read_text())["mlflow_run_id"]
+    step = int(next(line for line in err.splitlines() if line.startswith("interrupted at step")).split()[3].rstrip(";"))
+
+    resumed = run_invoke("local", *overrides)  # the same command
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming run halves from step {step} " in resumed.stdout
+    written = json.loads((run_dir / "metrics.json").read_text())
+    client = MlflowClient(mlflow_server)
+    (run,) = client.search_runs([client.get_experiment_by_name("halves").experiment_id])
+    assert run.info.run_id == written["mlflow_run_id"] == first and run.info.status == "FINISHED"
+    train_steps = {m.step for m in client.get_metric_history(first, "train_loss_step")}
+    assert min(train_steps) < step <= max(train_steps) == written["global_steps"] - 1  # both halves, every step
+    assert len({m.step for m in client.get_metric_history(first, "val_acc")}) == epochs
+    assert run.data.metrics["final/global_steps"] == written["global_steps"]
+    assert {a.path for a in client.list_artifacts(first)} >= {"model.ts", "learning_curves.png"}
 
 
 @requires(module="wandb")
