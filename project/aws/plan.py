@@ -222,10 +222,8 @@ def plan_job(
     """
     inst, job = cfg.instance, cfg.job
     if cfg.trainer.init_from is not None and (parent is None or cfg.trainer.init_from != parent.uri):
-        raise LaunchError(  # a sweep's jobs: each would need its parent found and checked (issue #30 §1)
-            f"trainer.init_from={cfg.trainer.init_from}: a sweep (-m) cannot start its jobs from an earlier model "
-            "yet; drop trainer.init_from, or launch each job alone with `invoke train`"
-        )
+        # init_source.model_channel finds the channel and points the config at its URI: not done here
+        raise ValueError(f"trainer.init_from={cfg.trainer.init_from} is planned without its model channel")
     if inst.type not in known_instance_types():
         raise LaunchError(
             f"unknown instance type {inst.type!r}; choose one of: {', '.join(known_instance_types())} "
