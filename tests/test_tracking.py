@@ -14,6 +14,7 @@ from project.core.identity import run_identity
 from tests.failing_runs import free_port
 from tests.mlflow_server import mlflow_server as server_on_loopback
 from tests.requires import requires
+from tests.sigv4_proxy import ARN_HEADER, sigv4_proxy
 from tests.synthetic import tiny_overrides
 
 pytestmark = requires(module="mlflow")
@@ -152,6 +153,65 @@ def test_logger_wandb_without_wandb_installed_is_one_line_before_anything_is_wri
         "logger=wandb needs the wandb package, which is not installed here: pip install -r requirements-tracking.txt"
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_a_run_logs_to_a_sagemaker_managed_tracking_server_by_its_arn_with_sigv4_signed_requests(
+    composed, tiny_run, mlflow_server, monkeypatch, tmp_path
+):
+    """logger.mlflow.tracking_uri=<ARN>: the sagemaker-mlflow plugin turns it into the server's URL and signs
+    every request with SigV4. Its own setting SAGEMAKER_MLFLOW_CUSTOM_ENDPOINT points it at a loopback
+    front door (tests/sigv4_proxy.py) that checks each signature and passes the request to a real server."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from project.training.train import run_composed
+
+    arn = "arn:aws:sagemaker:eu-west-1:123456789012:mlflow-tracking-server/signed"
+    # The managed server keeps artifacts in S3 (the plugin's presigned URLs); here, a folder the run writes to.
+    MlflowClient(mlflow_server).create_experiment("signed", artifact_location=(tmp_path / "artifacts").as_uri())
+    try:
+        with sigv4_proxy(mlflow_server, arn, "testing", "testing") as (door, passed):
+            monkeypatch.setenv("SAGEMAKER_MLFLOW_CUSTOM_ENDPOINT", door)
+            cfg = composed(
+                *tiny_run(run_name="signed"),
+                "logger=mlflow",
+                f"logger.mlflow.tracking_uri={arn}",
+                "logger.mlflow.experiment_name=signed",
+            )
+            metrics = run_composed(cfg, "signed")
+    finally:
+        mlflow.set_tracking_uri(None)  # the plugin reads the process-wide URI: no ARN left for the next test
+    run = MlflowClient(mlflow_server).get_run(metrics["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.metrics["final/test_acc"] == pytest.approx(metrics["test_acc"])
+    assert "/api/2.0/mlflow/runs/log-batch" in passed  # the metrics went through the signed door
+    assert {a.path for a in MlflowClient(mlflow_server).list_artifacts(run.info.run_id)} >= {"model.ts"}
+    # The door refuses what the plugin would not send: no signature, or one made with another secret.
+    with sigv4_proxy(mlflow_server, arn, "testing", "testing") as (door, passed):
+        assert _status(door, {ARN_HEADER: arn}) == 403
+        assert _status(door, {ARN_HEADER: arn, **_signed(door, arn, "another-secret")}) == 403
+        assert _status(door, {ARN_HEADER: arn, **_signed(door, arn, "testing")}) == 200 and passed
+
+
+def _signed(url: str, arn: str, secret: str) -> dict[str, str]:
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    request = AWSRequest(method="GET", url=f"{url}/api/2.0/mlflow/experiments/search?max_results=1")
+    SigV4Auth(Credentials("testing", secret), "sagemaker-mlflow", arn.split(":")[3]).add_auth(request)
+    return dict(request.headers)
+
+
+def _status(url: str, headers: dict[str, str]) -> int:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"{url}/api/2.0/mlflow/experiments/search?max_results=1", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status
+    except urllib.error.HTTPError as refused:
+        return refused.code
 
 
 def test_an_mlflow_uri_no_server_answers_is_one_line_and_no_run_folder(composed, tiny_run):
