@@ -141,6 +141,29 @@ def test_a_wandb_run_offline_logs_its_config_per_epoch_metrics_and_artifacts_wit
     assert (run_dir / "output" / "tensorboard").is_dir() and (run_dir / "output" / "metrics.csv").is_file()
 
 
+@requires(module="wandb")
+def test_a_resumed_run_keeps_its_wandb_run_id(composed, tmp_path):
+    """The id kept beside the checkpoints is the one the resumption's W&B run takes (resume="allow")."""
+    from types import SimpleNamespace
+
+    from pytorch_lightning.loggers import WandbLogger
+
+    from project.training import tracking
+
+    cfg, out, kept = composed("logger=wandb"), tmp_path / "output", tmp_path / "checkpoints"
+    built = tracking.build(cfg, out, "r", {"config-hash": "abc"}, in_container=False)
+    (first,) = [lg for lg in built if isinstance(lg, WandbLogger)]
+    tracking.remember(SimpleNamespace(loggers=[first]), kept, "abc")
+    run_id = first.experiment.id
+    first.experiment.finish()
+    assert tracking.earlier_runs(kept, "abc") == {"wandb_run_id": run_id} and tracking.earlier_runs(kept, "def") == {}
+    built = tracking.build(cfg, out, "r", {"config-hash": "abc"}, False, tracking.earlier_runs(kept, "abc"))
+    (again,) = [lg for lg in built if isinstance(lg, WandbLogger)]
+    assert again.experiment.id == run_id
+    again.experiment.finish()
+    assert list((out / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
+
+
 def test_logger_wandb_without_wandb_installed_is_one_line_before_anything_is_written(composed, tmp_path, monkeypatch):
     import sys
 

@@ -282,4 +282,7 @@ def _finish_wandb(run: Any, final: Mapping[str, float], files: list[Path]) -> st
     run.log_artifact(artifact)
     run_id = str(run.id)
     run.finish()
+    # finish() returns before W&B's service has written the offline run's file out; teardown waits for
+    # it, so the run folder is complete when metrics.json says the run is (and a sync may read it).
+    wandb.teardown()
     return run_id
