@@ -146,6 +146,7 @@ def test_a_resumed_run_keeps_its_wandb_run_id(composed, tmp_path):
     """The id kept beside the checkpoints is the one the resumption's W&B run takes (resume="allow")."""
     from types import SimpleNamespace
 
+    import wandb
     from pytorch_lightning.loggers import WandbLogger
 
     from project.training import tracking
@@ -161,6 +162,7 @@ def test_a_resumed_run_keeps_its_wandb_run_id(composed, tmp_path):
     (again,) = [lg for lg in built if isinstance(lg, WandbLogger)]
     assert again.experiment.id == run_id
     again.experiment.finish()
+    wandb.teardown()  # W&B's service process: not left running after the test
     assert list((out / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
 
 
