@@ -291,6 +291,16 @@ def test_a_local_tracking_folder_is_where_the_run_starts_or_in_a_jobs_output(tmp
     assert artifact_location("http://h:5000", tmp_path, in_container=True) is None
 
 
+def test_a_resumption_whose_mlflow_run_is_gone_starts_a_new_one(composed, mlflow_server, tmp_path):
+    """A spot job's mlruns/ (in its output) does not survive the instance: the id kept is not reused."""
+    from project.training import tracking
+
+    cfg = composed("logger=mlflow", f"logger.mlflow.tracking_uri={mlflow_server}")
+    earlier = {tracking.RUN_ID_KEY: "0" * 32, tracking.MLFLOW_URI_KEY: mlflow_server}
+    (logger,) = tracking.build(cfg, tmp_path / "out", "gone", {}, in_container=False, earlier=earlier)[1:]
+    assert logger.run_id != "0" * 32 and logger.experiment.get_run(logger.run_id).info.run_name == "gone"
+
+
 def test_the_loggers_chosen_are_not_part_of_the_run_identity(composed):
     base = run_identity(composed())
     assert run_identity(composed("logger=[tensorboard,mlflow,wandb]")) == base == run_identity(composed("logger=none"))

@@ -179,8 +179,11 @@ def _mlflow_logger(
         folder.mkdir(parents=True, exist_ok=True)
     if not uri.startswith("arn:"):  # sagemaker-mlflow's header plugin warns on every request to any other URI
         logging.getLogger("mlflow.tracking.request_header.registry").setLevel(logging.ERROR)
-    # the run this one resumes began an MLflow run on this very server: go on logging to it
+    # the run this one resumes began an MLflow run on this very server: go on logging to it, if it
+    # is still there (a spot job's mlruns/ in its output did not survive the instance)
     resumed = earlier.get(RUN_ID_KEY) if earlier.get(MLFLOW_URI_KEY) == uri else None
+    if resumed is not None and not _mlflow_run_exists(uri, resumed):
+        resumed = None
     return MLFlowLogger(
         experiment_name=settings["experiment_name"],
         run_name=run_name,
@@ -189,6 +192,19 @@ def _mlflow_logger(
         artifact_location=artifact_location(settings["tracking_uri"], output_dir, in_container),
         run_id=resumed,
     )
+
+
+def _mlflow_run_exists(uri: str, run_id: str) -> bool:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(uri)  # as the logger does when it starts: the ARN plugin signs for this URI
+    try:
+        MlflowClient(uri).get_run(run_id)
+    except MlflowException:
+        return False
+    return True
 
 
 def earlier_runs(checkpoint_dir: Path, identity: str) -> dict[str, str]:
