@@ -198,7 +198,6 @@ def test_the_set_up_summary_counts_what_pip_did():
         (["job.base_name=bad_name"], "job.base_name='bad_name'"),
         (["instance.type=ml.x9.huge"], "unknown instance type 'ml.x9.huge'"),
         (["trainer.gpus=0", "instance=ml.g5.xlarge"], "pays for 1 idle GPU(s)"),
-        (["trainer.init_from=runs/earlier"], "a sweep (-m) cannot start its jobs from an earlier model yet"),
     ],
 )
 def test_invalid_launches_are_refused_with_one_line(overrides, message):

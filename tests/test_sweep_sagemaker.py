@@ -24,11 +24,14 @@ import pytest
 import yaml
 
 from project.aws.sweep import SweepSession
+from project.core.config import compose
 from project.core.sweep_jobs import Job
 from project.sandbox import quotas as sandbox_quotas
 from project.sandbox import service as emulator
+from project.training.train import run_composed
 from tests import cli
 from tests.cli import one_error_line
+from tests.synthetic import tiny_overrides
 from tests.test_sagemaker_e2e import data, job_overrides, long_data, wait_for_periodic_checkpoint, world  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -70,9 +73,13 @@ def most_at_once(jobs: list[dict]) -> int:
 
 
 def test_grid_sweep_runs_two_at_a_time_from_one_code_bundle_and_a_rerun_skips_them(world, data, tmp_path):  # noqa: F811
+    """Every job starts from one earlier local run (trainer.init_from): its weights uploaded once, each
+    job's model channel and parent tags as a single `invoke train` gives them."""
     name = f"sw-{uuid.uuid4().hex[:6]}"
     assert invoke("upload", *sweep_overrides(world, data, name)).returncode == 0
-    overrides = sweep_overrides(world, data, name, **{"model.lr": "0.01,0.05", "trainer.batch_size": "32,64"})
+    parent = run_composed(compose(tiny_overrides(*data, world["root"] / "runs", run_name=f"{name}-a")))
+    swept = {"model.lr": "0.01,0.05", "trainer.batch_size": "32,64"}
+    overrides = sweep_overrides(world, data, name, **swept, **{"trainer.init_from": f"{name}-a"})
     with emulator.sagemaker_service(run_jobs=True, workdir=tmp_path / "jobs"):
         result = invoke("train", "-m", *overrides, "hydra.launcher.max_parallel=2", "--yes", "--poll", "1")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
@@ -108,6 +115,17 @@ def test_grid_sweep_runs_two_at_a_time_from_one_code_bundle_and_a_rerun_skips_th
         if c["ChannelName"] == "config"
     }
     assert len(configs) == 4  # each job its own config
+    models = {
+        (c["DataSource"]["S3DataSource"]["S3Uri"], c["InputMode"])
+        for j in jobs
+        for c in j["InputDataConfig"]
+        if c["ChannelName"] == "model"
+    }
+    (model_uri, mode), bucket = models.pop(), world["infra"].artifacts_bucket
+    assert not models and mode == "File" and model_uri.startswith(f"s3://{bucket}/models/{name}-a/init-from-")
+    assert f"start from {name}-a ({parent['config_hash']}): {model_uri}" in out
+    assert out.count(f"-> {model_uri}") == 1  # uploaded once, before the launches
+    assert all(t["parent-run"] == f"{name}-a" and t["parent-config-hash"] == parent["config_hash"] for t in tags)
 
     folder = sweep_dir(world, result)
     rows = list(csv.DictReader((folder / "results.csv").open()))
@@ -126,6 +144,7 @@ def test_grid_sweep_runs_two_at_a_time_from_one_code_bundle_and_a_rerun_skips_th
     for r in rows:
         metrics = json.loads((folder / r["job"] / "metrics.json").read_text())
         assert metrics["val_acc"] == pytest.approx(float(r["val_acc"]), abs=1e-3)
+        assert metrics["parent"] == {"run": f"{name}-a", "config_hash": parent["config_hash"], "weights": model_uri}
         assert (folder / r["job"] / "model" / "model.ts").is_file()
 
     listing = invoke("runs", "--sweep", sweep_id, *world["infra_overrides"], f"paths.runs_dir={tmp_path}")

@@ -22,7 +22,7 @@ from project.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 TRAIN_REQUIREMENTS = ROOT / "requirements-train.txt"
-TRACKING_REQUIREMENTS = ROOT / "requirements-tracking.txt"  # logger=mlflow: what the job installs besides
+TRACKING_REQUIREMENTS = ROOT / "requirements-tracking.txt"  # logger=mlflow/wandb: what the job installs besides
 # What `docker build` reads: the tag hashes exactly these and the base image.
 IMAGE_INPUTS = ("Dockerfile", ".dockerignore", "requirements-train.txt")
 JOB_REQUIREMENTS = "requirements.txt"  # job.image=aws: in the code channel, installed by the SDK's sm_train.sh
@@ -107,14 +107,16 @@ def job_requirements(extra: tuple[str, ...] = ()) -> str:
     return "\n".join([*kept, *extra]) + "\n"
 
 
-def tracking_requirements(sagemaker_mlflow: bool) -> tuple[str, ...]:
-    """What a logger=mlflow job installs at start (either image): MLflow's client, mlflow-skinny, at
-    requirements-tracking.txt's mlflow version (the server and UI stay on the laptop), and the
-    sagemaker-mlflow plugin when it logs to a SageMaker managed tracking server (its ARN)."""
+def tracking_requirements(mlflow: bool, sagemaker_mlflow: bool, wandb: bool) -> tuple[str, ...]:
+    """What a job installs at start (either image) for its trackers, at requirements-tracking.txt's
+    versions: for logger=mlflow MLflow's client, mlflow-skinny (the server and UI stay on the laptop),
+    and the sagemaker-mlflow plugin when it logs to a SageMaker managed tracking server (its ARN); for
+    logger=wandb, wandb. Nothing for a job that uses neither."""
     lines = (line.split("#", 1)[0].strip() for line in TRACKING_REQUIREMENTS.read_text().splitlines())
     pins = {_name(line): line for line in lines if line}
-    client = pins["mlflow"].replace("mlflow", "mlflow-skinny", 1)
-    return (client, pins["sagemaker-mlflow"]) if sagemaker_mlflow else (client,)
+    wanted = [pins["mlflow"].replace("mlflow", "mlflow-skinny", 1)] if mlflow else []
+    wanted += [pins["sagemaker-mlflow"]] if mlflow and sagemaker_mlflow else []
+    return (*wanted, *([pins["wandb"]] if wandb else []))
 
 
 def _name(requirement: str) -> str:

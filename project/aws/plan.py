@@ -102,9 +102,9 @@ class JobPlan:
     # What checkpoint_uri already holds of this identity (workflow.earlier_run): the job resumes it.
     earlier: Progress | None = None
     parent: ModelChannel | None = None  # trainer.init_from: the model channel
-    # logger=mlflow: the packages the job installs for it (image.tracking_requirements), and where it
-    # logs: logger.mlflow.tracking_uri, else Terraform's tracking server (enable_mlflow), else None
-    # (mlruns/ in the job's output.tar.gz).
+    # logger=mlflow/wandb: the packages the job installs for them (image.tracking_requirements), and
+    # where MLflow logs: logger.mlflow.tracking_uri, else Terraform's tracking server (enable_mlflow),
+    # else None (mlruns/ in the job's output.tar.gz).
     tracking: tuple[str, ...] = ()
     mlflow_uri: str | None = None
 
@@ -114,7 +114,8 @@ class JobPlan:
 
     def _tracking_line(self) -> str:
         where = self.mlflow_uri or "mlruns/ in the job's output.tar.gz (no tracking server: enable_mlflow)"
-        return f"MLflow: {where}; pip installs {', '.join(self.tracking)} at start"
+        mlflow = f"MLflow: {where}; " if any(line.startswith("mlflow") for line in self.tracking) else ""
+        return f"{mlflow}pip installs {', '.join(self.tracking)} at start"
 
     def requirements_file(self) -> str | None:
         """What the job pip-installs at start (sm_train.sh): job.image=aws's requirements, a tracker's; None: none."""
@@ -226,10 +227,8 @@ def plan_job(
     """
     inst, job = cfg.instance, cfg.job
     if cfg.trainer.init_from is not None and (parent is None or cfg.trainer.init_from != parent.uri):
-        raise LaunchError(  # a sweep's jobs: each would need its parent found and checked (issue #30 §1)
-            f"trainer.init_from={cfg.trainer.init_from}: a sweep (-m) cannot start its jobs from an earlier model "
-            "yet; drop trainer.init_from, or launch each job alone with `invoke train`"
-        )
+        # init_source.model_channel finds the channel and points the config at its URI: not done here
+        raise ValueError(f"trainer.init_from={cfg.trainer.init_from} is planned without its model channel")
     if inst.type not in known_instance_types():
         raise LaunchError(
             f"unknown instance type {inst.type!r}; choose one of: {', '.join(known_instance_types())} "
@@ -250,6 +249,7 @@ def plan_job(
     channels = channel_uris(data_bucket, cfg.dataset.s3_prefix, list(cfg.dataset.channels))
     input_modes = {name: str((cfg.dataset.get("input_modes") or {}).get(name, "File")) for name in cfg.dataset.channels}
     tracked = "mlflow" in (cfg.get("logger") or {})
+    wandb = "wandb" in (cfg.get("logger") or {})
     mlflow_uri = (cfg.logger.mlflow.tracking_uri or infra.mlflow_tracking_server_arn) if tracked else None
     if str(mlflow_uri).startswith("arn:") and not SAGEMAKER_MLFLOW_ARN.match(str(mlflow_uri)):
         raise LaunchError(  # the container would say so only after the instance started
@@ -297,7 +297,7 @@ def plan_job(
             "nodes": str(inst.count),
         },
         metrics=metric_names(cfg),
-        tracking=tracking_requirements(str(mlflow_uri).startswith("arn:")) if tracked else (),
+        tracking=tracking_requirements(tracked, str(mlflow_uri).startswith("arn:"), wandb),
         mlflow_uri=mlflow_uri,
         cost=estimate(
             inst.price_per_hour, inst.count, max_run, job.spot_discount, max_wait, job.keep_alive_minutes * 60

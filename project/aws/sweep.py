@@ -7,7 +7,10 @@ API, tag `config-hash`: a re-run skips them; a stopped one is launched again and
 its checkpoints, which are keyed by config hash), print one summary with the worst-case cost,
 ask once, upload the code bundle once, then launch at most `max_parallel` jobs at a time and
 follow them. Each job gets its own resolved config as a small channel (`config`), its name
-`<base>-<sweep id>-<n>` and tags naming the sweep, the job number and its overrides.
+`<base>-<sweep id>-<n>` and tags naming the sweep, the job number and its overrides. With
+trainer.init_from, each job gets the `model` channel and parent tags a single `invoke train` gets
+(project/aws/init_source.py): the parent found and its shapes checked against each job's model; a
+local file uploaded once, before the first launch.
 """
 
 from __future__ import annotations
@@ -23,12 +26,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from project.aws import monitor, sdk
+from project.aws import init_source, monitor, sdk
 from project.aws.cost import budget_line, check_budget
 from project.aws.errors import aws_errors
 from project.aws.image import job_image
 from project.aws.names import tag_value
-from project.aws.plan import JobPlan, LaunchError, plan_job
+from project.aws.plan import JobPlan, LaunchError, ModelChannel, plan_job
 from project.aws.quotas import check_quotas, free_instances, usages
 from project.aws.staging import source_revision, stage_code, staged_config
 from project.aws.workflow import Context, check_job, context, fetch_completed, setup
@@ -139,6 +142,9 @@ class SweepSession:
         self.asked = False
         self.launched: list[JobPlan] = []  # the jobs earlier batches launched: the budget counts them
         self.packages: dict[int, dict[str, Path]] = {}  # job number -> the user packages it carries
+        # trainer.init_from: job number -> its model channel, and the local file to upload to its URI (None: in S3)
+        self.parents: dict[int, tuple[ModelChannel | None, Path | None]] = {}
+        self.uploaded: set[str] = set()  # the model channels' URIs uploaded (or found readable) so far
 
     # --- before any launch -----------------------------------------------------------------------
 
@@ -146,7 +152,8 @@ class SweepSession:
         try:
             infra = self.ctx.infra
             image = job_image(job.cfg, infra.repository_url, infra.region)
-            plan = plan_job(job.cfg, infra, image, revision=self.revision)
+            parent = self.parent(job)
+            plan = plan_job(job.cfg, infra, image, revision=self.revision, parent=parent)
             plan = replace(
                 plan,
                 job_name=sweep_job_name(plan.base_name, self.sweep_id, job.num),
@@ -162,6 +169,25 @@ class SweepSession:
         except UserError as exc:
             raise refusal(job.num, job.overrides, str(exc)) from None
         return plan
+
+    def parent(self, job: Job) -> ModelChannel | None:
+        """trainer.init_from as this job's model channel, found and checked once per job (afterwards the
+        job's config names the channel's URI, as `invoke train`'s does)."""
+        if job.num not in self.parents:
+            self.parents[job.num] = init_source.model_channel(replace(self.ctx, cfg=job.cfg))
+            parent = self.parents[job.num][0]
+            if parent is not None:
+                clients = self.ctx.clients
+                init_source.check_readable(clients.client("iam"), self.ctx.infra.role_arn, parent)
+        return self.parents[job.num][0]
+
+    def upload_parents(self, jobs: list[Job]) -> None:
+        """The local weights these jobs start from, each to its channel's URI once, before any launch."""
+        for job in jobs:
+            parent, weights = self.parents.get(job.num, (None, None))
+            if parent is not None and weights is not None and parent.uri not in self.uploaded:
+                init_source.upload(self.ctx, parent, weights, self.echo)
+                self.uploaded.add(parent.uri)
 
     def check_remote(self, jobs: list[Job], plans: list[JobPlan]) -> None:
         for job, plan in zip(jobs, plans, strict=True):
@@ -198,6 +224,7 @@ class SweepSession:
             + (f", {len(plans) - len(launching)} already completed (skipped)" if done else "")
             + f", at most {limit} at a time",
             f"  image {first.image_uri}; data {', '.join(first.channels.values())}; one code bundle for all jobs",
+            *(f"  start from {line}" for line in dict.fromkeys(p.parent.line() for p in plans if p.parent)),
         ]
         for job, plan in zip(jobs, plans, strict=True):
             skip = done.get(plan.config_hash)
@@ -273,6 +300,7 @@ class SweepSession:
         if not starting:
             return []
         self.upload_code(starting)  # before the threads
+        self.upload_parents([job for job, _ in starting])
         _ = self.sdk_session  # built here, once: the threads share it
 
         def launch(pair: tuple[Job, JobPlan]) -> str | None:

@@ -94,6 +94,11 @@ def finished_name(identity: str) -> str:
     return f"{identity}-finished.json"
 
 
+def tracker_runs_name(identity: str) -> str:
+    """Where a run keeps its MLflow and W&B run ids beside its checkpoints: a resumption logs to the same runs."""
+    return f"{identity}-trackers.json"
+
+
 @dataclass(frozen=True)
 class Progress:
     """How far one identity's run got, as its checkpoint folder (or S3 prefix) tells."""

@@ -94,12 +94,20 @@ class LoopTimer(pl.Callback):
         self._stop(trainer)
 
 
-def build_run(cfg: Any, layout: RunLayout, data: Resolved, topology: Topology, run_name: str = ""):
+def build_run(
+    cfg: Any,
+    layout: RunLayout,
+    data: Resolved,
+    topology: Topology,
+    run_name: str = "",
+    earlier_trackers: Mapping[str, str] | None = None,
+):
     """The Trainer, LightningModule and DataModule of one run, as train() builds them before fitting.
 
     `data`: the run's data as resolved (project.training.resolve.resolve); `topology` the run's devices and
-    nodes (project.core.topology.decide). Public for the benchmarks, which drive the very objects a
-    run trains with.
+    nodes (project.core.topology.decide); `earlier_trackers`: the MLflow and W&B runs a resumed run
+    goes on logging to (tracking.earlier_runs). Public for the benchmarks, which drive the very
+    objects a run trains with.
     """
     t, sm = cfg.trainer, sagemaker_env()
     module, datamodule = modules.build(cfg, data)
@@ -132,6 +140,7 @@ def build_run(cfg: Any, layout: RunLayout, data: Resolved, topology: Topology, r
             run_name or cfg.run_name or cfg.model.name,
             tracking.run_tags(run_identity(cfg), sm.job_name if sm else None),
             in_container=sm is not None,
+            earlier=earlier_trackers,
         ),
         callbacks=[
             LoopTimer(),
@@ -180,7 +189,11 @@ def train(
     # logger=mlflow without mlflow installed, or a tracking URI no server answers: the same
     tracking.check(cfg, layout.output_dir, in_container=sagemaker_env() is not None)
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-    trainer, module, datamodule = build_run(cfg, layout, data, topology, run_name)
+    identity = run_identity(cfg)
+    resume_from = newest_valid(layout.checkpoint_dir, identity) if cfg.trainer.resume else None
+    # resumed: the MLflow and W&B runs it began, which it goes on logging to
+    earlier = tracking.earlier_runs(layout.checkpoint_dir, identity) if resume_from else {}
+    trainer, module, datamodule = build_run(cfg, layout, data, topology, run_name, earlier)
     parent = init_from.apply(
         cfg, module, say=trainer.is_global_zero
     )  # trainer.init_from: a layer that does not fit is one line, nothing written
@@ -190,10 +203,9 @@ def train(
     startup.mark("built")
     if trainer.is_global_zero:
         write_atomically(layout.model_dir / config_lib.RESOLVED_CONFIG_NAME, config_lib.to_yaml(cfg))
-        tracking.log_config(trainer, cfg)
+        tracking.log_config(trainer, cfg, earlier)
+        tracking.remember(trainer, layout.checkpoint_dir, identity)  # for a resumption of this run
 
-    identity = run_identity(cfg)
-    resume_from = newest_valid(layout.checkpoint_dir, identity) if cfg.trainer.resume else None
     if resume_from is not None and trainer.is_global_zero:
         step = int(CHECKPOINT_FILE.match(resume_from.name).group("step"))  # type: ignore[union-attr]  # a candidate's name
         print(f"resuming run {run_name} from step {step} ({resume_from.name})", flush=True)
@@ -262,7 +274,7 @@ def _write_artifacts(cfg: Any, layout: RunLayout, trainer, module, whole, datamo
     serving.write_serving_code(layout.model_dir, cfg, shape)
     artifacts.plot_learning_curves(layout.output_dir / "metrics.csv", layout.output_dir / artifacts.CURVES_FILE)
     tracked = [layout.model_dir / serving.TORCHSCRIPT_FILE, *(layout.output_dir / name for name in artifacts.PLOTS)]
-    metrics.update(tracking.finish(trainer, metrics, tracked))  # the MLflow run's id, if it logged
+    metrics.update(tracking.finish(trainer, metrics, tracked))  # the MLflow and W&B runs' ids, if they logged
     artifacts.write_metrics(metrics, layout.metrics_files)
 
 
