@@ -3,6 +3,7 @@ served over HTTP): what logger=mlflow runs log to in tests/test_tracking.py and 
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from project.core import process
 from tests.failing_runs import free_port
 
 START_SECONDS = 120  # a loaded 2-core CI machine imports mlflow and starts uvicorn in ~10-25 s
@@ -23,7 +25,11 @@ def mlflow_server(store: Path) -> Iterator[str]:
     command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
     command += ["--workers", "1", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}"]
     command += ["--artifacts-destination", str(store / "artifacts")]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # It dies with the test process even when that is killed outright (no fixture teardown runs then).
+    dies_with_us = process.dying_with_this_thread(signal.SIGTERM)
+    server = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=dies_with_us
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_until_it_answers(server, url)

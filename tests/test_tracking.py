@@ -20,6 +20,14 @@ from tests.synthetic import tiny_overrides
 pytestmark = requires(module="mlflow")
 
 
+@pytest.fixture(autouse=True)
+def _wandb_home(tmp_path, monkeypatch):
+    """W&B's staging, cache and settings folders (by default under ~/.local/share, ~/.cache and
+    ~/.config) in the test's own folder: nothing of a test run is left in the home directory."""
+    for name in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
+        monkeypatch.setenv(name, str(tmp_path / "wandb-home" / name.lower()))
+
+
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     with server_on_loopback(tmp_path_factory.mktemp("mlflow")) as url:
