@@ -25,6 +25,7 @@ from project.aws import (
     sdk,
     source,  # noqa: F401 (registers s3:// data with project.training.fetch)
     triage,
+    vpc,
 )
 from project.aws.errors import aws_errors
 from project.aws.fetch import fetch_job
@@ -182,8 +183,9 @@ def train(
     plan = plan_job(cfg, ctx.infra, image, revision=source_revision(), parent=parent)
     check_job(cfg, plan, echo)
     try:
-        sdk.check_remote(plan, cfg, ctx.clients.ecr, ctx.clients.s3)
         clients = ctx.clients
+        vpc.check_network(plan, clients.client)
+        sdk.check_remote(plan, cfg, ctx.clients.ecr, ctx.clients.s3)
         sdk.check_account(plan, clients.client("service-quotas"), clients.sagemaker, clients.client("iam"), echo)
         if parent is not None:
             init_source.check_readable(clients.client("iam"), plan.role_arn, parent)
