@@ -6,6 +6,7 @@ The sandbox job that reads an fsx:// channel end to end is in tests/test_sagemak
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +22,7 @@ from project.aws.session import aws_clients
 from project.core.errors import UserError
 from project.training.raw import DataError
 from project.training.resolve import resolve
+from tests.aws_fixtures import run_terraform, terraform_env
 from tests.service_model import problems
 
 INFRA = Infra(
@@ -324,11 +326,32 @@ def test_a_subnet_or_group_that_does_not_exist_is_named(composed, network):
     ]
 
 
-def test_terraform_outputs_no_vpc_by_default(terraform_applied):
-    """The applied world is the default one: no subnets, no security group, jobs outside any VPC."""
-    _, outputs, infra = terraform_applied
+def test_terraform_makes_the_jobs_network_only_when_given_a_vpc(terraform_applied, moto_endpoint, network):
+    """The applied world is the default one (no VPC: no subnets, no security group); with vpc_id and
+    subnet_ids Terraform plans the jobs' security group and its rules, an S3 gateway endpoint on the
+    VPC's route tables, the execution role's network-interface grants, and the outputs."""
+    workdir, outputs, infra = terraform_applied
     assert (outputs["subnets"], outputs["security_groups"]) == ([], [])
     assert (infra.subnets, infra.security_groups) == ((), ())
+    _, ids = network
+    env = terraform_env(moto_endpoint, workdir)
+    variables = ["-var", f"vpc_id={ids['vpc_a']}", "-var", f'subnet_ids=["{ids["a1"]}"]']
+    run_terraform(workdir, env, "plan", "-input=false", "-no-color", *variables, "-out", "vpc.tfplan")
+    shown = run_terraform(workdir, env, "show", "-json", "vpc.tfplan")
+    planned = json.loads(shown.stdout)
+    changes = {c["address"]: c["change"] for c in planned["resource_changes"] if c["change"]["actions"] != ["no-op"]}
+    group = changes["aws_security_group.jobs[0]"]["after"]
+    assert group["vpc_id"] == ids["vpc_a"] and changes["aws_security_group.jobs[0]"]["actions"] == ["create"]
+    ports = {
+        (c["after"]["ip_protocol"], c["after"]["from_port"], c["after"]["to_port"])
+        for address, c in changes.items()
+        if address.startswith("aws_vpc_security_group_ingress_rule.")
+    }
+    assert ports == {("tcp", 988, 988), ("tcp", 1018, 1023), ("tcp", 2049, 2049), ("-1", None, None)}
+    endpoint = changes["aws_vpc_endpoint.s3[0]"]["after"]
+    assert endpoint["vpc_endpoint_type"] == "Gateway" and endpoint["service_name"] == "com.amazonaws.us-east-1.s3"
+    assert changes["aws_iam_role_policy.this"]["actions"] == ["update"]  # the network-interface grants
+    assert planned["planned_values"]["outputs"]["subnets"]["value"] == [ids["a1"]]
 
 
 def test_checked_paths_stay_where_the_file_system_is(tmp_path):
