@@ -356,3 +356,43 @@ def test_terraform_makes_the_jobs_network_only_when_given_a_vpc(terraform_applie
 
 def test_checked_paths_stay_where_the_file_system_is(tmp_path):
     assert filesystems.mounted({"fs-89abcdef": str(tmp_path)}, EFS) == Path(tmp_path) / "datasets" / "val"
+
+
+# --- the sandbox: a local folder where SageMaker mounts the file system ------------------------
+
+
+def fs_job(vpc: dict | None) -> dict:
+    """A DescribeTrainingJob of a job reading FSx for Lustre, as moto records it."""
+    source = {
+        "FileSystemId": "fs-0123456789abcdef0",
+        "FileSystemAccessMode": "ro",
+        "FileSystemType": "FSxLustre",
+        "DirectoryPath": "/abcdwxyz/datasets/mnist",
+    }
+    return {
+        "TrainingJobName": "j",
+        "TrainingJobArn": "arn:aws:sagemaker:us-east-1:123456789012:training-job/j",
+        "AlgorithmSpecification": {"TrainingInputMode": "File"},
+        "ResourceConfig": {"InstanceType": "ml.m5.xlarge", "InstanceCount": 1},
+        "InputDataConfig": [{"ChannelName": "train", "DataSource": {"FileSystemDataSource": source}}],
+        **({"VpcConfig": vpc} if vpc else {}),
+    }
+
+
+def test_the_sandbox_links_the_file_systems_folder_where_sagemaker_mounts_it(tmp_path, monkeypatch):
+    from project.sandbox.optml import FILE_SYSTEMS_ENV, SandboxError, prepare_tree
+
+    data = tmp_path / "fs" / "fs-0123456789abcdef0" / "datasets" / "mnist"
+    data.mkdir(parents=True)
+    (data / "train-images-idx3-ubyte.gz").write_bytes(b"x")
+    vpc = {"Subnets": ["subnet-0a1b2c3d"], "SecurityGroupIds": ["sg-0a1b2c3d"]}
+    with pytest.raises(SandboxError, match="file system fs-0123456789abcdef0 has no folder here: set SANDBOX_FILE"):
+        prepare_tree(tmp_path / "tree", fs_job(vpc), s3=None)
+    monkeypatch.setenv(FILE_SYSTEMS_ENV, str(tmp_path / "fs"))
+    with pytest.raises(SandboxError, match="channel train: a FileSystemDataSource needs the VpcConfig of the job"):
+        prepare_tree(tmp_path / "tree", fs_job(None), s3=None)
+    prepare_tree(tmp_path / "tree", fs_job(vpc), s3=None)
+    channel = tmp_path / "tree" / "input" / "data" / "train"
+    assert [p.name for p in channel.iterdir()] == ["train-images-idx3-ubyte.gz"]  # the mount name is the root
+    config = json.loads((tmp_path / "tree" / "input" / "config" / "inputdataconfig.json").read_text())
+    assert config == {"train": {"TrainingInputMode": "File", "RecordWrapperType": "None"}}

@@ -86,7 +86,12 @@ def _input_data_config(desc: Desc) -> dict[str, Any]:
     return {
         c["ChannelName"]: {
             "TrainingInputMode": c.get("InputMode", default_mode),
-            "S3DistributionType": c["DataSource"]["S3DataSource"].get("S3DataDistributionType", "FullyReplicated"),
+            # a file system's channel is mounted, not distributed
+            **(
+                {"S3DistributionType": c["DataSource"]["S3DataSource"].get("S3DataDistributionType", "FullyReplicated")}
+                if "S3DataSource" in c["DataSource"]
+                else {}
+            ),
             "RecordWrapperType": c.get("RecordWrapperType", "None"),
             **({"ContentType": c["ContentType"]} if c.get("ContentType") else {}),
         }
