@@ -356,7 +356,11 @@ def _training_job(call: Call, account: str) -> RoleWork:
     name = p["TrainingJobName"]
     requests: list[Request] = []
     for channel in p.get("InputDataConfig", []):  # the data channels and the SDK's code channel
-        requests += _read_prefix(channel["DataSource"]["S3DataSource"]["S3Uri"])
+        if "S3DataSource" in channel["DataSource"]:
+            requests += _read_prefix(channel["DataSource"]["S3DataSource"]["S3Uri"])
+        # A FileSystemDataSource is mounted through the network, with no IAM action. The network
+        # interfaces of a job in a VPC are not judged here: the applied world has no VPC
+        # (tests/test_file_systems.py plans terraform/ with one and checks the role's grants change).
     output = p["OutputDataConfig"]["S3OutputPath"]
     requests += [Request("s3:PutObject", _under(output, name, "output", f)) for f in ("model.tar.gz", "output.tar.gz")]
     if "CheckpointConfig" in p:  # synced up while training, down again on resume
