@@ -139,6 +139,15 @@ def test_a_job_whose_network_cannot_work_is_refused_in_one_line(composed, overri
     assert "\n" not in str(refused.value)
 
 
+def test_invoke_upload_leaves_a_file_system_channel_where_it_is(moto_endpoint):
+    from project.aws import workflow
+
+    said: list[str] = []
+    names = [f"aws.{k}={getattr(INFRA, k)}" for k in ("data_bucket", "artifacts_bucket", "repository_url", "role_arn")]
+    workflow.upload([f"dataset.channels.train={FSX}", *names, "aws.region=us-east-1"], echo=said.append)
+    assert said == [f"train: {FSX} is a file system the job mounts: nothing to upload"]
+
+
 # --- invoke local: the file system where this machine mounts it ------------------------------
 
 

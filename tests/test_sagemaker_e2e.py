@@ -640,9 +640,10 @@ def test_a_job_starts_from_an_earlier_model_through_its_model_channel(world, dat
 
 
 def test_a_job_reads_an_fsx_channel_where_the_sandbox_mounts_it(world, data, tmp_path, monkeypatch):
-    """dataset.channels.train=fsx://...: `invoke local` says how to mount it; `invoke train` checks the
-    VPC with EC2 and FSx (moto's), launches the channel as a read-only FileSystemDataSource in the VPC,
-    and the job reads the file system's folder (SANDBOX_FILE_SYSTEMS) where SageMaker would mount it."""
+    """dataset.channels.train=fsx://...: `invoke train` checks the VPC with EC2 and FSx (moto's; the IAM
+    judge holds those calls to the launcher policy), launches the channel as a read-only
+    FileSystemDataSource in the VPC, and the job reads the file system's folder (SANDBOX_FILE_SYSTEMS)
+    where SageMaker would mount it. `invoke local`'s mount: tests/test_file_systems.py."""
     from project.sandbox.optml import FILE_SYSTEMS_ENV
 
     clients = world["clients"]
@@ -676,9 +677,6 @@ def test_a_job_reads_an_fsx_channel_where_the_sandbox_mounts_it(world, data, tmp
         for o in job_overrides(world, data, name, **{"trainer.max_epochs": 1})
     ]
     overrides += [f"aws.subnets=[{subnet['SubnetId']}]", f"aws.security_groups=[{group['GroupId']}]"]
-
-    local = invoke("local", *overrides)
-    assert f"{fs} is not mounted here: mount it" in one_error_line(local)
 
     with emulator.sagemaker_service(run_jobs=True, workdir=tmp_path / "jobs") as service:
         train = invoke("train", *overrides, "--yes", "--poll", "1")

@@ -19,6 +19,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from omegaconf import open_dict
+
 from project.aws import (
     init_source,
     monitor,
@@ -29,6 +31,7 @@ from project.aws import (
 )
 from project.aws.errors import aws_errors
 from project.aws.fetch import fetch_job
+from project.aws.filesystems import file_system_channel
 from project.aws.fit import InstanceFitError, check_memory, estimate_memory
 from project.aws.image import ImageError, base_image, custom_image, job_image
 from project.aws.image_build import ImageRef, build_command, ecr_password, push_commands, tag_exists
@@ -87,6 +90,13 @@ def upload(overrides: list[str], dry_run: bool = False, echo: Callable[[str], No
     """Each data channel to s3://<data bucket>/<s3_prefix>/<channel>/, where the job reads it."""
     ctx = context(compose(overrides, model=False))  # data only: a dataset needs no model to match it
     d, s3 = ctx.cfg.dataset, ctx.clients.s3
+    for channel, uri in list(d.channels.items()):
+        if file_system_channel(str(uri)) is not None:  # the job mounts it (FileSystemDataSource)
+            echo(f"{channel}: {uri} is a file system the job mounts: nothing to upload")
+            with open_dict(d.channels):
+                del d.channels[channel]
+    if not d.channels:
+        return
     data = resolve(ctx.cfg, client=s3)  # every channel checked before anything moves
     folders = data.folders
     # An image-folder channel goes as a few tar shards (project.training.imagetree); all are packed (every
