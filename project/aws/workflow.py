@@ -19,8 +19,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from omegaconf import open_dict
-
 from project.aws import (
     init_source,
     monitor,
@@ -88,6 +86,8 @@ def context(cfg: Any) -> Context:
 @aws_task
 def upload(overrides: list[str], dry_run: bool = False, echo: Callable[[str], None] = print) -> None:
     """Each data channel to s3://<data bucket>/<s3_prefix>/<channel>/, where the job reads it."""
+    from omegaconf import open_dict  # composing needs it; importing this module does not
+
     ctx = context(compose(overrides, model=False))  # data only: a dataset needs no model to match it
     d, s3 = ctx.cfg.dataset, ctx.clients.s3
     for channel, uri in list(d.channels.items()):
