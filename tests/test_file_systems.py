@@ -345,7 +345,7 @@ def test_terraform_makes_the_jobs_network_only_when_given_a_vpc(terraform_applie
     _, ids = network
     env = terraform_env(moto_endpoint, workdir)
     variables = ["-var", f"vpc_id={ids['vpc_a']}", "-var", f'subnet_ids=["{ids["a1"]}"]']
-    run_terraform(workdir, env, "plan", "-input=false", "-no-color", *variables, "-out", "vpc.tfplan")
+    run_terraform(workdir, env, "plan", "-refresh=false", "-input=false", "-no-color", *variables, "-out", "vpc.tfplan")
     shown = run_terraform(workdir, env, "show", "-json", "vpc.tfplan")
     planned = json.loads(shown.stdout)
     changes = {c["address"]: c["change"] for c in planned["resource_changes"] if c["change"]["actions"] != ["no-op"]}
