@@ -197,6 +197,50 @@ data "aws_iam_policy_document" "training" {
   }
 
   dynamic "statement" {
+    # subnet_ids (network.tf): SageMaker attaches the job's instances to the VPC through network
+    # interfaces it makes as this role. The Describe actions have no resource-level permissions.
+    for_each = local.in_vpc ? [1] : []
+
+    content {
+      sid = "DescribeJobNetwork"
+      actions = [
+        "ec2:DescribeNetworkInterfaces",
+        "ec2:DescribeVpcs",
+        "ec2:DescribeSubnets",
+        "ec2:DescribeSecurityGroups",
+        "ec2:DescribeDhcpOptions",
+      ]
+      resources = ["*"]
+    }
+  }
+
+  dynamic "statement" {
+    # A network interface in the jobs' subnets with the jobs' security group only.
+    for_each = local.in_vpc ? [1] : []
+
+    content {
+      sid     = "CreateJobNetworkInterfaces"
+      actions = ["ec2:CreateNetworkInterface"]
+      resources = concat(
+        ["${local.ec2_arn_prefix}:network-interface/*"],
+        [for id in var.subnet_ids : "${local.ec2_arn_prefix}:subnet/${id}"],
+        aws_security_group.jobs[*].arn,
+      )
+    }
+  }
+
+  dynamic "statement" {
+    # SageMaker lets its instances use the interface, and deletes it when the job ends.
+    for_each = local.in_vpc ? [1] : []
+
+    content {
+      sid       = "ManageJobNetworkInterfaces"
+      actions   = ["ec2:CreateNetworkInterfacePermission", "ec2:DeleteNetworkInterface"]
+      resources = ["${local.ec2_arn_prefix}:network-interface/*"]
+    }
+  }
+
+  dynamic "statement" {
     # SSE-KMS only: reading and writing encrypted objects needs the key.
     for_each = var.kms_key_arn == null ? [] : [var.kms_key_arn]
 
@@ -474,6 +518,29 @@ data "aws_iam_policy_document" "launcher" {
       "ecr:UploadLayerPart",
     ]
     resources = [aws_ecr_repository.this.arn]
+  }
+
+  statement {
+    # `invoke train` checks the network of a job with an fsx:// or efs:// channel before launching
+    # (project/aws/vpc.py): subnets, security groups, route tables, S3 endpoints, the file system's
+    # network interfaces, FSx file systems. None of these has resource-level permissions.
+    sid = "CheckJobNetwork"
+    actions = [
+      "ec2:DescribeSubnets",
+      "ec2:DescribeSecurityGroups",
+      "ec2:DescribeRouteTables",
+      "ec2:DescribeVpcEndpoints",
+      "ec2:DescribeNetworkInterfaces",
+      "fsx:DescribeFileSystems",
+    ]
+    resources = ["*"]
+  }
+
+  statement {
+    # The same check for EFS: the file system and its mount targets.
+    sid       = "CheckJobFileSystems"
+    actions   = ["elasticfilesystem:DescribeFileSystems", "elasticfilesystem:DescribeMountTargets"]
+    resources = ["arn:${local.partition}:elasticfilesystem:${var.region}:${local.account_id}:file-system/*"]
   }
 
   statement {

@@ -37,3 +37,13 @@ output "mlflow_tracking_server_arn" {
   description = "ARN of the SageMaker managed MLflow tracking server when enable_mlflow is true, else null: `invoke train` logs logger=mlflow jobs to it."
   value       = one(aws_sagemaker_mlflow_tracking_server.this[*].arn)
 }
+
+output "subnets" {
+  description = "Subnets jobs with a file-system channel run in (subnet_ids); empty without a VPC. `invoke train` reads it unless aws.subnets is set."
+  value       = var.subnet_ids
+}
+
+output "security_groups" {
+  description = "The jobs' security group (admits Lustre 988 and 1018-1023 and NFS 2049 from itself) when subnet_ids is set, else empty. `invoke train` reads it unless aws.security_groups is set."
+  value       = aws_security_group.jobs[*].id
+}

@@ -162,3 +162,31 @@ variable "mlflow_server_size" {
     error_message = "mlflow_server_size must be Small, Medium or Large."
   }
 }
+
+variable "vpc_id" {
+  description = "ID of an existing VPC that jobs with a file-system channel (fsx:// or efs://) run in; null, with subnet_ids empty, keeps jobs out of any VPC."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.vpc_id == null || can(regex("^vpc-[0-9a-f]+$", var.vpc_id))
+    error_message = "vpc_id must be a VPC ID such as vpc-0123456789abcdef0, or null."
+  }
+}
+
+variable "subnet_ids" {
+  description = "IDs of existing subnets of vpc_id that jobs run in (output subnets): those of the file system's availability zone. Empty: no VPC (the default)."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for id in var.subnet_ids : can(regex("^subnet-[0-9a-f]+$", id))])
+    error_message = "subnet_ids must be subnet IDs such as subnet-0123456789abcdef0."
+  }
+}
+
+variable "vpc_has_s3_gateway_endpoint" {
+  description = "Whether vpc_id already routes to S3 through a gateway endpoint (or a NAT gateway); false creates an S3 gateway endpoint on the VPC's route tables."
+  type        = bool
+  default     = false
+}

@@ -111,7 +111,11 @@ NOT_JUDGED = {
     # "unknown"; the SDK then checks the bucket with list_objects_v2(Prefix="code"), which is judged.
     ("s3", "ListBuckets"): "left out of the launcher policy on purpose",
 }
-IAM_PREFIX = {"sagemaker-runtime": "sagemaker", "service-quotas": "servicequotas"}  # else the client's name
+IAM_PREFIX = {  # else the client's name
+    "sagemaker-runtime": "sagemaker",
+    "service-quotas": "servicequotas",
+    "efs": "elasticfilesystem",
+}
 # Actions that have no resource-level permissions: IAM authorizes them on "*".
 NO_RESOURCE = {
     "ecr:GetAuthorizationToken",
@@ -127,6 +131,13 @@ NO_RESOURCE = {
     "servicequotas:ListServiceQuotas",
     "servicequotas:ListAWSDefaultServiceQuotas",
     "servicequotas:GetAWSDefaultServiceQuota",
+    # invoke train's network check (project/aws/vpc.py): EC2's Describe actions and FSx's
+    "ec2:DescribeSubnets",
+    "ec2:DescribeSecurityGroups",
+    "ec2:DescribeRouteTables",
+    "ec2:DescribeVpcEndpoints",
+    "ec2:DescribeNetworkInterfaces",
+    "fsx:DescribeFileSystems",
 }
 # How S3 authorizes each API operation (the service authorization reference's S3 table).
 S3_OBJECT = {
@@ -272,6 +283,8 @@ def _by_name(call: Call, account: str, prefix: str) -> list[Request]:
     if prefix == "cloudwatch" and ("AlarmName" in p or "AlarmNames" in p):  # PutMetricAlarm, Describe/DeleteAlarms
         names = [p["AlarmName"]] if "AlarmName" in p else p["AlarmNames"]
         return [Request(action, alarm_arn(call.region, account, name)) for name in names]
+    if prefix == "elasticfilesystem" and "FileSystemId" in p:  # EFS authorizes on the file system
+        return [Request(action, f"arn:aws:elasticfilesystem:{call.region}:{account}:file-system/{p['FileSystemId']}")]
     if prefix == "servicequotas" and "QuotaCode" in p:
         return [Request(action, f"arn:aws:servicequotas:{call.region}:{account}:{p['ServiceCode']}/{p['QuotaCode']}")]
     raise Unmapped(call.operation)
@@ -343,7 +356,11 @@ def _training_job(call: Call, account: str) -> RoleWork:
     name = p["TrainingJobName"]
     requests: list[Request] = []
     for channel in p.get("InputDataConfig", []):  # the data channels and the SDK's code channel
-        requests += _read_prefix(channel["DataSource"]["S3DataSource"]["S3Uri"])
+        if "S3DataSource" in channel["DataSource"]:
+            requests += _read_prefix(channel["DataSource"]["S3DataSource"]["S3Uri"])
+        # A FileSystemDataSource is mounted through the network, with no IAM action. The network
+        # interfaces of a job in a VPC are not judged here: the applied world has no VPC
+        # (tests/test_file_systems.py plans terraform/ with one and checks the role's grants change).
     output = p["OutputDataConfig"]["S3OutputPath"]
     requests += [Request("s3:PutObject", _under(output, name, "output", f)) for f in ("model.tar.gz", "output.tar.gz")]
     if "CheckpointConfig" in p:  # synced up while training, down again on resume

@@ -46,7 +46,7 @@ MIRROR_CANDIDATES = (
     Path("/usr/share/terraform/plugins"),
 )
 # Every AWS API the configuration calls; each is sent to the local endpoint.
-SERVICES = ("cloudwatch", "ecr", "iam", "kms", "logs", "s3", "sts")
+SERVICES = ("cloudwatch", "ec2", "ecr", "iam", "kms", "logs", "s3", "sts")
 # Tests leave objects and images behind; destroy must still remove the buckets and repository.
 # The launcher policy is made so that tests read it back from IAM.
 TEST_VARS = ("-var", "force_destroy=true", "-var", "create_launcher_policy=true")

@@ -72,7 +72,7 @@ def test_instance_catalog_covers_the_design_card(composed):
         ),
         ("model.weight_decay=-0.1", "model.weight_decay must be >= 0, got -0.1"),
         ("model.label_smoothing=1", "model.label_smoothing must be in [0, 1), got 1.0"),
-        ("+paths.scratch=/tmp", "unknown key 'paths.scratch'; valid keys there: data_dir, runs_dir"),
+        ("+paths.scratch=/tmp", "unknown key 'paths.scratch'; valid keys there: data_dir, mounts, runs_dir"),
         ("run_name=..", "run_name='..' is not a plain folder name"),
     ],
 )

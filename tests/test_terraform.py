@@ -504,7 +504,17 @@ def test_launcher_pushes_to_this_repository_and_reads_the_training_logs(launcher
         "pricing:GetProducts",
         "servicequotas:ListServiceQuotas",
         "servicequotas:ListAWSDefaultServiceQuotas",
+        # invoke train's network check of a job with an fsx:// or efs:// channel (project/aws/vpc.py)
+        "ec2:DescribeSubnets",
+        "ec2:DescribeSecurityGroups",
+        "ec2:DescribeRouteTables",
+        "ec2:DescribeVpcEndpoints",
+        "ec2:DescribeNetworkInterfaces",
+        "fsx:DescribeFileSystems",
     }
+    efs = f"arn:aws:elasticfilesystem:us-east-1:{ACCOUNT}:file-system/fs-89abcdef"
+    assert allows(launcher_policy, "elasticfilesystem:DescribeMountTargets", efs)
+    assert not allows(launcher_policy, "elasticfilesystem:DescribeMountTargets", efs.replace(ACCOUNT, "210987654321"))
 
 
 # --- parliament: every policy document linted --------------------------------------------------

@@ -14,6 +14,7 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from project.core.errors import UserError
 from project.core.names import name_problem
@@ -31,6 +32,10 @@ class Infra:
     # terraform/ with enable_mlflow=true: the SageMaker managed MLflow tracking server a logger=mlflow
     # job logs to when logger.mlflow.tracking_uri is null. Optional: None without it.
     mlflow_tracking_server_arn: str | None = None
+    # terraform/ with subnet_ids: the subnets and security group of jobs that read a file system
+    # (fsx://, efs://). Optional: empty without them.
+    subnets: tuple[str, ...] = ()
+    security_groups: tuple[str, ...] = ()
 
 
 OUTPUT_NAMES = tuple(f.name for f in fields(Infra) if f.default is MISSING)  # the outputs a job cannot go without
@@ -115,7 +120,8 @@ def load_infra(terraform_dir: Path, overrides: Mapping[str, str | None] | None =
     given = {name: value for name, value in (overrides or {}).items() if name in OUTPUT_NAMES and value}
     missing = [name for name in OUTPUT_NAMES if name not in given]
     if not missing:
-        return Infra(**{name: str(given[name]) for name in OUTPUT_NAMES})
+        required: dict[str, Any] = {name: str(given[name]) for name in OUTPUT_NAMES}
+        return Infra(**required)
     outputs = read_terraform_outputs(Path(terraform_dir))
     values = dict(given)
     for name in missing:
@@ -132,5 +138,11 @@ def load_infra(terraform_dir: Path, overrides: Mapping[str, str | None] | None =
                 f"Terraform output `{name}`={value!r} in {terraform_dir}/: {rule}; fix the Terraform configuration "
                 f"or {_config_hint((name,))}"
             )
-    optional = {name: str(outputs[name]) for name in OPTIONAL_OUTPUTS if isinstance(outputs.get(name), str)}
-    return Infra(**{name: str(values[name]) for name in OUTPUT_NAMES}, **optional)
+    found: dict[str, Any] = {name: str(values[name]) for name in OUTPUT_NAMES}
+    for name in OPTIONAL_OUTPUTS:
+        value = outputs.get(name)
+        if isinstance(value, str):
+            found[name] = value
+        elif isinstance(value, list):  # subnets, security_groups
+            found[name] = tuple(str(item) for item in value)
+    return Infra(**found)

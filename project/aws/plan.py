@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from project.aws.cost import Cost, budget_line, check_budget, estimate, price_age_note
+from project.aws.filesystems import FileSystemChannel, file_system_channel
 from project.aws.fit import check_precision
 from project.aws.image import JobImage, job_requirements, tracking_requirements
 from project.aws.infra import Infra
@@ -84,7 +85,7 @@ class JobPlan:
     max_wait_seconds: int | None
     spot: bool
     keep_alive_seconds: int
-    channels: dict[str, str]  # data channel -> its S3 prefix (one InputDataConfig channel each)
+    channels: dict[str, str]  # data channel -> its S3 prefix or file system (one InputDataConfig channel each)
     input_modes: dict[str, str]  # data channel -> File, FastFile or Pipe
     output_uri: str
     checkpoint_uri: str
@@ -107,6 +108,12 @@ class JobPlan:
     # else None (mlruns/ in the job's output.tar.gz).
     tracking: tuple[str, ...] = ()
     mlflow_uri: str | None = None
+    # data channel -> the file system it reads (fsx://, efs://: a FileSystemDataSource); such a job
+    # runs in the VPC of `subnets` (aws.subnets, else Terraform's), with `security_groups`.
+    file_systems: dict[str, FileSystemChannel] = field(default_factory=dict)
+    subnets: tuple[str, ...] = ()
+    security_groups: tuple[str, ...] = ()
+    network_isolation: bool = False  # job.network_isolation: EnableNetworkIsolation
 
     @property
     def image_uri(self) -> str:
@@ -140,12 +147,21 @@ class JobPlan:
         return self.topology.per_device_batch
 
     def _channel_line(self, name: str, uri: str) -> str:
+        if name in self.file_systems:
+            fs = self.file_systems[name]
+            return f"{uri}  ({fs.kind.file_system_type} {fs.file_system_id}:{fs.directory_path}, read-only)"
         if name in self.manifests:
             return f"{uri}  ({self.input_modes[name]}: the shards {self.manifests[name].rsplit('/', 1)[1]} names)"
         return f"{uri}  ({self.input_modes[name]})"
 
     def _sharding(self) -> str:
         return f"; fsdp: the model sharded over all {self.world_size}" if self.topology.sharded else ""
+
+    def _network_line(self) -> str:
+        where = f"VPC subnets {', '.join(self.subnets)}; security groups {', '.join(self.security_groups)}"
+        if not self.subnets:
+            where = "no VPC"
+        return where + ("; network isolation (no internet, no AWS APIs)" if self.network_isolation else "")
 
     def summary(self) -> str:
         rows = [
@@ -159,6 +175,7 @@ class JobPlan:
             ("batch", f"{self.per_device_batch} per device, {self.per_device_batch * self.world_size} global"),
             *((f"data {name}", self._channel_line(name, uri)) for name, uri in self.channels.items()),
             *([("start from", self.parent.line())] if self.parent else []),
+            *([("network", self._network_line())] if self.subnets or self.network_isolation else []),
             ("output", self.output_uri),
             ("checkpoints", self.checkpoint_uri),
             *([("earlier run", earlier_line(self.earlier))] if self.earlier else []),
@@ -204,12 +221,25 @@ def manifest_uri(channel_uri: str) -> str:
 
 
 def channel_manifests(cfg: Any, channels: dict[str, str], input_modes: dict[str, str]) -> dict[str, str]:
-    """The channels a job reads through SageMaker's manifest: a packed dataset's, in File mode, or in
-    Pipe mode (the FIFO streams the objects it lists in its order: shards.json, then the shards).
-    FastFile reads lazily, only the shards shards.json names, so it keeps the prefix."""
+    """The channels a job reads through SageMaker's manifest: a packed dataset's S3 channels in File
+    mode, or in Pipe mode (the FIFO streams the objects it lists in its order: shards.json, then the
+    shards). FastFile reads lazily, only the shards shards.json names, so it keeps the prefix."""
     if not packs(cfg.dataset):
         return {}
-    return {name: manifest_uri(uri) for name, uri in channels.items() if input_modes[name] in ("File", PIPE)}
+    return {
+        name: manifest_uri(uri)
+        for name, uri in channels.items()
+        if input_modes[name] in ("File", PIPE) and uri.startswith("s3://")
+    }
+
+
+def job_channels(cfg: Any, data_bucket: str) -> tuple[dict[str, str], dict[str, FileSystemChannel]]:
+    """Where the job reads each data channel: the file system its value names (fsx://, efs://), else
+    the S3 prefix `invoke upload` fills (channel_uris); and those file systems."""
+    declared = {name: str(value) for name, value in cfg.dataset.channels.items()}
+    file_systems = {name: fs for name, uri in declared.items() if (fs := file_system_channel(uri)) is not None}
+    uploaded = channel_uris(data_bucket, cfg.dataset.s3_prefix, [n for n in declared if n not in file_systems])
+    return {name: file_systems[name].uri if name in file_systems else uploaded[name] for name in declared}, file_systems
 
 
 def plan_job(
@@ -246,7 +276,7 @@ def plan_job(
     # The staged config's identity, as the container computes it.
     digest = run_identity(with_gpus(cfg, topology.gpus_per_node))
     data_bucket, artifacts = infra.data_bucket, infra.artifacts_bucket
-    channels = channel_uris(data_bucket, cfg.dataset.s3_prefix, list(cfg.dataset.channels))
+    channels, file_systems = job_channels(cfg, data_bucket)
     input_modes = {name: str((cfg.dataset.get("input_modes") or {}).get(name, "File")) for name in cfg.dataset.channels}
     tracked = "mlflow" in (cfg.get("logger") or {})
     wandb = "wandb" in (cfg.get("logger") or {})
@@ -305,6 +335,10 @@ def plan_job(
         max_cost_usd=job.max_cost_usd,
         price_note=price_age_note(inst.price_date, inst.price_region, infra.region),
         parent=parent,
+        file_systems=file_systems,
+        subnets=tuple(cfg.aws.subnets or infra.subnets),
+        security_groups=tuple(cfg.aws.security_groups or infra.security_groups),
+        network_isolation=job.network_isolation,
     )
 
 
@@ -342,8 +376,39 @@ def validate_plan(plan: JobPlan, cfg: Any, budget: bool = True) -> None:
             f"trainer.gpus=0 on {plan.instance_type} pays for {cfg.instance.gpus} idle GPU(s); pick a CPU instance"
         )
     check_precision(cfg.trainer.precision, cfg.instance, plan.gpus_per_node)
+    check_network_plan(plan)
     if budget and plan.cost is not None:  # a sweep checks the sum of the jobs it launches instead
         check_budget(plan.cost.worst_case_usd, plan.max_cost_usd)
+
+
+VPC_FIX = (
+    "set subnet_ids (and vpc_id) in terraform/ and `terraform apply`, or give "
+    "aws.subnets=[subnet-...] aws.security_groups=[sg-...]"
+)
+
+
+def check_network_plan(plan: JobPlan) -> None:
+    """What a job's network must be for its file-system channels and job.network_isolation (pure;
+    project/aws/vpc.py asks AWS the rest)."""
+    for name, fs in plan.file_systems.items():
+        if plan.input_modes[name] != "File":
+            raise LaunchError(
+                f"dataset.input_modes.{name}={plan.input_modes[name]}: a file-system channel ({fs.uri}) is mounted, "
+                f"File mode only: drop dataset.input_modes.{name}"
+            )
+    if plan.file_systems and not plan.subnets:
+        first = next(iter(plan.file_systems.values()))
+        raise LaunchError(f"{first.uri}: a job reads a file system inside its VPC, and it has no subnets: {VPC_FIX}")
+    if bool(plan.subnets) != bool(plan.security_groups):
+        missing = "security groups" if plan.subnets else "subnets"
+        raise LaunchError(f"a job in a VPC needs subnets and security groups; it has no {missing}: {VPC_FIX}")
+    if plan.network_isolation and plan.requirements_file() is not None:
+        needs = "job.image=aws pip-installs the requirements" if plan.image.install else "the tracker is pip-installed"
+        raise LaunchError(
+            f"job.network_isolation=true: the container reaches no network, but {needs} at start: "
+            "use job.image=custom (`invoke build && invoke push`)"
+            + (" and logger=tensorboard" if plan.tracking else "")
+        )
 
 
 def pid_1(plan: JobPlan) -> str:

@@ -50,6 +50,8 @@ def check_remote(plan: JobPlan, cfg: Any, ecr: Any, s3: Any) -> None:
     if plan.image.kind == "custom":
         _check_pushed(plan.image, cfg, ecr)
     for channel, uri in plan.channels.items():
+        if channel in plan.file_systems:
+            continue  # project/aws/vpc.py checks the file system and the way to it
         bucket, prefix = split_s3_uri(uri)
         with aws_errors(resource=uri):
             listing = s3.list_objects_v2(Bucket=bucket, Prefix=prefix)
@@ -120,7 +122,7 @@ def model_trainer(
     from sagemaker.core.shapes import StoppingCondition
     from sagemaker.core.training.configs import CheckpointConfig, Compute, OutputDataConfig, SourceCode
     from sagemaker.train import ModelTrainer
-    from sagemaker.train.configs import InputData, RetryStrategy
+    from sagemaker.train.configs import InputData, Networking, RetryStrategy
 
     sdk_logger = logging.getLogger("sagemaker.core.utils.utils")
     if not any(isinstance(f, _HyperparametersAreARecord) for f in sdk_logger.filters):
@@ -163,6 +165,15 @@ def model_trainer(
         environment=plan.environment,
         hyperparameters=plan.hyperparameters,
         tags=[{"key": k, "value": v} for k, v in plan.tags.items()],
+        networking=(
+            Networking(
+                subnets=list(plan.subnets) or None,
+                security_group_ids=list(plan.security_groups) or None,
+                enable_network_isolation=plan.network_isolation or None,
+            )
+            if plan.subnets or plan.network_isolation
+            else None
+        ),
     )
     trainer = trainer.with_retry_strategy(RetryStrategy(maximum_retry_attempts=CAPACITY_RETRY_ATTEMPTS))
     return trainer.with_metric_definitions(_metric_definitions(plan.metrics))
@@ -170,9 +181,17 @@ def model_trainer(
 
 def input_channels(plan: JobPlan) -> list[Any]:
     """One InputDataConfig channel per data channel (SM_CHANNEL_<NAME> in the job), in its input mode."""
-    from sagemaker.core.shapes import Channel, DataSource, S3DataSource
+    from sagemaker.core.shapes import Channel, DataSource, FileSystemDataSource, S3DataSource
 
     def source(name: str, uri: str) -> Any:
+        if name in plan.file_systems:  # mounted read-only, as the job's VPC reaches it
+            fs = plan.file_systems[name]
+            return FileSystemDataSource(
+                file_system_id=fs.file_system_id,
+                file_system_access_mode="ro",
+                file_system_type=fs.kind.file_system_type,
+                directory_path=fs.directory_path,
+            )
         if name in plan.manifests:  # only the objects SageMaker's manifest names (the current shards)
             return S3DataSource(
                 s3_data_type="ManifestFile", s3_uri=plan.manifests[name], s3_data_distribution_type="FullyReplicated"
@@ -182,7 +201,11 @@ def input_channels(plan: JobPlan) -> list[Any]:
     data = [
         Channel(
             channel_name=name,
-            data_source=DataSource(s3_data_source=source(name, uri)),
+            data_source=(
+                DataSource(file_system_data_source=source(name, uri))
+                if name in plan.file_systems
+                else DataSource(s3_data_source=source(name, uri))
+            ),
             input_mode=plan.input_modes[name],
         )
         for name, uri in plan.channels.items()

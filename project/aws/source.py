@@ -1,4 +1,5 @@
-"""The s3:// data source: what the training storey's fetch.py reads a remote channel with (fetch.Source).
+"""The s3:// data source: what the training storey's fetch.py reads a remote channel with (fetch.Source),
+and the file systems read where they are mounted (fsx://, efs://: project/aws/filesystems.py).
 
 Registered on import, by the processes that read S3 data: the AWS workflow (`invoke upload`,
 `invoke train`), `invoke local` and the local sweep (tasks.py, project/face/sweep.py), before their
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from project.aws.filesystems import KINDS, MOUNTED
 from project.aws.transfer import Echo
 from project.core.errors import UserError
 from project.core.names import split_s3_uri
@@ -61,3 +63,5 @@ S3 = Source(
     setup_problem=setup_problem,
 )
 register_source("s3", S3)
+for _scheme in KINDS:
+    register_source(_scheme, MOUNTED)

@@ -25,9 +25,11 @@ from project.aws import (
     sdk,
     source,  # noqa: F401 (registers s3:// data with project.training.fetch)
     triage,
+    vpc,
 )
 from project.aws.errors import aws_errors
 from project.aws.fetch import fetch_job
+from project.aws.filesystems import file_system_channel
 from project.aws.fit import InstanceFitError, check_memory, estimate_memory
 from project.aws.image import ImageError, base_image, custom_image, job_image
 from project.aws.image_build import ImageRef, build_command, ecr_password, push_commands, tag_exists
@@ -85,8 +87,17 @@ def context(cfg: Any) -> Context:
 @aws_task
 def upload(overrides: list[str], dry_run: bool = False, echo: Callable[[str], None] = print) -> None:
     """Each data channel to s3://<data bucket>/<s3_prefix>/<channel>/, where the job reads it."""
+    from omegaconf import open_dict  # composing needs it; importing this module does not
+
     ctx = context(compose(overrides, model=False))  # data only: a dataset needs no model to match it
     d, s3 = ctx.cfg.dataset, ctx.clients.s3
+    for channel, uri in list(d.channels.items()):
+        if file_system_channel(str(uri)) is not None:  # the job mounts it (FileSystemDataSource)
+            echo(f"{channel}: {uri} is a file system the job mounts: nothing to upload")
+            with open_dict(d.channels):
+                del d.channels[channel]
+    if not d.channels:
+        return
     data = resolve(ctx.cfg, client=s3)  # every channel checked before anything moves
     folders = data.folders
     # An image-folder channel goes as a few tar shards (project.training.imagetree); all are packed (every
@@ -185,8 +196,9 @@ def train(
     plan = plan_job(cfg, ctx.infra, image, revision=source_revision(), parent=parent)
     check_job(cfg, plan, echo)
     try:
-        sdk.check_remote(plan, cfg, ctx.clients.ecr, ctx.clients.s3)
         clients = ctx.clients
+        vpc.check_network(plan, clients.client)
+        sdk.check_remote(plan, cfg, ctx.clients.ecr, ctx.clients.s3)
         sdk.check_account(plan, clients.client("service-quotas"), clients.sagemaker, clients.client("iam"), echo)
         if parent is not None:
             init_source.check_readable(clients.client("iam"), plan.role_arn, parent)

@@ -23,6 +23,10 @@ HOST = "algo-1"  # SageMaker's name for the first (here: only) instance
 PASSTHROUGH_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "PYENV_ROOT", "PYENV_VERSION")
 AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL")
 DOWNLOAD_THREADS = 4
+# A folder holding one folder per file system (its id): what a FileSystemDataSource channel reads
+# here, where SageMaker would mount FSx for Lustre or EFS. For FSx the DirectoryPath's first part
+# is the file system's mount name, the root of that folder.
+FILE_SYSTEMS_ENV = "SANDBOX_FILE_SYSTEMS"
 
 Desc = dict[str, Any]  # a DescribeTrainingJob response
 
@@ -82,7 +86,12 @@ def _input_data_config(desc: Desc) -> dict[str, Any]:
     return {
         c["ChannelName"]: {
             "TrainingInputMode": c.get("InputMode", default_mode),
-            "S3DistributionType": c["DataSource"]["S3DataSource"].get("S3DataDistributionType", "FullyReplicated"),
+            # a file system's channel is mounted, not distributed
+            **(
+                {"S3DistributionType": c["DataSource"]["S3DataSource"].get("S3DataDistributionType", "FullyReplicated")}
+                if "S3DataSource" in c["DataSource"]
+                else {}
+            ),
             "RecordWrapperType": c.get("RecordWrapperType", "None"),
             **({"ContentType": c["ContentType"]} if c.get("ContentType") else {}),
         }
@@ -205,7 +214,32 @@ def container_env(desc: Desc, env_extra: dict[str, str] | None = None) -> dict[s
     return env
 
 
-def _download_channel(s3: Any, channel: dict[str, Any], tree: Path) -> None:
+def _file_system_folder(channel: dict[str, Any], vpc: dict[str, Any] | None) -> Path:
+    """The local folder standing in for a FileSystemDataSource, as the job's channel would mount it."""
+    fs = channel["DataSource"]["FileSystemDataSource"]
+    name, fs_id = channel["ChannelName"], fs["FileSystemId"]
+    if not vpc or not vpc.get("Subnets"):
+        raise SandboxError(f"channel {name}: a FileSystemDataSource needs the VpcConfig of the job")
+    root = os.environ.get(FILE_SYSTEMS_ENV)
+    if not root or not (Path(root) / fs_id).is_dir():
+        raise SandboxError(
+            f"channel {name}: file system {fs_id} has no folder here: set {FILE_SYSTEMS_ENV} to a folder holding "
+            f"{fs_id}/ when starting the sandbox"
+        )
+    parts = [p for p in fs["DirectoryPath"].split("/") if p]
+    if fs["FileSystemType"] == "FSxLustre":
+        parts = parts[1:]  # /<mount-name>/<path>: the mount name is the file system's root
+    folder = Path(root, fs_id, *parts)
+    if ".." in parts or not folder.is_dir():
+        raise SandboxError(f"channel {name}: {fs['DirectoryPath']} is not a folder of {fs_id} ({folder})")
+    return folder
+
+
+def _download_channel(s3: Any, channel: dict[str, Any], tree: Path, vpc: dict[str, Any] | None = None) -> None:
+    if "FileSystemDataSource" in channel["DataSource"]:
+        # Mounted, not downloaded: the job reads the file system's folder in place.
+        (tree / "input/data" / channel["ChannelName"]).symlink_to(_file_system_folder(channel, vpc))
+        return
     source = channel["DataSource"].get("S3DataSource")
     kind = None if source is None else source.get("S3DataType", "S3Prefix")
     if kind not in ("S3Prefix", "ManifestFile"):
@@ -238,7 +272,7 @@ def prepare_tree(tree: Path, desc: Desc, s3: Any) -> Path:
     for name, content in config_files(desc).items():
         (tree / "input/config" / name).write_text(json.dumps(content))
     for channel in desc.get("InputDataConfig", []):
-        _download_channel(s3, channel, tree)
+        _download_channel(s3, channel, tree, desc.get("VpcConfig"))
     checkpoint = desc.get("CheckpointConfig") or {}
     local = container_path(checkpoint.get("LocalPath") or f"{CONTAINER_ROOT}/checkpoints", tree)
     local.mkdir(parents=True, exist_ok=True)

@@ -165,7 +165,12 @@ def run_training_job(
     record.set_status(job, "InProgress", "Downloading", "Downloading input data")
     job.training_start_time = record.now()
     tree = Path(workdir) / "opt_ml"
-    checkpoints = prepare_tree(tree, desc, clients.s3)
+    try:
+        checkpoints = prepare_tree(tree, desc, clients.s3)
+    except SandboxError as exc:  # a channel the sandbox cannot give the job: it fails, as SageMaker's would
+        reason = f"ClientError: {exc}"
+        record.finish(job, record.Outcome("Failed", "Failed", failure_reason=reason))
+        return JobRun(job_name, "Failed", -1, "", None, None, reason, "", time.time() - started, tree)
     if job.training_job_status in ("Stopping", "Stopped"):  # stopped while downloading
         record.finish(job, record.Outcome("Stopped"))
         return JobRun(job_name, "Stopped", -1, "", None, None, None, "", time.time() - started, tree)

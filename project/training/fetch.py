@@ -39,6 +39,9 @@ class Source:
     failures(): what a missing or unreachable object raises (next name, then one line listing them).
     setup_problem(exc): such a failure as one line when it is the same for every object (no
     credentials, no region), else None.
+    mounted(mounts, uri): for a file system this machine mounts (fsx://, efs://): the folder of `uri`
+    under its mount (paths.mounts, file-system id -> folder), read in place, never mirrored; a
+    DataError saying how to mount it when it is not. None for an object store.
     """
 
     connect: Callable[[str | None], Any]
@@ -46,6 +49,7 @@ class Source:
     mirror: Callable[[Any, str, Path, Callable[[str], None]], object]
     failures: Callable[[], tuple[type[BaseException], ...]]
     setup_problem: Callable[[BaseException], UserError | None]
+    mounted: Callable[[Mapping[str, str], str], Path] | None = None
 
 
 SOURCES: dict[str, Source] = {}  # URI scheme ("s3") -> its Source, as registered

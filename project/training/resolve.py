@@ -68,8 +68,9 @@ def resolve(
     `sources`: the channels' folders instead of dataset.channels (a SageMaker job's SM_CHANNEL_*).
     The train channel of a dataset that lists `files` is fetched (when remote) and verified, as
     MNIST's is; any other channel at a registered source (s3://) is mirrored into
-    paths.data_dir/<name>/<channel>/; every other channel must be a folder that exists and holds
-    something. Every run resolves its data through here before anything else is built or written.
+    paths.data_dir/<name>/<channel>/; a file system's (fsx://, efs://) is read where this machine
+    mounts it (paths.mounts); every other channel must be a folder that exists and holds something.
+    Every run resolves its data through here before anything else is built or written.
     `remember`: record verified files in the cache (fetch.fetch_verified). `keep`: this process
     trains on the files next, so content decompressed to verify it is kept for the read.
     """
@@ -80,7 +81,9 @@ def resolve(
         where = str(sources[channel]) if sources and channel in sources else str(declared)
         if sources and channel in sources and is_piped(Path(where)):
             resolved.folders[channel] = Path(where)  # a job's Pipe channel: its FIFOs, read once per epoch
-        elif channel == "train" and d.get("files"):
+            continue
+        where = _mounted(cfg, where)
+        if channel == "train" and d.get("files"):
             files = fetch_verified(
                 where,
                 dataset_cache_dir(cfg),
@@ -102,6 +105,14 @@ def resolve(
         else:
             resolved.folders[channel] = _checked_folder(Path(where).expanduser(), channel)
     return resolved
+
+
+def _mounted(cfg: Any, where: str) -> str:
+    """A mounted file system's place (fsx://, efs://) as the folder this machine reads; else `where`."""
+    if scheme(where) is None:
+        return where
+    mounted = source_for(where).mounted
+    return where if mounted is None else str(mounted(cfg.paths.get("mounts") or {}, where))
 
 
 def _mirrored(cfg: Any, channel: str, uri: str, client: Any = None) -> Path:

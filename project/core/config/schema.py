@@ -155,6 +155,9 @@ class InstanceConfig:
 class PathsConfig:
     runs_dir: str = MISSING  # runs/<run-name>/ holds model/, output/, checkpoints/, metrics.json
     data_dir: str = MISSING  # cache of raw dataset files for local runs
+    # file-system id -> the folder where this machine mounts it: what `invoke local` reads for an
+    # fsx:// or efs:// channel (docs/guides/file-systems.md)
+    mounts: dict[str, str] = MISSING
 
 
 @dataclass
@@ -167,6 +170,10 @@ class AwsConfig:
     artifacts_bucket: str | None = MISSING
     repository_url: str | None = MISSING
     role_arn: str | None = MISSING
+    # The VPC a job with an fsx:// or efs:// channel runs in; None: the Terraform outputs subnets
+    # and security_groups (subnet_ids set in terraform/).
+    subnets: list[str] | None = MISSING
+    security_groups: list[str] | None = MISSING
 
 
 @dataclass
@@ -182,6 +189,7 @@ class JobConfig:
     spot_discount: float = MISSING  # typical managed-spot saving, for the cost estimate only
     keep_alive_minutes: int = MISSING  # warm pool; 0 disables it
     max_cost_usd: float | None = MISSING  # refuse a launch whose worst-case cost exceeds this; None: no budget
+    network_isolation: bool = MISSING  # EnableNetworkIsolation: the container reaches no network (needs image=custom)
     environment: dict[str, str] = MISSING
     # Top-level packages or modules the job's code channel carries besides project/ and those the
     # config's _target_s name (e.g. a helper package your module imports).

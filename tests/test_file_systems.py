@@ -1,0 +1,407 @@
+"""File-system channels (fsx://, efs://): the plan and request, `invoke local`'s mount, and the
+network check `invoke train` runs before a launch, against moto's EC2, FSx and EFS over HTTP.
+
+The sandbox job that reads an fsx:// channel end to end is in tests/test_sagemaker_e2e.py (its world).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from project.aws import filesystems, sdk, vpc
+from project.aws import plan as jobs
+from project.aws import source as _registers_fsx_and_efs  # noqa: F401 (as the tasks do)
+from project.aws.image import JobImage, PipInstall
+from project.aws.infra import Infra
+from project.aws.session import aws_clients
+from project.core.errors import UserError
+from project.training.raw import DataError
+from project.training.resolve import resolve
+from tests.aws_fixtures import run_terraform, terraform_env
+from tests.service_model import problems
+
+INFRA = Infra(
+    data_bucket="data-b",
+    artifacts_bucket="art-b",
+    repository_url="123456789012.dkr.ecr.us-east-1.amazonaws.com/proj",
+    role_arn="arn:aws:iam::123456789012:role/proj-sagemaker",
+    region="us-east-1",
+)
+CUSTOM = JobImage("custom", f"{INFRA.repository_url}:abc1234", "2.8.0")
+FSX = "fsx://fs-0123456789abcdef0/abcdwxyz/datasets/mnist"
+EFS = "efs://fs-89abcdef/datasets/val"
+NETWORK = ("aws.subnets=[subnet-0a1b2c3d]", "aws.security_groups=[sg-0a1b2c3d]")
+
+
+def plan(composed, *overrides, image=CUSTOM, infra=INFRA):
+    cfg = composed(*overrides)
+    return jobs.plan_job(cfg, infra, image, revision="9f8e7d6"), cfg
+
+
+# --- the channel, the plan, the request ------------------------------------------------------
+
+
+def test_a_file_system_channel_names_the_directory_aws_mounts():
+    fsx = filesystems.file_system_channel(FSX)
+    assert (fsx.kind.file_system_type, fsx.file_system_id, fsx.directory_path) == (
+        "FSxLustre",
+        "fs-0123456789abcdef0",
+        "/abcdwxyz/datasets/mnist",
+    )
+    efs = filesystems.file_system_channel(EFS + "/")
+    assert (efs.kind.file_system_type, efs.directory_path, efs.uri) == ("EFS", "/datasets/val", EFS)
+    assert filesystems.file_system_channel("s3://bucket/prefix/") is None
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("fsx://data/abcdwxyz/x", r"not a file-system id after fsx:// \(fs-<hex>\); write fsx://fs-<id>/<mount-name>/"),
+        ("fsx://fs-0123456789abcdef0", r"mount name \(MountName, `aws fsx describe-file-systems`\) is missing"),
+        ("efs://fs-89abcdef/../etc", r"'\.\.' is not allowed .*; write efs://fs-<id>/<path>"),
+    ],
+)
+def test_a_malformed_file_system_channel_is_one_line(composed, uri, message):
+    with pytest.raises(UserError, match=message):
+        plan(composed, f"dataset.channels.train={uri}", *NETWORK)
+
+
+def test_the_request_mounts_each_file_system_read_only_in_the_jobs_vpc(composed, moto_endpoint):
+    """The CreateTrainingJob request the SDK builds (code staged to moto's S3), valid under botocore's model."""
+    import boto3
+
+    infra = replace(INFRA, artifacts_bucket=f"art-{uuid.uuid4().hex[:12]}")
+    boto3.client("s3").create_bucket(Bucket=infra.artifacts_bucket)
+    p, cfg = plan(
+        composed,
+        f"dataset.channels.train={FSX}",
+        f"+dataset.channels.validation={EFS}",
+        *NETWORK,
+        "job.network_isolation=true",
+        "instance=ml.m5.xlarge",
+        infra=infra,
+    )
+    jobs.validate_plan(p, cfg)
+    assert p.channels == {"train": FSX, "validation": EFS} and p.manifests == {}
+    assert f"{FSX}  (FSxLustre fs-0123456789abcdef0:/abcdwxyz/datasets/mnist, read-only)" in p.summary()
+    assert "VPC subnets subnet-0a1b2c3d; security groups sg-0a1b2c3d; network isolation" in p.summary()
+    trainer = sdk.model_trainer(p, f"s3://{infra.artifacts_bucket}/code/{p.job_name}/", boto3.Session())
+    request = sdk.create_request(trainer, p.job_name)
+    assert problems("sagemaker", "CreateTrainingJob", request) == []
+    channels = {c["ChannelName"]: c for c in request["InputDataConfig"]}
+    assert channels["train"]["DataSource"] == {
+        "FileSystemDataSource": {
+            "FileSystemId": "fs-0123456789abcdef0",
+            "FileSystemAccessMode": "ro",
+            "FileSystemType": "FSxLustre",
+            "DirectoryPath": "/abcdwxyz/datasets/mnist",
+        }
+    }
+    assert channels["validation"]["DataSource"]["FileSystemDataSource"]["DirectoryPath"] == "/datasets/val"
+    assert channels["train"]["InputMode"] == "File"
+    assert request["VpcConfig"] == {"Subnets": ["subnet-0a1b2c3d"], "SecurityGroupIds": ["sg-0a1b2c3d"]}
+    assert request["EnableNetworkIsolation"] is True
+
+
+def test_the_vpc_comes_from_terraform_unless_the_config_gives_it(composed):
+    infra = replace(INFRA, subnets=("subnet-11111111",), security_groups=("sg-11111111",))
+    p, _ = plan(composed, f"dataset.channels.train={FSX}", infra=infra)
+    assert (p.subnets, p.security_groups) == (("subnet-11111111",), ("sg-11111111",))
+    p, _ = plan(composed, f"dataset.channels.train={FSX}", *NETWORK, infra=infra)
+    assert (p.subnets, p.security_groups) == (("subnet-0a1b2c3d",), ("sg-0a1b2c3d",))
+    assert plan(composed)[0].subnets == ()  # an S3 job stays out of any VPC
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ([f"dataset.channels.train={FSX}"], r"inside its VPC, and it has no subnets: set subnet_ids .* aws.subnets="),
+        (
+            [f"dataset.channels.train={FSX}", "+dataset.input_modes.train=FastFile", *NETWORK],
+            r"dataset.input_modes.train=FastFile: a file-system channel .* File mode only",
+        ),
+        ([f"dataset.channels.train={FSX}", NETWORK[0]], r"needs subnets and security groups; it has no security"),
+        (["job.network_isolation=true", "job.image=aws"], r"reaches no network, but job.image=aws pip-installs"),
+        (["job.network_isolation=true", "logger=mlflow"], r"use job.image=custom .* and logger=tensorboard"),
+    ],
+)
+def test_a_job_whose_network_cannot_work_is_refused_in_one_line(composed, overrides, message):
+    uri = "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.8.0-cpu-py312"
+    image = JobImage("aws", uri, "2.8.0", PipInstall(40, 300.0)) if "job.image=aws" in overrides else CUSTOM
+    p, cfg = plan(composed, *overrides, image=image)
+    with pytest.raises(jobs.LaunchError, match=message) as refused:
+        jobs.validate_plan(p, cfg)
+    assert "\n" not in str(refused.value)
+
+
+def test_invoke_upload_leaves_a_file_system_channel_where_it_is(moto_endpoint):
+    from project.aws import workflow
+
+    said: list[str] = []
+    names = [f"aws.{k}={getattr(INFRA, k)}" for k in ("data_bucket", "artifacts_bucket", "repository_url", "role_arn")]
+    workflow.upload([f"dataset.channels.train={FSX}", *names, "aws.region=us-east-1"], echo=said.append)
+    assert said == [f"train: {FSX} is a file system the job mounts: nothing to upload"]
+
+
+# --- invoke local: the file system where this machine mounts it ------------------------------
+
+
+def test_invoke_local_reads_a_file_system_where_it_is_mounted(composed, tiny_data, tmp_path):
+    folder, files = tiny_data
+    mount = tmp_path / "mnt"
+    (mount / "datasets").mkdir(parents=True)
+    (mount / "datasets" / "mnist").symlink_to(folder)
+    hashes = [f"dataset.files.{stem}={sha}" for stem, sha in files.items()]
+    given = [f"dataset.channels.train={FSX}", *hashes, f"paths.data_dir={tmp_path / 'cache'}"]
+    with pytest.raises(DataError) as refused:
+        resolve(composed(*given), remember=False)
+    assert str(refused.value) == (
+        f"{FSX}: fs-0123456789abcdef0 is not mounted here: mount it (`sudo mount -t lustre -o relatime,flock "
+        "<DNSName>@tcp:/<MountName> /mnt/fs-0123456789abcdef0`) and give "
+        "+paths.mounts.fs-0123456789abcdef0=/mnt/fs-0123456789abcdef0, or copy the data into a folder and point "
+        "the channel at it"
+    )
+    data = resolve(composed(*given, f"+paths.mounts.fs-0123456789abcdef0={mount}"), remember=False)
+    assert data.folders["train"] == mount / "datasets" / "mnist" and set(data.files) == set(files)
+
+
+# --- the network check before a launch (moto's EC2, FSx, EFS) ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def network(moto_endpoint):
+    """A VPC as a user has it: subnets in two zones, an S3 gateway endpoint on the main route table,
+    a subnet with its own table and no way to S3, one behind a NAT gateway; the jobs' security group
+    (admits 988 and 2049 from itself) and one that admits nothing; an FSx for Lustre and an EFS file
+    system in us-east-1a; a second VPC."""
+    clients = aws_clients("us-east-1", moto_endpoint)
+    ec2, fsx, efs = (clients.client(s) for s in ("ec2", "fsx", "efs"))
+    vpc_a = ec2.create_vpc(CidrBlock="10.10.0.0/16")["Vpc"]["VpcId"]
+    vpc_b = ec2.create_vpc(CidrBlock="10.20.0.0/16")["Vpc"]["VpcId"]
+
+    def subnet(vpc_id, cidr, zone):
+        return ec2.create_subnet(VpcId=vpc_id, CidrBlock=cidr, AvailabilityZone=zone)["Subnet"]["SubnetId"]
+
+    def main_table(vpc_id):
+        filters = [{"Name": "vpc-id", "Values": [vpc_id]}, {"Name": "association.main", "Values": ["true"]}]
+        return ec2.describe_route_tables(Filters=filters)["RouteTables"][0]["RouteTableId"]
+
+    def own_table(vpc_id, subnet_id):
+        table = ec2.create_route_table(VpcId=vpc_id)["RouteTable"]["RouteTableId"]
+        ec2.associate_route_table(RouteTableId=table, SubnetId=subnet_id)
+        return table
+
+    ids = {"vpc_a": vpc_a, "vpc_b": vpc_b}
+    ids |= {"a1": subnet(vpc_a, "10.10.1.0/24", "us-east-1a"), "a2": subnet(vpc_a, "10.10.2.0/24", "us-east-1b")}
+    ids |= {"a3": subnet(vpc_a, "10.10.3.0/24", "us-east-1a"), "a4": subnet(vpc_a, "10.10.4.0/24", "us-east-1a")}
+    ids["b1"] = subnet(vpc_b, "10.20.1.0/24", "us-east-1a")
+    for vpc_id in (vpc_a, vpc_b):
+        ec2.create_vpc_endpoint(
+            VpcId=vpc_id,
+            ServiceName="com.amazonaws.us-east-1.s3",
+            VpcEndpointType="Gateway",
+            RouteTableIds=[main_table(vpc_id)],
+        )
+    own_table(vpc_a, ids["a3"])  # local routes only: no way to S3
+    nat = ec2.create_nat_gateway(SubnetId=ids["a1"], AllocationId=ec2.allocate_address(Domain="vpc")["AllocationId"])
+    nat_table = own_table(vpc_a, ids["a4"])
+    ec2.create_route(
+        RouteTableId=nat_table, DestinationCidrBlock="0.0.0.0/0", NatGatewayId=nat["NatGateway"]["NatGatewayId"]
+    )
+    tag = uuid.uuid4().hex[:6]
+    ids["jobs_sg"] = ec2.create_security_group(GroupName=f"jobs-{tag}", Description="jobs", VpcId=vpc_a)["GroupId"]
+    ec2.authorize_security_group_ingress(
+        GroupId=ids["jobs_sg"],
+        IpPermissions=[
+            {"IpProtocol": "tcp", "FromPort": port, "ToPort": port, "UserIdGroupPairs": [{"GroupId": ids["jobs_sg"]}]}
+            for port in (988, 2049)
+        ],
+    )
+    ids["closed_sg"] = ec2.create_security_group(GroupName=f"closed-{tag}", Description="x", VpcId=vpc_a)["GroupId"]
+    lustre = fsx.create_file_system(
+        FileSystemType="LUSTRE",
+        StorageCapacity=1200,
+        SubnetIds=[ids["a1"]],
+        SecurityGroupIds=[ids["jobs_sg"]],
+        LustreConfiguration={"DeploymentType": "SCRATCH_2"},
+    )["FileSystem"]
+    ids["fsx"] = lustre["FileSystemId"]
+    for name, group in (("efs", ids["jobs_sg"]), ("efs_closed", ids["closed_sg"])):
+        ids[name] = efs.create_file_system(CreationToken=f"{name}-{tag}")["FileSystemId"]
+        efs.create_mount_target(FileSystemId=ids[name], SubnetId=ids["a1"], SecurityGroups=[group])
+    return clients, ids
+
+
+def check(composed, network, channel: str, subnets: list[str], groups: list[str]) -> str:
+    """What the check says of a job reading `channel` (a template over the network's ids) from `subnets`."""
+    clients, ids = network
+    uri = channel.format(**ids)
+    p, _ = plan(
+        composed,
+        f"dataset.channels.train={uri}",
+        f"aws.subnets=[{','.join(ids[s] for s in subnets)}]",
+        f"aws.security_groups=[{','.join(ids[g] for g in groups)}]",
+    )
+    try:
+        vpc.check_network(p, clients.client)
+    except jobs.LaunchError as exc:
+        return str(exc)
+    return ""
+
+
+@pytest.mark.parametrize(
+    ("channel", "subnets", "groups"),
+    [
+        ("fsx://{fsx}/fsx/data", ["a1"], ["jobs_sg"]),
+        ("fsx://{fsx}/fsx/data", ["a4"], ["jobs_sg"]),  # S3 through a NAT gateway
+        ("efs://{efs}/data", ["a1"], ["jobs_sg"]),
+    ],
+    ids=["fsx-endpoint", "fsx-nat", "efs"],
+)
+def test_a_network_that_reaches_the_file_system_and_s3_passes(composed, network, channel, subnets, groups):
+    assert check(composed, network, channel, subnets, groups) == ""
+
+
+@pytest.mark.parametrize(
+    ("channel", "subnets", "groups", "expected"),
+    [
+        (
+            "fsx://fs-0000000000000000/fsx/data",
+            ["a1"],
+            ["jobs_sg"],
+            "fsx://fs-0000000000000000/fsx/data: no file system fs-0000000000000000 in us-east-1 "
+            "(`aws fsx describe-file-systems`): a job reads a file system of its own region only; fix the id, "
+            "or train in the file system's region (aws.region / region in terraform/)",
+        ),
+        (
+            "fsx://{fsx}/fsx/data",
+            ["b1"],
+            ["jobs_sg"],
+            "{fsx} is in {vpc_a}, the job's subnets in {vpc_b}: give subnets of {vpc_a} "
+            "(aws.subnets / subnet_ids in terraform/)",
+        ),
+        (
+            "fsx://{fsx}/fsx/data",
+            ["a1", "a2"],
+            ["jobs_sg"],
+            "subnet {a2} is in us-east-1b and {fsx} lies in us-east-1a: give only subnets of us-east-1a "
+            "(aws.subnets / subnet_ids in terraform/)",
+        ),
+        (
+            "fsx://{fsx}/fsx/data",
+            ["a1"],
+            ["closed_sg"],
+            "no security group of {fsx} ({closed_sg}) admits TCP 988 from the job's ({closed_sg}): add an inbound "
+            "rule for 988 and 1018-1023 from the job's security group (terraform/ makes one that admits itself)",
+        ),
+        (
+            "efs://{efs_closed}/data",
+            ["a1"],
+            ["jobs_sg"],
+            "no security group of {efs_closed} ({closed_sg}) admits TCP 2049 from the job's ({jobs_sg}): add an "
+            "inbound rule for 2049 from the job's security group (terraform/ makes one that admits itself)",
+        ),
+        (
+            "fsx://{fsx}/fsx/data",
+            ["a3"],
+            ["jobs_sg"],
+            "subnet {a3} has no route to S3 (the job's data, code and output): add an S3 gateway endpoint to "
+            "{vpc_a}'s route tables (terraform/: vpc_has_s3_gateway_endpoint=false makes one) or a NAT gateway "
+            "route for 0.0.0.0/0",
+        ),
+    ],
+    ids=["missing", "other-vpc", "other-zone", "port-closed", "efs-port-closed", "no-s3-route"],
+)
+def test_each_network_problem_is_one_line_naming_the_piece_and_the_fix(
+    composed, network, channel, subnets, groups, expected
+):
+    _, ids = network
+    assert check(composed, network, channel, subnets, groups) == expected.format(**ids)
+
+
+def test_a_subnet_or_group_that_does_not_exist_is_named(composed, network):
+    clients, ids = network
+    p, _ = plan(composed, f"dataset.channels.train=fsx://{ids['fsx']}/fsx/data", *NETWORK)
+    with pytest.raises(jobs.LaunchError) as refused:
+        vpc.check_network(p, clients.client)
+    assert str(refused.value).splitlines() == [
+        "subnet subnet-0a1b2c3d does not exist in this region: fix aws.subnets / subnet_ids in terraform/",
+        "security group sg-0a1b2c3d does not exist in this region: fix aws.security_groups",
+    ]
+
+
+def test_terraform_makes_the_jobs_network_only_when_given_a_vpc(terraform_applied, moto_endpoint, network):
+    """The applied world is the default one (no VPC: no subnets, no security group); with vpc_id and
+    subnet_ids Terraform plans the jobs' security group and its rules, an S3 gateway endpoint on the
+    VPC's route tables, the execution role's network-interface grants, and the outputs."""
+    workdir, outputs, infra = terraform_applied
+    assert (outputs["subnets"], outputs["security_groups"]) == ([], [])
+    assert (infra.subnets, infra.security_groups) == ((), ())
+    _, ids = network
+    env = terraform_env(moto_endpoint, workdir)
+    variables = ["-var", f"vpc_id={ids['vpc_a']}", "-var", f'subnet_ids=["{ids["a1"]}"]']
+    run_terraform(workdir, env, "plan", "-refresh=false", "-input=false", "-no-color", *variables, "-out", "vpc.tfplan")
+    shown = run_terraform(workdir, env, "show", "-json", "vpc.tfplan")
+    planned = json.loads(shown.stdout)
+    changes = {c["address"]: c["change"] for c in planned["resource_changes"] if c["change"]["actions"] != ["no-op"]}
+    group = changes["aws_security_group.jobs[0]"]["after"]
+    assert group["vpc_id"] == ids["vpc_a"] and changes["aws_security_group.jobs[0]"]["actions"] == ["create"]
+    ports = {
+        (c["after"]["ip_protocol"], c["after"]["from_port"], c["after"]["to_port"])
+        for address, c in changes.items()
+        if address.startswith("aws_vpc_security_group_ingress_rule.")
+    }
+    assert ports == {("tcp", 988, 988), ("tcp", 1018, 1023), ("tcp", 2049, 2049), ("-1", None, None)}
+    endpoint = changes["aws_vpc_endpoint.s3[0]"]["after"]
+    assert endpoint["vpc_endpoint_type"] == "Gateway" and endpoint["service_name"] == "com.amazonaws.us-east-1.s3"
+    assert changes["aws_iam_role_policy.this"]["actions"] == ["update"]  # the network-interface grants
+    assert planned["planned_values"]["outputs"]["subnets"]["value"] == [ids["a1"]]
+
+
+def test_checked_paths_stay_where_the_file_system_is(tmp_path):
+    assert filesystems.mounted({"fs-89abcdef": str(tmp_path)}, EFS) == Path(tmp_path) / "datasets" / "val"
+
+
+# --- the sandbox: a local folder where SageMaker mounts the file system ------------------------
+
+
+def fs_job(vpc: dict | None) -> dict:
+    """A DescribeTrainingJob of a job reading FSx for Lustre, as moto records it."""
+    source = {
+        "FileSystemId": "fs-0123456789abcdef0",
+        "FileSystemAccessMode": "ro",
+        "FileSystemType": "FSxLustre",
+        "DirectoryPath": "/abcdwxyz/datasets/mnist",
+    }
+    return {
+        "TrainingJobName": "j",
+        "TrainingJobArn": "arn:aws:sagemaker:us-east-1:123456789012:training-job/j",
+        "AlgorithmSpecification": {"TrainingInputMode": "File"},
+        "ResourceConfig": {"InstanceType": "ml.m5.xlarge", "InstanceCount": 1},
+        "InputDataConfig": [{"ChannelName": "train", "DataSource": {"FileSystemDataSource": source}}],
+        **({"VpcConfig": vpc} if vpc else {}),
+    }
+
+
+def test_the_sandbox_links_the_file_systems_folder_where_sagemaker_mounts_it(tmp_path, monkeypatch):
+    from project.sandbox.optml import FILE_SYSTEMS_ENV, SandboxError, prepare_tree
+
+    data = tmp_path / "fs" / "fs-0123456789abcdef0" / "datasets" / "mnist"
+    data.mkdir(parents=True)
+    (data / "train-images-idx3-ubyte.gz").write_bytes(b"x")
+    vpc = {"Subnets": ["subnet-0a1b2c3d"], "SecurityGroupIds": ["sg-0a1b2c3d"]}
+    with pytest.raises(SandboxError, match="file system fs-0123456789abcdef0 has no folder here: set SANDBOX_FILE"):
+        prepare_tree(tmp_path / "tree", fs_job(vpc), s3=None)
+    monkeypatch.setenv(FILE_SYSTEMS_ENV, str(tmp_path / "fs"))
+    with pytest.raises(SandboxError, match="channel train: a FileSystemDataSource needs the VpcConfig of the job"):
+        prepare_tree(tmp_path / "tree", fs_job(None), s3=None)
+    prepare_tree(tmp_path / "tree", fs_job(vpc), s3=None)
+    channel = tmp_path / "tree" / "input" / "data" / "train"
+    assert [p.name for p in channel.iterdir()] == ["train-images-idx3-ubyte.gz"]  # the mount name is the root
+    config = json.loads((tmp_path / "tree" / "input" / "config" / "inputdataconfig.json").read_text())
+    assert config == {"train": {"TrainingInputMode": "File", "RecordWrapperType": "None"}}
