@@ -6,6 +6,7 @@ the contract names every folder, and that a job's code bundle holds exactly the 
 platforms.
 """
 
+import ast
 import tomllib
 from pathlib import Path
 
@@ -42,3 +43,17 @@ def test_a_jobs_bundle_holds_the_storeys_below_the_platforms():
     platforms = storeys.index(["project.aws", "project.sandbox"])
     below = {folder.removeprefix("project.") for layer in storeys[platforms + 1 :] for folder in layer}
     assert set(STAGED) == below
+
+
+def test_a_module_over_300_lines_says_why_at_its_top():
+    """A reader takes a module in at once: past 300 lines its docstring gives the reason (#27 §6)."""
+    unexplained = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text()
+        lines = len(text.splitlines())
+        if lines > 300 and "over 300 lines because" not in (ast.get_docstring(ast.parse(text)) or ""):
+            unexplained.append(f"{path.relative_to(ROOT)} ({lines} lines)")
+    assert not unexplained, (
+        f"{unexplained} are over 300 lines: split them at a seam, or write 'This module is over 300 lines"
+        " because ...' in the module docstring"
+    )
