@@ -349,7 +349,7 @@ def test_two_hosts_stream_image_folder_shards_in_pipe_mode(composed, moto_endpoi
     the validation channel (File mode: the packed shards) is counted once in the sharded test metrics."""
     import uuid
 
-    from project.aws.plan import channel_uris, manifest_uri
+    from project.aws.channels import channel_uris, manifest_uri
     from project.aws.session import aws_clients
     from project.sandbox.pipes import PipeFeed
     from project.training import imagetree

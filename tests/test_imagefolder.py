@@ -376,7 +376,7 @@ def test_invoke_upload_sends_shards_incrementally(moto_endpoint, tmp_path):
 
     # The replaced shard stays under the prefix (a running job may read it), but a File-mode job
     # is given the manifest (ManifestFile) and downloads only the current shards, as the sandbox does.
-    from project.aws.plan import manifest_uri
+    from project.aws.channels import manifest_uri
     from project.sandbox.optml import _download_channel
 
     current = {

@@ -19,7 +19,7 @@ import torch
 
 from project.aws import plan as jobs
 from project.aws import sdk
-from project.aws.plan import channel_uris, manifest_uri
+from project.aws.channels import channel_uris, manifest_uri
 from project.aws.session import aws_clients
 from project.core.config import compose
 from project.core.errors import UserError

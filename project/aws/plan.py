@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from project.aws.channels import channel_manifests, job_channels
 from project.aws.cost import Cost, budget_line, check_budget, estimate, price_age_note
-from project.aws.filesystems import FileSystemChannel, file_system_channel
+from project.aws.filesystems import FileSystemChannel
 from project.aws.fit import check_precision
 from project.aws.image import JobImage, job_requirements, tracking_requirements
 from project.aws.infra import Infra
@@ -31,7 +32,6 @@ from project.core.sagemaker_names import (
     PROJECT_TAG,
 )
 from project.core.topology import Topology, decide
-from project.training.imagetree import packs
 from project.training.launch import trains_in_pid_1
 from project.training.pipe import PIPE, check_input_modes
 from project.training.tracking import SAGEMAKER_MLFLOW_ARN
@@ -208,38 +208,6 @@ def job_name(base_name: str, now: datetime | None = None) -> str:
     """A training job name no other launch gets, even in the same second: see JOB_NAME_SUFFIX_LENGTH."""
     now = now or datetime.now(UTC)  # UTC: one clock for every launcher, whatever its time zone
     return f"{base_name}-{now:%Y%m%d-%H%M%S}-{now.microsecond // 1000:03d}-{secrets.token_hex(2)}"
-
-
-def channel_uris(bucket: str, s3_prefix: str, channels: list[str]) -> dict[str, str]:
-    """Where `invoke upload` puts each data channel and the job reads it: s3://<bucket>/<s3_prefix>/<channel>/."""
-    return {name: f"s3://{bucket}/{s3_prefix.strip('/')}/{name}/" for name in channels}
-
-
-def manifest_uri(channel_uri: str) -> str:
-    """Where `invoke upload` puts SageMaker's manifest of a packed channel: beside its prefix, s3://.../<channel>.manifest."""
-    return channel_uri.rstrip("/") + ".manifest"
-
-
-def channel_manifests(cfg: Any, channels: dict[str, str], input_modes: dict[str, str]) -> dict[str, str]:
-    """The channels a job reads through SageMaker's manifest: a packed dataset's S3 channels in File
-    mode, or in Pipe mode (the FIFO streams the objects it lists in its order: shards.json, then the
-    shards). FastFile reads lazily, only the shards shards.json names, so it keeps the prefix."""
-    if not packs(cfg.dataset):
-        return {}
-    return {
-        name: manifest_uri(uri)
-        for name, uri in channels.items()
-        if input_modes[name] in ("File", PIPE) and uri.startswith("s3://")
-    }
-
-
-def job_channels(cfg: Any, data_bucket: str) -> tuple[dict[str, str], dict[str, FileSystemChannel]]:
-    """Where the job reads each data channel: the file system its value names (fsx://, efs://), else
-    the S3 prefix `invoke upload` fills (channel_uris); and those file systems."""
-    declared = {name: str(value) for name, value in cfg.dataset.channels.items()}
-    file_systems = {name: fs for name, uri in declared.items() if (fs := file_system_channel(uri)) is not None}
-    uploaded = channel_uris(data_bucket, cfg.dataset.s3_prefix, [n for n in declared if n not in file_systems])
-    return {name: file_systems[name].uri if name in file_systems else uploaded[name] for name in declared}, file_systems
 
 
 def plan_job(

@@ -27,6 +27,7 @@ from project.aws import (
     triage,
     vpc,
 )
+from project.aws.channels import channel_uris, manifest_uri
 from project.aws.errors import aws_errors
 from project.aws.fetch import fetch_job
 from project.aws.filesystems import file_system_channel
@@ -34,7 +35,7 @@ from project.aws.fit import InstanceFitError, check_memory, estimate_memory
 from project.aws.image import ImageError, base_image, custom_image, job_image
 from project.aws.image_build import ImageRef, build_command, ecr_password, push_commands, tag_exists
 from project.aws.infra import Infra, load_infra
-from project.aws.plan import JobPlan, LaunchError, channel_uris, manifest_uri, plan_job, validate_plan
+from project.aws.plan import JobPlan, LaunchError, plan_job, validate_plan
 from project.aws.prices import PRICING_REGION, PriceError
 from project.aws.prices import refresh as refresh_prices
 from project.aws.quotas import QuotaError
