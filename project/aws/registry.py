@@ -1,5 +1,3 @@
-# Over 300 lines, kept whole: the registry's four tasks share one reading of a version (its properties,
-# its gate value) and the gate's one decision; split, each half would import the other's helpers.
 """The model registry: `invoke register`, `models`, `approve`, `reject`, and `invoke deploy model:...`.
 
 A run becomes a version of the model package group deploy.model_group (created by the first
@@ -15,6 +13,9 @@ A version carries: the inference image and model.tar.gz (InferenceSpecification)
 evaluation as a JSON object beside the archive (ModelMetrics, ModelQuality), and in
 CustomerMetadataProperties the run, config hash, git sha, dataset, the run's logged metrics, the
 served ones (served_<metric>) and the gate's verdict.
+
+This module is over 300 lines because the registry's four tasks share one reading of a version (its
+properties, its gate value) and the gate's one decision; split, each half would import the other's helpers.
 """
 
 from __future__ import annotations

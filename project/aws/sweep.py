@@ -1,4 +1,3 @@
-# Over 300 lines, kept whole: one flow, a sweep batch on SageMaker (plan, skip, launch, follow, report).
 """A sweep's jobs on SageMaker: what hydra/launcher=sagemaker does with each batch Hydra hands it.
 
 For a batch: plan and validate every job (one bad combination refuses all, by name), check the
@@ -11,6 +10,9 @@ follow them. Each job gets its own resolved config as a small channel (`config`)
 trainer.init_from, each job gets the `model` channel and parent tags a single `invoke train` gets
 (project/aws/init_source.py): the parent found and its shapes checked against each job's model; a
 local file uploaded once, before the first launch.
+
+This module is over 300 lines because it is one flow, a sweep batch on SageMaker (plan, skip, launch, follow,
+report), held by one SweepSession.
 """
 
 from __future__ import annotations

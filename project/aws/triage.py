@@ -1,4 +1,3 @@
-# Over 300 lines, kept whole: RULES is one ordered table (first match wins: the order is the design) and its reader.
 """Why a training job failed or stopped: one line of cause, one of fix, and where to read its log.
 
 Pure: `classify(JobFacts) -> Triage`, over what DescribeTrainingJob says (status, SecondaryStatus
@@ -16,6 +15,9 @@ top to bottom and the first rule that matches wins; the order is deliberate:
 4. the kernel's SIGKILL (host memory) last: torchrun also kills healthy workers once one failed.
 
 Reading the job from AWS is project.aws.workflow's `why` (a few calls); this module makes none.
+
+This module is over 300 lines because RULES is one ordered table (first match wins: the order is the design)
+and `classify` is its reader.
 """
 
 from __future__ import annotations

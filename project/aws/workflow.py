@@ -1,9 +1,11 @@
-# Over 300 lines, kept whole: one short function per task on one Context (config, infra, clients set up once).
 """The SageMaker workflow behind the invoke tasks: upload, build/push, train, logs, status, stop, fetch.
 
 Each function composes the config, reads the Terraform outputs, makes its AWS clients (real AWS
 or the endpoint in aws.endpoint_url / AWS_ENDPOINT_URL) and does one thing. Mistakes raise
 UserError subclasses with one actionable line; tasks.py turns them into exit code 2.
+
+This module is over 300 lines because it holds one short function per task on one Context (config, infra and
+clients set up once).
 """
 
 from __future__ import annotations

@@ -1,4 +1,3 @@
-# Over 300 lines, kept whole: the one home of process plumbing (#27), five short sections, each with its own heading.
 """Process plumbing, in one place: a child started and told "go" over a pipe, the signals passed on to
 it, processes that die with the one that started them, stop signals recorded for a step boundary,
 the garbage collector of a short process, and a SageMaker job's failure reason. Standard library
@@ -21,6 +20,9 @@ Linux's parent-death signal (prctl PR_SET_PDEATHSIG): the kernel signals a proce
 one must be started from a thread that lives as long as the process should: the main thread, or
 the thread that waits for it (a sandbox job's, project/sandbox/container.py). The request survives
 exec (not of a set-user-ID program). Other systems have no such signal: there it is a no-op.
+
+This module is over 300 lines because it is the one home of process plumbing (#27): five short sections, each
+with its own heading.
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@ Local runs are the folders under paths.runs_dir that hold a metrics.json (finish
 runs one level deeper (runs/<sweep>/<n>/); SageMaker jobs come from the Search API (every page), with
 their tags (config hash, git sha, sweep, the parent it started from) and final metrics. The pure
 parts (rows, filters, the config diff) take plain values; only `sagemaker_entries` talks to AWS.
+
+This module is over 300 lines because it is one catalog: the entries of its three sources (local run folders,
+SageMaker's Search API, an MLflow server), the filters of `invoke runs` and the one table it prints;
+compare.py shares its readers and its config diff.
 """
 
 from __future__ import annotations

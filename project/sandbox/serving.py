@@ -1,4 +1,3 @@
-# Over 300 lines, kept whole: one stand-in (SageMaker hosting); Hosting and its ModelServers share one lifecycle.
 """SageMaker hosting played: endpoints and batch transform jobs answered by the models they name.
 
 moto records models, endpoint configs, endpoints and transform jobs but serves nothing: an endpoint
@@ -23,6 +22,9 @@ with no output. While a `Hosting` is entered:
 * CreateTransformJob is InProgress while each object under the input prefix is sent to the model,
   one request each, and its answer written to <output>/<key>.out; then Completed (or Failed with
   the first refusal).
+
+This module is over 300 lines because it is one stand-in, SageMaker hosting: Hosting and its ModelServers
+share one lifecycle.
 """
 
 from __future__ import annotations

@@ -1,4 +1,3 @@
-# Over 300 lines, kept whole: one concern, the in-memory DataModules and their resumable loaders.
 """Raw IDX files -> verified in-memory tensors -> batches sliced by index.
 
 Fetching and verifying the raw files is project.training.fetch's and project.training.raw's job (torch-free,
@@ -9,6 +8,9 @@ there is no per-sample Python work and no 70,000 image files.
 
 The training loader is resumable: its position within the epoch travels in every checkpoint, so a
 run stopped mid-epoch (spot reclaim, SIGTERM) continues with the first batch it had not trained on.
+
+This module is over 300 lines because it is one concern, the in-memory DataModules and their resumable
+loaders.
 """
 
 from __future__ import annotations

@@ -1,4 +1,3 @@
-# Over 300 lines, kept whole: one concern, what a run prints and logs while it trains (one line format).
 """What a run reports while it trains: the console lines, the loggers' per-step series, epoch numbers.
 
 The console of `invoke local`, `python -m project.training.train` and a SageMaker job (CloudWatch) shows
@@ -10,6 +9,9 @@ appear only with LIGHTNING_SAGEMAKER_DEBUG=1 (runtime.DEBUG_ENV).
 
 Epochs are 1-based wherever a user sees them: the progress bar, the metric lines, the `epoch`
 column of metrics.csv and TensorBoard's `epoch` series, the plots.
+
+This module is over 300 lines because it is one concern, what a run prints and logs while it trains, in one
+line format.
 """
 
 from __future__ import annotations

@@ -1,5 +1,3 @@
-# Over 300 lines: one run's whole path, from the Trainer built to the artifacts written, and the three ways a
-# process enters it (a SageMaker job, a saved config, overrides); its process plumbing is project/core/process.py.
 """Train a Lightning model from a Hydra config, on a laptop, a bare-metal GPU box or SageMaker.
 
 Run it:
@@ -9,6 +7,10 @@ Run it:
 Inside a SageMaker training container (SM_* variables set) it reads the resolved config that
 travelled with the job, the data channel, SM_MODEL_DIR, SM_OUTPUT_DATA_DIR and
 /opt/ml/checkpoints; everything else is identical.
+
+This module is over 300 lines because it is one run's whole path, from the Trainer built to the artifacts
+written, and the three ways a process enters it (a SageMaker job, a saved config, overrides); its process
+plumbing is project/core/process.py.
 """
 
 from __future__ import annotations
