@@ -136,26 +136,26 @@ def fold_all(fold, events):
 
 
 def test_the_sm_train_set_up_streams_as_one_line():
-    from project.aws import monitor
+    from project.aws import joblogs
 
     events = [("algo-1", 1_000 + 20 * i, line) for i, line in enumerate(SM_TRAIN_SETUP)]  # a line per 20 ms
-    shown = fold_all(monitor.SetupFold(), events)
+    shown = fold_all(joblogs.SetupFold(), events)
     # From "Starting training script" to the trace of the command: 124 lines, 123 x 20 ms apart.
     assert shown == ["set-up: 45 packages already installed, 2.5 s", *SM_TRAIN_SETUP[FIRST_OF_TRAINING:]]
 
 
 def test_each_hosts_set_up_folds_on_its_own_and_other_lines_pass():
-    from project.aws import monitor
+    from project.aws import joblogs
 
     hosts = [(f"job/algo-{h}", 1_000 + 10 * i, line) for i, line in enumerate(SM_TRAIN_SETUP) for h in (1, 2)]
     summary, first, *rest = ["set-up: 45 packages already installed, 1.2 s", *SM_TRAIN_SETUP[FIRST_OF_TRAINING:]]
-    assert fold_all(monitor.SetupFold(), hosts) == [summary, first, summary, first, *(x for x in rest for _ in "12")]
+    assert fold_all(joblogs.SetupFold(), hosts) == [summary, first, summary, first, *(x for x in rest for _ in "12")]
     no_set_up = ["epoch=1/1 val_acc=0.5", "+ a line of the job's own that starts with a plus"]
-    assert fold_all(monitor.SetupFold(), [("s", 0, line) for line in no_set_up]) == no_set_up
+    assert fold_all(joblogs.SetupFold(), [("s", 0, line) for line in no_set_up]) == no_set_up
 
 
 def test_a_set_up_that_fails_or_never_ends_is_shown_whole():
-    from project.aws import monitor
+    from project.aws import joblogs
 
     installing = SM_TRAIN_SETUP.index("Installing requirements")
     failed = [
@@ -163,13 +163,13 @@ def test_a_set_up_that_fails_or_never_ends_is_shown_whole():
         "ERROR: Could not find a version that satisfies the requirement torchmetrics==9.9 (from versions: none)",
         "An error occurred with exit code 1",
     ]
-    assert fold_all(monitor.SetupFold(), [("s", i, line) for i, line in enumerate(failed)]) == failed
+    assert fold_all(joblogs.SetupFold(), [("s", i, line) for i, line in enumerate(failed)]) == failed
     cut_short = SM_TRAIN_SETUP[:installing]  # the job stopped during the set-up
-    assert fold_all(monitor.SetupFold(), [("s", i, line) for i, line in enumerate(cut_short)]) == cut_short
+    assert fold_all(joblogs.SetupFold(), [("s", i, line) for i, line in enumerate(cut_short)]) == cut_short
 
 
 def test_the_set_up_summary_counts_what_pip_did():
-    from project.aws import monitor
+    from project.aws import joblogs
 
     events = [
         (0, "Starting training script"),
@@ -177,8 +177,8 @@ def test_the_set_up_summary_counts_what_pip_did():
         (30_000, "Successfully installed pillow-13.0.0 tensorboard-2.21.0"),
         (31_400, "Executing command: exec python3 sm_entry.py --launch 1"),
     ]
-    assert monitor.setup_summary(events) == "set-up: 2 packages installed, 1 already installed, 31.4 s"
-    assert monitor.setup_summary([events[0], events[-1]]) == "set-up: 31.4 s"
+    assert joblogs.setup_summary(events) == "set-up: 2 packages installed, 1 already installed, 31.4 s"
+    assert joblogs.setup_summary([events[0], events[-1]]) == "set-up: 31.4 s"
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from project.aws import init_source, monitor, sdk
+from project.aws import init_source, joblogs, monitor, sdk
 from project.aws.cost import budget_line, check_budget
 from project.aws.errors import aws_errors
 from project.aws.image import job_image
@@ -109,7 +109,7 @@ def parallel_limit(
 class Running:
     job: Job
     plan: JobPlan
-    tail: monitor.LogTail
+    tail: joblogs.LogTail
     last: tuple[str, str | None] = ("", None)  # (status, secondary status) last printed
 
     def progress(self) -> Iterator[str]:
@@ -327,7 +327,7 @@ class SweepSession:
                         results.append(JobResult(job.num, job.overrides, "Failed", plan.job_name, {}, reason=refused))
                         continue
                     self.echo(f"[job {job.num}] launched {plan.job_name}: {' '.join(job.overrides)}")
-                    running[plan.job_name] = Running(job, plan, monitor.LogTail(self.ctx.clients.logs, plan.job_name))
+                    running[plan.job_name] = Running(job, plan, joblogs.LogTail(self.ctx.clients.logs, plan.job_name))
                 time.sleep(self.poll_seconds)
                 for name, state in list(running.items()):
                     desc = monitor.describe(sm, name)

@@ -23,6 +23,7 @@ from typing import Any
 
 from project.aws import (
     init_source,
+    joblogs,
     monitor,
     sdk,
     source,  # noqa: F401 (registers s3:// data with project.training.fetch)
@@ -314,7 +315,7 @@ def logs(overrides: list[str], job_name: str | None, follow: bool, echo=print) -
         finish(ctx, name, echo, poll_seconds=10.0)
         return
     printed = 0
-    for line in monitor.LogTail(ctx.clients.logs, name).poll():
+    for line in joblogs.LogTail(ctx.clients.logs, name).poll():
         echo(line)
         printed += 1
     if not printed:
@@ -323,7 +324,7 @@ def logs(overrides: list[str], job_name: str | None, follow: bool, echo=print) -
 
 def diagnose(ctx: Context, desc: dict[str, Any]) -> triage.Triage:
     """The job's triage from its description and the last lines of each host's log."""
-    hosts = monitor.last_lines(ctx.clients.logs, desc["TrainingJobName"], triage.LOG_TAIL_LINES)
+    hosts = joblogs.last_lines(ctx.clients.logs, desc["TrainingJobName"], triage.LOG_TAIL_LINES)
     return triage.classify(triage.JobFacts.of(desc, hosts))
 
 
