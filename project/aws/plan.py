@@ -3,6 +3,10 @@
 `plan_job` turns a composed config and the Terraform outputs into a `JobPlan`; `validate_plan`
 refuses anything SageMaker would reject or that wastes money. Nothing here talks to AWS: the
 launch itself is project.aws.sdk's, the code channel project.aws.staging's.
+
+This module is over 300 lines because JobPlan is one record of all a training job is, with the summary a user
+confirms before the launch, and `plan_job`, which fills it from the config, is as long as the record; where a
+job reads its channels is project.aws.channels's.
 """
 
 from __future__ import annotations

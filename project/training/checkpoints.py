@@ -21,6 +21,9 @@ format: each rank writes its own shard of the weights and optimizer state (`__<r
 global rank 0 the index (`.metadata`) and the rest (`meta.pt`). Each host's local rank 0 renames
 and prunes the folders on its own disk; SageMaker's sync to the one checkpoint prefix puts the
 hosts' shards together, and a restart downloads the whole folder to every host.
+
+This module is over 300 lines because it is one concern, a run's checkpoints: the periodic save, the save on a
+stop and the resume agree on one format (loop progress, loader position, RNG state, the sharded folder).
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ SageMaker job syncs to S3, so a spot job started again continues the same MLflow
 `check` runs before anything is built: a tracker package that is not installed, or an MLflow tracking
 URI that no server answers, is one line and no run folder. mlflow and wandb are imported only here,
 inside the functions, and only when chosen.
+
+This module is over 300 lines because it is one concern, the experiment trackers: each is checked, built, kept
+across a resume and finished here, the one place mlflow and wandb are imported.
 """
 
 from __future__ import annotations
