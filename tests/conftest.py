@@ -1,4 +1,5 @@
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -14,11 +15,27 @@ pytest_plugins = ["tests.aws_fixtures"] if (ROOT / "tests" / "aws_fixtures.py").
 # goes wherever a worker is free. A module not listed joins the second group.
 TERRAFORM_FIXTURES = {"aws_infra", "terraform_applied"}
 TERRAFORM_GROUPS = ("terraform-applied-a", "terraform-applied-b")
-FIRST_HALF = {"test_sweep_sagemaker", "test_deploy", "test_iam", "test_terraform"}
+FIRST_HALF = {
+    "test_sweep_sagemaker",
+    "test_deploy",
+    "test_iam",
+    "test_terraform",
+    "test_registry",
+    "test_rollout",
+    "test_async",
+}
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", f"{MARKER}(**needs): skipped unless the machine has them (tests/requires.py)")
+    # The tests send Ctrl-C, SIGHUP and SIGQUIT to the processes they start. A signal ignored here
+    # (pytest started in the background of a script, or under nohup) would be ignored by every one
+    # of them too (an ignored signal stays ignored across exec): give each its default back.
+    for sig, handler in ((signal.SIGINT, signal.default_int_handler), (signal.SIGHUP, signal.SIG_DFL)):
+        if signal.getsignal(sig) == signal.SIG_IGN:
+            signal.signal(sig, handler)
+    if hasattr(signal, "SIGQUIT") and signal.getsignal(signal.SIGQUIT) == signal.SIG_IGN:
+        signal.signal(signal.SIGQUIT, signal.SIG_DFL)
 
 
 def terraform_group(item) -> str | None:

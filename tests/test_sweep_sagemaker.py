@@ -199,6 +199,16 @@ def test_bad_sweeps_launch_nothing(composed, world, data):  # noqa: F811
     for extra, message in cases:
         line = one_error_line(invoke("train", "-m", *sweep_overrides(world, data, name, **extra), "--yes"))
         assert message in line, (extra, line)
+    # A file-system channel: the VPC's way to it is checked as `invoke train` checks it, one line a problem.
+    network = {
+        "model.lr": "0.01,0.02",
+        "dataset.channels.train": "fsx://fs-0123456789abcdef0/fsx/data",
+        "aws.subnets": "[subnet-0a1b2c3d]",
+        "aws.security_groups": "[sg-0a1b2c3d]",
+    }
+    refused = invoke("train", "-m", *sweep_overrides(world, data, name, **network), "--yes")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
+    assert "error: subnet subnet-0a1b2c3d does not exist in this region" in refused.stderr, refused.stderr
     # Each job fits the budget; the two together do not.
     uploaded = invoke("upload", *sweep_overrides(world, data, name))
     assert uploaded.returncode == 0, uploaded.stderr

@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from project.aws import init_source, joblogs, monitor, sdk
+from project.aws import init_source, joblogs, monitor, sdk, vpc
 from project.aws.cost import budget_line, check_budget
 from project.aws.errors import aws_errors
 from project.aws.image import job_image
@@ -141,6 +141,7 @@ class SweepSession:
         # one for the whole sweep, unless its jobs differ in image kind or tracker or need packages it lacks.
         self.bundles: dict[tuple[str | None, frozenset[str]], str] = {}
         self.checked: set[tuple[str, tuple[tuple[str, str], ...]]] = set()  # (image, data channels) checked
+        self.networks: set[tuple[object, ...]] = set()  # (data channels, subnets, security groups) checked
         self.asked = False
         self.launched: list[JobPlan] = []  # the jobs earlier batches launched: the budget counts them
         self.packages: dict[int, dict[str, Path]] = {}  # job number -> the user packages it carries
@@ -196,6 +197,10 @@ class SweepSession:
             if (plan.image_uri, tuple(sorted(plan.channels.items()))) not in self.checked:
                 sdk.check_remote(plan, job.cfg, self.ctx.clients.ecr, self.ctx.clients.s3)
                 self.checked.add((plan.image_uri, tuple(sorted(plan.channels.items()))))
+            network = (tuple(sorted(plan.channels.items())), plan.subnets, plan.security_groups)
+            if plan.subnets and network not in self.networks:  # a file-system channel: the VPC's way to it
+                vpc.check_network(plan, self.ctx.clients.client)
+                self.networks.add(network)
 
     def earlier_jobs(self, plans: list[JobPlan]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
         """Jobs of these config hashes launched before (Search API, by tag): hash -> the description
