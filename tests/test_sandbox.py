@@ -74,10 +74,20 @@ def sandbox(tmp_path_factory):
     """The module's sandbox (start_sandbox); Ctrl-C at the end. No test stops it: the others share it."""
     started = start_sandbox(tmp_path_factory.mktemp("sandbox"))
     yield started
-    process = started["process"]
+    stopped_by_ctrl_c(started["process"])
+
+
+def stopped_by_ctrl_c(process: subprocess.Popen) -> tuple[str, str]:
+    """Ctrl-C, and its outputs once it has stopped; a sandbox that does not stop within a minute is
+    killed (nothing left running) and the test fails."""
     if process.poll() is None:
         process.send_signal(signal.SIGINT)
-        process.wait(timeout=60)
+    try:
+        return process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise
 
 
 @pytest.fixture(scope="module")
@@ -222,8 +232,7 @@ def test_it_answers_sagemaker_quotas_generously(aws):
 def test_ctrl_c_stops_it_cleanly(tmp_path):
     sandbox = start_sandbox(tmp_path)  # its own: the module's is shared, in any order
     process = sandbox["process"]
-    process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=60)
+    out, err = stopped_by_ctrl_c(process)
     assert process.returncode == 0, err
     assert "Traceback" not in out + err and out.strip().endswith("sandbox: stopped")
     with pytest.raises(OSError):
