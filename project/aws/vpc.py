@@ -36,26 +36,34 @@ def _code(exc: Exception) -> str:
 
 
 def _subnets(ec2: Any, ids: Iterable[str], problems: list[str]) -> dict[str, dict[str, Any]]:
-    found: dict[str, dict[str, Any]] = {}
-    for subnet in ids:  # one at a time: a missing one is named, not the whole call refused
-        try:
-            found[subnet] = ec2.describe_subnets(SubnetIds=[subnet])["Subnets"][0]
-        except ec2.exceptions.ClientError as exc:
-            if "NotFound" not in _code(exc):
-                raise
-            problems.append(f"subnet {subnet} does not exist in this region: fix {TERRAFORM_FIX}")
-    return found
+    fix = f"fix {TERRAFORM_FIX}"
+    return _each(lambda i: ec2.describe_subnets(SubnetIds=[i])["Subnets"][0], ec2, ids, "subnet", fix, problems)
 
 
 def _groups(ec2: Any, ids: Iterable[str], problems: list[str]) -> dict[str, dict[str, Any]]:
+    fix = "fix aws.security_groups"
+    return _each(
+        lambda i: ec2.describe_security_groups(GroupIds=[i])["SecurityGroups"][0],
+        ec2,
+        ids,
+        "security group",
+        fix,
+        problems,
+    )
+
+
+def _each(
+    describe: Any, ec2: Any, ids: Iterable[str], what: str, fix: str, problems: list[str]
+) -> dict[str, dict[str, Any]]:
+    """Each id described one at a time: a missing one is named (a problem line), not the whole call refused."""
     found: dict[str, dict[str, Any]] = {}
-    for group in ids:
+    for one in ids:
         try:
-            found[group] = ec2.describe_security_groups(GroupIds=[group])["SecurityGroups"][0]
+            found[one] = describe(one)
         except ec2.exceptions.ClientError as exc:
             if "NotFound" not in _code(exc):
                 raise
-            problems.append(f"security group {group} does not exist in this region: fix aws.security_groups")
+            problems.append(f"{what} {one} does not exist in this region: {fix}")
     return found
 
 
