@@ -68,9 +68,14 @@ def read_terraform_outputs(terraform_dir: Path) -> dict[str, object]:
     fix = f"run {_apply_command(terraform_dir)} (or {_config_hint()})"
     if not terraform_dir.is_dir():
         raise InfraError(f"no Terraform configuration at {terraform_dir}/: set aws.terraform_dir or {_config_hint()}")
-    local = _local_state_outputs(terraform_dir)
-    if local:  # what `terraform output -json` would print, without starting Terraform (about a second)
-        return {name: item.get("value") if isinstance(item, dict) else item for name, item in local.items()}
+    # What `terraform output -json` would print, read without starting Terraform (about a second).
+    outputs = _local_state_outputs(terraform_dir) or _asked_outputs(terraform_dir, fix)
+    # Each output is {"value": ..., "type": ..., "sensitive": ...}.
+    return {name: item.get("value") if isinstance(item, dict) else item for name, item in outputs.items()}
+
+
+def _asked_outputs(terraform_dir: Path, fix: str) -> dict[str, object]:
+    """`terraform output -json`'s object, or one line saying what went wrong and `fix`."""
     executable = shutil.which("terraform")
     if executable is None:
         raise InfraError(f"terraform is not installed ({INSTALL_URL}): install it and {fix}")
@@ -86,8 +91,7 @@ def read_terraform_outputs(terraform_dir: Path) -> dict[str, object]:
         raise InfraError(f"`terraform output -json` in {terraform_dir}/ printed no JSON object: {fix}")
     if not outputs:
         raise InfraError(f"Terraform has not been applied in {terraform_dir}/: {fix}")
-    # Each output is {"value": ..., "type": ..., "sensitive": ...}.
-    return {name: item.get("value") if isinstance(item, dict) else item for name, item in outputs.items()}
+    return outputs
 
 
 def _local_state_outputs(terraform_dir: Path) -> dict[str, object] | None:
