@@ -29,7 +29,7 @@ from project.aws.async_endpoints import (
 from project.aws.deploy_requests import DeployError, endpoint_config_request
 from project.serving.predict import expand_images, predict
 from tests import aws_calls, cli
-from tests.cli import one_error_line
+from tests.cli import refusal
 from tests.service_model import problems
 from tests.test_deploy import DIGITS, resources, world  # noqa: F401 (world: the module's fixture, shared)
 
@@ -115,7 +115,7 @@ def test_async_endpoint_deploy_predict_failure_undeploy(world, tmp_path):  # noq
         ("--async", "--serverless"): "--async and --serverless: pick one",
         ("--async", "--traffic", "10"): "--async with --traffic",
     }.items():
-        assert message in one_error_line(invoke("deploy", "tiny", "--yes", *args, *ovr)), args
+        assert message in refusal("deploy", "tiny", "--yes", *args, *ovr), args
     assert resources(sm) == before and scaling_state(world) == ([], [], [])
 
     made = invoke("deploy", "tiny", "--async", "--yes", *ovr)
@@ -142,7 +142,7 @@ def test_async_endpoint_deploy_predict_failure_undeploy(world, tmp_path):  # noq
     assert alarm["AlarmActions"] == [by_type["StepScaling"]["PolicyARN"]]
 
     # An async endpoint is not moved to another run.
-    moved = one_error_line(invoke("deploy", "tiny", "--update", "--yes", *ovr))
+    moved = refusal("deploy", "tiny", "--update", "--yes", *ovr)
     assert f"endpoint {ENDPOINT} is asynchronous and is not moved to another run" in moved
 
     remote = invoke("predict", "--endpoint", ENDPOINT, str(DIGITS), *ovr)
@@ -155,12 +155,12 @@ def test_async_endpoint_deploy_predict_failure_undeploy(world, tmp_path):  # noq
 
     bad = tmp_path / "scan.png"
     bad.write_bytes(b"not a png at all")  # the model's own reason, one line, exit 2; a failure object
-    assert one_error_line(invoke("predict", "--endpoint", ENDPOINT, str(bad), *ovr)) == (
+    assert refusal("predict", "--endpoint", ENDPOINT, str(bad), *ovr) == (
         f"error: {bad}: endpoint {ENDPOINT} refused it: request body: not an image (expected a PNG or JPEG file)"
     )
     (failure,) = s3.list_objects_v2(Bucket=bucket, Prefix=f"async/{ENDPOINT}/failure/")["Contents"]
     assert failure["Key"].endswith("-error.out")
-    pinned = one_error_line(invoke("predict", "--endpoint", ENDPOINT, str(DIGITS), "--variant", "tiny", *ovr))
+    pinned = refusal("predict", "--endpoint", ENDPOINT, str(DIGITS), "--variant", "tiny", *ovr)
     assert "is asynchronous, with one variant: drop --variant" in pinned
 
     gone = invoke("undeploy", ENDPOINT, *ovr)

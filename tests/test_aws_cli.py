@@ -30,7 +30,7 @@ from project.sandbox import record
 from project.sandbox import service as emulator
 from project.sandbox.ecr_iam import placeholder_manifest
 from tests import byo
-from tests.cli import invoke, one_error_line
+from tests.cli import invoke, one_error_line, refusal
 from tests.price_list import PriceListServer, fixture_products
 from tests.synthetic import write_dataset
 from tests.test_triage import CAPACITY, CUDA_OOM, NCCL_TIMEOUT
@@ -120,7 +120,7 @@ def test_upload_refused_by_a_bucket_policy_is_one_line(clients, dataset, reposit
 def test_upload_whose_checksum_lookup_is_refused_is_one_line(clients, dataset, repository, tmp_path):
     data = new_bucket(clients, "data")
     deny_objects(clients, data, "s3:*")  # HeadObject too: the checksum of what the bucket holds
-    line = one_error_line(invoke("upload", *overrides(tmp_path, dataset, repository, data, data)))
+    line = refusal("upload", *overrides(tmp_path, dataset, repository, data, data))
     assert re.search(rf"S3 HeadObject on s3://{data}/datasets/tiny/train/\S+\.gz refused: 403", line), line
     assert "s3:GetObject" in line and "aws sts get-caller-identity" in line
 
@@ -170,7 +170,7 @@ def test_train_whose_code_upload_is_refused_is_one_line(clients, dataset, reposi
 )
 def test_bad_resource_name_is_one_line_before_any_call(override, expected, dataset, repository, tmp_path):
     good = overrides(tmp_path, dataset, repository, "cli-never-data", "cli-never-art")
-    line = one_error_line(invoke("train", "--dry-run", *good, override))
+    line = refusal("train", "--dry-run", *good, override)
     assert expected in line, line
 
 
@@ -217,12 +217,12 @@ def test_job_tasks_take_the_job_by_name_or_by_its_folder(clients, dataset, repos
         assert by_name.returncode == 0 and by_path.returncode == 0, (task, by_name.stderr, by_path.stderr)
         assert name in by_path.stdout and by_path.stdout.splitlines()[0] == by_name.stdout.splitlines()[0], task
     not_done = f"error: training job {name} is InProgress, not Completed: nothing to fetch yet"
-    assert one_error_line(invoke("fetch", name, *args)) == one_error_line(invoke("fetch", f"runs/{name}/", *args))
-    assert one_error_line(invoke("fetch", f"runs/{name}", *args)) == not_done
+    assert refusal("fetch", name, *args) == refusal("fetch", f"runs/{name}/", *args)
+    assert refusal("fetch", f"runs/{name}", *args) == not_done
     with emulator.sagemaker_service():  # moto has no StopTrainingJob; the sandbox's SageMaker has
         stopped = invoke("stop", f"runs/{name}/", *args)
     assert stopped.returncode == 0 and stopped.stdout.startswith(f"stop requested for {name}:"), stopped.stderr
-    assert "names no training job (job names are 1-63 letters" in one_error_line(invoke("logs", "runs/my job/", *args))
+    assert "names no training job (job names are 1-63 letters" in refusal("logs", "runs/my job/", *args)
 
 
 def test_upload_of_your_own_dataset_needs_no_model(clients, tmp_path):
@@ -288,13 +288,13 @@ def test_custom_image_build_push_and_train_follow_the_tag_in_ecr(clients, datase
     given = custom_overrides(tmp_path, dataset, (url, None), data, artifacts)
     tag = content_tag(DEFAULT_BASE_IMAGE.format(region=REGION))
 
-    line = one_error_line(invoke("train", "--yes", *given))
+    line = refusal("train", "--yes", *given)
     assert line == (
         f"error: image tag {tag} is not in ECR repository {name}: "
         "run `invoke build && invoke push` (or use job.image=aws: no Docker)"
     )
     base = "acct.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.9.0-gpu-py312"
-    line = one_error_line(invoke("train", "--yes", *given, f"job.base_image={base}"))
+    line = refusal("train", "--yes", *given, f"job.base_image={base}")
     assert f"run `invoke build job.base_image={base} && invoke push job.base_image={base}`" in line
     assert content_tag(base) in line and content_tag(base) != tag
 
@@ -569,9 +569,7 @@ def test_why_of_a_capacity_failure_without_logs_links_the_jobs_streams(clients, 
 def test_why_of_no_job_or_an_unknown_one_is_one_line(dataset, repository, tmp_path):
     base = f"cli-none-{uuid.uuid4().hex[:6]}"
     args = overrides(tmp_path, dataset, repository, "cli-never-data", "cli-never-art", **{"job.base_name": base})
-    assert one_error_line(invoke("why", *args)) == (
-        f"error: no training jobs named {base}-*: launch one with `invoke train`"
-    )
-    assert one_error_line(invoke("why", "no-such-job", *args)) == (
+    assert refusal("why", *args) == (f"error: no training jobs named {base}-*: launch one with `invoke train`")
+    assert refusal("why", "no-such-job", *args) == (
         "error: no training job named 'no-such-job': `invoke status` lists recent jobs"
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from project.core import config as C
-from tests.cli import invoke, one_error_line
+from tests.cli import invoke, invoke_here, one_error_line
 from tests.requires import requires
 
 # The start line a training run prints (project.training.reporting.StartLine): a check that fails in the
@@ -24,9 +24,10 @@ def run_folders(runs: Path) -> list[Path]:
     return sorted(runs.iterdir()) if runs.exists() else []
 
 
-def refused(tiny_run, runs: Path, *case: str) -> str:
-    """`invoke local <tiny data> <case>`: the one error line, after checking nothing was left."""
-    result = invoke("local", *tiny_run(), *case)
+def refused(tiny_run, runs: Path, *case: str, here: bool = False) -> str:
+    """`invoke local <tiny data> <case>`: the one error line, after checking nothing was left.
+    here: a refusal of the invoke process itself, run in this one (tests/cli.py's invoke_here)."""
+    result = (invoke_here if here else invoke)("local", *tiny_run(), *case)
     line = one_error_line(result)
     assert run_folders(runs) == [], run_folders(runs)
     return line + "\n" + result.stdout
@@ -47,7 +48,7 @@ def refused(tiny_run, runs: Path, *case: str) -> str:
 )
 def test_a_bad_value_the_config_can_know_is_one_line_before_training_starts(tiny_run, tmp_path, case, key):
     runs = tmp_path / "runs"
-    said = refused(tiny_run, runs, case)
+    said = refused(tiny_run, runs, case, here=True)
     assert key in said
     assert STARTED not in said
     assert not (tmp_path.parent / "escape").exists() and not (tmp_path / "escape").exists()

@@ -39,7 +39,7 @@ from project.sandbox import service as emulator
 from project.serving.predict import predict
 from project.training.train import run_composed
 from tests import cli
-from tests.cli import one_error_line
+from tests.cli import refusal
 from tests.synthetic import make_glyphs, tiny_overrides, write_dataset
 from tests.test_interrupts import ctrl_c, start_invoke
 
@@ -158,13 +158,13 @@ def test_deploy_predict_list_update_undeploy(world, tmp_path):
     assert by_name.returncode == 0 and by_name.stdout == local.stdout, by_name.stderr
     bad = tmp_path / "scan.png"
     bad.write_bytes(b"not a png at all")  # the model's own reason, one line, exit 2
-    assert one_error_line(invoke("predict", "--endpoint", "tiny", str(bad), *ovr)) == (
+    assert refusal("predict", "--endpoint", "tiny", str(bad), *ovr) == (
         f"error: {bad}: endpoint tiny refused it: request body: not an image (expected a PNG or JPEG file)"
     )
     listed = invoke("endpoints", *ovr)
     assert "IDLE" not in [line for line in listed.stdout.splitlines() if line.startswith("tiny ")][0]
 
-    exists = one_error_line(invoke("deploy", "tiny", "--yes", *ovr))
+    exists = refusal("deploy", "tiny", "--yes", *ovr)
     assert "endpoint tiny exists (InService): pass --update" in exists
 
     updated = invoke("deploy", "tiny", "--update", "--yes", *ovr)
@@ -179,7 +179,7 @@ def test_deploy_predict_list_update_undeploy(world, tmp_path):
     assert resources(sm) == before and "tiny" not in world["service"].hosting.servers
     again = invoke("undeploy", "tiny", *ovr)
     assert again.returncode == 0 and "no such endpoint (nothing to remove)" in again.stdout
-    missing = one_error_line(invoke("predict", "--endpoint", "tiny", str(DIGITS), *ovr))
+    missing = refusal("predict", "--endpoint", "tiny", str(DIGITS), *ovr)
     assert "no endpoint tiny" in missing or "not found" in missing
 
 
@@ -262,7 +262,7 @@ def test_batch_predict_arrays_for_a_model_that_is_not_a_classifier(world, tmp_pa
     assert resources(sm) == before
 
     (arrays / "digit.png").write_bytes((DIGITS / "mnist-test-0-label7.png").read_bytes())
-    line = one_error_line(invoke("batch-predict", "raw", str(arrays), *ovr, f"paths.runs_dir={runs}"))
+    line = refusal("batch-predict", "raw", str(arrays), *ovr, f"paths.runs_dir={runs}")
     assert "mixes application/x-image and application/x-npy: a transform job reads one kind" in line
     assert resources(sm) == before
 
@@ -285,7 +285,7 @@ def test_bad_input_is_one_line_and_creates_nothing(world, tmp_path):
         ("batch-predict", "tiny", str(DIGITS), "deploy.framework_version=2.8"): "deploy.framework_version=2.8: the",
     }
     for (*args, choice), message in image_cases.items():
-        assert message in one_error_line(invoke(*args, *ovr, choice)), args
+        assert message in refusal(*args, *ovr, choice), args
     cases = {
         ("deploy", "no-such-run", "--yes"): "no run folder",
         ("deploy", "deploy-running", "--yes"): "deploy-running is InProgress, not Completed",
@@ -302,7 +302,7 @@ def test_bad_input_is_one_line_and_creates_nothing(world, tmp_path):
         ("undeploy",): "name the endpoint(s) to remove",
     }
     for args, message in cases.items():
-        assert message in one_error_line(invoke(*args, *ovr)), args
+        assert message in refusal(*args, *ovr), args
     assert resources(sm) == before
 
     # What `invoke predict` refuses, batch-predict refuses before it uploads or makes a transform job.
@@ -310,12 +310,12 @@ def test_bad_input_is_one_line_and_creates_nothing(world, tmp_path):
     scans.mkdir()
     shutil.copy(DIGITS / "mnist-test-0-label7.png", scans)
     (scans / "torn.png").write_bytes(b"not a png at all")
-    local = one_error_line(invoke("predict", str(world["run_dir"]), str(scans)))
+    local = refusal("predict", str(world["run_dir"]), str(scans))
     assert local == f"error: {scans / 'torn.png'}: not an image (expected a PNG or JPEG file)"
     jobs = sm.list_transform_jobs()["TransformJobSummaries"]
     s3 = world["clients"].s3
     staged = s3.list_objects_v2(Bucket=world["infra"].artifacts_bucket, Prefix="batch/").get("KeyCount", 0)
-    line = one_error_line(invoke("batch-predict", "tiny", str(scans), *ovr))
+    line = refusal("batch-predict", "tiny", str(scans), *ovr)
     assert line == f"{local}: nothing uploaded, no transform job made"
     assert sm.list_transform_jobs()["TransformJobSummaries"] == jobs and resources(sm) == before
     assert s3.list_objects_v2(Bucket=world["infra"].artifacts_bucket, Prefix="batch/").get("KeyCount", 0) == staged
@@ -405,7 +405,7 @@ def test_a_completed_job_serves_its_own_archive(world):
     uri = finished_job(world, "deploy-done", members)
     old = finished_job(world, "deploy-old", {"model.ts": model_dir / "model.ts"})
 
-    refused = one_error_line(invoke("deploy", "deploy-old", "--yes", *ovr))
+    refused = refusal("deploy", "deploy-old", "--yes", *ovr)
     assert f"training job deploy-old's {old} cannot be served: it holds no code/inference.py" in refused
     assert resources(sm) == before
 

@@ -26,7 +26,7 @@ from project.core.errors import UserError
 from project.sandbox.pipes import PipeFeed
 from project.training import imagetree, pipe
 from project.training.imagefolder import ImageFolderDataModule
-from tests.cli import invoke, one_error_line
+from tests.cli import refusal
 from tests.imagetrees import write_tree
 from tests.service_model import problems
 from tests.test_jobs import CUSTOM, INFRA, plan
@@ -179,9 +179,9 @@ def test_pipe_where_it_does_not_help_is_one_line(overrides, message):
 
 
 def test_invoke_local_refuses_pipe_on_mnist_and_a_bad_mode_in_one_line():
-    line = one_error_line(invoke("local", "+dataset.input_modes.train=Pipe"))
+    line = refusal("local", "+dataset.input_modes.train=Pipe")
     assert "dataset mnist is a few files read once" in line and "FastFile or File is the better choice" in line
-    line = one_error_line(invoke("local", "+dataset.input_modes.train=Stream"))
+    line = refusal("local", "+dataset.input_modes.train=Stream")
     assert "dataset.input_modes.train=Stream" in line and "File, FastFile, Pipe" in line
 
 

@@ -22,7 +22,7 @@ from project.core import config as C
 from project.sandbox import service as emulator
 from project.training.train import run_composed
 from tests import aws_calls, cli
-from tests.cli import one_error_line
+from tests.cli import one_error_line, refusal
 from tests.service_model import problems
 from tests.synthetic import make_glyphs, tiny_overrides, write_dataset
 
@@ -106,7 +106,7 @@ def test_register_gate_approve_and_deploy_latest(world):
         ("deploy", "model:latest", "--yes"): f"no Approved version in model group {group}",
     }
     for args, message in cases.items():
-        assert message in one_error_line(invoke(*args, *ovr)), args
+        assert message in refusal(*args, *ovr), args
     assert _versions(sm, group) == []
 
     a = invoke("register", "reg-a", *ovr)
@@ -125,7 +125,7 @@ def test_register_gate_approve_and_deploy_latest(world):
 
     approved = invoke("approve", f"{group}/1", *ovr)
     assert approved.returncode == 0 and "PendingManualApproval -> Approved" in approved.stdout, approved.stderr
-    assert "already Approved: nothing changed" in one_error_line(invoke("approve", f"{group}/1", *ovr))
+    assert "already Approved: nothing changed" in refusal("approve", f"{group}/1", *ovr)
     kept = _described(sm, group, 1)["CustomerMetadataProperties"]
     assert kept == props  # an approval keeps what register recorded
 
@@ -148,8 +148,8 @@ def test_register_gate_approve_and_deploy_latest(world):
     assert rows[1].split()[:3] == [f"{group}/2", "PendingManualApproval", "reg-c"] and rows[1].endswith("forced")
     assert rows[2].split()[:3] == [f"{group}/1", "Approved", "reg-a"] and rows[2].endswith("passed")
 
-    assert "is PendingManualApproval, not Approved" in one_error_line(invoke("deploy", "model:2", "--yes", *ovr))
-    assert "no version 7 in model group" in one_error_line(invoke("deploy", "model:7", "--yes", *ovr))
+    assert "is PendingManualApproval, not Approved" in refusal("deploy", "model:2", "--yes", *ovr)
+    assert "no version 7 in model group" in refusal("deploy", "model:7", "--yes", *ovr)
     rejected = invoke("reject", f"{group}/2", *ovr)
     assert rejected.returncode == 0 and "PendingManualApproval -> Rejected" in rejected.stdout, rejected.stderr
 

@@ -32,7 +32,7 @@ from project.aws.rollout_requests import (
 )
 from project.sandbox.bluegreen import TIME_SCALE_ENV, shares
 from tests import aws_calls, cli
-from tests.cli import one_error_line
+from tests.cli import one_error_line, refusal
 from tests.service_model import problems
 from tests.test_deploy import resources, world  # noqa: F401 (world: the module's fixture, shared)
 
@@ -180,7 +180,7 @@ def test_a_canary_rolled_back_by_an_alarm_and_one_that_completes(world, tmp_path
         ),
         ("--traffic", "10", "--canary", "10"): "--traffic adds a variant with its share at once: drop --canary",
     }.items():
-        assert message in one_error_line(invoke("deploy", str(new), "--update", "--yes", *args, *ovr)), args
+        assert message in refusal("deploy", str(new), "--update", "--yes", *args, *ovr), args
     assert [c.operation for c in aws_calls.read_calls(record, refused_at) if c.is_task] == []
     assert resources(sm) == serving and _alarms(cloudwatch) == []
 

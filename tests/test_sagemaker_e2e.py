@@ -33,7 +33,7 @@ from project.sandbox.ecr_iam import placeholder_manifest
 from project.training import imagetree
 from project.training.train import run_composed
 from tests import aws_calls, byo, cli
-from tests.cli import one_error_line
+from tests.cli import one_error_line, refusal
 from tests.imagetrees import write_tree
 from tests.mlflow_server import mlflow_server
 from tests.requires import skip_unless
@@ -407,7 +407,7 @@ def test_invalid_launches_and_missing_things_are_one_clean_line(world, data, tmp
         ([], f"no data under {train_uri} (channel train): run `invoke upload` first"),
     ]
     for extra, message in cases:
-        line = one_error_line(invoke("train", *overrides, *extra, "--yes"))
+        line = refusal("train", *overrides, *extra, "--yes")
         assert message in line, (extra, line)
     assert len(sm.list_training_jobs(MaxResults=100)["TrainingJobSummaries"]) == before  # nothing launched
 
@@ -419,9 +419,9 @@ def test_invalid_launches_and_missing_things_are_one_clean_line(world, data, tmp
     assert "Terraform has not been applied" in line and "terraform" in line and "apply" in line
 
     for task in ("fetch", "logs", "status", "why"):
-        line = one_error_line(invoke(task, "no-such-job", *world["infra_overrides"]))
+        line = refusal(task, "no-such-job", *world["infra_overrides"])
         assert line == "error: no training job named 'no-such-job': `invoke status` lists recent jobs", (task, line)
-    line = one_error_line(invoke("stop", "no-such-job", *world["infra_overrides"]))
+    line = refusal("stop", "no-such-job", *world["infra_overrides"])
     assert "no training job named 'no-such-job'" in line
 
     nobody = {

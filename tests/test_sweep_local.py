@@ -13,7 +13,7 @@ from project.core import startup
 from project.core.sweep_jobs import JobResult
 from project.face.sweep import FinalMetrics
 from project.face.sweep_results import ranked, swept_values
-from tests.cli import invoke, one_error_line
+from tests.cli import invoke, one_error_line, refusal
 from tests.imagetrees import write_tree
 
 
@@ -77,7 +77,7 @@ def test_local_sweep_runs_each_job_in_its_own_folder_and_ranks_them(tiny_run, tm
     chosen = invoke("runs", runs_dir, "--metric", f"val_acc>{threshold}")
     passing = [f"{sweep_dir.name}/{r['job']}" for r in rows if float(r["val_acc"]) > threshold]
     assert [line.split()[0] for line in chosen.stdout.splitlines() if " local " in line] == passing
-    assert one_error_line(invoke("runs", runs_dir, "--since", "yesterday")).startswith("error: --since 'yesterday'")
+    assert refusal("runs", runs_dir, "--since", "yesterday").startswith("error: --since 'yesterday'")
 
     compared = invoke("compare", str(sweep_dir / "0"), str(sweep_dir / "1"))
     assert compared.returncode == 0, compared.stderr

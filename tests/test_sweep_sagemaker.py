@@ -30,7 +30,7 @@ from project.sandbox import quotas as sandbox_quotas
 from project.sandbox import service as emulator
 from project.training.train import run_composed
 from tests import cli
-from tests.cli import one_error_line
+from tests.cli import refusal
 from tests.synthetic import tiny_overrides
 from tests.test_sagemaker_e2e import data, job_overrides, long_data, wait_for_periodic_checkpoint, world  # noqa: F401
 
@@ -197,7 +197,7 @@ def test_bad_sweeps_launch_nothing(composed, world, data):  # noqa: F811
         ),
     ]
     for extra, message in cases:
-        line = one_error_line(invoke("train", "-m", *sweep_overrides(world, data, name, **extra), "--yes"))
+        line = refusal("train", "-m", *sweep_overrides(world, data, name, **extra), "--yes")
         assert message in line, (extra, line)
     # A file-system channel: the VPC's way to it is checked as `invoke train` checks it, one line a problem.
     network = {
@@ -216,13 +216,13 @@ def test_bad_sweeps_launch_nothing(composed, world, data):  # noqa: F811
     one_job = composed(**{k: v.split(",")[0] for k, v in two.items()})
     worst = price_per_hour(one_job) * 1.0
     budget = round(worst * 1.5, 2)
-    line = one_error_line(
-        invoke("train", "-m", *sweep_overrides(world, data, name, **two, **{"job.max_cost_usd": str(budget)}), "--yes")
+    line = refusal(
+        "train", "-m", *sweep_overrides(world, data, name, **two, **{"job.max_cost_usd": str(budget)}), "--yes"
     )
     assert f"this sweep of 2 jobs can cost up to ${2 * worst:.2f}, over job.max_cost_usd=${budget:.2f}" in line, line
     # The instance type's quota must fit one job before anything is launched.
     with sandbox_quotas.set_quota("ml.m5.xlarge for training job usage", 0):
-        line = one_error_line(invoke("train", "-m", *sweep_overrides(world, data, name, **two), "--yes"))
+        line = refusal("train", "-m", *sweep_overrides(world, data, name, **two), "--yes")
     assert "quota 'ml.m5.xlarge for training job usage' is 0" in line, line
     assert len(sm.list_training_jobs(MaxResults=100)["TrainingJobSummaries"]) == before
 

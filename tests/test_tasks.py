@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from invoke.parser import Parser
 
-from tests.cli import invoke, one_error_line
+from tests.cli import invoke, one_error_line, refusal
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "pytorch_lightning", "lightning", "sagemaker", "hydra", "boto3", "matplotlib", "mlflow", "wandb")
@@ -117,15 +117,15 @@ def test_compare_of_a_missing_or_unfinished_run_says_so(tmp_path):
     runs = tmp_path / "runs"
     (runs / "half" / "checkpoints").mkdir(parents=True)  # interrupted: a checkpoint, no metrics.json
     at = f"paths.runs_dir={runs}"
-    assert one_error_line(invoke("compare", "half", "other", at)) == (
+    assert refusal("compare", "half", "other", at) == (
         f"error: {runs / 'half'} has no metrics.json: its training did not finish "
         "(`invoke runs` lists the finished runs)"
     )
-    assert one_error_line(invoke("compare", "runs/nope/", "half", at)) == (
+    assert refusal("compare", "runs/nope/", "half", at) == (
         "error: no run runs/nope/: no such folder (`invoke runs` lists the runs)"
     )
     # A bare name may be a SageMaker job: asked there, and where that cannot be, the line says both.
-    missing = one_error_line(invoke("compare", "nope", "half", at, "aws.terraform_dir=no-such-terraform"))
+    missing = refusal("compare", "nope", "half", at, "aws.terraform_dir=no-such-terraform")
     assert missing.startswith(f"error: no run nope in {runs}, and none fetched from SageMaker: "), missing
 
 

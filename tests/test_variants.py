@@ -23,7 +23,7 @@ from project.core import config as C
 from project.serving.predict import predict
 from project.training.train import run_composed
 from tests import aws_calls, cli
-from tests.cli import one_error_line
+from tests.cli import one_error_line, refusal
 from tests.service_model import problems
 from tests.synthetic import make_glyphs, tiny_overrides, write_dataset
 from tests.test_deploy import resources, world  # noqa: F401 (world: the module's fixture, shared)
@@ -115,7 +115,7 @@ def test_a_b_variants_through_the_cli(world, run_b, tmp_path):  # noqa: F811
         ("traffic", "no-such", "tiny=100"): "no endpoint no-such to shift traffic on",
     }
     for args, message in cases.items():
-        assert message in one_error_line(invoke(*args, *ovr)), args
+        assert message in refusal(*args, *ovr), args
     assert resources(sm) == deployed
 
     added = invoke("deploy", str(run_b), "deploy.endpoint_name=ab", "--traffic", "10", "--yes", *ovr)
@@ -186,7 +186,7 @@ def test_a_b_variants_through_the_cli(world, run_b, tmp_path):  # noqa: F811
         ("traffic", "ab", "tiny-b=100", "--retire", "nope"): "endpoint ab has no variant nope",
         ("traffic", "ab", "tiny-b=50", "tiny=50", "--retire", "tiny"): "--retire tiny but tiny=50",
     }.items():
-        assert message in one_error_line(invoke(*args, *ovr)), args
+        assert message in refusal(*args, *ovr), args
     shifted = invoke("traffic", "ab", "tiny-b=50", "tiny=50", *ovr)
     assert shifted.returncode == 0 and "endpoint ab: tiny 50%, tiny-b 50%" in shifted.stdout, shifted.stderr
     assert _weights(sm, "ab") == {"tiny": 50.0, "tiny-b": 50.0}
