@@ -23,6 +23,7 @@ from project.core.errors import UserError
 from project.training.raw import DataError
 from project.training.resolve import resolve
 from tests.aws_fixtures import run_terraform, terraform_env
+from tests.requires import requires
 from tests.service_model import problems
 
 INFRA = Infra(
@@ -218,8 +219,16 @@ def network(moto_endpoint):
     ec2.authorize_security_group_ingress(
         GroupId=ids["jobs_sg"],
         IpPermissions=[
-            {"IpProtocol": "tcp", "FromPort": port, "ToPort": port, "UserIdGroupPairs": [{"GroupId": ids["jobs_sg"]}]}
-            for port in (988, 2049)
+            {"IpProtocol": "tcp", "FromPort": low, "ToPort": high, "UserIdGroupPairs": [{"GroupId": ids["jobs_sg"]}]}
+            for low, high in ((988, 988), (1018, 1023), (2049, 2049))
+        ],
+    )
+    # Lustre's 988 only: its clients also talk on 1018-1023.
+    ids["half_sg"] = ec2.create_security_group(GroupName=f"half-{tag}", Description="x", VpcId=vpc_a)["GroupId"]
+    ec2.authorize_security_group_ingress(
+        GroupId=ids["half_sg"],
+        IpPermissions=[
+            {"IpProtocol": "tcp", "FromPort": 988, "ToPort": 988, "UserIdGroupPairs": [{"GroupId": ids["half_sg"]}]}
         ],
     )
     ids["closed_sg"] = ec2.create_security_group(GroupName=f"closed-{tag}", Description="x", VpcId=vpc_a)["GroupId"]
@@ -296,7 +305,15 @@ def test_a_network_that_reaches_the_file_system_and_s3_passes(composed, network,
             "fsx://{fsx}/fsx/data",
             ["a1"],
             ["closed_sg"],
-            "no security group of {fsx} ({closed_sg}) admits TCP 988 from the job's ({closed_sg}): add an inbound "
+            "no security group of {fsx} ({closed_sg}) admits TCP 988 and 1018-1023 from the job's ({closed_sg}): add "
+            "an inbound rule for 988 and 1018-1023 from the job's security group (terraform/ makes one that admits "
+            "itself)",
+        ),
+        (
+            "fsx://{fsx}/fsx/data",
+            ["a1"],
+            ["half_sg"],
+            "no security group of {fsx} ({half_sg}) admits TCP 1018-1023 from the job's ({half_sg}): add an inbound "
             "rule for 988 and 1018-1023 from the job's security group (terraform/ makes one that admits itself)",
         ),
         (
@@ -315,7 +332,7 @@ def test_a_network_that_reaches_the_file_system_and_s3_passes(composed, network,
             "route for 0.0.0.0/0",
         ),
     ],
-    ids=["missing", "other-vpc", "other-zone", "port-closed", "efs-port-closed", "no-s3-route"],
+    ids=["missing", "other-vpc", "other-zone", "port-closed", "lustre-988-only", "efs-port-closed", "no-s3-route"],
 )
 def test_each_network_problem_is_one_line_naming_the_piece_and_the_fix(
     composed, network, channel, subnets, groups, expected
@@ -389,7 +406,7 @@ def fs_job(vpc: dict | None) -> dict:
 
 
 def test_the_sandbox_links_the_file_systems_folder_where_sagemaker_mounts_it(tmp_path, monkeypatch):
-    from project.sandbox.optml import FILE_SYSTEMS_ENV, SandboxError, prepare_tree
+    from project.sandbox.optml import FILE_SYSTEMS_ENV, SandboxError, file_system_mounts, prepare_tree
 
     data = tmp_path / "fs" / "fs-0123456789abcdef0" / "datasets" / "mnist"
     data.mkdir(parents=True)
@@ -402,6 +419,33 @@ def test_the_sandbox_links_the_file_systems_folder_where_sagemaker_mounts_it(tmp
         prepare_tree(tmp_path / "tree", fs_job(None), s3=None)
     prepare_tree(tmp_path / "tree", fs_job(vpc), s3=None)
     channel = tmp_path / "tree" / "input" / "data" / "train"
-    assert [p.name for p in channel.iterdir()] == ["train-images-idx3-ubyte.gz"]  # the mount name is the root
+    assert channel.is_dir() and not any(channel.iterdir())  # a mount point, bound when the container starts
+    # The mount name is the file system's root: /fsx/datasets/mnist is <id>/datasets/mnist.
+    assert file_system_mounts(fs_job(vpc)) == [(data, "/opt/ml/input/data/train")]
     config = json.loads((tmp_path / "tree" / "input" / "config" / "inputdataconfig.json").read_text())
     assert config == {"train": {"TrainingInputMode": "File", "RecordWrapperType": "None"}}
+
+
+@requires(container=True)
+def test_a_file_system_channel_is_read_only_in_the_container(tmp_path):
+    """SageMaker mounts a FileSystemDataSource read-only: a job reads it, and its write fails there as here."""
+    import subprocess
+
+    from project.sandbox.container import namespace_argv
+
+    tree, data = tmp_path / "tree", tmp_path / "fs" / "data"
+    (tree / "input" / "data" / "train").mkdir(parents=True)
+    data.mkdir(parents=True)
+    (data / "shard-0.tar").write_bytes(b"x")
+    script = "ls /opt/ml/input/data/train && touch /opt/ml/input/data/train/written"
+    argv = namespace_argv(tree, ["sh", "-c", script], read_only=[(data, "/opt/ml/input/data/train")])
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert "shard-0.tar" in done.stdout, done.stdout + done.stderr
+    assert done.returncode != 0 and "Read-only file system" in done.stderr, done.stderr
+    assert sorted(p.name for p in data.iterdir()) == ["shard-0.tar"]  # nothing written to the file system
+
+
+def test_ports_are_written_as_a_reader_writes_them():
+    assert filesystems.port_text(filesystems.FSX.ports) == "988 and 1018-1023"
+    assert filesystems.port_text([2049]) == "2049"
+    assert filesystems.port_text([1, 2, 3, 7, 9, 10]) == "1-3, 7 and 9-10"

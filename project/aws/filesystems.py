@@ -9,7 +9,7 @@ schemes with the training storey's sources, beside s3://. Standard library only.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -26,20 +26,30 @@ MOUNT_NAME = re.compile(r"[a-z0-9]{1,8}")  # FSx for Lustre: 8 characters (fsx f
 class Kind:
     scheme: str  # fsx, efs
     file_system_type: str  # SageMaker's FileSystemType
-    port: int  # what the security group must admit (Lustre's 988, NFS's 2049)
-    ports: str  # every port the file system's clients use, for the messages
+    ports: tuple[int, ...]  # what the security group must admit: Lustre's 988 and 1018-1023, NFS's 2049
     mount_hint: str  # how to mount it on Linux, {id} and {dir} filled in
 
 
 FSX = Kind(
     "fsx",
     "FSxLustre",
-    988,
-    "988 and 1018-1023",
+    (988, *range(1018, 1024)),
     "sudo mount -t lustre -o relatime,flock <DNSName>@tcp:/<MountName> {dir}",
 )
-EFS = Kind("efs", "EFS", 2049, "2049", "sudo mount -t efs -o tls {id}:/ {dir} (amazon-efs-utils)")
+EFS = Kind("efs", "EFS", (2049,), "sudo mount -t efs -o tls {id}:/ {dir} (amazon-efs-utils)")
 KINDS = {kind.scheme: kind for kind in (FSX, EFS)}
+
+
+def port_text(ports: Iterable[int]) -> str:
+    """988, 1018, ..., 1023 as `988 and 1018-1023`: the ports as a reader writes them."""
+    runs: list[list[int]] = []
+    for port in sorted(ports):
+        if runs and port == runs[-1][1] + 1:
+            runs[-1][1] = port
+        else:
+            runs.append([port, port])
+    parts = [f"{a}" if a == b else f"{a}-{b}" for a, b in runs]
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
 class FileSystemURIError(UserError):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from project.aws.errors import aws_errors
-from project.aws.filesystems import FSX, FileSystemChannel
+from project.aws.filesystems import FSX, FileSystemChannel, port_text
 from project.aws.plan import JobPlan, LaunchError
 
 TERRAFORM_FIX = "aws.subnets / subnet_ids in terraform/"
@@ -159,11 +159,13 @@ def _check_place(
             )
     fs_groups = place.groups if place.groups is not None else job_groups
     rules = [rule for group in fs_groups if group in groups for rule in groups[group].get("IpPermissions", [])]
-    if job_groups and not any(_admits(rule, fs.kind.port, job_groups) for rule in rules):
+    closed = [port for port in fs.kind.ports if not any(_admits(rule, port, job_groups) for rule in rules)]
+    if job_groups and closed:
+        fs_names, job_names = ", ".join(sorted(fs_groups)), ", ".join(sorted(job_groups))
         problems.append(
-            f"no security group of {fs.file_system_id} ({', '.join(sorted(fs_groups))}) admits TCP {fs.kind.port} "
-            f"from the job's ({', '.join(sorted(job_groups))}): add an inbound rule for {fs.kind.ports} from "
-            "the job's security group (terraform/ makes one that admits itself)"
+            f"no security group of {fs.file_system_id} ({fs_names}) admits TCP {port_text(closed)} from the job's "
+            f"({job_names}): add an inbound rule for {port_text(fs.kind.ports)} from the job's security group "
+            "(terraform/ makes one that admits itself)"
         )
 
 

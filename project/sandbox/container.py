@@ -14,12 +14,14 @@ the container has ended, and its S3 ends with it, so a checkpoint saved then wou
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -32,11 +34,17 @@ LOG_FLUSH_SECONDS = 0.5
 PROBE_TIMEOUT_SECONDS = 30
 
 
-def namespace_argv(tree: Path, command: list[str]) -> list[str]:
-    """`command` as PID 1 of new mount and PID namespaces, with `tree` bind-mounted at /opt/ml."""
+def namespace_argv(tree: Path, command: list[str], read_only: Sequence[tuple[Path, str]] = ()) -> list[str]:
+    """`command` as PID 1 of new mount and PID namespaces, with `tree` bind-mounted at /opt/ml, and
+    each (folder, path in the container) of `read_only` bound there read-only (a file system channel:
+    SageMaker mounts it read-only, and a job writing to it must fail here as it would there)."""
     # Without root, a user namespace (mapping this user to root) grants the mount and PID namespaces.
     user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
-    script = 'mount --bind "$1" ' + CONTAINER_ROOT + ' && shift && cd / && exec "$@"'
+    script = 'mount --bind "$1" ' + CONTAINER_ROOT
+    for folder, inside in read_only:
+        target = shlex.quote(inside)
+        script += f" && mount --bind {shlex.quote(str(folder))} {target} && mount -o remount,bind,ro {target}"
+    script += ' && shift && cd / && exec "$@"'
     # --fork makes `command` PID 1 of the new PID namespace, as a container's entry point is.
     namespaces = ["--mount", "--pid", "--fork", "--mount-proc", "--propagation", "private"]
     namespaces.append("--kill-child")  # PID 1 dies with unshare (SIGKILL), and the namespace with PID 1

@@ -235,10 +235,21 @@ def _file_system_folder(channel: dict[str, Any], vpc: dict[str, Any] | None) -> 
     return folder
 
 
+def file_system_mounts(desc: Desc) -> list[tuple[Path, str]]:
+    """(folder here, channel path in the container) of each FileSystemDataSource channel of the job."""
+    return [
+        (_file_system_folder(channel, desc.get("VpcConfig")), f"{CONTAINER_ROOT}/input/data/{channel['ChannelName']}")
+        for channel in desc.get("InputDataConfig", [])
+        if "FileSystemDataSource" in channel["DataSource"]
+    ]
+
+
 def _download_channel(s3: Any, channel: dict[str, Any], tree: Path, vpc: dict[str, Any] | None = None) -> None:
     if "FileSystemDataSource" in channel["DataSource"]:
-        # Mounted, not downloaded: the job reads the file system's folder in place.
-        (tree / "input/data" / channel["ChannelName"]).symlink_to(_file_system_folder(channel, vpc))
+        # Mounted, not downloaded: the job reads the file system's folder in place, bound read-only
+        # on this empty mount point when the container starts (file_system_mounts).
+        _file_system_folder(channel, vpc)  # one that cannot be mounted fails the job before it starts
+        (tree / "input/data" / channel["ChannelName"]).mkdir()
         return
     source = channel["DataSource"].get("S3DataSource")
     kind = None if source is None else source.get("S3DataType", "S3Prefix")

@@ -18,7 +18,7 @@ from typing import Any
 
 from project.sandbox import record
 from project.sandbox.container import STOP_GRACE_SECONDS, Container, LogStream, namespace_argv
-from project.sandbox.optml import HOST, Desc, SandboxError, container_env, prepare_tree
+from project.sandbox.optml import HOST, Desc, SandboxError, container_env, file_system_mounts, prepare_tree
 from project.sandbox.pipes import start_feeds
 from project.sandbox.results import failure_reason, final_metrics, sync_checkpoints, upload_archives
 
@@ -107,7 +107,7 @@ def _run_container(
     desc: Desc, tree: Path, running: dict[str, Container], logs: Any, options: RunOptions, started: float
 ) -> _Ended:
     """The entry point until it exits, stopped by StopTrainingJob (via `running`) or MaxRuntime."""
-    argv = namespace_argv(tree, _command(desc))
+    argv = namespace_argv(tree, _command(desc), read_only=file_system_mounts(desc))
     container = Container(argv, container_env(desc, options.env_extra), options.stop_grace)
     running[desc["TrainingJobArn"]] = container
     watchdog = threading.Timer(_max_runtime(desc, options), container.stop, args=("MaxRuntimeExceeded",))
