@@ -684,7 +684,10 @@ def test_a_job_reads_an_fsx_channel_where_the_sandbox_mounts_it(world, data, tmp
     pairs = [{"GroupId": group["GroupId"]}]
     ec2.authorize_security_group_ingress(
         GroupId=group["GroupId"],
-        IpPermissions=[{"IpProtocol": "tcp", "FromPort": 988, "ToPort": 988, "UserIdGroupPairs": pairs}],
+        IpPermissions=[
+            {"IpProtocol": "tcp", "FromPort": low, "ToPort": high, "UserIdGroupPairs": pairs}
+            for low, high in ((988, 988), (1018, 1023))  # Lustre's ports
+        ],
     )
     fs = fsx.create_file_system(
         FileSystemType="LUSTRE",
