@@ -449,3 +449,58 @@ def test_ports_are_written_as_a_reader_writes_them():
     assert filesystems.port_text(filesystems.FSX.ports) == "988 and 1018-1023"
     assert filesystems.port_text([2049]) == "2049"
     assert filesystems.port_text([1, 2, 3, 7, 9, 10]) == "1-3, 7 and 9-10"
+
+
+@requires(terraform=True)
+def test_terraform_makes_the_network_the_check_asks_for(composed, moto_endpoint, tmp_path):
+    """terraform/ with vpc_id and subnet_ids, applied against moto: a VPC whose subnet had no way to
+    S3 gets the gateway endpoint, the jobs' group admits Lustre's ports from itself, the outputs
+    name both, and a job reading an FSx of that group passes the check with Terraform's outputs
+    alone (no aws.subnets). The role may make the job's network interfaces there, and only there."""
+    from project.aws.infra import OUTPUT_NAMES, load_infra
+    from tests.aws_fixtures import copy_configuration
+    from tests.iam_policy import ALLOWED, Request, decision
+
+    clients = aws_clients("us-east-1", moto_endpoint)
+    ec2, fsx = clients.client("ec2"), clients.client("fsx")
+    vpc_id = ec2.create_vpc(CidrBlock="10.30.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc_id, CidrBlock="10.30.1.0/24", AvailabilityZone="us-east-1a")["Subnet"]
+    tag = uuid.uuid4().hex[:6]
+    workdir = copy_configuration(tmp_path / "terraform")
+    env = terraform_env(moto_endpoint, workdir)
+    # The network and the role's policy (and what they need): not the whole stack of the session's world.
+    targets = ["aws_security_group.jobs", "aws_vpc_endpoint.s3", "aws_iam_role_policy.this"]
+    targets += ["aws_vpc_security_group_ingress_rule.file_systems", "aws_vpc_security_group_egress_rule.https"]
+    variables = [f"project=net-{tag}", f"vpc_id={vpc_id}", f'subnet_ids=["{subnet["SubnetId"]}"]', "force_destroy=true"]
+    run_terraform(workdir, env, "init", "-input=false", "-no-color")
+    args = [*(f"-target={t}" for t in targets), *(a for v in variables for a in ("-var", v))]
+    try:
+        run_terraform(workdir, env, "apply", "-auto-approve", "-input=false", "-no-color", *args)
+        # A targeted apply leaves out the outputs that name no resource (subnets): a refresh writes them.
+        refresh = ("apply", "-refresh-only", "-auto-approve", "-input=false", "-no-color")
+        run_terraform(workdir, env, *refresh, *(a for v in variables for a in ("-var", v)))
+        outputs = {k: v["value"] for k, v in json.loads(run_terraform(workdir, env, "output", "-json").stdout).items()}
+        (group,) = outputs["security_groups"]
+        assert outputs["subnets"] == [subnet["SubnetId"]]
+        lustre = fsx.create_file_system(
+            FileSystemType="LUSTRE", StorageCapacity=1200, SubnetIds=[subnet["SubnetId"]], SecurityGroupIds=[group]
+        )["FileSystem"]
+        # As the tasks read them (project/aws/infra.py); what the targeted apply did not make, from INFRA.
+        absent = {name: getattr(INFRA, name) for name in OUTPUT_NAMES if not outputs.get(name)}
+        infra = load_infra(workdir, absent)
+        assert (infra.subnets, infra.security_groups) == ((subnet["SubnetId"],), (group,))
+        p, _ = plan(composed, f"dataset.channels.train=fsx://{lustre['FileSystemId']}/fsx/data", infra=infra)
+        vpc.check_network(p, clients.client)  # raises LaunchError naming what is missing
+        assert ec2.describe_vpc_endpoints(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])["VpcEndpoints"]
+
+        role = outputs["role_arn"].rsplit("/", 1)[1]
+        (name,) = clients.client("iam").list_role_policies(RoleName=role)["PolicyNames"]
+        document = clients.client("iam").get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]
+        documents = [json.loads(document) if isinstance(document, str) else document]
+        arn = f"arn:aws:ec2:us-east-1:{outputs['role_arn'].split(':')[4]}"
+        for resource in (f"{arn}:subnet/{subnet['SubnetId']}", f"{arn}:security-group/{group}"):
+            assert decision(documents, Request("ec2:CreateNetworkInterface", resource)) == ALLOWED, resource
+        other = f"{arn}:subnet/subnet-0ffffffffffffffff"
+        assert decision(documents, Request("ec2:CreateNetworkInterface", other)) != ALLOWED
+    finally:
+        run_terraform(workdir, env, "destroy", "-auto-approve", "-input=false", "-no-color", *args)
