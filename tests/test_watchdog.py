@@ -1,0 +1,145 @@
+"""The watchdog (project/training/watchdog.py): a run whose ranks stop making progress fails with its
+cause, and a slow one that moves is never stopped.
+
+The detector's logic runs on a fake clock; the stacks it reads are faulthandler's, as a rank dumps them.
+Two runs hang for real: a data loader worker under `invoke local` (one host), and rank 1 of a two-host
+job under each host's launcher (tests/test_distributed.py's hosts), whose hosts fail with rank 1 named
+while rank 0's checkpoint stays.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+import pytest
+
+from project.core import config as C
+from project.core.config.messages import ConfigError
+from project.core.errors import STALLED_EXIT
+from project.training import watchdog as W
+from tests import stalls
+
+LIMITS = W.Limits(stall=60.0, startup=300.0)
+
+
+def beat(rank=0, phase=W.TRAINING, step=0, progress=0) -> W.Beat:
+    return W.Beat(rank, "algo-1", 1000 + rank, phase, step, progress)
+
+
+def test_a_slow_run_that_moves_is_never_stalled():
+    detector = W.Detector(LIMITS, started=0.0, workers=2)
+    for t in range(0, 3600, 50):  # a step every 50 s, the limit 60 s: for an hour
+        beats = {r: beat(r, step=t // 50, progress=t) for r in (0, 1)}
+        detector.observe(beats, float(t))
+        assert detector.stalled(beats, float(t) + 49) == []
+    # a long validation moves by batches, not steps
+    for t in range(3600, 4000, 30):
+        beats = {r: beat(r, W.VALIDATION, step=72, progress=t) for r in (0, 1)}
+        detector.observe(beats, float(t))
+        assert detector.stalled(beats, float(t) + 29) == []
+
+
+def test_a_rank_without_progress_for_its_phases_limit_is_stalled():
+    detector = W.Detector(LIMITS, started=0.0, workers=2)
+    beats = {0: beat(0, step=5, progress=11), 1: beat(1, step=5, progress=10)}
+    detector.observe(beats, 100.0)
+    assert detector.stalled(beats, 160.0) == []  # at the limit: not yet
+    moving = {0: beat(0, step=5, progress=12), 1: beats[1]}  # rank 0 moves, rank 1 is behind
+    detector.observe(moving, 150.0)
+    assert [s.rank for s in detector.stalled(moving, 161.0)] == [1]
+    # start-up phases have the longer limit; a finished process is not watched
+    detector = W.Detector(LIMITS, started=0.0, workers=2)
+    starting = {0: beat(0, W.RENDEZVOUS), 1: beat(1, W.DONE)}
+    detector.observe(starting, 0.0)
+    assert detector.stalled(starting, 299.0) == []
+    assert [s.rank for s in detector.stalled(starting, 301.0)] == [0]
+    # a worker that never reported is stalled after the start-up limit, unnamed
+    silent = W.Detector(LIMITS, started=0.0, workers=1)
+    assert silent.stalled({}, 299.0) == [] and silent.stalled({}, 301.0)[0].rank is None
+
+
+def test_limits_off_locally_unless_set_and_the_jobs_default_in_a_container(composed):
+    trainer = composed().trainer
+    assert not W.Limits.of(trainer, in_container=False).on
+    assert W.Limits.of(trainer, in_container=True) == W.Limits(
+        60 * trainer.job_stall_timeout_minutes, 60 * trainer.job_startup_timeout_minutes
+    )
+    assert W.Limits.of(composed("trainer.stall_timeout_minutes=0.1").trainer, in_container=False).stall == 6.0
+    assert not W.Limits.of(composed("trainer.stall_timeout_minutes=0").trainer, in_container=True).stall
+    with pytest.raises(ConfigError, match=r"^trainer.stall_timeout_minutes must be >= 0, got -1"):
+        C.compose(["trainer.stall_timeout_minutes=-1"])
+
+
+COLLECTIVE = """Thread 0x00007f1 (most recent call first):
+  File "/usr/lib/python3.11/threading.py", line 331 in wait
+  File "/site-packages/torch/utils/data/_utils/pin_memory.py", line 20 in _pin_memory_loop
+
+Current thread 0x00007f0 (most recent call first):
+  File "/site-packages/torch/distributed/distributed_c10d.py", line 2501 in all_reduce
+  File "/site-packages/torch/distributed/c10d_logger.py", line 83 in wrapper
+  File "/home/me/model.py", line 40 in training_step
+  File "/site-packages/pytorch_lightning/loops/fit_loop.py", line 200 in run
+"""
+OWN = """Current thread 0x00007f0 (most recent call first):
+  File "/home/me/model.py", line 12 in training_step
+  File "/site-packages/pytorch_lightning/core/module.py", line 20 in _call
+"""
+BACKWARD = """Current thread 0x00007f0 (most recent call first):
+  File "/site-packages/torch/autograd/graph.py", line 825 in _engine_run_backward
+  File "/site-packages/torch/autograd/__init__.py", line 347 in backward
+"""
+LOADER = """Current thread 0x00007f0 (most recent call first):
+  File "/usr/lib/python3.11/multiprocessing/connection.py", line 440 in _poll
+  File "/usr/lib/python3.11/multiprocessing/queues.py", line 113 in get
+  File "/site-packages/torch/utils/data/dataloader.py", line 1133 in _try_get_data
+  File "/home/me/train.py", line 3 in main
+"""
+
+
+def test_where_a_rank_waits_is_read_from_its_stacks():
+    said = {name: W.waits_in(W.main_thread_frames(dump)) for name, dump in [
+        ("collective", COLLECTIVE), ("own", OWN), ("backward", BACKWARD), ("loader", LOADER)
+    ]}  # fmt: skip
+    assert said["collective"] == W.Waiting("all_reduce", collective=True)  # the main thread's, not the pin thread's
+    assert said["own"] == W.Waiting("training_step (model.py:12)", collective=False)
+    assert said["backward"].collective and "all_reduce" in said["backward"].what
+    assert said["loader"] == W.Waiting("a data loader worker (dataset.num_workers)", collective=False)
+    # the stuck rank is the one not waiting in a collective, whatever the order
+    stalled = [W.Stalled(0, beat(0, step=5), 900.0), W.Stalled(1, beat(1, step=5), 901.0)]
+    line, stuck = W.verdict(stalled, {0: said["backward"], 1: said["own"]}, "algo-1", [0, 1])
+    assert stuck.rank == 1
+    assert line == (
+        "rank 1 on algo-1 stuck in training_step (model.py:12) in training step at step 5 for 15.0 min; "
+        "rank 0 waits for it"
+    )
+    line, _ = W.verdict(stalled[:1], {0: said["collective"]}, "algo-1", [0])
+    assert line.startswith("rank 0 on algo-1 waits in all_reduce in training step at step 5") and "another host" in line
+
+
+def test_a_hung_data_worker_ends_invoke_local_with_its_cause(tmp_path):
+    """One host, one rank: the loader's worker stops at the third batch; `invoke local` ends within
+    the limit and a few seconds, naming the rank, the worker and the fix-pointing phase."""
+    from tests.cli import invoke
+
+    root = tmp_path / "user"
+    package = stalls.write_package(root)
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    overrides = stalls.byo.overrides(
+        root,
+        tmp_path / "runs",
+        **{"dataset._target_": f"{package}.stalls.HangingWorkerData", "trainer.stall_timeout_minutes": 0.05},
+    )
+    started = time.monotonic()
+    result = invoke("local", *overrides, env=env, timeout=120)
+    seconds = time.monotonic() - started
+    assert result.returncode == STALLED_EXIT, result.stdout[-2000:] + result.stderr[-3000:]
+    line = next(x for x in result.stderr.splitlines() if x.startswith(W.LINE_PREFIX))
+    assert re.fullmatch(
+        r"stalled: rank 0 on \S+ stuck in a data loader worker \(dataset.num_workers\) "
+        r"in training step at step 2 for 0.\d min",
+        line,
+    ), line
+    assert "_try_get_data" in result.stderr  # the rank's stacks, printed
+    assert seconds < 60, seconds
