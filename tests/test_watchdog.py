@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import time
 
 import pytest
@@ -143,3 +144,74 @@ def test_a_hung_data_worker_ends_invoke_local_with_its_cause(tmp_path):
     ), line
     assert "_try_get_data" in result.stderr  # the rank's stacks, printed
     assert seconds < 60, seconds
+
+
+@pytest.mark.slow
+def test_a_rank_stuck_on_one_host_fails_the_two_host_job_naming_it(tmp_path, monkeypatch):
+    """Two hosts, one rank each, under the launcher a job runs (sm_entry.py --launch, torchrun as
+    PID 1): rank 1 (algo-2) stops in its training step at step 5, rank 0 (algo-1) waits for it in the
+    step's gradient all_reduce. Both hosts fail within the limit and 30 s; algo-2's failure file, the
+    job's FailureReason as SageMaker makes it, names rank 1 and its frame; algo-1's names the
+    collective; rank 0's checkpoint of step 4 stays for a restart."""
+    from project.aws.image import JobImage
+    from project.aws.infra import Infra
+    from project.aws.plan import ENTRY_SCRIPT, plan_job
+    from project.aws.staging import stage_source
+    from project.core.identity import run_identity
+    from project.sandbox.results import failure_reason
+    from tests.test_distributed import HOSTS, finish, free_port, host_env, start_hosts
+
+    root = tmp_path / "user"
+    package = stalls.write_package(root)
+    monkeypatch.syspath_prepend(str(root))  # staging finds the user's package as `invoke train` would
+    limit_minutes = 0.1
+    cfg = C.compose(
+        stalls.byo.overrides(root, tmp_path / "runs")
+        + [
+            f"model._target_={package}.stalls.HangsOnRank1",
+            "dataset.channels.train=s3://not-used-in-the-container/byo/train",
+            "dataset.channels.validation=s3://not-used-in-the-container/byo/validation",
+            "trainer.checkpoint_every_n_steps=2",
+            f"trainer.stall_timeout_minutes={limit_minutes}",
+            "instance=ml.m5.xlarge",  # no GPU: one process per host
+            f"instance.count={len(HOSTS)}",
+        ]
+    )
+    infra = Infra("data", "artifacts", "123456789012.dkr.ecr.us-east-1.amazonaws.com/repo", "arn:aws:iam::1:role/r", "")
+    image = JobImage("custom", f"{infra.repository_url}:t", None)  # the code bundle without pip's requirements
+    code = stage_source(cfg, tmp_path / "code", plan_job(cfg, infra, image))
+    port = str(free_port())
+    hosts = [
+        (
+            [sys.executable, ENTRY_SCRIPT, "--launch"],
+            host_env(
+                tmp_path,
+                root / "data" / "train",
+                host,
+                SM_CHANNEL_VALIDATION=str(root / "data" / "validation"),
+                SM_OUTPUT_DIR=str(tmp_path / host / "output"),
+                SM_MASTER_ADDR="127.0.0.1",
+                SM_MASTER_PORT=port,
+            ),
+        )
+        for host in HOSTS
+    ]
+    procs = start_hosts(hosts, cwd=code)
+    outputs = finish(procs, check=False, timeout=180)
+    ended = time.time()
+    # algo-2 fails first: its rank is the stuck one. algo-1's rank waits in a collective, so its
+    # launcher waits a little longer; by then the collective has failed (its peer is gone): either way
+    # the host fails, and the job's FailureReason is algo-2's.
+    master, worker = procs
+    assert worker.returncode == STALLED_EXIT, outputs[1][-3000:]
+    assert master.returncode != 0, outputs[0][-3000:]
+    reason = failure_reason(tmp_path / "algo-2", worker.returncode)
+    assert re.fullmatch(
+        r"AlgorithmError: stalled: rank 1 on algo-2 stuck in training_step \(stalls.py:\d+\) "
+        r"in training step at step 5 for 0.1 min, exit code: 124",
+        reason,
+    ), reason
+    assert re.search(r'watchdog: rank 1 stacks:\n.*File ".*stalls.py", line \d+ in training_step', outputs[1], re.S)
+    checkpoint = tmp_path / "algo-1" / "checkpoints" / f"{run_identity(cfg)}-step=00000004.ckpt"
+    assert checkpoint.exists()  # rank 0's, for the restart
+    assert ended - checkpoint.stat().st_mtime < 60 * limit_minutes + 30

@@ -62,6 +62,10 @@ class Heartbeat:
                 self._register_stacks()
 
     def beat(self, phase: str, step: int | None = None) -> None:
+        if phase != self.phase and self._stacks is not None:
+            # Again at each new phase: Lightning's Trainer puts back at its teardown every signal's
+            # handler as Python saw it at its start, and Python does not see faulthandler's.
+            faulthandler.register(watchdog.STACKS_SIGNAL, file=self._stacks, all_threads=True)
         self.phase, self.progress = phase, self.progress + 1
         if step is not None:
             self.step = step
