@@ -106,7 +106,7 @@ def test_where_a_rank_waits_is_read_from_its_stacks():
     assert said["collective"] == W.Waiting("all_reduce", collective=True)  # the main thread's, not the pin thread's
     assert said["own"] == W.Waiting("training_step (model.py:12)", collective=False)
     assert said["backward"].collective and "all_reduce" in said["backward"].what
-    assert said["loader"] == W.Waiting("a data loader worker (dataset.num_workers)", collective=False)
+    assert said["loader"] == W.Waiting("a data loader worker (trainer.num_workers)", collective=False)
     # the stuck rank is the one not waiting in a collective, whatever the order
     stalled = [W.Stalled(0, beat(0, step=5), 900.0), W.Stalled(1, beat(1, step=5), 901.0)]
     line, stuck = W.verdict(stalled, {0: said["backward"], 1: said["own"]}, "algo-1", [0, 1])
@@ -138,7 +138,7 @@ def test_a_hung_data_worker_ends_invoke_local_with_its_cause(tmp_path):
     assert result.returncode == STALLED_EXIT, result.stdout[-2000:] + result.stderr[-3000:]
     line = next(x for x in result.stderr.splitlines() if x.startswith(W.LINE_PREFIX))
     assert re.fullmatch(
-        r"stalled: rank 0 on \S+ stuck in a data loader worker \(dataset.num_workers\) "
+        r"stalled: rank 0 on \S+ stuck in a data loader worker \(trainer.num_workers\) "
         r"in training step at step 2 for 0.\d min",
         line,
     ), line

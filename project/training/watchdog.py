@@ -221,7 +221,7 @@ def waits_in(frames: list[Frame]) -> Waiting:
         if frame.func in BACKWARD_FUNCS and "torch/" in posix:
             return Waiting("backward (DDP's gradient all_reduce)", collective=True)
         if posix.endswith(LOADER_FILE):
-            return Waiting("a data loader worker (dataset.num_workers)", collective=False)
+            return Waiting("a data loader worker (trainer.num_workers)", collective=False)
         if not _library(frame):
             return Waiting(str(frame), collective=False)
     if frames:
