@@ -13,6 +13,7 @@ import os
 import re
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -146,6 +147,52 @@ def test_a_hung_data_worker_ends_invoke_local_with_its_cause(tmp_path):
     assert seconds < 60, seconds
 
 
+PID_1 = """
+import faulthandler, os, sys, time
+from pathlib import Path
+from project.training import watchdog as W
+
+folder = Path(sys.argv[1])
+W.Watchdog(folder, W.Limits(stall=1.0), "algo-1", workers=1).start()
+faulthandler.register(W.STACKS_SIGNAL, file=open(W.stacks_file(folder, 0), "a"), all_threads=True)
+W.heartbeat_file(folder, 0).write_text(W.Beat(0, "algo-1", os.getpid(), W.TRAINING, 3, 7).to_json())
+
+
+def training_step():
+    time.sleep(60)
+
+
+training_step()
+"""
+
+
+def test_one_process_watched_by_itself_ends_the_container(tmp_path):
+    """One process on one host trains in the launcher, PID 1 (project/training/launch.py): the watchdog is
+    a thread of the very process it watches, and ends it with the failure file written."""
+    import subprocess
+
+    (tmp_path / "pid1.py").write_text(PID_1)
+    (tmp_path / "output").mkdir()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+        "SM_MODEL_DIR": str(tmp_path / "model"),
+        "SM_OUTPUT_DIR": str(tmp_path / "output"),
+    }
+    done = subprocess.run(
+        [sys.executable, str(tmp_path / "pid1.py"), str(tmp_path / "beats")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == STALLED_EXIT, done.stderr
+    assert re.fullmatch(
+        r"stalled: rank 0 on algo-1 stuck in training_step \(pid1.py:\d+\) in training step at step 3 for 0.0 min",
+        (tmp_path / "output" / "failure").read_text(),
+    )
+
+
 @pytest.mark.slow
 def test_a_rank_stuck_on_one_host_fails_the_two_host_job_naming_it(tmp_path, monkeypatch):
     """Two hosts, one rank each, under the launcher a job runs (sm_entry.py --launch, torchrun as
@@ -157,6 +204,7 @@ def test_a_rank_stuck_on_one_host_fails_the_two_host_job_naming_it(tmp_path, mon
     from project.aws.infra import Infra
     from project.aws.plan import ENTRY_SCRIPT, plan_job
     from project.aws.staging import stage_source
+    from project.aws.triage import JobFacts, classify
     from project.core.identity import run_identity
     from project.sandbox.results import failure_reason
     from tests.test_distributed import HOSTS, finish, free_port, host_env, start_hosts
@@ -212,6 +260,10 @@ def test_a_rank_stuck_on_one_host_fails_the_two_host_job_naming_it(tmp_path, mon
         reason,
     ), reason
     assert re.search(r'watchdog: rank 1 stacks:\n.*File ".*stalls.py", line \d+ in training_step', outputs[1], re.S)
+    # `invoke why` on what the job left: its FailureReason and each host's log
+    hosts_logs = {f"job/{host}-1": output.splitlines()[-200:] for host, output in zip(HOSTS, outputs, strict=True)}
+    triage = classify(JobFacts("job", "Failed", reason, hosts=hosts_logs))
+    assert triage.kind == "stalled" and triage.cause.startswith("rank 1 on algo-2 made no progress"), triage.report()
     checkpoint = tmp_path / "algo-1" / "checkpoints" / f"{run_identity(cfg)}-step=00000004.ckpt"
     assert checkpoint.exists()  # rank 0's, for the restart
     assert ended - checkpoint.stat().st_mtime < 60 * limit_minutes + 30
