@@ -156,8 +156,7 @@ RULES: tuple[Rule, ...] = (
         "stalled",
         r"stalled: rank (?P<rank>\d+) on (?P<on>\S+) stuck in (?P<frame>.+?) in (?P<phase>[a-z -]+) "
         r"at step (?P<step>\d+) for (?P<minutes>[\d.]+) min(?P<waiting>(?:; rank [\d, ]+ waits? for it)?)",
-        "rank {rank} on {on} made no progress for {minutes} min in {phase} at step {step}, stuck in {frame}"
-        "{waiting}",
+        "rank {rank} on {on} made no progress for {minutes} min in {phase} at step {step}, stuck in {frame}{waiting}",
         "read rank {rank}'s stacks in {on}'s log (the watchdog printed them); a collective or device call: rerun "
         "with +job.environment.NCCL_DEBUG=INFO +job.environment.TORCH_NCCL_ASYNC_ERROR_HANDLING=1 (older torch: "
         "NCCL_ASYNC_ERROR_HANDLING=1); a data worker: trainer.num_workers=0 rules them out; "
