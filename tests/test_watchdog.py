@@ -1,4 +1,4 @@
-"""The watchdog (project/training/watchdog.py): a run whose ranks stop making progress fails with its
+"""The watchdog (project/training/watchdog.py, stalls.py): a run whose ranks stop making progress fails with its
 cause, and a slow one that moves is never stopped.
 
 The detector's logic runs on a fake clock; the stacks it reads are faulthandler's, as a rank dumps them.
@@ -20,7 +20,7 @@ import pytest
 from project.core import config as C
 from project.core.config.messages import ConfigError
 from project.core.errors import STALLED_EXIT
-from project.training import watchdog as W
+from project.training import stalls as W
 from tests import stalls
 
 LIMITS = W.Limits(stall=60.0, startup=300.0)
@@ -150,10 +150,11 @@ def test_a_hung_data_worker_ends_invoke_local_with_its_cause(tmp_path):
 PID_1 = """
 import faulthandler, os, sys, time
 from pathlib import Path
-from project.training import watchdog as W
+from project.training import stalls as W
+from project.training.watchdog import Watchdog
 
 folder = Path(sys.argv[1])
-W.Watchdog(folder, W.Limits(stall=1.0), "algo-1", workers=1).start()
+Watchdog(folder, W.Limits(stall=1.0), "algo-1", workers=1).start()
 faulthandler.register(W.STACKS_SIGNAL, file=open(W.stacks_file(folder, 0), "a"), all_threads=True)
 W.heartbeat_file(folder, 0).write_text(W.Beat(0, "algo-1", os.getpid(), W.TRAINING, 3, 7).to_json())
 

@@ -38,7 +38,8 @@ from pathlib import Path
 from project.core import startup
 from project.core.runtime import CLEAN_STOP_ENV, network_env, sagemaker_env
 from project.core.topology import processes_per_node
-from project.training.watchdog import HEARTBEAT_ENV, Limits, Watchdog
+from project.training.stalls import HEARTBEAT_ENV, Limits
+from project.training.watchdog import Watchdog
 
 
 def _staged_trainer(config_path: Path) -> dict | None:

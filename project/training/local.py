@@ -44,7 +44,8 @@ from project.core.errors import HANGUP_EXIT, INTERRUPTED_EXIT, STALLED_EXIT, TER
 from project.core.identity import choose_run, default_run_name, run_identity
 from project.core.runtime import check_writable
 from project.training.resolve import Resolved, resolve
-from project.training.watchdog import HEARTBEAT_ENV, Limits, Watchdog
+from project.training.stalls import HEARTBEAT_ENV, Limits
+from project.training.watchdog import Watchdog
 
 # Exit codes of `python -m project.training.train` that need no further word: it said what happened
 # (STALLED_EXIT: the watchdog here did).

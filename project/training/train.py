@@ -56,8 +56,8 @@ from project.training import (
     profiling,
     reporting,
     sharding,
+    stalls,
     tracking,
-    watchdog,
 )
 from project.training.checkpoints import RunCheckpoints, newest_valid, run_bytes
 from project.training.reporting import scalars as _scalars
@@ -195,7 +195,7 @@ def train(
     # written. A SageMaker job's cache must stay empty when its channel holds every file. A file
     # verified here (not recorded by an earlier check) is decompressed once, for the check and the parse.
     handed = data is not None
-    heartbeat.phase(watchdog.DATA)
+    heartbeat.phase(stalls.DATA)
     if data is None:
         data = resolve(cfg, sources, remember=sagemaker_env() is None, keep=True)
     startup.mark("data_verified", resolved_here=not handed)
@@ -225,7 +225,7 @@ def train(
         step = int(CHECKPOINT_FILE.match(resume_from.name).group("step"))  # type: ignore[union-attr]  # a candidate's name
         print(f"resuming run {run_name} from step {step} ({resume_from.name})", flush=True)
     started = time.perf_counter()
-    heartbeat.phase(watchdog.RENDEZVOUS)  # fit joins the other ranks first (Progress takes over)
+    heartbeat.phase(stalls.RENDEZVOUS)  # fit joins the other ranks first (Progress takes over)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
     fit_seconds = time.perf_counter() - started
     startup.mark("fit_end")
@@ -248,7 +248,7 @@ def train(
         **{k: v for k, v in fit_metrics.items() if k != "epoch"},  # whatever the module logged
         **_scalars(test_results),
     }
-    heartbeat.phase(watchdog.EXPORT)
+    heartbeat.phase(stalls.EXPORT)
     whole = sharding.whole_module(trainer, module, cfg)  # fsdp: the shards gathered on rank 0 (every rank takes part)
     if trainer.is_global_zero:
         reporting.warn_unlogged([n for n in config_lib.metric_names(cfg) if n.startswith("test_")], list(metrics))
