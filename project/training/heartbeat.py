@@ -79,7 +79,10 @@ class Heartbeat:
             beat = stalls.Beat(self.rank, self.host, os.getpid(), self.phase, self.step, self.progress)
             text = beat.to_json()
             if text != self._written:
-                write_atomically(stalls.heartbeat_file(self.folder, self.rank), text)
+                try:
+                    write_atomically(stalls.heartbeat_file(self.folder, self.rank), text)
+                except OSError:
+                    return  # the watcher's folder is gone (it ended): nobody reads it any more
                 self._written = text
 
     def finish(self) -> None:
