@@ -126,6 +126,8 @@ class Detector:
         self._seen: dict[int, tuple[tuple[str, int, int], float]] = {}  # rank -> (state, when it changed)
 
     def observe(self, beats: Mapping[int, Beat], now: float) -> None:
+        for gone in set(self._seen) - set(beats):  # a rank whose number changed (heartbeat.set_rank)
+            del self._seen[gone]
         for rank, beat in beats.items():
             state = (beat.phase, beat.step, beat.progress)
             if rank not in self._seen or self._seen[rank][0] != state:

@@ -60,8 +60,6 @@ from project.training.stalls import (
     waits_in,
 )
 
-# --- the watching thread -------------------------------------------------------------------------
-
 
 @dataclass
 class Watchdog:
