@@ -268,3 +268,18 @@ def test_a_rank_stuck_on_one_host_fails_the_two_host_job_naming_it(tmp_path, mon
     checkpoint = tmp_path / "algo-1" / "checkpoints" / f"{run_identity(cfg)}-step=00000004.ckpt"
     assert checkpoint.exists()  # rank 0's, for the restart
     assert ended - checkpoint.stat().st_mtime < 60 * limit_minutes + 30
+
+
+def test_a_ranks_heartbeat_is_written_only_when_it_changed(tmp_path):
+    from project.training.heartbeat import Heartbeat
+
+    beats = Heartbeat(tmp_path, rank=0, host="algo-1")
+    beats.beat(W.TRAINING, step=3)
+    beats.write()
+    first = W.heartbeat_file(tmp_path, 0).stat().st_mtime_ns
+    beats.write()  # nothing new: the file stays as it was
+    assert W.heartbeat_file(tmp_path, 0).stat().st_mtime_ns == first
+    assert W.read_beats(tmp_path) == {0: W.Beat(0, "algo-1", os.getpid(), W.TRAINING, 3, 1)}
+    beats.set_rank(2)  # Lightning's global rank, known later
+    beats.finish()
+    assert W.read_beats(tmp_path) == {2: W.Beat(2, "algo-1", os.getpid(), W.DONE, 3, 2)}

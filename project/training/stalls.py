@@ -68,16 +68,13 @@ class Limits:
     @property
     def grace(self) -> float:
         """How long the other ranks get to checkpoint, and the cross-host delay's unit: a quarter of
-        the stall limit, at most a minute."""
-        return min(60.0, max(self.stall, self.startup) / 4)
+        the stall limit (of the start-up limit where that is off), at most a minute."""
+        return min(60.0, (self.stall or self.startup) / 4)
 
     @property
     def cross_host_delay(self) -> float:
         """A host whose ranks all wait in collectives waits this much longer: the stuck host fails first."""
         return 2 * self.grace + STACKS_WAIT_SECONDS
-
-    def to_env(self) -> str:
-        return f"{self.stall},{self.startup}"
 
 
 @dataclass(frozen=True)
