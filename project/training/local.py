@@ -108,7 +108,9 @@ def train_in_child(overrides: Sequence[str], check_first: Callable[[], Checked] 
     The child starts at once and imports while `check_first()` runs here; it trains only after the
     check passed, trains the run it chose, and warms the files it names. A check that raises (or a
     Ctrl-C during it) kills the child, which has only imported, and the error propagates
-    (process.run_child).
+    (process.run_child). With the check's limits on (trainer.stall_timeout_minutes or
+    startup_timeout_minutes set), a watchdog thread here watches the child and the ranks it starts
+    (project/training/watchdog.py); a stall ends them, and this returns STALLED_EXIT.
     """
     with tempfile.TemporaryDirectory(prefix="heartbeats-") as beats:
         env = {**os.environ, "PYTHONPATH": _with_project(os.environ.get("PYTHONPATH")), HEARTBEAT_ENV: beats}
