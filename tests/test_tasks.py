@@ -135,8 +135,9 @@ def test_bad_override_exits_nonzero_with_one_line():
     assert result.stderr.strip().splitlines() == [
         "error: bad config override: unknown key 'trainer.epochs'; valid keys there: batch_size, "
         "channels_last, checkpoint_every_n_steps, compile, data_on_device, deterministic, flush_denormal, fsdp, "
-        "gpus, init_from, init_strict, limit_test_batches, limit_train_batches, limit_val_batches, "
-        "log_every_n_steps, max_epochs, num_workers, precision, profile, profile_steps, resume, seed, strategy"
+        "gpus, init_from, init_strict, job_stall_timeout_minutes, job_startup_timeout_minutes, limit_test_batches, "
+        "limit_train_batches, limit_val_batches, log_every_n_steps, max_epochs, num_workers, precision, profile, "
+        "profile_steps, resume, seed, stall_timeout_minutes, startup_timeout_minutes, strategy"
     ]
     assert "Traceback" not in result.stdout + result.stderr
 

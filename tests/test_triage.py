@@ -262,7 +262,7 @@ def test_rules_are_in_their_deliberate_order():
     kinds = list(dict.fromkeys(rule.kind for rule in RULES))
     assert kinds == [
         "spot-interruption", "max-runtime", "stopped", "capacity", "quota",
-        "cuda-oom", "data", "import", "nccl-timeout", "missing-rank", "host-oom-kill",
+        "cuda-oom", "data", "import", "stalled", "nccl-timeout", "missing-rank", "host-oom-kill",
     ]  # fmt: skip
 
 
@@ -308,3 +308,32 @@ def test_failure_text_names_the_type_and_the_root_cause():
         text
         == "RuntimeError: Error locating target 'a.B' see below (caused by ModuleNotFoundError: No module named 'x')"
     )
+
+
+def test_the_watchdogs_stalled_line_names_the_stuck_rank_and_the_fix():
+    """The watchdog's line (project/training/watchdog.py) wins over the SIGKILLs it sends, which would
+    read as killed for memory, and over a waiting host's NCCL timeout."""
+    stuck = (
+        "stalled: rank 1 on algo-2 stuck in all_reduce (model.py:40) in training step at step 5 for 15.0 min; "
+        "rank 0 waits for it"
+    )
+    hosts = {STREAM1: [*NCCL_TIMEOUT, "exitcode  : -9 (pid: 412)"], STREAM2: [stuck]}
+    triage = classify(facts(reason=f"AlgorithmError: {stuck}, exit code: 124", hosts=hosts))
+    assert triage.kind == "stalled", triage.report()
+    assert triage.cause == (
+        "rank 1 on algo-2 made no progress for 15.0 min in training step at step 5, stuck in all_reduce "
+        "(model.py:40); rank 0 waits for it"
+    )
+    assert "NCCL_DEBUG=INFO" in triage.fix and "trainer.num_workers=0" in triage.fix
+    loader = (
+        "stalled: rank 0 on algo-1 stuck in a data loader worker (trainer.num_workers) in validation at step 9 "
+        "for 15.0 min"
+    )
+    triage = classify(facts(reason=f"AlgorithmError: {loader}, exit code: 124"))
+    assert triage.kind == "stalled" and "trainer.num_workers=0" in triage.fix.split(";")[0], triage.report()
+    waits = (
+        "stalled: rank 0 on algo-1 waits in all_reduce in training step at step 5 for 15.0 min: a rank on another host"
+    )
+    triage = classify(facts(reason=f"AlgorithmError: {waits}, exit code: 124"))
+    assert triage.cause == "rank 0 on algo-1 waited 15.0 min in all_reduce at step 5 for a rank on another host"
+    assert "other hosts' logs" in triage.fix

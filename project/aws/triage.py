@@ -12,7 +12,9 @@ top to bottom and the first rule that matches wins; the order is deliberate:
    kills what is left;
 3. a data error or a missing module before NCCL: a rank that died while starting leaves the
    others waiting at the rendezvous (a "missing rank");
-4. the kernel's SIGKILL (host memory) last: torchrun also kills healthy workers once one failed.
+4. the watchdog's "stalled" line (project/training/watchdog.py) before NCCL's timeouts and the SIGKILL:
+   it names the stuck rank and frame, and the ranks it kills would read as killed for memory;
+5. the kernel's SIGKILL (host memory) last: torchrun also kills healthy workers once one failed.
 
 Reading the job from AWS is project.aws.workflow's `why` (a few calls); this module makes none.
 
@@ -140,6 +142,40 @@ RULES: tuple[Rule, ...] = (
         "the model class model.net._target_='{target}' could not be imported",
         "fix model.net._target_ or make its module importable in the job (requirements-train.txt); "
         "`invoke local` with the same overrides shows the full import error",
+    ),
+    Rule(
+        "stalled",
+        r"stalled: rank (?P<rank>\d+) on (?P<on>\S+) stuck in a data loader worker .*? at step (?P<step>\d+) "
+        r"for (?P<minutes>[\d.]+) min",
+        "rank {rank} on {on} waited {minutes} min at step {step} for a data loader worker that never delivered "
+        "(a worker hung or died: a deadlock in the dataset, a worker killed for memory)",
+        "rerun with trainer.num_workers=0 to rule the workers out (the batches are then loaded in the rank); "
+        f"the rank's stacks are in {{on}}'s log; {RESUME}",
+    ),
+    Rule(
+        "stalled",
+        r"stalled: rank (?P<rank>\d+) on (?P<on>\S+) stuck in (?P<frame>.+?) in (?P<phase>[a-z -]+) "
+        r"at step (?P<step>\d+) for (?P<minutes>[\d.]+) min(?P<waiting>(?:; rank [\d, ]+ waits? for it)?)",
+        "rank {rank} on {on} made no progress for {minutes} min in {phase} at step {step}, stuck in {frame}{waiting}",
+        "read rank {rank}'s stacks in {on}'s log (the watchdog printed them); a collective or device call: rerun "
+        "with +job.environment.NCCL_DEBUG=INFO +job.environment.TORCH_NCCL_ASYNC_ERROR_HANDLING=1 (older torch: "
+        "NCCL_ASYNC_ERROR_HANDLING=1); a data worker: trainer.num_workers=0 rules them out; "
+        "a slow step that is not stuck: raise trainer.stall_timeout_minutes",
+    ),
+    Rule(
+        "stalled",
+        r"stalled: rank (?P<rank>\d+) on (?P<on>\S+) waits in (?P<frame>.+?) in (?P<phase>[a-z -]+) "
+        r"at step (?P<step>\d+) for (?P<minutes>[\d.]+) min",
+        "rank {rank} on {on} waited {minutes} min in {frame} at step {step} for a rank on another host",
+        "read the other hosts' logs (links below) for their `stalled:` line: it names the stuck rank; "
+        "rerun with +job.environment.NCCL_DEBUG=INFO to see which rank a collective waits for",
+    ),
+    Rule(
+        "stalled",
+        r"stalled: a rank on (?P<on>\S+) never reported after (?P<minutes>[\d.]+) min of start-up",
+        "a training process on {on} did not finish starting in {minutes} min (start-up, data set-up or rendezvous)",
+        "read {on}'s log: a rendezvous waits for a host that never started (check the other hosts' logs and "
+        "`invoke status`), a data download is slow (raise trainer.startup_timeout_minutes)",
     ),
     Rule(
         "nccl-timeout",

@@ -50,6 +50,11 @@ UNSHAPING_TRAINER_KEYS = (
     "log_every_n_steps",
     "profile",
     "profile_steps",
+    # the watchdog's limits: a run re-started with another limit resumes the run that stalled
+    "stall_timeout_minutes",
+    "startup_timeout_minutes",
+    "job_stall_timeout_minutes",
+    "job_startup_timeout_minutes",
 )
 # Where the data comes from, not what it is (dataset.files names the content); on_device is
 # IdxDataModule's copy of trainer.data_on_device, a lever.

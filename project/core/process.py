@@ -60,9 +60,14 @@ def _block_sigint() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
 
-def run_child(argv: Sequence[str], env: Mapping[str, str], check_first: Callable[[], object]) -> int:
+def run_child(
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    check_first: Callable[[], object],
+    told: Callable[[int], object] = lambda pid: None,
+) -> int:
     """Run `argv`, told "go" with what `check_first()` returns (JSON-able); its exit code (128 + N
-    when signal N killed it).
+    when signal N killed it). `told(pid)` runs once the child was told (the watchdog starts there).
 
     The child starts at once and works on (imports) while `check_first()` runs here. A check that
     raises (or a Ctrl-C during it: the child, in a process group of its own, never sees that one)
@@ -96,6 +101,7 @@ def run_child(argv: Sequence[str], env: Mapping[str, str], check_first: Callable
     try:
         with contextlib.suppress(BrokenPipeError):  # a child that died starting: its exit code says so
             os.write(go_write, GO + json.dumps(payload).encode() + b"\n" + END)
+        told(child.pid)
         code = child.wait()
     finally:
         os.close(go_write)  # only now: the child reads its close as this process's death

@@ -191,6 +191,7 @@ def run_local_jobs(jobs: list[Job], sweep_dir: Path, echo: Echo = print) -> list
     from project.aws import source  # noqa: F401 (registers s3:// with project.training.fetch)
     from project.training import local
     from project.training.resolve import resolve
+    from project.training.stalls import Limits
 
     # every job's data present and verified before the first trains
     data = {job.num: resolve(job.cfg) for job in jobs}
@@ -202,7 +203,9 @@ def run_local_jobs(jobs: list[Job], sweep_dir: Path, echo: Echo = print) -> list
             config_file = Path(tmp) / f"{job.num}.yaml"
             config_file.write_text(to_yaml(cfg))
             echo(f"[sweep job {job.num}] {' '.join(job.overrides)}")
-            checked = functools.partial(local.Checked, data=data[job.num])
+            # a job that stalls (trainer.stall_timeout_minutes) fails, and the sweep goes on with the next
+            limits = Limits.of(cfg.trainer, in_container=False)
+            checked = functools.partial(local.Checked, data=data[job.num], limits=limits)
             code = local.train_in_child(["--config", str(config_file)], check_first=checked)
             if code == local.INTERRUPTED_EXIT:
                 raise KeyboardInterrupt

@@ -19,6 +19,11 @@ The torchrun command is the SDK torchrun driver's (sagemaker/train/container_dri
 distributed_drivers/torchrun_driver.py): one node per host, `--nproc_per_node` processes per
 node, and for several hosts the master address, port and node rank from SM_HOSTS. torch is
 imported only to run torchrun: building the command stays importable anywhere.
+
+The launcher also watches its workers (project/training/watchdog.py): with trainer.stall_timeout_minutes
+or startup_timeout_minutes in force (a job's default: conf/trainer/default.yaml), a worker that makes
+no progress for that long ends the job with its cause as the FailureReason, instead of billing until
+MaxRuntime.
 """
 
 from __future__ import annotations
@@ -33,18 +38,37 @@ from pathlib import Path
 from project.core import startup
 from project.core.runtime import CLEAN_STOP_ENV, network_env, sagemaker_env
 from project.core.topology import processes_per_node
+from project.training.stalls import HEARTBEAT_ENV, Limits
+from project.training.watchdog import Watchdog
+
+
+def _staged_trainer(config_path: Path) -> dict | None:
+    import yaml  # OmegaConf's dependency; the launcher needs a few keys, not a validated config
+
+    try:
+        trainer = yaml.safe_load(config_path.read_text())["trainer"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None  # the one process reports what is wrong with the config in one line (train.main)
+    return trainer if isinstance(trainer, dict) else None
 
 
 def staged_processes_per_node(config_path: Path) -> int:
     """One process per GPU of the staged config, whose trainer.gpus the plan decided (project.core.topology):
     the job's command carries no number of its own, so the two can never disagree."""
-    import yaml  # OmegaConf's dependency; the launcher needs one key, not a validated config
-
+    trainer = _staged_trainer(config_path)
     try:
-        gpus = yaml.safe_load(config_path.read_text())["trainer"]["gpus"]
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
-        return 1  # the one process reports what is wrong with the config in one line (train.main)
-    return processes_per_node(int(gpus or 0))
+        return processes_per_node(int(trainer["gpus"] or 0)) if trainer else 1
+    except (KeyError, TypeError, ValueError):
+        return 1
+
+
+def staged_limits(config_path: Path) -> Limits:
+    """The watchdog's limits in the staged config (in a container: null is the job_ default)."""
+    trainer = _staged_trainer(config_path)
+    try:
+        return Limits.of(trainer, in_container=True) if trainer else Limits()
+    except (TypeError, ValueError):
+        return Limits()  # the config check in train.main says what is wrong
 
 
 def torchrun_argv(
@@ -70,7 +94,9 @@ def trains_in_pid_1(processes_per_node: int, hosts: int) -> bool:
     return processes_per_node == 1 and hosts == 1
 
 
-def launch(nproc_per_node: int, script: str, train_here: Callable[[], int] | None = None) -> None:
+def launch(
+    nproc_per_node: int, script: str, train_here: Callable[[], int] | None = None, limits: Limits | None = None
+) -> None:
     """Run torchrun with `script` in this process (PID 1 in the container); exit with its outcome.
 
     One process on one host needs no torchrun: `train_here()` trains in this process, which is
@@ -85,12 +111,26 @@ def launch(nproc_per_node: int, script: str, train_here: Callable[[], int] | Non
         startup.mark("launcher_ready")
     network_env(os.environ, os.environ.get("SM_NETWORK_INTERFACE_NAME"), os.environ.get("SM_CURRENT_INSTANCE_TYPE"))
     sm = sagemaker_env(os.environ)
-    if train_here is not None and trains_in_pid_1(nproc_per_node, 1 if sm is None else len(sm.hosts)):
+    hosts = 1 if sm is None else len(sm.hosts)
+    watch(limits or Limits(), nproc_per_node, hosts, sm.current_host if sm else "algo-1")
+    if train_here is not None and trains_in_pid_1(nproc_per_node, hosts):
         print("launching: one process on one host: training in this process (PID 1), no torchrun", flush=True)
         sys.exit(train_here())
     argv = torchrun_argv(os.environ, nproc_per_node, script)
     print("launching: " + " ".join(argv), flush=True)
     sys.exit(run_torchrun(argv[3:], nproc_per_node))
+
+
+def watch(limits: Limits, workers: int, hosts: int, host: str) -> Watchdog | None:
+    """The watchdog over this host's workers, when a limit is in force; they learn its folder from
+    the environment (HEARTBEAT_ENV), which they inherit (in PID 1 itself: read at train.main)."""
+    if not limits.on:
+        return None
+    folder = Path(tempfile.mkdtemp(prefix="heartbeats-"))
+    os.environ[HEARTBEAT_ENV] = str(folder)
+    minutes = f"{limits.stall / 60:g} min without progress, {limits.startup / 60:g} min of start-up"
+    print(f"watchdog: {minutes} (0: off) on {host}", flush=True)
+    return Watchdog(folder, limits, host, workers, hosts).start()
 
 
 def run_torchrun(args: Sequence[str], workers: int) -> int:

@@ -30,21 +30,26 @@ command that started this run is gone"). The DDP ranks Lightning starts from the
 from __future__ import annotations
 
 import os
+import socket
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from project.core import process, startup
 from project.core.config import CONF_DIR, compose
-from project.core.errors import HANGUP_EXIT, INTERRUPTED_EXIT, TERMINATED_EXIT, USER_ERROR_EXIT
+from project.core.errors import HANGUP_EXIT, INTERRUPTED_EXIT, STALLED_EXIT, TERMINATED_EXIT, USER_ERROR_EXIT
 from project.core.identity import choose_run, default_run_name, run_identity
 from project.core.runtime import check_writable
 from project.training.resolve import Resolved, resolve
+from project.training.stalls import HEARTBEAT_ENV, Limits
+from project.training.watchdog import Watchdog
 
-# Exit codes of `python -m project.training.train` that need no further word: it said what happened.
-SELF_REPORTED_EXITS = (USER_ERROR_EXIT, INTERRUPTED_EXIT, TERMINATED_EXIT, HANGUP_EXIT)
+# Exit codes of `python -m project.training.train` that need no further word: it said what happened
+# (STALLED_EXIT: the watchdog here did).
+SELF_REPORTED_EXITS = (USER_ERROR_EXIT, INTERRUPTED_EXIT, TERMINATED_EXIT, HANGUP_EXIT, STALLED_EXIT)
 CHILD_MODULE = "project.training.child"  # what the training child runs: `python -m project.training.child <overrides>`
 # Where `project` is imported from: the child finds it from any folder (`invoke -r <repo> local`).
 PROJECT_ROOT = str(CONF_DIR.parent)
@@ -62,6 +67,8 @@ class Checked:
 
     run_name: str = ""  # the run to train, as the check chose it; "": the child decides (a config file's)
     data: Resolved | None = None  # the data as resolve() made it; None: the child resolves it
+    # The watchdog's limits (trainer.stall_timeout_minutes...), for this process's watchdog: not sent.
+    limits: Limits = field(default_factory=Limits)
 
     def to_json(self) -> dict[str, Any]:
         """What the training child is told with "go" (process.run_child)."""
@@ -92,7 +99,7 @@ def check(overrides: Sequence[str]) -> Checked:
         run_identity(cfg), cfg.run_name, Path(cfg.paths.runs_dir), lambda: default_run_name(cfg), cfg.trainer.resume
     )
     startup.mark("invoke_checked")
-    return Checked(run_name, data)
+    return Checked(run_name, data, Limits.of(cfg.trainer, in_container=False))
 
 
 def train_in_child(overrides: Sequence[str], check_first: Callable[[], Checked] = Checked) -> int:
@@ -101,10 +108,35 @@ def train_in_child(overrides: Sequence[str], check_first: Callable[[], Checked] 
     The child starts at once and imports while `check_first()` runs here; it trains only after the
     check passed, trains the run it chose, and warms the files it names. A check that raises (or a
     Ctrl-C during it) kills the child, which has only imported, and the error propagates
-    (process.run_child).
+    (process.run_child). With the check's limits on (trainer.stall_timeout_minutes or
+    startup_timeout_minutes set), a watchdog thread here watches the child and the ranks it starts
+    (project/training/watchdog.py); a stall ends them, and this returns STALLED_EXIT.
     """
-    env = {**os.environ, "PYTHONPATH": _with_project(os.environ.get("PYTHONPATH"))}
-    return process.run_child([sys.executable, "-m", CHILD_MODULE, *overrides], env, lambda: check_first().to_json())
+    with tempfile.TemporaryDirectory(prefix="heartbeats-") as beats:
+        env = {**os.environ, "PYTHONPATH": _with_project(os.environ.get("PYTHONPATH")), HEARTBEAT_ENV: beats}
+        limits = Limits()
+
+        def checked() -> dict[str, Any]:
+            nonlocal limits
+            said = check_first()
+            limits = said.limits
+            return said.to_json()
+
+        dog: list[Watchdog] = []
+
+        def told(pid: int) -> None:
+            """The watchdog over the child and the ranks it starts: on a stall it kills them (the
+            ranks die with the child) and this process returns STALLED_EXIT."""
+            if limits.on:
+                host = socket.gethostname()
+                dog.append(Watchdog(Path(beats), limits, host, 1, end=lambda _: None, kill_also=[pid]).start())
+
+        code = process.run_child([sys.executable, "-m", CHILD_MODULE, *overrides], env, checked, told)
+        if dog and dog[0].fired:
+            return STALLED_EXIT
+        for watching in dog:
+            watching.stop()
+        return code
 
 
 def _with_project(pythonpath: str | None) -> str:

@@ -26,10 +26,10 @@ def config_path() -> Path:
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--launch"]:
-        from project.training.launch import launch, staged_processes_per_node
+        from project.training.launch import launch, staged_limits, staged_processes_per_node
 
-        processes = staged_processes_per_node(config_path())
-        launch(processes, str(Path(__file__).resolve()), train_here=lambda: main([]))  # exits with the outcome
+        processes, limits = staged_processes_per_node(config_path()), staged_limits(config_path())
+        launch(processes, str(Path(__file__).resolve()), lambda: main([]), limits)  # exits with the outcome
     from project.training import deferred_imports
 
     deferred_imports.install()  # before Lightning imports torchmetrics (project/training/deferred_imports.py)

@@ -47,7 +47,18 @@ from project.core.runtime import (
 )
 from project.core.topology import Topology, decide
 from project.serving import archive as serving
-from project.training import artifacts, init_from, local, modules, profiling, reporting, sharding, tracking
+from project.training import (
+    artifacts,
+    heartbeat,
+    init_from,
+    local,
+    modules,
+    profiling,
+    reporting,
+    sharding,
+    stalls,
+    tracking,
+)
 from project.training.checkpoints import RunCheckpoints, newest_valid, run_bytes
 from project.training.reporting import scalars as _scalars
 from project.training.resolve import Resolved, resolve
@@ -150,6 +161,7 @@ def build_run(
                 run_name or cfg.run_name or cfg.model.name, terminal, t.log_every_n_steps, config_lib.metric_names(cfg)
             ),
             RunCheckpoints(layout.checkpoint_dir, run_identity(cfg), t.checkpoint_every_n_steps, topology),
+            heartbeat.Progress(),  # each batch and phase, for the watchdog (project/training/watchdog.py)
             *profiling.callbacks(
                 cfg, layout.output_dir, run_name or cfg.run_name or cfg.model.name, reporting.print_line
             ),
@@ -183,6 +195,7 @@ def train(
     # written. A SageMaker job's cache must stay empty when its channel holds every file. A file
     # verified here (not recorded by an earlier check) is decompressed once, for the check and the parse.
     handed = data is not None
+    heartbeat.phase(stalls.DATA)
     if data is None:
         data = resolve(cfg, sources, remember=sagemaker_env() is None, keep=True)
     startup.mark("data_verified", resolved_here=not handed)
@@ -212,6 +225,7 @@ def train(
         step = int(CHECKPOINT_FILE.match(resume_from.name).group("step"))  # type: ignore[union-attr]  # a candidate's name
         print(f"resuming run {run_name} from step {step} ({resume_from.name})", flush=True)
     started = time.perf_counter()
+    heartbeat.phase(stalls.RENDEZVOUS)  # fit joins the other ranks first (Progress takes over)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
     fit_seconds = time.perf_counter() - started
     startup.mark("fit_end")
@@ -234,6 +248,7 @@ def train(
         **{k: v for k, v in fit_metrics.items() if k != "epoch"},  # whatever the module logged
         **_scalars(test_results),
     }
+    heartbeat.phase(stalls.EXPORT)
     whole = sharding.whole_module(trainer, module, cfg)  # fsdp: the shards gathered on rank 0 (every rank takes part)
     if trainer.is_global_zero:
         reporting.warn_unlogged([n for n in config_lib.metric_names(cfg) if n.startswith("test_")], list(metrics))
@@ -327,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     if not local.wait_for_go():  # `invoke local`'s check failed while this process imported: it said why
         return 0
     whole_lines()  # every rank of a run enters here
+    heartbeat.start()  # progress for the watchdog that started this process, if one did
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config_path = None
     if argv[:1] == ["--config"] and len(argv) > 1:

@@ -133,6 +133,12 @@ class TrainerConfig:
     # s3:// model.tar.gz (project/aws/init_source.py); a fresh optimizer and schedule, a new run identity.
     init_from: str | None = MISSING
     init_strict: bool = MISSING  # false: load the layers whose shapes match, list the others
+    # The watchdog (project/training/watchdog.py): minutes without progress before a run fails with
+    # its stacks; None: off locally, the job_ value in a SageMaker job; 0: off.
+    stall_timeout_minutes: float | None = MISSING
+    startup_timeout_minutes: float | None = MISSING  # before training: start-up, data set-up, rendezvous
+    job_stall_timeout_minutes: float = MISSING
+    job_startup_timeout_minutes: float = MISSING
 
 
 @dataclass

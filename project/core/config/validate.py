@@ -36,6 +36,10 @@ MINIMUMS = {  # job.max_run_minutes has a range, SageMaker's: aws/plan.validate_
     "trainer.limit_train_batches": 0,
     "trainer.limit_val_batches": 0,
     "trainer.limit_test_batches": 0,
+    "trainer.stall_timeout_minutes": 0,  # 0 = no watchdog
+    "trainer.startup_timeout_minutes": 0,
+    "trainer.job_stall_timeout_minutes": 0,
+    "trainer.job_startup_timeout_minutes": 0,
     "instance.count": 1,
     "instance.gpus": 0,
     "instance.volume_size_gb": 1,
