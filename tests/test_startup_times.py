@@ -8,11 +8,12 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
 
 from project.aws import startup_times
-from project.aws.startup_history import Seen
+from project.aws.startup_history import Seen, prediction
 from project.aws.startup_times import Started, breakdown, job_breakdowns, predict, report
 from project.core import startup
 
@@ -97,7 +98,7 @@ def test_a_container_prints_each_logged_phase_once_on_its_hosts_first_process(mo
 
 def test_the_billed_phases_add_up_to_first_step_minus_training_start_and_provisioning_is_not_billed():
     desc = described()
-    (shown,) = job_breakdowns(desc, {"algo-1": log()}, startup.parse_marker)
+    (shown,) = job_breakdowns(desc, {"algo-1": log()})
     names = [phase.name for phase in shown.phases]
     assert names == [name for name, _ in startup_times.STAGES]
     provisioning, download, image = shown.phases[:3]
@@ -137,19 +138,19 @@ def test_an_instance_clock_behind_aws_makes_no_phase_negative():
 def test_a_job_that_failed_before_its_first_step_shows_where_it_got_to():
     desc = described(TrainingJobStatus="Failed")
     marks = {p: s for p, s in MARKS.items() if p in ("container_start", "launcher_ready")}
-    (shown,) = job_breakdowns(desc, {"algo-1": log(marks)}, startup.parse_marker)
+    (shown,) = job_breakdowns(desc, {"algo-1": log(marks)})
     assert not shown.reached_first_step and shown.phases[-1].name == "set-up: sm_train.sh, pip"
     assert "to where it got to (no first step)" in report(desc["TrainingJobName"], [shown])
     still_starting = {
         k: v for k, v in described().items() if k not in ("TrainingStartTime", "SecondaryStatusTransitions")
     }
-    assert job_breakdowns(still_starting, {}, startup.parse_marker) == []
+    assert job_breakdowns(still_starting, {}) == []
     assert report("j", []) == "start-up of j: no TrainingStartTime and no log: it has not got past provisioning"
 
 
 def test_several_hosts_show_the_slowest_and_each_hosts_time():
     hosts = {"algo-1": log(), "algo-2": log(shift=4.0)}  # algo-2 reached each phase 4 s later
-    found = job_breakdowns(described(), hosts, startup.parse_marker)
+    found = job_breakdowns(described(), hosts)
     text = report("j", found)
     assert startup_times.slowest(found).host == "algo-2" and text.startswith("start-up of j, host algo-2: 4 min 37 s")
     assert text.endswith("hosts to the first step: algo-1 4 min 33 s, algo-2 4 min 37 s (the slowest shown)")
@@ -193,7 +194,7 @@ def test_no_history_is_one_line_that_says_so():
 
 def test_a_seen_job_survives_the_cache_and_warm_comes_from_the_pool_it_reused():
     desc = described(WarmPoolStatus={"Status": "Reused", "ReusedByJob": "next-job"})
-    (shown,) = job_breakdowns(desc, {"algo-1": log()}, startup.parse_marker)
+    (shown,) = job_breakdowns(desc, {"algo-1": log()})
     seen = Seen(
         desc["TrainingJobName"], "ml.g5.xlarge", IMAGE, Started.of(desc, shown, warm=False), "Reused", "next-job"
     )
@@ -201,3 +202,18 @@ def test_a_seen_job_survives_the_cache_and_warm_comes_from_the_pool_it_reused():
     assert not replace(seen, pool_status="Available").final("Completed")  # a live pool may still be reused
     assert seen.started.setup_seconds == pytest.approx(41.5)
     assert seen.started.warm_skippable_seconds == pytest.approx(220.2)
+
+
+def test_credentials_that_may_not_list_jobs_get_one_line_and_the_launch_goes_on():
+    from botocore.exceptions import ClientError
+
+    class Refusing:  # the SageMaker client of a policy without sagemaker:ListTrainingJobs
+        def list_training_jobs(self, **_):
+            raise ClientError(
+                {"Error": {"Code": "AccessDeniedException", "Message": "not allowed"}}, "ListTrainingJobs"
+            )
+
+    plan = SimpleNamespace(base_name="lightning", instance_type="ml.g5.xlarge", image=None, keep_alive_seconds=0)
+    assert prediction(Refusing(), None, plan) == (
+        "no prediction: ListTrainingJobs was refused (AccessDeniedException)",
+    )

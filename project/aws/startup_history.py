@@ -49,7 +49,7 @@ def marker_lines(logs: Any, job_name: str) -> dict[str, list[str]]:
 
 
 def breakdowns(logs: Any, desc: dict[str, Any]) -> list[Breakdown]:
-    return startup_times.job_breakdowns(desc, marker_lines(logs, desc["TrainingJobName"]), startup.parse_marker)
+    return startup_times.job_breakdowns(desc, marker_lines(logs, desc["TrainingJobName"]))
 
 
 def job_report(logs: Any, desc: dict[str, Any]) -> str:
@@ -131,8 +131,15 @@ def history(sm: Any, logs: Any, base_name: str) -> History:
 
 
 def prediction(sm: Any, logs: Any, plan: Any) -> tuple[str, ...]:
-    """The launch summary's start-up lines for `plan` (a JobPlan)."""
-    past = history(sm, logs, plan.base_name)
+    """The launch summary's start-up lines for `plan` (a JobPlan). Advice only: credentials that may
+    not read the history get one line, and the launch goes on."""
+    from botocore.exceptions import ClientError
+
+    try:
+        past = history(sm, logs, plan.base_name)
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        return (f"no prediction: {exc.operation_name} was refused ({error.get('Code', '?')})",)
     return startup_times.predict(
         past.started,
         plan.instance_type,

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from project.core.startup import parse_marker
+
 # Each phase ends at its boundary: a SecondaryStatusTransition's start, TrainingStartTime, or a log
 # marker (project.core.startup.LOGGED_PHASES). A boundary the job never reported (an older job, a
 # failure before it) folds its phase into the next one.
@@ -88,11 +90,11 @@ def service_boundaries(desc: Mapping[str, Any]) -> dict[str, float]:
     return {key: t for key, t in found.items() if t is not None}
 
 
-def host_marks(lines: Sequence[str], parse) -> dict[str, float]:
-    """The first time each phase was marked in one host's log lines (`parse`: startup.parse_marker)."""
+def host_marks(lines: Sequence[str]) -> dict[str, float]:
+    """The first time each phase was marked in one host's log lines."""
     marks: dict[str, float] = {}
     for line in lines:
-        parsed = parse(line)
+        parsed = parse_marker(line)
         if parsed:
             marks.setdefault(parsed[0], parsed[1])
     return marks
@@ -121,9 +123,9 @@ def breakdown(desc: Mapping[str, Any], host: str, marks: Mapping[str, float]) ->
     return Breakdown(host, tuple(phases), FIRST_STEP in marks)
 
 
-def job_breakdowns(desc: Mapping[str, Any], logs_by_host: Mapping[str, Sequence[str]], parse) -> list[Breakdown]:
+def job_breakdowns(desc: Mapping[str, Any], logs_by_host: Mapping[str, Sequence[str]]) -> list[Breakdown]:
     """Each host's breakdown (one per log stream; just the service's phases while there is no log)."""
-    hosts = {host: host_marks(lines, parse) for host, lines in logs_by_host.items()} or {"-": {}}
+    hosts = {host: host_marks(lines) for host, lines in logs_by_host.items()} or {"-": {}}
     found = [breakdown(desc, host, marks) for host, marks in sorted(hosts.items())]
     return [b for b in found if b is not None]
 
