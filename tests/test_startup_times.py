@@ -101,6 +101,9 @@ def test_the_billed_phases_add_up_to_first_step_minus_training_start_and_provisi
     (shown,) = job_breakdowns(desc, {"algo-1": log()})
     names = [phase.name for phase in shown.phases]
     assert names == [name for name, _ in startup_times.STAGES]
+    assert [marker for _, marker in startup_times.STAGES[2:]] == list(
+        startup.LOGGED_PHASES
+    )  # the markers, in core.startup's order
     provisioning, download, image = shown.phases[:3]
     assert (provisioning.billed, provisioning.seconds) == (False, pytest.approx(151.333))
     assert download.billed and download.seconds == pytest.approx(169.0 - 151.333)
@@ -201,7 +204,7 @@ def test_a_seen_job_survives_the_cache_and_warm_comes_from_the_pool_it_reused():
     assert Seen.from_json(seen.to_json()) == seen and seen.final("Completed") and not seen.final("InProgress")
     assert not replace(seen, pool_status="Available").final("Completed")  # a live pool may still be reused
     assert seen.started.setup_seconds == pytest.approx(41.5)
-    assert seen.started.warm_skippable_seconds == pytest.approx(220.2)
+    assert seen.started.warm_skippable_seconds == pytest.approx(151.333 + 220.2 - 169.0)  # not the data download
 
 
 def test_credentials_that_may_not_list_jobs_get_one_line_and_the_launch_goes_on():

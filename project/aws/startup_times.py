@@ -40,8 +40,8 @@ STAGES: tuple[tuple[str, str], ...] = (
     ("first step", "first_step"),
 )
 SETUP_PHASE = STAGES[3][0]  # what job.image=custom saves: its image holds the requirements
-# What a warm pool skips: the instance is running and holds the image (AWS: "Reuse warm pools").
-WARM_SKIPS = (PROVISIONING, STAGES[1][0], STAGES[2][0])
+# What a warm pool skips: its instance is up and holds the image; the job's data still downloads.
+WARM_SKIPS = (PROVISIONING, STAGES[2][0])
 FIRST_STEP = "first_step"
 BILLED_ROW = "billed (from TrainingStartTime)"
 
@@ -174,7 +174,7 @@ class Started:
     warm: bool  # it reused a warm pool
     billed_seconds: float
     total_seconds: float
-    warm_skippable_seconds: float  # provisioning and downloads: what a warm pool skips
+    warm_skippable_seconds: float  # provisioning and the image download: what a warm pool skips
     setup_seconds: float  # sm_train.sh's set-up and pip: what job.image=custom skips
 
     @classmethod
@@ -225,7 +225,8 @@ def predict(
         if skipped >= WORTH_SECONDS:
             lines.append(
                 f"a warm pool (job.keep_alive_minutes=N) would skip ~{duration(skipped)} of provisioning and "
-                "downloads for a job launched within N minutes of this one's end; the idle instance is billed meanwhile"
+                "the image download for a job launched within N minutes of this one's end; "
+                "the idle instance is billed meanwhile"
             )
     if image_kind == "aws":
         setup = statistics.median(s.setup_seconds for s in same)
