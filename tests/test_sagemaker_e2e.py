@@ -285,6 +285,10 @@ def _check_the_startup_breakdown(out: str, job: str, desc: dict, log: str) -> No
     expected = first_step - desc["TrainingStartTime"].timestamp()
     assert abs(billed - expected) < 1.0 and abs(float(rows[-1][1]) - expected) < 1.0, (billed, expected, block)
     assert 0 < expected <= desc["BillableTimeInSeconds"] + 1
+    # The sandbox's transitions as SageMaker's: Starting ends where billing starts (TrainingStartTime).
+    transitions = desc["SecondaryStatusTransitions"]
+    assert [t["Status"] for t in transitions] == ["Starting", "Downloading", "Training", "Uploading", "Completed"]
+    assert transitions[0]["EndTime"] == transitions[1]["StartTime"] == desc["TrainingStartTime"]
 
 
 def _check_the_mlflow_run(tracking: str, metrics: dict, job: str, tags: dict) -> None:
