@@ -544,7 +544,8 @@ data "aws_iam_policy_document" "launcher" {
   }
 
   statement {
-    # `invoke train` and `invoke logs` stream the job's log streams.
+    # `invoke train` and `invoke logs` stream the job's log streams; `invoke why`, `invoke status JOB` and the
+    # launch summary's start-up prediction read their heads and tails.
     sid       = "ReadTrainingLogs"
     actions   = ["logs:DescribeLogStreams", "logs:GetLogEvents"]
     resources = [local.training_log_group_arn, "${local.training_log_group_arn}:*"]

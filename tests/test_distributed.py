@@ -30,7 +30,9 @@ from project.aws.image import JobImage
 from project.aws.infra import Infra
 from project.aws.plan import ENTRY_SCRIPT, plan_job
 from project.aws.staging import stage_source
+from project.aws.startup_times import job_breakdowns
 from project.core import config as C
+from project.core import startup
 from project.core.identity import run_identity
 from project.core.runtime import DEBUG_ENV, launched_processes, sagemaker_env
 from project.core.topology import TopologyError, decide
@@ -215,6 +217,18 @@ def test_two_hosts_under_torchrun_train_one_run(uninterrupted_run, code_channel)
     root, outputs = uninterrupted_run
     _, _, images, labels = code_channel
     assert_one_run_over_two_ranks(root, outputs, images, labels)
+    # Each host's first process printed each start-up phase (the launcher's, then its torchrun worker's)
+    # as whole lines, in order, once up to the first step: the breakdown has both hosts.
+    for output in outputs:
+        marks = [mark for mark in map(startup.parse_marker, output.splitlines()) if mark]
+        first = dict(reversed(marks))  # each phase's first time
+        assert list(dict.fromkeys(phase for phase, _ in marks)) == list(startup.LOGGED_PHASES), output[-3000:]
+        assert [first[p] for p in startup.LOGGED_PHASES] == sorted(first.values())
+        assert [phase for phase, _ in marks].count("first_step") == 1
+    logs = {host: output.splitlines() for host, output in zip(HOSTS, outputs, strict=True)}
+    created = min(t for output in outputs for _, t in filter(None, map(startup.parse_marker, output.splitlines())))
+    found = job_breakdowns({"CreationTime": created - 1.0, "TrainingStartTime": created - 0.5}, logs)
+    assert [b.host for b in found] == sorted(HOSTS) and all(b.reached_first_step for b in found)
 
 
 @pytest.mark.slow

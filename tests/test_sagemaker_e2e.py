@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from project.aws import workflow
+from project.aws import startup_history, workflow
 from project.aws.session import aws_clients
 from project.aws.staging import DRY_RUN_CODE_PREFIX
 from project.core import startup
@@ -154,12 +154,16 @@ def _upload_train_fetch_predict(world, data, tmp_path, name, overrides, tracked)
         assert "torch.distributed.run" not in run.stdout
         assert re.search(r"test_acc=0\.\d+", out)  # log lines streamed from CloudWatch
         assert f"{job}: Completed" in out and "billable=" in out and "cost=$" in out
+        # Where the start-up went, after the final report: the billed phases add up to what SageMaker billed
+        # before the first step (from TrainingStartTime); the provisioning before it is shown, not billed.
+        desc = world["clients"].sagemaker.describe_training_job(TrainingJobName=job)
+        _check_the_startup_breakdown(out, job, desc, run.stdout)
+        assert "[startup] phase=" in run.stdout and "[startup] phase=" not in out  # the log has them; not the stream
         # sm_train.sh's set-up (~110 lines) streamed as one line; CloudWatch keeps them (`invoke logs` below).
         already = run.stdout.count("Requirement already satisfied: ")
         assert re.search(rf"^set-up: {already} packages already installed, \d+\.\d s$", out, re.M), out[:3000]
         assert "Requirement already satisfied" not in out and "Environment Variables:" not in out
 
-        desc = world["clients"].sagemaker.describe_training_job(TrainingJobName=job)
         assert desc["ResourceConfig"]["InstanceType"] == "ml.m5.xlarge"
         image = desc["AlgorithmSpecification"]["TrainingImage"]
         assert re.fullmatch(
@@ -180,9 +184,10 @@ def _upload_train_fetch_predict(world, data, tmp_path, name, overrides, tracked)
         final = {m["MetricName"]: m["Value"] for m in desc["FinalMetricDataList"]}
         assert final["test_acc"] > 0.5 and final["epoch"] >= 1
 
-        status = invoke("status", *world["infra_overrides"], f"job.base_name={name}")
+        status = invoke("status", job, *world["infra_overrides"], f"job.base_name={name}")
         assert status.returncode == 0, status.stderr
         assert job in status.stdout and "Completed" in status.stdout and "1xml.m5.xlarge" in status.stdout
+        _check_the_startup_breakdown(status.stdout, job, desc, run.stdout)  # `invoke status JOB` shows it too
 
         logs = invoke("logs", job, *world["infra_overrides"])
         assert logs.returncode == 0 and "test_acc=" in logs.stdout
@@ -265,6 +270,27 @@ def _upload_train_fetch_predict(world, data, tmp_path, name, overrides, tracked)
     assert again.returncode == 0 and "uploaded 0 file(s)" in again.stdout, again.stdout + again.stderr
 
 
+def _check_the_startup_breakdown(out: str, job: str, desc: dict, log: str) -> None:
+    """The breakdown's billed phases sum to first step - TrainingStartTime (the log's marker), within a second."""
+    from project.core.startup import parse_marker
+
+    block = out[out.index(f"start-up of {job}") :]
+    rows = re.findall(r"^  (\S.*?)  +(\d+\.\d) s( +not billed)?$", block, re.M)
+    names = [name for name, _, _ in rows]
+    assert names[0] == "provisioning (Starting)" and rows[0][2], block[:2000]  # shown, not billed
+    assert names[-2:] == ["first step", "billed (from TrainingStartTime)"], block[:2000]
+    assert "image download, container start" in names and "set-up: sm_train.sh, pip" in names
+    billed = sum(float(seconds) for name, seconds, unbilled in rows[:-1] if not unbilled)
+    first_step = next(t for phase, t in filter(None, map(parse_marker, log.splitlines())) if phase == "first_step")
+    expected = first_step - desc["TrainingStartTime"].timestamp()
+    assert abs(billed - expected) < 1.0 and abs(float(rows[-1][1]) - expected) < 1.0, (billed, expected, block)
+    assert 0 < expected <= desc["BillableTimeInSeconds"] + 1
+    # The sandbox's transitions as SageMaker's: Starting ends where billing starts (TrainingStartTime).
+    transitions = desc["SecondaryStatusTransitions"]
+    assert [t["Status"] for t in transitions] == ["Starting", "Downloading", "Training", "Uploading", "Completed"]
+    assert transitions[0]["EndTime"] == transitions[1]["StartTime"] == desc["TrainingStartTime"]
+
+
 def _check_the_mlflow_run(tracking: str, metrics: dict, job: str, tags: dict) -> None:
     """The job's MLflow run: config as params, per-epoch metrics, model.ts and plots, the job's identity as tags."""
     from mlflow.tracking import MlflowClient
@@ -305,9 +331,11 @@ def test_failing_job_surfaces_its_reason(world, data, tmp_path):
     desc = world["clients"].sagemaker.describe_training_job(TrainingJobName=job)
     assert desc["TrainingJobStatus"] == "Failed" and "t10k-labels-idx1-ubyte" in desc["FailureReason"]
 
-    why = invoke("why", job, *world["infra_overrides"])  # the same report, later
+    why = invoke("why", job, *world["infra_overrides"])  # the same report, later, and where its start-up went
     assert why.returncode == 0, why.stderr
-    assert why.stdout.strip() == train.stderr.strip().removeprefix("error: ")
+    startup_times = train.stdout[train.stdout.index(f"start-up of {job}, host algo-1: ") :].strip()
+    assert "to where it got to (no first step)" in startup_times  # it failed checking its data
+    assert why.stdout.strip() == train.stderr.strip().removeprefix("error: ") + "\n" + startup_times
 
     fetched = invoke("fetch", job, *world["infra_overrides"], f"paths.runs_dir={tmp_path / 'runs'}")
     assert one_error_line(fetched) == f"error: training job {job} is Failed, not Completed: nothing to fetch yet"
@@ -366,15 +394,22 @@ def test_stopped_job_rerun_resumes_from_its_checkpoints(world, tmp_path):
         assert f"cause: stopped by StopTrainingJob; the training saved a checkpoint at step {step} (s3://" in why.stdout
         assert f"it resumes from step {step}" in why.stdout, why.stdout
         assert f"log-events/{job}$252Falgo-1-" in why.stdout  # the host whose log said so
+        assert re.search(rf"^start-up of {job}, host algo-1: .* to the first step, ", why.stdout, re.M), why.stdout
 
         second = invoke("train", *overrides, "--yes", "--poll", "1")
         assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-2000:]
         # The summary, before the launch, says what the job's checkpoint prefix holds of its config.
         assert re.search(rf"earlier run +interrupted at step {step}: this job resumes from there", second.stdout)
+        # The start-up predicted from the stopped job, the one earlier job of this base name, instance and image.
+        predicted = r"start-up +~\d.* cold \(.* billed\), from your last {} on ml\.m5\.xlarge with this image$"
+        assert re.search(predicted.format("1 job"), second.stdout, re.M), second.stdout[:3000]
         rerun = service.result(re.search(r"launched (\S+)", second.stdout).group(1))
     rerun.check()
     third = invoke("train", *overrides, "--dry-run")  # once more: it would bill a minute to train nothing
     assert third.returncode == 0, third.stderr[-2000:]
+    assert re.search(predicted.format("2 jobs"), third.stdout, re.M), third.stdout[:3000]  # the rerun resumed: one more
+    cached = startup_history.cache_dir() / f"{job}.json"  # ended: its start-up is read from AWS once
+    assert json.loads(cached.read_text())["started"]["billed_seconds"] > 0
     assert re.search(
         r"earlier run +finished already \(config \w+\): this job would only test and export it again, billed; "
         r"to train anew pass a new trainer\.seed= or job\.base_name=",

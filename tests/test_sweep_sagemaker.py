@@ -87,6 +87,7 @@ def test_grid_sweep_runs_two_at_a_time_from_one_code_bundle_and_a_rerun_skips_th
     assert "4 job(s), 4 to launch, at most 2 at a time" in out
     assert "budget: for the 4 job(s) to launch, worst case $" in out
     assert out.index("worst case") < out.index("launched")  # one summary before any launch
+    assert "  start-up no earlier job on ml.m5.xlarge with this image to predict from" in out, out[:3000]
 
     jobs = described(world, name)
     assert len(jobs) == 4 and all(j["TrainingJobStatus"] == "Completed" for j in jobs)
@@ -158,6 +159,10 @@ def test_grid_sweep_runs_two_at_a_time_from_one_code_bundle_and_a_rerun_skips_th
     rerun = invoke("train", "-m", *overrides, budget, "hydra.launcher.max_parallel=2", "--yes", "--poll", "1")
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-2000:]
     assert "0 to launch, 4 already completed (skipped)" in rerun.stdout
+    # The four jobs' start-ups are the history now: the summary predicts from them.
+    assert re.search(
+        r"^  start-up ~\d.* cold \(.* billed\), from your last 4 jobs on ml\.m5\.xlarge", rerun.stdout, re.M
+    )
     assert len(described(world, name)) == 4  # nothing launched again
 
 

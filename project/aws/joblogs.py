@@ -1,10 +1,10 @@
-"""A training job's CloudWatch log: its streams (one per instance), their last lines, the new lines
-as they come, and each host's sm_train.sh set-up folded into one line for the streamed view.
+"""A training job's CloudWatch log: its streams (one per instance), their first and last lines, the
+new lines as they come, and each host's sm_train.sh set-up folded into one line for the streamed view.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from project.core.sagemaker_names import LOG_GROUP
 
@@ -25,6 +25,31 @@ def last_lines(logs, job_name: str, limit: int) -> dict[str, list[str]]:
         response = logs.get_log_events(logGroupName=LOG_GROUP, logStreamName=stream, startFromHead=False, limit=limit)
         tails[stream] = [event["message"].rstrip("\n") for event in response.get("events", [])]
     return tails
+
+
+HEAD_PAGES = 5  # GetLogEvents pages (up to 10,000 lines each) read from a stream's head, at most
+
+
+def head_lines(
+    logs, stream: str, keep: Callable[[str], bool], until: Callable[[str], bool], pages: int = HEAD_PAGES
+) -> list[str]:
+    """The lines of a stream, from its head, that `keep` accepts, up to the first that `until` accepts
+    (a start-up's last marker: a long job's log is not read to its end)."""
+    kept: list[str] = []
+    kwargs = {"logGroupName": LOG_GROUP, "logStreamName": stream, "startFromHead": True}
+    for _ in range(pages):
+        response = logs.get_log_events(**kwargs)
+        for event in response.get("events", []):
+            line = event["message"].rstrip("\n")
+            if keep(line):
+                kept.append(line)
+            if until(line):
+                return kept
+        token = response.get("nextForwardToken")
+        if not response.get("events") or token == kwargs.get("nextToken"):
+            break
+        kwargs["nextToken"] = token
+    return kept
 
 
 class LogTail:

@@ -13,6 +13,7 @@ from typing import Any
 from project.aws.cost import job_cost
 from project.aws.errors import aws_errors
 from project.aws.joblogs import LogTail, SetupFold
+from project.core import startup
 from project.core.errors import UserError
 
 TERMINAL = {"Completed", "Failed", "Stopped"}
@@ -133,6 +134,7 @@ def wait(
 
     def show(lines: list[str]) -> None:
         nonlocal last
+        lines = [line for line in lines if startup.parse_marker(line) is None]  # the breakdown says them at the end
         for line in lines:
             echo(line)
         last = (last + lines)[-keep_last:]

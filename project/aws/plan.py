@@ -107,6 +107,9 @@ class JobPlan:
     # What checkpoint_uri already holds of this identity (workflow.earlier_run): the job resumes it.
     earlier: Progress | None = None
     parent: ModelChannel | None = None  # trainer.init_from: the model channel
+    # The start-up predicted from this project's earlier jobs, and what would shorten it
+    # (project/aws/startup_history.py prediction): the summary's `start-up` lines.
+    startup: tuple[str, ...] = ()
     # logger=mlflow/wandb: the packages the job installs for them (image.tracking_requirements), and
     # where MLflow logs: logger.mlflow.tracking_uri, else Terraform's tracking server (enable_mlflow),
     # else None (mlruns/ in the job's output.tar.gz).
@@ -172,6 +175,7 @@ class JobPlan:
             ("job", self.job_name),
             ("image", self.image.line()),
             *([("start-up", self.image.install.line())] if self.image.install else []),
+            *(("start-up" if i == 0 else "", line) for i, line in enumerate(self.startup)),
             *([("tracking", self._tracking_line())] if self.tracking else []),
             ("command", f"{entry_command(self)}  ({pid_1(self)})"),
             ("instance", f"{self.instance_count} x {self.instance_type}"),

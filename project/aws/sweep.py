@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from project.aws import init_source, joblogs, monitor, sdk, vpc
+from project.aws import init_source, joblogs, monitor, sdk, startup_history, vpc
 from project.aws.cost import budget_line, check_budget
 from project.aws.errors import aws_errors
 from project.aws.image import job_image
@@ -232,6 +232,7 @@ class SweepSession:
             + f", at most {limit} at a time",
             f"  image {first.image_uri}; data {', '.join(first.channels.values())}; one code bundle for all jobs",
             *(f"  start from {line}" for line in dict.fromkeys(p.parent.line() for p in plans if p.parent)),
+            *(f"  start-up {line}" for line in self.startup_prediction(plans)),
         ]
         for job, plan in zip(jobs, plans, strict=True):
             skip = done.get(plan.config_hash)
@@ -245,6 +246,12 @@ class SweepSession:
             )
         lines.append(cost_line(launching, self.launched))
         return "\n".join(lines)
+
+    def startup_prediction(self, plans: list[JobPlan]) -> tuple[str, ...]:
+        """Each job's start-up as the base name's earlier jobs predict it, where all run one instance type and image."""
+        if len({(p.instance_type, p.image_uri) for p in plans}) != 1:
+            return ()
+        return startup_history.prediction(self.ctx.clients.sagemaker, self.ctx.clients.logs, plans[0])
 
     def ask(self, count: int) -> None:
         if self.yes or self.asked or not count:

@@ -27,6 +27,7 @@ from project.aws import (
     monitor,
     sdk,
     source,  # noqa: F401 (registers s3:// data with project.training.fetch)
+    startup_history,
     triage,
     vpc,
 )
@@ -210,7 +211,11 @@ def train(
         if not dry_run:
             raise
         echo(f"warning: {problem}")
-    plan = replace(plan, earlier=earlier_run(ctx.clients.s3, plan))
+    plan = replace(
+        plan,
+        earlier=earlier_run(ctx.clients.s3, plan),
+        startup=startup_history.prediction(ctx.clients.sagemaker, ctx.clients.logs, plan),
+    )
     echo(f"SageMaker training job\n{plan.summary()}")
     with tempfile.TemporaryDirectory(prefix="sm-source-") as tmp:
         source = stage_source(cfg, Path(tmp) / "source", plan)
@@ -292,6 +297,7 @@ def prices(
 
 def finish(ctx: Context, job_name: str, echo: Callable[[str], None], poll_seconds: float) -> str:
     desc, _ = monitor.wait(ctx.clients.sagemaker, ctx.clients.logs, job_name, poll_seconds, echo)
+    echo(startup_history.job_report(ctx.clients.logs, desc))
     if desc["TrainingJobStatus"] != "Completed":
         raise monitor.JobError(diagnose(ctx, desc).report())
     echo(monitor.final_report(desc))
@@ -331,8 +337,10 @@ def diagnose(ctx: Context, desc: dict[str, Any]) -> triage.Triage:
 @aws_task
 def why(overrides: list[str], job_name: str | None, echo=print) -> triage.Triage:
     ctx = setup(overrides)
-    result = diagnose(ctx, monitor.describe(ctx.clients.sagemaker, job_of(ctx, job_name)))
+    desc = monitor.describe(ctx.clients.sagemaker, job_of(ctx, job_name))
+    result = diagnose(ctx, desc)
     echo(result.report())
+    echo(startup_history.job_report(ctx.clients.logs, desc))
     return result
 
 
@@ -344,7 +352,10 @@ def status(overrides: list[str], job_name: str | None, limit: int, echo=print) -
     if not names:
         echo(f"no training jobs named {ctx.cfg.job.base_name}-* yet")
         return
-    echo(monitor.status_table([monitor.StatusRow.of(monitor.describe(sm, name)) for name in names]))
+    descs = [monitor.describe(sm, name) for name in names]
+    echo(monitor.status_table([monitor.StatusRow.of(desc) for desc in descs]))
+    if job_name:  # one job: where its start-up went
+        echo(startup_history.job_report(ctx.clients.logs, descs[0]))
 
 
 @aws_task

@@ -163,7 +163,8 @@ def run_training_job(
     job = record.moto_job(clients.sagemaker, job_name)
     started = time.time()
     record.set_status(job, "InProgress", "Downloading", "Downloading input data")
-    job.training_start_time = record.now()
+    # Billing starts as the instances are up and the download begins: Starting's end (project/aws/startup_times.py).
+    job.training_start_time = job.secondary_status_transitions[-1]["StartTime"]
     tree = Path(workdir) / "opt_ml"
     try:
         checkpoints = prepare_tree(tree, desc, clients.s3)

@@ -104,7 +104,7 @@ def launch(
     torchrun's own start (importing torch in the launcher, then starting the worker's
     interpreter): 1.3-2 s of every such job's and sweep trial's start on the sandbox.
     """
-    if startup.enabled():
+    if startup.wanted():  # the trace file's marks, and in a job the log's `[startup]` lines
         started = startup.process_started()  # PID 1's: the SDK driver's bash, which exec'd this interpreter
         if started is not None:
             startup.mark("container_start", at=started)

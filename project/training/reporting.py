@@ -292,7 +292,11 @@ class EpochBar(TQDMProgressBar):
 
 
 class StartupMarks(pl.Callback):
-    """The phases inside `trainer.fit` up to the first optimizer step, for project.core.startup's trace."""
+    """The phases inside `trainer.fit` up to the first optimizer step, for project.core.startup's trace
+    and a job's log."""
+
+    def __init__(self) -> None:
+        self.started_at_step: int | None = None  # the global step at the fit's start, until its first step
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         startup.mark("data_loaded")  # Lightning calls the DataModule's setup first
@@ -302,18 +306,23 @@ class StartupMarks(pl.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         startup.mark("train_start")
+        self.started_at_step = trainer.global_step  # a resumed run starts past 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == 1 and trainer.is_global_zero:  # after the first optimizer step
-            threads = {"threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads()}
-            startup.mark("first_step", **threads)
+        if (
+            self.started_at_step is not None and trainer.global_step > self.started_at_step
+        ):  # after this run's first optimizer step
+            self.started_at_step = None
+            if trainer.local_rank == 0:  # each host's first process (one host: the global zero)
+                threads = {"threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads()}
+                startup.mark("first_step", **threads)
 
 
 def callbacks(run_name: str, terminal: bool, log_every_n_steps: int, declared: Sequence[str] = ()) -> list[pl.Callback]:
     """The reporting callbacks of a run; `terminal`: stderr is a TTY (the bar) or a log (lines);
     `declared`: the metric names a SageMaker job scrapes."""
     progress: pl.Callback = EpochBar() if terminal else ProgressLines(progress_interval(PROGRESS_INTERVAL_SECONDS))
-    marks = [StartupMarks()] if startup.enabled() else []
+    marks = [StartupMarks()] if startup.wanted() else []
     clock = StepClock()
     return [
         StartLine(run_name),

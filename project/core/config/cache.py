@@ -21,15 +21,21 @@ COMPOSE_CACHE_ENV = "LIGHTNING_SAGEMAKER_CACHE"  # a folder, or "off"
 COMPOSE_CACHE_KEEP = 256  # newest entries kept; an entry is a few KiB
 
 
-def compose_cache_dir() -> Path | None:
-    """Where composed configs are cached: $LIGHTNING_SAGEMAKER_CACHE, else the user cache dir."""
+def cache_root() -> Path | None:
+    """This tool's caches: $LIGHTNING_SAGEMAKER_CACHE, else the user cache dir; None: "off"."""
     chosen = os.environ.get(COMPOSE_CACHE_ENV)
     if chosen == "off":
         return None
     if chosen:
-        return Path(chosen) / "compose"
+        return Path(chosen)
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "lightning-sagemaker" / "compose"
+    return Path(base) / "lightning-sagemaker"
+
+
+def compose_cache_dir() -> Path | None:
+    """Where composed configs are cached: compose/ of cache_root()."""
+    root = cache_root()
+    return None if root is None else root / "compose"
 
 
 def _package_stamp(name: str) -> str:
