@@ -423,16 +423,12 @@ def fetch_sweep(overrides: list[str], sweep_id: str, echo: Callable[[str], None]
     with aws_errors():
         ctx = setup(overrides)
         sm = ctx.clients.sagemaker
-        jobs = sorted(search_jobs(sm, SWEEP_TAG, sweep_id), key=lambda j: j["TrainingJobName"])
-        if not jobs:
-            raise monitor.JobError(f"no training jobs of sweep {sweep_id!r}: `invoke runs` lists the sweeps")
+        jobs = sweep_jobs(sm, sweep_id)
         sweep_dir = Path(ctx.cfg.paths.runs_dir) / sweep_id
         fetched = 0
         for job in jobs:
             tags = {t["Key"]: t["Value"] for t in job.get("Tags", [])}
             name, status = job["TrainingJobName"], job["TrainingJobStatus"]
-            if tags.get(SWEEP_TAG) != sweep_id:
-                continue
             if status != "Completed":
                 echo(f"{name}: {status}, nothing to fetch")
                 continue
@@ -442,6 +438,18 @@ def fetch_sweep(overrides: list[str], sweep_id: str, echo: Callable[[str], None]
             fetched += 1
     echo(f"fetched {fetched} of {len(jobs)} job(s) of sweep {sweep_id} into {sweep_dir}")
     return sweep_dir
+
+
+def sweep_jobs(sm: Any, sweep_id: str) -> list[dict[str, Any]]:
+    """The training jobs of a sweep (Search results, by name), or a JobError naming where to look."""
+    jobs = [
+        job
+        for job in search_jobs(sm, SWEEP_TAG, sweep_id)
+        if {t["Key"]: t["Value"] for t in job.get("Tags", [])}.get(SWEEP_TAG) == sweep_id
+    ]
+    if not jobs:
+        raise monitor.JobError(f"no training jobs of sweep {sweep_id!r}: `invoke runs` lists the sweeps")
+    return sorted(jobs, key=lambda j: j["TrainingJobName"])
 
 
 def search_jobs(sm: Any, tag: str, value: str) -> Iterator[dict[str, Any]]:
