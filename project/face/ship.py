@@ -194,8 +194,9 @@ def _version(ctx: Any, record: Record) -> Any:
 
 def _deploy(ctx: Any, record: Record, path: Path, rollout: Any, echo: Echo) -> None:
     """Send the create or canary update (unless an interrupted one was sent already), follow it to its end."""
-    from project.aws.deploy import deploy
+    from project.aws.deploy import ENDPOINT_BUSY, deploy
     from project.aws.deploy_requests import DeployError
+    from project.aws.endpoints import endpoint_status
     from project.aws.registry import REJECTED, version_source
 
     version = _version(ctx, record)
@@ -221,6 +222,9 @@ def _deploy(ctx: Any, record: Record, path: Path, rollout: Any, echo: Echo) -> N
     except DeployError as exc:
         if not record.done("deploying"):
             raise
+        now = endpoint_status(ctx.clients.sagemaker, record.endpoint)
+        if now is not None and now["EndpointStatus"] in ENDPOINT_BUSY:  # waited deploy.wait_minutes: it goes on
+            raise ShipError(f"{exc}; run the same command to follow it and promote it") from None
         ctx.clients.sagemaker.update_model_package(ModelPackageArn=version.arn, ModelApprovalStatus=REJECTED)
         path.unlink(missing_ok=True)
         raise ShipError(
