@@ -12,7 +12,7 @@ import pytest
 
 from project.aws.rollout_requests import Rollout, bake_cost_line
 from project.core.sweep_jobs import JobResult
-from project.face.ship import STAGES, Record, ShipError, best_job, read_record, record_path, write_record
+from project.face.ship import STAGES, Record, ShipError, best_job, read_record, record_path, summary, write_record
 from tests.cli import invoke, one_error_line
 
 
@@ -59,3 +59,23 @@ def test_bad_input_is_one_line_before_any_aws_call():
         ("ship", "s", "deploy.endpoint_name=ep", "deploy.instance=ml.x"): "unknown instance type deploy.instance=ml.x",
     }.items():
         assert message in one_error_line(invoke(*args)), args
+
+
+def test_the_summary_says_each_stage_done_or_next_and_the_cost(composed):
+    ctx = type("Ctx", (), {"cfg": composed("deploy.model_group=digits")})()
+    record = Record("s", "prod", "job-1", "val_acc", 0.93, 4, stage="registered", version="digits/3")
+    canary = summary(record, ctx, Rollout("CANARY", 10, 5))
+    assert canary == [
+        "ship sweep s to endpoint prod:",
+        "  best of 4 completed job(s) by sweep.objective=val_acc (maximize): job-1, val_acc=0.93",
+        "  done: register it in model group digits through the gate (deploy.gate.metric=test_acc, tolerance 0.01): "
+        "digits/3",
+        "  next: canary: 10% -> 100% of the traffic on the new fleet, each baking 5 min on endpoint prod; "
+        "an alarm rolls it back",
+        "  next: approve the version once the endpoint serves it",
+        "cost: ml.m5.large x 1: $0.115/hour ($2.76/day) while it is up, used or not; marked expired after 8 h",
+        "cost: the rollout runs the new fleet (ml.m5.large x 1) beside the old one for up to 10 min of bakes: "
+        "up to $0.019 more",
+    ]
+    created = summary(record, ctx, None)
+    assert created[3] == "  next: create endpoint prod serving it (there is none)" and len(created) == 6
