@@ -452,6 +452,18 @@ def sweep_jobs(sm: Any, sweep_id: str) -> list[dict[str, Any]]:
     return sorted(jobs, key=lambda j: j["TrainingJobName"])
 
 
+def sweep_job_results(sm: Any, sweep_id: str) -> list[JobResult]:
+    """The sweep's jobs from SageMaker, each completed one with its final metrics (`invoke ship` ranks them)."""
+    results = []
+    for job in sweep_jobs(sm, sweep_id):
+        tags = {t["Key"]: t["Value"] for t in job.get("Tags", [])}
+        name, status = job["TrainingJobName"], job["TrainingJobStatus"]
+        metrics = scalar_metrics(monitor.final_metrics(monitor.describe(sm, name))) if status == "Completed" else {}
+        num = int(tags[JOB_TAG]) if tags.get(JOB_TAG, "").isdigit() else -1
+        results.append(JobResult(num, tags.get(OVERRIDES_TAG, "").split(), status, name, metrics))
+    return results
+
+
 def search_jobs(sm: Any, tag: str, value: str) -> Iterator[dict[str, Any]]:
     """Training jobs tagged tag=value, every page of the Search API."""
     expression = {"Filters": [{"Name": f"Tags.{tag}", "Operator": "Equals", "Value": value}]}

@@ -28,7 +28,7 @@ from typing import Any
 
 from project.core.atomic import write_atomically
 from project.core.errors import UserError
-from project.core.sweep_jobs import JobResult, scalar_metrics
+from project.core.sweep_jobs import JobResult
 from project.face.sweep_results import ranked
 
 Echo = Callable[[str], None]
@@ -92,21 +92,6 @@ def best_job(results: Sequence[JobResult], objective: str, direction: str, sweep
     return ranked(scored, objective, direction)[0]
 
 
-def sweep_results(sm: Any, sweep: str) -> list[JobResult]:
-    """The sweep's jobs from SageMaker (Search by its tag), each completed one with its final metrics."""
-    from project.aws import monitor
-    from project.aws.sweep import JOB_TAG, OVERRIDES_TAG, sweep_jobs
-
-    results = []
-    for job in sweep_jobs(sm, sweep):
-        tags = {t["Key"]: t["Value"] for t in job.get("Tags", [])}
-        name, status = job["TrainingJobName"], job["TrainingJobStatus"]
-        metrics = scalar_metrics(monitor.final_metrics(monitor.describe(sm, name))) if status == "Completed" else {}
-        num = int(tags[JOB_TAG]) if tags.get(JOB_TAG, "").isdigit() else -1
-        results.append(JobResult(num, tags.get(OVERRIDES_TAG, "").split(), status, name, metrics))
-    return results
-
-
 def summary(record: Record, ctx: Any, rollout: Any) -> list[str]:
     """The plan, each stage done or next, and the cost (`rollout` None: the endpoint is created)."""
     from project.aws.deploy_requests import price_line
@@ -147,6 +132,7 @@ def ship(
     from project.aws.deploy import _confirm
     from project.aws.deploy_requests import safe_name
     from project.aws.endpoints import endpoint_status
+    from project.aws.sweep import sweep_job_results
 
     sm, cfg = ctx.clients.sagemaker, ctx.cfg
     endpoint = safe_name(str(cfg.deploy.endpoint_name))
@@ -156,7 +142,7 @@ def ship(
         echo(f"sweep {sweep} is shipped to {endpoint} already: {record.version} ({record.job}) serves it ({path})")
         return record
     if record is None:
-        results = sweep_results(sm, sweep)
+        results = sweep_job_results(sm, sweep)
         objective = str(cfg.sweep.objective)
         best = best_job(results, objective, str(cfg.sweep.direction), sweep)
         record = Record(sweep, endpoint, best.name, objective, best.metrics[objective], sum(r.ok for r in results))
