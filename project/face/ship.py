@@ -268,8 +268,9 @@ def _promote(ctx: Any, record: Record, path: Path, echo: Echo) -> None:
 def ship_task(overrides: list[str], sweep: str, canary: str | None, bake: str | None, yes: bool) -> None:
     """Checked before the first AWS call: the endpoint's name, the instance, the canary's flags."""
     from project.aws.deploy_requests import check_instance
+    from project.aws.errors import aws_errors
     from project.aws.rollout_requests import check_rollout
-    from project.aws.workflow import aws_task, context
+    from project.aws.workflow import context
     from project.core.config import compose
 
     cfg = compose(overrides)
@@ -281,9 +282,5 @@ def ship_task(overrides: list[str], sweep: str, canary: str | None, bake: str | 
     check_instance(dc.instance, dc)
     percent = str(dc.rollout.canary_percent) if canary is None else canary
     rollout = check_rollout(percent, None, bake, True, False, dc)
-
-    @aws_task
-    def run() -> None:
+    with aws_errors():  # missing credentials, an unreachable endpoint: one line
         ship(context(cfg), sweep, rollout, yes=yes)
-
-    run()
