@@ -442,7 +442,7 @@ def test_ship_registers_the_best_job_canaries_it_rolls_back_on_an_alarm_and_resu
 ):
     """`invoke ship` of the grid sweep to an endpoint serving its worst job: an alarm rolls the first canary
     back (the version Rejected, the old job serving); Ctrl-C mid-bake of the second leaves it recorded and
-    the same command follows the canary to its end and approves the version."""
+    the same command follows the canary to its end and approves the version; a gate that refuses leaves nothing."""
     from project.aws.rollout_requests import alarm_names
     from project.face.ship import read_record, record_path
     from project.sandbox.bluegreen import TIME_SCALE_ENV
@@ -526,6 +526,13 @@ def test_ship_registers_the_best_job_canaries_it_rolls_back_on_an_alarm_and_resu
         assert len(resources(sm)) == len(serving)  # the worst job's model and config gone, the best one's serve
         again = invoke(*command)
         assert again.returncode == 0 and f"sweep {sweep_id} is shipped to {endpoint} already" in again.stdout
+        # A gate that refuses (a negative tolerance stands for a worse job): one line, nothing done.
+        other = [*ovr, f"deploy.endpoint_name={endpoint}-b", "deploy.gate.tolerance=-1"]
+        refused = one_error_line(invoke("ship", sweep_id, *other, "--yes"))
+        assert f"error: gate: {best} is worse than the newest Approved version" in refused, refused
+        assert _model_versions(sm, group) == [(2, "Approved"), (1, "Rejected")]
+        assert f"endpoint {endpoint}-b" not in resources(sm)
+        assert not record_path(world["root"] / "runs", sweep_id, f"{endpoint}-b").exists()
         assert invoke("undeploy", endpoint, *ovr).returncode == 0
 
     calls = [c for c in aws_calls.read_calls(record_file, offset) if c.who == "invoke ship"]
