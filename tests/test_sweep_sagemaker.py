@@ -442,7 +442,8 @@ def test_ship_registers_the_best_job_canaries_it_rolls_back_on_an_alarm_and_resu
 ):
     """`invoke ship` of the grid sweep to an endpoint serving its worst job: an alarm rolls the first canary
     back (the version Rejected, the old job serving); Ctrl-C mid-bake of the second leaves it recorded and
-    the same command follows the canary to its end and approves the version; a gate that refuses leaves nothing."""
+    the same command follows the canary to its end and approves the version. Shipped to a new name, the
+    endpoint is created; a gate that refuses leaves nothing."""
     from project.aws.rollout_requests import alarm_names
     from project.face.ship import read_record, record_path
     from project.sandbox.bluegreen import TIME_SCALE_ENV
@@ -526,13 +527,20 @@ def test_ship_registers_the_best_job_canaries_it_rolls_back_on_an_alarm_and_resu
         assert len(resources(sm)) == len(serving)  # the worst job's model and config gone, the best one's serve
         again = invoke(*command)
         assert again.returncode == 0 and f"sweep {sweep_id} is shipped to {endpoint} already" in again.stdout
+        # Where no endpoint of that name serves, the ship creates it.
+        created = invoke("ship", sweep_id, *ovr, f"deploy.endpoint_name={endpoint}-b", "--yes")
+        assert created.returncode == 0, created.stdout[-3000:] + created.stderr[-3000:]
+        assert f"next: create endpoint {endpoint}-b serving it (there is none)" in created.stdout
+        assert "cost: the rollout" not in created.stdout and f"shipped: {group}/3 ({best}" in created.stdout
+        assert _variants(sm, f"{endpoint}-b") == [best] and _model_versions(sm, group)[0] == (3, "Approved")
+        assert invoke("undeploy", f"{endpoint}-b", *ovr).returncode == 0
         # A gate that refuses (a negative tolerance stands for a worse job): one line, nothing done.
-        other = [*ovr, f"deploy.endpoint_name={endpoint}-b", "deploy.gate.tolerance=-1"]
+        other = [*ovr, f"deploy.endpoint_name={endpoint}-c", "deploy.gate.tolerance=-1"]
         refused = one_error_line(invoke("ship", sweep_id, *other, "--yes"))
         assert f"error: gate: {best} is worse than the newest Approved version" in refused, refused
-        assert _model_versions(sm, group) == [(2, "Approved"), (1, "Rejected")]
-        assert f"endpoint {endpoint}-b" not in resources(sm)
-        assert not record_path(world["root"] / "runs", sweep_id, f"{endpoint}-b").exists()
+        assert len(_model_versions(sm, group)) == 3
+        assert f"endpoint {endpoint}-c" not in resources(sm)
+        assert not record_path(world["root"] / "runs", sweep_id, f"{endpoint}-c").exists()
         assert invoke("undeploy", endpoint, *ovr).returncode == 0
 
     calls = [c for c in aws_calls.read_calls(record_file, offset) if c.who == "invoke ship"]
