@@ -501,7 +501,16 @@ def test_ship_registers_the_best_job_canaries_it_rolls_back_on_an_alarm_and_resu
         assert not record_path(world["root"] / "runs", sweep_id, endpoint).exists()
 
         # Ctrl-C while the next canary bakes: the stage is recorded; the same command follows it and promotes.
-        command = ("ship", sweep_id, *ovr, "--canary", "10", "--bake", "5", "--yes")
+        command = (
+            "ship",
+            sweep_id,
+            *ovr,
+            "--canary",
+            "10",
+            "--bake",
+            "10",
+            "--yes",
+        )  # 3 s a step: Ctrl-C lands mid-bake
         proc = _started(*command)
         try:
             said = _until_baking(proc)
