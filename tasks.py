@@ -400,6 +400,28 @@ def reject(c, version, overrides=None):
         registry.status_task(overrides or [], version, registry.REJECTED)
 
 
+@task(
+    iterable=["overrides"],
+    help={
+        "sweep": "A SageMaker sweep's id (`invoke runs` lists them): its best completed job by sweep.objective",
+        "canary": "Where the endpoint serves: shift this % of the fleet (1-50) first "
+        "(default deploy.rollout.canary_percent)",
+        "bake": "Minutes each step bakes with the alarms watching (1-60; default deploy.rollout.bake_minutes)",
+        "yes": "Ship without asking (the summary and cost are still printed)",
+        "overrides": OVERRIDES_HELP + "; deploy.endpoint_name=<endpoint> is required",
+    },
+)
+def ship(c, sweep, canary=None, bake=None, yes=False, overrides=None):
+    """A sweep's best job to an endpoint: register (gate), canary with rollback, approve; a re-run resumes.
+
+    Each stage done is recorded in runs/<sweep>/ship-<endpoint>.json: the same command skips it.
+    """
+    from project.face.ship import ship_task
+
+    with user_errors():
+        ship_task(overrides or [], sweep, canary, bake, yes)
+
+
 @task(iterable=["overrides"], help={"overrides": OVERRIDES_HELP + " (aws.*)"})
 def endpoints(c, overrides=None):
     """This project's live endpoints: status, instances or serverless, uptime, cost so far, EXPIRED/IDLE."""
@@ -483,6 +505,7 @@ ns = Collection(
     models,
     approve,
     reject,
+    ship,
     sandbox,
 )
 ns.configure({"run": {"echo": False}})

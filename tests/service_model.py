@@ -7,17 +7,24 @@ the request against the operation's input shape and names each such breach.
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import UTC, datetime
 from typing import Any
 
 
-def problems(service: str, operation: str, params: dict[str, Any]) -> list[str]:
+@functools.cache
+def _service_model(service: str) -> Any:
+    """Loaded once per service: a test that judges hundreds of calls would spend seconds reloading it."""
     import botocore.session
+
+    return botocore.session.get_session().get_service_model(service)
+
+
+def problems(service: str, operation: str, params: dict[str, Any]) -> list[str]:
     from botocore.validate import ParamValidator
 
-    model = botocore.session.get_session().get_service_model(service)
-    shape = model.operation_model(operation).input_shape
+    shape = _service_model(service).operation_model(operation).input_shape
     # Payloads (InvokeEndpoint's Body) and times (GetMetricStatistics' StartTime) are not recorded
     # (tests/aws_calls.py keeps plain values): a stand-in of their type where they are required.
     stand_in = {"blob": b"", "timestamp": datetime.now(UTC)}

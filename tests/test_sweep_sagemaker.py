@@ -72,17 +72,25 @@ def most_at_once(jobs: list[dict]) -> int:
     return peak
 
 
-def test_grid_sweep_runs_two_at_a_time_from_one_code_bundle_and_a_rerun_skips_them(world, data, tmp_path):  # noqa: F811
-    """Every job starts from one earlier local run (trainer.init_from): its weights uploaded once, each
-    job's model channel and parent tags as a single `invoke train` gives them."""
+@pytest.fixture(scope="module")
+def grid(world, data, tmp_path_factory):  # noqa: F811
+    """A 4-job grid sweep, run once for the module: the grid test checks it, the ship test ships its best job.
+    Every job starts from one earlier local run (trainer.init_from)."""
     name = f"sw-{uuid.uuid4().hex[:6]}"
     assert invoke("upload", *sweep_overrides(world, data, name)).returncode == 0
     parent = run_composed(compose(tiny_overrides(*data, world["root"] / "runs", run_name=f"{name}-a")))
     swept = {"model.lr": "0.01,0.05", "trainer.batch_size": "32,64"}
     overrides = sweep_overrides(world, data, name, **swept, **{"trainer.init_from": f"{name}-a"})
-    with emulator.sagemaker_service(run_jobs=True, workdir=tmp_path / "jobs"):
+    with emulator.sagemaker_service(run_jobs=True, workdir=tmp_path_factory.mktemp("grid") / "jobs"):
         result = invoke("train", "-m", *overrides, "hydra.launcher.max_parallel=2", "--yes", "--poll", "1")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
+    return {"name": name, "parent": parent, "overrides": overrides, "result": result}
+
+
+def test_grid_sweep_runs_two_at_a_time_from_one_code_bundle_and_a_rerun_skips_them(world, grid, tmp_path):  # noqa: F811
+    """Every job starts from one earlier local run (trainer.init_from): its weights uploaded once, each
+    job's model channel and parent tags as a single `invoke train` gives them."""
+    name, parent, overrides, result = grid["name"], grid["parent"], grid["overrides"], grid["result"]
     out = result.stdout
     assert "4 job(s), 4 to launch, at most 2 at a time" in out
     assert "budget: for the 4 job(s) to launch, worst case $" in out
@@ -402,3 +410,174 @@ def test_without_yes_the_sweep_asks_once_and_no_launches_nothing(world, data):  
     assert term.finish() == 2
     assert "error: not launched (answered no)" in term.text and term.text.count("Launch these") == 1
     assert described(world, name) == []
+
+
+def _started(*args: str) -> subprocess.Popen:
+    """`invoke <args>` in its own process group (Ctrl-C reaches all of it), lines as they are printed."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "invoke", *args],
+        cwd=cli.ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
+def _until_baking(proc: subprocess.Popen) -> str:
+    """Its stdout up to the canary's first bake (the test fails if the command ends first)."""
+    said = []
+    for line in proc.stdout:
+        said.append(line)
+        if "Baking, 10% of the traffic" in line:
+            return "".join(said)
+    _, err = proc.communicate(timeout=60)
+    pytest.fail(f"no bake before the command ended ({proc.returncode}):\n{''.join(said)[-3000:]}\n{err[-3000:]}")
+
+
+def test_ship_registers_the_best_job_canaries_it_rolls_back_on_an_alarm_and_resumes_after_ctrl_c(
+    world,  # noqa: F811
+    data,  # noqa: F811
+    grid,
+    tmp_path,
+    monkeypatch,
+):
+    """`invoke ship` of the grid sweep to an endpoint serving its worst job: an alarm rolls the first canary
+    back (the version Rejected, the old job serving); Ctrl-C mid-bake of the second leaves it recorded and
+    the same command follows the canary to its end and approves the version. Shipped to a new name, the
+    endpoint is created; a gate that refuses leaves nothing."""
+    from project.aws.rollout_requests import alarm_names
+    from project.face.ship import read_record, record_path
+    from project.sandbox.bluegreen import TIME_SCALE_ENV
+    from tests import aws_calls
+    from tests.service_model import problems
+    from tests.test_deploy import resources
+
+    monkeypatch.setenv(TIME_SCALE_ENV, "0.005")  # a sandbox "minute" bakes 0.3 s
+    sm, cloudwatch = world["clients"].sagemaker, world["clients"].client("cloudwatch")
+    record_file = Path(os.environ[aws_calls.RECORD_ENV])
+    offset = record_file.stat().st_size if record_file.exists() else 0
+    sweep_id = re.search(r"SageMaker sweep (\S+):", grid["result"].stdout).group(1)
+    endpoint, group = f"ship-{uuid.uuid4().hex[:6]}", f"ship-{uuid.uuid4().hex[:8]}"
+    ovr = [
+        *sweep_overrides(world, data, grid["name"]),
+        f"deploy.endpoint_name={endpoint}",
+        f"deploy.model_group={group}",
+        "deploy.poll_seconds=0.2",
+    ]
+    final = {j["TrainingJobName"]: final_metrics(j)["val_acc"] for j in described(world, grid["name"])}
+    ranked = sorted(final, key=lambda job: (-final[job], int(job.rsplit("-", 1)[1])))  # ties: the lower job number
+    best, worst = ranked[0], ranked[-1]
+    alarm = alarm_names("sagemaker-rollout-", endpoint)["5xx"]
+
+    for args, message in {
+        ("no-such-sweep",): "no training jobs of sweep 'no-such-sweep'",
+        (sweep_id, "sweep.objective=val_f1"): f"sweep.objective=val_f1: no completed job of sweep {sweep_id} reported",
+    }.items():
+        assert message in one_error_line(invoke("ship", *args, *ovr, "--yes")), args
+    assert _model_versions(sm, group) == []
+
+    with emulator.sagemaker_service(workdir=tmp_path / "hosting"):
+        old = invoke("deploy", worst, "--yes", *ovr)
+        assert old.returncode == 0, old.stdout[-3000:] + old.stderr[-3000:]
+        serving = resources(sm)
+
+        # An alarm goes off while the canary bakes: rolled back, one line, the worst job serves again.
+        proc = _started("ship", sweep_id, *ovr, "--canary", "10", "--bake", "60", "--yes")
+        try:
+            said = _until_baking(proc)
+            cloudwatch.set_alarm_state(AlarmName=alarm, StateValue="ALARM", StateReason="the canary's 5XX answers")
+            out, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        line = one_error_line(subprocess.CompletedProcess(proc.args, proc.returncode, said + out, err))
+        assert f"rolled back: alarm {alarm} (Invocation5XXErrors) went off while {best} baked" in line, line
+        assert line.endswith(f"{group}/1 is Rejected and nothing is shipped (the same command tries anew)"), line
+        summary = said[: said.index("evaluated ")]  # one summary, with the cost, before anything is done
+        assert f"best of 4 completed job(s) by sweep.objective=val_acc (maximize): {best}" in summary
+        assert "cost: ml.m5.large x 1: $0.115/hour" in summary
+        assert "cost: the rollout runs the new fleet (ml.m5.large x 1) beside the old one for up to 120 min" in summary
+        assert _model_versions(sm, group) == [(1, "Rejected")]
+        assert _variants(sm, endpoint) == [worst] and resources(sm) == serving
+        assert not record_path(world["root"] / "runs", sweep_id, endpoint).exists()
+
+        # Ctrl-C while the next canary bakes: the stage is recorded; the same command follows it and promotes.
+        command = (
+            "ship",
+            sweep_id,
+            *ovr,
+            "--canary",
+            "10",
+            "--bake",
+            "10",
+            "--yes",
+        )  # 3 s a step: Ctrl-C lands mid-bake
+        proc = _started(*command)
+        try:
+            said = _until_baking(proc)
+            os.killpg(proc.pid, signal.SIGINT)
+            out, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 130 and "Traceback" not in out + err, (said + out)[-3000:] + err[-3000:]
+        assert err.strip().splitlines() == [
+            f"interrupted: endpoint {endpoint} goes on deploying {group}/2 ({best}); "
+            "run the same command to follow it and promote it"
+        ], err[-3000:]
+        record = read_record(record_path(world["root"] / "runs", sweep_id, endpoint))
+        assert (record.stage, record.version, record.job) == ("deploying", f"{group}/2", best)
+
+        resumed = invoke(*command)
+        assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+        assert "resuming from" in resumed.stdout and "evaluated " not in resumed.stdout  # not registered again
+        assert f"shipped: {group}/2 ({best}, val_acc=" in resumed.stdout
+        assert _model_versions(sm, group) == [(2, "Approved"), (1, "Rejected")]
+        assert _variants(sm, endpoint) == [best]
+        assert len(resources(sm)) == len(serving)  # the worst job's model and config gone, the best one's serve
+        again = invoke(*command)
+        assert again.returncode == 0 and f"sweep {sweep_id} is shipped to {endpoint} already" in again.stdout
+        # Where no endpoint of that name serves, the ship creates it.
+        created = invoke("ship", sweep_id, *ovr, f"deploy.endpoint_name={endpoint}-b", "--yes")
+        assert created.returncode == 0, created.stdout[-3000:] + created.stderr[-3000:]
+        assert f"next: create endpoint {endpoint}-b serving it (there is none)" in created.stdout
+        assert "cost: the rollout" not in created.stdout and f"shipped: {group}/3 ({best}" in created.stdout
+        assert _variants(sm, f"{endpoint}-b") == [best] and _model_versions(sm, group)[0] == (3, "Approved")
+        assert invoke("undeploy", f"{endpoint}-b", *ovr).returncode == 0
+        # A gate that refuses (a negative tolerance stands for a worse job): one line, nothing done.
+        other = [*ovr, f"deploy.endpoint_name={endpoint}-c", "deploy.gate.tolerance=-1"]
+        refused = one_error_line(invoke("ship", sweep_id, *other, "--yes"))
+        assert f"error: gate: {best} is worse than the newest Approved version" in refused, refused
+        assert len(_model_versions(sm, group)) == 3
+        assert f"endpoint {endpoint}-c" not in resources(sm)
+        assert not record_path(world["root"] / "runs", sweep_id, f"{endpoint}-c").exists()
+        assert invoke("undeploy", endpoint, *ovr).returncode == 0
+
+    calls = [c for c in aws_calls.read_calls(record_file, offset) if c.who == "invoke ship"]
+    assert {"Search", "CreateModelPackage", "UpdateEndpoint", "UpdateModelPackage"} <= {c.operation for c in calls}
+    distinct = {(c.service, c.operation, json.dumps(c.params, sort_keys=True)): c for c in calls}  # polls repeat
+    invalid = [line for c in distinct.values() for line in problems(c.service, c.operation, c.params)]
+    assert not invalid, invalid
+
+
+def final_metrics(job: dict) -> dict:
+    return {m["MetricName"]: m["Value"] for m in job["FinalMetricDataList"]}
+
+
+def _model_versions(sm, group: str) -> list[tuple[int, str]]:
+    try:
+        listed = sm.list_model_packages(ModelPackageGroupName=group)["ModelPackageSummaryList"]
+    except sm.exceptions.ClientError:
+        return []
+    return sorted(((p["ModelPackageVersion"], p["ModelApprovalStatus"]) for p in listed), reverse=True)
+
+
+def _variants(sm, endpoint: str) -> list[str]:
+    desc = sm.describe_endpoint(EndpointName=endpoint)
+    assert desc["EndpointStatus"] == "InService", desc
+    config = sm.describe_endpoint_config(EndpointConfigName=desc["EndpointConfigName"])
+    return [v["VariantName"] for v in config["ProductionVariants"]]

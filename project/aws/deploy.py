@@ -30,6 +30,7 @@ from project.aws.deploy_image import echo_image, serving_image
 from project.aws.deploy_requests import (
     DeployError,
     Echo,
+    Source,
     check_instance,
     check_serverless,
     endpoint_config_request,
@@ -44,7 +45,7 @@ from project.aws.deploy_source import model_data_for, resolve_source
 from project.aws.endpoints import delete_resources, endpoint_status, remove_config
 from project.aws.registry import MODEL_SPEC, registry_source
 from project.aws.rollout import put_alarms, remove_alarms, rolled_back
-from project.aws.rollout_requests import Rollout, check_rollout, deployment_config, progress
+from project.aws.rollout_requests import Rollout, bake_cost_line, check_rollout, deployment_config, progress
 from project.aws.workflow import aws_task, context
 from project.core.config import compose
 
@@ -72,7 +73,11 @@ def deploy(
     confirm: Callable[[str], str] = input,
     echo: Echo = print,
     rollout: Rollout | None = None,
+    source: Source | None = None,
+    started: Callable[[str, str | None], None] | None = None,
 ) -> str | None:
+    """Serve `spec` (or `source`, resolved already) on deploy.endpoint_name; the endpoint's name, None if
+    not confirmed. `started(config, previous config)` is told once the create or update is sent."""
     dc, sm = ctx.cfg.deploy, ctx.clients.sagemaker
     if async_:
         check_async(serverless, update, None)
@@ -82,7 +87,8 @@ def deploy(
     else:
         check_instance(dc.instance, dc)
     from_registry = spec and spec.startswith(MODEL_SPEC)  # model:latest, model:N
-    source = registry_source(ctx, spec) if spec and from_registry else resolve_source(ctx, spec)
+    if source is None:
+        source = registry_source(ctx, spec) if spec and from_registry else resolve_source(ctx, spec)
     if source.image:  # a registered version: the image it was registered (and evaluated) with
         image, why = source.image, f"registered with {source.version}"
     else:
@@ -111,6 +117,8 @@ def deploy(
         echo(rollout.plan())
     cost = async_price_line(dc) if async_ else price_line(dc, serverless)
     echo(f"cost: {cost}")
+    if rollout:
+        echo(f"cost: {bake_cost_line(rollout, dc)}")
     if not _confirm(yes, "Deploy?", confirm, echo):
         return None
     now = datetime.now(UTC)
@@ -142,6 +150,9 @@ def deploy(
         if rollout:  # any alarm put before the failure
             remove_alarms(cloudwatch, dc.rollout.alarm_prefix, endpoint)
         raise
+    previous = existing["EndpointConfigName"] if existing else None
+    if started:  # sent: from here the endpoint goes on whether this process waits or not
+        started(name, previous)
     try:
         desc = wait_endpoint(sm, endpoint, dc, echo, rollout)
     except KeyboardInterrupt:
@@ -155,21 +166,7 @@ def deploy(
             f"endpoint {endpoint} goes on being created and bills once InService: "
             f"`invoke undeploy {endpoint}` removes it"
         ) from None
-    if desc["EndpointStatus"] != "InService" or desc["EndpointConfigName"] != name:
-        failed = (
-            rolled_back(cloudwatch, alarms, source.name, endpoint, desc)  # an update, InService on the old config
-            if desc["EndpointStatus"] == "InService"
-            else DeployError(
-                f"endpoint {endpoint} is {desc['EndpointStatus']}: {desc.get('FailureReason', 'no reason given')}"
-            )
-        )
-        delete_resources(sm, created)
-        if alarms:
-            remove_alarms(cloudwatch, dc.rollout.alarm_prefix, endpoint)
-        raise failed
-    if existing:  # the old config and model serve nothing now
-        remove_config(sm, existing["EndpointConfigName"])
-        sm.add_tags(ResourceArn=desc["EndpointArn"], Tags=tag_list(tags))
+    conclude(sm, cloudwatch, dc, endpoint, source.name, created, previous, desc, alarms, tag_list(tags))
     if async_:
         _scale_async(ctx, endpoint, safe_name(source.name), created, echo)
     echo(f"endpoint {endpoint} is InService ({source.name})")
@@ -179,6 +176,39 @@ def deploy(
     echo(f"try it: invoke predict --endpoint {endpoint} examples/digits")
     echo(f"remove it: invoke undeploy {endpoint}")
     return endpoint
+
+
+def conclude(
+    sm: Any,
+    cloudwatch: Any,
+    dc: Any,
+    endpoint: str,
+    run: str,
+    created: list[tuple[str, str]],
+    previous: str | None,
+    desc: dict[str, Any],
+    alarms: list[str],
+    tags: list[dict[str, str]],
+) -> None:
+    """An endpoint settled (`desc`) after the create or update that `created` its model and config: unless it
+    serves that config, they (and the rollout's alarms) are deleted and the error raised; else the
+    `previous` config and its model, which serve nothing now, are deleted and the endpoint is re-tagged."""
+    name = next(n for kind, n in created if kind == "config")
+    if desc["EndpointStatus"] != "InService" or desc["EndpointConfigName"] != name:
+        failed = (
+            rolled_back(cloudwatch, alarms, run, endpoint, desc)  # an update, InService on the old config
+            if desc["EndpointStatus"] == "InService"
+            else DeployError(
+                f"endpoint {endpoint} is {desc['EndpointStatus']}: {desc.get('FailureReason', 'no reason given')}"
+            )
+        )
+        delete_resources(sm, created)
+        if alarms:
+            remove_alarms(cloudwatch, dc.rollout.alarm_prefix, endpoint)
+        raise failed
+    if previous:
+        remove_config(sm, previous)
+        sm.add_tags(ResourceArn=desc["EndpointArn"], Tags=tags)
 
 
 def _scale_async(ctx: Any, endpoint: str, variant: str, created: list[tuple[str, str]], echo: Echo) -> None:

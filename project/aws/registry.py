@@ -405,6 +405,12 @@ def registry_source(ctx: Any, spec: str) -> Source:
             raise RegistryError(f"{version.ref} is {version.status}, not Approved: invoke approve {version.ref} first")
     else:
         raise RegistryError(f"{spec!r}: give model:latest or model:<version> (`invoke models` lists them)")
+    return version_source(sm, version)
+
+
+def version_source(sm: Any, version: Version) -> Source:
+    """A version, whatever its status, as the Source `invoke deploy` serves: its registered image and
+    model.tar.gz (`invoke ship` serves a PendingManualApproval version as the canary it approves after)."""
     desc = sm.describe_model_package(ModelPackageName=version.arn)
     (container,) = desc["InferenceSpecification"]["Containers"]
     return Source(

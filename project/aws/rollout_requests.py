@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from project.aws.deploy_requests import DeployError
+from project.aws.deploy_requests import DeployError, check_instance
 
 CANARY, LINEAR = "CANARY", "LINEAR"
 PERCENTS = {CANARY: (1, 50), LINEAR: (10, 50)}  # SageMaker's own limits on a canary and a linear step
@@ -102,6 +102,17 @@ def check_rollout(
 def execution_seconds(rollout: Rollout, dc: Any) -> int:
     """How long SageMaker may take: the bakes, and deploy.wait_minutes to start the new fleet."""
     return max(MAX_EXECUTION_SECONDS[0], rollout.planned_seconds() + int(dc.wait_minutes) * 60)
+
+
+def bake_cost_line(rollout: Rollout, dc: Any) -> str:
+    """What the rollout adds to the bill: blue/green runs the whole new fleet beside the old one
+    through every bake (the last one included), so at most its instances for the planned bakes."""
+    price, count = check_instance(dc.instance, dc), int(dc.instance_count)
+    minutes = rollout.planned_seconds() / 60
+    return (
+        f"the rollout runs the new fleet ({dc.instance} x {count}) beside the old one for up to {minutes:g} min "
+        f"of bakes: up to ${price * count * minutes / 60:.3f} more"
+    )
 
 
 def alarm_names(prefix: str, endpoint: str) -> dict[str, str]:

@@ -430,16 +430,12 @@ def fetch_sweep(overrides: list[str], sweep_id: str, echo: Callable[[str], None]
     with aws_errors():
         ctx = setup(overrides)
         sm = ctx.clients.sagemaker
-        jobs = sorted(search_jobs(sm, SWEEP_TAG, sweep_id), key=lambda j: j["TrainingJobName"])
-        if not jobs:
-            raise monitor.JobError(f"no training jobs of sweep {sweep_id!r}: `invoke runs` lists the sweeps")
+        jobs = sweep_jobs(sm, sweep_id)
         sweep_dir = Path(ctx.cfg.paths.runs_dir) / sweep_id
         fetched = 0
         for job in jobs:
             tags = {t["Key"]: t["Value"] for t in job.get("Tags", [])}
             name, status = job["TrainingJobName"], job["TrainingJobStatus"]
-            if tags.get(SWEEP_TAG) != sweep_id:
-                continue
             if status != "Completed":
                 echo(f"{name}: {status}, nothing to fetch")
                 continue
@@ -449,6 +445,30 @@ def fetch_sweep(overrides: list[str], sweep_id: str, echo: Callable[[str], None]
             fetched += 1
     echo(f"fetched {fetched} of {len(jobs)} job(s) of sweep {sweep_id} into {sweep_dir}")
     return sweep_dir
+
+
+def sweep_jobs(sm: Any, sweep_id: str) -> list[dict[str, Any]]:
+    """The training jobs of a sweep (Search results, by name), or a JobError naming where to look."""
+    jobs = [
+        job
+        for job in search_jobs(sm, SWEEP_TAG, sweep_id)
+        if {t["Key"]: t["Value"] for t in job.get("Tags", [])}.get(SWEEP_TAG) == sweep_id
+    ]
+    if not jobs:
+        raise monitor.JobError(f"no training jobs of sweep {sweep_id!r}: `invoke runs` lists the sweeps")
+    return sorted(jobs, key=lambda j: j["TrainingJobName"])
+
+
+def sweep_job_results(sm: Any, sweep_id: str) -> list[JobResult]:
+    """The sweep's jobs from SageMaker, each completed one with its final metrics (`invoke ship` ranks them)."""
+    results = []
+    for job in sweep_jobs(sm, sweep_id):
+        tags = {t["Key"]: t["Value"] for t in job.get("Tags", [])}
+        name, status = job["TrainingJobName"], job["TrainingJobStatus"]
+        metrics = scalar_metrics(monitor.final_metrics(monitor.describe(sm, name))) if status == "Completed" else {}
+        num = int(tags[JOB_TAG]) if tags.get(JOB_TAG, "").isdigit() else -1
+        results.append(JobResult(num, tags.get(OVERRIDES_TAG, "").split(), status, name, metrics))
+    return results
 
 
 def search_jobs(sm: Any, tag: str, value: str) -> Iterator[dict[str, Any]]:

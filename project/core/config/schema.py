@@ -280,6 +280,7 @@ class AsyncInferenceConfig:
 class RolloutConfig:
     """`invoke deploy --update --canary/--linear`: the bake and the alarms that roll it back (guarded rollouts)."""
 
+    canary_percent: int = MISSING  # `invoke ship`'s --canary default (1-50)
     bake_minutes: int = MISSING  # --bake's default (1-60: SageMaker waits at most an hour per step)
     alarm_prefix: str = MISSING  # alarms are named <prefix><endpoint>-5xx / -latency (Terraform grants the prefix)
     max_5xx_errors: int | None = MISSING  # None: no 5XX alarm
