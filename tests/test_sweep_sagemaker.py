@@ -30,7 +30,7 @@ from project.sandbox import quotas as sandbox_quotas
 from project.sandbox import service as emulator
 from project.training.train import run_composed
 from tests import cli
-from tests.cli import refusal
+from tests.cli import one_error_line, refusal
 from tests.synthetic import tiny_overrides
 from tests.test_sagemaker_e2e import data, job_overrides, long_data, wait_for_periodic_checkpoint, world  # noqa: F401
 
@@ -477,7 +477,7 @@ def test_ship_registers_the_best_job_canaries_it_rolls_back_on_an_alarm_and_resu
         ("no-such-sweep",): "no training jobs of sweep 'no-such-sweep'",
         (sweep_id, "sweep.objective=val_f1"): f"sweep.objective=val_f1: no completed job of sweep {sweep_id} reported",
     }.items():
-        assert message in one_error_line(invoke("ship", *args, *ovr, "--yes")), args
+        assert message in refusal("ship", *args, *ovr, "--yes"), args
     assert _model_versions(sm, group) == []
 
     with emulator.sagemaker_service(workdir=tmp_path / "hosting"):
