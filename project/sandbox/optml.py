@@ -1,7 +1,8 @@
-"""The job's /opt/ml tree and the container's environment, as SageMaker lays them out for one instance.
+"""The job's /opt/ml tree and the container's environment, as SageMaker lays them out for each instance.
 
-The tree is built on this machine (channels and existing checkpoints downloaded from S3, the
-input/config/*.json files written); the container sees it at /opt/ml through a bind mount.
+Each instance (host algo-1 ... algo-N) has its own tree, built on this machine (channels and existing
+checkpoints downloaded from S3, the input/config/*.json files written with that host as current_host);
+its container sees it at /opt/ml through a bind mount.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from project.core.errors import UserError
 from project.core.names import split_s3_uri
 
 CONTAINER_ROOT = "/opt/ml"
-HOST = "algo-1"  # SageMaker's name for the first (here: only) instance
+HOST = "algo-1"  # SageMaker's name for the first instance (algo-2, ... for the others)
 # What a container inherits from this machine: enough to find python3 and the AWS endpoint.
 PASSTHROUGH_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "PYENV_ROOT", "PYENV_VERSION")
 AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL")
@@ -42,13 +43,23 @@ def container_path(path: str, tree: Path) -> Path:
     return tree / path[len(CONTAINER_ROOT) :].lstrip("/")
 
 
-def download_prefix(s3: Any, uri: str, dest: Path, folder: bool = False) -> int:
-    """Every object under the S3 prefix into dest, keeping the key's path below the prefix."""
+Shard = tuple[int, int]  # (this host's index, number of hosts): its share of a ShardedByS3Key channel
+
+
+def _share(items: list[str], shard: Shard | None) -> list[str]:
+    """A ShardedByS3Key host's objects: every N-th of the sorted keys, from its own index."""
+    return items if shard is None else sorted(items)[shard[0] :: shard[1]]
+
+
+def download_prefix(s3: Any, uri: str, dest: Path, folder: bool = False, shard: Shard | None = None) -> int:
+    """Every object under the S3 prefix (or this host's share of them) into dest, keeping the key's
+    path below the prefix."""
     bucket, prefix = split_s3_uri(uri)
     if folder and prefix and not prefix.endswith("/"):
         prefix += "/"
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
     keys = [obj["Key"] for page in pages for obj in page.get("Contents", []) if not obj["Key"].endswith("/")]
+    keys = _share(keys, shard)
     dest.mkdir(parents=True, exist_ok=True)
 
     def one(key: str) -> None:
@@ -68,14 +79,19 @@ def _network_interface() -> str:
     return "eth0" if Path("/sys/class/net/eth0").exists() else "lo"
 
 
-def _resource_config(instance_type: str) -> dict[str, Any]:
+def job_hosts(desc: Desc) -> list[str]:
+    """The job's instances as SageMaker names them: algo-1 ... algo-<InstanceCount>."""
+    return [f"algo-{i}" for i in range(1, int(desc["ResourceConfig"].get("InstanceCount", 1)) + 1)]
+
+
+def _resource_config(instance_type: str, host: str, hosts: list[str]) -> dict[str, Any]:
     return {
-        "current_host": HOST,
+        "current_host": host,
         "current_instance_type": instance_type,
         "current_group_name": "homogeneousCluster",
-        "hosts": [HOST],
+        "hosts": hosts,
         "instance_groups": [
-            {"instance_group_name": "homogeneousCluster", "instance_type": instance_type, "hosts": [HOST]}
+            {"instance_group_name": "homogeneousCluster", "instance_type": instance_type, "hosts": hosts}
         ],
         "network_interface_name": _network_interface(),
     }
@@ -99,11 +115,11 @@ def _input_data_config(desc: Desc) -> dict[str, Any]:
     }
 
 
-def config_files(desc: Desc) -> dict[str, Any]:
-    """/opt/ml/input/config/*.json as SageMaker writes them for one instance."""
+def config_files(desc: Desc, host: str = HOST) -> dict[str, Any]:
+    """/opt/ml/input/config/*.json as SageMaker writes them on the instance `host`."""
     files = {
         "hyperparameters.json": desc.get("HyperParameters", {}),
-        "resourceconfig.json": _resource_config(desc["ResourceConfig"]["InstanceType"]),
+        "resourceconfig.json": _resource_config(desc["ResourceConfig"]["InstanceType"], host, job_hosts(desc)),
         "inputdataconfig.json": _input_data_config(desc),
     }
     if desc.get("CheckpointConfig"):
@@ -163,10 +179,10 @@ def _training_env(desc: Desc, env: dict[str, str], channels: list[str], hps: dic
     }
 
 
-def toolkit_env(desc: Desc) -> dict[str, str]:
-    """The SM_* variables the sagemaker-training toolkit exports before it runs a user script."""
+def toolkit_env(desc: Desc, host: str = HOST) -> dict[str, str]:
+    """The SM_* variables the sagemaker-training toolkit exports on `host` before it runs a user script."""
     channels = sorted(c["ChannelName"] for c in desc.get("InputDataConfig", []))
-    files = config_files(desc)
+    files = config_files(desc, host)
     resource = files["resourceconfig.json"]
     hps = {k: _maybe_json(v) for k, v in desc.get("HyperParameters", {}).items()}
     env = _path_env() | {
@@ -189,8 +205,8 @@ def toolkit_env(desc: Desc) -> dict[str, str]:
     return env
 
 
-def container_env(desc: Desc, env_extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The container's environment: the platform's variables and the job's Environment.
+def container_env(desc: Desc, env_extra: dict[str, str] | None = None, host: str = HOST) -> dict[str, str]:
+    """The environment of `host`'s container: the platform's variables and the job's Environment.
 
     With the SDK's drivers the SM_* variables are not the platform's: sm_train.sh sets them
     (sm_drivers/scripts/environment.py), exactly as it must on SageMaker. Other jobs get them
@@ -199,7 +215,7 @@ def container_env(desc: Desc, env_extra: dict[str, str] | None = None) -> dict[s
     region = desc["TrainingJobArn"].split(":")[3]
     env = {k: os.environ[k] for k in PASSTHROUGH_ENV + AWS_ENV if k in os.environ}
     if not uses_sdk_drivers(desc):
-        env.update(toolkit_env(desc))
+        env.update(toolkit_env(desc, host))
     env.update(
         TRAINING_JOB_NAME=desc["TrainingJobName"],
         TRAINING_JOB_ARN=desc["TrainingJobArn"],
@@ -244,7 +260,10 @@ def file_system_mounts(desc: Desc) -> list[tuple[Path, str]]:
     ]
 
 
-def _download_channel(s3: Any, channel: dict[str, Any], tree: Path, vpc: dict[str, Any] | None = None) -> None:
+def _download_channel(
+    s3: Any, channel: dict[str, Any], tree: Path, vpc: dict[str, Any] | None = None, shard: Shard | None = None
+) -> None:
+    """The channel as one host gets it: `shard` is that host's place among the job's hosts."""
     if "FileSystemDataSource" in channel["DataSource"]:
         # Mounted, not downloaded: the job reads the file system's folder in place, bound read-only
         # on this empty mount point when the container starts (file_system_mounts).
@@ -260,30 +279,34 @@ def _download_channel(s3: Any, channel: dict[str, Any], tree: Path, vpc: dict[st
     if channel.get("InputMode", "File") == "Pipe":
         return  # nothing on disk: streamed through FIFOs while the job runs (project/sandbox/pipes.py)
     dest = tree / "input/data" / channel["ChannelName"]
+    if source.get("S3DataDistributionType", "FullyReplicated") != "ShardedByS3Key":
+        shard = None  # FullyReplicated: every host gets every object
     if kind == "S3Prefix":
-        download_prefix(s3, source["S3Uri"], dest)
+        download_prefix(s3, source["S3Uri"], dest, shard=shard)
         return
     # A manifest: [{"prefix": "s3://bucket/some/prefix/"}, "relative/key", ...]; SageMaker downloads
     # each prefix + suffix to the channel folder under its suffix, and nothing else.
     bucket, key = split_s3_uri(source["S3Uri"])
     head, *suffixes = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
     prefix_bucket, prefix = split_s3_uri(head["prefix"])
-    for suffix in suffixes:
+    for suffix in _share(suffixes, shard):
         target = dest / suffix
         target.parent.mkdir(parents=True, exist_ok=True)
         s3.download_file(prefix_bucket, prefix + suffix, str(target))
 
 
-def prepare_tree(tree: Path, desc: Desc, s3: Any) -> Path:
-    """The /opt/ml tree of the job: config files, channels, existing checkpoints; returns the checkpoint dir."""
+def prepare_tree(tree: Path, desc: Desc, s3: Any, host: str = HOST) -> Path:
+    """The /opt/ml tree of the job's instance `host`: config files, its channels, existing checkpoints;
+    returns the checkpoint dir."""
     if tree.exists():
         shutil.rmtree(tree)
     for sub in ("input/config", "input/data", "model", "output/data"):
         (tree / sub).mkdir(parents=True)
-    for name, content in config_files(desc).items():
+    for name, content in config_files(desc, host).items():
         (tree / "input/config" / name).write_text(json.dumps(content))
+    hosts = job_hosts(desc)
     for channel in desc.get("InputDataConfig", []):
-        _download_channel(s3, channel, tree, desc.get("VpcConfig"))
+        _download_channel(s3, channel, tree, desc.get("VpcConfig"), (hosts.index(host), len(hosts)))
     checkpoint = desc.get("CheckpointConfig") or {}
     local = container_path(checkpoint.get("LocalPath") or f"{CONTAINER_ROOT}/checkpoints", tree)
     local.mkdir(parents=True, exist_ok=True)
