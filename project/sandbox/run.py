@@ -25,11 +25,11 @@ from typing import Any
 from project.core.runtime import MASTER_PORT_ENV
 from project.sandbox import record
 from project.sandbox.container import STOP_GRACE_SECONDS, Cluster, Container, LogStream, hosts_file, namespace_argv
+from project.sandbox.environment import container_env
 from project.sandbox.optml import (
     HOST,
     Desc,
     SandboxError,
-    container_env,
     file_system_mounts,
     job_hosts,
     prepare_tree,
