@@ -128,12 +128,12 @@ def _stream(container: Container, log: LogStream, echo: Callable[[str], None] | 
     return lines
 
 
-def _start(desc: Desc, trees: dict[str, Path], options: RunOptions, workdir: Path) -> dict[str, Container]:
+def _start(desc: Desc, trees: dict[str, Path], options: RunOptions) -> dict[str, Container]:
     """One container per host; with several, /etc/hosts names them all and algo-1's rendezvous port is free."""
     command, mounts = _command(desc), file_system_mounts(desc)
     env_extra, etc_hosts = dict(options.env_extra), None
     if len(trees) > 1:
-        etc_hosts = workdir / "hosts"
+        etc_hosts = trees[HOST].parent.parent / "hosts"  # beside the hosts' folders (_trees)
         etc_hosts.write_text(hosts_file(list(trees)))
         env_extra[MASTER_PORT_ENV] = str(_free_port())
     containers: dict[str, Container] = {}
@@ -153,7 +153,7 @@ def _run_containers(
 ) -> tuple[str | None, list[_Ended]]:
     """The hosts' entry points until all exit, stopped by StopTrainingJob (via `running`), MaxRuntime, or
     another host's failure; returns why the job was stopped (None: it was not) and each host's end."""
-    containers = _start(desc, trees, options, Path(next(iter(trees.values()))).parent)
+    containers = _start(desc, trees, options)
     cluster = Cluster(containers)
     running[desc["TrainingJobArn"]] = cluster
     watchdog = threading.Timer(_max_runtime(desc, options), cluster.stop, args=("MaxRuntimeExceeded",))
