@@ -313,13 +313,13 @@ HOSTS_SCRIPT = """
 import json, os, pathlib, signal, socket, sys, time
 config = json.loads(pathlib.Path("/opt/ml/input/config/resourceconfig.json").read_text())
 host, fail = config["current_host"], sys.argv[1] == "fail"
+signal.signal(signal.SIGTERM, lambda *_: (print(host, "got SIGTERM", flush=True), sys.exit(0)))
 shards = sorted(p.name for p in pathlib.Path("/opt/ml/input/data/shards").rglob("*.txt"))
 print(host, "of", config["hosts"], "env", os.environ["SM_CURRENT_HOST"], "shards", shards, flush=True)
 pathlib.Path("/opt/ml/checkpoints", host + ".ckpt").write_text(host)
 pathlib.Path("/opt/ml/model", host + ".txt").write_text(host)
 port = int(os.environ[PORT_ENV])
 if host == "algo-1":
-    signal.signal(signal.SIGTERM, lambda *_: (print("algo-1 got SIGTERM", flush=True), sys.exit(0)))
     with socket.create_server(("algo-1", port)) as server:
         print("algo-1 heard", server.accept()[0].recv(100).decode(), flush=True)
     print("test_acc=0.5", flush=True)
@@ -338,7 +338,24 @@ else:
     if fail:
         pathlib.Path("/opt/ml/output/failure").write_text("RuntimeError: " + host + " broke")
         sys.exit(3)
+if sys.argv[1] == "stop":
+    print(host, "ready", flush=True)
+    time.sleep(60)  # until StopTrainingJob
 """
+
+
+def _logs_of_every_host(clients, name) -> str:
+    try:
+        streams = clients.logs.describe_log_streams(logGroupName=emulator.LOG_GROUP, logStreamNamePrefix=f"{name}/")
+    except clients.logs.exceptions.ResourceNotFoundException:
+        return ""  # no job has logged yet
+    return "\n".join(
+        e["message"]
+        for s in streams["logStreams"]
+        for e in clients.logs.get_log_events(
+            logGroupName=emulator.LOG_GROUP, logStreamName=s["logStreamName"], startFromHead=True
+        )["events"]
+    )
 
 
 def test_two_instances_each_with_its_own_tree_reach_each_other_by_name_and_one_failing_stops_the_other(
@@ -348,7 +365,8 @@ def test_two_instances_each_with_its_own_tree_reach_each_other_by_name_and_one_f
     ShardedByS3Key channel and its log stream; algo-2 reaches algo-1 by name on the port the sandbox
     gives (project.core.runtime.MASTER_PORT_ENV). Completed: the model is both hosts' files, every
     host's checkpoints reach S3, billing counts both instances. Then algo-2 fails: the job fails with
-    its FailureReason, and algo-1, still running, is stopped (SIGTERM) rather than left to hang."""
+    its FailureReason, and algo-1, still running, is stopped (SIGTERM) rather than left to hang. A third
+    job is stopped by StopTrainingJob: both hosts get the SIGTERM."""
     import io
     import tarfile
 
@@ -358,16 +376,20 @@ def test_two_instances_each_with_its_own_tree_reach_each_other_by_name_and_one_f
     tiny = f"s3://{infra['data']}/datasets/tiny"
     shards = {"ChannelName": "shards", "DataSource": {"S3DataSource": {
         "S3DataType": "S3Prefix", "S3Uri": tiny, "S3DataDistributionType": "ShardedByS3Key"}}}  # fmt: skip
-    runs = {}
-    with emulator.sagemaker_service(stop_grace=5.0) as service:
-        for outcome in ("ok", "fail"):
-            name = create_plain_job(
+    names = {}
+    with emulator.sagemaker_service(run_jobs=True, workdir=tmp_path / "jobs", stop_grace=5.0) as service:
+        for outcome in ("ok", "fail", "stop"):
+            names[outcome] = create_plain_job(
                 clients, infra, ["python3", "-c", script, outcome],
                 ResourceConfig={"InstanceType": "ml.m5.xlarge", "InstanceCount": 2, "VolumeSizeInGB": 10},
                 CheckpointConfig={"S3Uri": f"s3://{infra['artifacts']}/checkpoints/{outcome}-{uuid.uuid4().hex[:6]}"},
                 InputDataConfig=[shards],
             )  # fmt: skip
-            runs[outcome] = (name, service.run_job(name, tmp_path / outcome))
+        deadline = time.time() + 60
+        while _logs_of_every_host(clients, names["stop"]).count(" ready") < 2 and time.time() < deadline:
+            time.sleep(0.2)
+        clients.sagemaker.stop_training_job(TrainingJobName=names["stop"])
+        runs = {outcome: (name, service.result(name, timeout=60)) for outcome, name in names.items()}
     name, run = runs["ok"]
     run.check()
     desc = clients.sagemaker.describe_training_job(TrainingJobName=name)
@@ -392,3 +414,7 @@ def test_two_instances_each_with_its_own_tree_reach_each_other_by_name_and_one_f
     assert desc["FailureReason"] == "AlgorithmError: RuntimeError: algo-2 broke, exit code: 3"
     assert "[algo-1] algo-1 got SIGTERM" in run.stdout  # stopped, not left running
     assert run.seconds < 30, run.stdout
+
+    name, run = runs["stop"]
+    assert run.status == clients.sagemaker.describe_training_job(TrainingJobName=name)["TrainingJobStatus"] == "Stopped"
+    assert "[algo-1] algo-1 got SIGTERM" in run.stdout and "[algo-2] algo-2 got SIGTERM" in run.stdout, run.stdout
