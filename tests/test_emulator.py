@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from project.aws.cost import instance_price, job_cost
 from project.aws.fetch import fetch_job
 from project.aws.session import aws_clients
 from project.core.sagemaker_names import CHECKPOINT_DIR, DATA_CHANNEL
@@ -406,7 +407,10 @@ def test_two_instances_each_with_its_own_tree_reach_each_other_by_name_and_one_f
     bucket, prefix = desc["CheckpointConfig"]["S3Uri"].removeprefix("s3://").split("/", 1)
     listed = clients.s3.list_objects_v2(Bucket=bucket, Prefix=prefix + "/")["Contents"]
     assert sorted(o["Key"].rsplit("/", 1)[-1] for o in listed) == ["algo-1.ckpt", "algo-2.ckpt"]
-    assert desc["BillableTimeInSeconds"] % 2 == 0 and desc["BillableTimeInSeconds"] >= 2
+    # One instance's wall clock, which SageMaker bills on each instance: the cost is twice the price of it.
+    billed = desc["BillableTimeInSeconds"]
+    assert 1 <= billed <= (desc["TrainingEndTime"] - desc["TrainingStartTime"]).total_seconds() + 1
+    assert job_cost(desc) == pytest.approx(2 * instance_price(desc["ResourceConfig"]["InstanceType"]) * billed / 3600)
 
     name, run = runs["fail"]
     desc = clients.sagemaker.describe_training_job(TrainingJobName=name)

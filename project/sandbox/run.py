@@ -5,7 +5,7 @@ ContainerEntrypoint + ContainerArguments run as PID 1 of one container per insta
 machine as the image (its python3, torch and torchrun), and the end state lands on moto's record:
 Completed (every host exited 0), Failed (a host failed: the FailureReason from the first host that
 wrote /opt/ml/output/failure, and the other hosts are stopped) or Stopped, with BillableTimeInSeconds
-(summed over the instances, as SageMaker bills them) and the FinalMetricDataList of the job's metric
+(one instance's wall clock: SageMaker bills it on each instance) and the FinalMetricDataList of the job's metric
 regexes (read in algo-1's log, where rank 0 reports).
 
 Several instances share this machine's network: each container's /etc/hosts maps algo-1 ... algo-N
@@ -237,7 +237,7 @@ def _conclude(
     cause = failed or next((e for e in ended if e.returncode != 0), ended[0])
     reason = failure_reason(trees[cause.host], cause.returncode) if status == "Failed" else None
     metrics = final_metrics(ended[0].lines, desc["AlgorithmSpecification"].get("MetricDefinitions") or [])
-    billable = max(1, round(time.time() - started)) * len(trees)  # instance-seconds: each instance is billed
+    billable = max(1, round(time.time() - started))  # the wall clock: SageMaker bills it on each instance
     record.finish(job, record.Outcome(status, secondary, uris["model"], reason, billable, metrics))
     if len(ended) == 1:
         stdout = "\n".join(ended[0].lines)
