@@ -34,7 +34,7 @@ from project.aws.startup_times import job_breakdowns
 from project.core import config as C
 from project.core import startup
 from project.core.identity import run_identity
-from project.core.runtime import DEBUG_ENV, launched_processes, sagemaker_env
+from project.core.runtime import DEBUG_ENV, MASTER_PORT_ENV, launched_processes, sagemaker_env
 from project.core.topology import TopologyError, decide
 from project.training.data import IdxDataModule, parse_idx, read_bytes
 from project.training.models import state_digest
@@ -275,6 +275,8 @@ def test_sagemaker_env_ranks_hosts_like_the_sdk():
     assert (sm.node_rank, sm.master, sm.master_port) == (1, "algo-1", "7777")
     sm = sagemaker_env({**env, "SM_MASTER_ADDR": "10.0.0.5", "SM_MASTER_PORT": "29500", "SM_CURRENT_HOST": "algo-1"})
     assert (sm.node_rank, sm.master, sm.master_port) == (0, "10.0.0.5", "29500")
+    # the sandbox's hosts share one loopback: its free port wins over the SDK driver's SM_MASTER_PORT
+    assert sagemaker_env({**env, "SM_MASTER_PORT": "7777", MASTER_PORT_ENV: "40123"}).master_port == "40123"
 
 
 def test_devices_come_from_the_launcher():

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from project.aws.cost import instance_price, job_cost
 from project.aws.fetch import fetch_job
 from project.aws.session import aws_clients
 from project.core.sagemaker_names import CHECKPOINT_DIR, DATA_CHANNEL
@@ -91,7 +92,7 @@ def model_trainer(clients, infra, source_dir: Path, command=None, entry_script=N
 def create_plain_job(clients, infra, command, **request) -> str:
     """A job created with the bare API: the command is the container's entry point."""
     name = f"plain-{uuid.uuid4().hex[:8]}"
-    clients.sagemaker.create_training_job(
+    defaults = dict(
         TrainingJobName=name,
         AlgorithmSpecification={
             "TrainingImage": "123456789012.dkr.ecr.us-east-1.amazonaws.com/project:test",
@@ -111,8 +112,8 @@ def create_plain_job(clients, infra, command, **request) -> str:
         OutputDataConfig={"S3OutputPath": f"s3://{infra['artifacts']}/plain"},
         ResourceConfig={"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 10},
         StoppingCondition={"MaxRuntimeInSeconds": 3600},
-        **request,
     )
+    clients.sagemaker.create_training_job(**(defaults | request))
     return name
 
 
@@ -307,3 +308,117 @@ def test_plain_entrypoint_gets_the_toolkit_environment_and_max_runtime_stops_it(
         == run.model_uri
         == f"s3://{infra['artifacts']}/plain/{name}/output/model.tar.gz"
     )
+
+
+HOSTS_SCRIPT = """
+import json, os, pathlib, signal, socket, sys, time
+config = json.loads(pathlib.Path("/opt/ml/input/config/resourceconfig.json").read_text())
+host, fail = config["current_host"], sys.argv[1] == "fail"
+signal.signal(signal.SIGTERM, lambda *_: (print(host, "got SIGTERM", flush=True), sys.exit(0)))
+shards = sorted(p.name for p in pathlib.Path("/opt/ml/input/data/shards").rglob("*.txt"))
+print(host, "of", config["hosts"], "env", os.environ["SM_CURRENT_HOST"], "shards", shards, flush=True)
+pathlib.Path("/opt/ml/checkpoints", host + ".ckpt").write_text(host)
+pathlib.Path("/opt/ml/model", host + ".txt").write_text(host)
+port = int(os.environ[PORT_ENV])
+if host == "algo-1":
+    with socket.create_server(("algo-1", port)) as server:
+        print("algo-1 heard", server.accept()[0].recv(100).decode(), flush=True)
+    print("test_acc=0.5", flush=True)
+    if fail:
+        time.sleep(60)  # until algo-2's failure stops it
+else:
+    for _ in range(300):
+        try:
+            conn = socket.create_connection(("algo-1", port))
+            break
+        except OSError:
+            time.sleep(0.1)
+    conn.sendall(host.encode())
+    conn.close()
+    print("test_acc=0.1", flush=True)
+    if fail:
+        pathlib.Path("/opt/ml/output/failure").write_text("RuntimeError: " + host + " broke")
+        sys.exit(3)
+if sys.argv[1] == "stop":
+    print(host, "ready", flush=True)
+    time.sleep(60)  # until StopTrainingJob
+"""
+
+
+def _logs_of_every_host(clients, name) -> str:
+    try:
+        streams = clients.logs.describe_log_streams(logGroupName=emulator.LOG_GROUP, logStreamNamePrefix=f"{name}/")
+    except clients.logs.exceptions.ResourceNotFoundException:
+        return ""  # no job has logged yet
+    return "\n".join(
+        e["message"]
+        for s in streams["logStreams"]
+        for e in clients.logs.get_log_events(
+            logGroupName=emulator.LOG_GROUP, logStreamName=s["logStreamName"], startFromHead=True
+        )["events"]
+    )
+
+
+def test_two_instances_each_with_its_own_tree_reach_each_other_by_name_and_one_failing_stops_the_other(
+    clients, infra, tmp_path
+):
+    """InstanceCount=2: a container per host, each with its resourceconfig.json, its share of a
+    ShardedByS3Key channel and its log stream; algo-2 reaches algo-1 by name on the port the sandbox
+    gives (project.core.runtime.MASTER_PORT_ENV). Completed: the model is both hosts' files, every
+    host's checkpoints reach S3, billing counts both instances. Then algo-2 fails: the job fails with
+    its FailureReason, and algo-1, still running, is stopped (SIGTERM) rather than left to hang. A third
+    job is stopped by StopTrainingJob: both hosts get the SIGTERM."""
+    import io
+    import tarfile
+
+    from project.core.runtime import MASTER_PORT_ENV
+
+    script = HOSTS_SCRIPT.replace("PORT_ENV", repr(MASTER_PORT_ENV))
+    tiny = f"s3://{infra['data']}/datasets/tiny"
+    shards = {"ChannelName": "shards", "DataSource": {"S3DataSource": {
+        "S3DataType": "S3Prefix", "S3Uri": tiny, "S3DataDistributionType": "ShardedByS3Key"}}}  # fmt: skip
+    names = {}
+    with emulator.sagemaker_service(run_jobs=True, workdir=tmp_path / "jobs", stop_grace=5.0) as service:
+        for outcome in ("ok", "fail", "stop"):
+            names[outcome] = create_plain_job(
+                clients, infra, ["python3", "-c", script, outcome],
+                ResourceConfig={"InstanceType": "ml.m5.xlarge", "InstanceCount": 2, "VolumeSizeInGB": 10},
+                CheckpointConfig={"S3Uri": f"s3://{infra['artifacts']}/checkpoints/{outcome}-{uuid.uuid4().hex[:6]}"},
+                InputDataConfig=[shards],
+            )  # fmt: skip
+        deadline = time.time() + 60
+        while _logs_of_every_host(clients, names["stop"]).count(" ready") < 2 and time.time() < deadline:
+            time.sleep(0.2)
+        clients.sagemaker.stop_training_job(TrainingJobName=names["stop"])
+        runs = {outcome: (name, service.result(name, timeout=60)) for outcome, name in names.items()}
+    name, run = runs["ok"]
+    run.check()
+    desc = clients.sagemaker.describe_training_job(TrainingJobName=name)
+    assert "[algo-1] algo-1 of ['algo-1', 'algo-2'] env algo-1 shards ['more.txt']" in run.stdout, run.stdout
+    assert "[algo-2] algo-2 of ['algo-1', 'algo-2'] env algo-2 shards ['numbers.txt']" in run.stdout, run.stdout
+    assert "[algo-1] algo-1 heard algo-2" in run.stdout
+    assert sorted(run.log_streams) == ["algo-1", "algo-2"]
+    assert _log(clients, name)  # each host's own stream
+    for host, stream in run.log_streams.items():
+        assert stream.startswith(f"{name}/{host}-")
+    bucket, key = run.model_uri.removeprefix("s3://").split("/", 1)
+    with tarfile.open(fileobj=io.BytesIO(clients.s3.get_object(Bucket=bucket, Key=key)["Body"].read())) as tar:
+        assert sorted(tar.getnames()) == ["algo-1.txt", "algo-2.txt"]
+    bucket, prefix = desc["CheckpointConfig"]["S3Uri"].removeprefix("s3://").split("/", 1)
+    listed = clients.s3.list_objects_v2(Bucket=bucket, Prefix=prefix + "/")["Contents"]
+    assert sorted(o["Key"].rsplit("/", 1)[-1] for o in listed) == ["algo-1.ckpt", "algo-2.ckpt"]
+    # One instance's wall clock, which SageMaker bills on each instance: the cost is twice the price of it.
+    billed = desc["BillableTimeInSeconds"]
+    assert 1 <= billed <= (desc["TrainingEndTime"] - desc["TrainingStartTime"]).total_seconds() + 1
+    assert job_cost(desc) == pytest.approx(2 * instance_price(desc["ResourceConfig"]["InstanceType"]) * billed / 3600)
+
+    name, run = runs["fail"]
+    desc = clients.sagemaker.describe_training_job(TrainingJobName=name)
+    assert run.status == desc["TrainingJobStatus"] == "Failed" and run.returncode == 3, run.stdout
+    assert desc["FailureReason"] == "AlgorithmError: RuntimeError: algo-2 broke, exit code: 3"
+    assert "[algo-1] algo-1 got SIGTERM" in run.stdout  # stopped, not left running
+    assert run.seconds < 30, run.stdout
+
+    name, run = runs["stop"]
+    assert run.status == clients.sagemaker.describe_training_job(TrainingJobName=name)["TrainingJobStatus"] == "Stopped"
+    assert "[algo-1] algo-1 got SIGTERM" in run.stdout and "[algo-2] algo-2 got SIGTERM" in run.stdout, run.stdout

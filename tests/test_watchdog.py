@@ -2,9 +2,8 @@
 cause, and a slow one that moves is never stopped.
 
 The detector's logic runs on a fake clock; the stacks it reads are faulthandler's, as a rank dumps them.
-Two runs hang for real: a data loader worker under `invoke local` (one host), and rank 1 of a two-host
-job under each host's launcher (tests/test_distributed.py's hosts), whose hosts fail with rank 1 named
-while rank 0's checkpoint stays.
+Two runs hang for real: a data loader worker under `invoke local` (one host), and rank 1 of a two-instance
+job that `invoke train` runs on the sandbox, which fails with rank 1 named while rank 0's checkpoint stays.
 """
 
 from __future__ import annotations
@@ -195,79 +194,79 @@ def test_one_process_watched_by_itself_ends_the_container(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_rank_stuck_on_one_host_fails_the_two_host_job_naming_it(tmp_path, monkeypatch):
-    """Two hosts, one rank each, under the launcher a job runs (sm_entry.py --launch, torchrun as
-    PID 1): rank 1 (algo-2) stops in its training step at step 5, rank 0 (algo-1) waits for it in the
-    step's gradient all_reduce. Both hosts fail within the limit and 30 s; algo-2's failure file, the
-    job's FailureReason as SageMaker makes it, names rank 1 and its frame; algo-1's names the
-    collective; rank 0's checkpoint of step 4 stays for a restart."""
-    from project.aws.image import JobImage
-    from project.aws.infra import Infra
-    from project.aws.plan import ENTRY_SCRIPT, plan_job
-    from project.aws.staging import stage_source
+def test_a_rank_stuck_on_one_host_fails_the_two_instance_job_naming_it(aws_infra, infra_overrides, tmp_path):
+    """`invoke train` with instance.count=2 on the sandbox: two instances, one container each, under the
+    SDK's driver and the launcher (sm_entry.py --launch, torchrun as PID 1), rendezvous on algo-1 by
+    name. Rank 1 (algo-2) stops in its training step at step 5, rank 0 (algo-1) waits for it in the
+    step's gradient all_reduce. The job fails within the limit and 30 s; its FailureReason, algo-2's
+    failure file as SageMaker takes it, names rank 1 and its frame; rank 0's checkpoint of step 4 is in
+    the job's checkpoint S3 URI for a restart."""
+    import uuid
+
+    from project.aws.session import aws_clients
     from project.aws.triage import JobFacts, classify
     from project.core.identity import run_identity
-    from project.sandbox.results import failure_reason
-    from tests.test_distributed import HOSTS, finish, free_port, host_env, start_hosts
+    from project.sandbox import service as emulator
+    from project.sandbox.ecr_iam import placeholder_manifest
+    from tests.cli import invoke
+    from tests.requires import skip_unless
 
+    skip_unless(container=True)
+    clients = aws_clients(aws_infra.region, os.environ["AWS_ENDPOINT_URL"])
+    name, tag = f"stall-{uuid.uuid4().hex[:6]}", f"stall{uuid.uuid4().hex[:7]}"
+    repository = aws_infra.repository_url.split("/", 1)[1]
+    clients.ecr.put_image(repositoryName=repository, imageTag=tag, imageManifest=placeholder_manifest(tag))
     root = tmp_path / "user"
     package = stalls.write_package(root)
-    monkeypatch.syspath_prepend(str(root))  # staging finds the user's package as `invoke train` would
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     limit_minutes = 0.1
-    cfg = C.compose(
-        stalls.byo.overrides(root, tmp_path / "runs")
-        + [
-            f"model._target_={package}.stalls.HangsOnRank1",
-            "dataset.channels.train=s3://not-used-in-the-container/byo/train",
-            "dataset.channels.validation=s3://not-used-in-the-container/byo/validation",
-            "trainer.checkpoint_every_n_steps=2",
-            f"trainer.stall_timeout_minutes={limit_minutes}",
-            "instance=ml.m5.xlarge",  # no GPU: one process per host
-            f"instance.count={len(HOSTS)}",
-        ]
-    )
-    infra = Infra("data", "artifacts", "123456789012.dkr.ecr.us-east-1.amazonaws.com/repo", "arn:aws:iam::1:role/r", "")
-    image = JobImage("custom", f"{infra.repository_url}:t", None)  # the code bundle without pip's requirements
-    code = stage_source(cfg, tmp_path / "code", plan_job(cfg, infra, image))
-    port = str(free_port())
-    hosts = [
-        (
-            [sys.executable, ENTRY_SCRIPT, "--launch"],
-            host_env(
-                tmp_path,
-                root / "data" / "train",
-                host,
-                SM_CHANNEL_VALIDATION=str(root / "data" / "validation"),
-                SM_OUTPUT_DIR=str(tmp_path / host / "output"),
-                SM_MASTER_ADDR="127.0.0.1",
-                SM_MASTER_PORT=port,
-            ),
-        )
-        for host in HOSTS
+    overrides = stalls.byo.overrides(root, tmp_path / "runs") + [
+        f"model._target_={package}.stalls.HangsOnRank1",
+        f"dataset.s3_prefix=datasets/{name}",
+        "trainer.checkpoint_every_n_steps=2",
+        f"trainer.stall_timeout_minutes={limit_minutes}",
+        "instance=ml.m5.xlarge",  # no GPU: one process per host
+        "instance.count=2",
+        f"job.base_name={name}",
+        "job.image=custom",
+        f"job.image_tag={tag}",
+        *infra_overrides,
     ]
-    procs = start_hosts(hosts, cwd=code)
-    outputs = finish(procs, check=False, timeout=180)
-    ended = time.time()
-    # algo-2 fails first: its rank is the stuck one. algo-1's rank waits in a collective, so its
-    # launcher waits a little longer; by then the collective has failed (its peer is gone): either way
-    # the host fails, and the job's FailureReason is algo-2's.
-    master, worker = procs
-    assert worker.returncode == STALLED_EXIT, outputs[1][-3000:]
-    assert master.returncode != 0, outputs[0][-3000:]
-    reason = failure_reason(tmp_path / "algo-2", worker.returncode)
+    up = invoke("upload", *overrides, env=env)
+    assert up.returncode == 0, up.stderr[-3000:]
+    with emulator.sagemaker_service(run_jobs=True, workdir=tmp_path / "jobs") as service:
+        train = invoke("train", *overrides, "--yes", "--poll", "1", env=env, timeout=300)
+        job = re.search(r"launched (\S+)", train.stdout + train.stderr)
+        assert job, train.stdout[-4000:] + train.stderr[-3000:]
+        run = service.result(job.group(1), timeout=240)
+    assert train.returncode != 0, train.stdout[-3000:]
+    desc = clients.sagemaker.describe_training_job(TrainingJobName=run.job_name)
+    assert desc["ResourceConfig"]["InstanceCount"] == 2 and sorted(run.trees) == ["algo-1", "algo-2"]
+    # algo-2 fails first: its rank is the stuck one. algo-1's rank waits in a collective; it fails too
+    # (its peer is gone) or is stopped: the job's FailureReason is algo-2's.
+    assert run.status == desc["TrainingJobStatus"] == "Failed", run.stdout[-4000:]
+    reason = desc["FailureReason"]
     assert re.fullmatch(
         r"AlgorithmError: stalled: rank 1 on algo-2 stuck in training_step \(stalls.py:\d+\) "
         r"in training step at step 5 for 0.1 min, exit code: 124",
         reason,
     ), reason
-    assert re.search(r'watchdog: rank 1 stacks:\n.*File ".*stalls.py", line \d+ in training_step', outputs[1], re.S)
-    # `invoke why` on what the job left: its FailureReason and each host's log
-    hosts_logs = {f"job/{host}-1": output.splitlines()[-200:] for host, output in zip(HOSTS, outputs, strict=True)}
-    triage = classify(JobFacts("job", "Failed", reason, hosts=hosts_logs))
+    assert re.search(
+        r'\[algo-2\] watchdog: rank 1 stacks:\n.*File ".*stalls.py", line \d+ in training_step', run.stdout, re.S
+    )
+    # `invoke why` on what the job left: its FailureReason and each host's log stream
+    hosts_logs = {}
+    for stream in run.log_streams.values():
+        events = clients.logs.get_log_events(logGroupName=emulator.LOG_GROUP, logStreamName=stream, startFromHead=True)
+        hosts_logs[stream] = [e["message"] for e in events["events"]][-200:]
+    triage = classify(JobFacts(run.job_name, "Failed", reason, hosts=hosts_logs))
     assert triage.kind == "stalled" and triage.cause.startswith("rank 1 on algo-2 made no progress"), triage.report()
-    checkpoint = tmp_path / "algo-1" / "checkpoints" / f"{run_identity(cfg)}-step=00000004.ckpt"
-    assert checkpoint.exists()  # rank 0's, for the restart
-    assert ended - checkpoint.stat().st_mtime < 60 * limit_minutes + 30
+    checkpoint = f"{run_identity(C.compose(overrides))}-step=00000004.ckpt"
+    bucket, prefix = desc["CheckpointConfig"]["S3Uri"].removeprefix("s3://").split("/", 1)
+    listed = clients.s3.list_objects_v2(Bucket=bucket, Prefix=prefix.rstrip("/") + "/").get("Contents", [])
+    assert checkpoint in {o["Key"].rsplit("/", 1)[-1] for o in listed}  # rank 0's, for the restart
+    saved = (run.trees["algo-1"] / "checkpoints" / checkpoint).stat().st_mtime
+    assert desc["TrainingEndTime"].timestamp() - saved < 60 * limit_minutes + 30
 
 
 def test_a_ranks_heartbeat_is_written_only_when_it_changed(tmp_path):

@@ -130,5 +130,6 @@ def job_cost(desc: dict[str, Any]) -> float | None:
     billable = desc.get("BillableTimeInSeconds")
     if price is None or billable is None:
         return None
-    # SageMaker reports BillableTimeInSeconds summed over instances.
-    return price * float(billable) / SECONDS_PER_HOUR
+    # BillableTimeInSeconds is one instance's (the wall clock, less a spot saving): SageMaker bills it
+    # on each instance of the cluster (botocore's service model: "BillableTimeInSeconds * InstanceCount").
+    return price * float(billable) * int(resources.get("InstanceCount", 1)) / SECONDS_PER_HOUR

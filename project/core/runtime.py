@@ -23,6 +23,10 @@ from project.core.sagemaker_names import CHECKPOINT_DIR, METRICS_FILE
 # exits 0 (project/training/launch.py, project/training/checkpoints.py).
 CLEAN_STOP_ENV = "LIGHTNING_SAGEMAKER_CLEAN_STOP_DIR"
 MASTER_PORT = "7777"  # the SageMaker SDK's SM_MASTER_PORT, which its torchrun driver passes on
+# The sandbox's instances share this machine's loopback, where 7777 may be taken (by another job): it
+# names a free port for the rendezvous in this variable, which wins over SM_MASTER_PORT (the SDK's
+# driver sets that to 7777 in the container). SageMaker never sets it.
+MASTER_PORT_ENV = "LIGHTNING_SAGEMAKER_MASTER_PORT"
 # Set to 1: Lightning's own info messages and model summary, and each rank's weights digest at the
 # end of fit (tests compare them across ranks). An environment variable reaches every rank a
 # launcher (torchrun, Lightning) starts.
@@ -74,7 +78,7 @@ def sagemaker_env(environ: Mapping[str, str] = os.environ) -> SageMakerEnv | Non
         job_name=environ.get("TRAINING_JOB_NAME") or environ.get("SM_TRAINING_JOB_NAME"),
         checkpoint_dir=Path(environ.get("SM_CHECKPOINT_DIR", CHECKPOINT_DIR)),
         master_addr=environ.get("SM_MASTER_ADDR"),
-        master_port=environ.get("SM_MASTER_PORT", MASTER_PORT),
+        master_port=environ.get(MASTER_PORT_ENV) or environ.get("SM_MASTER_PORT", MASTER_PORT),
     )
 
 

@@ -12,10 +12,11 @@ training job it records on this machine, as one SageMaker instance would. One mo
   image's /ping and /invocations around the model's own code/inference.py, one process per model);
 - async_queue: an asynchronous endpoint's queue (input object in, output or failure object out);
 - record: moto's in-process record of a job and the status changes the service makes to it;
-- optml: the job's /opt/ml tree and the container's environment;
+- optml: the job's /opt/ml tree on each host;
+- environment: the container's environment on each host;
 - container: the entry point as PID 1 in private namespaces, its logs into CloudWatch;
 - results: model.tar.gz / output.tar.gz, checkpoints, metrics and the failure reason;
-- run: one instance running a recorded job, from the tree to the end state;
+- run: a recorded job's instances (a container each), from their trees to the end state;
 - daemon: the foreground / background server behind `invoke sandbox`.
 
 Nothing here imports the code a job runs (project.training.train, torch): the sandbox is the platform

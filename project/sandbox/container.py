@@ -34,16 +34,29 @@ LOG_FLUSH_SECONDS = 0.5
 PROBE_TIMEOUT_SECONDS = 30
 
 
-def namespace_argv(tree: Path, command: list[str], read_only: Sequence[tuple[Path, str]] = ()) -> list[str]:
+def hosts_file(hosts: Sequence[str]) -> str:
+    """/etc/hosts of a job's containers: every instance's name on this machine's loopback.
+
+    The containers share this machine's network namespace (one loopback), so algo-2 reaches
+    algo-1's rendezvous as on SageMaker's cluster network, by name."""
+    return "127.0.0.1 localhost\n" + "".join(f"127.0.0.1 {host}\n" for host in hosts)
+
+
+def namespace_argv(
+    tree: Path, command: list[str], read_only: Sequence[tuple[Path, str]] = (), etc_hosts: Path | None = None
+) -> list[str]:
     """`command` as PID 1 of new mount and PID namespaces, with `tree` bind-mounted at /opt/ml, and
     each (folder, path in the container) of `read_only` bound there read-only (a file system channel:
-    SageMaker mounts it read-only, and a job writing to it must fail here as it would there)."""
+    SageMaker mounts it read-only, and a job writing to it must fail here as it would there);
+    `etc_hosts`, if given, bound over /etc/hosts (hosts_file)."""
     # Without root, a user namespace (mapping this user to root) grants the mount and PID namespaces.
     user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
     script = 'mount --bind "$1" ' + CONTAINER_ROOT
     for folder, inside in read_only:
         target = shlex.quote(inside)
         script += f" && mount --bind {shlex.quote(str(folder))} {target} && mount -o remount,bind,ro {target}"
+    if etc_hosts is not None:
+        script += f" && mount --bind {shlex.quote(str(etc_hosts))} /etc/hosts"
     script += ' && shift && cd / && exec "$@"'
     # --fork makes `command` PID 1 of the new PID namespace, as a container's entry point is.
     namespaces = ["--mount", "--pid", "--fork", "--mount-proc", "--propagation", "private"]
@@ -131,6 +144,31 @@ class Container:
             self.process.wait()
         if self.killer is not None:
             self.killer.cancel()
+
+
+class Cluster:
+    """The containers of one job's instances: a stop or a kill reaches every one (StopTrainingJob,
+    MaxRuntime), and one failing host stops the others (`stop_others`), as SageMaker ends a job."""
+
+    def __init__(self, containers: dict[str, Container]):
+        self.containers = containers  # host -> its container
+        self.stop_reason: str | None = None  # the job's: set by stop(), not by a failed host
+
+    def stop(self, reason: str) -> None:
+        if self.stop_reason is None and any(c.process.poll() is None for c in self.containers.values()):
+            self.stop_reason = reason
+        for container in self.containers.values():
+            container.stop(reason)
+
+    def stop_others(self, failed: str) -> None:
+        """A host failed: the job fails, and the hosts still running are stopped (SIGTERM, SIGKILL after the grace)."""
+        for host, container in self.containers.items():
+            if host != failed:
+                container.stop(f"{failed} failed")
+
+    def kill(self) -> None:
+        for container in self.containers.values():
+            container.kill()
 
 
 class LogStream:

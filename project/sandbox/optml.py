@@ -1,7 +1,8 @@
-"""The job's /opt/ml tree and the container's environment, as SageMaker lays them out for one instance.
+"""The job's /opt/ml tree, as SageMaker lays it out for each instance (its environment: environment.py).
 
-The tree is built on this machine (channels and existing checkpoints downloaded from S3, the
-input/config/*.json files written); the container sees it at /opt/ml through a bind mount.
+Each instance (host algo-1 ... algo-N) has its own tree, built on this machine (channels and existing
+checkpoints downloaded from S3, the input/config/*.json files written with that host as current_host);
+its container sees it at /opt/ml through a bind mount.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -18,10 +18,7 @@ from project.core.errors import UserError
 from project.core.names import split_s3_uri
 
 CONTAINER_ROOT = "/opt/ml"
-HOST = "algo-1"  # SageMaker's name for the first (here: only) instance
-# What a container inherits from this machine: enough to find python3 and the AWS endpoint.
-PASSTHROUGH_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "PYENV_ROOT", "PYENV_VERSION")
-AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL")
+HOST = "algo-1"  # SageMaker's name for the first instance (algo-2, ... for the others)
 DOWNLOAD_THREADS = 4
 # A folder holding one folder per file system (its id): what a FileSystemDataSource channel reads
 # here, where SageMaker would mount FSx for Lustre or EFS. For FSx the DirectoryPath's first part
@@ -42,13 +39,23 @@ def container_path(path: str, tree: Path) -> Path:
     return tree / path[len(CONTAINER_ROOT) :].lstrip("/")
 
 
-def download_prefix(s3: Any, uri: str, dest: Path, folder: bool = False) -> int:
-    """Every object under the S3 prefix into dest, keeping the key's path below the prefix."""
+Shard = tuple[int, int]  # (this host's index, number of hosts): its share of a ShardedByS3Key channel
+
+
+def _share(items: list[str], shard: Shard | None) -> list[str]:
+    """A ShardedByS3Key host's objects: every N-th of the sorted keys, from its own index."""
+    return items if shard is None else sorted(items)[shard[0] :: shard[1]]
+
+
+def download_prefix(s3: Any, uri: str, dest: Path, folder: bool = False, shard: Shard | None = None) -> int:
+    """Every object under the S3 prefix (or this host's share of them) into dest, keeping the key's
+    path below the prefix."""
     bucket, prefix = split_s3_uri(uri)
     if folder and prefix and not prefix.endswith("/"):
         prefix += "/"
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
     keys = [obj["Key"] for page in pages for obj in page.get("Contents", []) if not obj["Key"].endswith("/")]
+    keys = _share(keys, shard)
     dest.mkdir(parents=True, exist_ok=True)
 
     def one(key: str) -> None:
@@ -68,14 +75,19 @@ def _network_interface() -> str:
     return "eth0" if Path("/sys/class/net/eth0").exists() else "lo"
 
 
-def _resource_config(instance_type: str) -> dict[str, Any]:
+def job_hosts(desc: Desc) -> list[str]:
+    """The job's instances as SageMaker names them: algo-1 ... algo-<InstanceCount>."""
+    return [f"algo-{i}" for i in range(1, int(desc["ResourceConfig"].get("InstanceCount", 1)) + 1)]
+
+
+def _resource_config(instance_type: str, host: str, hosts: list[str]) -> dict[str, Any]:
     return {
-        "current_host": HOST,
+        "current_host": host,
         "current_instance_type": instance_type,
         "current_group_name": "homogeneousCluster",
-        "hosts": [HOST],
+        "hosts": hosts,
         "instance_groups": [
-            {"instance_group_name": "homogeneousCluster", "instance_type": instance_type, "hosts": [HOST]}
+            {"instance_group_name": "homogeneousCluster", "instance_type": instance_type, "hosts": hosts}
         ],
         "network_interface_name": _network_interface(),
     }
@@ -99,119 +111,16 @@ def _input_data_config(desc: Desc) -> dict[str, Any]:
     }
 
 
-def config_files(desc: Desc) -> dict[str, Any]:
-    """/opt/ml/input/config/*.json as SageMaker writes them for one instance."""
+def config_files(desc: Desc, host: str = HOST) -> dict[str, Any]:
+    """/opt/ml/input/config/*.json as SageMaker writes them on the instance `host`."""
     files = {
         "hyperparameters.json": desc.get("HyperParameters", {}),
-        "resourceconfig.json": _resource_config(desc["ResourceConfig"]["InstanceType"]),
+        "resourceconfig.json": _resource_config(desc["ResourceConfig"]["InstanceType"], host, job_hosts(desc)),
         "inputdataconfig.json": _input_data_config(desc),
     }
     if desc.get("CheckpointConfig"):
         files["checkpointconfig.json"] = desc["CheckpointConfig"]
     return files
-
-
-def uses_sdk_drivers(desc: Desc) -> bool:
-    return any(c["ChannelName"] == "sm_drivers" for c in desc.get("InputDataConfig", []))
-
-
-def _maybe_json(value: str) -> Any:
-    try:
-        return json.loads(value)
-    except (TypeError, ValueError):
-        return value
-
-
-def _as_arg(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-def _num_gpus() -> int:
-    try:
-        listing = subprocess.run(["nvidia-smi", "--list-gpus"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return 0
-    return sum(line.startswith("GPU ") for line in listing.splitlines())
-
-
-def _path_env() -> dict[str, str]:
-    return {
-        "SM_MODEL_DIR": f"{CONTAINER_ROOT}/model",
-        "SM_INPUT_DIR": f"{CONTAINER_ROOT}/input",
-        "SM_INPUT_CONFIG_DIR": f"{CONTAINER_ROOT}/input/config",
-        "SM_OUTPUT_DIR": f"{CONTAINER_ROOT}/output",
-        "SM_OUTPUT_DATA_DIR": f"{CONTAINER_ROOT}/output/data",
-        "SM_OUTPUT_INTERMEDIATE_DIR": f"{CONTAINER_ROOT}/output/intermediate",
-    }
-
-
-def _training_env(desc: Desc, env: dict[str, str], channels: list[str], hps: dict[str, Any]) -> dict[str, Any]:
-    resource = json.loads(env["SM_RESOURCE_CONFIG"])
-    return {
-        "channel_input_dirs": {c: env[f"SM_CHANNEL_{c.upper()}"] for c in channels},
-        "current_host": resource["current_host"],
-        "hosts": resource["hosts"],
-        "hyperparameters": hps,
-        "input_data_config": json.loads(env["SM_INPUT_DATA_CONFIG"]),
-        "job_name": desc["TrainingJobName"],
-        "model_dir": env["SM_MODEL_DIR"],
-        "num_cpus": int(env["SM_NUM_CPUS"]),
-        "num_gpus": int(env["SM_NUM_GPUS"]),
-        "output_data_dir": env["SM_OUTPUT_DATA_DIR"],
-        "resource_config": resource,
-        "network_interface_name": resource["network_interface_name"],
-    }
-
-
-def toolkit_env(desc: Desc) -> dict[str, str]:
-    """The SM_* variables the sagemaker-training toolkit exports before it runs a user script."""
-    channels = sorted(c["ChannelName"] for c in desc.get("InputDataConfig", []))
-    files = config_files(desc)
-    resource = files["resourceconfig.json"]
-    hps = {k: _maybe_json(v) for k, v in desc.get("HyperParameters", {}).items()}
-    env = _path_env() | {
-        "SM_CHANNELS": json.dumps(channels),
-        "SM_HOSTS": json.dumps(resource["hosts"]),
-        "SM_CURRENT_HOST": resource["current_host"],
-        "SM_CURRENT_INSTANCE_TYPE": resource["current_instance_type"],
-        "SM_NETWORK_INTERFACE_NAME": resource["network_interface_name"],
-        "SM_NUM_CPUS": str(os.cpu_count() or 1),
-        "SM_NUM_GPUS": str(_num_gpus()),
-        "SM_LOG_LEVEL": "20",
-        "SM_HPS": json.dumps(hps),
-        "SM_USER_ARGS": json.dumps([a for k, v in hps.items() for a in (f"--{k}", _as_arg(v))]),
-        "SM_RESOURCE_CONFIG": json.dumps(resource),
-        "SM_INPUT_DATA_CONFIG": json.dumps(files["inputdataconfig.json"]),
-    }
-    env |= {f"SM_CHANNEL_{c.upper()}": f"{CONTAINER_ROOT}/input/data/{c}" for c in channels}
-    env |= {f"SM_HP_{k.upper()}": _as_arg(v) for k, v in hps.items()}
-    env["SM_TRAINING_ENV"] = json.dumps(_training_env(desc, env, channels, hps))
-    return env
-
-
-def container_env(desc: Desc, env_extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The container's environment: the platform's variables and the job's Environment.
-
-    With the SDK's drivers the SM_* variables are not the platform's: sm_train.sh sets them
-    (sm_drivers/scripts/environment.py), exactly as it must on SageMaker. Other jobs get them
-    as the sagemaker-training toolkit of a framework image would set them.
-    """
-    region = desc["TrainingJobArn"].split(":")[3]
-    env = {k: os.environ[k] for k in PASSTHROUGH_ENV + AWS_ENV if k in os.environ}
-    if not uses_sdk_drivers(desc):
-        env.update(toolkit_env(desc))
-    env.update(
-        TRAINING_JOB_NAME=desc["TrainingJobName"],
-        TRAINING_JOB_ARN=desc["TrainingJobArn"],
-        AWS_REGION=region,
-        AWS_DEFAULT_REGION=region,
-        # job.image=aws: the job's pip checks the requirements against this environment (the
-        # image here) and never downloads into it (a job's Environment may say PIP_NO_INDEX=0).
-        PIP_NO_INDEX="1",
-    )
-    env.update(desc.get("Environment") or {})
-    env.update(env_extra or {})  # last: the container must reach the AWS that recorded the job
-    return env
 
 
 def _file_system_folder(channel: dict[str, Any], vpc: dict[str, Any] | None) -> Path:
@@ -244,7 +153,10 @@ def file_system_mounts(desc: Desc) -> list[tuple[Path, str]]:
     ]
 
 
-def _download_channel(s3: Any, channel: dict[str, Any], tree: Path, vpc: dict[str, Any] | None = None) -> None:
+def _download_channel(
+    s3: Any, channel: dict[str, Any], tree: Path, vpc: dict[str, Any] | None = None, shard: Shard | None = None
+) -> None:
+    """The channel as one host gets it: `shard` is that host's place among the job's hosts."""
     if "FileSystemDataSource" in channel["DataSource"]:
         # Mounted, not downloaded: the job reads the file system's folder in place, bound read-only
         # on this empty mount point when the container starts (file_system_mounts).
@@ -260,30 +172,34 @@ def _download_channel(s3: Any, channel: dict[str, Any], tree: Path, vpc: dict[st
     if channel.get("InputMode", "File") == "Pipe":
         return  # nothing on disk: streamed through FIFOs while the job runs (project/sandbox/pipes.py)
     dest = tree / "input/data" / channel["ChannelName"]
+    if source.get("S3DataDistributionType", "FullyReplicated") != "ShardedByS3Key":
+        shard = None  # FullyReplicated: every host gets every object
     if kind == "S3Prefix":
-        download_prefix(s3, source["S3Uri"], dest)
+        download_prefix(s3, source["S3Uri"], dest, shard=shard)
         return
     # A manifest: [{"prefix": "s3://bucket/some/prefix/"}, "relative/key", ...]; SageMaker downloads
     # each prefix + suffix to the channel folder under its suffix, and nothing else.
     bucket, key = split_s3_uri(source["S3Uri"])
     head, *suffixes = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
     prefix_bucket, prefix = split_s3_uri(head["prefix"])
-    for suffix in suffixes:
+    for suffix in _share(suffixes, shard):
         target = dest / suffix
         target.parent.mkdir(parents=True, exist_ok=True)
         s3.download_file(prefix_bucket, prefix + suffix, str(target))
 
 
-def prepare_tree(tree: Path, desc: Desc, s3: Any) -> Path:
-    """The /opt/ml tree of the job: config files, channels, existing checkpoints; returns the checkpoint dir."""
+def prepare_tree(tree: Path, desc: Desc, s3: Any, host: str = HOST) -> Path:
+    """The /opt/ml tree of the job's instance `host`: config files, its channels, existing checkpoints;
+    returns the checkpoint dir."""
     if tree.exists():
         shutil.rmtree(tree)
     for sub in ("input/config", "input/data", "model", "output/data"):
         (tree / sub).mkdir(parents=True)
-    for name, content in config_files(desc).items():
+    for name, content in config_files(desc, host).items():
         (tree / "input/config" / name).write_text(json.dumps(content))
+    hosts = job_hosts(desc)
     for channel in desc.get("InputDataConfig", []):
-        _download_channel(s3, channel, tree, desc.get("VpcConfig"))
+        _download_channel(s3, channel, tree, desc.get("VpcConfig"), (hosts.index(host), len(hosts)))
     checkpoint = desc.get("CheckpointConfig") or {}
     local = container_path(checkpoint.get("LocalPath") or f"{CONTAINER_ROOT}/checkpoints", tree)
     local.mkdir(parents=True, exist_ok=True)

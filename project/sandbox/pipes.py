@@ -36,9 +36,12 @@ def channel_objects(s3: Any, source: dict[str, Any]) -> list[tuple[str, str]]:
 class PipeFeed:
     """One Pipe channel of a running job: `<channel>_<k>` for its k-th pass, fed from a thread."""
 
-    def __init__(self, s3: Any, channel: dict[str, Any], data_dir: Path):
+    def __init__(self, s3: Any, channel: dict[str, Any], data_dir: Path, shard: tuple[int, int] | None = None):
         self.s3, self.name = s3, channel["ChannelName"]
-        self.objects = channel_objects(s3, channel["DataSource"]["S3DataSource"])
+        source = channel["DataSource"]["S3DataSource"]
+        self.objects = channel_objects(s3, source)
+        if shard is not None and source.get("S3DataDistributionType") == "ShardedByS3Key":
+            self.objects = sorted(self.objects)[shard[0] :: shard[1]]  # this host's share, as a File channel's
         self.data_dir, self.passes = data_dir, 0
         self.stopped = threading.Event()
         os.mkfifo(self.fifo(0))  # there when the container starts
@@ -80,11 +83,12 @@ class PipeFeed:
             self.thread.join(0.1)
 
 
-def start_feeds(s3: Any, desc: dict[str, Any], tree: Path) -> list[PipeFeed]:
-    """A feed for each Pipe channel of the job (its FIFO made before the container starts)."""
+def start_feeds(s3: Any, desc: dict[str, Any], tree: Path, shard: tuple[int, int] | None = None) -> list[PipeFeed]:
+    """A feed for each Pipe channel of one host of the job (its FIFO made before the container starts);
+    `shard`: that host's (index, number of hosts)."""
     default = desc["AlgorithmSpecification"].get("TrainingInputMode", "File")
     return [
-        PipeFeed(s3, channel, tree / "input/data")
+        PipeFeed(s3, channel, tree / "input/data", shard)
         for channel in desc.get("InputDataConfig", [])
         if channel.get("InputMode", default) == PIPE
     ]

@@ -1,8 +1,16 @@
-"""What the service leaves when a job ends: archives and checkpoints in S3, metrics, the failure reason."""
+"""What the service leaves when a job ends: archives and checkpoints in S3, metrics, the failure reason.
+
+With several instances, SageMaker uploads what every host left: model.tar.gz and output.tar.gz hold
+the union of the hosts' /opt/ml/model and /opt/ml/output/data (a name two hosts wrote: algo-1's copy,
+the first host's, here), and every host's checkpoints sync to the one CheckpointConfig.S3Uri. The
+project writes its model and metrics on global rank 0 only (project/training/train.py,
+`trainer.is_global_zero`), which is on algo-1 (node rank 0), so the other hosts add nothing to them.
+"""
 
 from __future__ import annotations
 
 import re
+import shutil
 import tarfile
 import tempfile
 from pathlib import Path
@@ -38,21 +46,31 @@ def _tar_folder(folder: Path, archive: Path) -> None:
             tar.add(entry, arcname=entry.name)
 
 
-def _archives(tree: Path, status: str) -> dict[str, Path]:
+def _union(folders: list[Path], scratch: Path) -> Path:
+    """One folder holding every host's files; the first host's copy of a name that several hold."""
+    if len(folders) == 1:
+        return folders[0]
+    for folder in reversed(folders):  # algo-1 last: its files win
+        shutil.copytree(folder, scratch, dirs_exist_ok=True)
+    return scratch
+
+
+def _archives(trees: list[Path], status: str, scratch: Path) -> dict[str, Path]:
     """The folders the service tars: model/ unless the job failed, output/data/ if it holds anything."""
-    folders = {} if status == "Failed" else {"model": tree / "model"}  # a failed job has no ModelArtifacts
-    output = tree / "output/data"
-    if any(output.iterdir()):
+    folders = {} if status == "Failed" else {"model": _union([t / "model" for t in trees], scratch / "model")}
+    output = _union([t / "output/data" for t in trees], scratch / "output")
+    if output.is_dir() and any(output.iterdir()):
         folders["output"] = output
     return folders
 
 
-def upload_archives(s3: Any, desc: dict[str, Any], tree: Path, status: str) -> dict[str, str | None]:
-    """<S3OutputPath>/<job>/output/{model,output}.tar.gz; returns their URIs (None: not uploaded)."""
+def upload_archives(s3: Any, desc: dict[str, Any], trees: list[Path], status: str) -> dict[str, str | None]:
+    """<S3OutputPath>/<job>/output/{model,output}.tar.gz of the hosts' trees (algo-1's first);
+    returns their URIs (None: not uploaded)."""
     base = desc["OutputDataConfig"]["S3OutputPath"].rstrip("/") + f"/{desc['TrainingJobName']}/output"
     uris: dict[str, str | None] = {"model": None, "output": None}
     with tempfile.TemporaryDirectory() as scratch:
-        for name, folder in _archives(tree, status).items():
+        for name, folder in _archives(trees, status, Path(scratch) / "union").items():
             archive = Path(scratch) / f"{name}.tar.gz"
             _tar_folder(folder, archive)
             bucket, key = split_s3_uri(f"{base}/{name}.tar.gz")

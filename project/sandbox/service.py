@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from project.sandbox import record
-from project.sandbox.container import LOG_GROUP, Container, container_problem
+from project.sandbox.container import LOG_GROUP, Cluster, container_problem
 from project.sandbox.optml import SandboxError
 from project.sandbox.patches import Patches
 from project.sandbox.run import JobClients, JobRun, RunOptions, run_training_job
@@ -128,7 +128,7 @@ class SageMakerService:
         self.run_jobs, self.workdir, self.endpoint_url = run_jobs, workdir, endpoint_url
         self.options = options or RunOptions()
         self.served: set[str] = set()  # ARNs of jobs created while entered: their Environment is kept
-        self.running: dict[str, Container] = {}  # ARN -> the container running it
+        self.running: dict[str, Cluster] = {}  # ARN -> the containers running it (one per instance)
         self.runs: dict[str, Future[JobRun]] = {}  # job name -> its background run
         self._patches = Patches()
         self._pool: ThreadPoolExecutor | None = None
@@ -168,9 +168,9 @@ class SageMakerService:
             self.hosting.__exit__()
             self.hosting = None
         if stop_running:
-            for container in list(self.running.values()):
-                container.stop("Stopped")
-                container.kill()
+            for cluster in list(self.running.values()):
+                cluster.stop("Stopped")
+                cluster.kill()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=stop_running)
 
@@ -200,9 +200,9 @@ class SageMakerService:
                 message=f"The request was rejected because the training job is in status {job.training_job_status}."
             )
         record.set_status(job, "Stopping", "Stopping", "Stopping the training job")
-        container = self.running.get(job.arn)
-        if container is not None:
-            container.stop("Stopped")  # the run ends the job when the container is gone
+        cluster = self.running.get(job.arn)
+        if cluster is not None:
+            cluster.stop("Stopped")  # the run ends the job when every container is gone
         elif name not in self.runs:  # created but never run: nothing to wait for
             record.finish(job, record.Outcome("Stopped"))
         return EmptyResult()
