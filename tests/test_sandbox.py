@@ -343,3 +343,24 @@ def test_killing_the_sandbox_ends_the_jobs_it_runs(tmp_path, sig):
         if sandbox.poll() is None:
             os.killpg(sandbox.pid, signal.SIGKILL)
             sandbox.wait()
+
+
+def test_a_names_newest_jobs_are_listed_first_however_many_jobs_there_are(moto_endpoint):
+    """The tests' endpoint (no SageMaker service entered) lists as AWS does: moto took the page of
+    the oldest jobs first and filtered it after, so a name's newest jobs were missing once another
+    name had more jobs than a page (the launch summary's start-up prediction saw no history)."""
+    sm = boto3.client("sagemaker", endpoint_url=moto_endpoint, region_name=REGION)
+    aws = {"sagemaker": sm}
+    tag = uuid.uuid4().hex[:6]
+    for _ in range(3):
+        create_job(aws, f"others-{tag}")
+    mine = [create_job(aws, f"mine-{tag}") for _ in range(3)]
+    pages = []
+    request = {"NameContains": f"mine-{tag}", "SortBy": "CreationTime", "SortOrder": "Descending", "MaxResults": 2}
+    while True:
+        page = sm.list_training_jobs(**request)
+        pages.append([j["TrainingJobName"] for j in page["TrainingJobSummaries"]])
+        if "NextToken" not in page:
+            break
+        request["NextToken"] = page["NextToken"]
+    assert pages == [mine[:0:-1], mine[:1]]

@@ -3,8 +3,9 @@
 In this process, because the SageMaker side (service.py) works on moto's in-process record of
 each job. While it serves, S3 bucket-policy conditions are evaluated (policy.py), Service Quotas
 answers for SageMaker (quotas.py), IAM SimulatePrincipalPolicy is refused rather than a 500
-(ecr_iam.NoPolicySimulation), and UpdateModelPackage keeps a version's metadata as AWS does
-(registry.py): the tests' endpoint is the one `invoke sandbox` serves.
+(ecr_iam.NoPolicySimulation), UpdateModelPackage keeps a version's metadata as AWS does
+(registry.py), and ListTrainingJobs filters, sorts and pages as AWS does (listing.py): the tests'
+endpoint is the one `invoke sandbox` serves.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import threading
 from typing import Any
 
 from project.sandbox.ecr_iam import NoPolicySimulation
+from project.sandbox.listing import TrainingJobListing
 from project.sandbox.optml import SandboxError
 from project.sandbox.policy import BucketPolicyConditions
 from project.sandbox.quotas import SageMakerQuotas
@@ -36,6 +38,7 @@ class Endpoint:
         self._quotas = SageMakerQuotas()
         self._no_simulation = NoPolicySimulation()
         self._registry = MergedMetadataUpdates()
+        self._listing = TrainingJobListing()
 
     @property
     def url(self) -> str:
@@ -55,6 +58,7 @@ class Endpoint:
         self._quotas.__enter__()
         self._no_simulation.__enter__()
         self._registry.__enter__()
+        self._listing.__enter__()
         self._thread = threading.Thread(target=self._server.serve_forever, name="sandbox-endpoint", daemon=True)
         self._thread.start()
         return self
@@ -84,3 +88,4 @@ class Endpoint:
         self._quotas.__exit__()
         self._no_simulation.__exit__()
         self._registry.__exit__()
+        self._listing.__exit__()

@@ -7,8 +7,8 @@ completes it where users would notice:
   MetricDefinitions (moto drops the first and replaces the second with a made-up one);
 * StopTrainingJob works (moto answers 500): the running container gets SIGTERM, a job that never
   ran is Stopped at once;
-* ListTrainingJobs filters and sorts (SortBy, SortOrder) before it pages (moto pages first and
-  never sorts, so "the latest job" is whichever came first);
+* ListTrainingJobs filters, sorts and pages as AWS does, whether a service is entered or not
+  (listing.py, which the endpoint applies);
 * a completed job with a KeepAlivePeriodInSeconds leaves a warm pool (WarmPoolStatus Available,
   Terminated once the period has passed), as ListTrainingJobs' WarmPoolStatusEquals finds it.
 
@@ -49,7 +49,6 @@ KEPT_FIELDS = ("Environment", "RetryStrategy", "RemoteDebugConfig", "InfraCheckC
 PARALLEL_JOBS = 2  # jobs running at once; more wait their turn (SageMaker queues nothing, but a laptop must)
 RESULT_TIMEOUT_SECONDS = 600.0
 HOSTING_DIR = "endpoints"  # under the workdir: each endpoint's and transform job's unpacked model
-SORT_ATTRIBUTES = {"Name": "training_job_name", "Status": "training_job_status", "CreationTime": "creation_time"}
 
 
 def _snake(name: str) -> str:
@@ -68,49 +67,12 @@ def _keep_request_fields(response: Any, job: Any) -> None:
         job.algorithm_specification["MetricDefinitions"] = spec["MetricDefinitions"]
 
 
-def _summary(job: Any) -> dict[str, Any]:
-    fields = {
-        "TrainingJobName": job.training_job_name,
-        "TrainingJobArn": job.arn,
-        "CreationTime": job.creation_time,
-        "TrainingEndTime": job.training_end_time,
-        "LastModifiedTime": job.last_modified_time,
-        "TrainingJobStatus": job.training_job_status,
-    }
-    return {k: v for k, v in fields.items() if v is not None}
-
-
 def describe_training_job(response: Any, original: Any) -> Any:
     """DescribeTrainingJob with the warm pool's state as of now."""
     job = response.sagemaker_backend.training_jobs.get(response._get_param("TrainingJobName"))
     if job is not None:
         record.update_warm_pool(job)
     return original(response)
-
-
-def list_training_jobs(response: Any) -> Any:
-    """ListTrainingJobs as the API does it: filter, sort, then page."""
-    from moto.core.responses import ActionResult
-
-    name, status = response._get_param("NameContains"), response._get_param("StatusEquals")
-    warm_pool = response._get_param("WarmPoolStatusEquals")
-    for job in response.sagemaker_backend.training_jobs.values():
-        record.update_warm_pool(job)
-    jobs = [
-        j
-        for j in response.sagemaker_backend.training_jobs.values()
-        if (not name or name in j.training_job_name)
-        and (not status or j.training_job_status == status)
-        and (not warm_pool or (getattr(j, "warm_pool_status", None) or {}).get("Status") == warm_pool)
-    ]
-    attribute = SORT_ATTRIBUTES.get(response._get_param("SortBy") or "CreationTime", "creation_time")
-    jobs.sort(key=lambda j: getattr(j, attribute), reverse=response._get_param("SortOrder") == "Descending")
-    start = int(response._get_param("NextToken") or 0)
-    end = start + int(response._get_param("MaxResults") or 100)
-    result: dict[str, Any] = {"TrainingJobSummaries": [_summary(j) for j in jobs[start:end]]}
-    if end < len(jobs):
-        result["NextToken"] = str(end)
-    return ActionResult(result)
 
 
 class SageMakerService:
@@ -147,7 +109,6 @@ class SageMakerService:
         original_create = SageMakerResponse.create_training_job
         self._patches.set(SageMakerResponse, "create_training_job", lambda r: self._create(r, original_create))
         self._patches.set(SageMakerResponse, "stop_training_job", self._stop)
-        self._patches.set(SageMakerResponse, "list_training_jobs", list_training_jobs)
         original_describe = SageMakerResponse.describe_training_job
         self._patches.set(
             SageMakerResponse, "describe_training_job", lambda r: describe_training_job(r, original_describe)
