@@ -38,11 +38,16 @@ def host_of(stream: str) -> str:
     return stream.split("/", 1)[-1].rsplit("-", 1)[0]
 
 
+def _reaches_first_step(line: str) -> bool:
+    marked = startup.parse_marker(line)
+    return marked is not None and marked[0] == startup.FIRST_STEP
+
+
 def marker_lines(logs: Any, job_name: str) -> dict[str, list[str]]:
     """Each host's `[startup]` lines, read from its stream's head up to the first step."""
     return {
         host_of(stream): joblogs.head_lines(
-            logs, stream, keep=lambda line: startup.MARKER in line, until=lambda line: "phase=first_step" in line
+            logs, stream, keep=lambda line: startup.MARKER in line, until=_reaches_first_step
         )
         for stream in joblogs.log_streams(logs, job_name)
     }

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from project.core.startup import parse_marker
+from project.core.startup import FIRST_STEP, parse_marker
 
 # Each phase ends at its boundary: a SecondaryStatusTransition's start, TrainingStartTime, or a log
 # marker (project.core.startup.LOGGED_PHASES). A boundary the job never reported (an older job, a
@@ -42,7 +42,6 @@ STAGES: tuple[tuple[str, str], ...] = (
 SETUP_PHASE = STAGES[3][0]  # what job.image=custom saves: its image holds the requirements
 # What a warm pool skips: its instance is up and holds the image; the job's data still downloads.
 WARM_SKIPS = (PROVISIONING, STAGES[2][0])
-FIRST_STEP = "first_step"
 BILLED_ROW = "billed (from TrainingStartTime)"
 
 

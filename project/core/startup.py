@@ -35,6 +35,7 @@ LOGGED_PHASES = (
     "train_start",
     "first_step",
 )
+FIRST_STEP = LOGGED_PHASES[-1]  # where a job's start-up ends
 MARKER = "[startup]"
 _MARKER_LINE = re.compile(r"^\[startup\] phase=(\w+) t=(\d+(?:\.\d+)?)\s*$")
 
