@@ -116,6 +116,29 @@ def test_ctrl_c_during_start_up_leaves_nothing_and_no_traceback(tiny_data, tmp_p
     assert not [pid for pid in trainers if Path(f"/proc/{pid}").exists()]  # none left running
 
 
+def test_ctrl_c_in_code_built_by_exec_still_exits_130_under_python_m(tmp_path):
+    """Ctrl-C while invoke's imports build a dataclass (exec of a string): CPython remembers that
+    KeyboardInterrupt and, under `python -m`, ended the process by SIGINT (-2) after printing the
+    one line, whatever exit code followed. The task's handler clears it."""
+    (tmp_path / "interrupted_in_exec.py").write_text(
+        "import os, signal, sys\n"
+        "from invoke import Exit\n"
+        "from project.face.cli import user_errors\n"
+        "try:\n"
+        "    with user_errors():\n"
+        "        exec('os.kill(os.getpid(), signal.SIGINT)\\nwhile True: pass')\n"
+        "except Exit as stop:\n"
+        "    print(stop.message, file=sys.stderr)\n"
+        "    sys.exit(stop.code)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
+    done = subprocess.run(
+        [sys.executable, "-m", "interrupted_in_exec"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 130, (done.returncode, done.stderr[-2000:])
+    assert done.stderr == "interrupted: nothing half-written was kept; run the task again to resume\n"
+
+
 def test_a_data_error_is_one_line_before_training_and_leaves_no_run_folder(tiny_data, tmp_path):
     folder, files = tiny_data
     runs = tmp_path / "runs"

@@ -15,5 +15,17 @@ TERMINATED_EXIT = 128 + signal.SIGTERM
 HANGUP_EXIT = 128 + signal.SIGHUP
 
 
+def interrupt_handled() -> None:
+    """Have the interpreter end with the exit code given after a KeyboardInterrupt was caught.
+
+    CPython remembers a KeyboardInterrupt that left code exec()'d from a string (dataclasses and
+    namedtuples build their methods so, many times over during imports) even once it is caught,
+    and a `python -m` process then ends by SIGINT at exit whatever sys.exit said: -2 for a caller,
+    not INTERRUPTED_EXIT (Py_RunMain's _Py_UnhandledKeyboardInterrupt). The next exec() of a string
+    clears that memory, so one here does. Harmless everywhere else.
+    """
+    exec("None")  # noqa: S102 (a constant string)
+
+
 class UserError(Exception):
     """Bad input or missing setup; str(error) says what is wrong and how to fix it."""

@@ -18,7 +18,7 @@ from invoke import Collection, Exit
 from invoke.parser import Argument, ParserContext
 from invoke.vendor.lexicon import Lexicon
 
-from project.core.errors import INTERRUPTED_EXIT, USER_ERROR_EXIT, UserError
+from project.core.errors import INTERRUPTED_EXIT, USER_ERROR_EXIT, UserError, interrupt_handled
 from project.core.run_ref import is_run_token
 
 OVERRIDES_ARG = "overrides"
@@ -181,4 +181,5 @@ def user_errors() -> Iterator[None]:
     except KeyboardInterrupt as exc:
         # A task that leaves something going raises KeyboardInterrupt(what, and how to end it).
         said = str(exc) or "nothing half-written was kept; run the task again to resume"
+        interrupt_handled()
         raise Exit(f"interrupted: {said}", code=INTERRUPTED_EXIT) from None
