@@ -7,12 +7,21 @@ each instance; each reader keeps its rank's share.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
 import threading
 import uuid
 from collections import Counter
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import IO
 
 import pytest
 import torch
@@ -21,12 +30,16 @@ from project.aws import plan as jobs
 from project.aws import sdk
 from project.aws.channels import channel_uris, manifest_uri
 from project.aws.session import aws_clients
-from project.core.config import compose
+from project.aws.staging import ENTRY_SOURCE
+from project.core.config import compose, to_yaml
 from project.core.errors import UserError
+from project.core.sagemaker_names import CONFIG_CHANNEL
 from project.sandbox.pipes import PipeFeed
-from project.training import imagetree, pipe
+from project.training import imagetree, pipe, pipe_relay
 from project.training.imagefolder import ImageFolderDataModule
 from tests.cli import refusal
+from tests.conftest import ROOT
+from tests.failing_runs import free_port
 from tests.imagetrees import write_tree
 from tests.service_model import problems
 from tests.test_jobs import CUSTOM, INFRA, plan
@@ -153,6 +166,174 @@ def test_the_datamodule_streams_equal_batches_per_rank_with_its_validation_read_
     assert len(dm.splits["val"]) == 33 and dm.classes == ["hbar", "square", "vbar"]
 
 
+# --- the relay: one instance, several processes (project/training/pipe_relay.py) -------------------
+
+PAGE = 4096  # the smallest pipe Linux makes (F_SETPIPE_SZ)
+
+
+@dataclass
+class Relayed:
+    order: list[str]  # the samples as the channel streams them
+    size: int  # the bytes of one pass
+    feed: PipeFeed
+    relay: pipe_relay.Relay
+
+    def rank_dir(self, rank: int) -> Path:
+        """Where local rank `rank` reads, as a rank started under the launcher finds it."""
+        environ = {pipe.RELAY_ENV: str(self.relay.root), "LOCAL_RANK": str(rank)}
+        return pipe.reader_dir(self.relay.channel_dir, environ)
+
+
+@pytest.fixture
+def relayed(channel, tmp_path):
+    """SageMaker's FIFOs of the channel (a PipeFeed) under data/, relayed to 2 local ranks under relay/."""
+    tree, s3, described = channel
+    (tmp_path / "data").mkdir()
+    feed = PipeFeed(s3, described, tmp_path / "data")
+    relay = pipe_relay.Relay(tmp_path / "data" / "train", tmp_path / "relay", 2).start()
+    size = sum(s3.head_object(Bucket=b, Key=k)["ContentLength"] for b, k in feed.objects)
+    yield Relayed(stream_order(tree), size, feed, relay)
+    relay.close()
+    feed.stop()
+
+
+def whole_passes(folder: Path, passes: int, out: dict, key: object) -> None:
+    """Every sample of each pass, in the stream's order, as one rank reads them (before it keeps its share)."""
+    streams = pipe.EpochStreams(folder)
+    out[key] = [[s.relpath for s in streams.next_pass()] for _ in range(passes)]
+
+
+def opened_small(folder: Path, ready: threading.Event) -> IO[bytes]:
+    """A rank's first FIFO opened with a pipe of one page (full at once), and only then `ready`: the
+    relay streams once every rank has opened, so the other opens after this."""
+    fifo = open(pipe.fifo_path(folder, 0), "rb")  # noqa: SIM115  the caller closes it
+    fcntl.fcntl(fifo.fileno(), fcntl.F_SETPIPE_SZ, PAGE)
+    ready.set()
+    return fifo
+
+
+def after(event: threading.Event, target: Callable[..., None], *args: object) -> threading.Thread:
+    def run() -> None:
+        if event.wait(30):
+            target(*args)
+
+    return threading.Thread(target=run)
+
+
+def joined(threads: list[threading.Thread], timeout: float = 30) -> None:
+    """Run the ranks' threads to their end; a rank still waiting fails the test instead of hanging it."""
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    assert not any(t.is_alive() for t in threads), f"a rank still waits after {timeout:.0f} s"
+
+
+def test_the_relay_gives_each_local_rank_every_pass_and_each_keeps_its_global_share(relayed):
+    got: dict = {}
+    joined([threading.Thread(target=whole_passes, args=(relayed.rank_dir(r), 2, got, r)) for r in (0, 1)])
+    order, count = relayed.order, len(relayed.order)  # 33 samples: a share leaves count % world out
+    assert got[0] == got[1] == [order, order]
+    for world, first in ((2, 0), (4, 2)):  # one host of 2 GPUs; the second host of a job of 2 x 2 GPUs
+        for samples in got[0]:
+            shares = {first + r: list(pipe.share(samples, first + r, world, count)) for r in (0, 1)}
+            assert not set(shares[first]) & set(shares[first + 1])
+            assert shares == {rank: order[rank::world][: count // world] for rank in shares}  # equal, in place
+    relayed.feed.stop()  # the feed's thread ends: what it left is final
+    # SageMaker's train_0 and train_1 each read to its end, in turn; train_2 waits: no rank opened a third pass
+    assert relayed.relay.passes == 2
+    assert [p.name for p in relayed.relay.channel_dir.parent.iterdir()] == ["train_2"]
+    assert sorted(p.name for p in relayed.rank_dir(1).parent.iterdir()) == ["train_0", "train_1", "train_2"]
+
+
+def test_a_rank_that_reads_nothing_until_the_other_has_read_its_whole_pass_holds_nobody_back(relayed):
+    """Under DDP rank 0 may wait (in an all-reduce) for rank 1, which waits for its bytes: a tee that
+    wrote each chunk to every rank in turn would stop at rank 0's full pipe and never reach rank 1."""
+    ready, other_done, got = threading.Event(), threading.Event(), {}
+
+    def late() -> None:
+        with opened_small(relayed.rank_dir(0), ready) as fifo:  # opened (the relay waits for that), not read
+            done = other_done.wait(20)  # a lock-step tee: rank 1 waits until rank 0 closes its end
+            got["late"] = len(fifo.read()) if done else "rank 1 still waited for its pass after 20 s"
+
+    def early() -> None:
+        whole_passes(relayed.rank_dir(1), 1, got, "early")
+        other_done.set()
+
+    joined([threading.Thread(target=late), after(ready, early)])
+    assert got["early"] == [relayed.order]
+    assert got["late"] == relayed.size > 4 * PAGE  # far more than its pipe holds: it waited in the relay
+
+
+def test_a_rank_that_leaves_a_pass_is_dropped_from_it_and_the_other_reads_on(relayed):
+    ready, got = threading.Event(), {}
+
+    def leaves() -> None:
+        with opened_small(relayed.rank_dir(1), ready) as fifo:
+            fifo.read(100)  # then closes its end mid-pass: the relay's next write to it breaks
+        with pipe.open_fifo(pipe.fifo_path(relayed.rank_dir(1), 1)) as fifo:  # back for the next pass: all of it
+            got["again"] = len(fifo.read())
+
+    joined([threading.Thread(target=leaves), after(ready, whole_passes, relayed.rank_dir(0), 2, got, 0)])
+    assert got[0] == [relayed.order] * 2  # the other rank: both passes whole
+    assert got["again"] == relayed.size and relayed.relay.passes == 2
+
+
+def test_the_launcher_relays_the_stream_to_two_processes_that_each_train_on_their_share(channel, tmp_path):
+    """What one instance of a Pipe job with 2 GPUs runs, on 2 CPU processes: the container's launcher
+    (PID 1: launch(2, sm_entry.py) as `sm_entry.py --launch` makes it for trainer.gpus=2) over SageMaker's
+    variables, its train channel fed by a PipeFeed, its validation channel a folder (File mode)."""
+    tree, s3, described = channel
+    opt = tmp_path / "opt-ml"
+    for folder in ("input/data", "model", "output/data", "checkpoints", "code"):
+        (opt / folder).mkdir(parents=True)
+    validation = write_tree(tmp_path / "validation", per_class=4, seed=1)
+    overrides = ["dataset=imagefolder", f"dataset.channels.train={tree}", f"+dataset.channels.validation={validation}"]
+    overrides += ["+dataset.input_modes.train=Pipe", "dataset.num_classes=3", "trainer.gpus=0"]
+    overrides += ["trainer.max_epochs=2", "trainer.batch_size=8", f"paths.runs_dir={tmp_path / 'runs'}"]
+    (opt / "code" / "config.yaml").write_text(to_yaml(compose(overrides)))
+    entry = shutil.copy(ENTRY_SOURCE, opt / "code" / "sm_entry.py")  # as staging puts it
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "MASTER_", "LOCAL_", "RANK", "WORLD_"))}
+    environ |= {
+        "SM_MODEL_DIR": str(opt / "model"),
+        "SM_OUTPUT_DATA_DIR": str(opt / "output/data"),
+        "SM_CHECKPOINT_DIR": str(opt / "checkpoints"),
+        "SM_CHANNEL_TRAIN": str(opt / "input/data/train"),  # no folder: train_0, train_1, ... beside it
+        "SM_CHANNEL_VALIDATION": str(validation),
+        f"SM_CHANNEL_{CONFIG_CHANNEL.upper()}": str(opt / "code"),
+        "SM_HOSTS": '["algo-1"]',
+        "SM_CURRENT_HOST": "algo-1",
+        "PET_MASTER_PORT": str(free_port()),  # torchrun's own variable: one host's rendezvous, not on 29500
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "TMPDIR": str(tmp_path),  # where the launcher puts the relay's FIFOs
+    }
+    feed = PipeFeed(s3, described, opt / "input/data")
+    launcher = "import sys; from project.training.launch import launch; launch(2, sys.argv[1])"
+    run = subprocess.Popen(
+        [sys.executable, "-c", launcher, entry],
+        cwd=opt / "code",
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its workers with it: a run that hangs is ended whole
+    )
+    try:
+        out = run.communicate(timeout=120)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(run.pid, signal.SIGKILL)
+        pytest.fail(f"the job still ran after 120 s:\n{run.communicate()[0][-3000:]}")
+    finally:
+        feed.stop()
+    assert run.returncode == 0, out[-3000:]
+    assert f"pipe: {opt}/input/data/train_<k> relayed to 2 processes" in out
+    # each rank: pass k of its own relayed FIFOs in epoch k, and its half of the 33 samples of each
+    shares = re.findall(r"pipe: (train_\d) epoch (\d) rank (\d)/2: (\d+) of 33 samples", out)
+    assert sorted(shares) == [(f"train_{e}", str(e), str(r), "16") for e in (0, 1) for r in (0, 1)]
+    assert not list(tmp_path.glob("pipe-relay-*"))  # the launcher removed its folder
+
+
 # --- configuration and the request ----------------------------------------------------------------
 
 
@@ -165,17 +346,21 @@ def test_the_datamodule_streams_equal_batches_per_rank_with_its_validation_read_
             ["dataset=imagefolder", "+dataset.channels.validation=/v", "+dataset.input_modes.validation=Pipe"],
             "only the train channel is streamed",
         ),
-        (
-            ["dataset=imagefolder", "+dataset.channels.validation=/v", "+dataset.input_modes.train=Pipe"]
-            + ["instance=ml.p3.8xlarge"],
-            "use FastFile, or one GPU per instance",
-        ),
     ],
 )
 def test_pipe_where_it_does_not_help_is_one_line(overrides, message):
     with pytest.raises(UserError) as info:
         plan(*overrides)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_pipe_on_an_instance_of_several_gpus_is_relayed_to_each_process():
+    pipe_channel = ["dataset=imagefolder", "+dataset.channels.validation=/v", "+dataset.input_modes.train=Pipe"]
+    p, _ = plan(*pipe_channel, "instance=ml.g5.12xlarge")
+    assert p.processes_per_node == 4 and p.input_modes["train"] == "Pipe"
+    assert "(Pipe: the shards train.manifest names, relayed to 4 processes per instance)" in p.summary()
+    p, _ = plan(*pipe_channel, "instance=ml.g5.xlarge")  # one process reads SageMaker's FIFO itself
+    assert "(Pipe: the shards train.manifest names)" in p.summary()
 
 
 def test_invoke_local_refuses_pipe_on_mnist_and_a_bad_mode_in_one_line():

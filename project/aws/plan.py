@@ -158,7 +158,10 @@ class JobPlan:
             fs = self.file_systems[name]
             return f"{uri}  ({fs.kind.file_system_type} {fs.file_system_id}:{fs.directory_path}, read-only)"
         if name in self.manifests:
-            return f"{uri}  ({self.input_modes[name]}: the shards {self.manifests[name].rsplit('/', 1)[1]} names)"
+            shards = f"the shards {self.manifests[name].rsplit('/', 1)[1]} names"
+            if self.input_modes[name] == PIPE and self.processes_per_node > 1:  # project/training/pipe_relay.py
+                shards += f", relayed to {self.processes_per_node} processes per instance"
+            return f"{uri}  ({self.input_modes[name]}: {shards})"
         return f"{uri}  ({self.input_modes[name]})"
 
     def _sharding(self) -> str:
@@ -242,11 +245,6 @@ def plan_job(
         )
     check_input_modes(cfg.dataset)  # Pipe on the MNIST family's files: one line, nothing launched
     topology = decide(cfg.trainer, inst.gpus, nodes=inst.count, where=inst.type)
-    if cfg.dataset.get("input_modes", {}).get("train") == PIPE and topology.processes_per_node > 1:
-        raise LaunchError(  # the bytes of a FIFO go to whichever process reads first (project/training/pipe.py)
-            f"dataset.input_modes.train=Pipe gives each instance one FIFO per epoch, which one process reads; "
-            f"{inst.type} runs {topology.processes_per_node} per instance: use FastFile, or one GPU per instance"
-        )
     max_run = job.max_run_minutes * 60
     max_wait = (job.max_wait_minutes * 60 if job.max_wait_minutes else 2 * max_run) if job.spot else None
     # The staged config's identity, as the container computes it.

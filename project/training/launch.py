@@ -24,6 +24,9 @@ The launcher also watches its workers (project/training/watchdog.py): with train
 or startup_timeout_minutes in force (a job's default: conf/trainer/default.yaml), a worker that makes
 no progress for that long ends the job with its cause as the FailureReason, instead of billing until
 MaxRuntime.
+
+In Pipe mode, with several processes on an instance, the launcher relays each pass of SageMaker's
+FIFO to a FIFO of each process (project/training/pipe_relay.py): one FIFO has one reader.
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ from pathlib import Path
 
 from project.core import startup
 from project.core.runtime import CLEAN_STOP_ENV, network_env, sagemaker_env
+from project.core.sagemaker_names import DATA_CHANNEL
 from project.core.topology import processes_per_node
+from project.training.pipe_relay import relayed
 from project.training.stalls import HEARTBEAT_ENV, Limits
 from project.training.watchdog import Watchdog
 
@@ -118,7 +123,10 @@ def launch(
         sys.exit(train_here())
     argv = torchrun_argv(os.environ, nproc_per_node, script)
     print("launching: " + " ".join(argv), flush=True)
-    sys.exit(run_torchrun(argv[3:], nproc_per_node))
+    # Pipe mode: SageMaker's one FIFO per pass, copied to each of this host's processes (pipe_relay.py)
+    with relayed(sm.channels.get(DATA_CHANNEL) if sm else None, nproc_per_node):
+        outcome = run_torchrun(argv[3:], nproc_per_node)
+    sys.exit(outcome)
 
 
 def watch(limits: Limits, workers: int, hosts: int, host: str) -> Watchdog | None:

@@ -14,8 +14,12 @@ Decisions:
 - Shares: every instance's FIFO holds the whole channel (FullyReplicated); rank r of world w keeps
   the samples at stream positions r, r + w, ... and only `count // w` of them, so every rank takes the
   same number of steps (DDP waits on each step of every rank) and the shares are disjoint.
-- One reader per FIFO: bytes written into a FIFO go to whichever reader takes them first, so one
-  process per instance reads it, in the main process (no loader workers: they cannot share it).
+- One reader per FIFO: bytes written into a FIFO go to whichever reader takes them first, so no two
+  processes may read one. Where one process trains on an instance, it reads SageMaker's FIFOs
+  itself; where several do (one per GPU), the launcher relays each pass to a FIFO of each local
+  rank (project/training/pipe_relay.py), `<RELAY_ENV>/<LOCAL_RANK>/train_<k>`, each rank reads the
+  whole stream and keeps its share as above (`reader_dir` names the folder). A rank reads its FIFO in
+  its main process (no loader workers: they cannot share it).
 - A pass is always drained to the end, even by a reader that stopped early (limit_train_batches):
   SageMaker (and the sandbox) opens the next FIFO only when the previous one is finished.
 """
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import stat
 import time
@@ -38,6 +43,9 @@ PIPE = "Pipe"  # SageMaker's name of the input mode
 SHUFFLE_BUFFER = 1000  # samples a rank holds to shuffle a stream (encoded bytes: ~1 MB of 1 kB PNGs)
 FIFO_WAIT_SECONDS = 120.0  # how long a reader waits for the next epoch's FIFO to appear
 CHUNK = 1 << 16
+# Set by the launcher where it relays a piped channel to several processes of an instance
+# (project/training/pipe_relay.py): the folder that holds each local rank's FIFOs.
+RELAY_ENV = "LIGHTNING_SAGEMAKER_PIPE_RELAY_DIR"
 T = TypeVar("T")
 
 
@@ -69,6 +77,20 @@ def check_input_modes(dataset: Mapping[str, Any]) -> None:
 def fifo_path(channel_dir: Path, index: int) -> Path:
     """SageMaker's FIFO of a channel's pass `index`: /opt/ml/input/data/<channel>_<index>."""
     return channel_dir.parent / f"{channel_dir.name}_{index}"
+
+
+def relay_dir(root: Path, local_rank: int, channel: str) -> Path:
+    """Where a relay (project/training/pipe_relay.py) puts local rank `local_rank`'s FIFOs of a channel."""
+    return root / str(local_rank) / channel
+
+
+def reader_dir(channel_dir: Path, environ: Mapping[str, str] = os.environ) -> Path:
+    """Where this process reads a piped channel: SageMaker's FIFOs beside `channel_dir`, or, where the
+    launcher relays them to several processes (RELAY_ENV), its own local rank's (torchrun's LOCAL_RANK)."""
+    root = environ.get(RELAY_ENV)
+    if not root:
+        return channel_dir
+    return relay_dir(Path(root), int(environ.get("LOCAL_RANK", "0")), channel_dir.name)
 
 
 def _is_fifo(path: Path) -> bool:

@@ -22,7 +22,7 @@ from typing import Any
 
 from project.core.atomic import replacing
 from project.training.fetch import HTTP, fetch_verified, scheme, source_for
-from project.training.pipe import check_input_modes, is_piped
+from project.training.pipe import check_input_modes, is_piped, reader_dir
 from project.training.raw import Contents, DataError, VerifiedFile, read
 
 
@@ -79,8 +79,9 @@ def resolve(
     resolved = Resolved({})
     for channel, declared in d.channels.items():
         where = str(sources[channel]) if sources and channel in sources else str(declared)
-        if sources and channel in sources and is_piped(Path(where)):
-            resolved.folders[channel] = Path(where)  # a job's Pipe channel: its FIFOs, read once per epoch
+        # A job's Pipe channel: its FIFOs, read once per epoch (this rank's copies where the launcher relays them)
+        if sources and channel in sources and is_piped(reader_dir(Path(where))):
+            resolved.folders[channel] = reader_dir(Path(where))
             continue
         where = _mounted(cfg, where)
         if channel == "train" and d.get("files"):
