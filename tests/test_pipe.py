@@ -166,6 +166,48 @@ def test_the_datamodule_streams_equal_batches_per_rank_with_its_validation_read_
     assert len(dm.splits["val"]) == 33 and dm.classes == ["hbar", "square", "vbar"]
 
 
+@pytest.mark.parametrize("buffer", [10, 1000])  # a streaming shuffle; the whole share held (File mode's order)
+def test_a_pass_resumed_mid_epoch_goes_on_with_the_first_batch_not_trained_on(channel, tmp_path, buffer):
+    """A job stopped mid-epoch (spot, SIGTERM) and re-run reads train_0 again from its head: the
+    loader's position travels in the checkpoint (the DataModule's state) and the resumed pass
+    yields exactly the batches the stopped one had not, as an uninterrupted pass does."""
+    tree, s3, described = channel
+
+    def module(folder: Path) -> ImageFolderDataModule:
+        train = str(folder / "train")
+        return ImageFolderDataModule(
+            train_dir=train, validation_dir=str(tree), num_classes=3, batch_size=8, shuffle_buffer=buffer
+        )
+
+    def one_pass(folder: Path, stop_after: int | None = None, state: dict | None = None) -> tuple[list, dict]:
+        folder.mkdir()
+        feed, dm = PipeFeed(s3, described, folder), module(folder)
+        try:
+            if state is not None:
+                dm.load_state_dict(state)  # as Lightning restores a checkpoint: before or after setup
+            dm.setup("fit")
+            batches = []
+            for batch in dm.train_dataloader():
+                batches.append(batch)
+                if len(batches) == stop_after:
+                    break
+            return batches, dm.state_dict()
+        finally:
+            dm.teardown("fit")
+            feed.stop()
+
+    whole, _ = one_pass(tmp_path / "whole")
+    stopped, state = one_pass(tmp_path / "stopped", stop_after=2)
+    assert state == {"train_position": {"epoch": 0, "batches": 2}}
+    resumed, after = one_pass(tmp_path / "resumed", state=state)
+    assert len(whole) == 5 and len(resumed) == 3 and after == {"train_position": {"epoch": 0, "batches": 5}}
+    for (x, y), (wx, wy) in zip(stopped + resumed, whole, strict=True):
+        assert torch.equal(x, wx) and torch.equal(y, wy)
+    # A position of another epoch is not applied: that pass starts at its first batch.
+    other, _ = one_pass(tmp_path / "other", state={"train_position": {"epoch": 1, "batches": 2}})
+    assert len(other) == 5 and all(torch.equal(a[1], b[1]) for a, b in zip(other, whole, strict=True))
+
+
 # --- the relay: one instance, several processes (project/training/pipe_relay.py) -------------------
 
 PAGE = 4096  # the smallest pipe Linux makes (F_SETPIPE_SZ)

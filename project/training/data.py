@@ -19,7 +19,7 @@ import struct
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -135,9 +135,11 @@ class EvalBatches(IndexBatches):
 
 
 class ResumableLoader(torch.utils.data.DataLoader):
-    """A DataLoader over IndexBatches whose position survives a restart.
+    """A DataLoader whose position within the epoch survives a restart: over IndexBatches (its
+    sampler), or over an iterable dataset that yields the epoch's batches itself and can skip the
+    first ones in the same way (Pipe mode's imagefolder.PipedBatches: `epoch`, `skip`, `set_epoch`).
 
-    `state_dict()` goes into every checkpoint (IdxDataModule.state_dict) and `load_state_dict()`
+    `state_dict()` goes into every checkpoint (ResidentDataModule.state_dict) and `load_state_dict()`
     is applied before the resumed run's first batch. The position counts batches handed to the
     training loop (after any worker prefetch), so it is exact at every checkpoint; it applies
     only to the epoch it was taken in (a checkpoint from an epoch's end starts the next epoch
@@ -150,8 +152,12 @@ class ResumableLoader(torch.utils.data.DataLoader):
         self._epoch, self._delivered = 0, 0
         self._resume: dict[str, int] = {}
 
+    def _batches(self) -> Any:
+        """What orders the epoch's batches and skips the ones already trained on."""
+        return self.dataset if isinstance(self.dataset, torch.utils.data.IterableDataset) else self.sampler
+
     def __iter__(self):
-        batches: IndexBatches = self.sampler
+        batches = self._batches()
         if self._resume.get("epoch") == batches.epoch:
             batches.skip = min(self._resume["batches"], len(batches))
         self._resume = {}
@@ -165,7 +171,7 @@ class ResumableLoader(torch.utils.data.DataLoader):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self._resume = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
-        cast(IndexBatches, self.sampler).set_epoch(self._resume["epoch"])  # Lightning sets it again, to the same value
+        self._batches().set_epoch(self._resume["epoch"])  # Lightning sets it again, to the same value
 
 
 class TensorSplit(torch.utils.data.Dataset):

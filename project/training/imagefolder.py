@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from project.training import imagetree, pipe
-from project.training.data import ResidentDataModule, TensorSplit, epoch_order, split_indices
+from project.training.data import ResidentDataModule, ResumableLoader, TensorSplit, epoch_order, split_indices
 from project.training.raw import DataError
 
 COLOR_MODES = {1: "L", 3: "RGB"}  # dataset.image_shape[0] (colour channels) -> Pillow's mode
@@ -223,8 +223,12 @@ class ImageFolderDataModule(ResidentDataModule):
             self, self.streams, self._per_device_batch(), rank, world, lambda: trainer.current_epoch if trainer else 0
         )
         # One reader per FIFO: no workers. A private generator, as File mode's: the global RNG (dropout) is not drawn.
+        # Resumable as File mode's: a run stopped mid-epoch goes on with the first batch it had not trained on.
         generator = torch.Generator().manual_seed(self.seed)
-        return torch.utils.data.DataLoader(batches, batch_size=None, num_workers=0, generator=generator)
+        self._train_loader = ResumableLoader(batches, batch_size=None, num_workers=0, generator=generator)
+        if self._train_position is not None:
+            self._train_loader.load_state_dict(self._train_position)
+        return self._train_loader
 
     def piped_batch(self, samples: list[imagetree.Sample]) -> tuple[torch.Tensor, torch.Tensor]:
         """Samples of the stream as one normalised (and, when asked, augmented) batch."""
@@ -241,7 +245,12 @@ class ImageFolderDataModule(ResidentDataModule):
 class PipedBatches(torch.utils.data.IterableDataset):
     """The train channel in Pipe mode: each pass (one per epoch) reads the next FIFO, keeps this
     rank's share, shuffles it within `shuffle_buffer` samples, seeded by (seed, epoch, rank), and
-    yields batches. Every rank yields as many batches (pipe.share)."""
+    yields batches. Every rank yields as many batches (pipe.share).
+
+    Resumable (data.ResumableLoader): a pass's order depends only on the stream, the seed, the
+    epoch and the rank, so a job resumed mid-epoch (spot, a re-run: it reads `train_0` again) reads
+    the pass from its head and skips the `skip` batches it had trained on, undecoded.
+    """
 
     def __init__(
         self,
@@ -253,14 +262,23 @@ class PipedBatches(torch.utils.data.IterableDataset):
         epoch: Callable[[], int],
     ):
         self.module, self.streams, self.batch_size = module, streams, batch_size
-        self.rank, self.world, self.epoch = rank, world, epoch
+        self.rank, self.world, self._epoch = rank, world, epoch
         self.count = int((streams.first or streams.head())["samples"])  # the first pass's: opens no FIFO early
+        self.skip = 0  # batches of this epoch already trained on (a resumed run): read, not yielded
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Nothing to set: a pass's epoch is the trainer's (restored from the checkpoint with its loops)."""
 
     def __len__(self) -> int:
         return -(-(self.count // self.world) // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        epoch = self.epoch()
+        epoch, skipped = self.epoch, self.skip * self.batch_size
+        self.skip = 0
         seed, buffer, share = self.module.seed, self.module.shuffle_buffer, self.count // self.world
         stream = self.streams.next_pass()
         path = pipe.fifo_path(self.streams.channel_dir, self.streams.opened - 1).name
@@ -274,13 +292,14 @@ class PipedBatches(torch.utils.data.IterableDataset):
             mine = pipe.shuffled(samples, buffer, random.Random(f"{seed}-{epoch}-{self.rank}"))
         batch: list[imagetree.Sample] = []
         for kept, sample in enumerate(mine, start=1):
-            batch.append(sample)
+            if kept > skipped:  # else trained on before the run was stopped: read (the stream goes on), not decoded
+                batch.append(sample)
             if kept == share:  # before the last batch: Lightning asks for no batch after len(self)
                 # What this rank read of the pass, in a line per epoch (its share: count // world samples).
                 print(
                     f"pipe: {path} epoch {epoch} rank {self.rank}/{self.world}: {kept} of {self.count} samples",
                     flush=True,
                 )
-            if len(batch) == self.batch_size or kept == share:
+            if batch and (len(batch) == self.batch_size or kept == share):
                 yield self.module.piped_batch(batch)
                 batch = []
