@@ -177,7 +177,7 @@ def test_bad_resource_name_is_one_line_before_any_call(override, expected, datas
 # --- logs and names -----------------------------------------------------------------------------
 
 
-def create_job(clients, name: str, artifacts: str, keep_alive_seconds: int = 0) -> None:
+def create_job(clients, name: str, artifacts: str, keep_alive_seconds: int = 0, count: int = 1) -> None:
     clients.sagemaker.create_training_job(
         TrainingJobName=name,
         AlgorithmSpecification={
@@ -188,7 +188,7 @@ def create_job(clients, name: str, artifacts: str, keep_alive_seconds: int = 0) 
         OutputDataConfig={"S3OutputPath": f"s3://{artifacts}/jobs"},
         ResourceConfig={
             "InstanceType": "ml.m5.xlarge",
-            "InstanceCount": 1,
+            "InstanceCount": count,
             "VolumeSizeInGB": 10,
             **({"KeepAlivePeriodInSeconds": keep_alive_seconds} if keep_alive_seconds else {}),
         },
@@ -381,12 +381,13 @@ def test_a_launch_over_the_quota_is_refused_with_the_increase_command(clients, d
         f"`aws service-quotas request-service-quota-increase --service-code sagemaker --quota-code {code} "
         f"--desired-value {in_use + 1} --region {REGION}`"
     ) in line
-    # Jobs in progress count against the quota: one more InProgress job of the type, one more in use.
+    # Jobs in progress count against the quota with all their instances: one more InProgress job of
+    # the type on three instances, three more in use; a launch on two instances asks for two.
     with emulator.sagemaker_service():
-        create_job(clients, f"cli-quota-{uuid.uuid4().hex[:6]}", "cli-never-art")
-    with sandbox_quotas.set_quota(name, in_use + 1):
-        line = refused_launch(clients, tmp_path, dataset, repository)
-    assert f"is {in_use + 1}, {in_use + 1} in use, 1 requested" in line, line
+        create_job(clients, f"cli-quota-{uuid.uuid4().hex[:6]}", "cli-never-art", count=3)
+    with sandbox_quotas.set_quota(name, in_use + 4):
+        line = refused_launch(clients, tmp_path, dataset, repository, "instance.count=2")
+    assert f"is {in_use + 4}, {in_use + 3} in use, 2 requested" in line, line
 
 
 def test_spot_and_warm_pool_quotas_are_checked(clients, dataset, repository, tmp_path):
