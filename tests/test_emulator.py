@@ -367,7 +367,7 @@ def test_two_instances_each_with_its_own_tree_reach_each_other_by_name_and_one_f
     gives (project.core.runtime.MASTER_PORT_ENV). Completed: the model is both hosts' files, every
     host's checkpoints reach S3, billing counts both instances. Then algo-2 fails: the job fails with
     its FailureReason, and algo-1, still running, is stopped (SIGTERM) rather than left to hang. A third
-    job is stopped by StopTrainingJob: both hosts get the SIGTERM."""
+    job is stopped by StopTrainingJob, a fourth by its MaxRuntimeInSeconds: both hosts get the SIGTERM."""
     import io
     import tarfile
 
@@ -379,10 +379,17 @@ def test_two_instances_each_with_its_own_tree_reach_each_other_by_name_and_one_f
         "S3DataType": "S3Prefix", "S3Uri": tiny, "S3DataDistributionType": "ShardedByS3Key"}}}  # fmt: skip
     names = {}
     with emulator.sagemaker_service(run_jobs=True, workdir=tmp_path / "jobs", stop_grace=5.0) as service:
-        for outcome in ("ok", "fail", "stop"):
+        # "max": the stop script again, ended by its MaxRuntimeInSeconds instead (8 s: long after both started)
+        for outcome, argument, limit in (
+            ("ok", "ok", 3600),
+            ("fail", "fail", 3600),
+            ("stop", "stop", 3600),
+            ("max", "stop", 8),
+        ):
             names[outcome] = create_plain_job(
-                clients, infra, ["python3", "-c", script, outcome],
+                clients, infra, ["python3", "-c", script, argument],
                 ResourceConfig={"InstanceType": "ml.m5.xlarge", "InstanceCount": 2, "VolumeSizeInGB": 10},
+                StoppingCondition={"MaxRuntimeInSeconds": limit},
                 CheckpointConfig={"S3Uri": f"s3://{infra['artifacts']}/checkpoints/{outcome}-{uuid.uuid4().hex[:6]}"},
                 InputDataConfig=[shards],
             )  # fmt: skip
@@ -421,4 +428,13 @@ def test_two_instances_each_with_its_own_tree_reach_each_other_by_name_and_one_f
 
     name, run = runs["stop"]
     assert run.status == clients.sagemaker.describe_training_job(TrainingJobName=name)["TrainingJobStatus"] == "Stopped"
+    assert "[algo-1] algo-1 got SIGTERM" in run.stdout and "[algo-2] algo-2 got SIGTERM" in run.stdout, run.stdout
+
+    name, run = runs["max"]  # MaxRuntime is the job's, not a host's: both hosts get the SIGTERM at once
+    desc = clients.sagemaker.describe_training_job(TrainingJobName=name)
+    assert (run.status, desc["TrainingJobStatus"], desc["SecondaryStatus"]) == (
+        "Stopped",
+        "Stopped",
+        "MaxRuntimeExceeded",
+    )
     assert "[algo-1] algo-1 got SIGTERM" in run.stdout and "[algo-2] algo-2 got SIGTERM" in run.stdout, run.stdout
