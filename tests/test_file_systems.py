@@ -65,6 +65,7 @@ def test_a_file_system_channel_names_the_directory_aws_mounts():
         ("fsx://data/abcdwxyz/x", r"not a file-system id after fsx:// \(fs-<hex>\); write fsx://fs-<id>/<mount-name>/"),
         ("fsx://fs-0123456789abcdef0", r"mount name \(MountName, `aws fsx describe-file-systems`\) is missing"),
         ("efs://fs-89abcdef/../etc", r"'\.\.' is not allowed .*; write efs://fs-<id>/<path>"),
+        ("efs://fsap-0123456789abcdef0/x", r"an EFS access point; .* write efs://fs-<id>/<path>, with the access"),
     ],
 )
 def test_a_malformed_file_system_channel_is_one_line(composed, uri, message):

@@ -82,6 +82,12 @@ def file_system_channel(uri: str) -> FileSystemChannel | None:
         return None
     parts = [p for p in rest.split("/") if p]
     form = f"{kind.scheme}://fs-<id>/<mount-name>/<path>" if kind is FSX else f"{kind.scheme}://fs-<id>/<path>"
+    if kind is EFS and parts and parts[0].startswith("fsap-"):
+        raise FileSystemURIError(  # botocore's FileSystemDataSource: FileSystemId, DirectoryPath, no access point
+            f"{uri}: an EFS access point; a training job mounts the file system itself (SageMaker's "
+            f"FileSystemDataSource takes no access point): write {form}, with the access point's root "
+            "directory as <path> (`aws efs describe-access-points`)"
+        )
     if not parts or not FILE_SYSTEM_ID.fullmatch(parts[0]):
         raise FileSystemURIError(f"{uri}: not a file-system id after {kind.scheme}:// (fs-<hex>); write {form}")
     if ".." in parts:
