@@ -8,6 +8,7 @@ each instance; each reader keeps its rank's share.
 from __future__ import annotations
 
 import random
+import re
 import threading
 import uuid
 from collections import Counter
@@ -65,6 +66,16 @@ def test_shares_are_disjoint_equal_and_cover_all_but_the_remainder(count, world)
     shares = [list(pipe.share(range(count), rank, world, count)) for rank in range(world)]
     assert {len(s) for s in shares} == {count // world}  # every rank takes as many steps
     assert sorted(sum(shares, [])) == list(range(count // world * world))
+
+
+def test_a_shares_fingerprint_is_blind_to_its_order_and_tells_shares_apart():
+    names = [f"{label}/{i:04d}.png" for label in ("hbar", "square", "vbar") for i in range(11)]
+    first, second = (list(pipe.share(names, rank, 2, len(names))) for rank in (0, 1))
+    assert re.fullmatch(r"[0-9a-f]{16}", pipe.Fingerprint.of(first))
+    assert pipe.Fingerprint.of(first) == pipe.Fingerprint.of(reversed(first))  # the shuffle does not show
+    assert pipe.Fingerprint.of(first) != pipe.Fingerprint.of(second)
+    assert pipe.Fingerprint.of(first) != pipe.Fingerprint.of([*first[1:], second[0]])  # one sample swapped
+    assert pipe.Fingerprint.of([]) == "0" * 16
 
 
 def test_the_shuffle_buffer_permutes_within_its_size_and_keeps_the_order_at_one():
