@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import torch
 
 from project.aws import startup_history, workflow
 from project.aws.session import aws_clients
@@ -31,9 +32,10 @@ from project.face.compare import comparison
 from project.sandbox import service as emulator
 from project.sandbox.ecr_iam import placeholder_manifest
 from project.training import imagetree
+from project.training.pipe import Fingerprint
 from project.training.train import run_composed
 from tests import aws_calls, byo, cli
-from tests.cli import one_error_line, refusal
+from tests.cli import invoke_here, one_error_line, refusal
 from tests.imagetrees import write_tree
 from tests.mlflow_server import mlflow_server
 from tests.requires import skip_unless
@@ -347,64 +349,102 @@ def long_data(folder: Path) -> tuple[Path, dict[str, str]]:
     return folder, write_dataset(folder, n_train=1100, n_test=200)
 
 
-def wait_for_periodic_checkpoint(service, jobs_dir: Path, job: str) -> None:
-    """Until the running job has saved a periodic checkpoint (step > 0) in its /opt/ml tree."""
-    checkpoints = jobs_dir / job / "opt_ml" / "checkpoints"
+def wait_for_periodic_checkpoint(service, jobs_dir: Path, job: str, host: str | None = None, step: int = 1) -> None:
+    """Until the running job has saved a periodic checkpoint of `step` or later in its /opt/ml tree
+    (`host`'s, of a job of several instances)."""
+    checkpoints = jobs_dir / job / (f"{host}/opt_ml" if host else "opt_ml") / "checkpoints"
     deadline = time.monotonic() + 300
-    while not any(re.search(r"step=0*([1-9]\d+)", p.name) for p in checkpoints.glob("*.ckpt")):
+    while not any(int(m[1]) >= step for p in checkpoints.glob("*.ckpt") if (m := re.search(r"step=(\d+)", p.name))):
         assert time.monotonic() < deadline and not service.runs[job].done(), "no periodic checkpoint"
         time.sleep(0.05)
 
 
-def test_stopped_job_rerun_resumes_from_its_checkpoints(world, tmp_path):
-    """StopTrainingJob mid-training: the job checkpoints on SIGTERM; the same config resumes."""
+# trainer.strategy=fsdp on two CPU processes in all (gloo), 2 epochs of 32 steps (500 training samples,
+# global batches of 16): on two instances of one process each, and under torchrun on this machine.
+SHARDED = {
+    "trainer.strategy": "fsdp",
+    "trainer.batch_size": 16,
+    "trainer.max_epochs": 2,
+    "trainer.deterministic": "true",
+    "trainer.checkpoint_every_n_steps": 5,
+}
+SHARDED_STEPS = 2 * 32
+RANK_FILES = {"algo-1": {"__0_0.distcp", ".metadata", "meta.pt"}, "algo-2": {"__1_0.distcp"}}  # global rank 0: the rest
+
+
+def test_a_sharded_job_on_two_hosts_stops_and_its_rerun_resumes_to_the_weights_of_a_run_never_stopped(
+    world, data, tmp_path
+):
+    """trainer.strategy=fsdp instance.count=2 on CPU: StopTrainingJob mid-training sends SIGTERM to both
+    hosts; their ranks agree on a step and each writes its shard of one checkpoint folder to its own disk
+    (rank 0 the index and the loops' state too). The hosts' checkpoints sync to the job's one checkpoint
+    URI, so the folder is whole there; the same command resumes from it (every host gets the whole
+    folder), and the model `invoke fetch` brings home is, tensor for tensor, that of a run never stopped.
+
+    The run never stopped is two processes under torchrun on this machine (tests/test_fsdp.py): the same
+    world size, ranks, per-device batches, seed and gloo collectives as the two hosts, so the same
+    arithmetic; whether the peer is on another host changes nothing of it (the weights equal).
+    """
+    from tests.test_fsdp import finish, torchrun
+
     name = f"e2e-spot-{uuid.uuid4().hex[:6]}"
+    folder, files = data
+    reference = torchrun(tiny_overrides(folder, files, tmp_path / "reference", run_name="reference", **SHARDED))
     overrides = job_overrides(
-        world,
-        long_data(tmp_path / "long"),
-        name,
-        **{
-            "trainer.batch_size": 16,
-            # Enough steps that `invoke stop`, a new process, lands mid-run even on a loaded machine.
-            "trainer.max_epochs": 10,
-            "trainer.deterministic": "true",
-            "trainer.checkpoint_every_n_steps": 10,
-            "+job.environment.OMP_NUM_THREADS": 1,
-        },
-    )  # 63 steps per epoch: seconds of training, room to stop it mid-way
+        world, data, name, **SHARDED, **{"instance.count": 2, "+job.environment.OMP_NUM_THREADS": 1}
+    )  # one thread per process, as torchrun gives the reference's
     assert invoke("upload", *overrides).returncode == 0
-    sm = world["clients"].sagemaker
-    with emulator.sagemaker_service(run_jobs=True, workdir=tmp_path / "jobs") as service:
+    sm, jobs = world["clients"].sagemaker, tmp_path / "jobs"
+    with emulator.sagemaker_service(run_jobs=True, workdir=jobs) as service:
         first = invoke("train", *overrides, "--yes", "--no-wait")
         assert first.returncode == 0, first.stderr
         job = re.search(r"launched (\S+)", first.stdout).group(1)
-        wait_for_periodic_checkpoint(service, tmp_path / "jobs", job)
-        stop = invoke("stop", job, *world["infra_overrides"])
+        wait_for_periodic_checkpoint(service, jobs, job, "algo-1", step=10)  # under way
+        # `invoke stop` in this process (its command line: tests/test_aws_cli.py): it lands steps, not seconds, later
+        stop = invoke_here("stop", job, *world["infra_overrides"])
         assert stop.returncode == 0 and "stop requested" in stop.stdout, stop.stderr
         stopped = service.result(job)
         assert stopped.status == "Stopped", stopped.stdout[-3000:]
-        assert stopped.returncode == 0, stopped.stdout[-3000:]  # a clean stop: the container exits 0
-        saved = re.search(r"sigterm_checkpoint_step=(\d+)", stopped.stdout)
-        assert saved, stopped.stdout[-3000:]  # SIGTERM reached the training process through torchrun
+        assert stopped.returncode == 0, stopped.stdout[-3000:]  # a clean stop: the containers exit 0
+        saved = re.search(r"^\[algo-1\] sigterm_checkpoint_step=(\d+)$", stopped.stdout, re.M)
+        assert saved, stopped.stdout[-3000:]  # SIGTERM reached the training processes through torchrun
         step = int(saved.group(1))
-        assert 10 <= step < 10 * 63
-        assert sm.describe_training_job(TrainingJobName=job)["TrainingJobStatus"] == "Stopped"
+        assert 10 <= step < SHARDED_STEPS
+        assert "[algo-2] stopped by SIGTERM: all 1 worker(s) saved a checkpoint; exiting 0" in stopped.stdout
+        desc = sm.describe_training_job(TrainingJobName=job)
+        assert desc["TrainingJobStatus"] == "Stopped" and desc["ResourceConfig"]["InstanceCount"] == 2
+        # Each host wrote its ranks' files of the checkpoint; the job's checkpoint URI holds them all.
+        checkpoint = f"{desc['HyperParameters']['config_hash']}-step={step:08d}.ckpt"
+        for host, expected in RANK_FILES.items():
+            assert {p.name for p in (stopped.trees[host] / "checkpoints" / checkpoint).iterdir()} == expected, host
+        bucket, prefix = desc["CheckpointConfig"]["S3Uri"].removeprefix("s3://").split("/", 1)
+        listed = world["clients"].s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix.rstrip('/')}/{checkpoint}/")
+        assert {o["Key"].rsplit("/", 1)[1] for o in listed["Contents"]} == set().union(*RANK_FILES.values())
+
         why = invoke("why", job, *world["infra_overrides"])
         assert why.returncode == 0, why.stderr
         assert f"cause: stopped by StopTrainingJob; the training saved a checkpoint at step {step} (s3://" in why.stdout
         assert f"it resumes from step {step}" in why.stdout, why.stdout
         assert f"log-events/{job}$252Falgo-1-" in why.stdout  # the host whose log said so
-        assert re.search(rf"^start-up of {job}, host algo-1: .* to the first step, ", why.stdout, re.M), why.stdout
+        # the start-up of the host that took longest, and each host's
+        assert re.search(rf"^start-up of {job}, host algo-[12]: .* to the first step, ", why.stdout, re.M), why.stdout
+        assert re.search(r"^  hosts to the first step: algo-1 [\d.]+ s, algo-2 [\d.]+ s", why.stdout, re.M), why.stdout
 
         second = invoke("train", *overrides, "--yes", "--poll", "1")
         assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-2000:]
-        # The summary, before the launch, says what the job's checkpoint prefix holds of its config.
+        # The summary, before the launch, says what the job's checkpoint prefix holds of its config: the
+        # sharded folder, as the hosts' shards met there.
         assert re.search(rf"earlier run +interrupted at step {step}: this job resumes from there", second.stdout)
         # The start-up predicted from the stopped job, the one earlier job of this base name, instance and image.
         predicted = r"start-up +~\d.* cold \(.* billed\), from your last {} on ml\.m5\.xlarge with this image$"
         assert re.search(predicted.format("1 job"), second.stdout, re.M), second.stdout[:3000]
         rerun = service.result(re.search(r"launched (\S+)", second.stdout).group(1))
-    rerun.check()
+    rerun.check()  # rank 1 resumed at rank 0's step too: a rank that did not would fail the job (checkpoints.py)
+    assert re.search(rf"^\[algo-1\] resuming run \S+ from step {step} \({checkpoint}\)$", rerun.stdout, re.M), (
+        rerun.stdout[-3000:]
+    )
+    metrics = json.loads((rerun.tree / "output" / "data" / "metrics.json").read_text())
+    assert metrics["global_steps"] == SHARDED_STEPS and metrics["resumed_from"] == checkpoint
     third = invoke("train", *overrides, "--dry-run")  # once more: it would bill a minute to train nothing
     assert third.returncode == 0, third.stderr[-2000:]
     assert re.search(predicted.format("2 jobs"), third.stdout, re.M), third.stdout[:3000]  # the rerun resumed: one more
@@ -415,11 +455,15 @@ def test_stopped_job_rerun_resumes_from_its_checkpoints(world, tmp_path):
         r"to train anew pass a new trainer\.seed= or job\.base_name=",
         third.stdout,
     ), third.stdout[-3000:]
-    assert re.search(rf"resuming run \S+ from step {step} \(\w+-step={step:08d}\.ckpt\)", rerun.stdout), rerun.stdout[
-        -3000:
-    ]
-    metrics = json.loads((rerun.tree / "output" / "data" / "metrics.json").read_text())
-    assert metrics["global_steps"] == 10 * 63 and metrics["resumed_from"].endswith(f"step={step:08d}.ckpt")
+
+    runs = tmp_path / "runs"
+    fetched = invoke("fetch", rerun.job_name, *world["infra_overrides"], f"paths.runs_dir={runs}")
+    assert fetched.returncode == 0, fetched.stderr
+    assert "done:" in (reference_out := finish(reference)), reference_out[-3000:]
+    exported = torch.load(runs / rerun.job_name / "model" / "model.pt")
+    expected = torch.load(tmp_path / "reference" / "reference" / "model" / "model.pt")
+    assert exported.keys() == expected.keys()
+    assert [name for name in exported if not torch.equal(exported[name], expected[name])] == []
 
 
 def test_invalid_launches_and_missing_things_are_one_clean_line(world, data, tmp_path):
@@ -570,14 +614,16 @@ def test_own_module_with_two_channels_matches_invoke_local(world, tmp_path):
 
 def test_an_image_folder_travels_as_shards_and_trains_on_the_emulator_in_file_and_pipe_mode(world, tmp_path):
     """dataset=imagefolder: `invoke upload` sends shards + manifest (no PNG object); a File-mode job
-    reads them, and a Pipe-mode one streams them through a FIFO per epoch to the same accuracy.
+    reads them, and a Pipe-mode one streams them through a FIFO per epoch to the same accuracy. On two
+    instances each host's FIFO streams the whole channel and its rank keeps its share of each pass:
+    disjoint, equal, and all of the stream but the last sample (123 = 2 x 61 + 1).
 
-    Exactly the same: the 120 training samples fit dataset.shuffle_buffer (1000), and then Pipe mode
+    Exactly the same: the 123 training samples fit dataset.shuffle_buffer (1000), and then Pipe mode
     trains on File mode's own order of them (data.epoch_order), batch for batch. A tolerance would
     hide little here: on this data File mode's accuracy moves by up to 0.15 with the order alone.
     """
     name = f"img-{uuid.uuid4().hex[:6]}"
-    tree = write_tree(world["root"] / name, per_class=40)
+    tree = write_tree(world["root"] / name, per_class=41)
     validation = write_tree(world["root"] / f"{name}-val", per_class=20, seed=1)
     overrides = [
         "dataset=imagefolder",
@@ -605,31 +651,52 @@ def test_an_image_folder_travels_as_shards_and_trains_on_the_emulator_in_file_an
     assert names[-1] == imagetree.MANIFEST and len(names) > 2
     assert all(n.startswith("shard-") and n.endswith(".tar") for n in names[:-1])
 
-    accuracy, runs = {}, {}  # mode -> the final line's test metrics (the validation channel's), as printed
+    accuracy, runs = {}, {}  # (mode, hosts) -> the final line's test metrics (the validation channel's), as printed
     with emulator.sagemaker_service(run_jobs=True, workdir=tmp_path / "jobs") as service:
-        for mode in ("File", "Pipe"):  # another base name: the Pipe job would find the File job's run finished
+        for mode, hosts in (("File", 1), ("Pipe", 1), ("Pipe", 2)):
+            # another base name each: a job would find the one before's run (the same config) finished
             train = invoke(
                 "train",
                 *overrides,
                 f"+dataset.input_modes.train={mode}",
-                f"job.base_name={name}-{mode.lower()}",
+                f"instance.count={hosts}",
+                f"job.base_name={name}-{mode.lower()}{hosts}",
                 "--yes",
                 "--poll",
                 "1",
             )
             assert train.returncode == 0, train.stdout[-4000:] + train.stderr[-3000:]
             job = re.search(r"launched (\S+)", train.stdout).group(1)
-            runs[mode] = service.result(job).check()
-            accuracy[mode] = re.search(r"^done: (test_loss=\S+ test_acc=\S+)", runs[mode].stdout, re.M).group(1)
+            runs[mode, hosts] = service.result(job).check()
+            accuracy[mode, hosts] = re.search(
+                r"^(?:\[algo-1\] )?done: (test_loss=\S+ test_acc=\S+)", runs[mode, hosts].stdout, re.M
+            )[1]
             desc = world["clients"].sagemaker.describe_training_job(TrainingJobName=job)
             assert {c["ChannelName"]: c["InputMode"] for c in desc["InputDataConfig"]}["train"] == mode
     # Pipe: nothing of train on disk; train_0 then train_1, each read whole by the one rank
-    assert not (runs["Pipe"].tree / "input/data/train").exists()
-    assert re.findall(r"pipe: (train_\d) epoch (\d) rank 0/1: 120 of 120 samples", runs["Pipe"].stdout) == [
-        ("train_0", "0"),
-        ("train_1", "1"),
-    ]
-    assert accuracy["Pipe"] == accuracy["File"], accuracy
+    assert not (runs["Pipe", 1].tree / "input/data/train").exists()
+    passes = re.findall(
+        r"^pipe: (train_\d) epoch (\d) rank 0/1: 123 of 123 samples, fingerprint (\w+)$", runs["Pipe", 1].stdout, re.M
+    )
+    stream = [f.relpath for f in imagetree.scan_tree(tree)[1]]  # the stream's order: the packed one
+    assert passes == [("train_0", "0", Fingerprint.of(stream)), ("train_1", "1", Fingerprint.of(stream))]
+    assert accuracy["Pipe", 1] == accuracy["File", 1], accuracy
+    # Two hosts: rank r keeps stream positions r, r + 2, ... of each pass, 61 each; the fingerprints say
+    # which samples each rank read (tests/test_pipe.py: they tell one sample swapped).
+    two = runs["Pipe", 2]
+    assert not any((opt_ml / "input/data/train").exists() for opt_ml in two.trees.values())
+    passes = re.findall(
+        r"^\[(algo-\d)\] pipe: (train_\d) epoch (\d) rank (\d)/2: (\d+) of 123 samples, fingerprint (\w+)$",
+        two.stdout,
+        re.M,
+    )
+    shares = [stream[rank::2][:61] for rank in (0, 1)]
+    assert not set(shares[0]) & set(shares[1]) and sorted(shares[0] + shares[1]) == sorted(stream[:122])
+    assert sorted(passes) == [
+        (host, f"train_{epoch}", str(epoch), str(rank), "61", Fingerprint.of(shares[rank]))
+        for host, rank in (("algo-1", 0), ("algo-2", 1))
+        for epoch in (0, 1)
+    ], two.stdout[-3000:]
 
 
 # Job B's steps from A's weights at a rate too small to move them: its first validation is A's last,
