@@ -26,12 +26,14 @@ from project.aws.staging import DRY_RUN_CODE_PREFIX
 from project.core import startup
 from project.core.config import compose
 from project.core.errors import UserError
+from project.core.runtime import DEBUG_ENV
 from project.core.sagemaker_names import MODEL_CONTENT_TYPE
 from project.face import catalog
 from project.face.compare import comparison
 from project.sandbox import service as emulator
 from project.sandbox.ecr_iam import placeholder_manifest
 from project.training import imagetree
+from project.training.imagefolder import ImageFolderDataModule
 from project.training.pipe import Fingerprint
 from project.training.train import run_composed
 from tests import aws_calls, byo, cli
@@ -41,6 +43,7 @@ from tests.mlflow_server import mlflow_server
 from tests.requires import skip_unless
 from tests.service_model import problems
 from tests.synthetic import make_images, tiny_overrides, write_dataset
+from tests.test_distributed import single_process_eval
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -615,8 +618,10 @@ def test_own_module_with_two_channels_matches_invoke_local(world, tmp_path):
 def test_an_image_folder_travels_as_shards_and_trains_on_the_emulator_in_file_and_pipe_mode(world, tmp_path):
     """dataset=imagefolder: `invoke upload` sends shards + manifest (no PNG object); a File-mode job
     reads them, and a Pipe-mode one streams them through a FIFO per epoch to the same accuracy. On two
-    instances each host's FIFO streams the whole channel and its rank keeps its share of each pass:
-    disjoint, equal, and all of the stream but the last sample (123 = 2 x 61 + 1).
+    instances (DDP) each host's FIFO streams the whole channel and its rank keeps its share of each
+    pass: disjoint, equal, and all of the stream but the last sample (123 = 2 x 61 + 1); both ranks
+    take the same steps to the same weights, and the validation channel (39 images: uneven over two
+    ranks) is counted once in the sharded test metrics.
 
     Exactly the same: the 123 training samples fit dataset.shuffle_buffer (1000), and then Pipe mode
     trains on File mode's own order of them (data.epoch_order), batch for batch. A tolerance would
@@ -624,7 +629,7 @@ def test_an_image_folder_travels_as_shards_and_trains_on_the_emulator_in_file_an
     """
     name = f"img-{uuid.uuid4().hex[:6]}"
     tree = write_tree(world["root"] / name, per_class=41)
-    validation = write_tree(world["root"] / f"{name}-val", per_class=20, seed=1)
+    validation = write_tree(world["root"] / f"{name}-val", per_class=13, seed=1)
     overrides = [
         "dataset=imagefolder",
         f"dataset.channels.train={tree}",
@@ -661,6 +666,7 @@ def test_an_image_folder_travels_as_shards_and_trains_on_the_emulator_in_file_an
                 f"+dataset.input_modes.train={mode}",
                 f"instance.count={hosts}",
                 f"job.base_name={name}-{mode.lower()}{hosts}",
+                f"+job.environment.{DEBUG_ENV}={int(hosts > 1)}",  # each rank prints its weights' digest
                 "--yes",
                 "--poll",
                 "1",
@@ -697,6 +703,19 @@ def test_an_image_folder_travels_as_shards_and_trains_on_the_emulator_in_file_an
         for host, rank in (("algo-1", 0), ("algo-2", 1))
         for epoch in (0, 1)
     ], two.stdout[-3000:]
+    digests = sorted(re.findall(r"^\[(algo-\d)\] rank=(\d) weights_sha256=(\w+)$", two.stdout, re.M))
+    assert [(host, rank) for host, rank, _ in digests] == [("algo-1", "0"), ("algo-2", "1")]
+    assert len({digest for *_, digest in digests}) == 1, digests
+    metrics = json.loads((two.tree / "output" / "data" / "metrics.json").read_text())
+    assert (metrics["world_size"], metrics["global_steps"]) == (2, 2 * 8)  # 61 a rank in batches of 8
+    held = ImageFolderDataModule(train_dir=str(validation), validation_dir=str(validation), num_classes=3)
+    held.setup("test")
+    test = held.splits["test"]
+    accuracy, loss = single_process_eval(
+        two.tree / "model" / "model.ts", test.images.numpy(), test.labels.numpy()
+    )  # the exported model alone, over the whole validation channel
+    assert len(test) == 39 and round(metrics["test_acc"] * 39) == round(accuracy * 39)
+    assert metrics["test_loss"] == pytest.approx(loss, rel=1e-4)
 
 
 # Job B's steps from A's weights at a rate too small to move them: its first validation is A's last,
