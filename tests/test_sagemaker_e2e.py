@@ -18,9 +18,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-import torch
 
-from project.aws import startup_history, workflow
+from project.aws import workflow
 from project.aws.session import aws_clients
 from project.aws.staging import DRY_RUN_CODE_PREFIX
 from project.core import startup
@@ -37,7 +36,7 @@ from project.training.imagefolder import ImageFolderDataModule
 from project.training.pipe import Fingerprint
 from project.training.train import run_composed
 from tests import aws_calls, byo, cli
-from tests.cli import invoke_here, one_error_line, refusal
+from tests.cli import one_error_line, refusal
 from tests.imagetrees import write_tree
 from tests.mlflow_server import mlflow_server
 from tests.requires import skip_unless
@@ -360,113 +359,6 @@ def wait_for_periodic_checkpoint(service, jobs_dir: Path, job: str, host: str | 
     while not any(int(m[1]) >= step for p in checkpoints.glob("*.ckpt") if (m := re.search(r"step=(\d+)", p.name))):
         assert time.monotonic() < deadline and not service.runs[job].done(), "no periodic checkpoint"
         time.sleep(0.05)
-
-
-# trainer.strategy=fsdp on two CPU processes in all (gloo), 2 epochs of 32 steps (500 training samples,
-# global batches of 16): on two instances of one process each, and under torchrun on this machine.
-SHARDED = {
-    "trainer.strategy": "fsdp",
-    "trainer.batch_size": 16,
-    "trainer.max_epochs": 2,
-    "trainer.deterministic": "true",
-    "trainer.checkpoint_every_n_steps": 5,
-}
-SHARDED_STEPS = 2 * 32
-RANK_FILES = {"algo-1": {"__0_0.distcp", ".metadata", "meta.pt"}, "algo-2": {"__1_0.distcp"}}  # global rank 0: the rest
-
-
-def test_a_sharded_job_on_two_hosts_stops_and_its_rerun_resumes_to_the_weights_of_a_run_never_stopped(
-    world, data, tmp_path
-):
-    """trainer.strategy=fsdp instance.count=2 on CPU: StopTrainingJob mid-training sends SIGTERM to both
-    hosts; their ranks agree on a step and each writes its shard of one checkpoint folder to its own disk
-    (rank 0 the index and the loops' state too). The hosts' checkpoints sync to the job's one checkpoint
-    URI, so the folder is whole there; the same command resumes from it (every host gets the whole
-    folder), and the model `invoke fetch` brings home is, tensor for tensor, that of a run never stopped.
-
-    The run never stopped is two processes under torchrun on this machine (tests/test_fsdp.py): the same
-    world size, ranks, per-device batches, seed and gloo collectives as the two hosts, so the same
-    arithmetic; whether the peer is on another host changes nothing of it (the weights equal).
-    """
-    from tests.test_fsdp import finish, torchrun
-
-    name = f"e2e-spot-{uuid.uuid4().hex[:6]}"
-    folder, files = data
-    reference = torchrun(tiny_overrides(folder, files, tmp_path / "reference", run_name="reference", **SHARDED))
-    overrides = job_overrides(
-        world, data, name, **SHARDED, **{"instance.count": 2, "+job.environment.OMP_NUM_THREADS": 1}
-    )  # one thread per process, as torchrun gives the reference's
-    assert invoke("upload", *overrides).returncode == 0
-    sm, jobs = world["clients"].sagemaker, tmp_path / "jobs"
-    with emulator.sagemaker_service(run_jobs=True, workdir=jobs) as service:
-        first = invoke("train", *overrides, "--yes", "--no-wait")
-        assert first.returncode == 0, first.stderr
-        job = re.search(r"launched (\S+)", first.stdout).group(1)
-        wait_for_periodic_checkpoint(service, jobs, job, "algo-1", step=10)  # under way
-        # `invoke stop` in this process (its command line: tests/test_aws_cli.py): it lands steps, not seconds, later
-        stop = invoke_here("stop", job, *world["infra_overrides"])
-        assert stop.returncode == 0 and "stop requested" in stop.stdout, stop.stderr
-        stopped = service.result(job)
-        assert stopped.status == "Stopped", stopped.stdout[-3000:]
-        assert stopped.returncode == 0, stopped.stdout[-3000:]  # a clean stop: the containers exit 0
-        saved = re.search(r"^\[algo-1\] sigterm_checkpoint_step=(\d+)$", stopped.stdout, re.M)
-        assert saved, stopped.stdout[-3000:]  # SIGTERM reached the training processes through torchrun
-        step = int(saved.group(1))
-        assert 10 <= step < SHARDED_STEPS
-        assert "[algo-2] stopped by SIGTERM: all 1 worker(s) saved a checkpoint; exiting 0" in stopped.stdout
-        desc = sm.describe_training_job(TrainingJobName=job)
-        assert desc["TrainingJobStatus"] == "Stopped" and desc["ResourceConfig"]["InstanceCount"] == 2
-        # Each host wrote its ranks' files of the checkpoint; the job's checkpoint URI holds them all.
-        checkpoint = f"{desc['HyperParameters']['config_hash']}-step={step:08d}.ckpt"
-        for host, expected in RANK_FILES.items():
-            assert {p.name for p in (stopped.trees[host] / "checkpoints" / checkpoint).iterdir()} == expected, host
-        bucket, prefix = desc["CheckpointConfig"]["S3Uri"].removeprefix("s3://").split("/", 1)
-        listed = world["clients"].s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix.rstrip('/')}/{checkpoint}/")
-        assert {o["Key"].rsplit("/", 1)[1] for o in listed["Contents"]} == set().union(*RANK_FILES.values())
-
-        why = invoke("why", job, *world["infra_overrides"])
-        assert why.returncode == 0, why.stderr
-        assert f"cause: stopped by StopTrainingJob; the training saved a checkpoint at step {step} (s3://" in why.stdout
-        assert f"it resumes from step {step}" in why.stdout, why.stdout
-        assert f"log-events/{job}$252Falgo-1-" in why.stdout  # the host whose log said so
-        # the start-up of the host that took longest, and each host's
-        assert re.search(rf"^start-up of {job}, host algo-[12]: .* to the first step, ", why.stdout, re.M), why.stdout
-        assert re.search(r"^  hosts to the first step: algo-1 [\d.]+ s, algo-2 [\d.]+ s", why.stdout, re.M), why.stdout
-
-        second = invoke("train", *overrides, "--yes", "--poll", "1")
-        assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-2000:]
-        # The summary, before the launch, says what the job's checkpoint prefix holds of its config: the
-        # sharded folder, as the hosts' shards met there.
-        assert re.search(rf"earlier run +interrupted at step {step}: this job resumes from there", second.stdout)
-        # The start-up predicted from the stopped job, the one earlier job of this base name, instance and image.
-        predicted = r"start-up +~\d.* cold \(.* billed\), from your last {} on ml\.m5\.xlarge with this image$"
-        assert re.search(predicted.format("1 job"), second.stdout, re.M), second.stdout[:3000]
-        rerun = service.result(re.search(r"launched (\S+)", second.stdout).group(1))
-    rerun.check()  # rank 1 resumed at rank 0's step too: a rank that did not would fail the job (checkpoints.py)
-    assert re.search(rf"^\[algo-1\] resuming run \S+ from step {step} \({checkpoint}\)$", rerun.stdout, re.M), (
-        rerun.stdout[-3000:]
-    )
-    metrics = json.loads((rerun.tree / "output" / "data" / "metrics.json").read_text())
-    assert metrics["global_steps"] == SHARDED_STEPS and metrics["resumed_from"] == checkpoint
-    third = invoke("train", *overrides, "--dry-run")  # once more: it would bill a minute to train nothing
-    assert third.returncode == 0, third.stderr[-2000:]
-    assert re.search(predicted.format("2 jobs"), third.stdout, re.M), third.stdout[:3000]  # the rerun resumed: one more
-    cached = startup_history.cache_dir() / f"{job}.json"  # ended: its start-up is read from AWS once
-    assert json.loads(cached.read_text())["started"]["billed_seconds"] > 0
-    assert re.search(
-        r"earlier run +finished already \(config \w+\): this job would only test and export it again, billed; "
-        r"to train anew pass a new trainer\.seed= or job\.base_name=",
-        third.stdout,
-    ), third.stdout[-3000:]
-
-    runs = tmp_path / "runs"
-    fetched = invoke("fetch", rerun.job_name, *world["infra_overrides"], f"paths.runs_dir={runs}")
-    assert fetched.returncode == 0, fetched.stderr
-    assert "done:" in (reference_out := finish(reference)), reference_out[-3000:]
-    exported = torch.load(runs / rerun.job_name / "model" / "model.pt")
-    expected = torch.load(tmp_path / "reference" / "reference" / "model" / "model.pt")
-    assert exported.keys() == expected.keys()
-    assert [name for name in exported if not torch.equal(exported[name], expected[name])] == []
 
 
 def test_invalid_launches_and_missing_things_are_one_clean_line(world, data, tmp_path):
