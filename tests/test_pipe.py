@@ -36,7 +36,8 @@ from tests.test_jobs import CUSTOM, INFRA, plan
 @pytest.fixture(scope="module")
 def channel(moto_endpoint, tmp_path_factory):
     """A tree of 3 x 11 images packed into several shards and uploaded as `invoke upload` does
-    (shards, shards.json, SageMaker's manifest): (tree, S3 client, the Pipe channel's description)."""
+    (shards, shards.json, SageMaker's manifest): (tree, S3 client, the Pipe channel's description,
+    the packed folder uploaded)."""
     root = tmp_path_factory.mktemp("pipe")
     tree = write_tree(root / "tree", per_class=11)
     folder = imagetree.pack_tree(tree, root / "packed", shard_mb=0.002).parent
@@ -50,7 +51,7 @@ def channel(moto_endpoint, tmp_path_factory):
     source = {"S3DataType": "ManifestFile", "S3Uri": manifest_uri(uri)}
     described = {"ChannelName": "train", "InputMode": "Pipe", "DataSource": {"S3DataSource": source}}
     assert len(imagetree.read_manifest(folder)["shards"]) > 2
-    return tree, s3, described
+    return tree, s3, described, folder
 
 
 def stream_order(tree: Path) -> list[str]:
@@ -98,7 +99,7 @@ def read_passes(data_dir: Path, rank: int, world: int, passes: int, out: dict) -
 
 
 def test_two_hosts_read_disjoint_shares_of_each_pass_in_fifo_order(channel, tmp_path):
-    tree, s3, described = channel
+    tree, s3, described, _ = channel
     order = stream_order(tree)
     hosts = [tmp_path / f"algo-{n}" for n in (1, 2)]
     feeds = []
@@ -130,7 +131,7 @@ def test_two_hosts_read_disjoint_shares_of_each_pass_in_fifo_order(channel, tmp_
 def test_a_pass_left_early_is_drained_before_the_next(channel, tmp_path):
     """limit_train_batches: the reader stops early; the next pass still opens (SageMaker makes the
     next FIFO only when the last is read), and reads from its own head."""
-    tree, s3, described = channel
+    tree, s3, described, _ = channel
     feed = PipeFeed(s3, described, tmp_path)
     try:
         streams = pipe.EpochStreams(tmp_path / "train")
@@ -144,7 +145,7 @@ def test_a_pass_left_early_is_drained_before_the_next(channel, tmp_path):
 
 
 def test_the_datamodule_streams_equal_batches_per_rank_with_its_validation_read_once(channel, tmp_path):
-    tree, s3, described = channel
+    tree, s3, described, _ = channel
     feed = PipeFeed(s3, described, tmp_path)
     try:
         dm = ImageFolderDataModule(
@@ -162,6 +163,58 @@ def test_the_datamodule_streams_equal_batches_per_rank_with_its_validation_read_
     assert Counter(labels[0].tolist()) == Counter(labels[1].tolist()) == {0: 11, 1: 11, 2: 11}
     assert not torch.equal(labels[0], torch.tensor([0] * 11 + [1] * 11 + [2] * 11))  # shuffled in the buffer
     assert len(dm.splits["val"]) == 33 and dm.classes == ["hbar", "square", "vbar"]
+
+
+def test_one_process_in_pipe_mode_trains_on_file_modes_batches_to_the_same_weights(channel, composed, tmp_path, capsys):
+    """A job's one process, its train channel the shards downloaded (File) or streamed through its FIFOs
+    (Pipe, the sandbox's feed from S3): the 33 samples fit dataset.shuffle_buffer (1000), so Pipe mode
+    puts them in File mode's own order (data.epoch_order), batch for batch, epoch after epoch, and the
+    run ends with the very same weights and test metrics. A tolerance would hide little: on such data
+    the metrics move with the order alone. Lightning's loop and `train` as a job runs it (its channels
+    as `sources`), in this process."""
+    from project.core.runtime import local_layout
+    from project.training.train import train
+
+    tree, s3, described, packed = channel
+    validation = write_tree(tmp_path / "validation", per_class=5, seed=1)
+    cfg = composed(
+        "dataset=imagefolder",
+        f"dataset.channels.train={packed}",
+        f"+dataset.channels.validation={validation}",
+        "dataset.num_classes=3",
+        "trainer.max_epochs=2",
+        "trainer.batch_size=8",
+        "trainer.gpus=0",
+        f"paths.runs_dir={tmp_path / 'runs'}",
+        f"paths.data_dir={tmp_path / 'cache'}",
+    )
+
+    def run(mode: str, train_dir: Path) -> dict:
+        return train(cfg, local_layout(tmp_path / mode), mode, {"train": train_dir, "validation": validation})
+
+    metrics = {"File": run("File", packed)}
+    fifos = tmp_path / "fifos"
+    fifos.mkdir()
+    feed = PipeFeed(s3, described, fifos)
+    try:
+        metrics["Pipe"] = run("Pipe", fifos / "train")
+    finally:
+        feed.stop()
+    assert sorted(p.name for p in fifos.iterdir()) == ["train_2"]  # train_0, train_1 read; a third pass waits
+    whole = pipe.Fingerprint.of(stream_order(tree))  # one rank: every sample of each pass
+    assert re.findall(
+        r"^pipe: (train_\d) epoch \d rank 0/1: 33 of 33 samples, fingerprint (\w+)$", capsys.readouterr().out, re.M
+    ) == [
+        ("train_0", whole),
+        ("train_1", whole),
+    ]
+    assert metrics["Pipe"]["global_steps"] == metrics["File"]["global_steps"] == 2 * 5  # 33 in batches of 8
+    pipe_metrics, file_metrics = (
+        {k: m[k] for k in ("test_loss", "test_acc")} for m in (metrics["Pipe"], metrics["File"])
+    )
+    assert pipe_metrics == file_metrics
+    weights = {mode: torch.load(tmp_path / mode / "model" / "model.pt") for mode in metrics}
+    assert [name for name in weights["File"] if not torch.equal(weights["File"][name], weights["Pipe"][name])] == []
 
 
 # --- configuration and the request ----------------------------------------------------------------

@@ -507,17 +507,14 @@ def test_own_module_with_two_channels_matches_invoke_local(world, tmp_path):
     assert (tmp_path / "fetched" / job / "model" / "model.ts").is_file()
 
 
-def test_an_image_folder_travels_as_shards_and_trains_on_the_emulator_in_file_and_pipe_mode(world, tmp_path):
-    """dataset=imagefolder: `invoke upload` sends shards + manifest (no PNG object); a File-mode job
-    reads them, and a Pipe-mode one streams them through a FIFO per epoch to the same accuracy. On two
-    instances (DDP) each host's FIFO streams the whole channel and its rank keeps its share of each
-    pass: disjoint, equal, and all of the stream but the last sample (123 = 2 x 61 + 1); both ranks
-    take the same steps to the same weights, and the validation channel (39 images: uneven over two
-    ranks) is counted once in the sharded test metrics.
-
-    Exactly the same: the 123 training samples fit dataset.shuffle_buffer (1000), and then Pipe mode
-    trains on File mode's own order of them (data.epoch_order), batch for batch. A tolerance would
-    hide little here: on this data File mode's accuracy moves by up to 0.15 with the order alone.
+def test_an_image_folder_travels_as_shards_and_two_instances_stream_disjoint_shares_of_it_in_pipe_mode(world, tmp_path):
+    """dataset=imagefolder: `invoke upload` sends each channel as shards + manifest (no PNG object). A job
+    of two instances (DDP, a process each) streams train in Pipe mode: each host's FIFO, one per pass,
+    holds the whole channel and its rank keeps its share of each pass, disjoint, equal, and all of the
+    stream but the last sample (123 = 2 x 61 + 1); both ranks take the same steps to the same weights.
+    The validation channel's shards, read in File mode (39 images: uneven over two ranks), count once
+    in the sharded test metrics. One process in Pipe mode trains on File mode's very batches:
+    tests/test_pipe.py.
     """
     name = f"img-{uuid.uuid4().hex[:6]}"
     tree = write_tree(world["root"] / name, per_class=41)
@@ -526,6 +523,7 @@ def test_an_image_folder_travels_as_shards_and_trains_on_the_emulator_in_file_an
         "dataset=imagefolder",
         f"dataset.channels.train={tree}",
         f"+dataset.channels.validation={validation}",
+        "+dataset.input_modes.train=Pipe",
         "dataset.num_classes=3",
         "dataset.shard_mb=0.01",
         f"dataset.s3_prefix=datasets/{name}",
@@ -535,59 +533,41 @@ def test_an_image_folder_travels_as_shards_and_trains_on_the_emulator_in_file_an
         "trainer.batch_size=16",
         "trainer.gpus=0",
         "instance=ml.m5.xlarge",
+        "instance.count=2",
         "job.image=custom",
         f"job.image_tag={world['tag']}",
+        f"job.base_name={name}",
         "job.max_run_minutes=30",
+        f"+job.environment.{DEBUG_ENV}=1",  # each rank prints its weights' digest
         *world["infra_overrides"],
     ]
     up = invoke("upload", *overrides)
     assert up.returncode == 0, up.stderr
     s3, bucket = world["clients"].s3, world["infra"].data_bucket
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"datasets/{name}/train/")["Contents"]]
-    names = sorted(key.rsplit("/", 1)[1] for key in keys)
-    assert names[-1] == imagetree.MANIFEST and len(names) > 2
-    assert all(n.startswith("shard-") and n.endswith(".tar") for n in names[:-1])
+    for channel in ("train", "validation"):
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"datasets/{name}/{channel}/")["Contents"]]
+        names = sorted(key.rsplit("/", 1)[1] for key in keys)
+        assert names[-1] == imagetree.MANIFEST and len(names) > 2, (channel, names)
+        assert all(n.startswith("shard-") and n.endswith(".tar") for n in names[:-1]), (channel, names)
 
-    accuracy, runs = {}, {}  # (mode, hosts) -> the final line's test metrics (the validation channel's), as printed
     with emulator.sagemaker_service(run_jobs=True, workdir=tmp_path / "jobs") as service:
-        for mode, hosts in (("File", 1), ("Pipe", 1), ("Pipe", 2)):
-            # another base name each: a job would find the one before's run (the same config) finished
-            train = invoke(
-                "train",
-                *overrides,
-                f"+dataset.input_modes.train={mode}",
-                f"instance.count={hosts}",
-                f"job.base_name={name}-{mode.lower()}{hosts}",
-                f"+job.environment.{DEBUG_ENV}={int(hosts > 1)}",  # each rank prints its weights' digest
-                "--yes",
-                "--poll",
-                "1",
-            )
-            assert train.returncode == 0, train.stdout[-4000:] + train.stderr[-3000:]
-            job = re.search(r"launched (\S+)", train.stdout).group(1)
-            runs[mode, hosts] = service.result(job).check()
-            accuracy[mode, hosts] = re.search(
-                r"^(?:\[algo-1\] )?done: (test_loss=\S+ test_acc=\S+)", runs[mode, hosts].stdout, re.M
-            )[1]
-            desc = world["clients"].sagemaker.describe_training_job(TrainingJobName=job)
-            assert {c["ChannelName"]: c["InputMode"] for c in desc["InputDataConfig"]}["train"] == mode
-    # Pipe: nothing of train on disk; train_0 then train_1, each read whole by the one rank
-    assert not (runs["Pipe", 1].tree / "input/data/train").exists()
-    passes = re.findall(
-        r"^pipe: (train_\d) epoch (\d) rank 0/1: 123 of 123 samples, fingerprint (\w+)$", runs["Pipe", 1].stdout, re.M
-    )
-    stream = [f.relpath for f in imagetree.scan_tree(tree)[1]]  # the stream's order: the packed one
-    assert passes == [("train_0", "0", Fingerprint.of(stream)), ("train_1", "1", Fingerprint.of(stream))]
-    assert accuracy["Pipe", 1] == accuracy["File", 1], accuracy
-    # Two hosts: rank r keeps stream positions r, r + 2, ... of each pass, 61 each; the fingerprints say
-    # which samples each rank read (tests/test_pipe.py: they tell one sample swapped).
-    two = runs["Pipe", 2]
+        train = invoke("train", *overrides, "--yes", "--poll", "1")
+        assert train.returncode == 0, train.stdout[-4000:] + train.stderr[-3000:]
+        job = re.search(r"launched (\S+)", train.stdout).group(1)
+        two = service.result(job).check()
+    desc = world["clients"].sagemaker.describe_training_job(TrainingJobName=job)
+    modes = {c["ChannelName"]: c["InputMode"] for c in desc["InputDataConfig"]}
+    assert (modes["train"], modes["validation"], desc["ResourceConfig"]["InstanceCount"]) == ("Pipe", "File", 2)
+    # Pipe: nothing of train on either host's disk; each rank read train_0, then train_1. Rank r keeps
+    # stream positions r, r + 2, ... of each pass, 61 each: the fingerprints say which samples each rank
+    # read (tests/test_pipe.py: they tell one sample swapped).
     assert not any((opt_ml / "input/data/train").exists() for opt_ml in two.trees.values())
     passes = re.findall(
         r"^\[(algo-\d)\] pipe: (train_\d) epoch (\d) rank (\d)/2: (\d+) of 123 samples, fingerprint (\w+)$",
         two.stdout,
         re.M,
     )
+    stream = [f.relpath for f in imagetree.scan_tree(tree)[1]]  # the stream's order: the packed one
     shares = [stream[rank::2][:61] for rank in (0, 1)]
     assert not set(shares[0]) & set(shares[1]) and sorted(shares[0] + shares[1]) == sorted(stream[:122])
     assert sorted(passes) == [
