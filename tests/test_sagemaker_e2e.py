@@ -507,22 +507,40 @@ def test_own_module_with_two_channels_matches_invoke_local(world, tmp_path):
     assert (tmp_path / "fetched" / job / "model" / "model.ts").is_file()
 
 
-def test_an_image_folder_travels_as_shards_and_two_instances_stream_disjoint_shares_of_it_in_pipe_mode(world, tmp_path):
-    """dataset=imagefolder: `invoke upload` sends each channel as shards + manifest (no PNG object). A job
-    of two instances (DDP, a process each) streams train in Pipe mode: each host's FIFO, one per pass,
-    holds the whole channel and its rank keeps its share of each pass, disjoint, equal, and all of the
-    stream but the last sample (123 = 2 x 61 + 1); both ranks take the same steps to the same weights.
-    The validation channel's shards, read in File mode (39 images: uneven over two ranks), count once
-    in the sharded test metrics. One process in Pipe mode trains on File mode's very batches:
-    tests/test_pipe.py.
+def test_an_image_folder_job_of_two_instances_streams_train_downloads_validation_and_mounts_test(
+    world, tmp_path, monkeypatch
+):
+    """dataset=imagefolder on two instances (DDP, a process each), a channel read each way a job can:
+
+    - train, Pipe mode: `invoke upload` sent it as shards + manifest (no PNG object); each host's FIFO,
+      one per pass, holds the whole channel and its rank keeps its share of each pass, disjoint,
+      equal, and all of the stream but the last sample (123 = 2 x 61 + 1);
+    - validation, File mode: its shards, downloaded to each host;
+    - test, an FSx for Lustre file system (fsx://): nothing uploaded; `invoke train` checks the VPC with
+      EC2 and FSx (moto's; the IAM judge holds those calls to the launcher policy) and launches it as
+      a read-only FileSystemDataSource in the VPC; the sandbox binds the file system's folder
+      (SANDBOX_FILE_SYSTEMS) where SageMaker would mount it, on each host.
+
+    Both ranks take the same steps to the same weights, and the test channel (39 images: uneven over two
+    ranks) counts once in the sharded test metrics. One process in Pipe mode trains on File mode's very
+    batches: tests/test_pipe.py. `invoke local`'s mount of a file system: tests/test_file_systems.py.
     """
+    from project.sandbox.optml import FILE_SYSTEMS_ENV
+
     name = f"img-{uuid.uuid4().hex[:6]}"
     tree = write_tree(world["root"] / name, per_class=41)
-    validation = write_tree(world["root"] / f"{name}-val", per_class=13, seed=1)
+    validation = write_tree(world["root"] / f"{name}-val", per_class=5, seed=1)
+    fs, subnet, group = a_lustre_file_system(world)
+    root = tmp_path / "file-systems"  # the file system's root, as its mount name shows it
+    (root / fs).mkdir(parents=True)
+    (root / fs / "shapes").symlink_to(write_tree(world["root"] / f"{name}-test", per_class=13, seed=2))
+    monkeypatch.setenv(FILE_SYSTEMS_ENV, str(root))  # the sandbox runs in this process
+    uri = f"fsx://{fs}/fsx/shapes"
     overrides = [
         "dataset=imagefolder",
         f"dataset.channels.train={tree}",
         f"+dataset.channels.validation={validation}",
+        f"+dataset.channels.test={uri}",
         "+dataset.input_modes.train=Pipe",
         "dataset.num_classes=3",
         "dataset.shard_mb=0.01",
@@ -539,25 +557,38 @@ def test_an_image_folder_travels_as_shards_and_two_instances_stream_disjoint_sha
         f"job.base_name={name}",
         "job.max_run_minutes=30",
         f"+job.environment.{DEBUG_ENV}=1",  # each rank prints its weights' digest
+        f"aws.subnets=[{subnet}]",
+        f"aws.security_groups=[{group}]",
         *world["infra_overrides"],
     ]
     up = invoke("upload", *overrides)
     assert up.returncode == 0, up.stderr
+    assert f"test: {uri} is a file system the job mounts: nothing to upload" in up.stdout
     s3, bucket = world["clients"].s3, world["infra"].data_bucket
     for channel in ("train", "validation"):
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"datasets/{name}/{channel}/")["Contents"]]
         names = sorted(key.rsplit("/", 1)[1] for key in keys)
         assert names[-1] == imagetree.MANIFEST and len(names) > 2, (channel, names)
         assert all(n.startswith("shard-") and n.endswith(".tar") for n in names[:-1]), (channel, names)
+    assert s3.list_objects_v2(Bucket=bucket, Prefix=f"datasets/{name}/test").get("KeyCount", 0) == 0
 
     with emulator.sagemaker_service(run_jobs=True, workdir=tmp_path / "jobs") as service:
         train = invoke("train", *overrides, "--yes", "--poll", "1")
         assert train.returncode == 0, train.stdout[-4000:] + train.stderr[-3000:]
+        assert f"{uri}  (FSxLustre {fs}:/fsx/shapes, read-only)" in train.stdout
         job = re.search(r"launched (\S+)", train.stdout).group(1)
         two = service.result(job).check()
     desc = world["clients"].sagemaker.describe_training_job(TrainingJobName=job)
-    modes = {c["ChannelName"]: c["InputMode"] for c in desc["InputDataConfig"]}
-    assert (modes["train"], modes["validation"], desc["ResourceConfig"]["InstanceCount"]) == ("Pipe", "File", 2)
+    channels = {c["ChannelName"]: c for c in desc["InputDataConfig"]}
+    assert (channels["train"]["InputMode"], channels["validation"]["InputMode"]) == ("Pipe", "File")
+    assert channels["test"]["DataSource"]["FileSystemDataSource"] == {
+        "FileSystemId": fs,
+        "FileSystemAccessMode": "ro",
+        "FileSystemType": "FSxLustre",
+        "DirectoryPath": "/fsx/shapes",
+    }
+    assert desc["VpcConfig"] == {"Subnets": [subnet], "SecurityGroupIds": [group]}
+    assert desc["ResourceConfig"]["InstanceCount"] == 2
     # Pipe: nothing of train on either host's disk; each rank read train_0, then train_1. Rank r keeps
     # stream positions r, r + 2, ... of each pass, 61 each: the fingerprints say which samples each rank
     # read (tests/test_pipe.py: they tell one sample swapped).
@@ -580,12 +611,13 @@ def test_an_image_folder_travels_as_shards_and_two_instances_stream_disjoint_sha
     assert len({digest for *_, digest in digests}) == 1, digests
     metrics = json.loads((two.tree / "output" / "data" / "metrics.json").read_text())
     assert (metrics["world_size"], metrics["global_steps"]) == (2, 2 * 8)  # 61 a rank in batches of 8
-    held = ImageFolderDataModule(train_dir=str(validation), validation_dir=str(validation), num_classes=3)
+    tested = str(root / fs / "shapes")
+    held = ImageFolderDataModule(train_dir=tested, validation_dir=tested, num_classes=3)
     held.setup("test")
     test = held.splits["test"]
     accuracy, loss = single_process_eval(
         two.tree / "model" / "model.ts", test.images.numpy(), test.labels.numpy()
-    )  # the exported model alone, over the whole validation channel
+    )  # the exported model alone, over the whole test channel (each rank read its half on its host's mount)
     assert len(test) == 39 and round(metrics["test_acc"] * 39) == round(accuracy * 39)
     assert metrics["test_loss"] == pytest.approx(loss, rel=1e-4)
 
@@ -659,13 +691,9 @@ def test_a_job_starts_from_an_earlier_model_through_its_model_channel(world, dat
         assert problems(call.service, call.operation, call.params) == [], (call.who, call.operation)
 
 
-def test_a_job_reads_an_fsx_channel_where_the_sandbox_mounts_it(world, data, tmp_path, monkeypatch):
-    """dataset.channels.train=fsx://...: `invoke train` checks the VPC with EC2 and FSx (moto's; the IAM
-    judge holds those calls to the launcher policy), launches the channel as a read-only
-    FileSystemDataSource in the VPC, and the job reads the file system's folder (SANDBOX_FILE_SYSTEMS)
-    where SageMaker would mount it. `invoke local`'s mount: tests/test_file_systems.py."""
-    from project.sandbox.optml import FILE_SYSTEMS_ENV
-
+def a_lustre_file_system(world) -> tuple[str, str, str]:
+    """An FSx for Lustre file system in a VPC as terraform/'s network leaves one (a subnet with its S3
+    endpoint, a group open to itself on Lustre's ports), in moto: (its id, the subnet, the group)."""
     clients = world["clients"]
     ec2, fsx = clients.client("ec2"), clients.client("fsx")
     vpc = ec2.create_vpc(CidrBlock="10.30.0.0/16")["Vpc"]["VpcId"]
@@ -688,34 +716,4 @@ def test_a_job_reads_an_fsx_channel_where_the_sandbox_mounts_it(world, data, tmp
         SubnetIds=[subnet["SubnetId"]],
         LustreConfiguration={"DeploymentType": "SCRATCH_2"},
     )["FileSystem"]["FileSystemId"]
-    folder, _ = data
-    root = tmp_path / "file-systems"  # the file system's root, as its mount name shows it
-    (root / fs).mkdir(parents=True)
-    (root / fs / "mnist").symlink_to(folder)
-    monkeypatch.setenv(FILE_SYSTEMS_ENV, str(root))  # the sandbox runs in this process
-    name = f"e2e-fsx-{uuid.uuid4().hex[:6]}"
-    uri = f"fsx://{fs}/fsx/mnist"
-    overrides = [
-        f"dataset.channels.train={uri}" if o.startswith("dataset.channels.train=") else o
-        for o in job_overrides(world, data, name, **{"trainer.max_epochs": 1})
-    ]
-    overrides += [f"aws.subnets=[{subnet['SubnetId']}]", f"aws.security_groups=[{group['GroupId']}]"]
-
-    with emulator.sagemaker_service(run_jobs=True, workdir=tmp_path / "jobs") as service:
-        train = invoke("train", *overrides, "--yes", "--poll", "1")
-        assert train.returncode == 0, train.stdout[-4000:] + train.stderr[-3000:]
-        assert f"{uri}  (FSxLustre {fs}:/fsx/mnist, read-only)" in train.stdout
-        job = re.search(r"launched (\S+)", train.stdout).group(1)
-        service.result(job).check()
-    desc = clients.sagemaker.describe_training_job(TrainingJobName=job)
-    assert desc["TrainingJobStatus"] == "Completed"
-    channels = {c["ChannelName"]: c for c in desc["InputDataConfig"]}
-    assert channels["train"]["DataSource"]["FileSystemDataSource"] == {
-        "FileSystemId": fs,
-        "FileSystemAccessMode": "ro",
-        "FileSystemType": "FSxLustre",
-        "DirectoryPath": "/fsx/mnist",
-    }
-    assert desc["VpcConfig"] == {"Subnets": [subnet["SubnetId"]], "SecurityGroupIds": [group["GroupId"]]}
-    bucket = world["infra"].data_bucket
-    assert clients.s3.list_objects_v2(Bucket=bucket, Prefix=f"datasets/{name}/").get("KeyCount", 0) == 0
+    return fs, subnet["SubnetId"], group["GroupId"]
