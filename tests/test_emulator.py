@@ -8,6 +8,7 @@ project.aws.fetch.
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 import time
 import uuid
@@ -316,7 +317,8 @@ config = json.loads(pathlib.Path("/opt/ml/input/config/resourceconfig.json").rea
 host, fail = config["current_host"], sys.argv[1] == "fail"
 signal.signal(signal.SIGTERM, lambda *_: (print(host, "got SIGTERM", flush=True), sys.exit(0)))
 shards = sorted(p.name for p in pathlib.Path("/opt/ml/input/data/shards").rglob("*.txt"))
-print(host, "of", config["hosts"], "env", os.environ["SM_CURRENT_HOST"], "shards", shards, flush=True)
+env, threads = os.environ["SM_CURRENT_HOST"], os.environ.get("OMP_NUM_THREADS")
+print(host, "of", config["hosts"], "env", env, "shards", shards, "threads", threads, flush=True)
 pathlib.Path("/opt/ml/checkpoints", host + ".ckpt").write_text(host)
 pathlib.Path("/opt/ml/model", host + ".txt").write_text(host)
 port = int(os.environ[PORT_ENV])
@@ -367,7 +369,9 @@ def test_two_instances_each_with_its_own_tree_reach_each_other_by_name_and_one_f
     gives (project.core.runtime.MASTER_PORT_ENV). Completed: the model is both hosts' files, every
     host's checkpoints reach S3, billing counts both instances. Then algo-2 fails: the job fails with
     its FailureReason, and algo-1, still running, is stopped (SIGTERM) rather than left to hang. A third
-    job is stopped by StopTrainingJob, a fourth by its MaxRuntimeInSeconds: both hosts get the SIGTERM."""
+    job is stopped by StopTrainingJob, a fourth by its MaxRuntimeInSeconds: both hosts get the SIGTERM.
+    Each host's torch gets its share of this machine's cores (OMP_NUM_THREADS), unless the job's
+    Environment says how many (the third's)."""
     import io
     import tarfile
 
@@ -392,6 +396,7 @@ def test_two_instances_each_with_its_own_tree_reach_each_other_by_name_and_one_f
                 StoppingCondition={"MaxRuntimeInSeconds": limit},
                 CheckpointConfig={"S3Uri": f"s3://{infra['artifacts']}/checkpoints/{outcome}-{uuid.uuid4().hex[:6]}"},
                 InputDataConfig=[shards],
+                **({"Environment": {"OMP_NUM_THREADS": "3"}} if outcome == "stop" else {}),
             )  # fmt: skip
         deadline = time.time() + 60
         while _logs_of_every_host(clients, names["stop"]).count(" ready") < 2 and time.time() < deadline:
@@ -401,8 +406,9 @@ def test_two_instances_each_with_its_own_tree_reach_each_other_by_name_and_one_f
     name, run = runs["ok"]
     run.check()
     desc = clients.sagemaker.describe_training_job(TrainingJobName=name)
-    assert "[algo-1] algo-1 of ['algo-1', 'algo-2'] env algo-1 shards ['more.txt']" in run.stdout, run.stdout
-    assert "[algo-2] algo-2 of ['algo-1', 'algo-2'] env algo-2 shards ['numbers.txt']" in run.stdout, run.stdout
+    share = max(1, len(os.sched_getaffinity(0)) // 2)  # half the cores each
+    assert f"[algo-1] algo-1 of ['algo-1', 'algo-2'] env algo-1 shards ['more.txt'] threads {share}" in run.stdout
+    assert f"[algo-2] algo-2 of ['algo-1', 'algo-2'] env algo-2 shards ['numbers.txt'] threads {share}" in run.stdout
     assert "[algo-1] algo-1 heard algo-2" in run.stdout
     assert sorted(run.log_streams) == ["algo-1", "algo-2"]
     assert _log(clients, name)  # each host's own stream
@@ -429,6 +435,7 @@ def test_two_instances_each_with_its_own_tree_reach_each_other_by_name_and_one_f
     name, run = runs["stop"]
     assert run.status == clients.sagemaker.describe_training_job(TrainingJobName=name)["TrainingJobStatus"] == "Stopped"
     assert "[algo-1] algo-1 got SIGTERM" in run.stdout and "[algo-2] algo-2 got SIGTERM" in run.stdout, run.stdout
+    assert "[algo-1] algo-1 of ['algo-1', 'algo-2'] env algo-1 shards ['more.txt'] threads 3" in run.stdout
 
     name, run = runs["max"]  # MaxRuntime is the job's, not a host's: both hosts get the SIGTERM at once
     desc = clients.sagemaker.describe_training_job(TrainingJobName=name)

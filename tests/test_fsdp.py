@@ -1,13 +1,16 @@
 """trainer.strategy=fsdp: the decision, the strategy Lightning gets, the memory estimate, and two CPU
-processes (gloo, torchrun on this machine) that train sharded, stop on SIGTERM and resume to the
-weights of a run that was never stopped, then export the whole model from rank 0."""
+processes (gloo) that train sharded, stop on SIGTERM and resume to the weights of a run that was never
+stopped, then export the whole model from rank 0: on one host (torchrun on this machine) and on two
+(a job of two instances on the sandbox, stopped by StopTrainingJob and run again)."""
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,13 +18,25 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from project.aws import fit
+from project.aws import fit, startup_history, workflow
 from project.core.config.messages import ConfigError
 from project.core.topology import TopologyError, decide
+from project.sandbox import service as emulator
+from tests.cli import invoke_here
 from tests.synthetic import tiny_overrides
+from tests.test_sagemaker_e2e import invoke, job_overrides, wait_for_periodic_checkpoint, world  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
-TOTAL_STEPS = 32  # 500 training samples in global batches of 16 (8 per rank), 1 epoch
+# Two CPU processes in all, 2 epochs of 32 steps (500 training samples in global batches of 16, 8 per rank).
+SHARDED = {
+    "trainer.strategy": "fsdp",
+    "trainer.batch_size": 16,
+    "trainer.max_epochs": 2,
+    "trainer.deterministic": "true",
+    "trainer.checkpoint_every_n_steps": 5,
+}
+TOTAL_STEPS = 2 * 32
+RANK_FILES = {"algo-1": {"__0_0.distcp", ".metadata", "meta.pt"}, "algo-2": {"__1_0.distcp"}}  # rank 0: the rest
 
 
 def trainer(gpus, strategy="fsdp", batch_size=64, precision="32-true"):
@@ -153,19 +168,28 @@ def newest_step(checkpoint_dir: Path) -> int:
     return max(steps, default=-1)
 
 
+def assert_same_weights(exported: dict, expected: dict) -> None:
+    assert exported.keys() == expected.keys()
+    assert [name for name in exported if not torch.equal(exported[name], expected[name])] == []
+
+
 @pytest.mark.slow
-def test_two_cpu_processes_train_sharded_stop_on_sigterm_resume_and_export(tiny_data, tmp_path, composed):
+def test_two_cpu_processes_train_sharded_stop_on_sigterm_resume_and_export(
+    aws_infra, tiny_data, tmp_path, composed, request
+):
+    """On one host (two processes under torchrun, as `invoke local` runs them) and on two (a job of two
+    instances on the sandbox, a process each): stopped mid-training, the ranks agree on a step and each
+    writes its shard of one checkpoint folder; run again, they resume from it to the very weights of the
+    run never stopped, and rank 0 exports them whole.
+
+    The run never stopped is the one-host one, for both: the two hosts' run has the same world size,
+    ranks, per-device batches, seed and gloo collectives, so the same arithmetic; whether the peer is on
+    another host changes nothing of it. `aws_infra`: the two hosts' part runs on the Terraform-applied world.
+    """
     folder, files = tiny_data
-    extra = {
-        "trainer.strategy": "fsdp",
-        "trainer.batch_size": 16,
-        "trainer.deterministic": "true",
-        "trainer.max_epochs": 1,
-    }
-    extra |= {"trainer.checkpoint_every_n_steps": 5, "run_name": "sharded"}
 
     def overrides(runs: str) -> list[str]:
-        return tiny_overrides(folder, files, tmp_path / runs, **extra)
+        return tiny_overrides(folder, files, tmp_path / runs, run_name="sharded", **SHARDED)
 
     # Side by side, the same arithmetic: the reference runs on while the other stops and resumes.
     reference = torchrun(overrides("reference"))
@@ -181,19 +205,18 @@ def test_two_cpu_processes_train_sharded_stop_on_sigterm_resume_and_export(tiny_
     assert 10 <= step < TOTAL_STEPS
     # The sharded format: a folder, one shard per rank, the index and the loops' state.
     checkpoint = next((run_dir / "checkpoints").glob(f"*-step={step:08d}.ckpt"))
-    assert {p.name for p in checkpoint.iterdir()} == {"__0_0.distcp", "__1_0.distcp", ".metadata", "meta.pt"}
+    assert {p.name for p in checkpoint.iterdir()} == set().union(*RANK_FILES.values())
     assert not (run_dir / "model" / "model.pt").exists()
 
     resumed = finish(torchrun(overrides("runs")))
     assert f"resuming run sharded from step {step} ({checkpoint.name})" in resumed, resumed[-3000:]
     assert "done:" in (reference_out := finish(reference)), reference_out[-3000:]
     # The start line counts the whole network, as under DDP, not rank 0's shard inside FSDP's wrapper.
-    assert re.search(r"^run sharded: SmallCNN \(\d+\.\dk parameters\), 1 epochs on 2 x cpu", reference_out, re.M)
+    assert re.search(r"^run sharded: SmallCNN \(\d+\.\dk parameters\), 2 epochs on 2 x cpu", reference_out, re.M)
     # Gathered on rank 0: full tensors of the network's shapes, the very weights of the run never stopped.
     exported = torch.load(run_dir / "model" / "model.pt")
     expected = torch.load(tmp_path / "reference" / "sharded" / "model" / "model.pt")
-    assert exported.keys() == expected.keys()
-    assert [name for name in exported if not torch.equal(exported[name], expected[name])] == []
+    assert_same_weights(exported, expected)
     from project.training.modules import build_module
 
     cfg = composed(*overrides("runs"))
@@ -203,6 +226,89 @@ def test_two_cpu_processes_train_sharded_stop_on_sigterm_resume_and_export(tiny_
     with torch.no_grad():
         probs = torch.jit.load(str(run_dir / "model" / "model.ts"))(pixels)
     assert probs.shape == (4, 10) and torch.allclose(probs.sum(1), torch.ones(4))
+
+    # Two hosts: the sandbox's containers (skipped where they cannot run here, after the one host's part).
+    world = request.getfixturevalue("world")  # noqa: F811
+    fetched = stopped_and_run_again_on_two_hosts(world, tiny_data, tmp_path / "two-hosts")
+    assert_same_weights(torch.load(fetched / "model" / "model.pt"), expected)
+
+
+def stopped_and_run_again_on_two_hosts(world, data, tmp_path: Path) -> Path:  # noqa: F811
+    """`invoke train ... instance.count=2`, StopTrainingJob mid-training (SIGTERM to both hosts), the same
+    `invoke train` again, `invoke fetch`: the run folder it brought home. Each host writes its ranks'
+    files of the checkpoint folder to its own disk; the hosts' checkpoints sync to the job's one
+    checkpoint URI, where the folder is whole, and the re-run gives every host the whole folder."""
+    name = f"e2e-spot-{uuid.uuid4().hex[:6]}"
+    overrides = job_overrides(
+        world, data, name, **SHARDED, **{"instance.count": 2, "+job.environment.OMP_NUM_THREADS": 1}
+    )  # one thread per process, as torchrun gives the one host's
+    assert invoke("upload", *overrides).returncode == 0
+    sm, jobs = world["clients"].sagemaker, tmp_path / "jobs"
+    with emulator.sagemaker_service(run_jobs=True, workdir=jobs) as service:
+        first = invoke("train", *overrides, "--yes", "--no-wait")
+        assert first.returncode == 0, first.stderr
+        job = re.search(r"launched (\S+)", first.stdout).group(1)
+        wait_for_periodic_checkpoint(service, jobs, job, "algo-1", step=10)  # under way
+        # `invoke stop` in this process (its command line: tests/test_aws_cli.py): it lands steps, not seconds, later
+        stop = invoke_here("stop", job, *world["infra_overrides"])
+        assert stop.returncode == 0 and "stop requested" in stop.stdout, stop.stderr
+        stopped = service.result(job)
+        assert stopped.status == "Stopped", stopped.stdout[-3000:]
+        assert stopped.returncode == 0, stopped.stdout[-3000:]  # a clean stop: the containers exit 0
+        saved = re.search(r"^\[algo-1\] sigterm_checkpoint_step=(\d+)$", stopped.stdout, re.M)
+        assert saved, stopped.stdout[-3000:]  # SIGTERM reached the training processes through torchrun
+        step = int(saved.group(1))
+        assert 10 <= step < TOTAL_STEPS
+        assert "[algo-2] stopped by SIGTERM: all 1 worker(s) saved a checkpoint; exiting 0" in stopped.stdout
+        desc = sm.describe_training_job(TrainingJobName=job)
+        assert desc["TrainingJobStatus"] == "Stopped" and desc["ResourceConfig"]["InstanceCount"] == 2
+        checkpoint = f"{desc['HyperParameters']['config_hash']}-step={step:08d}.ckpt"
+        for host, expected in RANK_FILES.items():
+            assert {p.name for p in (stopped.trees[host] / "checkpoints" / checkpoint).iterdir()} == expected, host
+        bucket, prefix = desc["CheckpointConfig"]["S3Uri"].removeprefix("s3://").split("/", 1)
+        listed = world["clients"].s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix.rstrip('/')}/{checkpoint}/")
+        assert {o["Key"].rsplit("/", 1)[1] for o in listed["Contents"]} == set().union(*RANK_FILES.values())
+
+        why = invoke("why", job, *world["infra_overrides"])
+        assert why.returncode == 0, why.stderr
+        assert f"cause: stopped by StopTrainingJob; the training saved a checkpoint at step {step} (s3://" in why.stdout
+        assert f"it resumes from step {step}" in why.stdout, why.stdout
+        assert f"log-events/{job}$252Falgo-1-" in why.stdout  # the host whose log said so
+        # the start-up of the host that took longest, and each host's
+        assert re.search(rf"^start-up of {job}, host algo-[12]: .* to the first step, ", why.stdout, re.M), why.stdout
+        assert re.search(r"^  hosts to the first step: algo-1 [\d.]+ s, algo-2 [\d.]+ s", why.stdout, re.M), why.stdout
+
+        second = invoke("train", *overrides, "--yes", "--poll", "1")
+        assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-2000:]
+        # The summary, before the launch, says what the job's checkpoint prefix holds of its config: the
+        # sharded folder, as the hosts' shards met there.
+        assert re.search(rf"earlier run +interrupted at step {step}: this job resumes from there", second.stdout)
+        # The start-up predicted from the stopped job, the one earlier job of this base name, instance and image.
+        predicted = r"start-up +~\d.* cold \(.* billed\), from your last {} on ml\.m5\.xlarge with this image$"
+        assert re.search(predicted.format("1 job"), second.stdout, re.M), second.stdout[:3000]
+        rerun = service.result(re.search(r"launched (\S+)", second.stdout).group(1))
+    rerun.check()  # rank 1 resumed at rank 0's step too: a rank that did not would fail the job (checkpoints.py)
+    assert re.search(rf"^\[algo-1\] resuming run \S+ from step {step} \({checkpoint}\)$", rerun.stdout, re.M), (
+        rerun.stdout[-3000:]
+    )
+    metrics = json.loads((rerun.tree / "output" / "data" / "metrics.json").read_text())
+    assert metrics["global_steps"] == TOTAL_STEPS and metrics["resumed_from"] == checkpoint
+    # Once more, dry (it would bill a minute to train nothing): `invoke train`'s own function, in this process.
+    said: list[str] = []
+    workflow.train(overrides, dry_run=True, echo=said.append)
+    third = "\n".join(said)
+    assert re.search(predicted.format("2 jobs"), third, re.M), third[:3000]  # the rerun resumed: one more
+    cached = startup_history.cache_dir() / f"{job}.json"  # ended: its start-up is read from AWS once
+    assert json.loads(cached.read_text())["started"]["billed_seconds"] > 0
+    assert re.search(
+        r"earlier run +finished already \(config \w+\): this job would only test and export it again, billed; "
+        r"to train anew pass a new trainer\.seed= or job\.base_name=",
+        third,
+    ), third[-3000:]
+
+    fetched = invoke("fetch", rerun.job_name, *world["infra_overrides"], f"paths.runs_dir={tmp_path / 'runs'}")
+    assert fetched.returncode == 0, fetched.stderr
+    return tmp_path / "runs" / rerun.job_name
 
 
 def test_invoke_trains_check_shards_the_estimate_by_the_planned_world_size():

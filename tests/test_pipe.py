@@ -48,7 +48,8 @@ from tests.test_jobs import CUSTOM, INFRA, plan
 @pytest.fixture(scope="module")
 def channel(moto_endpoint, tmp_path_factory):
     """A tree of 3 x 11 images packed into several shards and uploaded as `invoke upload` does
-    (shards, shards.json, SageMaker's manifest): (tree, S3 client, the Pipe channel's description)."""
+    (shards, shards.json, SageMaker's manifest): (tree, S3 client, the Pipe channel's description,
+    the packed folder uploaded)."""
     root = tmp_path_factory.mktemp("pipe")
     tree = write_tree(root / "tree", per_class=11)
     folder = imagetree.pack_tree(tree, root / "packed", shard_mb=0.002).parent
@@ -62,7 +63,7 @@ def channel(moto_endpoint, tmp_path_factory):
     source = {"S3DataType": "ManifestFile", "S3Uri": manifest_uri(uri)}
     described = {"ChannelName": "train", "InputMode": "Pipe", "DataSource": {"S3DataSource": source}}
     assert len(imagetree.read_manifest(folder)["shards"]) > 2
-    return tree, s3, described
+    return tree, s3, described, folder
 
 
 def stream_order(tree: Path) -> list[str]:
@@ -78,6 +79,16 @@ def test_shares_are_disjoint_equal_and_cover_all_but_the_remainder(count, world)
     shares = [list(pipe.share(range(count), rank, world, count)) for rank in range(world)]
     assert {len(s) for s in shares} == {count // world}  # every rank takes as many steps
     assert sorted(sum(shares, [])) == list(range(count // world * world))
+
+
+def test_a_shares_fingerprint_is_blind_to_its_order_and_tells_shares_apart():
+    names = [f"{label}/{i:04d}.png" for label in ("hbar", "square", "vbar") for i in range(11)]
+    first, second = (list(pipe.share(names, rank, 2, len(names))) for rank in (0, 1))
+    assert re.fullmatch(r"[0-9a-f]{16}", pipe.Fingerprint.of(first))
+    assert pipe.Fingerprint.of(first) == pipe.Fingerprint.of(reversed(first))  # the shuffle does not show
+    assert pipe.Fingerprint.of(first) != pipe.Fingerprint.of(second)
+    assert pipe.Fingerprint.of(first) != pipe.Fingerprint.of([*first[1:], second[0]])  # one sample swapped
+    assert pipe.Fingerprint.of([]) == "0" * 16
 
 
 def test_the_shuffle_buffer_permutes_within_its_size_and_keeps_the_order_at_one():
@@ -100,7 +111,7 @@ def read_passes(data_dir: Path, rank: int, world: int, passes: int, out: dict) -
 
 
 def test_two_hosts_read_disjoint_shares_of_each_pass_in_fifo_order(channel, tmp_path):
-    tree, s3, described = channel
+    tree, s3, described, _ = channel
     order = stream_order(tree)
     hosts = [tmp_path / f"algo-{n}" for n in (1, 2)]
     feeds = []
@@ -132,7 +143,7 @@ def test_two_hosts_read_disjoint_shares_of_each_pass_in_fifo_order(channel, tmp_
 def test_a_pass_left_early_is_drained_before_the_next(channel, tmp_path):
     """limit_train_batches: the reader stops early; the next pass still opens (SageMaker makes the
     next FIFO only when the last is read), and reads from its own head."""
-    tree, s3, described = channel
+    tree, s3, described, _ = channel
     feed = PipeFeed(s3, described, tmp_path)
     try:
         streams = pipe.EpochStreams(tmp_path / "train")
@@ -146,7 +157,7 @@ def test_a_pass_left_early_is_drained_before_the_next(channel, tmp_path):
 
 
 def test_the_datamodule_streams_equal_batches_per_rank_with_its_validation_read_once(channel, tmp_path):
-    tree, s3, described = channel
+    tree, s3, described, _ = channel
     feed = PipeFeed(s3, described, tmp_path)
     try:
         dm = ImageFolderDataModule(
@@ -171,7 +182,7 @@ def test_a_pass_resumed_mid_epoch_goes_on_with_the_first_batch_not_trained_on(ch
     """A job stopped mid-epoch (spot, SIGTERM) and re-run reads train_0 again from its head: the
     loader's position travels in the checkpoint (the DataModule's state) and the resumed pass
     yields exactly the batches the stopped one had not, as an uninterrupted pass does."""
-    tree, s3, described = channel
+    tree, s3, described, _ = channel
 
     def module(folder: Path) -> ImageFolderDataModule:
         train = str(folder / "train")
@@ -229,7 +240,7 @@ class Relayed:
 @pytest.fixture
 def relayed(channel, tmp_path):
     """SageMaker's FIFOs of the channel (a PipeFeed) under data/, relayed to 2 local ranks under relay/."""
-    tree, s3, described = channel
+    tree, s3, described, _ = channel
     (tmp_path / "data").mkdir()
     feed = PipeFeed(s3, described, tmp_path / "data")
     relay = pipe_relay.Relay(tmp_path / "data" / "train", tmp_path / "relay", 2).start()
@@ -325,7 +336,7 @@ def test_the_launcher_relays_the_stream_to_two_processes_that_each_train_on_thei
     """What one instance of a Pipe job with 2 GPUs runs, on 2 CPU processes: the container's launcher
     (PID 1: launch(2, sm_entry.py) as `sm_entry.py --launch` makes it for trainer.gpus=2) over SageMaker's
     variables, its train channel fed by a PipeFeed, its validation channel a folder (File mode)."""
-    tree, s3, described = channel
+    tree, s3, described, _ = channel
     opt = tmp_path / "opt-ml"
     for folder in ("input/data", "model", "output/data", "checkpoints", "code"):
         (opt / folder).mkdir(parents=True)
@@ -374,6 +385,58 @@ def test_the_launcher_relays_the_stream_to_two_processes_that_each_train_on_thei
     shares = re.findall(r"pipe: (train_\d) epoch (\d) rank (\d)/2: (\d+) of 33 samples", out)
     assert sorted(shares) == [(f"train_{e}", str(e), str(r), "16") for e in (0, 1) for r in (0, 1)]
     assert not list(tmp_path.glob("pipe-relay-*"))  # the launcher removed its folder
+
+
+def test_one_process_in_pipe_mode_trains_on_file_modes_batches_to_the_same_weights(channel, composed, tmp_path, capsys):
+    """A job's one process, its train channel the shards downloaded (File) or streamed through its FIFOs
+    (Pipe, the sandbox's feed from S3): the 33 samples fit dataset.shuffle_buffer (1000), so Pipe mode
+    puts them in File mode's own order (data.epoch_order), batch for batch, epoch after epoch, and the
+    run ends with the very same weights and test metrics. A tolerance would hide little: on such data
+    the metrics move with the order alone. Lightning's loop and `train` as a job runs it (its channels
+    as `sources`), in this process."""
+    from project.core.runtime import local_layout
+    from project.training.train import train
+
+    tree, s3, described, packed = channel
+    validation = write_tree(tmp_path / "validation", per_class=5, seed=1)
+    cfg = composed(
+        "dataset=imagefolder",
+        f"dataset.channels.train={packed}",
+        f"+dataset.channels.validation={validation}",
+        "dataset.num_classes=3",
+        "trainer.max_epochs=2",
+        "trainer.batch_size=8",
+        "trainer.gpus=0",
+        f"paths.runs_dir={tmp_path / 'runs'}",
+        f"paths.data_dir={tmp_path / 'cache'}",
+    )
+
+    def run(mode: str, train_dir: Path) -> dict:
+        return train(cfg, local_layout(tmp_path / mode), mode, {"train": train_dir, "validation": validation})
+
+    metrics = {"File": run("File", packed)}
+    fifos = tmp_path / "fifos"
+    fifos.mkdir()
+    feed = PipeFeed(s3, described, fifos)
+    try:
+        metrics["Pipe"] = run("Pipe", fifos / "train")
+    finally:
+        feed.stop()
+    assert sorted(p.name for p in fifos.iterdir()) == ["train_2"]  # train_0, train_1 read; a third pass waits
+    whole = pipe.Fingerprint.of(stream_order(tree))  # one rank: every sample of each pass
+    assert re.findall(
+        r"^pipe: (train_\d) epoch \d rank 0/1: 33 of 33 samples, fingerprint (\w+)$", capsys.readouterr().out, re.M
+    ) == [
+        ("train_0", whole),
+        ("train_1", whole),
+    ]
+    assert metrics["Pipe"]["global_steps"] == metrics["File"]["global_steps"] == 2 * 5  # 33 in batches of 8
+    pipe_metrics, file_metrics = (
+        {k: m[k] for k in ("test_loss", "test_acc")} for m in (metrics["Pipe"], metrics["File"])
+    )
+    assert pipe_metrics == file_metrics
+    weights = {mode: torch.load(tmp_path / mode / "model" / "model.pt") for mode in metrics}
+    assert [name for name in weights["File"] if not torch.equal(weights["File"][name], weights["Pipe"][name])] == []
 
 
 # --- configuration and the request ----------------------------------------------------------------

@@ -124,6 +124,13 @@ def test_progress_reads_a_checkpoint_folder_or_an_s3_listing_alike():
         "fedcba987654": Progress("fedcba987654", 3, False),
     }
     assert progress(keys)["fedcba987654"].status == "interrupted at step 3"
+    # trainer.strategy=fsdp in S3: a folder's files, the hosts' shards; it counts once its index is there
+    folder = "checkpoints/lightning-aaaaaaaaaaaa/"
+    shards = ("__0_0.distcp", "__1_0.distcp", "meta.pt")
+    keys = [f"{folder}aaaaaaaaaaaa-step={step:08d}.ckpt/{name}" for step in (5, 10) for name in shards]
+    keys.append(f"{folder}aaaaaaaaaaaa-step=00000005.ckpt/.metadata")  # step 10's index not synced yet
+    keys.append(f"{folder}.aaaaaaaaaaaa-step=00000015.ckpt.part/.metadata")  # a save in progress
+    assert progress(keys) == {"aaaaaaaaaaaa": Progress("aaaaaaaaaaaa", 5, False)}
 
 
 def test_damaged_data_is_named_even_where_the_configs_run_is_finished(tiny_data, tmp_path):

@@ -19,18 +19,21 @@ from pathlib import Path
 
 import pytest
 
-from project.aws import startup_history, workflow
+from project.aws import workflow
 from project.aws.session import aws_clients
 from project.aws.staging import DRY_RUN_CODE_PREFIX
 from project.core import startup
 from project.core.config import compose
 from project.core.errors import UserError
+from project.core.runtime import DEBUG_ENV
 from project.core.sagemaker_names import MODEL_CONTENT_TYPE
 from project.face import catalog
 from project.face.compare import comparison
 from project.sandbox import service as emulator
 from project.sandbox.ecr_iam import placeholder_manifest
 from project.training import imagetree
+from project.training.imagefolder import ImageFolderDataModule
+from project.training.pipe import Fingerprint
 from project.training.train import run_composed
 from tests import aws_calls, byo, cli
 from tests.cli import one_error_line, refusal
@@ -39,6 +42,7 @@ from tests.mlflow_server import mlflow_server
 from tests.requires import skip_unless
 from tests.service_model import problems
 from tests.synthetic import make_images, tiny_overrides, write_dataset
+from tests.test_distributed import single_process_eval
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -347,79 +351,14 @@ def long_data(folder: Path) -> tuple[Path, dict[str, str]]:
     return folder, write_dataset(folder, n_train=1100, n_test=200)
 
 
-def wait_for_periodic_checkpoint(service, jobs_dir: Path, job: str) -> None:
-    """Until the running job has saved a periodic checkpoint (step > 0) in its /opt/ml tree."""
-    checkpoints = jobs_dir / job / "opt_ml" / "checkpoints"
+def wait_for_periodic_checkpoint(service, jobs_dir: Path, job: str, host: str | None = None, step: int = 1) -> None:
+    """Until the running job has saved a periodic checkpoint of `step` or later in its /opt/ml tree
+    (`host`'s, of a job of several instances)."""
+    checkpoints = jobs_dir / job / (f"{host}/opt_ml" if host else "opt_ml") / "checkpoints"
     deadline = time.monotonic() + 300
-    while not any(re.search(r"step=0*([1-9]\d+)", p.name) for p in checkpoints.glob("*.ckpt")):
+    while not any(int(m[1]) >= step for p in checkpoints.glob("*.ckpt") if (m := re.search(r"step=(\d+)", p.name))):
         assert time.monotonic() < deadline and not service.runs[job].done(), "no periodic checkpoint"
         time.sleep(0.05)
-
-
-def test_stopped_job_rerun_resumes_from_its_checkpoints(world, tmp_path):
-    """StopTrainingJob mid-training: the job checkpoints on SIGTERM; the same config resumes."""
-    name = f"e2e-spot-{uuid.uuid4().hex[:6]}"
-    overrides = job_overrides(
-        world,
-        long_data(tmp_path / "long"),
-        name,
-        **{
-            "trainer.batch_size": 16,
-            # Enough steps that `invoke stop`, a new process, lands mid-run even on a loaded machine.
-            "trainer.max_epochs": 10,
-            "trainer.deterministic": "true",
-            "trainer.checkpoint_every_n_steps": 10,
-            "+job.environment.OMP_NUM_THREADS": 1,
-        },
-    )  # 63 steps per epoch: seconds of training, room to stop it mid-way
-    assert invoke("upload", *overrides).returncode == 0
-    sm = world["clients"].sagemaker
-    with emulator.sagemaker_service(run_jobs=True, workdir=tmp_path / "jobs") as service:
-        first = invoke("train", *overrides, "--yes", "--no-wait")
-        assert first.returncode == 0, first.stderr
-        job = re.search(r"launched (\S+)", first.stdout).group(1)
-        wait_for_periodic_checkpoint(service, tmp_path / "jobs", job)
-        stop = invoke("stop", job, *world["infra_overrides"])
-        assert stop.returncode == 0 and "stop requested" in stop.stdout, stop.stderr
-        stopped = service.result(job)
-        assert stopped.status == "Stopped", stopped.stdout[-3000:]
-        assert stopped.returncode == 0, stopped.stdout[-3000:]  # a clean stop: the container exits 0
-        saved = re.search(r"sigterm_checkpoint_step=(\d+)", stopped.stdout)
-        assert saved, stopped.stdout[-3000:]  # SIGTERM reached the training process through torchrun
-        step = int(saved.group(1))
-        assert 10 <= step < 10 * 63
-        assert sm.describe_training_job(TrainingJobName=job)["TrainingJobStatus"] == "Stopped"
-        why = invoke("why", job, *world["infra_overrides"])
-        assert why.returncode == 0, why.stderr
-        assert f"cause: stopped by StopTrainingJob; the training saved a checkpoint at step {step} (s3://" in why.stdout
-        assert f"it resumes from step {step}" in why.stdout, why.stdout
-        assert f"log-events/{job}$252Falgo-1-" in why.stdout  # the host whose log said so
-        assert re.search(rf"^start-up of {job}, host algo-1: .* to the first step, ", why.stdout, re.M), why.stdout
-
-        second = invoke("train", *overrides, "--yes", "--poll", "1")
-        assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-2000:]
-        # The summary, before the launch, says what the job's checkpoint prefix holds of its config.
-        assert re.search(rf"earlier run +interrupted at step {step}: this job resumes from there", second.stdout)
-        # The start-up predicted from the stopped job, the one earlier job of this base name, instance and image.
-        predicted = r"start-up +~\d.* cold \(.* billed\), from your last {} on ml\.m5\.xlarge with this image$"
-        assert re.search(predicted.format("1 job"), second.stdout, re.M), second.stdout[:3000]
-        rerun = service.result(re.search(r"launched (\S+)", second.stdout).group(1))
-    rerun.check()
-    third = invoke("train", *overrides, "--dry-run")  # once more: it would bill a minute to train nothing
-    assert third.returncode == 0, third.stderr[-2000:]
-    assert re.search(predicted.format("2 jobs"), third.stdout, re.M), third.stdout[:3000]  # the rerun resumed: one more
-    cached = startup_history.cache_dir() / f"{job}.json"  # ended: its start-up is read from AWS once
-    assert json.loads(cached.read_text())["started"]["billed_seconds"] > 0
-    assert re.search(
-        r"earlier run +finished already \(config \w+\): this job would only test and export it again, billed; "
-        r"to train anew pass a new trainer\.seed= or job\.base_name=",
-        third.stdout,
-    ), third.stdout[-3000:]
-    assert re.search(rf"resuming run \S+ from step {step} \(\w+-step={step:08d}\.ckpt\)", rerun.stdout), rerun.stdout[
-        -3000:
-    ]
-    metrics = json.loads((rerun.tree / "output" / "data" / "metrics.json").read_text())
-    assert metrics["global_steps"] == 10 * 63 and metrics["resumed_from"].endswith(f"step={step:08d}.ckpt")
 
 
 def test_invalid_launches_and_missing_things_are_one_clean_line(world, data, tmp_path):
@@ -568,21 +507,41 @@ def test_own_module_with_two_channels_matches_invoke_local(world, tmp_path):
     assert (tmp_path / "fetched" / job / "model" / "model.ts").is_file()
 
 
-def test_an_image_folder_travels_as_shards_and_trains_on_the_emulator_in_file_and_pipe_mode(world, tmp_path):
-    """dataset=imagefolder: `invoke upload` sends shards + manifest (no PNG object); a File-mode job
-    reads them, and a Pipe-mode one streams them through a FIFO per epoch to the same accuracy.
+def test_an_image_folder_job_of_two_instances_streams_train_downloads_validation_and_mounts_test(
+    world, tmp_path, monkeypatch
+):
+    """dataset=imagefolder on two instances (DDP, a process each), a channel read each way a job can:
 
-    Exactly the same: the 120 training samples fit dataset.shuffle_buffer (1000), and then Pipe mode
-    trains on File mode's own order of them (data.epoch_order), batch for batch. A tolerance would
-    hide little here: on this data File mode's accuracy moves by up to 0.15 with the order alone.
+    - train, Pipe mode: `invoke upload` sent it as shards + manifest (no PNG object); each host's FIFO,
+      one per pass, holds the whole channel and its rank keeps its share of each pass, disjoint,
+      equal, and all of the stream but the last sample (123 = 2 x 61 + 1);
+    - validation, File mode: its shards, downloaded to each host;
+    - test, an FSx for Lustre file system (fsx://): nothing uploaded; `invoke train` checks the VPC with
+      EC2 and FSx (moto's; the IAM judge holds those calls to the launcher policy) and launches it as
+      a read-only FileSystemDataSource in the VPC; the sandbox binds the file system's folder
+      (SANDBOX_FILE_SYSTEMS) where SageMaker would mount it, on each host.
+
+    Both ranks take the same steps to the same weights, and the test channel (39 images: uneven over two
+    ranks) counts once in the sharded test metrics. One process in Pipe mode trains on File mode's very
+    batches: tests/test_pipe.py. `invoke local`'s mount of a file system: tests/test_file_systems.py.
     """
+    from project.sandbox.optml import FILE_SYSTEMS_ENV
+
     name = f"img-{uuid.uuid4().hex[:6]}"
-    tree = write_tree(world["root"] / name, per_class=40)
-    validation = write_tree(world["root"] / f"{name}-val", per_class=20, seed=1)
+    tree = write_tree(world["root"] / name, per_class=41)
+    validation = write_tree(world["root"] / f"{name}-val", per_class=5, seed=1)
+    fs, subnet, group = a_lustre_file_system(world)
+    root = tmp_path / "file-systems"  # the file system's root, as its mount name shows it
+    (root / fs).mkdir(parents=True)
+    (root / fs / "shapes").symlink_to(write_tree(world["root"] / f"{name}-test", per_class=13, seed=2))
+    monkeypatch.setenv(FILE_SYSTEMS_ENV, str(root))  # the sandbox runs in this process
+    uri = f"fsx://{fs}/fsx/shapes"
     overrides = [
         "dataset=imagefolder",
         f"dataset.channels.train={tree}",
         f"+dataset.channels.validation={validation}",
+        f"+dataset.channels.test={uri}",
+        "+dataset.input_modes.train=Pipe",
         "dataset.num_classes=3",
         "dataset.shard_mb=0.01",
         f"dataset.s3_prefix=datasets/{name}",
@@ -592,44 +551,75 @@ def test_an_image_folder_travels_as_shards_and_trains_on_the_emulator_in_file_an
         "trainer.batch_size=16",
         "trainer.gpus=0",
         "instance=ml.m5.xlarge",
+        "instance.count=2",
         "job.image=custom",
         f"job.image_tag={world['tag']}",
+        f"job.base_name={name}",
         "job.max_run_minutes=30",
+        f"+job.environment.{DEBUG_ENV}=1",  # each rank prints its weights' digest
+        f"aws.subnets=[{subnet}]",
+        f"aws.security_groups=[{group}]",
         *world["infra_overrides"],
     ]
     up = invoke("upload", *overrides)
     assert up.returncode == 0, up.stderr
+    assert f"test: {uri} is a file system the job mounts: nothing to upload" in up.stdout
     s3, bucket = world["clients"].s3, world["infra"].data_bucket
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"datasets/{name}/train/")["Contents"]]
-    names = sorted(key.rsplit("/", 1)[1] for key in keys)
-    assert names[-1] == imagetree.MANIFEST and len(names) > 2
-    assert all(n.startswith("shard-") and n.endswith(".tar") for n in names[:-1])
+    for channel in ("train", "validation"):
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"datasets/{name}/{channel}/")["Contents"]]
+        names = sorted(key.rsplit("/", 1)[1] for key in keys)
+        assert names[-1] == imagetree.MANIFEST and len(names) > 2, (channel, names)
+        assert all(n.startswith("shard-") and n.endswith(".tar") for n in names[:-1]), (channel, names)
+    assert s3.list_objects_v2(Bucket=bucket, Prefix=f"datasets/{name}/test").get("KeyCount", 0) == 0
 
-    accuracy, runs = {}, {}  # mode -> the final line's test metrics (the validation channel's), as printed
     with emulator.sagemaker_service(run_jobs=True, workdir=tmp_path / "jobs") as service:
-        for mode in ("File", "Pipe"):  # another base name: the Pipe job would find the File job's run finished
-            train = invoke(
-                "train",
-                *overrides,
-                f"+dataset.input_modes.train={mode}",
-                f"job.base_name={name}-{mode.lower()}",
-                "--yes",
-                "--poll",
-                "1",
-            )
-            assert train.returncode == 0, train.stdout[-4000:] + train.stderr[-3000:]
-            job = re.search(r"launched (\S+)", train.stdout).group(1)
-            runs[mode] = service.result(job).check()
-            accuracy[mode] = re.search(r"^done: (test_loss=\S+ test_acc=\S+)", runs[mode].stdout, re.M).group(1)
-            desc = world["clients"].sagemaker.describe_training_job(TrainingJobName=job)
-            assert {c["ChannelName"]: c["InputMode"] for c in desc["InputDataConfig"]}["train"] == mode
-    # Pipe: nothing of train on disk; train_0 then train_1, each read whole by the one rank
-    assert not (runs["Pipe"].tree / "input/data/train").exists()
-    assert re.findall(r"pipe: (train_\d) epoch (\d) rank 0/1: 120 of 120 samples", runs["Pipe"].stdout) == [
-        ("train_0", "0"),
-        ("train_1", "1"),
-    ]
-    assert accuracy["Pipe"] == accuracy["File"], accuracy
+        train = invoke("train", *overrides, "--yes", "--poll", "1")
+        assert train.returncode == 0, train.stdout[-4000:] + train.stderr[-3000:]
+        assert f"{uri}  (FSxLustre {fs}:/fsx/shapes, read-only)" in train.stdout
+        job = re.search(r"launched (\S+)", train.stdout).group(1)
+        two = service.result(job).check()
+    desc = world["clients"].sagemaker.describe_training_job(TrainingJobName=job)
+    channels = {c["ChannelName"]: c for c in desc["InputDataConfig"]}
+    assert (channels["train"]["InputMode"], channels["validation"]["InputMode"]) == ("Pipe", "File")
+    assert channels["test"]["DataSource"]["FileSystemDataSource"] == {
+        "FileSystemId": fs,
+        "FileSystemAccessMode": "ro",
+        "FileSystemType": "FSxLustre",
+        "DirectoryPath": "/fsx/shapes",
+    }
+    assert desc["VpcConfig"] == {"Subnets": [subnet], "SecurityGroupIds": [group]}
+    assert desc["ResourceConfig"]["InstanceCount"] == 2
+    # Pipe: nothing of train on either host's disk; each rank read train_0, then train_1. Rank r keeps
+    # stream positions r, r + 2, ... of each pass, 61 each: the fingerprints say which samples each rank
+    # read (tests/test_pipe.py: they tell one sample swapped).
+    assert not any((opt_ml / "input/data/train").exists() for opt_ml in two.trees.values())
+    passes = re.findall(
+        r"^\[(algo-\d)\] pipe: (train_\d) epoch (\d) rank (\d)/2: (\d+) of 123 samples, fingerprint (\w+)$",
+        two.stdout,
+        re.M,
+    )
+    stream = [f.relpath for f in imagetree.scan_tree(tree)[1]]  # the stream's order: the packed one
+    shares = [stream[rank::2][:61] for rank in (0, 1)]
+    assert not set(shares[0]) & set(shares[1]) and sorted(shares[0] + shares[1]) == sorted(stream[:122])
+    assert sorted(passes) == [
+        (host, f"train_{epoch}", str(epoch), str(rank), "61", Fingerprint.of(shares[rank]))
+        for host, rank in (("algo-1", 0), ("algo-2", 1))
+        for epoch in (0, 1)
+    ], two.stdout[-3000:]
+    digests = sorted(re.findall(r"^\[(algo-\d)\] rank=(\d) weights_sha256=(\w+)$", two.stdout, re.M))
+    assert [(host, rank) for host, rank, _ in digests] == [("algo-1", "0"), ("algo-2", "1")]
+    assert len({digest for *_, digest in digests}) == 1, digests
+    metrics = json.loads((two.tree / "output" / "data" / "metrics.json").read_text())
+    assert (metrics["world_size"], metrics["global_steps"]) == (2, 2 * 8)  # 61 a rank in batches of 8
+    tested = str(root / fs / "shapes")
+    held = ImageFolderDataModule(train_dir=tested, validation_dir=tested, num_classes=3)
+    held.setup("test")
+    test = held.splits["test"]
+    accuracy, loss = single_process_eval(
+        two.tree / "model" / "model.ts", test.images.numpy(), test.labels.numpy()
+    )  # the exported model alone, over the whole test channel (each rank read its half on its host's mount)
+    assert len(test) == 39 and round(metrics["test_acc"] * 39) == round(accuracy * 39)
+    assert metrics["test_loss"] == pytest.approx(loss, rel=1e-4)
 
 
 # Job B's steps from A's weights at a rate too small to move them: its first validation is A's last,
@@ -701,13 +691,9 @@ def test_a_job_starts_from_an_earlier_model_through_its_model_channel(world, dat
         assert problems(call.service, call.operation, call.params) == [], (call.who, call.operation)
 
 
-def test_a_job_reads_an_fsx_channel_where_the_sandbox_mounts_it(world, data, tmp_path, monkeypatch):
-    """dataset.channels.train=fsx://...: `invoke train` checks the VPC with EC2 and FSx (moto's; the IAM
-    judge holds those calls to the launcher policy), launches the channel as a read-only
-    FileSystemDataSource in the VPC, and the job reads the file system's folder (SANDBOX_FILE_SYSTEMS)
-    where SageMaker would mount it. `invoke local`'s mount: tests/test_file_systems.py."""
-    from project.sandbox.optml import FILE_SYSTEMS_ENV
-
+def a_lustre_file_system(world) -> tuple[str, str, str]:
+    """An FSx for Lustre file system in a VPC as terraform/'s network leaves one (a subnet with its S3
+    endpoint, a group open to itself on Lustre's ports), in moto: (its id, the subnet, the group)."""
     clients = world["clients"]
     ec2, fsx = clients.client("ec2"), clients.client("fsx")
     vpc = ec2.create_vpc(CidrBlock="10.30.0.0/16")["Vpc"]["VpcId"]
@@ -730,34 +716,4 @@ def test_a_job_reads_an_fsx_channel_where_the_sandbox_mounts_it(world, data, tmp
         SubnetIds=[subnet["SubnetId"]],
         LustreConfiguration={"DeploymentType": "SCRATCH_2"},
     )["FileSystem"]["FileSystemId"]
-    folder, _ = data
-    root = tmp_path / "file-systems"  # the file system's root, as its mount name shows it
-    (root / fs).mkdir(parents=True)
-    (root / fs / "mnist").symlink_to(folder)
-    monkeypatch.setenv(FILE_SYSTEMS_ENV, str(root))  # the sandbox runs in this process
-    name = f"e2e-fsx-{uuid.uuid4().hex[:6]}"
-    uri = f"fsx://{fs}/fsx/mnist"
-    overrides = [
-        f"dataset.channels.train={uri}" if o.startswith("dataset.channels.train=") else o
-        for o in job_overrides(world, data, name, **{"trainer.max_epochs": 1})
-    ]
-    overrides += [f"aws.subnets=[{subnet['SubnetId']}]", f"aws.security_groups=[{group['GroupId']}]"]
-
-    with emulator.sagemaker_service(run_jobs=True, workdir=tmp_path / "jobs") as service:
-        train = invoke("train", *overrides, "--yes", "--poll", "1")
-        assert train.returncode == 0, train.stdout[-4000:] + train.stderr[-3000:]
-        assert f"{uri}  (FSxLustre {fs}:/fsx/mnist, read-only)" in train.stdout
-        job = re.search(r"launched (\S+)", train.stdout).group(1)
-        service.result(job).check()
-    desc = clients.sagemaker.describe_training_job(TrainingJobName=job)
-    assert desc["TrainingJobStatus"] == "Completed"
-    channels = {c["ChannelName"]: c for c in desc["InputDataConfig"]}
-    assert channels["train"]["DataSource"]["FileSystemDataSource"] == {
-        "FileSystemId": fs,
-        "FileSystemAccessMode": "ro",
-        "FileSystemType": "FSxLustre",
-        "DirectoryPath": "/fsx/mnist",
-    }
-    assert desc["VpcConfig"] == {"Subnets": [subnet["SubnetId"]], "SecurityGroupIds": [group["GroupId"]]}
-    bucket = world["infra"].data_bucket
-    assert clients.s3.list_objects_v2(Bucket=bucket, Prefix=f"datasets/{name}/").get("KeyCount", 0) == 0
+    return fs, subnet["SubnetId"], group["GroupId"]

@@ -60,6 +60,10 @@ UNSHAPING_TRAINER_KEYS = (
 # IdxDataModule's copy of trainer.data_on_device, a lever.
 UNSHAPING_DATASET_KEYS = ("channels", "input_modes", "on_device")
 CHECKPOINT_FILE = re.compile(r"^(?P<identity>[0-9a-f]+)-step=(?P<step>\d+)\.ckpt$")
+# trainer.strategy=fsdp: a checkpoint is a folder of that name (project/training/checkpoints.py) holding
+# each rank's shard, the loops' state (Lightning's) and the index of the shards (torch.distributed.checkpoint's,
+# written last, once every rank's shard is).
+SHARDED_STATE, SHARDED_INDEX = "meta.pt", ".metadata"
 FINISHED_FILE = re.compile(r"^(?P<identity>[0-9a-f]+)-finished\.json$")
 
 
@@ -118,11 +122,16 @@ class Progress:
 
 
 def progress(names: Iterable[str]) -> dict[str, Progress]:
-    """identity -> its Progress, from the file names of a checkpoint folder or the keys of an S3 prefix."""
+    """identity -> its Progress, from the file names of a checkpoint folder or the keys of an S3 prefix.
+
+    In S3 a sharded checkpoint is no key but the keys of its folder's files (each host syncs its own
+    shards there): it counts once its index is among them."""
     steps: dict[str, int] = {}
     finished: set[str] = set()
     for name in names:
-        base = name.rsplit("/", 1)[-1]
+        folder, _, base = name.rpartition("/")
+        if base == SHARDED_INDEX:
+            base = folder.rpartition("/")[2]
         if match := CHECKPOINT_FILE.match(base):
             identity = match.group("identity")
             steps[identity] = max(steps.get(identity, -1), int(match.group("step")))

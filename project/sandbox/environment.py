@@ -7,7 +7,7 @@ import os
 import subprocess
 from typing import Any
 
-from project.sandbox.optml import CONTAINER_ROOT, HOST, Desc, config_files
+from project.sandbox.optml import CONTAINER_ROOT, HOST, Desc, config_files, job_hosts
 
 # What a container inherits from this machine: enough to find python3 and the AWS endpoint.
 PASSTHROUGH_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "PYENV_ROOT", "PYENV_VERSION")
@@ -92,17 +92,38 @@ def toolkit_env(desc: Desc, host: str = HOST) -> dict[str, str]:
     return env
 
 
+def _cores() -> int:
+    """The cores this process may run on (its affinity), as torch counts them."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def threads_per_instance(instances: int) -> str | None:
+    """OMP_NUM_THREADS for each of a job's `instances` containers: their share of this machine's cores.
+
+    On SageMaker each instance has cores of its own; here the N instances share this machine's. Unset,
+    each instance's torch starts a thread per core of the machine (N times too many), and a step's
+    collective waits on a peer whose threads are not running: a two-instance job on two cores took
+    ten times as long a step (0.67 s, not 0.05). One instance: unset, all the cores, as on SageMaker.
+    """
+    return str(max(1, _cores() // instances)) if instances > 1 else None
+
+
 def container_env(desc: Desc, env_extra: dict[str, str] | None = None, host: str = HOST) -> dict[str, str]:
     """The environment of `host`'s container: the platform's variables and the job's Environment.
 
     With the SDK's drivers the SM_* variables are not the platform's: sm_train.sh sets them
     (sm_drivers/scripts/environment.py), exactly as it must on SageMaker. Other jobs get them
-    as the sagemaker-training toolkit of a framework image would set them.
+    as the sagemaker-training toolkit of a framework image would set them. A job of several
+    instances gets each one's share of the cores (threads_per_instance) unless its Environment
+    says OMP_NUM_THREADS.
     """
     region = desc["TrainingJobArn"].split(":")[3]
     env = {k: os.environ[k] for k in PASSTHROUGH_ENV + AWS_ENV if k in os.environ}
     if not uses_sdk_drivers(desc):
         env.update(toolkit_env(desc, host))
+    threads = threads_per_instance(len(job_hosts(desc)))
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = threads
     env.update(
         TRAINING_JOB_NAME=desc["TrainingJobName"],
         TRAINING_JOB_ARN=desc["TrainingJobArn"],

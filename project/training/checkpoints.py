@@ -42,7 +42,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from project.core.identity import CHECKPOINT_FILE, checkpoint_name
+from project.core.identity import CHECKPOINT_FILE, SHARDED_INDEX, SHARDED_STATE, checkpoint_name
 from project.core.process import StopSignals
 from project.core.topology import Topology, check_resume
 from project.training.stops import Interrupted, Interrupts, Stopped, mark_clean_stop
@@ -75,11 +75,6 @@ def candidates(checkpoint_dir: Path, identity: str) -> list[Path]:
         if match and match.group("identity") == identity:
             found.append((int(match.group("step")), path.stat().st_mtime, path))
     return [path for _, _, path in sorted(found, reverse=True)]
-
-
-# A sharded checkpoint folder's non-tensor state (loops, callbacks: Lightning's) and its index
-# (torch.distributed.checkpoint's).
-SHARDED_STATE, SHARDED_INDEX = "meta.pt", ".metadata"
 
 
 def _complete(path: Path) -> bool:

@@ -291,13 +291,16 @@ class PipedBatches(torch.utils.data.IterableDataset):
         else:
             mine = pipe.shuffled(samples, buffer, random.Random(f"{seed}-{epoch}-{self.rank}"))
         batch: list[imagetree.Sample] = []
+        fingerprint = pipe.Fingerprint()
         for kept, sample in enumerate(mine, start=1):
             if kept > skipped:  # else trained on before the run was stopped: read (the stream goes on), not decoded
                 batch.append(sample)
+            fingerprint.add(sample.relpath)
             if kept == share:  # before the last batch: Lightning asks for no batch after len(self)
                 # What this rank read of the pass, in a line per epoch (its share: count // world samples).
                 print(
-                    f"pipe: {path} epoch {epoch} rank {self.rank}/{self.world}: {kept} of {self.count} samples",
+                    f"pipe: {path} epoch {epoch} rank {self.rank}/{self.world}: {kept} of {self.count} samples, "
+                    f"fingerprint {fingerprint}",
                     flush=True,
                 )
             if batch and (len(batch) == self.batch_size or kept == share):

@@ -14,6 +14,9 @@ Decisions:
 - Shares: every instance's FIFO holds the whole channel (FullyReplicated); rank r of world w keeps
   the samples at stream positions r, r + w, ... and only `count // w` of them, so every rank takes the
   same number of steps (DDP waits on each step of every rank) and the shares are disjoint.
+- What a rank read of a pass is in its log, one line per epoch: its count and a fingerprint of its
+  samples' names (`Fingerprint`, blind to their order), so the hosts' lines show their shares
+  apart (different fingerprints) and the same from one run to the next (the same ones).
 - One reader per FIFO: bytes written into a FIFO go to whichever reader takes them first, so no two
   processes may read one. Where one process trains on an instance, it reads SageMaker's FIFOs
   itself; where several do (one per GPU), the launcher relays each pass to a FIFO of each local
@@ -112,6 +115,31 @@ def share(items: Iterable[T], rank: int, world: int, count: int) -> Iterator[T]:
     for position, item in enumerate(items):
         if position % world == rank and position // world < keep:
             yield item
+
+
+class Fingerprint:
+    """An order-blind fingerprint of a set of sample names: the sum of their SHA-256s (the first 8 bytes
+    of each) mod 2**64, as 16 hex digits. Taken in one pass, in constant memory, whatever the shuffle;
+    two different sets of names print the same one with a chance of about 2**-64."""
+
+    BYTES = 8
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    def add(self, name: str) -> None:
+        digest = hashlib.sha256(name.encode()).digest()[: self.BYTES]
+        self.total = (self.total + int.from_bytes(digest, "big")) % (1 << (8 * self.BYTES))
+
+    def __str__(self) -> str:
+        return f"{self.total:0{2 * self.BYTES}x}"
+
+    @classmethod
+    def of(cls, names: Iterable[str]) -> str:
+        fingerprint = cls()
+        for name in names:
+            fingerprint.add(name)
+        return str(fingerprint)
 
 
 def shuffled(items: Iterable[T], size: int, rng: random.Random) -> Iterator[T]:
