@@ -248,7 +248,7 @@ def stopped_and_run_again_on_two_hosts(world, data, tmp_path: Path) -> Path:  # 
         first = invoke("train", *overrides, "--yes", "--no-wait")
         assert first.returncode == 0, first.stderr
         job = re.search(r"launched (\S+)", first.stdout).group(1)
-        wait_for_periodic_checkpoint(service, jobs, job, "algo-1", step=10)  # under way
+        wait_for_periodic_checkpoint(service, jobs, job, "algo-1")
         # `invoke stop` in this process (its command line: tests/test_aws_cli.py): it lands steps, not seconds, later
         stop = invoke_here("stop", job, *world["infra_overrides"])
         assert stop.returncode == 0 and "stop requested" in stop.stdout, stop.stderr

@@ -2,7 +2,9 @@
 streamed through real FIFOs, one per pass, fed by the sandbox from the session's moto S3.
 
 Two "hosts" are two FIFO folders, each fed the whole channel (FullyReplicated), as SageMaker feeds
-each instance; each reader keeps its rank's share.
+each instance; each reader keeps its rank's share. One process trains in Pipe mode on File mode's
+very batches (a run in this process); a job of two instances streams it on the sandbox in
+tests/test_sagemaker_e2e.py.
 """
 
 from __future__ import annotations

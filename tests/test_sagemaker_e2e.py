@@ -351,12 +351,12 @@ def long_data(folder: Path) -> tuple[Path, dict[str, str]]:
     return folder, write_dataset(folder, n_train=1100, n_test=200)
 
 
-def wait_for_periodic_checkpoint(service, jobs_dir: Path, job: str, host: str | None = None, step: int = 1) -> None:
-    """Until the running job has saved a periodic checkpoint of `step` or later in its /opt/ml tree
-    (`host`'s, of a job of several instances)."""
+def wait_for_periodic_checkpoint(service, jobs_dir: Path, job: str, host: str | None = None) -> None:
+    """Until the running job has saved a periodic checkpoint of step 10 or later (training is under way)
+    in its /opt/ml tree (`host`'s, of a job of several instances)."""
     checkpoints = jobs_dir / job / (f"{host}/opt_ml" if host else "opt_ml") / "checkpoints"
     deadline = time.monotonic() + 300
-    while not any(int(m[1]) >= step for p in checkpoints.glob("*.ckpt") if (m := re.search(r"step=(\d+)", p.name))):
+    while not any(re.search(r"step=0*([1-9]\d+)", p.name) for p in checkpoints.glob("*.ckpt")):
         assert time.monotonic() < deadline and not service.runs[job].done(), "no periodic checkpoint"
         time.sleep(0.05)
 
