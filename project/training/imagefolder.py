@@ -9,6 +9,9 @@ H x W when it differs) and held in memory as uint8
 (N x C x H x W: 10,000 28x28 grey images are 7.8 MB); batches are sliced by index as for the IDX
 datasets (project.training.data.ResidentDataModule: DDP sharding, GPU residency, resumable position), and
 normalised (and, for training, augmented) a whole batch at a time.
+
+This module is over 300 lines because it is one concern, an image tree as a DataModule, in File
+mode and in Pipe mode (PipedBatches: the stream's batches, resumable mid-epoch like File mode's).
 """
 
 from __future__ import annotations
