@@ -80,8 +80,8 @@ def resolve(
     for channel, declared in d.channels.items():
         where = str(sources[channel]) if sources and channel in sources else str(declared)
         # A job's Pipe channel: its FIFOs, read once per epoch (this rank's copies where the launcher relays them)
-        if sources and channel in sources and is_piped(reader_dir(Path(where))):
-            resolved.folders[channel] = reader_dir(Path(where))
+        if sources and channel in sources and is_piped(piped := reader_dir(Path(where))):
+            resolved.folders[channel] = piped
             continue
         where = _mounted(cfg, where)
         if channel == "train" and d.get("files"):
